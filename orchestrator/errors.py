@@ -1,0 +1,18 @@
+"""Errors that end up as one line on a terminal, never as a traceback."""
+
+
+class PolyllamaError(Exception):
+    """Base for every error the user should read as one line."""
+
+
+class FormatError(PolyllamaError):
+    """A model or tokenizer file is missing, malformed or unsupported."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class UsageError(PolyllamaError):
+    """A flag, option or matrix entry is wrong."""

@@ -1,0 +1,100 @@
+"""The model configuration shared by every format, and the limits every reader enforces.
+
+The limits are the port contract's (docs/port-contract.md, section 4): they keep a hostile
+header from turning into a huge allocation before the file size has been checked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import FormatError
+
+MAX_DIM = 65536
+MAX_HIDDEN = 262144
+MAX_LAYERS = 1024
+MAX_VOCAB = 1 << 20
+MAX_SEQ = 65536
+MAX_KV_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class Config:
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int  # always positive here; sharing is its own flag
+    seq_len: int
+    shared_classifier: bool = True
+
+    @property
+    def head_size(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_size
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every weight tensor in llama2.c's names, in run.c (v0) order."""
+        L, d, h, kv, v = self.n_layers, self.dim, self.hidden_dim, self.kv_dim, self.vocab_size
+        shapes = {
+            "token_embedding": (v, d),
+            "rms_att": (L, d),
+            "wq": (L, d, d),
+            "wk": (L, kv, d),
+            "wv": (L, kv, d),
+            "wo": (L, d, d),
+            "rms_ffn": (L, d),
+            "w1": (L, h, d),
+            "w2": (L, d, h),
+            "w3": (L, h, d),
+            "rms_final": (d,),
+        }
+        if not self.shared_classifier:
+            shapes["wcls"] = (v, d)
+        return shapes
+
+    def weight_count(self) -> int:
+        total = 0
+        for shape in self.tensor_shapes().values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+    def weight_bytes(self) -> int:
+        """Bytes read per token by a batch-1 fp32 forward pass (every weight once)."""
+        return 4 * self.weight_count()
+
+    def kv_cache_bytes(self) -> int:
+        return self.n_layers * self.seq_len * self.kv_dim * 2 * 4
+
+    def validate(self, path) -> "Config":
+        fields = dict(dim=self.dim, hidden_dim=self.hidden_dim, n_layers=self.n_layers,
+                      n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                      vocab_size=self.vocab_size, seq_len=self.seq_len)
+        for name, value in fields.items():
+            if value <= 0:
+                raise FormatError(path, f"header value {name}={value} must be positive")
+        limits = dict(dim=MAX_DIM, hidden_dim=MAX_HIDDEN, n_layers=MAX_LAYERS,
+                      vocab_size=MAX_VOCAB, seq_len=MAX_SEQ, n_heads=self.dim)
+        for name, limit in limits.items():
+            if fields[name] > limit:
+                raise FormatError(path, f"header value {name}={fields[name]} exceeds the limit {limit}")
+        if self.dim % self.n_heads:
+            raise FormatError(path, f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
+        if self.head_size % 2:
+            raise FormatError(path, f"head_size={self.head_size} must be even for RoPE")
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
+            raise FormatError(path, f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.kv_cache_bytes() > MAX_KV_BYTES:
+            raise FormatError(path, f"KV cache of {self.kv_cache_bytes()} bytes exceeds the 4 GiB limit")
+        return self
+
+    def describe(self) -> str:
+        return (f"dim={self.dim} hidden_dim={self.hidden_dim} n_layers={self.n_layers} "
+                f"n_heads={self.n_heads} n_kv_heads={self.n_kv_heads} vocab_size={self.vocab_size} "
+                f"seq_len={self.seq_len} shared_classifier={self.shared_classifier}")

@@ -1,0 +1,245 @@
+"""GGUF fp32 with llama.cpp's `llama` architecture names and the tokenizer embedded.
+
+Writing goes through the `gguf` package, so the files are what llama.cpp's own tools write.
+Reading is done here, by hand, because a reader that meets a hostile file must bound every count
+and offset before it trusts it, and report the problem as one line.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FormatError
+from .checkpoint import Model
+from .config import Config
+from .tokenizer_file import Vocab
+
+SPACE = "\u2581"
+MAX_ENTRIES = 65536
+DEFAULT_ALIGNMENT = 32
+BOS_PIECE, EOS_PIECE = b"\n<s>\n", b"\n</s>\n"
+
+# (llama2.c name, GGUF name with {} for the layer, or None for a whole tensor)
+TENSOR_NAMES = {
+    "rms_att": "blk.{}.attn_norm.weight",
+    "wq": "blk.{}.attn_q.weight",
+    "wk": "blk.{}.attn_k.weight",
+    "wv": "blk.{}.attn_v.weight",
+    "wo": "blk.{}.attn_output.weight",
+    "rms_ffn": "blk.{}.ffn_norm.weight",
+    "w1": "blk.{}.ffn_gate.weight",
+    "w2": "blk.{}.ffn_down.weight",
+    "w3": "blk.{}.ffn_up.weight",
+}
+WHOLE_NAMES = {"token_embedding": "token_embd.weight", "rms_final": "output_norm.weight", "wcls": "output.weight"}
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+# ---------------------------------------------------------------- writing
+
+def _token_to_gguf(i: int, piece: bytes) -> tuple[str, int]:
+    """(text, token type) for llama.cpp; byte tokens and control tokens keep their spelling."""
+    if i == 0:
+        return "<unk>", 2
+    if i in (1, 2) and piece in (BOS_PIECE, EOS_PIECE):
+        return piece.strip().decode(), 3
+    if len(piece) == 6 and piece.startswith(b"<0x") and piece.endswith(b">"):
+        return piece.decode(), 6
+    return piece.decode("utf-8", errors="surrogateescape").replace(" ", SPACE), 1
+
+
+def _token_from_gguf(i: int, text: str, ttype: int | None) -> bytes:
+    if ttype == 3 and text in ("<s>", "</s>"):
+        return BOS_PIECE if text == "<s>" else EOS_PIECE
+    return text.replace(SPACE, " ").encode("utf-8", errors="surrogateescape")
+
+
+def write_gguf(path, model: Model, vocab: Vocab, name: str = "polyllama") -> None:
+    import gguf
+
+    c = model.config
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_name(name)
+    w.add_context_length(c.seq_len)
+    w.add_embedding_length(c.dim)
+    w.add_block_count(c.n_layers)
+    w.add_feed_forward_length(c.hidden_dim)
+    w.add_rope_dimension_count(c.head_size)
+    w.add_head_count(c.n_heads)
+    w.add_head_count_kv(c.n_kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(0)  # ALL_F32
+    texts, types = zip(*(_token_to_gguf(i, p) for i, p in enumerate(vocab.pieces)))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(list(texts))
+    w.add_token_scores(list(vocab.scores))
+    w.add_token_types(list(types))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_tensor(WHOLE_NAMES["token_embedding"], np.asarray(model.weights["token_embedding"], dtype=np.float32))
+    for layer in range(c.n_layers):
+        for key, fmt in TENSOR_NAMES.items():
+            w.add_tensor(fmt.format(layer), np.asarray(model.weights[key][layer], dtype=np.float32))
+    w.add_tensor(WHOLE_NAMES["rms_final"], np.asarray(model.weights["rms_final"], dtype=np.float32))
+    if not c.shared_classifier:
+        w.add_tensor(WHOLE_NAMES["wcls"], np.asarray(model.weights["wcls"], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- reading
+
+class _Cursor:
+    def __init__(self, path, data):
+        self.path, self.data, self.off = path, data, 0
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.off + n > len(self.data):
+            raise FormatError(self.path, f"truncated or corrupt: {what} runs past the end of the file")
+
+    def unpack(self, fmt: str, what: str):
+        size = struct.calcsize(fmt)
+        self.need(size, what)
+        value = struct.unpack_from(fmt, self.data, self.off)[0]
+        self.off += size
+        return value
+
+    def string(self, what: str) -> str:
+        n = self.unpack("<Q", what)
+        self.need(n, what)
+        raw = bytes(self.data[self.off:self.off + n])
+        self.off += n
+        return raw.decode("utf-8", errors="surrogateescape")
+
+    def value(self, vtype: int, what: str):
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype], what)
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype == _ARRAY:
+            etype = self.unpack("<I", what)
+            count = self.unpack("<Q", what)
+            min_size = struct.calcsize(_SCALARS[etype]) if etype in _SCALARS else 8
+            if etype not in _SCALARS and etype != _STRING:
+                raise FormatError(self.path, f"{what}: unsupported array element type {etype}")
+            self.need(count * min_size, what)
+            if etype in _SCALARS:
+                arr = np.frombuffer(self.data, dtype=np.dtype(_SCALARS[etype]), count=count, offset=self.off)
+                self.off += count * min_size
+                return arr
+            return [self.string(what) for _ in range(count)]
+        raise FormatError(self.path, f"{what}: unknown value type {vtype}")
+
+
+def _int_key(path, kv: dict, key: str, default=None) -> int:
+    v = kv.get(key, default)
+    if v is None:
+        raise FormatError(path, f"missing required key {key}")
+    if isinstance(v, (str, np.ndarray, list, float)) or not float(v).is_integer():
+        raise FormatError(path, f"key {key} must be an integer")
+    return int(v)
+
+
+def read_gguf(path) -> Model:
+    try:
+        size = os.path.getsize(path)
+        data = np.memmap(path, dtype=np.uint8, mode="r") if size else b""
+    except FileNotFoundError:
+        raise FormatError(path, "cannot open: no such file") from None
+    except OSError as e:
+        raise FormatError(path, f"cannot open: {e.strerror}") from None
+    cur = _Cursor(path, data)
+    if bytes(data[:4]) != b"GGUF":
+        raise FormatError(path, "bad magic, not a GGUF file")
+    cur.off = 4
+    version = cur.unpack("<I", "version")
+    if version not in (2, 3):
+        raise FormatError(path, f"unsupported GGUF version {version} (2 and 3 are read)")
+    n_tensors = cur.unpack("<Q", "tensor count")
+    n_kv = cur.unpack("<Q", "kv count")
+    if n_tensors > MAX_ENTRIES or n_kv > MAX_ENTRIES:
+        raise FormatError(path, f"implausible counts: {n_tensors} tensors, {n_kv} keys (limit {MAX_ENTRIES})")
+    kv = {}
+    for _ in range(n_kv):
+        key = cur.string("key")
+        kv[key] = cur.value(cur.unpack("<I", f"type of {key}"), key)
+    infos = []
+    for _ in range(n_tensors):
+        name = cur.string("tensor name")
+        n_dims = cur.unpack("<I", name)
+        if n_dims > 4:
+            raise FormatError(path, f"tensor {name} has {n_dims} dimensions")
+        dims = tuple(cur.unpack("<Q", name) for _ in range(n_dims))
+        ttype = cur.unpack("<I", name)
+        offset = cur.unpack("<Q", name)
+        infos.append((name, dims, ttype, offset))
+
+    if kv.get("general.architecture") != "llama":
+        raise FormatError(path, f"general.architecture is {kv.get('general.architecture')!r}, expected 'llama'")
+    align = _int_key(path, kv, "general.alignment", DEFAULT_ALIGNMENT)
+    if align <= 0 or align & (align - 1) or align > 65536:
+        raise FormatError(path, f"general.alignment={align} is not a power of two up to 65536")
+    data_start = (cur.off + align - 1) // align * align
+
+    tokens, scores = kv.get("tokenizer.ggml.tokens"), kv.get("tokenizer.ggml.scores")
+    if not isinstance(tokens, list) or not len(tokens):
+        raise FormatError(path, "missing tokenizer.ggml.tokens")
+    if scores is None or len(scores) != len(tokens):
+        raise FormatError(path, "tokenizer.ggml.scores missing or not one per token")
+    heads = _int_key(path, kv, "llama.attention.head_count")
+    by_name = {name: (dims, ttype, offset) for name, dims, ttype, offset in infos}
+    config = Config(
+        dim=_int_key(path, kv, "llama.embedding_length"),
+        hidden_dim=_int_key(path, kv, "llama.feed_forward_length"),
+        n_layers=_int_key(path, kv, "llama.block_count"),
+        n_heads=heads,
+        n_kv_heads=_int_key(path, kv, "llama.attention.head_count_kv", heads),
+        vocab_size=len(tokens),
+        seq_len=_int_key(path, kv, "llama.context_length"),
+        shared_classifier="output.weight" not in by_name,
+    ).validate(path)
+
+    def tensor(gname: str, shape: tuple[int, ...]) -> np.ndarray:
+        if gname not in by_name:
+            raise FormatError(path, f"missing tensor {gname}")
+        dims, ttype, offset = by_name[gname]
+        if ttype != 0:
+            raise FormatError(path, f"tensor {gname} has type {ttype}; only F32 (0) is supported")
+        if tuple(reversed(dims)) != shape:
+            raise FormatError(path, f"tensor {gname} has dims {list(dims)}, expected {list(reversed(shape))}")
+        start = data_start + offset
+        nbytes = 4 * int(np.prod(shape))
+        if offset % 4 or start + nbytes > size:
+            raise FormatError(path, f"tensor {gname} lies outside the file")
+        return np.frombuffer(data, dtype="<f4", count=nbytes // 4, offset=start).reshape(shape)
+
+    shapes = config.tensor_shapes()
+    weights = {}
+    for key, gname in WHOLE_NAMES.items():
+        if key in shapes:
+            weights[key] = tensor(gname, shapes[key])
+    for key, fmt in TENSOR_NAMES.items():
+        # a list of per-layer views: stacking would copy the whole model
+        weights[key] = [tensor(fmt.format(i), shapes[key][1:]) for i in range(config.n_layers)]
+    types = kv.get("tokenizer.ggml.token_type")
+    pieces = tuple(_token_from_gguf(i, t, int(types[i]) if types is not None and len(types) == len(tokens) else None)
+                   for i, t in enumerate(tokens))
+    vocab = Vocab(pieces, tuple(float(s) for s in scores), max(1, max(len(p) for p in pieces)))
+    model = Model(config, weights, "gguf", str(path))
+    model.tokenizer = vocab
+    return model

@@ -1,0 +1,70 @@
+"""llama2.c tokenizer.bin: int32 max_token_length, then per token float32 score, int32 length, bytes.
+
+The file does not store its vocabulary size; the model does. Reading therefore takes the
+model's size and insists that the file holds exactly that many tokens.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FormatError
+
+MAX_TOKEN_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class Vocab:
+    pieces: tuple[bytes, ...]
+    scores: tuple[float, ...]
+    max_token_length: int
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+
+def read_tokenizer(path, vocab_size: int) -> Vocab:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(path, "cannot open: no such file") from None
+    except OSError as e:
+        raise FormatError(path, f"cannot open: {e.strerror}") from None
+    if len(data) < 4:
+        raise FormatError(path, "truncated: no max_token_length header")
+    (max_len,) = struct.unpack_from("<i", data)
+    if not 1 <= max_len <= MAX_TOKEN_LENGTH:
+        raise FormatError(path, f"max_token_length={max_len} outside 1..{MAX_TOKEN_LENGTH}")
+    pieces, scores, off = [], [], 4
+    for i in range(vocab_size):
+        if off + 8 > len(data):
+            raise FormatError(path, f"has only {i} tokens, the model's vocabulary is {vocab_size}")
+        score, length = struct.unpack_from("<fi", data, off)
+        off += 8
+        if not 0 <= length <= max_len:
+            raise FormatError(path, f"token {i} has length {length}, outside 0..{max_len}")
+        if score != score:
+            raise FormatError(path, f"token {i} has a NaN score")
+        if off + length > len(data):
+            raise FormatError(path, f"truncated inside token {i}")
+        pieces.append(data[off:off + length])
+        scores.append(score)
+        off += length
+    if off != len(data):
+        raise FormatError(path, f"has {len(data) - off} bytes after token {vocab_size - 1}: "
+                                f"its vocabulary is larger than the model's {vocab_size}")
+    return Vocab(tuple(pieces), tuple(scores), max_len)
+
+
+def write_tokenizer(path, vocab: Vocab) -> None:
+    max_len = max(vocab.max_token_length, max((len(p) for p in vocab.pieces), default=1))
+    out = [struct.pack("<i", max_len)]
+    for piece, score in zip(vocab.pieces, vocab.scores):
+        out.append(struct.pack("<fi", score, len(piece)))
+        out.append(piece)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(b"".join(out))
+    os.replace(tmp, path)

@@ -1,0 +1,169 @@
+"""The port contract's command line (docs/port-contract.md, sections 2 and 3) for the reference.
+
+Kept strict on purpose: it is also the executable definition of what every port must accept
+and refuse.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from ..errors import FormatError
+from ..formats import read_model, read_tokenizer
+from .generate import clamp_steps, generate, logits_for
+from .model import Transformer
+from .sampler import Sampler
+from .tokenizer import Tokenizer
+
+USAGE = ("usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
+         "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]")
+EXIT_RUNTIME, EXIT_USAGE, EXIT_BAD_FILE = 1, 2, 3
+
+
+class Usage(Exception):
+    pass
+
+
+@dataclass
+class Args:
+    checkpoint: str
+    tokenizer: str | None = None
+    temperature: float = 1.0
+    topp: float = 0.9
+    seed: int = 0
+    steps: int = 256
+    prompt: bytes = b""
+    threads: int = 1
+    mode: str = "generate"
+    output: str | None = None
+    ids: list[int] | None = None
+    ignore_bos: bool = False
+
+
+def _number(flag: str, text: str, kind, lo=None, hi=None):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise Usage(f"{flag} expects a number, got {text!r}") from None
+    if kind is float and value != value:
+        raise Usage(f"{flag} expects a number, got {text!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise Usage(f"{flag} {text} is out of range")
+    return value
+
+
+def parse_args(argv: list[bytes | str]) -> Args:
+    argv = [a if isinstance(a, bytes) else os.fsencode(a) for a in argv]
+    if not argv or argv[0].startswith(b"-"):
+        raise Usage("missing checkpoint")
+    args = Args(checkpoint=os.fsdecode(argv[0]))
+    rest = argv[1:]
+    if len(rest) % 2:
+        raise Usage(f"flag {os.fsdecode(rest[-1])} has no value")
+    for flag_b, value_b in zip(rest[0::2], rest[1::2]):
+        flag, value = os.fsdecode(flag_b), os.fsdecode(value_b)
+        if flag == "-z":
+            args.tokenizer = value
+        elif flag == "-t":
+            args.temperature = _number(flag, value, float, 0.0)
+        elif flag == "-p":
+            args.topp = _number(flag, value, float, 0.0, 1.0)
+        elif flag == "-s":
+            args.seed = _number(flag, value, int, 0, (1 << 64) - 1)
+        elif flag == "-n":
+            args.steps = _number(flag, value, int, 0, 1 << 31)
+        elif flag == "-i":
+            args.prompt = value_b
+        elif flag == "-j":
+            args.threads = _number(flag, value, int, 1, 4096)
+        elif flag == "-m":
+            if value not in ("generate", "logits"):
+                raise Usage(f"-m expects generate or logits, got {value!r}")
+            args.mode = value
+        elif flag == "-o":
+            args.output = value
+        elif flag == "-k":
+            try:
+                args.ids = [int(t) for t in value.split(",")]
+            except ValueError:
+                raise Usage(f"-k expects comma-separated token ids, got {value!r}") from None
+        elif flag == "-e":
+            args.ignore_bos = _number(flag, value, int, 0, 1) == 1
+        else:
+            raise Usage(f"unknown flag {flag}")
+    if args.mode == "logits" and (args.output is None or args.ids is None):
+        raise Usage("logits mode needs -o FILE and -k IDS")
+    return args
+
+
+def stats_line(port: str, threads: int, load_s: float, stats) -> str:
+    fields = {"port": port, "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
+              "positions": stats.positions, "threads": threads, "load_s": round(load_s, 6),
+              "ttft_s": round(stats.ttft_s, 6), "decode_s": round(stats.decode_s, 6),
+              "decode_tok_s": round(stats.decode_tok_s, 4)}
+    return "polyllama-stats: " + json.dumps(fields, separators=(",", ":"))
+
+
+def run(args: Args, port: str) -> int:
+    t0 = time.perf_counter()
+    model = read_model(args.checkpoint)
+    if model.tokenizer is not None:
+        vocab = model.tokenizer
+    elif args.tokenizer is None:
+        raise Usage("-z tokenizer is required for a .bin checkpoint")
+    else:
+        vocab = read_tokenizer(args.tokenizer, model.config.vocab_size)
+    transformer, tokenizer = Transformer(model), Tokenizer(vocab)
+    load_s = time.perf_counter() - t0
+
+    if args.mode == "logits":
+        ids = args.ids
+        if not 1 <= len(ids) <= model.config.seq_len or not all(0 <= t < model.config.vocab_size for t in ids):
+            raise Usage(f"-k needs 1..{model.config.seq_len} ids in [0, {model.config.vocab_size})")
+        start = time.perf_counter()
+        out = logits_for(transformer, ids)
+        from .generate import RunStats
+        stats = RunStats(prompt_tokens=len(ids), positions=len(ids), ttft_s=time.perf_counter() - start)
+        try:
+            with open(args.output, "wb") as f:
+                f.write(out.tobytes())
+        except OSError as e:
+            print(f"error: {args.output}: cannot write: {e.strerror}", file=sys.stderr)
+            return EXIT_RUNTIME
+    else:
+        seed = args.seed if args.seed > 0 else int(time.time())
+        sampler = Sampler(args.temperature, args.topp, seed)
+        stdout = sys.stdout.buffer
+
+        def emit(piece: bytes) -> None:
+            stdout.write(piece)
+            stdout.flush()
+
+        gen = generate(transformer, tokenizer, sampler, args.prompt,
+                       clamp_steps(args.steps, model.config.seq_len), args.ignore_bos, emit)
+        stdout.write(b"\n")
+        stdout.flush()
+        stats = gen.stats
+    print(stats_line(port, args.threads, load_s, stats), file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None, port: str = "python") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args([os.fsencode(a) for a in argv])
+        return run(args, port)
+    except Usage as e:
+        print(f"error: {e}\n{USAGE}", file=sys.stderr)
+        return EXIT_USAGE
+    except FormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_FILE
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
