@@ -1,0 +1,124 @@
+"""What the invoke tasks do, one function each; tasks.py only parses flags and calls these.
+
+Every function returns a process exit code and prints its own tables.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .build import build_all, install_toolchain
+from .errors import PolyllamaError
+from .ports import ROOT, select, tool_env
+from .store import Store
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def install(ports: str | None = None) -> int:
+    rows, failed = [], 0
+    for port in select(ports):
+        if not port.manifest.toolchain.install:
+            continue
+        print(f"installing the toolchain of {port.name} ...", flush=True)
+        outcome = install_toolchain(port)
+        failed += outcome.status == "failed"
+        rows.append([port.name, outcome.status, outcome.detail, f"{outcome.seconds:.0f}s"])
+    if rows:
+        print(tabulate(rows, headers=["port", "install", "detail", "time"]))
+    return 1 if failed else 0
+
+
+def build(ports: str | None = None, jobs: int = 2, strict: bool = False) -> int:
+    outcomes = build_all(select(ports), jobs, progress=lambda m: print(m, flush=True))
+    print(tabulate([[o.port, o.status, o.version or "-", f"{o.seconds:.1f}s", o.detail] for o in outcomes],
+                   headers=["port", "status", "toolchain", "time", "detail"]))
+    bad = [o for o in outcomes if o.status == "failed" or (strict and o.status == "skipped")]
+    return 1 if bad else 0
+
+
+def validate(ports: str | None = None, models: str | None = None) -> int:
+    from .validate import validate as run_validation
+
+    chosen = select(ports)
+    names = _csv(models) or ["stories260K", "stories15M"]
+    rows = run_validation(chosen, Store(), names, progress=lambda m: print(m, flush=True))
+    print(tabulate([r.as_dict() for r in rows], headers="keys"))
+    failed = [r for r in rows if not r.ok]
+    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed or not rows else 0
+
+
+def port_tests(ports: str | None = None) -> int:
+    """Each port's own unit tests, in its own language's runner, for the ports that are built."""
+    failed = 0
+    for port in select(ports):
+        if not port.manifest.test.commands:
+            continue
+        if not port.outputs_present():
+            print(f"{port.name}: not built, its unit tests are not run")
+            failed += 1
+            continue
+        for cmd in port.manifest.test.commands:
+            argv = port.expand(cmd)
+            print(f"[{port.name}] $ {' '.join(cmd)}", flush=True)
+            r = subprocess.run(argv, cwd=port.dir, env=tool_env(), stdin=subprocess.DEVNULL)
+            if r.returncode != 0:
+                print(f"[{port.name}] unit tests FAILED (exit {r.returncode})")
+                failed += 1
+                break
+    return 1 if failed else 0
+
+
+def pytest(args: list[str]) -> int:
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=tool_env()).returncode
+
+
+def models_list() -> int:
+    print(tabulate(Store().listing(), headers="keys"))
+    print("\nsearch path: " + os.pathsep.join(str(p) for p in __import__("orchestrator.store").store.search_path()))
+    return 0
+
+
+def models_fetch(names: str) -> int:
+    from .fetch import download
+
+    store = Store()
+    for name in _csv(names):
+        entry = store.entry(name)
+        print(download(entry))
+        print(download(store.tokenizers[entry.tokenizer]))
+    return 0
+
+
+def models_synth(names: str, seed: int) -> int:
+    from .synth import synthesize_model, synthesize_tokenizer
+
+    store = Store()
+    for name in _csv(names):
+        print(f"{name}: {synthesize_model(store, name, seed)}")
+        tok, origin = store.find_tokenizer(store.entry(name).tokenizer)
+        if tok is None:
+            print(f"  tokenizer: {synthesize_tokenizer(store, store.entry(name).tokenizer, seed)} (synthetic)")
+        else:
+            print(f"  tokenizer: {tok} ({origin})")
+    return 0
+
+
+def models_convert(src: str, dst: str, tokenizer: str | None, version: int) -> int:
+    from .convert import bin_to_gguf, gguf_to_bin
+
+    if dst.endswith(".gguf"):
+        if not tokenizer:
+            raise PolyllamaError("converting to GGUF needs --tokenizer")
+        bin_to_gguf(Path(src), Path(tokenizer), Path(dst))
+    else:
+        gguf_to_bin(Path(src), Path(dst), Path(tokenizer) if tokenizer else None, version)
+    print(dst)
+    return 0

@@ -1,0 +1,83 @@
+"""Build every discovered port natively; a failure or a missing toolchain never stops the rest."""
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ports import ROOT, Port, tool_env, toolchain_version
+
+LOG_DIR = ROOT / "build" / "logs"
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    port: str
+    status: str  # "built", "skipped", "failed"
+    detail: str
+    seconds: float = 0.0
+    version: str | None = None
+
+
+def _tail(text: str, lines: int = 1) -> str:
+    rows = [r for r in text.strip().splitlines() if r.strip()]
+    return " | ".join(rows[-lines:]) if rows else ""
+
+
+def run_logged(port: Port, commands: list[list[str]], log: Path, jobs: int, timeout: float) -> tuple[bool, str]:
+    """Run commands in the port folder, appending to log; (ok, last error line)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        for cmd in commands:
+            argv = port.expand(cmd, jobs)
+            f.write(f"$ {' '.join(argv)}\n")
+            f.flush()
+            try:
+                r = subprocess.run(argv, cwd=port.dir, env=tool_env(), stdout=f, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, timeout=timeout)
+            except FileNotFoundError:
+                return False, f"command not found: {argv[0]}"
+            except subprocess.TimeoutExpired:
+                return False, f"timed out after {timeout:.0f}s: {' '.join(argv)}"
+            if r.returncode != 0:
+                f.flush()
+                return False, f"`{' '.join(cmd)}` exited {r.returncode}: {_tail(log.read_text())}"
+    return True, ""
+
+
+def install_toolchain(port: Port, timeout: float = 1800) -> BuildOutcome:
+    cmd = port.manifest.toolchain.install
+    if not cmd:
+        return BuildOutcome(port.name, "skipped", "no installer declared")
+    start = time.monotonic()
+    ok, err = run_logged(port, [cmd], LOG_DIR / f"{port.name}.install.log", 2, timeout)
+    return BuildOutcome(port.name, "built" if ok else "failed", err or "installed", time.monotonic() - start)
+
+
+def build_port(port: Port, jobs: int = 2, timeout: float = 1800) -> BuildOutcome:
+    version = toolchain_version(port)
+    if version is None:
+        hint = " (run `invoke install`)" if port.manifest.toolchain.install else ""
+        return BuildOutcome(port.name, "skipped",
+                            f"toolchain missing: `{' '.join(port.manifest.toolchain.check)}` failed{hint}")
+    start = time.monotonic()
+    log = LOG_DIR / f"{port.name}.build.log"
+    ok, err = run_logged(port, port.manifest.build.commands, log, jobs, timeout)
+    seconds = time.monotonic() - start
+    if not ok:
+        return BuildOutcome(port.name, "failed", f"{err} (log: {log.relative_to(ROOT)})", seconds, version)
+    missing = [o for o in port.manifest.build.outputs if not (port.dir / o).exists()]
+    if missing:
+        return BuildOutcome(port.name, "failed", f"build produced no {', '.join(missing)}", seconds, version)
+    return BuildOutcome(port.name, "built", "ok", seconds, version)
+
+
+def build_all(ports: list[Port], jobs: int = 2, progress=print) -> list[BuildOutcome]:
+    outcomes = []
+    for port in ports:
+        progress(f"building {port.name} ...")
+        outcome = build_port(port, jobs)
+        progress(f"  {outcome.status}: {outcome.detail}")
+        outcomes.append(outcome)
+    return outcomes

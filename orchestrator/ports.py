@@ -1,0 +1,108 @@
+"""Port discovery: glob `impls/*/port.toml`, validate each manifest, expand its placeholders.
+
+Nothing here knows a language by name; a port is whatever its manifest says.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from schemas.port import PortManifest
+
+from .errors import PolyllamaError, UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPLS = ROOT / "impls"
+
+
+@dataclass(frozen=True)
+class Port:
+    manifest: PortManifest
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def expand(self, argv: list[str], jobs: int = 1) -> list[str]:
+        subs = {"{python}": sys.executable, "{port_dir}": str(self.dir), "{root}": str(ROOT), "{jobs}": str(jobs)}
+        out = []
+        for arg in argv:
+            for key, value in subs.items():
+                arg = arg.replace(key, value)
+            if "/" in arg and not arg.startswith(("/", "-")) and "=" not in arg:
+                arg = str(self.dir / arg)
+            out.append(arg)
+        return out
+
+    def run_argv(self) -> list[str]:
+        return self.expand(self.manifest.run.command)
+
+    def outputs_present(self) -> bool:
+        return all((self.dir / o).exists() for o in self.manifest.build.outputs)
+
+    def reads(self, fmt: str) -> bool:
+        return fmt in self.manifest.formats
+
+
+def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for builds, runs and tests: the interpreter's bin first on PATH."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["POLYLLAMA_ROOT"] = str(ROOT)
+    env.setdefault("PYTHONPATH", str(ROOT))
+    if extra:
+        env.update(extra)
+    return env
+
+
+def load_manifest(path: Path) -> PortManifest:
+    try:
+        data = tomllib.loads(path.read_text())
+        manifest = PortManifest(**data)
+    except tomllib.TOMLDecodeError as e:
+        raise PolyllamaError(f"{path}: not valid TOML: {e}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise PolyllamaError(f"{path}: {where}: {first['msg']}") from None
+    if manifest.name != path.parent.name:
+        raise PolyllamaError(f"{path}: name {manifest.name!r} must equal its folder {path.parent.name!r}")
+    return manifest
+
+
+def discover(impls: Path = IMPLS) -> list[Port]:
+    return [Port(load_manifest(p), p.parent) for p in sorted(impls.glob("*/port.toml"))]
+
+
+def select(names: str | None, impls: Path = IMPLS) -> list[Port]:
+    """The ports named in a comma-separated list (all of them when empty)."""
+    ports = discover(impls)
+    if not names:
+        return ports
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {p.name: p for p in ports}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise UsageError(f"unknown port(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in wanted]
+
+
+def toolchain_version(port: Port, timeout: float = 60) -> str | None:
+    """The first line the toolchain check prints, or None when the toolchain is missing."""
+    try:
+        r = subprocess.run(port.expand(port.manifest.toolchain.check), cwd=port.dir, env=tool_env(),
+                           capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    lines = [ln.strip() for ln in (r.stdout + "\n" + r.stderr).splitlines() if ln.strip()]
+    return lines[0] if lines else "unknown version"

@@ -1,0 +1,1 @@
+"""pydantic schemas: port manifests, benchmark matrices and result files."""

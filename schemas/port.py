@@ -1,0 +1,52 @@
+"""`impls/<name>/port.toml`, the manifest of docs/port-contract.md section 1."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CONTRACT_VERSION = 1
+Argv = list[str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Toolchain(_Strict):
+    check: Argv = Field(min_length=1, description="argv; exit 0 = present, first output line = version")
+    install: Argv | None = Field(None, description="idempotent installer, run by `invoke install` and CI")
+
+
+class Build(_Strict):
+    commands: list[Argv] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+
+
+class Run(_Strict):
+    command: Argv = Field(min_length=1)
+
+
+class Test(_Strict):
+    commands: list[Argv] = Field(default_factory=list)
+
+
+class PortManifest(_Strict):
+    contract: Literal[1] = Field(description="the port contract version this port follows")
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    language: str = Field(min_length=1)
+    role: Literal["port", "reference", "peer"] = "port"
+    description: str = ""
+    formats: list[Literal["v0", "v1", "gguf"]] = Field(min_length=1)
+    build_flags: str = ""
+    toolchain: Toolchain
+    build: Build = Build()
+    run: Run
+    test: Test = Test()
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("formats must not repeat")
+        return v

@@ -1,0 +1,131 @@
+"""polyllama's entry points. Thin on purpose: the logic lives in `orchestrator/`."""
+from __future__ import annotations
+
+import functools
+import sys
+
+from invoke import Collection, Exit, task
+
+from orchestrator import app
+from orchestrator.errors import PolyllamaError, UsageError
+
+PORTS_HELP = "comma-separated port names (default: every port under impls/)"
+
+
+def _exits(fn):
+    """Run an app function; its exit code, or one error line, ends the task."""
+    @functools.wraps(fn)
+    def wrapper(c, *args, **kwargs):
+        try:
+            code = fn(c, *args, **kwargs)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise Exit(code=2)
+        except PolyllamaError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise Exit(code=1)
+        if code:
+            raise Exit(code=code)
+    return wrapper
+
+
+@task(help={"ports": PORTS_HELP})
+@_exits
+def install(c, ports=None):
+    """Install the toolchains that ports declare (Mojo, Zig, frameworks...) from package registries."""
+    return app.install(ports)
+
+
+@task(help={"ports": PORTS_HELP, "jobs": "build parallelism passed to each port's build",
+            "strict": "fail when a port is skipped for a missing toolchain"})
+@_exits
+def build_all(c, ports=None, jobs=2, strict=False):
+    """Build every port natively; report which were built, skipped (and why) or failed."""
+    return app.build(ports, int(jobs), strict)
+
+
+@task(help={"ports": PORTS_HELP,
+            "models": "comma-separated models (default: stories260K,stories15M; synthetic when not present)"})
+@_exits
+def validate(c, ports=None, models=None):
+    """Check every built port against the reference core: logits, greedy and sampled text."""
+    return app.validate(ports, models)
+
+
+@task(help={"matrix": "named matrix from schemas/matrices.toml: quick, full or paper",
+            "ports": PORTS_HELP, "models": "comma-separated models (overrides the matrix)",
+            "threads": "comma-separated thread counts (overrides the matrix)",
+            "runs": "measured runs per cell", "warmup": "warmup runs per cell",
+            "steps": "positions per run", "out": "result file (default results/<suite>.json)",
+            "resume": "continue the suite in --out, skipping finished cells",
+            "docker": "run each cell in a container (see the README)"})
+@_exits
+def bench(c, matrix="quick", ports=None, models=None, threads=None, runs=None, warmup=None, steps=None,
+          out=None, resume=False, docker=False):
+    """Benchmark the ports over models x threads; tables, result JSON, exports and figures."""
+    from orchestrator import bench as bench_app
+
+    return bench_app.main(matrix=matrix, ports=ports, models=models, threads=threads, runs=runs,
+                          warmup=warmup, steps=steps, out=out, resume=resume, docker=docker)
+
+
+@task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures"})
+@_exits
+def report(c, results, out=None):
+    """Regenerate tables, exports and figures from a saved result file."""
+    from orchestrator import bench as bench_app
+
+    return bench_app.report(results, out)
+
+
+@task(help={"a": "baseline result JSON", "b": "result JSON to compare with it"})
+@_exits
+def compare(c, a, b):
+    """Show what got faster or slower between two result files, and whether it is beyond the noise."""
+    from orchestrator import bench as bench_app
+
+    return bench_app.compare(a, b)
+
+
+@task(help={"ports": PORTS_HELP, "pytest_args": "extra arguments for pytest (quoted)"})
+@_exits
+def test(c, ports=None, pytest_args=""):
+    """The whole suite: build, each port's own unit tests, then pytest (validation, bad input...)."""
+    code = app.build(ports)
+    code |= app.port_tests(ports)
+    code |= app.pytest(pytest_args.split())
+    return code
+
+
+@task(name="list")
+@_exits
+def models_list(c):
+    """List the known models and which files are present (real, synthetic, GGUF)."""
+    return app.models_list()
+
+
+@task(name="fetch", help={"names": "comma-separated models to download (needs internet)"})
+@_exits
+def models_fetch(c, names):
+    """Download models and their tokenizers, sha256-checked."""
+    return app.models_fetch(names)
+
+
+@task(name="synth", help={"names": "comma-separated models to synthesize", "seed": "random seed"})
+@_exits
+def models_synth(c, names, seed=1234):
+    """Write deterministic random-weight models of the exact shape (and size) of known models."""
+    return app.models_synth(names, int(seed))
+
+
+@task(name="convert", help={"src": "input .bin or .gguf", "dst": "output .gguf or .bin",
+                            "tokenizer": "tokenizer.bin to embed (to GGUF) or to write (from GGUF)",
+                            "version": "llama2.c format written from GGUF: 0 or 1"})
+@_exits
+def models_convert(c, src, dst, tokenizer=None, version=0):
+    """Convert a checkpoint between llama2.c .bin and GGUF fp32."""
+    return app.models_convert(src, dst, tokenizer, int(version))
+
+
+models = Collection("models", models_list, models_fetch, models_synth, models_convert)
+ns = Collection(install, build_all, validate, bench, report, compare, test, models)
