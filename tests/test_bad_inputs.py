@@ -1,0 +1,84 @@
+"""Bad files and bad flags: the Python readers, and every built port through its command line."""
+import pytest
+
+from conftest import IN_CI, need
+from corpus import BAD_FLAGS, make_corpus
+from orchestrator.errors import FormatError
+from orchestrator.executor import execute
+from orchestrator.formats import read_model, read_tokenizer
+from orchestrator.ports import discover, tool_env
+
+PORTS = discover()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _python_load(case):
+    model = read_model(case.checkpoint)
+    if model.tokenizer is None:
+        read_tokenizer(case.tokenizer, model.config.vocab_size)
+
+
+def test_every_bad_file_is_refused_by_the_python_readers(corpus):
+    cases, _, _ = corpus
+    for case in cases:
+        with pytest.raises(FormatError) as info:
+            _python_load(case)
+        assert "\n" not in str(info.value), case.name
+        assert str(case.checkpoint) in str(info.value) or str(case.tokenizer) in str(info.value), case.name
+
+
+def test_the_good_files_load(corpus):
+    _, good, tok = corpus
+    model = read_model(good)
+    assert len(read_tokenizer(tok, model.config.vocab_size)) == model.config.vocab_size
+
+
+def _built(port):
+    if not port.outputs_present():
+        if IN_CI:
+            pytest.fail(f"port {port.name} is not built (every port must build in CI)")
+        pytest.skip(f"port {port.name} is not built")
+
+
+def _one_error_line(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+
+
+@pytest.mark.parametrize("port", PORTS, ids=lambda p: p.name)
+def test_port_refuses_bad_files(port, corpus):
+    _built(port)
+    cases, _, _ = corpus
+    failures = []
+    for case in cases:
+        if case.checkpoint.suffix == ".bin" and "gguf" in case.name and not port.reads("gguf"):
+            continue
+        argv = port.run_argv() + [str(case.checkpoint), "-n", "4", "-t", "0"]
+        if case.tokenizer is not None:
+            argv += ["-z", str(case.tokenizer)]
+        r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60, sample=False)
+        errors = _one_error_line(r.stderr)
+        if r.timed_out:
+            failures.append(f"{case.name}: hung (killed after 60 s)")
+        elif r.returncode != 3 or len(errors) != 1:
+            failures.append(f"{case.name}: exit {r.returncode}, {len(errors)} error lines: {r.stderr.strip()[:200]!r}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("port", PORTS, ids=lambda p: p.name)
+def test_port_refuses_bad_flags(port, corpus):
+    _built(port)
+    _, good, tok = corpus
+    failures = []
+    for flags in BAD_FLAGS:
+        argv = port.run_argv() + [str(good), "-z", str(tok), *flags]
+        r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60, sample=False)
+        if r.returncode != 2 or not _one_error_line(r.stderr):
+            failures.append(f"{flags}: exit {r.returncode}: {r.stderr.strip()[:200]!r}")
+    r = execute(port.run_argv(), cwd=port.dir, env=tool_env(), timeout=60, sample=False)
+    if r.returncode != 2:
+        failures.append(f"no arguments: exit {r.returncode}")
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,60 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import PolyllamaError, UsageError
+from orchestrator.ports import ROOT, discover, load_manifest, select
+
+MANIFEST = """contract = 1
+name = "{name}"
+language = "Fake"
+formats = ["v0"]
+[toolchain]
+check = ["true"]
+[run]
+command = ["./run.sh"]
+"""
+
+
+def test_discovery_finds_the_python_reference():
+    ports = {p.name: p for p in discover()}
+    assert ports["python"].manifest.role == "reference"
+
+
+def test_every_manifest_names_its_folder():
+    for port in discover():
+        assert port.dir.name == port.name
+
+
+def test_a_new_port_is_discovered_from_its_folder_alone(tmp_path):
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "port.toml").write_text(MANIFEST.format(name="fake"))
+    [port] = discover(tmp_path)
+    assert port.run_argv() == [str(tmp_path / "fake" / "run.sh")]
+
+
+@pytest.mark.parametrize("text,problem", [
+    (MANIFEST.format(name="other"), "must equal its folder"),
+    (MANIFEST.format(name="fake").replace('formats = ["v0"]', 'formats = ["v9"]'), "formats"),
+    (MANIFEST.format(name="fake").replace("contract = 1", "contract = 7"), "contract"),
+    ("name = ", "not valid TOML"),
+])
+def test_bad_manifests_are_one_line_errors(tmp_path, text, problem):
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "port.toml").write_text(text)
+    with pytest.raises(PolyllamaError, match=problem):
+        load_manifest(tmp_path / "fake" / "port.toml")
+
+
+def test_selecting_an_unknown_port_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown port"):
+        select("python,cobol")
+
+
+def test_invoke_reports_errors_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "invoke", "validate", "--ports", "cobol"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown port" in r.stderr

@@ -1,0 +1,82 @@
+import numpy as np
+
+from orchestrator.formats import read_model, read_tokenizer, write_gguf, write_v1
+from orchestrator.reference import Sampler, Tokenizer, Transformer, generate, logits_for
+from orchestrator.reference.model import rmsnorm, rotate_pairs, rope_cos_sin, softmax
+
+GOLDEN = b"Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+
+
+def test_stories260k_greedy_text(stories260k):
+    model = read_model(stories260k.path)
+    tok = Tokenizer(read_tokenizer(stories260k.tokenizer, 512))
+    text = generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), b"", 256).text
+    assert text.startswith(GOLDEN)
+
+
+def test_same_logits_from_v0_v1_and_gguf(tmp_path, stories260k):
+    model = read_model(stories260k.path)
+    vocab = read_tokenizer(stories260k.tokenizer, 512)
+    write_v1(tmp_path / "m.v1.bin", model)
+    write_gguf(tmp_path / "m.gguf", model, vocab)
+    ids = [1, 403, 411, 9, 18, 300]
+    ref = logits_for(Transformer(model), ids)
+    for path in (tmp_path / "m.v1.bin", tmp_path / "m.gguf"):
+        assert np.array_equal(logits_for(Transformer(read_model(path)), ids), ref)
+
+
+def test_forward_matches_a_float64_implementation(tiny_model):
+    """An independent float64 forward pass (whole-sequence attention with a causal mask)."""
+    c, w = tiny_model.config, {k: np.asarray(v, dtype=np.float64) for k, v in tiny_model.weights.items()}
+    ids = [1, 5, 77, 200, 3, 9]
+    T, hs = len(ids), c.head_size
+    x = w["token_embedding"][ids]
+    pos = np.arange(T)[:, None]
+    freq = 1.0 / 10000 ** ((np.arange(0, c.dim, 2) % hs) / hs)
+    ang = pos * freq
+
+    def rope(m):
+        a, b = m[:, 0::2], m[:, 1::2]
+        cos, sin = np.cos(ang[:, : a.shape[1]]), np.sin(ang[:, : a.shape[1]])
+        out = np.empty_like(m)
+        out[:, 0::2], out[:, 1::2] = a * cos - b * sin, a * sin + b * cos
+        return out
+
+    def norm(m, g):
+        return g * m / np.sqrt((m * m).mean(axis=-1, keepdims=True) + 1e-5)
+
+    for l in range(c.n_layers):
+        h = norm(x, w["rms_att"][l])
+        q, k, v = rope(h @ w["wq"][l].T), rope(h @ w["wk"][l].T), h @ w["wv"][l].T
+        out = np.zeros_like(q)
+        for head in range(c.n_heads):
+            kv = head // (c.n_heads // c.n_kv_heads)
+            qs, ks, vs = (m[:, s * hs:(s + 1) * hs] for m, s in ((q, head), (k, kv), (v, kv)))
+            att = qs @ ks.T / np.sqrt(hs) + np.triu(np.full((T, T), -np.inf), 1)
+            att = np.exp(att - att.max(axis=1, keepdims=True))
+            out[:, head * hs:(head + 1) * hs] = (att / att.sum(axis=1, keepdims=True)) @ vs
+        x = x + out @ w["wo"][l].T
+        h = norm(x, w["rms_ffn"][l])
+        g = h @ w["w1"][l].T
+        x = x + ((g / (1 + np.exp(-g))) * (h @ w["w3"][l].T)) @ w["w2"][l].T
+    expected = norm(x, w["rms_final"]) @ w["token_embedding"].T
+    got = logits_for(Transformer(tiny_model), ids)
+    assert np.abs(got - expected).max() < 1e-4 * (1 + np.abs(expected).max())
+
+
+def test_building_blocks():
+    x = np.array([3.0, 4.0], dtype=np.float32)
+    assert np.allclose(rmsnorm(x, np.ones(2, np.float32)), x / np.sqrt(12.5 + 1e-5))
+    assert np.isclose(softmax(np.array([1.0, 1.0], np.float32)).sum(), 1.0)
+    cos, sin = rope_cos_sin(0, 4, 4)
+    v = np.arange(4, dtype=np.float32)
+    assert np.array_equal(rotate_pairs(v, cos, sin), v)  # position 0 does not rotate
+
+
+def test_generation_stops_at_bos_unless_told(stories260k):
+    model = read_model(stories260k.path)
+    tok = Tokenizer(read_tokenizer(stories260k.tokenizer, 512))
+    short = generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), b"", 512)
+    assert short.stats.positions < 512  # the story ends with BOS before seq_len
+    full = generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), b"", 300, ignore_bos=True)
+    assert full.stats.positions == 300 and full.stats.generated_tokens == 300

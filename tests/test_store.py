@@ -1,0 +1,69 @@
+import os
+
+import pytest
+
+from orchestrator import store as store_mod
+from orchestrator.formats import read_model
+from orchestrator.formats.checkpoint import V0_HEADER_BYTES
+from orchestrator.synth import random_model, synthesize_model
+
+
+def test_manifest_sizes_follow_from_the_configs(store):
+    # a v0 file = header + weights + the two legacy RoPE tables (shared classifier)
+    for name, entry in store.models.items():
+        c = entry.config
+        tables = 2 * c.seq_len * c.head_size // 2
+        assert entry.bytes == V0_HEADER_BYTES + 4 * (c.weight_count() + tables), name
+
+
+def test_synthetic_model_has_the_real_size_and_is_labelled(tmp_path, store, monkeypatch):
+    monkeypatch.setenv(store_mod.PATH_VAR, str(tmp_path))
+    path = synthesize_model(store, "stories15M", out_dir=tmp_path)
+    assert path.stat().st_size == store.entry("stories15M").bytes
+    assert ".synthetic" in path.name
+    r = store.resolve("stories15M") if store.find_tokenizer("llama2")[0] else None
+    if r is not None:
+        assert r.origin == "synthetic" and r.path == path
+    assert read_model(path).config == store.entry("stories15M").config
+
+
+def test_synthesis_is_deterministic(store):
+    c = store.entry("stories260K").config
+    a, b = random_model(c, 5), random_model(c, 5)
+    assert all((a.weights[k] == b.weights[k]).all() for k in a.weights)
+    assert not (random_model(c, 6).weights["wq"] == a.weights["wq"]).all()
+
+
+def test_real_file_is_recognised_by_checksum(stories260k):
+    assert stories260k.origin == "real"
+
+
+def test_search_path_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(store_mod.PATH_VAR, os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert store_mod.search_path()[:2] == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    assert store_mod.search_path()[-1] == store_mod.MODELS_DIR
+
+
+def test_a_file_with_the_right_name_but_wrong_bytes_is_not_real(tmp_path, store, monkeypatch):
+    monkeypatch.setenv(store_mod.PATH_VAR, str(tmp_path))
+    (tmp_path / "stories260K.bin").write_bytes(b"\0" * 100)
+    (tmp_path / "tok512.bin").write_bytes(b"\0" * 100)
+    assert store.resolve("stories260K").origin == "unverified"
+
+
+def test_unknown_model_is_a_usage_error(store):
+    from orchestrator.errors import UsageError
+    with pytest.raises(UsageError):
+        store.resolve("stories7B")
+
+
+def test_fetch_offline_is_one_clear_error(tmp_path, store, monkeypatch):
+    from orchestrator.errors import PolyllamaError
+    from orchestrator.fetch import download
+    from orchestrator.store import Entry
+
+    monkeypatch.setenv(store_mod.PATH_VAR, str(tmp_path))
+    entry = Entry("x", "x.bin", 10, "0" * 64, "http://127.0.0.1:9/x.bin")
+    with pytest.raises(PolyllamaError, match="cannot download"):
+        download(entry, out_dir=tmp_path, timeout=2)
+    assert not list(tmp_path.iterdir())  # no partial file left behind
