@@ -1,0 +1,103 @@
+"""What machine a suite ran on: CPU, caches, memory, OS, git commit, and its measured memory
+read bandwidth at each thread count of the matrix (the roofline of batch-1 fp32 decoding)."""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from schemas.results import Host
+
+from .ports import ROOT
+
+PROBE_SRC = Path(__file__).parent / "probe" / "bandwidth.c"
+PROBE_BIN = ROOT / "build" / "bandwidth"
+PROBE_MIB = 1024  # far beyond any L2/L3 we expect, so it measures DRAM
+PROBE_PASSES = 5
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        r = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
+        if r.returncode == 0:
+            return r.stdout.strip()
+    return platform.processor() or platform.machine()
+
+
+def _caches() -> dict[str, str]:
+    out = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        out[f"L{level} {kind}"] = size
+    return out
+
+
+def _git() -> tuple[str, bool]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True).stdout.strip())
+        return commit or "unknown", dirty
+    except OSError:
+        return "unknown", False
+
+
+def probe_binary() -> Path | None:
+    if PROBE_BIN.exists() and PROBE_BIN.stat().st_mtime >= PROBE_SRC.stat().st_mtime:
+        return PROBE_BIN
+    PROBE_BIN.parent.mkdir(parents=True, exist_ok=True)
+    flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
+    try:
+        r = subprocess.run(["cc", *flags, "-pthread", "-o", str(PROBE_BIN), str(PROBE_SRC)],
+                           capture_output=True, text=True)
+    except OSError:
+        return None
+    return PROBE_BIN if r.returncode == 0 else None
+
+
+def measure_bandwidth(thread_counts: list[int], mib: int = PROBE_MIB) -> dict[int, float]:
+    """GB/s by thread count, best of several passes; empty when no C compiler is available."""
+    exe = probe_binary()
+    if exe is None:
+        return {}
+    out = {}
+    for n in thread_counts:
+        r = subprocess.run([str(exe), str(mib), str(n), str(PROBE_PASSES)], capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.split():
+            out[n] = float(r.stdout.split()[1])
+    return out
+
+
+def describe_host(thread_counts: list[int], container_image: str | None = None) -> Host:
+    commit, dirty = _git()
+    return Host(
+        hostname=socket.gethostname(),
+        cpu_model=_cpu_model(),
+        logical_cores=os.cpu_count() or 1,
+        physical_cores=psutil.cpu_count(logical=False),
+        caches=_caches(),
+        memory_bytes=psutil.virtual_memory().total,
+        os=f"{platform.system()} {platform.release()} ({platform.platform()})",
+        python=platform.python_version(),
+        git_commit=commit,
+        git_dirty=dirty,
+        bandwidth_gbs=measure_bandwidth(thread_counts),
+        container_image=container_image,
+    )

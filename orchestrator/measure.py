@@ -1,0 +1,92 @@
+"""One measured run of one cell, and the checks that decide whether it counts.
+
+The harness never trusts a port's printout alone: the statistics line must parse, the token
+counts must be the ones asked for, its times must fit inside the process's own lifetime, and its
+CPU use must match the thread count it was given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from schemas.results import Model, PortStats, Run
+
+from .executor import ProcResult, execute
+from .ports import Port, tool_env
+
+RATE_TOLERANCE = 0.02  # reported vs recomputed tok/s
+CLOCK_SLACK_S = 0.02  # a port's clock and ours start at different instants
+THREAD_CHECK_MIN_WALL_S = 0.3  # below this, CPU-time ratios are mostly start-up noise
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    port: Port
+    model: Model
+    tokenizer: str | None
+    threads: int
+    steps: int
+    temperature: float
+    topp: float
+    seed: int
+
+    def argv(self) -> list[str]:
+        argv = self.port.run_argv() + [self.model.path]
+        if self.tokenizer is not None and self.model.format != "gguf":
+            argv += ["-z", self.tokenizer]
+        # -e 1: every port runs exactly `steps` positions, whatever text it generates
+        return argv + ["-t", str(self.temperature), "-p", str(self.topp), "-s", str(self.seed),
+                       "-n", str(self.steps), "-j", str(self.threads), "-e", "1", "-i", ""]
+
+
+def _thread_check(proc: ProcResult, stats: PortStats, threads: int) -> str:
+    if proc.wall_s < THREAD_CHECK_MIN_WALL_S:
+        return "unchecked"
+    util = proc.cpu_s / proc.wall_s
+    if util > threads + 0.5:
+        return "over"
+    decode_share = stats.decode_s / proc.wall_s
+    if threads > 1 and decode_share > 0.5 and (util < 1.15 or (proc.max_threads and proc.max_threads < threads)):
+        return "under"
+    return "ok"
+
+
+def check(proc: ProcResult, spec: CellSpec) -> Run:
+    base = dict(wall_s=proc.wall_s, user_s=proc.user_s, sys_s=proc.sys_s, max_rss_kib=proc.max_rss_kib,
+                max_threads=proc.max_threads, returncode=proc.returncode)
+    if proc.timed_out:
+        return Run(**base, problem=f"timed out after {proc.wall_s:.0f} s")
+    if proc.returncode != 0:
+        return Run(**base, problem=f"exit {proc.returncode}: {proc.error_line or 'no error message'}")
+    if proc.stats is None:
+        return Run(**base, problem=proc.stats_error)
+    try:
+        stats = PortStats(**proc.stats)
+    except (ValidationError, TypeError) as e:
+        detail = e.errors()[0] if isinstance(e, ValidationError) else {"loc": ["?"], "msg": str(e)}
+        return Run(**base, problem=f"statistics line: {'.'.join(map(str, detail['loc']))}: {detail['msg']}")
+    base["stats"] = stats
+    expected_generated = spec.steps - stats.prompt_tokens + 1
+    if stats.positions != spec.steps or stats.generated_tokens != expected_generated:
+        return Run(**base, problem=f"ran {stats.positions} positions and generated {stats.generated_tokens} "
+                                   f"tokens; asked for {spec.steps} and {expected_generated}")
+    if stats.threads != spec.threads:
+        return Run(**base, problem=f"reports {stats.threads} threads, was asked for {spec.threads}")
+    if stats.decode_s <= 0 or min(stats.load_s, stats.ttft_s) < 0:
+        return Run(**base, problem="non-positive times in the statistics line")
+    reported_total = stats.load_s + stats.ttft_s + stats.decode_s
+    if reported_total > proc.wall_s + CLOCK_SLACK_S:
+        return Run(**base, problem=f"reports {reported_total:.3f} s of work in a process that lived {proc.wall_s:.3f} s")
+    tok_s = (stats.generated_tokens - 1) / stats.decode_s
+    base["tok_s"] = tok_s
+    if abs(stats.decode_tok_s - tok_s) > RATE_TOLERANCE * tok_s:
+        return Run(**base, problem=f"reports {stats.decode_tok_s:.1f} tok/s, its own counts and times give {tok_s:.1f}")
+    return Run(**base, thread_check=_thread_check(proc, stats, spec.threads))
+
+
+def measure(spec: CellSpec, timeout: float, runner=None) -> Run:
+    """Run the cell's command once (natively, or through `runner`, e.g. a container) and check it."""
+    proc = runner(spec, timeout) if runner else execute(spec.argv(), cwd=spec.port.dir, env=tool_env(),
+                                                        timeout=timeout)
+    return check(proc, spec)

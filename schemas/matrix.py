@@ -1,0 +1,45 @@
+"""Benchmark matrices: which ports, models and thread counts, and how each cell is measured."""
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Matrix(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    ports: list[str] | None = Field(None, description="port names; None = every discovered port")
+    models: list[str] = Field(min_length=1, description="model names from models/manifest.toml, or 'store' for all")
+    threads: list[int | Literal["all", "sweep"]] = Field(
+        min_length=1, description="thread counts; 'all' = every core; 'sweep' = 1, 2, 4, ... up to every core")
+    runs: int = Field(5, ge=1, le=1000, description="measured runs per cell")
+    warmup: int = Field(1, ge=0, le=100, description="unmeasured runs per cell before the measured ones")
+    steps: int = Field(256, ge=2, le=65536, description="positions per run (the prompt is empty: BOS only)")
+    temperature: float = Field(0.0, ge=0.0)
+    topp: float = Field(0.9, ge=0.0, le=1.0)
+    seed: int = Field(42, ge=1)
+    timeout_s: float = Field(600, gt=0, description="per run; a run past it is killed and the cell fails")
+    model_format: Literal["v0", "gguf"] = Field("v0", description="what ports are fed; peers that read only GGUF always get GGUF")
+    synthesize: bool = Field(True, description="make a synthetic stand-in when a model file is absent")
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, v):
+        for t in v:
+            if isinstance(t, int) and t < 1:
+                raise ValueError("thread counts must be >= 1 or 'all'")
+        return v
+
+    def thread_counts(self) -> list[int]:
+        cores = os.cpu_count() or 1
+        out = []
+        for t in self.threads:
+            if t == "sweep":
+                counts = [1 << i for i in range(cores.bit_length()) if (1 << i) < cores] + [cores]
+            else:
+                counts = [cores if t == "all" else t]
+            out += [n for n in counts if n not in out]
+        return out

@@ -1,0 +1,112 @@
+"""The result file of one benchmark suite: immutable records that keep every raw sample.
+
+Summaries (means, deviations, relative speeds) are computed from the samples when a report is
+made, never stored, so a file can always be re-analysed.
+
+Format history:
+  1 (2026-11): first version. Suite -> host + matrix + cells; cell -> warmup and measured runs;
+               run -> wall/cpu time, peak RSS (KiB), threads seen, the port's statistics line,
+               and the checks the harness made of it.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .matrix import Matrix
+
+FORMAT_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortStats(_Record):
+    """The port's own statistics line (docs/port-contract.md, section 3)."""
+    port: str
+    prompt_tokens: int
+    generated_tokens: int
+    positions: int
+    threads: int
+    load_s: float
+    ttft_s: float
+    decode_s: float
+    decode_tok_s: float
+
+
+class Run(_Record):
+    wall_s: float = Field(description="whole process, start to exit: the study's 'time per inference'")
+    user_s: float
+    sys_s: float
+    max_rss_kib: int = Field(description="peak resident set of the process tree, KiB")
+    max_threads: int = Field(description="most threads seen in the process tree (sampled)")
+    returncode: int | None = Field(description="None when killed on timeout")
+    stats: PortStats | None = None
+    tok_s: float | None = Field(None, description="(generated_tokens - 1) / decode_s, computed by the harness")
+    thread_check: Literal["ok", "over", "under", "unchecked"] = "unchecked"
+    problem: str = Field("", description="why this run does not count; empty when it does")
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+class Model(_Record):
+    name: str
+    path: str
+    origin: Literal["real", "synthetic", "unverified"]
+    tokenizer_origin: Literal["real", "synthetic", "unverified"] | None
+    format: Literal["v0", "v1", "gguf"]
+    weight_bytes: int = Field(description="bytes a batch-1 fp32 decode step reads: every weight once")
+
+
+class Cell(_Record):
+    port: str
+    language: str
+    role: Literal["port", "reference", "peer"]
+    model: Model
+    threads: int
+    steps: int
+    argv: list[str]
+    warmup: list[Run] = Field(default_factory=list)
+    runs: list[Run] = Field(default_factory=list)
+    status: Literal["ok", "failed", "incomplete"] = Field(description="incomplete: interrupted; --resume runs it again")
+    reason: str = ""
+
+
+class PortInfo(_Record):
+    name: str
+    language: str
+    role: Literal["port", "reference", "peer"]
+    toolchain: str | None
+    build_flags: str
+    build: str = Field(description="built, skipped or failed, with the reason")
+
+
+class Host(_Record):
+    hostname: str
+    cpu_model: str
+    logical_cores: int
+    physical_cores: int | None
+    caches: dict[str, str]
+    memory_bytes: int
+    os: str
+    python: str
+    git_commit: str
+    git_dirty: bool
+    bandwidth_gbs: dict[int, float] = Field(description="read bandwidth by thread count, GB/s (1e9 bytes), best of several")
+    container_image: str | None = None
+
+
+class Suite(_Record):
+    format_version: Literal[1] = FORMAT_VERSION
+    suite_id: str
+    started: str
+    finished: str | None = None
+    matrix_name: str
+    matrix: Matrix
+    host: Host
+    ports: list[PortInfo]
+    cells: list[Cell] = Field(default_factory=list)

@@ -1,0 +1,203 @@
+"""The benchmark harness against fake ports: every way a port can misbehave is caught and
+recorded with its reason; results survive interruption; files and exports round-trip."""
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import bench, resultfile
+from orchestrator.errors import UsageError
+from orchestrator.exporters import to_csv, to_hyperfine, to_markdown
+from orchestrator.ports import Port, load_manifest
+from orchestrator.stats import geometric_mean, significant, summarize
+from schemas.export import SCHEMAS, render
+from schemas.results import Suite
+
+HERE = Path(__file__).parent
+MATRIX = """[t]
+models = ["stories260K"]
+threads = [1, 2]
+runs = 2
+warmup = 1
+steps = 16
+timeout_s = 5
+"""
+
+
+@pytest.fixture
+def fake_impls(tmp_path, monkeypatch, stories260k):
+    """impls/ with one fake port per behaviour, and the harness pointed at it."""
+    impls = tmp_path / "impls"
+    for behaviour in ("good", "crash", "hang", "no-stats", "lies-threads", "greedy-threads", "short", "slow-clock"):
+        d = impls / behaviour
+        d.mkdir(parents=True)
+        (d / "port.toml").write_text(
+            f'contract = 1\nname = "{behaviour}"\nlanguage = "Fake"\nformats = ["v0"]\n'
+            f'[toolchain]\ncheck = ["true"]\n[run]\ncommand = ["{sys.executable}", "{HERE / "fakeport.py"}", "{behaviour}"]\n')
+    from orchestrator import ports
+    monkeypatch.setattr(ports, "IMPLS", impls)
+    monkeypatch.setattr(bench, "select", lambda names: ports.select(names, impls))
+    monkeypatch.setattr(bench, "describe_host", _fake_host)
+    (tmp_path / "m.toml").write_text(MATRIX)
+    return tmp_path
+
+
+def _fake_host(threads, image=None):
+    from schemas.results import Host
+    return Host(hostname="h", cpu_model="cpu", logical_cores=2, physical_cores=2, caches={}, memory_bytes=1,
+                os="os", python="3", git_commit="abc", git_dirty=False, bandwidth_gbs={1: 10.0, 2: 12.0})
+
+
+def _run(tmp, **kw):
+    return bench.main(matrix="t", out=str(tmp / "r.json"), matrices_file=tmp / "m.toml", **kw)
+
+
+def test_misbehaving_ports_fail_with_reasons(fake_impls):
+    code = _run(fake_impls)
+    assert code == 1  # some cells failed
+    suite = resultfile.load(fake_impls / "r.json")
+    cells = {(c.port, c.threads): c for c in suite.cells}
+    assert len(cells) == 16
+    assert cells[("good", 1)].status == "ok" and len(cells[("good", 1)].runs) == 2
+    assert all(r.tok_s and r.tok_s > 0 for r in cells[("good", 2)].runs)
+    reasons = {p: cells[(p, 1)].reason for p in ("crash", "hang", "no-stats", "short", "slow-clock")}
+    assert "exit -6" in reasons["crash"] or "exit 134" in reasons["crash"]
+    assert "timed out" in reasons["hang"]
+    assert "no statistics line" in reasons["no-stats"]
+    assert "asked for 16" in reasons["short"]
+    assert "process that lived" in reasons["slow-clock"]
+    for p in reasons:
+        assert cells[(p, 1)].status == "failed" and not any(r.ok for r in cells[(p, 1)].runs)
+    # thread honesty is a flag on runs that otherwise count (classified in test_thread_check)
+    assert cells[("lies-threads", 2)].status == "ok" and cells[("greedy-threads", 1)].status == "ok"
+
+
+def _proc(wall, cpu, max_threads=0):
+    from orchestrator.executor import ProcResult
+    stats = {"port": "x", "prompt_tokens": 1, "generated_tokens": 16, "positions": 16, "threads": 0,
+             "load_s": 0.01, "ttft_s": 0.01, "decode_s": wall * 0.9, "decode_tok_s": 15 / (wall * 0.9)}
+    return ProcResult(["x"], 0, b"", "", wall, user_s=cpu, max_threads=max_threads, stats=stats)
+
+
+@pytest.mark.parametrize("threads,wall,cpu,seen,verdict", [
+    (1, 2.0, 2.0, 1, "ok"),
+    (1, 2.0, 3.9, 2, "over"),    # asked for one thread, kept two cores busy
+    (2, 2.0, 3.8, 3, "ok"),
+    (2, 2.0, 2.0, 1, "under"),   # asked for two, used one
+    (2, 2.0, 3.0, 1, "under"),   # busy, but never more than one thread alive
+    (2, 0.1, 0.1, 1, "unchecked"),  # too short to tell
+])
+def test_thread_check(threads, wall, cpu, seen, verdict):
+    from orchestrator.measure import CellSpec, check
+    proc = _proc(wall, cpu, seen)
+    proc.stats["threads"] = threads
+    spec = CellSpec(None, None, None, threads, 16, 0.0, 0.9, 1)
+    run = check(proc, spec)
+    assert run.ok, run.problem
+    assert run.thread_check == verdict
+
+
+def test_runs_are_interleaved(fake_impls, monkeypatch):
+    order = []
+    real = bench.measure
+    monkeypatch.setattr(bench, "measure", lambda spec, *a: order.append(spec.port.name) or real(spec, *a))
+    _run(fake_impls, ports="good,short,lies-threads", threads="1")
+    # warmup round then two measured rounds; 'short' fails in the warmup and is not run again
+    assert order == ["good", "short", "lies-threads", "good", "lies-threads", "good", "lies-threads"]
+
+
+def test_interrupted_suite_keeps_results_and_resumes(fake_impls, monkeypatch):
+    calls = {"n": 0}
+    real = bench.measure
+
+    def flaky(spec, *a):
+        calls["n"] += 1
+        if calls["n"] == 8:  # inside the second block
+            raise KeyboardInterrupt
+        return real(spec, *a)
+
+    monkeypatch.setattr(bench, "measure", flaky)
+    assert _run(fake_impls, ports="good,lies-threads") == 130
+    kept = resultfile.load(fake_impls / "r.json")
+    finished = [c for c in kept.cells if c.status == "ok"]
+    assert {(c.port, c.threads) for c in finished} == {("good", 1), ("lies-threads", 1)}
+    calls["n"] = 100
+    assert _run(fake_impls, ports="good,lies-threads", resume=True) == 0
+    resumed = resultfile.load(fake_impls / "r.json")
+    assert {(c.port, c.threads, c.status) for c in resumed.cells} == {
+        (p, t, "ok") for p in ("good", "lies-threads") for t in (1, 2)}
+    # the finished cells were kept, not re-measured
+    before = {(c.port, c.threads): c.runs for c in finished}
+    assert all(c.runs == before[(c.port, c.threads)] for c in resumed.cells if c.threads == 1)
+
+
+def test_resume_refuses_another_matrix(fake_impls):
+    _run(fake_impls, ports="good", threads="1")
+    with pytest.raises(UsageError, match="another matrix"):
+        _run(fake_impls, ports="good", threads="2", resume=True)
+
+
+@pytest.mark.parametrize("flags,field", [({"runs": "0"}, "runs"), ({"threads": "0"}, "threads"),
+                                         ({"steps": "x"}, "--steps"), ({"models": "stories7B"}, "unknown model")])
+def test_bad_flags_name_the_field_before_anything_runs(fake_impls, flags, field):
+    with pytest.raises(UsageError, match=field):
+        _run(fake_impls, **flags)
+    assert not (fake_impls / "r.json").exists()
+
+
+def test_unknown_matrix(fake_impls):
+    with pytest.raises(UsageError, match="unknown matrix"):
+        bench.main(matrix="nope", matrices_file=fake_impls / "m.toml")
+
+
+def test_named_matrices_are_valid():
+    for name in ("quick", "default", "paper", "full"):
+        m = bench.load_matrix(name, {})
+        assert m.runs >= 1
+    paper = bench.load_matrix("paper", {})
+    assert paper.models == ["stories15M", "stories42M", "stories110M"] and paper.temperature == 0
+    assert paper.steps == 256 and paper.thread_counts()[0] == 1 and paper.thread_counts()[-1] == os.cpu_count()
+
+
+def test_result_file_round_trip_and_exports(fake_impls):
+    _run(fake_impls, ports="good,crash")
+    suite = resultfile.load(fake_impls / "r.json")
+    assert Suite.model_validate_json(suite.model_dump_json()) == suite
+    rows = list(csv.DictReader(io.StringIO(to_csv(suite))))
+    assert {r["port"] for r in rows} == {"good", "crash"}
+    good = next(r for r in rows if r["port"] == "good" and r["threads"] == "1")
+    assert float(good["tok_s_mean"]) > 0 and float(good["roofline_share"]) > 0
+    hf = json.loads(to_hyperfine(suite))
+    assert all(len(r["times"]) == len(r["exit_codes"]) for r in hf["results"])
+    assert "| good" in to_markdown(suite)
+    assert (fake_impls / "r.csv").exists() and (fake_impls / "r-stories260K-toks.png").stat().st_size > 1000
+
+
+def test_bad_result_files_are_one_line_errors(tmp_path):
+    from orchestrator.errors import PolyllamaError
+    (tmp_path / "x.json").write_text("{]")
+    with pytest.raises(PolyllamaError, match="not a JSON"):
+        resultfile.load(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text('{"format_version": 99}')
+    with pytest.raises(PolyllamaError, match="version 99"):
+        resultfile.load(tmp_path / "y.json")
+
+
+def test_exported_json_schemas_are_current():
+    for name, model in SCHEMAS.items():
+        assert (Path(__file__).parent.parent / "schemas" / name).read_text() == render(model), \
+            f"schemas/{name} is stale: run python -m schemas.export"
+
+
+def test_statistics_on_known_samples():
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert (s.mean, s.median, s.min, s.max) == (2.5, 2.5, 1.0, 4.0)
+    assert s.sd == pytest.approx(1.2909944)
+    assert summarize([]) is None
+    assert geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
+    assert significant([10, 10.1, 9.9, 10.05], [12, 12.1, 11.9, 12.05])
+    assert not significant([10, 11, 9, 10.5], [10.2, 9.5, 10.8, 10.1])
