@@ -16,8 +16,8 @@ if command -v dpkg >/dev/null 2>&1; then
   if ((${#need_apt[@]})); then
     echo "setup: apt-get install ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need_apt[@]}" >/dev/null
   fi
 elif [ "$(uname)" = Darwin ] && command -v brew >/dev/null 2>&1; then
   command -v hyperfine >/dev/null || brew install hyperfine cmake ninja
