@@ -37,36 +37,41 @@ def install(c, ports=None):
 
 
 @task(help={"ports": PORTS_HELP, "jobs": "build parallelism passed to each port's build",
-            "strict": "fail when a port is skipped for a missing toolchain"})
+            "strict": "fail when a port is skipped for a missing toolchain",
+            "docker": "build the Dockerfile's image instead (tagged polyllama:<commit>)",
+            "target": "with --docker: the Dockerfile stage to build (full, or slim = reference + C)"})
 @_exits
-def build_all(c, ports=None, jobs=2, strict=False):
-    """Build every port natively; report which were built, skipped (and why) or failed."""
-    return app.build(ports, int(jobs), strict)
+def build_all(c, ports=None, jobs=2, strict=False, docker=False, target="full"):
+    """Build every port natively (or the container image); report what was built, skipped and why, or failed."""
+    return app.build(ports, int(jobs), strict, docker, target)
 
 
 @task(help={"ports": PORTS_HELP,
-            "models": "comma-separated models (default: stories260K,stories15M; synthetic when not present)"})
+            "models": "comma-separated models (default: stories260K,stories15M; synthetic when not present)",
+            "docker": "run the ports inside the container image (DOCKER_HOST selects the engine)",
+            "image": "with --docker: the image (default polyllama:<commit>, or $POLYLLAMA_IMAGE)"})
 @_exits
-def validate(c, ports=None, models=None):
+def validate(c, ports=None, models=None, docker=False, image=None):
     """Check every built port against the reference core: logits, greedy and sampled text."""
-    return app.validate(ports, models)
+    return app.validate(ports, models, docker, image)
 
 
-@task(help={"matrix": "named matrix from schemas/matrices.toml: quick, full or paper",
+@task(help={"matrix": "named matrix from orchestrator/matrices.toml: quick, default, paper or full",
             "ports": PORTS_HELP, "models": "comma-separated models (overrides the matrix)",
             "threads": "comma-separated thread counts (overrides the matrix)",
             "runs": "measured runs per cell", "warmup": "warmup runs per cell",
             "steps": "positions per run", "out": "result file (default results/<suite>.json)",
             "resume": "continue the suite in --out, skipping finished cells",
-            "docker": "run each cell in a container (see the README)"})
+            "docker": "run each cell in a container (see the README)",
+            "image": "with --docker: the image (default polyllama:<commit>, or $POLYLLAMA_IMAGE)"})
 @_exits
-def bench(c, matrix="quick", ports=None, models=None, threads=None, runs=None, warmup=None, steps=None,
-          out=None, resume=False, docker=False):
+def bench(c, matrix="default", ports=None, models=None, threads=None, runs=None, warmup=None, steps=None,
+          out=None, resume=False, docker=False, image=None):
     """Benchmark the ports over models x threads; tables, result JSON, exports and figures."""
     from orchestrator import bench as bench_app
 
     return bench_app.main(matrix=matrix, ports=ports, models=models, threads=threads, runs=runs,
-                          warmup=warmup, steps=steps, out=out, resume=resume, docker=docker)
+                          warmup=warmup, steps=steps, out=out, resume=resume, docker=docker, image=image)
 
 
 @task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures"})

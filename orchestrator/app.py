@@ -35,7 +35,10 @@ def install(ports: str | None = None) -> int:
     return 1 if failed else 0
 
 
-def build(ports: str | None = None, jobs: int = 2, strict: bool = False) -> int:
+def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker: bool = False,
+          target: str = "full") -> int:
+    if docker:
+        return build_image(target)
     outcomes = build_all(select(ports), jobs, progress=lambda m: print(m, flush=True))
     print(tabulate([[o.port, o.status, o.version or "-", f"{o.seconds:.1f}s", o.detail] for o in outcomes],
                    headers=["port", "status", "toolchain", "time", "detail"]))
@@ -43,12 +46,27 @@ def build(ports: str | None = None, jobs: int = 2, strict: bool = False) -> int:
     return 1 if bad else 0
 
 
-def validate(ports: str | None = None, models: str | None = None) -> int:
+def build_image(target: str) -> int:
+    from .containers import ContainerRunner, build_image as build
+
+    tag = build(target)
+    runner = ContainerRunner.connect(tag)
+    built = runner.built_ports()
+    print(f"image {tag} ({runner.image_id[:19]}) holds: " + ", ".join(f"{k} ({v})" for k, v in built.items()))
+    return 0
+
+
+def validate(ports: str | None = None, models: str | None = None, docker: bool = False, image: str | None = None) -> int:
     from .validate import validate as run_validation
 
     chosen = select(ports)
     names = _csv(models) or ["stories260K", "stories15M"]
-    rows = run_validation(chosen, Store(), names, progress=lambda m: print(m, flush=True))
+    runner = None
+    if docker:
+        from .containers import ContainerRunner
+        runner = ContainerRunner.connect(image)
+        chosen = [p for p in chosen if runner.build_outcome(p).status == "built"] if not ports else chosen
+    rows = run_validation(chosen, Store(), names, progress=lambda m: print(m, flush=True), runner=runner)
     print(tabulate([r.as_dict() for r in rows], headers="keys"))
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")

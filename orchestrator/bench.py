@@ -105,7 +105,7 @@ def run_block(suite: Suite, specs: list[CellSpec], cells: list[Cell], matrix: Ma
 
 
 def main(matrix="quick", ports=None, models=None, threads=None, runs=None, warmup=None, steps=None, out=None,
-         resume=False, docker=False, matrices_file: Path = MATRICES) -> int:
+         resume=False, docker=False, image=None, matrices_file: Path = MATRICES) -> int:
     overrides = {"ports": _csv(ports), "models": _csv(models), "threads": _csv(threads, int),
                  "runs": _int(runs, "runs"), "warmup": _int(warmup, "warmup"), "steps": _int(steps, "steps")}
     m = load_matrix(matrix, overrides, matrices_file)
@@ -116,14 +116,11 @@ def main(matrix="quick", ports=None, models=None, threads=None, runs=None, warmu
         if m.steps > r.config.seq_len:
             raise UsageError(f"steps={m.steps} exceeds {r.name}'s seq_len {r.config.seq_len}")
 
-    runner, image = None, None
+    runner, image_id = None, None
     if docker:
-        try:
-            from .containers import ContainerRunner
-        except ImportError:
-            raise UsageError("--docker: container runs are not available in this checkout") from None
-        runner = ContainerRunner.connect()
-        image = runner.image_id
+        from .containers import ContainerRunner
+        runner = ContainerRunner.connect(image, m.container_memory)
+        image_id = runner.image_id
 
     print(f"matrix {matrix}: {len(chosen)} ports x {len(resolved)} models x threads {m.thread_counts()}, "
           f"{m.warmup} warmup + {m.runs} runs, {m.steps} steps", flush=True)
@@ -135,8 +132,11 @@ def main(matrix="quick", ports=None, models=None, threads=None, runs=None, warmu
         infos.append(PortInfo(name=port.name, language=port.manifest.language, role=port.manifest.role,
                               toolchain=outcome.version, build_flags=port.manifest.build_flags,
                               build=f"{outcome.status}: {outcome.detail}"))
-    print("measuring memory bandwidth ...", flush=True)
-    host = describe_host(m.thread_counts(), image)
+    # the roofline is measured over as many bytes as the largest model reads per token, so that
+    # hosts with huge caches are not credited with DRAM speed they never reach (or vice versa)
+    probe_mib = max(256, max(r.config.weight_bytes() for r in resolved) >> 20)
+    print(f"measuring memory read bandwidth over {probe_mib} MiB ...", flush=True)
+    host = describe_host(m.thread_counts(), image_id, probe_mib)
 
     out_path = Path(out) if out else RESULTS / f"{matrix}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     done: dict[tuple, Cell] = {}

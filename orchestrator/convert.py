@@ -1,6 +1,7 @@
 """Conversions between llama2.c .bin (v0, v1) and GGUF, tokenizer included."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .formats import read_model, read_tokenizer, write_gguf, write_tokenizer, write_v0, write_v1
@@ -21,11 +22,20 @@ def gguf_to_bin(gguf: Path, out: Path, tokenizer_out: Path | None = None, versio
     return out
 
 
+def _fingerprint(paths: list[Path]) -> str:
+    return json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths])
+
+
 def gguf_for(resolved: Resolved, out_dir: Path = MODELS_DIR) -> Path:
-    """The GGUF export of a resolved model, made once and reused while newer than its sources."""
+    """The GGUF export of a resolved model, made once and reused while made from the same files.
+
+    A sidecar records which checkpoint and tokenizer it was made from: a newer file is not
+    enough, since the store may resolve a different tokenizer (real instead of synthetic)."""
     out = out_dir / (resolved.path.stem + ".gguf")
-    sources = [resolved.path, resolved.tokenizer]
-    if not out.exists() or any(s.stat().st_mtime > out.stat().st_mtime for s in sources):
+    sidecar = out.with_name(out.name + ".sources")
+    fingerprint = _fingerprint([resolved.path, resolved.tokenizer])
+    if not out.exists() or not sidecar.exists() or sidecar.read_text() != fingerprint:
         out_dir.mkdir(parents=True, exist_ok=True)
         bin_to_gguf(resolved.path, resolved.tokenizer, out)
+        sidecar.write_text(fingerprint)
     return out

@@ -17,7 +17,7 @@ from .ports import ROOT
 
 PROBE_SRC = Path(__file__).parent / "probe" / "bandwidth.c"
 PROBE_BIN = ROOT / "build" / "bandwidth"
-PROBE_MIB = 1024  # far beyond any L2/L3 we expect, so it measures DRAM
+PROBE_MIB = 1024
 PROBE_PASSES = 5
 
 
@@ -85,7 +85,7 @@ def measure_bandwidth(thread_counts: list[int], mib: int = PROBE_MIB) -> dict[in
     return out
 
 
-def describe_host(thread_counts: list[int], container_image: str | None = None) -> Host:
+def describe_host(thread_counts: list[int], container_image: str | None = None, probe_mib: int = PROBE_MIB) -> Host:
     commit, dirty = _git()
     return Host(
         hostname=socket.gethostname(),
@@ -98,6 +98,7 @@ def describe_host(thread_counts: list[int], container_image: str | None = None) 
         python=platform.python_version(),
         git_commit=commit,
         git_dirty=dirty,
-        bandwidth_gbs=measure_bandwidth(thread_counts),
+        bandwidth_gbs=measure_bandwidth(thread_counts, probe_mib),
+        bandwidth_probe_mib=probe_mib,
         container_image=container_image,
     )

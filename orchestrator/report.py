@@ -100,7 +100,7 @@ def host_lines(suite: Suite) -> list[str]:
         f"host: {h.cpu_model}, {h.logical_cores} logical cores ({h.physical_cores} physical), "
         f"{h.memory_bytes / 2**30:.1f} GiB, {h.os}",
         f"caches: {caches or 'unknown'}",
-        f"memory read bandwidth: {bw or 'not measured'}",
+        f"memory read bandwidth ({h.bandwidth_probe_mib} MiB streamed): {bw or 'not measured'}",
         f"commit {h.git_commit[:12]}{' (dirty)' if h.git_dirty else ''}, suite {suite.suite_id}, "
         f"matrix {suite.matrix_name}" + (f", image {h.container_image}" if h.container_image else ""),
     ]

@@ -109,13 +109,14 @@ def _argv(port: Port, case: Case, *flags: str) -> list[str]:
     return argv + list(flags)
 
 
-def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600) -> Row:
+def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600, run=execute) -> Row:
+    """`run` has execute's signature: the native executor, or a container runner's."""
     row = Row(port.name, case.label)
     env = tool_env()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "logits.f32"
         ids = ",".join(map(str, exp.ids))
-        r = execute(_argv(port, case, "-m", "logits", "-k", ids, "-o", str(out), "-j", "1"),
+        r = run(_argv(port, case, "-m", "logits", "-k", ids, "-o", str(out), "-j", "1"),
                     cwd=port.dir, env=env, timeout=timeout, sample=False)
         if r.returncode != 0:
             row.problem = f"logits run exited {r.returncode}: {r.error_line}"
@@ -140,7 +141,7 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600) -> R
     if agree != len(exp.ids):
         problems.append("argmax differs")
 
-    g = execute(_argv(port, case, "-t", "0", "-n", str(TEXT_STEPS), "-i", PROMPT.decode(), "-j", "1"),
+    g = run(_argv(port, case, "-t", "0", "-n", str(TEXT_STEPS), "-i", PROMPT.decode(), "-j", "1"),
                 cwd=port.dir, env=env, timeout=timeout, sample=False)
     row.greedy_identical = "yes" if g.returncode == 0 and g.stdout == exp.greedy else "NO"
     if g.returncode != 0:
@@ -150,7 +151,7 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600) -> R
     elif g.stats is None:
         problems.append(f"greedy run: {g.stats_error}")
     if exp.sampled is not None:
-        s = execute(_argv(port, case, "-t", str(SAMPLED["temperature"]), "-p", str(SAMPLED["topp"]),
+        s = run(_argv(port, case, "-t", str(SAMPLED["temperature"]), "-p", str(SAMPLED["topp"]),
                           "-s", str(SAMPLED["seed"]), "-n", str(TEXT_STEPS), "-i", PROMPT.decode(), "-j", "1"),
                     cwd=port.dir, env=env, timeout=timeout, sample=False)
         row.sampled_identical = "yes" if s.returncode == 0 and s.stdout == exp.sampled else "NO"
@@ -160,7 +161,8 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600) -> R
     return row
 
 
-def validate(ports: list[Port], store: Store, models: list[str], progress=print) -> list[Row]:
+def validate(ports: list[Port], store: Store, models: list[str], progress=print, runner=None) -> list[Row]:
+    """`runner`: a ContainerRunner to run the ports in containers; None runs them natively."""
     if os.environ.get("CI") == "true" and "stories260K" in models:
         r = store.resolve("stories260K", allow_synthetic=False)
         if r.origin != "real":
@@ -172,9 +174,10 @@ def validate(ports: list[Port], store: Store, models: list[str], progress=print)
         for port in ports:
             if not port.reads(case.fmt):
                 continue
-            if not port.outputs_present():
+            built = runner.build_outcome(port).status == "built" if runner else port.outputs_present()
+            if not built:
                 rows.append(Row(port.name, case.label, problem="not built (run `invoke build-all`)"))
                 continue
             progress(f"validating {port.name} on {case.label} ...")
-            rows.append(check_port(port, case, exp))
+            rows.append(check_port(port, case, exp, run=runner.execute if runner else execute))
     return rows

@@ -23,6 +23,7 @@ class Matrix(BaseModel):
     seed: int = Field(42, ge=1)
     timeout_s: float = Field(600, gt=0, description="per run; a run past it is killed and the cell fails")
     model_format: Literal["v0", "gguf"] = Field("v0", description="what ports are fed; peers that read only GGUF always get GGUF")
+    container_memory: str = Field("8g", pattern=r"^[0-9]+[kmg]$", description="memory limit of a container cell (--docker)")
     synthesize: bool = Field(True, description="make a synthetic stand-in when a model file is absent")
 
     @field_validator("threads")

@@ -97,6 +97,7 @@ class Host(_Record):
     git_commit: str
     git_dirty: bool
     bandwidth_gbs: dict[int, float] = Field(description="read bandwidth by thread count, GB/s (1e9 bytes), best of several")
+    bandwidth_probe_mib: int = Field(description="bytes the bandwidth probe streams: the largest model's weights, at least 256 MiB")
     container_image: str | None = None
 
 

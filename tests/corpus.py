@@ -92,6 +92,9 @@ def make_corpus(out: Path) -> tuple[list[BadCase], Path, Path]:
 
 
 BAD_FLAGS = [
+    ["-t", "inf"],
+    ["-t", "nan"],
+    ["-n", "1_0"],
     ["-q", "1"],
     ["-t"],
     ["-t", "abc"],

@@ -46,10 +46,11 @@ def fake_impls(tmp_path, monkeypatch, stories260k):
     return tmp_path
 
 
-def _fake_host(threads, image=None):
+def _fake_host(threads, image=None, probe_mib=256):
     from schemas.results import Host
     return Host(hostname="h", cpu_model="cpu", logical_cores=2, physical_cores=2, caches={}, memory_bytes=1,
-                os="os", python="3", git_commit="abc", git_dirty=False, bandwidth_gbs={1: 10.0, 2: 12.0})
+                os="os", python="3", git_commit="abc", git_dirty=False, bandwidth_gbs={1: 10.0, 2: 12.0},
+                bandwidth_probe_mib=probe_mib)
 
 
 def _run(tmp, **kw):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -43,13 +44,15 @@ class Args:
     ignore_bos: bool = False
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def _number(flag: str, text: str, kind, lo=None, hi=None):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise Usage(f"{flag} expects a number, got {text!r}") from None
-    if kind is float and value != value:
-        raise Usage(f"{flag} expects a number, got {text!r}")
+    """Plain decimal only: no 'inf', 'nan', underscores or spaces (contract section 2)."""
+    if not (_INT if kind is int else _FLOAT).fullmatch(text):
+        raise Usage(f"{flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}")
+    value = kind(text)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise Usage(f"{flag} {text} is out of range")
     return value

@@ -1,0 +1,1666 @@
+/* Inference for Llama-2 Transformer models in pure C11: the polyllama C port.
+
+   After karpathy/llama2.c's run.c, top to bottom: model (config, weights, state), thread pool,
+   forward pass, tokenizer, sampler, generation, command line. The behaviour is defined by
+   docs/port-contract.md and the numpy reference core in orchestrator/reference/.
+
+   Speed comes from three things: the weights are memory-mapped and read exactly once per token;
+   every matrix-vector product streams four weight rows at a time through FMA registers
+   (AVX2/FMA on x86-64, NEON on arm64, plain loops the compiler vectorises elsewhere); and a
+   persistent pool of workers (spinning briefly, then sleeping) splits every matmul and the
+   attention heads, with the matmuls that share an input fused into one dispatch, so a token
+   costs five synchronisations a layer. */
+
+#define _DEFAULT_SOURCE
+#define _DARWIN_C_SOURCE // clock_gettime and friends on macOS
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define SIMD_AVX2 1
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define SIMD_NEON 1
+#endif
+
+#define PORT_NAME "c"
+#ifndef PREFETCH_DIST
+#define PREFETCH_DIST 0 // floats ahead to prefetch each weight row; 0 = leave it to the hardware
+#endif
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+#define EXIT_BAD_FILE 3
+
+static const char *USAGE =
+    "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+
+// ----------------------------------------------------------------------------
+// Errors: every failure is one `error: ...` line on stderr and a contract exit code
+
+static void die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    if (code == EXIT_USAGE) { fputs(USAGE, stderr); fputc('\n', stderr); }
+    exit(code);
+}
+
+// a bad input file: `error: <path>: <problem>`, exit 3
+static void die_file(const char *path, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: %s: ", path);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(EXIT_BAD_FILE);
+}
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) die(EXIT_RUNTIME, "cannot allocate %zu bytes", n * size);
+    return p;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+// ----------------------------------------------------------------------------
+// Transformer model
+
+#define MAX_DIM 65536
+#define MAX_HIDDEN 262144
+#define MAX_LAYERS 1024
+#define MAX_VOCAB (1 << 20)
+#define MAX_SEQ 65536
+#define MAX_KV_BYTES (4LL << 30)
+#define V1_MAGIC 0x616b3432u
+#define V1_HEADER_BYTES 256
+#define V0_HEADER_BYTES 28
+
+typedef struct {
+    int dim;        // transformer dimension
+    int hidden_dim; // for ffn layers
+    int n_layers;
+    int n_heads;    // number of query heads
+    int n_kv_heads; // number of key/value heads (can be < query heads because of multiquery)
+    int vocab_size; // always positive here; sharing is its own flag
+    int seq_len;    // max sequence length
+    int shared_classifier;
+} Config;
+
+// One layer's weights. Pointers, not offsets: GGUF stores each layer's tensors separately.
+typedef struct {
+    const float *rms_att; // (dim,)
+    const float *wq;      // (dim, n_heads * head_size)
+    const float *wk;      // (kv_dim, dim)
+    const float *wv;      // (kv_dim, dim)
+    const float *wo;      // (dim, n_heads * head_size)
+    const float *rms_ffn; // (dim,)
+    const float *w1;      // (hidden_dim, dim)
+    const float *w2;      // (dim, hidden_dim)
+    const float *w3;      // (hidden_dim, dim)
+} LayerWeights;
+
+typedef struct {
+    const float *token_embedding; // (vocab_size, dim)
+    LayerWeights *layers;         // (n_layers,)
+    const float *rms_final;       // (dim,)
+    const float *wcls;            // (vocab_size, dim): token_embedding when shared
+} TransformerWeights;
+
+// The vocabulary as read from tokenizer.bin or from a GGUF file's metadata.
+typedef struct {
+    int vocab_size;
+    char **pieces;   // not NUL-terminated: a piece may hold any byte
+    int *lengths;
+    float *scores;
+    int max_token_length;
+    void *arena;     // owns the bytes the pieces point into
+} Vocab;
+
+typedef struct {
+    float *x;      // activation at current time stamp (dim,)
+    float *xb;     // same, but inside a residual branch (dim,)
+    float *q;      // query (dim,)
+    float *hb;     // buffer for hidden dimension in the ffn (hidden_dim,)
+    float *hb2;    // buffer for hidden dimension in the ffn (hidden_dim,)
+    float *att;    // attention scores, one row per worker (n_threads, seq_len)
+    float *logits; // output logits (vocab_size,)
+    float *rope_cos, *rope_sin; // this position's rotation per pair of a head (head_size / 2,)
+    float *key_cache;   // (layer, seq_len, kv_dim)
+    float *value_cache; // (layer, seq_len, kv_dim)
+} RunState;
+
+typedef struct ThreadPool ThreadPool;
+
+typedef struct {
+    Config config;
+    TransformerWeights weights;
+    RunState state;
+    ThreadPool *pool;
+    int has_vocab;  // GGUF: the tokenizer came with the model
+    Vocab vocab;
+    void *data;     // the memory-mapped checkpoint
+    size_t file_size;
+} Transformer;
+
+static void validate_config(const char *path, const Config *c) {
+    const char *names[] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
+    long long values[] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->seq_len};
+    long long limits[] = {MAX_DIM, MAX_HIDDEN, MAX_LAYERS, c->dim, -1, MAX_VOCAB, MAX_SEQ};
+    for (int i = 0; i < 7; i++)
+        if (values[i] <= 0) die_file(path, "header value %s=%lld must be positive", names[i], values[i]);
+    for (int i = 0; i < 7; i++)
+        if (limits[i] >= 0 && values[i] > limits[i])
+            die_file(path, "header value %s=%lld exceeds the limit %lld", names[i], values[i], limits[i]);
+    if (c->dim % c->n_heads) die_file(path, "dim=%d is not a multiple of n_heads=%d", c->dim, c->n_heads);
+    int head_size = c->dim / c->n_heads;
+    if (head_size % 2) die_file(path, "head_size=%d must be even for RoPE", head_size);
+    if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
+        die_file(path, "n_heads=%d is not a multiple of n_kv_heads=%d", c->n_heads, c->n_kv_heads);
+    long long kv_bytes = (long long)c->n_layers * c->seq_len * (c->n_kv_heads * head_size) * 2 * 4;
+    if (kv_bytes > MAX_KV_BYTES) die_file(path, "KV cache of %lld bytes exceeds the 4 GiB limit", kv_bytes);
+}
+
+static int read_le32(const unsigned char *p) {
+    return (int)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
+static uint64_t read_le64(const unsigned char *p) {
+    return (uint64_t)(uint32_t)read_le32(p) | (uint64_t)(uint32_t)read_le32(p + 4) << 32;
+}
+
+// open a file we are about to trust, refusing anything that is not a readable regular file
+static int open_input(const char *path, size_t *size) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die_file(path, "cannot open: %s", errno == ENOENT ? "no such file" : strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) die_file(path, "cannot open: %s", strerror(errno));
+    if (S_ISDIR(st.st_mode)) die_file(path, "cannot open: is a directory");
+    if (!S_ISREG(st.st_mode)) die_file(path, "cannot open: not a regular file");
+    *size = (size_t)st.st_size;
+    return fd;
+}
+
+static void read_exact(const char *path, int fd, void *buf, size_t n, off_t at) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, (char *)buf + got, n - got, at + (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) die_file(path, "cannot read: %s", r < 0 ? strerror(errno) : "unexpected end of file");
+        got += (size_t)r;
+    }
+}
+
+static void *map_file(const char *path, int fd, size_t size) {
+    int flags = MAP_PRIVATE;
+#ifdef MAP_POPULATE
+    flags |= MAP_POPULATE; // fault the weights in now, so load_s and not the first token pays
+#endif
+    void *data = mmap(NULL, size, PROT_READ, flags, fd, 0);
+    if (data == MAP_FAILED) die_file(path, "cannot map: %s", strerror(errno));
+    return data;
+}
+
+static long long weight_floats(const Config *c) {
+    long long d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size;
+    long long kv = (long long)c->n_kv_heads * (c->dim / c->n_heads);
+    long long n = v * d + L * (2 * d + d * d + 2 * kv * d + d * d + 3 * h * d) + d;
+    return c->shared_classifier ? n : n + v * d;
+}
+
+static void check_size(const char *path, size_t actual, long long expected) {
+    if ((long long)actual != expected)
+        die_file(path, "%s: file is %zu bytes, header implies %lld",
+                 (long long)actual < expected ? "truncated" : "oversized", actual, expected);
+}
+
+// point the per-layer weights into one run of stacked tensors (v0 and v1 files)
+static void layer_pointers(const Config *c, TransformerWeights *w, const float *rms_att, const float *rms_ffn,
+                           const float *wq, const float *wk, const float *wv, const float *wo,
+                           const float *w1, const float *w2, const float *w3) {
+    size_t d = c->dim, h = c->hidden_dim, kv = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
+    w->layers = xcalloc(c->n_layers, sizeof(LayerWeights));
+    for (size_t l = 0; l < (size_t)c->n_layers; l++) {
+        LayerWeights *lw = &w->layers[l];
+        lw->rms_att = rms_att + l * d;
+        lw->rms_ffn = rms_ffn + l * d;
+        lw->wq = wq + l * d * d;
+        lw->wk = wk + l * kv * d;
+        lw->wv = wv + l * kv * d;
+        lw->wo = wo + l * d * d;
+        lw->w1 = w1 + l * h * d;
+        lw->w2 = w2 + l * d * h;
+        lw->w3 = w3 + l * h * d;
+    }
+}
+
+static void read_v0(const char *path, int fd, size_t size, Transformer *t) {
+    unsigned char head[V0_HEADER_BYTES];
+    if (size < V0_HEADER_BYTES)
+        die_file(path, "truncated: %zu bytes, a v0 header needs %d", size, V0_HEADER_BYTES);
+    read_exact(path, fd, head, sizeof head, 0);
+    Config *c = &t->config;
+    int vocab = read_le32(head + 20);
+    *c = (Config){read_le32(head), read_le32(head + 4), read_le32(head + 8), read_le32(head + 12),
+                  read_le32(head + 16), vocab == INT32_MIN ? 0 : abs(vocab), read_le32(head + 24), vocab > 0};
+    validate_config(path, c);
+    long long head_size = c->dim / c->n_heads;
+    long long freq_floats = 2LL * c->seq_len * (head_size / 2); // legacy RoPE tables, skipped
+    check_size(path, size, V0_HEADER_BYTES + 4 * (weight_floats(c) + freq_floats));
+
+    t->data = map_file(path, fd, size);
+    t->file_size = size;
+    const float *p = (const float *)((const char *)t->data + V0_HEADER_BYTES);
+    size_t d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size;
+    size_t kv = (size_t)c->n_kv_heads * head_size;
+    TransformerWeights *w = &t->weights;
+    w->token_embedding = p; p += v * d;
+    const float *rms_att = p; p += L * d;
+    const float *wq = p; p += L * d * d;
+    const float *wk = p; p += L * kv * d;
+    const float *wv = p; p += L * kv * d;
+    const float *wo = p; p += L * d * d;
+    const float *rms_ffn = p; p += L * d;
+    const float *w1 = p; p += L * h * d;
+    const float *w2 = p; p += L * d * h;
+    const float *w3 = p; p += L * h * d;
+    w->rms_final = p; p += d;
+    p += (size_t)freq_floats;
+    w->wcls = c->shared_classifier ? w->token_embedding : p;
+    layer_pointers(c, w, rms_att, rms_ffn, wq, wk, wv, wo, w1, w2, w3);
+}
+
+static void read_v1(const char *path, int fd, size_t size, Transformer *t) {
+    unsigned char head[V1_HEADER_BYTES];
+    if (size < V1_HEADER_BYTES)
+        die_file(path, "truncated: %zu bytes, a v1 header needs %d", size, V1_HEADER_BYTES);
+    read_exact(path, fd, head, sizeof head, 0);
+    int version = read_le32(head + 4);
+    if (version != 1) die_file(path, "unsupported llama2.c format version %d (only 0 and 1 are fp32)", version);
+    if (head[36] > 1) die_file(path, "shared_classifier flag is %d, expected 0 or 1", head[36]);
+    Config *c = &t->config;
+    const unsigned char *h7 = head + 8;
+    *c = (Config){read_le32(h7), read_le32(h7 + 4), read_le32(h7 + 8), read_le32(h7 + 12),
+                  read_le32(h7 + 16), read_le32(h7 + 20), read_le32(h7 + 24), head[36]};
+    validate_config(path, c);
+    check_size(path, size, V1_HEADER_BYTES + 4 * weight_floats(c));
+
+    t->data = map_file(path, fd, size);
+    t->file_size = size;
+    const float *p = (const float *)((const char *)t->data + V1_HEADER_BYTES);
+    size_t d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size;
+    size_t kv = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
+    TransformerWeights *w = &t->weights;
+    // v1 stores the small vectors first, then the matrices
+    const float *rms_att = p; p += L * d;
+    const float *rms_ffn = p; p += L * d;
+    w->rms_final = p; p += d;
+    w->token_embedding = p; p += v * d;
+    const float *wq = p; p += L * d * d;
+    const float *wk = p; p += L * kv * d;
+    const float *wv = p; p += L * kv * d;
+    const float *wo = p; p += L * d * d;
+    const float *w1 = p; p += L * h * d;
+    const float *w2 = p; p += L * d * h;
+    const float *w3 = p; p += L * h * d;
+    w->wcls = c->shared_classifier ? w->token_embedding : p;
+    layer_pointers(c, w, rms_att, rms_ffn, wq, wk, wv, wo, w1, w2, w3);
+}
+
+// ----------------------------------------------------------------------------
+// GGUF (v2/v3, all tensors F32): a bounded cursor over the mapped file, so that no count or
+// length is trusted before it is known to fit in the bytes that remain.
+
+enum { G_U8, G_I8, G_U16, G_I16, G_U32, G_I32, G_F32, G_BOOL, G_STRING, G_ARRAY, G_U64, G_I64, G_F64 };
+#define GGUF_MAX_ENTRIES 65536
+
+typedef struct {
+    const char *path;
+    const unsigned char *data;
+    size_t size, off;
+} Cursor;
+
+typedef struct { const unsigned char *p; uint64_t n; } Str;
+
+typedef struct {
+    int present;
+    uint32_t type;             // value type
+    uint32_t etype;            // element type, for arrays
+    uint64_t count;            // element count, for arrays
+    const unsigned char *at;   // the value (or an array's first element)
+} KvValue;
+
+typedef struct {
+    Str name;
+    uint32_t n_dims;
+    uint64_t dims[4];
+    uint32_t type;
+    uint64_t offset;
+    int index; // position in the file: a repeated name means the last one, as a dict would
+} TensorInfo;
+
+static int scalar_size(uint32_t t) {
+    static const int sizes[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    return t <= G_F64 ? sizes[t] : 0;
+}
+
+static void cur_need(Cursor *c, uint64_t n, const char *what) {
+    if (n > c->size - c->off)
+        die_file(c->path, "truncated or corrupt: %s runs past the end of the file", what);
+}
+
+static uint32_t cur_u32(Cursor *c, const char *what) {
+    cur_need(c, 4, what);
+    uint32_t v = (uint32_t)read_le32(c->data + c->off);
+    c->off += 4;
+    return v;
+}
+
+static uint64_t cur_u64(Cursor *c, const char *what) {
+    cur_need(c, 8, what);
+    uint64_t v = read_le64(c->data + c->off);
+    c->off += 8;
+    return v;
+}
+
+static Str cur_string(Cursor *c, const char *what) {
+    uint64_t n = cur_u64(c, what);
+    cur_need(c, n, what);
+    Str s = {c->data + c->off, n};
+    c->off += n;
+    return s;
+}
+
+static int str_is(Str s, const char *text) { return s.n == strlen(text) && memcmp(s.p, text, s.n) == 0; }
+
+// read (and bound) one value of type `type`, remembering where it lies
+static KvValue cur_value(Cursor *c, uint32_t type, const char *what) {
+    KvValue v = {1, type, 0, 0, c->data + c->off};
+    if (scalar_size(type)) {
+        cur_need(c, (uint64_t)scalar_size(type), what);
+        c->off += scalar_size(type);
+    } else if (type == G_STRING) {
+        cur_string(c, what);
+    } else if (type == G_ARRAY) {
+        v.etype = cur_u32(c, what);
+        v.count = cur_u64(c, what);
+        v.at = c->data + c->off;
+        int es = scalar_size(v.etype);
+        if (!es && v.etype != G_STRING) die_file(c->path, "%s: unsupported array element type %u", what, v.etype);
+        if (v.count > (c->size - c->off) / (uint64_t)(es ? es : 8))
+            die_file(c->path, "truncated or corrupt: %s runs past the end of the file", what);
+        if (es) c->off += v.count * (uint64_t)es;
+        else for (uint64_t i = 0; i < v.count; i++) cur_string(c, what);
+    } else {
+        die_file(c->path, "%s: unknown value type %u", what, type);
+    }
+    return v;
+}
+
+// an integer-valued scalar as int64 (huge unsigned values saturate, to fail the limits later)
+static int scalar_as_int(uint32_t type, const unsigned char *p, long long *out) {
+    switch (type) {
+    case G_U8: case G_BOOL: *out = p[0]; return 1;
+    case G_I8: *out = (int8_t)p[0]; return 1;
+    case G_U16: *out = (uint16_t)(p[0] | p[1] << 8); return 1;
+    case G_I16: *out = (int16_t)(uint16_t)(p[0] | p[1] << 8); return 1;
+    case G_U32: *out = (uint32_t)read_le32(p); return 1;
+    case G_I32: *out = read_le32(p); return 1;
+    case G_U64: { uint64_t u = read_le64(p); *out = u > INT64_MAX ? INT64_MAX : (long long)u; return 1; }
+    case G_I64: *out = (long long)read_le64(p); return 1;
+    default: return 0;
+    }
+}
+
+static double scalar_as_double(uint32_t type, const unsigned char *p) {
+    long long i;
+    if (scalar_as_int(type, p, &i)) return (double)i;
+    if (type == G_F32) { uint32_t u = (uint32_t)read_le32(p); float f; memcpy(&f, &u, 4); return f; }
+    uint64_t u = read_le64(p);
+    double d;
+    memcpy(&d, &u, 8);
+    return d;
+}
+
+// a header value clamped into int range: out-of-range values then fail validate_config
+static int int_key(const char *path, const KvValue *v, const char *key, int fallback, int has_fallback) {
+    long long x;
+    if (!v->present) {
+        if (has_fallback) return fallback;
+        die_file(path, "missing required key %s", key);
+    }
+    if (!scalar_as_int(v->type, v->at, &x)) die_file(path, "key %s must be an integer", key);
+    return x > INT32_MAX ? INT32_MAX : x < INT32_MIN ? INT32_MIN : (int)x;
+}
+
+static int cmp_tensor_info(const void *a, const void *b) {
+    const TensorInfo *x = a, *y = b;
+    uint64_t n = x->name.n < y->name.n ? x->name.n : y->name.n;
+    int r = memcmp(x->name.p, y->name.p, n);
+    if (r) return r;
+    if (x->name.n != y->name.n) return x->name.n < y->name.n ? -1 : 1;
+    return x->index - y->index;
+}
+
+static const TensorInfo *find_tensor(const TensorInfo *infos, int n, const char *name) {
+    Str key = {(const unsigned char *)name, strlen(name)};
+    TensorInfo probe = {.name = key, .index = INT32_MAX};
+    // the last entry not greater than (name, +inf): the file's last tensor of that name
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (cmp_tensor_info(&infos[mid], &probe) <= 0) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo > 0 && infos[lo - 1].name.n == key.n && memcmp(infos[lo - 1].name.p, key.p, key.n) == 0)
+        return &infos[lo - 1];
+    return NULL;
+}
+
+typedef struct {
+    const char *path;
+    const unsigned char *data;
+    size_t size;
+    uint64_t data_start;
+    const TensorInfo *infos;
+    int n_infos;
+} GgufTensors;
+
+// the F32 tensor `name` of shape (rows, cols), or (cols) when rows == 0, checked to lie in the file
+static const float *gguf_tensor(const GgufTensors *g, const char *name, uint64_t rows, uint64_t cols) {
+    const TensorInfo *ti = find_tensor(g->infos, g->n_infos, name);
+    if (!ti) die_file(g->path, "missing tensor %s", name);
+    if (ti->type != 0) die_file(g->path, "tensor %s has type %u; only F32 (0) is supported", name, ti->type);
+    uint32_t want_dims = rows ? 2 : 1;
+    if (ti->n_dims != want_dims || ti->dims[0] != cols || (rows && ti->dims[1] != rows)) {
+        if (rows) die_file(g->path, "tensor %s has the wrong dims, expected [%llu, %llu]", name,
+                           (unsigned long long)cols, (unsigned long long)rows);
+        die_file(g->path, "tensor %s has the wrong dims, expected [%llu]", name, (unsigned long long)cols);
+    }
+    uint64_t nbytes = 4 * cols * (rows ? rows : 1);
+    if (ti->offset % 4 || ti->offset > g->size || g->data_start > g->size - ti->offset ||
+        nbytes > g->size - g->data_start - ti->offset)
+        die_file(g->path, "tensor %s lies outside the file", name);
+    return (const float *)(g->data + g->data_start + ti->offset);
+}
+
+// GGUF spells a space as U+2581 (E2 96 81) and BOS/EOS as control tokens; give back llama2.c bytes
+static void gguf_vocab(Vocab *v, const KvValue *tokens, const KvValue *scores,
+                       const KvValue *types) {
+    int n = (int)tokens->count;
+    v->vocab_size = n;
+    v->pieces = xcalloc(n, sizeof(char *));
+    v->lengths = xcalloc(n, sizeof(int));
+    v->scores = xcalloc(n, sizeof(float));
+    int use_types = types->present && types->type == G_ARRAY && scalar_size(types->etype) &&
+                    types->count == tokens->count;
+    // the pieces only shrink, so the strings' total size bounds the arena
+    size_t total = 0;
+    const unsigned char *p = tokens->at;
+    for (int i = 0; i < n; i++) {
+        uint64_t len = read_le64(p);
+        total += len + 1;
+        p += 8 + len;
+    }
+    char *arena = xcalloc(total + 16, 1);
+    v->arena = arena;
+    int es = use_types ? scalar_size(types->etype) : 0;
+    int ss = scalar_size(scores->etype);
+    p = tokens->at;
+    v->max_token_length = 1;
+    for (int i = 0; i < n; i++) {
+        uint64_t len = read_le64(p);
+        const unsigned char *s = p + 8;
+        p += 8 + len;
+        // token type 3 (control), read the way the reference's int() reads it, even from a float
+        double ttype = use_types ? scalar_as_double(types->etype, types->at + (size_t)i * es) : -1.0;
+        int control = ttype >= 3.0 && ttype < 4.0;
+        char *out = arena;
+        size_t m = 0;
+        if (control && len == 3 && memcmp(s, "<s>", 3) == 0) { memcpy(out, "\n<s>\n", 5); m = 5; }
+        else if (control && len == 4 && memcmp(s, "</s>", 4) == 0) { memcpy(out, "\n</s>\n", 6); m = 6; }
+        else {
+            for (uint64_t j = 0; j < len; j++) {
+                if (j + 2 < len && s[j] == 0xE2 && s[j + 1] == 0x96 && s[j + 2] == 0x81) { out[m++] = ' '; j += 2; }
+                else out[m++] = (char)s[j];
+            }
+        }
+        v->pieces[i] = out;
+        v->lengths[i] = (int)m;
+        arena += m + 1;
+        if ((int)m > v->max_token_length) v->max_token_length = (int)m;
+        v->scores[i] = (float)scalar_as_double(scores->etype, scores->at + (size_t)i * ss);
+    }
+}
+
+static const char *GGUF_LAYER_NAMES[9] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                          "ffn_norm", "ffn_gate", "ffn_down", "ffn_up"};
+
+static void read_gguf(const char *path, int fd, size_t size, Transformer *t) {
+    if (size < 8) die_file(path, "truncated or corrupt: version runs past the end of the file");
+    t->data = map_file(path, fd, size);
+    t->file_size = size;
+    Cursor cur = {path, t->data, size, 4};
+    uint32_t version = cur_u32(&cur, "version");
+    if (version != 2 && version != 3) die_file(path, "unsupported GGUF version %u (2 and 3 are read)", version);
+    uint64_t n_tensors = cur_u64(&cur, "tensor count");
+    uint64_t n_kv = cur_u64(&cur, "kv count");
+    if (n_tensors > GGUF_MAX_ENTRIES || n_kv > GGUF_MAX_ENTRIES)
+        die_file(path, "implausible counts: %llu tensors, %llu keys (limit %d)", (unsigned long long)n_tensors,
+                 (unsigned long long)n_kv, GGUF_MAX_ENTRIES);
+
+    enum { K_ARCH, K_ALIGN, K_TOKENS, K_SCORES, K_TYPES, K_DIM, K_FFN, K_BLOCKS, K_HEADS, K_KV_HEADS, K_CTX, K_N };
+    static const char *keys[K_N] = {
+        "general.architecture", "general.alignment", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type", "llama.embedding_length", "llama.feed_forward_length", "llama.block_count",
+        "llama.attention.head_count", "llama.attention.head_count_kv", "llama.context_length"};
+    KvValue kv[K_N] = {{0}};
+    for (uint64_t i = 0; i < n_kv; i++) {
+        Str key = cur_string(&cur, "key");
+        uint32_t type = cur_u32(&cur, "value type");
+        KvValue v = cur_value(&cur, type, "value");
+        for (int k = 0; k < K_N; k++)
+            if (str_is(key, keys[k])) kv[k] = v; // a repeated key: the last one wins
+    }
+    TensorInfo *infos = xcalloc(n_tensors, sizeof(TensorInfo));
+    for (uint64_t i = 0; i < n_tensors; i++) {
+        TensorInfo *ti = &infos[i];
+        ti->name = cur_string(&cur, "tensor name");
+        ti->n_dims = cur_u32(&cur, "tensor dims");
+        if (ti->n_dims > 4) die_file(path, "tensor %.*s has %u dimensions", (int)(ti->name.n > 200 ? 200 : ti->name.n),
+                                     (const char *)ti->name.p, ti->n_dims);
+        for (uint32_t d = 0; d < ti->n_dims; d++) ti->dims[d] = cur_u64(&cur, "tensor dims");
+        ti->type = cur_u32(&cur, "tensor type");
+        ti->offset = cur_u64(&cur, "tensor offset");
+        ti->index = (int)i;
+    }
+
+    if (!kv[K_ARCH].present || kv[K_ARCH].type != G_STRING ||
+        !str_is((Str){kv[K_ARCH].at + 8, read_le64(kv[K_ARCH].at)}, "llama"))
+        die_file(path, "general.architecture is not 'llama'");
+    long long align = 32;
+    if (kv[K_ALIGN].present && !scalar_as_int(kv[K_ALIGN].type, kv[K_ALIGN].at, &align))
+        die_file(path, "key general.alignment must be an integer");
+    if (align <= 0 || (align & (align - 1)) || align > 65536)
+        die_file(path, "general.alignment=%lld is not a power of two up to 65536", align);
+    uint64_t data_start = (cur.off + (uint64_t)align - 1) / (uint64_t)align * (uint64_t)align;
+
+    const KvValue *tokens = &kv[K_TOKENS], *scores = &kv[K_SCORES];
+    if (!tokens->present || tokens->type != G_ARRAY || tokens->etype != G_STRING || tokens->count == 0)
+        die_file(path, "missing tokenizer.ggml.tokens");
+    if (!scores->present || scores->type != G_ARRAY || !scalar_size(scores->etype) || scores->count != tokens->count)
+        die_file(path, "tokenizer.ggml.scores missing or not one per token");
+    qsort(infos, n_tensors, sizeof(TensorInfo), cmp_tensor_info);
+    int heads = int_key(path, &kv[K_HEADS], keys[K_HEADS], 0, 0);
+    Config *c = &t->config;
+    c->dim = int_key(path, &kv[K_DIM], keys[K_DIM], 0, 0);
+    c->hidden_dim = int_key(path, &kv[K_FFN], keys[K_FFN], 0, 0);
+    c->n_layers = int_key(path, &kv[K_BLOCKS], keys[K_BLOCKS], 0, 0);
+    c->n_heads = heads;
+    c->n_kv_heads = int_key(path, &kv[K_KV_HEADS], keys[K_KV_HEADS], heads, 1);
+    c->vocab_size = tokens->count > INT32_MAX ? INT32_MAX : (int)tokens->count;
+    c->seq_len = int_key(path, &kv[K_CTX], keys[K_CTX], 0, 0);
+    c->shared_classifier = find_tensor(infos, (int)n_tensors, "output.weight") == NULL;
+    validate_config(path, c);
+
+    GgufTensors g = {path, t->data, size, data_start, infos, (int)n_tensors};
+    uint64_t d = c->dim, h = c->hidden_dim, kvd = (uint64_t)c->n_kv_heads * (c->dim / c->n_heads);
+    TransformerWeights *w = &t->weights;
+    w->token_embedding = gguf_tensor(&g, "token_embd.weight", c->vocab_size, d);
+    w->rms_final = gguf_tensor(&g, "output_norm.weight", 0, d);
+    w->wcls = c->shared_classifier ? w->token_embedding : gguf_tensor(&g, "output.weight", c->vocab_size, d);
+    w->layers = xcalloc(c->n_layers, sizeof(LayerWeights));
+    // (rows, cols) of attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_down, ffn_up
+    uint64_t shapes[9][2] = {{0, d}, {d, d}, {kvd, d}, {kvd, d}, {d, d}, {0, d}, {h, d}, {d, h}, {h, d}};
+    for (int k = 0; k < 9; k++) {
+        for (int l = 0; l < c->n_layers; l++) {
+            char name[64];
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, GGUF_LAYER_NAMES[k]);
+            const float *p = gguf_tensor(&g, name, shapes[k][0], shapes[k][1]);
+            LayerWeights *lw = &w->layers[l];
+            const float **slot[9] = {&lw->rms_att, &lw->wq, &lw->wk, &lw->wv, &lw->wo,
+                                     &lw->rms_ffn, &lw->w1, &lw->w2, &lw->w3};
+            *slot[k] = p;
+        }
+    }
+    gguf_vocab(&t->vocab, tokens, scores, &kv[K_TYPES]);
+    t->has_vocab = 1;
+    free(infos);
+}
+
+// ----------------------------------------------------------------------------
+// Thread pool: workers created once; each dispatch bumps a generation counter. Waiting, on
+// either side, spins briefly (a dispatch then costs well under a microsecond), then sleeps on a
+// condition variable, so a busy machine or an idle pool never has threads burning a core.
+
+typedef void (*TaskFn)(void *ctx, int tid, int n_threads);
+
+struct ThreadPool {
+    int n_threads;          // workers including the calling thread
+    pthread_t *threads;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;    // workers wait here for the next generation
+    pthread_cond_t done;    // the caller waits here for pending to reach 0
+    atomic_uint generation; // bumped once per dispatch
+    atomic_int pending;     // workers still running the current task
+    atomic_int quit;
+    TaskFn fn;
+    void *ctx;
+};
+
+typedef struct { ThreadPool *pool; int tid; } WorkerArg;
+
+// ~50 us of polling: longer than the gap between two matmuls of a token, far shorter than a
+// scheduler time slice
+#define SPIN_LIMIT 2000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *worker_main(void *arg) {
+    WorkerArg wa = *(WorkerArg *)arg;
+    free(arg);
+    ThreadPool *pool = wa.pool;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
+            if (++spins < SPIN_LIMIT) { cpu_relax(); continue; }
+            pthread_mutex_lock(&pool->lock);
+            while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&pool->wake, &pool->lock);
+            pthread_mutex_unlock(&pool->lock);
+            break;
+        }
+        seen = g;
+        if (atomic_load_explicit(&pool->quit, memory_order_acquire)) return NULL;
+        pool->fn(pool->ctx, wa.tid, pool->n_threads);
+        if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) {
+            // the last one out wakes the caller in case it has gone to sleep
+            pthread_mutex_lock(&pool->lock);
+            pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->lock);
+        }
+    }
+}
+
+static ThreadPool *build_pool(int n_threads) {
+    ThreadPool *pool = xcalloc(1, sizeof(ThreadPool));
+    pool->n_threads = n_threads;
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->wake, NULL);
+    pthread_cond_init(&pool->done, NULL);
+    atomic_init(&pool->generation, 0);
+    atomic_init(&pool->pending, 0);
+    atomic_init(&pool->quit, 0);
+    pool->threads = xcalloc(n_threads, sizeof(pthread_t));
+    for (int i = 1; i < n_threads; i++) { // the caller is worker 0: -j 1 starts no thread
+        WorkerArg *wa = xcalloc(1, sizeof(WorkerArg));
+        *wa = (WorkerArg){pool, i};
+        if (pthread_create(&pool->threads[i], NULL, worker_main, wa) != 0)
+            die(EXIT_RUNTIME, "cannot start worker thread %d of %d", i, n_threads);
+    }
+    return pool;
+}
+
+static void wake_workers(ThreadPool *pool) {
+    pthread_mutex_lock(&pool->lock);
+    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+// run fn(ctx, tid, n) on every worker, the caller included, and wait for all of them
+static void pool_run(ThreadPool *pool, TaskFn fn, void *ctx) {
+    if (pool->n_threads == 1) { fn(ctx, 0, 1); return; }
+    pool->fn = fn;
+    pool->ctx = ctx;
+    atomic_store_explicit(&pool->pending, pool->n_threads - 1, memory_order_relaxed);
+    wake_workers(pool);
+    fn(ctx, 0, pool->n_threads);
+    for (int spins = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0;) {
+        if (++spins < SPIN_LIMIT) { cpu_relax(); continue; }
+        pthread_mutex_lock(&pool->lock);
+        while (atomic_load_explicit(&pool->pending, memory_order_acquire) > 0)
+            pthread_cond_wait(&pool->done, &pool->lock);
+        pthread_mutex_unlock(&pool->lock);
+    }
+}
+
+static void free_pool(ThreadPool *pool) {
+    atomic_store_explicit(&pool->quit, 1, memory_order_release);
+    wake_workers(pool);
+    for (int i = 1; i < pool->n_threads; i++) pthread_join(pool->threads[i], NULL);
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->wake);
+    pthread_cond_destroy(&pool->done);
+    free(pool->threads);
+    free(pool);
+}
+
+// ----------------------------------------------------------------------------
+// Run state
+
+static void build_state(RunState *s, const Config *c, int n_threads) {
+    size_t kv_dim = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
+    s->x = xcalloc(c->dim, sizeof(float));
+    s->xb = xcalloc(c->dim, sizeof(float));
+    s->q = xcalloc(c->dim, sizeof(float));
+    s->hb = xcalloc(c->hidden_dim, sizeof(float));
+    s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
+    s->att = xcalloc((size_t)n_threads * c->seq_len, sizeof(float));
+    s->logits = xcalloc(c->vocab_size, sizeof(float));
+    s->rope_cos = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
+    s->rope_sin = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
+    s->key_cache = xcalloc((size_t)c->n_layers * c->seq_len * kv_dim, sizeof(float));
+    s->value_cache = xcalloc((size_t)c->n_layers * c->seq_len * kv_dim, sizeof(float));
+}
+
+static void free_state(RunState *s) {
+    free(s->x); free(s->xb); free(s->q); free(s->hb); free(s->hb2); free(s->att); free(s->logits);
+    free(s->rope_cos); free(s->rope_sin); free(s->key_cache); free(s->value_cache);
+}
+
+static void free_vocab(Vocab *v);
+
+// sniff the format, validate, map: the weights are used in place, never copied
+static void build_transformer(Transformer *t, const char *checkpoint_path) {
+    memset(t, 0, sizeof *t);
+    size_t size;
+    int fd = open_input(checkpoint_path, &size);
+    unsigned char magic[4] = {0};
+    if (size >= 4) read_exact(checkpoint_path, fd, magic, 4, 0);
+    if (size >= 4 && memcmp(magic, "GGUF", 4) == 0) read_gguf(checkpoint_path, fd, size, t);
+    else if (size >= 4 && (uint32_t)read_le32(magic) == V1_MAGIC) read_v1(checkpoint_path, fd, size, t);
+    else read_v0(checkpoint_path, fd, size, t);
+    close(fd); // the mapping outlives the descriptor
+}
+
+static void start_transformer(Transformer *t, int n_threads) {
+    build_state(&t->state, &t->config, n_threads);
+    t->pool = build_pool(n_threads);
+}
+
+static void free_transformer(Transformer *t) {
+    if (t->pool) free_pool(t->pool);
+    free_state(&t->state);
+    free(t->weights.layers);
+    if (t->has_vocab) free_vocab(&t->vocab);
+    if (t->data) munmap(t->data, t->file_size);
+}
+
+// ----------------------------------------------------------------------------
+// Neural net blocks; the dynamics of the Transformer
+
+static void rmsnorm(float *o, const float *x, const float *weight, int size) {
+    float ss = 0.0f;
+    for (int j = 0; j < size; j++) ss += x[j] * x[j];
+    ss /= size;
+    ss += 1e-5f;
+    ss = 1.0f / sqrtf(ss);
+    for (int j = 0; j < size; j++) o[j] = weight[j] * (ss * x[j]);
+}
+
+static void softmax(float *x, int size) {
+    float max_val = x[0];
+    for (int i = 1; i < size; i++)
+        if (x[i] > max_val) max_val = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < size; i++) {
+        x[i] = expf(x[i] - max_val);
+        sum += x[i];
+    }
+    for (int i = 0; i < size; i++) x[i] /= sum;
+}
+
+#if SIMD_AVX2
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+// out[i] (+)= W[i, :] . x for rows i in [r0, r1); W is (rows, n) row-major.
+// Four rows per pass: x is loaded once for four weight streams, and the 8 independent
+// accumulators hide the FMA latency, so the loop runs at the speed memory delivers W.
+static void matvec_rows(float *out, const float *x, const float *w, int n, int r0, int r1, int accumulate) {
+    int i = r0;
+    for (; i + 4 <= r1; i += 4) {
+        const float *w0 = w + (size_t)i * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        int j = 0;
+#if SIMD_AVX2
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (; j + 16 <= n; j += 16) {
+#if PREFETCH_DIST
+            _mm_prefetch((const char *)(w0 + j + PREFETCH_DIST), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + j + PREFETCH_DIST), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w2 + j + PREFETCH_DIST), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w3 + j + PREFETCH_DIST), _MM_HINT_T0);
+#endif
+            __m256 xa = _mm256_loadu_ps(x + j), xb = _mm256_loadu_ps(x + j + 8);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xa, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xa, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xa, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xa, a3);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), xb, b0);
+            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j + 8), xb, b1);
+            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j + 8), xb, b2);
+            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j + 8), xb, b3);
+        }
+        for (; j + 8 <= n; j += 8) {
+            __m256 xa = _mm256_loadu_ps(x + j);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xa, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xa, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xa, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xa, a3);
+        }
+        s0 = hsum256(_mm256_add_ps(a0, b0));
+        s1 = hsum256(_mm256_add_ps(a1, b1));
+        s2 = hsum256(_mm256_add_ps(a2, b2));
+        s3 = hsum256(_mm256_add_ps(a3, b3));
+#elif SIMD_NEON
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (; j + 8 <= n; j += 8) {
+            float32x4_t xa = vld1q_f32(x + j), xb = vld1q_f32(x + j + 4);
+            a0 = vfmaq_f32(a0, vld1q_f32(w0 + j), xa);
+            a1 = vfmaq_f32(a1, vld1q_f32(w1 + j), xa);
+            a2 = vfmaq_f32(a2, vld1q_f32(w2 + j), xa);
+            a3 = vfmaq_f32(a3, vld1q_f32(w3 + j), xa);
+            b0 = vfmaq_f32(b0, vld1q_f32(w0 + j + 4), xb);
+            b1 = vfmaq_f32(b1, vld1q_f32(w1 + j + 4), xb);
+            b2 = vfmaq_f32(b2, vld1q_f32(w2 + j + 4), xb);
+            b3 = vfmaq_f32(b3, vld1q_f32(w3 + j + 4), xb);
+        }
+        s0 = vaddvq_f32(vaddq_f32(a0, b0));
+        s1 = vaddvq_f32(vaddq_f32(a1, b1));
+        s2 = vaddvq_f32(vaddq_f32(a2, b2));
+        s3 = vaddvq_f32(vaddq_f32(a3, b3));
+#else
+        // portable: eight lanes per row that the compiler turns into vector registers
+        float l0[8] = {0}, l1[8] = {0}, l2[8] = {0}, l3[8] = {0};
+        for (; j + 8 <= n; j += 8)
+            for (int k = 0; k < 8; k++) {
+                l0[k] += w0[j + k] * x[j + k];
+                l1[k] += w1[j + k] * x[j + k];
+                l2[k] += w2[j + k] * x[j + k];
+                l3[k] += w3[j + k] * x[j + k];
+            }
+        for (int k = 0; k < 8; k++) { s0 += l0[k]; s1 += l1[k]; s2 += l2[k]; s3 += l3[k]; }
+#endif
+        for (; j < n; j++) {
+            s0 += w0[j] * x[j];
+            s1 += w1[j] * x[j];
+            s2 += w2[j] * x[j];
+            s3 += w3[j] * x[j];
+        }
+        if (accumulate) { out[i] += s0; out[i + 1] += s1; out[i + 2] += s2; out[i + 3] += s3; }
+        else { out[i] = s0; out[i + 1] = s1; out[i + 2] = s2; out[i + 3] = s3; }
+    }
+    for (; i < r1; i++) { // the last rows of a matrix whose height is not a multiple of 4
+        const float *wr = w + (size_t)i * n;
+        float s = 0.0f;
+        for (int j = 0; j < n; j++) s += wr[j] * x[j];
+        out[i] = accumulate ? out[i] + s : s;
+    }
+}
+
+// a . b over n floats: the attention scores, one head's query against one cached key
+static inline float dot(const float *a, const float *b, int n) {
+    int i = 0;
+    float s = 0.0f;
+#if SIMD_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    s = hsum256(acc);
+#elif SIMD_NEON
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (; i + 4 <= n; i += 4) acc = vfmaq_f32(acc, vld1q_f32(a + i), vld1q_f32(b + i));
+    s = vaddvq_f32(acc);
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// worker tid's share [lo, hi) of `rows`, in blocks of 16 rows (64 bytes of output) so that no
+// two workers write the same cache line
+static void split_rows(int rows, int tid, int n_threads, int *lo, int *hi) {
+    int blocks = (rows + 15) / 16, per = blocks / n_threads, extra = blocks % n_threads;
+    int b0 = tid * per + (tid < extra ? tid : extra), b1 = b0 + per + (tid < extra);
+    *lo = b0 * 16 < rows ? b0 * 16 : rows;
+    *hi = b1 * 16 < rows ? b1 * 16 : rows;
+}
+
+// up to three matmuls sharing an input, split across workers as one stack of rows
+typedef struct {
+    const float *x; // (n,)
+    int n, n_mats, accumulate;
+    struct { const float *w; float *out; int rows; } mats[3];
+} MatmulTask;
+
+static void matmul_task(void *ctx, int tid, int n_threads) {
+    MatmulTask *m = ctx;
+    int total = 0;
+    for (int k = 0; k < m->n_mats; k++) total += m->mats[k].rows;
+    int lo, hi;
+    split_rows(total, tid, n_threads, &lo, &hi);
+    for (int k = 0, base = 0; k < m->n_mats; base += m->mats[k].rows, k++) {
+        int a = lo - base, b = hi - base;
+        if (a < 0) a = 0;
+        if (b > m->mats[k].rows) b = m->mats[k].rows;
+        if (a < b) matvec_rows(m->mats[k].out, m->x, m->mats[k].w, m->n, a, b, m->accumulate);
+    }
+}
+
+static void matmul(ThreadPool *pool, float *out, const float *x, const float *w, int n, int d, int accumulate) {
+    // W (d,n) @ x (n,) -> out (d,), or out += W @ x
+    MatmulTask task = {x, n, 1, accumulate, {{w, out, d}}};
+    pool_run(pool, matmul_task, &task);
+}
+
+// the FFN's gate and up projections and the SwiGLU between them: hb = silu(w1 @ xb) * (w3 @ xb)
+typedef struct { const float *x, *w1, *w3; float *hb, *hb2; int dim, hidden_dim; } FfnTask;
+
+static void ffn_task(void *ctx, int tid, int n_threads) {
+    FfnTask *f = ctx;
+    int lo, hi;
+    split_rows(f->hidden_dim, tid, n_threads, &lo, &hi);
+    matvec_rows(f->hb, f->x, f->w1, f->dim, lo, hi, 0);
+    matvec_rows(f->hb2, f->x, f->w3, f->dim, lo, hi, 0);
+    for (int i = lo; i < hi; i++) {
+        float val = f->hb[i];
+        val *= (1.0f / (1.0f + expf(-val))); // silu(x) = x * sigmoid(x)
+        f->hb[i] = val * f->hb2[i];
+    }
+}
+
+// multihead attention over positions 0..pos, heads split across workers
+typedef struct { Transformer *t; int layer, pos; } AttentionTask;
+
+static void attention_task(void *ctx, int tid, int n_threads) {
+    AttentionTask *a = ctx;
+    const Config *p = &a->t->config;
+    RunState *s = &a->t->state;
+    int head_size = p->dim / p->n_heads, kv_dim = p->n_kv_heads * head_size, kv_mul = p->n_heads / p->n_kv_heads;
+    size_t loff = (size_t)a->layer * p->seq_len * kv_dim; // kv cache layer offset
+    float scale = 1.0f / sqrtf((float)head_size);
+    float *att = s->att + (size_t)tid * p->seq_len;
+    int h0 = p->n_heads * tid / n_threads, h1 = p->n_heads * (tid + 1) / n_threads;
+    for (int h = h0; h < h1; h++) {
+        const float *q = s->q + h * head_size;
+        const float *kbase = s->key_cache + loff + (h / kv_mul) * head_size;
+        const float *vbase = s->value_cache + loff + (h / kv_mul) * head_size;
+        for (int t = 0; t <= a->pos; t++) {
+            att[t] = dot(q, kbase + (size_t)t * kv_dim, head_size) * scale;
+        }
+        softmax(att, a->pos + 1);
+        float *xb = s->xb + h * head_size; // weighted sum of the values
+        memset(xb, 0, head_size * sizeof(float));
+        for (int t = 0; t <= a->pos; t++) {
+            const float *v = vbase + (size_t)t * kv_dim;
+            float w = att[t];
+            for (int i = 0; i < head_size; i++) xb[i] += w * v[i];
+        }
+    }
+}
+
+// RoPE: rotate each adjacent pair (v[i], v[i+1]) by its head-relative angle
+static void rope(float *vec, int size, int head_size, const float *cos_t, const float *sin_t) {
+    for (int i = 0; i < size; i += 2) {
+        int pair = (i % head_size) / 2;
+        float v0 = vec[i], v1 = vec[i + 1], fcr = cos_t[pair], fci = sin_t[pair];
+        vec[i] = v0 * fcr - v1 * fci;
+        vec[i + 1] = v0 * fci + v1 * fcr;
+    }
+}
+
+static float *forward(Transformer *transformer, int token, int pos) {
+    // a few convenience variables
+    Config *p = &transformer->config;
+    TransformerWeights *w = &transformer->weights;
+    RunState *s = &transformer->state;
+    ThreadPool *pool = transformer->pool;
+    float *x = s->x;
+    int dim = p->dim, hidden_dim = p->hidden_dim;
+    int head_size = dim / p->n_heads, kv_dim = p->n_kv_heads * head_size;
+
+    // copy the token embedding into x
+    memcpy(x, w->token_embedding + (size_t)token * dim, dim * sizeof(float));
+
+    // this position's rotation angles, shared by every layer and head
+    for (int i = 0; i < head_size; i += 2) {
+        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
+        float val = (float)pos * freq;
+        s->rope_cos[i / 2] = cosf(val);
+        s->rope_sin[i / 2] = sinf(val);
+    }
+
+    for (int l = 0; l < p->n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        // attention rmsnorm
+        rmsnorm(s->xb, x, lw->rms_att, dim);
+
+        // qkv matmuls for this position, k and v straight into the kv cache
+        size_t loff = (size_t)l * p->seq_len * kv_dim;
+        float *k = s->key_cache + loff + (size_t)pos * kv_dim;
+        float *v = s->value_cache + loff + (size_t)pos * kv_dim;
+        MatmulTask qkv = {s->xb, dim, 3, 0, {{lw->wq, s->q, dim}, {lw->wk, k, kv_dim}, {lw->wv, v, kv_dim}}};
+        pool_run(pool, matmul_task, &qkv);
+
+        rope(s->q, dim, head_size, s->rope_cos, s->rope_sin);
+        rope(k, kv_dim, head_size, s->rope_cos, s->rope_sin);
+
+        AttentionTask att = {transformer, l, pos};
+        pool_run(pool, attention_task, &att);
+
+        // final matmul to get the output of the attention, and the residual connection: x += wo @ xb
+        matmul(pool, x, s->xb, lw->wo, dim, dim, 1);
+
+        // ffn rmsnorm
+        rmsnorm(s->xb, x, lw->rms_ffn, dim);
+
+        // self.w2(F.silu(self.w1(x)) * self.w3(x)), then the residual connection
+        FfnTask ffn = {s->xb, lw->w1, lw->w3, s->hb, s->hb2, dim, hidden_dim};
+        pool_run(pool, ffn_task, &ffn);
+        matmul(pool, x, s->hb, lw->w2, hidden_dim, dim, 1);
+    }
+
+    // final rmsnorm
+    rmsnorm(x, x, w->rms_final, dim);
+
+    // classifier into logits
+    matmul(pool, s->logits, x, w->wcls, dim, p->vocab_size, 0);
+    return s->logits;
+}
+
+// ----------------------------------------------------------------------------
+// The Byte Pair Encoding (BPE) Tokenizer that translates strings <-> tokens
+
+typedef struct {
+    Vocab *vocab;
+    int *sorted;     // token ids ordered by piece bytes, then id: binary search finds the lowest id
+    char *str_buffer; // room for two pieces, to try each merge
+} Tokenizer;
+
+static void free_vocab(Vocab *v) {
+    free(v->pieces);
+    free(v->lengths);
+    free(v->scores);
+    free(v->arena);
+}
+
+static void read_vocab(Vocab *v, const char *path, int vocab_size) {
+    size_t size;
+    int fd = open_input(path, &size);
+    unsigned char *data = xcalloc(size + 1, 1);
+    read_exact(path, fd, data, size, 0);
+    close(fd);
+    if (size < 4) die_file(path, "truncated: no max_token_length header");
+    int max_len = read_le32(data);
+    if (max_len < 1 || max_len > 1024) die_file(path, "max_token_length=%d outside 1..1024", max_len);
+    v->vocab_size = vocab_size;
+    v->max_token_length = max_len;
+    v->pieces = xcalloc(vocab_size, sizeof(char *));
+    v->lengths = xcalloc(vocab_size, sizeof(int));
+    v->scores = xcalloc(vocab_size, sizeof(float));
+    v->arena = data;
+    size_t off = 4;
+    for (int i = 0; i < vocab_size; i++) {
+        if (size - off < 8) die_file(path, "has only %d tokens, the model's vocabulary is %d", i, vocab_size);
+        float score;
+        memcpy(&score, data + off, 4); // little-endian hosts only, as every target of this port
+        int len = read_le32(data + off + 4);
+        off += 8;
+        if (len < 0 || len > max_len) die_file(path, "token %d has length %d, outside 0..%d", i, len, max_len);
+        if (score != score) die_file(path, "token %d has a NaN score", i);
+        if ((size_t)len > size - off) die_file(path, "truncated inside token %d", i);
+        v->pieces[i] = (char *)data + off;
+        v->lengths[i] = len;
+        v->scores[i] = score;
+        off += (size_t)len;
+    }
+    if (off != size)
+        die_file(path, "has %zu bytes after token %d: its vocabulary is larger than the model's %d",
+                 size - off, vocab_size - 1, vocab_size);
+}
+
+static const Vocab *g_sort_vocab; // qsort has no context argument in C11
+
+static int compare_bytes(const char *a, int na, const char *b, int nb) {
+    int r = memcmp(a, b, na < nb ? na : nb);
+    return r ? r : (na > nb) - (na < nb);
+}
+
+static int compare_tokens(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    int r = compare_bytes(g_sort_vocab->pieces[x], g_sort_vocab->lengths[x], g_sort_vocab->pieces[y],
+                          g_sort_vocab->lengths[y]);
+    return r ? r : (x > y) - (x < y);
+}
+
+static void build_tokenizer(Tokenizer *t, Vocab *vocab) {
+    t->vocab = vocab;
+    t->sorted = xcalloc(vocab->vocab_size, sizeof(int));
+    for (int i = 0; i < vocab->vocab_size; i++) t->sorted[i] = i;
+    g_sort_vocab = vocab;
+    qsort(t->sorted, vocab->vocab_size, sizeof(int), compare_tokens);
+    t->str_buffer = xcalloc((size_t)vocab->max_token_length * 2 + 8, 1);
+}
+
+static void free_tokenizer(Tokenizer *t) {
+    free(t->sorted);
+    free(t->str_buffer);
+}
+
+// the lowest id whose piece is exactly these bytes, or -1
+static int str_lookup(const Tokenizer *t, const char *str, int len) {
+    const Vocab *v = t->vocab;
+    int lo = 0, hi = v->vocab_size;
+    while (lo < hi) { // first entry not less than str
+        int mid = (lo + hi) / 2, id = t->sorted[mid];
+        if (compare_bytes(v->pieces[id], v->lengths[id], str, len) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < v->vocab_size) {
+        int id = t->sorted[lo];
+        if (v->lengths[id] == len && memcmp(v->pieces[id], str, len) == 0) return id;
+    }
+    return -1;
+}
+
+// encode text (n bytes) into tokens (room for n + 3), returning the count
+static int encode(const Tokenizer *t, const char *text, int n, int bos, int eos, int *tokens) {
+    const Vocab *v = t->vocab;
+    int n_tokens = 0;
+    if (bos) tokens[n_tokens++] = 1;
+    // add_dummy_prefix is true by default: a leading space, as sentencepiece does
+    if (n > 0) {
+        int dummy_prefix = str_lookup(t, " ", 1);
+        if (dummy_prefix >= 0) tokens[n_tokens++] = dummy_prefix;
+    }
+    // UTF-8 code points, each a token when the vocabulary has it, its bytes otherwise
+    for (int i = 0; i < n;) {
+        int start = i++;
+        while (i < n && ((unsigned char)text[i] & 0xC0) == 0x80 && i - start < 4) i++;
+        int id = str_lookup(t, text + start, i - start);
+        if (id >= 0) tokens[n_tokens++] = id;
+        else // byte_fallback encoding: the first 3 vocab elements are <unk>, <s>, </s>
+            for (int j = start; j < i; j++) tokens[n_tokens++] = (unsigned char)text[j] + 3;
+    }
+    // merge the best consecutive pair each iteration, according to the scores in vocab_scores
+    for (;;) {
+        float best_score = -INFINITY;
+        int best_id = -1, best_idx = -1;
+        for (int i = 0; i < n_tokens - 1; i++) {
+            int a = tokens[i], b = tokens[i + 1];
+            memcpy(t->str_buffer, v->pieces[a], v->lengths[a]);
+            memcpy(t->str_buffer + v->lengths[a], v->pieces[b], v->lengths[b]);
+            int id = str_lookup(t, t->str_buffer, v->lengths[a] + v->lengths[b]);
+            if (id != -1 && v->scores[id] > best_score) {
+                best_score = v->scores[id];
+                best_id = id;
+                best_idx = i;
+            }
+        }
+        if (best_idx == -1) break;
+        tokens[best_idx] = best_id;
+        memmove(tokens + best_idx + 1, tokens + best_idx + 2, (n_tokens - best_idx - 2) * sizeof(int));
+        n_tokens--;
+    }
+    if (eos) tokens[n_tokens++] = 2;
+    return n_tokens;
+}
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+// the bytes to print for `token` after `prev`; *len receives their count. `byte` holds a
+// decoded raw byte token.
+static const char *decode(const Tokenizer *t, int prev, int token, int *len, char *byte) {
+    const char *piece = t->vocab->pieces[token];
+    int n = t->vocab->lengths[token];
+    // following BOS, sentencepiece strips the leading whitespace
+    if (prev == 1 && n > 0 && piece[0] == ' ') { piece++; n--; }
+    // raw bytes are spelled <0x01>
+    if (n == 6 && memcmp(piece, "<0x", 3) == 0 && piece[5] == '>' && hex_value(piece[3]) >= 0 &&
+        hex_value(piece[4]) >= 0) {
+        *byte = (char)(hex_value(piece[3]) * 16 + hex_value(piece[4]));
+        *len = 1;
+        return byte;
+    }
+    *len = n;
+    return piece;
+}
+
+// the piece is written unless it is empty or a lone byte that is neither printable nor whitespace
+static int safe_to_print(const char *piece, int len) {
+    if (len == 0) return 0;
+    if (len == 1) {
+        unsigned char b = (unsigned char)piece[0];
+        if (!((b >= 0x20 && b <= 0x7E) || (b >= '\t' && b <= '\r'))) return 0;
+    }
+    return 1;
+}
+
+static void safe_print(const char *piece, int len) {
+    if (!safe_to_print(piece, len)) return;
+    fwrite(piece, 1, len, stdout);
+    fflush(stdout);
+}
+
+// ----------------------------------------------------------------------------
+// The Sampler: greedy argmax, multinomial sampling and top-p sampling
+
+typedef struct { float prob; int index; } ProbIndex; // struct used when sorting probabilities during top-p
+
+typedef struct {
+    int vocab_size;
+    ProbIndex *probindex; // buffer used in top-p sampling
+    float temperature;
+    double topp;        // kept as given: only the comparisons below round it to float32
+    unsigned long long rng_state;
+} Sampler;
+
+static int sample_argmax(const float *probabilities, int n) {
+    // the index with the highest probability; the first of equal maxima
+    int max_i = 0;
+    float max_p = probabilities[0];
+    for (int i = 1; i < n; i++)
+        if (probabilities[i] > max_p) { max_i = i; max_p = probabilities[i]; }
+    return max_i;
+}
+
+static int sample_mult(const float *probabilities, int n, float coin) {
+    // sample index from probabilities (they must sum to 1!); coin is a random number in [0, 1)
+    float cdf = 0.0f;
+    for (int i = 0; i < n; i++) {
+        cdf += probabilities[i];
+        if (coin < cdf) return i;
+    }
+    return n - 1; // in case of rounding errors
+}
+
+static int compare_probs(const void *a, const void *b) {
+    const ProbIndex *x = a, *y = b;
+    if (x->prob > y->prob) return -1;
+    if (x->prob < y->prob) return 1;
+    return (x->index > y->index) - (x->index < y->index); // equal: the lower id first
+}
+
+static int sample_topp(const float *probabilities, int n, float topp, ProbIndex *probindex, float coin) {
+    // top-p sampling (or "nucleus sampling") samples from the smallest set of tokens that exceed
+    // probability topp; tokens below the cutoff cannot be part of it, so they are dropped first
+    int n0 = 0;
+    const float cutoff = (1.0f - topp) / (float)(n - 1);
+    for (int i = 0; i < n; i++)
+        if (probabilities[i] >= cutoff) { probindex[n0].index = i; probindex[n0].prob = probabilities[i]; n0++; }
+    qsort(probindex, n0, sizeof(ProbIndex), compare_probs);
+
+    // truncate the list where cumulative probability exceeds topp
+    float cumulative_prob = 0.0f;
+    int last_idx = n0 - 1; // in case of rounding errors consider all elements
+    for (int i = 0; i < n0; i++) {
+        cumulative_prob += probindex[i].prob;
+        if (cumulative_prob > topp) { last_idx = i; break; }
+    }
+
+    // sample from the truncated list
+    float r = coin * cumulative_prob;
+    float cdf = 0.0f;
+    for (int i = 0; i <= last_idx; i++) {
+        cdf += probindex[i].prob;
+        if (r < cdf) return probindex[i].index;
+    }
+    return probindex[last_idx].index; // in case of rounding errors
+}
+
+static void build_sampler(Sampler *s, int vocab_size, float temperature, double topp, unsigned long long seed) {
+    s->vocab_size = vocab_size;
+    s->temperature = temperature;
+    s->topp = topp;
+    s->rng_state = seed;
+    s->probindex = xcalloc(vocab_size, sizeof(ProbIndex));
+}
+
+static void free_sampler(Sampler *s) { free(s->probindex); }
+
+static unsigned int random_u32(unsigned long long *state) {
+    // xorshift rng: https://en.wikipedia.org/wiki/Xorshift#xorshift.2A
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (unsigned int)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(unsigned long long *state) { // random float32 in [0,1)
+    return (float)(random_u32(state) >> 8) / 16777216.0f;
+}
+
+// numpy's float32 sum (pairwise, eight lanes per block): the reference normalises its softmax
+// with it, and the sampled text must match the reference's to the byte
+static float pairwise_sum(const float *a, long n) {
+    if (n < 8) {
+        float res = 0.0f;
+        for (long i = 0; i < n; i++) res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        float r[8];
+        for (int k = 0; k < 8; k++) r[k] = a[k];
+        long i;
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int k = 0; k < 8; k++) r[k] += a[i + k];
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    long n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+// the reference's softmax, summed as numpy sums
+static void softmax_probs(float *x, int n) {
+    float max_val = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > max_val) max_val = x[i];
+    for (int i = 0; i < n; i++) x[i] = expf(x[i] - max_val);
+    float sum = pairwise_sum(x, n);
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+static int sample(Sampler *sampler, float *logits) {
+    // sample the token given the logits and some hyperparameters
+    if (sampler->temperature == 0.0f) return sample_argmax(logits, sampler->vocab_size);
+    // apply the temperature to the logits, then softmax to get the probabilities for next token
+    for (int q = 0; q < sampler->vocab_size; q++) logits[q] /= sampler->temperature;
+    softmax_probs(logits, sampler->vocab_size);
+    float coin = random_f32(&sampler->rng_state);
+    if (sampler->topp <= 0 || sampler->topp >= 1) return sample_mult(logits, sampler->vocab_size, coin);
+    return sample_topp(logits, sampler->vocab_size, (float)sampler->topp, sampler->probindex, coin);
+}
+
+// ----------------------------------------------------------------------------
+// Generation loop and the statistics line
+
+typedef struct {
+    int prompt_tokens, generated_tokens, positions;
+    double ttft_s, decode_s;
+} RunStats;
+
+static void print_stats(int threads, double load_s, const RunStats *st) {
+    double rate = st->generated_tokens > 1 && st->decode_s > 0 ? (st->generated_tokens - 1) / st->decode_s : 0.0;
+    fprintf(stderr,
+            "polyllama-stats: {\"port\":\"%s\",\"prompt_tokens\":%d,\"generated_tokens\":%d,\"positions\":%d,"
+            "\"threads\":%d,\"load_s\":%.6f,\"ttft_s\":%.6f,\"decode_s\":%.6f,\"decode_tok_s\":%.4f}\n",
+            PORT_NAME, st->prompt_tokens, st->generated_tokens, st->positions, threads, load_s, st->ttft_s,
+            st->decode_s, rate);
+}
+
+static RunStats generate(Transformer *transformer, Tokenizer *tokenizer, Sampler *sampler, const char *prompt,
+                         int steps, int ignore_bos) {
+    RunStats st = {0};
+    int n = (int)strlen(prompt);
+    int *prompt_tokens = xcalloc((size_t)n + 3, sizeof(int)); // +3 for BOS, the dummy prefix, EOS
+    int num_prompt_tokens = encode(tokenizer, prompt, n, 1, 0, prompt_tokens);
+    st.prompt_tokens = num_prompt_tokens;
+
+    double start = now_s(), first = -1.0;
+    int token = prompt_tokens[0]; // kick off with the first token in the prompt
+    for (int pos = 0; pos < steps; pos++) {
+        float *logits = forward(transformer, token, pos);
+        st.positions++;
+        int next;
+        if (pos < num_prompt_tokens - 1) {
+            // if we are still processing the input prompt, force the next prompt token
+            next = prompt_tokens[pos + 1];
+        } else {
+            next = sample(sampler, logits);
+            st.generated_tokens++;
+            if (first < 0) first = now_s();
+        }
+        // data-dependent terminating condition: the BOS (=1) token delimits sequences
+        if (next == 1 && !ignore_bos) break;
+        char byte;
+        int len;
+        const char *piece = decode(tokenizer, token, next, &len, &byte);
+        safe_print(piece, len);
+        token = next;
+    }
+    double end = now_s();
+    fputs("\n", stdout);
+    fflush(stdout);
+    st.ttft_s = (first >= 0 ? first : end) - start;
+    st.decode_s = first >= 0 ? end - first : 0.0;
+    free(prompt_tokens);
+    return st;
+}
+
+static RunStats write_logits(Transformer *transformer, const int *ids, int n, const char *out_path) {
+    RunStats st = {n, 0, 0, 0.0, 0.0};
+    int vocab = transformer->config.vocab_size;
+    float *all = xcalloc((size_t)n * vocab, sizeof(float));
+    double start = now_s();
+    for (int i = 0; i < n; i++) {
+        memcpy(all + (size_t)i * vocab, forward(transformer, ids[i], i), (size_t)vocab * sizeof(float));
+        st.positions++;
+    }
+    st.ttft_s = now_s() - start;
+    FILE *f = fopen(out_path, "wb");
+    if (!f) die(EXIT_RUNTIME, "%s: cannot write: %s", out_path, strerror(errno));
+    // raw float32 little-endian rows; every host this builds for is little-endian
+    size_t wrote = fwrite(all, sizeof(float), (size_t)n * vocab, f);
+    if (wrote != (size_t)n * vocab || fclose(f) != 0) die(EXIT_RUNTIME, "%s: cannot write: %s", out_path, strerror(errno));
+    free(all);
+    return st;
+}
+
+// ----------------------------------------------------------------------------
+// Command line: numbers parsed as strictly as the reference's Python int() and float()
+
+// copy s without surrounding whitespace and without '_' between digits; 0 if it cannot be a number
+static int clean_number(const char *s, char *out, size_t cap) {
+    const char *ws = " \t\n\v\f\r";
+    while (*s && strchr(ws, *s)) s++;
+    size_t n = strlen(s);
+    while (n > 0 && strchr(ws, s[n - 1])) n--;
+    if (n == 0 || n >= cap) return 0;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '_') {
+            if (i == 0 || i + 1 >= n || !(s[i - 1] >= '0' && s[i - 1] <= '9') || !(s[i + 1] >= '0' && s[i + 1] <= '9'))
+                return 0;
+            continue;
+        }
+        out[m++] = s[i];
+    }
+    out[m] = 0;
+    return 1;
+}
+
+// an integer as sign and magnitude: 0 if not a number; *overflow when it does not fit 64 bits
+static int parse_int(const char *text, int *neg, unsigned long long *mag, int *overflow) {
+    char buf[256];
+    if (!clean_number(text, buf, sizeof buf)) return 0;
+    const char *p = buf;
+    *neg = 0;
+    if (*p == '+' || *p == '-') *neg = *p++ == '-';
+    if (!*p) return 0;
+    unsigned long long v = 0;
+    *overflow = 0;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9') return 0;
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (ULLONG_MAX - d) / 10) *overflow = 1;
+        else v = v * 10 + d;
+    }
+    *mag = v;
+    return 1;
+}
+
+// an integer flag in [lo, hi] (lo >= 0), else a usage error
+static unsigned long long parse_int_flag(const char *flag, const char *text, unsigned long long lo,
+                                         unsigned long long hi) {
+    int neg, overflow;
+    unsigned long long v;
+    if (!parse_int(text, &neg, &v, &overflow)) die(EXIT_USAGE, "%s expects a number, got '%s'", flag, text);
+    if (overflow || (neg && v != 0) || v < lo || v > hi) die(EXIT_USAGE, "%s %s is out of range", flag, text);
+    return v;
+}
+
+static double parse_float(const char *flag, const char *text, double lo, double hi) {
+    char buf[256];
+    if (!clean_number(text, buf, sizeof buf) || strpbrk(buf, "xXpP"))
+        die(EXIT_USAGE, "%s expects a number, got '%s'", flag, text);
+    char *end;
+    double v = strtod(buf, &end);
+    if (*end || v != v) die(EXIT_USAGE, "%s expects a number, got '%s'", flag, text);
+    if (v < lo || v > hi) die(EXIT_USAGE, "%s %s is out of range", flag, text);
+    return v;
+}
+
+typedef struct {
+    const char *checkpoint, *tokenizer, *prompt, *mode, *output;
+    double temperature, topp;
+    unsigned long long seed;
+    long long steps;
+    int threads, ignore_bos;
+    long long *ids; // -k, or NULL; -1 marks an id that cannot be one (negative or huge)
+    int n_ids;
+} Args;
+
+// -k: comma-separated integers; whether they fit the model is checked once it is loaded
+static long long *parse_ids(const char *text, int *count) {
+    size_t n = 1;
+    for (const char *p = text; *p; p++) n += *p == ',';
+    long long *ids = xcalloc(n, sizeof(long long));
+    const char *p = text;
+    for (size_t i = 0; i < n; i++) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char buf[256];
+        int neg, overflow;
+        unsigned long long v;
+        if (len >= sizeof buf) len = sizeof buf - 1; // longer than any number: still not an id
+        memcpy(buf, p, len);
+        buf[len] = 0;
+        if (!parse_int(buf, &neg, &v, &overflow))
+            die(EXIT_USAGE, "-k expects comma-separated token ids, got '%s'", text);
+        ids[i] = overflow || (neg && v != 0) || v > INT_MAX ? -1 : (long long)v;
+        p = comma ? comma + 1 : p + len;
+    }
+    *count = n > INT_MAX ? INT_MAX : (int)n;
+    return ids;
+}
+
+static Args parse_args(int argc, char **argv) {
+    Args a = {NULL, NULL, "", "generate", NULL, 1.0, 0.9, 0, 256, 1, 0, NULL, 0};
+    if (argc < 2 || argv[1][0] == '-') die(EXIT_USAGE, "missing checkpoint");
+    a.checkpoint = argv[1];
+    if ((argc - 2) % 2) die(EXIT_USAGE, "flag %s has no value", argv[argc - 1]);
+    for (int i = 2; i < argc; i += 2) {
+        const char *flag = argv[i], *val = argv[i + 1];
+        if (!strcmp(flag, "-z")) a.tokenizer = val;
+        else if (!strcmp(flag, "-t")) a.temperature = parse_float(flag, val, 0.0, INFINITY);
+        else if (!strcmp(flag, "-p")) a.topp = parse_float(flag, val, 0.0, 1.0);
+        else if (!strcmp(flag, "-s")) a.seed = parse_int_flag(flag, val, 0, ULLONG_MAX);
+        else if (!strcmp(flag, "-n")) a.steps = (long long)parse_int_flag(flag, val, 0, 1ULL << 31);
+        else if (!strcmp(flag, "-i")) a.prompt = val;
+        else if (!strcmp(flag, "-j")) a.threads = (int)parse_int_flag(flag, val, 1, 4096);
+        else if (!strcmp(flag, "-m")) {
+            if (strcmp(val, "generate") && strcmp(val, "logits"))
+                die(EXIT_USAGE, "-m expects generate or logits, got '%s'", val);
+            a.mode = val;
+        }
+        else if (!strcmp(flag, "-o")) a.output = val;
+        else if (!strcmp(flag, "-k")) { free(a.ids); a.ids = parse_ids(val, &a.n_ids); }
+        else if (!strcmp(flag, "-e")) a.ignore_bos = parse_int_flag(flag, val, 0, 1) == 1;
+        else die(EXIT_USAGE, "unknown flag %s", flag);
+    }
+    if (!strcmp(a.mode, "logits") && (!a.output || !a.ids)) die(EXIT_USAGE, "logits mode needs -o FILE and -k IDS");
+    return a;
+}
+
+#ifndef POLYLLAMA_NO_MAIN
+int main(int argc, char **argv) {
+    double t0 = now_s();
+    Args args = parse_args(argc, argv);
+
+    Transformer transformer;
+    build_transformer(&transformer, args.checkpoint);
+    Vocab file_vocab = {0};
+    Vocab *vocab = &transformer.vocab;
+    if (!transformer.has_vocab) { // a .bin checkpoint: the tokenizer comes from -z
+        if (!args.tokenizer) die(EXIT_USAGE, "-z tokenizer is required for a .bin checkpoint");
+        read_vocab(&file_vocab, args.tokenizer, transformer.config.vocab_size);
+        vocab = &file_vocab;
+    }
+    Tokenizer tokenizer;
+    build_tokenizer(&tokenizer, vocab);
+    start_transformer(&transformer, args.threads);
+    double load_s = now_s() - t0;
+
+    const Config *c = &transformer.config;
+    RunStats st;
+    if (!strcmp(args.mode, "logits")) {
+        int ok = args.n_ids >= 1 && args.n_ids <= c->seq_len;
+        for (int i = 0; ok && i < args.n_ids; i++) ok = args.ids[i] >= 0 && args.ids[i] < c->vocab_size;
+        if (!ok) die(EXIT_USAGE, "-k needs 1..%d ids in [0, %d)", c->seq_len, c->vocab_size);
+        int *ids = xcalloc(args.n_ids, sizeof(int));
+        for (int i = 0; i < args.n_ids; i++) ids[i] = (int)args.ids[i];
+        st = write_logits(&transformer, ids, args.n_ids, args.output);
+        free(ids);
+    } else {
+        unsigned long long seed = args.seed > 0 ? args.seed : (unsigned long long)time(NULL);
+        Sampler sampler;
+        build_sampler(&sampler, c->vocab_size, (float)args.temperature, args.topp, seed);
+        int steps = args.steps == 0 || args.steps > c->seq_len ? c->seq_len : (int)args.steps;
+        st = generate(&transformer, &tokenizer, &sampler, args.prompt, steps, args.ignore_bos);
+        free_sampler(&sampler);
+    }
+    print_stats(args.threads, load_s, &st);
+
+    free(args.ids);
+    free_tokenizer(&tokenizer);
+    if (!transformer.has_vocab) free_vocab(&file_vocab);
+    free_transformer(&transformer);
+    return 0;
+}
+#endif

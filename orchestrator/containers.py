@@ -1,0 +1,171 @@
+"""Cells and validation runs inside containers, through the Docker SDK (Docker, or podman's
+Docker-compatible API: see scripts/podman-setup.sh).
+
+Inside the image the repository lives at /opt/polyllama. Host paths in a command are mapped:
+the repository to /opt/polyllama, the host interpreter to the image's, and any other absolute
+path (models, output files) is bind-mounted at the same path, read-only unless it is written.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .build import BuildOutcome
+from .errors import PolyllamaError
+from .executor import ProcResult, parse_stats
+from .ports import ROOT, Port
+
+IMAGE_ROOT = "/opt/polyllama"
+LOCAL_BASE = "localhost/polyllama-base:bookworm"
+DEFAULT_BASE = "debian:bookworm-slim"
+WRITABLE_FLAGS = ("-o",)
+IMAGE_CODE = ("impls", "orchestrator", "schemas", "tasks.py")  # what the image carries itself
+
+
+def _client():
+    try:
+        import docker
+    except ImportError:
+        raise PolyllamaError("the docker Python package is not installed (pip install docker)") from None
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as e:  # the SDK raises several unrelated types for "no engine"
+        host = os.environ.get("DOCKER_HOST", "the default socket")
+        raise PolyllamaError(f"no container engine reachable at {host}: {str(e).splitlines()[0][:160]} "
+                             f"(start Docker, or run scripts/podman-setup.sh and export DOCKER_HOST)") from None
+    return client
+
+
+def git_tag() -> str:
+    r = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return f"polyllama:{r.stdout.strip() or 'dev'}"
+
+
+def build_image(target: str = "full", tag: str | None = None, base: str | None = None, log=print) -> str:
+    """Build the Dockerfile's target; returns the tag. Build output goes to build/logs/docker.log."""
+    client = _client()
+    if base is None:
+        base = os.environ.get("POLYLLAMA_BASE_IMAGE") or (LOCAL_BASE if _has_image(client, LOCAL_BASE) else DEFAULT_BASE)
+    tag = tag or git_tag() + ("" if target == "full" else f"-{target}")
+    _stage_host_ca()
+    logfile = ROOT / "build" / "logs" / "docker.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    log(f"building image {tag} (target {target}, base {base}); log: {logfile.relative_to(ROOT)}")
+    error = None
+    with open(logfile, "w") as f:
+        for chunk in client.api.build(path=str(ROOT), dockerfile="Dockerfile", tag=tag, target=target,
+                                      buildargs={"BASE": base}, network_mode="host", rm=True, decode=True):
+            if "stream" in chunk:
+                f.write(chunk["stream"])
+            if "error" in chunk:
+                error = chunk["error"].strip()
+                f.write(error + "\n")
+    if error:
+        raise PolyllamaError(f"image build failed: {error.splitlines()[-1][:200]} (see {logfile})")
+    return tag
+
+
+def _stage_host_ca() -> None:
+    """Behind a TLS-inspecting proxy, pip inside the build needs the host's CA bundle."""
+    dest = ROOT / "docker" / "certs" / "host-ca.crt"
+    for var in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        src = os.environ.get(var)
+        if src and Path(src).is_file():
+            dest.write_bytes(Path(src).read_bytes())
+            return
+    dest.unlink(missing_ok=True)
+
+
+def _has_image(client, name: str) -> bool:
+    try:
+        client.images.get(name)
+        return True
+    except Exception:
+        return False
+
+
+class ContainerRunner:
+    def __init__(self, client, image: str, memory: str = "8g"):
+        self.client, self.image, self.memory = client, image, memory
+        try:
+            self.image_id = client.images.get(image).id
+        except Exception:
+            raise PolyllamaError(f"no image {image}; build it with `invoke build-all --docker`") from None
+        self._built = None
+
+    @classmethod
+    def connect(cls, image: str | None = None, memory: str = "8g") -> "ContainerRunner":
+        client = _client()
+        return cls(client, image or os.environ.get("POLYLLAMA_IMAGE") or git_tag(), memory)
+
+    # ------------------------------------------------------------ what the image holds
+    def built_ports(self) -> dict[str, str | None]:
+        if self._built is None:
+            code = ("import json; from orchestrator.ports import discover, toolchain_version; "
+                    "print(json.dumps({p.name: toolchain_version(p) for p in discover() if p.outputs_present()}))")
+            out = self.client.containers.run(self.image, ["python", "-c", code], remove=True, network_mode="none")
+            self._built = json.loads(out.decode().strip().splitlines()[-1])
+        return self._built
+
+    def build_outcome(self, port: Port) -> BuildOutcome:
+        built = self.built_ports()
+        if port.name in built:
+            return BuildOutcome(port.name, "built", f"in image {self.image}", version=built[port.name])
+        return BuildOutcome(port.name, "skipped", f"not built in image {self.image}")
+
+    # ------------------------------------------------------------ running
+    def _map(self, argv: list[str]) -> tuple[list[str], dict]:
+        mounts, out = {}, []
+        root = str(ROOT)
+        for i, arg in enumerate(argv):
+            if arg == sys.executable:
+                arg = "python"
+            elif arg.startswith(root + "/") and Path(arg).relative_to(root).parts[0] in IMAGE_CODE:
+                arg = IMAGE_ROOT + arg[len(root):]
+            elif arg.startswith("/") and Path(arg).parent.is_dir():
+                parent = str(Path(arg).parent)
+                writable = i > 0 and argv[i - 1] in WRITABLE_FLAGS
+                mode = "rw" if writable or mounts.get(parent, {}).get("mode") == "rw" else "ro"
+                mounts[parent] = {"bind": parent, "mode": mode}
+            out.append(arg)
+        return out, mounts
+
+    def execute(self, argv: list[str], cwd=None, env=None, timeout: float = 600, sample: bool = True,
+                threads: int | None = None) -> ProcResult:
+        mapped, mounts = self._map(argv)
+        workdir = IMAGE_ROOT + str(cwd)[len(str(ROOT)):] if cwd and str(cwd).startswith(str(ROOT)) else IMAGE_ROOT
+        cpus = threads or os.cpu_count() or 1
+        cpuset = f"0-{min(cpus, os.cpu_count() or 1) - 1}"
+        command = ["python", "-m", "orchestrator.contained", str(timeout), "1" if sample else "0", "--", *mapped]
+        container = self.client.containers.run(self.image, command, detach=True, volumes=mounts, working_dir=workdir,
+                                               cpuset_cpus=cpuset, mem_limit=self.memory, network_mode="none",
+                                               environment={"POLYLLAMA_ROOT": IMAGE_ROOT})
+        try:
+            try:
+                status = container.wait(timeout=timeout + 60)
+            except Exception:  # the engine did not answer in time: the run is a timeout
+                return ProcResult(argv, None, b"", "", timeout, timed_out=True, stats_error="timed out")
+            logs = container.logs(stdout=True, stderr=False).decode()
+            errs = container.logs(stdout=False, stderr=True).decode(errors="replace")
+        finally:
+            try:
+                container.remove(force=True)
+            except Exception:
+                pass
+        if status.get("StatusCode") != 0 or not logs.strip():
+            return ProcResult(argv, status.get("StatusCode"), b"", errs or "container failed", 0.0,
+                              stats=None, stats_error="container failed before the port ran")
+        record = json.loads(logs.strip().splitlines()[-1])
+        record["stdout"] = base64.b64decode(record["stdout"])
+        record["argv"] = argv
+        stats, stats_error = parse_stats(record["stderr"])
+        record.update(stats=stats, stats_error=stats_error)
+        return ProcResult(**record)
+
+    def __call__(self, spec, timeout: float) -> ProcResult:
+        return self.execute(spec.argv(), cwd=spec.port.dir, timeout=timeout, threads=spec.threads)
