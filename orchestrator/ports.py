@@ -36,7 +36,7 @@ class Port:
         for arg in argv:
             for key, value in subs.items():
                 arg = arg.replace(key, value)
-            if "/" in arg and not arg.startswith(("/", "-")) and "=" not in arg:
+            if "/" in arg and not arg.startswith(("/", "-")) and "=" not in arg and not any(c.isspace() for c in arg):
                 arg = str(self.dir / arg)
             out.append(arg)
         return out

@@ -1493,25 +1493,13 @@ static RunStats write_logits(Transformer *transformer, const int *ids, int n, co
 }
 
 // ----------------------------------------------------------------------------
-// Command line: numbers parsed as strictly as the reference's Python int() and float()
+// Command line: numbers are plain decimal (contract section 2): no inf, nan, '_', hex or spaces
 
-// copy s without surrounding whitespace and without '_' between digits; 0 if it cannot be a number
+// copy s into out when it holds only sign, digit, point and exponent characters; 0 otherwise
 static int clean_number(const char *s, char *out, size_t cap) {
-    const char *ws = " \t\n\v\f\r";
-    while (*s && strchr(ws, *s)) s++;
     size_t n = strlen(s);
-    while (n > 0 && strchr(ws, s[n - 1])) n--;
-    if (n == 0 || n >= cap) return 0;
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '_') {
-            if (i == 0 || i + 1 >= n || !(s[i - 1] >= '0' && s[i - 1] <= '9') || !(s[i + 1] >= '0' && s[i + 1] <= '9'))
-                return 0;
-            continue;
-        }
-        out[m++] = s[i];
-    }
-    out[m] = 0;
+    if (n == 0 || n >= cap || strspn(s, "0123456789+-.eE") != n) return 0;
+    memcpy(out, s, n + 1);
     return 1;
 }
 
@@ -1547,7 +1535,7 @@ static unsigned long long parse_int_flag(const char *flag, const char *text, uns
 
 static double parse_float(const char *flag, const char *text, double lo, double hi) {
     char buf[256];
-    if (!clean_number(text, buf, sizeof buf) || strpbrk(buf, "xXpP"))
+    if (!clean_number(text, buf, sizeof buf))
         die(EXIT_USAGE, "%s expects a number, got '%s'", flag, text);
     char *end;
     double v = strtod(buf, &end);

@@ -89,10 +89,9 @@ def parse_args(argv: list[bytes | str]) -> Args:
         elif flag == "-o":
             args.output = value
         elif flag == "-k":
-            try:
-                args.ids = [int(t) for t in value.split(",")]
-            except ValueError:
-                raise Usage(f"-k expects comma-separated token ids, got {value!r}") from None
+            if not all(_INT.fullmatch(t) for t in value.split(",")):
+                raise Usage(f"-k expects comma-separated token ids, got {value!r}")
+            args.ids = [int(t) for t in value.split(",")]
         elif flag == "-e":
             args.ignore_bos = _number(flag, value, int, 0, 1) == 1
         else:
@@ -110,6 +109,14 @@ def stats_line(port: str, threads: int, load_s: float, stats) -> str:
     return "polyllama-stats: " + json.dumps(fields, separators=(",", ":"))
 
 
+def check_vocab(path, vocab) -> None:
+    """encode needs the byte tokens for its fallback and the space piece for its dummy prefix."""
+    if len(vocab) < 259:
+        raise FormatError(path, f"a vocabulary of {len(vocab)} tokens has no room for the 256 byte tokens")
+    if b" " not in vocab.pieces:
+        raise FormatError(path, "the vocabulary has no ' ' piece for the dummy prefix")
+
+
 def run(args: Args, port: str) -> int:
     t0 = time.perf_counter()
     model = read_model(args.checkpoint)
@@ -119,6 +126,7 @@ def run(args: Args, port: str) -> int:
         raise Usage("-z tokenizer is required for a .bin checkpoint")
     else:
         vocab = read_tokenizer(args.tokenizer, model.config.vocab_size)
+    check_vocab(args.checkpoint if model.tokenizer is not None else args.tokenizer, vocab)
     transformer, tokenizer = Transformer(model), Tokenizer(vocab)
     load_s = time.perf_counter() - t0
 

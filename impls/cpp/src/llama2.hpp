@@ -1,0 +1,282 @@
+// polyllama C++ port: Llama 2 inference for the llama2.c model family.
+//
+// The declarations that run.cpp implements top to bottom and the unit tests exercise.
+// Everything a user can get wrong surfaces as one of the three exception types below;
+// main() turns each into one `error:` line and the contract's exit code.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+static_assert(std::endian::native == std::endian::little, "the file formats are little-endian");
+
+namespace llama2 {
+
+// ----------------------------------------------------------------------------
+// Errors: each maps to one exit code (docs/port-contract.md, section 3)
+
+struct UsageError : std::runtime_error {  // exit 2
+    using std::runtime_error::runtime_error;
+};
+
+struct FormatError : std::runtime_error {  // exit 3: "<path>: <problem>"
+    FormatError(const std::string& path, const std::string& problem)
+        : std::runtime_error(path + ": " + problem) {}
+};
+
+struct RuntimeError : std::runtime_error {  // exit 1
+    using std::runtime_error::runtime_error;
+};
+
+// ----------------------------------------------------------------------------
+// Model: config, weights, state
+
+// A read-only memory map of a whole file; the weights point into it, never copied.
+class MappedFile {
+public:
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    std::span<const std::uint8_t> bytes() const { return {data_, size_}; }
+    const std::string& path() const { return path_; }
+    // Fault the pages of [offset, offset + length) in now, so that the first forward pass
+    // measures compute rather than page faults.
+    void prefault(std::size_t offset, std::size_t length) const;
+
+private:
+    std::string path_;
+    const std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+struct Config {
+    int dim = 0;         // transformer width
+    int hidden_dim = 0;  // feed-forward width
+    int n_layers = 0;
+    int n_heads = 0;     // query heads
+    int n_kv_heads = 0;  // key/value heads (< n_heads: grouped-query attention)
+    int vocab_size = 0;  // always positive; sharing is its own flag
+    int seq_len = 0;     // maximum sequence length
+    bool shared_classifier = true;
+
+    int head_size() const { return dim / n_heads; }
+    int kv_dim() const { return n_kv_heads * head_size(); }
+    std::int64_t weight_count() const;  // floats in all tensors (no legacy RoPE tables)
+    std::int64_t kv_cache_bytes() const;
+    std::string describe() const;
+};
+
+// The header values as read (64-bit, so that a hostile header cannot overflow), checked
+// against the contract's limits before anything is sized from them.
+struct RawConfig {
+    std::int64_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+    bool shared_classifier;
+    Config validate(const std::string& path) const;
+};
+
+struct LayerWeights {
+    std::span<const float> rms_att;  // (dim)
+    std::span<const float> wq;       // (dim, dim)
+    std::span<const float> wk;       // (kv_dim, dim)
+    std::span<const float> wv;       // (kv_dim, dim)
+    std::span<const float> wo;       // (dim, dim)
+    std::span<const float> rms_ffn;  // (dim)
+    std::span<const float> w1;       // (hidden_dim, dim)
+    std::span<const float> w2;       // (dim, hidden_dim)
+    std::span<const float> w3;       // (hidden_dim, dim)
+};
+
+struct TransformerWeights {
+    std::span<const float> token_embedding;  // (vocab, dim)
+    std::vector<LayerWeights> layers;        // (n_layers)
+    std::span<const float> rms_final;        // (dim)
+    std::span<const float> wcls;             // (vocab, dim); token_embedding when shared
+};
+
+// A tokenizer's pieces and merge scores, from tokenizer.bin or a GGUF file.
+struct Vocab {
+    std::vector<std::string> pieces;
+    std::vector<float> scores;
+};
+
+// A loaded checkpoint: the map keeps the weights alive.
+struct Model {
+    Config config;
+    std::unique_ptr<MappedFile> file;
+    TransformerWeights weights;
+    std::optional<Vocab> vocab;  // GGUF embeds its tokenizer
+    std::string format;          // "v0", "v1" or "gguf"
+};
+
+Model read_model(const std::string& path);
+Vocab read_tokenizer(const std::string& path, int vocab_size);
+
+// A fixed team of workers created once; the caller is worker 0, so a pool of 1 starts no
+// thread at all. parallel_for(n, fn) runs fn(task) for task = 0..n-1 across the team and
+// returns when all are done. Tasks are claimed one at a time from a shared counter rather
+// than split up front: on a machine shared with other processes a descheduled worker then
+// delays only the task it holds, not a fixed share of every matmul.
+class ThreadPool {
+public:
+    explicit ThreadPool(int n_workers);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return n_workers_; }
+
+    template <class F>
+    void parallel_for(int n_tasks, F&& fn) {
+        if (n_workers_ == 1 || n_tasks <= 1) {
+            for (int t = 0; t < n_tasks; ++t) fn(t);
+            return;
+        }
+        using Fn = std::remove_reference_t<F>;
+        dispatch(n_tasks, const_cast<void*>(static_cast<const void*>(&fn)),
+                 [](void* ctx, int task) { (*static_cast<Fn*>(ctx))(task); });
+    }
+
+private:
+    using Job = void (*)(void*, int);
+    void dispatch(int n_tasks, void* ctx, Job job);
+    void run_tasks();  // claim and run tasks of the current job until none is left
+    void worker_loop();
+
+    int n_workers_;
+    void* ctx_ = nullptr;  // written only between jobs, read only while holding a task
+    Job job_ = nullptr;
+    // (n_tasks << 32 | next task): one word, so that a claim is valid for the job it read
+    alignas(64) std::atomic<std::uint64_t> ticket_{0};
+    alignas(64) std::atomic<std::uint32_t> done_{0};        // tasks finished in the current job
+    alignas(64) std::atomic<std::uint32_t> generation_{0};  // bumped per job; idle workers sleep on it
+    std::atomic<bool> stop_{false};
+#if defined(__cpp_lib_jthread)
+    std::vector<std::jthread> threads_;
+#else
+    std::vector<std::thread> threads_;
+#endif
+};
+
+// Scratch buffers and the KV cache of one sequence.
+struct RunState {
+    explicit RunState(const Config& c);
+    std::vector<float> x;       // (dim) activation at the current position
+    std::vector<float> xb;      // (dim) normed input / attention output
+    std::vector<float> hb;      // (hidden_dim) feed-forward hidden state
+    std::vector<float> q;       // (dim)
+    std::vector<float> att;     // (n_heads, seq_len) attention scores
+    std::vector<float> logits;  // (vocab)
+    std::vector<float> rope_cos, rope_sin;  // (head_size / 2) rotation at the current position
+    // (layer, seq_len, kv_dim), calloc'ed so that untouched positions cost no memory
+    std::unique_ptr<float[], void (*)(void*)> key_cache, value_cache;
+};
+
+class Transformer {
+public:
+    Transformer(const Model& model, ThreadPool& pool);
+    // The logits after `token` at position `pos`: (vocab), valid until the next call.
+    std::span<float> forward(int token, int pos);
+    const Config& config() const { return config_; }
+
+private:
+    Config config_;
+    const TransformerWeights& w_;
+    ThreadPool& pool_;
+    RunState s_;
+};
+
+// ----------------------------------------------------------------------------
+// Tokenizer
+
+inline constexpr int BOS = 1;
+inline constexpr int EOS = 2;
+
+class Tokenizer {
+public:
+    explicit Tokenizer(Vocab vocab);
+    std::vector<int> encode(std::string_view text, bool bos, bool eos) const;
+    // The bytes that token prints after prev (run.c's decode).
+    std::string_view decode(int prev, int token) const;
+    int vocab_size() const { return static_cast<int>(vocab_.pieces.size()); }
+
+private:
+    std::optional<int> lookup(std::string_view piece) const;
+    Vocab vocab_;
+    std::unordered_map<std::string_view, int> ids_;  // piece -> lowest id spelling it
+    std::string byte_pieces_;                        // 256 single-byte strings for <0xHH>
+};
+
+// What run.c's safe_printf prints of a piece: nothing for empty or lone control bytes.
+std::string_view safe_piece(std::string_view piece);
+
+// ----------------------------------------------------------------------------
+// Sampler
+
+class Rng {  // llama2.c's xorshift*, so that one seed gives the same draws in every port
+public:
+    explicit Rng(std::uint64_t seed) : state_(seed) {}
+    std::uint32_t next_u32();
+    float next_f32();
+
+private:
+    std::uint64_t state_;
+};
+
+struct ProbIndex {
+    float prob;
+    int index;
+};
+
+int sample_argmax(std::span<const float> logits);
+int sample_mult(std::span<const float> probs, float coin);
+int sample_topp(std::span<const float> probs, float topp, float coin, std::vector<ProbIndex>& scratch);
+void softmax(std::span<float> x);
+// numpy's pairwise float32 sum, so that probabilities match the reference to the last bit.
+float pairwise_sum(const float* a, std::size_t n);
+
+class Sampler {
+public:
+    Sampler(float temperature, float topp, std::uint64_t seed);
+    int sample(std::span<float> logits);  // overwrites logits with probabilities
+
+private:
+    float temperature_, topp_;
+    Rng rng_;
+    std::vector<ProbIndex> scratch_;
+};
+
+// ----------------------------------------------------------------------------
+// Command line
+
+struct Args {
+    std::string checkpoint;
+    std::optional<std::string> tokenizer;
+    double temperature = 1.0;
+    double topp = 0.9;
+    std::uint64_t seed = 0;
+    std::int64_t steps = 256;
+    std::string prompt;
+    int threads = 1;
+    bool logits_mode = false;
+    std::optional<std::string> output;
+    std::optional<std::vector<std::int64_t>> ids;
+    bool ignore_bos = false;
+};
+
+Args parse_args(int argc, const char* const* argv);  // throws UsageError
+int run_main(int argc, const char* const* argv);      // the whole program; returns the exit code
+
+}  // namespace llama2

@@ -1,0 +1,1351 @@
+// polyllama C++ port: Llama 2 inference in one file, after karpathy/llama2.c's run.c.
+//
+// Sections, top to bottom: model (files, config, weights, state), thread pool, forward pass,
+// tokenizer, sampler, generation, command line. The algorithm is the contract's
+// (docs/port-contract.md); orchestrator/reference/ is its executable definition.
+
+#include "llama2.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <new>
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(POLYLLAMA_SCALAR)
+#include <immintrin.h>
+#define POLYLLAMA_AVX2 1
+#endif
+
+namespace llama2 {
+
+// ----------------------------------------------------------------------------
+// Model files
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw FormatError(path, std::string("cannot open: ") + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        int err = errno;
+        ::close(fd);
+        throw FormatError(path, std::string("cannot open: ") + std::strerror(err));
+    }
+    if (S_ISDIR(st.st_mode)) {
+        ::close(fd);
+        throw FormatError(path, "cannot open: is a directory");
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        throw FormatError(path, "cannot open: not a regular file");
+    }
+    size_ = static_cast<std::size_t>(st.st_size);
+    if (size_ > 0) {  // mmap refuses empty files; an empty span reads as "truncated"
+        void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            int err = errno;
+            ::close(fd);
+            throw FormatError(path, std::string("cannot map: ") + std::strerror(err));
+        }
+        data_ = static_cast<const std::uint8_t*>(p);
+    }
+    ::close(fd);  // the mapping keeps the file open
+}
+
+MappedFile::~MappedFile() {
+    if (data_) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+}
+
+void MappedFile::prefault(std::size_t offset, std::size_t length) const {
+    if (!data_ || length == 0) return;
+    long page = ::sysconf(_SC_PAGESIZE);
+    std::size_t start = offset / page * page;
+    std::size_t len = std::min(size_ - start, offset + length - start);
+    void* addr = const_cast<std::uint8_t*>(data_ + start);
+#if defined(MADV_POPULATE_READ)
+    if (::madvise(addr, len, MADV_POPULATE_READ) == 0) return;
+#endif
+    ::madvise(addr, len, MADV_WILLNEED);
+    volatile std::uint8_t sink = 0;  // touch one byte a page: the kernel maps them now
+    for (std::size_t i = 0; i < len; i += page) sink = sink + data_[start + i];
+}
+
+// Little-endian reads at any alignment, bounds-checked against the file.
+class ByteReader {
+public:
+    ByteReader(std::string path, std::span<const std::uint8_t> data) : path_(std::move(path)), data_(data) {}
+
+    void need(std::uint64_t n, std::string_view what) const {
+        if (n > data_.size() - off_)
+            throw FormatError(path_, "truncated or corrupt: " + std::string(what) + " runs past the end of the file");
+    }
+    template <class T>
+    T read(std::string_view what) {
+        need(sizeof(T), what);
+        T v;
+        std::memcpy(&v, data_.data() + off_, sizeof(T));
+        off_ += sizeof(T);
+        return v;
+    }
+    std::string_view string(std::string_view what) {
+        auto n = read<std::uint64_t>(what);
+        need(n, what);
+        std::string_view s(reinterpret_cast<const char*>(data_.data() + off_), n);
+        off_ += n;
+        return s;
+    }
+    void skip(std::uint64_t n, std::string_view what) {
+        need(n, what);
+        off_ += n;
+    }
+    std::size_t offset() const { return off_; }
+    const std::string& path() const { return path_; }
+    void seek(std::size_t off) { off_ = off; }
+    const std::uint8_t* at(std::size_t off) const { return data_.data() + off; }
+
+private:
+    std::string path_;
+    std::span<const std::uint8_t> data_;
+    std::size_t off_ = 0;
+};
+
+// ----------------------------------------------------------------------------
+// Config
+
+namespace limits {
+constexpr std::int64_t dim = 65536, hidden = 262144, layers = 1024, vocab = 1 << 20, seq = 65536;
+constexpr std::int64_t kv_bytes = std::int64_t{4} << 30;
+}  // namespace limits
+
+std::int64_t Config::weight_count() const {
+    std::int64_t d = dim, h = hidden_dim, L = n_layers, kv = kv_dim(), v = vocab_size;
+    std::int64_t per_layer = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
+    return v * d + L * per_layer + d + (shared_classifier ? 0 : v * d);
+}
+
+std::int64_t Config::kv_cache_bytes() const {
+    return std::int64_t{n_layers} * seq_len * kv_dim() * 2 * 4;
+}
+
+std::string Config::describe() const {
+    return "dim=" + std::to_string(dim) + " hidden_dim=" + std::to_string(hidden_dim) +
+           " n_layers=" + std::to_string(n_layers) + " n_heads=" + std::to_string(n_heads) +
+           " n_kv_heads=" + std::to_string(n_kv_heads) + " vocab_size=" + std::to_string(vocab_size) +
+           " seq_len=" + std::to_string(seq_len) + " shared_classifier=" + (shared_classifier ? "True" : "False");
+}
+
+Config RawConfig::validate(const std::string& path) const {
+    const std::pair<const char*, std::int64_t> fields[] = {
+        {"dim", dim}, {"hidden_dim", hidden_dim}, {"n_layers", n_layers}, {"n_heads", n_heads},
+        {"n_kv_heads", n_kv_heads}, {"vocab_size", vocab_size}, {"seq_len", seq_len}};
+    for (auto [name, value] : fields)
+        if (value <= 0)
+            throw FormatError(path, "header value " + std::string(name) + "=" + std::to_string(value) + " must be positive");
+    const std::tuple<const char*, std::int64_t, std::int64_t> bounds[] = {
+        {"dim", dim, limits::dim}, {"hidden_dim", hidden_dim, limits::hidden},
+        {"n_layers", n_layers, limits::layers}, {"vocab_size", vocab_size, limits::vocab},
+        {"seq_len", seq_len, limits::seq}, {"n_heads", n_heads, dim}};
+    for (auto [name, value, limit] : bounds)
+        if (value > limit)
+            throw FormatError(path, "header value " + std::string(name) + "=" + std::to_string(value) +
+                                        " exceeds the limit " + std::to_string(limit));
+    if (dim % n_heads)
+        throw FormatError(path, "dim=" + std::to_string(dim) + " is not a multiple of n_heads=" + std::to_string(n_heads));
+    if ((dim / n_heads) % 2)
+        throw FormatError(path, "head_size=" + std::to_string(dim / n_heads) + " must be even for RoPE");
+    if (n_kv_heads > n_heads || n_heads % n_kv_heads)
+        throw FormatError(path, "n_heads=" + std::to_string(n_heads) + " is not a multiple of n_kv_heads=" +
+                                    std::to_string(n_kv_heads));
+    Config c{static_cast<int>(dim),     static_cast<int>(hidden_dim), static_cast<int>(n_layers),
+             static_cast<int>(n_heads), static_cast<int>(n_kv_heads), static_cast<int>(vocab_size),
+             static_cast<int>(seq_len), shared_classifier};
+    if (c.kv_cache_bytes() > limits::kv_bytes)
+        throw FormatError(path, "KV cache of " + std::to_string(c.kv_cache_bytes()) + " bytes exceeds the 4 GiB limit");
+    return c;
+}
+
+// ----------------------------------------------------------------------------
+// llama2.c checkpoints: v0 (legacy) and v1
+
+constexpr std::uint32_t V1_MAGIC = 0x616b3432;
+constexpr std::size_t V0_HEADER_BYTES = 28, V1_HEADER_BYTES = 256;
+
+// Hands out consecutive tensors of the flat float array that follows a header.
+class TensorCursor {
+public:
+    explicit TensorCursor(const float* base) : p_(base) {}
+    std::span<const float> take(std::int64_t n) {
+        std::span<const float> s(p_, static_cast<std::size_t>(n));
+        p_ += n;
+        return s;
+    }
+    // One tensor per layer: (n_layers, rows, cols) sliced into n_layers spans.
+    template <class Member>
+    void take_layers(std::vector<LayerWeights>& layers, Member member, std::int64_t per_layer) {
+        for (auto& l : layers) l.*member = take(per_layer);
+    }
+
+private:
+    const float* p_;
+};
+
+static void check_size(const MappedFile& f, std::int64_t expected, const Config& c) {
+    auto actual = static_cast<std::int64_t>(f.bytes().size());
+    if (actual != expected)
+        throw FormatError(f.path(), std::string(actual < expected ? "truncated" : "oversized") + ": file is " +
+                                        std::to_string(actual) + " bytes, header (" + c.describe() + ") implies " +
+                                        std::to_string(expected));
+}
+
+static std::int32_t i32_at(std::span<const std::uint8_t> b, std::size_t off) {
+    std::int32_t v;
+    std::memcpy(&v, b.data() + off, 4);
+    return v;
+}
+
+static RawConfig raw_header(std::span<const std::uint8_t> b, std::size_t off) {
+    RawConfig r{};
+    r.dim = i32_at(b, off), r.hidden_dim = i32_at(b, off + 4), r.n_layers = i32_at(b, off + 8);
+    r.n_heads = i32_at(b, off + 12), r.n_kv_heads = i32_at(b, off + 16);
+    r.vocab_size = i32_at(b, off + 20), r.seq_len = i32_at(b, off + 24);
+    return r;
+}
+
+static Model read_v0(std::unique_ptr<MappedFile> file) {
+    auto b = file->bytes();
+    if (b.size() < V0_HEADER_BYTES)
+        throw FormatError(file->path(), "truncated: " + std::to_string(b.size()) + " bytes, a v0 header needs 28");
+    RawConfig raw = raw_header(b, 0);
+    raw.shared_classifier = raw.vocab_size > 0;  // negative vocab: an unshared classifier follows
+    raw.vocab_size = raw.vocab_size < 0 ? -raw.vocab_size : raw.vocab_size;
+    Config c = raw.validate(file->path());
+    std::int64_t rope_tables = std::int64_t{c.seq_len} * (c.head_size() / 2) * 2;  // freq_cis_real, _imag
+    check_size(*file, V0_HEADER_BYTES + 4 * (c.weight_count() + rope_tables), c);
+
+    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    Model m{c, nullptr, {}, std::nullopt, "v0"};
+    TransformerWeights& w = m.weights;
+    w.layers.resize(c.n_layers);
+    TensorCursor t(reinterpret_cast<const float*>(b.data() + V0_HEADER_BYTES));
+    w.token_embedding = t.take(v * d);
+    t.take_layers(w.layers, &LayerWeights::rms_att, d);
+    t.take_layers(w.layers, &LayerWeights::wq, d * d);
+    t.take_layers(w.layers, &LayerWeights::wk, kv * d);
+    t.take_layers(w.layers, &LayerWeights::wv, kv * d);
+    t.take_layers(w.layers, &LayerWeights::wo, d * d);
+    t.take_layers(w.layers, &LayerWeights::rms_ffn, d);
+    t.take_layers(w.layers, &LayerWeights::w1, h * d);
+    t.take_layers(w.layers, &LayerWeights::w2, d * h);
+    t.take_layers(w.layers, &LayerWeights::w3, h * d);
+    w.rms_final = t.take(d);
+    t.take(rope_tables);  // legacy RoPE tables: recomputed in forward
+    w.wcls = c.shared_classifier ? w.token_embedding : t.take(v * d);
+    m.file = std::move(file);
+    return m;
+}
+
+static Model read_v1(std::unique_ptr<MappedFile> file) {
+    auto b = file->bytes();
+    if (b.size() < V1_HEADER_BYTES)
+        throw FormatError(file->path(), "truncated: " + std::to_string(b.size()) + " bytes, a v1 header needs 256");
+    std::int32_t version = i32_at(b, 4);
+    if (version != 1)
+        throw FormatError(file->path(), "unsupported llama2.c format version " + std::to_string(version) +
+                                            " (only 0 and 1 are fp32)");
+    RawConfig raw = raw_header(b, 8);
+    std::uint8_t shared = b[36];
+    if (shared > 1)
+        throw FormatError(file->path(), "shared_classifier flag is " + std::to_string(shared) + ", expected 0 or 1");
+    raw.shared_classifier = shared == 1;
+    Config c = raw.validate(file->path());
+    check_size(*file, V1_HEADER_BYTES + 4 * c.weight_count(), c);
+
+    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    Model m{c, nullptr, {}, std::nullopt, "v1"};
+    TransformerWeights& w = m.weights;
+    w.layers.resize(c.n_layers);
+    // v1 stores the small vectors first, then the matrices
+    TensorCursor t(reinterpret_cast<const float*>(b.data() + V1_HEADER_BYTES));
+    t.take_layers(w.layers, &LayerWeights::rms_att, d);
+    t.take_layers(w.layers, &LayerWeights::rms_ffn, d);
+    w.rms_final = t.take(d);
+    w.token_embedding = t.take(v * d);
+    t.take_layers(w.layers, &LayerWeights::wq, d * d);
+    t.take_layers(w.layers, &LayerWeights::wk, kv * d);
+    t.take_layers(w.layers, &LayerWeights::wv, kv * d);
+    t.take_layers(w.layers, &LayerWeights::wo, d * d);
+    t.take_layers(w.layers, &LayerWeights::w1, h * d);
+    t.take_layers(w.layers, &LayerWeights::w2, d * h);
+    t.take_layers(w.layers, &LayerWeights::w3, h * d);
+    w.wcls = c.shared_classifier ? w.token_embedding : t.take(v * d);
+    m.file = std::move(file);
+    return m;
+}
+
+// ----------------------------------------------------------------------------
+// GGUF (v2, v3; F32 tensors; llama.cpp's `llama` names; tokenizer embedded)
+
+namespace gguf {
+
+enum Type : std::uint32_t { U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 };
+constexpr std::uint64_t MAX_ENTRIES = 65536;
+
+constexpr std::size_t scalar_size(std::uint32_t t) {
+    switch (t) {
+        case U8: case I8: case BOOL: return 1;
+        case U16: case I16: return 2;
+        case U32: case I32: case F32: return 4;
+        case U64: case I64: case F64: return 8;
+        default: return 0;  // not a scalar
+    }
+}
+
+// A scalar of any type, widened. Integer keys may be any integer type (bool counts as 0/1,
+// as in the reference); a u64 beyond int64 is clamped, which still fails every limit.
+struct Scalar {
+    bool integral = false;
+    std::int64_t integer = 0;
+    double number = 0;
+};
+
+static Scalar scalar_at(const std::uint8_t* p, std::uint32_t t) {
+    auto get = [p]<class T>(T) {
+        T v;
+        std::memcpy(&v, p, sizeof(T));
+        return v;
+    };
+    auto integer = [](std::int64_t i) { return Scalar{true, i, static_cast<double>(i)}; };
+    switch (t) {
+        case U8: return integer(get(std::uint8_t{}));
+        case I8: return integer(get(std::int8_t{}));
+        case U16: return integer(get(std::uint16_t{}));
+        case I16: return integer(get(std::int16_t{}));
+        case U32: return integer(get(std::uint32_t{}));
+        case I32: return integer(get(std::int32_t{}));
+        case BOOL: return integer(get(std::uint8_t{}) != 0);
+        case I64: return integer(get(std::int64_t{}));
+        case U64: {
+            std::uint64_t u = get(std::uint64_t{});
+            return integer(u > INT64_MAX ? INT64_MAX : static_cast<std::int64_t>(u));
+        }
+        case F32: return {false, 0, get(float{})};
+        case F64: return {false, 0, get(double{})};
+        default: return {};
+    }
+}
+
+struct Value {
+    std::uint32_t type = 0;
+    Scalar scalar;          // scalar types
+    std::string_view text;  // STRING
+    // ARRAY: scalar elements stay in the file; string elements are kept for the token list only
+    std::uint32_t elem_type = 0;
+    std::uint64_t count = 0;
+    const std::uint8_t* elems = nullptr;
+    std::vector<std::string_view> strings;
+
+    bool scalar_array() const { return type == ARRAY && scalar_size(elem_type) != 0; }
+    Scalar element(std::uint64_t i) const { return scalar_at(elems + i * scalar_size(elem_type), elem_type); }
+};
+
+static Value read_value(ByteReader& r, std::uint32_t type, std::string_view key, bool keep_strings) {
+    Value v;
+    v.type = type;
+    if (std::size_t size = scalar_size(type)) {
+        r.need(size, key);
+        v.scalar = scalar_at(r.at(r.offset()), type);
+        r.skip(size, key);
+    } else if (type == STRING) {
+        v.text = r.string(key);
+    } else if (type == ARRAY) {
+        v.elem_type = r.read<std::uint32_t>(key);
+        v.count = r.read<std::uint64_t>(key);
+        std::size_t size = scalar_size(v.elem_type);
+        if (!size && v.elem_type != STRING)
+            throw FormatError(r.path(), std::string(key) + ": unsupported array element type " + std::to_string(v.elem_type));
+        std::size_t min_size = size ? size : 8;  // a string is at least its u64 length
+        if (v.count > (std::uint64_t{1} << 62) / min_size) r.need(UINT64_MAX, key);
+        r.need(v.count * min_size, key);  // so that the count below is bounded by the file
+        if (size) {
+            v.elems = r.at(r.offset());
+            r.skip(v.count * size, key);
+        } else {
+            if (keep_strings) v.strings.reserve(v.count);
+            for (std::uint64_t i = 0; i < v.count; ++i) {
+                auto s = r.string(key);
+                if (keep_strings) v.strings.push_back(s);
+            }
+        }
+    } else {
+        throw FormatError(r.path(), std::string(key) + ": unknown value type " + std::to_string(type));
+    }
+    return v;
+}
+
+struct TensorInfo {
+    std::vector<std::uint64_t> dims;  // innermost first
+    std::uint32_t type;
+    std::uint64_t offset;  // from data_start
+};
+
+// The parsed header: every key/value, every tensor info, and where the tensor data starts.
+struct Header {
+    std::map<std::string, Value, std::less<>> kv;
+    std::map<std::string, TensorInfo, std::less<>> tensors;
+    std::uint64_t data_start = 0;
+};
+
+static Header read_header(const MappedFile& file) {
+    const std::string& path = file.path();
+    auto bytes = file.bytes();
+    if (bytes.size() < 4 || std::memcmp(bytes.data(), "GGUF", 4) != 0) throw FormatError(path, "bad magic, not a GGUF file");
+    ByteReader r(path, bytes);
+    r.seek(4);
+    auto version = r.read<std::uint32_t>("version");
+    if (version != 2 && version != 3)
+        throw FormatError(path, "unsupported GGUF version " + std::to_string(version) + " (2 and 3 are read)");
+    auto n_tensors = r.read<std::uint64_t>("tensor count");
+    auto n_kv = r.read<std::uint64_t>("kv count");
+    if (n_tensors > MAX_ENTRIES || n_kv > MAX_ENTRIES)
+        throw FormatError(path, "implausible counts: " + std::to_string(n_tensors) + " tensors, " +
+                                    std::to_string(n_kv) + " keys (limit 65536)");
+    Header h;
+    for (std::uint64_t i = 0; i < n_kv; ++i) {
+        std::string key(r.string("key"));
+        auto type = r.read<std::uint32_t>("type of " + key);
+        h.kv[key] = read_value(r, type, key, key == "tokenizer.ggml.tokens");
+    }
+    for (std::uint64_t i = 0; i < n_tensors; ++i) {
+        std::string name(r.string("tensor name"));
+        auto n_dims = r.read<std::uint32_t>(name);
+        if (n_dims > 4) throw FormatError(path, "tensor " + name + " has " + std::to_string(n_dims) + " dimensions");
+        TensorInfo info{};
+        for (std::uint32_t d = 0; d < n_dims; ++d) info.dims.push_back(r.read<std::uint64_t>(name));
+        info.type = r.read<std::uint32_t>(name);
+        info.offset = r.read<std::uint64_t>(name);
+        h.tensors[name] = std::move(info);
+    }
+
+    auto arch = h.kv.find("general.architecture");
+    if (arch == h.kv.end() || arch->second.type != STRING || arch->second.text != "llama")
+        throw FormatError(path, "general.architecture is not 'llama'");
+    std::int64_t align = 32;
+    if (auto it = h.kv.find("general.alignment"); it != h.kv.end()) {
+        if (!it->second.scalar.integral) throw FormatError(path, "key general.alignment must be an integer");
+        align = it->second.scalar.integer;
+    }
+    if (align <= 0 || (align & (align - 1)) || align > 65536)
+        throw FormatError(path, "general.alignment=" + std::to_string(align) + " is not a power of two up to 65536");
+    h.data_start = (r.offset() + align - 1) / align * align;
+    return h;
+}
+
+static const Value& tokens_of(const Header& h, const std::string& path) {
+    auto tokens = h.kv.find("tokenizer.ggml.tokens");
+    if (tokens == h.kv.end() || tokens->second.type != ARRAY || tokens->second.elem_type != STRING ||
+        tokens->second.count == 0)
+        throw FormatError(path, "missing tokenizer.ggml.tokens");
+    return tokens->second;
+}
+
+static Config config_of(const Header& h, const std::string& path) {
+    const Value& tokens = tokens_of(h, path);
+    auto scores = h.kv.find("tokenizer.ggml.scores");
+    if (scores == h.kv.end() || !scores->second.scalar_array() || scores->second.count != tokens.count)
+        throw FormatError(path, "tokenizer.ggml.scores missing or not one per token");
+    auto int_key = [&](std::string_view key, std::optional<std::int64_t> fallback = std::nullopt) {
+        auto it = h.kv.find(key);
+        if (it == h.kv.end()) {
+            if (fallback) return *fallback;
+            throw FormatError(path, "missing required key " + std::string(key));
+        }
+        if (!it->second.scalar.integral) throw FormatError(path, "key " + std::string(key) + " must be an integer");
+        return it->second.scalar.integer;
+    };
+    std::int64_t heads = int_key("llama.attention.head_count");
+    RawConfig raw{int_key("llama.embedding_length"),
+                  int_key("llama.feed_forward_length"),
+                  int_key("llama.block_count"),
+                  heads,
+                  int_key("llama.attention.head_count_kv", heads),
+                  static_cast<std::int64_t>(tokens.count),
+                  int_key("llama.context_length"),
+                  !h.tensors.contains("output.weight")};
+    return raw.validate(path);
+}
+
+static TransformerWeights weights_of(const Header& h, const Config& c, const MappedFile& file) {
+    const std::string& path = file.path();
+    auto bytes = file.bytes();
+    // GGUF lists dims innermost first: a (rows, cols) matrix has dims [cols, rows]
+    auto tensor = [&](const std::string& name, std::initializer_list<std::int64_t> shape) {
+        auto it = h.tensors.find(name);
+        if (it == h.tensors.end()) throw FormatError(path, "missing tensor " + name);
+        const TensorInfo& t = it->second;
+        if (t.type != 0)
+            throw FormatError(path, "tensor " + name + " has type " + std::to_string(t.type) + "; only F32 (0) is supported");
+        auto same = [](std::uint64_t a, std::int64_t b) { return a == static_cast<std::uint64_t>(b); };
+        if (t.dims.size() != shape.size() || !std::equal(t.dims.rbegin(), t.dims.rend(), shape.begin(), same))
+            throw FormatError(path, "tensor " + name + " does not have the expected shape");
+        std::uint64_t n = 1;
+        for (auto s : shape) n *= static_cast<std::uint64_t>(s);  // < 2^40: the config is validated
+        std::uint64_t size = bytes.size(), start = h.data_start;
+        if (t.offset % 4 || start > size || t.offset > size - start || 4 * n > size - start - t.offset)
+            throw FormatError(path, "tensor " + name + " lies outside the file");
+        return std::span<const float>(reinterpret_cast<const float*>(bytes.data() + start + t.offset), n);
+    };
+    const std::int64_t d = c.dim, hd = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    TransformerWeights w;
+    w.token_embedding = tensor("token_embd.weight", {v, d});
+    w.rms_final = tensor("output_norm.weight", {d});
+    w.wcls = c.shared_classifier ? w.token_embedding : tensor("output.weight", {v, d});
+    w.layers.resize(c.n_layers);
+    for (int l = 0; l < c.n_layers; ++l) {
+        std::string blk = "blk." + std::to_string(l) + ".";
+        LayerWeights& lw = w.layers[l];
+        lw.rms_att = tensor(blk + "attn_norm.weight", {d});
+        lw.wq = tensor(blk + "attn_q.weight", {d, d});
+        lw.wk = tensor(blk + "attn_k.weight", {kv, d});
+        lw.wv = tensor(blk + "attn_v.weight", {kv, d});
+        lw.wo = tensor(blk + "attn_output.weight", {d, d});
+        lw.rms_ffn = tensor(blk + "ffn_norm.weight", {d});
+        lw.w1 = tensor(blk + "ffn_gate.weight", {hd, d});
+        lw.w2 = tensor(blk + "ffn_down.weight", {d, hd});
+        lw.w3 = tensor(blk + "ffn_up.weight", {hd, d});
+    }
+    return w;
+}
+
+// Tokens spell a space as U+2581; control tokens <s> and </s> stand for llama2.c's pieces.
+static std::string piece_from_gguf(std::string_view text, std::optional<std::int64_t> type) {
+    if (type == 3 && text == "<s>") return "\n<s>\n";
+    if (type == 3 && text == "</s>") return "\n</s>\n";
+    std::string out;
+    out.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text.substr(i, 3) == "\xE2\x96\x81") {
+            out.push_back(' ');
+            i += 2;
+        } else {
+            out.push_back(text[i]);
+        }
+    }
+    return out;
+}
+
+static Vocab vocab_of(const Header& h, const std::string& path) {
+    const Value& tokens = tokens_of(h, path);
+    const Value& scores = h.kv.find("tokenizer.ggml.scores")->second;  // checked by config_of
+    auto types = h.kv.find("tokenizer.ggml.token_type");
+    // token types only count when there is one per token
+    bool typed = types != h.kv.end() && types->second.scalar_array() && types->second.count == tokens.count;
+    Vocab vocab;
+    vocab.pieces.reserve(tokens.count);
+    vocab.scores.reserve(tokens.count);
+    for (std::uint64_t i = 0; i < tokens.count; ++i) {
+        std::optional<std::int64_t> type;
+        if (typed) type = types->second.element(i).integer;
+        vocab.pieces.push_back(piece_from_gguf(tokens.strings[i], type));
+        vocab.scores.push_back(static_cast<float>(scores.element(i).number));
+    }
+    return vocab;
+}
+
+}  // namespace gguf
+
+static Model read_gguf(std::unique_ptr<MappedFile> file) {
+    gguf::Header header = gguf::read_header(*file);
+    Config c = gguf::config_of(header, file->path());
+    Model m{c, nullptr, gguf::weights_of(header, c, *file), gguf::vocab_of(header, file->path()), "gguf"};
+    m.file = std::move(file);
+    return m;
+}
+
+Model read_model(const std::string& path) {
+    auto file = std::make_unique<MappedFile>(path);
+    auto b = file->bytes();
+    std::uint32_t magic = 0;
+    if (b.size() >= 4) std::memcpy(&magic, b.data(), 4);
+    Model m = b.size() >= 4 && std::memcmp(b.data(), "GGUF", 4) == 0 ? read_gguf(std::move(file))
+              : magic == V1_MAGIC                                    ? read_v1(std::move(file))
+                                                                     : read_v0(std::move(file));
+    m.file->prefault(0, m.file->bytes().size());
+    return m;
+}
+
+// tokenizer.bin: int32 max_token_length, then per token float32 score, int32 length, bytes.
+Vocab read_tokenizer(const std::string& path, int vocab_size) {
+    MappedFile file(path);
+    ByteReader r(path, file.bytes());
+    auto size = file.bytes().size();
+    if (size < 4) throw FormatError(path, "truncated: no max_token_length header");
+    auto max_len = r.read<std::int32_t>("max_token_length");
+    if (max_len < 1 || max_len > 1024)
+        throw FormatError(path, "max_token_length=" + std::to_string(max_len) + " outside 1..1024");
+    Vocab v;
+    v.pieces.reserve(vocab_size);
+    v.scores.reserve(vocab_size);
+    for (int i = 0; i < vocab_size; ++i) {
+        if (size - r.offset() < 8)
+            throw FormatError(path, "has only " + std::to_string(i) + " tokens, the model's vocabulary is " +
+                                        std::to_string(vocab_size));
+        auto score = r.read<float>("score");
+        auto len = r.read<std::int32_t>("length");
+        if (len < 0 || len > max_len)
+            throw FormatError(path, "token " + std::to_string(i) + " has length " + std::to_string(len) +
+                                        ", outside 0.." + std::to_string(max_len));
+        if (std::isnan(score)) throw FormatError(path, "token " + std::to_string(i) + " has a NaN score");
+        if (size - r.offset() < static_cast<std::size_t>(len))
+            throw FormatError(path, "truncated inside token " + std::to_string(i));
+        v.pieces.emplace_back(reinterpret_cast<const char*>(r.at(r.offset())), len);
+        v.scores.push_back(score);
+        r.skip(len, "piece");
+    }
+    if (r.offset() != size)
+        throw FormatError(path, "has " + std::to_string(size - r.offset()) + " bytes after token " +
+                                    std::to_string(vocab_size - 1) + ": its vocabulary is larger than the model's " +
+                                    std::to_string(vocab_size));
+    return v;
+}
+
+// ----------------------------------------------------------------------------
+// Thread pool: workers spin briefly on a generation counter (the next job of a token is
+// microseconds away), then sleep on it (futex), so an idle pool costs no CPU.
+
+static inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+ThreadPool::ThreadPool(int n_workers) : n_workers_(std::max(1, n_workers)) {
+    threads_.reserve(n_workers_ - 1);
+    for (int i = 1; i < n_workers_; ++i) threads_.emplace_back([this] { worker_loop(); });
+}
+
+ThreadPool::~ThreadPool() {
+    stop_.store(true, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    generation_.notify_all();
+    for (auto& t : threads_) t.join();
+}
+
+void ThreadPool::run_tasks() {
+    for (;;) {
+        // fetch_add may run past n_tasks (no claim) but never into the high word
+        std::uint64_t t = ticket_.fetch_add(1, std::memory_order_acq_rel);
+        auto n = static_cast<std::uint32_t>(t >> 32), task = static_cast<std::uint32_t>(t);
+        if (task >= n) return;
+        job_(ctx_, static_cast<int>(task));
+        done_.fetch_add(1, std::memory_order_release);
+    }
+}
+
+void ThreadPool::dispatch(int n_tasks, void* ctx, Job job) {
+    ctx_ = ctx;
+    job_ = job;
+    done_.store(0, std::memory_order_relaxed);
+    ticket_.store(static_cast<std::uint64_t>(n_tasks) << 32, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_release);
+    generation_.notify_all();
+    run_tasks();
+    for (int spins = 0; done_.load(std::memory_order_acquire) != static_cast<std::uint32_t>(n_tasks); ++spins) {
+        if (spins < 4096) cpu_relax();
+        else std::this_thread::yield();  // a worker holding a task was descheduled: let it run
+    }
+}
+
+void ThreadPool::worker_loop() {
+    for (;;) {
+        std::uint32_t seen = generation_.load(std::memory_order_acquire);
+        if (stop_.load(std::memory_order_acquire)) return;
+        run_tasks();
+        // the next job of a token is microseconds away: spin a little before sleeping
+        auto start = std::chrono::steady_clock::now();
+        for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
+            if ((spins & 255) == 255 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(500)) {
+                generation_.wait(seen, std::memory_order_acquire);
+                break;
+            }
+            if (spins < 4096) cpu_relax();
+            else std::this_thread::yield();
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// State
+
+static void free_floats(void* p) { std::free(p); }
+
+static std::unique_ptr<float[], void (*)(void*)> calloc_floats(std::int64_t n) {
+    void* p = std::calloc(static_cast<std::size_t>(n), sizeof(float));
+    if (!p) throw std::bad_alloc();
+    return {static_cast<float*>(p), free_floats};
+}
+
+RunState::RunState(const Config& c)
+    : x(c.dim), xb(c.dim), hb(c.hidden_dim), q(c.dim), att(static_cast<std::size_t>(c.n_heads) * c.seq_len),
+      logits(c.vocab_size), rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2),
+      key_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())),
+      value_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())) {}
+
+// ----------------------------------------------------------------------------
+// Forward pass: kernels
+
+// dot(a, b) over n floats.
+static inline float dot(const float* a, const float* b, int n) {
+    int j = 0;
+    float sum = 0.0f;
+#if POLYLLAMA_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; j + 16 <= n; j += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), acc1);
+    }
+    for (; j + 8 <= n; j += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), acc0);
+    __m256 acc = _mm256_add_ps(acc0, acc1);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    sum = _mm_cvtss_f32(s);
+#else
+    // eight independent partial sums: the compiler vectorises this without -ffast-math
+    float acc[8] = {};
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += a[j + k] * b[j + k];
+    sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+#endif
+    for (; j < n; ++j) sum += a[j] * b[j];
+    return sum;
+}
+
+#if POLYLLAMA_AVX2
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+// For rows [begin, end) of W (d, n): store(i, W[i] . x). Four rows at a time share each load
+// of x; the rows stream from memory, which is what a batch-1 matvec is bound by.
+template <class Store>
+static inline void matvec_rows(const float* w, const float* x, int n, int begin, int end, Store store) {
+    int i = begin;
+#if POLYLLAMA_AVX2
+    for (; i + 4 <= end; i += 4) {
+        const float* r0 = w + static_cast<std::size_t>(i) * n;
+        const float *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        int j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256 xv = _mm256_loadu_ps(x + j);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + j), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + j), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + j), xv, a3);
+        }
+        float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+        for (; j < n; ++j) {
+            s0 += r0[j] * x[j], s1 += r1[j] * x[j], s2 += r2[j] * x[j], s3 += r3[j] * x[j];
+        }
+        store(i, s0), store(i + 1, s1), store(i + 2, s2), store(i + 3, s3);
+    }
+#endif
+    for (; i < end; ++i) store(i, dot(w + static_cast<std::size_t>(i) * n, x, n));
+}
+
+// Matmuls are split into tasks of TASK_ROWS rows (a multiple of the kernel's four): a few
+// dozen KB of weights each, large enough that claiming one costs nothing in comparison.
+constexpr int TASK_ROWS = 32;
+struct Range {
+    int begin, end;
+};
+static inline int tasks_for(int rows) { return (rows + TASK_ROWS - 1) / TASK_ROWS; }
+static inline Range task_rows(int task, int rows) {
+    return {task * TASK_ROWS, std::min(rows, (task + 1) * TASK_ROWS)};
+}
+
+static void rmsnorm(float* out, const float* x, std::span<const float> weight) {
+    int n = static_cast<int>(weight.size());
+    float ss = dot(x, x, n) / static_cast<float>(n) + 1e-5f;
+    float inv = 1.0f / std::sqrt(ss);
+    for (int i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * inv);
+}
+
+void softmax(std::span<float> x) {
+    float max = *std::max_element(x.begin(), x.end());
+    for (float& v : x) v = std::exp(v - max);
+    float sum = pairwise_sum(x.data(), x.size());
+    for (float& v : x) v /= sum;
+}
+
+// Rotate adjacent pairs (v[i], v[i+1]) by the angle of their position within the head.
+static void rope(float* v, int n, int head_size, const float* cos, const float* sin) {
+    for (int i = 0; i < n; i += 2) {
+        int k = (i % head_size) / 2;
+        float v0 = v[i], v1 = v[i + 1];
+        v[i] = v0 * cos[k] - v1 * sin[k];
+        v[i + 1] = v0 * sin[k] + v1 * cos[k];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Forward pass
+
+Transformer::Transformer(const Model& model, ThreadPool& pool)
+    : config_(model.config), w_(model.weights), pool_(pool), s_(model.config) {}
+
+std::span<float> Transformer::forward(int token, int pos) {
+    const Config& p = config_;
+    RunState& s = s_;
+    const int dim = p.dim, hidden = p.hidden_dim, kv_dim = p.kv_dim(), hs = p.head_size();
+    const int kv_mul = p.n_heads / p.n_kv_heads;
+    float* x = s.x.data();
+    float* xb = s.xb.data();
+    float* hb = s.hb.data();
+    float* q = s.q.data();
+
+    std::copy_n(w_.token_embedding.data() + static_cast<std::size_t>(token) * dim, dim, x);
+
+    // the rotation depends on the position within a head only: one table for every layer
+    for (int k = 0; k < hs / 2; ++k) {
+        float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * k) / static_cast<float>(hs));
+        float angle = static_cast<float>(pos) * freq;
+        s.rope_cos[k] = std::cos(angle);
+        s.rope_sin[k] = std::sin(angle);
+    }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+
+    for (int l = 0; l < p.n_layers; ++l) {
+        const LayerWeights& lw = w_.layers[l];
+        std::size_t layer_off = static_cast<std::size_t>(l) * p.seq_len * kv_dim;
+        float* key_cache = s.key_cache.get() + layer_off;      // (seq_len, kv_dim) of this layer
+        float* value_cache = s.value_cache.get() + layer_off;  // (seq_len, kv_dim)
+        float* k = key_cache + static_cast<std::size_t>(pos) * kv_dim;
+        float* v = value_cache + static_cast<std::size_t>(pos) * kv_dim;
+
+        // attention rmsnorm, then q, k, v in one job; k and v land straight in the cache
+        rmsnorm(xb, x, lw.rms_att);
+        const int q_tasks = tasks_for(dim), kv_tasks = tasks_for(kv_dim);
+        pool_.parallel_for(q_tasks + 2 * kv_tasks, [&](int task) {
+            auto put = [](float* out) { return [out](int i, float val) { out[i] = val; }; };
+            if (task < q_tasks) {
+                Range r = task_rows(task, dim);
+                matvec_rows(lw.wq.data(), xb, dim, r.begin, r.end, put(q));
+            } else if (task < q_tasks + kv_tasks) {
+                Range r = task_rows(task - q_tasks, kv_dim);
+                matvec_rows(lw.wk.data(), xb, dim, r.begin, r.end, put(k));
+            } else {
+                Range r = task_rows(task - q_tasks - kv_tasks, kv_dim);
+                matvec_rows(lw.wv.data(), xb, dim, r.begin, r.end, put(v));
+            }
+        });
+        rope(q, dim, hs, s.rope_cos.data(), s.rope_sin.data());
+        rope(k, kv_dim, hs, s.rope_cos.data(), s.rope_sin.data());
+
+        // multi-head attention over positions 0..pos, one task per head
+        pool_.parallel_for(p.n_heads, [&](int h) {
+            const float* qh = q + h * hs;
+            float* att = s.att.data() + static_cast<std::size_t>(h) * p.seq_len;  // (pos + 1)
+            const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;  // this head's KV head
+            for (int t = 0; t <= pos; ++t)
+                att[t] = dot(qh, key_cache + static_cast<std::size_t>(t) * kv_dim + kv_off, hs) * scale;
+            softmax({att, static_cast<std::size_t>(pos) + 1});
+            float* out = xb + h * hs;  // (head_size)
+            std::fill_n(out, hs, 0.0f);
+            for (int t = 0; t <= pos; ++t) {
+                const float* vt = value_cache + static_cast<std::size_t>(t) * kv_dim + kv_off;
+                const float a = att[t];
+                for (int i = 0; i < hs; ++i) out[i] += a * vt[i];
+            }
+        });
+
+        // x += wo @ attention output: each row belongs to one task, so add in place
+        pool_.parallel_for(tasks_for(dim), [&](int task) {
+            Range r = task_rows(task, dim);
+            matvec_rows(lw.wo.data(), xb, dim, r.begin, r.end, [x](int i, float val) { x[i] += val; });
+        });
+
+        // ffn rmsnorm; a task owns the same rows of w1 and w3, so SwiGLU fuses in
+        rmsnorm(xb, x, lw.rms_ffn);
+        pool_.parallel_for(tasks_for(hidden), [&](int task) {
+            Range r = task_rows(task, hidden);
+            matvec_rows(lw.w1.data(), xb, dim, r.begin, r.end, [hb](int i, float val) { hb[i] = val; });
+            matvec_rows(lw.w3.data(), xb, dim, r.begin, r.end, [hb](int i, float up) {
+                float gate = hb[i];
+                hb[i] = gate / (1.0f + std::exp(-gate)) * up;
+            });
+        });
+        pool_.parallel_for(tasks_for(dim), [&](int task) {
+            Range r = task_rows(task, dim);
+            matvec_rows(lw.w2.data(), hb, hidden, r.begin, r.end, [x](int i, float val) { x[i] += val; });
+        });
+    }
+
+    rmsnorm(x, x, w_.rms_final);
+    float* logits = s.logits.data();
+    pool_.parallel_for(tasks_for(p.vocab_size), [&](int task) {
+        Range r = task_rows(task, p.vocab_size);
+        matvec_rows(w_.wcls.data(), x, dim, r.begin, r.end, [logits](int i, float val) { logits[i] = val; });
+    });
+    return s.logits;
+}
+
+// ----------------------------------------------------------------------------
+// Tokenizer
+
+Tokenizer::Tokenizer(Vocab vocab) : vocab_(std::move(vocab)) {
+    ids_.reserve(vocab_.pieces.size());
+    for (std::size_t i = 0; i < vocab_.pieces.size(); ++i)
+        ids_.emplace(vocab_.pieces[i], static_cast<int>(i));  // emplace keeps the lower id of a duplicate
+    byte_pieces_.resize(256);
+    for (int b = 0; b < 256; ++b) byte_pieces_[b] = static_cast<char>(b);
+}
+
+std::optional<int> Tokenizer::lookup(std::string_view piece) const {
+    auto it = ids_.find(piece);
+    if (it == ids_.end()) return std::nullopt;
+    return it->second;
+}
+
+std::vector<int> Tokenizer::encode(std::string_view text, bool bos, bool eos) const {
+    std::vector<int> tokens;
+    tokens.reserve(text.size() + 3);
+    if (bos) tokens.push_back(BOS);
+    if (!text.empty()) {
+        // the dummy prefix: sentencepiece's add_dummy_prefix
+        auto space = lookup(" ");
+        if (!space) throw RuntimeError("the tokenizer has no piece for \" \" (the dummy prefix)");
+        tokens.push_back(*space);
+    }
+    // UTF-8 code points as groups of up to four bytes; unknown ones fall back to byte tokens
+    std::string group;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        auto b = static_cast<unsigned char>(text[i]);
+        if ((b & 0xC0) != 0x80) group.clear();
+        group.push_back(static_cast<char>(b));
+        unsigned char next = i + 1 < text.size() ? static_cast<unsigned char>(text[i + 1]) : 0;
+        if ((next & 0xC0) == 0x80 && group.size() < 4) continue;
+        if (auto id = lookup(group)) {
+            tokens.push_back(*id);
+        } else {
+            for (unsigned char c : group) tokens.push_back(c + 3);  // <0x00> is id 3
+        }
+        group.clear();
+    }
+    for (int t : tokens)
+        if (t >= vocab_size())
+            throw RuntimeError("token id " + std::to_string(t) + " from the prompt is outside the tokenizer's " +
+                               std::to_string(vocab_size()) + "-token vocabulary");
+
+    // merge the best-scoring adjacent pair until none merges; the leftmost wins ties
+    std::string merged;
+    for (;;) {
+        float best_score = -INFINITY;
+        int best_id = -1;
+        std::size_t best_i = 0;
+        for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
+            merged.assign(vocab_.pieces[tokens[i]]).append(vocab_.pieces[tokens[i + 1]]);
+            auto id = lookup(merged);
+            if (id && vocab_.scores[*id] > best_score) {
+                best_score = vocab_.scores[*id];
+                best_id = *id;
+                best_i = i;
+            }
+        }
+        if (best_id < 0) break;
+        tokens[best_i] = best_id;
+        tokens.erase(tokens.begin() + static_cast<std::ptrdiff_t>(best_i) + 1);
+    }
+    if (eos) tokens.push_back(EOS);
+    return tokens;
+}
+
+static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+std::string_view Tokenizer::decode(int prev, int token) const {
+    std::string_view piece = vocab_.pieces[token];
+    // sentencepiece drops the leading space of the first piece after BOS
+    if (prev == BOS && !piece.empty() && piece[0] == ' ') piece.remove_prefix(1);
+    // raw byte tokens, exactly "<0xHH>", stand for that byte
+    if (piece.size() == 6 && piece.starts_with("<0x") && piece[5] == '>') {
+        int hi = hex_digit(piece[3]), lo = hex_digit(piece[4]);
+        if (hi >= 0 && lo >= 0) return std::string_view(byte_pieces_).substr(hi * 16 + lo, 1);
+    }
+    return piece;
+}
+
+std::string_view safe_piece(std::string_view piece) {
+    if (piece.empty()) return {};
+    if (piece.size() == 1) {
+        auto b = static_cast<unsigned char>(piece[0]);
+        bool printable = b >= 0x20 && b <= 0x7E;
+        bool space = b == '\t' || b == '\n' || b == '\v' || b == '\f' || b == '\r';
+        if (!printable && !space) return {};
+    }
+    return piece;
+}
+
+// ----------------------------------------------------------------------------
+// Sampler
+
+std::uint32_t Rng::next_u32() {
+    state_ ^= state_ >> 12;
+    state_ ^= state_ << 25;
+    state_ ^= state_ >> 27;
+    return static_cast<std::uint32_t>((state_ * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+float Rng::next_f32() { return static_cast<float>(next_u32() >> 8) / 16777216.0f; }
+
+float pairwise_sum(const float* a, std::size_t n) {
+    if (n < 8) {
+        float res = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        float r[8];
+        for (int k = 0; k < 8; ++k) r[k] = a[k];
+        std::size_t i = 8;
+        for (; i < n - n % 8; i += 8)
+            for (int k = 0; k < 8; ++k) r[k] += a[i + k];
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) res += a[i];
+        return res;
+    }
+    std::size_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+int sample_argmax(std::span<const float> logits) {
+    return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());  // first maximum
+}
+
+int sample_mult(std::span<const float> probs, float coin) {
+    float cdf = 0.0f;
+    for (std::size_t i = 0; i < probs.size(); ++i) {
+        cdf += probs[i];
+        if (coin < cdf) return static_cast<int>(i);
+    }
+    return static_cast<int>(probs.size()) - 1;  // rounding left the sum below coin
+}
+
+int sample_topp(std::span<const float> probs, float topp, float coin, std::vector<ProbIndex>& scratch) {
+    const int n = static_cast<int>(probs.size());
+    if (n == 1) return 0;
+    // ids below the cutoff cannot be in the nucleus: dropping them first keeps the sort short
+    const float cutoff = (1.0f - topp) / static_cast<float>(n - 1);
+    scratch.clear();
+    for (int i = 0; i < n; ++i)
+        if (probs[i] >= cutoff) scratch.push_back({probs[i], i});
+    if (scratch.empty()) return n - 1;
+    std::sort(scratch.begin(), scratch.end(), [](const ProbIndex& a, const ProbIndex& b) {
+        return a.prob > b.prob || (a.prob == b.prob && a.index < b.index);
+    });
+    float cumulative = 0.0f;
+    std::size_t last = scratch.size() - 1;
+    for (std::size_t i = 0; i < scratch.size(); ++i) {
+        cumulative += scratch[i].prob;
+        if (cumulative > topp) {
+            last = i;
+            break;
+        }
+    }
+    const float r = coin * cumulative;
+    float cdf = 0.0f;
+    for (std::size_t i = 0; i <= last; ++i) {
+        cdf += scratch[i].prob;
+        if (r < cdf) return scratch[i].index;
+    }
+    return scratch[last].index;
+}
+
+Sampler::Sampler(float temperature, float topp, std::uint64_t seed)
+    : temperature_(temperature), topp_(topp), rng_(seed) {}
+
+int Sampler::sample(std::span<float> logits) {
+    if (temperature_ == 0.0f) return sample_argmax(logits);
+    for (float& l : logits) l /= temperature_;
+    softmax(logits);
+    float coin = rng_.next_f32();
+    if (topp_ <= 0.0f || topp_ >= 1.0f) return sample_mult(logits, coin);
+    return sample_topp(logits, topp_, coin, scratch_);
+}
+
+// ----------------------------------------------------------------------------
+// Generation
+
+using Clock = std::chrono::steady_clock;
+
+static double seconds(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+}
+
+struct RunStats {
+    std::int64_t prompt_tokens = 0, generated_tokens = 0, positions = 0;
+    double ttft_s = 0, decode_s = 0;
+};
+
+static void emit(std::string_view piece) {
+    if (piece.empty()) return;
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+}
+
+static RunStats generate(Transformer& transformer, const Tokenizer& tokenizer, Sampler& sampler,
+                         std::string_view prompt, int steps, bool ignore_bos) {
+    std::vector<int> prompt_tokens = tokenizer.encode(prompt, true, false);
+    RunStats stats;
+    stats.prompt_tokens = static_cast<std::int64_t>(prompt_tokens.size());
+    int token = prompt_tokens[0];
+    auto start = Clock::now();
+    std::optional<Clock::time_point> first;
+    for (int pos = 0; pos < steps; ++pos) {
+        std::span<float> logits = transformer.forward(token, pos);
+        ++stats.positions;
+        int next;
+        if (pos < static_cast<int>(prompt_tokens.size()) - 1) {
+            next = prompt_tokens[pos + 1];  // still forcing the prompt
+        } else {
+            next = sampler.sample(logits);
+            ++stats.generated_tokens;
+            if (!first) first = Clock::now();
+        }
+        if (next == BOS && !ignore_bos) break;  // BOS delimits sequences
+        emit(safe_piece(tokenizer.decode(token, next)));
+        token = next;
+    }
+    auto end = Clock::now();
+    stats.ttft_s = seconds(start, first.value_or(end));
+    stats.decode_s = first ? seconds(*first, end) : 0.0;
+    return stats;
+}
+
+// The logits after each of `ids`, written as raw float32 rows to `path`.
+static RunStats write_logits(Transformer& transformer, const std::vector<int>& ids, const std::string& path) {
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> out(std::fopen(path.c_str(), "wb"), std::fclose);
+    if (!out) throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
+    RunStats stats;
+    stats.prompt_tokens = stats.positions = static_cast<std::int64_t>(ids.size());
+    auto start = Clock::now();
+    for (std::size_t pos = 0; pos < ids.size(); ++pos) {
+        std::span<float> logits = transformer.forward(ids[pos], static_cast<int>(pos));
+        if (std::fwrite(logits.data(), sizeof(float), logits.size(), out.get()) != logits.size())
+            throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
+    }
+    stats.ttft_s = seconds(start, Clock::now());
+    if (std::fflush(out.get()) != 0) throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
+    return stats;
+}
+
+// ----------------------------------------------------------------------------
+// Command line
+
+constexpr const char* USAGE =
+    "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+
+static std::string_view trim(std::string_view s) {
+    auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
+    while (!s.empty() && ws(s.front())) s.remove_prefix(1);
+    while (!s.empty() && ws(s.back())) s.remove_suffix(1);
+    return s;
+}
+
+// A decimal integer `[+-]?[0-9]+`. The contract allows nothing else; -k's ids, which the
+// reference reads with Python's int(), may also carry surrounding spaces.
+struct ParsedInt {
+    bool negative = false;
+    std::uint64_t magnitude = 0;
+    bool overflow = false;  // more than 64 bits: out of every range here
+};
+
+static std::optional<ParsedInt> parse_integer(std::string_view s) {
+    ParsedInt v;
+    if (!s.empty() && (s[0] == '+' || s[0] == '-')) {
+        v.negative = s[0] == '-';
+        s.remove_prefix(1);
+    }
+    if (s.empty()) return std::nullopt;
+    for (char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        auto digit = static_cast<std::uint64_t>(c - '0');
+        if (v.magnitude > (UINT64_MAX - digit) / 10) v.overflow = true;
+        else v.magnitude = v.magnitude * 10 + digit;
+    }
+    return v;
+}
+
+// An integer flag in [lo, hi], lo >= 0.
+template <class T>
+static T integer_flag(std::string_view flag, std::string_view text, std::uint64_t lo, std::uint64_t hi) {
+    auto v = parse_integer(text);
+    if (!v) throw UsageError(std::string(flag) + " expects an integer, got '" + std::string(text) + "'");
+    bool negative = v->negative && v->magnitude != 0;
+    if (v->overflow || negative || v->magnitude < lo || v->magnitude > hi)
+        throw UsageError(std::string(flag) + " " + std::string(text) + " is out of range");
+    return static_cast<T>(v->magnitude);
+}
+
+// Whether text is a plain decimal float: [+-]?([0-9]+.?[0-9]*|.[0-9]+)([eE][+-]?[0-9]+)?
+static bool plain_float(std::string_view s) {
+    auto digits = [&s] {
+        std::size_t n = 0;
+        while (n < s.size() && s[n] >= '0' && s[n] <= '9') ++n;
+        s.remove_prefix(n);
+        return n;
+    };
+    if (!s.empty() && (s[0] == '+' || s[0] == '-')) s.remove_prefix(1);
+    std::size_t whole = digits(), fraction = 0;
+    if (!s.empty() && s[0] == '.') {
+        s.remove_prefix(1);
+        fraction = digits();
+    }
+    if (whole == 0 && fraction == 0) return false;
+    if (!s.empty() && (s[0] == 'e' || s[0] == 'E')) {
+        s.remove_prefix(1);
+        if (!s.empty() && (s[0] == '+' || s[0] == '-')) s.remove_prefix(1);
+        if (digits() == 0) return false;
+    }
+    return s.empty();
+}
+
+static double float_flag(std::string_view flag, std::string_view text, double lo, double hi) {
+    if (!plain_float(text)) throw UsageError(std::string(flag) + " expects a number, got '" + std::string(text) + "'");
+    double v = std::strtod(std::string(text).c_str(), nullptr);  // the C locale: '.' is the point
+    if (v < lo || v > hi) throw UsageError(std::string(flag) + " " + std::string(text) + " is out of range");
+    return v;
+}
+
+Args parse_args(int argc, const char* const* argv) {
+    if (argc < 2 || argv[1][0] == '-') throw UsageError("missing checkpoint");
+    Args a;
+    a.checkpoint = argv[1];
+    if ((argc - 2) % 2) throw UsageError(std::string("flag ") + argv[argc - 1] + " has no value");
+    for (int i = 2; i + 1 < argc; i += 2) {
+        std::string_view flag = argv[i], value = argv[i + 1];
+        if (flag == "-z") a.tokenizer = std::string(value);
+        else if (flag == "-t") a.temperature = float_flag(flag, value, 0.0, INFINITY);
+        else if (flag == "-p") a.topp = float_flag(flag, value, 0.0, 1.0);
+        else if (flag == "-s") a.seed = integer_flag<std::uint64_t>(flag, value, 0, UINT64_MAX);
+        else if (flag == "-n") a.steps = integer_flag<std::int64_t>(flag, value, 0, std::uint64_t{1} << 31);
+        else if (flag == "-i") a.prompt = std::string(value);
+        else if (flag == "-j") a.threads = integer_flag<int>(flag, value, 1, 4096);
+        else if (flag == "-m") {
+            if (value != "generate" && value != "logits")
+                throw UsageError("-m expects generate or logits, got '" + std::string(value) + "'");
+            a.logits_mode = value == "logits";
+        } else if (flag == "-o") a.output = std::string(value);
+        else if (flag == "-k") {
+            std::vector<std::int64_t> ids;
+            std::size_t startpos = 0;
+            for (;;) {
+                std::size_t comma = value.find(',', startpos);
+                auto id = parse_integer(trim(value.substr(startpos, comma == std::string_view::npos ? comma : comma - startpos)));
+                if (!id) throw UsageError("-k expects comma-separated token ids, got '" + std::string(value) + "'");
+                // anything outside int32 fails the range check after loading anyway
+                bool huge = id->overflow || id->magnitude > (std::uint64_t{1} << 40);
+                auto magnitude = static_cast<std::int64_t>(huge ? std::uint64_t{1} << 40 : id->magnitude);
+                ids.push_back(id->negative ? -magnitude : magnitude);
+                if (comma == std::string_view::npos) break;
+                startpos = comma + 1;
+            }
+            a.ids = std::move(ids);
+        } else if (flag == "-e") a.ignore_bos = integer_flag<int>(flag, value, 0, 1) == 1;
+        else throw UsageError("unknown flag " + std::string(flag));
+    }
+    if (a.logits_mode && (!a.output || !a.ids)) throw UsageError("logits mode needs -o FILE and -k IDS");
+    return a;
+}
+
+static std::string json_number(double v, int decimals) {
+    if (!std::isfinite(v)) v = 0;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+    return buf;
+}
+
+static void print_stats(const RunStats& st, int threads, double load_s) {
+    double tok_s = st.generated_tokens > 1 && st.decode_s > 0 ? (st.generated_tokens - 1) / st.decode_s : 0.0;
+    std::fprintf(stderr,
+                 "polyllama-stats: {\"port\":\"cpp\",\"prompt_tokens\":%lld,\"generated_tokens\":%lld,"
+                 "\"positions\":%lld,\"threads\":%d,\"load_s\":%s,\"ttft_s\":%s,\"decode_s\":%s,\"decode_tok_s\":%s}\n",
+                 static_cast<long long>(st.prompt_tokens), static_cast<long long>(st.generated_tokens),
+                 static_cast<long long>(st.positions), threads, json_number(load_s, 6).c_str(),
+                 json_number(st.ttft_s, 6).c_str(), json_number(st.decode_s, 6).c_str(),
+                 json_number(tok_s, 4).c_str());
+}
+
+static int run(const Args& args) {
+    auto t0 = Clock::now();
+    Model model = read_model(args.checkpoint);
+    Vocab vocab;
+    if (model.vocab) vocab = std::move(*model.vocab);
+    else if (!args.tokenizer) throw UsageError("-z tokenizer is required for a .bin checkpoint");
+    else vocab = read_tokenizer(*args.tokenizer, model.config.vocab_size);
+    Tokenizer tokenizer(std::move(vocab));
+    ThreadPool pool(args.threads);
+    Transformer transformer(model, pool);
+    double load_s = seconds(t0, Clock::now());
+    const Config& c = model.config;
+
+    RunStats stats;
+    if (args.logits_mode) {
+        const auto& ids = *args.ids;
+        bool ok = !ids.empty() && ids.size() <= static_cast<std::size_t>(c.seq_len) &&
+                  std::all_of(ids.begin(), ids.end(), [&](std::int64_t t) { return t >= 0 && t < c.vocab_size; });
+        if (!ok)
+            throw UsageError("-k needs 1.." + std::to_string(c.seq_len) + " ids in [0, " + std::to_string(c.vocab_size) + ")");
+        stats = write_logits(transformer, std::vector<int>(ids.begin(), ids.end()), *args.output);
+    } else {
+        std::uint64_t seed = args.seed > 0 ? args.seed : static_cast<std::uint64_t>(std::time(nullptr));
+        Sampler sampler(static_cast<float>(args.temperature), static_cast<float>(args.topp), seed);
+        int steps = args.steps == 0 || args.steps > c.seq_len ? c.seq_len : static_cast<int>(args.steps);
+        stats = generate(transformer, tokenizer, sampler, args.prompt, steps, args.ignore_bos);
+        emit("\n");
+    }
+    print_stats(stats, pool.size(), load_s);
+    return 0;
+}
+
+int run_main(int argc, const char* const* argv) {
+    try {
+        return run(parse_args(argc, argv));
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "error: %s\n%s\n", e.what(), USAGE);
+        return 2;
+    } catch (const FormatError& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 3;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "error: out of memory\n");
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
+
+}  // namespace llama2
