@@ -94,6 +94,7 @@ def make_corpus(out: Path) -> tuple[list[BadCase], Path, Path]:
 BAD_FLAGS = [
     ["-t", "inf"],
     ["-t", "nan"],
+    ["-t", "1e999"],
     ["-n", "1_0"],
     ["-q", "1"],
     ["-t"],

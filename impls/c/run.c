@@ -1331,6 +1331,11 @@ static int sample_topp(const float *probabilities, int n, float topp, ProbIndex 
     const float cutoff = (1.0f - topp) / (float)(n - 1);
     for (int i = 0; i < n; i++)
         if (probabilities[i] >= cutoff) { probindex[n0].index = i; probindex[n0].prob = probabilities[i]; n0++; }
+    if (n0 == 0) { // a flat distribution and a tiny top-p: the most likely id
+        int best = 0;
+        for (int i = 1; i < n; i++) if (probabilities[i] > probabilities[best]) best = i;
+        return best;
+    }
     qsort(probindex, n0, sizeof(ProbIndex), compare_probs);
 
     // truncate the list where cumulative probability exceeds topp
@@ -1540,7 +1545,7 @@ static double parse_float(const char *flag, const char *text, double lo, double 
     char *end;
     double v = strtod(buf, &end);
     if (*end || v != v) die(EXIT_USAGE, "%s expects a number, got '%s'", flag, text);
-    if (v < lo || v > hi) die(EXIT_USAGE, "%s %s is out of range", flag, text);
+    if (isinf(v) || v < lo || v > hi) die(EXIT_USAGE, "%s %s is out of range", flag, text);
     return v;
 }
 

@@ -150,7 +150,7 @@ def _int_key(path, kv: dict, key: str, default=None) -> int:
     v = kv.get(key, default)
     if v is None:
         raise FormatError(path, f"missing required key {key}")
-    if isinstance(v, (str, np.ndarray, list, float)) or not float(v).is_integer():
+    if isinstance(v, (str, np.ndarray, list, float, bool)) or not float(v).is_integer():
         raise FormatError(path, f"key {key} must be an integer")
     return int(v)
 
@@ -237,6 +237,8 @@ def read_gguf(path) -> Model:
         # a list of per-layer views: stacking would copy the whole model
         weights[key] = [tensor(fmt.format(i), shapes[key][1:]) for i in range(config.n_layers)]
     types = kv.get("tokenizer.ggml.token_type")
+    if types is not None and not (isinstance(types, np.ndarray) and types.dtype.kind in "iu"):
+        raise FormatError(path, "tokenizer.ggml.token_type must be an array of integers")
     pieces = tuple(_token_from_gguf(i, t, int(types[i]) if types is not None and len(types) == len(tokens) else None)
                    for i, t in enumerate(tokens))
     vocab = Vocab(pieces, tuple(float(s) for s in scores), max(1, max(len(p) for p in pieces)))

@@ -6,6 +6,7 @@ and refuse.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -53,6 +54,8 @@ def _number(flag: str, text: str, kind, lo=None, hi=None):
     if not (_INT if kind is int else _FLOAT).fullmatch(text):
         raise Usage(f"{flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}")
     value = kind(text)
+    if kind is float and not math.isfinite(value):
+        raise Usage(f"{flag} {text} is out of range")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise Usage(f"{flag} {text} is out of range")
     return value
@@ -102,11 +105,11 @@ def parse_args(argv: list[bytes | str]) -> Args:
 
 
 def stats_line(port: str, threads: int, load_s: float, stats) -> str:
-    fields = {"port": port, "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
-              "positions": stats.positions, "threads": threads, "load_s": round(load_s, 6),
-              "ttft_s": round(stats.ttft_s, 6), "decode_s": round(stats.decode_s, 6),
-              "decode_tok_s": round(stats.decode_tok_s, 4)}
-    return "polyllama-stats: " + json.dumps(fields, separators=(",", ":"))
+    # fixed-point numbers: the contract forbids exponents, which json.dumps would use for 1e-05
+    return ("polyllama-stats: {" + f'"port":{json.dumps(port)},"prompt_tokens":{stats.prompt_tokens},'
+            f'"generated_tokens":{stats.generated_tokens},"positions":{stats.positions},"threads":{threads},'
+            f'"load_s":{load_s:.6f},"ttft_s":{stats.ttft_s:.6f},"decode_s":{stats.decode_s:.6f},'
+            f'"decode_tok_s":{stats.decode_tok_s:.4f}' + "}")
 
 
 def check_vocab(path, vocab) -> None:

@@ -34,6 +34,8 @@ def sample_mult(probs: np.ndarray, coin: np.float32) -> int:
 def sample_topp(probs: np.ndarray, topp: float, coin: np.float32) -> int:
     cutoff = (np.float32(1.0) - np.float32(topp)) / np.float32(len(probs) - 1)
     ids = np.flatnonzero(probs >= cutoff)
+    if ids.size == 0:  # a flat distribution and a tiny top-p: the nucleus is the most likely id
+        return int(np.argmax(probs))
     order = np.lexsort((ids, -probs[ids]))  # probability descending, then id ascending
     ids = ids[order]
     cdf = np.cumsum(probs[ids], dtype=np.float32)

@@ -1060,7 +1060,8 @@ int sample_topp(std::span<const float> probs, float topp, float coin, std::vecto
     scratch.clear();
     for (int i = 0; i < n; ++i)
         if (probs[i] >= cutoff) scratch.push_back({probs[i], i});
-    if (scratch.empty()) return n - 1;
+    if (scratch.empty())  // a flat distribution and a tiny top-p: the most likely id
+        return static_cast<int>(std::max_element(probs.begin(), probs.end()) - probs.begin());
     std::sort(scratch.begin(), scratch.end(), [](const ProbIndex& a, const ProbIndex& b) {
         return a.prob > b.prob || (a.prob == b.prob && a.index < b.index);
     });
@@ -1235,7 +1236,8 @@ static bool plain_float(std::string_view s) {
 static double float_flag(std::string_view flag, std::string_view text, double lo, double hi) {
     if (!plain_float(text)) throw UsageError(std::string(flag) + " expects a number, got '" + std::string(text) + "'");
     double v = std::strtod(std::string(text).c_str(), nullptr);  // the C locale: '.' is the point
-    if (v < lo || v > hi) throw UsageError(std::string(flag) + " " + std::string(text) + " is out of range");
+    if (std::isinf(v) || v < lo || v > hi)
+        throw UsageError(std::string(flag) + " " + std::string(text) + " is out of range");
     return v;
 }
 

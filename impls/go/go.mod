@@ -1,0 +1,3 @@
+module polyllama/impls/go
+
+go 1.19

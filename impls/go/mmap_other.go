@@ -1,0 +1,18 @@
+//go:build !unix
+
+package main
+
+import (
+	"io"
+	"os"
+)
+
+// mapFile reads the whole file once where mmap is not available; the weights are still never
+// copied per token.
+func mapFile(f *os.File, size int64) ([]byte, func(), error) {
+	data := make([]byte, size)
+	if _, err := io.ReadFull(io.NewSectionReader(f, 0, size), data); err != nil {
+		return nil, nil, err
+	}
+	return data, func() {}, nil
+}
