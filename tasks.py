@@ -74,6 +74,14 @@ def bench(c, matrix="default", ports=None, models=None, threads=None, runs=None,
                           warmup=warmup, steps=steps, out=out, resume=resume, docker=docker, image=image)
 
 
+@task(help={"port": "the port whose command is timed", "model": "model (synthetic when absent)",
+            "threads": "-j for the port", "steps": "positions per run", "rounds": "alternating runs of each timer"})
+@_exits
+def overhead(c, port="c", model="stories110M", threads=1, steps=64, rounds=5):
+    """Measure the harness's own cost: our executor against hyperfine on the same command."""
+    return app.overhead(port, model, int(threads), int(steps), int(rounds))
+
+
 @task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures"})
 @_exits
 def report(c, results, out=None):
@@ -133,4 +141,4 @@ def models_convert(c, src, dst, tokenizer=None, version=0):
 
 
 models = Collection("models", models_list, models_fetch, models_synth, models_convert)
-ns = Collection(install, build_all, validate, bench, report, compare, test, models)
+ns = Collection(install, build_all, validate, bench, report, compare, overhead, test, models)

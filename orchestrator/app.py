@@ -140,3 +140,19 @@ def models_convert(src: str, dst: str, tokenizer: str | None, version: int) -> i
         gguf_to_bin(Path(src), Path(dst), Path(tokenizer) if tokenizer else None, version)
     print(dst)
     return 0
+
+
+def overhead(port: str, model: str, threads: int, steps: int, rounds: int) -> int:
+    """Our executor against hyperfine on one benchmark command."""
+    from .measure import CellSpec
+    from .overhead import measure_overhead
+    from .bench import model_record
+
+    [p] = select(port)
+    r = Store().resolve(model, synthesize=True)
+    spec = CellSpec(p, model_record(r, r.path, "v0"), str(r.tokenizer), threads, steps, 0.0, 0.9, 42)
+    res = measure_overhead(spec.argv(), p.dir, rounds)
+    print(f"{port} on {model} ({r.origin}), {steps} steps, -j {threads}, {rounds} alternating runs each:")
+    print(f"  harness median {res['harness_median_s']:.4f} s, hyperfine median {res['hyperfine_median_s']:.4f} s, "
+          f"overhead {100 * res['overhead']:+.2f}%")
+    return 0

@@ -64,10 +64,9 @@ def _int(text, flag):
         raise UsageError(f"--{flag} expects an integer, got {text!r}") from None
 
 
-def _model_record(resolved: Resolved, path: Path, fmt: str) -> Model:
-    return Model(name=resolved.name, path=str(path), origin=resolved.origin, tokenizer_origin=resolved.tokenizer_origin
-                 if fmt != "gguf" else resolved.tokenizer_origin, format=fmt,
-                 weight_bytes=resolved.config.weight_bytes())
+def model_record(resolved: Resolved, path: Path, fmt: str) -> Model:
+    return Model(name=resolved.name, path=str(path), origin=resolved.origin, tokenizer_origin=resolved.tokenizer_origin,
+                 format=fmt, weight_bytes=resolved.config.weight_bytes())
 
 
 def _format_for(port: Port, matrix: Matrix) -> str | None:
@@ -160,7 +159,7 @@ def main(matrix="quick", ports=None, models=None, threads=None, runs=None, warmu
                     continue
                 fmt = _format_for(port, m)
                 path = gguf_for(r) if fmt == "gguf" else r.path
-                model = _model_record(r, path, fmt or "v0")
+                model = model_record(r, path, fmt or "v0")
                 spec = CellSpec(port, model, str(r.tokenizer), t, m.steps, m.temperature, m.topp, m.seed)
                 specs.append(spec)
                 if builds[port.name].status != "built":

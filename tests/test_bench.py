@@ -202,3 +202,14 @@ def test_statistics_on_known_samples():
     assert geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
     assert significant([10, 10.1, 9.9, 10.05], [12, 12.1, 11.9, 12.05])
     assert not significant([10, 11, 9, 10.5], [10.2, 9.5, 10.8, 10.1])
+
+
+def test_overhead_measurement_times_the_same_command_both_ways(tmp_path):
+    import shutil
+    from conftest import need
+    from orchestrator.overhead import measure_overhead
+    if shutil.which("hyperfine") is None:
+        need("hyperfine is not installed")
+    res = measure_overhead([sys.executable, "-c", "import time; time.sleep(0.05)"], tmp_path, rounds=2)
+    assert len(res["harness_times"]) == len(res["hyperfine_times"]) == 2
+    assert min(res["harness_times"] + res["hyperfine_times"]) >= 0.05  # both saw the sleep
