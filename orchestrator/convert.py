@@ -31,7 +31,9 @@ def gguf_for(resolved: Resolved, out_dir: Path = MODELS_DIR) -> Path:
 
     A sidecar records which checkpoint and tokenizer it was made from: a newer file is not
     enough, since the store may resolve a different tokenizer (real instead of synthetic)."""
-    out = out_dir / (resolved.path.stem + ".gguf")
+    # the tokenizer is part of the name: the same weights with a real and with a synthetic
+    # tokenizer are two different files, also for two validations running at once
+    out = out_dir / f"{resolved.path.stem}.{resolved.tokenizer.stem}.gguf"
     sidecar = out.with_name(out.name + ".sources")
     fingerprint = _fingerprint([resolved.path, resolved.tokenizer])
     if not out.exists() or not sidecar.exists() or sidecar.read_text() != fingerprint:

@@ -57,6 +57,10 @@ def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env["POLYLLAMA_ROOT"] = str(ROOT)
+    # ports run in their own folders: a relative model path would point elsewhere there
+    if env.get("POLYLLAMA_MODEL_PATH"):
+        env["POLYLLAMA_MODEL_PATH"] = os.pathsep.join(
+            str(Path(p).expanduser().resolve()) for p in env["POLYLLAMA_MODEL_PATH"].split(os.pathsep) if p)
     env.setdefault("PYTHONPATH", str(ROOT))
     if extra:
         env.update(extra)

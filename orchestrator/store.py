@@ -143,7 +143,8 @@ class Store:
         for name, entry in self.models.items():
             real = find_file(entry.file)
             synth = find_file(synthetic_name(entry.file))
-            gguf = find_file(Path(entry.file).with_suffix(".gguf").name)
+            stem = Path(entry.file).stem
+            gguf = next((g for d in search_path() for g in sorted(d.glob(f"{stem}*.gguf"))), None)
             rows.append({
                 "model": name,
                 "real": f"{origin_of(real, entry)}: {real}" if real else "-",

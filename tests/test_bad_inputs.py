@@ -1,7 +1,7 @@
 """Bad files and bad flags: the Python readers, and every built port through its command line."""
 import pytest
 
-from conftest import IN_CI, need
+from conftest import IN_CI
 from corpus import BAD_FLAGS, make_corpus
 from orchestrator.errors import FormatError
 from orchestrator.executor import execute

@@ -12,7 +12,7 @@ import pytest
 from orchestrator import bench, resultfile
 from orchestrator.errors import UsageError
 from orchestrator.exporters import to_csv, to_hyperfine, to_markdown
-from orchestrator.ports import Port, load_manifest
+
 from orchestrator.stats import geometric_mean, significant, summarize
 from schemas.export import SCHEMAS, render
 from schemas.results import Suite

@@ -1,7 +1,6 @@
 """Container runs through the Docker SDK against a real engine (Docker, or podman's API set up by
 scripts/podman-setup.sh): build the reduced image, run the Python and C ports inside it, and
 check that they print what the native builds print."""
-import os
 
 import numpy as np
 import pytest

@@ -76,3 +76,13 @@ def test_stories260k_bin_gguf_bin_is_bit_exact(tmp_path, stories260k):
 def test_tokenizer_round_trip(tmp_path, tiny_vocab):
     write_tokenizer(tmp_path / "t.bin", tiny_vocab)
     assert read_tokenizer(tmp_path / "t.bin", len(tiny_vocab)) == tiny_vocab
+
+
+def test_gguf_export_refuses_a_non_utf8_piece_cleanly(tmp_path, tiny_model, tiny_vocab):
+    from orchestrator.formats import Vocab
+    pieces = list(tiny_vocab.pieces)
+    pieces[300 - 1] = b"\xff\xfe"
+    bad = Vocab(tuple(pieces), tiny_vocab.scores, tiny_vocab.max_token_length)
+    with pytest.raises(FormatError, match="not UTF-8"):
+        write_gguf(tmp_path / "m.gguf", tiny_model, bad)
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind

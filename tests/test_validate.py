@@ -1,5 +1,4 @@
 """`invoke validate` itself: it passes for every built port, and it can fail."""
-import shutil
 import subprocess
 import sys
 

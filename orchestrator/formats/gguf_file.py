@@ -50,7 +50,10 @@ def _token_to_gguf(i: int, piece: bytes) -> tuple[str, int]:
         return piece.strip().decode(), 3
     if len(piece) == 6 and piece.startswith(b"<0x") and piece.endswith(b">"):
         return piece.decode(), 6
-    return piece.decode("utf-8", errors="surrogateescape").replace(" ", SPACE), 1
+    try:
+        return piece.decode("utf-8").replace(" ", SPACE), 1
+    except UnicodeDecodeError:
+        raise ValueError(f"token {i} is not UTF-8, which GGUF strings must be") from None
 
 
 def _token_from_gguf(i: int, text: str, ttype: int | None) -> bytes:
@@ -62,9 +65,21 @@ def _token_from_gguf(i: int, text: str, ttype: int | None) -> bytes:
 def write_gguf(path, model: Model, vocab: Vocab, name: str = "polyllama") -> None:
     import gguf
 
-    c = model.config
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
+    try:
+        texts, types = zip(*(_token_to_gguf(i, p) for i, p in enumerate(vocab.pieces)))
+    except ValueError as e:
+        raise FormatError(path, f"cannot export the tokenizer: {e}") from None
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # concurrent exports never share one
+    try:
+        _write(gguf, tmp, model, vocab, texts, types, name)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str) -> None:
+    c = model.config
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(name)
     w.add_context_length(c.seq_len)
@@ -78,7 +93,6 @@ def write_gguf(path, model: Model, vocab: Vocab, name: str = "polyllama") -> Non
     w.add_rope_freq_base(10000.0)
     w.add_vocab_size(c.vocab_size)
     w.add_file_type(0)  # ALL_F32
-    texts, types = zip(*(_token_to_gguf(i, p) for i, p in enumerate(vocab.pieces)))
     w.add_tokenizer_model("llama")
     w.add_token_list(list(texts))
     w.add_token_scores(list(vocab.scores))
@@ -99,7 +113,6 @@ def write_gguf(path, model: Model, vocab: Vocab, name: str = "polyllama") -> Non
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- reading

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ..formats import read_model, read_tokenizer
-from .generate import clamp_steps, generate, logits_for
+from .generate import RunStats, clamp_steps, generate, logits_for
 from .model import Transformer
 from .sampler import Sampler
 from .tokenizer import Tokenizer
@@ -120,9 +120,24 @@ def check_vocab(path, vocab) -> None:
         raise FormatError(path, "the vocabulary has no ' ' piece for the dummy prefix")
 
 
-def run(args: Args, port: str) -> int:
+class BackendError(Exception):
+    """A backend (a framework or an engine) failed at run time; the message is one line."""
+
+
+def numpy_backend(model, args: Args) -> Transformer:
+    return Transformer(model)
+
+
+def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf")) -> int:
+    """`backend(model, args)` returns the object that computes logits: `forward(token, pos)`, and
+    optionally `logits_all(ids)` (a batched logits mode) and `close()`. It is called after the
+    files and flags are checked, so a framework's import counts in load_s and a bad input answers
+    before it; everything else (tokenizer, sampler, generation, output) is shared by every
+    Python-hosted port."""
     t0 = time.perf_counter()
     model = read_model(args.checkpoint)
+    if model.fmt not in formats:
+        raise FormatError(args.checkpoint, f"a {model.fmt} checkpoint: {port} reads {', '.join(formats)} only")
     if model.tokenizer is not None:
         vocab = model.tokenizer
     elif args.tokenizer is None:
@@ -130,54 +145,62 @@ def run(args: Args, port: str) -> int:
     else:
         vocab = read_tokenizer(args.tokenizer, model.config.vocab_size)
     check_vocab(args.checkpoint if model.tokenizer is not None else args.tokenizer, vocab)
-    transformer, tokenizer = Transformer(model), Tokenizer(vocab)
+    c = model.config
+    if args.mode == "logits" and not (1 <= len(args.ids) <= c.seq_len and all(0 <= t < c.vocab_size for t in args.ids)):
+        raise Usage(f"-k needs 1..{c.seq_len} ids in [0, {c.vocab_size})")
+    transformer, tokenizer = backend(model, args), Tokenizer(vocab)
     load_s = time.perf_counter() - t0
+    try:
+        if args.mode == "logits":
+            start = time.perf_counter()
+            batched = getattr(transformer, "logits_all", None)
+            out = batched(args.ids) if batched else logits_for(transformer, args.ids)
+            stats = RunStats(prompt_tokens=len(args.ids), positions=len(args.ids), ttft_s=time.perf_counter() - start)
+            try:
+                with open(args.output, "wb") as f:
+                    f.write(out.astype("<f4").tobytes())
+            except OSError as e:
+                raise BackendError(f"{args.output}: cannot write: {e.strerror}") from None
+        else:
+            seed = args.seed if args.seed > 0 else int(time.time())
+            sampler = Sampler(args.temperature, args.topp, seed)
+            stdout = sys.stdout.buffer
 
-    if args.mode == "logits":
-        ids = args.ids
-        if not 1 <= len(ids) <= model.config.seq_len or not all(0 <= t < model.config.vocab_size for t in ids):
-            raise Usage(f"-k needs 1..{model.config.seq_len} ids in [0, {model.config.vocab_size})")
-        start = time.perf_counter()
-        out = logits_for(transformer, ids)
-        from .generate import RunStats
-        stats = RunStats(prompt_tokens=len(ids), positions=len(ids), ttft_s=time.perf_counter() - start)
-        try:
-            with open(args.output, "wb") as f:
-                f.write(out.tobytes())
-        except OSError as e:
-            print(f"error: {args.output}: cannot write: {e.strerror}", file=sys.stderr)
-            return EXIT_RUNTIME
-    else:
-        seed = args.seed if args.seed > 0 else int(time.time())
-        sampler = Sampler(args.temperature, args.topp, seed)
-        stdout = sys.stdout.buffer
+            def emit(piece: bytes) -> None:
+                stdout.write(piece)
+                stdout.flush()
 
-        def emit(piece: bytes) -> None:
-            stdout.write(piece)
+            gen = generate(transformer, tokenizer, sampler, args.prompt, clamp_steps(args.steps, c.seq_len),
+                           args.ignore_bos, emit)
+            stdout.write(b"\n")
             stdout.flush()
-
-        gen = generate(transformer, tokenizer, sampler, args.prompt,
-                       clamp_steps(args.steps, model.config.seq_len), args.ignore_bos, emit)
-        stdout.write(b"\n")
-        stdout.flush()
-        stats = gen.stats
+            stats = gen.stats
+    finally:
+        close = getattr(transformer, "close", None)
+        if close:
+            close()
     print(stats_line(port, args.threads, load_s, stats), file=sys.stderr)
     return 0
 
 
-def main(argv: list[str] | None = None, port: str = "python") -> int:
+def main(argv: list[str] | None = None, port: str = "python", backend=numpy_backend,
+         formats=("v0", "v1", "gguf"), runtime_errors: tuple = ()) -> int:
+    """`runtime_errors`: a backend's own exception types that mean "failed at run time" (exit 1)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args([os.fsencode(a) for a in argv])
-        return run(args, port)
+        return run(args, port, backend, formats)
     except Usage as e:
         print(f"error: {e}\n{USAGE}", file=sys.stderr)
         return EXIT_USAGE
     except FormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_FILE
-    except MemoryError:
-        print("error: out of memory", file=sys.stderr)
+    except (BackendError, MemoryError, *runtime_errors) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else 'out of memory'}", file=sys.stderr)
         return EXIT_RUNTIME
+    except BrokenPipeError:  # stdout closed early (| head): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130

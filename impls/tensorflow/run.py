@@ -1,0 +1,179 @@
+"""polyllama's TensorFlow port: llama2.c's forward pass as one tf.function (CPU, float32).
+
+Only the Transformer is new here. The command line, tokenizer, sampler and generation loop are
+the reference core's (orchestrator/reference), imported rather than copied, so the text on
+stdout and the statistics line come from the same code as the reference's.
+
+TensorFlow is imported only after the arguments and the model files have been checked: a usage
+error or a bad file answers in milliseconds instead of after a two-second framework import.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path.insert(0, ROOT)
+
+from orchestrator.formats import Model  # noqa: E402
+from orchestrator.reference.cli import main  # noqa: E402
+
+PORT = "tensorflow"
+EPS = 1e-5
+
+
+class ImportFailure(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# threads, and keeping TensorFlow quiet
+
+def init_tensorflow(threads: int):
+    """Imports TensorFlow and sizes its pools before any op runs (afterwards they are fixed):
+    `threads` intra-op workers split every matmul, one inter-op worker because a decode step is
+    a single chain of dependent ops.
+
+    TF_CPP_MIN_LOG_LEVEL silences the C++ INFO/WARNING logs, but a few lines (absl's "before
+    InitializeLog" notice, oneDNN's banner) are written during the import before that setting is
+    read, so stderr itself is parked in a file for the import and replayed only if it fails: the
+    statistics line must stay the last line of stderr.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as parked:
+        os.dup2(parked.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.get_logger().setLevel("ERROR")
+        except Exception as e:  # ImportError, or a broken install raising anything else
+            parked.seek(0)
+            detail = parked.read().decode(errors="replace").strip().splitlines()
+            raise ImportFailure(f"cannot import tensorflow: {e}" + (f" ({detail[-1]})" if detail else "")) from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf
+
+
+# ----------------------------------------------------------------------------------------------
+# model: weights and run state
+
+class Transformer:
+    """Weights as TF constants, the KV cache as variables, and the decode step as a tf.function
+    traced once at load for a scalar (token, pos): every later step is one graph execution.
+
+    TF cannot wrap a read-only memory map that is not 64-byte aligned, so the weights are copied
+    into TF's allocator once, layer by layer, at load; never per token.
+    """
+
+    def __init__(self, model: Model, tf):
+        self.tf = tf
+        self.c = c = model.config
+        w = model.weights
+        L = c.n_layers
+
+        def const(a):
+            return tf.constant(a, dtype=tf.float32)
+
+        def layers(name):
+            # v0/v1 give one (layer, ...) array, GGUF a list of per-layer arrays
+            return [const(w[name][l]) for l in range(L)]
+
+        self.token_embedding = const(w["token_embedding"])  # (vocab, dim)
+        self.rms_att = layers("rms_att")  # L x (dim,)
+        self.wq = layers("wq")  # L x (dim, dim)
+        self.wk = layers("wk")  # L x (kv_dim, dim)
+        self.wv = layers("wv")  # L x (kv_dim, dim)
+        self.wo = layers("wo")  # L x (dim, dim)
+        self.rms_ffn = layers("rms_ffn")  # L x (dim,)
+        self.w1 = layers("w1")  # L x (hidden_dim, dim)
+        self.w2 = layers("w2")  # L x (dim, hidden_dim)
+        self.w3 = layers("w3")  # L x (hidden_dim, dim)
+        self.rms_final = const(w["rms_final"])  # (dim,)
+        self.wcls = self.token_embedding if c.shared_classifier else const(w["wcls"])  # (vocab, dim)
+        # L x (seq_len, kv_dim): one variable per layer, so a step touches only its own rows
+        self.key_cache = [tf.Variable(tf.zeros((c.seq_len, c.kv_dim)), trainable=False) for _ in range(L)]
+        self.value_cache = [tf.Variable(tf.zeros((c.seq_len, c.kv_dim)), trainable=False) for _ in range(L)]
+        # RoPE frequency of each pair within a head, float32 as in the reference
+        hs = c.head_size
+        head_dim = tf.range(0, hs, 2, dtype=tf.float32)
+        self.inv_freq = 1.0 / tf.pow(tf.constant(10000.0), head_dim / hs)  # (head_size/2,)
+        self.scale = 1.0 / float(hs) ** 0.5
+        spec = tf.TensorSpec([], tf.int32)
+        self.step = tf.function(self._step, input_signature=[spec, spec], autograph=False)
+        # Trace and run once now, so that tracing and grappler's first-run graph rewrites count
+        # as loading, not as the first token. The dummy step writes only cache row 0, which
+        # position 0 overwrites before anything reads it.
+        self.step(tf.constant(0, tf.int32), tf.constant(0, tf.int32))
+
+    # ------------------------------------------------------------------------------------------
+    # forward pass
+
+    def _rmsnorm(self, x, w):
+        tf = self.tf
+        return w * (x * tf.math.rsqrt(tf.reduce_mean(tf.square(x)) + EPS))
+
+    def _rope(self, vec, cos, sin):
+        """Rotates the adjacent pairs (vec[2i], vec[2i+1]) of every head by the angles of pos."""
+        tf = self.tf
+        pairs = tf.reshape(vec, [-1, self.c.head_size // 2, 2])  # (heads, head_size/2, 2)
+        v0, v1 = pairs[..., 0], pairs[..., 1]
+        return tf.reshape(tf.stack([v0 * cos - v1 * sin, v0 * sin + v1 * cos], axis=-1), [-1])
+
+    def _step(self, token, pos):
+        """The graph of one position: (token, pos) -> logits (vocab,). Layers are unrolled at
+        trace time; the attention span pos + 1 is dynamic."""
+        tf, c = self.tf, self.c
+        mv = tf.linalg.matvec
+        n_kv, hs = c.n_kv_heads, c.head_size
+        kv_mul = c.n_heads // n_kv
+        angle = tf.cast(pos, tf.float32) * self.inv_freq
+        cos, sin = tf.cos(angle), tf.sin(angle)  # (head_size/2,)
+        x = tf.gather(self.token_embedding, token)  # (dim,)
+        for l in range(c.n_layers):
+            xb = self._rmsnorm(x, self.rms_att[l])
+            q = self._rope(mv(self.wq[l], xb), cos, sin)  # (dim,)
+            k = self._rope(mv(self.wk[l], xb), cos, sin)  # (kv_dim,)
+            v = mv(self.wv[l], xb)  # (kv_dim,)
+            self.key_cache[l][pos].assign(k)
+            self.value_cache[l][pos].assign(v)
+
+            # grouped-query attention over positions 0..pos: query head h reads KV head h // kv_mul
+            keys = tf.transpose(tf.reshape(self.key_cache[l][: pos + 1], [-1, n_kv, hs]), [1, 0, 2])  # (kv_heads, T, hs)
+            values = tf.transpose(tf.reshape(self.value_cache[l][: pos + 1], [-1, n_kv, hs]), [1, 0, 2])
+            qg = tf.reshape(q, [n_kv, kv_mul, hs])
+            scores = tf.nn.softmax(tf.matmul(qg, keys, transpose_b=True) * self.scale, axis=-1)  # (kv_heads, kv_mul, T)
+            att = tf.reshape(tf.matmul(scores, values), [c.dim])  # (dim,)
+            x = x + mv(self.wo[l], att)
+
+            xb = self._rmsnorm(x, self.rms_ffn[l])
+            hidden = tf.nn.silu(mv(self.w1[l], xb)) * mv(self.w3[l], xb)  # (hidden_dim,)
+            x = x + mv(self.w2[l], hidden)
+
+        x = self._rmsnorm(x, self.rms_final)
+        return mv(self.wcls, x)  # (vocab,)
+
+    def forward(self, token: int, pos: int):
+        tf = self.tf
+        return self.step(tf.constant(token, tf.int32), tf.constant(pos, tf.int32)).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# generation and command line (the reference's, around this Transformer)
+
+# ----------------------------------------------------------------------------------------------
+# command line: the reference's, around this Transformer
+
+def backend(model: Model, args) -> Transformer:
+    return Transformer(model, init_tensorflow(args.threads))
+
+
+if __name__ == "__main__":
+    sys.exit(main(port=PORT, backend=backend, runtime_errors=(ImportFailure,)))
