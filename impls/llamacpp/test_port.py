@@ -7,8 +7,6 @@ Run from this folder: python -m pytest -q test_port.py
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,25 +18,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.formats import (Config, read_model, read_tokenizer, write_gguf, write_tokenizer,  # noqa: E402
-                                  write_v0)
+from orchestrator.formats import read_model, read_tokenizer, write_gguf  # noqa: E402
 from orchestrator.reference.generate import generate, logits_for  # noqa: E402
 from orchestrator.reference.model import Transformer as Reference  # noqa: E402
 from orchestrator.reference.sampler import Sampler  # noqa: E402
 from orchestrator.reference.tokenizer import Tokenizer  # noqa: E402
-from orchestrator.synth import random_model, random_vocab  # noqa: E402
+from orchestrator.conformance import assert_close, load_port, stories260k_dir, tiny_files  # noqa: E402
 
 IDS = [1, 203, 211, 9, 18, 299, 2, 5, 77, 100, 200, 250, 1, 17, 298, 42, 3, 260, 261, 0]
 
 
-def load_port():
-    spec = importlib.util.spec_from_file_location("polyllama_llamacpp_port", HERE / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-port = load_port()
+port = load_port(HERE / "run.py", "polyllama_llamacpp_port")
 ll = port.init_llama()
 
 
@@ -52,54 +42,25 @@ def engine_logits(model, ids, batched: bool) -> np.ndarray:
         engine.close()
 
 
-def assert_close(ref: np.ndarray, got: np.ndarray) -> None:
-    """The contract's rule: per position max|port - ref| <= 1e-4 * (1 + max|ref|), same argmax."""
-    assert got.shape == ref.shape
-    diff = np.abs(got - ref).max(axis=1)
-    tol = 1e-4 * (1 + np.abs(ref).max(axis=1))
-    assert (diff <= tol).all(), f"max diff {diff.max():.3g} over tolerance at positions {np.flatnonzero(diff > tol)}"
-    assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
 
 
-def model_dir() -> Path | None:
-    for d in os.environ.get("POLYLLAMA_MODEL_PATH", "").split(os.pathsep):
-        if d and (Path(d) / "stories260K.bin").is_file() and (Path(d) / "tok512.bin").is_file():
-            return Path(d)
-    if os.environ.get("CI") == "true":
-        pytest.fail("stories260K.bin / tok512.bin not found on POLYLLAMA_MODEL_PATH (required when CI=true)")
-    pytest.skip("stories260K.bin / tok512.bin not found on POLYLLAMA_MODEL_PATH")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Tiny GGUF models: dim 64, 8 heads over 2 KV heads, 300 tokens, seq 48; and one v0 file."""
-    d = tmp_path_factory.mktemp("tiny")
-    vocab = random_vocab(300)
-    files = {}
-    for shared in (True, False):
-        config = Config(64, 172, 2, 8, 2, 300, 48, shared_classifier=shared)
-        model = random_model(config, seed=7 if shared else 8)
-        tag = "shared" if shared else "unshared"
-        files[tag] = d / f"tiny.{tag}.gguf"
-        write_gguf(files[tag], model, vocab)
-        if shared:
-            files["v0"] = d / "tiny.v0.bin"
-            write_v0(files["v0"], model)
-    write_tokenizer(d / "tok300.bin", vocab)
-    return files, d / "tok300.bin"
-
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 @pytest.mark.parametrize("batched", [True, False], ids=["logits_all", "decode"])
 @pytest.mark.parametrize("tag", ["shared", "unshared"])
 def test_logits_match_reference_on_tiny_model(tiny, tag, batched):
     files, _ = tiny
-    model = read_model(files[tag])
+    model = read_model(files[("gguf", tag)])
     assert_close(logits_for(Reference(model), IDS), engine_logits(model, IDS, batched))
 
 
 @pytest.fixture(scope="module")
 def stories260K_gguf(tmp_path_factory):
-    d = model_dir()
+    d = stories260k_dir()
     model = read_model(d / "stories260K.bin")
     path = tmp_path_factory.mktemp("s260") / "stories260K.gguf"
     write_gguf(path, model, read_tokenizer(d / "tok512.bin", model.config.vocab_size))
@@ -131,9 +92,9 @@ def run_cli(*args):
 
 def test_cli_greedy_text_and_stats_line(tiny):
     files, _ = tiny
-    model = read_model(files["shared"])
+    model = read_model(files[("gguf", "shared")])
     ref = generate(Reference(model), Tokenizer(model.tokenizer), Sampler(0.0, 0.9, 1), b"ab", 30)
-    r = run_cli(files["shared"], "-t", "0", "-n", "30", "-i", "ab", "-j", "2")
+    r = run_cli(files[("gguf", "shared")], "-t", "0", "-n", "30", "-i", "ab", "-j", "2")
     assert r.returncode == 0, r.stderr
     assert r.stdout == ref.text
     lines = [ln for ln in r.stderr.decode().splitlines() if ln.strip()]
@@ -146,7 +107,7 @@ def test_cli_errors_are_one_line_with_the_contract_exit_codes(tiny, tmp_path):
     bad = tmp_path / "garbage.gguf"
     bad.write_bytes(b"GGUF" + b"\x01" * 10)
     cases = (((bad, "-j", "0"), 2), ((bad, "-x", "1"), 2), ((tmp_path / "missing.gguf",), 3), ((bad,), 3),
-             ((files["v0"], "-z", tok), 3))  # a valid llama2.c file: this peer reads GGUF only
+             ((files[("v0", "shared")], "-z", tok), 3))  # a valid llama2.c file: this peer reads GGUF only
     for argv, code in cases:
         r = run_cli(*argv)
         assert r.returncode == code, r.stderr

@@ -6,37 +6,27 @@ Run from this folder: python -m pytest -q test_port.py
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.formats import Config, read_model, read_tokenizer, write_gguf, write_v0, write_v1  # noqa: E402
+from orchestrator.formats import read_model, read_tokenizer  # noqa: E402
 from orchestrator.reference.generate import generate, logits_for  # noqa: E402
 from orchestrator.reference.model import Transformer as Reference  # noqa: E402
 from orchestrator.reference.sampler import Sampler  # noqa: E402
 from orchestrator.reference.tokenizer import Tokenizer  # noqa: E402
-from orchestrator.synth import random_model, random_vocab  # noqa: E402
+from orchestrator.conformance import assert_close, load_port, stories260k_dir, tiny_files  # noqa: E402
 
 IDS = [1, 203, 211, 9, 18, 299, 2, 5, 77, 100, 200, 250, 1, 17, 298, 42, 3, 260, 261, 0]
 
 
-def load_port():
-    spec = importlib.util.spec_from_file_location("polyllama_tensorflow_port", HERE / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-port = load_port()
+port = load_port(HERE / "run.py", "polyllama_tensorflow_port")
 tf = port.init_tensorflow(1)
 
 
@@ -44,44 +34,13 @@ def port_logits(model, ids):
     return logits_for(port.Transformer(model, tf), ids)
 
 
-def assert_close(ref: np.ndarray, got: np.ndarray) -> None:
-    """The contract's rule: per position max|port - ref| <= 1e-4 * (1 + max|ref|), same argmax."""
-    assert got.shape == ref.shape
-    diff = np.abs(got - ref).max(axis=1)
-    tol = 1e-4 * (1 + np.abs(ref).max(axis=1))
-    assert (diff <= tol).all(), f"max diff {diff.max():.3g} over tolerance at positions {np.flatnonzero(diff > tol)}"
-    assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
 
 
-def model_dir() -> Path | None:
-    for d in os.environ.get("POLYLLAMA_MODEL_PATH", "").split(os.pathsep):
-        if d and (Path(d) / "stories260K.bin").is_file() and (Path(d) / "tok512.bin").is_file():
-            return Path(d)
-    if os.environ.get("CI") == "true":
-        pytest.fail("stories260K.bin / tok512.bin not found on POLYLLAMA_MODEL_PATH (required when CI=true)")
-    pytest.skip("stories260K.bin / tok512.bin not found on POLYLLAMA_MODEL_PATH")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny model in every format: dim 64, 8 heads over 2 KV heads, 300 tokens, seq 48."""
-    d = tmp_path_factory.mktemp("tiny")
-    vocab = random_vocab(300)
-    files = {}
-    for shared in (True, False):
-        config = Config(64, 172, 2, 8, 2, 300, 48, shared_classifier=shared)
-        model = random_model(config, seed=7 if shared else 8)
-        tag = "shared" if shared else "unshared"
-        for fmt, write in (("v0", write_v0), ("v1", write_v1)):
-            files[(fmt, tag)] = d / f"tiny.{tag}.{fmt}.bin"
-            write(files[(fmt, tag)], model)
-        files[("gguf", tag)] = d / f"tiny.{tag}.gguf"
-        write_gguf(files[("gguf", tag)], model, vocab)
-    tok = d / "tok300.bin"
-    from orchestrator.formats import write_tokenizer
-    write_tokenizer(tok, vocab)
-    return files, tok
-
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 @pytest.mark.parametrize("fmt", ["v0", "v1", "gguf"])
 @pytest.mark.parametrize("tag", ["shared", "unshared"])
@@ -93,14 +52,14 @@ def test_logits_match_reference_on_tiny_model(tiny, fmt, tag):
 
 
 def test_logits_match_reference_on_stories260K():
-    d = model_dir()
+    d = stories260k_dir()
     model = read_model(d / "stories260K.bin")
     ids = [1, 403, 411, 9, 18, 300] + list(range(3, 60))
     assert_close(logits_for(Reference(model), ids), port_logits(model, ids))
 
 
 def test_sampled_text_matches_reference_on_stories260K():
-    d = model_dir()
+    d = stories260k_dir()
     model = read_model(d / "stories260K.bin")
     tokenizer = Tokenizer(read_tokenizer(d / "tok512.bin", model.config.vocab_size))
     ref = generate(Reference(model), tokenizer, Sampler(0.8, 0.9, 42), b"Once upon a time", 120)
