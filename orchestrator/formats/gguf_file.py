@@ -117,6 +117,12 @@ def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str)
 
 # ---------------------------------------------------------------- reading
 
+def _show(name: str) -> str:
+    """A name read from the file, safe for a one-line message: escaped and cut short."""
+    text = repr(name)[1:-1]
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class _Cursor:
     def __init__(self, path, data):
         self.path, self.data, self.off = path, data, 0
@@ -190,20 +196,23 @@ def read_gguf(path) -> Model:
     kv = {}
     for _ in range(n_kv):
         key = cur.string("key")
-        kv[key] = cur.value(cur.unpack("<I", f"type of {key}"), key)
+        kv[key] = cur.value(cur.unpack("<I", f"type of {_show(key)}"), _show(key))
     infos = []
     for _ in range(n_tensors):
         name = cur.string("tensor name")
-        n_dims = cur.unpack("<I", name)
+        shown = _show(name)
+        n_dims = cur.unpack("<I", shown)
         if n_dims > 4:
-            raise FormatError(path, f"tensor {name} has {n_dims} dimensions")
-        dims = tuple(cur.unpack("<Q", name) for _ in range(n_dims))
-        ttype = cur.unpack("<I", name)
-        offset = cur.unpack("<Q", name)
+            raise FormatError(path, f"tensor {shown} has {n_dims} dimensions")
+        dims = tuple(cur.unpack("<Q", shown) for _ in range(n_dims))
+        ttype = cur.unpack("<I", shown)
+        offset = cur.unpack("<Q", shown)
         infos.append((name, dims, ttype, offset))
 
     if kv.get("general.architecture") != "llama":
-        raise FormatError(path, f"general.architecture is {kv.get('general.architecture')!r}, expected 'llama'")
+        arch = kv.get("general.architecture")
+        shown = _show(arch) if isinstance(arch, str) else type(arch).__name__
+        raise FormatError(path, f"general.architecture is '{shown}', expected 'llama'")
     align = _int_key(path, kv, "general.alignment", DEFAULT_ALIGNMENT)
     if align <= 0 or align & (align - 1) or align > 65536:
         raise FormatError(path, f"general.alignment={align} is not a power of two up to 65536")
@@ -212,8 +221,8 @@ def read_gguf(path) -> Model:
     tokens, scores = kv.get("tokenizer.ggml.tokens"), kv.get("tokenizer.ggml.scores")
     if not isinstance(tokens, list) or not len(tokens):
         raise FormatError(path, "missing tokenizer.ggml.tokens")
-    if scores is None or len(scores) != len(tokens):
-        raise FormatError(path, "tokenizer.ggml.scores missing or not one per token")
+    if not isinstance(scores, np.ndarray) or scores.dtype.kind not in "fiu" or len(scores) != len(tokens):
+        raise FormatError(path, "tokenizer.ggml.scores missing, not numbers, or not one per token")
     heads = _int_key(path, kv, "llama.attention.head_count")
     by_name = {name: (dims, ttype, offset) for name, dims, ttype, offset in infos}
     config = Config(

@@ -27,16 +27,25 @@ class Vocab:
 
 def read_tokenizer(path, vocab_size: int) -> Vocab:
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise FormatError(path, "truncated: no max_token_length header")
+            (max_len,) = struct.unpack("<i", head)
+            if not 1 <= max_len <= MAX_TOKEN_LENGTH:
+                raise FormatError(path, f"max_token_length={max_len} outside 1..{MAX_TOKEN_LENGTH}")
+            # no more than the largest file this vocabulary can make is ever read
+            limit = 4 + vocab_size * (8 + max_len)
+            if os.fstat(f.fileno()).st_size > limit:
+                raise FormatError(path, f"is larger than {vocab_size} tokens of at most {max_len} bytes can be: "
+                                        f"its vocabulary is larger than the model's")
+            data = head + f.read()
     except FileNotFoundError:
         raise FormatError(path, "cannot open: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(path, "cannot open: is a directory") from None
     except OSError as e:
         raise FormatError(path, f"cannot open: {e.strerror}") from None
-    if len(data) < 4:
-        raise FormatError(path, "truncated: no max_token_length header")
-    (max_len,) = struct.unpack_from("<i", data)
-    if not 1 <= max_len <= MAX_TOKEN_LENGTH:
-        raise FormatError(path, f"max_token_length={max_len} outside 1..{MAX_TOKEN_LENGTH}")
     pieces, scores, off = [], [], 4
     for i in range(vocab_size):
         if off + 8 > len(data):
