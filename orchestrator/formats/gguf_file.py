@@ -209,8 +209,8 @@ def read_gguf(path) -> Model:
         offset = cur.unpack("<Q", shown)
         infos.append((name, dims, ttype, offset))
 
-    if kv.get("general.architecture") != "llama":
-        arch = kv.get("general.architecture")
+    arch = kv.get("general.architecture")
+    if not isinstance(arch, str) or arch != "llama":
         shown = _show(arch) if isinstance(arch, str) else type(arch).__name__
         raise FormatError(path, f"general.architecture is '{shown}', expected 'llama'")
     align = _int_key(path, kv, "general.alignment", DEFAULT_ALIGNMENT)

@@ -1,0 +1,28 @@
+//! polyllama's Zig port: `zig build -Doptimize=ReleaseFast` -> zig-out/bin/run,
+//! `zig build test -Doptimize=ReleaseSafe` -> the unit tests in src/main.zig.
+const std = @import("std");
+
+pub fn build(b: *std.Build) void {
+    // Native CPU by default: the SIMD width of the kernels follows the host (AVX-512, AVX2, NEON).
+    const target = b.standardTargetOptions(.{});
+    const optimize = b.standardOptimizeOption(.{});
+
+    const root = b.createModule(.{
+        .root_source_file = b.path("src/main.zig"),
+        .target = target,
+        .optimize = optimize,
+    });
+    const exe = b.addExecutable(.{ .name = "run", .root_module = root });
+    b.installArtifact(exe);
+
+    const run_cmd = b.addRunArtifact(exe);
+    run_cmd.step.dependOn(b.getInstallStep());
+    run_cmd.addPassthruArgs();
+    b.step("run", "Run the model").dependOn(&run_cmd.step);
+
+    const tests = b.addTest(.{ .root_module = root });
+    const run_tests = b.addRunArtifact(tests);
+    // the tests read $POLYLLAMA_MODEL_PATH and $CI, which the step cache does not see
+    run_tests.has_side_effects = true;
+    b.step("test", "Run the unit tests").dependOn(&run_tests.step);
+}

@@ -1,0 +1,1633 @@
+//! Inference for Llama-2 Transformer models in pure Zig: karpathy/llama2.c's run.c, ported for
+//! polyllama (docs/port-contract.md). Reads llama2.c v0/v1 checkpoints and fp32 GGUF files,
+//! memory-mapped; batch-1 fp32 decoding with @Vector kernels and a persistent worker pool.
+
+const std = @import("std");
+const builtin = @import("builtin");
+const Io = std.Io;
+const Allocator = std.mem.Allocator;
+
+comptime {
+    // Weights are used in place from the mapped little-endian file.
+    if (builtin.cpu.arch.endian() != .little) @compileError("polyllama's Zig port needs a little-endian host");
+}
+
+const PORT_NAME = "zig";
+const USAGE = "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] " ++
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_BAD_FILE: u8 = 3;
+
+// ----------------------------------------------------------------------------
+// Errors: every failure is one `error:` line on stderr and the contract's exit code.
+// Nothing below panics on bad input; these functions end the process instead.
+
+fn usageError(comptime fmt: []const u8, args: anytype) noreturn {
+    std.debug.print("error: " ++ fmt ++ "\n" ++ USAGE ++ "\n", args);
+    std.process.exit(EXIT_USAGE);
+}
+
+fn badFile(path: []const u8, comptime fmt: []const u8, args: anytype) noreturn {
+    std.debug.print("error: {s}: " ++ fmt ++ "\n", .{path} ++ args);
+    std.process.exit(EXIT_BAD_FILE);
+}
+
+fn runtimeError(comptime fmt: []const u8, args: anytype) noreturn {
+    std.debug.print("error: " ++ fmt ++ "\n", args);
+    std.process.exit(EXIT_RUNTIME);
+}
+
+fn outOfMemory() noreturn {
+    runtimeError("out of memory", .{});
+}
+
+fn allocOrDie(gpa: Allocator, comptime T: type, n: usize) []T {
+    return gpa.alloc(T, n) catch outOfMemory();
+}
+
+// ----------------------------------------------------------------------------
+// Transformer model
+
+// The contract's limits (section 4): a hostile header never sizes an allocation past these.
+const MAX_DIM = 65536;
+const MAX_HIDDEN = 262144;
+const MAX_LAYERS = 1024;
+const MAX_VOCAB = 1 << 20;
+const MAX_SEQ = 65536;
+const MAX_KV_BYTES: u64 = 4 << 30;
+
+const Config = struct {
+    dim: usize, // transformer dimension
+    hidden_dim: usize, // for ffn layers
+    n_layers: usize, // number of layers
+    n_heads: usize, // number of query heads
+    n_kv_heads: usize, // number of key/value heads (can be < query heads because of multiquery)
+    vocab_size: usize, // vocabulary size, usually 32000 for Llama 2 tokenizers
+    seq_len: usize, // max sequence length
+    shared_classifier: bool, // the classifier reuses token_embedding
+
+    fn headSize(c: Config) usize {
+        return c.dim / c.n_heads;
+    }
+    fn kvDim(c: Config) usize {
+        return c.n_kv_heads * c.headSize();
+    }
+};
+
+/// Header values as read, wide enough that no file can overflow them before validation.
+const RawConfig = struct { dim: i64, hidden_dim: i64, n_layers: i64, n_heads: i64, n_kv_heads: i64, vocab_size: i64, seq_len: i64 };
+
+/// Checks a header against the contract before anything is sized from it.
+fn validateConfig(path: []const u8, r: RawConfig, shared: bool) Config {
+    inline for (.{ "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len" }) |name| {
+        const v = @field(r, name);
+        if (v <= 0) badFile(path, "header value {s}={d} must be positive", .{ name, v });
+    }
+    const limits = .{ .{ "dim", MAX_DIM }, .{ "hidden_dim", MAX_HIDDEN }, .{ "n_layers", MAX_LAYERS }, .{ "vocab_size", MAX_VOCAB }, .{ "seq_len", MAX_SEQ } };
+    inline for (limits) |l| {
+        const v = @field(r, l[0]);
+        if (v > l[1]) badFile(path, "header value {s}={d} exceeds the limit {d}", .{ l[0], v, l[1] });
+    }
+    if (r.n_heads > r.dim) badFile(path, "header value n_heads={d} exceeds the limit {d}", .{ r.n_heads, r.dim });
+    if (@mod(r.dim, r.n_heads) != 0) badFile(path, "dim={d} is not a multiple of n_heads={d}", .{ r.dim, r.n_heads });
+    const head_size = @divExact(r.dim, r.n_heads);
+    if (@mod(head_size, 2) != 0) badFile(path, "head_size={d} must be even for RoPE", .{head_size});
+    if (r.n_kv_heads > r.n_heads or @mod(r.n_heads, r.n_kv_heads) != 0)
+        badFile(path, "n_heads={d} is not a multiple of n_kv_heads={d}", .{ r.n_heads, r.n_kv_heads });
+    // every factor is bounded above, so this product fits in 64 bits
+    const kv_bytes: u64 = @intCast(r.n_layers * r.seq_len * (r.n_kv_heads * head_size) * 2 * 4);
+    if (kv_bytes > MAX_KV_BYTES) badFile(path, "KV cache of {d} bytes exceeds the 4 GiB limit", .{kv_bytes});
+    return .{
+        .dim = @intCast(r.dim),
+        .hidden_dim = @intCast(r.hidden_dim),
+        .n_layers = @intCast(r.n_layers),
+        .n_heads = @intCast(r.n_heads),
+        .n_kv_heads = @intCast(r.n_kv_heads),
+        .vocab_size = @intCast(r.vocab_size),
+        .seq_len = @intCast(r.seq_len),
+        .shared_classifier = shared,
+    };
+}
+
+/// fp32 weights read in place from the mapped file. GGUF data may sit at any 4-byte offset from
+/// an unaligned start, so tensors are declared align(1); the kernels load them unaligned anyway.
+const Tensor = []align(1) const f32;
+
+const LayerWeights = struct {
+    rms_att: Tensor, // (dim)
+    wq: Tensor, // (dim, n_heads * head_size)
+    wk: Tensor, // (kv_dim, dim)
+    wv: Tensor, // (kv_dim, dim)
+    wo: Tensor, // (n_heads * head_size, dim)
+    rms_ffn: Tensor, // (dim)
+    w1: Tensor, // (hidden_dim, dim)
+    w2: Tensor, // (dim, hidden_dim)
+    w3: Tensor, // (hidden_dim, dim)
+};
+
+const TransformerWeights = struct {
+    token_embedding: Tensor, // (vocab_size, dim)
+    layers: []LayerWeights, // (n_layers)
+    rms_final: Tensor, // (dim)
+    wcls: Tensor, // (vocab_size, dim): token_embedding when shared
+};
+
+/// The activations of one position plus the KV cache of the whole sequence.
+const RunState = struct {
+    x: []f32, // activation at current time stamp (dim)
+    xb: []f32, // same, but inside a residual branch (dim)
+    xb2: []f32, // an additional buffer just for convenience (dim)
+    hb: []f32, // buffer for hidden dimension in the ffn (hidden_dim)
+    hb2: []f32, // buffer for hidden dimension in the ffn (hidden_dim)
+    q: []f32, // query (dim)
+    att: []f32, // attention scores, one row per concurrent head (min(n_heads, n_chunks), seq_len)
+    logits: []f32, // output logits (vocab_size)
+    rope_cos: []f32, // rotation of each (i, i+1) pair at the current position (dim / 2)
+    rope_sin: []f32, // (dim / 2)
+    key_cache: []f32, // (layer, seq_len, kv_dim)
+    value_cache: []f32, // (layer, seq_len, kv_dim)
+};
+
+const Transformer = struct {
+    config: Config,
+    weights: TransformerWeights,
+    state: RunState,
+    file: []const u8, // the memory-mapped checkpoint
+    vocab: ?Vocab, // GGUF embeds its tokenizer
+};
+
+fn buildRunState(gpa: Allocator, c: Config, n_chunks: usize) RunState {
+    const kv_len = c.n_layers * c.seq_len * c.kvDim();
+    return .{
+        .x = allocOrDie(gpa, f32, c.dim),
+        .xb = allocOrDie(gpa, f32, c.dim),
+        .xb2 = allocOrDie(gpa, f32, c.dim),
+        .hb = allocOrDie(gpa, f32, c.hidden_dim),
+        .hb2 = allocOrDie(gpa, f32, c.hidden_dim),
+        .q = allocOrDie(gpa, f32, c.dim),
+        .att = allocOrDie(gpa, f32, std.math.mul(usize, @min(c.n_heads, n_chunks), c.seq_len) catch outOfMemory()),
+        .logits = allocOrDie(gpa, f32, c.vocab_size),
+        .rope_cos = allocOrDie(gpa, f32, c.dim / 2),
+        .rope_sin = allocOrDie(gpa, f32, c.dim / 2),
+        .key_cache = allocOrDie(gpa, f32, kv_len),
+        .value_cache = allocOrDie(gpa, f32, kv_len),
+    };
+}
+
+fn freeRunState(gpa: Allocator, s: *RunState) void {
+    inline for (@typeInfo(RunState).@"struct".field_names) |name| gpa.free(@field(s, name));
+}
+
+// --- reading files
+
+/// Maps `path` read-only. An empty file maps to an empty slice (mmap refuses length 0).
+fn mapFile(io: Io, path: []const u8) []const u8 {
+    const file = Io.Dir.cwd().openFile(io, path, .{}) catch |err| switch (err) {
+        error.FileNotFound => badFile(path, "cannot open: no such file", .{}),
+        error.AccessDenied, error.PermissionDenied => badFile(path, "cannot open: permission denied", .{}),
+        error.IsDir => badFile(path, "cannot open: is a directory", .{}),
+        else => badFile(path, "cannot open: {t}", .{err}),
+    };
+    defer file.close(io);
+    const st = file.stat(io) catch |err| badFile(path, "cannot open: {t}", .{err});
+    if (st.kind == .directory) badFile(path, "cannot open: is a directory", .{});
+    if (st.kind != .file) badFile(path, "cannot open: not a regular file", .{});
+    if (st.size == 0) return &.{};
+    const len = std.math.cast(usize, st.size) orelse badFile(path, "file too large to map", .{});
+    var flags: std.posix.MAP = .{ .TYPE = .PRIVATE };
+    // fault every page in now, while load_s is counting, rather than during the first token
+    if (builtin.os.tag == .linux) flags.POPULATE = true;
+    const mem = std.posix.mmap(null, len, .{ .READ = true }, flags, file.handle, 0) catch |err|
+        badFile(path, "cannot map: {t}", .{err});
+    return mem;
+}
+
+fn readI32(data: []const u8, off: usize) i64 {
+    return std.mem.readInt(i32, data[off..][0..4], .little);
+}
+
+/// `count` floats at byte `off` of the mapping, which the caller has bounds-checked.
+fn tensorAt(data: []const u8, off: usize, count: usize) Tensor {
+    const p: [*]align(1) const f32 = @ptrCast(data.ptr + off);
+    return p[0..count];
+}
+
+/// Number of fp32 values every tensor of a config takes, in the run.c (v0) order.
+fn weightFloats(c: Config) u64 {
+    const d: u64 = c.dim;
+    const h: u64 = c.hidden_dim;
+    const l: u64 = c.n_layers;
+    const kv: u64 = c.kvDim();
+    const v: u64 = c.vocab_size;
+    var n = v * d + l * d * 2 + d; // embedding, rms_att, rms_ffn, rms_final
+    n += l * (d * d * 2 + kv * d * 2); // wq, wo, wk, wv
+    n += l * h * d * 3; // w1, w2, w3
+    if (!c.shared_classifier) n += v * d;
+    return n;
+}
+
+fn checkSize(path: []const u8, actual: usize, expected: u64) void {
+    if (actual != expected) {
+        const kind = if (actual < expected) "truncated" else "oversized";
+        badFile(path, "{s}: file is {d} bytes, the header implies {d}", .{ kind, actual, expected });
+    }
+}
+
+/// Lays the per-layer tensors out over one contiguous block per weight kind (v0 and v1).
+const Layout = struct {
+    data: []const u8,
+    off: usize,
+
+    fn take(self: *Layout, count: usize) Tensor {
+        const t = tensorAt(self.data, self.off, count);
+        self.off += count * 4;
+        return t;
+    }
+    /// (n_layers, rows) block split into per-layer tensors, written into field `name`.
+    fn takeLayers(self: *Layout, layers: []LayerWeights, comptime name: []const u8, per_layer: usize) void {
+        for (layers) |*lw| @field(lw, name) = self.take(per_layer);
+    }
+};
+
+fn readV0(gpa: Allocator, path: []const u8, data: []const u8) Transformer {
+    if (data.len < 28) badFile(path, "truncated: {d} bytes, a v0 header needs 28", .{data.len});
+    const vocab = readI32(data, 20);
+    const raw: RawConfig = .{ .dim = readI32(data, 0), .hidden_dim = readI32(data, 4), .n_layers = readI32(data, 8), .n_heads = readI32(data, 12), .n_kv_heads = readI32(data, 16), .vocab_size = if (vocab < 0) -vocab else vocab, .seq_len = readI32(data, 24) };
+    // a negative vocab_size flags an unshared classifier (wcls at the end)
+    const c = validateConfig(path, raw, vocab > 0);
+    const freq_floats: u64 = @as(u64, c.seq_len) * (c.headSize() / 2) * 2;
+    checkSize(path, data.len, 28 + 4 * (weightFloats(c) + freq_floats));
+
+    const d = c.dim;
+    const kv = c.kvDim();
+    const layers = gpa.alloc(LayerWeights, c.n_layers) catch outOfMemory();
+    var lay: Layout = .{ .data = data, .off = 28 };
+    var w: TransformerWeights = undefined;
+    w.token_embedding = lay.take(c.vocab_size * d);
+    lay.takeLayers(layers, "rms_att", d);
+    lay.takeLayers(layers, "wq", d * d);
+    lay.takeLayers(layers, "wk", kv * d);
+    lay.takeLayers(layers, "wv", kv * d);
+    lay.takeLayers(layers, "wo", d * d);
+    lay.takeLayers(layers, "rms_ffn", d);
+    lay.takeLayers(layers, "w1", c.hidden_dim * d);
+    lay.takeLayers(layers, "w2", d * c.hidden_dim);
+    lay.takeLayers(layers, "w3", c.hidden_dim * d);
+    w.rms_final = lay.take(d);
+    lay.off += @intCast(freq_floats * 4); // legacy freq_cis_real / freq_cis_imag
+    w.wcls = if (c.shared_classifier) w.token_embedding else lay.take(c.vocab_size * d);
+    w.layers = layers;
+    return .{ .config = c, .weights = w, .state = undefined, .file = data, .vocab = null };
+}
+
+const V1_MAGIC: u32 = 0x616b3432;
+
+fn readV1(gpa: Allocator, path: []const u8, data: []const u8) Transformer {
+    if (data.len < 256) badFile(path, "truncated: {d} bytes, a v1 header needs 256", .{data.len});
+    const magic = std.mem.readInt(u32, data[0..4], .little);
+    if (magic != V1_MAGIC) badFile(path, "bad magic 0x{x:0>8}, expected 0x{x:0>8}", .{ magic, V1_MAGIC });
+    const version = readI32(data, 4);
+    if (version != 1) badFile(path, "unsupported llama2.c format version {d} (only 0 and 1 are fp32)", .{version});
+    const raw: RawConfig = .{ .dim = readI32(data, 8), .hidden_dim = readI32(data, 12), .n_layers = readI32(data, 16), .n_heads = readI32(data, 20), .n_kv_heads = readI32(data, 24), .vocab_size = readI32(data, 28), .seq_len = readI32(data, 32) };
+    const shared = data[36];
+    if (shared > 1) badFile(path, "shared_classifier flag is {d}, expected 0 or 1", .{shared});
+    const c = validateConfig(path, raw, shared == 1);
+    checkSize(path, data.len, 256 + 4 * weightFloats(c));
+
+    const d = c.dim;
+    const kv = c.kvDim();
+    const layers = gpa.alloc(LayerWeights, c.n_layers) catch outOfMemory();
+    var lay: Layout = .{ .data = data, .off = 256 };
+    var w: TransformerWeights = undefined;
+    // v1 writes the small vectors first, then the matrices
+    lay.takeLayers(layers, "rms_att", d);
+    lay.takeLayers(layers, "rms_ffn", d);
+    w.rms_final = lay.take(d);
+    w.token_embedding = lay.take(c.vocab_size * d);
+    lay.takeLayers(layers, "wq", d * d);
+    lay.takeLayers(layers, "wk", kv * d);
+    lay.takeLayers(layers, "wv", kv * d);
+    lay.takeLayers(layers, "wo", d * d);
+    lay.takeLayers(layers, "w1", c.hidden_dim * d);
+    lay.takeLayers(layers, "w2", d * c.hidden_dim);
+    lay.takeLayers(layers, "w3", c.hidden_dim * d);
+    w.wcls = if (c.shared_classifier) w.token_embedding else lay.take(c.vocab_size * d);
+    w.layers = layers;
+    return .{ .config = c, .weights = w, .state = undefined, .file = data, .vocab = null };
+}
+
+// --- GGUF (v2/v3, all tensors F32, llama.cpp's `llama` names)
+
+const GGUF_MAX_ENTRIES = 65536;
+
+/// A bounds-checked reader over the mapped file: every count and length is checked against the
+/// bytes that remain before it is used.
+const Cursor = struct {
+    path: []const u8,
+    data: []const u8,
+    off: usize = 0,
+
+    fn need(self: *Cursor, n: u64, what: []const u8) usize {
+        if (n > self.data.len - self.off)
+            badFile(self.path, "truncated or corrupt: {s} runs past the end of the file", .{what});
+        return @intCast(n);
+    }
+    fn int(self: *Cursor, comptime T: type, what: []const u8) T {
+        _ = self.need(@sizeOf(T), what);
+        const v = std.mem.readInt(T, self.data[self.off..][0..@sizeOf(T)], .little);
+        self.off += @sizeOf(T);
+        return v;
+    }
+    fn string(self: *Cursor, what: []const u8) []const u8 {
+        const n = self.need(self.int(u64, what), what);
+        const s = self.data[self.off..][0..n];
+        self.off += n;
+        return s;
+    }
+};
+
+const GgufType = enum(u32) { u8 = 0, i8 = 1, u16 = 2, i16 = 3, u32 = 4, i32 = 5, f32 = 6, bool = 7, string = 8, array = 9, u64 = 10, i64 = 11, f64 = 12, _ };
+
+fn scalarSize(t: GgufType) ?usize {
+    return switch (t) {
+        .u8, .i8, .bool => 1,
+        .u16, .i16 => 2,
+        .u32, .i32, .f32 => 4,
+        .u64, .i64, .f64 => 8,
+        else => null,
+    };
+}
+
+/// A scalar at `off` as a float (for scores) or a saturated integer (for header values).
+fn scalarAt(data: []const u8, off: usize, t: GgufType) union(enum) { int: i64, float: f64 } {
+    const p = data[off..];
+    return switch (t) {
+        .u8, .bool => .{ .int = p[0] },
+        .i8 => .{ .int = @as(i8, @bitCast(p[0])) },
+        .u16 => .{ .int = std.mem.readInt(u16, p[0..2], .little) },
+        .i16 => .{ .int = std.mem.readInt(i16, p[0..2], .little) },
+        .u32 => .{ .int = std.mem.readInt(u32, p[0..4], .little) },
+        .i32 => .{ .int = std.mem.readInt(i32, p[0..4], .little) },
+        .u64 => .{ .int = std.math.cast(i64, std.mem.readInt(u64, p[0..8], .little)) orelse std.math.maxInt(i64) },
+        .i64 => .{ .int = std.mem.readInt(i64, p[0..8], .little) },
+        .f32 => .{ .float = @as(f32, @bitCast(std.mem.readInt(u32, p[0..4], .little))) },
+        .f64 => .{ .float = @bitCast(std.mem.readInt(u64, p[0..8], .little)) },
+        else => unreachable, // callers pass scalar types only
+    };
+}
+
+/// Where a key's value sits in the file; arrays are read lazily once the header is checked.
+const GgufValue = struct {
+    vtype: GgufType,
+    off: usize, // the value itself, or an array's first element
+    elem: GgufType = .u8, // arrays only
+    count: usize = 0, // arrays only
+};
+
+/// Skips over one value, checking that it fits in the file.
+fn ggufValue(cur: *Cursor, vtype: GgufType, what: []const u8) GgufValue {
+    if (scalarSize(vtype)) |n| {
+        const v: GgufValue = .{ .vtype = vtype, .off = cur.off };
+        cur.off += cur.need(n, what);
+        return v;
+    }
+    switch (vtype) {
+        .string => {
+            const v: GgufValue = .{ .vtype = vtype, .off = cur.off };
+            _ = cur.string(what);
+            return v;
+        },
+        .array => {
+            const elem: GgufType = @enumFromInt(cur.int(u32, what));
+            const count = cur.int(u64, what);
+            var v: GgufValue = .{ .vtype = vtype, .off = 0, .elem = elem };
+            if (scalarSize(elem)) |n| {
+                const bytes = std.math.mul(u64, count, n) catch std.math.maxInt(u64);
+                v.off = cur.off;
+                cur.off += cur.need(bytes, what);
+            } else if (elem == .string) {
+                _ = cur.need(std.math.mul(u64, count, 8) catch std.math.maxInt(u64), what);
+                v.off = cur.off;
+                for (0..@intCast(count)) |_| _ = cur.string(what);
+            } else badFile(cur.path, "{s}: unsupported array element type {d}", .{ what, @intFromEnum(elem) });
+            v.count = @intCast(count);
+            return v;
+        },
+        else => badFile(cur.path, "{s}: unknown value type {d}", .{ what, @intFromEnum(vtype) }),
+    }
+}
+
+const GgufKeys = struct {
+    architecture: ?GgufValue = null,
+    alignment: ?GgufValue = null,
+    dim: ?GgufValue = null,
+    hidden_dim: ?GgufValue = null,
+    n_layers: ?GgufValue = null,
+    n_heads: ?GgufValue = null,
+    n_kv_heads: ?GgufValue = null,
+    seq_len: ?GgufValue = null,
+    tokens: ?GgufValue = null,
+    scores: ?GgufValue = null,
+    token_types: ?GgufValue = null,
+
+    const names = .{
+        .{ "general.architecture", "architecture" },     .{ "general.alignment", "alignment" },
+        .{ "llama.embedding_length", "dim" },            .{ "llama.feed_forward_length", "hidden_dim" },
+        .{ "llama.block_count", "n_layers" },            .{ "llama.attention.head_count", "n_heads" },
+        .{ "llama.attention.head_count_kv", "n_kv_heads" }, .{ "llama.context_length", "seq_len" },
+        .{ "tokenizer.ggml.tokens", "tokens" },          .{ "tokenizer.ggml.scores", "scores" },
+        .{ "tokenizer.ggml.token_type", "token_types" },
+    };
+};
+
+/// An integer-valued key (any integer type; bool counts as 0/1), or `default` when absent.
+fn ggufInt(path: []const u8, data: []const u8, v: ?GgufValue, key: []const u8, default: ?i64) i64 {
+    const val = v orelse return default orelse badFile(path, "missing required key {s}", .{key});
+    if (scalarSize(val.vtype) == null) badFile(path, "key {s} must be an integer", .{key});
+    return switch (scalarAt(data, val.off, val.vtype)) {
+        .int => |i| i,
+        .float => badFile(path, "key {s} must be an integer", .{key}),
+    };
+}
+
+const TensorInfo = struct { name: []const u8, n_dims: u32, dims: [4]u64, ttype: u32, offset: u64 };
+
+fn readGguf(gpa: Allocator, path: []const u8, data: []const u8) Transformer {
+    var cur: Cursor = .{ .path = path, .data = data, .off = 4 };
+    const version = cur.int(u32, "version");
+    if (version != 2 and version != 3) badFile(path, "unsupported GGUF version {d} (2 and 3 are read)", .{version});
+    const n_tensors = cur.int(u64, "tensor count");
+    const n_kv = cur.int(u64, "kv count");
+    if (n_tensors > GGUF_MAX_ENTRIES or n_kv > GGUF_MAX_ENTRIES)
+        badFile(path, "implausible counts: {d} tensors, {d} keys (limit {d})", .{ n_tensors, n_kv, GGUF_MAX_ENTRIES });
+
+    var keys: GgufKeys = .{};
+    for (0..@intCast(n_kv)) |_| {
+        const key = cur.string("key");
+        const vtype: GgufType = @enumFromInt(cur.int(u32, "value type"));
+        const v = ggufValue(&cur, vtype, key);
+        inline for (GgufKeys.names) |n| {
+            if (std.mem.eql(u8, key, n[0])) @field(keys, n[1]) = v; // a repeated key: the last wins
+        }
+    }
+    const infos = gpa.alloc(TensorInfo, @intCast(n_tensors)) catch outOfMemory();
+    for (infos) |*t| {
+        t.name = cur.string("tensor name");
+        t.n_dims = cur.int(u32, "tensor dims");
+        if (t.n_dims > 4) badFile(path, "tensor {s} has {d} dimensions", .{ t.name, t.n_dims });
+        for (t.dims[0..t.n_dims]) |*d| d.* = cur.int(u64, "tensor dims");
+        t.ttype = cur.int(u32, "tensor type");
+        t.offset = cur.int(u64, "tensor offset");
+    }
+
+    const arch_ok = if (keys.architecture) |a| a.vtype == .string and std.mem.eql(u8, stringAt(data, a.off), "llama") else false;
+    if (!arch_ok) badFile(path, "general.architecture is not 'llama'", .{});
+    const alignment = ggufInt(path, data, keys.alignment, "general.alignment", 32);
+    if (alignment <= 0 or alignment > 65536 or !std.math.isPowerOfTwo(alignment))
+        badFile(path, "general.alignment={d} is not a power of two up to 65536", .{alignment});
+    const data_start = std.mem.alignForward(usize, cur.off, @intCast(alignment));
+
+    const tokens = keys.tokens orelse badFile(path, "missing tokenizer.ggml.tokens", .{});
+    if (tokens.vtype != .array or tokens.elem != .string or tokens.count == 0) badFile(path, "missing tokenizer.ggml.tokens", .{});
+    const scores = keys.scores orelse badFile(path, "tokenizer.ggml.scores missing or not one per token", .{});
+    if (scores.vtype != .array or scalarSize(scores.elem) == null or scores.count != tokens.count)
+        badFile(path, "tokenizer.ggml.scores missing or not one per token", .{});
+
+    var shared = true;
+    for (infos) |t| {
+        if (std.mem.eql(u8, t.name, "output.weight")) shared = false;
+    }
+    const n_heads = ggufInt(path, data, keys.n_heads, "llama.attention.head_count", null);
+    const c = validateConfig(path, .{
+        .dim = ggufInt(path, data, keys.dim, "llama.embedding_length", null),
+        .hidden_dim = ggufInt(path, data, keys.hidden_dim, "llama.feed_forward_length", null),
+        .n_layers = ggufInt(path, data, keys.n_layers, "llama.block_count", null),
+        .n_heads = n_heads,
+        .n_kv_heads = ggufInt(path, data, keys.n_kv_heads, "llama.attention.head_count_kv", n_heads),
+        .vocab_size = @intCast(tokens.count),
+        .seq_len = ggufInt(path, data, keys.seq_len, "llama.context_length", null),
+    }, shared);
+
+    const g: GgufTensors = .{ .path = path, .data = data, .infos = infos, .data_start = data_start };
+    const d = c.dim;
+    const kv = c.kvDim();
+    const h = c.hidden_dim;
+    var w: TransformerWeights = undefined;
+    w.token_embedding = g.get("token_embd.weight", &.{ c.vocab_size, d });
+    w.rms_final = g.get("output_norm.weight", &.{d});
+    w.wcls = if (shared) w.token_embedding else g.get("output.weight", &.{ c.vocab_size, d });
+    w.layers = gpa.alloc(LayerWeights, c.n_layers) catch outOfMemory();
+    for (w.layers, 0..) |*lw, l| {
+        var buf: [64]u8 = undefined;
+        lw.rms_att = g.get(layerName(&buf, l, "attn_norm"), &.{d});
+        lw.wq = g.get(layerName(&buf, l, "attn_q"), &.{ d, d });
+        lw.wk = g.get(layerName(&buf, l, "attn_k"), &.{ kv, d });
+        lw.wv = g.get(layerName(&buf, l, "attn_v"), &.{ kv, d });
+        lw.wo = g.get(layerName(&buf, l, "attn_output"), &.{ d, d });
+        lw.rms_ffn = g.get(layerName(&buf, l, "ffn_norm"), &.{d});
+        lw.w1 = g.get(layerName(&buf, l, "ffn_gate"), &.{ h, d });
+        lw.w2 = g.get(layerName(&buf, l, "ffn_down"), &.{ d, h });
+        lw.w3 = g.get(layerName(&buf, l, "ffn_up"), &.{ h, d });
+    }
+    gpa.free(infos);
+    const vocab = ggufVocab(gpa, data, tokens, scores, keys.token_types);
+    return .{ .config = c, .weights = w, .state = undefined, .file = data, .vocab = vocab };
+}
+
+fn layerName(buf: []u8, layer: usize, comptime kind: []const u8) []const u8 {
+    return std.fmt.bufPrint(buf, "blk.{d}." ++ kind ++ ".weight", .{layer}) catch unreachable; // 64 bytes always fit
+}
+
+fn stringAt(data: []const u8, off: usize) []const u8 {
+    const n: usize = @intCast(std.mem.readInt(u64, data[off..][0..8], .little));
+    return data[off + 8 ..][0..n];
+}
+
+const GgufTensors = struct {
+    path: []const u8,
+    data: []const u8,
+    infos: []const TensorInfo,
+    data_start: usize,
+
+    /// The named tensor, checked to be F32 with GGUF dims = reversed `shape`, inside the file.
+    fn get(g: GgufTensors, name: []const u8, shape: []const usize) Tensor {
+        var found: ?TensorInfo = null;
+        for (g.infos) |t| {
+            if (std.mem.eql(u8, t.name, name)) found = t; // a repeated name: the last wins
+        }
+        const t = found orelse badFile(g.path, "missing tensor {s}", .{name});
+        if (t.ttype != 0) badFile(g.path, "tensor {s} has type {d}; only F32 (0) is supported", .{ name, t.ttype });
+        var ok = t.n_dims == shape.len;
+        var count: usize = 1;
+        for (shape, 0..) |s, i| {
+            if (ok and t.dims[shape.len - 1 - i] != s) ok = false;
+            count *= s;
+        }
+        if (!ok) badFile(g.path, "tensor {s} has dims {any}, expected the reverse of {any}", .{ name, t.dims[0..t.n_dims], shape });
+        const nbytes: u64 = @as(u64, count) * 4;
+        const room: u64 = if (g.data_start <= g.data.len) g.data.len - g.data_start else 0;
+        if (t.offset % 4 != 0 or t.offset > room or nbytes > room - t.offset)
+            badFile(g.path, "tensor {s} lies outside the file", .{name});
+        return tensorAt(g.data, g.data_start + @as(usize, @intCast(t.offset)), count);
+    }
+};
+
+const SPACE_MARK = "\u{2581}"; // SentencePiece's visible space
+
+fn ggufVocab(gpa: Allocator, data: []const u8, tokens: GgufValue, scores: GgufValue, types: ?GgufValue) Vocab {
+    const n = tokens.count;
+    const pieces = gpa.alloc([]const u8, n) catch outOfMemory();
+    const score_out = gpa.alloc(f32, n) catch outOfMemory();
+    // token types are used only when there is one per token, of an integer type
+    const use_types = if (types) |t| t.vtype == .array and t.count == n and scalarSize(t.elem) != null else false;
+    var off = tokens.off;
+    var max_len: usize = 1;
+    for (0..n) |i| {
+        const text = stringAt(data, off);
+        off += 8 + text.len;
+        const ttype: i64 = if (use_types) switch (scalarAt(data, types.?.off + i * scalarSize(types.?.elem).?, types.?.elem)) {
+            .int => |v| v,
+            .float => |v| if (std.math.isFinite(v) and @abs(v) < 1e18) @intFromFloat(v) else -1,
+        } else -1;
+        pieces[i] = if (ttype == 3 and std.mem.eql(u8, text, "<s>"))
+            "\n<s>\n"
+        else if (ttype == 3 and std.mem.eql(u8, text, "</s>"))
+            "\n</s>\n"
+        else
+            std.mem.replaceOwned(u8, gpa, text, SPACE_MARK, " ") catch outOfMemory();
+        max_len = @max(max_len, pieces[i].len);
+        score_out[i] = switch (scalarAt(data, scores.off + i * scalarSize(scores.elem).?, scores.elem)) {
+            .int => |v| @floatFromInt(v),
+            .float => |v| @floatCast(v),
+        };
+    }
+    return .{ .pieces = pieces, .scores = score_out, .max_token_length = max_len };
+}
+
+/// Any supported checkpoint, format sniffed from its first bytes.
+fn readCheckpoint(gpa: Allocator, io: Io, path: []const u8) Transformer {
+    const data = mapFile(io, path);
+    if (data.len >= 4 and std.mem.eql(u8, data[0..4], "GGUF")) return readGguf(gpa, path, data);
+    if (data.len >= 4 and std.mem.readInt(u32, data[0..4], .little) == V1_MAGIC) return readV1(gpa, path, data);
+    return readV0(gpa, path, data);
+}
+
+fn buildTransformer(gpa: Allocator, io: Io, path: []const u8, n_workers: usize) Transformer {
+    var t = readCheckpoint(gpa, io, path);
+    t.state = buildRunState(gpa, t.config, if (n_workers == 1) 1 else n_workers * CHUNKS_PER_WORKER);
+    return t;
+}
+
+fn freeTransformer(gpa: Allocator, t: *Transformer) void {
+    freeRunState(gpa, &t.state);
+    gpa.free(t.weights.layers);
+    if (t.file.len > 0) std.posix.munmap(@alignCast(@constCast(t.file)));
+}
+
+// ----------------------------------------------------------------------------
+// Thread pool: workers are started once and park between jobs. A job is split into a fixed
+// number of chunks (CHUNKS_PER_WORKER per worker); the main thread and the workers claim chunks
+// with one atomic add until none is left, so a worker the OS has descheduled delays a job by at
+// most the chunk it holds, never by its whole share.
+
+const SPIN_LIMIT = 2000; // pause loops (~50-100 us) before a waiting thread sleeps or yields its core
+const CHUNKS_PER_WORKER = 4;
+
+const Pool = struct {
+    io: Io,
+    n_workers: usize,
+    n_chunks: u32,
+    threads: []std.Thread,
+    job: *const fn (ctx: *const anyopaque, chunk: usize, n_chunks: usize) void = undefined,
+    ctx: *const anyopaque = undefined,
+    /// (job id << 32) | next unclaimed chunk: one fetchAdd claims a chunk of the current job
+    claim: std.atomic.Value(u64) = .init(0),
+    epoch: std.atomic.Value(u32) = .init(0), // the current job id, for the futex
+    done: std.atomic.Value(u32) = .init(0), // chunks of the current job finished
+    sleepers: std.atomic.Value(u32) = .init(0), // workers parked on the futex
+    quit: std.atomic.Value(bool) = .init(false),
+
+    /// Runs `func(ctx, chunk, n_chunks)` for every chunk and returns when all are done.
+    fn run(pool: *Pool, ctx: anytype, comptime func: fn (@TypeOf(ctx), usize, usize) void) void {
+        const Ctx = @TypeOf(ctx);
+        const Thunk = struct {
+            fn call(p: *const anyopaque, chunk: usize, n: usize) void {
+                func(@as(Ctx, @ptrCast(@alignCast(p))), chunk, n);
+            }
+        };
+        if (pool.n_workers == 1) return func(ctx, 0, 1);
+        pool.job = Thunk.call;
+        pool.ctx = ctx;
+        pool.done.store(0, .monotonic);
+        const id = pool.epoch.load(.monotonic) +% 1;
+        pool.claim.store(@as(u64, id) << 32, .release); // publishes job, ctx and done
+        pool.epoch.store(id, .seq_cst);
+        if (pool.sleepers.load(.seq_cst) > 0) pool.io.futexWake(u32, &pool.epoch.raw, std.math.maxInt(u32));
+        _ = pool.work();
+        var spins: usize = 0;
+        while (pool.done.load(.acquire) != pool.n_chunks) {
+            spins += 1;
+            if (spins < SPIN_LIMIT) std.atomic.spinLoopHint() else std.Thread.yield() catch {};
+        }
+    }
+
+    /// Claims and runs chunks until the job has none left; returns the job's id.
+    fn work(pool: *Pool) u32 {
+        while (true) {
+            const c = pool.claim.fetchAdd(1, .acq_rel);
+            const chunk: u32 = @truncate(c);
+            // a claimed chunk keeps its job open, so job and ctx are still this job's
+            if (chunk >= pool.n_chunks) return @intCast(c >> 32);
+            pool.job(pool.ctx, chunk, pool.n_chunks);
+            _ = pool.done.fetchAdd(1, .release);
+        }
+    }
+
+    fn workerMain(pool: *Pool) void {
+        var seen: u32 = 0;
+        while (true) {
+            var spins: usize = 0;
+            while (pool.epoch.load(.acquire) == seen) {
+                spins += 1;
+                if (spins < SPIN_LIMIT) {
+                    std.atomic.spinLoopHint();
+                } else {
+                    _ = pool.sleepers.fetchAdd(1, .seq_cst);
+                    pool.io.futexWaitUncancelable(u32, &pool.epoch.raw, seen);
+                    _ = pool.sleepers.fetchSub(1, .seq_cst);
+                }
+            }
+            if (pool.quit.load(.acquire)) return;
+            seen = pool.work();
+        }
+    }
+};
+
+/// -j 1 starts no thread at all; -j N starts N-1 workers next to the main thread.
+fn buildPool(gpa: Allocator, io: Io, n_workers: usize) *Pool {
+    const pool = gpa.create(Pool) catch outOfMemory();
+    pool.* = .{ .io = io, .n_workers = n_workers, .n_chunks = @intCast(n_workers * CHUNKS_PER_WORKER), .threads = allocOrDie(gpa, std.Thread, n_workers - 1) };
+    for (pool.threads, 1..) |*t, w| {
+        t.* = std.Thread.spawn(.{ .stack_size = 1 << 20 }, Pool.workerMain, .{pool}) catch |err|
+            runtimeError("cannot start worker thread {d} of {d}: {t}", .{ w, n_workers, err });
+    }
+    return pool;
+}
+
+fn freePool(gpa: Allocator, pool: *Pool) void {
+    pool.quit.store(true, .release);
+    _ = pool.epoch.fetchAdd(1, .seq_cst);
+    pool.io.futexWake(u32, &pool.epoch.raw, std.math.maxInt(u32));
+    for (pool.threads) |t| t.join();
+    gpa.free(pool.threads);
+    gpa.destroy(pool);
+}
+
+/// The share [lo, hi) of `n` items in chunk `k` of `n_chunks`; boundaries fall on multiples
+/// of 4 so that the matmul runs whole 4-row blocks.
+fn share(n: usize, k: usize, n_chunks: usize) [2]usize {
+    const lo = if (k == 0) 0 else (n * k / n_chunks) & ~@as(usize, 3);
+    const hi = if (k + 1 == n_chunks) n else (n * (k + 1) / n_chunks) & ~@as(usize, 3);
+    return .{ @min(lo, n), @min(hi, n) };
+}
+
+// ----------------------------------------------------------------------------
+// Neural net blocks; the dynamics of the Transformer
+
+const VL = std.simd.suggestVectorLength(f32) orelse 4; // 16 with AVX-512, 8 with AVX2, 4 with NEON
+const V = @Vector(VL, f32);
+const has_fma = switch (builtin.cpu.arch) {
+    .aarch64, .aarch64_be => true,
+    .x86_64, .x86 => builtin.cpu.has(.x86, .fma),
+    else => false,
+};
+
+/// acc + a * b, fused where the CPU has FMA (without it @mulAdd would be a slow libcall).
+inline fn madd(acc: V, a: V, b: V) V {
+    return if (has_fma) @mulAdd(V, a, b, acc) else acc + a * b;
+}
+
+fn load(s: []align(1) const f32, i: usize) V {
+    return s[i..][0..VL].*;
+}
+
+fn dot(a: []align(1) const f32, b: []align(1) const f32) f32 {
+    var acc: V = @splat(0);
+    var j: usize = 0;
+    while (j + VL <= a.len) : (j += VL) acc = madd(acc, load(a, j), load(b, j));
+    var sum = @reduce(.Add, acc);
+    while (j < a.len) : (j += 1) sum += a[j] * b[j];
+    return sum;
+}
+
+/// out[r] = W[r, :] . x for rows r in [r0, r1); W (rows, n) row-major. Four rows at a time so
+/// that each x vector loaded serves four weight streams.
+fn matmulRows(out: []f32, w: Tensor, x: []const f32, r0: usize, r1: usize) void {
+    const n = x.len;
+    var i = r0;
+    while (i + 4 <= r1) : (i += 4) {
+        const w0 = w[i * n ..][0..n];
+        const w1 = w[(i + 1) * n ..][0..n];
+        const w2 = w[(i + 2) * n ..][0..n];
+        const w3 = w[(i + 3) * n ..][0..n];
+        var a0: V = @splat(0);
+        var a1: V = @splat(0);
+        var a2: V = @splat(0);
+        var a3: V = @splat(0);
+        var j: usize = 0;
+        while (j + VL <= n) : (j += VL) {
+            const xv = load(x, j);
+            a0 = madd(a0, load(w0, j), xv);
+            a1 = madd(a1, load(w1, j), xv);
+            a2 = madd(a2, load(w2, j), xv);
+            a3 = madd(a3, load(w3, j), xv);
+        }
+        var s: [4]f32 = .{ @reduce(.Add, a0), @reduce(.Add, a1), @reduce(.Add, a2), @reduce(.Add, a3) };
+        while (j < n) : (j += 1) {
+            s[0] += w0[j] * x[j];
+            s[1] += w1[j] * x[j];
+            s[2] += w2[j] * x[j];
+            s[3] += w3[j] * x[j];
+        }
+        out[i..][0..4].* = s;
+    }
+    while (i < r1) : (i += 1) out[i] = dot(w[i * n ..][0..n], x);
+}
+
+/// Up to three matmuls sharing one input, split into chunks as one range of output rows
+/// (q, k and v of a layer are one job).
+const MatmulJob = struct {
+    x: []const f32,
+    outs: [3][]f32,
+    ws: [3]Tensor,
+    count: usize,
+
+    fn work(job: *const MatmulJob, chunk: usize, n_chunks: usize) void {
+        var total: usize = 0;
+        for (job.outs[0..job.count]) |o| total += o.len;
+        const r = share(total, chunk, n_chunks);
+        var base: usize = 0;
+        for (job.outs[0..job.count], job.ws[0..job.count]) |o, w| {
+            const lo = @max(r[0], base);
+            const hi = @min(r[1], base + o.len);
+            if (lo < hi) matmulRows(o, w, job.x, lo - base, hi - base);
+            base += o.len;
+        }
+    }
+};
+
+fn matmul(pool: *Pool, out: []f32, w: Tensor, x: []const f32) void {
+    const job: MatmulJob = .{ .x = x, .outs = .{ out, &.{}, &.{} }, .ws = .{ w, &.{}, &.{} }, .count = 1 };
+    pool.run(&job, MatmulJob.work);
+}
+
+/// hb = silu(w1 @ x) * (w3 @ x), each chunk a slice of the hidden rows.
+const FfnJob = struct {
+    x: []const f32,
+    hb: []f32,
+    hb2: []f32,
+    w1: Tensor,
+    w3: Tensor,
+
+    fn work(job: *const FfnJob, chunk: usize, n_chunks: usize) void {
+        const r = share(job.hb.len, chunk, n_chunks);
+        matmulRows(job.hb, job.w1, job.x, r[0], r[1]);
+        matmulRows(job.hb2, job.w3, job.x, r[0], r[1]);
+        for (job.hb[r[0]..r[1]], job.hb2[r[0]..r[1]]) |*g, u| {
+            g.* = g.* / (1.0 + @exp(-g.*)) * u; // silu(x) = x * sigmoid(x)
+        }
+    }
+};
+
+/// Multi-head attention at `pos` for one layer, heads split into chunks.
+const AttentionJob = struct {
+    c: Config,
+    s: *const RunState,
+    layer: usize,
+    pos: usize,
+
+    fn work(job: *const AttentionJob, chunk: usize, n_chunks: usize) void {
+        const c = job.c;
+        const s = job.s;
+        const hs = c.headSize();
+        const kv_dim = c.kvDim();
+        const kv_mul = c.n_heads / c.n_kv_heads; // integer multiplier of the kv sharing in multiquery
+        const loff = job.layer * c.seq_len * kv_dim; // kv cache layer offset for convenience
+        const scale = 1.0 / @sqrt(@as(f32, @floatFromInt(hs)));
+        const lo = c.n_heads * chunk / n_chunks;
+        const hi = c.n_heads * (chunk + 1) / n_chunks;
+        if (lo == hi) return;
+        // this chunk's own row of scores: chunks hold at most one head once there are as many
+        // chunks as heads, so the row count is min(n_heads, n_chunks)
+        const row = if (n_chunks >= c.n_heads) lo else chunk;
+        const att = s.att[row * c.seq_len ..][0 .. job.pos + 1]; // (pos + 1)
+        for (lo..hi) |h| {
+            const q = s.q[h * hs ..][0..hs];
+            const kvo = loff + (h / kv_mul) * hs;
+            for (att, 0..) |*a, t| a.* = dot(q, s.key_cache[kvo + t * kv_dim ..][0..hs]) * scale;
+            softmax(att);
+            // weighted sum of the values, into xb (n_heads * head_size)
+            const xb = s.xb[h * hs ..][0..hs];
+            @memset(xb, 0);
+            for (att, 0..) |a, t| {
+                const v = s.value_cache[kvo + t * kv_dim ..][0..hs];
+                for (xb, v) |*o, vi| o.* += a * vi;
+            }
+        }
+    }
+};
+
+fn rmsnorm(o: []f32, x: []const f32, weight: Tensor) void {
+    var ss: f32 = 0;
+    for (x) |xi| ss += xi * xi;
+    ss = ss / @as(f32, @floatFromInt(x.len)) + 1e-5;
+    const inv = 1.0 / @sqrt(ss);
+    for (o, x, weight[0..x.len]) |*oi, xi, wi| oi.* = wi * (inv * xi);
+}
+
+fn softmax(x: []f32) void {
+    var max_val = x[0]; // find max value (for numerical stability)
+    for (x[1..]) |v| max_val = @max(max_val, v);
+    var sum: f32 = 0;
+    for (x) |*v| {
+        v.* = @exp(v.* - max_val);
+        sum += v.*;
+    }
+    for (x) |*v| v.* /= sum;
+}
+
+/// cos/sin of RoPE's rotation for each adjacent pair (i, i+1) at `pos`, shared by all layers.
+fn ropeTables(s: *RunState, c: Config, pos: usize) void {
+    const hs: f32 = @floatFromInt(c.headSize());
+    const p: f32 = @floatFromInt(pos);
+    for (s.rope_cos, s.rope_sin, 0..) |*co, *si, pair| {
+        const head_dim: f32 = @floatFromInt((pair * 2) % c.headSize());
+        const freq: f32 = 1.0 / @as(f32, @floatCast(std.math.pow(f64, 10000.0, head_dim / hs)));
+        const angle: f64 = p * freq; // rounded to f32 like run.c, then cos/sin computed exactly
+        co.* = @floatCast(@cos(angle));
+        si.* = @floatCast(@sin(angle));
+    }
+}
+
+fn rotate(v: []f32, s: *const RunState) void {
+    for (0..v.len / 2) |pair| {
+        const v0 = v[2 * pair];
+        const v1 = v[2 * pair + 1];
+        const fcr = s.rope_cos[pair];
+        const fci = s.rope_sin[pair];
+        v[2 * pair] = v0 * fcr - v1 * fci;
+        v[2 * pair + 1] = v0 * fci + v1 * fcr;
+    }
+}
+
+fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
+    const c = t.config;
+    const w = &t.weights;
+    const s = &t.state;
+    const dim = c.dim;
+    const kv_dim = c.kvDim();
+
+    // copy the token embedding into x
+    for (s.x, w.token_embedding[token * dim ..][0..dim]) |*xi, e| xi.* = e;
+    ropeTables(s, c, pos);
+
+    for (w.layers, 0..) |*lw, l| {
+        // attention rmsnorm
+        rmsnorm(s.xb, s.x, lw.rms_att);
+
+        // qkv matmuls for this position; k and v go straight into the cache row of pos
+        const loff = l * c.seq_len * kv_dim; // kv cache layer offset for convenience
+        const k = s.key_cache[loff + pos * kv_dim ..][0..kv_dim];
+        const v = s.value_cache[loff + pos * kv_dim ..][0..kv_dim];
+        const qkv: MatmulJob = .{ .x = s.xb, .outs = .{ s.q, k, v }, .ws = .{ lw.wq, lw.wk, lw.wv }, .count = 3 };
+        pool.run(&qkv, MatmulJob.work);
+
+        // RoPE relative positional encoding: rotate each (i, i+1) pair of q and k
+        rotate(s.q, s);
+        rotate(k, s);
+
+        // multihead attention, output in xb
+        const att: AttentionJob = .{ .c = c, .s = s, .layer = l, .pos = pos };
+        pool.run(&att, AttentionJob.work);
+
+        // final matmul to get the output of the attention, then the residual connection
+        matmul(pool, s.xb2, lw.wo, s.xb);
+        for (s.x, s.xb2) |*xi, o| xi.* += o;
+
+        // ffn rmsnorm, then w2(silu(w1(x)) * w3(x))
+        rmsnorm(s.xb, s.x, lw.rms_ffn);
+        const ffn: FfnJob = .{ .x = s.xb, .hb = s.hb, .hb2 = s.hb2, .w1 = lw.w1, .w3 = lw.w3 };
+        pool.run(&ffn, FfnJob.work);
+        matmul(pool, s.xb, lw.w2, s.hb);
+
+        // residual connection
+        for (s.x, s.xb) |*xi, o| xi.* += o;
+    }
+
+    // final rmsnorm, then the classifier into the logits
+    rmsnorm(s.x, s.x, w.rms_final);
+    matmul(pool, s.logits, w.wcls, s.x);
+    return s.logits;
+}
+
+// ----------------------------------------------------------------------------
+// The Byte Pair Encoding (BPE) Tokenizer that translates strings <-> tokens
+
+const BOS = 1;
+const EOS = 2;
+const MAX_TOKEN_LENGTH = 1024;
+
+/// The pieces and merge scores of a vocabulary, from tokenizer.bin or a GGUF.
+const Vocab = struct {
+    pieces: []const []const u8,
+    scores: []const f32,
+    max_token_length: usize,
+};
+
+const Tokenizer = struct {
+    vocab: Vocab,
+    lookup: std.StringHashMapUnmanaged(u32), // piece -> lowest id spelling it
+    merge_buf: []u8, // room for two concatenated pieces
+};
+
+/// tokenizer.bin: int32 max_token_length, then per token float32 score, int32 length, bytes.
+/// It must hold exactly the model's `vocab_size` tokens.
+fn readTokenizerFile(gpa: Allocator, io: Io, path: []const u8, vocab_size: usize) Vocab {
+    const data = mapFile(io, path); // stays mapped: the pieces point into it
+    if (data.len < 4) badFile(path, "truncated: no max_token_length header", .{});
+    const max_len = readI32(data, 0);
+    if (max_len < 1 or max_len > MAX_TOKEN_LENGTH) badFile(path, "max_token_length={d} outside 1..{d}", .{ max_len, MAX_TOKEN_LENGTH });
+    const pieces = gpa.alloc([]const u8, vocab_size) catch outOfMemory();
+    const scores = gpa.alloc(f32, vocab_size) catch outOfMemory();
+    var off: usize = 4;
+    for (0..vocab_size) |i| {
+        if (data.len - off < 8) badFile(path, "has only {d} tokens, the model's vocabulary is {d}", .{ i, vocab_size });
+        scores[i] = @bitCast(std.mem.readInt(u32, data[off..][0..4], .little));
+        const len = readI32(data, off + 4);
+        off += 8;
+        if (len < 0 or len > max_len) badFile(path, "token {d} has length {d}, outside 0..{d}", .{ i, len, max_len });
+        if (std.math.isNan(scores[i])) badFile(path, "token {d} has a NaN score", .{i});
+        const n: usize = @intCast(len);
+        if (data.len - off < n) badFile(path, "truncated inside token {d}", .{i});
+        pieces[i] = data[off..][0..n];
+        off += n;
+    }
+    if (off != data.len)
+        badFile(path, "has {d} bytes after token {d}: its vocabulary is larger than the model's {d}", .{ data.len - off, vocab_size - 1, vocab_size });
+    return .{ .pieces = pieces, .scores = scores, .max_token_length = @intCast(max_len) };
+}
+
+fn buildTokenizer(gpa: Allocator, vocab: Vocab) Tokenizer {
+    var t: Tokenizer = .{ .vocab = vocab, .lookup = .empty, .merge_buf = allocOrDie(gpa, u8, 2 * vocab.max_token_length) };
+    t.lookup.ensureTotalCapacity(gpa, @intCast(vocab.pieces.len)) catch outOfMemory();
+    for (vocab.pieces, 0..) |p, i| {
+        const gop = t.lookup.getOrPutAssumeCapacity(p);
+        if (!gop.found_existing) gop.value_ptr.* = @intCast(i); // a duplicated piece keeps its lower id
+    }
+    return t;
+}
+
+fn freeTokenizer(gpa: Allocator, t: *Tokenizer) void {
+    t.lookup.deinit(gpa);
+    gpa.free(t.merge_buf);
+}
+
+const EncodeError = error{ ByteTokenMissing, OutOfMemory };
+
+/// BPE-encodes `text` as run.c does: BOS, the dummy-prefix space, UTF-8 code points (or their
+/// bytes as <0xXX> tokens), then greedy merges of the best-scoring adjacent pair.
+fn encode(t: *const Tokenizer, gpa: Allocator, text: []const u8, bos: bool, eos: bool) EncodeError![]u32 {
+    const vocab_size = t.vocab.pieces.len;
+    var tokens = try gpa.alloc(u32, text.len + 3);
+    errdefer gpa.free(tokens);
+    var n: usize = 0;
+    if (bos) {
+        tokens[n] = BOS;
+        n += 1;
+    }
+    if (text.len > 0) {
+        // the dummy prefix: sentencepiece's add_dummy_prefix puts a space before the text
+        tokens[n] = t.lookup.get(" ") orelse return error.ByteTokenMissing;
+        n += 1;
+    }
+    var i: usize = 0;
+    while (i < text.len) {
+        // one UTF-8 code point: a start byte and up to 3 continuation bytes (10xxxxxx)
+        const start = i;
+        i += 1;
+        while (i < text.len and text[i] & 0xC0 == 0x80 and i - start < 4) i += 1;
+        if (t.lookup.get(text[start..i])) |id| {
+            tokens[n] = id;
+            n += 1;
+        } else {
+            // byte fallback: the first 3 ids are <unk>, <s>, </s>, then the 256 byte tokens
+            for (text[start..i]) |b| {
+                if (@as(usize, b) + 3 >= vocab_size) return error.ByteTokenMissing;
+                tokens[n] = @as(u32, b) + 3;
+                n += 1;
+            }
+        }
+    }
+    // merge the best consecutive pair each iteration, according to the scores in vocab_scores
+    while (true) {
+        var best_score = -std.math.inf(f32);
+        var best_id: u32 = 0;
+        var best_idx: ?usize = null;
+        for (0..n -| 1) |k| {
+            const a = t.vocab.pieces[tokens[k]];
+            const b = t.vocab.pieces[tokens[k + 1]];
+            @memcpy(t.merge_buf[0..a.len], a);
+            @memcpy(t.merge_buf[a.len..][0..b.len], b);
+            if (t.lookup.get(t.merge_buf[0 .. a.len + b.len])) |id| {
+                if (t.vocab.scores[id] > best_score) {
+                    best_score = t.vocab.scores[id];
+                    best_id = id;
+                    best_idx = k;
+                }
+            }
+        }
+        const k = best_idx orelse break; // no more pairs to merge
+        tokens[k] = best_id;
+        std.mem.copyForwards(u32, tokens[k + 1 .. n - 1], tokens[k + 2 .. n]);
+        n -= 1;
+    }
+    if (eos) {
+        tokens[n] = EOS;
+        n += 1;
+    }
+    return gpa.realloc(tokens, n); // the caller frees exactly what it got
+}
+
+const byte_values: [256]u8 = blk: {
+    var b: [256]u8 = undefined;
+    for (&b, 0..) |*v, i| v.* = i;
+    break :blk b;
+};
+
+/// The bytes `token` prints as after `prev`: a space after BOS is dropped, and a piece of the
+/// form <0xHH> stands for that raw byte.
+fn decode(t: *const Tokenizer, prev: u32, token: u32) []const u8 {
+    var piece = t.vocab.pieces[token];
+    if (prev == BOS and piece.len > 0 and piece[0] == ' ') piece = piece[1..];
+    if (piece.len == 6 and std.mem.startsWith(u8, piece, "<0x") and piece[5] == '>') {
+        const byte = std.fmt.parseInt(u8, piece[3..5], 16) catch return piece;
+        if (std.ascii.isHex(piece[3]) and std.ascii.isHex(piece[4])) return byte_values[byte..][0..1];
+    }
+    return piece;
+}
+
+/// What run.c's safe_printf would print: nothing for an empty piece or a lone byte that is
+/// neither printable nor whitespace (raw byte tokens of broken UTF-8 and control codes).
+fn safePiece(piece: []const u8) []const u8 {
+    if (piece.len == 1) {
+        const b = piece[0];
+        if (!((b >= 0x20 and b <= 0x7E) or b == '\t' or b == '\n' or b == 0x0B or b == 0x0C or b == '\r')) return "";
+    }
+    return piece;
+}
+
+// ----------------------------------------------------------------------------
+// The Sampler, which takes logits and returns a sampled token
+
+const ProbIndex = struct { prob: f32, index: u32 }; // struct used when sorting probabilities during top-p sampling
+
+const Sampler = struct {
+    temperature: f32,
+    topp: f64,
+    rng_state: u64,
+    probindex: []ProbIndex, // buffer used in top-p sampling (vocab_size)
+};
+
+fn buildSampler(gpa: Allocator, vocab_size: usize, temperature: f64, topp: f64, seed: u64) Sampler {
+    return .{ .temperature = @floatCast(temperature), .topp = topp, .rng_state = seed, .probindex = allocOrDie(gpa, ProbIndex, vocab_size) };
+}
+
+fn freeSampler(gpa: Allocator, s: *Sampler) void {
+    gpa.free(s.probindex);
+}
+
+/// xorshift rng: https://en.wikipedia.org/wiki/Xorshift#xorshift.2A
+fn randomU32(state: *u64) u32 {
+    state.* ^= state.* >> 12;
+    state.* ^= state.* << 25;
+    state.* ^= state.* >> 27;
+    return @intCast((state.* *% 0x2545F4914F6CDD1D) >> 32);
+}
+
+/// random float32 in [0, 1)
+fn randomF32(state: *u64) f32 {
+    return @as(f32, @floatFromInt(randomU32(state) >> 8)) / 16777216.0;
+}
+
+/// index of the largest probability; the first one among equals
+fn sampleArgmax(probs: []const f32) usize {
+    var max_i: usize = 0;
+    for (probs, 0..) |p, i| {
+        if (p > probs[max_i]) max_i = i;
+    }
+    return max_i;
+}
+
+/// sample index from probabilities (they must sum to 1!); coin is a random number in [0, 1)
+fn sampleMult(probs: []const f32, coin: f32) usize {
+    var cdf: f32 = 0;
+    for (probs, 0..) |p, i| {
+        cdf += p;
+        if (coin < cdf) return i;
+    }
+    return probs.len - 1; // in case of rounding errors
+}
+
+fn probDescending(_: void, a: ProbIndex, b: ProbIndex) bool {
+    return a.prob > b.prob or (a.prob == b.prob and a.index < b.index);
+}
+
+/// top-p sampling (or "nucleus sampling") samples from the smallest set of tokens that exceed
+/// probability topp. This way we never sample tokens that have very low probabilities and are
+/// less likely to go "off the rails".
+fn sampleTopp(probs: []const f32, topp: f32, probindex: []ProbIndex, coin: f32) usize {
+    if (probs.len == 1) return 0;
+    // values smaller than (1 - topp) / (n - 1) cannot be part of the result, so for efficiency
+    // we crop these out as candidates before sorting
+    const cutoff = (1.0 - topp) / @as(f32, @floatFromInt(probs.len - 1));
+    var n0: usize = 0;
+    for (probs, 0..) |p, i| {
+        if (p >= cutoff) {
+            probindex[n0] = .{ .prob = p, .index = @intCast(i) };
+            n0 += 1;
+        }
+    }
+    if (n0 == 0) return probs.len - 1; // only NaN probabilities
+    const cand = probindex[0..n0];
+    std.mem.sort(ProbIndex, cand, {}, probDescending);
+
+    // truncate the list where cumulative probability exceeds topp
+    var cumulative: f32 = 0;
+    var last = n0 - 1; // in case of rounding errors consider all elements
+    for (cand, 0..) |c, i| {
+        cumulative += c.prob;
+        if (cumulative > topp) {
+            last = i;
+            break; // we've exceeded topp by including last
+        }
+    }
+
+    // sample from the truncated list
+    const r = coin * cumulative;
+    var cdf: f32 = 0;
+    for (cand[0 .. last + 1]) |c| {
+        cdf += c.prob;
+        if (r < cdf) return c.index;
+    }
+    return cand[last].index; // in case of rounding errors
+}
+
+/// numpy's pairwise summation (the reference's `e.sum()`), reproduced operation for operation.
+/// Over a near-flat distribution of 32000 tokens a plain running sum drifts by ~1e-5, enough to
+/// move the coin across a token boundary; summing the same way keeps sampling in step with the
+/// reference on synthetic models too.
+fn pairwiseSum(a: []const f32) f32 {
+    if (a.len < 8) {
+        var res: f32 = 0;
+        for (a) |v| res += v;
+        return res;
+    } else if (a.len <= 128) {
+        var r: [8]f32 = a[0..8].*;
+        var i: usize = 8;
+        while (i < a.len - a.len % 8) : (i += 8) {
+            for (&r, a[i..][0..8]) |*ri, v| ri.* += v;
+        }
+        var res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        while (i < a.len) : (i += 1) res += a[i];
+        return res;
+    }
+    var n2 = a.len / 2; // halve, keeping the first part a multiple of the unroll factor
+    n2 -= n2 % 8;
+    return pairwiseSum(a[0..n2]) + pairwiseSum(a[n2..]);
+}
+
+/// The sampler's softmax: as `softmax`, with the reference's summation order.
+fn softmaxProbs(x: []f32) void {
+    var max_val = x[0];
+    for (x[1..]) |v| max_val = @max(max_val, v);
+    for (x) |*v| v.* = @exp(v.* - max_val);
+    const sum = pairwiseSum(x);
+    for (x) |*v| v.* /= sum;
+}
+
+fn sample(s: *Sampler, logits: []f32) usize {
+    if (s.temperature == 0) return sampleArgmax(logits); // greedy argmax sampling
+    for (logits) |*l| l.* /= s.temperature; // apply the temperature to the logits
+    softmaxProbs(logits);
+    const coin = randomF32(&s.rng_state); // flip a (float) coin (this is our source of entropy for sampling)
+    if (s.topp <= 0 or s.topp >= 1) return sampleMult(logits, coin); // simply sample from the predicted probability distribution
+    return sampleTopp(logits, @floatCast(s.topp), s.probindex, coin); // top-p (nucleus) sampling, clamping the least likely tokens to zero
+}
+
+// ----------------------------------------------------------------------------
+// generation loop and logits mode
+
+const Stats = struct {
+    prompt_tokens: usize = 0,
+    generated_tokens: usize = 0,
+    positions: usize = 0,
+    ttft_s: f64 = 0,
+    decode_s: f64 = 0,
+};
+
+fn seconds(io: Io, since: Io.Timestamp) f64 {
+    const ns = since.durationTo(Io.Clock.awake.now(io)).nanoseconds;
+    return @as(f64, @floatFromInt(ns)) / 1e9;
+}
+
+const Output = struct {
+    writer: *Io.Writer,
+    fn emit(self: Output, bytes: []const u8) void {
+        if (bytes.len == 0) return;
+        self.writer.writeAll(bytes) catch runtimeError("cannot write to stdout", .{});
+        self.writer.flush() catch runtimeError("cannot write to stdout", .{});
+    }
+};
+
+fn generate(io: Io, t: *Transformer, pool: *Pool, tok: *const Tokenizer, sampler: *Sampler, prompt_tokens: []const u32, steps: usize, ignore_bos: bool, out: Output) Stats {
+    var stats: Stats = .{ .prompt_tokens = prompt_tokens.len };
+    const start = Io.Clock.awake.now(io);
+    var first: ?Io.Timestamp = null;
+    var token = prompt_tokens[0]; // kick off with the first token in the prompt
+    var pos: usize = 0;
+    while (pos < steps) : (pos += 1) {
+        const logits = forward(t, pool, token, pos); // forward the transformer to get logits for the next token
+        stats.positions += 1;
+        var next: u32 = undefined;
+        if (pos < prompt_tokens.len - 1) {
+            next = prompt_tokens[pos + 1]; // still processing the input prompt: force the next prompt token
+        } else {
+            next = @intCast(sample(sampler, logits)); // otherwise sample the next token from the logits
+            stats.generated_tokens += 1;
+            if (first == null) first = Io.Clock.awake.now(io);
+        }
+        // data-dependent terminating condition: the BOS (=1) token delimits sequences
+        if (next == BOS and !ignore_bos) break;
+        out.emit(safePiece(decode(tok, token, next)));
+        token = next;
+    }
+    const end = Io.Clock.awake.now(io);
+    if (first) |f| {
+        stats.ttft_s = secondsBetween(start, f);
+        stats.decode_s = secondsBetween(f, end);
+    } else stats.ttft_s = secondsBetween(start, end);
+    return stats;
+}
+
+fn secondsBetween(a: Io.Timestamp, b: Io.Timestamp) f64 {
+    return @as(f64, @floatFromInt(a.durationTo(b).nanoseconds)) / 1e9;
+}
+
+/// forward(ids[i], i) for every id, each row of logits written as raw little-endian float32.
+fn logitsRun(io: Io, t: *Transformer, pool: *Pool, ids: []const u32, out_path: []const u8) Stats {
+    const file = Io.Dir.cwd().createFile(io, out_path, .{}) catch |err| runtimeError("{s}: cannot write: {t}", .{ out_path, err });
+    defer file.close(io);
+    var buf: [1 << 16]u8 = undefined;
+    var fw = file.writer(io, &buf);
+    const start = Io.Clock.awake.now(io);
+    for (ids, 0..) |id, pos| {
+        const logits = forward(t, pool, id, pos);
+        fw.interface.writeAll(std.mem.sliceAsBytes(logits)) catch runtimeError("{s}: cannot write", .{out_path});
+    }
+    const elapsed = seconds(io, start);
+    fw.interface.flush() catch runtimeError("{s}: cannot write", .{out_path});
+    return .{ .prompt_tokens = ids.len, .positions = ids.len, .ttft_s = elapsed };
+}
+
+fn printStats(threads: usize, load_s: f64, st: Stats) void {
+    const rate: f64 = if (st.generated_tokens > 1 and st.decode_s > 0) @as(f64, @floatFromInt(st.generated_tokens - 1)) / st.decode_s else 0;
+    std.debug.print("polyllama-stats: {{\"port\":\"{s}\",\"prompt_tokens\":{d},\"generated_tokens\":{d},\"positions\":{d},\"threads\":{d}," ++
+        "\"load_s\":{d:.6},\"ttft_s\":{d:.6},\"decode_s\":{d:.6},\"decode_tok_s\":{d:.4}}}\n", .{ PORT_NAME, st.prompt_tokens, st.generated_tokens, st.positions, threads, load_s, st.ttft_s, st.decode_s, rate });
+}
+
+// ----------------------------------------------------------------------------
+// command line
+
+const Mode = enum { generate, logits };
+
+const Args = struct {
+    checkpoint: []const u8,
+    tokenizer: ?[]const u8 = null,
+    temperature: f64 = 1.0,
+    topp: f64 = 0.9,
+    seed: u64 = 0,
+    steps: usize = 256,
+    prompt: []const u8 = "",
+    threads: usize = 1,
+    mode: Mode = .generate,
+    output: ?[]const u8 = null,
+    ids: ?[]const i64 = null, // range-checked once the model's vocabulary is known
+    ignore_bos: bool = false,
+};
+
+/// Plain decimal only (contract section 2): `[+-]?[0-9]+`.
+fn isPlainInt(text: []const u8) bool {
+    const digits = if (text.len > 0 and (text[0] == '+' or text[0] == '-')) text[1..] else text;
+    if (digits.len == 0) return false;
+    for (digits) |ch| if (!std.ascii.isDigit(ch)) return false;
+    return true;
+}
+
+/// Plain decimal only: `[+-]?([0-9]+.?[0-9]*|.[0-9]+)([eE][+-]?[0-9]+)?`, so no inf, nan, hex,
+/// underscores or spaces.
+fn isPlainFloat(text: []const u8) bool {
+    var i: usize = 0;
+    if (i < text.len and (text[i] == '+' or text[i] == '-')) i += 1;
+    var mantissa_digits: usize = 0;
+    while (i < text.len and std.ascii.isDigit(text[i])) : (i += 1) mantissa_digits += 1;
+    if (i < text.len and text[i] == '.') {
+        i += 1;
+        while (i < text.len and std.ascii.isDigit(text[i])) : (i += 1) mantissa_digits += 1;
+    }
+    if (mantissa_digits == 0) return false;
+    if (i < text.len and (text[i] == 'e' or text[i] == 'E')) {
+        i += 1;
+        if (i < text.len and (text[i] == '+' or text[i] == '-')) i += 1;
+        return i < text.len and isPlainInt(text[i..]) and std.ascii.isDigit(text[i]);
+    }
+    return i == text.len;
+}
+
+fn parseFloatArg(flag: []const u8, text: []const u8, lo: f64, hi: f64) f64 {
+    if (!isPlainFloat(text)) usageError("{s} expects a number, got '{s}'", .{ flag, text });
+    const v = std.fmt.parseFloat(f64, text) catch usageError("{s} expects a number, got '{s}'", .{ flag, text });
+    // 1e999 is plain decimal but overflows to infinity: out of range, like any other bound
+    if (!std.math.isFinite(v) or v < lo or v > hi) usageError("{s} {s} is out of range", .{ flag, text });
+    return v;
+}
+
+fn parseIntArg(flag: []const u8, text: []const u8, lo: i128, hi: i128) i128 {
+    if (!isPlainInt(text)) usageError("{s} expects an integer, got '{s}'", .{ flag, text });
+    const v = std.fmt.parseInt(i128, text, 10) catch usageError("{s} {s} is out of range", .{ flag, text });
+    if (v < lo or v > hi) usageError("{s} {s} is out of range", .{ flag, text });
+    return v;
+}
+
+fn parseIds(gpa: Allocator, text: []const u8) []const i64 {
+    const ids = allocOrDie(gpa, i64, std.mem.countScalar(u8, text, ',') + 1);
+    var it = std.mem.splitScalar(u8, text, ',');
+    var n: usize = 0;
+    while (it.next()) |part| : (n += 1) {
+        if (!isPlainInt(part)) usageError("-k expects comma-separated token ids, got '{s}'", .{text});
+        // a valid number too large for i64 is no valid id either: the range check refuses it
+        ids[n] = std.fmt.parseInt(i64, part, 10) catch -1;
+    }
+    return ids;
+}
+
+fn parseArgs(gpa: Allocator, argv: []const []const u8) Args {
+    if (argv.len == 0 or std.mem.startsWith(u8, argv[0], "-")) usageError("missing checkpoint", .{});
+    var a: Args = .{ .checkpoint = argv[0] };
+    const rest = argv[1..];
+    if (rest.len % 2 != 0) usageError("flag {s} has no value", .{rest[rest.len - 1]});
+    var i: usize = 0;
+    while (i < rest.len) : (i += 2) {
+        const flag = rest[i];
+        const value = rest[i + 1];
+        if (std.mem.eql(u8, flag, "-z")) {
+            a.tokenizer = value;
+        } else if (std.mem.eql(u8, flag, "-t")) {
+            a.temperature = parseFloatArg(flag, value, 0, std.math.floatMax(f64));
+        } else if (std.mem.eql(u8, flag, "-p")) {
+            a.topp = parseFloatArg(flag, value, 0, 1);
+        } else if (std.mem.eql(u8, flag, "-s")) {
+            a.seed = @intCast(parseIntArg(flag, value, 0, std.math.maxInt(u64)));
+        } else if (std.mem.eql(u8, flag, "-n")) {
+            a.steps = @intCast(parseIntArg(flag, value, 0, 1 << 31));
+        } else if (std.mem.eql(u8, flag, "-i")) {
+            a.prompt = value;
+        } else if (std.mem.eql(u8, flag, "-j")) {
+            a.threads = @intCast(parseIntArg(flag, value, 1, 4096));
+        } else if (std.mem.eql(u8, flag, "-m")) {
+            a.mode = std.meta.stringToEnum(Mode, value) orelse usageError("-m expects generate or logits, got '{s}'", .{value});
+        } else if (std.mem.eql(u8, flag, "-o")) {
+            a.output = value;
+        } else if (std.mem.eql(u8, flag, "-k")) {
+            a.ids = parseIds(gpa, value);
+        } else if (std.mem.eql(u8, flag, "-e")) {
+            a.ignore_bos = parseIntArg(flag, value, 0, 1) == 1;
+        } else usageError("unknown flag {s}", .{flag});
+    }
+    if (a.mode == .logits and (a.output == null or a.ids == null)) usageError("logits mode needs -o FILE and -k IDS", .{});
+    return a;
+}
+
+pub fn main(init: std.process.Init) void {
+    const io = init.io;
+    const t0 = Io.Clock.awake.now(io);
+    const gpa = init.arena.allocator(); // everything lives until exit
+    const argv = init.minimal.args.toSlice(gpa) catch outOfMemory();
+    const args = parseArgs(gpa, argv[@min(1, argv.len)..]);
+
+    // build the Transformer via the model file; GGUF brings its own tokenizer
+    var transformer = buildTransformer(gpa, io, args.checkpoint, args.threads);
+    const c = transformer.config;
+    const vocab = transformer.vocab orelse blk: {
+        const tok_path = args.tokenizer orelse usageError("-z tokenizer is required for a .bin checkpoint", .{});
+        break :blk readTokenizerFile(gpa, io, tok_path, c.vocab_size);
+    };
+    var tokenizer = buildTokenizer(gpa, vocab);
+    const pool = buildPool(gpa, io, args.threads);
+    const load_s = seconds(io, t0);
+
+    var stats: Stats = undefined;
+    switch (args.mode) {
+        .logits => {
+            const raw = args.ids.?;
+            if (raw.len < 1 or raw.len > c.seq_len) usageError("-k needs 1..{d} ids in [0, {d})", .{ c.seq_len, c.vocab_size });
+            const ids = allocOrDie(gpa, u32, raw.len);
+            for (raw, ids) |r, *id| {
+                if (r < 0 or r >= c.vocab_size) usageError("-k needs 1..{d} ids in [0, {d})", .{ c.seq_len, c.vocab_size });
+                id.* = @intCast(r);
+            }
+            stats = logitsRun(io, &transformer, pool, ids, args.output.?);
+        },
+        .generate => {
+            const seed = if (args.seed > 0) args.seed else @as(u64, @intCast(@max(1, Io.Clock.real.now(io).toSeconds())));
+            var sampler = buildSampler(gpa, c.vocab_size, args.temperature, args.topp, seed);
+            const steps = if (args.steps == 0 or args.steps > c.seq_len) c.seq_len else args.steps;
+            const prompt_tokens = encode(&tokenizer, gpa, args.prompt, true, false) catch |err| switch (err) {
+                error.OutOfMemory => outOfMemory(),
+                error.ByteTokenMissing => badFile(args.tokenizer orelse args.checkpoint, "the vocabulary of {d} pieces cannot spell the prompt (no byte or space token)", .{c.vocab_size}),
+            };
+            var out_buf: [4096]u8 = undefined;
+            var stdout = Io.File.stdout().writerStreaming(io, &out_buf);
+            const out: Output = .{ .writer = &stdout.interface };
+            stats = generate(io, &transformer, pool, &tokenizer, &sampler, prompt_tokens, steps, args.ignore_bos, out);
+            out.emit("\n");
+            freeSampler(gpa, &sampler);
+        },
+    }
+    printStats(args.threads, load_s, stats);
+    freePool(gpa, pool);
+    freeTokenizer(gpa, &tokenizer);
+    freeTransformer(gpa, &transformer);
+}
+
+// ----------------------------------------------------------------------------
+// tests (`zig build test`): tokenizer vectors, xorshift draws, argmax, top-p
+
+const testing = std.testing;
+
+/// tokenizer.bin etc. from $POLYLLAMA_MODEL_PATH (':'-separated directories). Missing files
+/// fail the test under CI=true and skip it elsewhere.
+fn findModelFile(name: []const u8) ![]const u8 {
+    const dirs = testing.environ.getPosix("POLYLLAMA_MODEL_PATH") orelse "";
+    var it = std.mem.splitScalar(u8, dirs, ':');
+    while (it.next()) |dir| {
+        if (dir.len == 0) continue;
+        const path = try std.fs.path.join(testing.allocator, &.{ dir, name });
+        if (Io.Dir.cwd().access(testing.io, path, .{})) |_| return path else |_| testing.allocator.free(path);
+    }
+    const ci = testing.environ.getPosix("CI") orelse "";
+    if (std.mem.eql(u8, ci, "true")) {
+        std.debug.print("{s} not found in POLYLLAMA_MODEL_PATH\n", .{name});
+        return error.ModelFileMissing;
+    }
+    return error.SkipZigTest;
+}
+
+fn expectEncode(tok: *const Tokenizer, text: []const u8, expected: []const u32) !void {
+    const ids = try encode(tok, testing.allocator, text, true, false);
+    defer testing.allocator.free(ids);
+    try testing.expectEqualSlices(u32, expected, ids);
+}
+
+test "tokenizer.bin: encode vectors and decode rules" {
+    const path = try findModelFile("tokenizer.bin");
+    defer testing.allocator.free(path);
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    var tok = buildTokenizer(arena.allocator(), readTokenizerFile(arena.allocator(), testing.io, path, 32000));
+    try expectEncode(&tok, "I believe the meaning of life is", &.{ 1, 306, 4658, 278, 6593, 310, 2834, 338 });
+    try expectEncode(&tok, "Once upon a time", &.{ 1, 9038, 2501, 263, 931 });
+    try expectEncode(&tok, "", &.{1});
+    // decode: the space after BOS is dropped, <0x0A> is a newline byte
+    try testing.expectEqualStrings("Once", decode(&tok, BOS, 9038));
+    try testing.expectEqualStrings(" upon", decode(&tok, 9038, 2501));
+    try testing.expectEqualStrings("\n", decode(&tok, 5, 13));
+    // byte fallback of a code point that is not a piece, and its bytes decoding back
+    const ids = try encode(&tok, testing.allocator, "\u{1F600}", true, false);
+    defer testing.allocator.free(ids);
+    var text: std.ArrayList(u8) = .empty;
+    defer text.deinit(testing.allocator);
+    for (ids[1..], 0..) |id, i| try text.appendSlice(testing.allocator, decode(&tok, ids[i], id));
+    try testing.expectEqualStrings("\u{1F600}", text.items); // the dummy space is dropped after BOS
+}
+
+test "safe_printf rules" {
+    try testing.expectEqualStrings("", safePiece(""));
+    try testing.expectEqualStrings("", safePiece("\x01"));
+    try testing.expectEqualStrings("", safePiece("\xe2"));
+    try testing.expectEqualStrings("\n", safePiece("\n"));
+    try testing.expectEqualStrings("a", safePiece("a"));
+    try testing.expectEqualStrings("\xe2\x96", safePiece("\xe2\x96"));
+}
+
+test "xorshift draws for a seed" {
+    var s: u64 = 42;
+    for ([_]u32{ 1456360119, 3359763283, 3393612768, 4054632243, 3283045847 }) |want| try testing.expectEqual(want, randomU32(&s));
+    s = 42;
+    try testing.expectEqual(@as(f32, 0.3390852212905884), randomF32(&s));
+    try testing.expectEqual(@as(f32, 0.7822558283805847), randomF32(&s));
+}
+
+test "argmax takes the first maximum" {
+    try testing.expectEqual(@as(usize, 1), sampleArgmax(&.{ 1.0, 3.0, 0.5, 3.0, 2.0 }));
+    try testing.expectEqual(@as(usize, 0), sampleArgmax(&.{ 7.0, 7.0 }));
+}
+
+test "multinomial and top-p sampling" {
+    const probs = [_]f32{ 0.1, 0.3, 0.05, 0.3, 0.25 };
+    var buf: [5]ProbIndex = undefined;
+    // (coin, top-p 0.7 pick, full-distribution pick), from the reference sampler
+    const cases = [_]struct { f32, usize, usize }{ .{ 0.0, 1, 0 }, .{ 0.2, 1, 1 }, .{ 0.5, 3, 3 }, .{ 0.7, 3, 3 }, .{ 0.9, 4, 4 }, .{ 0.99, 4, 4 } };
+    for (cases) |cs| {
+        try testing.expectEqual(cs[1], sampleTopp(&probs, 0.7, &buf, cs[0]));
+        try testing.expectEqual(cs[2], sampleMult(&probs, cs[0]));
+    }
+    // whole sampler: temperature 0.8, top-p 0.9, seeded draws as the reference gives them
+    const logits = [_]f32{ 1.0, 3.0, 0.5, 3.0, 2.0 };
+    const want = [_][8]usize{ .{ 1, 3, 3, 1, 1, 3, 3, 3 }, .{ 3, 1, 3, 4, 3, 3, 1, 1 } };
+    for ([_]u64{ 1, 3 }, want) |seed, w| {
+        var sampler: Sampler = .{ .temperature = 0.8, .topp = 0.9, .rng_state = seed, .probindex = &buf };
+        for (w) |expected| {
+            var l = logits;
+            try testing.expectEqual(expected, sample(&sampler, &l));
+        }
+    }
+}
+
+test "matmul kernel matches a scalar product, tails included" {
+    var w: [7 * 37]f32 = undefined;
+    var x: [37]f32 = undefined;
+    for (&w, 0..) |*v, i| v.* = @floatFromInt(@as(i32, @intCast(i % 11)) - 5);
+    for (&x, 0..) |*v, i| v.* = @as(f32, @floatFromInt(i)) * 0.25;
+    var out: [7]f32 = undefined;
+    matmulRows(&out, &w, &x, 0, 7);
+    for (out, 0..) |o, r| {
+        var want: f32 = 0;
+        for (0..37) |j| want += w[r * 37 + j] * x[j];
+        try testing.expectApproxEqAbs(want, o, 1e-3);
+    }
+}
+
+test "pairwise sum follows numpy's order" {
+    var x: [300]f32 = undefined;
+    for (&x, 0..) |*v, i| v.* = 1.0 / @as(f32, @floatFromInt(i + 1));
+    // numpy: np.sum(1 / np.arange(1, 301, dtype=np.float32), dtype=np.float32)
+    try testing.expectEqual(@as(f32, 6.282664775848389), pairwiseSum(&x));
+}
+
+test "number flags are plain decimal" {
+    for ([_][]const u8{ "0", "1.5", "+2", "-0.5", ".5", "5.", "1e5", "2.5E-3", "007" }) |t| try testing.expect(isPlainFloat(t));
+    for ([_][]const u8{ "", "inf", "nan", "1_0", " 1", "1 ", "0x10", "e5", ".", "1e", "1e+", "+", "1.2.3" }) |t| try testing.expect(!isPlainFloat(t));
+    for ([_][]const u8{ "0", "+7", "-3", "0012" }) |t| try testing.expect(isPlainInt(t));
+    for ([_][]const u8{ "", "+", "1.0", "1_0", " 1", "1e3", "x" }) |t| try testing.expect(!isPlainInt(t));
+}
