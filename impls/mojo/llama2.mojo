@@ -1,0 +1,1851 @@
+# Llama 2 inference in pure Mojo, after karpathy/llama2.c's run.c.
+#
+# One token at a time, fp32, weights memory-mapped straight from the checkpoint
+# (llama2.c v0/v1 or GGUF fp32). The port contract (docs/port-contract.md) is the
+# specification; orchestrator/reference/ is the executable definition.
+#
+# Sections, top to bottom: errors and files, model (config, weights, state),
+# checkpoint readers, forward pass, tokenizer, sampler, generation, command line.
+
+from std.collections import List
+from std.ffi import external_call
+from std.math import exp, sqrt, cos, sin
+from std.memory import Pointer, bitcast
+from std.sys import argv, simd_width_of
+from std.time import perf_counter_ns
+from max.algorithm import parallelize
+
+comptime FPtr = Pointer[Float32, MutUntrackedOrigin]
+comptime BPtr = Pointer[UInt8, MutUntrackedOrigin]
+comptime KPtr = Pointer[UInt64, MutUntrackedOrigin]
+# SIMD lanes of one float32 register on the build machine (16 on AVX-512, 8 on
+# AVX2, 4 on NEON): the generic vector code below adapts to it.
+comptime NW = simd_width_of[DType.float32]()
+
+comptime PORT_NAME = "mojo"
+comptime EXIT_RUNTIME = 1
+comptime EXIT_USAGE = 2
+comptime EXIT_BAD_FILE = 3
+comptime BOS = 1
+comptime EOS = 2
+
+# The contract's limits (section 4): checked before anything is sized from a header.
+comptime MAX_DIM = 65536
+comptime MAX_HIDDEN = 262144
+comptime MAX_LAYERS = 1024
+comptime MAX_VOCAB = 1048576
+comptime MAX_SEQ = 65536
+comptime MAX_KV_BYTES = 4 << 30
+comptime MAX_TOKEN_LENGTH = 1024
+comptime MAX_GGUF_ENTRIES = 65536
+comptime V1_MAGIC = 0x616B3432
+comptime V0_HEADER_BYTES = 28
+comptime V1_HEADER_BYTES = 256
+
+
+# ----------------------------------------------------------------------------
+# Errors: an Error's text starts with its exit code digit, so that `main` can
+# print one `error:` line and exit with the contract's code.
+
+
+def usage_error(msg: String) -> Error:
+    return Error(String(EXIT_USAGE) + msg)
+
+
+def file_error(path: String, problem: String) -> Error:
+    return Error(String(EXIT_BAD_FILE) + path + ": " + problem)
+
+
+def runtime_error(msg: String) -> Error:
+    return Error(String(EXIT_RUNTIME) + msg)
+
+
+# ----------------------------------------------------------------------------
+# Raw memory and files, through libc (open/mmap/write), so that weights are
+# mapped rather than copied and every failure is ours to report.
+
+
+def alloc_floats(n: Int) raises -> FPtr:
+    """Zeroed float32 buffer; a failed allocation is a runtime error (exit 1)."""
+    var p = external_call["calloc", FPtr](max(n, 1), 4)
+    if Int(p) == 0:
+        raise runtime_error("cannot allocate " + String(n * 4) + " bytes")
+    return p
+
+
+def alloc_keys(n: Int) raises -> KPtr:
+    var p = external_call["calloc", KPtr](max(n, 1), 8)
+    if Int(p) == 0:
+        raise runtime_error("cannot allocate " + String(n * 8) + " bytes")
+    return p
+
+
+def free_floats(p: FPtr):
+    external_call["free", NoneType](p)
+
+
+def c_path(path: String) -> List[UInt8]:
+    """NUL-terminated bytes of `path` for libc."""
+    var out = List[UInt8]()
+    for b in path.as_bytes():
+        out.append(b)
+    out.append(0)
+    return out^
+
+
+def string_from(p: BPtr, n: Int) -> String:
+    """A String holding the n bytes at p (for messages: invalid UTF-8 is kept as is)."""
+    return String(StringSlice(unsafe_from_utf8=Span(unsafe_ptr=p, length=n)))
+
+
+def write_all(fd: Int32, data: BPtr, n: Int) -> Bool:
+    var done = 0
+    while done < n:
+        var w = external_call["write", Int](fd, data.unsafe_offset(done), n - done)
+        if w <= 0:
+            return False
+        done += w
+    return True
+
+
+def write_string(fd: Int32, s: String):
+    var bytes = s.as_bytes()
+    _ = write_all(fd, BPtr(unsafe_from_address=Int(bytes.unsafe_ptr())), len(bytes))
+
+
+struct MappedFile(Movable):
+    """A whole file mapped read-only (an empty file gets a 1-byte stand-in)."""
+
+    var data: BPtr
+    var size: Int
+
+    def __init__(out self, path: String) raises:
+        var cpath = c_path(path)
+        var fd = external_call["open", Int32](
+            cpath.unsafe_ptr().unsafe_bitcast[NoneType](), Int32(0), Int32(0)
+        )
+        if fd < 0:
+            if external_call["access", Int32](cpath.unsafe_ptr(), Int32(0)) != 0:
+                raise file_error(path, "cannot open: no such file")
+            raise file_error(path, "cannot open: permission denied")
+        var probe = List[UInt8](length=1, fill=0)
+        # read() fails on a directory, which open() accepts
+        if external_call["pread", Int](fd, probe.unsafe_ptr(), 1, Int64(0)) < 0:
+            _ = external_call["close", Int32](fd)
+            raise file_error(path, "cannot open: is a directory or unreadable")
+        var size = Int(external_call["lseek", Int64](fd, Int64(0), Int32(2)))
+        if size < 0:
+            _ = external_call["close", Int32](fd)
+            raise file_error(path, "cannot open: not a regular file")
+        self.size = size
+        # an empty file maps nothing: a 1-byte stand-in keeps the pointer valid
+        self.data = external_call["calloc", BPtr](1, 8)
+        if size > 0:
+            external_call["free", NoneType](self.data)
+            # PROT_READ = 1, MAP_PRIVATE = 2 on Linux and macOS alike
+            var p = external_call["mmap", BPtr](Int(0), size, Int32(1), Int32(2), fd, Int64(0))
+            if Int(p) == -1 or Int(p) == 0:
+                _ = external_call["close", Int32](fd)
+                raise file_error(path, "cannot map the file into memory")
+            self.data = p
+        _ = external_call["close", Int32](fd)
+        _ = cpath^  # the C strings lived through the calls that used them
+        _ = probe^
+
+    def close(mut self):
+        if self.size > 0:
+            _ = external_call["munmap", Int32](self.data, self.size)
+        elif self.size == 0:
+            external_call["free", NoneType](self.data)
+        self.size = -1
+
+
+# Little-endian readers at arbitrary (unaligned) byte offsets.
+
+
+@always_inline
+def rd_u8(p: BPtr, off: Int) -> Int:
+    return Int(p.unsafe_load(off))
+
+
+@always_inline
+def rd_u32(p: BPtr, off: Int) -> UInt32:
+    return (
+        UInt32(p.unsafe_load(off))
+        | (UInt32(p.unsafe_load(off + 1)) << 8)
+        | (UInt32(p.unsafe_load(off + 2)) << 16)
+        | (UInt32(p.unsafe_load(off + 3)) << 24)
+    )
+
+
+@always_inline
+def rd_i32(p: BPtr, off: Int) -> Int:
+    return Int(bitcast[DType.int32, 1](rd_u32(p, off)))
+
+
+@always_inline
+def rd_u64(p: BPtr, off: Int) -> UInt64:
+    return UInt64(rd_u32(p, off)) | (UInt64(rd_u32(p, off + 4)) << 32)
+
+
+@always_inline
+def rd_f32(p: BPtr, off: Int) -> Float32:
+    return bitcast[DType.float32, 1](rd_u32(p, off))
+
+
+# ----------------------------------------------------------------------------
+# Model: config, weights, run state
+
+
+@fieldwise_init
+struct Config(Copyable, Movable):
+    var dim: Int  # transformer dimension
+    var hidden_dim: Int  # FFN hidden dimension
+    var n_layers: Int
+    var n_heads: Int  # query heads
+    var n_kv_heads: Int  # key/value heads (< n_heads: grouped-query attention)
+    var vocab_size: Int
+    var seq_len: Int  # maximum sequence length
+    var shared_classifier: Bool  # logits = token_embedding @ x
+
+    def head_size(self) -> Int:
+        return self.dim // self.n_heads
+
+    def kv_dim(self) -> Int:
+        return self.n_kv_heads * self.head_size()
+
+    def describe(self) -> String:
+        return (
+            "dim=" + String(self.dim) + " hidden_dim=" + String(self.hidden_dim)
+            + " n_layers=" + String(self.n_layers) + " n_heads=" + String(self.n_heads)
+            + " n_kv_heads=" + String(self.n_kv_heads) + " vocab_size="
+            + String(self.vocab_size) + " seq_len=" + String(self.seq_len)
+        )
+
+    def validate(self, path: String) raises:
+        """The contract's header checks, in 64-bit, before any size is trusted."""
+        var names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"]
+        var values = [self.dim, self.hidden_dim, self.n_layers, self.n_heads,
+                      self.n_kv_heads, self.vocab_size, self.seq_len]
+        for i in range(len(values)):
+            if values[i] <= 0:
+                raise file_error(path, "header value " + names[i] + "=" + String(values[i]) + " must be positive")
+        var limits = [MAX_DIM, MAX_HIDDEN, MAX_LAYERS, self.dim, -1, MAX_VOCAB, MAX_SEQ]
+        for i in range(len(values)):
+            if limits[i] >= 0 and values[i] > limits[i]:
+                raise file_error(path, "header value " + names[i] + "=" + String(values[i])
+                                 + " exceeds the limit " + String(limits[i]))
+        if self.dim % self.n_heads != 0:
+            raise file_error(path, "dim=" + String(self.dim) + " is not a multiple of n_heads=" + String(self.n_heads))
+        if self.head_size() % 2 != 0:
+            raise file_error(path, "head_size=" + String(self.head_size()) + " must be even for RoPE")
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads != 0:
+            raise file_error(path, "n_heads=" + String(self.n_heads) + " is not a multiple of n_kv_heads="
+                             + String(self.n_kv_heads))
+        var kv_bytes = self.n_layers * self.seq_len * self.kv_dim() * 2 * 4
+        if kv_bytes > MAX_KV_BYTES:
+            raise file_error(path, "KV cache of " + String(kv_bytes) + " bytes exceeds the 4 GiB limit")
+
+    def weight_floats(self) -> Int:
+        """Floats of every weight tensor (the classifier only when unshared)."""
+        var d = self.dim
+        var h = self.hidden_dim
+        var kv = self.kv_dim()
+        var per_layer = 2 * d + d * d * 2 + kv * d * 2 + h * d * 3
+        var n = self.vocab_size * d + self.n_layers * per_layer + d
+        if not self.shared_classifier:
+            n += self.vocab_size * d
+        return n
+
+
+struct Weights(Movable):
+    """Pointers into the mapped file; per-layer tensors get one pointer per layer
+    because GGUF stores each layer's matrices separately."""
+
+    var token_embedding: FPtr  # (vocab, dim)
+    var rms_att: List[FPtr]  # (layer) -> (dim)
+    var wq: List[FPtr]  # (layer) -> (n_heads * head_size, dim)
+    var wk: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
+    var wv: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
+    var wo: List[FPtr]  # (layer) -> (dim, n_heads * head_size)
+    var rms_ffn: List[FPtr]  # (layer) -> (dim)
+    var w1: List[FPtr]  # (layer) -> (hidden_dim, dim)
+    var w2: List[FPtr]  # (layer) -> (dim, hidden_dim)
+    var w3: List[FPtr]  # (layer) -> (hidden_dim, dim)
+    var rms_final: FPtr  # (dim)
+    var wcls: FPtr  # (vocab, dim): token_embedding when shared
+
+    def __init__(out self, base: FPtr):
+        var null = base  # placeholder until the reader sets each pointer
+        self.token_embedding = null
+        self.rms_att = List[FPtr]()
+        self.wq = List[FPtr]()
+        self.wk = List[FPtr]()
+        self.wv = List[FPtr]()
+        self.wo = List[FPtr]()
+        self.rms_ffn = List[FPtr]()
+        self.w1 = List[FPtr]()
+        self.w2 = List[FPtr]()
+        self.w3 = List[FPtr]()
+        self.rms_final = null
+        self.wcls = null
+
+
+struct Vocab(Movable):
+    """Token pieces (raw bytes, all in one buffer) and their merge scores."""
+
+    var bytes: List[UInt8]
+    var offsets: List[Int]  # (vocab + 1): piece i is bytes[offsets[i] : offsets[i + 1]]
+    var scores: List[Float32]  # (vocab)
+    var max_token_length: Int
+
+    def __init__(out self):
+        self.bytes = List[UInt8]()
+        self.offsets = List[Int]()
+        self.offsets.append(0)
+        self.scores = List[Float32]()
+        self.max_token_length = 1
+
+    def size(self) -> Int:
+        return len(self.scores)
+
+    def add(mut self, src: BPtr, n: Int, score: Float32):
+        for i in range(n):
+            self.bytes.append(src.unsafe_load(i))
+        self.offsets.append(len(self.bytes))
+        self.scores.append(score)
+
+
+struct Model(Movable):
+    var config: Config
+    var weights: Weights
+    var file: MappedFile
+    var vocab: Vocab  # filled only by GGUF, which embeds its tokenizer
+    var has_vocab: Bool
+
+    def __init__(out self, var config: Config, var file: MappedFile):
+        self.config = config^
+        self.weights = Weights(file.data.unsafe_bitcast[Float32]())
+        self.file = file^
+        self.vocab = Vocab()
+        self.has_vocab = False
+
+
+struct RunState(Movable):
+    """Activations of the current position and the KV cache."""
+
+    var x: FPtr  # (dim) residual stream
+    var xb: FPtr  # (dim) normed input of the attention and FFN blocks
+    var xatt: FPtr  # (dim) attention output, all heads (workers still read xb meanwhile)
+    var xb2: FPtr  # (dim) wo and w2 output
+    var hb: FPtr  # (hidden_dim) w1 output, then the gated hidden state
+    var hb2: FPtr  # (hidden_dim) w3 output
+    var q: FPtr  # (dim)
+    var att: FPtr  # (n_heads, seq_len) attention scores
+    var rope_cos: FPtr  # (dim / 2) rotation of each adjacent pair at this position
+    var rope_sin: FPtr  # (dim / 2)
+    var logits: FPtr  # (vocab)
+    var key_cache: FPtr  # (layer, seq_len, kv_dim)
+    var value_cache: FPtr  # (layer, seq_len, kv_dim)
+
+    def __init__(out self, c: Config) raises:
+        var cache = c.n_layers * c.seq_len * c.kv_dim()
+        self.x = alloc_floats(c.dim)
+        self.xb = alloc_floats(c.dim)
+        self.xatt = alloc_floats(c.dim)
+        self.xb2 = alloc_floats(c.dim)
+        self.hb = alloc_floats(c.hidden_dim)
+        self.hb2 = alloc_floats(c.hidden_dim)
+        self.q = alloc_floats(c.dim)
+        self.att = alloc_floats(c.n_heads * c.seq_len)
+        self.rope_cos = alloc_floats(c.dim // 2)
+        self.rope_sin = alloc_floats(c.dim // 2)
+        self.logits = alloc_floats(c.vocab_size)
+        self.key_cache = alloc_floats(cache)
+        self.value_cache = alloc_floats(cache)
+
+    def free(mut self):
+        for p in [self.x, self.xb, self.xatt, self.xb2, self.hb, self.hb2, self.q, self.att,
+                  self.rope_cos, self.rope_sin, self.logits, self.key_cache, self.value_cache]:
+            free_floats(p)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoint readers: sniff, v0, v1, GGUF. Each validates the header against the
+# contract's limits and the file's size before it takes a pointer into the map.
+
+
+def check_size(path: String, actual: Int, expected: Int, c: Config) raises:
+    if actual != expected:
+        var kind = "truncated" if actual < expected else "oversized"
+        raise file_error(path, kind + ": file is " + String(actual) + " bytes, header ("
+                         + c.describe() + ") implies " + String(expected))
+
+
+def map_layers(mut dst: List[FPtr], base: FPtr, at: Int, n_layers: Int, stride: Int) -> Int:
+    """Per-layer pointers into one (layer, ...) tensor at float offset `at`; returns
+    the offset after it."""
+    for l in range(n_layers):
+        dst.append(base.unsafe_offset(at + l * stride))
+    return at + n_layers * stride
+
+
+def read_v0(path: String, var file: MappedFile) raises -> Model:
+    if file.size < V0_HEADER_BYTES:
+        raise file_error(path, "truncated: " + String(file.size) + " bytes, a v0 header needs "
+                         + String(V0_HEADER_BYTES))
+    var h = file.data
+    var vocab = rd_i32(h, 20)
+    var c = Config(rd_i32(h, 0), rd_i32(h, 4), rd_i32(h, 8), rd_i32(h, 12), rd_i32(h, 16),
+                   abs(vocab), rd_i32(h, 24), vocab > 0)
+    c.validate(path)
+    # the legacy freq_cis_real / freq_cis_imag tables, (seq_len, head_size / 2) each
+    var freq = 2 * c.seq_len * (c.head_size() // 2)
+    check_size(path, file.size, V0_HEADER_BYTES + 4 * (c.weight_floats() + freq), c)
+    var m = Model(c^, file^)
+    var base = m.file.data.unsafe_offset(V0_HEADER_BYTES).unsafe_bitcast[Float32]()
+    var d = m.config.dim
+    var kv = m.config.kv_dim()
+    var hd = m.config.hidden_dim
+    var L = m.config.n_layers
+    var V = m.config.vocab_size
+    var w = Weights(base)
+    w.token_embedding = base
+    var at = V * d
+    at = map_layers(w.rms_att, base, at, L, d)
+    at = map_layers(w.wq, base, at, L, d * d)
+    at = map_layers(w.wk, base, at, L, kv * d)
+    at = map_layers(w.wv, base, at, L, kv * d)
+    at = map_layers(w.wo, base, at, L, d * d)
+    at = map_layers(w.rms_ffn, base, at, L, d)
+    at = map_layers(w.w1, base, at, L, hd * d)
+    at = map_layers(w.w2, base, at, L, d * hd)
+    at = map_layers(w.w3, base, at, L, hd * d)
+    w.rms_final = base.unsafe_offset(at)
+    at += d + freq
+    w.wcls = w.token_embedding if m.config.shared_classifier else base.unsafe_offset(at)
+    m.weights = w^
+    return m^
+
+
+def read_v1(path: String, var file: MappedFile) raises -> Model:
+    if file.size < V1_HEADER_BYTES:
+        raise file_error(path, "truncated: " + String(file.size) + " bytes, a v1 header needs "
+                         + String(V1_HEADER_BYTES))
+    var h = file.data
+    var version = rd_i32(h, 4)
+    if version != 1:
+        raise file_error(path, "unsupported llama2.c format version " + String(version)
+                         + " (only 0 and 1 are fp32)")
+    var shared = rd_u8(h, 36)
+    if shared != 0 and shared != 1:
+        raise file_error(path, "shared_classifier flag is " + String(shared) + ", expected 0 or 1")
+    var c = Config(rd_i32(h, 8), rd_i32(h, 12), rd_i32(h, 16), rd_i32(h, 20), rd_i32(h, 24),
+                   rd_i32(h, 28), rd_i32(h, 32), shared == 1)
+    c.validate(path)
+    check_size(path, file.size, V1_HEADER_BYTES + 4 * c.weight_floats(), c)
+    var m = Model(c^, file^)
+    var base = m.file.data.unsafe_offset(V1_HEADER_BYTES).unsafe_bitcast[Float32]()
+    var d = m.config.dim
+    var kv = m.config.kv_dim()
+    var hd = m.config.hidden_dim
+    var L = m.config.n_layers
+    var V = m.config.vocab_size
+    var w = Weights(base)
+    # v1 puts the small vectors first, then the matrices
+    var at = map_layers(w.rms_att, base, 0, L, d)
+    at = map_layers(w.rms_ffn, base, at, L, d)
+    w.rms_final = base.unsafe_offset(at)
+    at += d
+    w.token_embedding = base.unsafe_offset(at)
+    at += V * d
+    at = map_layers(w.wq, base, at, L, d * d)
+    at = map_layers(w.wk, base, at, L, kv * d)
+    at = map_layers(w.wv, base, at, L, kv * d)
+    at = map_layers(w.wo, base, at, L, d * d)
+    at = map_layers(w.w1, base, at, L, hd * d)
+    at = map_layers(w.w2, base, at, L, d * hd)
+    at = map_layers(w.w3, base, at, L, hd * d)
+    w.wcls = w.token_embedding if m.config.shared_classifier else base.unsafe_offset(at)
+    m.weights = w^
+    return m^
+
+
+# --- GGUF
+
+
+struct ByteTable(Movable):
+    """Open-addressing hash table from byte strings (kept where they live: in the
+    mapped file or a Vocab) to ids."""
+
+    var slots: List[Int]  # entry index, or -1
+    var key_addr: List[Int]
+    var key_len: List[Int]
+    var value: List[Int]
+    var mask: Int
+
+    def __init__(out self, expected: Int):
+        var cap = 16
+        while cap < 2 * expected:
+            cap *= 2
+        self.slots = List[Int](length=cap, fill=-1)
+        self.key_addr = List[Int]()
+        self.key_len = List[Int]()
+        self.value = List[Int]()
+        self.mask = cap - 1
+
+    @staticmethod
+    def hash(p: BPtr, n: Int) -> Int:
+        var h = UInt64(0xCBF29CE484222325)  # FNV-1a
+        for i in range(n):
+            h = (h ^ UInt64(p.unsafe_load(i))) * UInt64(0x100000001B3)
+        return Int(h >> 1)
+
+    def _slot(self, p: BPtr, n: Int) -> Int:
+        var s = ByteTable.hash(p, n) & self.mask
+        while True:
+            var e = self.slots[s]
+            if e < 0:
+                return s
+            if self.key_len[e] == n:
+                var k = BPtr(unsafe_from_address=self.key_addr[e])
+                var same = True
+                for i in range(n):
+                    if k.unsafe_load(i) != p.unsafe_load(i):
+                        same = False
+                        break
+                if same:
+                    return s
+            s = (s + 1) & self.mask
+
+    def find(self, p: BPtr, n: Int) -> Int:
+        var e = self.slots[self._slot(p, n)]
+        return self.value[e] if e >= 0 else -1
+
+    def insert(mut self, p: BPtr, n: Int, value: Int, replace: Bool):
+        """Adds key -> value; an existing key keeps its value unless `replace`."""
+        if 2 * (len(self.value) + 1) > self.mask + 1:
+            self._grow()
+        var s = self._slot(p, n)
+        var e = self.slots[s]
+        if e >= 0:
+            if replace:
+                self.value[e] = value
+            return
+        self.slots[s] = len(self.value)
+        self.key_addr.append(Int(p))
+        self.key_len.append(n)
+        self.value.append(value)
+
+    def _grow(mut self):
+        var cap = 2 * (self.mask + 1)
+        self.mask = cap - 1
+        self.slots = List[Int](length=cap, fill=-1)
+        for e in range(len(self.value)):
+            var s = ByteTable.hash(BPtr(unsafe_from_address=self.key_addr[e]), self.key_len[e]) & self.mask
+            while self.slots[s] >= 0:
+                s = (s + 1) & self.mask
+            self.slots[s] = e
+
+
+struct Cursor:
+    """Bounds-checked reading of a mapped GGUF file."""
+
+    var data: BPtr
+    var size: Int
+    var off: Int
+    var path: String
+
+    def __init__(out self, data: BPtr, size: Int, path: String):
+        self.data = data
+        self.size = size
+        self.off = 0
+        self.path = path
+
+    def need(self, n: UInt64, what: String) raises:
+        if n > UInt64(self.size - self.off):
+            raise file_error(self.path, "truncated or corrupt: " + what + " runs past the end of the file")
+
+    def u32(mut self, what: String) raises -> UInt32:
+        self.need(4, what)
+        var v = rd_u32(self.data, self.off)
+        self.off += 4
+        return v
+
+    def u64(mut self, what: String) raises -> UInt64:
+        self.need(8, what)
+        var v = rd_u64(self.data, self.off)
+        self.off += 8
+        return v
+
+    def string(mut self, what: String) raises -> Int:
+        """Skips a string; returns the offset of its bytes (length at off - 8 - ...)."""
+        var n = self.u64(what)
+        self.need(n, what)
+        var at = self.off
+        self.off += Int(n)
+        return at
+
+
+def gguf_scalar_size(t: Int) -> Int:
+    """Bytes of a GGUF scalar value type, 0 for string/array/unknown."""
+    if t == 0 or t == 1 or t == 7:
+        return 1
+    if t == 2 or t == 3:
+        return 2
+    if t == 4 or t == 5 or t == 6:
+        return 4
+    if t == 10 or t == 11 or t == 12:
+        return 8
+    return 0
+
+
+def gguf_is_int(t: Int) -> Bool:
+    return gguf_scalar_size(t) > 0 and t != 6 and t != 12
+
+
+def gguf_int_at(p: BPtr, off: Int, t: Int) -> Int:
+    """An integer-typed scalar, saturated to Int's range."""
+    if t == 0 or t == 7:
+        return rd_u8(p, off)
+    if t == 1:
+        return Int(bitcast[DType.int8, 1](p.unsafe_load(off)))
+    if t == 2:
+        return rd_u8(p, off) | (rd_u8(p, off + 1) << 8)
+    if t == 3:
+        return Int(bitcast[DType.int16, 1](UInt16(rd_u8(p, off) | (rd_u8(p, off + 1) << 8))))
+    if t == 4:
+        return Int(rd_u32(p, off))
+    if t == 5:
+        return rd_i32(p, off)
+    if t == 10:
+        var v = rd_u64(p, off)
+        return Int(v) if v < UInt64(1 << 62) else (1 << 62)
+    return Int(bitcast[DType.int64, 1](rd_u64(p, off)))
+
+
+def gguf_float_at(p: BPtr, off: Int, t: Int) -> Float32:
+    if t == 6:
+        return rd_f32(p, off)
+    if t == 12:
+        return Float32(bitcast[DType.float64, 1](rd_u64(p, off)))
+    return Float32(gguf_int_at(p, off, t))
+
+
+@fieldwise_init
+struct KvValue(Copyable, Movable):
+    """Where one key's value lies in the file (absent: type = -1)."""
+
+    var vtype: Int  # value type, or -1 when the key is absent
+    var off: Int  # offset of the value (of the first element, for arrays)
+    var etype: Int  # array element type
+    var count: Int  # array element count
+
+    @staticmethod
+    def absent() -> KvValue:
+        return KvValue(-1, 0, -1, 0)
+
+
+def skip_gguf_value(mut cur: Cursor, vtype: Int, key: String) raises -> KvValue:
+    var at = cur.off
+    var size = gguf_scalar_size(vtype)
+    if size > 0:
+        cur.need(UInt64(size), key)
+        cur.off += size
+        return KvValue(vtype, at, -1, 0)
+    if vtype == 8:
+        _ = cur.string(key)
+        return KvValue(vtype, at, -1, 0)
+    if vtype == 9:
+        var etype = Int(cur.u32(key))
+        var count = cur.u64(key)
+        var esize = gguf_scalar_size(etype)
+        if esize == 0 and etype != 8:
+            raise file_error(cur.path, key + ": unsupported array element type " + String(etype))
+        var min_size = esize if esize > 0 else 8
+        # each element takes at least min_size bytes: bounds the count before the loop
+        if count > UInt64(cur.size - cur.off) // UInt64(min_size):
+            raise file_error(cur.path, "truncated or corrupt: " + key + " runs past the end of the file")
+        var first = cur.off
+        if esize > 0:
+            cur.off += Int(count) * esize
+        else:
+            for _ in range(Int(count)):
+                _ = cur.string(key)
+        return KvValue(vtype, first, etype, Int(count))
+    raise file_error(cur.path, key + ": unknown value type " + String(vtype))
+
+
+def bytes_equal(p: BPtr, n: Int, s: String) -> Bool:
+    var b = s.as_bytes()
+    if len(b) != n:
+        return False
+    for i in range(n):
+        if p.unsafe_load(i) != b[i]:
+            return False
+    return True
+
+
+def gguf_int_key(path: String, data: BPtr, kv: KvValue, key: String, default: Int) raises -> Int:
+    if kv.vtype < 0:
+        if default < 0:
+            raise file_error(path, "missing required key " + key)
+        return default
+    if not gguf_is_int(kv.vtype):
+        raise file_error(path, "key " + key + " must be an integer")
+    return gguf_int_at(data, kv.off, kv.vtype)
+
+
+def gguf_vocab(data: BPtr, tokens: KvValue, scores: KvValue, types: KvValue) -> Vocab:
+    """The embedded tokenizer (arrays already bounds-checked): U+2581 spells a
+    space; the control tokens <s> and </s> are llama2.c's "\n<s>\n" and "\n</s>\n"."""
+    var v = Vocab()
+    var use_types = types.vtype == 9 and gguf_is_int(types.etype) and types.count == tokens.count
+    var tsize = gguf_scalar_size(types.etype) if use_types else 0
+    var ssize = gguf_scalar_size(scores.etype)
+    var piece = List[UInt8]()
+    var at = tokens.off
+    for i in range(tokens.count):
+        var n = Int(rd_u64(data, at))
+        var text = data.unsafe_offset(at + 8)
+        at += 8 + n
+        var score = gguf_float_at(data, scores.off + i * ssize, scores.etype)
+        piece.clear()
+        var control = use_types and gguf_int_at(data, types.off + i * tsize, types.etype) == 3
+        if control and (bytes_equal(text, n, "<s>") or bytes_equal(text, n, "</s>")):
+            piece.append(10)
+            for j in range(n):
+                piece.append(text.unsafe_load(j))
+            piece.append(10)
+        else:
+            var j = 0
+            while j < n:
+                if j + 2 < n and text.unsafe_load(j) == 0xE2 and text.unsafe_load(j + 1) == 0x96 and text.unsafe_load(j + 2) == 0x81:
+                    piece.append(32)
+                    j += 3
+                else:
+                    piece.append(text.unsafe_load(j))
+                    j += 1
+        v.add(BPtr(unsafe_from_address=Int(piece.unsafe_ptr())), len(piece), score)
+        v.max_token_length = max(v.max_token_length, len(piece))
+    _ = piece^
+    return v^
+
+
+def read_gguf(path: String, var file: MappedFile) raises -> Model:
+    var data = file.data
+    var cur = Cursor(data, file.size, path)
+    cur.need(4, "magic")
+    if not bytes_equal(data, 4, "GGUF"):
+        raise file_error(path, "bad magic, not a GGUF file")
+    cur.off = 4
+    var version = cur.u32("version")
+    if version != 2 and version != 3:
+        raise file_error(path, "unsupported GGUF version " + String(version) + " (2 and 3 are read)")
+    var n_tensors = cur.u64("tensor count")
+    var n_kv = cur.u64("kv count")
+    if n_tensors > UInt64(MAX_GGUF_ENTRIES) or n_kv > UInt64(MAX_GGUF_ENTRIES):
+        raise file_error(path, "implausible counts: " + String(n_tensors) + " tensors, " + String(n_kv)
+                         + " keys (limit " + String(MAX_GGUF_ENTRIES) + ")")
+
+    # the keys we use, in this order
+    var wanted = ["general.architecture", "general.alignment", "llama.embedding_length",
+                  "llama.feed_forward_length", "llama.block_count", "llama.attention.head_count",
+                  "llama.attention.head_count_kv", "llama.context_length", "tokenizer.ggml.tokens",
+                  "tokenizer.ggml.scores", "tokenizer.ggml.token_type"]
+    var found = List[KvValue](length=len(wanted), fill=KvValue.absent())
+    for _ in range(Int(n_kv)):
+        var key_at = cur.string("key")
+        var key_len = cur.off - key_at
+        var key = string_from(data.unsafe_offset(key_at), key_len)
+        var vtype = Int(cur.u32("type of " + key))
+        var value = skip_gguf_value(cur, vtype, key)
+        for i in range(len(wanted)):
+            if bytes_equal(data.unsafe_offset(key_at), key_len, wanted[i]):
+                found[i] = value.copy()  # a repeated key: the last one wins
+
+    # tensor infos: name -> index into the lists below
+    var names = ByteTable(Int(n_tensors))
+    var t_ndims = List[Int]()
+    var t_dims = List[UInt64]()  # 4 per tensor
+    var t_type = List[Int]()
+    var t_offset = List[UInt64]()
+    for i in range(Int(n_tensors)):
+        var name_at = cur.string("tensor name")
+        var name_len = cur.off - name_at
+        var name = string_from(data.unsafe_offset(name_at), name_len)
+        var n_dims = Int(cur.u32(name))
+        if n_dims > 4:
+            raise file_error(path, "tensor " + name + " has " + String(n_dims) + " dimensions")
+        t_ndims.append(n_dims)
+        for j in range(4):
+            t_dims.append(cur.u64(name) if j < n_dims else UInt64(0))
+        t_type.append(Int(cur.u32(name)))
+        t_offset.append(cur.u64(name))
+        names.insert(data.unsafe_offset(name_at), name_len, i, True)
+
+    var arch = found[0].copy()
+    if arch.vtype != 8 or not bytes_equal(data.unsafe_offset(arch.off + 8), Int(rd_u64(data, arch.off)), "llama"):
+        raise file_error(path, "general.architecture is not 'llama'")
+    var align = gguf_int_key(path, data, found[1], "general.alignment", 32)
+    if align <= 0 or (align & (align - 1)) != 0 or align > 65536:
+        raise file_error(path, "general.alignment=" + String(align) + " is not a power of two up to 65536")
+    var data_start = (cur.off + align - 1) // align * align
+
+    var tokens = found[8].copy()
+    var scores = found[9].copy()
+    if tokens.vtype != 9 or tokens.etype != 8 or tokens.count == 0:
+        raise file_error(path, "missing tokenizer.ggml.tokens")
+    if scores.vtype != 9 or gguf_scalar_size(scores.etype) == 0 or scores.count != tokens.count:
+        raise file_error(path, "tokenizer.ggml.scores missing or not one per token")
+    var heads = gguf_int_key(path, data, found[5], "llama.attention.head_count", -1)
+    var output_name = String("output.weight")
+    var c = Config(
+        gguf_int_key(path, data, found[2], "llama.embedding_length", -1),
+        gguf_int_key(path, data, found[3], "llama.feed_forward_length", -1),
+        gguf_int_key(path, data, found[4], "llama.block_count", -1),
+        heads,
+        gguf_int_key(path, data, found[6], "llama.attention.head_count_kv", max(heads, 0)),
+        tokens.count,
+        gguf_int_key(path, data, found[7], "llama.context_length", -1),
+        names.find(BPtr(unsafe_from_address=Int(output_name.as_bytes().unsafe_ptr())), output_name.byte_length()) < 0,
+    )
+    c.validate(path)
+
+    var m = Model(c^, file^)
+    var d = m.config.dim
+    var kv = m.config.kv_dim()
+    var hd = m.config.hidden_dim
+    var V = m.config.vocab_size
+
+    # the checks of one tensor; returns its data
+    def tensor(gname: String, rows: Int, cols: Int) raises {imm} -> FPtr:
+        """(rows, cols) matrix, or a (cols) vector when rows == 0."""
+        var gb = gname.as_bytes()
+        var i = names.find(BPtr(unsafe_from_address=Int(gb.unsafe_ptr())), len(gb))
+        if i < 0:
+            raise file_error(path, "missing tensor " + gname)
+        if t_type[i] != 0:
+            raise file_error(path, "tensor " + gname + " has type " + String(t_type[i])
+                             + "; only F32 (0) is supported")
+        var want_dims = 2 if rows > 0 else 1
+        var ok = t_ndims[i] == want_dims and t_dims[4 * i] == UInt64(cols)
+        if want_dims == 2:
+            ok = ok and t_dims[4 * i + 1] == UInt64(rows)
+        if not ok:
+            var shape = "[" + String(cols) + (", " + String(rows) if rows > 0 else "") + "]"
+            raise file_error(path, "tensor " + gname + " has other dims than the expected " + shape)
+        var nbytes = 4 * cols * max(rows, 1)
+        var offset = t_offset[i]
+        if offset % 4 != 0 or offset > UInt64(m.file.size) or data_start + Int(offset) + nbytes > m.file.size:
+            raise file_error(path, "tensor " + gname + " lies outside the file")
+        return m.file.data.unsafe_offset(data_start + Int(offset)).unsafe_bitcast[Float32]()
+
+    var w = Weights(m.file.data.unsafe_bitcast[Float32]())
+    w.token_embedding = tensor("token_embd.weight", V, d)
+    w.rms_final = tensor("output_norm.weight", 0, d)
+    w.wcls = w.token_embedding if m.config.shared_classifier else tensor("output.weight", V, d)
+    for l in range(m.config.n_layers):
+        var blk = "blk." + String(l) + "."
+        w.rms_att.append(tensor(blk + "attn_norm.weight", 0, d))
+        w.wq.append(tensor(blk + "attn_q.weight", d, d))
+        w.wk.append(tensor(blk + "attn_k.weight", kv, d))
+        w.wv.append(tensor(blk + "attn_v.weight", kv, d))
+        w.wo.append(tensor(blk + "attn_output.weight", d, d))
+        w.rms_ffn.append(tensor(blk + "ffn_norm.weight", 0, d))
+        w.w1.append(tensor(blk + "ffn_gate.weight", hd, d))
+        w.w2.append(tensor(blk + "ffn_down.weight", d, hd))
+        w.w3.append(tensor(blk + "ffn_up.weight", hd, d))
+    m.weights = w^
+
+    m.vocab = gguf_vocab(data, found[8], found[9], found[10])
+    m.has_vocab = True
+    return m^
+
+
+def read_model(path: String) raises -> Model:
+    """Any supported checkpoint, sniffed from its first bytes."""
+    var file = MappedFile(path)
+    if file.size >= 4 and bytes_equal(file.data, 4, "GGUF"):
+        return read_gguf(path, file^)
+    if file.size >= 4 and rd_u32(file.data, 0) == UInt32(V1_MAGIC):
+        return read_v1(path, file^)
+    return read_v0(path, file^)
+
+
+def read_tokenizer(path: String, vocab_size: Int) raises -> Vocab:
+    """tokenizer.bin: int32 max_token_length, then per token float32 score, int32
+    length, bytes; exactly `vocab_size` tokens, nothing after them."""
+    var file = MappedFile(path)
+    var p = file.data
+    var size = file.size
+    if size < 4:
+        file.close()
+        raise file_error(path, "truncated: no max_token_length header")
+    var max_len = rd_i32(p, 0)
+    if max_len < 1 or max_len > MAX_TOKEN_LENGTH:
+        file.close()
+        raise file_error(path, "max_token_length=" + String(max_len) + " outside 1.." + String(MAX_TOKEN_LENGTH))
+    var v = Vocab()
+    v.max_token_length = max_len
+    var off = 4
+    for i in range(vocab_size):
+        if off + 8 > size:
+            file.close()
+            raise file_error(path, "has only " + String(i) + " tokens, the model's vocabulary is " + String(vocab_size))
+        var score = rd_f32(p, off)
+        var n = rd_i32(p, off + 4)
+        off += 8
+        if n < 0 or n > max_len:
+            file.close()
+            raise file_error(path, "token " + String(i) + " has length " + String(n) + ", outside 0.." + String(max_len))
+        if score != score:
+            file.close()
+            raise file_error(path, "token " + String(i) + " has a NaN score")
+        if off + n > size:
+            file.close()
+            raise file_error(path, "truncated inside token " + String(i))
+        v.add(p.unsafe_offset(off), n, score)
+        off += n
+    if off != size:
+        file.close()
+        raise file_error(path, "has " + String(size - off) + " bytes after token " + String(vocab_size - 1)
+                         + ": its vocabulary is larger than the model's " + String(vocab_size))
+    file.close()
+    return v^
+
+
+# ----------------------------------------------------------------------------
+# Forward pass. Batch-1 decoding reads every weight once per token, so it is
+# memory-bound: the matmul streams rows with wide SIMD loads, four rows at a
+# time so each load of x serves four rows, and splits rows across workers.
+
+
+@always_inline
+def dot(a: FPtr, b: FPtr, n: Int) -> Float32:
+    var acc0 = SIMD[DType.float32, NW](0)
+    var acc1 = SIMD[DType.float32, NW](0)
+    var i = 0
+    while i + 2 * NW <= n:
+        acc0 += a.unsafe_load[width=NW](i) * b.unsafe_load[width=NW](i)
+        acc1 += a.unsafe_load[width=NW](i + NW) * b.unsafe_load[width=NW](i + NW)
+        i += 2 * NW
+    if i + NW <= n:
+        acc0 += a.unsafe_load[width=NW](i) * b.unsafe_load[width=NW](i)
+        i += NW
+    var s = (acc0 + acc1).reduce_add()
+    while i < n:
+        s += a.unsafe_load(i) * b.unsafe_load(i)
+        i += 1
+    return s
+
+
+@always_inline
+def matmul_4rows(xout: FPtr, x: FPtr, w: FPtr, n: Int, r: Int):
+    """xout[r..r+4) = w[r..r+4) @ x: one pass over x for four weight rows."""
+    var a0 = w.unsafe_offset(r * n)
+    var a1 = a0.unsafe_offset(n)
+    var a2 = a1.unsafe_offset(n)
+    var a3 = a2.unsafe_offset(n)
+    var c0 = SIMD[DType.float32, NW](0)
+    var c1 = SIMD[DType.float32, NW](0)
+    var c2 = SIMD[DType.float32, NW](0)
+    var c3 = SIMD[DType.float32, NW](0)
+    var i = 0
+    while i + NW <= n:
+        var xv = x.unsafe_load[width=NW](i)
+        c0 += a0.unsafe_load[width=NW](i) * xv
+        c1 += a1.unsafe_load[width=NW](i) * xv
+        c2 += a2.unsafe_load[width=NW](i) * xv
+        c3 += a3.unsafe_load[width=NW](i) * xv
+        i += NW
+    var s0 = c0.reduce_add()
+    var s1 = c1.reduce_add()
+    var s2 = c2.reduce_add()
+    var s3 = c3.reduce_add()
+    while i < n:
+        var xs = x.unsafe_load(i)
+        s0 += a0.unsafe_load(i) * xs
+        s1 += a1.unsafe_load(i) * xs
+        s2 += a2.unsafe_load(i) * xs
+        s3 += a3.unsafe_load(i) * xs
+        i += 1
+    xout.unsafe_store(r, s0)
+    xout.unsafe_store(r + 1, s1)
+    xout.unsafe_store(r + 2, s2)
+    xout.unsafe_store(r + 3, s3)
+
+
+def matmul_rows(xout: FPtr, x: FPtr, w: FPtr, n: Int, r0: Int, r1: Int):
+    """xout[r] = w[r, :] . x for r in [r0, r1); w is (d, n)."""
+    var r = r0
+    while r + 4 <= r1:
+        matmul_4rows(xout, x, w, n, r)
+        r += 4
+    while r < r1:
+        xout.unsafe_store(r, dot(w.unsafe_offset(r * n), x, n))
+        r += 1
+
+
+@always_inline
+def split(total: Int, part: Int, parts: Int) -> Int:
+    """Start of `part` of `parts` near-equal shares of [0, total), on 4-row bounds."""
+    return ((total // 4) * part // parts) * 4 if part < parts else total
+
+
+def matmul(xout: FPtr, x: FPtr, w: FPtr, n: Int, d: Int, nthreads: Int):
+    """W (d, n) @ x (n) -> xout (d), rows split across the workers."""
+    if nthreads <= 1:
+        matmul_rows(xout, x, w, n, 0, d)
+        return
+
+    def task(t: Int) {imm}:
+        matmul_rows(xout, x, w, n, split(d, t, nthreads), split(d, t + 1, nthreads))
+
+    parallelize(task, nthreads, nthreads)
+
+
+def rmsnorm(o: FPtr, x: FPtr, weight: FPtr, n: Int):
+    var ss = dot(x, x, n) / Float32(n) + Float32(1e-5)
+    var scale = Float32(1.0) / sqrt(ss)
+    for i in range(n):
+        o.unsafe_store(i, weight.unsafe_load(i) * (scale * x.unsafe_load(i)))
+
+
+def softmax(x: FPtr, n: Int):
+    var max_val = x.unsafe_load(0)
+    for i in range(1, n):
+        max_val = max(max_val, x.unsafe_load(i))
+    var total = Float32(0)
+    for i in range(n):
+        var e = exp(x.unsafe_load(i) - max_val)
+        x.unsafe_store(i, e)
+        total += e
+    for i in range(n):
+        x.unsafe_store(i, x.unsafe_load(i) / total)
+
+
+def attention_heads(s: RunState, c: Config, l: Int, pos: Int, h0: Int, h1: Int):
+    """Heads [h0, h1) at layer l: scores against every cached key, softmax, and the
+    weighted sum of values into xatt."""
+    var hs = c.head_size()
+    var kv_dim = c.kv_dim()
+    var kv_mul = c.n_heads // c.n_kv_heads
+    var scale = Float32(1.0) / sqrt(Float32(hs))
+    var layer_off = l * c.seq_len * kv_dim
+    for h in range(h0, h1):
+        var q = s.q.unsafe_offset(h * hs)
+        var att = s.att.unsafe_offset(h * c.seq_len)
+        var head_off = layer_off + (h // kv_mul) * hs
+        for t in range(pos + 1):
+            att.unsafe_store(t, dot(q, s.key_cache.unsafe_offset(head_off + t * kv_dim), hs) * scale)
+        softmax(att, pos + 1)
+        var xb = s.xatt.unsafe_offset(h * hs)
+        for i in range(hs):
+            xb.unsafe_store(i, 0)
+        for t in range(pos + 1):
+            var a = att.unsafe_load(t)
+            var v = s.value_cache.unsafe_offset(head_off + t * kv_dim)
+            var i = 0
+            while i + NW <= hs:
+                xb.unsafe_store(i, xb.unsafe_load[width=NW](i) + a * v.unsafe_load[width=NW](i))
+                i += NW
+            while i < hs:
+                xb.unsafe_store(i, xb.unsafe_load(i) + a * v.unsafe_load(i))
+                i += 1
+
+
+def rope(vec: FPtr, s: RunState, a: Int, b: Int):
+    """Rotate the adjacent pairs of vec[a:b) (a, b even) by this position's angles."""
+    for i in range(a // 2, b // 2):
+        var fcr = s.rope_cos.unsafe_load(i)
+        var fci = s.rope_sin.unsafe_load(i)
+        var v0 = vec.unsafe_load(2 * i)
+        var v1 = vec.unsafe_load(2 * i + 1)
+        vec.unsafe_store(2 * i, v0 * fcr - v1 * fci)
+        vec.unsafe_store(2 * i + 1, v0 * fci + v1 * fcr)
+
+
+def qkv_attention(s: RunState, m: Model, c: Config, l: Int, pos: Int, kv0: Int, kv1: Int):
+    """KV heads [kv0, kv1) of layer l and the query heads that read them: their rows
+    of q, k and v, RoPE, and attention into xatt."""
+    var hs = c.head_size()
+    var kv_mul = c.n_heads // c.n_kv_heads
+    var dim = c.dim
+    var cache_off = (l * c.seq_len + pos) * c.kv_dim()
+    var k = s.key_cache.unsafe_offset(cache_off)
+    var v = s.value_cache.unsafe_offset(cache_off)
+    var q0 = kv0 * kv_mul * hs
+    var q1 = kv1 * kv_mul * hs
+    matmul_rows(s.q, s.xb, m.weights.wq[l], dim, q0, q1)
+    matmul_rows(k, s.xb, m.weights.wk[l], dim, kv0 * hs, kv1 * hs)
+    matmul_rows(v, s.xb, m.weights.wv[l], dim, kv0 * hs, kv1 * hs)
+    rope(s.q, s, q0, q1)
+    rope(k, s, kv0 * hs, kv1 * hs)
+    attention_heads(s, c, l, pos, kv0 * kv_mul, kv1 * kv_mul)
+
+
+def ffn_rows(s: RunState, w1: FPtr, w3: FPtr, n: Int, r0: Int, r1: Int):
+    """hb[r0:r1) = silu(w1 @ xb) * (w3 @ xb): gate, up and SwiGLU in one pass."""
+    matmul_rows(s.hb, s.xb, w1, n, r0, r1)
+    matmul_rows(s.hb2, s.xb, w3, n, r0, r1)
+    for i in range(r0, r1):
+        var g = s.hb.unsafe_load(i)
+        s.hb.unsafe_store(i, g / (Float32(1.0) + exp(-g)) * s.hb2.unsafe_load(i))
+
+
+def forward(mut s: RunState, m: Model, token: Int, pos: Int, nthreads: Int) -> FPtr:
+    """Logits (vocab) after feeding `token` at position `pos`."""
+    var c = m.config.copy()
+    var dim = c.dim
+    var hidden = c.hidden_dim
+    var kv_dim = c.kv_dim()
+    var hs = c.head_size()
+    var x = s.x
+    var xb = s.xb
+
+    # x = token_embedding[token]
+    var row = m.weights.token_embedding.unsafe_offset(token * dim)
+    for i in range(dim):
+        x.unsafe_store(i, row.unsafe_load(i))
+
+    # RoPE rotation of each adjacent pair at this position, shared by all layers
+    for i in range(dim // 2):
+        var hd = (2 * i) % hs
+        var freq = Float32(1.0) / (Float32(10000.0) ** (Float32(hd) / Float32(hs)))
+        var a = Float32(pos) * freq
+        s.rope_cos.unsafe_store(i, cos(a))
+        s.rope_sin.unsafe_store(i, sin(a))
+
+    for l in range(c.n_layers):
+        var wq = m.weights.wq[l]
+        var wk = m.weights.wk[l]
+        var wv = m.weights.wv[l]
+        var cache_off = (l * c.seq_len + pos) * kv_dim
+        # k and v go straight into this position's cache row
+        var k = s.key_cache.unsafe_offset(cache_off)
+        var v = s.value_cache.unsafe_offset(cache_off)
+        var q = s.q
+
+        rmsnorm(xb, x, m.weights.rms_att[l], dim)
+
+        # q = wq @ xb, k = wk @ xb, v = wv @ xb, RoPE, attention. Each KV head with
+        # its query heads needs nothing from the others, so when the KV heads split
+        # evenly across the workers all of it is one parallel region.
+        var n_kv = c.n_kv_heads
+        if nthreads <= 1:
+            qkv_attention(s, m, c, l, pos, 0, n_kv)
+        elif n_kv % nthreads == 0:
+            def fused_task(t: Int) {imm}:
+                qkv_attention(s, m, c, l, pos, n_kv * t // nthreads, n_kv * (t + 1) // nthreads)
+
+            parallelize(fused_task, nthreads, nthreads)
+        else:
+            def qkv_task(t: Int) {imm}:
+                matmul_rows(q, xb, wq, dim, split(dim, t, nthreads), split(dim, t + 1, nthreads))
+                matmul_rows(k, xb, wk, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
+                matmul_rows(v, xb, wv, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
+
+            parallelize(qkv_task, nthreads, nthreads)
+            rope(q, s, 0, dim)
+            rope(k, s, 0, kv_dim)
+            var n_heads = c.n_heads
+
+            def att_task(t: Int) {imm}:
+                attention_heads(s, c, l, pos, n_heads * t // nthreads, n_heads * (t + 1) // nthreads)
+
+            parallelize(att_task, nthreads, nthreads)
+
+        # x += wo @ xatt
+        matmul(s.xb2, s.xatt, m.weights.wo[l], dim, dim, nthreads)
+        for i in range(dim):
+            x.unsafe_store(i, x.unsafe_load(i) + s.xb2.unsafe_load(i))
+
+        # FFN: xb = rmsnorm(x), then x += w2 @ (silu(w1 @ xb) * (w3 @ xb))
+        rmsnorm(xb, x, m.weights.rms_ffn[l], dim)
+        var w1 = m.weights.w1[l]
+        var w3 = m.weights.w3[l]
+        if nthreads <= 1:
+            ffn_rows(s, w1, w3, dim, 0, hidden)
+        else:
+            def ffn_task(t: Int) {imm}:
+                ffn_rows(s, w1, w3, dim, split(hidden, t, nthreads), split(hidden, t + 1, nthreads))
+
+            parallelize(ffn_task, nthreads, nthreads)
+        matmul(s.xb2, s.hb, m.weights.w2[l], hidden, dim, nthreads)
+        for i in range(dim):
+            x.unsafe_store(i, x.unsafe_load(i) + s.xb2.unsafe_load(i))
+
+    rmsnorm(x, x, m.weights.rms_final, dim)
+    # logits = wcls @ x
+    matmul(s.logits, x, m.weights.wcls, dim, c.vocab_size, nthreads)
+    return s.logits
+
+
+# ----------------------------------------------------------------------------
+# Tokenizer: byte-pair encoding with the dummy prefix and byte fallback; decode
+# with run.c's rules.
+
+
+struct Tokenizer(Movable):
+    var vocab: Vocab
+    var lookup: ByteTable  # piece bytes -> lowest id with those bytes
+
+    def __init__(out self, var vocab: Vocab):
+        self.vocab = vocab^
+        self.lookup = ByteTable(self.vocab.size())
+        var base = self.vocab.bytes.unsafe_ptr()
+        for i in range(self.vocab.size()):
+            var off = self.vocab.offsets[i]
+            # ids ascend, so a duplicated piece keeps its lower id
+            self.lookup.insert(BPtr(unsafe_from_address=Int(base) + off),
+                               self.vocab.offsets[i + 1] - off, i, False)
+
+    def piece_ptr(self, id: Int) -> BPtr:
+        return BPtr(unsafe_from_address=Int(self.vocab.bytes.unsafe_ptr()) + self.vocab.offsets[id])
+
+    def piece_len(self, id: Int) -> Int:
+        return self.vocab.offsets[id + 1] - self.vocab.offsets[id]
+
+    def find(self, p: BPtr, n: Int) -> Int:
+        return self.lookup.find(p, n)
+
+    def byte_token(self, b: UInt8) -> Int:
+        """The byte-fallback id <0xHH> (3 + byte); <unk> in a vocabulary too small to
+        have byte tokens, where run.c would index out of bounds."""
+        var id = Int(b) + 3
+        return id if id < self.vocab.size() else 0
+
+    def encode(self, text: List[UInt8], bos: Bool, eos: Bool) -> List[Int]:
+        var tokens = List[Int]()
+        if bos:
+            tokens.append(BOS)
+        var n = len(text)
+        var tp = BPtr(unsafe_from_address=Int(text.unsafe_ptr()))
+        if n > 0:
+            # the dummy prefix: sentencepiece's add_dummy_prefix
+            var space = List[UInt8](length=1, fill=32)
+            var sid = self.find(BPtr(unsafe_from_address=Int(space.unsafe_ptr())), 1)
+            _ = space^
+            tokens.append(sid if sid >= 0 else self.byte_token(32))
+        # UTF-8 code point groups: a piece if the vocabulary has one, else bytes
+        var i = 0
+        while i < n:
+            var j = i + 1
+            while j < n and (Int(text[j]) & 0xC0) == 0x80 and j - i < 4:
+                j += 1
+            var id = self.find(tp.unsafe_offset(i), j - i)
+            if id >= 0:
+                tokens.append(id)
+            else:
+                for b in range(i, j):
+                    tokens.append(self.byte_token(text[b]))
+            i = j
+        self.merge(tokens)
+        if eos:
+            tokens.append(EOS)
+        return tokens^
+
+    def merge(self, mut tokens: List[Int]):
+        """Merge the best-scoring adjacent pair until none is in the vocabulary."""
+        var buf = List[UInt8](length=2 * self.vocab.max_token_length + 2, fill=0)
+        var bp = BPtr(unsafe_from_address=Int(buf.unsafe_ptr()))
+        while True:
+            var best_score = Float32.MIN
+            var best_id = -1
+            var best_i = -1
+            for i in range(len(tokens) - 1):
+                var la = self.piece_len(tokens[i])
+                var lb = self.piece_len(tokens[i + 1])
+                if la + lb > len(buf):
+                    continue  # longer than any piece
+                var pa = self.piece_ptr(tokens[i])
+                var pb = self.piece_ptr(tokens[i + 1])
+                for j in range(la):
+                    bp.unsafe_store(j, pa.unsafe_load(j))
+                for j in range(lb):
+                    bp.unsafe_store(la + j, pb.unsafe_load(j))
+                var id = self.find(bp, la + lb)
+                if id >= 0 and (best_i < 0 or self.vocab.scores[id] > best_score):
+                    best_score = self.vocab.scores[id]
+                    best_id = id
+                    best_i = i
+            if best_i < 0:
+                _ = buf^
+                return
+            tokens[best_i] = best_id
+            _ = tokens.pop(best_i + 1)
+
+    def decode(self, prev: Int, token: Int) -> List[UInt8]:
+        """The bytes to print for `token` after `prev`."""
+        var p = self.piece_ptr(token)
+        var n = self.piece_len(token)
+        # after BOS, sentencepiece drops the leading space of a piece
+        if prev == BOS and n > 0 and p.unsafe_load(0) == 32:
+            p = p.unsafe_offset(1)
+            n -= 1
+        var out = List[UInt8]()
+        # a raw byte token <0xHH>
+        if n == 6 and p.unsafe_load(0) == 60 and p.unsafe_load(1) == 48 and p.unsafe_load(2) == 120 and p.unsafe_load(5) == 62:
+            var hi = hex_digit(p.unsafe_load(3))
+            var lo = hex_digit(p.unsafe_load(4))
+            if hi >= 0 and lo >= 0:
+                out.append(UInt8(hi * 16 + lo))
+                return out^
+        for i in range(n):
+            out.append(p.unsafe_load(i))
+        return out^
+
+
+def hex_digit(b: UInt8) -> Int:
+    if b >= 48 and b <= 57:
+        return Int(b) - 48
+    if b >= 65 and b <= 70:
+        return Int(b) - 55
+    if b >= 97 and b <= 102:
+        return Int(b) - 87
+    return -1
+
+
+def safe_piece(piece: List[UInt8]) -> Bool:
+    """run.c's safe_printf: skip empty pieces and lone unprintable bytes."""
+    if len(piece) == 0:
+        return False
+    if len(piece) == 1:
+        var b = piece[0]
+        var printable = b >= 0x20 and b <= 0x7E
+        var space = b == 9 or b == 10 or b == 11 or b == 12 or b == 13
+        return printable or space
+    return True
+
+
+# ----------------------------------------------------------------------------
+# Sampler: argmax, multinomial and top-p over llama2.c's xorshift RNG.
+
+
+struct Rng(Movable):
+    var state: UInt64
+
+    def __init__(out self, seed: UInt64):
+        self.state = seed
+
+    def next_u32(mut self) -> UInt32:
+        var s = self.state
+        s ^= s >> 12
+        s ^= s << 25
+        s ^= s >> 27
+        self.state = s
+        return UInt32((s * UInt64(0x2545F4914F6CDD1D)) >> 32)
+
+    def next_f32(mut self) -> Float32:
+        return Float32(self.next_u32() >> 8) / Float32(16777216.0)
+
+
+def argmax(p: FPtr, n: Int) -> Int:
+    var best = 0
+    var best_val = p.unsafe_load(0)
+    for i in range(1, n):
+        if p.unsafe_load(i) > best_val:
+            best_val = p.unsafe_load(i)
+            best = i
+    return best
+
+
+def sample_mult(probs: FPtr, n: Int, coin: Float32) -> Int:
+    var cdf = Float32(0)
+    for i in range(n):
+        cdf += probs.unsafe_load(i)
+        if coin < cdf:
+            return i
+    return n - 1
+
+
+def sort_desc(keys: KPtr, tmp: KPtr, counts: KPtr, n: Int):
+    """Stable LSD radix sort of packed candidates on their upper 32 bits, so that
+    equal probabilities keep their (ascending) id order."""
+    var src = keys
+    var dst = tmp
+    for shift in range(32, 64, 8):
+        for b in range(257):
+            counts.unsafe_store(b, 0)
+        for i in range(n):
+            var b = Int((src.unsafe_load(i) >> UInt64(shift)) & 255)
+            counts.unsafe_store(b + 1, counts.unsafe_load(b + 1) + 1)
+        for b in range(256):
+            counts.unsafe_store(b + 1, counts.unsafe_load(b + 1) + counts.unsafe_load(b))
+        for i in range(n):
+            var k = src.unsafe_load(i)
+            var b = Int((k >> UInt64(shift)) & 255)
+            var at = Int(counts.unsafe_load(b))
+            dst.unsafe_store(at, k)
+            counts.unsafe_store(b, UInt64(at + 1))
+        var t = src
+        src = dst
+        dst = t
+    # four passes: the sorted keys are back in `keys`
+
+
+def sample_topp(probs: FPtr, n: Int, topp: Float32, coin: Float32, keys: KPtr, tmp: KPtr, counts: KPtr) -> Int:
+    """Nucleus sampling: the smallest set of most likely ids whose mass exceeds topp.
+    keys, tmp: (n) scratch; counts: (257) scratch."""
+    # ids below the cutoff cannot be in the nucleus: skip sorting them
+    var cutoff = (Float32(1.0) - topp) / Float32(n - 1)
+    var m = 0
+    for i in range(n):
+        var p = probs.unsafe_load(i)
+        if p >= cutoff:
+            # probabilities are >= 0, so their bits order like them: invert for
+            # descending order, the id in the low half breaks ties
+            var bits = UInt64(~bitcast[DType.uint32, 1](p))
+            keys.unsafe_store(m, (bits << 32) | UInt64(i))
+            m += 1
+    sort_desc(keys, tmp, counts, m)
+    var cum = Float32(0)
+    var last = m - 1
+    for i in range(m):
+        cum += probs.unsafe_load(Int(keys.unsafe_load(i) & 0xFFFFFFFF))
+        if cum > topp:
+            last = i
+            break
+    # cum is now the mass of the first last + 1 candidates
+    var r = coin * cum
+    var cdf = Float32(0)
+    for i in range(last + 1):
+        var id = Int(keys.unsafe_load(i) & 0xFFFFFFFF)
+        cdf += probs.unsafe_load(id)
+        if r < cdf:
+            return id
+    return Int(keys.unsafe_load(last) & 0xFFFFFFFF)
+
+
+struct Sampler(Movable):
+    var vocab_size: Int
+    var temperature: Float32
+    var topp: Float64
+    var rng: Rng
+    var keys: KPtr  # (vocab) top-p candidates, packed (probability, id)
+    var tmp: KPtr  # (vocab) radix sort buffer
+    var counts: KPtr  # (257) radix sort histogram
+
+    def __init__(out self, vocab_size: Int, temperature: Float64, topp: Float64, seed: UInt64) raises:
+        self.vocab_size = vocab_size
+        self.temperature = Float32(temperature)
+        self.topp = topp
+        self.rng = Rng(seed)
+        self.keys = alloc_keys(vocab_size)
+        self.tmp = alloc_keys(vocab_size)
+        self.counts = alloc_keys(257)
+
+    def free(mut self):
+        for p in [self.keys, self.tmp, self.counts]:
+            external_call["free", NoneType](p)
+
+    def sample(mut self, logits: FPtr) -> Int:
+        var n = self.vocab_size
+        if self.temperature == 0:
+            return argmax(logits, n)
+        for i in range(n):
+            logits.unsafe_store(i, logits.unsafe_load(i) / self.temperature)
+        softmax(logits, n)
+        var coin = self.rng.next_f32()
+        if self.topp <= 0 or self.topp >= 1:
+            return sample_mult(logits, n, coin)
+        return sample_topp(logits, n, Float32(self.topp), coin, self.keys, self.tmp, self.counts)
+
+
+# ----------------------------------------------------------------------------
+# Generation and statistics
+
+
+struct Stats(Movable):
+    var prompt_tokens: Int
+    var generated_tokens: Int
+    var positions: Int
+    var ttft_s: Float64
+    var decode_s: Float64
+
+    def __init__(out self):
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+        self.positions = 0
+        self.ttft_s = 0
+        self.decode_s = 0
+
+
+def seconds_since(t0: Int) -> Float64:
+    return Float64(perf_counter_ns() - t0) / 1e9
+
+
+def generate(mut s: RunState, m: Model, tok: Tokenizer, mut sampler: Sampler, prompt: List[UInt8],
+             steps: Int, ignore_bos: Bool, nthreads: Int) -> Stats:
+    """run.c's loop: feed the prompt, then sample; print each piece as it comes."""
+    var stats = Stats()
+    var prompt_tokens = tok.encode(prompt, True, False)
+    stats.prompt_tokens = len(prompt_tokens)
+    var token = prompt_tokens[0]
+    var start = perf_counter_ns()
+    var first = 0
+    var have_first = False
+    for pos in range(steps):
+        var logits = forward(s, m, token, pos, nthreads)
+        stats.positions += 1
+        var next: Int
+        if pos < len(prompt_tokens) - 1:
+            next = prompt_tokens[pos + 1]
+        else:
+            next = sampler.sample(logits)
+            stats.generated_tokens += 1
+            if not have_first:
+                first = perf_counter_ns()
+                have_first = True
+        if next == BOS and not ignore_bos:
+            break
+        var piece = tok.decode(token, next)
+        if safe_piece(piece):
+            _ = write_all(1, BPtr(unsafe_from_address=Int(piece.unsafe_ptr())), len(piece))
+        _ = piece^  # alive until written: the pointer above does not keep it
+        token = next
+    var end = perf_counter_ns()
+    stats.ttft_s = Float64((first if have_first else end) - start) / 1e9
+    stats.decode_s = Float64(end - first) / 1e9 if have_first else 0.0
+    return stats^
+
+
+def fixed(x: Float64, decimals: Int) -> String:
+    """x >= 0 in plain decimal with `decimals` digits (JSON has no NaN/Infinity)."""
+    if not (x >= 0) or x > 1e15:
+        return "0"
+    var scale = 1
+    for _ in range(decimals):
+        scale *= 10
+    var v = Int(x * Float64(scale) + 0.5)
+    var frac = String(v % scale)
+    while frac.byte_length() < decimals:
+        frac = "0" + frac
+    return String(v // scale) + "." + frac
+
+
+def stats_line(threads: Int, load_s: Float64, st: Stats) -> String:
+    var tok_s = Float64(st.generated_tokens - 1) / st.decode_s if st.generated_tokens > 1 and st.decode_s > 0 else 0.0
+    return (
+        "polyllama-stats: {\"port\":\"" + PORT_NAME + "\",\"prompt_tokens\":" + String(st.prompt_tokens)
+        + ",\"generated_tokens\":" + String(st.generated_tokens) + ",\"positions\":" + String(st.positions)
+        + ",\"threads\":" + String(threads) + ",\"load_s\":" + fixed(load_s, 6)
+        + ",\"ttft_s\":" + fixed(st.ttft_s, 6) + ",\"decode_s\":" + fixed(st.decode_s, 6)
+        + ",\"decode_tok_s\":" + fixed(tok_s, 4) + "}\n"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Command line (contract section 2): strict parsing, every problem one line.
+
+
+struct Args(Movable):
+    var checkpoint: String
+    var tokenizer: String
+    var has_tokenizer: Bool
+    var temperature: Float64
+    var topp: Float64
+    var seed: UInt64
+    var steps: Int
+    var prompt: List[UInt8]
+    var threads: Int
+    var logits_mode: Bool
+    var output: String
+    var has_output: Bool
+    var ids: List[Int]
+    var has_ids: Bool
+    var ignore_bos: Bool
+
+    def __init__(out self):
+        self.checkpoint = ""
+        self.tokenizer = ""
+        self.has_tokenizer = False
+        self.temperature = 1.0
+        self.topp = 0.9
+        self.seed = 0
+        self.steps = 256
+        self.prompt = List[UInt8]()
+        self.threads = 1
+        self.logits_mode = False
+        self.output = ""
+        self.has_output = False
+        self.ids = List[Int]()
+        self.has_ids = False
+        self.ignore_bos = False
+
+
+comptime USAGE = (
+    "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
+    + "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]"
+)
+
+
+def is_digit(b: UInt8) -> Bool:
+    return b >= 48 and b <= 57
+
+
+def parse_digits(b: Span[UInt8, _], start: Int, end: Int, mut value: UInt64) -> Bool:
+    """b[start:end) is one or more decimal digits; value saturates at UInt64.MAX."""
+    if start >= end:
+        return False
+    for i in range(start, end):
+        if not is_digit(b[i]):
+            return False
+        var d = UInt64(b[i] - 48)
+        value = UInt64.MAX if value > (UInt64.MAX - d) // 10 else value * 10 + d
+    return True
+
+
+def parse_int(flag: String, text: String, lo: Int, hi: Int) raises -> Int:
+    """An integer [+-]?[0-9]+ in [lo, hi] (the contract's plain decimal)."""
+    var b = text.as_bytes()
+    var neg = len(b) > 0 and b[0] == 45
+    var start = 1 if len(b) > 0 and (b[0] == 43 or b[0] == 45) else 0
+    var mag = UInt64(0)
+    if not parse_digits(b, start, len(b), mag):
+        raise usage_error(flag + " expects an integer, got '" + text + "'")
+    if mag > UInt64(1 << 62):
+        raise usage_error(flag + " " + text + " is out of range")
+    var value = -Int(mag) if neg else Int(mag)
+    if value < lo or value > hi:
+        raise usage_error(flag + " " + text + " is out of range")
+    return value
+
+
+def parse_u64(flag: String, text: String) raises -> UInt64:
+    """A seed: an integer in [0, 2^64)."""
+    var b = text.as_bytes()
+    var neg = len(b) > 0 and b[0] == 45
+    var start = 1 if len(b) > 0 and (b[0] == 43 or b[0] == 45) else 0
+    var mag = UInt64(0)
+    if not parse_digits(b, start, len(b), mag):
+        raise usage_error(flag + " expects an integer, got '" + text + "'")
+    # saturation means 2^64 - 1 or more: only the exact maximum is in range
+    var overflow = mag == UInt64.MAX and text != "18446744073709551615" and text != "+18446744073709551615"
+    if overflow or (neg and mag != 0):  # -0 is 0
+        raise usage_error(flag + " " + text + " is out of range")
+    return mag
+
+
+def parse_float(flag: String, text: String, lo: Float64, hi: Float64) raises -> Float64:
+    """A float [+-]?([0-9]+.?[0-9]*|.[0-9]+)([eE][+-]?[0-9]+)? in [lo, hi]: no inf,
+    nan, underscores or spaces (the contract's plain decimal)."""
+    var b = text.as_bytes()
+    var n = len(b)
+    var bad = usage_error(flag + " expects a number, got '" + text + "'")
+    var i = 0
+    var neg = False
+    if i < n and (b[i] == 43 or b[i] == 45):
+        neg = b[i] == 45
+        i += 1
+    # mantissa: up to 19 significant digits as an integer, and a power of ten
+    var mant = UInt64(0)
+    var exp10 = 0
+    var digits = 0
+    var seen_point = False
+    while i < n and (is_digit(b[i]) or (b[i] == 46 and not seen_point)):
+        if b[i] == 46:
+            seen_point = True
+        else:
+            if mant < UInt64(1000000000000000000):
+                mant = mant * 10 + UInt64(b[i] - 48)
+                if seen_point:
+                    exp10 -= 1
+            elif not seen_point:
+                exp10 += 1
+            digits += 1
+        i += 1
+    if digits == 0:
+        raise bad^
+    if i < n and (b[i] == 101 or b[i] == 69):
+        i += 1
+        var eneg = i < n and b[i] == 45
+        if i < n and (b[i] == 43 or b[i] == 45):
+            i += 1
+        var e = UInt64(0)
+        if not parse_digits(b, i, n, e):
+            raise bad^
+        i = n
+        var ev = Int(min(e, UInt64(100000)))
+        exp10 += -ev if eneg else ev
+    if i != n:
+        raise bad^
+    # one correctly rounded operation when the power of ten is exact (10^0..10^22)
+    var value = Float64(mant)
+    if exp10 > 0:
+        var p = Float64(1)
+        for _ in range(min(exp10, 400)):
+            p *= 10
+        value *= p
+    elif exp10 < 0:
+        var e = -exp10
+        while e > 22:
+            value /= Float64(1e22)
+            e -= 22
+        var p = Float64(1)
+        for _ in range(e):
+            p *= 10
+        value /= p
+    if neg:
+        value = -value
+    # 1e999 overflows to infinity, and inf - inf is nan: a finite value minus itself is 0
+    if value - value != 0 or value < lo or value > hi:
+        raise usage_error(flag + " " + text + " is out of range")
+    return value
+
+
+def parse_ids(text: String) raises -> List[Int]:
+    var ids = List[Int]()
+    var b = text.as_bytes()
+    var start = 0
+    for i in range(len(b) + 1):
+        if i == len(b) or b[i] == 44:
+            var part = string_from(BPtr(unsafe_from_address=Int(b.unsafe_ptr()) + start), i - start)
+            try:
+                ids.append(parse_int("-k", part, -(1 << 62), 1 << 62))
+            except:  # one message for the whole list; ranges are checked with the model
+                raise usage_error("-k expects comma-separated token ids, got '" + text + "'")
+            start = i + 1
+    return ids^
+
+
+def parse_args(args: List[String]) raises -> Args:
+    var a = Args()
+    if len(args) == 0 or args[0].startswith("-"):
+        raise usage_error("missing checkpoint")
+    a.checkpoint = args[0]
+    if (len(args) - 1) % 2 != 0:
+        raise usage_error("flag " + args[len(args) - 1] + " has no value")
+    var i = 1
+    while i < len(args):
+        var flag = args[i]
+        var value = args[i + 1]
+        if flag == "-z":
+            a.tokenizer = value
+            a.has_tokenizer = True
+        elif flag == "-t":
+            a.temperature = parse_float(flag, value, 0.0, Float64.MAX * 2)
+        elif flag == "-p":
+            a.topp = parse_float(flag, value, 0.0, 1.0)
+        elif flag == "-s":
+            a.seed = parse_u64(flag, value)
+        elif flag == "-n":
+            a.steps = parse_int(flag, value, 0, 1 << 31)
+        elif flag == "-i":
+            a.prompt = List[UInt8]()
+            for byte in value.as_bytes():
+                a.prompt.append(byte)
+        elif flag == "-j":
+            a.threads = parse_int(flag, value, 1, 4096)
+        elif flag == "-m":
+            if value != "generate" and value != "logits":
+                raise usage_error("-m expects generate or logits, got '" + value + "'")
+            a.logits_mode = value == "logits"
+        elif flag == "-o":
+            a.output = value
+            a.has_output = True
+        elif flag == "-k":
+            a.ids = parse_ids(value)
+            a.has_ids = True
+        elif flag == "-e":
+            a.ignore_bos = parse_int(flag, value, 0, 1) == 1
+        else:
+            raise usage_error("unknown flag " + flag)
+        i += 2
+    if a.logits_mode and (not a.has_output or not a.has_ids):
+        raise usage_error("logits mode needs -o FILE and -k IDS")
+    return a^
+
+
+def write_logits(path: String, m: Model, mut s: RunState, ids: List[Int], nthreads: Int) raises -> Stats:
+    """Logits mode: the (n, vocab) float32 rows after each position, no header."""
+    var cpath = c_path(path)
+    # creat() is open(O_WRONLY | O_CREAT | O_TRUNC) without open's variadic mode
+    # argument, whose calling convention differs on Apple arm64
+    var fd = external_call["creat", Int32](cpath.unsafe_ptr(), UInt32(0o644))
+    _ = cpath^
+    if fd < 0:
+        raise runtime_error(path + ": cannot write")
+    var stats = Stats()
+    stats.prompt_tokens = len(ids)
+    var start = perf_counter_ns()
+    for pos in range(len(ids)):
+        var logits = forward(s, m, ids[pos], pos, nthreads)
+        stats.positions += 1
+        if not write_all(fd, logits.unsafe_bitcast[UInt8](), 4 * m.config.vocab_size):
+            _ = external_call["close", Int32](fd)
+            raise runtime_error(path + ": cannot write")
+    stats.ttft_s = seconds_since(start)
+    if external_call["close", Int32](fd) != 0:
+        raise runtime_error(path + ": cannot write")
+    return stats^
+
+
+def run(a: Args, t0: Int) raises:
+    var model = read_model(a.checkpoint)
+    var vocab: Vocab
+    if model.has_vocab:
+        vocab = model.vocab^
+        model.vocab = Vocab()
+    elif not a.has_tokenizer:
+        raise usage_error("-z tokenizer is required for a .bin checkpoint")
+    else:
+        vocab = read_tokenizer(a.tokenizer, model.config.vocab_size)
+    var tokenizer = Tokenizer(vocab^)
+    var state = RunState(model.config)
+    var nthreads = a.threads
+    if nthreads > 1:
+        # the worker pool (Mojo's runtime) is live before the clock stops
+        def warm(t: Int) {imm}:
+            state.x.unsafe_store(0, 0)
+
+        parallelize(warm, nthreads, nthreads)
+    var load_s = seconds_since(t0)
+
+    var stats: Stats
+    if a.logits_mode:
+        var seq = model.config.seq_len
+        var ok = len(a.ids) >= 1 and len(a.ids) <= seq
+        for id in a.ids:
+            ok = ok and id >= 0 and id < model.config.vocab_size
+        if not ok:
+            raise usage_error("-k needs 1.." + String(seq) + " ids in [0, " + String(model.config.vocab_size) + ")")
+        stats = write_logits(a.output, model, state, a.ids, nthreads)
+    else:
+        var seed = a.seed
+        if seed == 0:
+            seed = UInt64(external_call["time", Int64](Int64(0)))
+        var sampler = Sampler(model.config.vocab_size, a.temperature, a.topp, seed)
+        var steps = a.steps
+        if steps == 0 or steps > model.config.seq_len:
+            steps = model.config.seq_len
+        stats = generate(state, model, tokenizer, sampler, a.prompt, steps, a.ignore_bos, nthreads)
+        sampler.free()
+        write_string(1, "\n")
+    write_string(2, stats_line(nthreads, load_s, stats))
+    state.free()
+    model.file.close()
+
+
+def cli_main() -> Int:
+    """The whole program; returns the exit code."""
+    var t0 = perf_counter_ns()
+    var args = List[String]()
+    var av = argv()
+    for i in range(1, len(av)):
+        args.append(String(av[i]))
+    try:
+        var a = parse_args(args)
+        run(a, t0)
+        return 0
+    except e:
+        var msg = String(e)
+        var bytes = msg.as_bytes()
+        var code = Int(bytes[0]) - 48 if len(bytes) > 0 and bytes[0] >= 49 and bytes[0] <= 51 else EXIT_RUNTIME
+        var text = String(msg[byte=1:]) if code == Int(bytes[0]) - 48 else msg
+        var line = "error: " + text + "\n"
+        if code == EXIT_USAGE:
+            line += USAGE + "\n"
+        write_string(2, line)
+        return code
