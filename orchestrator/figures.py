@@ -21,7 +21,7 @@ def _bars(suite: Suite, model: str, name: str, ylabel: str, path: Path) -> Path 
     threads = sorted({c.threads for c in cells})
     if not ports:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(ports) * len(threads)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(ports) + 2), 4.5))
     width = 0.8 / len(threads)
     for k, t in enumerate(threads):
         means, errs = [], []
@@ -32,7 +32,8 @@ def _bars(suite: Suite, model: str, name: str, ylabel: str, path: Path) -> Path 
             errs.append(s.sd if s else 0)
         xs = [i + (k - (len(threads) - 1) / 2) * width for i in range(len(ports))]
         ax.bar(xs, means, width, yerr=errs, capsize=3, label=f"{t} thread{'s' if t > 1 else ''}")
-    ax.set_xticks(range(len(ports)), ports, rotation=30, ha="right")
+    peers = {c.port for c in cells if c.role == "peer"}
+    ax.set_xticks(range(len(ports)), [f"{p} (peer)" if p in peers else p for p in ports], rotation=30, ha="right")
     origin = cells[0].model.origin
     ax.set_title(f"{model} ({origin} weights): {ylabel}")
     ax.set_ylabel(ylabel)
