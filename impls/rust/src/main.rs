@@ -392,6 +392,29 @@ impl Cut {
     }
 }
 
+/// A v0 or v1 checkpoint from where its tensors lie: the two layouts differ only in order.
+/// `per_layer` holds rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, each one tensor per layer.
+fn mapped_checkpoint(
+    path: &Path,
+    f: &mut File,
+    c: Config,
+    token_embedding: Tensor,
+    per_layer: [Vec<Tensor>; 9],
+    rms_final: Tensor,
+    wcls: Tensor,
+) -> Res<Checkpoint> {
+    let layers = (0..c.n_layers).map(|l| LayerTensors::from_array(std::array::from_fn(|i| per_layer[i][l]))).collect();
+    Ok(Checkpoint {
+        config: c,
+        storage: Storage::Mapped(map_file(path, f)?),
+        token_embedding,
+        layers,
+        rms_final,
+        wcls,
+        vocab: None,
+    })
+}
+
 fn read_v0(path: &Path, f: &mut File) -> Res<Checkpoint> {
     f.rewind_or(path)?;
     let head = read_head(path, f, V0_HEADER_BYTES)?;
@@ -419,18 +442,8 @@ fn read_v0(path: &Path, f: &mut File) -> Res<Checkpoint> {
     let rms_final = cut.take(d);
     cut.take(c.seq_len * c.head_size()); // legacy freq_cis_real and freq_cis_imag: RoPE is computed
     let wcls = if c.shared_classifier { token_embedding } else { cut.take(c.vocab_size * d) };
-    let layers = (0..c.n_layers)
-        .map(|l| LayerTensors::from_array([rms_att[l], wq[l], wk[l], wv[l], wo[l], rms_ffn[l], w1[l], w2[l], w3[l]]))
-        .collect();
-    Ok(Checkpoint {
-        config: c,
-        storage: Storage::Mapped(map_file(path, f)?),
-        token_embedding,
-        layers,
-        rms_final,
-        wcls,
-        vocab: None,
-    })
+    let per_layer = [rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3];
+    mapped_checkpoint(path, f, c, token_embedding, per_layer, rms_final, wcls)
 }
 
 fn read_v1(path: &Path, f: &mut File) -> Res<Checkpoint> {
@@ -466,18 +479,8 @@ fn read_v1(path: &Path, f: &mut File) -> Res<Checkpoint> {
     let w2 = cut.layered(&c, d, h);
     let w3 = cut.layered(&c, h, d);
     let wcls = if c.shared_classifier { token_embedding } else { cut.take(c.vocab_size * d) };
-    let layers = (0..c.n_layers)
-        .map(|l| LayerTensors::from_array([rms_att[l], wq[l], wk[l], wv[l], wo[l], rms_ffn[l], w1[l], w2[l], w3[l]]))
-        .collect();
-    Ok(Checkpoint {
-        config: c,
-        storage: Storage::Mapped(map_file(path, f)?),
-        token_embedding,
-        layers,
-        rms_final,
-        wcls,
-        vocab: None,
-    })
+    let per_layer = [rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3];
+    mapped_checkpoint(path, f, c, token_embedding, per_layer, rms_final, wcls)
 }
 
 trait RewindOr {
