@@ -67,7 +67,28 @@ def build_image(target: str = "full", tag: str | None = None, base: str | None =
                 f.write(error + "\n")
     if error:
         raise PolyllamaError(f"image build failed: {error.splitlines()[-1][:200]} (see {logfile})")
+    _prune(client, tag)
     return tag
+
+
+def _prune(client, keep: str) -> None:
+    """Older polyllama images of the same target, and dangling layers, go: with podman's vfs
+    driver every layer is a full copy, and a few builds fill a disk."""
+    def variant(tag: str) -> str:  # "polyllama:<commit>-slim" -> "slim"
+        return tag.split(":", 1)[1].partition("-")[2]
+
+    keep = keep.split("/")[-1]
+    for image in client.images.list():
+        for tag in (t.split("/")[-1] for t in image.tags):
+            if tag.startswith("polyllama:") and tag != keep and variant(tag) == variant(keep):
+                try:
+                    client.images.remove(image.id, force=True)
+                except Exception:
+                    pass  # in use by a container: it goes next time
+    try:
+        client.images.prune(filters={"dangling": True})
+    except Exception:
+        pass
 
 
 def _stage_host_ca() -> None:
