@@ -79,10 +79,11 @@ def _prune(client, keep: str) -> None:
 
     keep = keep.split("/")[-1]
     for image in client.images.list():
-        for tag in (t.split("/")[-1] for t in image.tags):
+        for full in image.tags:
+            tag = full.split("/")[-1]
             if tag.startswith("polyllama:") and tag != keep and variant(tag) == variant(keep):
-                try:
-                    client.images.remove(image.id, force=True)
+                try:  # by tag, not by id: an unchanged rebuild is the same image under both tags
+                    client.images.remove(full)
                 except Exception:
                     pass  # in use by a container: it goes next time
     try:
