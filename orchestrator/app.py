@@ -14,7 +14,7 @@ from tabulate import tabulate
 from .build import build_all, install_toolchain
 from .errors import PolyllamaError
 from .ports import ROOT, select, tool_env
-from .store import Store
+from .store import Store, search_path
 
 
 def _csv(text: str | None) -> list[str]:
@@ -100,7 +100,7 @@ def pytest(args: list[str]) -> int:
 
 def models_list() -> int:
     print(tabulate(Store().listing(), headers="keys"))
-    print("\nsearch path: " + os.pathsep.join(str(p) for p in __import__("orchestrator.store").store.search_path()))
+    print("\nsearch path: " + os.pathsep.join(str(p) for p in search_path()))
     return 0
 
 

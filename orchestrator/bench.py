@@ -81,7 +81,7 @@ def _failed(port: Port, model: Model, threads: int, steps: int, reason: str) -> 
                 argv=[], status="failed", reason=reason)
 
 
-def run_block(suite: Suite, specs: list[CellSpec], cells: list[Cell], matrix: Matrix, save, progress,
+def run_block(specs: list[CellSpec], cells: list[Cell], matrix: Matrix, save, progress,
               runner=None) -> list[Cell]:
     """Interleaved warmups and runs for cells compared with each other; returns finished cells."""
     slots = interleave(len(specs), matrix.warmup, matrix.runs)
@@ -176,7 +176,7 @@ def main(matrix="quick", ports=None, models=None, threads=None, runs=None, warmu
                 suite = suite.model_copy(update={"cells": _finished + list(current)})
                 resultfile.save(suite, out_path)
 
-            finished += run_block(suite, specs, cells, m, save, progress, runner)
+            finished += run_block(specs, cells, m, save, progress, runner)
             save([])
     except KeyboardInterrupt:
         progress.done()
