@@ -29,11 +29,11 @@ def _exits(fn):
     return wrapper
 
 
-@task(help={"ports": PORTS_HELP})
+@task(help={"ports": PORTS_HELP, "skip": "comma-separated ports to leave out"})
 @_exits
-def install(c, ports=None):
-    """Install the toolchains that ports declare (Mojo, Zig, frameworks...) from package registries."""
-    return app.install(ports)
+def install(c, ports=None, skip=None):
+    """Install the missing toolchains of the ports (only those whose check fails), from package registries."""
+    return app.install(ports, skip)
 
 
 @task(help={"ports": PORTS_HELP, "jobs": "build parallelism passed to each port's build",
@@ -57,21 +57,25 @@ def validate(c, ports=None, models=None, docker=False, image=None):
 
 
 @task(help={"matrix": "named matrix from orchestrator/matrices.toml: quick, default, paper or full",
-            "ports": PORTS_HELP, "models": "comma-separated models (overrides the matrix)",
+            "ports": PORTS_HELP, "skip": "comma-separated ports to leave out (e.g. pytorch,tensorflow: about 5 GB)",
+            "models": "comma-separated models (overrides the matrix)",
             "threads": "comma-separated thread counts (overrides the matrix)",
             "runs": "measured runs per cell", "warmup": "warmup runs per cell",
             "steps": "positions per run", "out": "result file (default results/<suite>.json)",
             "resume": "continue the suite in --out, skipping finished cells",
+            "install": "first install the missing toolchains of the chosen ports (what ./run bench does)",
+            "strict": "exit non-zero when any cell failed or any port was skipped (default: only when none ran)",
             "docker": "run each cell in a container (see the README)",
             "image": "with --docker: the image (default polyllama:<commit>, or $POLYLLAMA_IMAGE)"})
 @_exits
-def bench(c, matrix="default", ports=None, models=None, threads=None, runs=None, warmup=None, steps=None,
-          out=None, resume=False, docker=False, image=None):
+def bench(c, matrix="default", ports=None, skip=None, models=None, threads=None, runs=None, warmup=None, steps=None,
+          out=None, resume=False, install=False, strict=False, docker=False, image=None):
     """Benchmark the ports over models x threads; tables, result JSON, exports and figures."""
-    from orchestrator import bench as bench_app
+    from orchestrator.bench import Options
 
-    return bench_app.main(matrix=matrix, ports=ports, models=models, threads=threads, runs=runs,
-                          warmup=warmup, steps=steps, out=out, resume=resume, docker=docker, image=image)
+    return app.bench(Options(matrix=matrix, ports=ports, skip=skip, models=models, threads=threads, runs=runs,
+                             warmup=warmup, steps=steps, out=out, resume=resume, install=install, strict=strict,
+                             docker=docker, image=image))
 
 
 @task(help={"port": "the port whose command is timed", "model": "model (synthetic when absent)",
@@ -86,18 +90,14 @@ def overhead(c, port="c", model="stories110M", threads=1, steps=64, rounds=5):
 @_exits
 def report(c, results, out=None):
     """Regenerate tables, exports and figures from a saved result file."""
-    from orchestrator import bench as bench_app
-
-    return bench_app.report(results, out)
+    return app.report(results, out)
 
 
 @task(help={"a": "baseline result JSON", "b": "result JSON to compare with it"})
 @_exits
 def compare(c, a, b):
     """Show what got faster or slower between two result files, and whether it is beyond the noise."""
-    from orchestrator import bench as bench_app
-
-    return bench_app.compare(a, b)
+    return app.compare(a, b)
 
 
 @task(help={"ports": PORTS_HELP, "pytest_args": "extra arguments for pytest (quoted)"})

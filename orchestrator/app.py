@@ -11,28 +11,19 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .build import build_all, install_toolchain
+from .build import build_all, install_all
 from .errors import PolyllamaError
-from .ports import ROOT, select, tool_env
+from .ports import ROOT, names, select, tool_env
 from .store import Store, search_path
+from .synth import ensure
 
 
-def _csv(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def install(ports: str | None = None) -> int:
-    rows, failed = [], 0
-    for port in select(ports):
-        if not port.manifest.toolchain.install:
-            continue
-        print(f"installing the toolchain of {port.name} ...", flush=True)
-        outcome = install_toolchain(port)
-        failed += outcome.status == "failed"
-        rows.append([port.name, outcome.status, outcome.detail, f"{outcome.seconds:.0f}s"])
-    if rows:
-        print(tabulate(rows, headers=["port", "install", "detail", "time"]))
-    return 1 if failed else 0
+def install(ports: str | None = None, skip: str | None = None) -> int:
+    """Install the missing toolchains of the chosen ports; a failure is reported and the rest go on."""
+    outcomes = install_all(select(ports, skip=skip))
+    print(tabulate([[o.port, o.status, o.version or "-", f"{o.seconds:.0f}s", o.detail] for o in outcomes],
+                   headers=["port", "toolchain", "version", "install time", "detail"]))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker: bool = False,
@@ -60,13 +51,13 @@ def validate(ports: str | None = None, models: str | None = None, docker: bool =
     from .validate import validate as run_validation
 
     chosen = select(ports)
-    names = _csv(models) or ["stories260K", "stories15M"]
+    wanted = names(models) or ["stories260K", "stories15M"]
     runner = None
     if docker:
         from .containers import ContainerRunner
         runner = ContainerRunner.connect(image)
         chosen = [p for p in chosen if runner.build_outcome(p).status == "built"] if not ports else chosen
-    rows = run_validation(chosen, Store(), names, progress=lambda m: print(m, flush=True), runner=runner)
+    rows = run_validation(chosen, Store(), wanted, progress=lambda m: print(m, flush=True), runner=runner)
     print(tabulate([r.as_dict() for r in rows], headers="keys"))
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
@@ -104,22 +95,22 @@ def models_list() -> int:
     return 0
 
 
-def models_fetch(names: str) -> int:
+def models_fetch(models: str) -> int:
     from .fetch import download
 
     store = Store()
-    for name in _csv(names):
+    for name in names(models):
         entry = store.entry(name)
         print(download(entry))
         print(download(store.tokenizers[entry.tokenizer]))
     return 0
 
 
-def models_synth(names: str, seed: int) -> int:
+def models_synth(models: str, seed: int) -> int:
     from .synth import synthesize_model, synthesize_tokenizer
 
     store = Store()
-    for name in _csv(names):
+    for name in names(models):
         print(f"{name}: {synthesize_model(store, name, seed)}")
         tok, origin = store.find_tokenizer(store.entry(name).tokenizer)
         if tok is None:
@@ -144,15 +135,38 @@ def models_convert(src: str, dst: str, tokenizer: str | None, version: int) -> i
 
 def overhead(port: str, model: str, threads: int, steps: int, rounds: int) -> int:
     """Our executor against hyperfine on one benchmark command."""
+    from .bench import model_record
     from .measure import CellSpec
     from .overhead import measure_overhead
-    from .bench import model_record
 
     [p] = select(port)
-    r = Store().resolve(model, synthesize=True)
+    r = ensure(Store(), model)
     spec = CellSpec(p, model_record(r, r.path, "v0"), str(r.tokenizer), threads, steps, 0.0, 0.9, 42)
     res = measure_overhead(spec.argv(), p.dir, rounds)
     print(f"{port} on {model} ({r.origin}), {steps} steps, -j {threads}, {rounds} alternating runs each:")
     print(f"  harness median {res['harness_median_s']:.4f} s, hyperfine median {res['hyperfine_median_s']:.4f} s, "
           f"overhead {100 * res['overhead']:+.2f}%")
+    return 0
+
+
+def bench(options) -> int:
+    from .bench import main
+
+    return main(options)
+
+
+def report(results: str, out: str | None = None) -> int:
+    from . import resultfile
+    from .bench import publish
+
+    path = Path(results)
+    publish(resultfile.load(path), path, Path(out) if out else None)
+    return 0
+
+
+def compare(a: str, b: str) -> int:
+    from . import resultfile
+    from .compare import render
+
+    print(render(resultfile.load(a), resultfile.load(b)))
     return 0

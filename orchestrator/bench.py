@@ -1,13 +1,19 @@
-"""`invoke bench`: matrix -> models -> builds -> host -> interleaved runs -> result file -> reports.
+"""`invoke bench` as a pipeline: plan -> prepare -> run -> publish.
 
-The result file is rewritten (atomically) after every round of runs, so Ctrl-C or a crash keeps
-everything finished; `--resume` reruns only the cells that did not finish.
+- plan: the matrix with its overrides, the ports, the models (synthetic where absent), the output;
+- prepare: toolchains (with --install), builds, model files in each port's format, the host record;
+- run: interleaved warmups and runs, block by block; the result file is rewritten after every run,
+  so Ctrl-C or a crash keeps everything finished, and `--resume` reruns only what did not finish;
+- publish: tables, exports and figures.
+
+A port that cannot be installed or built becomes a failed cell with its reason; the others go on.
 """
 from __future__ import annotations
 
 import datetime as dt
 import sys
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,21 +22,57 @@ from schemas.matrix import Matrix
 from schemas.results import Cell, Model, PortInfo, Suite
 
 from . import resultfile
-from .build import build_port
+from .build import BuildOutcome, build_port, install_toolchain
 from .convert import gguf_for
-from .errors import UsageError
+from .errors import UsageError, first_error
 from .exporters import export_all
 from .figures import draw_all
 from .host import describe_host
 from .measure import CellSpec, measure
-from .ports import ROOT, Port, select
+from .ports import IMPLS, ROOT, Port, names, select
 from .progress import Progress
 from .report import render
 from .schedule import interleave
 from .store import Resolved, Store
+from .synth import ensure
 
 MATRICES = Path(__file__).parent / "matrices.toml"
 RESULTS = ROOT / "results"
+
+
+# ---------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Options:
+    """The command line of `invoke bench`, as given (strings; None = the matrix's value)."""
+    matrix: str = "default"
+    ports: str | None = None
+    skip: str | None = None
+    models: str | None = None
+    threads: str | None = None
+    runs: str | None = None
+    warmup: str | None = None
+    steps: str | None = None
+    out: str | None = None
+    resume: bool = False
+    install: bool = False
+    strict: bool = False
+    docker: bool = False
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    matrix: Matrix
+    ports: list[Port]
+    models: list[Resolved]
+    out: Path
+    done: dict[tuple, Cell] = field(default_factory=dict)  # finished cells of a resumed suite
+
+    def blocks(self) -> list[tuple[Resolved, int]]:
+        """(model, threads) pairs with a cell still to run: the ports in a block are compared."""
+        pairs = [(r, t) for r in self.models for t in self.matrix.thread_counts()]
+        return [(r, t) for r, t in pairs if any((p.name, r.name, t) not in self.done for p in self.ports)]
 
 
 def load_matrix(name: str, overrides: dict, path: Path = MATRICES) -> Matrix:
@@ -41,18 +83,16 @@ def load_matrix(name: str, overrides: dict, path: Path = MATRICES) -> Matrix:
     try:
         return Matrix(**data)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise UsageError(f"matrix {name}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise UsageError(f"matrix {name}: {first_error(e)}") from None
 
 
-def _csv(text, kind=str):
+def _ints(text, flag):
     if text is None:
         return None
     try:
-        return [t.strip() if kind is str else (t.strip() if t.strip() in ("all", "sweep") else int(t))
-                for t in str(text).split(",") if t.strip()]
+        return [t if t in ("all", "sweep") else int(t) for t in names(str(text))]
     except ValueError:
-        raise UsageError(f"expected a comma-separated list of integers, got {text!r}") from None
+        raise UsageError(f"--{flag} expects a comma-separated list of integers, got {text!r}") from None
 
 
 def _int(text, flag):
@@ -64,68 +104,62 @@ def _int(text, flag):
         raise UsageError(f"--{flag} expects an integer, got {text!r}") from None
 
 
-def model_record(resolved: Resolved, path: Path, fmt: str) -> Model:
-    return Model(name=resolved.name, path=str(path), origin=resolved.origin, tokenizer_origin=resolved.tokenizer_origin,
-                 format=fmt, weight_bytes=resolved.config.weight_bytes())
-
-
-def _format_for(port: Port, matrix: Matrix) -> str | None:
-    if matrix.model_format == "gguf" or not port.reads("v0"):
-        return "gguf" if port.reads("gguf") else None
-    return "v0"
-
-
-def _failed(port: Port, model: Model, threads: int, steps: int, reason: str) -> Cell:
-    m = port.manifest
-    return Cell(port=m.name, language=m.language, role=m.role, model=model, threads=threads, steps=steps,
-                argv=[], status="failed", reason=reason)
-
-
-def run_block(specs: list[CellSpec], cells: list[Cell], matrix: Matrix, save, progress,
-              runner=None) -> list[Cell]:
-    """Interleaved warmups and runs for cells compared with each other; returns finished cells."""
-    slots = interleave(len(specs), matrix.warmup, matrix.runs)
-    for slot in slots:
-        cell = cells[slot.cell]
-        if cell.status == "failed":
-            progress.skip()
-            continue
-        progress.step(f"{cell.port} {cell.model.name} j={cell.threads} {slot.kind} {slot.index + 1}")
-        run = measure(specs[slot.cell], matrix.timeout_s, runner)
-        if slot.kind == "warmup":
-            cell = cell.model_copy(update={"warmup": cell.warmup + [run]})
-        else:
-            cell = cell.model_copy(update={"runs": cell.runs + [run]})
-        if not run.ok:
-            cell = cell.model_copy(update={"status": "failed", "reason": f"{slot.kind} {slot.index + 1}: {run.problem}"})
-        cells[slot.cell] = cell
-        save(cells)
-    return [c if c.status == "failed" else c.model_copy(update={"status": "ok"}) for c in cells]
-
-
-def main(matrix="quick", ports=None, models=None, threads=None, runs=None, warmup=None, steps=None, out=None,
-         resume=False, docker=False, image=None, matrices_file: Path = MATRICES) -> int:
-    overrides = {"ports": _csv(ports), "models": _csv(models), "threads": _csv(threads, int),
-                 "runs": _int(runs, "runs"), "warmup": _int(warmup, "warmup"), "steps": _int(steps, "steps")}
-    m = load_matrix(matrix, overrides, matrices_file)
-    chosen = select(",".join(m.ports) if m.ports else None)
+def plan(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS) -> Plan:
+    """Everything checked before anything is installed, built or run."""
+    overrides = {"ports": names(o.ports) or None, "models": names(o.models) or None,
+                 "threads": _ints(o.threads, "threads"), "runs": _int(o.runs, "runs"),
+                 "warmup": _int(o.warmup, "warmup"), "steps": _int(o.steps, "steps")}
+    m = load_matrix(o.matrix, overrides, matrices)
+    ports = select(",".join(m.ports) if m.ports else None, impls, skip=o.skip)
+    if not ports:
+        raise UsageError("no port left to benchmark")
     store = Store()
-    resolved = [store.resolve(name, synthesize=m.synthesize) for name in m.models]
-    for r in resolved:
+    models = [ensure(store, name) if m.synthesize else store.resolve(name) for name in m.models]
+    for r in models:
         if m.steps > r.config.seq_len:
             raise UsageError(f"steps={m.steps} exceeds {r.name}'s seq_len {r.config.seq_len}")
+    out = Path(o.out) if o.out else RESULTS / f"{o.matrix}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    done = {}
+    if o.resume:
+        previous = resultfile.load(out)
+        if previous.matrix != m:
+            raise UsageError(f"{out} was run with another matrix; resume needs the same flags")
+        done = {(c.port, c.model.name, c.threads): c for c in previous.cells if c.status != "incomplete"}
+    return Plan(o.matrix, m, ports, models, out, done)
 
+
+# ---------------------------------------------------------------- prepare
+@dataclass(frozen=True)
+class Prepared:
+    plan: Plan
+    builds: dict[str, BuildOutcome]
+    suite: Suite  # the header of the result file: host, ports, matrix; cells come in `run`
+    runner: object | None = None  # a container runner, or None for native runs
+
+
+def _prepare_port(port: Port, install: bool, runner) -> BuildOutcome:
+    if runner is not None:
+        return runner.build_outcome(port)
+    if install:
+        tc = install_toolchain(port)
+        if tc.status == "failed":
+            return BuildOutcome(port.name, "skipped", f"toolchain could not be installed: {tc.detail}")
+    return build_port(port)
+
+
+def prepare(p: Plan, install: bool = False, docker: bool = False, image: str | None = None,
+            describe=describe_host) -> Prepared:
     runner, image_id = None, None
     if docker:
         from .containers import ContainerRunner
-        runner = ContainerRunner.connect(image, m.container_memory)
+        runner = ContainerRunner.connect(image, p.matrix.container_memory)
         image_id = runner.image_id
-
-    print(f"matrix {matrix}: {len(chosen)} ports x {len(resolved)} models x threads {m.thread_counts()}, "
+    m = p.matrix
+    print(f"matrix {p.name}: {len(p.ports)} ports x {len(p.models)} models x threads {m.thread_counts()}, "
           f"{m.warmup} warmup + {m.runs} runs, {m.steps} steps", flush=True)
     builds, infos = {}, []
-    for port in chosen:
-        outcome = build_port(port) if runner is None else runner.build_outcome(port)
+    for port in p.ports:
+        outcome = _prepare_port(port, install, runner)
         builds[port.name] = outcome
         print(f"  {port.name}: {outcome.status} {'' if outcome.status == 'built' else outcome.detail}", flush=True)
         infos.append(PortInfo(name=port.name, language=port.manifest.language, role=port.manifest.role,
@@ -133,83 +167,114 @@ def main(matrix="quick", ports=None, models=None, threads=None, runs=None, warmu
                               build=f"{outcome.status}: {outcome.detail}"))
     # the roofline is measured over as many bytes as the largest model reads per token, so that
     # hosts with huge caches are not credited with DRAM speed they never reach (or vice versa)
-    probe_mib = max(256, max(r.config.weight_bytes() for r in resolved) >> 20)
+    probe_mib = max(256, max(r.config.weight_bytes() for r in p.models) >> 20)
     print(f"measuring memory read bandwidth over {probe_mib} MiB ...", flush=True)
-    host = describe_host(m.thread_counts(), image_id, probe_mib)
+    host = describe(m.thread_counts(), image_id, probe_mib)
+    suite = Suite(suite_id=p.out.stem, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  matrix_name=p.name, matrix=m, host=host, ports=infos, cells=list(p.done.values()))
+    return Prepared(p, builds, suite, runner)
 
-    out_path = Path(out) if out else RESULTS / f"{matrix}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    done: dict[tuple, Cell] = {}
-    if resume:
-        previous = resultfile.load(out_path)
-        if previous.matrix != m:
-            raise UsageError(f"{out_path} was run with another matrix; resume needs the same flags")
-        done = {(c.port, c.model.name, c.threads): c for c in previous.cells if c.status != "incomplete"}
-    suite = Suite(suite_id=out_path.stem, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  matrix_name=matrix, matrix=m, host=host, ports=infos, cells=list(done.values()))
 
-    blocks = [(r, t) for r in resolved for t in m.thread_counts()]
-    todo = [(r, t) for r, t in blocks if any((p.name, r.name, t) not in done for p in chosen)]
-    progress = Progress(sum((m.warmup + m.runs) * len(chosen) for _ in todo))
-    finished: list[Cell] = list(done.values())
+# ---------------------------------------------------------------- run
+def _format_for(port: Port, matrix: Matrix) -> str | None:
+    if matrix.model_format == "gguf" or not port.reads("v0"):
+        return "gguf" if port.reads("gguf") else None
+    return "v0"
+
+
+def model_record(resolved: Resolved, path: Path, fmt: str) -> Model:
+    return Model(name=resolved.name, path=str(path), origin=resolved.origin, tokenizer_origin=resolved.tokenizer_origin,
+                 format=fmt, weight_bytes=resolved.config.weight_bytes())
+
+
+def block_cells(pr: Prepared, r: Resolved, threads: int) -> list[tuple[CellSpec, Cell]]:
+    """The cells of one (model, threads) block still to run, each with the command that measures it;
+    a port that did not build, or reads none of the model's formats, is a failed cell at once."""
+    m, out = pr.plan.matrix, []
+    for port in pr.plan.ports:
+        if (port.name, r.name, threads) in pr.plan.done:
+            continue
+        fmt = _format_for(port, m)
+        path = gguf_for(r) if fmt == "gguf" else r.path
+        model = model_record(r, path, fmt or "v0")
+        spec = CellSpec(port, model, str(r.tokenizer), threads, m.steps, m.temperature, m.topp, m.seed)
+        mf, build = port.manifest, pr.builds[port.name]
+        cell = Cell(port=mf.name, language=mf.language, role=mf.role, model=model, threads=threads, steps=m.steps,
+                    argv=spec.argv(), status="incomplete")
+        if build.status != "built":
+            cell = cell.model_copy(update={"status": "failed", "argv": [], "reason": f"not built: {build.detail}"})
+        elif fmt is None:
+            cell = cell.model_copy(update={"status": "failed", "argv": [],
+                                           "reason": f"reads none of the formats {mf.formats}"})
+        out.append((spec, cell))
+    return out
+
+
+def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: resultfile.Writer, progress: Progress,
+              runner=None) -> None:
+    """Interleaved warmups and runs of the cells compared with each other; each run is saved."""
+    for cell in (c for _, c in cells):
+        writer.put(cell)
+    for slot in interleave(len(cells), matrix.warmup, matrix.runs):
+        spec, _ = cells[slot.cell]
+        cell = writer.get(spec.port.name, spec.model.name, spec.threads)
+        if cell.status == "failed":
+            progress.skip()
+            continue
+        progress.step(f"{cell.port} {cell.model.name} j={cell.threads} {slot.kind} {slot.index + 1}")
+        run = measure(spec, matrix.timeout_s, runner)
+        kind = "warmup" if slot.kind == "warmup" else "runs"
+        update = {kind: [*getattr(cell, kind), run]}
+        if not run.ok:
+            update.update(status="failed", reason=f"{slot.kind} {slot.index + 1}: {run.problem}")
+        writer.put(cell.model_copy(update=update))
+    for _, cell in cells:
+        current = writer.get(cell.port, cell.model.name, cell.threads)
+        if current.status == "incomplete":
+            writer.put(current.model_copy(update={"status": "ok"}))
+
+
+def run(pr: Prepared, writer: resultfile.Writer) -> None:
+    m = pr.plan.matrix
+    blocks = [block_cells(pr, r, t) for r, t in pr.plan.blocks()]
+    progress = Progress(sum((m.warmup + m.runs) * len(b) for b in blocks))
     try:
-        for r, t in todo:
-            specs, cells = [], []
-            for port in chosen:
-                if (port.name, r.name, t) in done:
-                    continue
-                fmt = _format_for(port, m)
-                path = gguf_for(r) if fmt == "gguf" else r.path
-                model = model_record(r, path, fmt or "v0")
-                spec = CellSpec(port, model, str(r.tokenizer), t, m.steps, m.temperature, m.topp, m.seed)
-                specs.append(spec)
-                if builds[port.name].status != "built":
-                    cells.append(_failed(port, model, t, m.steps, f"not built: {builds[port.name].detail}"))
-                elif fmt is None:
-                    cells.append(_failed(port, model, t, m.steps, f"reads none of the formats {port.manifest.formats}"))
-                else:
-                    mf = port.manifest
-                    cells.append(Cell(port=mf.name, language=mf.language, role=mf.role, model=model, threads=t,
-                                      steps=m.steps, argv=spec.argv(), status="incomplete"))
-
-            def save(current, _finished=finished):
-                nonlocal suite
-                suite = suite.model_copy(update={"cells": _finished + list(current)})
-                resultfile.save(suite, out_path)
-
-            finished += run_block(specs, cells, m, save, progress, runner)
-            save([])
-    except KeyboardInterrupt:
+        for cells in blocks:
+            run_block(cells, m, writer, progress, pr.runner)
+    finally:
         progress.done()
-        print(f"\ninterrupted: {len(finished)} finished cells kept in {out_path}; "
-              f"continue with --resume --out {out_path}", file=sys.stderr)
-        return 130
-    progress.done()
-    suite = suite.model_copy(update={"cells": finished,
-                                     "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    resultfile.save(suite, out_path)
-    return publish(suite, out_path)
 
 
-def publish(suite: Suite, json_path: Path, out_dir: Path | None = None) -> int:
+# ---------------------------------------------------------------- publish
+def publish(suite: Suite, json_path: Path, out_dir: Path | None = None) -> None:
     print(render(suite))
     out_dir = out_dir or json_path.parent
     written = export_all(suite, json_path, out_dir) + draw_all(suite, out_dir, json_path.stem)
     print(f"\nresults: {json_path}")
     for p in written:
         print(f"  {p}")
+
+
+def exit_code(suite: Suite, strict: bool) -> int:
+    """0 when something was measured; with strict, only when every cell was."""
+    ok = [c for c in suite.cells if c.status == "ok"]
     failed = [c for c in suite.cells if c.status != "ok"]
-    return 1 if failed else 0
+    if failed:
+        print(f"\n{len(failed)} of {len(suite.cells)} cells did not run: "
+              + "; ".join(sorted({f'{c.port}: {c.reason}' for c in failed}))[:2000], file=sys.stderr)
+    return 1 if not ok or (strict and failed) else 0
 
 
-def report(results: str, out: str | None = None) -> int:
-    path = Path(results)
-    suite = resultfile.load(path)
-    publish(suite, path, Path(out) if out else None)
-    return 0
-
-
-def compare(a: str, b: str) -> int:
-    from .compare import render as render_compare
-
-    print(render_compare(resultfile.load(a), resultfile.load(b)))
-    return 0
+def main(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS, describe=describe_host) -> int:
+    p = plan(o, matrices, impls)
+    pr = prepare(p, install=o.install, docker=o.docker, image=o.image, describe=describe)
+    writer = resultfile.Writer(pr.suite, p.out)
+    try:
+        run(pr, writer)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished run is kept in {p.out}; "
+              f"continue with --resume --out {p.out}", file=sys.stderr)
+        return 130
+    suite = writer.finish()
+    publish(suite, p.out)
+    return exit_code(suite, o.strict)

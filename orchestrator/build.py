@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ LOG_DIR = ROOT / "build" / "logs"
 @dataclass(frozen=True)
 class BuildOutcome:
     port: str
-    status: str  # "built", "skipped", "failed"
+    status: str  # "built", "skipped", "failed"; for installs "present", "installed", "failed"
     detail: str
     seconds: float = 0.0
     version: str | None = None
@@ -46,13 +47,56 @@ def run_logged(port: Port, commands: list[list[str]], log: Path, jobs: int, time
     return True, ""
 
 
-def install_toolchain(port: Port, timeout: float = 1800) -> BuildOutcome:
-    cmd = port.manifest.toolchain.install
-    if not cmd:
-        return BuildOutcome(port.name, "skipped", "no installer declared")
+def _streamed(argv: list[str], cwd: Path, log: Path, prefix: str, timeout: float) -> tuple[bool, str]:
+    """Run argv with its output shown live (prefixed) and kept in log; (ok, last output line)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    last = ""
+    with open(log, "w") as f:
+        f.write(f"$ {' '.join(argv)}\n")
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+        except FileNotFoundError:
+            return False, f"command not found: {argv[0]}"
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                if line.strip():
+                    last = line.strip()
+                    print(f"  [{prefix}] {last}", flush=True)
+            code = proc.wait()
+        finally:
+            timer.cancel()
+    if code != 0:
+        return False, f"`{' '.join(argv)}` exited {code}: {last}"
+    return True, last
+
+
+def install_toolchain(port: Port, timeout: float = 3600) -> BuildOutcome:
+    """Install the port's toolchain when its check fails; never when it passes."""
+    version = toolchain_version(port)
+    if version is not None:
+        return BuildOutcome(port.name, "present", "toolchain present", version=version)
+    tc = port.manifest.toolchain
+    if not tc.install:
+        return BuildOutcome(port.name, "failed", f"toolchain missing (`{' '.join(tc.check)}` failed) and no installer")
+    size = f" ({tc.size})" if tc.size else ""
+    print(f"{port.name}: installing its toolchain{size} ...", flush=True)
     start = time.monotonic()
-    ok, err = run_logged(port, [cmd], LOG_DIR / f"{port.name}.install.log", 2, timeout)
-    return BuildOutcome(port.name, "built" if ok else "failed", err or "installed", time.monotonic() - start)
+    log = LOG_DIR / f"{port.name}.install.log"
+    ok, err = _streamed(port.expand(tc.install), port.dir, log, port.name, timeout)
+    seconds = time.monotonic() - start
+    version = toolchain_version(port) if ok else None
+    if version is None:
+        why = err if not ok else f"installed, but `{' '.join(tc.check)}` still fails"
+        return BuildOutcome(port.name, "failed", f"{why} (log: {log.relative_to(ROOT)})", seconds)
+    return BuildOutcome(port.name, "installed", "installed", seconds, version)
+
+
+def install_all(ports: list[Port]) -> list[BuildOutcome]:
+    return [install_toolchain(p) for p in ports]
 
 
 def build_port(port: Port, jobs: int = 2, timeout: float = 1800) -> BuildOutcome:

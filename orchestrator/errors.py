@@ -16,3 +16,9 @@ class FormatError(PolyllamaError):
 
 class UsageError(PolyllamaError):
     """A flag, option or matrix entry is wrong."""
+
+
+def first_error(e) -> str:
+    """A pydantic ValidationError as one line: where, then what."""
+    first = e.errors()[0]
+    return f"{'.'.join(map(str, first['loc'])) or '?'}: {first['msg']}"

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from schemas.port import PortManifest
 
-from .errors import PolyllamaError, UsageError
+from .errors import PolyllamaError, UsageError, first_error
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPLS = ROOT / "impls"
@@ -74,9 +74,7 @@ def load_manifest(path: Path) -> PortManifest:
     except tomllib.TOMLDecodeError as e:
         raise PolyllamaError(f"{path}: not valid TOML: {e}") from None
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PolyllamaError(f"{path}: {where}: {first['msg']}") from None
+        raise PolyllamaError(f"{path}: {first_error(e)}") from None
     if manifest.name != path.parent.name:
         raise PolyllamaError(f"{path}: name {manifest.name!r} must equal its folder {path.parent.name!r}")
     return manifest
@@ -86,17 +84,20 @@ def discover(impls: Path = IMPLS) -> list[Port]:
     return [Port(load_manifest(p), p.parent) for p in sorted(impls.glob("*/port.toml"))]
 
 
-def select(names: str | None, impls: Path = IMPLS) -> list[Port]:
-    """The ports named in a comma-separated list (all of them when empty)."""
+def names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def select(wanted_names: str | None, impls: Path = IMPLS, skip: str | None = None) -> list[Port]:
+    """The ports named in a comma-separated list (all of them when empty), less those in skip."""
     ports = discover(impls)
-    if not names:
-        return ports
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
     known = {p.name: p for p in ports}
-    unknown = [n for n in wanted if n not in known]
+    wanted, skipped = names(wanted_names), names(skip)
+    unknown = [n for n in wanted + skipped if n not in known]
     if unknown:
         raise UsageError(f"unknown port(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return [known[n] for n in wanted]
+    chosen = [known[n] for n in wanted] if wanted else ports
+    return [p for p in chosen if p.name not in skipped]
 
 
 def toolchain_version(port: Port, timeout: float = 60) -> str | None:

@@ -1,22 +1,21 @@
-"""Saving and loading suites: atomic writes, so an interrupted suite keeps every finished cell."""
+"""Saving and loading suites. Every save is atomic, and the Writer saves after every change, so
+an interrupted suite keeps every finished run."""
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.results import FORMAT_VERSION, Suite
+from schemas.results import FORMAT_VERSION, Cell, Suite
 
-from .errors import PolyllamaError
+from .errors import PolyllamaError, first_error
+from .files import write_atomic
 
 
 def save(suite: Suite, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(suite.model_dump_json(indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, suite.model_dump_json(indent=1))
 
 
 def load(path) -> Suite:
@@ -33,5 +32,32 @@ def load(path) -> Suite:
     try:
         return Suite.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise PolyllamaError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise PolyllamaError(f"{path}: {first_error(e)}") from None
+
+
+class Writer:
+    """The suite being measured: cells keyed by (port, model, threads), saved on every put."""
+
+    def __init__(self, suite: Suite, path: Path):
+        self.path = path
+        self._suite = suite
+        self._cells = {self._key(c): c for c in suite.cells}
+        save(suite, path)
+
+    @staticmethod
+    def _key(cell: Cell) -> tuple:
+        return cell.port, cell.model.name, cell.threads
+
+    def get(self, port: str, model: str, threads: int) -> Cell:
+        return self._cells[(port, model, threads)]
+
+    def put(self, cell: Cell) -> None:
+        self._cells[self._key(cell)] = cell
+        self._suite = self._suite.model_copy(update={"cells": list(self._cells.values())})
+        save(self._suite, self.path)
+
+    def finish(self) -> Suite:
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self._suite = self._suite.model_copy(update={"finished": now})
+        save(self._suite, self.path)
+        return self._suite

@@ -115,24 +115,23 @@ class Store:
         synth = find_file(synthetic_name(entry.file))
         return (synth, "synthetic") if synth else (None, None)
 
-    def resolve(self, name: str, allow_synthetic: bool = True, synthesize: bool = False) -> Resolved:
-        """The real file when present, else the synthetic stand-in (made on demand if asked)."""
+    def find_model(self, name: str, allow_synthetic: bool = True) -> tuple[Path | None, str | None]:
+        """The real file when present, else the synthetic stand-in; (None, None) when neither is."""
         entry = self.entry(name)
         path = find_file(entry.file)
-        origin = origin_of(path, entry) if path else None
-        if path is None and allow_synthetic:
-            path = find_file(synthetic_name(entry.file))
-            if path is None and synthesize:
-                from .synth import synthesize_model
-                path = synthesize_model(self, name)
-            origin = "synthetic" if path else None
+        if path:
+            return path, origin_of(path, entry)
+        synth = find_file(synthetic_name(entry.file)) if allow_synthetic else None
+        return (synth, "synthetic") if synth else (None, None)
+
+    def resolve(self, name: str, allow_synthetic: bool = True) -> Resolved:
+        """The model and its tokenizer as found on the search path (synth.ensure makes missing ones)."""
+        entry = self.entry(name)
+        path, origin = self.find_model(name, allow_synthetic)
         if path is None:
             raise PolyllamaError(f"model {name} not found in {', '.join(map(str, search_path()))}; "
                                  f"run `invoke models.fetch {name}` or `invoke models.synth {name}`")
         tok, tok_origin = self.find_tokenizer(entry.tokenizer)
-        if tok is None and synthesize:
-            from .synth import synthesize_tokenizer
-            tok, tok_origin = synthesize_tokenizer(self, entry.tokenizer), "synthetic"
         if tok is None:
             raise PolyllamaError(f"tokenizer {entry.tokenizer} for {name} not found; "
                                  f"run `invoke models.fetch {name}` or `invoke models.synth {name}`")

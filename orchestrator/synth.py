@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .formats import Model, Vocab, write_v0, write_tokenizer
-from .store import MODELS_DIR, Store, synthetic_name
+from .store import MODELS_DIR, Resolved, Store, synthetic_name
 
 DEFAULT_SEED = 1234
 WEIGHT_STD = 0.02
@@ -66,3 +66,14 @@ def synthesize_tokenizer(store: Store, name: str, seed: int = DEFAULT_SEED, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tokenizer(path, random_vocab(entry.vocab_size, seed))
     return path
+
+
+def ensure(store: Store, name: str, seed: int = DEFAULT_SEED) -> Resolved:
+    """The model resolved, after synthesising its file or tokenizer where neither a real nor a
+    synthetic one is on the search path."""
+    if store.find_model(name)[0] is None:
+        synthesize_model(store, name, seed)
+    tokenizer = store.entry(name).tokenizer
+    if store.find_tokenizer(tokenizer)[0] is None:
+        synthesize_tokenizer(store, tokenizer, seed)
+    return store.resolve(name)

@@ -20,6 +20,7 @@ from .formats import read_model, read_tokenizer, write_v1
 from .ports import Port, tool_env
 from .reference import Sampler, Tokenizer, Transformer, generate, logits_for
 from .store import MODELS_DIR, Resolved, Store
+from .synth import ensure
 
 RTOL = 1e-4  # the contract's tolerance: max|port - ref| <= RTOL * (1 + max|ref|) at each position
 PROMPT = b"Once upon a time, there was a"
@@ -72,7 +73,7 @@ class Row:
 def build_cases(store: Store, models: list[str], formats: list[str], out_dir: Path = MODELS_DIR) -> list[Case]:
     cases = []
     for name in models:
-        r = store.resolve(name, synthesize=True)
+        r = ensure(store, name)
         sampled = r.origin == "real" and name == "stories260K"
         label = f"{name} ({r.origin})"
         if "v0" in formats:

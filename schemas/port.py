@@ -15,7 +15,8 @@ class _Strict(BaseModel):
 
 class Toolchain(_Strict):
     check: Argv = Field(min_length=1, description="argv; exit 0 = present, first output line = version")
-    install: Argv | None = Field(None, description="idempotent installer, run by `invoke install` and CI")
+    install: Argv | None = Field(None, description="idempotent installer, run when the check fails")
+    size: str = Field("", description="what the installer downloads, said before it starts (e.g. 'about 4 GB')")
 
 
 class Build(_Strict):

@@ -2,7 +2,8 @@
 
 behaviours: good, crash, hang, no-stats, lies-threads (claims -j but burns 1 core),
 greedy-threads (burns 2 cores at -j 1), short (generates fewer tokens), slow-clock (claims more
-time than it lived), interrupt (sends SIGINT to the harness on the first measured run).
+time than it lived), interrupt (sends SIGINT to the harness on its first run at -j 2, once per
+FAKE_INTERRUPT_FLAG file). FAKE_ORDER_LOG, when set, names a file each run appends its behaviour to.
 """
 import json
 import os
@@ -30,8 +31,12 @@ def burn(seconds):
 
 
 t0 = time.perf_counter()
-if behaviour == "interrupt" and os.environ.get("FAKE_INTERRUPT_FLAG") and not os.path.exists(os.environ["FAKE_INTERRUPT_FLAG"]):
-    open(os.environ["FAKE_INTERRUPT_FLAG"], "w").close()
+if os.environ.get("FAKE_ORDER_LOG"):
+    with open(os.environ["FAKE_ORDER_LOG"], "a") as log:
+        log.write(behaviour + "\n")
+flag = os.environ.get("FAKE_INTERRUPT_FLAG")
+if behaviour == "interrupt" and threads == 2 and flag and not os.path.exists(flag):
+    open(flag, "w").close()
     os.kill(os.getppid(), signal.SIGINT)
 work = float(os.environ.get("FAKE_WORK_S", "0.05"))
 workers = 2 if behaviour == "greedy-threads" else (1 if behaviour == "lies-threads" else threads)

@@ -28,20 +28,22 @@ timeout_s = 5
 """
 
 
+BEHAVIOURS = ("good", "crash", "hang", "no-stats", "lies-threads", "greedy-threads", "short", "slow-clock")
+
+
+def _fake_port(impls: Path, name: str, behaviour: str, toolchain: str = 'check = ["true"]') -> None:
+    d = impls / name
+    d.mkdir(parents=True)
+    (d / "port.toml").write_text(
+        f'contract = 1\nname = "{name}"\nlanguage = "Fake"\nformats = ["v0"]\n[toolchain]\n{toolchain}\n'
+        f'[run]\ncommand = ["{sys.executable}", "{HERE / "fakeport.py"}", "{behaviour}"]\n')
+
+
 @pytest.fixture
-def fake_impls(tmp_path, monkeypatch, stories260k):
-    """impls/ with one fake port per behaviour, and the harness pointed at it."""
-    impls = tmp_path / "impls"
-    for behaviour in ("good", "crash", "hang", "no-stats", "lies-threads", "greedy-threads", "short", "slow-clock"):
-        d = impls / behaviour
-        d.mkdir(parents=True)
-        (d / "port.toml").write_text(
-            f'contract = 1\nname = "{behaviour}"\nlanguage = "Fake"\nformats = ["v0"]\n'
-            f'[toolchain]\ncheck = ["true"]\n[run]\ncommand = ["{sys.executable}", "{HERE / "fakeport.py"}", "{behaviour}"]\n')
-    from orchestrator import ports
-    monkeypatch.setattr(ports, "IMPLS", impls)
-    monkeypatch.setattr(bench, "select", lambda names: ports.select(names, impls))
-    monkeypatch.setattr(bench, "describe_host", _fake_host)
+def fake_impls(tmp_path, stories260k):
+    """impls/ with one fake port per behaviour, and a matrix file beside it."""
+    for behaviour in BEHAVIOURS + ("interrupt",):
+        _fake_port(tmp_path / "impls", behaviour, behaviour)
     (tmp_path / "m.toml").write_text(MATRIX)
     return tmp_path
 
@@ -54,12 +56,14 @@ def _fake_host(threads, image=None, probe_mib=256):
 
 
 def _run(tmp, **kw):
-    return bench.main(matrix="t", out=str(tmp / "r.json"), matrices_file=tmp / "m.toml", **kw)
+    kw.setdefault("ports", ",".join(BEHAVIOURS))
+    options = bench.Options(matrix="t", out=str(tmp / "r.json"), **kw)
+    return bench.main(options, matrices=tmp / "m.toml", impls=tmp / "impls", describe=_fake_host)
 
 
 def test_misbehaving_ports_fail_with_reasons(fake_impls):
-    code = _run(fake_impls)
-    assert code == 1  # some cells failed
+    assert _run(fake_impls) == 0  # some cells failed, but others were measured
+    assert _run(fake_impls, strict=True) == 1
     suite = resultfile.load(fake_impls / "r.json")
     cells = {(c.port, c.threads): c for c in suite.cells}
     assert len(cells) == 16
@@ -103,37 +107,49 @@ def test_thread_check(threads, wall, cpu, seen, verdict):
 
 
 def test_runs_are_interleaved(fake_impls, monkeypatch):
-    order = []
-    real = bench.measure
-    monkeypatch.setattr(bench, "measure", lambda spec, *a: order.append(spec.port.name) or real(spec, *a))
+    log = fake_impls / "order.log"
+    monkeypatch.setenv("FAKE_ORDER_LOG", str(log))
     _run(fake_impls, ports="good,short,lies-threads", threads="1")
     # warmup round then two measured rounds; 'short' fails in the warmup and is not run again
+    order = log.read_text().split()
     assert order == ["good", "short", "lies-threads", "good", "lies-threads", "good", "lies-threads"]
 
 
 def test_interrupted_suite_keeps_results_and_resumes(fake_impls, monkeypatch):
-    calls = {"n": 0}
-    real = bench.measure
-
-    def flaky(spec, *a):
-        calls["n"] += 1
-        if calls["n"] == 8:  # inside the second block
-            raise KeyboardInterrupt
-        return real(spec, *a)
-
-    monkeypatch.setattr(bench, "measure", flaky)
-    assert _run(fake_impls, ports="good,lies-threads") == 130
+    monkeypatch.setenv("FAKE_INTERRUPT_FLAG", str(fake_impls / "interrupted"))
+    assert _run(fake_impls, ports="good,interrupt") == 130  # SIGINT inside the second block
     kept = resultfile.load(fake_impls / "r.json")
     finished = [c for c in kept.cells if c.status == "ok"]
-    assert {(c.port, c.threads) for c in finished} == {("good", 1), ("lies-threads", 1)}
-    calls["n"] = 100
-    assert _run(fake_impls, ports="good,lies-threads", resume=True) == 0
+    assert {(c.port, c.threads) for c in finished} == {("good", 1), ("interrupt", 1)}
+    [partial] = [c for c in kept.cells if c.port == "good" and c.threads == 2]
+    assert partial.status == "incomplete" and len(partial.warmup) == 1  # the run finished before it is kept
+    assert _run(fake_impls, ports="good,interrupt", resume=True) == 0
     resumed = resultfile.load(fake_impls / "r.json")
     assert {(c.port, c.threads, c.status) for c in resumed.cells} == {
-        (p, t, "ok") for p in ("good", "lies-threads") for t in (1, 2)}
+        (p, t, "ok") for p in ("good", "interrupt") for t in (1, 2)}
     # the finished cells were kept, not re-measured
     before = {(c.port, c.threads): c.runs for c in finished}
     assert all(c.runs == before[(c.port, c.threads)] for c in resumed.cells if c.threads == 1)
+
+
+def test_a_port_without_toolchain_is_skipped_and_the_rest_are_measured(fake_impls):
+    impls = fake_impls / "impls"
+    _fake_port(impls, "absent", "good", 'check = ["false"]\ninstall = ["false"]')
+    flag = fake_impls / "installed"
+    _fake_port(impls, "installable", "good", f'check = ["test", "-f", "{flag}"]\ninstall = ["touch", "{flag}"]')
+    assert _run(fake_impls, ports="good,absent,installable", threads="1", install=True) == 0
+    cells = {c.port: c for c in resultfile.load(fake_impls / "r.json").cells}
+    assert cells["good"].status == cells["installable"].status == "ok"
+    assert cells["absent"].status == "failed" and "toolchain could not be installed" in cells["absent"].reason
+    assert flag.exists()
+    assert _run(fake_impls, ports="absent", threads="1") == 1  # nothing could run
+
+
+def test_skip_leaves_ports_out(fake_impls):
+    _run(fake_impls, ports="good,crash", skip="crash", threads="1")
+    assert {c.port for c in resultfile.load(fake_impls / "r.json").cells} == {"good"}
+    with pytest.raises(UsageError, match="no port left"):
+        _run(fake_impls, ports="good", skip="good")
 
 
 def test_resume_refuses_another_matrix(fake_impls):
@@ -152,7 +168,7 @@ def test_bad_flags_name_the_field_before_anything_runs(fake_impls, flags, field)
 
 def test_unknown_matrix(fake_impls):
     with pytest.raises(UsageError, match="unknown matrix"):
-        bench.main(matrix="nope", matrices_file=fake_impls / "m.toml")
+        bench.main(bench.Options(matrix="nope"), matrices=fake_impls / "m.toml", impls=fake_impls / "impls")
 
 
 def test_named_matrices_are_valid():

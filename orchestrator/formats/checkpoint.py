@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import FormatError
+from ..files import atomic_path
 from .config import Config
+from .model import Model
 
 V1_MAGIC = 0x616B3432
 V1_HEADER_BYTES = 256
@@ -24,19 +24,6 @@ GGUF_MAGIC = b"GGUF"
 # v1 writes the small vectors first, then the matrices (llama2.c export.py version 1).
 V1_ORDER = ("rms_att", "rms_ffn", "rms_final", "token_embedding",
             "wq", "wk", "wv", "wo", "w1", "w2", "w3")
-
-
-@dataclass
-class Model:
-    config: Config
-    weights: dict[str, np.ndarray]
-    fmt: str = "memory"
-    path: str | None = None
-    tokenizer: object | None = field(default=None, repr=False)  # set by GGUF, which embeds one
-
-    @property
-    def classifier(self) -> np.ndarray:
-        return self.weights["token_embedding"] if self.config.shared_classifier else self.weights["wcls"]
 
 
 def sniff(path) -> str:
@@ -129,22 +116,10 @@ def read_v1(path) -> Model:
     return Model(config, _map_tensors(path, V1_HEADER_BYTES, layout), "v1", str(path))
 
 
-def read_model(path) -> Model:
-    """Any supported checkpoint; GGUF files bring their tokenizer along."""
-    fmt = sniff(path)
-    if fmt == "gguf":
-        from .gguf_file import read_gguf
-        return read_gguf(path)
-    return read_v1(path) if fmt == "v1" else read_v0(path)
-
-
 def _write_atomic(path, chunks) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for chunk in chunks:
             f.write(chunk if isinstance(chunk, bytes) else np.ascontiguousarray(chunk, dtype="<f4").tobytes())
-    os.replace(tmp, path)
 
 
 def write_v0(path, model: Model, freq_tables: tuple[np.ndarray, np.ndarray] | None = None) -> None:

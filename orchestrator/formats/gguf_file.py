@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .checkpoint import Model
+from ..files import atomic_path
+from .model import Model
 from .config import Config
 from .tokenizer_file import Vocab
 
@@ -70,12 +71,8 @@ def write_gguf(path, model: Model, vocab: Vocab, name: str = "polyllama") -> Non
         texts, types = zip(*(_token_to_gguf(i, p) for i, p in enumerate(vocab.pieces)))
     except ValueError as e:
         raise FormatError(path, f"cannot export the tokenizer: {e}") from None
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # concurrent exports never share one
-    try:
+    with atomic_path(path) as tmp:
         _write(gguf, tmp, model, vocab, texts, types, name)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str) -> None:

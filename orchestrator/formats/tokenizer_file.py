@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError
+from ..files import write_atomic
 
 MAX_TOKEN_LENGTH = 1024
 
@@ -74,6 +75,4 @@ def write_tokenizer(path, vocab: Vocab) -> None:
         out.append(struct.pack("<fi", score, len(piece)))
         out.append(piece)
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(b"".join(out))
-    os.replace(tmp, path)
+    write_atomic(path, b"".join(out))
