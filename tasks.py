@@ -78,12 +78,14 @@ def bench(c, matrix="default", ports=None, skip=None, models=None, threads=None,
                              docker=docker, image=image))
 
 
-@task(help={"port": "the port whose command is timed", "model": "model (synthetic when absent)",
-            "threads": "-j for the port", "steps": "positions per run", "rounds": "alternating runs of each timer"})
+@task(help={"port": "the port whose command is timed",
+            "models": "comma-separated models (synthetic when absent)",
+            "threads": "comma-separated -j values; 'all' = every core", "steps": "positions per run",
+            "rounds": "paired rounds (hyperfine and ours, alternating which goes first) per cell"})
 @_exits
-def overhead(c, port="c", model="stories110M", threads=1, steps=64, rounds=5):
-    """Measure the harness's own cost: our executor against hyperfine on the same command."""
-    return app.overhead(port, model, int(threads), int(steps), int(rounds))
+def overhead(c, port="c", models="stories15M,stories110M", threads="1,all", steps=256, rounds=5):
+    """Measure the harness's own cost: our executor against `hyperfine -N` on the same commands."""
+    return app.overhead(port, models, threads, int(steps), int(rounds))
 
 
 @task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures"})

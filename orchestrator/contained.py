@@ -1,7 +1,7 @@
 """Inside a container: run one port command with the native executor and print the measurement
-as JSON, so container cells are measured exactly as native ones (wait4 rusage, tree sampling).
+as JSON, so container cells are measured exactly as native ones (see executor.py).
 
-    python -m orchestrator.contained TIMEOUT SAMPLE -- ARGV...
+    python -m orchestrator.contained TIMEOUT TREE -- ARGV...
 """
 import base64
 import dataclasses
@@ -14,9 +14,9 @@ from .ports import tool_env
 
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[2] != "--":
-        print("usage: python -m orchestrator.contained TIMEOUT SAMPLE -- ARGV...", file=sys.stderr)
+        print("usage: python -m orchestrator.contained TIMEOUT TREE -- ARGV...", file=sys.stderr)
         return 2
-    result = execute(argv[3:], env=tool_env(), timeout=float(argv[0]), sample=argv[1] == "1")
+    result = execute(argv[3:], env=tool_env(), timeout=float(argv[0]), tree=argv[1] == "1")
     record = dataclasses.asdict(result)
     record["stdout"] = base64.b64encode(result.stdout).decode()
     print(json.dumps(record))

@@ -157,13 +157,13 @@ class ContainerRunner:
             out.append(arg)
         return out, mounts
 
-    def execute(self, argv: list[str], cwd=None, env=None, timeout: float = 600, sample: bool = True,
+    def execute(self, argv: list[str], cwd=None, env=None, timeout: float = 600, tree: bool = False,
                 threads: int | None = None) -> ProcResult:
         mapped, mounts = self._map(argv)
         workdir = IMAGE_ROOT + str(cwd)[len(str(ROOT)):] if cwd and str(cwd).startswith(str(ROOT)) else IMAGE_ROOT
         cpus = threads or os.cpu_count() or 1
         cpuset = f"0-{min(cpus, os.cpu_count() or 1) - 1}"
-        command = ["python", "-m", "orchestrator.contained", str(timeout), "1" if sample else "0", "--", *mapped]
+        command = ["python", "-m", "orchestrator.contained", str(timeout), "1" if tree else "0", "--", *mapped]
         container = self.client.containers.run(self.image, command, detach=True, volumes=mounts, working_dir=workdir,
                                                cpuset_cpus=cpuset, mem_limit=self.memory, network_mode="none",
                                                environment={"POLYLLAMA_ROOT": IMAGE_ROOT})
@@ -190,4 +190,5 @@ class ContainerRunner:
         return ProcResult(**record)
 
     def __call__(self, spec, timeout: float) -> ProcResult:
-        return self.execute(spec.argv(), cwd=spec.port.dir, timeout=timeout, threads=spec.threads)
+        return self.execute(spec.argv(), cwd=spec.port.dir, timeout=timeout, threads=spec.threads,
+                            tree=spec.port.manifest.run.spawns)

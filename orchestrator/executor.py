@@ -1,8 +1,17 @@
 """Run one port process and measure it: wall time, CPU time, peak memory, threads, output.
 
-The child is reaped with os.wait4, whose rusage gives exact CPU times and the kernel's peak RSS
-for it; a psutil sampler adds the peak over the whole process tree (for ports that fork) and
-the most threads seen. A run past its timeout is killed with its whole process group.
+The harness stays asleep while a port runs, so that a port given every core gets all of them:
+- the child's stdout and stderr go to unlinked temporary files, read once it has exited (no
+  reader threads woken by every token it prints);
+- it is reaped with os.wait4, whose rusage gives the kernel's exact CPU times and peak RSS;
+- its thread count is read from /proc a few times, at instants spaced further and further apart
+  (0.1 s, 0.3 s, 0.7 s, ...: about log2 of the run's length in all), since pools start early and
+  stay;
+- only a port whose manifest says it spawns processes (`[run] spawns = true`) has its process
+  tree walked, every TREE_INTERVAL_S, for the tree's peak memory.
+Before and after the run it reads the system's CPU counters and load average, so that a run
+taken while other processes were busy can be marked (the quiet-machine guard).
+A run past its timeout is killed with its whole process group.
 """
 from __future__ import annotations
 
@@ -10,14 +19,18 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 STATS_PREFIX = "polyllama-stats: "
-SAMPLE_INTERVAL_S = 0.02
+FIRST_LOOK_S = 0.1  # the first thread count; each later look waits twice as long
+TREE_INTERVAL_S = 0.1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass
@@ -34,6 +47,8 @@ class ProcResult:
     timed_out: bool = False
     stats: dict | None = field(default=None)
     stats_error: str | None = None
+    others_cpu_s: float | None = None  # CPU time the rest of the machine used during the run
+    load_avg: float | None = None  # 1-minute load average when the run started
 
     @property
     def cpu_s(self) -> float:
@@ -60,73 +75,93 @@ def parse_stats(stderr: str) -> tuple[dict | None, str | None]:
     return stats, None
 
 
-class _TreeSampler(threading.Thread):
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.peak_rss, self.peak_threads = pid, 0, 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.Error:
-            return
-        while not self._halt.is_set():
-            rss = threads = 0
-            try:
-                for p in [root] + root.children(recursive=True):
-                    with p.oneshot():
-                        rss += p.memory_info().rss
-                        threads += p.num_threads()
-            except psutil.Error:
-                pass
-            self.peak_rss, self.peak_threads = max(self.peak_rss, rss), max(self.peak_threads, threads)
-            self._halt.wait(SAMPLE_INTERVAL_S)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=1)
+def _busy_cpu_s() -> float | None:
+    """CPU time the whole machine has spent busy since boot (Linux /proc/stat), seconds."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    guest = sum(ticks[8:10]) if len(ticks) > 9 else 0  # already counted in user and nice
+    return (sum(ticks) - idle - guest) / CLOCK_TICKS
 
 
-def execute(argv: list[str], cwd=None, env=None, timeout: float = 600, sample: bool = True) -> ProcResult:
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    sampler = _TreeSampler(proc.pid) if sample else None
-    if sampler:
-        sampler.start()
-    out_chunks, err_chunks = [], []
-    readers = [threading.Thread(target=lambda s=s, b=b: b.append(s.read()), daemon=True)
-               for s, b in ((proc.stdout, out_chunks), (proc.stderr, err_chunks))]
-    for r in readers:
-        r.start()
-    reaped = {}
-    waiter = threading.Thread(target=lambda: reaped.update(r=os.wait4(proc.pid, 0)), daemon=True)
-    waiter.start()  # a blocking wait4 costs nothing while the port runs; polling would
-    waiter.join(timeout)
-    timed_out = waiter.is_alive()
-    if timed_out:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        waiter.join()
-    _, status, usage = reaped["r"]
-    try:  # whatever the port left behind in its process group goes too
-        os.killpg(proc.pid, signal.SIGKILL)
+def _threads(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    try:  # no /proc (macOS): psutil asks the kernel another way
+        return psutil.Process(pid).num_threads()
+    except psutil.Error:
+        return 0
+
+
+def _tree(pid: int) -> tuple[int, int]:
+    """(resident bytes, threads) of a process and all its descendants."""
+    rss = threads = 0
+    try:
+        root = psutil.Process(pid)
+        for p in [root] + root.children(recursive=True):
+            with p.oneshot():
+                rss += p.memory_info().rss
+                threads += p.num_threads()
+    except psutil.Error:
+        pass
+    return rss, threads
+
+
+def execute(argv: list[str], cwd=None, env=None, timeout: float = 600, tree: bool = False) -> ProcResult:
+    """Run argv to its end (or its timeout) and measure it; `tree` walks its process tree."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        busy0 = _busy_cpu_s()
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True)
+        reaped = {}
+        waiter = threading.Thread(target=lambda: reaped.update(r=os.wait4(proc.pid, 0)), daemon=True)
+        waiter.start()  # a blocking wait4 costs nothing while the port runs
+        peak_rss = peak_threads = 0
+        pause, deadline = (TREE_INTERVAL_S if tree else FIRST_LOOK_S), start + timeout
+        while True:
+            waiter.join(max(0.0, min(pause, deadline - time.perf_counter())))
+            if not waiter.is_alive() or time.perf_counter() >= deadline:
+                break
+            if tree:
+                rss, threads = _tree(proc.pid)
+                peak_rss = max(peak_rss, rss)
+            else:
+                threads, pause = _threads(proc.pid), pause * 2
+            peak_threads = max(peak_threads, threads)
+        timed_out = waiter.is_alive()
+        if timed_out:
+            _kill_group(proc.pid)
+            waiter.join()
+        _, status, usage = reaped["r"]
+        _kill_group(proc.pid)  # whatever the port left behind in its process group goes too
+        wall = time.perf_counter() - start
+        busy1 = _busy_cpu_s()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read().decode("utf-8", errors="replace")
+    stats, stats_error = parse_stats(stderr)
+    cpu = usage.ru_utime + usage.ru_stime
+    others = max(0.0, busy1 - busy0 - cpu) if busy0 is not None and busy1 is not None else None
+    rss_kib = usage.ru_maxrss if os.uname().sysname != "Darwin" else usage.ru_maxrss // 1024  # bytes there
+    return ProcResult(
+        argv=argv, returncode=None if timed_out else proc.returncode, stdout=stdout, stderr=stderr, wall_s=wall,
+        user_s=usage.ru_utime, sys_s=usage.ru_stime, max_rss_kib=max(rss_kib, peak_rss // 1024),
+        max_threads=peak_threads, timed_out=timed_out, stats=stats, stats_error=stats_error,
+        others_cpu_s=others, load_avg=load)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if sampler:
-        sampler.stop()
-    for r in readers:
-        r.join(timeout=5)
-    stderr = b"".join(err_chunks).decode("utf-8", errors="replace")
-    stats, stats_error = parse_stats(stderr)
-    return ProcResult(
-        argv=argv, returncode=None if timed_out else proc.returncode, stdout=b"".join(out_chunks),
-        stderr=stderr, wall_s=wall, user_s=usage.ru_utime, sys_s=usage.ru_stime,
-        max_rss_kib=max(usage.ru_maxrss, (sampler.peak_rss // 1024) if sampler else 0),
-        max_threads=sampler.peak_threads if sampler else 0, timed_out=timed_out,
-        stats=stats, stats_error=stats_error)

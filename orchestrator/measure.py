@@ -54,7 +54,8 @@ def _thread_check(proc: ProcResult, stats: PortStats, threads: int) -> str:
 
 def check(proc: ProcResult, spec: CellSpec) -> Run:
     base = dict(wall_s=proc.wall_s, user_s=proc.user_s, sys_s=proc.sys_s, max_rss_kib=proc.max_rss_kib,
-                max_threads=proc.max_threads, returncode=proc.returncode)
+                max_threads=proc.max_threads, returncode=proc.returncode, others_cpu_s=proc.others_cpu_s,
+                load_avg=proc.load_avg)
     if proc.timed_out:
         return Run(**base, problem=f"timed out after {proc.wall_s:.0f} s")
     if proc.returncode != 0:
@@ -88,5 +89,5 @@ def check(proc: ProcResult, spec: CellSpec) -> Run:
 def measure(spec: CellSpec, timeout: float, runner=None) -> Run:
     """Run the cell's command once (natively, or through `runner`, e.g. a container) and check it."""
     proc = runner(spec, timeout) if runner else execute(spec.argv(), cwd=spec.port.dir, env=tool_env(),
-                                                        timeout=timeout)
+                                                        timeout=timeout, tree=spec.port.manifest.run.spawns)
     return check(proc, spec)

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from schemas.results import FORMAT_VERSION, Cell, Suite
 
+READABLE = (1, FORMAT_VERSION)
+
 from .errors import PolyllamaError, first_error
 from .files import write_atomic
 
@@ -27,8 +29,9 @@ def load(path) -> Suite:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PolyllamaError(f"{path}: not a JSON result file: {e}") from None
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
-        raise PolyllamaError(f"{path}: result format version {version!r}, this polyllama reads {FORMAT_VERSION}")
+    if version not in READABLE:
+        raise PolyllamaError(f"{path}: result format version {version!r}, this polyllama reads "
+                             f"{', '.join(map(str, READABLE))}")
     try:
         return Suite.model_validate(data)
     except ValidationError as e:

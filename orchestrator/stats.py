@@ -80,3 +80,30 @@ def significant(a: list[float], b: list[float], threshold: float = 2.5) -> bool:
     """Beyond the noise: |Welch t| above a conservative threshold (about p < 0.05 for small n)."""
     t = welch_t(a, b)
     return t is not None and abs(t) > threshold
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """a/b as a geometric mean of paired ratios, with a confidence interval and its n."""
+    value: float
+    low: float
+    high: float
+    n: int
+    level: float = 0.95
+
+    def fmt_pct(self) -> str:
+        return f"{100 * (self.value - 1):+.2f}% [{100 * (self.low - 1):+.2f}, {100 * (self.high - 1):+.2f}]"
+
+
+def paired_ratio(a: list[float], b: list[float], level: float = 0.95) -> Ratio | None:
+    """Ratio of paired samples a_i / b_i: the mean of the log ratios with a Student-t interval."""
+    from scipy import stats as st
+
+    logs = [math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0]
+    if not logs:
+        return None
+    m = statistics.fmean(logs)
+    if len(logs) < 2:
+        return Ratio(math.exp(m), math.nan, math.nan, 1, level)
+    half = st.t.ppf(0.5 + level / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return Ratio(math.exp(m), math.exp(m - half), math.exp(m + half), len(logs), level)

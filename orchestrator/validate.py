@@ -118,7 +118,7 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600, run=
         out = Path(tmp) / "logits.f32"
         ids = ",".join(map(str, exp.ids))
         r = run(_argv(port, case, "-m", "logits", "-k", ids, "-o", str(out), "-j", "1"),
-                    cwd=port.dir, env=env, timeout=timeout, sample=False)
+                    cwd=port.dir, env=env, timeout=timeout)
         if r.returncode != 0:
             row.problem = f"logits run exited {r.returncode}: {r.error_line}"
             return row
@@ -143,7 +143,7 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600, run=
         problems.append("argmax differs")
 
     g = run(_argv(port, case, "-t", "0", "-n", str(TEXT_STEPS), "-i", PROMPT.decode(), "-j", "1"),
-                cwd=port.dir, env=env, timeout=timeout, sample=False)
+                cwd=port.dir, env=env, timeout=timeout)
     row.greedy_identical = "yes" if g.returncode == 0 and g.stdout == exp.greedy else "NO"
     if g.returncode != 0:
         problems.append(f"greedy run exited {g.returncode}: {g.error_line}")
@@ -154,7 +154,7 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600, run=
     if exp.sampled is not None:
         s = run(_argv(port, case, "-t", str(SAMPLED["temperature"]), "-p", str(SAMPLED["topp"]),
                           "-s", str(SAMPLED["seed"]), "-n", str(TEXT_STEPS), "-i", PROMPT.decode(), "-j", "1"),
-                    cwd=port.dir, env=env, timeout=timeout, sample=False)
+                    cwd=port.dir, env=env, timeout=timeout)
         row.sampled_identical = "yes" if s.returncode == 0 and s.stdout == exp.sampled else "NO"
         if row.sampled_identical != "yes":
             problems.append("sampled text differs" if s.returncode == 0 else f"sampled run exited {s.returncode}")

@@ -26,6 +26,8 @@ class Build(_Strict):
 
 class Run(_Strict):
     command: Argv = Field(min_length=1)
+    spawns: bool = Field(False, description="the port starts child processes: the harness then samples the "
+                                            "process tree for its peak memory (a cost the others do not pay)")
 
 
 class Test(_Strict):

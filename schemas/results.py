@@ -7,6 +7,9 @@ Format history:
   1 (2026-11): first version. Suite -> host + matrix + cells; cell -> warmup and measured runs;
                run -> wall/cpu time, peak RSS (KiB), threads seen, the port's statistics line,
                and the checks the harness made of it.
+  2 (2026-11): a run records the load average when it started and the CPU time the rest of the
+               machine used while it ran (the quiet-machine guard); max_threads is read a few
+               times per run instead of sampled every 20 ms. Version 1 files still load.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .matrix import Matrix
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class _Record(BaseModel):
@@ -41,12 +44,14 @@ class Run(_Record):
     user_s: float
     sys_s: float
     max_rss_kib: int = Field(description="peak resident set of the process tree, KiB")
-    max_threads: int = Field(description="most threads seen in the process tree (sampled)")
+    max_threads: int = Field(description="most threads seen (read from /proc a few times per run)")
     returncode: int | None = Field(description="None when killed on timeout")
     stats: PortStats | None = None
     tok_s: float | None = Field(None, description="(generated_tokens - 1) / decode_s, computed by the harness")
     thread_check: Literal["ok", "over", "under", "unchecked"] = "unchecked"
     problem: str = Field("", description="why this run does not count; empty when it does")
+    others_cpu_s: float | None = Field(None, description="CPU seconds other processes used during the run")
+    load_avg: float | None = Field(None, description="1-minute load average when the run started")
 
     @property
     def ok(self) -> bool:
@@ -102,7 +107,7 @@ class Host(_Record):
 
 
 class Suite(_Record):
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     suite_id: str
     started: str
     finished: str | None = None

@@ -1,31 +1,27 @@
 #!/usr/bin/env bash
-# A Docker-compatible engine on a Debian host without Docker: podman + runc, serving the Docker
-# API on a unix socket, and a local Debian base image (no image registry is needed).
-#   bash scripts/podman-setup.sh          install, configure, start; prints the DOCKER_HOST to use
-# Settings that work on hosts whose cgroups crun cannot drive: cgroupfs, runc, file events, vfs.
+# A Docker-compatible engine on a Linux host without Docker: podman + runc, configured per
+# invocation (CONTAINERS_CONF, CONTAINERS_STORAGE_CONF) in a folder of polyllama's own, so that
+# nothing under /etc/containers is written; and a local Debian base image made with debootstrap
+# (no image registry is needed).
+#   bash scripts/podman-setup.sh     install, configure, make the base image; prints the folder
+# The API service is not left running: orchestrator/podman.py starts it for the tests and the
+# --docker tasks and stops it after (see the README's container section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/syspkg.sh
 
-SOCK=${POLYLLAMA_PODMAN_SOCKET:-/run/polyllama-podman.sock}
+DIR=${POLYLLAMA_PODMAN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/polyllama/podman}
 BASE_TAG=${POLYLLAMA_BASE_IMAGE:-localhost/polyllama-base:bookworm}
 MIRROR=${POLYLLAMA_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 if [ "$(uname)" != Linux ]; then
   echo "podman-setup: Linux only; on macOS use Docker Desktop or podman machine" >&2; exit 2
 fi
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+sys_install "podman" "podman runc debootstrap" >&2
+mkdir -p "$DIR"
 
-need=()
-for p in podman runc debootstrap; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-if ((${#need[@]})); then
-  echo "podman-setup: apt-get install ${need[*]}" >&2
-  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
-fi
-
-$SUDO mkdir -p /etc/containers
-if ! grep -q polyllama /etc/containers/containers.conf 2>/dev/null; then
-  $SUDO tee /etc/containers/containers.conf >/dev/null <<'CONF'
+# Settings that work on hosts whose cgroups crun cannot drive: cgroupfs, runc, file events.
+cat >"$DIR/containers.conf" <<CONF
 # written by polyllama scripts/podman-setup.sh
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
@@ -34,36 +30,37 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "runc"
 CONF
-fi
-if ! grep -q polyllama /etc/containers/storage.conf 2>/dev/null; then
-  $SUDO tee /etc/containers/storage.conf >/dev/null <<'CONF'
+
+storage_conf() {  # $1 = driver
+  cat <<CONF
 # written by polyllama scripts/podman-setup.sh
 [storage]
-driver = "vfs"
-runroot = "/run/containers/storage"
-graphroot = "/var/lib/containers/storage"
+driver = "$1"
+runroot = "$DIR/run"
+graphroot = "$DIR/storage"
 CONF
-fi
-if [ ! -f /etc/containers/policy.json ]; then
-  echo '{"default": [{"type": "insecureAcceptAnything"}]}' | $SUDO tee /etc/containers/policy.json >/dev/null
-fi
-
-# The API service, once.
-if ! curl -s --unix-socket "$SOCK" http://d/_ping 2>/dev/null | grep -q OK; then
-  $SUDO rm -f "$SOCK"
-  nohup $SUDO podman system service --time=0 "unix://$SOCK" >/tmp/polyllama-podman-service.log 2>&1 &
-  for _ in $(seq 50); do
-    curl -s --unix-socket "$SOCK" http://d/_ping 2>/dev/null | grep -q OK && break
-    sleep 0.2
-  done
+}
+export CONTAINERS_CONF="$DIR/containers.conf" CONTAINERS_STORAGE_CONF="$DIR/storage.conf"
+# overlay shares layers between images; vfs copies each one whole (tens of GB for the full
+# image), so it is only the fallback for kernels or file systems without overlay.
+if [ ! -f "$DIR/storage.conf" ]; then
+  storage_conf overlay >"$DIR/storage.conf"
+  if ! podman info >/dev/null 2>"$DIR/overlay-check.log"; then
+    echo "podman-setup: overlay storage does not work here ($(tail -n1 "$DIR/overlay-check.log")); using vfs" >&2
+    rm -rf "$DIR/storage" "$DIR/run"
+    storage_conf vfs >"$DIR/storage.conf"
+  fi
 fi
 
 # A local base image: a minimal Debian root made with debootstrap from Debian's own mirror.
-if ! $SUDO podman image exists "$BASE_TAG"; then
+if ! podman image exists "$BASE_TAG"; then
   root=$(mktemp -d /tmp/polyllama-rootfs.XXXXXX)
   echo "podman-setup: debootstrap bookworm into $root (a few minutes)" >&2
-  $SUDO debootstrap --variant=minbase bookworm "$root" "$MIRROR" >/tmp/polyllama-debootstrap.log 2>&1
-  $SUDO tar -C "$root" -c . | $SUDO podman import - "$BASE_TAG" >/dev/null
-  $SUDO rm -rf "$root"
+  if ! debootstrap --variant=minbase bookworm "$root" "$MIRROR" >"$DIR/debootstrap.log" 2>&1; then
+    echo "error: debootstrap failed: $(tail -n1 "$DIR/debootstrap.log") (log: $DIR/debootstrap.log)" >&2
+    rm -rf "$root"; exit 1
+  fi
+  tar -C "$root" -c . | podman import - "$BASE_TAG" >/dev/null
+  rm -rf "$root"
 fi
-echo "unix://$SOCK"
+echo "$DIR"

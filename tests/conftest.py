@@ -23,6 +23,17 @@ def need(reason: str):
 
 
 @pytest.fixture(scope="session")
+def container_engine():
+    """A container engine for the session: Docker when there is one, else podman's API service
+    started here (scripts/podman-setup.sh configures it) and stopped when the tests end."""
+    from orchestrator.podman import engine
+    with engine() as why:
+        if why:
+            need(f"container tests: {why}")
+        yield
+
+
+@pytest.fixture(scope="session")
 def store():
     return Store()
 

@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import IN_CI
-from corpus import BAD_FLAGS, make_corpus
+from corpus import BAD_FLAGS, GOOD_FLAGS, make_corpus
 from orchestrator.errors import FormatError
 from orchestrator.executor import execute
 from orchestrator.formats import read_model, read_tokenizer
@@ -59,7 +59,7 @@ def test_port_refuses_bad_files(port, corpus):
         argv = port.run_argv() + [str(case.checkpoint), "-n", "4", "-t", "0"]
         if case.tokenizer is not None:
             argv += ["-z", str(case.tokenizer)]
-        r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60, sample=False)
+        r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60)
         errors = _one_error_line(r.stderr)
         if r.timed_out:
             failures.append(f"{case.name}: hung (killed after 60 s)")
@@ -75,10 +75,15 @@ def test_port_refuses_bad_flags(port, corpus):
     failures = []
     for flags in BAD_FLAGS:
         argv = port.run_argv() + [str(good), "-z", str(tok), *flags]
-        r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60, sample=False)
+        r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60)
         if r.returncode != 2 or not _one_error_line(r.stderr):
             failures.append(f"{flags}: exit {r.returncode}: {r.stderr.strip()[:200]!r}")
-    r = execute(port.run_argv(), cwd=port.dir, env=tool_env(), timeout=60, sample=False)
+    for flags in GOOD_FLAGS:
+        argv = port.run_argv() + [str(good), "-z", str(tok), "-t", "0", *flags]
+        r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60)
+        if r.returncode != 0:
+            failures.append(f"{flags} (allowed by the contract): exit {r.returncode}: {r.stderr.strip()[:200]!r}")
+    r = execute(port.run_argv(), cwd=port.dir, env=tool_env(), timeout=60)
     if r.returncode != 2:
         failures.append(f"no arguments: exit {r.returncode}")
     assert not failures, "\n".join(failures)

@@ -226,6 +226,19 @@ def test_overhead_measurement_times_the_same_command_both_ways(tmp_path):
     from orchestrator.overhead import measure_overhead
     if shutil.which("hyperfine") is None:
         need("hyperfine is not installed")
-    res = measure_overhead([sys.executable, "-c", "import time; time.sleep(0.05)"], tmp_path, rounds=2)
-    assert len(res["harness_times"]) == len(res["hyperfine_times"]) == 2
-    assert min(res["harness_times"] + res["hyperfine_times"]) >= 0.05  # both saw the sleep
+    res = measure_overhead([sys.executable, str(HERE / "fakeport.py"), "good", "x", "-n", "16"], tmp_path, rounds=3)
+    assert len(res["harness_times"]) == len(res["hyperfine_times"]) == 3
+    assert min(res["harness_times"] + res["hyperfine_times"]) >= 0.05  # both saw the port's work
+    # the port's statistics line was read under both timers
+    assert all(res["harness_tok_s"]) and all(res["hyperfine_tok_s"]) and res["tok_s"].n == 3
+    assert res["wall"].low <= res["wall"].value <= res["wall"].high
+
+
+def test_paired_ratio_interval():
+    from orchestrator.stats import paired_ratio
+    r = paired_ratio([1.01, 1.02, 1.00, 1.01], [1.0, 1.0, 1.0, 1.0])
+    assert r.value == pytest.approx(1.01, abs=1e-3) and r.low < r.value < r.high and r.n == 4
+    # t with 3 degrees of freedom: 3.182 x sd / sqrt(n) on the log scale
+    import math, statistics
+    logs = [math.log(x) for x in (1.01, 1.02, 1.00, 1.01)]
+    assert math.log(r.high) - math.log(r.value) == pytest.approx(3.1824 * statistics.stdev(logs) / 2, rel=1e-3)

@@ -1,5 +1,5 @@
 """Container runs through the Docker SDK against a real engine (Docker, or podman's API set up by
-scripts/podman-setup.sh): build the reduced image, run the Python and C ports inside it, and
+scripts/podman-setup.sh, started by the container_engine fixture): build the reduced image, run the Python and C ports inside it, and
 check that they print what the native builds print."""
 
 import numpy as np
@@ -15,7 +15,7 @@ IN_IMAGE = ("python", "c")
 
 
 @pytest.fixture(scope="module")
-def runner():
+def runner(container_engine):
     from orchestrator.containers import ContainerRunner, _client, build_image
     try:
         _client()

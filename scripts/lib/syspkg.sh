@@ -12,7 +12,7 @@ sys_install() {
   local what=$1 apt_pkgs=$2 brew_pkgs=${3:-} missing=() p
   if command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
     for p in $apt_pkgs; do
-      dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
+      [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
     done
     ((${#missing[@]})) || return 0
     echo "installing $what from apt: ${missing[*]}" >&2
