@@ -16,7 +16,7 @@ from ..errors import FormatError
 from ..files import atomic_path
 from .model import Model
 from .config import Config
-from .tokenizer_file import Vocab
+from .tokenizer_file import Vocab, check_vocab
 
 SPACE = "\u2581"
 MAX_ENTRIES = 65536
@@ -171,96 +171,159 @@ def _int_key(path, kv: dict, key: str, default=None) -> int:
     return int(v)
 
 
-def read_gguf(path) -> Model:
+def _open(path):
     try:
         size = os.path.getsize(path)
-        data = np.memmap(path, dtype=np.uint8, mode="r") if size else b""
+        return (np.memmap(path, dtype=np.uint8, mode="r") if size else b""), size
     except FileNotFoundError:
         raise FormatError(path, "cannot open: no such file") from None
     except OSError as e:
         raise FormatError(path, f"cannot open: {e.strerror}") from None
-    cur = _Cursor(path, data)
-    if bytes(data[:4]) != b"GGUF":
-        raise FormatError(path, "bad magic, not a GGUF file")
+
+
+def _read_header(cur: _Cursor) -> tuple[int, int]:
+    """(tensor count, kv count) after the magic and a supported version."""
+    if bytes(cur.data[:4]) != b"GGUF":
+        raise FormatError(cur.path, "bad magic, not a GGUF file")
     cur.off = 4
     version = cur.unpack("<I", "version")
     if version not in (2, 3):
-        raise FormatError(path, f"unsupported GGUF version {version} (2 and 3 are read)")
+        raise FormatError(cur.path, f"unsupported GGUF version {version} (2 and 3 are read)")
     n_tensors = cur.unpack("<Q", "tensor count")
     n_kv = cur.unpack("<Q", "kv count")
     if n_tensors > MAX_ENTRIES or n_kv > MAX_ENTRIES:
-        raise FormatError(path, f"implausible counts: {n_tensors} tensors, {n_kv} keys (limit {MAX_ENTRIES})")
+        raise FormatError(cur.path, f"implausible counts: {n_tensors} tensors, {n_kv} keys (limit {MAX_ENTRIES})")
+    return n_tensors, n_kv
+
+
+def _read_kvs(cur: _Cursor, n_kv: int) -> dict:
+    """Keys must be non-empty and unique, as llama.cpp's loader requires."""
     kv = {}
     for _ in range(n_kv):
         key = cur.string("key")
+        if not key:
+            raise FormatError(cur.path, "a key is empty")
+        if key in kv:
+            raise FormatError(cur.path, f"key {_show(key)} appears twice")
         kv[key] = cur.value(cur.unpack("<I", f"type of {_show(key)}"), _show(key))
-    infos = []
+    return kv
+
+
+def _read_infos(cur: _Cursor, n_tensors: int) -> dict[str, tuple[tuple[int, ...], int, int]]:
+    """Tensor name -> (dims, type, offset); names must be unique."""
+    infos = {}
     for _ in range(n_tensors):
         name = cur.string("tensor name")
         shown = _show(name)
         n_dims = cur.unpack("<I", shown)
         if n_dims > 4:
-            raise FormatError(path, f"tensor {shown} has {n_dims} dimensions")
+            raise FormatError(cur.path, f"tensor {shown} has {n_dims} dimensions")
         dims = tuple(cur.unpack("<Q", shown) for _ in range(n_dims))
         ttype = cur.unpack("<I", shown)
         offset = cur.unpack("<Q", shown)
-        infos.append((name, dims, ttype, offset))
+        if name in infos:
+            raise FormatError(cur.path, f"tensor {shown} appears twice")
+        infos[name] = (dims, ttype, offset)
+    return infos
 
+
+def _alignment(path, kv: dict) -> int:
+    align = _int_key(path, kv, "general.alignment", DEFAULT_ALIGNMENT)
+    if align <= 0 or align & (align - 1) or align > 65536:
+        raise FormatError(path, f"general.alignment={align} is not a power of two up to 65536")
+    return align
+
+
+def _config(path, kv: dict, infos: dict, vocab_size: int) -> Config:
     arch = kv.get("general.architecture")
     if not isinstance(arch, str) or arch != "llama":
         shown = _show(arch) if isinstance(arch, str) else type(arch).__name__
         raise FormatError(path, f"general.architecture is '{shown}', expected 'llama'")
-    align = _int_key(path, kv, "general.alignment", DEFAULT_ALIGNMENT)
-    if align <= 0 or align & (align - 1) or align > 65536:
-        raise FormatError(path, f"general.alignment={align} is not a power of two up to 65536")
-    data_start = (cur.off + align - 1) // align * align
-
-    tokens, scores = kv.get("tokenizer.ggml.tokens"), kv.get("tokenizer.ggml.scores")
-    if not isinstance(tokens, list) or not len(tokens):
-        raise FormatError(path, "missing tokenizer.ggml.tokens")
-    if not isinstance(scores, np.ndarray) or scores.dtype.kind not in "fiu" or len(scores) != len(tokens):
-        raise FormatError(path, "tokenizer.ggml.scores missing, not numbers, or not one per token")
     heads = _int_key(path, kv, "llama.attention.head_count")
-    by_name = {name: (dims, ttype, offset) for name, dims, ttype, offset in infos}
-    config = Config(
+    return Config(
         dim=_int_key(path, kv, "llama.embedding_length"),
         hidden_dim=_int_key(path, kv, "llama.feed_forward_length"),
         n_layers=_int_key(path, kv, "llama.block_count"),
         n_heads=heads,
         n_kv_heads=_int_key(path, kv, "llama.attention.head_count_kv", heads),
-        vocab_size=len(tokens),
+        vocab_size=vocab_size,
         seq_len=_int_key(path, kv, "llama.context_length"),
-        shared_classifier="output.weight" not in by_name,
+        shared_classifier="output.weight" not in infos,
     ).validate(path)
 
-    def tensor(gname: str, shape: tuple[int, ...]) -> np.ndarray:
-        if gname not in by_name:
+
+def _expected_tensors(config: Config) -> dict[str, tuple[int, ...]]:
+    """GGUF name -> (rows, cols) shape of every tensor the model has, and no other."""
+    shapes = config.tensor_shapes()
+    out = {gname: shapes[key] for key, gname in WHOLE_NAMES.items() if key in shapes}
+    for key, fmt in TENSOR_NAMES.items():
+        out.update({fmt.format(i): shapes[key][1:] for i in range(config.n_layers)})
+    return out
+
+
+def _check_tensor_table(path, infos: dict, expected: dict, align: int, data_start: int, size: int) -> None:
+    """Exactly the expected tensors, F32, of the expected shapes, aligned, inside the file and
+    not overlapping (what llama.cpp's loader requires too)."""
+    for name in infos:
+        if name not in expected:
+            raise FormatError(path, f"unexpected tensor {_show(name)}")
+    spans = []
+    for gname, shape in expected.items():
+        if gname not in infos:
             raise FormatError(path, f"missing tensor {gname}")
-        dims, ttype, offset = by_name[gname]
+        dims, ttype, offset = infos[gname]
         if ttype != 0:
             raise FormatError(path, f"tensor {gname} has type {ttype}; only F32 (0) is supported")
         if tuple(reversed(dims)) != shape:
             raise FormatError(path, f"tensor {gname} has dims {list(dims)}, expected {list(reversed(shape))}")
-        start = data_start + offset
+        if offset % align:
+            raise FormatError(path, f"tensor {gname} offset {offset} is not a multiple of the alignment {align}")
         nbytes = 4 * int(np.prod(shape))
-        if offset % 4 or start + nbytes > size:
+        if data_start + offset + nbytes > size:
             raise FormatError(path, f"tensor {gname} lies outside the file")
-        return np.frombuffer(data, dtype="<f4", count=nbytes // 4, offset=start).reshape(shape)
+        spans.append((offset, offset + nbytes, gname))
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise FormatError(path, f"tensors {a} and {b} overlap")
 
-    shapes = config.tensor_shapes()
-    weights = {}
-    for key, gname in WHOLE_NAMES.items():
-        if key in shapes:
-            weights[key] = tensor(gname, shapes[key])
-    for key, fmt in TENSOR_NAMES.items():
-        # a list of per-layer views: stacking would copy the whole model
-        weights[key] = [tensor(fmt.format(i), shapes[key][1:]) for i in range(config.n_layers)]
+
+def _vocab(path, kv: dict) -> Vocab:
+    tokens, scores = kv.get("tokenizer.ggml.tokens"), kv.get("tokenizer.ggml.scores")
+    if not isinstance(tokens, list) or not len(tokens):
+        raise FormatError(path, "missing tokenizer.ggml.tokens")
+    if not isinstance(scores, np.ndarray) or scores.dtype.kind not in "fiu" or len(scores) != len(tokens):
+        raise FormatError(path, "tokenizer.ggml.scores missing, not numbers, or not one per token")
     types = kv.get("tokenizer.ggml.token_type")
     if types is not None and not (isinstance(types, np.ndarray) and types.dtype.kind in "iu"):
         raise FormatError(path, "tokenizer.ggml.token_type must be an array of integers")
     pieces = tuple(_token_from_gguf(i, t, int(types[i]) if types is not None and len(types) == len(tokens) else None)
                    for i, t in enumerate(tokens))
-    vocab = Vocab(pieces, tuple(float(s) for s in scores), max(1, max(len(p) for p in pieces)))
+    return check_vocab(path, Vocab(pieces, tuple(float(s) for s in scores), max(1, max(len(p) for p in pieces))))
+
+
+def read_gguf(path) -> Model:
+    data, size = _open(path)
+    cur = _Cursor(path, data)
+    n_tensors, n_kv = _read_header(cur)
+    kv = _read_kvs(cur, n_kv)
+    infos = _read_infos(cur, n_tensors)
+    align = _alignment(path, kv)
+    data_start = (cur.off + align - 1) // align * align
+    vocab = _vocab(path, kv)
+    config = _config(path, kv, infos, len(vocab))
+    expected = _expected_tensors(config)
+    _check_tensor_table(path, infos, expected, align, data_start, size)
+
+    def tensor(gname: str) -> np.ndarray:
+        shape, offset = expected[gname], infos[gname][2]
+        return np.frombuffer(data, dtype="<f4", count=int(np.prod(shape)), offset=data_start + offset).reshape(shape)
+
+    shapes = config.tensor_shapes()
+    weights = {key: tensor(gname) for key, gname in WHOLE_NAMES.items() if key in shapes}
+    for key, fmt in TENSOR_NAMES.items():
+        # a list of per-layer views: stacking would copy the whole model
+        weights[key] = [tensor(fmt.format(i)) for i in range(config.n_layers)]
     model = Model(config, weights, "gguf", str(path))
     model.tokenizer = vocab
     return model

@@ -5,6 +5,7 @@ model's size and insists that the file holds exactly that many tokens.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -55,8 +56,6 @@ def read_tokenizer(path, vocab_size: int) -> Vocab:
         off += 8
         if not 0 <= length <= max_len:
             raise FormatError(path, f"token {i} has length {length}, outside 0..{max_len}")
-        if score != score:
-            raise FormatError(path, f"token {i} has a NaN score")
         if off + length > len(data):
             raise FormatError(path, f"truncated inside token {i}")
         pieces.append(data[off:off + length])
@@ -65,7 +64,20 @@ def read_tokenizer(path, vocab_size: int) -> Vocab:
     if off != len(data):
         raise FormatError(path, f"has {len(data) - off} bytes after token {vocab_size - 1}: "
                                 f"its vocabulary is larger than the model's {vocab_size}")
-    return Vocab(tuple(pieces), tuple(scores), max_len)
+    return check_vocab(path, Vocab(tuple(pieces), tuple(scores), max_len))
+
+
+def check_vocab(path, vocab: Vocab) -> Vocab:
+    """One rule for tokenizer.bin and GGUF (contract section 4): encode needs the 256 byte tokens
+    for its fallback and the " " piece for its dummy prefix, and merges compare finite scores."""
+    if len(vocab) < 259:
+        raise FormatError(path, f"a vocabulary of {len(vocab)} tokens has no room for the 256 byte tokens")
+    if b" " not in vocab.pieces:
+        raise FormatError(path, "the vocabulary has no ' ' piece for the dummy prefix")
+    for i, score in enumerate(vocab.scores):
+        if not math.isfinite(score):
+            raise FormatError(path, f"token {i} has a non-finite score ({score})")
+    return vocab
 
 
 def write_tokenizer(path, vocab: Vocab) -> None:
