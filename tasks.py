@@ -95,11 +95,17 @@ def report(c, results, out=None):
     return app.report(results, out)
 
 
-@task(help={"a": "baseline result JSON", "b": "result JSON to compare with it"})
+@task(help={"a": "baseline result JSON", "b": "result JSON to compare with it",
+            "metric": "tok_s (default), wall_s or rss_mib",
+            "threshold": "fail (exit 1) when a cell is worse by more than this fraction, beyond the noise (0.05)"})
 @_exits
-def compare(c, a, b):
-    """Show what got faster or slower between two result files, and whether it is beyond the noise."""
-    return app.compare(a, b)
+def compare(c, a, b, metric="tok_s", threshold=0.05):
+    """What got better or worse between two result files, with 95% intervals; exit 1 on a regression."""
+    try:
+        threshold = float(threshold)
+    except ValueError:
+        raise Exit(f"error: --threshold expects a number, got {threshold!r}", code=2)
+    return app.compare(a, b, metric, threshold)
 
 
 @task(help={"ports": PORTS_HELP, "pytest_args": "extra arguments for pytest (quoted)"})

@@ -198,9 +198,15 @@ def report(results: str, out: str | None = None) -> int:
     return 0
 
 
-def compare(a: str, b: str) -> int:
+def compare(a: str, b: str, metric: str = "tok_s", threshold: float = 0.05) -> int:
+    """Exit 1 when a cell regressed beyond the threshold and beyond the noise."""
     from . import resultfile
-    from .compare import render
+    from .compare import METRICS, compare as run_compare, render
+    from .errors import UsageError
 
-    print(render(resultfile.load(a), resultfile.load(b)))
-    return 0
+    if metric not in METRICS:
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    sa, sb = resultfile.load(a), resultfile.load(b)
+    verdict = run_compare(sa, sb, metric, threshold)
+    print(render(sa, sb, verdict, metric))
+    return 1 if verdict.regressions else 0

@@ -29,6 +29,7 @@ from .exporters import export_all
 from .figures import draw_all
 from .host import describe_host
 from .measure import CellSpec, measure
+from .peercheck import describe, run_check
 from .ports import IMPLS, ROOT, Port, names, select
 from .progress import Progress
 from .report import render
@@ -165,11 +166,11 @@ def prepare(p: Plan, install: bool = False, docker: bool = False, image: str | N
         infos.append(PortInfo(name=port.name, language=port.manifest.language, role=port.manifest.role,
                               toolchain=outcome.version, build_flags=port.manifest.build_flags,
                               build=f"{outcome.status}: {outcome.detail}"))
-    # the roofline is measured over as many bytes as the largest model reads per token, so that
-    # hosts with huge caches are not credited with DRAM speed they never reach (or vice versa)
-    probe_mib = max(256, max(r.config.weight_bytes() for r in p.models) >> 20)
-    print(f"measuring memory read bandwidth over {probe_mib} MiB ...", flush=True)
-    host = describe(m.thread_counts(), image_id, probe_mib)
+    # one roofline per model size: each model is read from the cache level (or DRAM) its own
+    # bytes fit in, so a small model is held against that level's bandwidth, not DRAM's
+    sizes = tuple(sorted({r.config.weight_bytes() for r in p.models}))
+    print(f"measuring memory read bandwidth over {', '.join(f'{b / 2**20:.1f}' for b in sizes)} MiB ...", flush=True)
+    host = describe(m.thread_counts(), image_id, sizes)
     suite = Suite(suite_id=p.out.stem, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   matrix_name=p.name, matrix=m, host=host, ports=infos, cells=list(p.done.values()))
     return Prepared(p, builds, suite, runner)
@@ -222,16 +223,22 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
             progress.skip()
             continue
         progress.step(f"{cell.port} {cell.model.name} j={cell.threads} {slot.kind} {slot.index + 1}")
-        run = measure(spec, matrix.timeout_s, runner)
+        run = measure(spec, matrix.timeout_s, runner, matrix.busy_share)
         kind = "warmup" if slot.kind == "warmup" else "runs"
         update = {kind: [*getattr(cell, kind), run]}
         if not run.ok:
             update.update(status="failed", reason=f"{slot.kind} {slot.index + 1}: {run.problem}")
         writer.put(cell.model_copy(update=update))
-    for _, cell in cells:
+    for spec, cell in cells:
         current = writer.get(cell.port, cell.model.name, cell.threads)
-        if current.status == "incomplete":
-            writer.put(current.model_copy(update={"status": "ok"}))
+        if current.status != "incomplete":
+            continue
+        update = {"status": "ok"}
+        if spec.port.manifest.peer_check and runner is None:
+            check = run_check(spec.port, current, matrix.timeout_s)
+            print(f"\n{cell.port} {cell.model.name} j={cell.threads}: {describe(check)}", flush=True)
+            update["peer_check"] = check
+        writer.put(current.model_copy(update=update))
 
 
 def run(pr: Prepared, writer: resultfile.Writer) -> None:

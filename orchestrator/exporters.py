@@ -9,8 +9,8 @@ from pathlib import Path
 
 from schemas.results import Suite
 
-from .report import render
-from .stats import metric, roofline_share, summarize
+from .report import render, roofline
+from .stats import good_runs, metric, summarize
 
 
 def to_csv(suite: Suite) -> str:
@@ -23,7 +23,7 @@ def to_csv(suite: Suite) -> str:
     for c in suite.cells:
         tok, wall, rss = metric(c, "tok_s"), metric(c, "wall_s"), metric(c, "rss_mib")
         load, ttft = metric(c, "load_s"), metric(c, "ttft_s")
-        roof = roofline_share(tok.mean if tok else None, c.model.weight_bytes, suite.host.bandwidth_gbs.get(c.threads))
+        roof = roofline(suite, c)
         w.writerow([c.port, c.language, c.role, c.model.name, c.model.origin, c.model.format, c.threads, c.steps,
                     c.status, sum(r.ok for r in c.runs),
                     *(f"{v:.4f}" if tok else "" for v in ((tok.mean, tok.sd, tok.median, tok.min, tok.max) if tok else [0] * 5)),
@@ -38,10 +38,11 @@ def to_markdown(suite: Suite) -> str:
 
 
 def to_hyperfine(suite: Suite) -> str:
-    """hyperfine's --export-json layout, one result per cell, times = measured wall times."""
+    """hyperfine's --export-json layout, one result per cell, times = the wall times of the runs
+    that count (failed and busy-machine runs are left out), with their peak memory."""
     results = []
     for c in suite.cells:
-        runs = c.runs
+        runs = good_runs(c)
         wall = summarize([r.wall_s for r in runs])
         if wall is None:
             continue
@@ -52,6 +53,7 @@ def to_hyperfine(suite: Suite) -> str:
             "min": wall.min, "max": wall.max,
             "times": [r.wall_s for r in runs],
             "exit_codes": [r.returncode for r in runs],
+            "memory_usage_byte": [r.max_rss_kib * 1024 for r in runs],
             "parameters": {"port": c.port, "model": c.model.name, "threads": str(c.threads)},
         })
     return json.dumps({"results": results}, indent=1)

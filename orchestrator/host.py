@@ -2,6 +2,7 @@
 read bandwidth at each thread count of the matrix (the roofline of batch-1 fp32 decoding)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from schemas.results import Host
+from schemas.results import Host, Probe
 
 from .ports import ROOT
 
@@ -72,21 +73,47 @@ def probe_binary() -> Path | None:
     return PROBE_BIN if r.returncode == 0 else None
 
 
-def measure_bandwidth(thread_counts: list[int], mib: int = PROBE_MIB) -> dict[int, float]:
-    """GB/s by thread count, best of several passes; empty when no C compiler is available."""
+STREAMS = 4  # rows a blocked matvec reads at once
+MIN_BYTES_PER_PROBE = 2 << 30  # small buffers get more passes, so each probe streams about this much
+
+
+def measure_bandwidth(thread_counts: list[int], nbytes: int, streams: int = STREAMS) -> dict[int, float]:
+    """GB/s by thread count over a buffer of nbytes, best of several passes; empty without a C compiler."""
     exe = probe_binary()
     if exe is None:
         return {}
+    nbytes = max(nbytes, 4096)
+    passes = max(PROBE_PASSES, min(200, MIN_BYTES_PER_PROBE // nbytes))
     out = {}
     for n in thread_counts:
-        r = subprocess.run([str(exe), str(mib), str(n), str(PROBE_PASSES)], capture_output=True, text=True)
+        r = subprocess.run([str(exe), str(nbytes), str(n), str(passes), str(streams)], capture_output=True, text=True)
         if r.returncode == 0 and r.stdout.split():
             out[n] = float(r.stdout.split()[1])
     return out
 
 
-def describe_host(thread_counts: list[int], container_image: str | None = None, probe_mib: int = PROBE_MIB) -> Host:
+def _governor() -> tuple[str | None, float | None]:
+    base = Path("/sys/devices/system/cpu/cpu0/cpufreq")
+    gov = mhz = None
+    with contextlib.suppress(OSError, ValueError):
+        gov = (base / "scaling_governor").read_text().strip()
+    with contextlib.suppress(OSError, ValueError):
+        mhz = int((base / "scaling_cur_freq").read_text()) / 1000
+    if mhz is None:
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            mhz = float(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                             if ln.startswith("cpu MHz")).split(":")[1])
+    return gov, mhz
+
+
+def describe_host(thread_counts: list[int], container_image: str | None = None,
+                  model_bytes: tuple[int, ...] = (PROBE_MIB << 20,)) -> Host:
+    """The machine, with a roofline probe at each model's own size and each thread count."""
     commit, dirty = _git()
+    probes = [Probe(bytes=b, threads=t, streams=STREAMS, gbs=g)
+              for b in sorted(set(model_bytes)) for t, g in measure_bandwidth(thread_counts, b).items()]
+    largest = max(model_bytes)
+    governor, mhz = _governor()
     return Host(
         hostname=socket.gethostname(),
         cpu_model=_cpu_model(),
@@ -98,7 +125,10 @@ def describe_host(thread_counts: list[int], container_image: str | None = None, 
         python=platform.python_version(),
         git_commit=commit,
         git_dirty=dirty,
-        bandwidth_gbs=measure_bandwidth(thread_counts, probe_mib),
-        bandwidth_probe_mib=probe_mib,
+        bandwidth_gbs={p.threads: p.gbs for p in probes if p.bytes == largest},
+        bandwidth_probe_mib=largest >> 20,
+        probes=probes,
+        cpu_governor=governor,
+        cpu_mhz=mhz,
         container_image=container_image,
     )

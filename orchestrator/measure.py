@@ -18,6 +18,7 @@ from .ports import Port, tool_env
 RATE_TOLERANCE = 0.02  # reported vs recomputed tok/s
 CLOCK_SLACK_S = 0.02  # a port's clock and ours start at different instants
 THREAD_CHECK_MIN_WALL_S = 0.3  # below this, CPU-time ratios are mostly start-up noise
+BUSY_FLOOR_S = 0.05  # /proc/stat counts in clock ticks: below this, "others" is rounding
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,11 @@ def _thread_check(proc: ProcResult, stats: PortStats, threads: int) -> str:
     return "ok"
 
 
-def check(proc: ProcResult, spec: CellSpec) -> Run:
+def check(proc: ProcResult, spec: CellSpec, busy_share: float = 0.10) -> Run:
+    busy = proc.others_cpu_s is not None and proc.others_cpu_s > BUSY_FLOOR_S + busy_share * proc.wall_s
     base = dict(wall_s=proc.wall_s, user_s=proc.user_s, sys_s=proc.sys_s, max_rss_kib=proc.max_rss_kib,
                 max_threads=proc.max_threads, returncode=proc.returncode, others_cpu_s=proc.others_cpu_s,
-                load_avg=proc.load_avg)
+                load_avg=proc.load_avg, busy=busy)
     if proc.timed_out:
         return Run(**base, problem=f"timed out after {proc.wall_s:.0f} s")
     if proc.returncode != 0:
@@ -86,8 +88,8 @@ def check(proc: ProcResult, spec: CellSpec) -> Run:
     return Run(**base, thread_check=_thread_check(proc, stats, spec.threads))
 
 
-def measure(spec: CellSpec, timeout: float, runner=None) -> Run:
+def measure(spec: CellSpec, timeout: float, runner=None, busy_share: float = 0.10) -> Run:
     """Run the cell's command once (natively, or through `runner`, e.g. a container) and check it."""
     proc = runner(spec, timeout) if runner else execute(spec.argv(), cwd=spec.port.dir, env=tool_env(),
                                                         timeout=timeout, tree=spec.port.manifest.run.spawns)
-    return check(proc, spec)
+    return check(proc, spec, busy_share)

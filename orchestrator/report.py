@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from schemas.results import Cell, Suite
 
-from .stats import geometric_mean, metric, roofline_share
+from .peercheck import describe
+from .stats import busy_runs, geometric_mean, good_runs, metric, noise_notes, ratio_ci, roofline_share
 
 BASELINES = ("c", "python")
 
@@ -18,18 +19,38 @@ def _label(cell: Cell) -> str:
     return f"{cell.port} (peer)" if cell.role == "peer" else cell.port
 
 
-def _flags(cell: Cell) -> str:
+def _flags(cell: Cell, roof: float | None) -> str:
+    """Why a figure should be read with care: thread honesty, runs taken on a busy machine (left
+    out of every figure), few runs or a wide spread, and a roofline the cell beat (the probe
+    under-measured that level of the memory hierarchy)."""
     checks = {r.thread_check for r in cell.runs if r.ok} - {"ok", "unchecked"}
-    return ",".join(f"threads:{c}" for c in sorted(checks))
+    flags = [f"threads:{c}" for c in sorted(checks)]
+    if busy_runs(cell):
+        flags.append(f"busy:{busy_runs(cell)}/{len(cell.runs)} left out")
+    flags += noise_notes(metric(cell, "tok_s")) if cell.status == "ok" else []
+    if roof and roof > 1:
+        flags.append("above roofline: probe under-measured")
+    if cell.peer_check is not None:
+        flags.append(describe(cell.peer_check))
+    return ",".join(flags)
 
 
-def _speed(suite: Suite, cell: Cell, base: str | None) -> float | None:
+def roofline(suite: Suite, cell: Cell) -> float | None:
+    tok = metric(cell, "tok_s")
+    return roofline_share(tok.mean if tok else None, cell.model.weight_bytes,
+                          suite.host.bandwidth_for(cell.model.weight_bytes, cell.threads))
+
+
+def _speed(suite: Suite, cell: Cell, base: str | None):
+    """This cell's decode rate relative to the baseline port's in the same (model, threads), with
+    a 95% interval (Welch on the log scale)."""
     if base is None:
         return None
     ref = next((c for c in suite.cells if c.port == base and c.model.name == cell.model.name
                 and c.threads == cell.threads and c.status == "ok"), None)
-    a, b = metric(cell, "tok_s"), metric(ref, "tok_s") if ref else None
-    return a.mean / b.mean if a and b else None
+    if ref is None:
+        return None
+    return ratio_ci([r.tok_s for r in good_runs(ref) if r.tok_s], [r.tok_s for r in good_runs(cell) if r.tok_s])
 
 
 def model_rows(suite: Suite, model: str) -> list[dict]:
@@ -37,8 +58,7 @@ def model_rows(suite: Suite, model: str) -> list[dict]:
     rows = []
     for cell in sorted((c for c in suite.cells if c.model.name == model), key=lambda c: (c.threads, c.port)):
         tok, wall, rss = metric(cell, "tok_s"), metric(cell, "wall_s"), metric(cell, "rss_mib")
-        roof = roofline_share(tok.mean if tok else None, cell.model.weight_bytes,
-                              suite.host.bandwidth_gbs.get(cell.threads))
+        roof = roofline(suite, cell)
         speed = _speed(suite, cell, base)
         rows.append({
             "port": _label(cell),
@@ -47,10 +67,10 @@ def model_rows(suite: Suite, model: str) -> list[dict]:
             "time/inference s": wall.fmt(3) if wall else "-",
             "peak MiB": f"{rss.max:.1f}" if rss else "-",
             "% roofline": f"{100 * roof:.0f}%" if roof else "-",
-            f"vs {base}": f"{speed:.2f}x" if speed else "-",
-            "runs": f"{sum(r.ok for r in cell.runs)}/{len(cell.runs)}",
+            f"vs {base} [95% CI]": speed.fmt() if speed else "-",
+            "runs": f"{len(good_runs(cell))}/{len(cell.runs)}",
             "status": cell.status if cell.status == "ok" else f"{cell.status}: {cell.reason}"[:70],
-            "flags": _flags(cell),
+            "flags": _flags(cell, roof),
         })
     return rows
 
@@ -76,8 +96,8 @@ def relative_rows(suite: Suite) -> tuple[list[str], list[list[str]]]:
         for m, t in keys:
             cell = next((c for c in suite.cells if c.port == port and c.model.name == m and c.threads == t), None)
             r = _speed(suite, cell, base) if cell else None
-            ratios.append(r)
-            row.append(f"{r:.2f}x" if r else "-")
+            ratios.append(r.value if r else None)
+            row.append(r.fmt() if r else "-")
         g = geometric_mean([r for r in ratios if r])
         row.append(f"{g:.2f}x" if g else "-")
         rows.append(row)
@@ -94,13 +114,15 @@ def models_of(suite: Suite) -> list[str]:
 
 def host_lines(suite: Suite) -> list[str]:
     h = suite.host
-    bw = ", ".join(f"{t} thread{'s' if t > 1 else ''}: {g:.1f} GB/s" for t, g in sorted(h.bandwidth_gbs.items()))
+    bw = "; ".join(f"{p.bytes / 2**20:.1f} MiB x {p.threads} thread{'s' if p.threads > 1 else ''}: {p.gbs:.1f} GB/s"
+                   for p in h.probes) or ", ".join(f"{t} threads: {g:.1f} GB/s" for t, g in sorted(h.bandwidth_gbs.items()))
     caches = ", ".join(f"{k} {v}" for k, v in h.caches.items())
     return [
         f"host: {h.cpu_model}, {h.logical_cores} logical cores ({h.physical_cores} physical), "
         f"{h.memory_bytes / 2**30:.1f} GiB, {h.os}",
         f"caches: {caches or 'unknown'}",
-        f"memory read bandwidth ({h.bandwidth_probe_mib} MiB streamed): {bw or 'not measured'}",
+        f"memory read bandwidth (the roofline, per model size): {bw or 'not measured'}",
+        f"cpu governor {h.cpu_governor or 'not exposed'}, clock {f'{h.cpu_mhz:.0f} MHz' if h.cpu_mhz else 'not exposed'}",
         f"commit {h.git_commit[:12]}{' (dirty)' if h.git_dirty else ''}, suite {suite.suite_id}, "
         f"matrix {suite.matrix_name}" + (f", image {h.container_image}" if h.container_image else ""),
     ]
@@ -115,6 +137,10 @@ def render(suite: Suite, fmt: str = "simple") -> str:
                                                                     tablefmt=fmt))
     header, rows = relative_rows(suite)
     if rows:
-        parts.append(f"relative decode speed (tok/s vs {baseline_port(suite)}; geometric mean last)\n"
+        parts.append(f"relative decode speed (tok/s vs {baseline_port(suite)}, 95% CI; geometric mean last)\n"
                      + tabulate(rows, headers=header, tablefmt=fmt))
+    busy = sum(busy_runs(c) for c in suite.cells)
+    if busy:
+        parts.append(f"warning: {busy} runs were taken while other processes used the CPU; they are kept in "
+                     f"the result file and left out of every figure above")
     return "\n\n".join(parts)

@@ -30,8 +30,17 @@ def summarize(samples: list[float]) -> Summary | None:
                    min(samples), max(samples))
 
 
+FEW_RUNS = 5
+WIDE_CV = 0.10
+
+
 def good_runs(cell: Cell):
-    return [r for r in cell.runs if r.ok]
+    """The runs that count: passed every check and were taken on a quiet machine."""
+    return [r for r in cell.runs if r.ok and not r.busy]
+
+
+def busy_runs(cell: Cell) -> int:
+    return sum(1 for r in cell.runs if r.ok and r.busy)
 
 
 def metric(cell: Cell, name: str) -> Summary | None:
@@ -66,20 +75,62 @@ def geometric_mean(values: list[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def welch_t(a: list[float], b: list[float]) -> float | None:
-    """Welch's t statistic; None when either side has fewer than two samples."""
+@dataclass(frozen=True)
+class Welch:
+    t: float
+    df: float
+    p: float  # two-sided
+
+
+def welch(a: list[float], b: list[float]) -> Welch | None:
+    """Welch's unequal-variance t test of mean(b) - mean(a), with Welch-Satterthwaite degrees of
+    freedom; None when either side has fewer than two samples."""
+    from scipy import stats as st
+
     if len(a) < 2 or len(b) < 2:
         return None
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff = statistics.fmean(b) - statistics.fmean(a)
     if va + vb == 0:
-        return math.inf if statistics.fmean(a) != statistics.fmean(b) else 0.0
-    return (statistics.fmean(b) - statistics.fmean(a)) / math.sqrt(va + vb)
+        return Welch(math.inf if diff else 0.0, len(a) + len(b) - 2, 0.0 if diff else 1.0)
+    t = diff / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return Welch(t, df, float(2 * st.t.sf(abs(t), df)))
 
 
-def significant(a: list[float], b: list[float], threshold: float = 2.5) -> bool:
-    """Beyond the noise: |Welch t| above a conservative threshold (about p < 0.05 for small n)."""
-    t = welch_t(a, b)
-    return t is not None and abs(t) > threshold
+def significant(a: list[float], b: list[float], alpha: float = 0.05) -> bool:
+    """Beyond the noise: Welch's test rejects equal means at level alpha."""
+    w = welch(a, b)
+    return w is not None and w.p < alpha
+
+
+def ratio_ci(a: list[float], b: list[float], level: float = 0.95) -> Ratio | None:
+    """mean(b) / mean(a) for independent samples, as the ratio of geometric means with a Welch
+    interval on the log scale ("1.04x [0.98, 1.10]"); the interval is NaN when n < 2 on a side."""
+    from scipy import stats as st
+
+    la, lb = [math.log(x) for x in a if x > 0], [math.log(x) for x in b if x > 0]
+    if not la or not lb:
+        return None
+    d = statistics.fmean(lb) - statistics.fmean(la)
+    if len(la) < 2 or len(lb) < 2:
+        return Ratio(math.exp(d), math.nan, math.nan, min(len(la), len(lb)), level)
+    va, vb = statistics.variance(la) / len(la), statistics.variance(lb) / len(lb)
+    if va + vb == 0:
+        return Ratio(math.exp(d), math.exp(d), math.exp(d), min(len(la), len(lb)), level)
+    df = (va + vb) ** 2 / (va ** 2 / (len(la) - 1) + vb ** 2 / (len(lb) - 1))
+    half = st.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb)
+    return Ratio(math.exp(d), math.exp(d - half), math.exp(d + half), min(len(la), len(lb)), level)
+
+
+def noise_notes(s: Summary | None) -> list[str]:
+    """What n and the spread allow: a note when there are few runs or they disagree widely."""
+    if s is None:
+        return []
+    notes = [f"n={s.n}<{FEW_RUNS}"] if s.n < FEW_RUNS else []
+    if s.n > 1 and s.mean and s.sd / s.mean > WIDE_CV:
+        notes.append(f"cv={100 * s.sd / s.mean:.0f}%")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -90,6 +141,11 @@ class Ratio:
     high: float
     n: int
     level: float = 0.95
+
+    def fmt(self) -> str:
+        if math.isnan(self.low):
+            return f"{self.value:.2f}x (n<2)"
+        return f"{self.value:.2f}x [{self.low:.2f}, {self.high:.2f}]"
 
     def fmt_pct(self) -> str:
         return f"{100 * (self.value - 1):+.2f}% [{100 * (self.low - 1):+.2f}, {100 * (self.high - 1):+.2f}]"

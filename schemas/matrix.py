@@ -22,6 +22,9 @@ class Matrix(BaseModel):
     topp: float = Field(0.9, ge=0.0, le=1.0)
     seed: int = Field(42, ge=1)
     timeout_s: float = Field(600, gt=0, description="per run; a run past it is killed and the cell fails")
+    busy_share: float = Field(0.10, gt=0, description="quiet-machine guard: a run is marked busy when other "
+                                                      "processes used more than this share of one core (plus 0.05 s) "
+                                                      "while it ran; busy runs are kept but left out of every figure")
     model_format: Literal["v0", "gguf"] = Field("v0", description="what ports are fed; peers that read only GGUF always get GGUF")
     container_memory: str = Field("8g", pattern=r"^[0-9]+[kmg]$", description="memory limit of a container cell (--docker)")
     synthesize: bool = Field(True, description="make a synthetic stand-in when a model file is absent")

@@ -34,6 +34,14 @@ class Test(_Strict):
     commands: list[Argv] = Field(default_factory=list)
 
 
+class PeerCheck(_Strict):
+    """A peer engine's own benchmark tool, run on the same file and thread count as the peer's
+    row, so a reader can see the row measures the engine at its best (the orchestrator's check)."""
+    command: Argv = Field(min_length=1, description="argv; {model}, {threads} and {steps} are expanded")
+    tok_s: str = Field(description="JSON path of tokens per second in its stdout, e.g. '0.avg_ts'")
+    tolerance: float = Field(0.10, gt=0, lt=1, description="how far the row may be from the tool's figure")
+
+
 class PortManifest(_Strict):
     contract: Literal[1] = Field(description="the port contract version this port follows")
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
@@ -46,6 +54,7 @@ class PortManifest(_Strict):
     build: Build = Build()
     run: Run
     test: Test = Test()
+    peer_check: PeerCheck | None = None
 
     @field_validator("formats")
     @classmethod

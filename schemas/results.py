@@ -7,7 +7,8 @@ Format history:
   1 (2026-11): first version. Suite -> host + matrix + cells; cell -> warmup and measured runs;
                run -> wall/cpu time, peak RSS (KiB), threads seen, the port's statistics line,
                and the checks the harness made of it.
-  2 (2026-11): a run records the load average when it started and the CPU time the rest of the
+  2 (2026-11): the host records a roofline probe per model size and thread count, and the CPU
+               governor and clock; a peer's cell records its engine's own benchmark figure; a run records the load average when it started and the CPU time the rest of the
                machine used while it ran (the quiet-machine guard); max_threads is read a few
                times per run instead of sampled every 20 ms. Version 1 files still load.
 """
@@ -51,6 +52,7 @@ class Run(_Record):
     thread_check: Literal["ok", "over", "under", "unchecked"] = "unchecked"
     problem: str = Field("", description="why this run does not count; empty when it does")
     others_cpu_s: float | None = Field(None, description="CPU seconds other processes used during the run")
+    busy: bool = Field(False, description="taken while other processes used the CPU (the matrix's busy_share)")
     load_avg: float | None = Field(None, description="1-minute load average when the run started")
 
     @property
@@ -67,6 +69,21 @@ class Model(_Record):
     weight_bytes: int = Field(description="bytes a batch-1 fp32 decode step reads: every weight once")
 
 
+class PeerCheck(_Record):
+    """The peer engine's own benchmark tool on the same file and thread count as its row."""
+    command: list[str]
+    tool_tok_s: float | None = Field(description="what the engine's own tool reports; None if it failed")
+    row_tok_s: float | None = Field(description="the row's mean decode rate over its good runs")
+    tolerance: float
+    problem: str = ""
+
+    @property
+    def agrees(self) -> bool:
+        if not self.tool_tok_s or not self.row_tok_s:
+            return False
+        return abs(self.row_tok_s / self.tool_tok_s - 1) <= self.tolerance
+
+
 class Cell(_Record):
     port: str
     language: str
@@ -79,6 +96,7 @@ class Cell(_Record):
     runs: list[Run] = Field(default_factory=list)
     status: Literal["ok", "failed", "incomplete"] = Field(description="incomplete: interrupted; --resume runs it again")
     reason: str = ""
+    peer_check: PeerCheck | None = None
 
 
 class PortInfo(_Record):
@@ -88,6 +106,13 @@ class PortInfo(_Record):
     toolchain: str | None
     build_flags: str
     build: str = Field(description="built, skipped or failed, with the reason")
+
+
+class Probe(_Record):
+    bytes: int = Field(description="bytes streamed per pass: one model's weights")
+    threads: int
+    streams: int = Field(description="rows each thread reads at once, as a blocked matvec does")
+    gbs: float = Field(description="best pass, GB/s (1e9 bytes)")
 
 
 class Host(_Record):
@@ -101,9 +126,20 @@ class Host(_Record):
     python: str
     git_commit: str
     git_dirty: bool
-    bandwidth_gbs: dict[int, float] = Field(description="read bandwidth by thread count, GB/s (1e9 bytes), best of several")
-    bandwidth_probe_mib: int = Field(description="bytes the bandwidth probe streams: the largest model's weights, at least 256 MiB")
+    bandwidth_gbs: dict[int, float] = Field(description="read bandwidth by thread count, GB/s (1e9 bytes), best of "
+                                                        "several, over the largest model's bytes")
+    bandwidth_probe_mib: int = Field(description="MiB the bandwidth probe streams for bandwidth_gbs")
+    probes: list[Probe] = Field(default_factory=list, description="the roofline of each model size (format 2)")
+    cpu_governor: str | None = None
+    cpu_mhz: float | None = Field(None, description="current clock of cpu0 when the suite started, where exposed")
     container_image: str | None = None
+
+    def bandwidth_for(self, weight_bytes: int, threads: int) -> float | None:
+        """GB/s measured over this many bytes at this thread count (the largest probe when none was)."""
+        for p in self.probes:
+            if p.bytes == weight_bytes and p.threads == threads:
+                return p.gbs
+        return self.bandwidth_gbs.get(threads)
 
 
 class Suite(_Record):

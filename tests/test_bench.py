@@ -25,6 +25,7 @@ runs = 2
 warmup = 1
 steps = 16
 timeout_s = 5
+busy_share = 100  # these tests are about the checks, not the machine: the guard is tested in test_stats
 """
 
 
@@ -48,11 +49,11 @@ def fake_impls(tmp_path, stories260k):
     return tmp_path
 
 
-def _fake_host(threads, image=None, probe_mib=256):
+def _fake_host(threads, image=None, model_bytes=(1 << 28,)):
     from schemas.results import Host
     return Host(hostname="h", cpu_model="cpu", logical_cores=2, physical_cores=2, caches={}, memory_bytes=1,
                 os="os", python="3", git_commit="abc", git_dirty=False, bandwidth_gbs={1: 10.0, 2: 12.0},
-                bandwidth_probe_mib=probe_mib)
+                bandwidth_probe_mib=max(model_bytes) >> 20)
 
 
 def _run(tmp, **kw):
@@ -106,6 +107,16 @@ def test_thread_check(threads, wall, cpu, seen, verdict):
     assert run.thread_check == verdict
 
 
+@pytest.mark.parametrize("others,busy", [(None, False), (0.0, False), (0.2, False), (0.3, True), (1.5, True)])
+def test_quiet_machine_guard_marks_runs(others, busy):
+    from orchestrator.measure import CellSpec, check
+    proc = _proc(2.0, 2.0, 1)
+    proc.stats["threads"] = 1
+    proc.others_cpu_s = others
+    run = check(proc, CellSpec(None, None, None, 1, 16, 0.0, 0.9, 1), busy_share=0.1)
+    assert run.ok and run.busy is busy  # 0.05 s + 10% of a 2 s run = 0.25 s of other processes' CPU
+
+
 def test_runs_are_interleaved(fake_impls, monkeypatch):
     log = fake_impls / "order.log"
     monkeypatch.setenv("FAKE_ORDER_LOG", str(log))
@@ -143,6 +154,23 @@ def test_a_port_without_toolchain_is_skipped_and_the_rest_are_measured(fake_impl
     assert cells["absent"].status == "failed" and "toolchain could not be installed" in cells["absent"].reason
     assert flag.exists()
     assert _run(fake_impls, ports="absent", threads="1") == 1  # nothing could run
+
+
+@pytest.mark.parametrize("reported,agrees", [(300.0, True), (30000.0, False)])
+def test_a_peer_row_is_checked_against_its_own_tool(fake_impls, reported, agrees):
+    impls = fake_impls / "impls"
+    tool = f'["{sys.executable}", "-c", "import json; print(json.dumps([{{\'avg_ts\': {reported}}}]))", "{{model}}"]'
+    _fake_port(impls, "peer", "good")
+    manifest = impls / "peer" / "port.toml"
+    manifest.write_text(manifest.read_text().replace('language = "Fake"', 'language = "Fake"\nrole = "peer"')
+                        + f'[peer_check]\ncommand = {tool}\ntok_s = "0.avg_ts"\ntolerance = 0.9\n')
+    assert _run(fake_impls, ports="good,peer", threads="1") == 0
+    cells = {c.port: c for c in resultfile.load(fake_impls / "r.json").cells}
+    check = cells["peer"].peer_check
+    assert cells["good"].peer_check is None and check.tool_tok_s == reported
+    assert check.command[-1].endswith(".bin")  # {model} became the cell's model file
+    assert check.agrees is agrees
+    assert ("DISAGREES" in to_markdown(resultfile.load(fake_impls / "r.json"))) is not agrees
 
 
 def test_skip_leaves_ports_out(fake_impls):

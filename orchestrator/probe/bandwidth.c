@@ -1,27 +1,35 @@
 /* Memory read bandwidth probe: the roofline of batch-1 fp32 decoding, which reads every
- * weight once per token. Each thread sums its own slice of one large float buffer, the way a
- * matvec streams its rows; the best of several passes is reported, as GB/s (1e9 bytes).
+ * weight once per token. The buffer is as large as the model's weights, so a small model gets
+ * the bandwidth of the cache level it actually lives in. Each thread streams its own slice the
+ * way a blocked matvec reads its rows: several rows (streams) at once, each summed into its own
+ * accumulators. The best of several passes is reported, as GB/s (1e9 bytes).
  *
- * usage: bandwidth <MiB> <threads> <passes>   prints: <threads> <GB/s>
+ * usage: bandwidth <bytes> <threads> <passes> <streams>   prints: <threads> <GB/s>
  */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
-typedef struct { const float *p; size_t n; float sum; } Slice;
+#define MAX_STREAMS 16
+#define ACC 32 /* accumulators per stream: enough vector registers' worth that adds never wait */
+
+typedef struct { const float *p; size_t n; int streams; float sum; } Slice;
 
 static void *sum_slice(void *arg) {
     Slice *s = arg;
-    /* 64 independent accumulators: several vector registers' worth even at 512 bits, so the
-       adds never wait on each other's latency and only memory sets the pace */
-    float acc[64] = {0};
+    size_t len = s->n / s->streams; /* each stream is one contiguous run, like one matrix row block */
+    float acc[MAX_STREAMS][ACC] = {{0}};
     size_t i = 0;
-    for (; i + 64 <= s->n; i += 64)
-        for (int k = 0; k < 64; k++) acc[k] += s->p[i + k];
-    for (; i < s->n; i++) acc[0] += s->p[i];
+    for (; i + ACC <= len; i += ACC)
+        for (int r = 0; r < s->streams; r++)
+            for (int k = 0; k < ACC; k++) acc[r][k] += s->p[r * len + i + k];
     float t = 0;
-    for (int k = 0; k < 64; k++) t += acc[k];
+    for (size_t j = (size_t)s->streams * len; j < s->n; j++) t += s->p[j];
+    for (int r = 0; r < s->streams; r++) {
+        for (size_t j = i; j < len; j++) t += s->p[r * len + j];
+        for (int k = 0; k < ACC; k++) t += acc[r][k];
+    }
     s->sum = t;
     return NULL;
 }
@@ -33,15 +41,17 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: bandwidth <MiB> <threads> <passes>\n"); return 2; }
-    long mib = atol(argv[1]), threads = atol(argv[2]), passes = atol(argv[3]);
-    if (mib < 1 || mib > 65536 || threads < 1 || threads > 1024 || passes < 1) {
+    if (argc != 5) { fprintf(stderr, "usage: bandwidth <bytes> <threads> <passes> <streams>\n"); return 2; }
+    long long bytes = atoll(argv[1]);
+    long threads = atol(argv[2]), passes = atol(argv[3]), streams = atol(argv[4]);
+    if (bytes < 4096 || bytes > (64LL << 30) || threads < 1 || threads > 1024 || passes < 1 ||
+        streams < 1 || streams > MAX_STREAMS) {
         fprintf(stderr, "error: arguments out of range\n");
         return 2;
     }
-    size_t n = (size_t)mib * 1024 * 1024 / sizeof(float);
+    size_t n = (size_t)bytes / sizeof(float);
     float *buf = malloc(n * sizeof(float));
-    if (!buf) { fprintf(stderr, "error: cannot allocate %ld MiB\n", mib); return 1; }
+    if (!buf) { fprintf(stderr, "error: cannot allocate %lld bytes\n", bytes); return 1; }
     for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
     pthread_t tid[1024];
     Slice sl[1024];
@@ -50,7 +60,7 @@ int main(int argc, char **argv) {
         double t0 = now();
         for (long t = 0; t < threads; t++) {
             size_t lo = n * t / threads, hi = n * (t + 1) / threads;
-            sl[t] = (Slice){buf + lo, hi - lo, 0};
+            sl[t] = (Slice){buf + lo, hi - lo, (int)streams, 0};
             if (t) pthread_create(&tid[t], NULL, sum_slice, &sl[t]);
         }
         sum_slice(&sl[0]);

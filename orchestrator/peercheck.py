@@ -1,0 +1,47 @@
+"""A peer engine measured by its own tool beside its row: if `invoke bench` made the engine
+slower than its users see it (a binding, a thread setting), the two disagree and the row says so.
+The tool and how to read its output come from the peer's manifest (`[peer_check]`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from schemas.results import Cell, PeerCheck
+
+from .ports import Port, tool_env
+from .stats import metric
+
+
+def _field(data, path: str):
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def run_check(port: Port, cell: Cell, timeout: float) -> PeerCheck:
+    spec = port.manifest.peer_check
+    subs = {"{model}": cell.model.path, "{threads}": str(cell.threads), "{steps}": str(cell.steps)}
+    argv = [next((v for k, v in subs.items() if a == k), a) for a in port.expand(spec.command)]
+    tok = metric(cell, "tok_s")
+    base = dict(command=argv, row_tok_s=tok.mean if tok else None, tolerance=spec.tolerance)
+    try:
+        r = subprocess.run(argv, cwd=port.dir, env=tool_env(), capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return PeerCheck(**base, tool_tok_s=None, problem=f"could not run: {e}"[:200])
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        return PeerCheck(**base, tool_tok_s=None, problem=f"exit {r.returncode}: {last}"[:200])
+    try:
+        value = float(_field(json.loads(r.stdout), spec.tok_s))
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        return PeerCheck(**base, tool_tok_s=None, problem=f"no {spec.tok_s} in its output: {e}"[:200])
+    return PeerCheck(**base, tool_tok_s=value)
+
+
+def describe(check: PeerCheck) -> str:
+    if check.problem:
+        return f"peer check failed: {check.problem}"
+    verdict = "agrees" if check.agrees else "DISAGREES"
+    return (f"own tool {check.tool_tok_s:.1f} tok/s, row {check.row_tok_s or 0:.1f} "
+            f"({(check.row_tok_s or 0) / check.tool_tok_s:.2f}x): {verdict} within {100 * check.tolerance:.0f}%")
