@@ -22,9 +22,20 @@ def test_discovery_finds_the_python_reference():
     assert ports["python"].manifest.role == "reference"
 
 
-def test_every_manifest_names_its_folder():
+def test_every_port_has_what_its_manifest_points_to():
+    """A README, the installer script its manifest runs, and build outputs that git ignores."""
+    problems = []
     for port in discover():
-        assert port.dir.name == port.name
+        if not (port.dir / "README.md").is_file() and port.manifest.role != "reference":
+            problems.append(f"{port.name}: no README.md")
+        install = port.manifest.toolchain.install or []
+        scripts = [a for a in install if a.endswith(".sh")]
+        problems += [f"{port.name}: installer {s} missing" for s in scripts if not (port.dir / s).is_file()]
+        for out in port.manifest.build.outputs:
+            r = subprocess.run(["git", "check-ignore", "-q", str(port.dir / out)], cwd=ROOT)
+            if r.returncode != 0:
+                problems.append(f"{port.name}: build output {out} is not git-ignored")
+    assert not problems, problems
 
 
 def test_a_new_port_is_discovered_from_its_folder_alone(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 from orchestrator import store as store_mod
 from orchestrator.formats import read_model
 from orchestrator.formats.checkpoint import V0_HEADER_BYTES
-from orchestrator.synth import random_model, synthesize_model
+from conftest import need
+from orchestrator.synth import random_model, synthesize_model, synthesize_tokenizer
 
 
 def test_manifest_sizes_follow_from_the_configs(store):
@@ -21,9 +22,9 @@ def test_synthetic_model_has_the_real_size_and_is_labelled(tmp_path, store, monk
     path = synthesize_model(store, "stories15M", out_dir=tmp_path)
     assert path.stat().st_size == store.entry("stories15M").bytes
     assert ".synthetic" in path.name
-    r = store.resolve("stories15M") if store.find_tokenizer("llama2")[0] else None
-    if r is not None:
-        assert r.origin == "synthetic" and r.path == path
+    synthesize_tokenizer(store, "llama2", out_dir=tmp_path)
+    r = store.resolve("stories15M")
+    assert r.origin == "synthetic" and r.path == path and r.tokenizer_origin == "synthetic"
     assert read_model(path).config == store.entry("stories15M").config
 
 
@@ -34,8 +35,17 @@ def test_synthesis_is_deterministic(store):
     assert not (random_model(c, 6).weights["wq"] == a.weights["wq"]).all()
 
 
-def test_real_file_is_recognised_by_checksum(stories260k):
-    assert stories260k.origin == "real"
+def test_real_file_is_recognised_by_checksum(store, tmp_path, monkeypatch):
+    path, origin = store.find_model("stories260K", allow_synthetic=False)
+    if path is None:
+        need("stories260K.bin is not on POLYLLAMA_MODEL_PATH")
+    assert origin == "real"
+    # the same name with one byte changed is not the published file
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 1
+    (tmp_path / "stories260K.bin").write_bytes(bytes(data))
+    monkeypatch.setenv(store_mod.PATH_VAR, str(tmp_path))
+    assert store.find_model("stories260K", allow_synthetic=False) == (tmp_path / "stories260K.bin", "unverified")
 
 
 def test_search_path_comes_from_the_environment(tmp_path, monkeypatch):

@@ -139,9 +139,14 @@ class Transformer:
 # command line: the reference's, around this Transformer
 
 def backend(model: Model, args) -> Transformer:
-    torch = init_torch(args.threads)
-    torch.inference_mode().__enter__()  # for the rest of the process: nothing here needs autograd
-    return Transformer(model, torch)
+    """The CLI's hook; torch's thread pools can be sized once per process, so later calls reuse it."""
+    if backend.torch is None:
+        backend.torch = init_torch(args.threads)
+        backend.torch.inference_mode().__enter__()  # for the rest of the process: nothing needs autograd
+    return Transformer(model, backend.torch)
+
+
+backend.torch = None
 
 
 if __name__ == "__main__":

@@ -172,7 +172,13 @@ class Transformer:
 # command line: the reference's, around this Transformer
 
 def backend(model: Model, args) -> Transformer:
-    return Transformer(model, init_tensorflow(args.threads))
+    """The CLI's hook; TF's thread pools can be sized once per process, so later calls reuse it."""
+    if backend.tf is None:
+        backend.tf = init_tensorflow(args.threads)
+    return Transformer(model, backend.tf)
+
+
+backend.tf = None
 
 
 if __name__ == "__main__":

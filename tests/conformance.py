@@ -1,15 +1,14 @@
-"""Helpers for the unit tests of Python-hosted ports (impls/*/test_port.py): the contract's logits
-tolerance, a tiny model in every format, and the real stories260K from the store's search path."""
+"""Helpers for the conformance suite of the Python-hosted ports (test_hosted_ports.py): the
+contract's logits tolerance, a tiny model in every format, and loading a port's run.py."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .formats import Config, write_gguf, write_tokenizer, write_v0, write_v1
-from .synth import random_model, random_vocab
-from .validate import RTOL
+from orchestrator.formats import Config, write_gguf, write_tokenizer, write_v0, write_v1
+from orchestrator.synth import random_model, random_vocab
+from orchestrator.validate import RTOL
 
 
 def assert_close(ref: np.ndarray, got: np.ndarray) -> None:
@@ -19,18 +18,6 @@ def assert_close(ref: np.ndarray, got: np.ndarray) -> None:
     tol = RTOL * (1 + np.abs(ref).max(axis=1))
     assert (diff <= tol).all(), f"max diff {diff.max():.3g} over tolerance at positions {np.flatnonzero(diff > tol)}"
     assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
-
-
-def stories260k_dir() -> Path:
-    """The folder of stories260K.bin and tok512.bin; a failure under CI=true, else a skip."""
-    import pytest
-
-    for d in os.environ.get("POLYLLAMA_MODEL_PATH", "").split(os.pathsep):
-        if d and (Path(d) / "stories260K.bin").is_file() and (Path(d) / "tok512.bin").is_file():
-            return Path(d)
-    if os.environ.get("CI") == "true":
-        pytest.fail("stories260K.bin / tok512.bin not found on POLYLLAMA_MODEL_PATH (required when CI=true)")
-    pytest.skip("stories260K.bin / tok512.bin not found on POLYLLAMA_MODEL_PATH")
 
 
 def tiny_files(d: Path) -> tuple[dict, Path]:
