@@ -56,7 +56,7 @@ def validate(c, ports=None, models=None, docker=False, image=None):
     return app.validate(ports, models, docker, image)
 
 
-@task(help={"matrix": "named matrix from orchestrator/matrices.toml: quick, default, paper or full",
+@task(help={"matrix": "named matrix from orchestrator/bench/matrices.toml: quick, default, paper or full",
             "ports": PORTS_HELP, "skip": "comma-separated ports to leave out (e.g. pytorch,tensorflow: about 5 GB)",
             "models": "comma-separated models (overrides the matrix)",
             "threads": "comma-separated thread counts (overrides the matrix)",
@@ -71,7 +71,7 @@ def validate(c, ports=None, models=None, docker=False, image=None):
 def bench(c, matrix="default", ports=None, skip=None, models=None, threads=None, runs=None, warmup=None, steps=None,
           out=None, resume=False, install=False, strict=False, docker=False, image=None):
     """Benchmark the ports over models x threads; tables, result JSON, exports and figures."""
-    from orchestrator.bench import Options
+    from orchestrator.bench.pipeline import Options
 
     return app.bench(Options(matrix=matrix, ports=ports, skip=skip, models=models, threads=threads, runs=runs,
                              warmup=warmup, steps=steps, out=out, resume=resume, install=install, strict=strict,

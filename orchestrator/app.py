@@ -13,11 +13,11 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .build import build_all, install_all
 from .errors import PolyllamaError
-from .ports import ROOT, names, select, tool_env
-from .store import Store, search_path
-from .synth import ensure
+from .models.store import Store, search_path
+from .models.synth import ensure
+from .ports.build import build_all, install_all
+from .ports.discover import ROOT, names, select, tool_env
 
 
 def install(ports: str | None = None, skip: str | None = None) -> int:
@@ -42,11 +42,11 @@ def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker:
 @contextlib.contextmanager
 def container_engine(wanted: bool = True):
     """DOCKER_HOST for the block when containers are wanted: Docker, or podman's service for the
-    duration (orchestrator/podman.py); one error line when there is neither."""
+    duration (orchestrator/containers/podman.py); one error line when there is neither."""
     if not wanted:
         yield
         return
-    from .podman import engine
+    from .containers.podman import engine
     with engine() as why:
         if why:
             raise PolyllamaError(why)
@@ -54,7 +54,8 @@ def container_engine(wanted: bool = True):
 
 
 def build_image(target: str) -> int:
-    from .containers import ContainerRunner, build_image as build
+    from .containers.engine import ContainerRunner
+    from .containers.engine import build_image as build
 
     with container_engine():
         tag = build(target)
@@ -70,13 +71,13 @@ def validate(ports: str | None = None, models: str | None = None, docker: bool =
 
 
 def _validate(ports, models, docker, image) -> int:
-    from .validate import validate as run_validation
+    from .ports.validate import validate as run_validation
 
     chosen = select(ports)
     wanted = names(models) or ["stories260K", "stories15M"]
     runner = None
     if docker:
-        from .containers import ContainerRunner
+        from .containers.engine import ContainerRunner
         runner = ContainerRunner.connect(image)
         chosen = [p for p in chosen if runner.build_outcome(p).status == "built"] if not ports else chosen
     rows = run_validation(chosen, Store(), wanted, progress=lambda m: print(m, flush=True), runner=runner)
@@ -118,7 +119,7 @@ def models_list() -> int:
 
 
 def models_fetch(models: str) -> int:
-    from .fetch import download
+    from .models.fetch import download
 
     store = Store()
     for name in names(models):
@@ -129,7 +130,7 @@ def models_fetch(models: str) -> int:
 
 
 def models_synth(models: str, seed: int) -> int:
-    from .synth import synthesize_model, synthesize_tokenizer
+    from .models.synth import synthesize_model, synthesize_tokenizer
 
     store = Store()
     for name in names(models):
@@ -143,7 +144,7 @@ def models_synth(models: str, seed: int) -> int:
 
 
 def models_convert(src: str, dst: str, tokenizer: str | None, version: int) -> int:
-    from .convert import bin_to_gguf, gguf_to_bin
+    from .models.convert import bin_to_gguf, gguf_to_bin
 
     if dst.endswith(".gguf"):
         if not tokenizer:
@@ -157,9 +158,9 @@ def models_convert(src: str, dst: str, tokenizer: str | None, version: int) -> i
 
 def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> int:
     """Our executor against hyperfine, cell by cell: wall time and the port's decode rate."""
-    from .bench import model_record
-    from .measure import CellSpec
-    from .overhead import measure_overhead
+    from .bench.measure import CellSpec
+    from .bench.overhead import measure_overhead
+    from .bench.pipeline import model_record
 
     [p] = select(port)
     counts = [os.cpu_count() or 1 if t == "all" else int(t) for t in names(threads)]
@@ -183,15 +184,15 @@ def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> i
 
 
 def bench(options) -> int:
-    from .bench import main
+    from .bench.pipeline import main
 
     with container_engine(options.docker):
         return main(options)
 
 
 def report(results: str, out: str | None = None) -> int:
-    from . import resultfile
-    from .bench import publish
+    from .bench.pipeline import publish
+    from .results import resultfile
 
     path = Path(results)
     publish(resultfile.load(path), path, Path(out) if out else None)
@@ -200,9 +201,11 @@ def report(results: str, out: str | None = None) -> int:
 
 def compare(a: str, b: str, metric: str = "tok_s", threshold: float = 0.05) -> int:
     """Exit 1 when a cell regressed beyond the threshold and beyond the noise."""
-    from . import resultfile
-    from .compare import METRICS, compare as run_compare, render
     from .errors import UsageError
+    from .results import resultfile
+    from .results.compare import METRICS
+    from .results.compare import compare as run_compare
+    from .results.compare import render
 
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")

@@ -4,7 +4,7 @@
 # nothing under /etc/containers is written; and a local Debian base image made with debootstrap
 # (no image registry is needed).
 #   bash scripts/podman-setup.sh     install, configure, make the base image; prints the folder
-# The API service is not left running: orchestrator/podman.py starts it for the tests and the
+# The API service is not left running: orchestrator/containers/podman.py starts it for the tests and the
 # --docker tasks and stops it after (see the README's container section).
 set -euo pipefail
 cd "$(dirname "$0")/.."

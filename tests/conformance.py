@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.formats import Config, write_gguf, write_tokenizer, write_v0, write_v1
-from orchestrator.synth import random_model, random_vocab
-from orchestrator.validate import RTOL
+from orchestrator.models.synth import random_model, random_vocab
+from orchestrator.ports.validate import RTOL
 
 
 def assert_close(ref: np.ndarray, got: np.ndarray) -> None:

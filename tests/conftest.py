@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.formats import Config, Model  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
-from orchestrator.synth import random_model, random_vocab  # noqa: E402
+from orchestrator.models.store import Store  # noqa: E402
+from orchestrator.models.synth import random_model, random_vocab  # noqa: E402
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -26,7 +26,7 @@ def need(reason: str):
 def container_engine():
     """A container engine for the session: Docker when there is one, else podman's API service
     started here (scripts/podman-setup.sh configures it) and stopped when the tests end."""
-    from orchestrator.podman import engine
+    from orchestrator.containers.podman import engine
     with engine() as why:
         if why:
             need(f"container tests: {why}")

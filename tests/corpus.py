@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator.formats import Config, write_gguf, write_tokenizer, write_v0, write_v1
-from orchestrator.synth import random_model, random_vocab
+from orchestrator.models.synth import random_model, random_vocab
 
 BASE = Config(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, seq_len=32)
 

@@ -1,12 +1,12 @@
 """Bad files and bad flags: the Python readers, and every built port through its command line."""
 import pytest
-
 from conftest import IN_CI
 from corpus import BAD_FLAGS, GOOD_FLAGS, make_corpus
+
+from orchestrator.bench.executor import execute
 from orchestrator.errors import FormatError
-from orchestrator.executor import execute
 from orchestrator.formats import read_model, read_tokenizer
-from orchestrator.ports import discover, tool_env
+from orchestrator.ports.discover import discover, tool_env
 
 PORTS = discover()
 

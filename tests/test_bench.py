@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import bench, resultfile
+from orchestrator.bench import pipeline as bench
 from orchestrator.errors import UsageError
-from orchestrator.exporters import to_csv, to_hyperfine, to_markdown
-
-from orchestrator.stats import geometric_mean, significant, summarize
+from orchestrator.results import resultfile
+from orchestrator.results.exporters import to_csv, to_hyperfine, to_markdown
+from orchestrator.results.stats import geometric_mean, significant, summarize
 from schemas.export import SCHEMAS, render
 from schemas.results import Suite
 
@@ -83,7 +83,7 @@ def test_misbehaving_ports_fail_with_reasons(fake_impls):
 
 
 def _proc(wall, cpu, max_threads=0):
-    from orchestrator.executor import ProcResult
+    from orchestrator.bench.executor import ProcResult
     stats = {"port": "x", "prompt_tokens": 1, "generated_tokens": 16, "positions": 16, "threads": 0,
              "load_s": 0.01, "ttft_s": 0.01, "decode_s": wall * 0.9, "decode_tok_s": 15 / (wall * 0.9)}
     return ProcResult(["x"], 0, b"", "", wall, user_s=cpu, max_threads=max_threads, stats=stats)
@@ -98,7 +98,7 @@ def _proc(wall, cpu, max_threads=0):
     (2, 0.1, 0.1, 1, "unchecked"),  # too short to tell
 ])
 def test_thread_check(threads, wall, cpu, seen, verdict):
-    from orchestrator.measure import CellSpec, check
+    from orchestrator.bench.measure import CellSpec, check
     proc = _proc(wall, cpu, seen)
     proc.stats["threads"] = threads
     spec = CellSpec(None, None, None, threads, 16, 0.0, 0.9, 1)
@@ -109,7 +109,7 @@ def test_thread_check(threads, wall, cpu, seen, verdict):
 
 @pytest.mark.parametrize("others,busy", [(None, False), (0.0, False), (0.2, False), (0.3, True), (1.5, True)])
 def test_quiet_machine_guard_marks_runs(others, busy):
-    from orchestrator.measure import CellSpec, check
+    from orchestrator.bench.measure import CellSpec, check
     proc = _proc(2.0, 2.0, 1)
     proc.stats["threads"] = 1
     proc.others_cpu_s = others
@@ -250,8 +250,10 @@ def test_statistics_on_known_samples():
 
 def test_overhead_measurement_times_the_same_command_both_ways(tmp_path):
     import shutil
+
     from conftest import need
-    from orchestrator.overhead import measure_overhead
+
+    from orchestrator.bench.overhead import measure_overhead
     if shutil.which("hyperfine") is None:
         need("hyperfine is not installed")
     res = measure_overhead([sys.executable, str(HERE / "fakeport.py"), "good", "x", "-n", "16"], tmp_path, rounds=3)
@@ -263,10 +265,11 @@ def test_overhead_measurement_times_the_same_command_both_ways(tmp_path):
 
 
 def test_paired_ratio_interval():
-    from orchestrator.stats import paired_ratio
+    from orchestrator.results.stats import paired_ratio
     r = paired_ratio([1.01, 1.02, 1.00, 1.01], [1.0, 1.0, 1.0, 1.0])
     assert r.value == pytest.approx(1.01, abs=1e-3) and r.low < r.value < r.high and r.n == 4
     # t with 3 degrees of freedom: 3.182 x sd / sqrt(n) on the log scale
-    import math, statistics
+    import math
+    import statistics
     logs = [math.log(x) for x in (1.01, 1.02, 1.00, 1.01)]
     assert math.log(r.high) - math.log(r.value) == pytest.approx(3.1824 * statistics.stdev(logs) / 2, rel=1e-3)

@@ -4,11 +4,11 @@ check that they print what the native builds print."""
 
 import numpy as np
 import pytest
-
 from conftest import need
+
+from orchestrator.bench.executor import execute
 from orchestrator.errors import PolyllamaError
-from orchestrator.executor import execute
-from orchestrator.ports import discover, tool_env
+from orchestrator.ports.discover import discover, tool_env
 
 TARGET = "slim"
 IN_IMAGE = ("python", "c")
@@ -16,7 +16,7 @@ IN_IMAGE = ("python", "c")
 
 @pytest.fixture(scope="module")
 def runner(container_engine):
-    from orchestrator.containers import ContainerRunner, _client, build_image
+    from orchestrator.containers.engine import ContainerRunner, _client, build_image
     try:
         _client()
     except PolyllamaError as e:
@@ -25,7 +25,7 @@ def runner(container_engine):
 
 
 def test_missing_engine_is_one_clear_error(monkeypatch):
-    from orchestrator.containers import ContainerRunner
+    from orchestrator.containers.engine import ContainerRunner
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(PolyllamaError, match="no container engine reachable") as info:
         ContainerRunner.connect()
@@ -61,7 +61,8 @@ def test_container_run_matches_native(runner, stories260k, name, tmp_path):
 
 
 def test_bench_cell_in_a_container(runner, stories260k, tmp_path):
-    from orchestrator import bench, resultfile
+    from orchestrator.bench import pipeline as bench
+    from orchestrator.results import resultfile
     code = bench.main(bench.Options(matrix="quick", ports="python", models="stories260K", threads="1", runs="1",
                                     warmup="0", steps="16", out=str(tmp_path / "r.json"), docker=True,
                                     image=runner.image, strict=True))

@@ -2,13 +2,12 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import TINY, assert_same_weights
-from orchestrator.convert import bin_to_gguf, gguf_to_bin
+
 from orchestrator.errors import FormatError
-from orchestrator.formats import (read_model, read_tokenizer, sniff, write_gguf, write_tokenizer, write_v0,
-                                  write_v1)
+from orchestrator.formats import read_model, read_tokenizer, sniff, write_gguf, write_tokenizer, write_v0, write_v1
 from orchestrator.formats.checkpoint import rope_tables
+from orchestrator.models.convert import bin_to_gguf, gguf_to_bin
 
 
 @pytest.mark.parametrize("writer,fmt", [(write_v0, "v0"), (write_v1, "v1")])

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, need
-from orchestrator import resultfile
+
+from orchestrator.results import resultfile
 
 BASE = "localhost/polyllama-base:bookworm"
 COMMAND = "./run bench --matrix quick --ports python,c --out results/fresh.json"

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conformance import assert_close, load_port, tiny_files
 from conftest import need
+
 from orchestrator.formats import read_model, read_tokenizer
-from orchestrator.ports import discover, toolchain_version
+from orchestrator.ports.discover import discover, toolchain_version
 from orchestrator.reference.cli import Args
 from orchestrator.reference.generate import generate, logits_for
 from orchestrator.reference.model import Transformer as Reference

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from orchestrator.errors import PolyllamaError, UsageError
-from orchestrator.ports import ROOT, discover, load_manifest, select
+from orchestrator.ports.discover import ROOT, discover, load_manifest, select
 
 MANIFEST = """contract = 1
 name = "{name}"

@@ -2,7 +2,7 @@ import numpy as np
 
 from orchestrator.formats import read_model, read_tokenizer, write_gguf, write_v1
 from orchestrator.reference import Sampler, Tokenizer, Transformer, generate, logits_for
-from orchestrator.reference.model import rmsnorm, rotate_pairs, rope_cos_sin, softmax
+from orchestrator.reference.model import rmsnorm, rope_cos_sin, rotate_pairs, softmax
 
 GOLDEN = b"Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 

@@ -6,10 +6,11 @@ import math
 import pytest
 from scipy import stats as st
 
-from orchestrator import app, compare, exporters, report
-from orchestrator.stats import busy_runs, good_runs, metric, ratio_ci, welch
-from schemas.results import Cell, Host, Model, PortStats, Probe, Run, Suite
+from orchestrator import app
+from orchestrator.results import compare, exporters, report
+from orchestrator.results.stats import busy_runs, good_runs, metric, ratio_ci, welch
 from schemas.matrix import Matrix
+from schemas.results import Cell, Host, Model, PortStats, Probe, Run, Suite
 
 
 def _run(tok_s: float, others: float = 0.0, wall: float = 2.0) -> Run:
@@ -72,7 +73,7 @@ def test_roofline_is_per_model_size_and_a_cell_above_it_is_flagged():
 
 
 def test_compare_fails_on_a_regression_beyond_threshold_and_noise(tmp_path):
-    from orchestrator import resultfile
+    from orchestrator.results import resultfile
     base = [100.0, 101.0, 99.5, 100.5, 99.0]
     a = _suite({"c": base, "go": [50, 51, 49, 50, 50.5]}, "a")
     same = _suite({"c": [100.4, 99.2, 100.9, 99.8, 100.1], "go": [50.2, 49.5, 50.8, 50.1, 49.9]}, "b")

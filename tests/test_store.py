@@ -1,12 +1,12 @@
 import os
 
 import pytest
+from conftest import need
 
-from orchestrator import store as store_mod
 from orchestrator.formats import read_model
 from orchestrator.formats.checkpoint import V0_HEADER_BYTES
-from conftest import need
-from orchestrator.synth import random_model, synthesize_model, synthesize_tokenizer
+from orchestrator.models import store as store_mod
+from orchestrator.models.synth import random_model, synthesize_model, synthesize_tokenizer
 
 
 def test_manifest_sizes_follow_from_the_configs(store):
@@ -69,8 +69,8 @@ def test_unknown_model_is_a_usage_error(store):
 
 def test_fetch_offline_is_one_clear_error(tmp_path, store, monkeypatch):
     from orchestrator.errors import PolyllamaError
-    from orchestrator.fetch import download
-    from orchestrator.store import Entry
+    from orchestrator.models.fetch import download
+    from orchestrator.models.store import Entry
 
     monkeypatch.setenv(store_mod.PATH_VAR, str(tmp_path))
     entry = Entry("x", "x.bin", 10, "0" * 64, "http://127.0.0.1:9/x.bin")

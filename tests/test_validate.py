@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import IN_CI
-from orchestrator.ports import ROOT, Port, discover, load_manifest
-from orchestrator.store import Store
-from orchestrator.validate import build_cases, check_port, expected_for
+
+from orchestrator.models.store import Store
+from orchestrator.ports.discover import ROOT, Port, discover, load_manifest
+from orchestrator.ports.validate import build_cases, check_port, expected_for
 
 LYING_PORT = '''import os, sys
 sys.path.insert(0, os.environ["POLYLLAMA_ROOT"])

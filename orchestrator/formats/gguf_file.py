@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import FormatError
 from ..files import atomic_path
-from .model import Model
 from .config import Config
+from .model import Model
 from .tokenizer_file import Vocab, check_vocab
 
 SPACE = "\u2581"

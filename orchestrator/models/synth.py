@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import Model, Vocab, write_v0, write_tokenizer
+from ..formats import Model, Vocab, write_tokenizer, write_v0
 from .store import MODELS_DIR, Resolved, Store, synthetic_name
 
 DEFAULT_SEED = 1234

@@ -12,10 +12,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PolyllamaError, UsageError
-from .formats import Config
+from ..errors import PolyllamaError, UsageError
+from ..formats import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = ROOT / "models"
 MANIFEST = MODELS_DIR / "manifest.toml"
 PATH_VAR = "POLYLLAMA_MODEL_PATH"

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import gguf_for
-from .errors import PolyllamaError
-from .executor import execute
-from .formats import read_model, read_tokenizer, write_v1
-from .ports import Port, tool_env
-from .reference import Sampler, Tokenizer, Transformer, generate, logits_for
-from .store import MODELS_DIR, Resolved, Store
-from .synth import ensure
+from ..bench.executor import execute
+from ..errors import PolyllamaError
+from ..formats import read_model, read_tokenizer, write_v1
+from ..models.convert import gguf_for
+from ..models.store import MODELS_DIR, Resolved, Store
+from ..models.synth import ensure
+from ..reference import Sampler, Tokenizer, Transformer, generate, logits_for
+from .discover import Port, tool_env
 
 RTOL = 1e-4  # the contract's tolerance: max|port - ref| <= RTOL * (1 + max|ref|) at each position
 PROMPT = b"Once upon a time, there was a"

@@ -12,8 +12,8 @@ from schemas.results import FORMAT_VERSION, Cell, Suite
 
 READABLE = (1, FORMAT_VERSION)
 
-from .errors import PolyllamaError, first_error
-from .files import write_atomic
+from ..errors import PolyllamaError, first_error
+from ..files import write_atomic
 
 
 def save(suite: Suite, path: Path) -> None:

@@ -15,10 +15,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PolyllamaError
+from ..errors import PolyllamaError
+from ..ports.discover import tool_env
+from ..results.stats import paired_ratio
 from .executor import STATS_PREFIX, execute
-from .ports import tool_env
-from .stats import paired_ratio
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from schemas.results import Model, PortStats, Run
 
+from ..ports.discover import Port, tool_env
 from .executor import ProcResult, execute
-from .ports import Port, tool_env
 
 RATE_TOLERANCE = 0.02  # reported vs recomputed tok/s
 CLOCK_SLACK_S = 0.02  # a port's clock and ours start at different instants

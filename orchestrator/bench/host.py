@@ -14,7 +14,7 @@ import psutil
 
 from schemas.results import Host, Probe
 
-from .ports import ROOT
+from ..ports.discover import ROOT
 
 PROBE_SRC = Path(__file__).parent / "probe" / "bandwidth.c"
 PROBE_BIN = ROOT / "build" / "bandwidth"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .formats import read_model, read_tokenizer, write_gguf, write_tokenizer, write_v0, write_v1
+from ..formats import read_model, read_tokenizer, write_gguf, write_tokenizer, write_v0, write_v1
 from .store import MODELS_DIR, Resolved
 
 

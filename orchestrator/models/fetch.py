@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import PolyllamaError
+from ..errors import PolyllamaError
 from .store import MODELS_DIR, Entry, find_file, origin_of
 
 

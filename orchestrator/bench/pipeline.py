@@ -21,21 +21,21 @@ from pydantic import ValidationError
 from schemas.matrix import Matrix
 from schemas.results import Cell, Model, PortInfo, Suite
 
-from . import resultfile
-from .build import BuildOutcome, build_port, install_toolchain
-from .convert import gguf_for
-from .errors import UsageError, first_error
-from .exporters import export_all
-from .figures import draw_all
+from ..errors import UsageError, first_error
+from ..models.convert import gguf_for
+from ..models.store import Resolved, Store
+from ..models.synth import ensure
+from ..ports.build import BuildOutcome, build_port, install_toolchain
+from ..ports.discover import IMPLS, ROOT, Port, names, select
+from ..results import resultfile
+from ..results.exporters import export_all
+from ..results.figures import draw_all
+from ..results.report import render
 from .host import describe_host
 from .measure import CellSpec, measure
 from .peercheck import describe, run_check
-from .ports import IMPLS, ROOT, Port, names, select
 from .progress import Progress
-from .report import render
 from .schedule import interleave
-from .store import Resolved, Store
-from .synth import ensure
 
 MATRICES = Path(__file__).parent / "matrices.toml"
 RESULTS = ROOT / "results"
@@ -152,7 +152,7 @@ def prepare(p: Plan, install: bool = False, docker: bool = False, image: str | N
             describe=describe_host) -> Prepared:
     runner, image_id = None, None
     if docker:
-        from .containers import ContainerRunner
+        from ..containers.engine import ContainerRunner
         runner = ContainerRunner.connect(image, p.matrix.container_memory)
         image_id = runner.image_id
     m = p.matrix

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ports import ROOT, Port, tool_env, toolchain_version
+from .discover import ROOT, Port, tool_env, toolchain_version
 
 LOG_DIR = ROOT / "build" / "logs"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.results import Cell, Suite
 
-from .peercheck import describe
+from ..bench.peercheck import describe
 from .stats import busy_runs, geometric_mean, good_runs, metric, noise_notes, ratio_ci, roofline_share
 
 BASELINES = ("c", "python")

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from schemas.port import PortManifest
 
-from .errors import PolyllamaError, UsageError, first_error
+from ..errors import PolyllamaError, UsageError, first_error
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMPLS = ROOT / "impls"
 
 

@@ -8,8 +8,8 @@ import subprocess
 
 from schemas.results import Cell, PeerCheck
 
-from .ports import Port, tool_env
-from .stats import metric
+from ..ports.discover import Port, tool_env
+from ..results.stats import metric
 
 
 def _field(data, path: str):

@@ -1,20 +1,20 @@
 """Inside a container: run one port command with the native executor and print the measurement
 as JSON, so container cells are measured exactly as native ones (see executor.py).
 
-    python -m orchestrator.contained TIMEOUT TREE -- ARGV...
+    python -m orchestrator.containers.contained TIMEOUT TREE -- ARGV...
 """
 import base64
 import dataclasses
 import json
 import sys
 
-from .executor import execute
-from .ports import tool_env
+from ..bench.executor import execute
+from ..ports.discover import tool_env
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[2] != "--":
-        print("usage: python -m orchestrator.contained TIMEOUT TREE -- ARGV...", file=sys.stderr)
+        print("usage: python -m orchestrator.containers.contained TIMEOUT TREE -- ARGV...", file=sys.stderr)
         return 2
     result = execute(argv[3:], env=tool_env(), timeout=float(argv[0]), tree=argv[1] == "1")
     record = dataclasses.asdict(result)

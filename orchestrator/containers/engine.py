@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .build import BuildOutcome
-from .errors import PolyllamaError
-from .executor import ProcResult, parse_stats
-from .ports import ROOT, Port
+from ..bench.executor import ProcResult, parse_stats
+from ..errors import PolyllamaError
+from ..ports.build import BuildOutcome
+from ..ports.discover import ROOT, Port
 
 IMAGE_ROOT = "/opt/polyllama"
 LOCAL_BASE = "localhost/polyllama-base:bookworm"
@@ -128,7 +128,7 @@ class ContainerRunner:
     # ------------------------------------------------------------ what the image holds
     def built_ports(self) -> dict[str, str | None]:
         if self._built is None:
-            code = ("import json; from orchestrator.ports import discover, toolchain_version; "
+            code = ("import json; from orchestrator.ports.discover import discover, toolchain_version; "
                     "print(json.dumps({p.name: toolchain_version(p) for p in discover() if p.outputs_present()}))")
             out = self.client.containers.run(self.image, ["python", "-c", code], remove=True, network_mode="none")
             self._built = json.loads(out.decode().strip().splitlines()[-1])
@@ -163,7 +163,7 @@ class ContainerRunner:
         workdir = IMAGE_ROOT + str(cwd)[len(str(ROOT)):] if cwd and str(cwd).startswith(str(ROOT)) else IMAGE_ROOT
         cpus = threads or os.cpu_count() or 1
         cpuset = f"0-{min(cpus, os.cpu_count() or 1) - 1}"
-        command = ["python", "-m", "orchestrator.contained", str(timeout), "1" if tree else "0", "--", *mapped]
+        command = ["python", "-m", "orchestrator.containers.contained", str(timeout), "1" if tree else "0", "--", *mapped]
         container = self.client.containers.run(self.image, command, detach=True, volumes=mounts, working_dir=workdir,
                                                cpuset_cpus=cpuset, mem_limit=self.memory, network_mode="none",
                                                environment={"POLYLLAMA_ROOT": IMAGE_ROOT})

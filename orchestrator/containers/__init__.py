@@ -1,0 +1,2 @@
+"""Containers: the Docker-API engine (Docker, or podman started on demand), image builds, and
+runs of port commands inside an image."""
