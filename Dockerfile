@@ -1,90 +1,94 @@
-# polyllama for Linux parity: one stage per toolchain family builds its ports with the same
-# manifests and build commands as a native build (`invoke build-all --ports ...` inside the
-# stage); the final image holds the orchestrator and every port that built.
+# polyllama for Linux parity. Every stage sets up and builds exactly as a native machine does:
+# scripts/bootstrap.sh makes the project's .venv (what ./run does), then each port's own
+# installer (`invoke install --ports X`: the same pinned versions, from the same registries) and
+# its manifest's build commands (`invoke build-all --ports X --strict`). The final image holds the
+# orchestrator and every port's build.
 #
 #   invoke build-all --docker                    full image, tagged polyllama:<git commit>
 #   invoke build-all --docker --target slim      reduced image: Python reference + C
 #
 # BASE is a build argument so that hosts without registry access can use a local Debian image
-# (scripts/podman-setup.sh makes one with debootstrap). Stages that need packages reach Debian's
-# mirror and PyPI / crates.io / Maven Central, so build with host networking.
+# (scripts/podman-setup.sh makes one with debootstrap). Stages reach Debian's mirror and PyPI,
+# crates.io, the Go module proxy and Maven Central, so build with host networking.
 ARG BASE=debian:bookworm-slim
 
-# ---------------------------------------------------------------- base: Python + orchestrator
+# ---------------------------------------------------------------- base: Python, .venv, orchestrator
 FROM ${BASE} AS base
-ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
-    PATH=/opt/venv/bin:$PATH POLYLLAMA_IN_CONTAINER=1 \
-    PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-# a proxy's CA, when the build host has one (see docker/certs/README.md)
+ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 POLYLLAMA_IN_CONTAINER=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    POLYLLAMA_ROOT=/opt/polyllama
+# a proxy's CA, when the build host has one (see docker/certs/README.md): every trust store gets it
 COPY docker/certs/ /opt/certs/
-RUN apt-get update && apt-get install -y --no-install-recommends \
-        python3 python3-venv ca-certificates make gcc libc6-dev git \
-    && rm -rf /var/lib/apt/lists/* \
-    && if [ -s /opt/certs/host-ca.crt ]; then cat /opt/certs/host-ca.crt >> /etc/ssl/certs/ca-certificates.crt; fi \
-    && python3 -m venv /opt/venv
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates build-essential git \
+    && if [ -s /opt/certs/host-ca.crt ]; then \
+         cp /opt/certs/host-ca.crt /usr/local/share/ca-certificates/polyllama-host-ca.crt && update-ca-certificates; fi
 WORKDIR /opt/polyllama
 COPY pyproject.toml README.md tasks.py ./
+COPY scripts scripts
 COPY orchestrator orchestrator
 COPY schemas schemas
-RUN pip install -e .
+RUN bash -c '. scripts/bootstrap.sh'
+ENV PATH=/opt/polyllama/.venv/bin:$PATH
 COPY models/manifest.toml models/manifest.toml
 COPY impls/python impls/python
 
-# ---------------------------------------------------------------- C (gcc)
+# ---------------------------------------------------------------- one stage per port
 FROM base AS c
 COPY impls/c impls/c
-RUN python -m invoke build-all --ports c --strict
+RUN invoke install --ports c && invoke build-all --ports c --strict
 
-# ---------------------------------------------------------------- C++ (CMake, Ninja, GoogleTest)
 FROM base AS cpp
-RUN apt-get update && apt-get install -y --no-install-recommends g++ cmake ninja-build libgtest-dev \
-    && rm -rf /var/lib/apt/lists/*
 COPY impls/cpp impls/cpp
-RUN python -m invoke build-all --ports cpp --strict
+RUN invoke install --ports cpp && invoke build-all --ports cpp --strict
 
-# ---------------------------------------------------------------- Rust (Debian's cargo)
-# rustup's toolchains come from no package registry, so the image uses Debian's cargo (1.65),
-# which reads Cargo.lock format 3 only: the lock is rewritten to that format, same versions.
 FROM base AS rust
-RUN apt-get update && apt-get install -y --no-install-recommends cargo && rm -rf /var/lib/apt/lists/*
 COPY impls/rust impls/rust
-RUN sed -i 's/^version = 4$/version = 3/' impls/rust/Cargo.lock \
-    && python -m invoke build-all --ports rust --strict
+RUN invoke install --ports rust && invoke build-all --ports rust --strict
 
-# ---------------------------------------------------------------- Go (Debian's go)
 FROM base AS go
-RUN apt-get update && apt-get install -y --no-install-recommends golang-go && rm -rf /var/lib/apt/lists/*
 COPY impls/go impls/go
-RUN python -m invoke build-all --ports go --strict
+RUN invoke install --ports go && invoke build-all --ports go --strict
 
-# ---------------------------------------------------------------- Java (JDK 17, Maven)
 FROM base AS java
-RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven \
-    && rm -rf /var/lib/apt/lists/*
 COPY impls/java impls/java
-RUN python -m invoke build-all --ports java --strict
+# Java's trust store gets the proxy CA too (Maven Central over TLS)
+RUN invoke install --ports java \
+    && if [ -s /opt/certs/host-ca.crt ]; then \
+         keytool -importcert -noprompt -cacerts -storepass changeit -alias polyllama-host-ca -file /opt/certs/host-ca.crt; fi \
+    && invoke build-all --ports java --strict
 
-# ---------------------------------------------------------------- toolchains from PyPI: Mojo, Zig
-FROM base AS pypi
-COPY impls/mojo impls/mojo
+FROM base AS zig
 COPY impls/zig impls/zig
-RUN python -m invoke install --ports mojo,zig && python -m invoke build-all --ports mojo,zig --strict
+RUN invoke install --ports zig && invoke build-all --ports zig --strict
+
+FROM base AS mojo
+COPY impls/mojo impls/mojo
+RUN invoke install --ports mojo && invoke build-all --ports mojo --strict
+
+FROM base AS llamacpp
+COPY impls/llamacpp impls/llamacpp
+RUN invoke install --ports llamacpp && invoke build-all --ports llamacpp --strict
 
 # ---------------------------------------------------------------- slim: the reference and C
 FROM base AS slim
 COPY --from=c /opt/polyllama/impls/c impls/c
 CMD ["python", "-m", "invoke", "--list"]
 
-# ---------------------------------------------------------------- full
+# ---------------------------------------------------------------- full: every port
 FROM base AS full
-RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless libstdc++6 \
-    && rm -rf /var/lib/apt/lists/*
+# Mojo binaries load the MAX runtime from the venv that built them; the frameworks join that venv
+COPY --from=mojo /opt/polyllama/.venv /opt/polyllama/.venv
+COPY impls/pytorch impls/pytorch
+COPY impls/tensorflow impls/tensorflow
+RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && invoke install --ports pytorch,tensorflow
 COPY --from=c /opt/polyllama/impls/c impls/c
 COPY --from=cpp /opt/polyllama/impls/cpp impls/cpp
 COPY --from=rust /opt/polyllama/impls/rust impls/rust
 COPY --from=go /opt/polyllama/impls/go impls/go
 COPY --from=java /opt/polyllama/impls/java impls/java
-COPY --from=pypi /opt/venv /opt/venv
-COPY --from=pypi /opt/polyllama/impls/mojo impls/mojo
-COPY --from=pypi /opt/polyllama/impls/zig impls/zig
+COPY --from=zig /opt/polyllama/impls/zig impls/zig
+COPY --from=mojo /opt/polyllama/impls/mojo impls/mojo
+COPY --from=llamacpp /opt/polyllama/impls/llamacpp impls/llamacpp
 CMD ["python", "-m", "invoke", "--list"]

@@ -16,7 +16,7 @@ from tabulate import tabulate
 from .errors import PolyllamaError
 from .models.store import Store, search_path
 from .models.synth import ensure
-from .ports.build import build_all, install_all
+from .ports.build import LOG_DIR, build_all, install_all
 from .ports.discover import ROOT, names, select, tool_env
 
 
@@ -36,6 +36,11 @@ def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker:
     print(tabulate([[o.port, o.status, o.version or "-", f"{o.seconds:.1f}s", o.detail] for o in outcomes],
                    headers=["port", "status", "toolchain", "time", "detail"]))
     bad = [o for o in outcomes if o.status == "failed" or (strict and o.status == "skipped")]
+    for o in bad:  # the whole story, not just its last line: a container build shows nothing else
+        log = LOG_DIR / f"{o.port}.build.log"
+        if o.status == "failed" and log.is_file():
+            tail = log.read_text(errors="replace").splitlines()[-60:]
+            print(f"\n--- last {len(tail)} lines of {log.relative_to(ROOT)} ---\n" + "\n".join(tail), file=sys.stderr)
     return 1 if bad else 0
 
 

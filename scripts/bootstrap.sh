@@ -43,8 +43,13 @@ if [ ! -x "$VENV_PY" ] || ! _py_ok "$VENV_PY"; then
   rm -rf "$VENV"
   "$base" -m venv "$VENV"
 fi
-if ! "$VENV_PY" -c "import orchestrator, invoke, pydantic, numpy, psutil, tabulate, gguf, matplotlib, docker, pytest" 2>/dev/null; then
-  echo "setup: pip install -e .[test] into $VENV (numpy, pydantic, matplotlib, ... about 150 MB)" >&2
+# Reinstalled whenever pyproject.toml changes (its checksum is kept in the venv), so a new
+# dependency reaches every existing .venv without a list of imports to keep in step.
+stamp="$VENV/.polyllama-pyproject"
+want=$(cksum pyproject.toml)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV_PY" -c "import orchestrator" 2>/dev/null; then
+  echo "setup: pip install -e .[test] into $VENV (numpy, scipy, pydantic, matplotlib, ... about 250 MB)" >&2
   "$VENV_PY" -m pip install -q --disable-pip-version-check -e ".[test]" >&2
+  echo "$want" >"$stamp"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
