@@ -1,0 +1,648 @@
+//! GGUF (v2/v3, all tensors F32, llama.cpp's `llama` names, tokenizer embedded): the header,
+//! the metadata section, the tensor infos, then the tensor table checked against the model's
+//! tensors. What llama.cpp's loader refuses is refused here too.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::Path;
+
+use super::{Checkpoint, LayerTensors, Storage, Tensor, Tensors};
+use crate::errors::{bad_file, Fail, Res};
+use crate::files::{file_size, map_file};
+use crate::model::Config;
+use crate::tokenizer::Vocab;
+
+const GGUF_MAX_ENTRIES: u64 = 65536;
+const GGUF_DEFAULT_ALIGNMENT: i128 = 32;
+
+/// A GGUF metadata value; arrays of numbers stay in the file, unparsed.
+enum Value<'a> {
+    Int(i128),
+    Bool(bool), // not an integer, whatever its byte says
+    Float(f64),
+    Str(&'a [u8]),
+    Strings(Vec<&'a [u8]>),
+    Numbers { etype: u32, raw: &'a [u8], count: usize },
+}
+
+/// Bytes per scalar of a GGUF value type (None: not a scalar).
+fn gguf_scalar_size(t: u32) -> Option<usize> {
+    match t {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+/// The i-th element of a scalar array, or one scalar: (integer, float) views.
+fn gguf_scalar(t: u32, b: &[u8]) -> Value<'static> {
+    let u = |n: usize| -> u64 { b[..n].iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64) };
+    match t {
+        0 => Value::Int(b[0] as i128),
+        1 => Value::Int(b[0] as i8 as i128),
+        2 => Value::Int(u(2) as u16 as i128),
+        3 => Value::Int(u(2) as u16 as i16 as i128),
+        4 => Value::Int(u(4) as u32 as i128),
+        5 => Value::Int(u(4) as u32 as i32 as i128),
+        6 => Value::Float(f32::from_bits(u(4) as u32) as f64),
+        7 => Value::Bool(b[0] != 0),
+        10 => Value::Int(u(8) as i128),
+        11 => Value::Int(u(8) as i64 as i128),
+        _ => Value::Float(f64::from_bits(u(8))),
+    }
+}
+
+struct Cursor<'a> {
+    path: &'a Path,
+    data: &'a [u8],
+    off: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: u64, what: &str) -> Res<&'a [u8]> {
+        let left = (self.data.len() - self.off) as u64;
+        if n > left {
+            return bad_file(self.path, format!("truncated or corrupt: {what} runs past the end of the file"));
+        }
+        let s = &self.data[self.off..self.off + n as usize];
+        self.off += n as usize;
+        Ok(s)
+    }
+
+    fn u32(&mut self, what: &str) -> Res<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &str) -> Res<u64> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+
+    fn string(&mut self, what: &str) -> Res<&'a [u8]> {
+        let n = self.u64(what)?;
+        self.take(n, what)
+    }
+
+    fn value(&mut self, vtype: u32, what: &str) -> Res<Value<'a>> {
+        if let Some(size) = gguf_scalar_size(vtype) {
+            return Ok(gguf_scalar(vtype, self.take(size as u64, what)?));
+        }
+        match vtype {
+            8 => Ok(Value::Str(self.string(what)?)),
+            9 => self.array(what),
+            _ => bad_file(self.path, format!("{what}: unknown value type {vtype}")),
+        }
+    }
+
+    /// An array of scalars (left unparsed in the file) or of strings.
+    fn array(&mut self, what: &str) -> Res<Value<'a>> {
+        let etype = self.u32(what)?;
+        let count = self.u64(what)?;
+        if let Some(size) = gguf_scalar_size(etype) {
+            let raw = self.take(count.saturating_mul(size as u64), what)?;
+            return Ok(Value::Numbers { etype, raw, count: count as usize });
+        }
+        if etype != 8 {
+            return bad_file(self.path, format!("{what}: unsupported array element type {etype}"));
+        }
+        // every string takes at least its 8-byte length: bounds the count by the file
+        let left = (self.data.len() - self.off) as u64;
+        if count.checked_mul(8).is_none_or(|n| n > left) {
+            return bad_file(self.path, format!("truncated or corrupt: {what} runs past the end of the file"));
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            out.push(self.string(what)?);
+        }
+        Ok(Value::Strings(out))
+    }
+}
+
+/// A numeric GGUF array as (integer, float) pairs; integers of float arrays are truncated.
+fn numbers(etype: u32, raw: &[u8], count: usize) -> Vec<(i128, f64)> {
+    let size = gguf_scalar_size(etype).unwrap_or(1);
+    (0..count)
+        .map(|i| match gguf_scalar(etype, &raw[i * size..(i + 1) * size]) {
+            Value::Int(v) => (v, v as f64),
+            Value::Float(x) => (x as i128, x),
+            Value::Bool(v) => (v as i128, v as u8 as f64),
+            _ => (0, 0.0),
+        })
+        .collect()
+}
+
+/// A name from the file as it may appear in a one-line message: escaped, and cut short.
+fn shown(raw: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(raw).escape_debug().collect();
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+// ----------------------------------------------------------------------------
+// GGUF: the file, section by section
+
+/// The metadata: each key non-empty and present once.
+type Kv<'a> = HashMap<&'a [u8], Value<'a>>;
+
+/// One tensor info: its name, dims (innermost first), type, and offset from the data start.
+struct TensorInfo<'a> {
+    name: &'a [u8],
+    dims: Vec<u64>,
+    ttype: u32,
+    offset: u64,
+}
+
+/// A GGUF checkpoint, its sections read in file order, then checked against the model they
+/// describe.
+pub fn read_gguf(path: &Path, f: &File) -> Res<Checkpoint> {
+    let size = file_size(path, f)?;
+    let map = map_file(path, f)?;
+    let mut cur = Cursor { path, data: &map[..], off: 4 };
+    let (n_tensors, n_kv) = read_header(&mut cur)?;
+    let kv = read_kv_section(&mut cur, n_kv)?;
+    let infos = read_tensor_infos(&mut cur, n_tensors)?;
+    check_architecture(path, &kv)?;
+    let align = alignment(path, &kv)?;
+    let data_start = cur.off.div_ceil(align) * align;
+    let (tokens, scores) = tokenizer_arrays(path, &kv)?;
+    let shared = !infos.iter().any(|t| t.name == b"output.weight");
+    let c = gguf_config(path, &kv, tokens.len(), shared)?;
+    let mut table = TensorTable::new(path, &infos, data_start, align, size);
+    let tensors = table.model_tensors(&c)?;
+    table.check_nothing_else(&c)?;
+    table.check_no_overlap()?;
+    let vocab = gguf_vocab(path, &kv, tokens, scores)?;
+    let storage = gguf_storage(map, data_start)?;
+    Ok(Checkpoint { config: c, storage, tensors, vocab: Some(vocab) })
+}
+
+/// Version, tensor count and kv count (both bounded before anything is sized from them).
+fn read_header(cur: &mut Cursor) -> Res<(u64, u64)> {
+    let version = cur.u32("version")?;
+    if version != 2 && version != 3 {
+        return bad_file(cur.path, format!("unsupported GGUF version {version} (2 and 3 are read)"));
+    }
+    let n_tensors = cur.u64("tensor count")?;
+    let n_kv = cur.u64("kv count")?;
+    if n_tensors > GGUF_MAX_ENTRIES || n_kv > GGUF_MAX_ENTRIES {
+        return bad_file(
+            cur.path,
+            format!("implausible counts: {n_tensors} tensors, {n_kv} keys (limit {GGUF_MAX_ENTRIES})"),
+        );
+    }
+    Ok((n_tensors, n_kv))
+}
+
+/// The metadata section. llama.cpp refuses an empty key and a key given twice: so do we.
+fn read_kv_section<'a>(cur: &mut Cursor<'a>, n_kv: u64) -> Res<Kv<'a>> {
+    let mut kv = HashMap::new();
+    for _ in 0..n_kv {
+        let key = cur.string("key")?;
+        if key.is_empty() {
+            return bad_file(cur.path, "a metadata key is empty");
+        }
+        let what = shown(key);
+        let vtype = cur.u32(&format!("type of {what}"))?;
+        let value = cur.value(vtype, &what)?;
+        if kv.insert(key, value).is_some() {
+            return bad_file(cur.path, format!("metadata key {what} appears twice"));
+        }
+    }
+    Ok(kv)
+}
+
+/// The tensor infos, in file order; a name given twice is refused, as llama.cpp does.
+fn read_tensor_infos<'a>(cur: &mut Cursor<'a>, n_tensors: u64) -> Res<Vec<TensorInfo<'a>>> {
+    let mut infos = Vec::new();
+    let mut seen = HashSet::new();
+    for _ in 0..n_tensors {
+        let name = cur.string("tensor name")?;
+        let what = shown(name);
+        if !seen.insert(name) {
+            return bad_file(cur.path, format!("tensor {what} appears twice"));
+        }
+        let n_dims = cur.u32(&what)?;
+        if n_dims > 4 {
+            return bad_file(cur.path, format!("tensor {what} has {n_dims} dimensions"));
+        }
+        let dims = (0..n_dims).map(|_| cur.u64(&what)).collect::<Res<Vec<u64>>>()?;
+        let ttype = cur.u32(&what)?;
+        let offset = cur.u64(&what)?;
+        infos.push(TensorInfo { name, dims, ttype, offset });
+    }
+    Ok(infos)
+}
+
+fn check_architecture(path: &Path, kv: &Kv) -> Res<()> {
+    match kv.get(&b"general.architecture"[..]) {
+        Some(Value::Str(b"llama")) => Ok(()),
+        Some(Value::Str(other)) => {
+            bad_file(path, format!("general.architecture is '{}', expected 'llama'", shown(other)))
+        }
+        _ => bad_file(path, "general.architecture is missing, expected 'llama'"),
+    }
+}
+
+/// general.alignment: where the data section starts, and what every tensor offset is a multiple of.
+fn alignment(path: &Path, kv: &Kv) -> Res<usize> {
+    let align = gguf_int(path, kv, "general.alignment", Some(GGUF_DEFAULT_ALIGNMENT))?;
+    if align <= 0 || align & (align - 1) != 0 || align > 65536 {
+        return bad_file(path, format!("general.alignment={align} is not a power of two up to 65536"));
+    }
+    Ok(align as usize)
+}
+
+fn gguf_int(path: &Path, kv: &Kv, key: &str, default: Option<i128>) -> Res<i128> {
+    match kv.get(key.as_bytes()) {
+        Some(Value::Int(v)) => Ok(*v),
+        Some(_) => bad_file(path, format!("key {key} must be an integer")),
+        None => default.map_or_else(|| bad_file(path, format!("missing required key {key}")), Ok),
+    }
+}
+
+/// A header integer narrowed for Config::validate, saturating so that the limits still reject it.
+fn clamp_i64(v: i128) -> i64 {
+    v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+/// The model's shape from the `llama.*` keys; the vocabulary is the tokenizer's.
+fn gguf_config(path: &Path, kv: &Kv, vocab_size: usize, shared_classifier: bool) -> Res<Config> {
+    let int = |key: &str, default: Option<i128>| gguf_int(path, kv, key, default);
+    let heads = int("llama.attention.head_count", None)?;
+    Config::validate(
+        path,
+        clamp_i64(int("llama.embedding_length", None)?),
+        clamp_i64(int("llama.feed_forward_length", None)?),
+        clamp_i64(int("llama.block_count", None)?),
+        clamp_i64(heads),
+        clamp_i64(int("llama.attention.head_count_kv", Some(heads))?),
+        vocab_size as i64,
+        clamp_i64(int("llama.context_length", None)?),
+        shared_classifier,
+    )
+}
+
+// ----------------------------------------------------------------------------
+// GGUF: the tensor table
+
+/// A tensor's bytes relative to the data start, for the overlap check.
+struct Claim {
+    start: u128,
+    end: u128,
+    name: String,
+}
+
+/// The file's tensor infos, located one by one as the model asks for them.
+struct TensorTable<'t, 'a> {
+    path: &'t Path,
+    infos: &'t [TensorInfo<'a>],
+    by_name: HashMap<&'a [u8], &'t TensorInfo<'a>>,
+    data_start: usize,
+    base: usize, // the file byte that is float 0 of the storage (see gguf_storage)
+    align: usize,
+    file_size: u64,
+    claims: Vec<Claim>,
+}
+
+impl<'t, 'a> TensorTable<'t, 'a> {
+    fn new(path: &'t Path, infos: &'t [TensorInfo<'a>], data_start: usize, align: usize, file_size: u64) -> Self {
+        let by_name = infos.iter().map(|t| (t.name, t)).collect();
+        let base = if data_start % 4 == 0 { 0 } else { data_start };
+        TensorTable { path, infos, by_name, data_start, base, align, file_size, claims: Vec::new() }
+    }
+
+    /// The tensor `name` of `shape` (rows, cols) or (n): F32, those dims, its offset a multiple
+    /// of general.alignment, its data inside the file.
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Res<Tensor> {
+        let path = self.path;
+        let Some(info) = self.by_name.get(name.as_bytes()) else {
+            return bad_file(path, format!("missing tensor {name}"));
+        };
+        if info.ttype != 0 {
+            return bad_file(path, format!("tensor {name} has type {}; only F32 (0) is supported", info.ttype));
+        }
+        // GGUF lists dims innermost first: a (rows, cols) matrix has dims [cols, rows]
+        let want: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+        if info.dims != want {
+            return bad_file(path, format!("tensor {name} has dims {:?}, expected {want:?}", info.dims));
+        }
+        let offset = info.offset;
+        if offset % self.align as u64 != 0 {
+            let align = self.align;
+            return bad_file(
+                path,
+                format!("tensor {name} offset {offset} is not a multiple of general.alignment={align}"),
+            );
+        }
+        let count: usize = shape.iter().product();
+        let start = self.data_start as u128 + offset as u128;
+        let nbytes = 4 * count as u128;
+        if offset % 4 != 0 || start + nbytes > self.file_size as u128 {
+            return bad_file(path, format!("tensor {name} lies outside the file"));
+        }
+        self.claims.push(Claim { start: offset as u128, end: offset as u128 + nbytes, name: name.to_string() });
+        Ok(Tensor { off: (start as usize - self.base) / 4, len: count })
+    }
+
+    /// Every tensor of the model, by llama.cpp's names.
+    fn model_tensors(&mut self, c: &Config) -> Res<Tensors> {
+        let (d, h, kv_dim) = (c.dim, c.hidden_dim, c.kv_dim());
+        let token_embedding = self.tensor("token_embd.weight", &[c.vocab_size, d])?;
+        let rms_final = self.tensor("output_norm.weight", &[d])?;
+        let wcls =
+            if c.shared_classifier { token_embedding } else { self.tensor("output.weight", &[c.vocab_size, d])? };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let mut t = |suffix: &str, shape: &[usize]| self.tensor(&format!("blk.{l}.{suffix}.weight"), shape);
+            layers.push(LayerTensors {
+                rms_att: t("attn_norm", &[d])?,
+                wq: t("attn_q", &[d, d])?,
+                wk: t("attn_k", &[kv_dim, d])?,
+                wv: t("attn_v", &[kv_dim, d])?,
+                wo: t("attn_output", &[d, d])?,
+                rms_ffn: t("ffn_norm", &[d])?,
+                w1: t("ffn_gate", &[h, d])?,
+                w2: t("ffn_down", &[d, h])?,
+                w3: t("ffn_up", &[h, d])?,
+            });
+        }
+        Ok(Tensors { token_embedding, layers, rms_final, wcls })
+    }
+
+    /// The file holds the model's tensors and no others (names are unique, so counting the
+    /// ones claimed is enough to know; the search only names the first stranger).
+    fn check_nothing_else(&self, c: &Config) -> Res<()> {
+        if self.claims.len() == self.infos.len() {
+            return Ok(());
+        }
+        let claimed: HashSet<&[u8]> = self.claims.iter().map(|t| t.name.as_bytes()).collect();
+        let stranger = self.infos.iter().find(|t| !claimed.contains(t.name)).map_or(String::new(), |t| shown(t.name));
+        let (expected, layers) = (self.claims.len(), c.n_layers);
+        bad_file(
+            self.path,
+            format!("tensor {stranger} is not one of the model's {expected} tensors (block_count={layers})"),
+        )
+    }
+
+    /// No byte belongs to two tensors.
+    fn check_no_overlap(&mut self) -> Res<()> {
+        self.claims.sort_unstable_by_key(|t| t.start);
+        for pair in self.claims.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.end > b.start {
+                return bad_file(self.path, format!("tensors {} and {} overlap", a.name, b.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The weights in place when the data section is 4-byte aligned in the file (the usual case);
+/// otherwise the data section is copied once into aligned memory.
+fn gguf_storage(map: memmap2::Mmap, data_start: usize) -> Res<Storage> {
+    if data_start % 4 == 0 {
+        return Ok(Storage::Mapped(map));
+    }
+    let bytes = &map[data_start.min(map.len())..];
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len() / 4).map_err(|_| Fail::Runtime("cannot allocate the weights".into()))?;
+    v.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    Ok(Storage::Owned(v))
+}
+
+// ----------------------------------------------------------------------------
+// GGUF: the embedded tokenizer
+
+/// tokenizer.ggml.tokens, and tokenizer.ggml.scores with one score per token.
+fn tokenizer_arrays<'k, 'a>(path: &Path, kv: &'k Kv<'a>) -> Res<(&'k [&'a [u8]], Vec<f64>)> {
+    let tokens = match kv.get(&b"tokenizer.ggml.tokens"[..]) {
+        Some(Value::Strings(t)) if !t.is_empty() => t,
+        _ => return bad_file(path, "missing tokenizer.ggml.tokens"),
+    };
+    let scores: Vec<f64> = match kv.get(&b"tokenizer.ggml.scores"[..]) {
+        Some(Value::Numbers { etype, raw, count }) if *count == tokens.len() => {
+            numbers(*etype, raw, *count).into_iter().map(|v| v.1).collect()
+        }
+        _ => return bad_file(path, "tokenizer.ggml.scores missing or not one per token"),
+    };
+    Ok((tokens, scores))
+}
+
+/// The vocabulary: tokens spell spaces as U+2581, and BOS/EOS control tokens get llama2.c's
+/// pieces back. (Tokenizer::build checks it, as it checks tokenizer.bin's.)
+fn gguf_vocab(path: &Path, kv: &Kv, tokens: &[&[u8]], scores: Vec<f64>) -> Res<Vocab> {
+    let types: Option<Vec<i128>> = match kv.get(&b"tokenizer.ggml.token_type"[..]) {
+        None => None,
+        Some(Value::Numbers { etype, raw, count }) if matches!(etype, 0..=5 | 10 | 11) => {
+            (*count == tokens.len()).then(|| numbers(*etype, raw, *count).into_iter().map(|v| v.0).collect())
+        }
+        Some(_) => return bad_file(path, "tokenizer.ggml.token_type must be an array of integers"),
+    };
+    let pieces = tokens.iter().enumerate().map(|(i, text)| gguf_piece(text, types.as_ref().map(|t| t[i]))).collect();
+    Ok(Vocab { pieces, scores })
+}
+
+fn gguf_piece(text: &[u8], ttype: Option<i128>) -> Vec<u8> {
+    if ttype == Some(3) && text == b"<s>" {
+        return b"\n<s>\n".to_vec();
+    }
+    if ttype == Some(3) && text == b"</s>" {
+        return b"\n</s>\n".to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with("\u{2581}".as_bytes()) {
+            out.push(b' ');
+            i += 3;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::formats::read_checkpoint;
+    use crate::testutil::{expect_file_error, synthetic_pieces, Scratch};
+    use crate::tokenizer::Tokenizer;
+
+    const DIM: u64 = 8;
+    const HIDDEN: u64 = 16;
+
+    fn gstr(s: &[u8]) -> Vec<u8> {
+        let mut out = (s.len() as u64).to_le_bytes().to_vec();
+        out.extend(s);
+        out
+    }
+
+    /// A GGUF file as lists a test can change: kv entries (key, type, value bytes), tensor infos
+    /// (name, dims, offset; all F32), and the data section.
+    struct Gguf {
+        kvs: Vec<(String, u32, Vec<u8>)>,
+        tensors: Vec<(String, Vec<u64>, u64)>,
+        data: Vec<u8>,
+    }
+
+    impl Gguf {
+        /// A valid one-layer model (dim 8, hidden 16, 2 heads, seq_len 4, shared classifier)
+        /// carrying this vocabulary.
+        fn tiny(pieces: &[Vec<u8>], scores: &[f32]) -> Gguf {
+            let mut tokens = 8u32.to_le_bytes().to_vec();
+            tokens.extend((pieces.len() as u64).to_le_bytes());
+            for p in pieces {
+                // GGUF spells spaces as U+2581
+                tokens.extend(gstr(String::from_utf8_lossy(p).replace(' ', "\u{2581}").as_bytes()));
+            }
+            let mut score_bytes = 6u32.to_le_bytes().to_vec();
+            score_bytes.extend((scores.len() as u64).to_le_bytes());
+            score_bytes.extend(scores.iter().flat_map(|s| s.to_le_bytes()));
+            let int = |v: u32| (4, v.to_le_bytes().to_vec());
+            let mut g = Gguf { kvs: Vec::new(), tensors: Vec::new(), data: Vec::new() };
+            for (key, (vtype, value)) in [
+                ("general.architecture", (8, gstr(b"llama"))),
+                ("general.name", (8, gstr(b"tiny"))),
+                ("llama.embedding_length", int(DIM as u32)),
+                ("llama.feed_forward_length", int(HIDDEN as u32)),
+                ("llama.block_count", int(1)),
+                ("llama.attention.head_count", int(2)),
+                ("llama.context_length", int(4)),
+                ("tokenizer.ggml.tokens", (9, tokens)),
+                ("tokenizer.ggml.scores", (9, score_bytes)),
+            ] {
+                g.kvs.push((key.to_string(), vtype, value));
+            }
+            let vocab = pieces.len() as u64;
+            let names: [(&str, &[u64]); 11] = [
+                ("token_embd.weight", &[DIM, vocab]),
+                ("output_norm.weight", &[DIM]),
+                ("blk.0.attn_norm.weight", &[DIM]),
+                ("blk.0.attn_q.weight", &[DIM, DIM]),
+                ("blk.0.attn_k.weight", &[DIM, DIM]),
+                ("blk.0.attn_v.weight", &[DIM, DIM]),
+                ("blk.0.attn_output.weight", &[DIM, DIM]),
+                ("blk.0.ffn_norm.weight", &[DIM]),
+                ("blk.0.ffn_gate.weight", &[DIM, HIDDEN]),
+                ("blk.0.ffn_down.weight", &[HIDDEN, DIM]),
+                ("blk.0.ffn_up.weight", &[DIM, HIDDEN]),
+            ];
+            for (name, dims) in names {
+                g.add_tensor(name, dims);
+            }
+            g
+        }
+
+        /// Appends a tensor's info and its (zero) data at the next aligned offset.
+        fn add_tensor(&mut self, name: &str, dims: &[u64]) {
+            self.data.resize(self.data.len().div_ceil(32) * 32, 0);
+            self.tensors.push((name.to_string(), dims.to_vec(), self.data.len() as u64));
+            self.data.resize(self.data.len() + 4 * dims.iter().product::<u64>() as usize, 0);
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            let mut out = b"GGUF".to_vec();
+            out.extend(3u32.to_le_bytes());
+            out.extend((self.tensors.len() as u64).to_le_bytes());
+            out.extend((self.kvs.len() as u64).to_le_bytes());
+            for (key, vtype, value) in &self.kvs {
+                out.extend(gstr(key.as_bytes()));
+                out.extend(vtype.to_le_bytes());
+                out.extend(value);
+            }
+            for (name, dims, offset) in &self.tensors {
+                out.extend(gstr(name.as_bytes()));
+                out.extend((dims.len() as u32).to_le_bytes());
+                dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+                out.extend(0u32.to_le_bytes()); // F32
+                out.extend(offset.to_le_bytes());
+            }
+            out.resize(out.len().div_ceil(32) * 32, 0);
+            out.extend(&self.data);
+            out
+        }
+
+        fn kv(&self, key: &str) -> (String, u32, Vec<u8>) {
+            self.kvs.iter().find(|kv| kv.0 == key).cloned().expect("the key is there")
+        }
+    }
+
+    /// The tiny model with the synthetic vocabulary and its scores.
+    fn good() -> Gguf {
+        let pieces = synthetic_pieces();
+        let scores: Vec<f32> = (0..pieces.len()).map(|i| -(i as f32)).collect();
+        Gguf::tiny(&pieces, &scores)
+    }
+
+    #[test]
+    fn a_tiny_gguf_reads_and_its_tokenizer_loads() {
+        let f = Scratch::new("gguf-good.gguf", &good().bytes());
+        let Ok(ckpt) = read_checkpoint(f.path()) else { panic!("the tiny GGUF reads") };
+        assert_eq!((ckpt.config.dim, ckpt.config.n_layers, ckpt.config.vocab_size), (8, 1, 264));
+        assert!(ckpt.config.shared_classifier);
+        assert!(ckpt.weights().is_ok());
+        assert!(Tokenizer::build(f.path(), ckpt.vocab.expect("embedded")).is_ok());
+    }
+
+    /// Issue 15, gap 4: what llama.cpp's loader refuses.
+    #[test]
+    fn files_llama_cpp_refuses_are_refused() {
+        type Change = fn(&mut Gguf);
+        let cases: [(&str, Change, &str); 8] = [
+            ("empty-key", |g| g.kvs[1].0.clear(), "a metadata key is empty"),
+            ("dup-key", |g| g.kvs.push(g.kv("llama.block_count")), "llama.block_count appears twice"),
+            ("dup-tok-key", |g| g.kvs.push(g.kv("tokenizer.ggml.scores")), "tokenizer.ggml.scores appears twice"),
+            ("dup-tensor", |g| g.add_tensor("output_norm.weight", &[DIM]), "tensor output_norm.weight appears twice"),
+            ("extra-tensor", |g| g.add_tensor("extra.weight", &[32]), "extra.weight is not one of the model's 11"),
+            (
+                "unaligned",
+                |g| {
+                    g.tensors.last_mut().expect("tensors").2 += 4;
+                    g.data.extend([0; 64]);
+                },
+                "is not a multiple of general.alignment=32",
+            ),
+            ("overlap", |g| g.tensors[2].2 = g.tensors[1].2, "overlap"),
+            ("overlap-part", |g| g.tensors[4].2 -= 32, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap"),
+        ];
+        for (name, change, problem) in cases {
+            let mut g = good();
+            change(&mut g);
+            let f = Scratch::new(&format!("gguf-{name}.gguf"), &g.bytes());
+            expect_file_error(read_checkpoint(f.path()), f.path(), problem);
+        }
+    }
+
+    /// Issue 15, gaps 1 and 3 for the embedded tokenizer: no "▁" token, or a score that is NaN
+    /// or infinite, is refused when the tokenizer loads.
+    #[test]
+    fn the_embedded_tokenizer_is_checked_on_load() {
+        let pieces = synthetic_pieces();
+        let scores: Vec<f32> = (0..pieces.len()).map(|i| -(i as f32)).collect();
+        let no_space: Vec<Vec<u8>> =
+            pieces.iter().map(|p| if p == b" " { b"@@".to_vec() } else { p.clone() }).collect();
+        let mut non_finite = Vec::new();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut s = scores.clone();
+            s[3] = bad;
+            non_finite.push(s);
+        }
+        let cases = [
+            ("no-space", Gguf::tiny(&no_space, &scores), "no ' ' piece"),
+            ("nan", Gguf::tiny(&pieces, &non_finite[0]), "token 3 has a non-finite score NaN"),
+            ("inf", Gguf::tiny(&pieces, &non_finite[1]), "token 3 has a non-finite score inf"),
+            ("neg-inf", Gguf::tiny(&pieces, &non_finite[2]), "token 3 has a non-finite score -inf"),
+        ];
+        for (name, g, problem) in cases {
+            let f = Scratch::new(&format!("gguf-vocab-{name}.gguf"), &g.bytes());
+            let Ok(ckpt) = read_checkpoint(f.path()) else { panic!("{name}: the model part of the file is fine") };
+            expect_file_error(Tokenizer::build(f.path(), ckpt.vocab.expect("embedded")), f.path(), problem);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Checkpoint formats (contract section 4): the sniffing, and what every reader produces, a
+//! validated Checkpoint whose weights stay in the page cache, memory-mapped.
+
+mod gguf;
+mod llama2c;
+
+use std::path::Path;
+
+use crate::errors::{Fail, Res};
+use crate::files::{open_file, read_head};
+use crate::model::{Config, LayerWeights, Weights};
+use crate::tokenizer::Vocab;
+
+/// Sniffs the format from the first bytes: GGUF magic, v1 magic, or the legacy v0 header.
+pub fn read_checkpoint(path: &Path) -> Res<Checkpoint> {
+    let mut f = open_file(path)?;
+    let head = read_head(path, &mut f, llama2c::V1.header_bytes)?;
+    if head.starts_with(b"GGUF") {
+        return gguf::read_gguf(path, &f);
+    }
+    let layout = if head.starts_with(&llama2c::V1_MAGIC.to_le_bytes()) { &llama2c::V1 } else { &llama2c::V0 };
+    llama2c::read_llama2c(path, &f, &head, layout)
+}
+
+// ----------------------------------------------------------------------------
+// Formats: what a reader hands over
+
+/// Where the weight floats live: the mapped file, or (GGUF data not 4-byte aligned) one copy.
+enum Storage {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<f32>),
+}
+
+impl Storage {
+    fn floats(&self) -> &[f32] {
+        match self {
+            // SAFETY: a mapping starts on a page boundary, so it is aligned for f32, and every
+            // bit pattern is a valid f32; the length is rounded down to whole floats.
+            Storage::Mapped(m) => unsafe { std::slice::from_raw_parts(m.as_ptr() as *const f32, m.len() / 4) },
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// A tensor as a float range of the storage.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tensor {
+    off: usize,
+    len: usize,
+}
+
+/// One layer's tensors, as located in the file.
+#[derive(Clone, Copy, Debug, Default)]
+struct LayerTensors {
+    rms_att: Tensor, // (dim)
+    wq: Tensor,      // (dim, dim)
+    wk: Tensor,      // (kv_dim, dim)
+    wv: Tensor,      // (kv_dim, dim)
+    wo: Tensor,      // (dim, dim)
+    rms_ffn: Tensor, // (dim)
+    w1: Tensor,      // (hidden_dim, dim)
+    w2: Tensor,      // (dim, hidden_dim)
+    w3: Tensor,      // (hidden_dim, dim)
+}
+
+impl LayerTensors {
+    /// From the nine tensors in Config::layer_shapes order.
+    fn from_array(t: [Tensor; 9]) -> LayerTensors {
+        let [rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3] = t;
+        LayerTensors { rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3 }
+    }
+}
+
+/// Where every tensor of the model lies in the storage.
+struct Tensors {
+    token_embedding: Tensor, // (vocab, dim)
+    layers: Vec<LayerTensors>,
+    rms_final: Tensor, // (dim)
+    wcls: Tensor,      // (vocab, dim): the token embedding when the classifier is shared
+}
+
+/// A validated model file: config, where each tensor is, and (GGUF) the tokenizer.
+pub struct Checkpoint {
+    pub config: Config,
+    storage: Storage,
+    tensors: Tensors,
+    pub vocab: Option<Vocab>,
+}
+
+impl Checkpoint {
+    /// The weights as float slices of the storage (bounds-checked once, here).
+    pub fn weights(&self) -> Res<Weights<'_>> {
+        let all = self.storage.floats();
+        let get = |t: Tensor| -> Res<&[f32]> {
+            t.off
+                .checked_add(t.len)
+                .and_then(|end| all.get(t.off..end))
+                .ok_or_else(|| Fail::Runtime("internal error: tensor outside the weights".into()))
+        };
+        let t = &self.tensors;
+        let mut layers = Vec::with_capacity(t.layers.len());
+        for lt in &t.layers {
+            layers.push(LayerWeights {
+                rms_att: get(lt.rms_att)?,
+                wq: get(lt.wq)?,
+                wk: get(lt.wk)?,
+                wv: get(lt.wv)?,
+                wo: get(lt.wo)?,
+                rms_ffn: get(lt.rms_ffn)?,
+                w1: get(lt.w1)?,
+                w2: get(lt.w2)?,
+                w3: get(lt.w3)?,
+            });
+        }
+        Ok(Weights {
+            token_embedding: get(t.token_embedding)?,
+            layers,
+            rms_final: get(t.rms_final)?,
+            wcls: get(t.wcls)?,
+        })
+    }
+}

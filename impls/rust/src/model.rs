@@ -1,0 +1,346 @@
+//! The model: its configuration and limits, the weights as float slices, the run state, and
+//! run.c's `forward`.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use crate::errors::{bad_file, Fail, Res};
+use crate::kernels::{dot_lanes, fmadd, matvec, matvec_add, matvec_rows, rmsnorm, softmax, ROW_GRAIN};
+use crate::pool::{Out, Pool};
+
+// ----------------------------------------------------------------------------
+// Model: configuration and the limits every reader enforces (contract section 4)
+
+const MAX_DIM: i64 = 65536;
+const MAX_HIDDEN: i64 = 262144;
+const MAX_LAYERS: i64 = 1024;
+const MAX_VOCAB: i64 = 1 << 20;
+const MAX_SEQ: i64 = 65536;
+const MAX_KV_BYTES: i64 = 4 << 30;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    pub dim: usize,        // transformer width
+    pub hidden_dim: usize, // FFN width
+    pub n_layers: usize,
+    pub n_heads: usize,    // query heads
+    pub n_kv_heads: usize, // key/value heads (fewer than n_heads = grouped-query attention)
+    pub vocab_size: usize, // always positive here; sharing is its own flag
+    pub seq_len: usize,    // maximum positions
+    pub shared_classifier: bool,
+}
+
+impl Config {
+    /// Checks raw header values (any sign, any size) in the contract's order, in 64-bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn validate(
+        path: &Path,
+        dim: i64,
+        hidden_dim: i64,
+        n_layers: i64,
+        n_heads: i64,
+        n_kv_heads: i64,
+        vocab_size: i64,
+        seq_len: i64,
+        shared_classifier: bool,
+    ) -> Res<Config> {
+        let fields = [
+            ("dim", dim),
+            ("hidden_dim", hidden_dim),
+            ("n_layers", n_layers),
+            ("n_heads", n_heads),
+            ("n_kv_heads", n_kv_heads),
+            ("vocab_size", vocab_size),
+            ("seq_len", seq_len),
+        ];
+        for (name, value) in fields {
+            if value <= 0 {
+                return bad_file(path, format!("header value {name}={value} must be positive"));
+            }
+        }
+        let limits = [
+            ("dim", dim, MAX_DIM),
+            ("hidden_dim", hidden_dim, MAX_HIDDEN),
+            ("n_layers", n_layers, MAX_LAYERS),
+            ("vocab_size", vocab_size, MAX_VOCAB),
+            ("seq_len", seq_len, MAX_SEQ),
+            ("n_heads", n_heads, dim),
+        ];
+        for (name, value, limit) in limits {
+            if value > limit {
+                return bad_file(path, format!("header value {name}={value} exceeds the limit {limit}"));
+            }
+        }
+        if dim % n_heads != 0 {
+            return bad_file(path, format!("dim={dim} is not a multiple of n_heads={n_heads}"));
+        }
+        let head_size = dim / n_heads;
+        if head_size % 2 != 0 {
+            return bad_file(path, format!("head_size={head_size} must be even for RoPE"));
+        }
+        if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
+            return bad_file(path, format!("n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}"));
+        }
+        let kv_bytes = n_layers * seq_len * n_kv_heads * head_size * 2 * 4;
+        if kv_bytes > MAX_KV_BYTES {
+            return bad_file(path, format!("KV cache of {kv_bytes} bytes exceeds the 4 GiB limit"));
+        }
+        Ok(Config {
+            dim: dim as usize,
+            hidden_dim: hidden_dim as usize,
+            n_layers: n_layers as usize,
+            n_heads: n_heads as usize,
+            n_kv_heads: n_kv_heads as usize,
+            vocab_size: vocab_size as usize,
+            seq_len: seq_len as usize,
+            shared_classifier,
+        })
+    }
+
+    pub fn head_size(&self) -> usize {
+        self.dim / self.n_heads
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_size()
+    }
+
+    /// Floats in one layer's tensors, in run.c order: rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3.
+    pub fn layer_shapes(&self) -> [(usize, usize); 9] {
+        let (d, h, kv) = (self.dim, self.hidden_dim, self.kv_dim());
+        [(1, d), (d, d), (kv, d), (kv, d), (d, d), (1, d), (h, d), (d, h), (h, d)]
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "dim={} hidden_dim={} n_layers={} n_heads={} n_kv_heads={} vocab_size={} seq_len={} shared_classifier={}",
+            self.dim,
+            self.hidden_dim,
+            self.n_layers,
+            self.n_heads,
+            self.n_kv_heads,
+            self.vocab_size,
+            self.seq_len,
+            if self.shared_classifier { "True" } else { "False" }
+        )
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Model: the weights, float slices that formats::Checkpoint::weights lends from the file
+
+pub struct Weights<'a> {
+    pub token_embedding: &'a [f32], // (vocab, dim)
+    pub layers: Vec<LayerWeights<'a>>,
+    pub rms_final: &'a [f32], // (dim)
+    pub wcls: &'a [f32],      // (vocab, dim)
+}
+
+pub struct LayerWeights<'a> {
+    pub rms_att: &'a [f32], // (dim)
+    pub wq: &'a [f32],      // (dim, dim)
+    pub wk: &'a [f32],      // (kv_dim, dim)
+    pub wv: &'a [f32],      // (kv_dim, dim)
+    pub wo: &'a [f32],      // (dim, dim)
+    pub rms_ffn: &'a [f32], // (dim)
+    pub w1: &'a [f32],      // (hidden_dim, dim)
+    pub w2: &'a [f32],      // (dim, hidden_dim)
+    pub w3: &'a [f32],      // (hidden_dim, dim)
+}
+
+// ----------------------------------------------------------------------------
+// Model: the run state (activations and KV cache), allocated once
+
+pub struct RunState {
+    x: Vec<f32>,           // (dim) the residual stream
+    xb: Vec<f32>,          // (dim) normed input of a block, then the attention output
+    hb: Vec<f32>,          // (hidden_dim) the FFN's hidden activation
+    q: Vec<f32>,           // (dim) query of the current position
+    rope: Vec<(f32, f32)>, // (head_size / 2) cos and sin of the current position
+    key_cache: Vec<f32>,   // (layer, seq_len, kv_dim)
+    value_cache: Vec<f32>, // (layer, seq_len, kv_dim)
+    logits: Vec<f32>,      // (vocab)
+}
+
+/// A zeroed float buffer; allocation failure is an error, not an abort.
+fn zeroed(n: usize) -> Res<Vec<f32>> {
+    let oom = || Fail::Runtime(format!("cannot allocate {n} floats"));
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| oom())?;
+    // SAFETY: the layout is non-zero sized; alloc_zeroed gives pages the OS zeroes lazily, so a
+    // large KV cache costs nothing until used. All-zero bits are 0.0f32, and a Vec built from the
+    // pointer with this exact capacity frees it with the same layout.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
+        if p.is_null() {
+            return Err(oom());
+        }
+        Ok(Vec::from_raw_parts(p, n, n))
+    }
+}
+
+impl RunState {
+    pub fn build(c: &Config) -> Res<RunState> {
+        let kv = c.n_layers * c.seq_len * c.kv_dim();
+        Ok(RunState {
+            x: zeroed(c.dim)?,
+            xb: zeroed(c.dim)?,
+            hb: zeroed(c.hidden_dim)?,
+            q: zeroed(c.dim)?,
+            rope: vec![(1.0, 0.0); c.head_size() / 2],
+            key_cache: zeroed(kv)?,
+            value_cache: zeroed(kv)?,
+            logits: zeroed(c.vocab_size)?,
+        })
+    }
+}
+
+/// Everything `forward` reads and writes, bundled for the generation loops.
+pub struct Model<'a> {
+    pub config: Config,
+    pub weights: Weights<'a>,
+    pub state: RunState,
+}
+
+thread_local! {
+    /// Each thread's attention scores for one head, (pos + 1) long.
+    static ATT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+// ----------------------------------------------------------------------------
+// Forward pass (run.c's `forward`): one token at one position, the logits back.
+
+pub fn forward<'s>(
+    c: &Config,
+    w: &Weights,
+    s: &'s mut RunState,
+    pool: &Pool,
+    token: usize,
+    pos: usize,
+) -> &'s mut [f32] {
+    let (dim, hidden, hs) = (c.dim, c.hidden_dim, c.head_size());
+    let kv_dim = c.kv_dim();
+    let kv_mul = c.n_heads / c.n_kv_heads; // query heads per KV head
+
+    s.x.copy_from_slice(&w.token_embedding[token * dim..(token + 1) * dim]);
+
+    // RoPE angles depend on the position within the head only: one table per token
+    for (j, cs) in s.rope.iter_mut().enumerate() {
+        let freq = 1.0 / 10000f32.powf((2 * j) as f32 / hs as f32);
+        let (sin, cos) = (pos as f32 * freq).sin_cos();
+        *cs = (cos, sin);
+    }
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        rmsnorm(&mut s.xb, &s.x, lw.rms_att);
+
+        // q, k, v in one job; k and v go straight into the cache at (l, pos)
+        let at = (l * c.seq_len + pos) * kv_dim;
+        {
+            let q = Out::new(&mut s.q);
+            let k = Out::new(&mut s.key_cache[at..at + kv_dim]);
+            let v = Out::new(&mut s.value_cache[at..at + kv_dim]);
+            let xb = &s.xb;
+            let segments =
+                [(q, lw.wq, 0, dim), (k, lw.wk, dim, dim + kv_dim), (v, lw.wv, dim + kv_dim, dim + 2 * kv_dim)];
+            pool.run(dim + 2 * kv_dim, ROW_GRAIN, &|mine| {
+                for (out, mat, lo, hi) in segments {
+                    let (a, b) = (mine.start.max(lo), mine.end.min(hi));
+                    if a < b {
+                        // SAFETY: this thread owns rows [a, b) of the fused q/k/v output
+                        let dst = unsafe { out.part(a - lo..b - lo) };
+                        matvec_rows(mat, xb, a - lo..b - lo, |i, v| dst[i] = v);
+                    }
+                }
+            });
+        }
+
+        // RoPE: rotate adjacent pairs of q and k by the position's angles
+        let k = &mut s.key_cache[at..at + kv_dim];
+        for i in (0..dim).step_by(2) {
+            let (cos, sin) = s.rope[(i % hs) / 2];
+            let (q0, q1) = (s.q[i], s.q[i + 1]);
+            s.q[i] = q0 * cos - q1 * sin;
+            s.q[i + 1] = q0 * sin + q1 * cos;
+            if i < kv_dim {
+                let (k0, k1) = (k[i], k[i + 1]);
+                k[i] = k0 * cos - k1 * sin;
+                k[i + 1] = k0 * sin + k1 * cos;
+            }
+        }
+
+        // multi-head attention over positions 0..=pos, heads split across the pool
+        {
+            let xb = Out::new(&mut s.xb);
+            let (q, kc, vc) = (&s.q, &s.key_cache, &s.value_cache);
+            let layer = l * c.seq_len * kv_dim;
+            let scale = 1.0 / (hs as f32).sqrt();
+            pool.run(c.n_heads, 1, &|heads| {
+                ATT.with(|cell| {
+                    let mut att = cell.borrow_mut();
+                    if att.len() < pos + 1 {
+                        att.resize(pos + 1, 0.0);
+                    }
+                    let att = &mut att[..pos + 1];
+                    for h in heads.clone() {
+                        let qh = &q[h * hs..(h + 1) * hs];
+                        let kvo = (h / kv_mul) * hs; // grouped-query: head h reads KV head h / kv_mul
+                        for (ti, a) in att.iter_mut().enumerate() {
+                            let base = layer + ti * kv_dim + kvo;
+                            *a = dot_lanes::<8>(qh, &kc[base..base + hs]) * scale;
+                        }
+                        softmax(att);
+                        // SAFETY: this thread owns these heads, so these xb entries
+                        let out = unsafe { xb.part(h * hs..(h + 1) * hs) };
+                        out.fill(0.0);
+                        for (ti, &a) in att.iter().enumerate() {
+                            let base = layer + ti * kv_dim + kvo;
+                            for (o, &v) in out.iter_mut().zip(&vc[base..base + hs]) {
+                                *o = fmadd(a, v, *o);
+                            }
+                        }
+                    }
+                });
+            });
+        }
+
+        // x += wo @ attention output (dim, dim)
+        matvec_add(pool, &mut s.x, lw.wo, &s.xb);
+
+        // FFN: hb = silu(w1 @ xb) * (w3 @ xb), both matmuls in one job; x += w2 @ hb
+        rmsnorm(&mut s.xb, &s.x, lw.rms_ffn);
+        {
+            let hb = Out::new(&mut s.hb);
+            let xb = &s.xb;
+            pool.run(hidden, ROW_GRAIN, &|r| {
+                // SAFETY: this thread owns rows r of hb
+                let dst = unsafe { hb.part(r.clone()) };
+                matvec_rows(lw.w1, xb, r.clone(), |i, gate| dst[i] = gate / (1.0 + (-gate).exp()));
+                matvec_rows(lw.w3, xb, r, |i, up| dst[i] *= up);
+            });
+        }
+        matvec_add(pool, &mut s.x, lw.w2, &s.hb);
+    }
+
+    rmsnorm(&mut s.xb, &s.x, w.rms_final);
+    matvec(pool, &mut s.logits, w.wcls, &s.xb); // (vocab, dim)
+    &mut s.logits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_limits() {
+        assert!(Config::validate(Path::new("m"), 64, 172, 5, 8, 4, 512, 512, true).is_ok());
+        assert!(Config::validate(Path::new("m"), 0, 172, 5, 8, 4, 512, 512, true).is_err());
+        assert!(Config::validate(Path::new("m"), 64, 172, 5, 8, 3, 512, 512, true).is_err()); // 8 % 3
+        assert!(Config::validate(Path::new("m"), 66, 172, 5, 6, 6, 512, 512, true).is_err()); // head_size 11
+        assert!(Config::validate(Path::new("m"), 65536, 172, 1024, 2, 2, 512, 65536, true).is_err()); // KV > 4 GiB
+        assert!(Config::validate(Path::new("m"), 64, 172, 5, 128, 4, 512, 512, true).is_err());
+        // n_heads > dim
+    }
+}

@@ -1,0 +1,77 @@
+//! Test helpers: model files from POLYLLAMA_MODEL_PATH, scratch files, a synthetic vocabulary.
+
+use std::path::{Path, PathBuf};
+
+use crate::errors::{Fail, Res};
+
+/// A file from POLYLLAMA_MODEL_PATH (`:`-separated); None (skip) unless CI=true, which fails.
+pub fn model_file(name: &str) -> Option<String> {
+    let dirs = std::env::var("POLYLLAMA_MODEL_PATH").unwrap_or_default();
+    for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Some(p.to_string_lossy().into_owned());
+        }
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{name} not found in POLYLLAMA_MODEL_PATH={dirs:?} (required when CI=true)");
+    }
+    eprintln!("skipping: {name} not found in POLYLLAMA_MODEL_PATH");
+    None
+}
+
+/// A file in the temp directory, removed when dropped; the name must be unique among tests
+/// (they run in parallel).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str, bytes: &[u8]) -> Scratch {
+        let path = std::env::temp_dir().join(format!("polyllama-rust-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).expect("the temp directory is writable");
+        Scratch(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The smallest vocabulary the contract allows plus a few merges: `<unk>`, BOS, EOS, the 256
+/// byte tokens, then " ", "a", "b", "ab", " a".
+pub fn synthetic_pieces() -> Vec<Vec<u8>> {
+    let mut pieces = vec![b"<unk>".to_vec(), b"\n<s>\n".to_vec(), b"\n</s>\n".to_vec()];
+    pieces.extend((0..=255u8).map(|b| format!("<0x{b:02X}>").into_bytes()));
+    pieces.extend([&b" "[..], b"a", b"b", b"ab", b" a"].map(|p| p.to_vec()));
+    pieces
+}
+
+/// tokenizer.bin bytes: max_token_length, then (score, length, bytes) per token.
+pub fn tokenizer_bin(pieces: &[Vec<u8>], scores: &[f32]) -> Vec<u8> {
+    let max_len = pieces.iter().map(|p| p.len()).max().unwrap_or(1).max(1) as i32;
+    let mut out = max_len.to_le_bytes().to_vec();
+    for (piece, score) in pieces.iter().zip(scores) {
+        out.extend(score.to_le_bytes());
+        out.extend((piece.len() as i32).to_le_bytes());
+        out.extend(piece);
+    }
+    out
+}
+
+/// Asserts a bad-file error (exit 3) whose one line names `path` and says `problem`.
+pub fn expect_file_error<T>(result: Res<T>, path: &Path, problem: &str) {
+    match result {
+        Err(Fail::File(msg)) => {
+            assert!(msg.starts_with(&format!("{}: ", path.display())), "{msg}");
+            assert!(msg.contains(problem), "{msg:?} does not say {problem:?}");
+            assert!(!msg.contains('\n'), "{msg:?} is not one line");
+        }
+        Err(other) => panic!("expected a bad-file error saying {problem:?}, got {other:?}"),
+        Ok(_) => panic!("expected a bad-file error saying {problem:?}, got success"),
+    }
+}
