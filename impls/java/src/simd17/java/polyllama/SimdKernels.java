@@ -1,7 +1,7 @@
 /*
  * The Vector API kernels for JDK 17-18, whose jdk.incubator.vector loads straight from a
  * ByteBuffer (FloatVector.fromByteBuffer). JDK 22+ builds src/simd22 instead, which loads from a
- * MemorySegment; Run falls back to its scalar kernels when neither fits the running JVM.
+ * MemorySegment; Kernels.pick() falls back to ScalarKernels when neither fits the running JVM.
  */
 package polyllama;
 
@@ -11,7 +11,7 @@ import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
 
-final class SimdKernels implements Run.Kernels {
+final class SimdKernels implements Kernels {
     // static final: the JIT only intrinsifies the Vector API when the species is a constant
     static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     static final int L = S.length();

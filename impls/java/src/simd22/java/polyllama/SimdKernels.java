@@ -1,8 +1,8 @@
 /*
  * The Vector API kernels for JDK 22+, where the foreign memory API is final: each mapped block is
  * viewed as a MemorySegment (FloatVector.fromMemorySegment; fromByteBuffer is gone since JDK 19).
- * JDK 17-18 build src/simd17 instead; Run falls back to its scalar kernels when neither fits the
- * running JVM (JDK 19-21, where MemorySegment is still a preview API).
+ * JDK 17-18 build src/simd17 instead; Kernels.pick() falls back to ScalarKernels when neither
+ * fits the running JVM (JDK 19-21, where MemorySegment is still a preview API).
  */
 package polyllama;
 
@@ -13,7 +13,7 @@ import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
 
-final class SimdKernels implements Run.Kernels {
+final class SimdKernels implements Kernels {
     // static final: the JIT only intrinsifies the Vector API when the species is a constant
     static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     static final int L = S.length();

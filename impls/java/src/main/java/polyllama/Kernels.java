@@ -1,0 +1,78 @@
+/*
+ * The inner loops of the forward pass. SimdKernels (src/simd17 or src/simd22, the Vector API)
+ * when this JVM has jdk.incubator.vector and the class was built for its API; ScalarKernels, plain
+ * Java, otherwise. pick() chooses, warmUp() gets the choice JIT-compiled before the first token.
+ */
+package polyllama;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.Arrays;
+
+interface Kernels {
+    /** out[outOff + r] = (row r of the (nRows, n) matrix at bb[byteOff ..]) . x[0 .. n), r < nRows. */
+    void matvec(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff);
+
+    /** a[ao ..] . b[bo ..] over n floats. */
+    float dot(float[] a, int ao, float[] b, int bo, int n);
+
+    /** y[yo ..] += s * x[xo ..] over n floats. */
+    void axpy(float[] y, int yo, float s, float[] x, int xo, int n);
+
+    String name();
+
+    /**
+     * SimdKernels when this JVM has jdk.incubator.vector and the class was built for its API
+     * (a self-test catches a jar built on another JDK); ScalarKernels otherwise, or when the
+     * system property polyllama.scalar is true.
+     */
+    static Kernels pick() {
+        if (!Boolean.getBoolean("polyllama.scalar")
+                && ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent()) {
+            try {
+                Kernels k = (Kernels) Class.forName("polyllama.SimdKernels").getDeclaredConstructor().newInstance();
+                if (agrees(k, new ScalarKernels())) return k;
+            } catch (Throwable e) {
+                // absent, or linked against another JDK's Vector API: fall through to plain Java
+            }
+        }
+        return new ScalarKernels();
+    }
+
+    /**
+     * Runs the kernels on a small in-cache matrix until the JIT has compiled them: interpreted,
+     * the Vector API is two orders of magnitude slower than compiled code, so the first forward
+     * pass would otherwise cost seconds on the 110M shape. A compiled round takes a few
+     * microseconds; stop after 200 fast rounds in a row, or after 1.5 s on a starved machine.
+     */
+    static void warmUp(Kernels k) {
+        int rows = 64, n = 256;
+        ByteBuffer bb = ByteBuffer.allocateDirect(4 * rows * n).order(ByteOrder.LITTLE_ENDIAN);
+        float[] x = new float[n], out = new float[rows];
+        for (int i = 0; i < rows * n; i++) bb.putFloat(4 * i, (i % 13) * 1e-3f);
+        long start = System.nanoTime();
+        for (int fast = 0; fast < 200 && System.nanoTime() - start < 1_500_000_000L; ) {
+            long t = System.nanoTime();
+            k.matvec(bb, 0, rows, x, n, out, 0);
+            for (int i = 0; i < 64; i++) k.axpy(out, 0, k.dot(x, 0, out, 0, 64) * 1e-6f, x, 0, 64);
+            fast = System.nanoTime() - t < 40_000 ? fast + 1 : 0;
+        }
+    }
+
+    /** The same results on a small odd-sized case: catches a SimdKernels linked against another JDK. */
+    private static boolean agrees(Kernels a, Kernels b) {
+        int rows = 5, n = 77;
+        ByteBuffer bb = ByteBuffer.allocateDirect(4 * rows * n + 12).order(ByteOrder.LITTLE_ENDIAN);
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (i % 7) - 3;
+        for (int i = 0; i < rows * n + 3; i++) bb.putFloat(4 * i, (i % 5) - 2);
+        float[] ya = new float[rows + 1], yb = new float[rows + 1];
+        a.matvec(bb, 12, rows, x, n, ya, 1);
+        b.matvec(bb, 12, rows, x, n, yb, 1);
+        float[] za = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
+        float[] zb = za.clone();
+        a.axpy(za, 1, 2f, x, 3, 17);
+        b.axpy(zb, 1, 2f, x, 3, 17);
+        return Arrays.equals(ya, yb) && Arrays.equals(za, zb) && a.dot(x, 2, x, 1, 70) == b.dot(x, 2, x, 1, 70);
+    }
+}

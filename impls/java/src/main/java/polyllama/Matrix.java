@@ -1,0 +1,49 @@
+/*
+ * A (rows, cols) float32 matrix inside the memory-mapped checkpoint. A ByteBuffer indexes with an
+ * int, so the rows are mapped in blocks of at most 1 GiB; a row never straddles two blocks.
+ */
+package polyllama;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+
+final class Matrix {
+    static final long BLOCK_BYTES = 1L << 30;
+    final int rows, cols;
+    final int rowsPerBlock;
+    final ByteBuffer[] blocks;   // little-endian, read-only
+
+    Matrix(FileChannel ch, long offset, int rows, int cols) throws IOException {
+        this.rows = rows;
+        this.cols = cols;
+        long rowBytes = 4L * cols;
+        this.rowsPerBlock = (int) Math.max(1, Math.min(rows, BLOCK_BYTES / rowBytes));
+        int n = (rows + rowsPerBlock - 1) / rowsPerBlock;
+        blocks = new ByteBuffer[n];
+        for (int b = 0; b < n; b++) {
+            int first = b * rowsPerBlock, count = Math.min(rowsPerBlock, rows - first);
+            blocks[b] = ch.map(FileChannel.MapMode.READ_ONLY, offset + first * rowBytes, count * rowBytes)
+                    .order(ByteOrder.LITTLE_ENDIAN);
+        }
+    }
+
+    /** dst[0 .. cols) = row r (the token embedding lookup). */
+    void copyRow(int r, float[] dst) {
+        ByteBuffer bb = blocks[r / rowsPerBlock];
+        int base = (r % rowsPerBlock) * cols * 4;
+        for (int i = 0; i < cols; i++) dst[i] = bb.getFloat(base + 4 * i);
+    }
+
+    /** The whole tensor on the heap: only for the small norm vectors. */
+    float[] toArray() {
+        float[] out = new float[rows * cols];
+        for (int r = 0; r < rows; r++) {
+            ByteBuffer bb = blocks[r / rowsPerBlock];
+            int base = (r % rowsPerBlock) * cols * 4;
+            for (int i = 0; i < cols; i++) out[r * cols + i] = bb.getFloat(base + 4 * i);
+        }
+        return out;
+    }
+}

@@ -1,0 +1,39 @@
+/*
+ * The run state, as run.c's RunState: the activations of the current position and the KV cache
+ * of all positions so far, allocated once from the validated config.
+ */
+package polyllama;
+
+final class RunState {
+    final float[] x;              // (dim) the residual stream
+    final float[] xb;             // (dim) the normed input of a block, then attention's output
+    final float[] xb2;            // (dim) a block's output before the residual add
+    final float[] hb;             // (hidden_dim) silu(w1 x) * (w3 x)
+    final float[] hb2;            // (hidden_dim) w3 x
+    final float[] q;              // (dim) the query of every head
+    final float[][] att;          // (worker, seq_len) attention scores, a row made by each worker on first use
+    final float[] logits;         // (vocab)
+    final float[][] keyCache;     // (layer, seq_len * kv_dim)
+    final float[][] valueCache;   // (layer, seq_len * kv_dim)
+    final float[] ropeFreq;       // (head_size / 2) 1 / 10000^(2i / head_size)
+    final float[] ropeCos, ropeSin; // (dim / 2) this position's rotation of each pair
+
+    RunState(Config c, int workers) {
+        x = new float[c.dim];
+        xb = new float[c.dim];
+        xb2 = new float[c.dim];
+        hb = new float[c.hiddenDim];
+        hb2 = new float[c.hiddenDim];
+        q = new float[c.dim];
+        att = new float[workers][];
+        logits = new float[c.vocabSize];
+        keyCache = new float[c.nLayers][c.seqLen * c.kvDim];
+        valueCache = new float[c.nLayers][c.seqLen * c.kvDim];
+        ropeFreq = new float[c.headSize / 2];
+        for (int i = 0; i < c.headSize; i += 2) {
+            ropeFreq[i / 2] = (float) (1.0 / Math.pow(10000.0, (float) i / (float) c.headSize));
+        }
+        ropeCos = new float[c.dim / 2];
+        ropeSin = new float[c.dim / 2];
+    }
+}

@@ -1,0 +1,41 @@
+/* Plain Java kernels: the fallback where the Vector API is missing, and what SimdKernels is checked against. */
+package polyllama;
+
+import java.nio.ByteBuffer;
+
+/** Plain Java: the portable fallback, four accumulators so the JIT can overlap the loads. */
+final class ScalarKernels implements Kernels {
+    @Override
+    public void matvec(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        for (int r = 0; r < nRows; r++) {
+            int base = byteOff + r * n * 4;
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int i = 0;
+            for (; i + 3 < n; i += 4) {
+                s0 += bb.getFloat(base + 4 * i) * x[i];
+                s1 += bb.getFloat(base + 4 * i + 4) * x[i + 1];
+                s2 += bb.getFloat(base + 4 * i + 8) * x[i + 2];
+                s3 += bb.getFloat(base + 4 * i + 12) * x[i + 3];
+            }
+            for (; i < n; i++) s0 += bb.getFloat(base + 4 * i) * x[i];
+            out[outOff + r] = (s0 + s1) + (s2 + s3);
+        }
+    }
+
+    @Override
+    public float dot(float[] a, int ao, float[] b, int bo, int n) {
+        float s = 0;
+        for (int i = 0; i < n; i++) s += a[ao + i] * b[bo + i];
+        return s;
+    }
+
+    @Override
+    public void axpy(float[] y, int yo, float s, float[] x, int xo, int n) {
+        for (int i = 0; i < n; i++) y[yo + i] += s * x[xo + i];
+    }
+
+    @Override
+    public String name() {
+        return "scalar";
+    }
+}

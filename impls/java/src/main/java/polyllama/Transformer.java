@@ -1,0 +1,164 @@
+/*
+ * The forward pass, as run.c's forward(): one position through every layer, each matmul and the
+ * attention heads split across the pool.
+ */
+package polyllama;
+
+import java.util.Arrays;
+import java.util.concurrent.atomic.AtomicInteger;
+
+final class Transformer {
+    final Config c;
+    final Weights w;
+    final RunState s;
+    final Pool pool;
+    final Kernels k;
+
+    Transformer(Model model, Pool pool, Kernels kernels) {
+        this.c = model.config;
+        this.w = model.weights;
+        this.s = new RunState(c, pool.workers);
+        this.pool = pool;
+        this.k = kernels;
+    }
+
+    /** Work over [0, total) in chunks: body(worker, start, end) for each chunk a worker claims. */
+    interface Rows {
+        void run(int worker, int start, int end);
+    }
+
+    private final AtomicInteger nextChunk = new AtomicInteger();
+
+    /**
+     * Splits [0, total) across the pool. Workers claim chunks (about four each, even sizes)
+     * from a shared counter rather than fixed shares, so a worker that the OS delays on a
+     * busy machine does not hold up the others.
+     */
+    void parallelFor(int total, int minChunk, Rows body) {
+        int workers = pool.workers;
+        if (workers == 1) {
+            body.run(0, 0, total);
+            return;
+        }
+        int chunk = Math.max(minChunk, (total / (4 * workers) + 1) & ~1);
+        nextChunk.set(0);
+        pool.run((wk, n) -> {
+            for (int start; (start = nextChunk.getAndAdd(chunk)) < total; ) {
+                body.run(wk, start, Math.min(total, start + chunk));
+            }
+        });
+    }
+
+    /** out[outOff + r] = m[r] . x for rows r in [r0, r1), block by block. */
+    void matvec(Matrix m, float[] x, float[] out, int outOff, int r0, int r1) {
+        while (r0 < r1) {
+            int b = r0 / m.rowsPerBlock, first = b * m.rowsPerBlock;
+            int end = Math.min(r1, first + m.rowsPerBlock);
+            k.matvec(m.blocks[b], (r0 - first) * m.cols * 4, end - r0, x, m.cols, out, outOff + r0);
+            r0 = end;
+        }
+    }
+
+    /** The part of rows [start, end) that falls in a matrix occupying [base, base + rows). */
+    void matvecPart(Matrix m, float[] x, float[] out, int outOff, int base, int start, int end) {
+        int r0 = Math.max(start - base, 0), r1 = Math.min(end - base, m.rows);
+        if (r0 < r1) matvec(m, x, out, outOff, r0, r1);
+    }
+
+    static void rmsnorm(float[] out, float[] x, float[] weight) {
+        int n = x.length;
+        float ss = 0;
+        for (int i = 0; i < n; i++) ss += x[i] * x[i];
+        ss = ss / n + 1e-5f;
+        ss = (float) (1.0 / Math.sqrt(ss));
+        for (int i = 0; i < n; i++) out[i] = weight[i] * (ss * x[i]);
+    }
+
+    static void softmax(float[] x, int n) {
+        float max = x[0];
+        for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
+        float sum = 0;
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) Math.exp(x[i] - max);
+            sum += x[i];
+        }
+        for (int i = 0; i < n; i++) x[i] /= sum;
+    }
+
+    /** RoPE on adjacent pairs of vec[off .. off + n). */
+    void rotate(float[] vec, int off, int n) {
+        for (int i = 0; i < n; i += 2) {
+            float cos = s.ropeCos[i / 2], sin = s.ropeSin[i / 2];
+            float v0 = vec[off + i], v1 = vec[off + i + 1];
+            vec[off + i] = v0 * cos - v1 * sin;
+            vec[off + i + 1] = v0 * sin + v1 * cos;
+        }
+    }
+
+    /** The logits (vocab) after token at pos; the returned array is reused by the next call. */
+    float[] forward(int token, int pos) {
+        final Config c = this.c;
+        final Weights w = this.w;
+        final RunState s = this.s;
+        final int dim = c.dim, kvDim = c.kvDim, hs = c.headSize, kvMul = c.kvMul;
+        final float scale = (float) (1.0 / Math.sqrt(hs));
+
+        w.tokenEmbedding.copyRow(token, s.x);
+        for (int i = 0; i < dim; i += 2) {
+            float angle = pos * s.ropeFreq[(i % hs) / 2];
+            s.ropeCos[i / 2] = (float) Math.cos(angle);
+            s.ropeSin[i / 2] = (float) Math.sin(angle);
+        }
+
+        for (int l = 0; l < c.nLayers; l++) {
+            final int layer = l;
+            final float[] keys = s.keyCache[l], values = s.valueCache[l];
+            final int cacheRow = pos * kvDim;  // this position's row in (seq_len, kv_dim)
+
+            // attention: q, and k, v straight into the cache row
+            rmsnorm(s.xb, s.x, w.rmsAtt[l]);
+            parallelFor(dim + 2 * kvDim, 16, (wk, r0, r1) -> {  // rows of wq, then wk, then wv
+                matvecPart(w.wq[layer], s.xb, s.q, 0, 0, r0, r1);
+                matvecPart(w.wk[layer], s.xb, keys, cacheRow, dim, r0, r1);
+                matvecPart(w.wv[layer], s.xb, values, cacheRow, dim + kvDim, r0, r1);
+            });
+            rotate(s.q, 0, dim);
+            rotate(keys, cacheRow, kvDim);
+
+            // the workers claim heads one at a time; query head h reads KV head h / kv_mul
+            parallelFor(c.nHeads, 1, (wk, h0, h1) -> {
+                float[] att = s.att[wk] != null ? s.att[wk] : (s.att[wk] = new float[c.seqLen]);
+                for (int h = h0; h < h1; h++) {
+                    int qOff = h * hs, kvOff = (h / kvMul) * hs;
+                    for (int t = 0; t <= pos; t++) {
+                        att[t] = k.dot(s.q, qOff, keys, t * kvDim + kvOff, hs) * scale;
+                    }
+                    softmax(att, pos + 1);
+                    Arrays.fill(s.xb, qOff, qOff + hs, 0f);
+                    for (int t = 0; t <= pos; t++) {
+                        k.axpy(s.xb, qOff, att[t], values, t * kvDim + kvOff, hs);
+                    }
+                }
+            });
+            parallelFor(dim, 16, (wk, r0, r1) -> matvec(w.wo[layer], s.xb, s.xb2, 0, r0, r1));
+            for (int i = 0; i < dim; i++) s.x[i] += s.xb2[i];
+
+            // feed-forward: each worker gates its own rows, so w1 and w3 share one dispatch
+            rmsnorm(s.xb, s.x, w.rmsFfn[l]);
+            parallelFor(c.hiddenDim, 16, (wk, r0, r1) -> {
+                matvec(w.w1[layer], s.xb, s.hb, 0, r0, r1);
+                matvec(w.w3[layer], s.xb, s.hb2, 0, r0, r1);
+                for (int i = r0; i < r1; i++) {
+                    float g = s.hb[i];
+                    s.hb[i] = g / (1f + (float) Math.exp(-g)) * s.hb2[i];
+                }
+            });
+            parallelFor(dim, 16, (wk, r0, r1) -> matvec(w.w2[layer], s.hb, s.xb2, 0, r0, r1));
+            for (int i = 0; i < dim; i++) s.x[i] += s.xb2[i];
+        }
+
+        rmsnorm(s.x, s.x, w.rmsFinal);
+        parallelFor(c.vocabSize, 16, (wk, r0, r1) -> matvec(w.wcls, s.x, s.logits, 0, r0, r1));
+        return s.logits;
+    }
+}

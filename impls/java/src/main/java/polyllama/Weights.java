@@ -1,0 +1,27 @@
+/*
+ * The transformer's weights, as run.c's TransformerWeights: matrices stay in the mapped file,
+ * only the small RMSNorm vectors are copied to the heap.
+ */
+package polyllama;
+
+final class Weights {
+    Matrix tokenEmbedding;           // (vocab, dim)
+    float[][] rmsAtt;                // (layer, dim)
+    Matrix[] wq;                     // (layer, dim, n_heads * head_size)
+    Matrix[] wk;                     // (layer, kv_dim, dim)
+    Matrix[] wv;                     // (layer, kv_dim, dim)
+    Matrix[] wo;                     // (layer, dim, n_heads * head_size)
+    float[][] rmsFfn;                // (layer, dim)
+    Matrix[] w1;                     // (layer, hidden_dim, dim)
+    Matrix[] w2;                     // (layer, dim, hidden_dim)
+    Matrix[] w3;                     // (layer, hidden_dim, dim)
+    float[] rmsFinal;                // (dim)
+    Matrix wcls;                     // (vocab, dim): token_embedding when shared
+
+    Weights(int layers) {
+        rmsAtt = new float[layers][];
+        rmsFfn = new float[layers][];
+        wq = new Matrix[layers]; wk = new Matrix[layers]; wv = new Matrix[layers]; wo = new Matrix[layers];
+        w1 = new Matrix[layers]; w2 = new Matrix[layers]; w3 = new Matrix[layers];
+    }
+}

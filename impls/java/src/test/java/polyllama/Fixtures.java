@@ -1,0 +1,100 @@
+package polyllama;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import java.io.ByteArrayOutputStream;
+import java.io.File;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.function.Executable;
+
+/** What the tests share: model files from POLYLLAMA_MODEL_PATH, a tiny model and tokenizer written on the fly. */
+final class Fixtures {
+    private Fixtures() {}
+
+    // the tiny model: one layer, a 260-token vocabulary (the 259 specials and byte tokens, then " ")
+    static final int DIM = 8, HIDDEN = 16, LAYERS = 1, HEADS = 2, KV_HEADS = 2, VOCAB = 260, SEQ = 8;
+
+    /** A file from POLYLLAMA_MODEL_PATH; missing is a failure when CI=true, a skip otherwise. */
+    static String modelFile(String name) {
+        String dirs = System.getenv("POLYLLAMA_MODEL_PATH");
+        if (dirs != null) {
+            for (String dir : dirs.split(File.pathSeparator)) {
+                if (!dir.isEmpty() && new File(dir, name).isFile()) return new File(dir, name).getPath();
+            }
+        }
+        String why = name + " not found in POLYLLAMA_MODEL_PATH=" + dirs;
+        if ("true".equals(System.getenv("CI"))) fail(why + " (required when CI=true)");
+        Assumptions.assumeTrue(false, why);
+        return null;
+    }
+
+    static byte[] utf8(String s) {
+        return s.getBytes(StandardCharsets.UTF_8);
+    }
+
+    /** The exit code of the Fail that running this throws. */
+    static int exitCode(Executable e) {
+        return assertThrows(Fail.class, e).code;
+    }
+
+    static void assertBadFile(Executable e) {
+        assertEquals(Fail.EXIT_BAD_FILE, exitCode(e));
+    }
+
+    // ------------------------------------------------------------------------------ tokenizer
+
+    /** llama2.c's pieces for the tiny vocabulary: <unk>, BOS, EOS, <0x00>..<0xFF>, " ". */
+    static byte[][] pieces() {
+        byte[][] p = new byte[VOCAB][];
+        p[0] = utf8("<unk>");
+        p[1] = utf8("\n<s>\n");
+        p[2] = utf8("\n</s>\n");
+        for (int b = 0; b < 256; b++) p[3 + b] = utf8(String.format("<0x%02X>", b));
+        p[259] = utf8(" ");
+        return p;
+    }
+
+    static float[] scores() {
+        float[] s = new float[VOCAB];
+        s[259] = -1f;
+        return s;
+    }
+
+    /** tokenizer.bin: max_token_length, then (score, length, bytes) per token. */
+    static Path writeTokenizer(Path dir, String name, byte[][] pieces, float[] scores) throws IOException {
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        out.write(le(4).putInt(16).array());
+        for (int i = 0; i < pieces.length; i++) {
+            out.write(le(8).putFloat(scores[i]).putInt(pieces[i].length).array());
+            out.write(pieces[i]);
+        }
+        return Files.write(dir.resolve(name), out.toByteArray());
+    }
+
+    static ByteBuffer le(int n) {
+        return ByteBuffer.allocate(n).order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    // -------------------------------------------------------------------------------- weights
+
+    /** n distinct small floats, different for each seed. */
+    static float[] tensor(int seed, int n) {
+        float[] out = new float[n];
+        for (int i = 0; i < n; i++) out[i] = ((i * 7 + seed * 13) % 29 - 14) * 0.01f;
+        return out;
+    }
+
+    static byte[] floats(float[] v) {
+        ByteBuffer bb = le(4 * v.length);
+        for (float f : v) bb.putFloat(f);
+        return bb.array();
+    }
+}
