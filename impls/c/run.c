@@ -1,7 +1,8 @@
 /* Inference for Llama-2 Transformer models in pure C11: the polyllama C port.
 
-   After karpathy/llama2.c's run.c, top to bottom: model (config, weights, state), thread pool,
-   forward pass, tokenizer, sampler, generation, command line. The behaviour is defined by
+   After karpathy/llama2.c's run.c, top to bottom: model (state, transformer), thread pool,
+   forward pass, tokenizer, sampler, generation, command line. The model files (v0, v1, GGUF and
+   tokenizer.bin) are read and validated in formats.c. The behaviour is defined by
    docs/port-contract.md and the numpy reference core in orchestrator/reference/.
 
    Speed comes from three things: the weights are memory-mapped and read exactly once per token;
@@ -10,13 +11,11 @@
    persistent pool of workers (spinning briefly, then sleeping) splits every matmul and the
    attention heads, with the matmuls that share an input fused into one dispatch, so a token
    costs five synchronisations a layer. */
-
 #define _DEFAULT_SOURCE
 #define _DARWIN_C_SOURCE // clock_gettime and friends on macOS
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -26,10 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
+
+#include "formats.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -43,16 +41,14 @@
 #ifndef PREFETCH_DIST
 #define PREFETCH_DIST 0 // floats ahead to prefetch each weight row; 0 = leave it to the hardware
 #endif
-#define EXIT_RUNTIME 1
-#define EXIT_USAGE 2
-#define EXIT_BAD_FILE 3
 
 static const char *USAGE =
     "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
     "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
 
 // ----------------------------------------------------------------------------
-// Errors: every failure is one `error: ...` line on stderr and a contract exit code
+// Errors: every failure is one `error: ...` line on stderr and a contract exit code (bad input
+// files: die_file, in formats.c)
 
 static void die(int code, const char *fmt, ...) {
     va_list ap;
@@ -65,23 +61,6 @@ static void die(int code, const char *fmt, ...) {
     exit(code);
 }
 
-// a bad input file: `error: <path>: <problem>`, exit 3
-static void die_file(const char *path, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "error: %s: ", path);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(EXIT_BAD_FILE);
-}
-
-static void *xcalloc(size_t n, size_t size) {
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) die(EXIT_RUNTIME, "cannot allocate %zu bytes", n * size);
-    return p;
-}
-
 static double now_s(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -89,58 +68,7 @@ static double now_s(void) {
 }
 
 // ----------------------------------------------------------------------------
-// Transformer model
-
-#define MAX_DIM 65536
-#define MAX_HIDDEN 262144
-#define MAX_LAYERS 1024
-#define MAX_VOCAB (1 << 20)
-#define MAX_SEQ 65536
-#define MAX_KV_BYTES (4LL << 30)
-#define V1_MAGIC 0x616b3432u
-#define V1_HEADER_BYTES 256
-#define V0_HEADER_BYTES 28
-
-typedef struct {
-    int dim;        // transformer dimension
-    int hidden_dim; // for ffn layers
-    int n_layers;
-    int n_heads;    // number of query heads
-    int n_kv_heads; // number of key/value heads (can be < query heads because of multiquery)
-    int vocab_size; // always positive here; sharing is its own flag
-    int seq_len;    // max sequence length
-    int shared_classifier;
-} Config;
-
-// One layer's weights. Pointers, not offsets: GGUF stores each layer's tensors separately.
-typedef struct {
-    const float *rms_att; // (dim,)
-    const float *wq;      // (dim, n_heads * head_size)
-    const float *wk;      // (kv_dim, dim)
-    const float *wv;      // (kv_dim, dim)
-    const float *wo;      // (dim, n_heads * head_size)
-    const float *rms_ffn; // (dim,)
-    const float *w1;      // (hidden_dim, dim)
-    const float *w2;      // (dim, hidden_dim)
-    const float *w3;      // (hidden_dim, dim)
-} LayerWeights;
-
-typedef struct {
-    const float *token_embedding; // (vocab_size, dim)
-    LayerWeights *layers;         // (n_layers,)
-    const float *rms_final;       // (dim,)
-    const float *wcls;            // (vocab_size, dim): token_embedding when shared
-} TransformerWeights;
-
-// The vocabulary as read from tokenizer.bin or from a GGUF file's metadata.
-typedef struct {
-    int vocab_size;
-    char **pieces;   // not NUL-terminated: a piece may hold any byte
-    int *lengths;
-    float *scores;
-    int max_token_length;
-    void *arena;     // owns the bytes the pieces point into
-} Vocab;
+// Transformer model: Config, TransformerWeights and Vocab are in formats.h
 
 typedef struct {
     float *x;      // activation at current time stamp (dim,)
@@ -167,491 +95,6 @@ typedef struct {
     void *data;     // the memory-mapped checkpoint
     size_t file_size;
 } Transformer;
-
-static void validate_config(const char *path, const Config *c) {
-    const char *names[] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
-    long long values[] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->seq_len};
-    long long limits[] = {MAX_DIM, MAX_HIDDEN, MAX_LAYERS, c->dim, -1, MAX_VOCAB, MAX_SEQ};
-    for (int i = 0; i < 7; i++)
-        if (values[i] <= 0) die_file(path, "header value %s=%lld must be positive", names[i], values[i]);
-    for (int i = 0; i < 7; i++)
-        if (limits[i] >= 0 && values[i] > limits[i])
-            die_file(path, "header value %s=%lld exceeds the limit %lld", names[i], values[i], limits[i]);
-    if (c->dim % c->n_heads) die_file(path, "dim=%d is not a multiple of n_heads=%d", c->dim, c->n_heads);
-    int head_size = c->dim / c->n_heads;
-    if (head_size % 2) die_file(path, "head_size=%d must be even for RoPE", head_size);
-    if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
-        die_file(path, "n_heads=%d is not a multiple of n_kv_heads=%d", c->n_heads, c->n_kv_heads);
-    long long kv_bytes = (long long)c->n_layers * c->seq_len * (c->n_kv_heads * head_size) * 2 * 4;
-    if (kv_bytes > MAX_KV_BYTES) die_file(path, "KV cache of %lld bytes exceeds the 4 GiB limit", kv_bytes);
-}
-
-static int read_le32(const unsigned char *p) {
-    return (int)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-}
-
-static uint64_t read_le64(const unsigned char *p) {
-    return (uint64_t)(uint32_t)read_le32(p) | (uint64_t)(uint32_t)read_le32(p + 4) << 32;
-}
-
-// open a file we are about to trust, refusing anything that is not a readable regular file
-static int open_input(const char *path, size_t *size) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) die_file(path, "cannot open: %s", errno == ENOENT ? "no such file" : strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) die_file(path, "cannot open: %s", strerror(errno));
-    if (S_ISDIR(st.st_mode)) die_file(path, "cannot open: is a directory");
-    if (!S_ISREG(st.st_mode)) die_file(path, "cannot open: not a regular file");
-    *size = (size_t)st.st_size;
-    return fd;
-}
-
-static void read_exact(const char *path, int fd, void *buf, size_t n, off_t at) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = pread(fd, (char *)buf + got, n - got, at + (off_t)got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) die_file(path, "cannot read: %s", r < 0 ? strerror(errno) : "unexpected end of file");
-        got += (size_t)r;
-    }
-}
-
-static void *map_file(const char *path, int fd, size_t size) {
-    int flags = MAP_PRIVATE;
-#ifdef MAP_POPULATE
-    flags |= MAP_POPULATE; // fault the weights in now, so load_s and not the first token pays
-#endif
-    void *data = mmap(NULL, size, PROT_READ, flags, fd, 0);
-    if (data == MAP_FAILED) die_file(path, "cannot map: %s", strerror(errno));
-    return data;
-}
-
-static long long weight_floats(const Config *c) {
-    long long d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size;
-    long long kv = (long long)c->n_kv_heads * (c->dim / c->n_heads);
-    long long n = v * d + L * (2 * d + d * d + 2 * kv * d + d * d + 3 * h * d) + d;
-    return c->shared_classifier ? n : n + v * d;
-}
-
-static void check_size(const char *path, size_t actual, long long expected) {
-    if ((long long)actual != expected)
-        die_file(path, "%s: file is %zu bytes, header implies %lld",
-                 (long long)actual < expected ? "truncated" : "oversized", actual, expected);
-}
-
-// point the per-layer weights into one run of stacked tensors (v0 and v1 files)
-static void layer_pointers(const Config *c, TransformerWeights *w, const float *rms_att, const float *rms_ffn,
-                           const float *wq, const float *wk, const float *wv, const float *wo,
-                           const float *w1, const float *w2, const float *w3) {
-    size_t d = c->dim, h = c->hidden_dim, kv = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
-    w->layers = xcalloc(c->n_layers, sizeof(LayerWeights));
-    for (size_t l = 0; l < (size_t)c->n_layers; l++) {
-        LayerWeights *lw = &w->layers[l];
-        lw->rms_att = rms_att + l * d;
-        lw->rms_ffn = rms_ffn + l * d;
-        lw->wq = wq + l * d * d;
-        lw->wk = wk + l * kv * d;
-        lw->wv = wv + l * kv * d;
-        lw->wo = wo + l * d * d;
-        lw->w1 = w1 + l * h * d;
-        lw->w2 = w2 + l * d * h;
-        lw->w3 = w3 + l * h * d;
-    }
-}
-
-static void read_v0(const char *path, int fd, size_t size, Transformer *t) {
-    unsigned char head[V0_HEADER_BYTES];
-    if (size < V0_HEADER_BYTES)
-        die_file(path, "truncated: %zu bytes, a v0 header needs %d", size, V0_HEADER_BYTES);
-    read_exact(path, fd, head, sizeof head, 0);
-    Config *c = &t->config;
-    int vocab = read_le32(head + 20);
-    *c = (Config){read_le32(head), read_le32(head + 4), read_le32(head + 8), read_le32(head + 12),
-                  read_le32(head + 16), vocab == INT32_MIN ? 0 : abs(vocab), read_le32(head + 24), vocab > 0};
-    validate_config(path, c);
-    long long head_size = c->dim / c->n_heads;
-    long long freq_floats = 2LL * c->seq_len * (head_size / 2); // legacy RoPE tables, skipped
-    check_size(path, size, V0_HEADER_BYTES + 4 * (weight_floats(c) + freq_floats));
-
-    t->data = map_file(path, fd, size);
-    t->file_size = size;
-    const float *p = (const float *)((const char *)t->data + V0_HEADER_BYTES);
-    size_t d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size;
-    size_t kv = (size_t)c->n_kv_heads * head_size;
-    TransformerWeights *w = &t->weights;
-    w->token_embedding = p; p += v * d;
-    const float *rms_att = p; p += L * d;
-    const float *wq = p; p += L * d * d;
-    const float *wk = p; p += L * kv * d;
-    const float *wv = p; p += L * kv * d;
-    const float *wo = p; p += L * d * d;
-    const float *rms_ffn = p; p += L * d;
-    const float *w1 = p; p += L * h * d;
-    const float *w2 = p; p += L * d * h;
-    const float *w3 = p; p += L * h * d;
-    w->rms_final = p; p += d;
-    p += (size_t)freq_floats;
-    w->wcls = c->shared_classifier ? w->token_embedding : p;
-    layer_pointers(c, w, rms_att, rms_ffn, wq, wk, wv, wo, w1, w2, w3);
-}
-
-static void read_v1(const char *path, int fd, size_t size, Transformer *t) {
-    unsigned char head[V1_HEADER_BYTES];
-    if (size < V1_HEADER_BYTES)
-        die_file(path, "truncated: %zu bytes, a v1 header needs %d", size, V1_HEADER_BYTES);
-    read_exact(path, fd, head, sizeof head, 0);
-    int version = read_le32(head + 4);
-    if (version != 1) die_file(path, "unsupported llama2.c format version %d (only 0 and 1 are fp32)", version);
-    if (head[36] > 1) die_file(path, "shared_classifier flag is %d, expected 0 or 1", head[36]);
-    Config *c = &t->config;
-    const unsigned char *h7 = head + 8;
-    *c = (Config){read_le32(h7), read_le32(h7 + 4), read_le32(h7 + 8), read_le32(h7 + 12),
-                  read_le32(h7 + 16), read_le32(h7 + 20), read_le32(h7 + 24), head[36]};
-    validate_config(path, c);
-    check_size(path, size, V1_HEADER_BYTES + 4 * weight_floats(c));
-
-    t->data = map_file(path, fd, size);
-    t->file_size = size;
-    const float *p = (const float *)((const char *)t->data + V1_HEADER_BYTES);
-    size_t d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size;
-    size_t kv = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
-    TransformerWeights *w = &t->weights;
-    // v1 stores the small vectors first, then the matrices
-    const float *rms_att = p; p += L * d;
-    const float *rms_ffn = p; p += L * d;
-    w->rms_final = p; p += d;
-    w->token_embedding = p; p += v * d;
-    const float *wq = p; p += L * d * d;
-    const float *wk = p; p += L * kv * d;
-    const float *wv = p; p += L * kv * d;
-    const float *wo = p; p += L * d * d;
-    const float *w1 = p; p += L * h * d;
-    const float *w2 = p; p += L * d * h;
-    const float *w3 = p; p += L * h * d;
-    w->wcls = c->shared_classifier ? w->token_embedding : p;
-    layer_pointers(c, w, rms_att, rms_ffn, wq, wk, wv, wo, w1, w2, w3);
-}
-
-// ----------------------------------------------------------------------------
-// GGUF (v2/v3, all tensors F32): a bounded cursor over the mapped file, so that no count or
-// length is trusted before it is known to fit in the bytes that remain.
-
-enum { G_U8, G_I8, G_U16, G_I16, G_U32, G_I32, G_F32, G_BOOL, G_STRING, G_ARRAY, G_U64, G_I64, G_F64 };
-#define GGUF_MAX_ENTRIES 65536
-
-typedef struct {
-    const char *path;
-    const unsigned char *data;
-    size_t size, off;
-} Cursor;
-
-typedef struct { const unsigned char *p; uint64_t n; } Str;
-
-typedef struct {
-    int present;
-    uint32_t type;             // value type
-    uint32_t etype;            // element type, for arrays
-    uint64_t count;            // element count, for arrays
-    const unsigned char *at;   // the value (or an array's first element)
-} KvValue;
-
-typedef struct {
-    Str name;
-    uint32_t n_dims;
-    uint64_t dims[4];
-    uint32_t type;
-    uint64_t offset;
-    int index; // position in the file: a repeated name means the last one, as a dict would
-} TensorInfo;
-
-static int scalar_size(uint32_t t) {
-    static const int sizes[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
-    return t <= G_F64 ? sizes[t] : 0;
-}
-
-static void cur_need(Cursor *c, uint64_t n, const char *what) {
-    if (n > c->size - c->off)
-        die_file(c->path, "truncated or corrupt: %s runs past the end of the file", what);
-}
-
-static uint32_t cur_u32(Cursor *c, const char *what) {
-    cur_need(c, 4, what);
-    uint32_t v = (uint32_t)read_le32(c->data + c->off);
-    c->off += 4;
-    return v;
-}
-
-static uint64_t cur_u64(Cursor *c, const char *what) {
-    cur_need(c, 8, what);
-    uint64_t v = read_le64(c->data + c->off);
-    c->off += 8;
-    return v;
-}
-
-static Str cur_string(Cursor *c, const char *what) {
-    uint64_t n = cur_u64(c, what);
-    cur_need(c, n, what);
-    Str s = {c->data + c->off, n};
-    c->off += n;
-    return s;
-}
-
-static int str_is(Str s, const char *text) { return s.n == strlen(text) && memcmp(s.p, text, s.n) == 0; }
-
-// read (and bound) one value of type `type`, remembering where it lies
-static KvValue cur_value(Cursor *c, uint32_t type, const char *what) {
-    KvValue v = {1, type, 0, 0, c->data + c->off};
-    if (scalar_size(type)) {
-        cur_need(c, (uint64_t)scalar_size(type), what);
-        c->off += scalar_size(type);
-    } else if (type == G_STRING) {
-        cur_string(c, what);
-    } else if (type == G_ARRAY) {
-        v.etype = cur_u32(c, what);
-        v.count = cur_u64(c, what);
-        v.at = c->data + c->off;
-        int es = scalar_size(v.etype);
-        if (!es && v.etype != G_STRING) die_file(c->path, "%s: unsupported array element type %u", what, v.etype);
-        if (v.count > (c->size - c->off) / (uint64_t)(es ? es : 8))
-            die_file(c->path, "truncated or corrupt: %s runs past the end of the file", what);
-        if (es) c->off += v.count * (uint64_t)es;
-        else for (uint64_t i = 0; i < v.count; i++) cur_string(c, what);
-    } else {
-        die_file(c->path, "%s: unknown value type %u", what, type);
-    }
-    return v;
-}
-
-// an integer-valued scalar as int64 (huge unsigned values saturate, to fail the limits later)
-static int scalar_as_int(uint32_t type, const unsigned char *p, long long *out) {
-    switch (type) {
-    case G_U8: case G_BOOL: *out = p[0]; return 1;
-    case G_I8: *out = (int8_t)p[0]; return 1;
-    case G_U16: *out = (uint16_t)(p[0] | p[1] << 8); return 1;
-    case G_I16: *out = (int16_t)(uint16_t)(p[0] | p[1] << 8); return 1;
-    case G_U32: *out = (uint32_t)read_le32(p); return 1;
-    case G_I32: *out = read_le32(p); return 1;
-    case G_U64: { uint64_t u = read_le64(p); *out = u > INT64_MAX ? INT64_MAX : (long long)u; return 1; }
-    case G_I64: *out = (long long)read_le64(p); return 1;
-    default: return 0;
-    }
-}
-
-static double scalar_as_double(uint32_t type, const unsigned char *p) {
-    long long i;
-    if (scalar_as_int(type, p, &i)) return (double)i;
-    if (type == G_F32) { uint32_t u = (uint32_t)read_le32(p); float f; memcpy(&f, &u, 4); return f; }
-    uint64_t u = read_le64(p);
-    double d;
-    memcpy(&d, &u, 8);
-    return d;
-}
-
-// a header value clamped into int range: out-of-range values then fail validate_config
-static int int_key(const char *path, const KvValue *v, const char *key, int fallback, int has_fallback) {
-    long long x;
-    if (!v->present) {
-        if (has_fallback) return fallback;
-        die_file(path, "missing required key %s", key);
-    }
-    if (!scalar_as_int(v->type, v->at, &x)) die_file(path, "key %s must be an integer", key);
-    return x > INT32_MAX ? INT32_MAX : x < INT32_MIN ? INT32_MIN : (int)x;
-}
-
-static int cmp_tensor_info(const void *a, const void *b) {
-    const TensorInfo *x = a, *y = b;
-    uint64_t n = x->name.n < y->name.n ? x->name.n : y->name.n;
-    int r = memcmp(x->name.p, y->name.p, n);
-    if (r) return r;
-    if (x->name.n != y->name.n) return x->name.n < y->name.n ? -1 : 1;
-    return x->index - y->index;
-}
-
-static const TensorInfo *find_tensor(const TensorInfo *infos, int n, const char *name) {
-    Str key = {(const unsigned char *)name, strlen(name)};
-    TensorInfo probe = {.name = key, .index = INT32_MAX};
-    // the last entry not greater than (name, +inf): the file's last tensor of that name
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (cmp_tensor_info(&infos[mid], &probe) <= 0) lo = mid + 1;
-        else hi = mid;
-    }
-    if (lo > 0 && infos[lo - 1].name.n == key.n && memcmp(infos[lo - 1].name.p, key.p, key.n) == 0)
-        return &infos[lo - 1];
-    return NULL;
-}
-
-typedef struct {
-    const char *path;
-    const unsigned char *data;
-    size_t size;
-    uint64_t data_start;
-    const TensorInfo *infos;
-    int n_infos;
-} GgufTensors;
-
-// the F32 tensor `name` of shape (rows, cols), or (cols) when rows == 0, checked to lie in the file
-static const float *gguf_tensor(const GgufTensors *g, const char *name, uint64_t rows, uint64_t cols) {
-    const TensorInfo *ti = find_tensor(g->infos, g->n_infos, name);
-    if (!ti) die_file(g->path, "missing tensor %s", name);
-    if (ti->type != 0) die_file(g->path, "tensor %s has type %u; only F32 (0) is supported", name, ti->type);
-    uint32_t want_dims = rows ? 2 : 1;
-    if (ti->n_dims != want_dims || ti->dims[0] != cols || (rows && ti->dims[1] != rows)) {
-        if (rows) die_file(g->path, "tensor %s has the wrong dims, expected [%llu, %llu]", name,
-                           (unsigned long long)cols, (unsigned long long)rows);
-        die_file(g->path, "tensor %s has the wrong dims, expected [%llu]", name, (unsigned long long)cols);
-    }
-    uint64_t nbytes = 4 * cols * (rows ? rows : 1);
-    if (ti->offset % 4 || ti->offset > g->size || g->data_start > g->size - ti->offset ||
-        nbytes > g->size - g->data_start - ti->offset)
-        die_file(g->path, "tensor %s lies outside the file", name);
-    return (const float *)(g->data + g->data_start + ti->offset);
-}
-
-// GGUF spells a space as U+2581 (E2 96 81) and BOS/EOS as control tokens; give back llama2.c bytes
-static void gguf_vocab(Vocab *v, const KvValue *tokens, const KvValue *scores,
-                       const KvValue *types) {
-    int n = (int)tokens->count;
-    v->vocab_size = n;
-    v->pieces = xcalloc(n, sizeof(char *));
-    v->lengths = xcalloc(n, sizeof(int));
-    v->scores = xcalloc(n, sizeof(float));
-    int use_types = types->present && types->type == G_ARRAY && scalar_size(types->etype) &&
-                    types->count == tokens->count;
-    // the pieces only shrink, so the strings' total size bounds the arena
-    size_t total = 0;
-    const unsigned char *p = tokens->at;
-    for (int i = 0; i < n; i++) {
-        uint64_t len = read_le64(p);
-        total += len + 1;
-        p += 8 + len;
-    }
-    char *arena = xcalloc(total + 16, 1);
-    v->arena = arena;
-    int es = use_types ? scalar_size(types->etype) : 0;
-    int ss = scalar_size(scores->etype);
-    p = tokens->at;
-    v->max_token_length = 1;
-    for (int i = 0; i < n; i++) {
-        uint64_t len = read_le64(p);
-        const unsigned char *s = p + 8;
-        p += 8 + len;
-        // token type 3 (control), read the way the reference's int() reads it, even from a float
-        double ttype = use_types ? scalar_as_double(types->etype, types->at + (size_t)i * es) : -1.0;
-        int control = ttype >= 3.0 && ttype < 4.0;
-        char *out = arena;
-        size_t m = 0;
-        if (control && len == 3 && memcmp(s, "<s>", 3) == 0) { memcpy(out, "\n<s>\n", 5); m = 5; }
-        else if (control && len == 4 && memcmp(s, "</s>", 4) == 0) { memcpy(out, "\n</s>\n", 6); m = 6; }
-        else {
-            for (uint64_t j = 0; j < len; j++) {
-                if (j + 2 < len && s[j] == 0xE2 && s[j + 1] == 0x96 && s[j + 2] == 0x81) { out[m++] = ' '; j += 2; }
-                else out[m++] = (char)s[j];
-            }
-        }
-        v->pieces[i] = out;
-        v->lengths[i] = (int)m;
-        arena += m + 1;
-        if ((int)m > v->max_token_length) v->max_token_length = (int)m;
-        v->scores[i] = (float)scalar_as_double(scores->etype, scores->at + (size_t)i * ss);
-    }
-}
-
-static const char *GGUF_LAYER_NAMES[9] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                                          "ffn_norm", "ffn_gate", "ffn_down", "ffn_up"};
-
-static void read_gguf(const char *path, int fd, size_t size, Transformer *t) {
-    if (size < 8) die_file(path, "truncated or corrupt: version runs past the end of the file");
-    t->data = map_file(path, fd, size);
-    t->file_size = size;
-    Cursor cur = {path, t->data, size, 4};
-    uint32_t version = cur_u32(&cur, "version");
-    if (version != 2 && version != 3) die_file(path, "unsupported GGUF version %u (2 and 3 are read)", version);
-    uint64_t n_tensors = cur_u64(&cur, "tensor count");
-    uint64_t n_kv = cur_u64(&cur, "kv count");
-    if (n_tensors > GGUF_MAX_ENTRIES || n_kv > GGUF_MAX_ENTRIES)
-        die_file(path, "implausible counts: %llu tensors, %llu keys (limit %d)", (unsigned long long)n_tensors,
-                 (unsigned long long)n_kv, GGUF_MAX_ENTRIES);
-
-    enum { K_ARCH, K_ALIGN, K_TOKENS, K_SCORES, K_TYPES, K_DIM, K_FFN, K_BLOCKS, K_HEADS, K_KV_HEADS, K_CTX, K_N };
-    static const char *keys[K_N] = {
-        "general.architecture", "general.alignment", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
-        "tokenizer.ggml.token_type", "llama.embedding_length", "llama.feed_forward_length", "llama.block_count",
-        "llama.attention.head_count", "llama.attention.head_count_kv", "llama.context_length"};
-    KvValue kv[K_N] = {{0}};
-    for (uint64_t i = 0; i < n_kv; i++) {
-        Str key = cur_string(&cur, "key");
-        uint32_t type = cur_u32(&cur, "value type");
-        KvValue v = cur_value(&cur, type, "value");
-        for (int k = 0; k < K_N; k++)
-            if (str_is(key, keys[k])) kv[k] = v; // a repeated key: the last one wins
-    }
-    TensorInfo *infos = xcalloc(n_tensors, sizeof(TensorInfo));
-    for (uint64_t i = 0; i < n_tensors; i++) {
-        TensorInfo *ti = &infos[i];
-        ti->name = cur_string(&cur, "tensor name");
-        ti->n_dims = cur_u32(&cur, "tensor dims");
-        if (ti->n_dims > 4) die_file(path, "tensor %.*s has %u dimensions", (int)(ti->name.n > 200 ? 200 : ti->name.n),
-                                     (const char *)ti->name.p, ti->n_dims);
-        for (uint32_t d = 0; d < ti->n_dims; d++) ti->dims[d] = cur_u64(&cur, "tensor dims");
-        ti->type = cur_u32(&cur, "tensor type");
-        ti->offset = cur_u64(&cur, "tensor offset");
-        ti->index = (int)i;
-    }
-
-    if (!kv[K_ARCH].present || kv[K_ARCH].type != G_STRING ||
-        !str_is((Str){kv[K_ARCH].at + 8, read_le64(kv[K_ARCH].at)}, "llama"))
-        die_file(path, "general.architecture is not 'llama'");
-    long long align = 32;
-    if (kv[K_ALIGN].present && !scalar_as_int(kv[K_ALIGN].type, kv[K_ALIGN].at, &align))
-        die_file(path, "key general.alignment must be an integer");
-    if (align <= 0 || (align & (align - 1)) || align > 65536)
-        die_file(path, "general.alignment=%lld is not a power of two up to 65536", align);
-    uint64_t data_start = (cur.off + (uint64_t)align - 1) / (uint64_t)align * (uint64_t)align;
-
-    const KvValue *tokens = &kv[K_TOKENS], *scores = &kv[K_SCORES];
-    if (!tokens->present || tokens->type != G_ARRAY || tokens->etype != G_STRING || tokens->count == 0)
-        die_file(path, "missing tokenizer.ggml.tokens");
-    if (!scores->present || scores->type != G_ARRAY || !scalar_size(scores->etype) || scores->count != tokens->count)
-        die_file(path, "tokenizer.ggml.scores missing or not one per token");
-    qsort(infos, n_tensors, sizeof(TensorInfo), cmp_tensor_info);
-    int heads = int_key(path, &kv[K_HEADS], keys[K_HEADS], 0, 0);
-    Config *c = &t->config;
-    c->dim = int_key(path, &kv[K_DIM], keys[K_DIM], 0, 0);
-    c->hidden_dim = int_key(path, &kv[K_FFN], keys[K_FFN], 0, 0);
-    c->n_layers = int_key(path, &kv[K_BLOCKS], keys[K_BLOCKS], 0, 0);
-    c->n_heads = heads;
-    c->n_kv_heads = int_key(path, &kv[K_KV_HEADS], keys[K_KV_HEADS], heads, 1);
-    c->vocab_size = tokens->count > INT32_MAX ? INT32_MAX : (int)tokens->count;
-    c->seq_len = int_key(path, &kv[K_CTX], keys[K_CTX], 0, 0);
-    c->shared_classifier = find_tensor(infos, (int)n_tensors, "output.weight") == NULL;
-    validate_config(path, c);
-
-    GgufTensors g = {path, t->data, size, data_start, infos, (int)n_tensors};
-    uint64_t d = c->dim, h = c->hidden_dim, kvd = (uint64_t)c->n_kv_heads * (c->dim / c->n_heads);
-    TransformerWeights *w = &t->weights;
-    w->token_embedding = gguf_tensor(&g, "token_embd.weight", c->vocab_size, d);
-    w->rms_final = gguf_tensor(&g, "output_norm.weight", 0, d);
-    w->wcls = c->shared_classifier ? w->token_embedding : gguf_tensor(&g, "output.weight", c->vocab_size, d);
-    w->layers = xcalloc(c->n_layers, sizeof(LayerWeights));
-    // (rows, cols) of attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_down, ffn_up
-    uint64_t shapes[9][2] = {{0, d}, {d, d}, {kvd, d}, {kvd, d}, {d, d}, {0, d}, {h, d}, {d, h}, {h, d}};
-    for (int k = 0; k < 9; k++) {
-        for (int l = 0; l < c->n_layers; l++) {
-            char name[64];
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, GGUF_LAYER_NAMES[k]);
-            const float *p = gguf_tensor(&g, name, shapes[k][0], shapes[k][1]);
-            LayerWeights *lw = &w->layers[l];
-            const float **slot[9] = {&lw->rms_att, &lw->wq, &lw->wk, &lw->wv, &lw->wo,
-                                     &lw->rms_ffn, &lw->w1, &lw->w2, &lw->w3};
-            *slot[k] = p;
-        }
-    }
-    gguf_vocab(&t->vocab, tokens, scores, &kv[K_TYPES]);
-    t->has_vocab = 1;
-    free(infos);
-}
 
 // ----------------------------------------------------------------------------
 // Thread pool: workers created once; each dispatch bumps a generation counter. Waiting, on
@@ -792,19 +235,11 @@ static void free_state(RunState *s) {
     free(s->rope_cos); free(s->rope_sin); free(s->key_cache); free(s->value_cache);
 }
 
-static void free_vocab(Vocab *v);
-
-// sniff the format, validate, map: the weights are used in place, never copied
+// validate and map the checkpoint (formats.c): the weights are used in place, never copied
 static void build_transformer(Transformer *t, const char *checkpoint_path) {
     memset(t, 0, sizeof *t);
-    size_t size;
-    int fd = open_input(checkpoint_path, &size);
-    unsigned char magic[4] = {0};
-    if (size >= 4) read_exact(checkpoint_path, fd, magic, 4, 0);
-    if (size >= 4 && memcmp(magic, "GGUF", 4) == 0) read_gguf(checkpoint_path, fd, size, t);
-    else if (size >= 4 && (uint32_t)read_le32(magic) == V1_MAGIC) read_v1(checkpoint_path, fd, size, t);
-    else read_v0(checkpoint_path, fd, size, t);
-    close(fd); // the mapping outlives the descriptor
+    read_checkpoint(checkpoint_path, &t->config, &t->weights, &t->vocab, &t->data, &t->file_size);
+    t->has_vocab = t->vocab.vocab_size > 0;
 }
 
 static void start_transformer(Transformer *t, int n_threads) {
@@ -815,9 +250,7 @@ static void start_transformer(Transformer *t, int n_threads) {
 static void free_transformer(Transformer *t) {
     if (t->pool) free_pool(t->pool);
     free_state(&t->state);
-    free(t->weights.layers);
-    if (t->has_vocab) free_vocab(&t->vocab);
-    if (t->data) munmap(t->data, t->file_size);
+    free_checkpoint(&t->weights, &t->vocab, t->data, t->file_size);
 }
 
 // ----------------------------------------------------------------------------
@@ -1114,48 +547,6 @@ typedef struct {
     int *sorted;     // token ids ordered by piece bytes, then id: binary search finds the lowest id
     char *str_buffer; // room for two pieces, to try each merge
 } Tokenizer;
-
-static void free_vocab(Vocab *v) {
-    free(v->pieces);
-    free(v->lengths);
-    free(v->scores);
-    free(v->arena);
-}
-
-static void read_vocab(Vocab *v, const char *path, int vocab_size) {
-    size_t size;
-    int fd = open_input(path, &size);
-    unsigned char *data = xcalloc(size + 1, 1);
-    read_exact(path, fd, data, size, 0);
-    close(fd);
-    if (size < 4) die_file(path, "truncated: no max_token_length header");
-    int max_len = read_le32(data);
-    if (max_len < 1 || max_len > 1024) die_file(path, "max_token_length=%d outside 1..1024", max_len);
-    v->vocab_size = vocab_size;
-    v->max_token_length = max_len;
-    v->pieces = xcalloc(vocab_size, sizeof(char *));
-    v->lengths = xcalloc(vocab_size, sizeof(int));
-    v->scores = xcalloc(vocab_size, sizeof(float));
-    v->arena = data;
-    size_t off = 4;
-    for (int i = 0; i < vocab_size; i++) {
-        if (size - off < 8) die_file(path, "has only %d tokens, the model's vocabulary is %d", i, vocab_size);
-        float score;
-        memcpy(&score, data + off, 4); // little-endian hosts only, as every target of this port
-        int len = read_le32(data + off + 4);
-        off += 8;
-        if (len < 0 || len > max_len) die_file(path, "token %d has length %d, outside 0..%d", i, len, max_len);
-        if (score != score) die_file(path, "token %d has a NaN score", i);
-        if ((size_t)len > size - off) die_file(path, "truncated inside token %d", i);
-        v->pieces[i] = (char *)data + off;
-        v->lengths[i] = len;
-        v->scores[i] = score;
-        off += (size_t)len;
-    }
-    if (off != size)
-        die_file(path, "has %zu bytes after token %d: its vocabulary is larger than the model's %d",
-                 size - off, vocab_size - 1, vocab_size);
-}
 
 static const Vocab *g_sort_vocab; // qsort has no context argument in C11
 
@@ -1508,11 +899,10 @@ static int clean_number(const char *s, char *out, size_t cap) {
     return 1;
 }
 
-// an integer as sign and magnitude: 0 if not a number; *overflow when it does not fit 64 bits
+// an integer `[+-]?[0-9]+` of any length, as sign and magnitude: 0 if not one; *overflow when
+// it does not fit 64 bits
 static int parse_int(const char *text, int *neg, unsigned long long *mag, int *overflow) {
-    char buf[256];
-    if (!clean_number(text, buf, sizeof buf)) return 0;
-    const char *p = buf;
+    const char *p = text;
     *neg = 0;
     if (*p == '+' || *p == '-') *neg = *p++ == '-';
     if (!*p) return 0;
@@ -1536,6 +926,20 @@ static unsigned long long parse_int_flag(const char *flag, const char *text, uns
     if (!parse_int(text, &neg, &v, &overflow)) die(EXIT_USAGE, "%s expects a number, got '%s'", flag, text);
     if (overflow || (neg && v != 0) || v < lo || v > hi) die(EXIT_USAGE, "%s %s is out of range", flag, text);
     return v;
+}
+
+// -n: any number of digits; past 64 bits it saturates, and seq_len caps it anyway (clamp_steps)
+static long long parse_steps(const char *text) {
+    int neg, overflow;
+    unsigned long long v;
+    if (!parse_int(text, &neg, &v, &overflow)) die(EXIT_USAGE, "-n expects a number, got '%s'", text);
+    if (neg && v != 0) die(EXIT_USAGE, "-n %s is out of range", text);
+    return overflow || v > LLONG_MAX ? LLONG_MAX : (long long)v;
+}
+
+// the positions to run: 0, and anything past seq_len, mean seq_len
+static int clamp_steps(long long steps, int seq_len) {
+    return steps == 0 || steps > seq_len ? seq_len : (int)steps;
 }
 
 static double parse_float(const char *flag, const char *text, double lo, double hi) {
@@ -1594,7 +998,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(flag, "-t")) a.temperature = parse_float(flag, val, 0.0, INFINITY);
         else if (!strcmp(flag, "-p")) a.topp = parse_float(flag, val, 0.0, 1.0);
         else if (!strcmp(flag, "-s")) a.seed = parse_int_flag(flag, val, 0, ULLONG_MAX);
-        else if (!strcmp(flag, "-n")) a.steps = (long long)parse_int_flag(flag, val, 0, 1ULL << 31);
+        else if (!strcmp(flag, "-n")) a.steps = parse_steps(val);
         else if (!strcmp(flag, "-i")) a.prompt = val;
         else if (!strcmp(flag, "-j")) a.threads = (int)parse_int_flag(flag, val, 1, 4096);
         else if (!strcmp(flag, "-m")) {
@@ -1644,8 +1048,8 @@ int main(int argc, char **argv) {
         unsigned long long seed = args.seed > 0 ? args.seed : (unsigned long long)time(NULL);
         Sampler sampler;
         build_sampler(&sampler, c->vocab_size, (float)args.temperature, args.topp, seed);
-        int steps = args.steps == 0 || args.steps > c->seq_len ? c->seq_len : (int)args.steps;
-        st = generate(&transformer, &tokenizer, &sampler, args.prompt, steps, args.ignore_bos);
+        st = generate(&transformer, &tokenizer, &sampler, args.prompt, clamp_steps(args.steps, c->seq_len),
+                      args.ignore_bos);
         free_sampler(&sampler);
     }
     print_stats(args.threads, load_s, &st);

@@ -8,6 +8,9 @@
 #pragma GCC diagnostic ignored "-Wunused-function" // the command line half of run.c is not under test
 #include "run.c"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 static int passed, failed, skipped;
 
 #define CHECK(cond, ...)                                                                          \
@@ -214,6 +217,273 @@ static void test_generation(int n_threads) {
     free_transformer(&tr);
 }
 
+// ----------------------------------------------------------------------------
+// Refusals: the readers and the command line exit, so each case runs in a child process
+
+// run fn(ctx) in a child; its exit status (0 when fn returns), its stderr in err
+static int child_exit(void (*fn)(const void *), const void *ctx, char *err, size_t cap) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], STDERR_FILENO);
+        fn(ctx);
+        exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    ssize_t r;
+    while ((r = read(fds[0], err + got, cap - 1 - got)) > 0) got += (size_t)r;
+    err[got] = 0;
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// exit 3 with exactly one line, `error: <path>: ...` holding `problem`
+static int refused(void (*fn)(const void *), const char *path, const char *problem) {
+    char err[4096], prefix[512];
+    int code = child_exit(fn, path, err, sizeof err);
+    snprintf(prefix, sizeof prefix, "error: %s: ", path);
+    char *nl = strchr(err, '\n');
+    int ok = code == 3 && !strncmp(err, prefix, strlen(prefix)) && nl && !nl[1] && strstr(err, problem);
+    if (!ok) fprintf(stderr, "  exit %d, stderr: %s", code, err);
+    return ok;
+}
+
+typedef struct { unsigned char *p; size_t n, cap; } Buf;
+
+static void put(Buf *b, const void *data, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2;
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, data, n);
+    b->n += n;
+}
+static void put_u32(Buf *b, uint32_t v) { put(b, &v, 4); } // little-endian hosts, as the port
+static void put_u64(Buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_f32(Buf *b, float v) { put(b, &v, 4); }
+static void put_str(Buf *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
+
+static const char *write_temp(const Buf *b) {
+    static char paths[8][64];
+    static int next;
+    char *path = paths[next++ % 8];
+    snprintf(path, 64, "/tmp/polyllama-c-test-XXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0 || write(fd, b->p, b->n) != (ssize_t)b->n) fprintf(stderr, "cannot write %s\n", path);
+    close(fd);
+    return path;
+}
+
+// The test vocabulary: <unk>, BOS, EOS, the 256 byte tokens, " ", "a", " a" (262 tokens).
+// space_as replaces the " " piece; bad_score, when not 0, is token 5's score.
+#define TEST_VOCAB 262
+static void test_piece(int i, const char *space_as, char *out) {
+    static const char *named[3] = {"<unk>", "\n<s>\n", "\n</s>\n"}, *tail[3] = {NULL, "a", " a"};
+    if (i < 3) strcpy(out, named[i]);
+    else if (i < 259) sprintf(out, "<0x%02X>", i - 3);
+    else strcpy(out, i == 259 ? space_as : tail[i - 259]);
+}
+
+static const char *write_tokenizer(int n, const char *space_as, float bad_score) {
+    Buf b = {0};
+    put_u32(&b, 8);
+    for (int i = 0; i < n; i++) {
+        char piece[16];
+        test_piece(i, space_as, piece);
+        put_f32(&b, i == 5 && bad_score != 0 ? bad_score : -(float)i);
+        put_u32(&b, (uint32_t)strlen(piece));
+        put(&b, piece, strlen(piece));
+    }
+    const char *path = write_temp(&b);
+    free(b.p);
+    return path;
+}
+
+static void load_tokenizer(const void *path) {
+    Vocab v = {0};
+    read_vocab(&v, path, TEST_VOCAB);
+}
+
+static void load_small_tokenizer(const void *path) {
+    Vocab v = {0};
+    read_vocab(&v, path, 100);
+}
+
+static void load_checkpoint(const void *path) {
+    Transformer t;
+    build_transformer(&t, path);
+}
+
+// gap 1 and 3 for tokenizer.bin: a " " piece, finite scores, at least 259 tokens
+static void test_tokenizer_file_rules(void) {
+    const char *good = write_tokenizer(TEST_VOCAB, " ", 0);
+    Vocab v = {0};
+    read_vocab(&v, good, TEST_VOCAB);
+    CHECK(v.vocab_size == TEST_VOCAB && v.lengths[259] == 1, "the test tokenizer loads");
+    free_vocab(&v);
+    const char *path = write_tokenizer(TEST_VOCAB, "@", 0);
+    CHECK(refused(load_tokenizer, path, "no piece \" \""), "tokenizer.bin without \" \" is refused at load");
+    unlink(path);
+    path = write_tokenizer(TEST_VOCAB, " ", NAN);
+    CHECK(refused(load_tokenizer, path, "token 5 has a NaN score"), "tokenizer.bin NaN score");
+    unlink(path);
+    path = write_tokenizer(TEST_VOCAB, " ", -INFINITY);
+    CHECK(refused(load_tokenizer, path, "token 5 has an infinite score"), "tokenizer.bin infinite score");
+    unlink(path);
+    path = write_tokenizer(100, " ", 0);
+    CHECK(refused(load_small_tokenizer, path, "at least 259"), "a tokenizer without the byte tokens");
+    unlink(path);
+    unlink(good);
+}
+
+// A GGUF model (dim 8, hidden 16, one layer, two heads, seq_len 8) with the test vocabulary,
+// and the defects that llama.cpp (and the contract) refuse.
+enum { G_OK, G_EMPTY_KEY, G_DUP_KEY, G_DUP_TOKENIZER_KEY, G_DUP_TENSOR, G_EXTRA_TENSOR, G_UNALIGNED, G_OVERLAP,
+       G_NAN_SCORE, G_INF_SCORE, G_NO_SPACE };
+
+static void put_kv_u32(Buf *b, int *n, const char *key, uint32_t v) {
+    put_str(b, key); put_u32(b, 4); put_u32(b, v); (*n)++;
+}
+
+static void put_kv_scores(Buf *b, int *n, int defect) {
+    put_str(b, "tokenizer.ggml.scores"); put_u32(b, 9); put_u32(b, 6); put_u64(b, TEST_VOCAB);
+    for (int i = 0; i < TEST_VOCAB; i++)
+        put_f32(b, i == 5 && defect == G_NAN_SCORE ? NAN : i == 5 && defect == G_INF_SCORE ? INFINITY : -(float)i);
+    (*n)++;
+}
+
+static int gguf_kvs(Buf *b, int defect) {
+    int n = 0;
+    put_str(b, "general.architecture"); put_u32(b, 8); put_str(b, "llama"); n++;
+    put_str(b, defect == G_EMPTY_KEY ? "" : "general.name"); put_u32(b, 8); put_str(b, "test"); n++;
+    put_kv_u32(b, &n, "llama.embedding_length", 8);
+    put_kv_u32(b, &n, "llama.feed_forward_length", 16);
+    put_kv_u32(b, &n, "llama.block_count", 1);
+    put_kv_u32(b, &n, "llama.attention.head_count", 2);
+    put_kv_u32(b, &n, "llama.context_length", 8);
+    put_str(b, "tokenizer.ggml.tokens"); put_u32(b, 9); put_u32(b, 8); put_u64(b, TEST_VOCAB);
+    for (int i = 0; i < TEST_VOCAB; i++) {
+        char piece[16];
+        test_piece(i, defect == G_NO_SPACE ? "\xe2\x96\x82" : "\xe2\x96\x81", piece);
+        if (i == 261) strcpy(piece, "\xe2\x96\x81" "a");
+        if (i == 1 || i == 2) strcpy(piece, i == 1 ? "<s>" : "</s>");
+        put_str(b, piece);
+    }
+    n++;
+    put_kv_scores(b, &n, defect);
+    if (defect == G_DUP_KEY) put_kv_u32(b, &n, "llama.block_count", 1);
+    if (defect == G_DUP_TOKENIZER_KEY) put_kv_scores(b, &n, G_OK);
+    return n;
+}
+
+static const char *write_gguf(int defect) {
+    static const char *names[11] = {"token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight",
+                                    "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
+                                    "blk.0.attn_output.weight", "blk.0.ffn_norm.weight", "blk.0.ffn_gate.weight",
+                                    "blk.0.ffn_down.weight", "blk.0.ffn_up.weight"};
+    // dims innermost first: a (rows, cols) matrix is [cols, rows]; 0 = a vector
+    static const uint64_t dims[11][2] = {{8, TEST_VOCAB}, {8, 0}, {8, 0}, {8, 8}, {8, 8}, {8, 8}, {8, 8},
+                                         {8, 0}, {8, 16}, {16, 8}, {8, 16}};
+    const char *tnames[12];
+    uint64_t tdims[12][2], offsets[12], end = 0;
+    int nt = 11;
+    for (int i = 0; i < 11; i++) { tnames[i] = names[i]; tdims[i][0] = dims[i][0]; tdims[i][1] = dims[i][1]; }
+    if (defect == G_DUP_TENSOR || defect == G_EXTRA_TENSOR) {
+        tnames[11] = defect == G_DUP_TENSOR ? names[3] : "extra.weight";
+        tdims[11][0] = 8; tdims[11][1] = defect == G_DUP_TENSOR ? 8 : 0;
+        nt = 12;
+    }
+    for (int i = 0; i < nt; i++) {
+        offsets[i] = end;
+        end += (4 * tdims[i][0] * (tdims[i][1] ? tdims[i][1] : 1) + 31) / 32 * 32;
+    }
+    if (defect == G_UNALIGNED) offsets[nt - 1] += 4;
+    if (defect == G_OVERLAP) offsets[2] = offsets[1];
+    Buf kvs = {0}, b = {0};
+    int n_kv = gguf_kvs(&kvs, defect);
+    put(&b, "GGUF", 4); put_u32(&b, 3); put_u64(&b, (uint64_t)nt); put_u64(&b, (uint64_t)n_kv);
+    put(&b, kvs.p, kvs.n);
+    for (int i = 0; i < nt; i++) {
+        put_str(&b, tnames[i]);
+        put_u32(&b, tdims[i][1] ? 2 : 1);
+        put_u64(&b, tdims[i][0]);
+        if (tdims[i][1]) put_u64(&b, tdims[i][1]);
+        put_u32(&b, 0);
+        put_u64(&b, offsets[i]);
+    }
+    while (b.n % 32) put(&b, "", 1);
+    for (uint64_t i = 0; i < end / 4 + 16; i++) put_f32(&b, (float)(i % 7) * 0.01f);
+    const char *path = write_temp(&b);
+    free(kvs.p);
+    free(b.p);
+    return path;
+}
+
+// gaps 1, 3 and 4 for GGUF
+static void test_gguf_rules(void) {
+    const char *good = write_gguf(G_OK);
+    Transformer tr;
+    build_transformer(&tr, good);
+    CHECK(tr.has_vocab && tr.vocab.vocab_size == TEST_VOCAB && tr.config.dim == 8 && tr.config.shared_classifier &&
+          tr.vocab.lengths[259] == 1 && tr.vocab.pieces[259][0] == ' ', "the test GGUF loads");
+    free_transformer(&tr);
+    unlink(good);
+    struct { int defect; const char *problem, *what; } cases[] = {
+        {G_EMPTY_KEY, "key 2 of 9 is empty", "an empty key"},
+        {G_DUP_KEY, "key llama.block_count appears twice", "a repeated key"},
+        {G_DUP_TOKENIZER_KEY, "key tokenizer.ggml.scores appears twice", "a repeated tokenizer key"},
+        {G_DUP_TENSOR, "tensor blk.0.attn_q.weight appears twice", "a repeated tensor name"},
+        {G_EXTRA_TENSOR, "unexpected tensor extra.weight: a 1-layer model has 11 tensors, the file 12", "an extra tensor"},
+        {G_UNALIGNED, "not a multiple of general.alignment=32", "an unaligned tensor offset"},
+        {G_OVERLAP, "tensors blk.0.attn_norm.weight and output_norm.weight overlap", "overlapping tensors"},
+        {G_NAN_SCORE, "token 5 has a NaN score", "a NaN score"},
+        {G_INF_SCORE, "token 5 has an infinite score", "an infinite score"},
+        {G_NO_SPACE, "no piece \" \"", "no \" \" piece"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_gguf(cases[i].defect);
+        CHECK(refused(load_checkpoint, path, cases[i].problem), "GGUF with %s is refused", cases[i].what);
+        unlink(path);
+    }
+}
+
+static void parse_argv(const void *ctx) {
+    const char *const *flags = ctx;
+    char *argv[] = {"run", "m.bin", (char *)flags[0], (char *)flags[1]};
+    parse_args(4, argv);
+}
+
+static Args parse_one(const char *flag, const char *value) {
+    char *argv[] = {"run", "m.bin", (char *)flag, (char *)value};
+    return parse_args(4, argv);
+}
+
+// gap 2: -n of any size (clamped to seq_len), -j in [1, 4096], -s in [0, 2^64 - 1]
+static void test_flag_ranges(void) {
+    CHECK(parse_one("-n", "1099511627776").steps == 1099511627776LL, "-n above 2^32");
+    CHECK(parse_one("-n", "99999999999999999999999999").steps == LLONG_MAX, "-n beyond 64 bits saturates");
+    char digits[400];
+    memset(digits, '9', sizeof digits - 1);
+    digits[sizeof digits - 1] = 0;
+    CHECK(parse_one("-n", digits).steps == LLONG_MAX, "-n with 399 digits");
+    CHECK(clamp_steps(LLONG_MAX, 512) == 512 && clamp_steps(0, 512) == 512 && clamp_steps(7, 512) == 7,
+          "steps clamp to seq_len");
+    CHECK(parse_one("-j", "4096").threads == 4096, "-j 4096");
+    CHECK(parse_one("-s", "18446744073709551615").seed == ULLONG_MAX, "-s 2^64 - 1");
+    const char *bad[][2] = {{"-j", "4097"}, {"-s", "18446744073709551616"}, {"-n", "-3"}, {"-n", "1_0"}};
+    for (int i = 0; i < 4; i++) {
+        char err[4096];
+        int code = child_exit(parse_argv, bad[i], err, sizeof err);
+        CHECK(code == 2 && !strncmp(err, "error: ", 7), "%s %s is a usage error (exit %d)", bad[i][0], bad[i][1], code);
+    }
+}
+
 int main(void) {
     test_rng();
     test_sampler();
@@ -222,6 +492,9 @@ int main(void) {
     test_tokenizer();
     test_generation(1);
     test_generation(2);
+    test_tokenizer_file_rules();
+    test_gguf_rules();
+    test_flag_ranges();
     printf("%d passed, %d failed", passed, failed);
     if (skipped) printf(", %d skipped", skipped);
     printf("\n");

@@ -1,6 +1,7 @@
 // polyllama C++ port: Llama 2 inference for the llama2.c model family.
 //
-// The declarations that run.cpp implements top to bottom and the unit tests exercise.
+// The declarations that run.cpp (and, for the model files, formats.cpp) implement and the unit
+// tests exercise.
 // Everything a user can get wrong surfaces as one of the three exception types below;
 // main() turns each into one `error:` line and the contract's exit code.
 #pragma once
@@ -79,14 +80,6 @@ struct Config {
     std::string describe() const;
 };
 
-// The header values as read (64-bit, so that a hostile header cannot overflow), checked
-// against the contract's limits before anything is sized from them.
-struct RawConfig {
-    std::int64_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
-    bool shared_classifier;
-    Config validate(const std::string& path) const;
-};
-
 struct LayerWeights {
     std::span<const float> rms_att;  // (dim)
     std::span<const float> wq;       // (dim, dim)
@@ -112,7 +105,7 @@ struct Vocab {
     std::vector<float> scores;
 };
 
-// A loaded checkpoint: the map keeps the weights alive.
+// A loaded checkpoint: the map keeps the weights alive. formats.hpp declares the readers.
 struct Model {
     Config config;
     std::unique_ptr<MappedFile> file;
@@ -120,9 +113,6 @@ struct Model {
     std::optional<Vocab> vocab;  // GGUF embeds its tokenizer
     std::string format;          // "v0", "v1" or "gguf"
 };
-
-Model read_model(const std::string& path);
-Vocab read_tokenizer(const std::string& path, int vocab_size);
 
 // A fixed team of workers created once; the caller is worker 0, so a pool of 1 starts no
 // thread at all. parallel_for(n, fn) runs fn(task) for task = 0..n-1 across the team and
@@ -277,6 +267,7 @@ struct Args {
 };
 
 Args parse_args(int argc, const char* const* argv);  // throws UsageError
+int clamp_steps(std::int64_t steps, int seq_len);     // -n 0, and past seq_len, mean seq_len
 int run_main(int argc, const char* const* argv);      // the whole program; returns the exit code
 
 }  // namespace llama2

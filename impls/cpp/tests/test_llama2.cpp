@@ -2,14 +2,17 @@
 //
 // Model files are found through POLYLLAMA_MODEL_PATH (':'-separated directories). When they
 // are missing the tests that need them fail under CI=true and are skipped otherwise.
+#include "formats.hpp"
 #include "llama2.hpp"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <numeric>
 
 namespace fs = std::filesystem;
@@ -230,6 +233,21 @@ TEST(CommandLine, PlainDecimalNumbers) {
     EXPECT_EQ(parse({"m.bin", "-n", "-0"}).steps, 0);
 }
 
+TEST(CommandLine, FlagRanges) {
+    EXPECT_EQ(parse({"m.bin", "-n", "1099511627776"}).steps, 1099511627776);
+    EXPECT_EQ(parse({"m.bin", "-n", "99999999999999999999999999"}).steps, INT64_MAX);
+    std::string digits(400, '9');
+    EXPECT_EQ(parse({"m.bin", "-n", digits.c_str()}).steps, INT64_MAX);
+    EXPECT_EQ(clamp_steps(INT64_MAX, 512), 512);
+    EXPECT_EQ(clamp_steps(0, 512), 512);
+    EXPECT_EQ(clamp_steps(7, 512), 7);
+    EXPECT_EQ(parse({"m.bin", "-j", "4096"}).threads, 4096);
+    EXPECT_THROW(parse({"m.bin", "-j", "4097"}), UsageError);
+    EXPECT_EQ(parse({"m.bin", "-s", "18446744073709551615"}).seed, UINT64_MAX);
+    EXPECT_THROW(parse({"m.bin", "-s", "18446744073709551616"}), UsageError);
+    EXPECT_THROW(parse({"m.bin", "-n", "-1"}), UsageError);
+}
+
 TEST(CommandLine, UsageErrors) {
     const std::vector<std::vector<const char*>> bad = {
         {},
@@ -292,6 +310,184 @@ TEST(Files, TokenizerMustMatchTheVocabulary) {
     EXPECT_NO_THROW(read_tokenizer(path, 512));
     EXPECT_THROW(read_tokenizer(path, 511), FormatError);
     EXPECT_THROW(read_tokenizer(path, 513), FormatError);
+}
+
+// ---------------------------------------------------------------- tokenizer and GGUF rules
+
+namespace {
+
+// `fn` throws a FormatError "<path>: ..." that holds `problem`
+template <class F>
+void expect_refused(F fn, const fs::path& path, const std::string& problem) {
+    try {
+        fn();
+        ADD_FAILURE() << path << " was accepted, expected: " << problem;
+    } catch (const FormatError& e) {
+        std::string what = e.what();
+        EXPECT_EQ(what.rfind(path.string() + ": ", 0), 0u) << what;
+        EXPECT_NE(what.find(problem), std::string::npos) << what;
+        EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    }
+}
+
+// The test vocabulary: <unk>, BOS, EOS, the 256 byte tokens, then " ", "a", " a" (262 tokens).
+constexpr int TEST_VOCAB = 262;
+
+std::string test_piece(int i, const std::string& space) {
+    static const char* named[3] = {"<unk>", "\n<s>\n", "\n</s>\n"};
+    if (i < 3) return named[i];
+    if (i < 259) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "<0x%02X>", i - 3);
+        return hex;
+    }
+    return i == 259 ? space : i == 260 ? "a" : space + "a";
+}
+
+std::string tokenizer_bin(int n, const std::string& space, float bad_score = 0) {
+    std::string s;
+    put(s, std::int32_t{8});
+    for (int i = 0; i < n; ++i) {
+        std::string piece = test_piece(i, space);
+        put(s, i == 5 && bad_score != 0 ? bad_score : -static_cast<float>(i));
+        put(s, static_cast<std::int32_t>(piece.size()));
+        s += piece;
+    }
+    return s;
+}
+
+enum class Defect { none, empty_key, dup_key, dup_tokenizer_key, dup_tensor, extra_tensor, unaligned, overlap,
+                    nan_score, inf_score, no_space };
+
+void put_str(std::string& s, const std::string& text) {
+    put(s, static_cast<std::uint64_t>(text.size()));
+    s += text;
+}
+
+void put_kv_u32(std::string& s, int& n, const std::string& key, std::uint32_t v) {
+    put_str(s, key), put(s, std::uint32_t{4}), put(s, v), ++n;
+}
+
+void put_kv_scores(std::string& s, int& n, Defect defect) {
+    put_str(s, "tokenizer.ggml.scores"), put(s, std::uint32_t{9}), put(s, std::uint32_t{6});
+    put(s, static_cast<std::uint64_t>(TEST_VOCAB));
+    for (int i = 0; i < TEST_VOCAB; ++i) {
+        float score = -static_cast<float>(i);
+        if (i == 5 && defect == Defect::nan_score) score = NAN;
+        if (i == 5 && defect == Defect::inf_score) score = INFINITY;
+        put(s, score);
+    }
+    ++n;
+}
+
+int gguf_kvs(std::string& s, Defect defect) {
+    int n = 0;
+    put_str(s, "general.architecture"), put(s, std::uint32_t{8}), put_str(s, "llama"), ++n;
+    put_str(s, defect == Defect::empty_key ? "" : "general.name"), put(s, std::uint32_t{8}), put_str(s, "test"), ++n;
+    put_kv_u32(s, n, "llama.embedding_length", 8);
+    put_kv_u32(s, n, "llama.feed_forward_length", 16);
+    put_kv_u32(s, n, "llama.block_count", 1);
+    put_kv_u32(s, n, "llama.attention.head_count", 2);
+    put_kv_u32(s, n, "llama.context_length", 8);
+    put_str(s, "tokenizer.ggml.tokens"), put(s, std::uint32_t{9}), put(s, std::uint32_t{8});
+    put(s, static_cast<std::uint64_t>(TEST_VOCAB));
+    for (int i = 0; i < TEST_VOCAB; ++i) {
+        std::string piece = test_piece(i, defect == Defect::no_space ? "\xE2\x96\x82" : "\xE2\x96\x81");
+        if (i == 1 || i == 2) piece = i == 1 ? "<s>" : "</s>";
+        put_str(s, piece);
+    }
+    ++n;
+    put_kv_scores(s, n, defect);
+    if (defect == Defect::dup_key) put_kv_u32(s, n, "llama.block_count", 1);
+    if (defect == Defect::dup_tokenizer_key) put_kv_scores(s, n, Defect::none);
+    return n;
+}
+
+// A GGUF model (dim 8, hidden 16, one layer, two heads, seq_len 8) with the test vocabulary.
+std::string gguf_model(Defect defect) {
+    struct Tensor {
+        std::string name;
+        std::vector<std::uint64_t> dims;  // innermost first: a (rows, cols) matrix is [cols, rows]
+        std::uint64_t offset = 0;
+    };
+    std::vector<Tensor> tensors = {
+        {"token_embd.weight", {8, TEST_VOCAB}}, {"output_norm.weight", {8}},  {"blk.0.attn_norm.weight", {8}},
+        {"blk.0.attn_q.weight", {8, 8}},         {"blk.0.attn_k.weight", {8, 8}}, {"blk.0.attn_v.weight", {8, 8}},
+        {"blk.0.attn_output.weight", {8, 8}},    {"blk.0.ffn_norm.weight", {8}},  {"blk.0.ffn_gate.weight", {8, 16}},
+        {"blk.0.ffn_down.weight", {16, 8}},      {"blk.0.ffn_up.weight", {8, 16}}};
+    if (defect == Defect::dup_tensor) tensors.push_back({"blk.0.attn_q.weight", {8, 8}});
+    if (defect == Defect::extra_tensor) tensors.push_back({"extra.weight", {8}});
+    std::uint64_t end = 0;
+    for (auto& t : tensors) {
+        t.offset = end;
+        end += (4 * std::accumulate(t.dims.begin(), t.dims.end(), std::uint64_t{1}, std::multiplies<>()) + 31) / 32 * 32;
+    }
+    if (defect == Defect::unaligned) tensors.back().offset += 4;
+    if (defect == Defect::overlap) tensors[2].offset = tensors[1].offset;
+    std::string kvs;
+    int n_kv = gguf_kvs(kvs, defect);
+    std::string s = "GGUF";
+    put(s, std::uint32_t{3}), put(s, static_cast<std::uint64_t>(tensors.size())), put(s, static_cast<std::uint64_t>(n_kv));
+    s += kvs;
+    for (const auto& t : tensors) {
+        put_str(s, t.name), put(s, static_cast<std::uint32_t>(t.dims.size()));
+        for (auto d : t.dims) put(s, d);
+        put(s, std::uint32_t{0}), put(s, t.offset);
+    }
+    s.resize((s.size() + 31) / 32 * 32, '\0');
+    for (std::uint64_t i = 0; i < end / 4 + 16; ++i) put(s, static_cast<float>(i % 7) * 0.01f);
+    return s;
+}
+
+}  // namespace
+
+TEST(Files, TokenizerNeedsSpacePieceFiniteScoresAndByteTokens) {
+    TempFile good(tokenizer_bin(TEST_VOCAB, " "));
+    EXPECT_EQ(read_tokenizer(good.path.string(), TEST_VOCAB).pieces[259], " ");
+    TempFile no_space(tokenizer_bin(TEST_VOCAB, "@"));
+    expect_refused([&] { read_tokenizer(no_space.path.string(), TEST_VOCAB); }, no_space.path, "no piece \" \"");
+    TempFile nan(tokenizer_bin(TEST_VOCAB, " ", NAN));
+    expect_refused([&] { read_tokenizer(nan.path.string(), TEST_VOCAB); }, nan.path, "token 5 has a NaN score");
+    TempFile inf(tokenizer_bin(TEST_VOCAB, " ", -INFINITY));
+    expect_refused([&] { read_tokenizer(inf.path.string(), TEST_VOCAB); }, inf.path, "token 5 has an infinite score");
+    TempFile small(tokenizer_bin(100, " "));
+    expect_refused([&] { read_tokenizer(small.path.string(), 100); }, small.path, "at least 259");
+}
+
+TEST(Files, GgufTestModelLoads) {
+    TempFile good(gguf_model(Defect::none));
+    Model m = read_model(good.path.string());
+    EXPECT_EQ(m.config.dim, 8);
+    EXPECT_TRUE(m.config.shared_classifier);
+    ASSERT_TRUE(m.vocab.has_value());
+    EXPECT_EQ(m.vocab->pieces[259], " ");
+    EXPECT_EQ(m.vocab->pieces[261], " a");
+}
+
+TEST(Files, GgufRefusesWhatLlamaCppRefuses) {
+    const std::pair<Defect, std::string> cases[] = {
+        {Defect::empty_key, "key 2 of 9 is empty"},
+        {Defect::dup_key, "key llama.block_count appears twice"},
+        {Defect::dup_tokenizer_key, "key tokenizer.ggml.scores appears twice"},
+        {Defect::dup_tensor, "tensor blk.0.attn_q.weight appears twice"},
+        {Defect::extra_tensor, "unexpected tensor extra.weight: a 1-layer model has 11 tensors, the file 12"},
+        {Defect::unaligned, "not a multiple of general.alignment=32"},
+        {Defect::overlap, "tensors blk.0.attn_norm.weight and output_norm.weight overlap"},
+        {Defect::nan_score, "token 5 has a NaN score"},
+        {Defect::inf_score, "token 5 has an infinite score"},
+        {Defect::no_space, "no piece \" \""},
+    };
+    for (const auto& [defect, problem] : cases) {
+        TempFile bad(gguf_model(defect));
+        expect_refused([&] { read_model(bad.path.string()); }, bad.path, problem);
+    }
+}
+
+TEST(Files, NoSpacePieceIsExit3BeforeAnyPrompt) {
+    TempFile bad(gguf_model(Defect::no_space));
+    std::string path = bad.path.string();
+    const char* argv[] = {"run", path.c_str(), "-n", "1", "-t", "0"};
+    EXPECT_EQ(run_main(6, argv), 3);
 }
 
 // ---------------------------------------------------------------- model

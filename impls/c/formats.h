@@ -1,0 +1,72 @@
+/* The C port's input files: llama2.c checkpoints (v0 and v1), GGUF, and tokenizer.bin.
+
+   Every reader validates before it trusts (docs/port-contract.md, sections 4 and 5): nothing is
+   sized from a header value before the file is known to hold it, and every failure is one
+   `error: <path>: <problem>` line and exit 3. The types below are what run.c computes with. */
+
+#ifndef POLYLLAMA_FORMATS_H
+#define POLYLLAMA_FORMATS_H
+
+#include <stddef.h>
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+#define EXIT_BAD_FILE 3
+
+typedef struct {
+    int dim;        // transformer dimension
+    int hidden_dim; // for ffn layers
+    int n_layers;
+    int n_heads;    // number of query heads
+    int n_kv_heads; // number of key/value heads (can be < query heads because of multiquery)
+    int vocab_size; // always positive here; sharing is its own flag
+    int seq_len;    // max sequence length
+    int shared_classifier;
+} Config;
+
+// One layer's weights. Pointers, not offsets: GGUF stores each layer's tensors separately.
+typedef struct {
+    const float *rms_att; // (dim,)
+    const float *wq;      // (dim, n_heads * head_size)
+    const float *wk;      // (kv_dim, dim)
+    const float *wv;      // (kv_dim, dim)
+    const float *wo;      // (dim, n_heads * head_size)
+    const float *rms_ffn; // (dim,)
+    const float *w1;      // (hidden_dim, dim)
+    const float *w2;      // (dim, hidden_dim)
+    const float *w3;      // (hidden_dim, dim)
+} LayerWeights;
+
+typedef struct {
+    const float *token_embedding; // (vocab_size, dim)
+    LayerWeights *layers;         // (n_layers,)
+    const float *rms_final;       // (dim,)
+    const float *wcls;            // (vocab_size, dim): token_embedding when shared
+} TransformerWeights;
+
+// The vocabulary as read from tokenizer.bin or from a GGUF file's metadata.
+typedef struct {
+    int vocab_size;
+    char **pieces;   // not NUL-terminated: a piece may hold any byte
+    int *lengths;
+    float *scores;
+    int max_token_length;
+    void *arena;     // owns the bytes the pieces point into
+} Vocab;
+
+// a bad input file: `error: <path>: <problem>`, exit 3
+_Noreturn void die_file(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// calloc, or `error: cannot allocate` and exit 1
+void *xcalloc(size_t n, size_t size);
+
+// Sniff, validate and map a checkpoint. The weights point into *data (file_size bytes). A GGUF
+// file brings its tokenizer: then *vocab is filled, otherwise vocab->vocab_size is 0.
+void read_checkpoint(const char *path, Config *config, TransformerWeights *weights, Vocab *vocab, void **data,
+                     size_t *file_size);
+void free_checkpoint(TransformerWeights *weights, Vocab *vocab, void *data, size_t file_size);
+
+// tokenizer.bin, which must hold exactly vocab_size tokens
+void read_vocab(Vocab *v, const char *path, int vocab_size);
+void free_vocab(Vocab *v);
+
+#endif
