@@ -17,6 +17,9 @@ class Toolchain(_Strict):
     check: Argv = Field(min_length=1, description="argv; exit 0 = present, first output line = version")
     install: Argv | None = Field(None, description="idempotent installer, run when the check fails")
     size: str = Field("", description="what the installer downloads, said before it starts (e.g. 'about 4 GB')")
+    pin: str = Field("", description="the toolchain version the installer installs and the check requires ({pin} "
+                                     "in argv); native builds and every Dockerfile stage use it, so both measure "
+                                     "the same compiler")
 
 
 class Build(_Strict):

@@ -68,3 +68,20 @@ def test_invoke_reports_errors_in_one_line():
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown port" in r.stderr
+
+
+def test_pinned_toolchains_are_what_the_check_finds():
+    """One pin per port (port.toml), used by its check and its installer, so native builds and
+    every Dockerfile stage (which run the same installers) build with the same version."""
+    from orchestrator.ports.discover import toolchain_version
+    problems = []
+    for port in discover():
+        tc = port.manifest.toolchain
+        if not tc.pin:
+            continue
+        if not any("{pin}" in a for a in tc.check) or not any("{pin}" in a for a in tc.install or []):
+            problems.append(f"{port.name}: the pin {tc.pin} is not passed to its check and its installer")
+        version = toolchain_version(port)
+        if version is not None and tc.pin not in version:
+            problems.append(f"{port.name}: the check found {version!r}, the pin is {tc.pin}")
+    assert not problems, problems

@@ -31,7 +31,8 @@ class Port:
         return self.manifest.name
 
     def expand(self, argv: list[str], jobs: int = 1) -> list[str]:
-        subs = {"{python}": sys.executable, "{port_dir}": str(self.dir), "{root}": str(ROOT), "{jobs}": str(jobs)}
+        subs = {"{python}": sys.executable, "{port_dir}": str(self.dir), "{root}": str(ROOT), "{jobs}": str(jobs),
+                "{pin}": self.manifest.toolchain.pin}
         out = []
         for arg in argv:
             for key, value in subs.items():
