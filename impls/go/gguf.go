@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"sort"
 )
 
 // GGUF value types
@@ -179,39 +180,133 @@ func (g *ggufCursor) value(typ uint32, key string, keep bool) (ggufValue, error)
 		if v.etype != ggufString {
 			return v, fileError(g.path, "%s: unsupported array element type %d", oneLine(key), v.etype)
 		}
-		if v.count > uint64(len(g.data))/8 { // each string needs at least its length
-			return v, g.need(math.MaxUint64, key)
-		}
-		if keep {
-			if v.count > maxVocab {
-				return v, fileError(g.path, "vocabulary of %d tokens exceeds the limit %d", v.count, maxVocab)
-			}
-			v.strs = make([][]byte, v.count)
-		}
-		for i := uint64(0); i < v.count; i++ {
-			s, err := g.str(key)
-			if err != nil {
-				return v, err
-			}
-			if keep {
-				v.strs[i] = s
-			}
-		}
-		return v, nil
+		return v, g.strings(&v, key, keep)
 	}
 	return v, fileError(g.path, "%s: unknown value type %d", oneLine(key), typ)
 }
 
-type ggufTensor struct {
-	dims   []uint64 // innermost first
-	typ    uint32
-	offset uint64
+// strings reads the elements of a string array, keeping them only when keep is set.
+func (g *ggufCursor) strings(v *ggufValue, key string, keep bool) error {
+	if v.count > uint64(len(g.data))/8 { // each string needs at least its length
+		return g.need(math.MaxUint64, key)
+	}
+	if keep {
+		if v.count > maxVocab {
+			return fileError(g.path, "vocabulary of %d tokens exceeds the limit %d", v.count, maxVocab)
+		}
+		v.strs = make([][]byte, v.count)
+	}
+	for i := uint64(0); i < v.count; i++ {
+		s, err := g.str(key)
+		if err != nil {
+			return err
+		}
+		if keep {
+			v.strs[i] = s
+		}
+	}
+	return nil
 }
 
-// GGUF tensor names of the llama architecture; %d is the layer.
-var ggufLayerNames = [...]string{"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_down", "ffn_up"}
+// ----------------------------------------------------------------------------
+// Header, key-value section and tensor infos
 
-const ggufSpace = "\u2581" // SentencePiece's spelling of a space
+// header reads the version and the two counts that follow the magic.
+func (g *ggufCursor) header() (nTensors, nKV uint64, err error) {
+	version, err := g.u32("version")
+	if err != nil {
+		return 0, 0, err
+	}
+	if version != 2 && version != 3 {
+		return 0, 0, fileError(g.path, "unsupported GGUF version %d (2 and 3 are read)", version)
+	}
+	if nTensors, err = g.u64("tensor count"); err != nil {
+		return 0, 0, err
+	}
+	if nKV, err = g.u64("kv count"); err != nil {
+		return 0, 0, err
+	}
+	if nTensors > maxEntries || nKV > maxEntries {
+		return 0, 0, fileError(g.path, "implausible counts: %d tensors, %d keys (limit %d)", nTensors, nKV, maxEntries)
+	}
+	return nTensors, nKV, nil
+}
+
+// keyValues reads the metadata. llama.cpp refuses an empty key and a key given twice, and so
+// does this reader: which of two values would be meant is anyone's guess.
+func (g *ggufCursor) keyValues(n uint64) (map[string]ggufValue, error) {
+	kv := map[string]ggufValue{}
+	for i := uint64(0); i < n; i++ {
+		keyB, err := g.str("key")
+		if err != nil {
+			return nil, err
+		}
+		key := string(keyB)
+		if key == "" {
+			return nil, fileError(g.path, "key %d of %d is empty", i+1, n)
+		}
+		if _, dup := kv[key]; dup {
+			return nil, fileError(g.path, "key %s appears twice", oneLine(key))
+		}
+		typ, err := g.u32("type of " + oneLine(key))
+		if err != nil {
+			return nil, err
+		}
+		if kv[key], err = g.value(typ, key, key == "tokenizer.ggml.tokens"); err != nil {
+			return nil, err
+		}
+	}
+	return kv, nil
+}
+
+type ggufTensor struct {
+	name   string
+	dims   []uint64 // innermost first
+	typ    uint32
+	offset uint64 // from the start of the data section
+}
+
+// tensorInfos reads the tensor table in file order; a name given twice is refused.
+func (g *ggufCursor) tensorInfos(n uint64) ([]ggufTensor, map[string]int, error) {
+	infos := make([]ggufTensor, 0, n)
+	index := make(map[string]int, n)
+	for i := uint64(0); i < n; i++ {
+		nameB, err := g.str("tensor name")
+		if err != nil {
+			return nil, nil, err
+		}
+		info := ggufTensor{name: string(nameB)}
+		shown := oneLine(info.name)
+		if _, dup := index[info.name]; dup {
+			return nil, nil, fileError(g.path, "tensor %s appears twice", shown)
+		}
+		nDims, err := g.u32(shown)
+		if err != nil {
+			return nil, nil, err
+		}
+		if nDims > 4 {
+			return nil, nil, fileError(g.path, "tensor %s has %d dimensions", shown, nDims)
+		}
+		info.dims = make([]uint64, nDims)
+		for d := range info.dims {
+			if info.dims[d], err = g.u64(shown); err != nil {
+				return nil, nil, err
+			}
+		}
+		if info.typ, err = g.u32(shown); err != nil {
+			return nil, nil, err
+		}
+		if info.offset, err = g.u64(shown); err != nil {
+			return nil, nil, err
+		}
+		index[info.name] = len(infos)
+		infos = append(infos, info)
+	}
+	return infos, index, nil
+}
+
+// ----------------------------------------------------------------------------
+// The model: config from the keys, weights from the tensor table, the embedded tokenizer
 
 func readGGUF(path string, f *os.File, size int64) (*Transformer, error) {
 	data, unmap, err := mapChecked(path, f, size)
@@ -229,105 +324,75 @@ func readGGUF(path string, f *os.File, size int64) (*Transformer, error) {
 
 func parseGGUF(path string, data []byte) (*Transformer, error) {
 	g := &ggufCursor{path: path, data: data, off: 4}
-	version, err := g.u32("version")
+	nTensors, nKV, err := g.header()
 	if err != nil {
 		return nil, err
 	}
-	if version != 2 && version != 3 {
-		return nil, fileError(path, "unsupported GGUF version %d (2 and 3 are read)", version)
-	}
-	nTensors, err := g.u64("tensor count")
+	kv, err := g.keyValues(nKV)
 	if err != nil {
 		return nil, err
 	}
-	nKV, err := g.u64("kv count")
+	infos, index, err := g.tensorInfos(nTensors)
 	if err != nil {
 		return nil, err
 	}
-	if nTensors > maxEntries || nKV > maxEntries {
-		return nil, fileError(path, "implausible counts: %d tensors, %d keys (limit %d)", nTensors, nKV, maxEntries)
-	}
-	kv := map[string]ggufValue{}
-	for i := uint64(0); i < nKV; i++ {
-		key, err := g.str("key")
-		if err != nil {
-			return nil, err
-		}
-		typ, err := g.u32("type of " + oneLine(string(key)))
-		if err != nil {
-			return nil, err
-		}
-		v, err := g.value(typ, string(key), string(key) == "tokenizer.ggml.tokens")
-		if err != nil {
-			return nil, err
-		}
-		kv[string(key)] = v
-	}
-	tensors := map[string]ggufTensor{}
-	for i := uint64(0); i < nTensors; i++ {
-		nameB, err := g.str("tensor name")
-		if err != nil {
-			return nil, err
-		}
-		name := oneLine(string(nameB))
-		nDims, err := g.u32(name)
-		if err != nil {
-			return nil, err
-		}
-		if nDims > 4 {
-			return nil, fileError(path, "tensor %s has %d dimensions", name, nDims)
-		}
-		info := ggufTensor{dims: make([]uint64, nDims)}
-		for d := range info.dims {
-			if info.dims[d], err = g.u64(name); err != nil {
-				return nil, err
-			}
-		}
-		if info.typ, err = g.u32(name); err != nil {
-			return nil, err
-		}
-		if info.offset, err = g.u64(name); err != nil {
-			return nil, err
-		}
-		tensors[string(nameB)] = info
-	}
-
 	if arch, ok := kv["general.architecture"]; !ok || arch.typ != ggufString || string(arch.str) != "llama" {
 		return nil, fileError(path, "general.architecture is not 'llama'")
 	}
-	intKey := func(key string, def int) (int, error) {
-		v, ok := kv[key]
-		if !ok {
-			if def != 0 {
-				return def, nil
-			}
-			return 0, fileError(path, "missing required key %s", key)
-		}
-		if !v.isInt() {
-			return 0, fileError(path, "key %s must be an integer", key)
-		}
-		return v.intValue(), nil
-	}
-	align, err := intKey("general.alignment", 32)
+	align, err := ggufInt(path, kv, "general.alignment", 32)
 	if err != nil {
 		return nil, err
 	}
 	if align <= 0 || align&(align-1) != 0 || align > 65536 {
 		return nil, fileError(path, "general.alignment=%d is not a power of two up to 65536", align)
 	}
-	dataStart := (g.off + uint64(align) - 1) / uint64(align) * uint64(align)
+	_, hasOutput := index["output.weight"]
+	c, err := ggufConfig(path, kv, !hasOutput)
+	if err != nil {
+		return nil, err
+	}
+	table := &ggufTable{path: path, data: data, infos: infos, index: index, align: uint64(align),
+		dataStart: (g.off + uint64(align) - 1) / uint64(align) * uint64(align)}
+	w, err := table.weights(&c)
+	if err != nil {
+		return nil, err
+	}
+	vocab, err := ggufVocab(path, kv)
+	if err != nil {
+		return nil, err
+	}
+	return &Transformer{config: c, weights: w, vocab: vocab}, nil
+}
 
+// ggufInt reads an integer key of any integer type; def != 0 is the value of an absent key.
+func ggufInt(path string, kv map[string]ggufValue, key string, def int) (int, error) {
+	v, ok := kv[key]
+	if !ok {
+		if def != 0 {
+			return def, nil
+		}
+		return 0, fileError(path, "missing required key %s", key)
+	}
+	if !v.isInt() {
+		return 0, fileError(path, "key %s must be an integer", key)
+	}
+	return v.intValue(), nil
+}
+
+// ggufConfig reads the llama.* keys; the vocabulary is the token list's length.
+func ggufConfig(path string, kv map[string]ggufValue, shared bool) (Config, error) {
 	tokens, ok := kv["tokenizer.ggml.tokens"]
 	if !ok || tokens.typ != ggufArray || tokens.etype != ggufString || tokens.count == 0 {
-		return nil, fileError(path, "missing tokenizer.ggml.tokens")
+		return Config{}, fileError(path, "missing tokenizer.ggml.tokens")
 	}
 	scores, ok := kv["tokenizer.ggml.scores"]
 	if _, numeric := ggufScalarSize[scores.etype]; !ok || scores.typ != ggufArray || !numeric || scores.count != tokens.count {
-		return nil, fileError(path, "tokenizer.ggml.scores missing or not one per token")
+		return Config{}, fileError(path, "tokenizer.ggml.scores missing or not one per token")
 	}
-	c := Config{VocabSize: int(tokens.count)}
-	if c.NHeads, err = intKey("llama.attention.head_count", 0); err != nil {
-		return nil, err
+	c := Config{VocabSize: int(tokens.count), Shared: shared}
+	var err error
+	if c.NHeads, err = ggufInt(path, kv, "llama.attention.head_count", 0); err != nil {
+		return c, err
 	}
 	for _, k := range []struct {
 		key string
@@ -338,57 +403,44 @@ func parseGGUF(path string, data []byte) (*Transformer, error) {
 		{"llama.block_count", &c.NLayers, 0}, {"llama.attention.head_count_kv", &c.NKVHeads, c.NHeads},
 		{"llama.context_length", &c.SeqLen, 0},
 	} {
-		if *k.dst, err = intKey(k.key, k.def); err != nil {
-			return nil, err
+		if *k.dst, err = ggufInt(path, kv, k.key, k.def); err != nil {
+			return c, err
 		}
 	}
-	_, hasOutput := tensors["output.weight"]
-	c.Shared = !hasOutput
-	if err := c.validate(path); err != nil {
-		return nil, err
-	}
+	return c, c.validate(path)
+}
 
-	tensor := func(name string, shape ...int) ([]float32, error) {
-		info, ok := tensors[name]
-		if !ok {
-			return nil, fileError(path, "missing tensor %s", name)
-		}
-		if info.typ != 0 {
-			return nil, fileError(path, "tensor %s has type %d; only F32 (0) is supported", name, info.typ)
-		}
-		same := len(info.dims) == len(shape)
-		for i := 0; same && i < len(shape); i++ {
-			same = info.dims[len(shape)-1-i] == uint64(shape[i])
-		}
-		if !same {
-			want := make([]int, len(shape))
-			for i := range shape {
-				want[i] = shape[len(shape)-1-i]
-			}
-			return nil, fileError(path, "tensor %s has dims %v, expected %v", name, info.dims, want)
-		}
-		n := int64(1)
-		for _, s := range shape {
-			n *= int64(s)
-		}
-		size := uint64(len(data))
-		if info.offset%4 != 0 || info.offset > size || dataStart > size-info.offset || uint64(4*n) > size-info.offset-dataStart {
-			return nil, fileError(path, "tensor %s lies outside the file", name)
-		}
-		return floatsAt(data, int64(dataStart+info.offset), n), nil
-	}
+// ggufTable turns the tensor infos into weights: each tensor found by name, checked for type,
+// shape, alignment and bounds, then the table as a whole for tensors that are not the model's
+// and for overlapping data.
+type ggufTable struct {
+	path      string
+	data      []byte
+	infos     []ggufTensor
+	index     map[string]int // name -> infos index
+	align     uint64
+	dataStart uint64
+	used      []bool // (len(infos)) taken by the model
+}
+
+// GGUF tensor names of the llama architecture, per layer; %d is the layer.
+var ggufLayerNames = [...]string{"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_down", "ffn_up"}
+
+func (t *ggufTable) weights(c *Config) (Weights, error) {
+	t.used = make([]bool, len(t.infos))
 	d, kvd, hd, L := c.Dim, c.kvDim(), c.HiddenDim, c.NLayers
 	w := Weights{}
-	if w.tokenEmbedding, err = tensor("token_embd.weight", c.VocabSize, d); err != nil {
-		return nil, err
+	var err error
+	if w.tokenEmbedding, err = t.tensor("token_embd.weight", c.VocabSize, d); err != nil {
+		return w, err
 	}
-	if w.rmsFinal, err = tensor("output_norm.weight", d); err != nil {
-		return nil, err
+	if w.rmsFinal, err = t.tensor("output_norm.weight", d); err != nil {
+		return w, err
 	}
 	w.wcls = w.tokenEmbedding
 	if !c.Shared {
-		if w.wcls, err = tensor("output.weight", c.VocabSize, d); err != nil {
-			return nil, err
+		if w.wcls, err = t.tensor("output.weight", c.VocabSize, d); err != nil {
+			return w, err
 		}
 	}
 	perLayer := []struct {
@@ -401,17 +453,119 @@ func parseGGUF(path string, data []byte) (*Transformer, error) {
 	for i, p := range perLayer {
 		*p.dst = make([][]float32, L)
 		for l := 0; l < L; l++ {
-			if (*p.dst)[l], err = tensor(fmt.Sprintf("blk.%d.%s.weight", l, ggufLayerNames[i]), p.shape...); err != nil {
-				return nil, err
+			if (*p.dst)[l], err = t.tensor(fmt.Sprintf("blk.%d.%s.weight", l, ggufLayerNames[i]), p.shape...); err != nil {
+				return w, err
 			}
 		}
 	}
+	if err := t.checkUnused(L); err != nil {
+		return w, err
+	}
+	return w, t.checkOverlap()
+}
 
-	// the embedded tokenizer: spaces are spelled U+2581, control tokens <s> </s> as llama2.c's
+// tensor returns the named tensor of shape (rows, cols) or (n).
+func (t *ggufTable) tensor(name string, shape ...int) ([]float32, error) {
+	i, ok := t.index[name]
+	if !ok {
+		return nil, fileError(t.path, "missing tensor %s", name)
+	}
+	info := &t.infos[i]
+	if info.typ != 0 {
+		return nil, fileError(t.path, "tensor %s has type %d; only F32 (0) is supported", name, info.typ)
+	}
+	if !sameShape(info.dims, shape) {
+		want := make([]int, len(shape))
+		for i := range shape {
+			want[i] = shape[len(shape)-1-i]
+		}
+		return nil, fileError(t.path, "tensor %s has dims %v, expected %v", name, info.dims, want)
+	}
+	if info.offset%t.align != 0 {
+		return nil, fileError(t.path, "tensor %s has offset %d, not a multiple of general.alignment=%d", name, info.offset, t.align)
+	}
+	n := int64(1)
+	for _, s := range shape {
+		n *= int64(s)
+	}
+	size := uint64(len(t.data))
+	if info.offset%4 != 0 || info.offset > size || t.dataStart > size-info.offset || uint64(4*n) > size-info.offset-t.dataStart {
+		return nil, fileError(t.path, "tensor %s lies outside the file", name)
+	}
+	t.used[i] = true
+	return floatsAt(t.data, int64(t.dataStart+info.offset), n), nil
+}
+
+// sameShape: GGUF lists dims innermost first, so (rows, cols) is [cols, rows].
+func sameShape(dims []uint64, shape []int) bool {
+	if len(dims) != len(shape) {
+		return false
+	}
+	for i := range shape {
+		if dims[len(shape)-1-i] != uint64(shape[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkUnused refuses a tensor the model does not have: llama.cpp insists that the file holds
+// exactly the tensors of its block_count.
+func (t *ggufTable) checkUnused(layers int) error {
+	for i, used := range t.used {
+		if !used {
+			return fileError(t.path, "unexpected tensor %s: a %d-layer model has %d tensors, the file %d",
+				oneLine(t.infos[i].name), layers, countTrue(t.used), len(t.infos))
+		}
+	}
+	return nil
+}
+
+func countTrue(b []bool) int {
+	n := 0
+	for _, v := range b {
+		if v {
+			n++
+		}
+	}
+	return n
+}
+
+// checkOverlap refuses tensors whose bytes [offset, offset + size) intersect.
+func (t *ggufTable) checkOverlap() error {
+	order := make([]int, len(t.infos))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return t.infos[order[a]].offset < t.infos[order[b]].offset })
+	for k := 1; k < len(order); k++ {
+		prev, cur := &t.infos[order[k-1]], &t.infos[order[k]]
+		if cur.offset < prev.offset+4*elements(prev.dims) {
+			return fileError(t.path, "tensors %s and %s overlap", oneLine(prev.name), oneLine(cur.name))
+		}
+	}
+	return nil
+}
+
+// elements of a tensor already checked to lie inside the file (so the product cannot overflow).
+func elements(dims []uint64) uint64 {
+	n := uint64(1)
+	for _, d := range dims {
+		n *= d
+	}
+	return n
+}
+
+const ggufSpace = "\u2581" // SentencePiece's spelling of a space
+
+// ggufVocab builds the embedded tokenizer (its arrays checked by ggufConfig): spaces are
+// spelled U+2581, control tokens <s> </s> as llama2.c's.
+func ggufVocab(path string, kv map[string]ggufValue) (*Vocab, error) {
+	tokens, scores := kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.scores"]
 	types, hasTypes := kv["tokenizer.ggml.token_type"]
 	_, numericTypes := ggufScalarSize[types.etype]
 	hasTypes = hasTypes && types.typ == ggufArray && numericTypes && types.count == tokens.count
-	vocab := &Vocab{pieces: make([][]byte, c.VocabSize), scores: make([]float64, c.VocabSize)}
+	vocab := &Vocab{pieces: make([][]byte, tokens.count), scores: make([]float64, tokens.count)}
 	for i, text := range tokens.strs {
 		isControl := hasTypes && scalarAt(types.etype, types.raw, uint64(i)) == 3
 		switch {
@@ -424,5 +578,5 @@ func parseGGUF(path string, data []byte) (*Transformer, error) {
 		}
 		vocab.scores[i] = scalarAt(scores.etype, scores.raw, uint64(i))
 	}
-	return &Transformer{config: c, weights: w, vocab: vocab}, nil
+	return vocab, vocab.check(path)
 }

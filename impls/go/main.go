@@ -209,221 +209,6 @@ func (t *Transformer) free() {
 }
 
 // ----------------------------------------------------------------------------
-// Checkpoint readers: sniffing, llama2.c v0 and v1 (GGUF fp32 is in gguf.go)
-
-const (
-	v1Magic       = 0x616b3432
-	v0HeaderBytes = 28
-	v1HeaderBytes = 256
-)
-
-// openRegular opens a file for reading, refusing directories and devices (a FIFO would hang).
-func openRegular(path string) (*os.File, int64, error) {
-	info, err := os.Stat(path)
-	if err == nil && info.IsDir() {
-		return nil, 0, fileError(path, "cannot open: is a directory")
-	}
-	if err == nil && !info.Mode().IsRegular() {
-		return nil, 0, fileError(path, "cannot open: not a regular file")
-	}
-	var f *os.File
-	if err == nil {
-		f, err = os.Open(path)
-	}
-	if err != nil {
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			return nil, 0, fileError(path, "cannot open: no such file")
-		case errors.Is(err, fs.ErrPermission):
-			return nil, 0, fileError(path, "cannot open: permission denied")
-		}
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			return nil, 0, fileError(path, "cannot open: %v", pe.Err)
-		}
-		return nil, 0, fileError(path, "cannot open: %v", err)
-	}
-	return f, info.Size(), nil
-}
-
-// floatsAt views n float32s of data at byte offset off; the mapping is page-aligned and every
-// caller passes a multiple of 4, except GGUF with a small alignment, which gets a copy.
-func floatsAt(data []byte, off, n int64) []float32 {
-	if n == 0 {
-		return nil
-	}
-	b := data[off : off+4*n]
-	if uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
-		out := make([]float32, n)
-		for i := range out {
-			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-		}
-		return out
-	}
-	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), n)
-}
-
-// readCheckpoint sniffs the format from the first bytes and reads the model.
-func readCheckpoint(path string) (*Transformer, error) {
-	f, size, err := openRegular(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	head := make([]byte, v1HeaderBytes)
-	n, err := io.ReadFull(f, head)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return nil, fileError(path, "cannot read: %v", err)
-	}
-	head = head[:n]
-	switch {
-	case n >= 4 && string(head[:4]) == "GGUF":
-		return readGGUF(path, f, size)
-	case n >= 4 && binary.LittleEndian.Uint32(head) == v1Magic:
-		return readV1(path, f, size, head)
-	default:
-		return readV0(path, f, size, head)
-	}
-}
-
-func header7(b []byte) [7]int {
-	var v [7]int
-	for i := range v {
-		v[i] = int(int32(binary.LittleEndian.Uint32(b[4*i:])))
-	}
-	return v
-}
-
-func checkSize(path string, actual, expected int64, c *Config) error {
-	if actual != expected {
-		kind := "truncated"
-		if actual > expected {
-			kind = "oversized"
-		}
-		return fileError(path, "%s: file is %d bytes, header (%s) implies %d", kind, actual, c.describe(), expected)
-	}
-	return nil
-}
-
-func mapChecked(path string, f *os.File, size int64) ([]byte, func(), error) {
-	if size <= 0 || uint64(size) > uint64(math.MaxInt) {
-		return nil, nil, fileError(path, "cannot map a file of %d bytes", size)
-	}
-	data, unmap, err := mapFile(f, size)
-	if err != nil {
-		return nil, nil, fileError(path, "cannot map: %v", err)
-	}
-	return data, unmap, nil
-}
-
-// tensorCursor hands out consecutive tensors of a v0/v1 file.
-type tensorCursor struct {
-	data []byte
-	off  int64
-}
-
-func (tc *tensorCursor) take(n int) []float32 {
-	out := floatsAt(tc.data, tc.off, int64(n))
-	tc.off += 4 * int64(n)
-	return out
-}
-
-func (tc *tensorCursor) layers(layers, n int) [][]float32 {
-	out := make([][]float32, layers)
-	for l := range out {
-		out[l] = tc.take(n)
-	}
-	return out
-}
-
-func readV0(path string, f *os.File, size int64, head []byte) (*Transformer, error) {
-	if len(head) < v0HeaderBytes {
-		return nil, fileError(path, "truncated: %d bytes, a v0 header needs %d", len(head), v0HeaderBytes)
-	}
-	h := header7(head)
-	c := Config{h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[5] > 0}
-	if c.VocabSize < 0 { // negative: an unshared classifier follows the RoPE tables
-		c.VocabSize = -c.VocabSize
-	}
-	if err := c.validate(path); err != nil {
-		return nil, err
-	}
-	ropeTables := 2 * int64(c.SeqLen) * int64(c.headSize()/2)
-	if err := checkSize(path, size, v0HeaderBytes+4*(c.weightFloats()+ropeTables), &c); err != nil {
-		return nil, err
-	}
-	data, unmap, err := mapChecked(path, f, size)
-	if err != nil {
-		return nil, err
-	}
-	d, kv, hd, L := c.Dim, c.kvDim(), c.HiddenDim, c.NLayers
-	tc := &tensorCursor{data, v0HeaderBytes}
-	w := Weights{}
-	w.tokenEmbedding = tc.take(c.VocabSize * d)
-	w.rmsAtt = tc.layers(L, d)
-	w.wq = tc.layers(L, d*d)
-	w.wk = tc.layers(L, kv*d)
-	w.wv = tc.layers(L, kv*d)
-	w.wo = tc.layers(L, d*d)
-	w.rmsFFN = tc.layers(L, d)
-	w.w1 = tc.layers(L, hd*d)
-	w.w2 = tc.layers(L, d*hd)
-	w.w3 = tc.layers(L, hd*d)
-	w.rmsFinal = tc.take(d)
-	tc.off += 4 * ropeTables // legacy freq_cis_real/imag: RoPE is computed instead
-	w.wcls = w.tokenEmbedding
-	if !c.Shared {
-		w.wcls = tc.take(c.VocabSize * d)
-	}
-	return &Transformer{config: c, weights: w, unmap: unmap}, nil
-}
-
-func readV1(path string, f *os.File, size int64, head []byte) (*Transformer, error) {
-	if len(head) < v1HeaderBytes {
-		return nil, fileError(path, "truncated: %d bytes, a v1 header needs %d", len(head), v1HeaderBytes)
-	}
-	if version := int32(binary.LittleEndian.Uint32(head[4:])); version != 1 {
-		return nil, fileError(path, "unsupported llama2.c format version %d (only 0 and 1 are fp32)", version)
-	}
-	h := header7(head[8:])
-	shared := head[36]
-	if shared > 1 {
-		return nil, fileError(path, "shared_classifier flag is %d, expected 0 or 1", shared)
-	}
-	c := Config{h[0], h[1], h[2], h[3], h[4], h[5], h[6], shared == 1}
-	if err := c.validate(path); err != nil {
-		return nil, err
-	}
-	if err := checkSize(path, size, v1HeaderBytes+4*c.weightFloats(), &c); err != nil {
-		return nil, err
-	}
-	data, unmap, err := mapChecked(path, f, size)
-	if err != nil {
-		return nil, err
-	}
-	d, kv, hd, L := c.Dim, c.kvDim(), c.HiddenDim, c.NLayers
-	tc := &tensorCursor{data, v1HeaderBytes}
-	w := Weights{}
-	// v1 writes the small vectors first, then the matrices (llama2.c export.py version 1)
-	w.rmsAtt = tc.layers(L, d)
-	w.rmsFFN = tc.layers(L, d)
-	w.rmsFinal = tc.take(d)
-	w.tokenEmbedding = tc.take(c.VocabSize * d)
-	w.wq = tc.layers(L, d*d)
-	w.wk = tc.layers(L, kv*d)
-	w.wv = tc.layers(L, kv*d)
-	w.wo = tc.layers(L, d*d)
-	w.w1 = tc.layers(L, hd*d)
-	w.w2 = tc.layers(L, d*hd)
-	w.w3 = tc.layers(L, hd*d)
-	w.wcls = w.tokenEmbedding
-	if !c.Shared {
-		w.wcls = tc.take(c.VocabSize * d)
-	}
-	return &Transformer{config: c, weights: w, unmap: unmap}, nil
-}
-
-// ----------------------------------------------------------------------------
 // Thread pool: workers started once; every matmul and the attention heads are split over them
 
 // Pool runs a job over [0, n) in chunks that the workers claim from a shared counter, so a
@@ -710,8 +495,9 @@ func (t *Transformer) forward(token, pos int) []float32 {
 // The Byte Pair Encoding (BPE) tokenizer that translates strings <-> tokens
 
 const (
-	tokBOS = 1
-	tokEOS = 2
+	tokBOS   = 1
+	tokEOS   = 2
+	minVocab = 259 // <unk>, BOS, EOS and the 256 byte tokens
 )
 
 // Vocab is a tokenizer's pieces and merge scores, from tokenizer.bin or a GGUF file.
@@ -760,9 +546,6 @@ func readVocab(path string, vocabSize int) (*Vocab, error) {
 		if length < 0 || length > maxLen {
 			return nil, fileError(path, "token %d has length %d, outside 0..%d", i, length, maxLen)
 		}
-		if score != score {
-			return nil, fileError(path, "token %d has a NaN score", i)
-		}
 		if off+length > size {
 			return nil, fileError(path, "truncated inside token %d", i)
 		}
@@ -774,7 +557,31 @@ func readVocab(path string, vocabSize int) (*Vocab, error) {
 		return nil, fileError(path, "has %d bytes after token %d: its vocabulary is larger than the model's %d",
 			size-off, vocabSize-1, vocabSize)
 	}
-	return v, nil
+	return v, v.check(path)
+}
+
+// check applies the rules every vocabulary follows, from tokenizer.bin or GGUF alike: <unk>,
+// BOS, EOS and the 256 byte tokens that byte fallback emits; the " " piece that starts every
+// prompt; finite scores, which the merge rule compares.
+func (v *Vocab) check(path string) error {
+	if len(v.pieces) < minVocab {
+		return fileError(path, "has %d tokens; a tokenizer needs at least %d (<unk>, BOS, EOS and 256 byte tokens)",
+			len(v.pieces), minVocab)
+	}
+	space := false
+	for i, score := range v.scores {
+		if math.IsNaN(score) {
+			return fileError(path, "token %d has a NaN score", i)
+		}
+		if math.IsInf(score, 0) {
+			return fileError(path, "token %d has an infinite score", i)
+		}
+		space = space || string(v.pieces[i]) == " "
+	}
+	if !space {
+		return fileError(path, "has no piece \" \" (the dummy prefix that starts every prompt)")
+	}
+	return nil
 }
 
 func buildTokenizer(path string, v *Vocab) *Tokenizer {
@@ -796,11 +603,7 @@ func (t *Tokenizer) encode(text []byte, bos, eos bool) ([]int, error) {
 		tokens = append(tokens, tokBOS)
 	}
 	if len(text) > 0 {
-		if id, ok := t.lookup[" "]; ok {
-			tokens = append(tokens, id)
-		} else {
-			tokens = append(tokens, ' '+3) // no space piece: its byte token, as byte fallback would
-		}
+		tokens = append(tokens, t.lookup[" "]) // the dummy prefix: Vocab.check made sure it is there
 	}
 	for i := 0; i < len(text); {
 		// a code point: a lead byte and up to three continuation bytes
@@ -1182,62 +985,8 @@ func parseArgs(argv []string) (*Args, error) {
 	if len(rest)%2 != 0 {
 		return nil, usageError("flag %s has no value", oneLine(rest[len(rest)-1]))
 	}
-	zero, one := big.NewInt(0), big.NewInt(1)
 	for i := 0; i < len(rest); i += 2 {
-		flag, value := rest[i], rest[i+1]
-		var err error
-		var v *big.Int
-		switch flag {
-		case "-z":
-			a.tokenizer = value
-		case "-t":
-			a.temperature, err = parseFloat(flag, value, 0, math.Inf(1))
-		case "-p":
-			a.topp, err = parseFloat(flag, value, 0, 1)
-		case "-s":
-			if v, err = parseInt(flag, value, zero, new(big.Int).SetUint64(math.MaxUint64)); err == nil {
-				a.seed = v.Uint64()
-			}
-		case "-n":
-			if v, err = parseInt(flag, value, zero, big.NewInt(1<<31)); err == nil {
-				a.steps = v.Int64()
-			}
-		case "-i":
-			a.prompt = []byte(value)
-		case "-j":
-			if v, err = parseInt(flag, value, one, big.NewInt(4096)); err == nil {
-				a.threads = int(v.Int64())
-			}
-		case "-m":
-			if value != "generate" && value != "logits" {
-				err = usageError("-m expects generate or logits, got %q", value)
-			}
-			a.mode = value
-		case "-o":
-			a.output = value
-		case "-k":
-			a.ids, a.hasIDs = nil, true
-			for _, part := range strings.Split(value, ",") {
-				id, ok := new(big.Int), plainInt.MatchString(part)
-				if ok {
-					_, ok = id.SetString(part, 10)
-				}
-				if !ok {
-					return nil, usageError("-k expects comma-separated token ids, got %q", value)
-				}
-				if !id.IsInt64() || id.Int64() > math.MaxInt32 {
-					id.SetInt64(-1)
-				}
-				a.ids = append(a.ids, int(id.Int64()))
-			}
-		case "-e":
-			if v, err = parseInt(flag, value, zero, one); err == nil {
-				a.ignoreBOS = v.Int64() == 1
-			}
-		default:
-			err = usageError("unknown flag %s", oneLine(flag))
-		}
-		if err != nil {
+		if err := a.set(rest[i], rest[i+1]); err != nil {
 			return nil, err
 		}
 	}
@@ -1245,6 +994,76 @@ func parseArgs(argv []string) (*Args, error) {
 		return nil, usageError("logits mode needs -o FILE and -k IDS")
 	}
 	return a, nil
+}
+
+// set applies one flag and its value.
+func (a *Args) set(flag, value string) error {
+	zero, one := big.NewInt(0), big.NewInt(1)
+	var err error
+	var v *big.Int
+	switch flag {
+	case "-z":
+		a.tokenizer = value
+	case "-t":
+		a.temperature, err = parseFloat(flag, value, 0, math.Inf(1))
+	case "-p":
+		a.topp, err = parseFloat(flag, value, 0, 1)
+	case "-s":
+		if v, err = parseInt(flag, value, zero, new(big.Int).SetUint64(math.MaxUint64)); err == nil {
+			a.seed = v.Uint64()
+		}
+	case "-n":
+		// any number of digits: everything above seq_len means seq_len
+		if v, err = parseInt(flag, value, zero, nil); err == nil {
+			a.steps = math.MaxInt64
+			if v.IsInt64() {
+				a.steps = v.Int64()
+			}
+		}
+	case "-i":
+		a.prompt = []byte(value)
+	case "-j":
+		if v, err = parseInt(flag, value, one, big.NewInt(4096)); err == nil {
+			a.threads = int(v.Int64())
+		}
+	case "-m":
+		if value != "generate" && value != "logits" {
+			err = usageError("-m expects generate or logits, got %q", value)
+		}
+		a.mode = value
+	case "-o":
+		a.output = value
+	case "-k":
+		a.ids, err = parseIDs(value)
+		a.hasIDs = true
+	case "-e":
+		if v, err = parseInt(flag, value, zero, one); err == nil {
+			a.ignoreBOS = v.Int64() == 1
+		}
+	default:
+		err = usageError("unknown flag %s", oneLine(flag))
+	}
+	return err
+}
+
+// parseIDs reads -k's comma-separated ids; an id too large to represent becomes -1, which the
+// range check refuses with the others once the vocabulary is known.
+func parseIDs(value string) ([]int, error) {
+	var ids []int
+	for _, part := range strings.Split(value, ",") {
+		id, ok := new(big.Int), plainInt.MatchString(part)
+		if ok {
+			_, ok = id.SetString(part, 10)
+		}
+		if !ok {
+			return nil, usageError("-k expects comma-separated token ids, got %q", value)
+		}
+		if !id.IsInt64() || id.Int64() > math.MaxInt32 {
+			id.SetInt64(-1)
+		}
+		ids = append(ids, int(id.Int64()))
+	}
+	return ids, nil
 }
 
 func run(argv []string) error {
@@ -1260,20 +1079,10 @@ func run(argv []string) error {
 	if err != nil {
 		return err
 	}
-	vocab := t.vocab
-	if vocab == nil {
-		if args.tokenizer == "" {
-			return usageError("-z tokenizer is required for a .bin checkpoint")
-		}
-		if vocab, err = readVocab(args.tokenizer, t.config.VocabSize); err != nil {
-			return err
-		}
+	tok, err := loadTokenizer(args, t)
+	if err != nil {
+		return err
 	}
-	tokPath := args.tokenizer
-	if t.vocab != nil {
-		tokPath = args.checkpoint
-	}
-	tok := buildTokenizer(tokPath, vocab)
 	t.state = buildRunState(&t.config, args.threads)
 	t.pool = newPool(args.threads)
 	defer t.free()
@@ -1308,6 +1117,22 @@ func run(argv []string) error {
 	}
 	fmt.Fprintln(os.Stderr, statsLine(args.threads, loadS, st))
 	return nil
+}
+
+// loadTokenizer reads -z, or takes the tokenizer a GGUF file embeds; either is checked as it
+// is read, before any prompt.
+func loadTokenizer(args *Args, t *Transformer) (*Tokenizer, error) {
+	if t.vocab != nil {
+		return buildTokenizer(args.checkpoint, t.vocab), nil
+	}
+	if args.tokenizer == "" {
+		return nil, usageError("-z tokenizer is required for a .bin checkpoint")
+	}
+	vocab, err := readVocab(args.tokenizer, t.config.VocabSize)
+	if err != nil {
+		return nil, err
+	}
+	return buildTokenizer(args.tokenizer, vocab), nil
 }
 
 // crashHandler turns a fault (a mapped file truncated under us) or a bug into one error line.

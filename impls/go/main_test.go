@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -294,6 +295,88 @@ func TestPoolManyJobs(t *testing.T) {
 		}
 		if total != want {
 			t.Fatalf("workers %d: %d indices run, want %d", workers, total, want)
+		}
+	}
+}
+
+// writeTokenizer writes a tokenizer.bin of the smallest legal vocabulary (<unk>, <s>, </s>, the
+// 256 byte tokens and " "), after change has had its way with pieces and scores.
+func writeTokenizer(t *testing.T, change func(pieces []string, scores []float32) ([]string, []float32)) string {
+	t.Helper()
+	pieces := []string{"<unk>", "\n<s>\n", "\n</s>\n"}
+	for b := 0; b < 256; b++ {
+		pieces = append(pieces, string([]byte{'<', '0', 'x', "0123456789ABCDEF"[b>>4], "0123456789ABCDEF"[b&15], '>'}))
+	}
+	pieces = append(pieces, " ")
+	scores := make([]float32, len(pieces))
+	pieces, scores = change(pieces, scores)
+	out := binary.LittleEndian.AppendUint32(nil, 8)
+	for i, p := range pieces {
+		out = binary.LittleEndian.AppendUint32(out, math.Float32bits(scores[i]))
+		out = binary.LittleEndian.AppendUint32(out, uint32(len(p)))
+		out = append(out, p...)
+	}
+	path := filepath.Join(t.TempDir(), "tok.bin")
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestTokenizerRulesAtLoad: section 5's rules for tokenizer.bin, checked when it is read.
+func TestTokenizerRulesAtLoad(t *testing.T) {
+	same := func(p []string, s []float32) ([]string, []float32) { return p, s }
+	if _, err := readVocab(writeTokenizer(t, same), 260); err != nil {
+		t.Fatalf("the smallest legal tokenizer: %v", err)
+	}
+	cases := []struct {
+		name, want string
+		change     func(p []string, s []float32) ([]string, []float32)
+	}{
+		{"no space piece", `no piece " "`, func(p []string, s []float32) ([]string, []float32) { p[259] = "@@"; return p, s }},
+		{"NaN score", "token 4 has a NaN score", func(p []string, s []float32) ([]string, []float32) {
+			s[4] = float32(math.NaN())
+			return p, s
+		}},
+		{"infinite score", "token 9 has an infinite score", func(p []string, s []float32) ([]string, []float32) {
+			s[9] = float32(math.Inf(1))
+			return p, s
+		}},
+		{"fewer than 259 tokens", "at least 259", func(p []string, s []float32) ([]string, []float32) {
+			return append(p[:200], " "), s[:201]
+		}},
+	}
+	for _, c := range cases {
+		path := writeTokenizer(t, c.change)
+		n := 260
+		if c.name == "fewer than 259 tokens" {
+			n = 201
+		}
+		_, err := readVocab(path, n)
+		if exitCode(err) != exitBadFile || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), path+": ") {
+			t.Errorf("%s: got %v, want a bad-file error with %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestNumberFlagLimits: -n takes any number of digits and clamps to seq_len; -j is in
+// [1, 4096]; -s is in [0, 2^64 - 1].
+func TestNumberFlagLimits(t *testing.T) {
+	for _, n := range []string{"1099511627776", "99999999999999999999999999", "4294967297"} {
+		a, err := parseArgs([]string{"m.bin", "-n", n})
+		if err != nil || clampSteps(a.steps, 256) != 256 {
+			t.Errorf("-n %s: %v, steps %v", n, err, a)
+		}
+	}
+	if a, err := parseArgs([]string{"m.bin", "-n", "7"}); err != nil || clampSteps(a.steps, 256) != 7 {
+		t.Errorf("-n 7: %v", err)
+	}
+	if a, err := parseArgs([]string{"m.bin", "-j", "4096", "-s", "18446744073709551615"}); err != nil || a.threads != 4096 || a.seed != math.MaxUint64 {
+		t.Errorf("-j 4096 -s 2^64-1: %+v, %v", a, err)
+	}
+	for _, argv := range [][]string{{"m.bin", "-j", "4097"}, {"m.bin", "-s", "18446744073709551616"}, {"m.bin", "-n", "-1"}} {
+		if _, err := parseArgs(argv); exitCode(err) != exitUsage {
+			t.Errorf("parseArgs(%q) = %v, want a usage error", argv, err)
 		}
 	}
 }

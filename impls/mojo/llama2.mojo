@@ -4,8 +4,9 @@
 # (llama2.c v0/v1 or GGUF fp32). The port contract (docs/port-contract.md) is the
 # specification; orchestrator/reference/ is the executable definition.
 #
-# Sections, top to bottom: errors and files, model (config, weights, state),
-# checkpoint readers, forward pass, tokenizer, sampler, generation, command line.
+# Sections, top to bottom: run state, forward pass, tokenizer, sampler,
+# generation, command line. Config, weights, vocabulary and the shared helpers are
+# model.mojo's; the model-file readers are formats.mojo's.
 
 from std.collections import List
 from std.ffi import external_call
@@ -14,321 +15,23 @@ from std.memory import Pointer, bitcast
 from std.sys import argv, simd_width_of
 from std.time import perf_counter_ns
 from max.algorithm import parallelize
+from model import (
+    BPtr, ByteTable, Config, EXIT_RUNTIME, EXIT_USAGE, FPtr, KPtr, Model, Vocab, alloc_floats,
+    alloc_keys, c_path, free_floats, runtime_error, string_from, usage_error, write_all, write_string,
+)
+from formats import read_model, read_tokenizer
 
-comptime FPtr = Pointer[Float32, MutUntrackedOrigin]
-comptime BPtr = Pointer[UInt8, MutUntrackedOrigin]
-comptime KPtr = Pointer[UInt64, MutUntrackedOrigin]
 # SIMD lanes of one float32 register on the build machine (16 on AVX-512, 8 on
 # AVX2, 4 on NEON): the generic vector code below adapts to it.
 comptime NW = simd_width_of[DType.float32]()
 
 comptime PORT_NAME = "mojo"
-comptime EXIT_RUNTIME = 1
-comptime EXIT_USAGE = 2
-comptime EXIT_BAD_FILE = 3
 comptime BOS = 1
 comptime EOS = 2
 
-# The contract's limits (section 4): checked before anything is sized from a header.
-comptime MAX_DIM = 65536
-comptime MAX_HIDDEN = 262144
-comptime MAX_LAYERS = 1024
-comptime MAX_VOCAB = 1048576
-comptime MAX_SEQ = 65536
-comptime MAX_KV_BYTES = 4 << 30
-comptime MAX_TOKEN_LENGTH = 1024
-comptime MAX_GGUF_ENTRIES = 65536
-comptime V1_MAGIC = 0x616B3432
-comptime V0_HEADER_BYTES = 28
-comptime V1_HEADER_BYTES = 256
-
 
 # ----------------------------------------------------------------------------
-# Errors: an Error's text starts with its exit code digit, so that `main` can
-# print one `error:` line and exit with the contract's code.
-
-
-def usage_error(msg: String) -> Error:
-    return Error(String(EXIT_USAGE) + msg)
-
-
-def file_error(path: String, problem: String) -> Error:
-    return Error(String(EXIT_BAD_FILE) + path + ": " + problem)
-
-
-def runtime_error(msg: String) -> Error:
-    return Error(String(EXIT_RUNTIME) + msg)
-
-
-# ----------------------------------------------------------------------------
-# Raw memory and files, through libc (open/mmap/write), so that weights are
-# mapped rather than copied and every failure is ours to report.
-
-
-def alloc_floats(n: Int) raises -> FPtr:
-    """Zeroed float32 buffer; a failed allocation is a runtime error (exit 1)."""
-    var p = external_call["calloc", FPtr](max(n, 1), 4)
-    if Int(p) == 0:
-        raise runtime_error("cannot allocate " + String(n * 4) + " bytes")
-    return p
-
-
-def alloc_keys(n: Int) raises -> KPtr:
-    var p = external_call["calloc", KPtr](max(n, 1), 8)
-    if Int(p) == 0:
-        raise runtime_error("cannot allocate " + String(n * 8) + " bytes")
-    return p
-
-
-def free_floats(p: FPtr):
-    external_call["free", NoneType](p)
-
-
-def c_path(path: String) -> List[UInt8]:
-    """NUL-terminated bytes of `path` for libc."""
-    var out = List[UInt8]()
-    for b in path.as_bytes():
-        out.append(b)
-    out.append(0)
-    return out^
-
-
-def string_from(p: BPtr, n: Int) -> String:
-    """A String holding the n bytes at p (for messages: invalid UTF-8 is kept as is)."""
-    return String(StringSlice(unsafe_from_utf8=Span(unsafe_ptr=p, length=n)))
-
-
-def write_all(fd: Int32, data: BPtr, n: Int) -> Bool:
-    var done = 0
-    while done < n:
-        var w = external_call["write", Int](fd, data.unsafe_offset(done), n - done)
-        if w <= 0:
-            return False
-        done += w
-    return True
-
-
-def write_string(fd: Int32, s: String):
-    var bytes = s.as_bytes()
-    _ = write_all(fd, BPtr(unsafe_from_address=Int(bytes.unsafe_ptr())), len(bytes))
-
-
-struct MappedFile(Movable):
-    """A whole file mapped read-only (an empty file gets a 1-byte stand-in)."""
-
-    var data: BPtr
-    var size: Int
-
-    def __init__(out self, path: String) raises:
-        var cpath = c_path(path)
-        var fd = external_call["open", Int32](
-            cpath.unsafe_ptr().unsafe_bitcast[NoneType](), Int32(0), Int32(0)
-        )
-        if fd < 0:
-            if external_call["access", Int32](cpath.unsafe_ptr(), Int32(0)) != 0:
-                raise file_error(path, "cannot open: no such file")
-            raise file_error(path, "cannot open: permission denied")
-        var probe = List[UInt8](length=1, fill=0)
-        # read() fails on a directory, which open() accepts
-        if external_call["pread", Int](fd, probe.unsafe_ptr(), 1, Int64(0)) < 0:
-            _ = external_call["close", Int32](fd)
-            raise file_error(path, "cannot open: is a directory or unreadable")
-        var size = Int(external_call["lseek", Int64](fd, Int64(0), Int32(2)))
-        if size < 0:
-            _ = external_call["close", Int32](fd)
-            raise file_error(path, "cannot open: not a regular file")
-        self.size = size
-        # an empty file maps nothing: a 1-byte stand-in keeps the pointer valid
-        self.data = external_call["calloc", BPtr](1, 8)
-        if size > 0:
-            external_call["free", NoneType](self.data)
-            # PROT_READ = 1, MAP_PRIVATE = 2 on Linux and macOS alike
-            var p = external_call["mmap", BPtr](Int(0), size, Int32(1), Int32(2), fd, Int64(0))
-            if Int(p) == -1 or Int(p) == 0:
-                _ = external_call["close", Int32](fd)
-                raise file_error(path, "cannot map the file into memory")
-            self.data = p
-        _ = external_call["close", Int32](fd)
-        _ = cpath^  # the C strings lived through the calls that used them
-        _ = probe^
-
-    def close(mut self):
-        if self.size > 0:
-            _ = external_call["munmap", Int32](self.data, self.size)
-        elif self.size == 0:
-            external_call["free", NoneType](self.data)
-        self.size = -1
-
-
-# Little-endian readers at arbitrary (unaligned) byte offsets.
-
-
-@always_inline
-def rd_u8(p: BPtr, off: Int) -> Int:
-    return Int(p.unsafe_load(off))
-
-
-@always_inline
-def rd_u32(p: BPtr, off: Int) -> UInt32:
-    return (
-        UInt32(p.unsafe_load(off))
-        | (UInt32(p.unsafe_load(off + 1)) << 8)
-        | (UInt32(p.unsafe_load(off + 2)) << 16)
-        | (UInt32(p.unsafe_load(off + 3)) << 24)
-    )
-
-
-@always_inline
-def rd_i32(p: BPtr, off: Int) -> Int:
-    return Int(bitcast[DType.int32, 1](rd_u32(p, off)))
-
-
-@always_inline
-def rd_u64(p: BPtr, off: Int) -> UInt64:
-    return UInt64(rd_u32(p, off)) | (UInt64(rd_u32(p, off + 4)) << 32)
-
-
-@always_inline
-def rd_f32(p: BPtr, off: Int) -> Float32:
-    return bitcast[DType.float32, 1](rd_u32(p, off))
-
-
-# ----------------------------------------------------------------------------
-# Model: config, weights, run state
-
-
-@fieldwise_init
-struct Config(Copyable, Movable):
-    var dim: Int  # transformer dimension
-    var hidden_dim: Int  # FFN hidden dimension
-    var n_layers: Int
-    var n_heads: Int  # query heads
-    var n_kv_heads: Int  # key/value heads (< n_heads: grouped-query attention)
-    var vocab_size: Int
-    var seq_len: Int  # maximum sequence length
-    var shared_classifier: Bool  # logits = token_embedding @ x
-
-    def head_size(self) -> Int:
-        return self.dim // self.n_heads
-
-    def kv_dim(self) -> Int:
-        return self.n_kv_heads * self.head_size()
-
-    def describe(self) -> String:
-        return (
-            "dim=" + String(self.dim) + " hidden_dim=" + String(self.hidden_dim)
-            + " n_layers=" + String(self.n_layers) + " n_heads=" + String(self.n_heads)
-            + " n_kv_heads=" + String(self.n_kv_heads) + " vocab_size="
-            + String(self.vocab_size) + " seq_len=" + String(self.seq_len)
-        )
-
-    def validate(self, path: String) raises:
-        """The contract's header checks, in 64-bit, before any size is trusted."""
-        var names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"]
-        var values = [self.dim, self.hidden_dim, self.n_layers, self.n_heads,
-                      self.n_kv_heads, self.vocab_size, self.seq_len]
-        for i in range(len(values)):
-            if values[i] <= 0:
-                raise file_error(path, "header value " + names[i] + "=" + String(values[i]) + " must be positive")
-        var limits = [MAX_DIM, MAX_HIDDEN, MAX_LAYERS, self.dim, -1, MAX_VOCAB, MAX_SEQ]
-        for i in range(len(values)):
-            if limits[i] >= 0 and values[i] > limits[i]:
-                raise file_error(path, "header value " + names[i] + "=" + String(values[i])
-                                 + " exceeds the limit " + String(limits[i]))
-        if self.dim % self.n_heads != 0:
-            raise file_error(path, "dim=" + String(self.dim) + " is not a multiple of n_heads=" + String(self.n_heads))
-        if self.head_size() % 2 != 0:
-            raise file_error(path, "head_size=" + String(self.head_size()) + " must be even for RoPE")
-        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads != 0:
-            raise file_error(path, "n_heads=" + String(self.n_heads) + " is not a multiple of n_kv_heads="
-                             + String(self.n_kv_heads))
-        var kv_bytes = self.n_layers * self.seq_len * self.kv_dim() * 2 * 4
-        if kv_bytes > MAX_KV_BYTES:
-            raise file_error(path, "KV cache of " + String(kv_bytes) + " bytes exceeds the 4 GiB limit")
-
-    def weight_floats(self) -> Int:
-        """Floats of every weight tensor (the classifier only when unshared)."""
-        var d = self.dim
-        var h = self.hidden_dim
-        var kv = self.kv_dim()
-        var per_layer = 2 * d + d * d * 2 + kv * d * 2 + h * d * 3
-        var n = self.vocab_size * d + self.n_layers * per_layer + d
-        if not self.shared_classifier:
-            n += self.vocab_size * d
-        return n
-
-
-struct Weights(Movable):
-    """Pointers into the mapped file; per-layer tensors get one pointer per layer
-    because GGUF stores each layer's matrices separately."""
-
-    var token_embedding: FPtr  # (vocab, dim)
-    var rms_att: List[FPtr]  # (layer) -> (dim)
-    var wq: List[FPtr]  # (layer) -> (n_heads * head_size, dim)
-    var wk: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
-    var wv: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
-    var wo: List[FPtr]  # (layer) -> (dim, n_heads * head_size)
-    var rms_ffn: List[FPtr]  # (layer) -> (dim)
-    var w1: List[FPtr]  # (layer) -> (hidden_dim, dim)
-    var w2: List[FPtr]  # (layer) -> (dim, hidden_dim)
-    var w3: List[FPtr]  # (layer) -> (hidden_dim, dim)
-    var rms_final: FPtr  # (dim)
-    var wcls: FPtr  # (vocab, dim): token_embedding when shared
-
-    def __init__(out self, base: FPtr):
-        var null = base  # placeholder until the reader sets each pointer
-        self.token_embedding = null
-        self.rms_att = List[FPtr]()
-        self.wq = List[FPtr]()
-        self.wk = List[FPtr]()
-        self.wv = List[FPtr]()
-        self.wo = List[FPtr]()
-        self.rms_ffn = List[FPtr]()
-        self.w1 = List[FPtr]()
-        self.w2 = List[FPtr]()
-        self.w3 = List[FPtr]()
-        self.rms_final = null
-        self.wcls = null
-
-
-struct Vocab(Movable):
-    """Token pieces (raw bytes, all in one buffer) and their merge scores."""
-
-    var bytes: List[UInt8]
-    var offsets: List[Int]  # (vocab + 1): piece i is bytes[offsets[i] : offsets[i + 1]]
-    var scores: List[Float32]  # (vocab)
-    var max_token_length: Int
-
-    def __init__(out self):
-        self.bytes = List[UInt8]()
-        self.offsets = List[Int]()
-        self.offsets.append(0)
-        self.scores = List[Float32]()
-        self.max_token_length = 1
-
-    def size(self) -> Int:
-        return len(self.scores)
-
-    def add(mut self, src: BPtr, n: Int, score: Float32):
-        for i in range(n):
-            self.bytes.append(src.unsafe_load(i))
-        self.offsets.append(len(self.bytes))
-        self.scores.append(score)
-
-
-struct Model(Movable):
-    var config: Config
-    var weights: Weights
-    var file: MappedFile
-    var vocab: Vocab  # filled only by GGUF, which embeds its tokenizer
-    var has_vocab: Bool
-
-    def __init__(out self, var config: Config, var file: MappedFile):
-        self.config = config^
-        self.weights = Weights(file.data.unsafe_bitcast[Float32]())
-        self.file = file^
-        self.vocab = Vocab()
-        self.has_vocab = False
+# Run state
 
 
 struct RunState(Movable):
@@ -368,551 +71,6 @@ struct RunState(Movable):
         for p in [self.x, self.xb, self.xatt, self.xb2, self.hb, self.hb2, self.q, self.att,
                   self.rope_cos, self.rope_sin, self.logits, self.key_cache, self.value_cache]:
             free_floats(p)
-
-
-# ----------------------------------------------------------------------------
-# Checkpoint readers: sniff, v0, v1, GGUF. Each validates the header against the
-# contract's limits and the file's size before it takes a pointer into the map.
-
-
-def check_size(path: String, actual: Int, expected: Int, c: Config) raises:
-    if actual != expected:
-        var kind = "truncated" if actual < expected else "oversized"
-        raise file_error(path, kind + ": file is " + String(actual) + " bytes, header ("
-                         + c.describe() + ") implies " + String(expected))
-
-
-def map_layers(mut dst: List[FPtr], base: FPtr, at: Int, n_layers: Int, stride: Int) -> Int:
-    """Per-layer pointers into one (layer, ...) tensor at float offset `at`; returns
-    the offset after it."""
-    for l in range(n_layers):
-        dst.append(base.unsafe_offset(at + l * stride))
-    return at + n_layers * stride
-
-
-def read_v0(path: String, var file: MappedFile) raises -> Model:
-    if file.size < V0_HEADER_BYTES:
-        raise file_error(path, "truncated: " + String(file.size) + " bytes, a v0 header needs "
-                         + String(V0_HEADER_BYTES))
-    var h = file.data
-    var vocab = rd_i32(h, 20)
-    var c = Config(rd_i32(h, 0), rd_i32(h, 4), rd_i32(h, 8), rd_i32(h, 12), rd_i32(h, 16),
-                   abs(vocab), rd_i32(h, 24), vocab > 0)
-    c.validate(path)
-    # the legacy freq_cis_real / freq_cis_imag tables, (seq_len, head_size / 2) each
-    var freq = 2 * c.seq_len * (c.head_size() // 2)
-    check_size(path, file.size, V0_HEADER_BYTES + 4 * (c.weight_floats() + freq), c)
-    var m = Model(c^, file^)
-    var base = m.file.data.unsafe_offset(V0_HEADER_BYTES).unsafe_bitcast[Float32]()
-    var d = m.config.dim
-    var kv = m.config.kv_dim()
-    var hd = m.config.hidden_dim
-    var L = m.config.n_layers
-    var V = m.config.vocab_size
-    var w = Weights(base)
-    w.token_embedding = base
-    var at = V * d
-    at = map_layers(w.rms_att, base, at, L, d)
-    at = map_layers(w.wq, base, at, L, d * d)
-    at = map_layers(w.wk, base, at, L, kv * d)
-    at = map_layers(w.wv, base, at, L, kv * d)
-    at = map_layers(w.wo, base, at, L, d * d)
-    at = map_layers(w.rms_ffn, base, at, L, d)
-    at = map_layers(w.w1, base, at, L, hd * d)
-    at = map_layers(w.w2, base, at, L, d * hd)
-    at = map_layers(w.w3, base, at, L, hd * d)
-    w.rms_final = base.unsafe_offset(at)
-    at += d + freq
-    w.wcls = w.token_embedding if m.config.shared_classifier else base.unsafe_offset(at)
-    m.weights = w^
-    return m^
-
-
-def read_v1(path: String, var file: MappedFile) raises -> Model:
-    if file.size < V1_HEADER_BYTES:
-        raise file_error(path, "truncated: " + String(file.size) + " bytes, a v1 header needs "
-                         + String(V1_HEADER_BYTES))
-    var h = file.data
-    var version = rd_i32(h, 4)
-    if version != 1:
-        raise file_error(path, "unsupported llama2.c format version " + String(version)
-                         + " (only 0 and 1 are fp32)")
-    var shared = rd_u8(h, 36)
-    if shared != 0 and shared != 1:
-        raise file_error(path, "shared_classifier flag is " + String(shared) + ", expected 0 or 1")
-    var c = Config(rd_i32(h, 8), rd_i32(h, 12), rd_i32(h, 16), rd_i32(h, 20), rd_i32(h, 24),
-                   rd_i32(h, 28), rd_i32(h, 32), shared == 1)
-    c.validate(path)
-    check_size(path, file.size, V1_HEADER_BYTES + 4 * c.weight_floats(), c)
-    var m = Model(c^, file^)
-    var base = m.file.data.unsafe_offset(V1_HEADER_BYTES).unsafe_bitcast[Float32]()
-    var d = m.config.dim
-    var kv = m.config.kv_dim()
-    var hd = m.config.hidden_dim
-    var L = m.config.n_layers
-    var V = m.config.vocab_size
-    var w = Weights(base)
-    # v1 puts the small vectors first, then the matrices
-    var at = map_layers(w.rms_att, base, 0, L, d)
-    at = map_layers(w.rms_ffn, base, at, L, d)
-    w.rms_final = base.unsafe_offset(at)
-    at += d
-    w.token_embedding = base.unsafe_offset(at)
-    at += V * d
-    at = map_layers(w.wq, base, at, L, d * d)
-    at = map_layers(w.wk, base, at, L, kv * d)
-    at = map_layers(w.wv, base, at, L, kv * d)
-    at = map_layers(w.wo, base, at, L, d * d)
-    at = map_layers(w.w1, base, at, L, hd * d)
-    at = map_layers(w.w2, base, at, L, d * hd)
-    at = map_layers(w.w3, base, at, L, hd * d)
-    w.wcls = w.token_embedding if m.config.shared_classifier else base.unsafe_offset(at)
-    m.weights = w^
-    return m^
-
-
-# --- GGUF
-
-
-struct ByteTable(Movable):
-    """Open-addressing hash table from byte strings (kept where they live: in the
-    mapped file or a Vocab) to ids."""
-
-    var slots: List[Int]  # entry index, or -1
-    var key_addr: List[Int]
-    var key_len: List[Int]
-    var value: List[Int]
-    var mask: Int
-
-    def __init__(out self, expected: Int):
-        var cap = 16
-        while cap < 2 * expected:
-            cap *= 2
-        self.slots = List[Int](length=cap, fill=-1)
-        self.key_addr = List[Int]()
-        self.key_len = List[Int]()
-        self.value = List[Int]()
-        self.mask = cap - 1
-
-    @staticmethod
-    def hash(p: BPtr, n: Int) -> Int:
-        var h = UInt64(0xCBF29CE484222325)  # FNV-1a
-        for i in range(n):
-            h = (h ^ UInt64(p.unsafe_load(i))) * UInt64(0x100000001B3)
-        return Int(h >> 1)
-
-    def _slot(self, p: BPtr, n: Int) -> Int:
-        var s = ByteTable.hash(p, n) & self.mask
-        while True:
-            var e = self.slots[s]
-            if e < 0:
-                return s
-            if self.key_len[e] == n:
-                var k = BPtr(unsafe_from_address=self.key_addr[e])
-                var same = True
-                for i in range(n):
-                    if k.unsafe_load(i) != p.unsafe_load(i):
-                        same = False
-                        break
-                if same:
-                    return s
-            s = (s + 1) & self.mask
-
-    def find(self, p: BPtr, n: Int) -> Int:
-        var e = self.slots[self._slot(p, n)]
-        return self.value[e] if e >= 0 else -1
-
-    def insert(mut self, p: BPtr, n: Int, value: Int, replace: Bool):
-        """Adds key -> value; an existing key keeps its value unless `replace`."""
-        if 2 * (len(self.value) + 1) > self.mask + 1:
-            self._grow()
-        var s = self._slot(p, n)
-        var e = self.slots[s]
-        if e >= 0:
-            if replace:
-                self.value[e] = value
-            return
-        self.slots[s] = len(self.value)
-        self.key_addr.append(Int(p))
-        self.key_len.append(n)
-        self.value.append(value)
-
-    def _grow(mut self):
-        var cap = 2 * (self.mask + 1)
-        self.mask = cap - 1
-        self.slots = List[Int](length=cap, fill=-1)
-        for e in range(len(self.value)):
-            var s = ByteTable.hash(BPtr(unsafe_from_address=self.key_addr[e]), self.key_len[e]) & self.mask
-            while self.slots[s] >= 0:
-                s = (s + 1) & self.mask
-            self.slots[s] = e
-
-
-struct Cursor:
-    """Bounds-checked reading of a mapped GGUF file."""
-
-    var data: BPtr
-    var size: Int
-    var off: Int
-    var path: String
-
-    def __init__(out self, data: BPtr, size: Int, path: String):
-        self.data = data
-        self.size = size
-        self.off = 0
-        self.path = path
-
-    def need(self, n: UInt64, what: String) raises:
-        if n > UInt64(self.size - self.off):
-            raise file_error(self.path, "truncated or corrupt: " + what + " runs past the end of the file")
-
-    def u32(mut self, what: String) raises -> UInt32:
-        self.need(4, what)
-        var v = rd_u32(self.data, self.off)
-        self.off += 4
-        return v
-
-    def u64(mut self, what: String) raises -> UInt64:
-        self.need(8, what)
-        var v = rd_u64(self.data, self.off)
-        self.off += 8
-        return v
-
-    def string(mut self, what: String) raises -> Int:
-        """Skips a string; returns the offset of its bytes (length at off - 8 - ...)."""
-        var n = self.u64(what)
-        self.need(n, what)
-        var at = self.off
-        self.off += Int(n)
-        return at
-
-
-def gguf_scalar_size(t: Int) -> Int:
-    """Bytes of a GGUF scalar value type, 0 for string/array/unknown."""
-    if t == 0 or t == 1 or t == 7:
-        return 1
-    if t == 2 or t == 3:
-        return 2
-    if t == 4 or t == 5 or t == 6:
-        return 4
-    if t == 10 or t == 11 or t == 12:
-        return 8
-    return 0
-
-
-def gguf_is_int(t: Int) -> Bool:
-    return gguf_scalar_size(t) > 0 and t != 6 and t != 12
-
-
-def gguf_int_at(p: BPtr, off: Int, t: Int) -> Int:
-    """An integer-typed scalar, saturated to Int's range."""
-    if t == 0 or t == 7:
-        return rd_u8(p, off)
-    if t == 1:
-        return Int(bitcast[DType.int8, 1](p.unsafe_load(off)))
-    if t == 2:
-        return rd_u8(p, off) | (rd_u8(p, off + 1) << 8)
-    if t == 3:
-        return Int(bitcast[DType.int16, 1](UInt16(rd_u8(p, off) | (rd_u8(p, off + 1) << 8))))
-    if t == 4:
-        return Int(rd_u32(p, off))
-    if t == 5:
-        return rd_i32(p, off)
-    if t == 10:
-        var v = rd_u64(p, off)
-        return Int(v) if v < UInt64(1 << 62) else (1 << 62)
-    return Int(bitcast[DType.int64, 1](rd_u64(p, off)))
-
-
-def gguf_float_at(p: BPtr, off: Int, t: Int) -> Float32:
-    if t == 6:
-        return rd_f32(p, off)
-    if t == 12:
-        return Float32(bitcast[DType.float64, 1](rd_u64(p, off)))
-    return Float32(gguf_int_at(p, off, t))
-
-
-@fieldwise_init
-struct KvValue(Copyable, Movable):
-    """Where one key's value lies in the file (absent: type = -1)."""
-
-    var vtype: Int  # value type, or -1 when the key is absent
-    var off: Int  # offset of the value (of the first element, for arrays)
-    var etype: Int  # array element type
-    var count: Int  # array element count
-
-    @staticmethod
-    def absent() -> KvValue:
-        return KvValue(-1, 0, -1, 0)
-
-
-def skip_gguf_value(mut cur: Cursor, vtype: Int, key: String) raises -> KvValue:
-    var at = cur.off
-    var size = gguf_scalar_size(vtype)
-    if size > 0:
-        cur.need(UInt64(size), key)
-        cur.off += size
-        return KvValue(vtype, at, -1, 0)
-    if vtype == 8:
-        _ = cur.string(key)
-        return KvValue(vtype, at, -1, 0)
-    if vtype == 9:
-        var etype = Int(cur.u32(key))
-        var count = cur.u64(key)
-        var esize = gguf_scalar_size(etype)
-        if esize == 0 and etype != 8:
-            raise file_error(cur.path, key + ": unsupported array element type " + String(etype))
-        var min_size = esize if esize > 0 else 8
-        # each element takes at least min_size bytes: bounds the count before the loop
-        if count > UInt64(cur.size - cur.off) // UInt64(min_size):
-            raise file_error(cur.path, "truncated or corrupt: " + key + " runs past the end of the file")
-        var first = cur.off
-        if esize > 0:
-            cur.off += Int(count) * esize
-        else:
-            for _ in range(Int(count)):
-                _ = cur.string(key)
-        return KvValue(vtype, first, etype, Int(count))
-    raise file_error(cur.path, key + ": unknown value type " + String(vtype))
-
-
-def bytes_equal(p: BPtr, n: Int, s: String) -> Bool:
-    var b = s.as_bytes()
-    if len(b) != n:
-        return False
-    for i in range(n):
-        if p.unsafe_load(i) != b[i]:
-            return False
-    return True
-
-
-def gguf_int_key(path: String, data: BPtr, kv: KvValue, key: String, default: Int) raises -> Int:
-    if kv.vtype < 0:
-        if default < 0:
-            raise file_error(path, "missing required key " + key)
-        return default
-    if not gguf_is_int(kv.vtype):
-        raise file_error(path, "key " + key + " must be an integer")
-    return gguf_int_at(data, kv.off, kv.vtype)
-
-
-def gguf_vocab(data: BPtr, tokens: KvValue, scores: KvValue, types: KvValue) -> Vocab:
-    """The embedded tokenizer (arrays already bounds-checked): U+2581 spells a
-    space; the control tokens <s> and </s> are llama2.c's "\n<s>\n" and "\n</s>\n"."""
-    var v = Vocab()
-    var use_types = types.vtype == 9 and gguf_is_int(types.etype) and types.count == tokens.count
-    var tsize = gguf_scalar_size(types.etype) if use_types else 0
-    var ssize = gguf_scalar_size(scores.etype)
-    var piece = List[UInt8]()
-    var at = tokens.off
-    for i in range(tokens.count):
-        var n = Int(rd_u64(data, at))
-        var text = data.unsafe_offset(at + 8)
-        at += 8 + n
-        var score = gguf_float_at(data, scores.off + i * ssize, scores.etype)
-        piece.clear()
-        var control = use_types and gguf_int_at(data, types.off + i * tsize, types.etype) == 3
-        if control and (bytes_equal(text, n, "<s>") or bytes_equal(text, n, "</s>")):
-            piece.append(10)
-            for j in range(n):
-                piece.append(text.unsafe_load(j))
-            piece.append(10)
-        else:
-            var j = 0
-            while j < n:
-                if j + 2 < n and text.unsafe_load(j) == 0xE2 and text.unsafe_load(j + 1) == 0x96 and text.unsafe_load(j + 2) == 0x81:
-                    piece.append(32)
-                    j += 3
-                else:
-                    piece.append(text.unsafe_load(j))
-                    j += 1
-        v.add(BPtr(unsafe_from_address=Int(piece.unsafe_ptr())), len(piece), score)
-        v.max_token_length = max(v.max_token_length, len(piece))
-    _ = piece^
-    return v^
-
-
-def read_gguf(path: String, var file: MappedFile) raises -> Model:
-    var data = file.data
-    var cur = Cursor(data, file.size, path)
-    cur.need(4, "magic")
-    if not bytes_equal(data, 4, "GGUF"):
-        raise file_error(path, "bad magic, not a GGUF file")
-    cur.off = 4
-    var version = cur.u32("version")
-    if version != 2 and version != 3:
-        raise file_error(path, "unsupported GGUF version " + String(version) + " (2 and 3 are read)")
-    var n_tensors = cur.u64("tensor count")
-    var n_kv = cur.u64("kv count")
-    if n_tensors > UInt64(MAX_GGUF_ENTRIES) or n_kv > UInt64(MAX_GGUF_ENTRIES):
-        raise file_error(path, "implausible counts: " + String(n_tensors) + " tensors, " + String(n_kv)
-                         + " keys (limit " + String(MAX_GGUF_ENTRIES) + ")")
-
-    # the keys we use, in this order
-    var wanted = ["general.architecture", "general.alignment", "llama.embedding_length",
-                  "llama.feed_forward_length", "llama.block_count", "llama.attention.head_count",
-                  "llama.attention.head_count_kv", "llama.context_length", "tokenizer.ggml.tokens",
-                  "tokenizer.ggml.scores", "tokenizer.ggml.token_type"]
-    var found = List[KvValue](length=len(wanted), fill=KvValue.absent())
-    for _ in range(Int(n_kv)):
-        var key_at = cur.string("key")
-        var key_len = cur.off - key_at
-        var key = string_from(data.unsafe_offset(key_at), key_len)
-        var vtype = Int(cur.u32("type of " + key))
-        var value = skip_gguf_value(cur, vtype, key)
-        for i in range(len(wanted)):
-            if bytes_equal(data.unsafe_offset(key_at), key_len, wanted[i]):
-                found[i] = value.copy()  # a repeated key: the last one wins
-
-    # tensor infos: name -> index into the lists below
-    var names = ByteTable(Int(n_tensors))
-    var t_ndims = List[Int]()
-    var t_dims = List[UInt64]()  # 4 per tensor
-    var t_type = List[Int]()
-    var t_offset = List[UInt64]()
-    for i in range(Int(n_tensors)):
-        var name_at = cur.string("tensor name")
-        var name_len = cur.off - name_at
-        var name = string_from(data.unsafe_offset(name_at), name_len)
-        var n_dims = Int(cur.u32(name))
-        if n_dims > 4:
-            raise file_error(path, "tensor " + name + " has " + String(n_dims) + " dimensions")
-        t_ndims.append(n_dims)
-        for j in range(4):
-            t_dims.append(cur.u64(name) if j < n_dims else UInt64(0))
-        t_type.append(Int(cur.u32(name)))
-        t_offset.append(cur.u64(name))
-        names.insert(data.unsafe_offset(name_at), name_len, i, True)
-
-    var arch = found[0].copy()
-    if arch.vtype != 8 or not bytes_equal(data.unsafe_offset(arch.off + 8), Int(rd_u64(data, arch.off)), "llama"):
-        raise file_error(path, "general.architecture is not 'llama'")
-    var align = gguf_int_key(path, data, found[1], "general.alignment", 32)
-    if align <= 0 or (align & (align - 1)) != 0 or align > 65536:
-        raise file_error(path, "general.alignment=" + String(align) + " is not a power of two up to 65536")
-    var data_start = (cur.off + align - 1) // align * align
-
-    var tokens = found[8].copy()
-    var scores = found[9].copy()
-    if tokens.vtype != 9 or tokens.etype != 8 or tokens.count == 0:
-        raise file_error(path, "missing tokenizer.ggml.tokens")
-    if scores.vtype != 9 or gguf_scalar_size(scores.etype) == 0 or scores.count != tokens.count:
-        raise file_error(path, "tokenizer.ggml.scores missing or not one per token")
-    var heads = gguf_int_key(path, data, found[5], "llama.attention.head_count", -1)
-    var output_name = String("output.weight")
-    var c = Config(
-        gguf_int_key(path, data, found[2], "llama.embedding_length", -1),
-        gguf_int_key(path, data, found[3], "llama.feed_forward_length", -1),
-        gguf_int_key(path, data, found[4], "llama.block_count", -1),
-        heads,
-        gguf_int_key(path, data, found[6], "llama.attention.head_count_kv", max(heads, 0)),
-        tokens.count,
-        gguf_int_key(path, data, found[7], "llama.context_length", -1),
-        names.find(BPtr(unsafe_from_address=Int(output_name.as_bytes().unsafe_ptr())), output_name.byte_length()) < 0,
-    )
-    c.validate(path)
-
-    var m = Model(c^, file^)
-    var d = m.config.dim
-    var kv = m.config.kv_dim()
-    var hd = m.config.hidden_dim
-    var V = m.config.vocab_size
-
-    # the checks of one tensor; returns its data
-    def tensor(gname: String, rows: Int, cols: Int) raises {imm} -> FPtr:
-        """(rows, cols) matrix, or a (cols) vector when rows == 0."""
-        var gb = gname.as_bytes()
-        var i = names.find(BPtr(unsafe_from_address=Int(gb.unsafe_ptr())), len(gb))
-        if i < 0:
-            raise file_error(path, "missing tensor " + gname)
-        if t_type[i] != 0:
-            raise file_error(path, "tensor " + gname + " has type " + String(t_type[i])
-                             + "; only F32 (0) is supported")
-        var want_dims = 2 if rows > 0 else 1
-        var ok = t_ndims[i] == want_dims and t_dims[4 * i] == UInt64(cols)
-        if want_dims == 2:
-            ok = ok and t_dims[4 * i + 1] == UInt64(rows)
-        if not ok:
-            var shape = "[" + String(cols) + (", " + String(rows) if rows > 0 else "") + "]"
-            raise file_error(path, "tensor " + gname + " has other dims than the expected " + shape)
-        var nbytes = 4 * cols * max(rows, 1)
-        var offset = t_offset[i]
-        if offset % 4 != 0 or offset > UInt64(m.file.size) or data_start + Int(offset) + nbytes > m.file.size:
-            raise file_error(path, "tensor " + gname + " lies outside the file")
-        return m.file.data.unsafe_offset(data_start + Int(offset)).unsafe_bitcast[Float32]()
-
-    var w = Weights(m.file.data.unsafe_bitcast[Float32]())
-    w.token_embedding = tensor("token_embd.weight", V, d)
-    w.rms_final = tensor("output_norm.weight", 0, d)
-    w.wcls = w.token_embedding if m.config.shared_classifier else tensor("output.weight", V, d)
-    for l in range(m.config.n_layers):
-        var blk = "blk." + String(l) + "."
-        w.rms_att.append(tensor(blk + "attn_norm.weight", 0, d))
-        w.wq.append(tensor(blk + "attn_q.weight", d, d))
-        w.wk.append(tensor(blk + "attn_k.weight", kv, d))
-        w.wv.append(tensor(blk + "attn_v.weight", kv, d))
-        w.wo.append(tensor(blk + "attn_output.weight", d, d))
-        w.rms_ffn.append(tensor(blk + "ffn_norm.weight", 0, d))
-        w.w1.append(tensor(blk + "ffn_gate.weight", hd, d))
-        w.w2.append(tensor(blk + "ffn_down.weight", d, hd))
-        w.w3.append(tensor(blk + "ffn_up.weight", hd, d))
-    m.weights = w^
-
-    m.vocab = gguf_vocab(data, found[8], found[9], found[10])
-    m.has_vocab = True
-    return m^
-
-
-def read_model(path: String) raises -> Model:
-    """Any supported checkpoint, sniffed from its first bytes."""
-    var file = MappedFile(path)
-    if file.size >= 4 and bytes_equal(file.data, 4, "GGUF"):
-        return read_gguf(path, file^)
-    if file.size >= 4 and rd_u32(file.data, 0) == UInt32(V1_MAGIC):
-        return read_v1(path, file^)
-    return read_v0(path, file^)
-
-
-def read_tokenizer(path: String, vocab_size: Int) raises -> Vocab:
-    """tokenizer.bin: int32 max_token_length, then per token float32 score, int32
-    length, bytes; exactly `vocab_size` tokens, nothing after them."""
-    var file = MappedFile(path)
-    var p = file.data
-    var size = file.size
-    if size < 4:
-        file.close()
-        raise file_error(path, "truncated: no max_token_length header")
-    var max_len = rd_i32(p, 0)
-    if max_len < 1 or max_len > MAX_TOKEN_LENGTH:
-        file.close()
-        raise file_error(path, "max_token_length=" + String(max_len) + " outside 1.." + String(MAX_TOKEN_LENGTH))
-    var v = Vocab()
-    v.max_token_length = max_len
-    var off = 4
-    for i in range(vocab_size):
-        if off + 8 > size:
-            file.close()
-            raise file_error(path, "has only " + String(i) + " tokens, the model's vocabulary is " + String(vocab_size))
-        var score = rd_f32(p, off)
-        var n = rd_i32(p, off + 4)
-        off += 8
-        if n < 0 or n > max_len:
-            file.close()
-            raise file_error(path, "token " + String(i) + " has length " + String(n) + ", outside 0.." + String(max_len))
-        if score != score:
-            file.close()
-            raise file_error(path, "token " + String(i) + " has a NaN score")
-        if off + n > size:
-            file.close()
-            raise file_error(path, "truncated inside token " + String(i))
-        v.add(p.unsafe_offset(off), n, score)
-        off += n
-    if off != size:
-        file.close()
-        raise file_error(path, "has " + String(size - off) + " bytes after token " + String(vocab_size - 1)
-                         + ": its vocabulary is larger than the model's " + String(vocab_size))
-    file.close()
-    return v^
 
 
 # ----------------------------------------------------------------------------
@@ -1613,6 +771,20 @@ def parse_int(flag: String, text: String, lo: Int, hi: Int) raises -> Int:
     return value
 
 
+def parse_steps(text: String) raises -> Int:
+    """-n: an integer >= 0 of any number of digits. Everything above seq_len means
+    seq_len, so a huge value saturates instead of being refused."""
+    var b = text.as_bytes()
+    var neg = len(b) > 0 and b[0] == 45
+    var start = 1 if len(b) > 0 and (b[0] == 43 or b[0] == 45) else 0
+    var mag = UInt64(0)
+    if not parse_digits(b, start, len(b), mag):
+        raise usage_error("-n expects an integer, got '" + text + "'")
+    if neg and mag != 0:  # -0 is 0
+        raise usage_error("-n " + text + " is out of range")
+    return Int(min(mag, UInt64(1 << 62)))
+
+
 def parse_u64(flag: String, text: String) raises -> UInt64:
     """A seed: an integer in [0, 2^64)."""
     var b = text.as_bytes()
@@ -1626,6 +798,27 @@ def parse_u64(flag: String, text: String) raises -> UInt64:
     if overflow or (neg and mag != 0):  # -0 is 0
         raise usage_error(flag + " " + text + " is out of range")
     return mag
+
+
+def scale_pow10(mant: UInt64, exp10: Int) -> Float64:
+    """mant * 10^exp10: one correctly rounded operation when the power of ten is
+    exact (10^0..10^22)."""
+    var value = Float64(mant)
+    if exp10 > 0:
+        var p = Float64(1)
+        for _ in range(min(exp10, 400)):
+            p *= 10
+        value *= p
+    elif exp10 < 0:
+        var e = -exp10
+        while e > 22:
+            value /= Float64(1e22)
+            e -= 22
+        var p = Float64(1)
+        for _ in range(e):
+            p *= 10
+        value /= p
+    return value
 
 
 def parse_float(flag: String, text: String, lo: Float64, hi: Float64) raises -> Float64:
@@ -1671,22 +864,7 @@ def parse_float(flag: String, text: String, lo: Float64, hi: Float64) raises -> 
         exp10 += -ev if eneg else ev
     if i != n:
         raise bad^
-    # one correctly rounded operation when the power of ten is exact (10^0..10^22)
-    var value = Float64(mant)
-    if exp10 > 0:
-        var p = Float64(1)
-        for _ in range(min(exp10, 400)):
-            p *= 10
-        value *= p
-    elif exp10 < 0:
-        var e = -exp10
-        while e > 22:
-            value /= Float64(1e22)
-            e -= 22
-        var p = Float64(1)
-        for _ in range(e):
-            p *= 10
-        value /= p
+    var value = scale_pow10(mant, exp10)
     if neg:
         value = -value
     # 1e999 overflows to infinity, and inf - inf is nan: a finite value minus itself is 0
@@ -1731,7 +909,7 @@ def parse_args(args: List[String]) raises -> Args:
         elif flag == "-s":
             a.seed = parse_u64(flag, value)
         elif flag == "-n":
-            a.steps = parse_int(flag, value, 0, 1 << 31)
+            a.steps = parse_steps(value)
         elif flag == "-i":
             a.prompt = List[UInt8]()
             for byte in value.as_bytes():

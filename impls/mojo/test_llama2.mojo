@@ -8,12 +8,17 @@
 # or fail when CI=true.
 
 from std.collections import List
+from std.ffi import external_call
+from std.memory import bitcast
 from std.os import getenv
 from std.sys import exit
+from model import (
+    BPtr, Config, FPtr, KPtr, MappedFile, Vocab, alloc_floats, alloc_keys, c_path, file_error, write_all,
+)
+from formats import read_model, read_tokenizer
 from llama2 import (
-    Args, Config, FPtr, KPtr, Rng, Tokenizer, Vocab, alloc_floats, alloc_keys, argmax,
-    file_error, fixed, parse_args, parse_float, parse_int, parse_u64, read_tokenizer,
-    safe_piece, sample_mult, sample_topp, MappedFile,
+    Args, Rng, Tokenizer, argmax, fixed, parse_args, parse_float, parse_int, parse_steps, parse_u64,
+    safe_piece, sample_mult, sample_topp,
 )
 
 
@@ -173,6 +178,255 @@ def test_args(mut t: Tally) raises:
     t.check(fixed(1.2345678, 6) == "1.234568" and fixed(0.00001, 4) == "0.0000", "fixed-point formatting")
 
 
+def test_number_flags(mut t: Tally) raises:
+    """-n takes any number of digits (above seq_len means seq_len); -j is in
+    [1, 4096]; -s in [0, 2^64 - 1]."""
+    t.check(parse_steps("1099511627776") == 1099511627776, "-n above 2^32")
+    t.check(parse_steps("99999999999999999999999999") >= 1 << 62, "-n beyond 64 bits saturates")
+    t.check(parse_steps("-0") == 0, "-n -0 is 0")
+    t.check(usage_code(["m.bin", "-n", "99999999999999999999999999"]) == 0, "-n with 26 digits is accepted")
+    t.check(usage_code(["m.bin", "-n", "-1"]) == 2, "-n -1 is a usage error")
+    t.check(usage_code(["m.bin", "-j", "4096"]) == 0, "-j 4096 is accepted")
+    t.check(usage_code(["m.bin", "-j", "4097"]) == 2, "-j 4097 is a usage error")
+    t.check(usage_code(["m.bin", "-s", "18446744073709551615"]) == 0, "-s 2^64 - 1 is accepted")
+    t.check(usage_code(["m.bin", "-s", "18446744073709551616"]) == 2, "-s 2^64 is a usage error")
+
+
+# ----------------------------------------------------------------------------
+# Model files written here, broken one way at a time
+
+
+def put_u32(mut b: List[UInt8], v: UInt32):
+    for i in range(4):
+        b.append(UInt8((v >> UInt32(8 * i)) & 0xFF))
+
+
+def put_u64(mut b: List[UInt8], v: Int):
+    put_u32(b, UInt32(v & 0xFFFFFFFF))
+    put_u32(b, UInt32(v >> 32))
+
+
+def put_str(mut b: List[UInt8], s: String):
+    put_u64(b, s.byte_length())
+    for c in s.as_bytes():
+        b.append(c)
+
+
+comptime NAN_BITS = UInt32(0x7FC00000)
+comptime NEG_INF_BITS = UInt32(0xFF800000)
+
+
+def score_bits(i: Int, breakage: String) -> UInt32:
+    """Token i's score, -i, unless `breakage` breaks it."""
+    if breakage == "NaN score" and i == 5:
+        return NAN_BITS
+    if breakage == "infinite score" and i == 7:
+        return NEG_INF_BITS
+    return bitcast[DType.uint32, 1](Float32(-i))
+
+
+def byte_piece(b: Int) -> String:
+    var hex = "0123456789ABCDEF"
+    return "<0x" + String(hex[byte=b >> 4]) + String(hex[byte=b & 15]) + ">"
+
+
+struct GgufWriter(Movable):
+    """A GGUF file under construction: key-value section, tensor infos, data size."""
+
+    var kv: List[UInt8]
+    var n_kv: Int
+    var infos: List[UInt8]
+    var n_tensors: Int
+    var data_len: Int
+
+    def __init__(out self):
+        self.kv = List[UInt8]()
+        self.n_kv = 0
+        self.infos = List[UInt8]()
+        self.n_tensors = 0
+        self.data_len = 0
+
+    def key(mut self, k: String, vtype: Int):
+        put_str(self.kv, k)
+        put_u32(self.kv, UInt32(vtype))
+        self.n_kv += 1
+
+    def u32_key(mut self, k: String, v: Int):
+        self.key(k, 4)
+        put_u32(self.kv, UInt32(v))
+
+    def scores(mut self, breakage: String):
+        self.key("tokenizer.ggml.scores", 9)
+        put_u32(self.kv, 6)
+        put_u64(self.kv, 260)
+        for i in range(260):
+            put_u32(self.kv, score_bits(i, breakage))
+
+    def info(mut self, name: String, d0: Int, d1: Int, offset: Int):
+        """Tensor info with dims [d0, d1] (innermost first), or [d0] when d1 == 0."""
+        put_str(self.infos, name)
+        put_u32(self.infos, UInt32(2 if d1 > 0 else 1))
+        put_u64(self.infos, d0)
+        if d1 > 0:
+            put_u64(self.infos, d1)
+        put_u32(self.infos, 0)
+        put_u64(self.infos, offset)
+        self.n_tensors += 1
+
+    def add(mut self, name: String, d0: Int, d1: Int) -> Int:
+        """A zero tensor at the next 32-byte boundary of the data; returns its offset."""
+        var at = (self.data_len + 31) // 32 * 32
+        self.info(name, d0, d1, at)
+        self.data_len = at + 4 * d0 * max(d1, 1)
+        return at
+
+    def bytes(self) -> List[UInt8]:
+        var out: List[UInt8] = [71, 71, 85, 70]  # GGUF
+        put_u32(out, 3)
+        put_u64(out, self.n_tensors)
+        put_u64(out, self.n_kv)
+        out += self.kv.copy()
+        out += self.infos.copy()
+        var end = (len(out) + 31) // 32 * 32 + self.data_len
+        while len(out) < end:
+            out.append(0)
+        return out^
+
+
+def tiny_gguf(breakage: String) -> List[UInt8]:
+    """A one-layer model (dim 8, hidden 16, 2 heads, seq_len 4) with the smallest
+    legal vocabulary (<unk>, <s>, </s>, the 256 byte tokens, "▁"), broken as `breakage` says."""
+    var w = GgufWriter()
+    w.key("general.architecture", 8)
+    put_str(w.kv, "llama")
+    w.u32_key("llama.embedding_length", 8)
+    w.u32_key("llama.feed_forward_length", 16)
+    w.u32_key("llama.block_count", 1)
+    w.u32_key("llama.attention.head_count", 2)
+    w.u32_key("" if breakage == "empty key" else "llama.context_length", 4)
+    if breakage == "duplicate key":
+        w.u32_key("llama.block_count", 1)
+    w.key("tokenizer.ggml.tokens", 9)
+    put_u32(w.kv, 8)
+    put_u64(w.kv, 260)
+    for i in range(259):
+        put_str(w.kv, "<unk>" if i == 0 else ("<s>" if i == 1 else ("</s>" if i == 2 else byte_piece(i - 3))))
+    put_str(w.kv, "\u2582" if breakage == "no space piece" else "\u2581")
+    w.scores(breakage)
+    if breakage == "duplicate tokenizer key":
+        w.scores(breakage)
+    _ = w.add("token_embd.weight", 8, 260)
+    _ = w.add("output_norm.weight", 8, 0)
+    var norm_at = w.add("blk.0.attn_norm.weight", 8, 0)
+    if breakage == "overlapping tensors":
+        w.info("blk.0.attn_q.weight", 8, 8, norm_at)
+    else:
+        _ = w.add("blk.0.attn_q.weight", 8, 8)
+    for name in ["attn_k", "attn_v", "attn_output"]:
+        _ = w.add("blk.0." + name + ".weight", 8, 8)
+    _ = w.add("blk.0.ffn_norm.weight", 8, 0)
+    _ = w.add("blk.0.ffn_gate.weight", 8, 16)
+    _ = w.add("blk.0.ffn_down.weight", 16, 8)
+    if breakage == "unaligned tensor offset":
+        w.info("blk.0.ffn_up.weight", 8, 16, w.data_len + 4)
+        w.data_len += 4 + 4 * 128
+    else:
+        _ = w.add("blk.0.ffn_up.weight", 8, 16)
+    if breakage == "duplicate tensor":
+        _ = w.add("blk.0.attn_k.weight", 8, 8)
+    if breakage == "unknown tensor":
+        _ = w.add("extra.weight", 8, 0)
+    if breakage == "second layer's tensor":
+        _ = w.add("blk.1.attn_norm.weight", 8, 0)
+    return w.bytes()
+
+
+def tiny_tokenizer(breakage: String) -> List[UInt8]:
+    """A tokenizer.bin of the smallest legal vocabulary (200 tokens for "too few")."""
+    var out = List[UInt8]()
+    put_u32(out, 8)
+    var n = 200 if breakage == "too few tokens" else 260
+    for i in range(n):
+        var piece = "<unk>" if i == 0 else ("\n<s>\n" if i == 1 else ("\n</s>\n" if i == 2 else byte_piece((i - 3) % 256)))
+        if i == n - 1:
+            piece = "@@" if breakage == "no space piece" else " "
+        put_u32(out, score_bits(i, breakage))
+        put_u32(out, UInt32(piece.byte_length()))
+        for c in piece.as_bytes():
+            out.append(c)
+    return out^
+
+
+def write_temp(name: String, data: List[UInt8]) -> String:
+    var path = "/tmp/polyllama-mojo-test-" + String(Int(external_call["getpid", Int32]())) + "-" + name
+    var cpath = c_path(path)
+    var fd = external_call["creat", Int32](cpath.unsafe_ptr(), UInt32(0o644))
+    _ = write_all(fd, BPtr(unsafe_from_address=Int(data.unsafe_ptr())), len(data))
+    _ = external_call["close", Int32](fd)
+    _ = cpath^
+    return path
+
+
+def remove(path: String):
+    var cpath = c_path(path)
+    _ = external_call["unlink", Int32](cpath.unsafe_ptr())
+    _ = cpath^
+
+
+def refusal(path: String, vocab_size: Int) -> String:
+    """What reading `path` raises ("" when it loads): a model for vocab_size < 0,
+    else a tokenizer.bin of that vocabulary."""
+    try:
+        if vocab_size < 0:
+            var m = read_model(path)
+            m.file.close()
+        else:
+            _ = read_tokenizer(path, vocab_size)
+        return ""
+    except e:
+        return String(e)
+
+
+def expect_refusal(mut t: Tally, breakage: String, data: List[UInt8], vocab_size: Int, want: String):
+    var path = write_temp("breakage.bin", data)
+    var msg = refusal(path, vocab_size)
+    remove(path)
+    var ok = msg.startswith("3" + path + ": ") and msg.find(want) >= 0
+    t.check(ok, breakage + ": got '" + msg + "', want exit 3 saying '" + want + "'")
+
+
+def test_gguf_refusals(mut t: Tally):
+    """Contract section 4: the GGUF files llama.cpp refuses; section 5: the rules of
+    the embedded tokenizer."""
+    var path = write_temp("tiny.gguf", tiny_gguf(""))
+    t.check(refusal(path, -1) == "", "the tiny GGUF loads: " + refusal(path, -1))
+    remove(path)
+    var cases: List[String] = [
+        "empty key", "duplicate key", "duplicate tokenizer key", "duplicate tensor", "unknown tensor",
+        "second layer's tensor", "unaligned tensor offset", "overlapping tensors", "NaN score",
+        "infinite score", "no space piece",
+    ]
+    var wants: List[String] = [
+        "is empty", "key llama.block_count appears twice", "key tokenizer.ggml.scores appears twice",
+        "tensor blk.0.attn_k.weight appears twice", "unexpected tensor extra.weight",
+        "unexpected tensor blk.1.attn_norm.weight", "not a multiple of general.alignment=32", "overlap",
+        "token 5 has a NaN score", "token 7 has an infinite score", "no piece \" \"",
+    ]
+    for i in range(len(cases)):
+        expect_refusal(t, "gguf " + cases[i], tiny_gguf(cases[i]), -1, wants[i])
+
+
+def test_tokenizer_refusals(mut t: Tally):
+    """Contract section 5 for tokenizer.bin, checked as it is read."""
+    var path = write_temp("tok.bin", tiny_tokenizer(""))
+    t.check(refusal(path, 260) == "", "the smallest legal tokenizer.bin loads: " + refusal(path, 260))
+    remove(path)
+    expect_refusal(t, "tokenizer no space piece", tiny_tokenizer("no space piece"), 260, "no piece \" \"")
+    expect_refusal(t, "tokenizer NaN score", tiny_tokenizer("NaN score"), 260, "token 5 has a NaN score")
+    expect_refusal(t, "tokenizer infinite score", tiny_tokenizer("infinite score"), 260, "token 7 has an infinite score")
+    expect_refusal(t, "tokenizer too few tokens", tiny_tokenizer("too few tokens"), 200, "at least 259")
+
+
 def config_code(c: Config) -> Int:
     try:
         c.validate("x")
@@ -200,6 +454,9 @@ def main():
         test_choices(t)
         test_args(t)
         test_validate(t)
+        test_number_flags(t)
+        test_gguf_refusals(t)
+        test_tokenizer_refusals(t)
     except e:
         t.check(False, "unexpected error: " + String(e))
     print(t.passed, "passed,", t.failed, "failed")

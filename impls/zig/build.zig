@@ -1,5 +1,5 @@
 //! polyllama's Zig port: `zig build -Doptimize=ReleaseFast` -> zig-out/bin/run,
-//! `zig build test -Doptimize=ReleaseSafe` -> the unit tests in src/main.zig.
+//! `zig build test -Doptimize=ReleaseSafe` -> the unit tests of src/main.zig and the modules it imports.
 const std = @import("std");
 
 pub fn build(b: *std.Build) void {

@@ -6,6 +6,12 @@ const std = @import("std");
 const builtin = @import("builtin");
 const Io = std.Io;
 const Allocator = std.mem.Allocator;
+const model = @import("model.zig");
+const checkpoint = @import("checkpoint.zig");
+const Config = model.Config;
+const Tensor = model.Tensor;
+const TransformerWeights = model.TransformerWeights;
+const Vocab = model.Vocab;
 
 comptime {
     // Weights are used in place from the mapped little-endian file.
@@ -46,92 +52,17 @@ fn allocOrDie(gpa: Allocator, comptime T: type, n: usize) []T {
     return gpa.alloc(T, n) catch outOfMemory();
 }
 
-// ----------------------------------------------------------------------------
-// Transformer model
-
-// The contract's limits (section 4): a hostile header never sizes an allocation past these.
-const MAX_DIM = 65536;
-const MAX_HIDDEN = 262144;
-const MAX_LAYERS = 1024;
-const MAX_VOCAB = 1 << 20;
-const MAX_SEQ = 65536;
-const MAX_KV_BYTES: u64 = 4 << 30;
-
-const Config = struct {
-    dim: usize, // transformer dimension
-    hidden_dim: usize, // for ffn layers
-    n_layers: usize, // number of layers
-    n_heads: usize, // number of query heads
-    n_kv_heads: usize, // number of key/value heads (can be < query heads because of multiquery)
-    vocab_size: usize, // vocabulary size, usually 32000 for Llama 2 tokenizers
-    seq_len: usize, // max sequence length
-    shared_classifier: bool, // the classifier reuses token_embedding
-
-    fn headSize(c: Config) usize {
-        return c.dim / c.n_heads;
+/// A reader's refusal (or its failed allocation) as the contract's error line and exit code.
+fn readFailed(err: model.ReadError, diag: *const model.Diag) noreturn {
+    switch (err) {
+        error.BadFile => badFile(diag.path, "{s}", .{diag.problem()}),
+        error.OutOfMemory => outOfMemory(),
     }
-    fn kvDim(c: Config) usize {
-        return c.n_kv_heads * c.headSize();
-    }
-};
-
-/// Header values as read, wide enough that no file can overflow them before validation.
-const RawConfig = struct { dim: i64, hidden_dim: i64, n_layers: i64, n_heads: i64, n_kv_heads: i64, vocab_size: i64, seq_len: i64 };
-
-/// Checks a header against the contract before anything is sized from it.
-fn validateConfig(path: []const u8, r: RawConfig, shared: bool) Config {
-    inline for (.{ "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len" }) |name| {
-        const v = @field(r, name);
-        if (v <= 0) badFile(path, "header value {s}={d} must be positive", .{ name, v });
-    }
-    const limits = .{ .{ "dim", MAX_DIM }, .{ "hidden_dim", MAX_HIDDEN }, .{ "n_layers", MAX_LAYERS }, .{ "vocab_size", MAX_VOCAB }, .{ "seq_len", MAX_SEQ } };
-    inline for (limits) |l| {
-        const v = @field(r, l[0]);
-        if (v > l[1]) badFile(path, "header value {s}={d} exceeds the limit {d}", .{ l[0], v, l[1] });
-    }
-    if (r.n_heads > r.dim) badFile(path, "header value n_heads={d} exceeds the limit {d}", .{ r.n_heads, r.dim });
-    if (@mod(r.dim, r.n_heads) != 0) badFile(path, "dim={d} is not a multiple of n_heads={d}", .{ r.dim, r.n_heads });
-    const head_size = @divExact(r.dim, r.n_heads);
-    if (@mod(head_size, 2) != 0) badFile(path, "head_size={d} must be even for RoPE", .{head_size});
-    if (r.n_kv_heads > r.n_heads or @mod(r.n_heads, r.n_kv_heads) != 0)
-        badFile(path, "n_heads={d} is not a multiple of n_kv_heads={d}", .{ r.n_heads, r.n_kv_heads });
-    // every factor is bounded above, so this product fits in 64 bits
-    const kv_bytes: u64 = @intCast(r.n_layers * r.seq_len * (r.n_kv_heads * head_size) * 2 * 4);
-    if (kv_bytes > MAX_KV_BYTES) badFile(path, "KV cache of {d} bytes exceeds the 4 GiB limit", .{kv_bytes});
-    return .{
-        .dim = @intCast(r.dim),
-        .hidden_dim = @intCast(r.hidden_dim),
-        .n_layers = @intCast(r.n_layers),
-        .n_heads = @intCast(r.n_heads),
-        .n_kv_heads = @intCast(r.n_kv_heads),
-        .vocab_size = @intCast(r.vocab_size),
-        .seq_len = @intCast(r.seq_len),
-        .shared_classifier = shared,
-    };
 }
 
-/// fp32 weights read in place from the mapped file. GGUF data may sit at any 4-byte offset from
-/// an unaligned start, so tensors are declared align(1); the kernels load them unaligned anyway.
-const Tensor = []align(1) const f32;
-
-const LayerWeights = struct {
-    rms_att: Tensor, // (dim)
-    wq: Tensor, // (dim, n_heads * head_size)
-    wk: Tensor, // (kv_dim, dim)
-    wv: Tensor, // (kv_dim, dim)
-    wo: Tensor, // (n_heads * head_size, dim)
-    rms_ffn: Tensor, // (dim)
-    w1: Tensor, // (hidden_dim, dim)
-    w2: Tensor, // (dim, hidden_dim)
-    w3: Tensor, // (hidden_dim, dim)
-};
-
-const TransformerWeights = struct {
-    token_embedding: Tensor, // (vocab_size, dim)
-    layers: []LayerWeights, // (n_layers)
-    rms_final: Tensor, // (dim)
-    wcls: Tensor, // (vocab_size, dim): token_embedding when shared
-};
+// ----------------------------------------------------------------------------
+// Transformer model: config, weights and vocabulary are model.zig's, read by checkpoint.zig
+// and gguf.zig; here is what a run adds to them
 
 /// The activations of one position plus the KV cache of the whole sequence.
 const RunState = struct {
@@ -179,444 +110,16 @@ fn freeRunState(gpa: Allocator, s: *RunState) void {
     inline for (@typeInfo(RunState).@"struct".field_names) |name| gpa.free(@field(s, name));
 }
 
-// --- reading files
-
-/// Maps `path` read-only. An empty file maps to an empty slice (mmap refuses length 0).
-fn mapFile(io: Io, path: []const u8) []const u8 {
-    const file = Io.Dir.cwd().openFile(io, path, .{}) catch |err| switch (err) {
-        error.FileNotFound => badFile(path, "cannot open: no such file", .{}),
-        error.AccessDenied, error.PermissionDenied => badFile(path, "cannot open: permission denied", .{}),
-        error.IsDir => badFile(path, "cannot open: is a directory", .{}),
-        else => badFile(path, "cannot open: {t}", .{err}),
-    };
-    defer file.close(io);
-    const st = file.stat(io) catch |err| badFile(path, "cannot open: {t}", .{err});
-    if (st.kind == .directory) badFile(path, "cannot open: is a directory", .{});
-    if (st.kind != .file) badFile(path, "cannot open: not a regular file", .{});
-    if (st.size == 0) return &.{};
-    const len = std.math.cast(usize, st.size) orelse badFile(path, "file too large to map", .{});
-    var flags: std.posix.MAP = .{ .TYPE = .PRIVATE };
-    // fault every page in now, while load_s is counting, rather than during the first token
-    if (builtin.os.tag == .linux) flags.POPULATE = true;
-    const mem = std.posix.mmap(null, len, .{ .READ = true }, flags, file.handle, 0) catch |err|
-        badFile(path, "cannot map: {t}", .{err});
-    return mem;
-}
-
-fn readI32(data: []const u8, off: usize) i64 {
-    return std.mem.readInt(i32, data[off..][0..4], .little);
-}
-
-/// `count` floats at byte `off` of the mapping, which the caller has bounds-checked.
-fn tensorAt(data: []const u8, off: usize, count: usize) Tensor {
-    const p: [*]align(1) const f32 = @ptrCast(data.ptr + off);
-    return p[0..count];
-}
-
-/// Number of fp32 values every tensor of a config takes, in the run.c (v0) order.
-fn weightFloats(c: Config) u64 {
-    const d: u64 = c.dim;
-    const h: u64 = c.hidden_dim;
-    const l: u64 = c.n_layers;
-    const kv: u64 = c.kvDim();
-    const v: u64 = c.vocab_size;
-    var n = v * d + l * d * 2 + d; // embedding, rms_att, rms_ffn, rms_final
-    n += l * (d * d * 2 + kv * d * 2); // wq, wo, wk, wv
-    n += l * h * d * 3; // w1, w2, w3
-    if (!c.shared_classifier) n += v * d;
-    return n;
-}
-
-fn checkSize(path: []const u8, actual: usize, expected: u64) void {
-    if (actual != expected) {
-        const kind = if (actual < expected) "truncated" else "oversized";
-        badFile(path, "{s}: file is {d} bytes, the header implies {d}", .{ kind, actual, expected });
-    }
-}
-
-/// Lays the per-layer tensors out over one contiguous block per weight kind (v0 and v1).
-const Layout = struct {
-    data: []const u8,
-    off: usize,
-
-    fn take(self: *Layout, count: usize) Tensor {
-        const t = tensorAt(self.data, self.off, count);
-        self.off += count * 4;
-        return t;
-    }
-    /// (n_layers, rows) block split into per-layer tensors, written into field `name`.
-    fn takeLayers(self: *Layout, layers: []LayerWeights, comptime name: []const u8, per_layer: usize) void {
-        for (layers) |*lw| @field(lw, name) = self.take(per_layer);
-    }
-};
-
-fn readV0(gpa: Allocator, path: []const u8, data: []const u8) Transformer {
-    if (data.len < 28) badFile(path, "truncated: {d} bytes, a v0 header needs 28", .{data.len});
-    const vocab = readI32(data, 20);
-    const raw: RawConfig = .{ .dim = readI32(data, 0), .hidden_dim = readI32(data, 4), .n_layers = readI32(data, 8), .n_heads = readI32(data, 12), .n_kv_heads = readI32(data, 16), .vocab_size = if (vocab < 0) -vocab else vocab, .seq_len = readI32(data, 24) };
-    // a negative vocab_size flags an unshared classifier (wcls at the end)
-    const c = validateConfig(path, raw, vocab > 0);
-    const freq_floats: u64 = @as(u64, c.seq_len) * (c.headSize() / 2) * 2;
-    checkSize(path, data.len, 28 + 4 * (weightFloats(c) + freq_floats));
-
-    const d = c.dim;
-    const kv = c.kvDim();
-    const layers = gpa.alloc(LayerWeights, c.n_layers) catch outOfMemory();
-    var lay: Layout = .{ .data = data, .off = 28 };
-    var w: TransformerWeights = undefined;
-    w.token_embedding = lay.take(c.vocab_size * d);
-    lay.takeLayers(layers, "rms_att", d);
-    lay.takeLayers(layers, "wq", d * d);
-    lay.takeLayers(layers, "wk", kv * d);
-    lay.takeLayers(layers, "wv", kv * d);
-    lay.takeLayers(layers, "wo", d * d);
-    lay.takeLayers(layers, "rms_ffn", d);
-    lay.takeLayers(layers, "w1", c.hidden_dim * d);
-    lay.takeLayers(layers, "w2", d * c.hidden_dim);
-    lay.takeLayers(layers, "w3", c.hidden_dim * d);
-    w.rms_final = lay.take(d);
-    lay.off += @intCast(freq_floats * 4); // legacy freq_cis_real / freq_cis_imag
-    w.wcls = if (c.shared_classifier) w.token_embedding else lay.take(c.vocab_size * d);
-    w.layers = layers;
-    return .{ .config = c, .weights = w, .state = undefined, .file = data, .vocab = null };
-}
-
-const V1_MAGIC: u32 = 0x616b3432;
-
-fn readV1(gpa: Allocator, path: []const u8, data: []const u8) Transformer {
-    if (data.len < 256) badFile(path, "truncated: {d} bytes, a v1 header needs 256", .{data.len});
-    const magic = std.mem.readInt(u32, data[0..4], .little);
-    if (magic != V1_MAGIC) badFile(path, "bad magic 0x{x:0>8}, expected 0x{x:0>8}", .{ magic, V1_MAGIC });
-    const version = readI32(data, 4);
-    if (version != 1) badFile(path, "unsupported llama2.c format version {d} (only 0 and 1 are fp32)", .{version});
-    const raw: RawConfig = .{ .dim = readI32(data, 8), .hidden_dim = readI32(data, 12), .n_layers = readI32(data, 16), .n_heads = readI32(data, 20), .n_kv_heads = readI32(data, 24), .vocab_size = readI32(data, 28), .seq_len = readI32(data, 32) };
-    const shared = data[36];
-    if (shared > 1) badFile(path, "shared_classifier flag is {d}, expected 0 or 1", .{shared});
-    const c = validateConfig(path, raw, shared == 1);
-    checkSize(path, data.len, 256 + 4 * weightFloats(c));
-
-    const d = c.dim;
-    const kv = c.kvDim();
-    const layers = gpa.alloc(LayerWeights, c.n_layers) catch outOfMemory();
-    var lay: Layout = .{ .data = data, .off = 256 };
-    var w: TransformerWeights = undefined;
-    // v1 writes the small vectors first, then the matrices
-    lay.takeLayers(layers, "rms_att", d);
-    lay.takeLayers(layers, "rms_ffn", d);
-    w.rms_final = lay.take(d);
-    w.token_embedding = lay.take(c.vocab_size * d);
-    lay.takeLayers(layers, "wq", d * d);
-    lay.takeLayers(layers, "wk", kv * d);
-    lay.takeLayers(layers, "wv", kv * d);
-    lay.takeLayers(layers, "wo", d * d);
-    lay.takeLayers(layers, "w1", c.hidden_dim * d);
-    lay.takeLayers(layers, "w2", d * c.hidden_dim);
-    lay.takeLayers(layers, "w3", c.hidden_dim * d);
-    w.wcls = if (c.shared_classifier) w.token_embedding else lay.take(c.vocab_size * d);
-    w.layers = layers;
-    return .{ .config = c, .weights = w, .state = undefined, .file = data, .vocab = null };
-}
-
-// --- GGUF (v2/v3, all tensors F32, llama.cpp's `llama` names)
-
-const GGUF_MAX_ENTRIES = 65536;
-
-/// A bounds-checked reader over the mapped file: every count and length is checked against the
-/// bytes that remain before it is used.
-const Cursor = struct {
-    path: []const u8,
-    data: []const u8,
-    off: usize = 0,
-
-    fn need(self: *Cursor, n: u64, what: []const u8) usize {
-        if (n > self.data.len - self.off)
-            badFile(self.path, "truncated or corrupt: {s} runs past the end of the file", .{what});
-        return @intCast(n);
-    }
-    fn int(self: *Cursor, comptime T: type, what: []const u8) T {
-        _ = self.need(@sizeOf(T), what);
-        const v = std.mem.readInt(T, self.data[self.off..][0..@sizeOf(T)], .little);
-        self.off += @sizeOf(T);
-        return v;
-    }
-    fn string(self: *Cursor, what: []const u8) []const u8 {
-        const n = self.need(self.int(u64, what), what);
-        const s = self.data[self.off..][0..n];
-        self.off += n;
-        return s;
-    }
-};
-
-const GgufType = enum(u32) { u8 = 0, i8 = 1, u16 = 2, i16 = 3, u32 = 4, i32 = 5, f32 = 6, bool = 7, string = 8, array = 9, u64 = 10, i64 = 11, f64 = 12, _ };
-
-fn scalarSize(t: GgufType) ?usize {
-    return switch (t) {
-        .u8, .i8, .bool => 1,
-        .u16, .i16 => 2,
-        .u32, .i32, .f32 => 4,
-        .u64, .i64, .f64 => 8,
-        else => null,
-    };
-}
-
-/// A scalar at `off` as a float (for scores) or a saturated integer (for header values).
-fn scalarAt(data: []const u8, off: usize, t: GgufType) union(enum) { int: i64, float: f64 } {
-    const p = data[off..];
-    return switch (t) {
-        .u8, .bool => .{ .int = p[0] },
-        .i8 => .{ .int = @as(i8, @bitCast(p[0])) },
-        .u16 => .{ .int = std.mem.readInt(u16, p[0..2], .little) },
-        .i16 => .{ .int = std.mem.readInt(i16, p[0..2], .little) },
-        .u32 => .{ .int = std.mem.readInt(u32, p[0..4], .little) },
-        .i32 => .{ .int = std.mem.readInt(i32, p[0..4], .little) },
-        .u64 => .{ .int = std.math.cast(i64, std.mem.readInt(u64, p[0..8], .little)) orelse std.math.maxInt(i64) },
-        .i64 => .{ .int = std.mem.readInt(i64, p[0..8], .little) },
-        .f32 => .{ .float = @as(f32, @bitCast(std.mem.readInt(u32, p[0..4], .little))) },
-        .f64 => .{ .float = @bitCast(std.mem.readInt(u64, p[0..8], .little)) },
-        else => unreachable, // callers pass scalar types only
-    };
-}
-
-/// Where a key's value sits in the file; arrays are read lazily once the header is checked.
-const GgufValue = struct {
-    vtype: GgufType,
-    off: usize, // the value itself, or an array's first element
-    elem: GgufType = .u8, // arrays only
-    count: usize = 0, // arrays only
-};
-
-/// Skips over one value, checking that it fits in the file.
-fn ggufValue(cur: *Cursor, vtype: GgufType, what: []const u8) GgufValue {
-    if (scalarSize(vtype)) |n| {
-        const v: GgufValue = .{ .vtype = vtype, .off = cur.off };
-        cur.off += cur.need(n, what);
-        return v;
-    }
-    switch (vtype) {
-        .string => {
-            const v: GgufValue = .{ .vtype = vtype, .off = cur.off };
-            _ = cur.string(what);
-            return v;
-        },
-        .array => {
-            const elem: GgufType = @enumFromInt(cur.int(u32, what));
-            const count = cur.int(u64, what);
-            var v: GgufValue = .{ .vtype = vtype, .off = 0, .elem = elem };
-            if (scalarSize(elem)) |n| {
-                const bytes = std.math.mul(u64, count, n) catch std.math.maxInt(u64);
-                v.off = cur.off;
-                cur.off += cur.need(bytes, what);
-            } else if (elem == .string) {
-                _ = cur.need(std.math.mul(u64, count, 8) catch std.math.maxInt(u64), what);
-                v.off = cur.off;
-                for (0..@intCast(count)) |_| _ = cur.string(what);
-            } else badFile(cur.path, "{s}: unsupported array element type {d}", .{ what, @intFromEnum(elem) });
-            v.count = @intCast(count);
-            return v;
-        },
-        else => badFile(cur.path, "{s}: unknown value type {d}", .{ what, @intFromEnum(vtype) }),
-    }
-}
-
-const GgufKeys = struct {
-    architecture: ?GgufValue = null,
-    alignment: ?GgufValue = null,
-    dim: ?GgufValue = null,
-    hidden_dim: ?GgufValue = null,
-    n_layers: ?GgufValue = null,
-    n_heads: ?GgufValue = null,
-    n_kv_heads: ?GgufValue = null,
-    seq_len: ?GgufValue = null,
-    tokens: ?GgufValue = null,
-    scores: ?GgufValue = null,
-    token_types: ?GgufValue = null,
-
-    const names = .{
-        .{ "general.architecture", "architecture" },     .{ "general.alignment", "alignment" },
-        .{ "llama.embedding_length", "dim" },            .{ "llama.feed_forward_length", "hidden_dim" },
-        .{ "llama.block_count", "n_layers" },            .{ "llama.attention.head_count", "n_heads" },
-        .{ "llama.attention.head_count_kv", "n_kv_heads" }, .{ "llama.context_length", "seq_len" },
-        .{ "tokenizer.ggml.tokens", "tokens" },          .{ "tokenizer.ggml.scores", "scores" },
-        .{ "tokenizer.ggml.token_type", "token_types" },
-    };
-};
-
-/// An integer-valued key (any integer type; bool counts as 0/1), or `default` when absent.
-fn ggufInt(path: []const u8, data: []const u8, v: ?GgufValue, key: []const u8, default: ?i64) i64 {
-    const val = v orelse return default orelse badFile(path, "missing required key {s}", .{key});
-    if (scalarSize(val.vtype) == null) badFile(path, "key {s} must be an integer", .{key});
-    return switch (scalarAt(data, val.off, val.vtype)) {
-        .int => |i| i,
-        .float => badFile(path, "key {s} must be an integer", .{key}),
-    };
-}
-
-const TensorInfo = struct { name: []const u8, n_dims: u32, dims: [4]u64, ttype: u32, offset: u64 };
-
-fn readGguf(gpa: Allocator, path: []const u8, data: []const u8) Transformer {
-    var cur: Cursor = .{ .path = path, .data = data, .off = 4 };
-    const version = cur.int(u32, "version");
-    if (version != 2 and version != 3) badFile(path, "unsupported GGUF version {d} (2 and 3 are read)", .{version});
-    const n_tensors = cur.int(u64, "tensor count");
-    const n_kv = cur.int(u64, "kv count");
-    if (n_tensors > GGUF_MAX_ENTRIES or n_kv > GGUF_MAX_ENTRIES)
-        badFile(path, "implausible counts: {d} tensors, {d} keys (limit {d})", .{ n_tensors, n_kv, GGUF_MAX_ENTRIES });
-
-    var keys: GgufKeys = .{};
-    for (0..@intCast(n_kv)) |_| {
-        const key = cur.string("key");
-        const vtype: GgufType = @enumFromInt(cur.int(u32, "value type"));
-        const v = ggufValue(&cur, vtype, key);
-        inline for (GgufKeys.names) |n| {
-            if (std.mem.eql(u8, key, n[0])) @field(keys, n[1]) = v; // a repeated key: the last wins
-        }
-    }
-    const infos = gpa.alloc(TensorInfo, @intCast(n_tensors)) catch outOfMemory();
-    for (infos) |*t| {
-        t.name = cur.string("tensor name");
-        t.n_dims = cur.int(u32, "tensor dims");
-        if (t.n_dims > 4) badFile(path, "tensor {s} has {d} dimensions", .{ t.name, t.n_dims });
-        for (t.dims[0..t.n_dims]) |*d| d.* = cur.int(u64, "tensor dims");
-        t.ttype = cur.int(u32, "tensor type");
-        t.offset = cur.int(u64, "tensor offset");
-    }
-
-    const arch_ok = if (keys.architecture) |a| a.vtype == .string and std.mem.eql(u8, stringAt(data, a.off), "llama") else false;
-    if (!arch_ok) badFile(path, "general.architecture is not 'llama'", .{});
-    const alignment = ggufInt(path, data, keys.alignment, "general.alignment", 32);
-    if (alignment <= 0 or alignment > 65536 or !std.math.isPowerOfTwo(alignment))
-        badFile(path, "general.alignment={d} is not a power of two up to 65536", .{alignment});
-    const data_start = std.mem.alignForward(usize, cur.off, @intCast(alignment));
-
-    const tokens = keys.tokens orelse badFile(path, "missing tokenizer.ggml.tokens", .{});
-    if (tokens.vtype != .array or tokens.elem != .string or tokens.count == 0) badFile(path, "missing tokenizer.ggml.tokens", .{});
-    const scores = keys.scores orelse badFile(path, "tokenizer.ggml.scores missing or not one per token", .{});
-    if (scores.vtype != .array or scalarSize(scores.elem) == null or scores.count != tokens.count)
-        badFile(path, "tokenizer.ggml.scores missing or not one per token", .{});
-
-    var shared = true;
-    for (infos) |t| {
-        if (std.mem.eql(u8, t.name, "output.weight")) shared = false;
-    }
-    const n_heads = ggufInt(path, data, keys.n_heads, "llama.attention.head_count", null);
-    const c = validateConfig(path, .{
-        .dim = ggufInt(path, data, keys.dim, "llama.embedding_length", null),
-        .hidden_dim = ggufInt(path, data, keys.hidden_dim, "llama.feed_forward_length", null),
-        .n_layers = ggufInt(path, data, keys.n_layers, "llama.block_count", null),
-        .n_heads = n_heads,
-        .n_kv_heads = ggufInt(path, data, keys.n_kv_heads, "llama.attention.head_count_kv", n_heads),
-        .vocab_size = @intCast(tokens.count),
-        .seq_len = ggufInt(path, data, keys.seq_len, "llama.context_length", null),
-    }, shared);
-
-    const g: GgufTensors = .{ .path = path, .data = data, .infos = infos, .data_start = data_start };
-    const d = c.dim;
-    const kv = c.kvDim();
-    const h = c.hidden_dim;
-    var w: TransformerWeights = undefined;
-    w.token_embedding = g.get("token_embd.weight", &.{ c.vocab_size, d });
-    w.rms_final = g.get("output_norm.weight", &.{d});
-    w.wcls = if (shared) w.token_embedding else g.get("output.weight", &.{ c.vocab_size, d });
-    w.layers = gpa.alloc(LayerWeights, c.n_layers) catch outOfMemory();
-    for (w.layers, 0..) |*lw, l| {
-        var buf: [64]u8 = undefined;
-        lw.rms_att = g.get(layerName(&buf, l, "attn_norm"), &.{d});
-        lw.wq = g.get(layerName(&buf, l, "attn_q"), &.{ d, d });
-        lw.wk = g.get(layerName(&buf, l, "attn_k"), &.{ kv, d });
-        lw.wv = g.get(layerName(&buf, l, "attn_v"), &.{ kv, d });
-        lw.wo = g.get(layerName(&buf, l, "attn_output"), &.{ d, d });
-        lw.rms_ffn = g.get(layerName(&buf, l, "ffn_norm"), &.{d});
-        lw.w1 = g.get(layerName(&buf, l, "ffn_gate"), &.{ h, d });
-        lw.w2 = g.get(layerName(&buf, l, "ffn_down"), &.{ d, h });
-        lw.w3 = g.get(layerName(&buf, l, "ffn_up"), &.{ h, d });
-    }
-    gpa.free(infos);
-    const vocab = ggufVocab(gpa, data, tokens, scores, keys.token_types);
-    return .{ .config = c, .weights = w, .state = undefined, .file = data, .vocab = vocab };
-}
-
-fn layerName(buf: []u8, layer: usize, comptime kind: []const u8) []const u8 {
-    return std.fmt.bufPrint(buf, "blk.{d}." ++ kind ++ ".weight", .{layer}) catch unreachable; // 64 bytes always fit
-}
-
-fn stringAt(data: []const u8, off: usize) []const u8 {
-    const n: usize = @intCast(std.mem.readInt(u64, data[off..][0..8], .little));
-    return data[off + 8 ..][0..n];
-}
-
-const GgufTensors = struct {
-    path: []const u8,
-    data: []const u8,
-    infos: []const TensorInfo,
-    data_start: usize,
-
-    /// The named tensor, checked to be F32 with GGUF dims = reversed `shape`, inside the file.
-    fn get(g: GgufTensors, name: []const u8, shape: []const usize) Tensor {
-        var found: ?TensorInfo = null;
-        for (g.infos) |t| {
-            if (std.mem.eql(u8, t.name, name)) found = t; // a repeated name: the last wins
-        }
-        const t = found orelse badFile(g.path, "missing tensor {s}", .{name});
-        if (t.ttype != 0) badFile(g.path, "tensor {s} has type {d}; only F32 (0) is supported", .{ name, t.ttype });
-        var ok = t.n_dims == shape.len;
-        var count: usize = 1;
-        for (shape, 0..) |s, i| {
-            if (ok and t.dims[shape.len - 1 - i] != s) ok = false;
-            count *= s;
-        }
-        if (!ok) badFile(g.path, "tensor {s} has dims {any}, expected the reverse of {any}", .{ name, t.dims[0..t.n_dims], shape });
-        const nbytes: u64 = @as(u64, count) * 4;
-        const room: u64 = if (g.data_start <= g.data.len) g.data.len - g.data_start else 0;
-        if (t.offset % 4 != 0 or t.offset > room or nbytes > room - t.offset)
-            badFile(g.path, "tensor {s} lies outside the file", .{name});
-        return tensorAt(g.data, g.data_start + @as(usize, @intCast(t.offset)), count);
-    }
-};
-
-const SPACE_MARK = "\u{2581}"; // SentencePiece's visible space
-
-fn ggufVocab(gpa: Allocator, data: []const u8, tokens: GgufValue, scores: GgufValue, types: ?GgufValue) Vocab {
-    const n = tokens.count;
-    const pieces = gpa.alloc([]const u8, n) catch outOfMemory();
-    const score_out = gpa.alloc(f32, n) catch outOfMemory();
-    // token types are used only when there is one per token, of an integer type
-    const use_types = if (types) |t| t.vtype == .array and t.count == n and scalarSize(t.elem) != null else false;
-    var off = tokens.off;
-    var max_len: usize = 1;
-    for (0..n) |i| {
-        const text = stringAt(data, off);
-        off += 8 + text.len;
-        const ttype: i64 = if (use_types) switch (scalarAt(data, types.?.off + i * scalarSize(types.?.elem).?, types.?.elem)) {
-            .int => |v| v,
-            .float => |v| if (std.math.isFinite(v) and @abs(v) < 1e18) @intFromFloat(v) else -1,
-        } else -1;
-        pieces[i] = if (ttype == 3 and std.mem.eql(u8, text, "<s>"))
-            "\n<s>\n"
-        else if (ttype == 3 and std.mem.eql(u8, text, "</s>"))
-            "\n</s>\n"
-        else
-            std.mem.replaceOwned(u8, gpa, text, SPACE_MARK, " ") catch outOfMemory();
-        max_len = @max(max_len, pieces[i].len);
-        score_out[i] = switch (scalarAt(data, scores.off + i * scalarSize(scores.elem).?, scores.elem)) {
-            .int => |v| @floatFromInt(v),
-            .float => |v| @floatCast(v),
-        };
-    }
-    return .{ .pieces = pieces, .scores = score_out, .max_token_length = max_len };
-}
-
-/// Any supported checkpoint, format sniffed from its first bytes.
-fn readCheckpoint(gpa: Allocator, io: Io, path: []const u8) Transformer {
-    const data = mapFile(io, path);
-    if (data.len >= 4 and std.mem.eql(u8, data[0..4], "GGUF")) return readGguf(gpa, path, data);
-    if (data.len >= 4 and std.mem.readInt(u32, data[0..4], .little) == V1_MAGIC) return readV1(gpa, path, data);
-    return readV0(gpa, path, data);
-}
-
 fn buildTransformer(gpa: Allocator, io: Io, path: []const u8, n_workers: usize) Transformer {
-    var t = readCheckpoint(gpa, io, path);
-    t.state = buildRunState(gpa, t.config, if (n_workers == 1) 1 else n_workers * CHUNKS_PER_WORKER);
-    return t;
+    var diag: model.Diag = .{};
+    const m = checkpoint.read(gpa, io, &diag, path) catch |err| readFailed(err, &diag);
+    return .{
+        .config = m.config,
+        .weights = m.weights,
+        .state = buildRunState(gpa, m.config, if (n_workers == 1) 1 else n_workers * CHUNKS_PER_WORKER),
+        .file = m.file,
+        .vocab = m.vocab,
+    };
 }
 
 fn freeTransformer(gpa: Allocator, t: *Transformer) void {
@@ -976,47 +479,11 @@ fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
 
 const BOS = 1;
 const EOS = 2;
-const MAX_TOKEN_LENGTH = 1024;
-
-/// The pieces and merge scores of a vocabulary, from tokenizer.bin or a GGUF.
-const Vocab = struct {
-    pieces: []const []const u8,
-    scores: []const f32,
-    max_token_length: usize,
-};
-
 const Tokenizer = struct {
     vocab: Vocab,
     lookup: std.StringHashMapUnmanaged(u32), // piece -> lowest id spelling it
     merge_buf: []u8, // room for two concatenated pieces
 };
-
-/// tokenizer.bin: int32 max_token_length, then per token float32 score, int32 length, bytes.
-/// It must hold exactly the model's `vocab_size` tokens.
-fn readTokenizerFile(gpa: Allocator, io: Io, path: []const u8, vocab_size: usize) Vocab {
-    const data = mapFile(io, path); // stays mapped: the pieces point into it
-    if (data.len < 4) badFile(path, "truncated: no max_token_length header", .{});
-    const max_len = readI32(data, 0);
-    if (max_len < 1 or max_len > MAX_TOKEN_LENGTH) badFile(path, "max_token_length={d} outside 1..{d}", .{ max_len, MAX_TOKEN_LENGTH });
-    const pieces = gpa.alloc([]const u8, vocab_size) catch outOfMemory();
-    const scores = gpa.alloc(f32, vocab_size) catch outOfMemory();
-    var off: usize = 4;
-    for (0..vocab_size) |i| {
-        if (data.len - off < 8) badFile(path, "has only {d} tokens, the model's vocabulary is {d}", .{ i, vocab_size });
-        scores[i] = @bitCast(std.mem.readInt(u32, data[off..][0..4], .little));
-        const len = readI32(data, off + 4);
-        off += 8;
-        if (len < 0 or len > max_len) badFile(path, "token {d} has length {d}, outside 0..{d}", .{ i, len, max_len });
-        if (std.math.isNan(scores[i])) badFile(path, "token {d} has a NaN score", .{i});
-        const n: usize = @intCast(len);
-        if (data.len - off < n) badFile(path, "truncated inside token {d}", .{i});
-        pieces[i] = data[off..][0..n];
-        off += n;
-    }
-    if (off != data.len)
-        badFile(path, "has {d} bytes after token {d}: its vocabulary is larger than the model's {d}", .{ data.len - off, vocab_size - 1, vocab_size });
-    return .{ .pieces = pieces, .scores = scores, .max_token_length = @intCast(max_len) };
-}
 
 fn buildTokenizer(gpa: Allocator, vocab: Vocab) Tokenizer {
     var t: Tokenizer = .{ .vocab = vocab, .lookup = .empty, .merge_buf = allocOrDie(gpa, u8, 2 * vocab.max_token_length) };
@@ -1357,7 +824,7 @@ const Args = struct {
     temperature: f64 = 1.0,
     topp: f64 = 0.9,
     seed: u64 = 0,
-    steps: usize = 256,
+    steps: u64 = 256, // any number of digits: more than seq_len means seq_len
     prompt: []const u8 = "",
     threads: usize = 1,
     mode: Mode = .generate,
@@ -1404,9 +871,25 @@ fn parseFloatArg(flag: []const u8, text: []const u8, lo: f64, hi: f64) f64 {
 
 fn parseIntArg(flag: []const u8, text: []const u8, lo: i128, hi: i128) i128 {
     if (!isPlainInt(text)) usageError("{s} expects an integer, got '{s}'", .{ flag, text });
-    const v = std.fmt.parseInt(i128, text, 10) catch usageError("{s} {s} is out of range", .{ flag, text });
-    if (v < lo or v > hi) usageError("{s} {s} is out of range", .{ flag, text });
-    return v;
+    return intInRange(text, lo, hi) orelse usageError("{s} {s} is out of range", .{ flag, text });
+}
+
+/// A plain-decimal integer in [lo, hi], or null; one too large for i128 is out of range too.
+fn intInRange(text: []const u8, lo: i128, hi: i128) ?i128 {
+    const v = std.fmt.parseInt(i128, text, 10) catch return null;
+    return if (v < lo or v > hi) null else v;
+}
+
+fn parseSteps(text: []const u8) u64 {
+    if (!isPlainInt(text)) usageError("-n expects an integer, got '{s}'", .{text});
+    return stepsValue(text) orelse usageError("-n {s} is out of range", .{text});
+}
+
+/// -n is an integer >= 0 of any number of digits; values past u64 saturate, since everything
+/// above seq_len means seq_len anyway. Null for a negative value.
+fn stepsValue(plain_int: []const u8) ?u64 {
+    if (plain_int[0] == '-') return if (std.mem.trimStart(u8, plain_int[1..], "0").len == 0) 0 else null;
+    return std.fmt.parseInt(u64, plain_int, 10) catch std.math.maxInt(u64); // digits only: just overflow
 }
 
 fn parseIds(gpa: Allocator, text: []const u8) []const i64 {
@@ -1439,7 +922,7 @@ fn parseArgs(gpa: Allocator, argv: []const []const u8) Args {
         } else if (std.mem.eql(u8, flag, "-s")) {
             a.seed = @intCast(parseIntArg(flag, value, 0, std.math.maxInt(u64)));
         } else if (std.mem.eql(u8, flag, "-n")) {
-            a.steps = @intCast(parseIntArg(flag, value, 0, 1 << 31));
+            a.steps = parseSteps(value);
         } else if (std.mem.eql(u8, flag, "-i")) {
             a.prompt = value;
         } else if (std.mem.eql(u8, flag, "-j")) {
@@ -1470,7 +953,8 @@ pub fn main(init: std.process.Init) void {
     const c = transformer.config;
     const vocab = transformer.vocab orelse blk: {
         const tok_path = args.tokenizer orelse usageError("-z tokenizer is required for a .bin checkpoint", .{});
-        break :blk readTokenizerFile(gpa, io, tok_path, c.vocab_size);
+        var diag: model.Diag = .{};
+        break :blk checkpoint.readTokenizer(gpa, io, &diag, tok_path, c.vocab_size) catch |err| readFailed(err, &diag);
     };
     var tokenizer = buildTokenizer(gpa, vocab);
     const pool = buildPool(gpa, io, args.threads);
@@ -1491,7 +975,7 @@ pub fn main(init: std.process.Init) void {
         .generate => {
             const seed = if (args.seed > 0) args.seed else @as(u64, @intCast(@max(1, Io.Clock.real.now(io).toSeconds())));
             var sampler = buildSampler(gpa, c.vocab_size, args.temperature, args.topp, seed);
-            const steps = if (args.steps == 0 or args.steps > c.seq_len) c.seq_len else args.steps;
+            const steps: usize = if (args.steps == 0 or args.steps > c.seq_len) c.seq_len else @intCast(args.steps);
             const prompt_tokens = encode(&tokenizer, gpa, args.prompt, true, false) catch |err| switch (err) {
                 error.OutOfMemory => outOfMemory(),
                 error.ByteTokenMissing => badFile(args.tokenizer orelse args.checkpoint, "the vocabulary of {d} pieces cannot spell the prompt (no byte or space token)", .{c.vocab_size}),
@@ -1544,7 +1028,8 @@ test "tokenizer.bin: encode vectors and decode rules" {
     defer testing.allocator.free(path);
     var arena: std.heap.ArenaAllocator = .init(testing.allocator);
     defer arena.deinit();
-    var tok = buildTokenizer(arena.allocator(), readTokenizerFile(arena.allocator(), testing.io, path, 32000));
+    var diag: model.Diag = .{};
+    var tok = buildTokenizer(arena.allocator(), try checkpoint.readTokenizer(arena.allocator(), testing.io, &diag, path, 32000));
     try expectEncode(&tok, "I believe the meaning of life is", &.{ 1, 306, 4658, 278, 6593, 310, 2834, 338 });
     try expectEncode(&tok, "Once upon a time", &.{ 1, 9038, 2501, 263, 931 });
     try expectEncode(&tok, "", &.{1});
@@ -1630,4 +1115,24 @@ test "number flags are plain decimal" {
     for ([_][]const u8{ "", "inf", "nan", "1_0", " 1", "1 ", "0x10", "e5", ".", "1e", "1e+", "+", "1.2.3" }) |t| try testing.expect(!isPlainFloat(t));
     for ([_][]const u8{ "0", "+7", "-3", "0012" }) |t| try testing.expect(isPlainInt(t));
     for ([_][]const u8{ "", "+", "1.0", "1_0", " 1", "1e3", "x" }) |t| try testing.expect(!isPlainInt(t));
+}
+
+test "-n takes any number of digits; -j is in [1, 4096]; -s in [0, 2^64 - 1]" {
+    try testing.expectEqual(@as(?u64, 1099511627776), stepsValue("1099511627776"));
+    try testing.expectEqual(@as(?u64, std.math.maxInt(u64)), stepsValue("99999999999999999999999999"));
+    try testing.expectEqual(@as(?u64, 7), stepsValue("+7"));
+    try testing.expectEqual(@as(?u64, 0), stepsValue("-00"));
+    try testing.expectEqual(@as(?u64, null), stepsValue("-3"));
+    try testing.expectEqual(@as(?i128, 4096), intInRange("4096", 1, 4096));
+    try testing.expectEqual(@as(?i128, null), intInRange("4097", 1, 4096));
+    try testing.expectEqual(@as(?i128, null), intInRange("0", 1, 4096));
+    try testing.expectEqual(@as(?i128, std.math.maxInt(u64)), intInRange("18446744073709551615", 0, std.math.maxInt(u64)));
+    try testing.expectEqual(@as(?i128, null), intInRange("18446744073709551616", 0, std.math.maxInt(u64)));
+    try testing.expectEqual(@as(?i128, null), intInRange("999999999999999999999999999999999999999999999999999999999999", 0, std.math.maxInt(u64)));
+}
+
+test {
+    // the readers' own tests
+    _ = checkpoint;
+    _ = @import("gguf.zig");
 }

@@ -1,0 +1,411 @@
+# What a model file holds once read (config, weights, vocabulary) and what every
+# part of the port shares: the error convention, raw memory and files through libc,
+# little-endian reads, and a byte-string hash table. The readers are formats.mojo;
+# inference is llama2.mojo.
+
+from std.collections import List
+from std.ffi import external_call
+from std.memory import Pointer, bitcast
+
+comptime FPtr = Pointer[Float32, MutUntrackedOrigin]
+comptime BPtr = Pointer[UInt8, MutUntrackedOrigin]
+comptime KPtr = Pointer[UInt64, MutUntrackedOrigin]
+
+comptime EXIT_RUNTIME = 1
+comptime EXIT_USAGE = 2
+comptime EXIT_BAD_FILE = 3
+
+# The contract's limits (section 4): checked before anything is sized from a header.
+comptime MAX_DIM = 65536
+comptime MAX_HIDDEN = 262144
+comptime MAX_LAYERS = 1024
+comptime MAX_VOCAB = 1048576
+comptime MAX_SEQ = 65536
+comptime MAX_KV_BYTES = 4 << 30
+comptime MIN_VOCAB = 259  # <unk>, BOS, EOS and the 256 byte tokens
+
+# ----------------------------------------------------------------------------
+# Errors: an Error's text starts with its exit code digit, so that `main` can
+# print one `error:` line and exit with the contract's code.
+
+
+def usage_error(msg: String) -> Error:
+    return Error(String(EXIT_USAGE) + msg)
+
+
+def file_error(path: String, problem: String) -> Error:
+    # names read from the file (keys, tensors) must not split the error line
+    var line = (path + ": " + problem).replace("\n", " ").replace("\r", " ")
+    return Error(String(EXIT_BAD_FILE) + line)
+
+
+def runtime_error(msg: String) -> Error:
+    return Error(String(EXIT_RUNTIME) + msg)
+
+
+# ----------------------------------------------------------------------------
+# Raw memory and files, through libc (open/mmap/write), so that weights are
+# mapped rather than copied and every failure is ours to report.
+
+
+def alloc_floats(n: Int) raises -> FPtr:
+    """Zeroed float32 buffer; a failed allocation is a runtime error (exit 1)."""
+    var p = external_call["calloc", FPtr](max(n, 1), 4)
+    if Int(p) == 0:
+        raise runtime_error("cannot allocate " + String(n * 4) + " bytes")
+    return p
+
+
+def alloc_keys(n: Int) raises -> KPtr:
+    var p = external_call["calloc", KPtr](max(n, 1), 8)
+    if Int(p) == 0:
+        raise runtime_error("cannot allocate " + String(n * 8) + " bytes")
+    return p
+
+
+def free_floats(p: FPtr):
+    external_call["free", NoneType](p)
+
+
+def c_path(path: String) -> List[UInt8]:
+    """NUL-terminated bytes of `path` for libc."""
+    var out = List[UInt8]()
+    for b in path.as_bytes():
+        out.append(b)
+    out.append(0)
+    return out^
+
+
+def string_from(p: BPtr, n: Int) -> String:
+    """A String holding the n bytes at p (for messages: invalid UTF-8 is kept as is)."""
+    return String(StringSlice(unsafe_from_utf8=Span(unsafe_ptr=p, length=n)))
+
+
+def write_all(fd: Int32, data: BPtr, n: Int) -> Bool:
+    var done = 0
+    while done < n:
+        var w = external_call["write", Int](fd, data.unsafe_offset(done), n - done)
+        if w <= 0:
+            return False
+        done += w
+    return True
+
+
+def write_string(fd: Int32, s: String):
+    var bytes = s.as_bytes()
+    _ = write_all(fd, BPtr(unsafe_from_address=Int(bytes.unsafe_ptr())), len(bytes))
+
+
+struct MappedFile(Movable):
+    """A whole file mapped read-only (an empty file gets a 1-byte stand-in)."""
+
+    var data: BPtr
+    var size: Int
+
+    def __init__(out self, path: String) raises:
+        var cpath = c_path(path)
+        var fd = external_call["open", Int32](
+            cpath.unsafe_ptr().unsafe_bitcast[NoneType](), Int32(0), Int32(0)
+        )
+        if fd < 0:
+            if external_call["access", Int32](cpath.unsafe_ptr(), Int32(0)) != 0:
+                raise file_error(path, "cannot open: no such file")
+            raise file_error(path, "cannot open: permission denied")
+        var probe = List[UInt8](length=1, fill=0)
+        # read() fails on a directory, which open() accepts
+        if external_call["pread", Int](fd, probe.unsafe_ptr(), 1, Int64(0)) < 0:
+            _ = external_call["close", Int32](fd)
+            raise file_error(path, "cannot open: is a directory or unreadable")
+        var size = Int(external_call["lseek", Int64](fd, Int64(0), Int32(2)))
+        if size < 0:
+            _ = external_call["close", Int32](fd)
+            raise file_error(path, "cannot open: not a regular file")
+        self.size = size
+        # an empty file maps nothing: a 1-byte stand-in keeps the pointer valid
+        self.data = external_call["calloc", BPtr](1, 8)
+        if size > 0:
+            external_call["free", NoneType](self.data)
+            # PROT_READ = 1, MAP_PRIVATE = 2 on Linux and macOS alike
+            var p = external_call["mmap", BPtr](Int(0), size, Int32(1), Int32(2), fd, Int64(0))
+            if Int(p) == -1 or Int(p) == 0:
+                _ = external_call["close", Int32](fd)
+                raise file_error(path, "cannot map the file into memory")
+            self.data = p
+        _ = external_call["close", Int32](fd)
+        _ = cpath^  # the C strings lived through the calls that used them
+        _ = probe^
+
+    def close(mut self):
+        if self.size > 0:
+            _ = external_call["munmap", Int32](self.data, self.size)
+        elif self.size == 0:
+            external_call["free", NoneType](self.data)
+        self.size = -1
+
+
+# Little-endian readers at arbitrary (unaligned) byte offsets.
+
+
+@always_inline
+def rd_u8(p: BPtr, off: Int) -> Int:
+    return Int(p.unsafe_load(off))
+
+
+@always_inline
+def rd_u32(p: BPtr, off: Int) -> UInt32:
+    return (
+        UInt32(p.unsafe_load(off))
+        | (UInt32(p.unsafe_load(off + 1)) << 8)
+        | (UInt32(p.unsafe_load(off + 2)) << 16)
+        | (UInt32(p.unsafe_load(off + 3)) << 24)
+    )
+
+
+@always_inline
+def rd_i32(p: BPtr, off: Int) -> Int:
+    return Int(bitcast[DType.int32, 1](rd_u32(p, off)))
+
+
+@always_inline
+def rd_u64(p: BPtr, off: Int) -> UInt64:
+    return UInt64(rd_u32(p, off)) | (UInt64(rd_u32(p, off + 4)) << 32)
+
+
+@always_inline
+def rd_f32(p: BPtr, off: Int) -> Float32:
+    return bitcast[DType.float32, 1](rd_u32(p, off))
+
+
+# ----------------------------------------------------------------------------
+# Model: config, weights, vocabulary, and the mapped file they live in
+
+
+@fieldwise_init
+struct Config(Copyable, Movable):
+    var dim: Int  # transformer dimension
+    var hidden_dim: Int  # FFN hidden dimension
+    var n_layers: Int
+    var n_heads: Int  # query heads
+    var n_kv_heads: Int  # key/value heads (< n_heads: grouped-query attention)
+    var vocab_size: Int
+    var seq_len: Int  # maximum sequence length
+    var shared_classifier: Bool  # logits = token_embedding @ x
+
+    def head_size(self) -> Int:
+        return self.dim // self.n_heads
+
+    def kv_dim(self) -> Int:
+        return self.n_kv_heads * self.head_size()
+
+    def describe(self) -> String:
+        return (
+            "dim=" + String(self.dim) + " hidden_dim=" + String(self.hidden_dim)
+            + " n_layers=" + String(self.n_layers) + " n_heads=" + String(self.n_heads)
+            + " n_kv_heads=" + String(self.n_kv_heads) + " vocab_size="
+            + String(self.vocab_size) + " seq_len=" + String(self.seq_len)
+        )
+
+    def validate(self, path: String) raises:
+        """The contract's header checks, in 64-bit, before any size is trusted."""
+        var names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"]
+        var values = [self.dim, self.hidden_dim, self.n_layers, self.n_heads,
+                      self.n_kv_heads, self.vocab_size, self.seq_len]
+        for i in range(len(values)):
+            if values[i] <= 0:
+                raise file_error(path, "header value " + names[i] + "=" + String(values[i]) + " must be positive")
+        var limits = [MAX_DIM, MAX_HIDDEN, MAX_LAYERS, self.dim, -1, MAX_VOCAB, MAX_SEQ]
+        for i in range(len(values)):
+            if limits[i] >= 0 and values[i] > limits[i]:
+                raise file_error(path, "header value " + names[i] + "=" + String(values[i])
+                                 + " exceeds the limit " + String(limits[i]))
+        if self.dim % self.n_heads != 0:
+            raise file_error(path, "dim=" + String(self.dim) + " is not a multiple of n_heads=" + String(self.n_heads))
+        if self.head_size() % 2 != 0:
+            raise file_error(path, "head_size=" + String(self.head_size()) + " must be even for RoPE")
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads != 0:
+            raise file_error(path, "n_heads=" + String(self.n_heads) + " is not a multiple of n_kv_heads="
+                             + String(self.n_kv_heads))
+        var kv_bytes = self.n_layers * self.seq_len * self.kv_dim() * 2 * 4
+        if kv_bytes > MAX_KV_BYTES:
+            raise file_error(path, "KV cache of " + String(kv_bytes) + " bytes exceeds the 4 GiB limit")
+
+    def weight_floats(self) -> Int:
+        """Floats of every weight tensor (the classifier only when unshared)."""
+        var d = self.dim
+        var h = self.hidden_dim
+        var kv = self.kv_dim()
+        var per_layer = 2 * d + d * d * 2 + kv * d * 2 + h * d * 3
+        var n = self.vocab_size * d + self.n_layers * per_layer + d
+        if not self.shared_classifier:
+            n += self.vocab_size * d
+        return n
+
+
+struct Weights(Movable):
+    """Pointers into the mapped file; per-layer tensors get one pointer per layer
+    because GGUF stores each layer's matrices separately."""
+
+    var token_embedding: FPtr  # (vocab, dim)
+    var rms_att: List[FPtr]  # (layer) -> (dim)
+    var wq: List[FPtr]  # (layer) -> (n_heads * head_size, dim)
+    var wk: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
+    var wv: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
+    var wo: List[FPtr]  # (layer) -> (dim, n_heads * head_size)
+    var rms_ffn: List[FPtr]  # (layer) -> (dim)
+    var w1: List[FPtr]  # (layer) -> (hidden_dim, dim)
+    var w2: List[FPtr]  # (layer) -> (dim, hidden_dim)
+    var w3: List[FPtr]  # (layer) -> (hidden_dim, dim)
+    var rms_final: FPtr  # (dim)
+    var wcls: FPtr  # (vocab, dim): token_embedding when shared
+
+    def __init__(out self, base: FPtr):
+        var null = base  # placeholder until the reader sets each pointer
+        self.token_embedding = null
+        self.rms_att = List[FPtr]()
+        self.wq = List[FPtr]()
+        self.wk = List[FPtr]()
+        self.wv = List[FPtr]()
+        self.wo = List[FPtr]()
+        self.rms_ffn = List[FPtr]()
+        self.w1 = List[FPtr]()
+        self.w2 = List[FPtr]()
+        self.w3 = List[FPtr]()
+        self.rms_final = null
+        self.wcls = null
+
+
+struct Vocab(Movable):
+    """Token pieces (raw bytes, all in one buffer) and their merge scores."""
+
+    var bytes: List[UInt8]
+    var offsets: List[Int]  # (vocab + 1): piece i is bytes[offsets[i] : offsets[i + 1]]
+    var scores: List[Float32]  # (vocab)
+    var max_token_length: Int
+
+    def __init__(out self):
+        self.bytes = List[UInt8]()
+        self.offsets = List[Int]()
+        self.offsets.append(0)
+        self.scores = List[Float32]()
+        self.max_token_length = 1
+
+    def size(self) -> Int:
+        return len(self.scores)
+
+    def add(mut self, src: BPtr, n: Int, score: Float32):
+        for i in range(n):
+            self.bytes.append(src.unsafe_load(i))
+        self.offsets.append(len(self.bytes))
+        self.scores.append(score)
+
+    def check(self, path: String) raises:
+        """The rules every vocabulary follows, from tokenizer.bin or GGUF alike: <unk>,
+        BOS, EOS and the 256 byte tokens that byte fallback emits; the " " piece that
+        starts every prompt; finite scores, which the merge rule compares."""
+        if self.size() < MIN_VOCAB:
+            raise file_error(path, "has " + String(self.size()) + " tokens; a tokenizer needs at least "
+                             + String(MIN_VOCAB) + " (<unk>, BOS, EOS and 256 byte tokens)")
+        var space = False
+        for i in range(self.size()):
+            var s = self.scores[i]
+            if s != s:
+                raise file_error(path, "token " + String(i) + " has a NaN score")
+            if s - s != 0:  # inf - inf is NaN
+                raise file_error(path, "token " + String(i) + " has an infinite score")
+            var at = self.offsets[i]
+            space = space or (self.offsets[i + 1] - at == 1 and self.bytes[at] == 32)
+        if not space:
+            raise file_error(path, "has no piece \" \" (the dummy prefix that starts every prompt)")
+
+
+struct Model(Movable):
+    var config: Config
+    var weights: Weights
+    var file: MappedFile
+    var vocab: Vocab  # filled only by GGUF, which embeds its tokenizer
+    var has_vocab: Bool
+
+    def __init__(out self, var config: Config, var file: MappedFile):
+        self.config = config^
+        self.weights = Weights(file.data.unsafe_bitcast[Float32]())
+        self.file = file^
+        self.vocab = Vocab()
+        self.has_vocab = False
+
+
+# ----------------------------------------------------------------------------
+# A byte-string hash table, for the tokenizer's pieces and GGUF's keys and names
+
+
+struct ByteTable(Movable):
+    """Open-addressing hash table from byte strings (kept where they live: in the
+    mapped file or a Vocab) to ids."""
+
+    var slots: List[Int]  # entry index, or -1
+    var key_addr: List[Int]
+    var key_len: List[Int]
+    var value: List[Int]
+    var mask: Int
+
+    def __init__(out self, expected: Int):
+        var cap = 16
+        while cap < 2 * expected:
+            cap *= 2
+        self.slots = List[Int](length=cap, fill=-1)
+        self.key_addr = List[Int]()
+        self.key_len = List[Int]()
+        self.value = List[Int]()
+        self.mask = cap - 1
+
+    @staticmethod
+    def hash(p: BPtr, n: Int) -> Int:
+        var h = UInt64(0xCBF29CE484222325)  # FNV-1a
+        for i in range(n):
+            h = (h ^ UInt64(p.unsafe_load(i))) * UInt64(0x100000001B3)
+        return Int(h >> 1)
+
+    def _slot(self, p: BPtr, n: Int) -> Int:
+        var s = ByteTable.hash(p, n) & self.mask
+        while True:
+            var e = self.slots[s]
+            if e < 0:
+                return s
+            if self.key_len[e] == n:
+                var k = BPtr(unsafe_from_address=self.key_addr[e])
+                var same = True
+                for i in range(n):
+                    if k.unsafe_load(i) != p.unsafe_load(i):
+                        same = False
+                        break
+                if same:
+                    return s
+            s = (s + 1) & self.mask
+
+    def find(self, p: BPtr, n: Int) -> Int:
+        var e = self.slots[self._slot(p, n)]
+        return self.value[e] if e >= 0 else -1
+
+    def insert(mut self, p: BPtr, n: Int, value: Int, replace: Bool):
+        """Adds key -> value; an existing key keeps its value unless `replace`."""
+        if 2 * (len(self.value) + 1) > self.mask + 1:
+            self._grow()
+        var s = self._slot(p, n)
+        var e = self.slots[s]
+        if e >= 0:
+            if replace:
+                self.value[e] = value
+            return
+        self.slots[s] = len(self.value)
+        self.key_addr.append(Int(p))
+        self.key_len.append(n)
+        self.value.append(value)
+
+    def _grow(mut self):
+        var cap = 2 * (self.mask + 1)
+        self.mask = cap - 1
+        self.slots = List[Int](length=cap, fill=-1)
+        for e in range(len(self.value)):
+            var s = ByteTable.hash(BPtr(unsafe_from_address=self.key_addr[e]), self.key_len[e]) & self.mask
+            while self.slots[s] >= 0:
+                s = (s + 1) & self.mask
+            self.slots[s] = e
