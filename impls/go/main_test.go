@@ -299,10 +299,9 @@ func TestPoolManyJobs(t *testing.T) {
 	}
 }
 
-// writeTokenizer writes a tokenizer.bin of the smallest legal vocabulary (<unk>, <s>, </s>, the
-// 256 byte tokens and " "), after change has had its way with pieces and scores.
-func writeTokenizer(t *testing.T, change func(pieces []string, scores []float32) ([]string, []float32)) string {
-	t.Helper()
+// tokenizerBytes is a tokenizer.bin of the smallest legal vocabulary (<unk>, <s>, </s>, the 256
+// byte tokens and " "), after change has had its way with pieces and scores.
+func tokenizerBytes(change func(pieces []string, scores []float32) ([]string, []float32)) []byte {
 	pieces := []string{"<unk>", "\n<s>\n", "\n</s>\n"}
 	for b := 0; b < 256; b++ {
 		pieces = append(pieces, string([]byte{'<', '0', 'x', "0123456789ABCDEF"[b>>4], "0123456789ABCDEF"[b&15], '>'}))
@@ -316,8 +315,14 @@ func writeTokenizer(t *testing.T, change func(pieces []string, scores []float32)
 		out = binary.LittleEndian.AppendUint32(out, uint32(len(p)))
 		out = append(out, p...)
 	}
+	return out
+}
+
+// writeTokenizer writes tokenizerBytes(change) to a scratch file and returns its path.
+func writeTokenizer(t *testing.T, change func(pieces []string, scores []float32) ([]string, []float32)) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "tok.bin")
-	if err := os.WriteFile(path, out, 0o644); err != nil {
+	if err := os.WriteFile(path, tokenizerBytes(change), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
