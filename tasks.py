@@ -88,11 +88,13 @@ def overhead(c, port="c", models="stories15M,stories110M", threads="1,all", step
     return app.overhead(port, models, threads, int(steps), int(rounds))
 
 
-@task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures"})
+@task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures",
+            "html": "also write one self-contained page, <out>/<suite>.html, that opens offline in a browser",
+            "validation": "a JSON list of `invoke validate` rows to show on the page (implies --html)"})
 @_exits
-def report(c, results, out=None):
-    """Regenerate tables, exports and figures from a saved result file."""
-    return app.report(results, out)
+def report(c, results, out=None, html=False, validation=None):
+    """Regenerate tables, exports and figures (and with --html the page) from a saved result file."""
+    return app.report(results, out, html, validation)
 
 
 @task(help={"a": "baseline result JSON", "b": "result JSON to compare with it",

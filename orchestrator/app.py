@@ -195,12 +195,15 @@ def bench(options) -> int:
         return main(options)
 
 
-def report(results: str, out: str | None = None) -> int:
+def report(results: str, out: str | None = None, html: bool = False, validation: str | None = None) -> int:
+    """Tables, exports and figures of a saved suite; with html (or a validation file) also the page
+    results/<suite>.html, with the rows of `invoke validate` when a JSON of them is given."""
     from .bench.pipeline import publish
     from .results import resultfile
 
     path = Path(results)
-    publish(resultfile.load(path), path, Path(out) if out else None)
+    publish(resultfile.load(path), path, Path(out) if out else None, html=html or bool(validation),
+            validation=Path(validation) if validation else None)
     return 0
 
 

@@ -34,7 +34,7 @@ from ..results.report import render
 from .host import describe_host
 from .measure import CellSpec, measure
 from .peercheck import describe, run_check
-from .progress import Progress
+from .progress import Planned, Progress, run_cost
 from .schedule import interleave
 
 MATRICES = Path(__file__).parent / "matrices.toml"
@@ -219,10 +219,11 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
     for slot in interleave(len(cells), matrix.warmup, matrix.runs):
         spec, _ = cells[slot.cell]
         cell = writer.get(spec.port.name, spec.model.name, spec.threads)
+        key = (cell.port, cell.model.name, cell.threads)
         if cell.status == "failed":
-            progress.skip()
+            progress.skip(key)
             continue
-        progress.step(f"{cell.port} {cell.model.name} j={cell.threads} {slot.kind} {slot.index + 1}")
+        progress.step(f"{cell.port} {cell.model.name} j={cell.threads} {slot.kind} {slot.index + 1}", key)
         run = measure(spec, matrix.timeout_s, runner, matrix.busy_share)
         kind = "warmup" if slot.kind == "warmup" else "runs"
         update = {kind: [*getattr(cell, kind), run]}
@@ -244,7 +245,12 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
 def run(pr: Prepared, writer: resultfile.Writer) -> None:
     m = pr.plan.matrix
     blocks = [block_cells(pr, r, t) for r, t in pr.plan.blocks()]
-    progress = Progress(sum((m.warmup + m.runs) * len(b) for b in blocks))
+    # each run weighted by its expected cost (bytes read per token x steps / threads); before the
+    # first run ends, the host's one-thread read bandwidth turns that cost into seconds
+    planned = [Planned((c.port, c.model.name, c.threads), m.warmup + m.runs,
+                       run_cost(c.model.weight_bytes, c.steps, c.threads), c.threads) for b in blocks for _, c in b]
+    one = pr.suite.host.bandwidth_gbs.get(1) or max(pr.suite.host.bandwidth_gbs.values(), default=0)
+    progress = Progress(planned, prior_s_per_cost=1 / (one * 1e9) if one else None)
     try:
         for cells in blocks:
             run_block(cells, m, writer, progress, pr.runner)
@@ -253,13 +259,21 @@ def run(pr: Prepared, writer: resultfile.Writer) -> None:
 
 
 # ---------------------------------------------------------------- publish
-def publish(suite: Suite, json_path: Path, out_dir: Path | None = None) -> None:
+def publish(suite: Suite, json_path: Path, out_dir: Path | None = None, html: bool = True,
+            validation: Path | None = None) -> None:
+    """The tables on stdout; beside the JSON the exports, the figures (PNG and SVG) and, with html,
+    one self-contained page (results/html.py) that opens from disk without a network."""
     print(render(suite))
     out_dir = out_dir or json_path.parent
     written = export_all(suite, json_path, out_dir) + draw_all(suite, out_dir, json_path.stem)
+    if html:
+        from ..results.html import write_page
+        written.append(write_page(suite, out_dir / f"{json_path.stem}.html", validation, source=json_path))
     print(f"\nresults: {json_path}")
     for p in written:
         print(f"  {p}")
+    if html:
+        print(f"open the report: file://{written[-1].resolve()}")
 
 
 def exit_code(suite: Suite, strict: bool) -> int:

@@ -1,0 +1,652 @@
+"""One self-contained HTML page of a suite (results/<suite>.html beside its JSON).
+
+Everything the page needs is inline: Plotly's JavaScript once in the head, the figures as Plotly
+charts, the styles, a few lines that sort the tables, and a few that record any script error in
+the page (`data-errors` on <html>, and a red line at the top), so that a broken page says so.
+Nothing is fetched: the page opens from disk without a network.
+
+Every number comes from the raw samples through results/stats.py and results/report.py (good runs
+only: failed runs and runs on a busy machine are left out, and the page says how many were).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from html import escape
+from pathlib import Path
+
+from schemas.results import Cell, Suite
+
+from ..bench.peercheck import describe
+from ..errors import PolyllamaError
+from ..files import write_atomic
+from .figures import (GROUP_ORDER, GROUP_TITLES, PLOTLY_MARKERS, ci95, footer, ordered_ports, port_group,
+                      port_styles, thread_colours)
+from .report import baseline_port, model_rows, model_title, models_of, roofline
+from .stats import busy_runs, geometric_mean, good_runs, metric, ratio_ci, summarize
+
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
+CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
+NOT_RUN = "not run with this suite"
+
+# Records script errors (uncaught exceptions, rejected promises, resources that failed to load)
+# in <html data-errors="[...]"> and shows them at the top of the page. First in <head>.
+ERROR_PROBE = """(function () {
+  var errors = [], root = document.documentElement;
+  root.setAttribute("data-errors", "[]");
+  function show() {
+    var box = document.getElementById("js-errors");
+    if (box && errors.length) { box.hidden = false; box.textContent = "This page hit " + errors.length +
+      " script error(s): " + errors.join(" | "); }
+  }
+  function note(message) { errors.push(String(message)); root.setAttribute("data-errors", JSON.stringify(errors)); show(); }
+  window.addEventListener("error", function (e) {
+    var t = e.target;
+    if (t && t !== window && (t.src || t.href)) { note("could not load " + (t.src || t.href)); }
+    else { note(e.message || "error"); }
+  }, true);
+  window.addEventListener("unhandledrejection", function (e) {
+    note("unhandled rejection: " + ((e.reason && e.reason.message) || e.reason));
+  });
+  document.addEventListener("DOMContentLoaded", show);
+  window.addEventListener("load", function () {
+    setTimeout(function () {
+      var charts = document.querySelectorAll(".plotly-graph-div"), drawn = 0;
+      charts.forEach(function (c) { if (c.querySelector(".main-svg")) { drawn++; } });
+      root.setAttribute("data-charts", String(charts.length));
+      root.setAttribute("data-drawn", String(drawn));
+    }, 0);
+  });
+})();"""
+
+SORT_TABLES = """window.addEventListener("load", function () {  // charts drawn before the layout settled
+  document.querySelectorAll(".plotly-graph-div").forEach(function (d) { if (window.Plotly) { Plotly.Plots.resize(d); } });
+});
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, col) {
+    th.title = "sort"; th.addEventListener("click", function () {
+      var body = table.tBodies[0], rows = Array.from(body.rows), up = th.getAttribute("aria-sort") !== "ascending";
+      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", up ? "ascending" : "descending");
+      function key(row) { var c = row.cells[col]; var v = c ? (c.dataset.v !== undefined ? c.dataset.v : c.textContent) : "";
+        var n = parseFloat(v); return isNaN(n) || v === "" ? v.toLowerCase() : n; }
+      rows.sort(function (a, b) { var x = key(a), y = key(b);
+        if (typeof x !== typeof y) { return (typeof x === "number" ? -1 : 1) * (up ? 1 : -1); }
+        return (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1); });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});"""
+
+CSS = """
+:root { --ink: #1d2433; --muted: #5b6475; --line: #dde2ea; --card: #ffffff; --bg: #f4f6f9; --accent: #08519c;
+        --bad: #b00020; --ok: #1b7f3b; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--ink); font: 14px/1.45 %(font)s; }
+main { max-width: 1360px; margin: 0 auto; padding: 20px 24px 60px; }
+h1 { font-size: 24px; margin: 4px 0 2px; } h2 { font-size: 19px; margin: 0 0 10px; } h3 { font-size: 15px; margin: 16px 0 6px; }
+.sub { color: var(--muted); margin-bottom: 14px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 16px 18px; margin: 14px 0;
+        box-shadow: 0 1px 2px rgba(20, 30, 50, .05); }
+.facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 4px 28px; }
+.facts dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 12px; margin: 0; }
+.facts dt { color: var(--muted); } .facts dd { margin: 0; overflow-wrap: anywhere; }
+.badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px; font-weight: 600; }
+.badge.real { background: #e3f4e8; color: var(--ok); } .badge.synthetic, .badge.unverified { background: #fff1d6; color: #8a5a00; }
+.badge.peer { background: #ece6f7; color: #5b3a99; } .badge.bad { background: #fde7ea; color: var(--bad); }
+.chart { min-width: 0; margin: 6px 0 14px; } .note { color: var(--muted); font-size: 12.5px; margin: 4px 0 8px; }
+table { border-collapse: collapse; width: 100%%; font-size: 13px; margin: 6px 0 4px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #eef1f6; position: sticky; top: 0; cursor: pointer; user-select: none; white-space: nowrap; }
+th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.group td { background: #f7f8fb; color: var(--muted); font-weight: 600; }
+.scroll { overflow-x: auto; } td.flags { min-width: 220px; }
+nav a { margin-right: 14px; color: var(--accent); text-decoration: none; } nav a:hover { text-decoration: underline; }
+#js-errors { background: var(--bad); color: #fff; padding: 8px 12px; font-weight: 600; }
+footer { color: var(--muted); font-size: 12px; margin-top: 30px; }
+""" % {"font": FONT}
+
+
+# ---------------------------------------------------------------- numbers of one cell
+def _fmt(x: float | None, digits: int = 1, unit: str = "") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def _digits(value: float) -> int:
+    return 0 if value >= 1000 else 1 if value >= 10 else 2 if value >= 1 else 3
+
+
+def _samples(values: list[float], digits: int) -> str:
+    """Raw samples for a hover box, eight to a line."""
+    parts = [f"{v:.{digits}f}" for v in values]
+    return "<br>".join(", ".join(parts[i:i + 8]) for i in range(0, len(parts), 8)) or "none"
+
+
+def _interval(s, digits: int) -> str:
+    h = ci95(s)
+    return f"[{s.mean - h:.{digits}f}, {s.mean + h:.{digits}f}]" if h is not None else "(n=1: no interval)"
+
+
+class CellView:
+    """What the page shows of one cell, computed once from its good runs."""
+
+    def __init__(self, suite: Suite, cell: Cell, base: Cell | None):
+        self.cell = cell
+        runs = good_runs(cell)
+        self.runs = runs
+        self.tok = metric(cell, "tok_s")
+        self.tok_samples = [r.tok_s for r in runs if r.tok_s]
+        self.wall = metric(cell, "wall_s")
+        self.load = metric(cell, "load_s")
+        self.ttft = metric(cell, "ttft_s")
+        self.decode = summarize([r.stats.decode_s for r in runs if r.stats])
+        self.rest = summarize([r.wall_s - r.stats.load_s - r.stats.ttft_s - r.stats.decode_s for r in runs if r.stats])
+        self.rss = metric(cell, "rss_mib")
+        self.bw = suite.host.bandwidth_for(cell.model.weight_bytes, cell.threads)
+        self.roof = roofline(suite, cell)
+        self.roof_samples = ([t * cell.model.weight_bytes / (self.bw * 1e9) for t in self.tok_samples]
+                             if self.bw else [])
+        self.speed = None
+        if base is not None and base.status == "ok":
+            self.speed = ratio_ci([r.tok_s for r in good_runs(base) if r.tok_s], self.tok_samples)
+
+
+def _views(suite: Suite) -> dict[tuple[str, str, int], CellView]:
+    base = baseline_port(suite)
+    cells = {(c.model.name, c.port, c.threads): c for c in suite.cells}
+    return {k: CellView(suite, c, cells.get((k[0], base, k[2])) if base else None) for k, c in cells.items()}
+
+
+# ---------------------------------------------------------------- charts
+def _plot(fig, div_id: str, height: int, title: str, ytitle: str, legend: dict | None = None,
+          horizontal: bool = False) -> str:
+    """One chart as a <div> and the script that draws it (Plotly itself is in the page's head)."""
+    fig.update_layout(
+        height=height, template="plotly_white",
+        title={"text": title, "x": 0.01, "y": 0.985, "yanchor": "top", "font": {"size": 15}},
+        margin={"l": 64, "r": 16, "t": 78, "b": 40}, font={"family": FONT, "size": 12},
+        hoverlabel={"align": "left"}, legend=legend or {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right",
+                                                        "yanchor": "bottom"})
+    if horizontal:
+        fig.update_xaxes(title_text=ytitle, rangemode="tozero")
+        fig.update_yaxes(autorange="reversed")
+    else:
+        fig.update_yaxes(title_text=ytitle, rangemode="tozero")
+    return ('<div class="chart">' + fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=CONFIG,
+                                                 default_width="100%", default_height=f"{height}px") + "</div>")
+
+
+def _label(suite: Suite, port: str) -> str:
+    return f"{port} (peer)" if port_group(suite, port) == "peer" else port
+
+
+def _axis(suite: Suite, ports: list[str]) -> list[list[str]]:
+    """A two-level category axis: the group over the port."""
+    return [[GROUP_TITLES[port_group(suite, p)] for p in ports], [_label(suite, p) for p in ports]]
+
+
+def _tok_chart(suite, model, ports, threads, views, div_id) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for t, colour in zip(threads, thread_colours(len(threads))):
+        y, err, low, hover, pattern = [], [], [], [], []
+        for p in ports:
+            v = views.get((model, p, t))
+            s = v.tok if v else None
+            y.append(s.mean if s else None)
+            err.append((ci95(s) or 0) if s else 0)
+            low.append(min(err[-1], s.mean) if s else 0)  # a rate is not negative: the bar stops at 0
+            pattern.append("/" if port_group(suite, p) == "peer" else "")
+            if s:
+                d = _digits(s.mean)
+                hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}<br>"
+                             f"{s.mean:.{d}f} tok/s, 95% CI {_interval(s, d)}, n={s.n}<br>"
+                             f"median {s.median:.{d}f}, sd {s.sd:.{d}f}<br>raw tok/s:<br>{_samples(v.tok_samples, d)}")
+            else:
+                hover.append(f"<b>{_label(suite, p)}</b>: {v.cell.status if v else 'not run'}"
+                             + (f"<br>{escape(v.cell.reason[:120])}" if v and v.cell.reason else ""))
+        fig.add_bar(name=f"{t} thread{'s' if t > 1 else ''}", x=_axis(suite, ports), y=y, marker_color=colour,
+                    marker_pattern_shape=pattern, error_y={"type": "data", "array": err, "arrayminus": low,
+                                                           "visible": True, "thickness": 1.2, "width": 3},
+                    hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")
+    fig.update_layout(barmode="group", bargap=0.22)
+    return _plot(fig, div_id, 440, f"{model}: decode speed (mean, 95% CI)", "tokens per second")
+
+
+def _time_chart(suite, model, ports, threads, views, div_id) -> str:
+    import plotly.graph_objects as go
+
+    keys = [(t, p) for t in threads for p in ports if (v := views.get((model, p, t))) and v.wall]
+    if not keys:
+        return ""
+    axis = [[f"{t} thread{'s' if t > 1 else ''}" for t, _ in keys], [_label(suite, p) for _, p in keys]]
+    fig = go.Figure()
+    parts = (("load", "load", "#9ecae1"), ("ttft", "first token", "#fdae6b"), ("decode", "decode", "#3182bd"),
+             ("rest", "process start and exit", "#c7c7c7"))
+    for attr, name, colour in parts:
+        x, hover, err, low = [], [], [], []
+        for t, p in keys:
+            v = views[(model, p, t)]
+            s = getattr(v, attr)
+            x.append(max(s.mean, 0.0) if s else None)
+            if attr == "rest":
+                samples, what = [r.wall_s for r in v.runs], "whole run (wall)"
+                err.append(ci95(v.wall) or 0)
+                low.append(min(err[-1], v.wall.mean))
+                total = f"{v.wall.mean:.3f} s, 95% CI {_interval(v.wall, 3)}, n={v.wall.n}"
+            else:
+                samples, what = [getattr(r.stats, f"{attr}_s") for r in v.runs if r.stats], name
+                total = f"{s.mean:.3f} s, n={s.n}" if s else "-"
+            hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}: {what}<br>{total}<br>"
+                         f"raw s:<br>{_samples(samples, 3)}")
+        fig.add_bar(name=name, x=x, y=axis, orientation="h", marker_color=colour, hovertext=hover,
+                    hovertemplate="%{hovertext}<extra></extra>",
+                    error_x={"type": "data", "array": err, "arrayminus": low, "visible": True, "thickness": 1.2,
+                             "width": 3} if attr == "rest" else None)
+    fig.update_layout(barmode="stack", bargap=0.25)
+    return _plot(fig, div_id, 130 + 21 * len(keys),
+                 f"{model}: time per inference (stacked means; error bar: the whole run, 95% CI)", "seconds",
+                 horizontal=True)
+
+
+def _roof_chart(suite, model, ports, threads, views, div_id) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    any_bw = False
+    for t, colour in zip(threads, thread_colours(len(threads))):
+        y, hover = [], []
+        for p in ports:
+            v = views.get((model, p, t))
+            y.append(100 * v.roof if v and v.roof else None)
+            if v and v.roof:
+                any_bw = True
+                hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}<br>"
+                             f"{100 * v.roof:.0f}% of {v.bw:.1f} GB/s<br>"
+                             f"({v.tok.mean:.1f} tok/s x {v.cell.model.weight_bytes / 1e6:.1f} MB)<br>per run, %:<br>"
+                             f"{_samples([100 * x for x in v.roof_samples], 0)}")
+            else:
+                hover.append(f"<b>{_label(suite, p)}</b>: no figure")
+        fig.add_bar(name=f"{t} thread{'s' if t > 1 else ''}", x=_axis(suite, ports), y=y, marker_color=colour,
+                    hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")
+    if not any_bw:
+        return ""
+    fig.add_hline(y=100, line_dash="dash", line_color="#b00020", annotation_text="measured read bandwidth",
+                  annotation_position="top right")
+    fig.update_layout(barmode="group", bargap=0.22)
+    return _plot(fig, div_id, 380, f"{model}: share of the memory-bandwidth roofline", "% of read bandwidth")
+
+
+def _memory_chart(suite, model, ports, threads, views, div_id) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    weight_mib = None
+    for t, colour in zip(threads, thread_colours(len(threads))):
+        y, hover = [], []
+        for p in ports:
+            v = views.get((model, p, t))
+            s = v.rss if v else None
+            y.append(s.max if s else None)
+            if v:
+                weight_mib = v.cell.model.weight_bytes / 2**20
+            hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}<br>peak {s.max:.1f} MiB "
+                         f"(median {s.median:.1f}, n={s.n})<br>raw MiB:<br>"
+                         f"{_samples([r.max_rss_kib / 1024 for r in v.runs], 1)}" if s else
+                         f"<b>{_label(suite, p)}</b>: no figure")
+        fig.add_bar(name=f"{t} thread{'s' if t > 1 else ''}", x=_axis(suite, ports), y=y, marker_color=colour,
+                    hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")
+    if weight_mib:
+        fig.add_hline(y=weight_mib, line_dash="dot", line_color="#555555",
+                      annotation_text=f"weights: {weight_mib:.0f} MiB", annotation_position="top left")
+    fig.update_layout(barmode="group", bargap=0.22)
+    return _plot(fig, div_id, 380, f"{model}: peak memory (largest of the good runs)", "MiB (peak RSS)")
+
+
+def _scaling_chart(suite, model, ports, threads, views, div_id) -> str:
+    import plotly.graph_objects as go
+
+    if len(threads) < 2:
+        return ""
+    t0 = threads[0]
+    styles = port_styles(suite)
+    fig = go.Figure()
+    fig.add_scatter(x=threads, y=[t / t0 for t in threads], name="ideal (linear in threads)", mode="lines",
+                    line={"color": "#333333", "dash": "dash", "width": 1.5}, hoverinfo="skip")
+    some = next((views[(model, p, t0)] for p in ports if (model, p, t0) in views), None)
+    if some:
+        bws = [suite.host.bandwidth_for(some.cell.model.weight_bytes, t) for t in threads]
+        if all(bws):
+            fig.add_scatter(x=threads, y=[b / bws[0] for b in bws], name="read bandwidth (roofline)",
+                            mode="lines", line={"color": "#b00020", "dash": "dot", "width": 1.5},
+                            hovertemplate="read bandwidth x%{y:.2f} at %{x} threads<extra></extra>")
+    for p in ports:
+        first = views.get((model, p, t0))
+        if not first or not first.tok:
+            continue
+        xs, ys, hover = [], [], []
+        for t in threads:
+            v = views.get((model, p, t))
+            if v and v.tok:
+                d = _digits(v.tok.mean)
+                xs.append(t)
+                ys.append(v.tok.mean / first.tok.mean)
+                hover.append(f"<b>{_label(suite, p)}</b>, {t} threads: x{v.tok.mean / first.tok.mean:.2f}<br>"
+                             f"{v.tok.mean:.{d}f} tok/s, 95% CI {_interval(v.tok, d)}, n={v.tok.n}<br>"
+                             f"raw tok/s:<br>{_samples(v.tok_samples, d)}")
+        colour, marker = styles[p]
+        fig.add_scatter(x=xs, y=ys, name=_label(suite, p), mode="lines+markers", hovertext=hover,
+                        hovertemplate="%{hovertext}<extra></extra>",
+                        line={"color": colour, "width": 2, "dash": "dash" if port_group(suite, p) == "peer" else "solid"},
+                        marker={"symbol": PLOTLY_MARKERS[marker], "size": 8})
+    fig.update_xaxes(tickvals=threads, title_text="threads")
+    return _plot(fig, div_id, 420, f"{model}: thread scaling (speed-up over {t0} thread{'s' if t0 > 1 else ''})",
+                 f"tok/s relative to {t0} thread{'s' if t0 > 1 else ''}",
+                 legend={"orientation": "v", "x": 1.02, "y": 1, "xanchor": "left", "yanchor": "top"})
+
+
+# ---------------------------------------------------------------- tables
+def _td(text: str, value=None, cls: str = "") -> str:
+    v = "" if value is None or (isinstance(value, float) and math.isnan(value)) else f' data-v="{value}"'
+    c = f' class="{cls}"' if cls else ""
+    return f"<td{c}{v}>{text}</td>"
+
+
+def _table(header: list[str], rows: list[str], sortable: bool = True) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    cls = ' class="sortable"' if sortable else ""
+    return (f'<div class="scroll"><table{cls}><thead><tr>{head}</tr></thead><tbody>' + "".join(rows)
+            + "</tbody></table></div>")
+
+
+def _cell_table(suite, model, ports, threads, views) -> str:
+    base = baseline_port(suite)
+    flags = {(r["port"], r["threads"]): r["flags"] for r in model_rows(suite, model)}
+    rows = []
+    for p in ports:
+        for t in threads:
+            v = views.get((model, p, t))
+            if v is None:
+                continue
+            c, tok = v.cell, v.tok
+            d = _digits(tok.mean) if tok else 1
+            status = "ok" if c.status == "ok" else f'<span class="badge bad">{escape(c.status)}</span>'
+            rows.append("<tr>" + "".join([
+                _td(escape(_label(suite, p))),
+                _td(escape(GROUP_TITLES[port_group(suite, p)]), GROUP_ORDER.index(port_group(suite, p))),
+                _td(str(t), t, "num"),
+                _td(_fmt(tok.mean, d) if tok else "-", tok.mean if tok else None, "num"),
+                _td(_interval(tok, d) if tok else "-"),
+                _td(str(tok.n) if tok else "0", tok.n if tok else 0, "num"),
+                _td(_fmt(v.wall.mean, 3) if v.wall else "-", v.wall.mean if v.wall else None, "num"),
+                _td(_fmt(v.load.mean, 3) if v.load else "-", v.load.mean if v.load else None, "num"),
+                _td(_fmt(v.ttft.mean, 4) if v.ttft else "-", v.ttft.mean if v.ttft else None, "num"),
+                _td(_fmt(v.decode.mean, 3) if v.decode else "-", v.decode.mean if v.decode else None, "num"),
+                _td(_fmt(v.rss.max, 1) if v.rss else "-", v.rss.max if v.rss else None, "num"),
+                _td(_fmt(100 * v.roof, 0, "%") if v.roof else "-", v.roof, "num"),
+                _td(escape(v.speed.fmt()) if v.speed else "-", v.speed.value if v.speed else None, "num"),
+                _td(f"{len(v.runs)}/{len(c.runs)}", len(v.runs), "num"),
+                _td(status),
+                _td(escape(flags.get((_label(suite, p), t), "")), None, "flags"),
+            ]) + "</tr>")
+    header = ["port", "group", "threads", "tok/s", "95% CI", "n", "time/inference s", "load s", "first token s",
+              "decode s", "peak MiB", "% roofline", f"vs {base or '-'} [95% CI]", "good/all runs", "status", "flags"]
+    return _table(header, rows)
+
+
+def _relative(suite: Suite, views) -> str:
+    base = baseline_port(suite)
+    if base is None:
+        return '<p class="note">No baseline: neither the C port nor the reference ran.</p>'
+    keys = sorted({(c.model.name, c.threads) for c in suite.cells},
+                  key=lambda k: (models_of(suite).index(k[0]), k[1]))
+    ports, speed = ordered_ports(suite), {}
+    for p in ports:
+        speed[p] = [views[(m, p, t)].speed if (m, p, t) in views else None for m, t in keys]
+    means = {p: geometric_mean([r.value for r in rs if r]) for p, rs in speed.items()}
+    rows, last = [], None
+    for p in sorted(ports, key=lambda p: (GROUP_ORDER.index(port_group(suite, p)), -(means[p] or 0), p)):
+        g = port_group(suite, p)
+        if g != last:
+            rows.append(f'<tr class="group"><td colspan="{len(keys) + 2}">{escape(GROUP_TITLES[g])}</td></tr>')
+            last = g
+        tds = [_td(escape(_label(suite, p)))]
+        for r in speed[p]:
+            if r is None:
+                tds.append(_td("-", None, "num"))
+                continue
+            shade = max(-1.0, min(1.0, math.log(r.value) / math.log(2)))
+            colour = (f"rgba(27,127,59,{0.45 * shade:.2f})" if shade > 0 else f"rgba(176,0,32,{-0.45 * shade:.2f})")
+            tds.append(f'<td class="num" data-v="{r.value:.4f}" style="background:{colour}">{escape(r.fmt())}</td>')
+        g_mean = means[p]
+        tds.append(_td(f"<b>{g_mean:.2f}x</b>" if g_mean else "-", g_mean, "num"))
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    header = ["port"] + [f"{m} j={t}" for m, t in keys] + ["geometric mean"]
+    return (f'<p class="note">Decode speed relative to <b>{escape(base)}</b> in the same model and thread count: '
+            f"ratio of geometric means with a 95% interval (Welch on the log scale); the last column is the "
+            f"geometric mean of a port's ratios. Green: faster, red: slower.</p>"
+            + _table(header, rows, sortable=False))
+
+
+# ---------------------------------------------------------------- header card
+def _dl(pairs: list[tuple[str, str]]) -> str:
+    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
+
+
+def _badge(origin: str) -> str:
+    return f'<span class="badge {escape(origin)}">{escape(origin)}</span>'
+
+
+def _quiet(suite: Suite) -> str:
+    m = suite.matrix
+    measured = sum(len(c.runs) for c in suite.cells)
+    busy = [(c, busy_runs(c)) for c in suite.cells if busy_runs(c)]
+    recorded = any(r.others_cpu_s is not None for c in suite.cells for r in c.runs)
+    guard = (f"a run is marked busy when other processes used more than {100 * m.busy_share:.0f}% of a core "
+             f"(+0.05 s) while it ran")
+    if not recorded:
+        return f"not recorded in this file (format {suite.format_version}); no run was left out as busy"
+    if not busy:
+        return f"no measured run was disturbed ({measured} runs; {guard})"
+    lines = "".join(f"<li>{escape(c.port)} {escape(c.model.name)} j={c.threads}: {n} of {len(c.runs)}</li>"
+                    for c, n in busy)
+    return (f'<span class="badge bad">{sum(n for _, n in busy)} of {measured} runs left out</span> '
+            f"taken while the machine was busy; kept in the JSON, left out of every figure ({guard}):<ul>{lines}</ul>")
+
+
+def _header(suite: Suite) -> str:
+    h, m = suite.host, suite.matrix
+    caches = ", ".join(f"{escape(k)} {escape(v)}" for k, v in h.caches.items()) or "unknown"
+    clock = f"{h.cpu_mhz:.0f} MHz" if h.cpu_mhz else "not exposed"
+    host = _dl([
+        ("host", escape(h.hostname)), ("CPU", escape(h.cpu_model)),
+        ("cores", f"{h.logical_cores} logical, {h.physical_cores or '?'} physical"),
+        ("memory", f"{h.memory_bytes / 2**30:.1f} GiB"), ("caches", caches), ("OS", escape(h.os)),
+        ("governor / clock", f"{escape(h.cpu_governor or 'not exposed')} / {clock}"),
+        ("Python", escape(h.python))] + ([("container image", escape(h.container_image))] if h.container_image else []))
+    threads = sorted({c.threads for c in suite.cells}) or m.thread_counts()
+    runs = f"{m.runs} measured + {m.warmup} warmup per cell, interleaved"
+    suite_dl = _dl([
+        ("suite", escape(suite.suite_id)),
+        ("date", escape(suite.started) + (f" to {escape(suite.finished)}" if suite.finished else " (not finished)")),
+        ("commit", f"<code>{escape(h.git_commit[:12])}</code>" + (" (dirty)" if h.git_dirty else "")),
+        ("matrix", f"<b>{escape(suite.matrix_name)}</b>" + (f": {escape(m.description)}" if m.description else "")),
+        ("models", ", ".join(escape(x) for x in m.models)), ("threads", ", ".join(map(str, threads))),
+        ("runs per cell", runs), ("steps", f"{m.steps}, temperature {m.temperature}, seed {m.seed}"),
+        ("result format", str(suite.format_version))])
+    models = []
+    for name in models_of(suite):
+        c = next(c for c in suite.cells if c.model.name == name)
+        fmts = sorted({x.model.format for x in suite.cells if x.model.name == name})
+        models.append("<tr>" + _td(escape(name)) + _td(_badge(c.model.origin))
+                      + _td(_badge(c.model.tokenizer_origin) if c.model.tokenizer_origin else "embedded")
+                      + _td(", ".join(fmts)) + _td(f"{c.model.weight_bytes / 1e6:.1f}", c.model.weight_bytes, "num")
+                      + "</tr>")
+    if h.probes:
+        probes = [("<tr>" + _td(f"{p.bytes / 2**20:.1f}", p.bytes, "num") + _td(str(p.threads), p.threads, "num")
+                   + _td(str(p.streams), p.streams, "num") + _td(f"{p.gbs:.1f}", p.gbs, "num") + "</tr>")
+                  for p in sorted(h.probes, key=lambda p: (p.bytes, p.threads))]
+        roof = _table(["MiB read (one model)", "threads", "streams per thread", "GB/s"], probes)
+    else:
+        roof = _table(["MiB read", "threads", "GB/s"],
+                      [("<tr>" + _td(str(h.bandwidth_probe_mib), h.bandwidth_probe_mib, "num") + _td(str(t), t, "num")
+                        + _td(f"{g:.1f}", g, "num") + "</tr>") for t, g in sorted(h.bandwidth_gbs.items())])
+    tools = []
+    for p in sorted(suite.ports, key=lambda p: (GROUP_ORDER.index(port_group(suite, p.name)), p.name)):
+        built = p.build.split(":")[0]
+        tools.append("<tr>" + _td(escape(_label(suite, p.name))) + _td(escape(GROUP_TITLES[port_group(suite, p.name)]))
+                     + _td(escape(p.language)) + _td(escape(p.toolchain or "-")) + _td(f"<code>{escape(p.build_flags)}</code>")
+                     + _td(escape(built) if built == "built" else f'<span class="badge bad">{escape(p.build)}</span>')
+                     + "</tr>")
+    return (f'<section class="card" id="setup"><h2>Machine and suite</h2><div class="facts">{host}{suite_dl}</div>'
+            f'<div class="facts"><div><h3>Models</h3>'
+            + _table(["model", "weights", "tokenizer", "format", "MB read per token"], models)
+            + f'</div><div><h3>Roofline: memory read bandwidth</h3>{roof}</div></div>'
+            f"<h3>Quiet machine</h3><p>{_quiet(suite)}</p>"
+            f"<h3>Toolchains</h3>"
+            + (_table(["port", "group", "language", "toolchain", "build flags", "build"], tools) if tools
+               else '<p class="note">not recorded</p>')
+            + "</section>")
+
+
+# ---------------------------------------------------------------- validation, failures
+def load_validation(path: Path | None) -> list[dict] | None:
+    """Rows of `invoke validate` (its table, as a JSON list of objects, or {"rows": [...]})."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PolyllamaError(f"{path}: not a JSON file of validation rows: {e}") from None
+    rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PolyllamaError(f"{path}: expected a list of validation rows (objects)")
+    return rows
+
+
+def _row_ok(row: dict) -> bool:
+    if "result" in row:
+        return str(row["result"]).lower() == "ok"
+    if "ok" in row:
+        return bool(row["ok"])
+    return not row.get("problem")
+
+
+def _validation(rows: list[dict] | None) -> str:
+    if rows is None:
+        return f'<p>Validation against the reference core: <b>{NOT_RUN}</b> (give <code>--validation FILE</code>).</p>'
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    failed = [r for r in rows if not _row_ok(r)]
+    body = ["<tr>" + "".join(_td(escape(str(r.get(k, "")))) for k in keys) + "</tr>" for r in rows]
+    verdict = (f'<span class="badge real">all {len(rows)} passed</span>' if not failed else
+               f'<span class="badge bad">{len(failed)} of {len(rows)} failed</span>')
+    return f"<p>Validation against the reference core: {verdict}</p>" + _table(keys, body)
+
+
+def _failures(suite: Suite) -> str:
+    rows = []
+    for c in sorted((c for c in suite.cells if c.status != "ok"), key=lambda c: (c.model.name, c.port, c.threads)):
+        rows.append("<tr>" + _td(escape(_label(suite, c.port))) + _td(escape(c.model.name)) + _td(str(c.threads), c.threads, "num")
+                    + _td(f'<span class="badge bad">{escape(c.status)}</span>') + _td(f"{len(c.runs)}", len(c.runs), "num")
+                    + _td(escape(c.reason or "interrupted: --resume runs it again")) + "</tr>")
+    builds = [p for p in suite.ports if not p.build.startswith("built")]
+    extra = "".join(f"<li><b>{escape(p.name)}</b>: {escape(p.build)}</li>" for p in builds)
+    if not rows and not extra:
+        return "<p>Every cell ran and every port built.</p>"
+    return ((_table(["port", "model", "threads", "status", "runs made", "reason"], rows) if rows else "")
+            + (f"<h3>Ports not built (skipped)</h3><ul>{extra}</ul>" if extra else ""))
+
+
+def _peers(suite: Suite) -> str:
+    items = []
+    for c in suite.cells:
+        if c.peer_check is not None:
+            try:
+                text = describe(c.peer_check)
+            except (TypeError, ZeroDivisionError):
+                text = "peer check gave no figure"
+            items.append(f"<li>{escape(c.port)} {escape(c.model.name)} j={c.threads}: {escape(text)}</li>")
+    return f"<h3>The peer's own benchmark tool beside its row</h3><ul>{''.join(items)}</ul>" if items else ""
+
+
+# ---------------------------------------------------------------- the page
+def build_page(suite: Suite, validation: list[dict] | None = None, source: str | None = None) -> str:
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    views = _views(suite)
+    shown = {k: v for k, v in views.items() if v.cell.status == "ok"}  # charts: cells that finished and passed
+    models = models_of(suite)
+    sections, n = [], 0
+    for model in models:
+        ports = ordered_ports(suite, model)
+        threads = sorted({c.threads for c in suite.cells if c.model.name == model})
+        charts = []
+        for draw in (_tok_chart, _time_chart, _roof_chart, _memory_chart, _scaling_chart):
+            n += 1
+            charts.append(draw(suite, model, ports, threads, shown, f"chart-{n}"))
+        notes = []
+        if len(threads) < 2:
+            notes.append("one thread count in this suite: no thread-scaling chart.")
+        missing = [c for c in suite.cells if c.model.name == model and c.status != "ok"]
+        if missing:
+            why = {}
+            for c in missing:
+                why.setdefault((c.port, c.reason or c.status), []).append(str(c.threads))
+            notes.append("not in the charts (failed or interrupted, see below): " + "; ".join(
+                f"{p} j={','.join(ts)}: {reason[:80]}" for (p, reason), ts in why.items()))
+        if not any(v.roof for k, v in views.items() if k[0] == model):
+            notes.append("no read bandwidth measured at these thread counts: no roofline chart.")
+        sections.append(
+            f'<section class="card" id="{escape(model)}"><h2>{escape(model_title(suite, model))}</h2>'
+            f'<p class="note">Bars: mean of the good runs with a 95% confidence interval (Student t). Hover a bar for '
+            f"its raw samples. Hatched or dashed: the peer (an external engine). Ports are grouped (compiled, managed, "
+            f"Python and frameworks, peer) and sorted fastest first.</p>"
+            + "".join(f'<p class="note">{escape(x)}</p>' for x in notes)
+            + f'<div class="charts">{"".join(c for c in charts if c)}</div>'
+            f"<h3>Every cell</h3>{_cell_table(suite, model, ports, threads, views)}</section>")
+    nav = "".join(f'<a href="#{escape(m)}">{escape(m)}</a>' for m in models)
+    generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    title = f"polyllama: {suite.suite_id}"
+    origins = sorted({c.model.origin for c in suite.cells})
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<script>{ERROR_PROBE}</script>
+<style>{CSS}</style>
+<script>{get_plotlyjs()}</script>
+</head>
+<body>
+<div id="js-errors" hidden></div>
+<main>
+<h1>{escape(title)}</h1>
+<div class="sub">Llama 2 inference (llama2.c models) across languages: {len({c.port for c in suite.cells})} ports,
+{len(models)} model{'s' if len(models) != 1 else ''} ({', '.join(origins)} weights), matrix
+<b>{escape(suite.matrix_name)}</b>, {escape(suite.started[:10])}, commit {escape(suite.host.git_commit[:10])}.</div>
+<nav><a href="#setup">machine</a>{nav}<a href="#relative">relative speed</a><a href="#validation">validation</a><a href="#failures">failed and skipped</a></nav>
+{_header(suite)}
+{''.join(sections)}
+<section class="card" id="relative"><h2>Relative speed</h2>{_relative(suite, shown)}{_peers(suite)}</section>
+<section class="card" id="validation"><h2>Validation</h2>{_validation(validation)}</section>
+<section class="card" id="failures"><h2>Failed and skipped</h2>{_failures(suite)}</section>
+<footer>{escape(footer(suite))}<br>Generated {generated} by polyllama from {escape(source or suite.suite_id + '.json')}
+(plotly {plotly.__version__}, inline). Summaries are computed from the raw samples in the result file.</footer>
+</main>
+<script>{SORT_TABLES}</script>
+</body>
+</html>
+"""
+
+
+def write_page(suite: Suite, path: Path, validation: Path | None = None, source: Path | None = None) -> Path:
+    rows = load_validation(validation)
+    write_atomic(path, build_page(suite, rows, source.name if source else None).encode("utf-8"))
+    return path
