@@ -1,115 +1,405 @@
-"""The llama.cpp peer against the reference core: logits of the project's GGUF export, both the
-batched logits-mode path and the one-token decode path, on a tiny synthetic model built here
-(shared and unshared classifier, grouped-query attention) and on stories260K, plus the command
-line end to end. A failure here points at orchestrator/formats/gguf_file.py or the reference.
+"""The llama.cpp peer's native driver (build/driver) against the reference core, through its
+command line: logits, greedy and seeded sampled text on tiny synthetic GGUFs (shared and
+unshared classifier, grouped-query attention, a vocabulary with multi-byte pieces) and on
+stories260K's GGUF export; the statistics line; the flag rules; and every kind of bad GGUF the
+driver must refuse before llama.cpp sees it (the contract's rules, issue 15's four gaps among
+them, and the files llama.cpp itself would abort on).
 
-Run from this folder: python -m pytest -q test_port.py
+Run from this folder after the build: python -m pytest -q test_port.py
 """
 from __future__ import annotations
 
+import json
+import os
+import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.formats import read_model, read_tokenizer, write_gguf  # noqa: E402
-from orchestrator.reference.generate import generate, logits_for  # noqa: E402
-from orchestrator.reference.model import Transformer as Reference  # noqa: E402
-from orchestrator.reference.sampler import Sampler  # noqa: E402
-from orchestrator.reference.tokenizer import Tokenizer  # noqa: E402
-from orchestrator.conformance import assert_close, load_port, stories260k_dir, tiny_files  # noqa: E402
+from orchestrator.formats import Config, Model, Vocab, read_model, read_tokenizer, write_gguf, write_v0  # noqa: E402
+from orchestrator.reference import Sampler, Tokenizer, Transformer, generate, logits_for  # noqa: E402
 
+DRIVER = HERE / "build" / "driver"
+RTOL = 1e-4  # the contract's tolerance: max|port - ref| <= RTOL * (1 + max|ref|) at each position
+IN_CI = os.environ.get("CI") == "true"
 IDS = [1, 203, 211, 9, 18, 299, 2, 5, 77, 100, 200, 250, 1, 17, 298, 42, 3, 260, 261, 0]
 
 
-port = load_port(HERE / "run.py", "polyllama_llamacpp_port")
-ll = port.init_llama()
+def need(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (required when CI=true)")
+    pytest.skip(reason)
 
 
-def engine_logits(model, ids, batched: bool) -> np.ndarray:
-    engine = port.LlamaCpp(ll, model, 1, len(ids) if batched else 1)
-    try:
-        if batched:
-            return engine.logits_all(ids)
-        return logits_for(engine, ids)
-    finally:
-        engine.close()
+@pytest.fixture(scope="session", autouse=True)
+def driver_built():
+    if not DRIVER.is_file():
+        need(f"{DRIVER} is not built (invoke build-all --ports llamacpp)")
 
 
+def run(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(DRIVER), *map(str, args)], capture_output=True, timeout=timeout, cwd=HERE)
 
 
+def stats(r: subprocess.CompletedProcess) -> dict:
+    lines = r.stderr.decode().splitlines()
+    assert lines and lines[-1].startswith("polyllama-stats: "), r.stderr
+    return json.loads(lines[-1].removeprefix("polyllama-stats: "))
+
+
+def assert_close(ref: np.ndarray, got: np.ndarray) -> None:
+    assert got.shape == ref.shape
+    diff = np.abs(got - ref).max(axis=1)
+    tol = RTOL * (1 + np.abs(ref).max(axis=1))
+    assert (diff <= tol).all(), f"max diff {diff.max():.3g} over tolerance at positions {np.flatnonzero(diff > tol)}"
+    assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
+
+
+def assert_refused(r: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    lines = r.stderr.decode(errors="replace").splitlines()
+    assert r.returncode == code, r.stderr
+    assert lines and lines[0].startswith("error: "), r.stderr
+    assert sum(ln.startswith("error:") for ln in lines) == 1, r.stderr
+    if code != 2:
+        assert len(lines) == 1, r.stderr  # llama.cpp's own log kept off stderr
+    assert r.stdout == b""
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# models
+
+def tiny_vocab(size: int = 300) -> Vocab:
+    """<unk>, BOS, EOS, the 256 byte tokens, a space, letters, two-byte UTF-8 pieces, merges."""
+    pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    pieces += [b" "] + [bytes([c]) for c in b"abcdefghijklmnopqrstuvwxyz"] + ["é".encode(), "ü".encode()]
+    rng = np.random.default_rng(11)
+    while len(pieces) < size:
+        word = bytes(int(c) for c in rng.choice(list(b"abcdeht"), int(rng.integers(2, 5))))
+        word = b" " + word if rng.random() < 0.5 else word
+        if word not in pieces:
+            pieces.append(word)
+    scores = [0.0] * 259 + [-float(i) for i in range(size - 259)]
+    return Vocab(tuple(pieces), tuple(scores), max(map(len, pieces)))
+
+
+def tiny_model(shared: bool, seed: int) -> Model:
+    config = Config(64, 172, 2, 8, 2, 300, 48, shared_classifier=shared)
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape in config.tensor_shapes().items():
+        scale, base = (0.1, 1.0) if name.startswith("rms") else (0.5, 0.0)
+        weights[name] = (base + scale * rng.standard_normal(shape)).astype(np.float32)
+    return Model(config, weights)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_files(tmp_path_factory.mktemp("tiny"))
-
-@pytest.mark.parametrize("batched", [True, False], ids=["logits_all", "decode"])
-@pytest.mark.parametrize("tag", ["shared", "unshared"])
-def test_logits_match_reference_on_tiny_model(tiny, tag, batched):
-    files, _ = tiny
-    model = read_model(files[("gguf", tag)])
-    assert_close(logits_for(Reference(model), IDS), engine_logits(model, IDS, batched))
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tiny")
+    files = {}
+    for tag, shared, seed in (("shared", True, 7), ("unshared", False, 8)):
+        files[tag] = d / f"tiny.{tag}.gguf"
+        write_gguf(files[tag], tiny_model(shared, seed), tiny_vocab())
+    return files
 
 
 @pytest.fixture(scope="module")
-def stories260K_gguf(tmp_path_factory):
-    d = stories260k_dir()
-    model = read_model(d / "stories260K.bin")
-    path = tmp_path_factory.mktemp("s260") / "stories260K.gguf"
-    write_gguf(path, model, read_tokenizer(d / "tok512.bin", model.config.vocab_size))
-    return path
+def stories260K(tmp_path_factory) -> Path:
+    for d in os.environ.get("POLYLLAMA_MODEL_PATH", "").split(os.pathsep):
+        if d and (Path(d) / "stories260K.bin").is_file() and (Path(d) / "tok512.bin").is_file():
+            model = read_model(Path(d) / "stories260K.bin")
+            path = tmp_path_factory.mktemp("s260") / "stories260K.gguf"
+            write_gguf(path, model, read_tokenizer(Path(d) / "tok512.bin", model.config.vocab_size))
+            return path
+    need("stories260K.bin / tok512.bin not found on POLYLLAMA_MODEL_PATH")
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["logits_all", "decode"])
-def test_logits_match_reference_on_stories260K(stories260K_gguf, batched):
-    model = read_model(stories260K_gguf)
-    ids = [1, 403, 411, 9, 18, 300] + list(range(3, 200))
-    assert_close(logits_for(Reference(model), ids), engine_logits(model, ids, batched))
+def reference_text(path: Path, prompt: bytes, steps: int, temperature=0.0, topp=0.9, seed=1) -> bytes:
+    model = read_model(path)
+    return generate(Transformer(model), Tokenizer(model.tokenizer), Sampler(temperature, topp, seed), prompt, steps).text
 
 
-def test_sampled_text_matches_reference_on_stories260K(stories260K_gguf):
-    model = read_model(stories260K_gguf)
-    tokenizer = Tokenizer(model.tokenizer)
-    ref = generate(Reference(model), tokenizer, Sampler(0.8, 0.9, 42), b"Once upon a time", 120)
-    engine = port.LlamaCpp(ll, model, 1, 1)
-    try:
-        got = generate(engine, tokenizer, Sampler(0.8, 0.9, 42), b"Once upon a time", 120)
-    finally:
-        engine.close()
-    assert got.text == ref.text
+# ----------------------------------------------------------------------------------------------
+# agreement with the reference
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(HERE / "run.py"), *map(str, args)], capture_output=True, timeout=300)
-
-
-def test_cli_greedy_text_and_stats_line(tiny):
-    files, _ = tiny
-    model = read_model(files[("gguf", "shared")])
-    ref = generate(Reference(model), Tokenizer(model.tokenizer), Sampler(0.0, 0.9, 1), b"ab", 30)
-    r = run_cli(files[("gguf", "shared")], "-t", "0", "-n", "30", "-i", "ab", "-j", "2")
+def driver_logits(path: Path, ids: list[int], tmp_path: Path, threads: int = 1) -> np.ndarray:
+    out = tmp_path / "logits.f32"
+    r = run(path, "-m", "logits", "-k", ",".join(map(str, ids)), "-o", out, "-j", threads)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == ref.text
-    lines = [ln for ln in r.stderr.decode().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr  # llama.cpp's log kept quiet
-    assert lines[0].startswith('polyllama-stats: {"port":"llamacpp",') and '"threads":2' in lines[0]
+    assert r.stdout == b""
+    s = stats(r)
+    assert (s["prompt_tokens"], s["positions"], s["generated_tokens"]) == (len(ids), len(ids), 0)
+    return np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
 
 
-def test_cli_errors_are_one_line_with_the_contract_exit_codes(tiny, tmp_path):
-    files, tok = tiny
-    bad = tmp_path / "garbage.gguf"
-    bad.write_bytes(b"GGUF" + b"\x01" * 10)
-    cases = (((bad, "-j", "0"), 2), ((bad, "-x", "1"), 2), ((tmp_path / "missing.gguf",), 3), ((bad,), 3),
-             ((files[("v0", "shared")], "-z", tok), 3))  # a valid llama2.c file: this peer reads GGUF only
-    for argv, code in cases:
-        r = run_cli(*argv)
-        assert r.returncode == code, r.stderr
-        assert r.stderr.decode().splitlines()[0].startswith("error: ")
-        assert r.stdout == b""
+@pytest.mark.parametrize("tag", ["shared", "unshared"])
+def test_logits_match_reference_on_tiny_models(tiny, tag, tmp_path):
+    model = read_model(tiny[tag])
+    assert_close(logits_for(Transformer(model), IDS), driver_logits(tiny[tag], IDS, tmp_path))
+
+
+def test_logits_match_reference_on_stories260K_with_two_threads(stories260K, tmp_path):
+    ids = [1, 403, 411, 9, 18, 300] + list(range(3, 200))
+    ref = logits_for(Transformer(read_model(stories260K)), ids)
+    assert_close(ref, driver_logits(stories260K, ids, tmp_path, threads=2))
+
+
+@pytest.mark.parametrize("prompt", [b"", b"ab the cat", "é€ü x\x7f".encode()], ids=["empty", "merges", "utf8-bytes"])
+def test_greedy_text_matches_reference_on_a_tiny_model(tiny, prompt):
+    r = run(tiny["shared"], "-t", "0", "-n", "40", "-i", prompt.decode())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == reference_text(tiny["shared"], prompt, 40)
+
+
+@pytest.mark.parametrize("temperature,topp,seed,prompt", [
+    (0.0, 0.9, 1, b"Once upon a time, there was a"),
+    (0.8, 0.9, 42, b"Once upon a time"),
+    (1.0, 1.0, 7, b""),  # the full distribution
+    (1.2, 0.3, 18446744073709551615, b"Tim"),
+    (0.9, 0.001, 5, b"The"),  # a nucleus of one
+], ids=["greedy", "topp", "full", "seed-max", "tiny-topp"])
+def test_text_matches_reference_on_stories260K(stories260K, temperature, topp, seed, prompt):
+    r = run(stories260K, "-t", temperature, "-p", topp, "-s", seed, "-n", 150, "-i", prompt.decode())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == reference_text(stories260K, prompt, 150, temperature, topp, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics line and the command line's numbers
+
+def test_statistics_line_is_stderr_only_line(tiny):
+    r = run(tiny["shared"], "-t", "0.7", "-s", "3", "-n", "20", "-e", "1", "-i", "ab", "-j", "2")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stderr.decode().splitlines()) == 1, r.stderr  # llama.cpp's log kept quiet
+    line = r.stderr.decode().strip()
+    assert "e-" not in line and "e+" not in line and "nan" not in line.lower()
+    s = stats(r)
+    assert list(s) == ["port", "prompt_tokens", "generated_tokens", "positions", "threads", "load_s", "ttft_s",
+                       "decode_s", "decode_tok_s"]
+    prompt_tokens = len(Tokenizer(tiny_vocab()).encode(b"ab"))
+    assert s["port"] == "llamacpp" and s["threads"] == 2
+    assert (s["prompt_tokens"], s["positions"]) == (prompt_tokens, 20)
+    assert s["generated_tokens"] == 20 - prompt_tokens + 1
+    assert s["load_s"] > 0 and s["ttft_s"] > 0 and s["decode_s"] > 0
+    assert abs(s["decode_tok_s"] - (s["generated_tokens"] - 1) / s["decode_s"]) <= 1e-3 * s["decode_tok_s"] + 1e-3
+
+
+@pytest.mark.parametrize("steps", ["0", "48", "+49", "1099511627776", "99999999999999999999999999"])
+def test_steps_of_any_size_clamp_to_seq_len(tiny, steps):
+    r = run(tiny["shared"], "-t", "0", "-e", "1", "-n", steps)
+    assert r.returncode == 0, r.stderr
+    assert stats(r)["positions"] == 48
+
+
+@pytest.mark.parametrize("flags", [["-s", "18446744073709551615"], ["-s", "0"], ["-j", "3"], ["-p", "0"],
+                                   ["-p", "1"], ["-t", "1e-3"], ["-t", ".5"], ["-e", "0"], ["-z", "ignored.bin"]])
+def test_boundary_flags_run(tiny, flags):
+    r = run(tiny["shared"], "-n", "8", *flags)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("flags", [
+    ["-j", "4097"], ["-j", "0"], ["-j", "x"], ["-s", "18446744073709551616"], ["-s", "-1"], ["-n", "-3"],
+    ["-n", "1_0"], ["-t", "inf"], ["-t", "nan"], ["-t", "1e999"], ["-t", "-1"], ["-t", "0x1"], ["-t", " 1"],
+    ["-p", "2"], ["-p", "-0.1"], ["-m", "chat"], ["-e", "5"], ["-q", "1"], ["-t"], ["-m", "logits"],
+    ["-m", "logits", "-o", "x.f32"], ["-m", "logits", "-o", "x.f32", "-k", "1,,2"],
+])
+def test_bad_flags_are_usage_errors(tiny, flags):
+    assert_refused(run(tiny["shared"], *flags), 2)
+
+
+def test_missing_checkpoint_is_a_usage_error():
+    assert_refused(run(), 2)
+    assert_refused(run("-t", "0"), 2)
+
+
+@pytest.mark.parametrize("ids", ["300", "-1", "1," * 48 + "1", "99999999999999999999999"])
+def test_logits_ids_outside_the_model_are_usage_errors(tiny, ids, tmp_path):
+    assert_refused(run(tiny["shared"], "-m", "logits", "-o", tmp_path / "x", "-k", ids), 2)
+
+
+def test_unwritable_logits_file_is_a_runtime_error(tiny, tmp_path):
+    assert_refused(run(tiny["shared"], "-m", "logits", "-o", tmp_path, "-k", "1,2"), 1, "cannot write")
+
+
+# ----------------------------------------------------------------------------------------------
+# llama.cpp's own benchmark, as the orchestrator's peer check runs it
+
+def test_peer_check_command_reports_tokens_per_second(tiny):
+    import tomllib
+
+    spec = tomllib.loads((HERE / "port.toml").read_text())["peer_check"]
+    subs = {"{model}": str(tiny["shared"]), "{threads}": "1", "{steps}": "32"}
+    argv = [subs.get(a, str(HERE / a) if a.startswith("build/") else a) for a in spec["command"]]
+    r = subprocess.run(argv + ["-r", "2"], capture_output=True, text=True, timeout=300, cwd=HERE)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    value = result
+    for part in spec["tok_s"].split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    assert len(result) == 1 and result[0]["n_gen"] == 32 and result[0]["n_prompt"] == 0
+    assert result[0]["n_threads"] == 1 and value > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# bad files: a GGUF as editable lists, changed one thing at a time
+
+_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _value_size(data: bytes, off: int, vtype: int) -> int:
+    if vtype in _SIZES:
+        return _SIZES[vtype]
+    if vtype == 8:
+        return 8 + struct.unpack_from("<Q", data, off)[0]
+    etype, count = struct.unpack_from("<IQ", data, off)
+    size = 12
+    for _ in range(count):
+        size += _value_size(data, off + size, etype)
+    return size
+
+
+def gstr(text: str | bytes) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class Gguf:
+    def __init__(self, blob: bytes):
+        self.version, n_tensors, n_kv = struct.unpack_from("<IQQ", blob, 4)
+        off, self.kvs, self.tensors = 24, [], []
+        for _ in range(n_kv):
+            n = struct.unpack_from("<Q", blob, off)[0]
+            key, off = blob[off + 8:off + 8 + n].decode(), off + 8 + n
+            vtype = struct.unpack_from("<I", blob, off)[0]
+            size = _value_size(blob, off + 4, vtype)
+            self.kvs.append([key, vtype, blob[off + 4:off + 4 + size]])
+            off += 4 + size
+        for _ in range(n_tensors):
+            n = struct.unpack_from("<Q", blob, off)[0]
+            name, off = blob[off + 8:off + 8 + n].decode(), off + 8 + n
+            ndim = struct.unpack_from("<I", blob, off)[0]
+            dims = list(struct.unpack_from(f"<{ndim}Q", blob, off + 4))
+            ttype, offset = struct.unpack_from("<IQ", blob, off + 4 + 8 * ndim)
+            off += 4 + 8 * ndim + 12
+            self.tensors.append([name, dims, ttype, offset])
+        self.data = blob[-(-off // 32) * 32:]
+
+    def kv(self, key: str) -> list:
+        return next(e for e in self.kvs if e[0] == key)
+
+    def tensor(self, name: str) -> list:
+        return next(t for t in self.tensors if t[0] == name)
+
+    def dump(self) -> bytes:
+        out = [b"GGUF", struct.pack("<IQQ", self.version, len(self.tensors), len(self.kvs))]
+        out += [gstr(k) + struct.pack("<I", t) + v for k, t, v in self.kvs]
+        out += [gstr(n) + struct.pack(f"<I{len(d)}QIQ", len(d), *d, t, o) for n, d, t, o in self.tensors]
+        head = b"".join(out)
+        return head + b"\0" * (-len(head) % 32) + self.data
+
+
+def _set_score(g: Gguf, index: int, value: float) -> None:
+    entry = g.kv("tokenizer.ggml.scores")
+    entry[2] = entry[2][:12 + 4 * index] + struct.pack("<f", value) + entry[2][16 + 4 * index:]
+
+
+def _extra_tensor(g: Gguf) -> None:
+    g.data += b"\0" * (-len(g.data) % 32)
+    g.tensors.append(["extra.weight", [64], 0, len(g.data)])
+    g.data += b"\0" * 256
+
+
+def _swap_offsets(g: Gguf) -> None:  # contract-valid, but not in the order llama.cpp insists on
+    q, o = g.tensor("blk.0.attn_q.weight"), g.tensor("blk.0.attn_output.weight")
+    q[3], o[3] = o[3], q[3]
+
+
+BAD = {
+    # issue 15, gap 1: no " " piece, refused before any prompt is read
+    "no space piece": lambda g: g.kv("tokenizer.ggml.tokens").__setitem__(
+        2, g.kv("tokenizer.ggml.tokens")[2].replace(gstr("\u2581"), gstr("\u2582"), 1)),
+    # gap 3: scores must be finite
+    "NaN score": lambda g: _set_score(g, 3, float("nan")),
+    "infinite score": lambda g: _set_score(g, 280, float("inf")),
+    # gap 4: what llama.cpp's GGUF loader refuses
+    "empty key": lambda g: g.kv("general.name").__setitem__(0, ""),
+    "repeated key": lambda g: g.kvs.append(list(g.kv("llama.block_count"))),
+    "repeated tokenizer key": lambda g: g.kvs.append(list(g.kv("tokenizer.ggml.scores"))),
+    "repeated tensor": lambda g: g.tensors.__setitem__(3, [g.tensors[2][0], *g.tensors[3][1:]]),
+    "unknown tensor": _extra_tensor,
+    "unaligned offset": lambda g: (g.tensors[-1].__setitem__(3, g.tensors[-1][3] + 4),
+                                   setattr(g, "data", g.data + b"\0" * 64)),
+    "overlapping tensors": lambda g: g.tensors[2].__setitem__(3, g.tensors[1][3]),
+    # what llama.cpp would abort on, or compute differently from the contract
+    "repeated token text": lambda g: g.kv("tokenizer.ggml.tokens").__setitem__(
+        2, g.kv("tokenizer.ggml.tokens")[2].replace(gstr("b"), gstr("a"), 1)),
+    "not a llama tokenizer": lambda g: g.kv("tokenizer.ggml.model").__setitem__(2, gstr("gpt2")),
+    "unknown llama key": lambda g: g.kvs.append(["llama.expert_count", 4, struct.pack("<I", 9999)]),
+    "other rms epsilon": lambda g: g.kv("llama.attention.layer_norm_rms_epsilon").__setitem__(2, struct.pack("<f", 1e-6)),
+    "alignment not u32": lambda g: g.kvs.append(["general.alignment", 10, struct.pack("<Q", 32)]),
+    "more layers than llama.cpp": lambda g: g.kv("llama.block_count").__setitem__(2, struct.pack("<I", 600)),
+    "split file": lambda g: g.kvs.append(["split.count", 2, struct.pack("<H", 2)]),
+    # passes the driver's checks; llama.cpp's loader refuses it and its reason is passed on
+    "tensors out of llama.cpp's order": _swap_offsets,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_gguf_is_refused_with_one_line(tiny, case, tmp_path):
+    g = Gguf(tiny["shared"].read_bytes())
+    if case == "repeated token text":
+        assert gstr("a") in g.kv("tokenizer.ggml.tokens")[2] and gstr("b") in g.kv("tokenizer.ggml.tokens")[2]
+    BAD[case](g)
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(g.dump())
+    words = ("llama.cpp:",) if case == "tensors out of llama.cpp's order" else ()
+    assert_refused(run(path, "-t", "0", "-n", "4"), 3, str(path), *words)
+
+
+def test_the_unchanged_copy_runs(tiny, tmp_path):
+    path = tmp_path / "copy.gguf"
+    path.write_bytes(Gguf(tiny["shared"].read_bytes()).dump())
+    assert run(path, "-t", "0", "-n", "4").returncode == 0
+
+
+def test_vocabulary_without_space_piece_is_refused_without_a_prompt(tmp_path):
+    vocab = tiny_vocab()
+    path = tmp_path / "nospace.gguf"
+    write_gguf(path, tiny_model(True, 7), replace(vocab, pieces=tuple(b"@@" if p == b" " else p for p in vocab.pieces)))
+    assert_refused(run(path), 3, "' '")
+    assert_refused(run(path, "-i", "x"), 3, "' '")
+
+
+def test_token_texts_that_llama_cpp_would_merge_are_refused(tmp_path):
+    """llama.cpp keys its vocabulary by C string: a piece cut at a NUL can repeat another."""
+    vocab = tiny_vocab()
+    pieces = list(vocab.pieces)
+    pieces[-1] = b"a\0b"
+    path = tmp_path / "nul.gguf"
+    write_gguf(path, tiny_model(True, 7), replace(vocab, pieces=tuple(pieces)))
+    assert_refused(run(path), 3, "repeats the text of token")
+
+
+def test_files_that_are_not_gguf_are_refused(tiny, tmp_path):
+    v0 = tmp_path / "model.bin"
+    write_v0(v0, tiny_model(True, 7))
+    assert_refused(run(v0, "-z", "tok.bin"), 3, "GGUF only")
+    assert_refused(run(tmp_path / "missing.gguf"), 3, "cannot open")
+    assert_refused(run(tmp_path), 3, "cannot open")
+    blob = tiny["shared"].read_bytes()
+    for name, data in (("empty", b""), ("half", blob[: len(blob) // 2]), ("header", blob[:24]),
+                       ("version", blob[:4] + struct.pack("<I", 1) + blob[8:]),
+                       ("counts", blob[:8] + struct.pack("<Q", 1 << 60) + blob[16:])):
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(data)
+        assert_refused(run(bad), 3, str(bad))
