@@ -39,21 +39,23 @@ def install(c, ports=None, skip=None):
 @task(help={"ports": PORTS_HELP, "jobs": "build parallelism passed to each port's build",
             "strict": "fail when a port is skipped for a missing toolchain",
             "docker": "build the Dockerfile's image instead (tagged polyllama:<commit>)",
-            "target": "with --docker: the Dockerfile stage to build (full, or slim = reference + C)"})
+            "target": "with --docker: the Dockerfile stage to build (full, or slim = reference + C)",
+            "arch": "arm64: the ports' [cross.arm64] builds, made with cross toolchains (scripts/arm64-setup.sh)"})
 @_exits
-def build_all(c, ports=None, jobs=2, strict=False, docker=False, target="full"):
+def build_all(c, ports=None, jobs=2, strict=False, docker=False, target="full", arch=None):
     """Build every port natively (or the container image); report what was built, skipped and why, or failed."""
-    return app.build(ports, int(jobs), strict, docker, target)
+    return app.build(ports, int(jobs), strict, docker, target, arch)
 
 
 @task(help={"ports": PORTS_HELP,
             "models": "comma-separated models (default: stories260K,stories15M; synthetic when not present)",
             "docker": "run the ports inside the container image (DOCKER_HOST selects the engine)",
-            "image": "with --docker: the image (default polyllama:<commit>, or $POLYLLAMA_IMAGE)"})
+            "image": "with --docker: the image (default polyllama:<commit>, or $POLYLLAMA_IMAGE)",
+            "arch": "arm64: run the ports' arm64 builds under qemu-aarch64 (stories15M: 8 positions of logits)"})
 @_exits
-def validate(c, ports=None, models=None, docker=False, image=None):
+def validate(c, ports=None, models=None, docker=False, image=None, arch=None):
     """Check every built port against the reference core: logits, greedy and sampled text."""
-    return app.validate(ports, models, docker, image)
+    return app.validate(ports, models, docker, image, arch)
 
 
 @task(help={"matrix": "named matrix from orchestrator/bench/matrices.toml: quick, default, paper or full",

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .errors import PolyllamaError
+from schemas.port import ARCHES
+
+from .errors import PolyllamaError, UsageError
 from .models.store import Store, search_path
 from .models.synth import ensure
-from .ports.build import LOG_DIR, build_all, install_all
+from .ports.build import build_all, build_log, install_all
 from .ports.discover import ROOT, names, select, tool_env
 
 
@@ -29,19 +31,32 @@ def install(ports: str | None = None, skip: str | None = None) -> int:
 
 
 def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker: bool = False,
-          target: str = "full") -> int:
+          target: str = "full", arch: str | None = None) -> int:
+    """Native builds; with arch the ports' [cross.<arch>] builds (README, "arm64 under emulation")."""
+    arch = _arch(arch)
     if docker:
+        if arch:
+            raise UsageError("--arch builds natively with cross toolchains; it does not combine with --docker")
         return build_image(target)
-    outcomes = build_all(select(ports), jobs, progress=lambda m: print(m, flush=True))
+    outcomes = build_all(select(ports), jobs, progress=lambda m: print(m, flush=True), arch=arch)
     print(tabulate([[o.port, o.status, o.version or "-", f"{o.seconds:.1f}s", o.detail] for o in outcomes],
                    headers=["port", "status", "toolchain", "time", "detail"]))
     bad = [o for o in outcomes if o.status == "failed" or (strict and o.status == "skipped")]
     for o in bad:  # the whole story, not just its last line: a container build shows nothing else
-        log = LOG_DIR / f"{o.port}.build.log"
+        log = build_log(o.port.split("/")[0], arch)
         if o.status == "failed" and log.is_file():
             tail = log.read_text(errors="replace").splitlines()[-60:]
             print(f"\n--- last {len(tail)} lines of {log.relative_to(ROOT)} ---\n" + "\n".join(tail), file=sys.stderr)
     return 1 if bad else 0
+
+
+def _arch(arch: str | None) -> str | None:
+    """None for a native run; else an architecture a manifest's [cross] may name."""
+    if not arch or arch == "native":
+        return None
+    if arch not in ARCHES:
+        raise UsageError(f"--arch must be native or one of {', '.join(ARCHES)}, got {arch!r}")
+    return arch
 
 
 @contextlib.contextmanager
@@ -70,12 +85,17 @@ def build_image(target: str) -> int:
     return 0
 
 
-def validate(ports: str | None = None, models: str | None = None, docker: bool = False, image: str | None = None) -> int:
+def validate(ports: str | None = None, models: str | None = None, docker: bool = False, image: str | None = None,
+             arch: str | None = None) -> int:
+    """With arch: each port's [cross.<arch>] build, run under its emulator, against the native reference."""
+    arch = _arch(arch)
+    if docker and arch:
+        raise UsageError("--arch runs the cross builds under emulation here; it does not combine with --docker")
     with container_engine(docker):
-        return _validate(ports, models, docker, image)
+        return _validate(ports, models, docker, image, arch)
 
 
-def _validate(ports, models, docker, image) -> int:
+def _validate(ports, models, docker, image, arch=None) -> int:
     from .ports.validate import validate as run_validation
 
     chosen = select(ports)
@@ -85,7 +105,13 @@ def _validate(ports, models, docker, image) -> int:
         from .containers.engine import ContainerRunner
         runner = ContainerRunner.connect(image)
         chosen = [p for p in chosen if runner.build_outcome(p).status == "built"] if not ports else chosen
-    rows = run_validation(chosen, Store(), wanted, progress=lambda m: print(m, flush=True), runner=runner)
+    if arch:
+        for p in chosen:
+            if p.for_arch(arch) is None:
+                print(f"{p.name}/{arch}: skipped: {p.no_cross_reason(arch)}", flush=True)
+        chosen = [c for p in chosen if (c := p.for_arch(arch)) is not None]
+    rows = run_validation(chosen, Store(), wanted, progress=lambda m: print(m, flush=True), runner=runner,
+                          emulated=arch is not None)
     print(tabulate([r.as_dict() for r in rows], headers="keys"))
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")

@@ -1,12 +1,14 @@
 """`impls/<name>/port.toml`, the manifest of docs/port-contract.md section 1."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONTRACT_VERSION = 1
 Argv = list[str]
+Arch = Literal["arm64"]  # architectures a port may be cross-built for ([cross.<arch>])
+ARCHES: tuple[str, ...] = get_args(Arch)
 
 
 class _Strict(BaseModel):
@@ -37,6 +39,21 @@ class Test(_Strict):
     commands: list[Argv] = Field(default_factory=list)
 
 
+class Cross(_Strict):
+    """A build for another CPU architecture (`[cross.arm64]`), made here with a cross toolchain and
+    run here under an emulator, so that code paths of that architecture (NEON) are validated on a
+    machine without it. Optional; `invoke build-all --arch arm64` and `invoke validate --arch arm64`."""
+    check: Argv = Field(min_length=1, description="argv; exit 0 = the cross toolchain (compiler, target library, "
+                                                  "emulated runtime) is present; first output line = its version")
+    commands: list[Argv] = Field(min_length=1, description="argv lists run in order in the port folder; they "
+                                                           "build into a folder of their own (e.g. build/arm64/)")
+    outputs: list[str] = Field(min_length=1, description="paths that must exist after the build; every ELF "
+                                                         "file among them must be for the architecture")
+    run: Argv = Field(min_length=1, description="argv prefix that runs the cross build on this machine: the "
+                                                "emulator, then what [run] command would be there")
+    build_flags: str = Field("", description="the cross build's flags, as [build_flags] says the native ones")
+
+
 class PeerCheck(_Strict):
     """A peer engine's own benchmark tool, run on the same file and thread count as the peer's
     row, so a reader can see the row measures the engine at its best (the orchestrator's check)."""
@@ -58,6 +75,18 @@ class PortManifest(_Strict):
     run: Run
     test: Test = Test()
     peer_check: PeerCheck | None = None
+    cross: dict[Arch, Cross] = Field(default_factory=dict,
+                                                 description="builds for other architectures, by architecture")
+    cross_skip: dict[Arch, str] = Field(default_factory=dict,
+                                                    description="why there is no build for an architecture, "
+                                                                "said when `--arch` skips the port")
+
+    @model_validator(mode="after")
+    def _cross_or_skip(self):
+        both = sorted(set(self.cross) & set(self.cross_skip))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both [cross] and [cross_skip]")
+        return self
 
     @field_validator("formats")
     @classmethod

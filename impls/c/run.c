@@ -36,6 +36,10 @@
 #include <arm_neon.h>
 #define SIMD_NEON 1
 #endif
+#if defined(__aarch64__) && !defined(SIMD_NEON)
+// NEON is part of the arm64 baseline: a build without it (-mgeneral-regs-only) is a mistake
+#error "arm64 build without NEON: the matvec would silently take the portable loops"
+#endif
 
 #define PORT_NAME "c"
 #ifndef PREFETCH_DIST

@@ -1,4 +1,5 @@
-"""Build every discovered port natively; a failure or a missing toolchain never stops the rest."""
+"""Build every discovered port, natively or for another architecture (a manifest's [cross.<arch>]);
+a failure or a missing toolchain never stops the rest."""
 from __future__ import annotations
 
 import subprocess
@@ -10,6 +11,10 @@ from pathlib import Path
 from .discover import ROOT, Port, tool_env, toolchain_version
 
 LOG_DIR = ROOT / "build" / "logs"
+# e_machine of an ELF file built for the architecture: a cross build's executables must be its own,
+# which also proves that no x86 code path (AVX2) was compiled in
+ELF_MACHINES = {"arm64": 183}  # EM_AARCH64
+ARCH_SETUP = {"arm64": "bash scripts/arm64-setup.sh"}
 
 
 @dataclass(frozen=True)
@@ -99,29 +104,68 @@ def install_all(ports: list[Port]) -> list[BuildOutcome]:
     return [install_toolchain(p) for p in ports]
 
 
+def build_log(name: str, arch: str | None = None) -> Path:
+    return LOG_DIR / (f"{name}.build.log" if arch is None else f"{name}.{arch}.build.log")
+
+
+def elf_machine(path: Path) -> int | None:
+    """The e_machine of an ELF file, None for any other file (a jar, a script)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+
+
+def foreign_outputs(port: Port) -> list[str]:
+    """The outputs of a cross build that are ELF files of another architecture."""
+    want = ELF_MACHINES[port.arch]
+    return [o for o in port.outputs if elf_machine(port.dir / o) not in (None, want)]
+
+
 def build_port(port: Port, jobs: int = 2, timeout: float = 1800) -> BuildOutcome:
+    """The native build, or the [cross.<arch>] one of a port from Port.for_arch."""
     version = toolchain_version(port)
     if version is None:
         hint = " (run `invoke install`)" if port.manifest.toolchain.install else ""
-        return BuildOutcome(port.name, "skipped",
+        return BuildOutcome(port.label, "skipped",
                             f"toolchain missing: `{' '.join(port.manifest.toolchain.check)}` failed{hint}")
+    cross = port.cross
+    if cross is not None:
+        version = toolchain_version(port, check=cross.check)
+        if version is None:
+            return BuildOutcome(port.label, "skipped", f"{port.arch} toolchain missing: `{' '.join(cross.check)}` "
+                                                      f"failed (run `{ARCH_SETUP[port.arch]}`)")
     start = time.monotonic()
-    log = LOG_DIR / f"{port.name}.build.log"
-    ok, err = run_logged(port, port.manifest.build.commands, log, jobs, timeout)
+    log = build_log(port.name, port.arch)
+    ok, err = run_logged(port, cross.commands if cross else port.manifest.build.commands, log, jobs, timeout)
     seconds = time.monotonic() - start
     if not ok:
-        return BuildOutcome(port.name, "failed", f"{err} (log: {log.relative_to(ROOT)})", seconds, version)
-    missing = [o for o in port.manifest.build.outputs if not (port.dir / o).exists()]
+        return BuildOutcome(port.label, "failed", f"{err} (log: {log.relative_to(ROOT)})", seconds, version)
+    missing = [o for o in port.outputs if not (port.dir / o).exists()]
     if missing:
-        return BuildOutcome(port.name, "failed", f"build produced no {', '.join(missing)}", seconds, version)
-    return BuildOutcome(port.name, "built", "ok", seconds, version)
+        return BuildOutcome(port.label, "failed", f"build produced no {', '.join(missing)}", seconds, version)
+    foreign = foreign_outputs(port) if cross else []
+    if foreign:
+        return BuildOutcome(port.label, "failed", f"not {port.arch} executables: {', '.join(foreign)}", seconds,
+                            version)
+    return BuildOutcome(port.label, "built", "ok", seconds, version)
 
 
-def build_all(ports: list[Port], jobs: int = 2, progress=print) -> list[BuildOutcome]:
+def build_all(ports: list[Port], jobs: int = 2, progress=print, arch: str | None = None) -> list[BuildOutcome]:
+    """Native builds, or with arch the ports' [cross.<arch>] builds (the others skipped, with why)."""
     outcomes = []
     for port in ports:
-        progress(f"building {port.name} ...")
-        outcome = build_port(port, jobs)
-        progress(f"  {outcome.status}: {outcome.detail}")
+        target = port.for_arch(arch)
+        if target is None:
+            outcome = BuildOutcome(f"{port.name}/{arch}", "skipped", port.no_cross_reason(arch))
+            progress(f"{outcome.port}: {outcome.status}: {outcome.detail}")
+        else:
+            progress(f"building {target.label} ...")
+            outcome = build_port(target, jobs)
+            progress(f"  {outcome.status}: {outcome.detail}")
         outcomes.append(outcome)
     return outcomes

@@ -8,12 +8,12 @@ import os
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.port import PortManifest
+from schemas.port import Cross, PortManifest
 
 from ..errors import PolyllamaError, UsageError, first_error
 
@@ -25,10 +25,30 @@ IMPLS = ROOT / "impls"
 class Port:
     manifest: PortManifest
     dir: Path
+    arch: str | None = None  # None: the native build; else the manifest's [cross.<arch>] build
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def label(self) -> str:
+        """The name in tables: `c`, or `c/arm64` for a cross build."""
+        return self.name if self.arch is None else f"{self.name}/{self.arch}"
+
+    @property
+    def cross(self) -> Cross | None:
+        return self.manifest.cross[self.arch] if self.arch is not None else None
+
+    def for_arch(self, arch: str | None) -> Port | None:
+        """This port's build for arch (None = native), or None when its manifest declares none."""
+        if arch is not None and arch not in self.manifest.cross:
+            return None
+        return replace(self, arch=arch)
+
+    def no_cross_reason(self, arch: str) -> str:
+        """Why there is no build for arch: the manifest's [cross_skip] line, or that it declares none."""
+        return self.manifest.cross_skip.get(arch) or f"its port.toml declares no [cross.{arch}] build"
 
     def expand(self, argv: list[str], jobs: int = 1) -> list[str]:
         subs = {"{python}": sys.executable, "{port_dir}": str(self.dir), "{root}": str(ROOT), "{jobs}": str(jobs),
@@ -43,10 +63,14 @@ class Port:
         return out
 
     def run_argv(self) -> list[str]:
-        return self.expand(self.manifest.run.command)
+        return self.expand(self.cross.run if self.cross else self.manifest.run.command)
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.cross.outputs if self.cross else self.manifest.build.outputs
 
     def outputs_present(self) -> bool:
-        return all((self.dir / o).exists() for o in self.manifest.build.outputs)
+        return all((self.dir / o).exists() for o in self.outputs)
 
     def reads(self, fmt: str) -> bool:
         return fmt in self.manifest.formats
@@ -101,10 +125,10 @@ def select(wanted_names: str | None, impls: Path = IMPLS, skip: str | None = Non
     return [p for p in chosen if p.name not in skipped]
 
 
-def toolchain_version(port: Port, timeout: float = 60) -> str | None:
-    """The first line the toolchain check prints, or None when the toolchain is missing."""
+def toolchain_version(port: Port, timeout: float = 60, check: list[str] | None = None) -> str | None:
+    """The first line the toolchain check (or the given one) prints, or None when the toolchain is missing."""
     try:
-        r = subprocess.run(port.expand(port.manifest.toolchain.check), cwd=port.dir, env=tool_env(),
+        r = subprocess.run(port.expand(check or port.manifest.toolchain.check), cwd=port.dir, env=tool_env(),
                            capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
