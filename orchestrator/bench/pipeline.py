@@ -135,6 +135,7 @@ class Prepared:
     plan: Plan
     builds: dict[str, BuildOutcome]
     suite: Suite  # the header of the result file: host, ports, matrix; cells come in `run`
+    files: dict[tuple[str, str], Path]  # (model, format) -> the file every port of that format reads
     runner: object | None = None  # a container runner, or None for native runs
 
 
@@ -171,9 +172,12 @@ def prepare(p: Plan, install: bool = False, docker: bool = False, image: str | N
     sizes = tuple(sorted({r.config.weight_bytes() for r in p.models}))
     print(f"measuring memory read bandwidth over {', '.join(f'{b / 2**20:.1f}' for b in sizes)} MiB ...", flush=True)
     host = describe(m.thread_counts(), image_id, sizes)
+    # GGUF exports are written here, before any run, so that no conversion lands between measurements
+    formats = {_format_for(port, m) for port in p.ports} - {None}
+    files = {(r.name, fmt): (gguf_for(r) if fmt == "gguf" else r.path) for r in p.models for fmt in formats}
     suite = Suite(suite_id=p.out.stem, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   matrix_name=p.name, matrix=m, host=host, ports=infos, cells=list(p.done.values()))
-    return Prepared(p, builds, suite, runner)
+    return Prepared(p, builds, suite, files, runner)
 
 
 # ---------------------------------------------------------------- run
@@ -196,8 +200,7 @@ def block_cells(pr: Prepared, r: Resolved, threads: int) -> list[tuple[CellSpec,
         if (port.name, r.name, threads) in pr.plan.done:
             continue
         fmt = _format_for(port, m)
-        path = gguf_for(r) if fmt == "gguf" else r.path
-        model = model_record(r, path, fmt or "v0")
+        model = model_record(r, pr.files.get((r.name, fmt), r.path), fmt or "v0")
         spec = CellSpec(port, model, str(r.tokenizer), threads, m.steps, m.temperature, m.topp, m.seed)
         mf, build = port.manifest, pr.builds[port.name]
         cell = Cell(port=mf.name, language=mf.language, role=mf.role, model=model, threads=threads, steps=m.steps,
