@@ -3,13 +3,13 @@ only when complete."""
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..errors import PolyllamaError
+from ..files import atomic_path
 from .store import MODELS_DIR, Entry, find_file, origin_of
 
 
@@ -17,9 +17,16 @@ def download(entry: Entry, out_dir: Path = MODELS_DIR, timeout: float = 30, prog
     existing = find_file(entry.file)
     if existing and origin_of(existing, entry) == "real":
         return existing
-    out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / entry.file
-    part = dest.with_name(dest.name + ".part")
+    with atomic_path(dest) as part:  # renamed into place only if every check below passes
+        digest = _stream(entry, part, timeout, progress)
+        if digest != entry.sha256:
+            raise PolyllamaError(f"{entry.name}: sha256 {digest} does not match the manifest's {entry.sha256}")
+    return dest
+
+
+def _stream(entry: Entry, part: Path, timeout: float, progress) -> str:
+    """The download into part, with a progress bar; its sha256."""
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(entry.url, timeout=timeout) as r, open(part, "wb") as f:
@@ -34,12 +41,7 @@ def download(entry: Entry, out_dir: Path = MODELS_DIR, timeout: float = 30, prog
                 progress.flush()
         progress.write("\n")
     except (urllib.error.URLError, OSError, TimeoutError) as e:
-        part.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
         raise PolyllamaError(f"cannot download {entry.name} from {entry.url}: {reason} "
                              f"(offline? put {entry.file} in a directory of POLYLLAMA_MODEL_PATH)") from None
-    if h.hexdigest() != entry.sha256:
-        part.unlink(missing_ok=True)
-        raise PolyllamaError(f"{entry.name}: sha256 {h.hexdigest()} does not match the manifest's {entry.sha256}")
-    os.replace(part, dest)
-    return dest
+    return h.hexdigest()
