@@ -27,15 +27,13 @@ EPS = 1e-5
 # threads
 
 def init_torch(threads: int):
-    """Imports torch and sizes its pools once: `threads` intra-op workers (OpenMP/MKL split every
-    matmul), one inter-op worker because a decode step is a single chain of dependent ops.
-
-    OpenMP's idle workers spin by default; on a machine with more runnable threads than cores a
-    spinning worker holds the core its partner needs, and every barrier (one per op, ~200 per
-    token) waits out a scheduler time slice: measured 10-30x slower at -j 2 on a shared 2-core
-    VM. PASSIVE makes them sleep. Set before torch loads libgomp; an explicit setting wins.
+    """Imports torch and sizes its pools once, as PyTorch's CPU tuning guide advises: `threads`
+    intra-op workers (OpenMP splits every matmul), one inter-op worker because a decode step is a
+    single chain of dependent ops. OpenMP's wait policy is left at the library's default, which
+    spins briefly between ops before its workers sleep: forcing PASSIVE (sleep at once) made
+    two-thread runs 1.7-2.6x slower on a quiet machine (the port's README has the figures); an
+    OMP_WAIT_POLICY set by the user still wins, since libgomp reads it when torch loads it.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_interop_threads(1)
