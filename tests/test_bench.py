@@ -273,3 +273,14 @@ def test_paired_ratio_interval():
     import statistics
     logs = [math.log(x) for x in (1.01, 1.02, 1.00, 1.01)]
     assert math.log(r.high) - math.log(r.value) == pytest.approx(3.1824 * statistics.stdev(logs) / 2, rel=1e-3)
+
+
+def test_peak_memory_is_the_ports_own_not_the_harness():
+    """The kernel carries the forked harness's high-water mark across exec into ru_maxrss; the
+    executor reads the port's own VmHWM instead."""
+    from orchestrator.bench.executor import execute
+    ballast = bytearray(600 << 20)  # the harness holds 600 MiB, as it does after a GGUF export
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    r = execute([sys.executable, "-c", "import time; b = bytearray(100 << 20); time.sleep(0.6)"])
+    assert 100 << 10 < r.max_rss_kib < 400 << 10, r.max_rss_kib
+    del ballast

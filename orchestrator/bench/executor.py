@@ -87,17 +87,25 @@ def _busy_cpu_s() -> float | None:
     return (sum(ticks) - idle - guest) / CLOCK_TICKS
 
 
-def _threads(pid: int) -> int:
+def _look(pid: int) -> tuple[int, int]:
+    """(threads, the process's own peak resident KiB so far, VmHWM) from /proc; VmHWM is 0 where
+    there is no /proc. wait4's ru_maxrss cannot be used alone: the kernel carries the high-water
+    mark of the forked harness's memory across exec into it, so every port would seem at least as
+    large as the harness (which maps whole models to write GGUF exports)."""
+    threads = hwm = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("Threads:"):
-                return int(line.split()[1])
+                threads = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+        return threads, hwm
     except (OSError, ValueError):
         pass
     try:  # no /proc (macOS): psutil asks the kernel another way
-        return psutil.Process(pid).num_threads()
+        return psutil.Process(pid).num_threads(), 0
     except psutil.Error:
-        return 0
+        return 0, 0
 
 
 def _tree(pid: int) -> tuple[int, int]:
@@ -125,7 +133,7 @@ def execute(argv: list[str], cwd=None, env=None, timeout: float = 600, tree: boo
         reaped = {}
         waiter = threading.Thread(target=lambda: reaped.update(r=os.wait4(proc.pid, 0)), daemon=True)
         waiter.start()  # a blocking wait4 costs nothing while the port runs
-        peak_rss = peak_threads = 0
+        peak_rss = peak_threads = peak_hwm = 0
         pause, deadline = (TREE_INTERVAL_S if tree else FIRST_LOOK_S), start + timeout
         while True:
             waiter.join(max(0.0, min(pause, deadline - time.perf_counter())))
@@ -135,7 +143,8 @@ def execute(argv: list[str], cwd=None, env=None, timeout: float = 600, tree: boo
                 rss, threads = _tree(proc.pid)
                 peak_rss = max(peak_rss, rss)
             else:
-                threads, pause = _threads(proc.pid), pause * 2
+                (threads, hwm), pause = _look(proc.pid), pause * 2
+                peak_hwm = max(peak_hwm, hwm)
             peak_threads = max(peak_threads, threads)
         timed_out = waiter.is_alive()
         if timed_out:
@@ -153,6 +162,8 @@ def execute(argv: list[str], cwd=None, env=None, timeout: float = 600, tree: boo
     cpu = usage.ru_utime + usage.ru_stime
     others = max(0.0, busy1 - busy0 - cpu) if busy0 is not None and busy1 is not None else None
     rss_kib = usage.ru_maxrss if os.uname().sysname != "Darwin" else usage.ru_maxrss // 1024  # bytes there
+    if peak_hwm:  # the port's own high-water mark, read while it ran (see _look)
+        rss_kib = peak_hwm
     return ProcResult(
         argv=argv, returncode=None if timed_out else proc.returncode, stdout=stdout, stderr=stderr, wall_s=wall,
         user_s=usage.ru_utime, sys_s=usage.ru_stime, max_rss_kib=max(rss_kib, peak_rss // 1024),
