@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from conftest import need
+from test_ports import MANIFEST
 
 from orchestrator.errors import PolyllamaError
 from orchestrator.models.store import Store
@@ -21,15 +22,7 @@ ARCH = "arm64"
 CROSSED = [p.name for p in discover() if ARCH in p.manifest.cross]
 WITH_15M = {"c", "rust", "zig"}
 
-FAKE = """contract = 1
-name = "fake"
-language = "Fake"
-formats = ["v0"]
-[toolchain]
-check = ["true"]
-[run]
-command = ["./run.sh"]
-"""
+FAKE = MANIFEST.format(name="fake")
 FAKE_CROSS = """
 [cross.arm64]
 check = ["true"]

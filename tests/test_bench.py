@@ -13,7 +13,7 @@ from orchestrator.bench import pipeline as bench
 from orchestrator.errors import UsageError
 from orchestrator.results import resultfile
 from orchestrator.results.exporters import to_csv, to_hyperfine, to_markdown
-from orchestrator.results.stats import geometric_mean, significant, summarize
+from orchestrator.results.stats import geometric_mean, summarize, welch
 from schemas.export import SCHEMAS, render
 from schemas.results import Suite
 
@@ -244,8 +244,8 @@ def test_statistics_on_known_samples():
     assert s.sd == pytest.approx(1.2909944)
     assert summarize([]) is None
     assert geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
-    assert significant([10, 10.1, 9.9, 10.05], [12, 12.1, 11.9, 12.05])
-    assert not significant([10, 11, 9, 10.5], [10.2, 9.5, 10.8, 10.1])
+    assert welch([10, 10.1, 9.9, 10.05], [12, 12.1, 11.9, 12.05]).p < 0.05
+    assert welch([10, 11, 9, 10.5], [10.2, 9.5, 10.8, 10.1]).p > 0.05
 
 
 def test_overhead_measurement_times_the_same_command_both_ways(tmp_path):

@@ -23,12 +23,13 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the conformance helpers every port's checks share
 
 from orchestrator.formats import Config, Model, Vocab, read_model, read_tokenizer, write_gguf, write_v0  # noqa: E402
 from orchestrator.reference import Sampler, Tokenizer, Transformer, generate, logits_for  # noqa: E402
+from conformance import assert_close  # noqa: E402
 
 DRIVER = HERE / "build" / "driver"
-RTOL = 1e-4  # the contract's tolerance: max|port - ref| <= RTOL * (1 + max|ref|) at each position
 IN_CI = os.environ.get("CI") == "true"
 IDS = [1, 203, 211, 9, 18, 299, 2, 5, 77, 100, 200, 250, 1, 17, 298, 42, 3, 260, 261, 0]
 
@@ -53,14 +54,6 @@ def stats(r: subprocess.CompletedProcess) -> dict:
     lines = r.stderr.decode().splitlines()
     assert lines and lines[-1].startswith("polyllama-stats: "), r.stderr
     return json.loads(lines[-1].removeprefix("polyllama-stats: "))
-
-
-def assert_close(ref: np.ndarray, got: np.ndarray) -> None:
-    assert got.shape == ref.shape
-    diff = np.abs(got - ref).max(axis=1)
-    tol = RTOL * (1 + np.abs(ref).max(axis=1))
-    assert (diff <= tol).all(), f"max diff {diff.max():.3g} over tolerance at positions {np.flatnonzero(diff > tol)}"
-    assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
 
 
 def assert_refused(r: subprocess.CompletedProcess, code: int, *words: str) -> None:

@@ -98,12 +98,6 @@ def welch(a: list[float], b: list[float]) -> Welch | None:
     return Welch(t, df, float(2 * st.t.sf(abs(t), df)))
 
 
-def significant(a: list[float], b: list[float], alpha: float = 0.05) -> bool:
-    """Beyond the noise: Welch's test rejects equal means at level alpha."""
-    w = welch(a, b)
-    return w is not None and w.p < alpha
-
-
 def ratio_ci(a: list[float], b: list[float], level: float = 0.95) -> Ratio | None:
     """mean(b) / mean(a) for independent samples, as the ratio of geometric means with a Welch
     interval on the log scale ("1.04x [0.98, 1.10]"); the interval is NaN when n < 2 on a side."""
