@@ -85,6 +85,30 @@ static void *map_file(const char *path, int fd, size_t size) {
     return data;
 }
 
+// Where the kernel offers transparent huge pages only on request (Linux's usual "madvise"
+// setting), a file mapping stays in 4 KiB pages, and a forward pass that streams hundreds of MB
+// of weights misses the TLB on every page. An anonymous copy asked for huge pages removes those
+// misses: measured in docs/benchmarks.md ("Huge pages"). POLYLLAMA_HUGEPAGES=0 keeps the plain
+// mapping, for that before/after comparison.
+static int want_huge_pages(void) {
+    const char *v = getenv("POLYLLAMA_HUGEPAGES");
+    return !(v && strcmp(v, "0") == 0);
+}
+
+static void *load_file(const char *path, int fd, size_t size) {
+#ifdef MADV_HUGEPAGE
+    if (want_huge_pages()) {
+        void *data = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (data == MAP_FAILED) die_file(path, "cannot allocate %zu bytes: %s", size, strerror(errno));
+        madvise(data, size, MADV_HUGEPAGE); // a refusal only costs speed
+        read_exact(path, fd, data, size, 0);
+        mprotect(data, size, PROT_READ); // the weights stay read-only, as in the file mapping
+        return data;
+    }
+#endif
+    return map_file(path, fd, size);
+}
+
 // ----------------------------------------------------------------------------
 // Config: the header values, checked against the contract's limits before anything is sized
 
@@ -222,7 +246,7 @@ static void read_llama2c(const char *path, int fd, size_t size, int v1, Config *
     long long head_size = c->dim / c->n_heads;
     long long freq_floats = v1 ? 0 : 2LL * c->seq_len * (head_size / 2); // v0's freq_cis_real, _imag
     check_size(path, size, header_bytes + 4 * (weight_floats(c) + freq_floats));
-    *data = map_file(path, fd, size);
+    *data = load_file(path, fd, size);
     const float *p = (const float *)((const char *)*data + header_bytes);
     if (v1) v1_weights(c, w, p);
     else v0_weights(c, w, p, (size_t)freq_floats);
@@ -623,7 +647,7 @@ static void check_vocab(const char *path, const Vocab *v);
 static void read_gguf(const char *path, int fd, size_t size, Config *c, TransformerWeights *w, Vocab *vocab,
                       void **data) {
     if (size < 8) die_file(path, "truncated or corrupt: version runs past the end of the file");
-    *data = map_file(path, fd, size);
+    *data = load_file(path, fd, size);
     Cursor cur = {path, *data, size, 4};
     uint64_t n_tensors, n_kv;
     gguf_preamble(&cur, &n_tensors, &n_kv);
