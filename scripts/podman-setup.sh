@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib/syspkg.sh
 
 DIR=${POLYLLAMA_PODMAN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/polyllama/podman}
-BASE_TAG=${POLYLLAMA_BASE_IMAGE:-localhost/polyllama-base:bookworm}
+BASE_TAG=${POLYLLAMA_BASE_IMAGE:-localhost/polyllama-base:bookworm-stock}
 MIRROR=${POLYLLAMA_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${POLYLLAMA_DEBIAN_SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}
 
 if [ "$(uname)" != Linux ]; then
   echo "podman-setup: Linux only; on macOS use Docker Desktop or podman machine" >&2; exit 2
@@ -52,7 +53,9 @@ if [ ! -f "$DIR/storage.conf" ]; then
   fi
 fi
 
-# A local base image: a minimal Debian root made with debootstrap from Debian's own mirror.
+# A local base image: a minimal Debian root made with debootstrap from Debian's own mirror, with
+# the apt suites of a stock image. (The tag changed when the suites were added, so that older
+# base images with bookworm alone are not reused.)
 if ! podman image exists "$BASE_TAG"; then
   root=$(mktemp -d /tmp/polyllama-rootfs.XXXXXX)
   echo "podman-setup: debootstrap bookworm into $root (a few minutes)" >&2
@@ -60,6 +63,14 @@ if ! podman image exists "$BASE_TAG"; then
     echo "error: debootstrap failed: $(tail -n1 "$DIR/debootstrap.log") (log: $DIR/debootstrap.log)" >&2
     rm -rf "$root"; exit 1
   fi
+  # the suites a stock debian:bookworm image lists: without bookworm-security, apt offers
+  # cargo-web 1.85 instead of the pinned 1.96 (../TOOLCHAINS.md), and the image's Rust would not
+  # be the host's
+  cat >"$root/etc/apt/sources.list" <<SOURCES
+deb $MIRROR bookworm main
+deb $MIRROR bookworm-updates main
+deb $SECURITY_MIRROR bookworm-security main
+SOURCES
   tar -C "$root" -c . | podman import - "$BASE_TAG" >/dev/null
   rm -rf "$root"
 fi

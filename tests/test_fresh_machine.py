@@ -11,7 +11,7 @@ from conftest import ROOT, need
 
 from orchestrator.results import resultfile
 
-BASE = "localhost/polyllama-base:bookworm"
+BASE = "localhost/polyllama-base:bookworm-stock"
 COMMAND = "./run bench --matrix quick --ports python,c --out results/fresh.json"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 

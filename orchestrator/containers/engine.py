@@ -20,7 +20,7 @@ from ..ports.build import BuildOutcome
 from ..ports.discover import ROOT, Port
 
 IMAGE_ROOT = "/opt/polyllama"
-LOCAL_BASE = "localhost/polyllama-base:bookworm"
+LOCAL_BASE = "localhost/polyllama-base:bookworm-stock"
 DEFAULT_BASE = "debian:bookworm-slim"
 WRITABLE_FLAGS = ("-o",)
 IMAGE_CODE = ("impls", "orchestrator", "schemas", "tasks.py")  # what the image carries itself
