@@ -40,11 +40,13 @@ def install(c, ports=None, skip=None):
             "strict": "fail when a port is skipped for a missing toolchain",
             "docker": "build the Dockerfile's image instead (tagged polyllama:<commit>)",
             "target": "with --docker: the Dockerfile stage to build (full, or slim = reference + C)",
-            "arch": "arm64: the ports' [cross.arm64] builds, made with cross toolchains (scripts/arm64-setup.sh)"})
+            "arch": "arm64: the ports' [cross.arm64] builds, made with cross toolchains (scripts/arm64-setup.sh)",
+            "platform": "with --docker: linux/arm64 builds the image for arm64 under qemu "
+                        "(base image: scripts/podman-setup.sh --arch arm64)"})
 @_exits
-def build_all(c, ports=None, jobs=2, strict=False, docker=False, target="full", arch=None):
+def build_all(c, ports=None, jobs=2, strict=False, docker=False, target="full", arch=None, platform=None):
     """Build every port natively (or the container image); report what was built, skipped and why, or failed."""
-    return app.build(ports, int(jobs), strict, docker, target, arch)
+    return app.build(ports, int(jobs), strict, docker, target, arch, platform)
 
 
 @task(help={"ports": PORTS_HELP,

@@ -31,13 +31,15 @@ def install(ports: str | None = None, skip: str | None = None) -> int:
 
 
 def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker: bool = False,
-          target: str = "full", arch: str | None = None) -> int:
+          target: str = "full", arch: str | None = None, platform: str | None = None) -> int:
     """Native builds; with arch the ports' [cross.<arch>] builds (README, "arm64 under emulation")."""
     arch = _arch(arch)
+    if platform and not docker:
+        raise UsageError("--platform is for --docker image builds; native cross builds use --arch arm64")
     if docker:
         if arch:
-            raise UsageError("--arch builds natively with cross toolchains; it does not combine with --docker")
-        return build_image(target)
+            raise UsageError("--arch builds natively with cross toolchains; with --docker use --platform linux/arm64")
+        return build_image(target, platform)
     outcomes = build_all(select(ports), jobs, progress=lambda m: print(m, flush=True), arch=arch)
     print(tabulate([[o.port, o.status, o.version or "-", f"{o.seconds:.1f}s", o.detail] for o in outcomes],
                    headers=["port", "status", "toolchain", "time", "detail"]))
@@ -73,12 +75,12 @@ def container_engine(wanted: bool = True):
         yield
 
 
-def build_image(target: str) -> int:
+def build_image(target: str, platform: str | None = None) -> int:
     from .containers.engine import ContainerRunner
     from .containers.engine import build_image as build
 
     with container_engine():
-        tag = build(target)
+        tag = build(target, platform=platform)
         runner = ContainerRunner.connect(tag)
         built = runner.built_ports()
     print(f"image {tag} ({runner.image_id[:19]}) holds: " + ", ".join(f"{k} ({v})" for k, v in built.items()))

@@ -3,7 +3,9 @@
 # invocation (CONTAINERS_CONF, CONTAINERS_STORAGE_CONF) in a folder of polyllama's own, so that
 # nothing under /etc/containers is written; and a local Debian base image made with debootstrap
 # (no image registry is needed).
-#   bash scripts/podman-setup.sh     install, configure, make the base image; prints the folder
+#   bash scripts/podman-setup.sh                install, configure, make the base image; prints the folder
+#   bash scripts/podman-setup.sh --arch arm64   the same, and a linux/arm64 base image too (debootstrap
+#                                               under qemu: run scripts/arm64-setup.sh first)
 # The API service is not left running: orchestrator/containers/podman.py starts it for the tests and the
 # --docker tasks and stops it after (see the README's container section).
 set -euo pipefail
@@ -12,6 +14,14 @@ cd "$(dirname "$0")/.."
 
 DIR=${POLYLLAMA_PODMAN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/polyllama/podman}
 BASE_TAG=${POLYLLAMA_BASE_IMAGE:-localhost/polyllama-base:bookworm-stock}
+ARCH=amd64
+if [ "${1:-}" = --arch ]; then
+  case "${2:-}" in
+    arm64) ARCH=arm64; BASE_TAG=$BASE_TAG-arm64 ;;
+    amd64|"") ;;
+    *) echo "error: podman-setup: --arch must be arm64 or amd64, got '${2:-}'" >&2; exit 2 ;;
+  esac
+fi
 MIRROR=${POLYLLAMA_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${POLYLLAMA_DEBIAN_SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}
 
@@ -57,10 +67,13 @@ fi
 # the apt suites of a stock image. (The tag changed when the suites were added, so that older
 # base images with bookworm alone are not reused.)
 if ! podman image exists "$BASE_TAG"; then
+  if [ "$ARCH" != "$(dpkg --print-architecture 2>/dev/null || echo amd64)" ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    echo "error: podman-setup: an $ARCH base needs qemu's binfmt handler (run scripts/arm64-setup.sh)" >&2; exit 1
+  fi
   root=$(mktemp -d /tmp/polyllama-rootfs.XXXXXX)
-  echo "podman-setup: debootstrap bookworm into $root (a few minutes)" >&2
-  if ! debootstrap --variant=minbase bookworm "$root" "$MIRROR" >"$DIR/debootstrap.log" 2>&1; then
-    echo "error: debootstrap failed: $(tail -n1 "$DIR/debootstrap.log") (log: $DIR/debootstrap.log)" >&2
+  echo "podman-setup: debootstrap bookworm ($ARCH) into $root (a few minutes; far longer under emulation)" >&2
+  if ! debootstrap --arch="$ARCH" --variant=minbase bookworm "$root" "$MIRROR" >"$DIR/debootstrap-$ARCH.log" 2>&1; then
+    echo "error: debootstrap failed: $(tail -n1 "$DIR/debootstrap-$ARCH.log") (log: $DIR/debootstrap-$ARCH.log)" >&2
     rm -rf "$root"; exit 1
   fi
   # the suites a stock debian:bookworm image lists: without bookworm-security, apt offers
@@ -71,7 +84,7 @@ deb $MIRROR bookworm main
 deb $MIRROR bookworm-updates main
 deb $SECURITY_MIRROR bookworm-security main
 SOURCES
-  tar -C "$root" -c . | podman import - "$BASE_TAG" >/dev/null
+  tar -C "$root" -c . | podman import --arch "$ARCH" - "$BASE_TAG" >/dev/null
   rm -rf "$root"
 fi
 echo "$DIR"

@@ -46,20 +46,33 @@ def git_tag() -> str:
     return f"polyllama:{r.stdout.strip() or 'dev'}"
 
 
-def build_image(target: str = "full", tag: str | None = None, base: str | None = None, log=print) -> str:
-    """Build the Dockerfile's target; returns the tag. Build output goes to build/logs/docker.log."""
+PLATFORMS = {"linux/amd64": None, "linux/arm64": "arm64"}  # platform -> tag and base suffix
+
+
+def build_image(target: str = "full", tag: str | None = None, base: str | None = None, log=print,
+                platform: str | None = None) -> str:
+    """Build the Dockerfile's target; returns the tag. Build output goes to build/logs/docker.log.
+
+    A foreign platform (linux/arm64 on an x86-64 host) builds under qemu through binfmt_misc,
+    from a base image of that architecture (scripts/podman-setup.sh --arch arm64)."""
+    if platform is not None and platform not in PLATFORMS:
+        raise PolyllamaError(f"--platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
+    arch = PLATFORMS.get(platform) if platform else None
     client = _client()
     if base is None:
-        base = os.environ.get("POLYLLAMA_BASE_IMAGE") or (LOCAL_BASE if _has_image(client, LOCAL_BASE) else DEFAULT_BASE)
-    tag = tag or git_tag() + ("" if target == "full" else f"-{target}")
+        local = LOCAL_BASE + (f"-{arch}" if arch else "")
+        base = os.environ.get("POLYLLAMA_BASE_IMAGE") or (local if _has_image(client, local) else DEFAULT_BASE)
+    tag = tag or git_tag() + ("" if target == "full" else f"-{target}") + (f"-{arch}" if arch else "")
     _stage_host_ca()
     logfile = ROOT / "build" / "logs" / "docker.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building image {tag} (target {target}, base {base}); log: {logfile.relative_to(ROOT)}")
+    log(f"building image {tag} (target {target}, base {base}{', ' + platform if platform else ''}); "
+        f"log: {logfile.relative_to(ROOT)}")
     error = None
     with open(logfile, "w") as f:
         for chunk in client.api.build(path=str(ROOT), dockerfile="Dockerfile", tag=tag, target=target,
-                                      buildargs={"BASE": base}, network_mode="host", rm=True, decode=True):
+                                      buildargs={"BASE": base}, network_mode="host", rm=True, decode=True,
+                                      platform=platform):
             if "stream" in chunk:
                 f.write(chunk["stream"])
             if "error" in chunk:
