@@ -92,6 +92,17 @@ def overhead(c, port="c", models="stories15M,stories110M", threads="1,all", step
     return app.overhead(port, models, threads, int(steps), int(rounds))
 
 
+@task(help={"ports": PORTS_HELP,
+            "env": "what turns the lever off, NAME=VALUE[,NAME=VALUE] (e.g. POLYLLAMA_HUGEPAGES=0)",
+            "models": "comma-separated models", "threads": "comma-separated thread counts, or all",
+            "steps": "positions per run", "rounds": "paired rounds (off/on order alternates)",
+            "out": "JSON file for the raw samples"})
+@_exits
+def lever(c, ports, env, models="stories110M", threads="1,all", steps=128, rounds=3, out=None):
+    """What a performance lever buys: each cell run with it off and on, interleaved, as paired ratios."""
+    return app.lever(ports, env, models, threads, int(steps), int(rounds), out)
+
+
 @task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures",
             "html": "also write one self-contained page, <out>/<suite>.html, that opens offline in a browser",
             "validation": "a JSON list of `invoke validate` rows to show on the page (implies --html)"})

@@ -216,6 +216,31 @@ def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> i
     return 0
 
 
+def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: int, out: str | None) -> int:
+    """A lever's effect per port and cell: paired runs with the lever off (env) and on."""
+    from .bench.lever import LeverCell, measure_lever, to_json
+    from .bench.measure import CellSpec
+    from .bench.pipeline import model_record
+
+    try:
+        off_env = dict(kv.split("=", 1) for kv in names(env))
+    except ValueError:
+        raise UsageError(f"--env takes NAME=VALUE[,NAME=VALUE], got {env!r}") from None
+    counts = [os.cpu_count() or 1 if t == "all" else int(t) for t in names(threads)]
+    resolved = [ensure(Store(), m) for m in names(models)]
+    cells = [LeverCell(f"{p.name} {r.name} -j {t}", spec.argv(), str(p.dir))
+             for p in select(ports) for r in resolved for t in counts
+             for spec in [CellSpec(p, model_record(r, r.path, "v0"), str(r.tokenizer), t,
+                                   min(steps, r.config.seq_len), 0.0, 0.9, 42)]]
+    measure_lever(cells, off_env, rounds, log=lambda m: print(m, flush=True))
+    rows = [[c.label, f"{statistics.median(c.off):.1f}", f"{statistics.median(c.on):.1f}",
+             (c.ratio().fmt() if c.ratio() else "-"), len(c.on)] for c in cells]
+    print(tabulate(rows, headers=["cell", f"off ({env}) median tok/s", "on median tok/s", "on/off [95% CI]", "n"]))
+    if out:
+        Path(out).write_text(to_json(cells, off_env))
+    return 0
+
+
 def bench(options) -> int:
     from .bench.pipeline import main
 
