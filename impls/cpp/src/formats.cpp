@@ -1,10 +1,10 @@
 // polyllama C++ port: the model files. llama2.c checkpoints (v0, v1), GGUF (v2/v3, F32) and
 // tokenizer.bin.
 //
-// Sections, top to bottom: file access (the memory map, a bounded reader), config, the llama2.c
-// header (one path for v0 and v1) and tensor layouts, the GGUF reader (preamble, kv section,
-// tensor infos, config, tensor table -> weights, embedded vocabulary), tokenizer.bin and the
-// rules every tokenizer meets. The rules are docs/port-contract.md's, sections 4 and 5.
+// Sections, top to bottom: file access (the file's bytes in memory, a bounded reader), config,
+// the llama2.c header (one path for v0 and v1) and tensor layouts, the GGUF reader (preamble, kv
+// section, tensor infos, config, tensor table -> weights, embedded vocabulary), tokenizer.bin and
+// the rules every tokenizer meets. The rules are docs/port-contract.md's, sections 4 and 5.
 
 #include "formats.hpp"
 
@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -27,34 +28,79 @@ namespace llama2 {
 // ----------------------------------------------------------------------------
 // File access
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw FormatError(path, std::string("cannot open: ") + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
+namespace {
+
+// Closes the descriptor on every way out of the constructor; the bytes outlive it either way.
+struct FileDescriptor {
+    int fd;
+    ~FileDescriptor() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+void* map_whole_file(const std::string& path, int fd, std::size_t size) {
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
         int err = errno;
-        ::close(fd);
-        throw FormatError(path, std::string("cannot open: ") + std::strerror(err));
+        throw FormatError(path, std::string("cannot map: ") + std::strerror(err));
     }
-    if (S_ISDIR(st.st_mode)) {
-        ::close(fd);
-        throw FormatError(path, "cannot open: is a directory");
+    return p;
+}
+
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+// Where the kernel offers transparent huge pages only on request (Linux's usual "madvise"
+// setting), a file mapping stays in 4 KiB pages, and a forward pass that streams hundreds of MB
+// of weights misses the TLB on nearly every page. An anonymous copy asked for huge pages removes
+// those misses: measured in docs/benchmarks.md ("Huge pages"). POLYLLAMA_HUGEPAGES=0 keeps the
+// plain mapping, for that before/after comparison.
+bool want_huge_pages() {
+    const char* v = std::getenv("POLYLLAMA_HUGEPAGES");
+    return !(v && std::string_view(v) == "0");
+}
+
+// read(), not a copy out of a file mapping, so that the file's bytes are in memory once
+void* read_into_huge_pages(const std::string& path, int fd, std::size_t size) {
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        int err = errno;
+        throw FormatError(path, "cannot allocate " + std::to_string(size) + " bytes: " + std::strerror(err));
     }
-    if (!S_ISREG(st.st_mode)) {
-        ::close(fd);
-        throw FormatError(path, "cannot open: not a regular file");
-    }
-    size_ = static_cast<std::size_t>(st.st_size);
-    if (size_ > 0) {  // mmap refuses empty files; an empty span reads as "truncated"
-        void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            int err = errno;
-            ::close(fd);
-            throw FormatError(path, std::string("cannot map: ") + std::strerror(err));
+    ::madvise(p, size, MADV_HUGEPAGE);  // a refusal only costs speed
+    auto* dst = static_cast<std::uint8_t*>(p);
+    for (std::size_t got = 0; got < size;) {
+        ssize_t n = ::pread(fd, dst + got, size - got, static_cast<off_t>(got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            std::string why = n < 0 ? std::strerror(errno) : "unexpected end of file";
+            ::munmap(p, size);
+            throw FormatError(path, "cannot read: " + why);
         }
-        data_ = static_cast<const std::uint8_t*>(p);
+        got += static_cast<std::size_t>(n);
     }
-    ::close(fd);  // the mapping keeps the file open
+    ::mprotect(p, size, PROT_READ);  // the weights stay read-only, as in the file mapping
+    return p;
+}
+#endif
+
+}  // namespace
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+    FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    if (file.fd < 0) throw FormatError(path, std::string("cannot open: ") + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(file.fd, &st) != 0) throw FormatError(path, std::string("cannot open: ") + std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) throw FormatError(path, "cannot open: is a directory");
+    if (!S_ISREG(st.st_mode)) throw FormatError(path, "cannot open: not a regular file");
+    size_ = static_cast<std::size_t>(st.st_size);
+    if (size_ == 0) return;  // mmap refuses empty files; an empty span reads as "truncated"
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (want_huge_pages()) {
+        data_ = static_cast<const std::uint8_t*>(read_into_huge_pages(path, file.fd, size_));
+        resident_ = true;
+        return;
+    }
+#endif
+    data_ = static_cast<const std::uint8_t*>(map_whole_file(path, file.fd, size_));
 }
 
 MappedFile::~MappedFile() {
@@ -62,7 +108,7 @@ MappedFile::~MappedFile() {
 }
 
 void MappedFile::prefault(std::size_t offset, std::size_t length) const {
-    if (!data_ || length == 0) return;
+    if (!data_ || length == 0 || resident_) return;
     long page = ::sysconf(_SC_PAGESIZE);
     std::size_t start = offset / page * page;
     std::size_t len = std::min(size_ - start, offset + length - start);

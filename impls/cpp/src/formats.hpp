@@ -2,7 +2,8 @@
 //
 // Every reader validates before it trusts (docs/port-contract.md, sections 4 and 5): headers are
 // read as 64-bit values and checked before anything is sized from them, and a bad file is a
-// FormatError naming its path. The weights stay in the file's memory map.
+// FormatError naming its path. The weights are used in place, in the one mapping of the file's
+// bytes (MappedFile), never copied again.
 #pragma once
 
 #include "llama2.hpp"

@@ -43,7 +43,9 @@ struct RuntimeError : std::runtime_error {  // exit 1
 // ----------------------------------------------------------------------------
 // Model: config, weights, state
 
-// A read-only memory map of a whole file; the weights point into it, never copied.
+// A whole file's bytes, read-only, in one mapping that the weights point into. On Linux they
+// are read into anonymous memory asked for transparent huge pages (formats.cpp says why);
+// with POLYLLAMA_HUGEPAGES=0, and elsewhere, the mapping is the file itself.
 class MappedFile {
 public:
     explicit MappedFile(const std::string& path);
@@ -54,13 +56,14 @@ public:
     std::span<const std::uint8_t> bytes() const { return {data_, size_}; }
     const std::string& path() const { return path_; }
     // Fault the pages of [offset, offset + length) in now, so that the first forward pass
-    // measures compute rather than page faults.
+    // measures compute rather than page faults (bytes read in are resident already).
     void prefault(std::size_t offset, std::size_t length) const;
 
 private:
     std::string path_;
     const std::uint8_t* data_ = nullptr;
     std::size_t size_ = 0;
+    bool resident_ = false;  // read in rather than mapped from the file
 };
 
 struct Config {
@@ -105,7 +108,7 @@ struct Vocab {
     std::vector<float> scores;
 };
 
-// A loaded checkpoint: the map keeps the weights alive. formats.hpp declares the readers.
+// A loaded checkpoint: the mapping keeps the weights alive. formats.hpp declares the readers.
 struct Model {
     Config config;
     std::unique_ptr<MappedFile> file;
