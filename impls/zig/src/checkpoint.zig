@@ -1,4 +1,4 @@
-//! Model files: mapping them, sniffing the format, llama2.c's v0 and v1 checkpoints, and
+//! Model files: mapping or loading them, sniffing the format, llama2.c's v0 and v1 checkpoints, and
 //! tokenizer.bin (GGUF is gguf.zig). A v0 and a v1 file differ only in their header and the
 //! order of their tensors, so both go through one header reader and one size check.
 
@@ -22,20 +22,27 @@ pub const MAX_TOKEN_LENGTH = 1024;
 // ----------------------------------------------------------------------------
 // Files
 
-/// Maps `path` read-only. An empty file maps to an empty slice (mmap refuses length 0).
-pub fn mapFile(io: Io, diag: *Diag, path: []const u8) error{BadFile}![]const u8 {
+/// Opens `path`, which must be a regular file, and returns it with its size.
+fn openRegular(io: Io, diag: *Diag, path: []const u8) error{BadFile}!struct { Io.File, usize } {
     const file = Io.Dir.cwd().openFile(io, path, .{}) catch |err| return switch (err) {
         error.FileNotFound => diag.fail(path, "cannot open: no such file", .{}),
         error.AccessDenied, error.PermissionDenied => diag.fail(path, "cannot open: permission denied", .{}),
         error.IsDir => diag.fail(path, "cannot open: is a directory", .{}),
         else => diag.fail(path, "cannot open: {t}", .{err}),
     };
-    defer file.close(io);
+    errdefer file.close(io);
     const st = file.stat(io) catch |err| return diag.fail(path, "cannot open: {t}", .{err});
     if (st.kind == .directory) return diag.fail(path, "cannot open: is a directory", .{});
     if (st.kind != .file) return diag.fail(path, "cannot open: not a regular file", .{});
-    if (st.size == 0) return &.{};
     const len = std.math.cast(usize, st.size) orelse return diag.fail(path, "file too large to map", .{});
+    return .{ file, len };
+}
+
+/// Maps `path` read-only. An empty file maps to an empty slice (mmap refuses length 0).
+pub fn mapFile(io: Io, diag: *Diag, path: []const u8) error{BadFile}![]const u8 {
+    const file, const len = try openRegular(io, diag, path);
+    defer file.close(io);
+    if (len == 0) return &.{};
     var flags: std.posix.MAP = .{ .TYPE = .PRIVATE };
     // fault every page in now, while load_s is counting, rather than during the first token
     if (builtin.os.tag == .linux) flags.POPULATE = true;
@@ -44,13 +51,36 @@ pub fn mapFile(io: Io, diag: *Diag, path: []const u8) error{BadFile}![]const u8 
     return mem;
 }
 
+/// A checkpoint's bytes, page-aligned and freed with munmap either way. On Linux, unless
+/// `huge_pages` is off, they are read into anonymous memory advised to use transparent huge
+/// pages: where THP is in `madvise` mode (Debian's default) a file mapping stays in 4 KiB pages,
+/// and a forward pass over hundreds of MB of weights then misses the TLB on nearly every page.
+/// read() rather than a copy out of a mapping, so that only one copy is ever resident.
+pub fn loadFile(io: Io, diag: *Diag, path: []const u8, huge_pages: bool) error{BadFile}![]const u8 {
+    if (builtin.os.tag != .linux or !huge_pages) return mapFile(io, diag, path);
+    const linux = std.os.linux;
+    const file, const len = try openRegular(io, diag, path);
+    defer file.close(io);
+    if (len == 0) return &.{};
+    const mem = std.posix.mmap(null, len, .{ .READ = true, .WRITE = true }, .{ .TYPE = .PRIVATE, .ANONYMOUS = true }, -1, 0) catch |err|
+        return diag.fail(path, "cannot allocate {d} bytes: {t}", .{ len, err });
+    errdefer std.posix.munmap(mem);
+    // before the first write, so that the read faults the pages in huge; a refusal only costs speed
+    std.posix.madvise(mem.ptr, len, linux.MADV.HUGEPAGE) catch {};
+    const n = file.readPositionalAll(io, mem, 0) catch |err| return diag.fail(path, "cannot read: {t}", .{err});
+    if (n != len) return diag.fail(path, "cannot read: the file ended after {d} of its {d} bytes", .{ n, len });
+    // read-only from here on, as the file mapping is; were it refused, nothing writes there anyway
+    _ = linux.mprotect(mem.ptr, len, .{ .READ = true });
+    return mem;
+}
+
 fn readI32(data: []const u8, off: usize) i64 {
     return std.mem.readInt(i32, data[off..][0..4], .little);
 }
 
-/// Any supported checkpoint, format sniffed from its first bytes.
-pub fn read(gpa: Allocator, io: Io, diag: *Diag, path: []const u8) model.ReadError!model.Checkpoint {
-    const data = try mapFile(io, diag, path);
+/// Any supported checkpoint, format sniffed from its first bytes; `huge_pages` as in loadFile.
+pub fn read(gpa: Allocator, io: Io, diag: *Diag, path: []const u8, huge_pages: bool) model.ReadError!model.Checkpoint {
+    const data = try loadFile(io, diag, path, huge_pages);
     if (data.len >= 4 and std.mem.eql(u8, data[0..4], "GGUF")) return gguf.read(gpa, diag, path, data);
     return readLlama2c(gpa, diag, path, data);
 }
@@ -293,4 +323,26 @@ test "v0 and v1 headers: one reader, each refusal a bad file" {
     try testing.expectError(error.BadFile, readHeader(&diag, "m.bin", &v1));
     try testing.expectError(error.BadFile, readHeader(&diag, "m.bin", v1[0..100]));
     try testing.expectError(error.BadFile, readLlama2c(testing.allocator, &diag, "m.bin", &v0)); // truncated
+}
+
+test "loadFile: the huge-page copy and the file mapping hold the same bytes" {
+    const io = testing.io;
+    var tmp = testing.tmpDir(.{});
+    defer tmp.cleanup();
+    var bytes: [3 * 4096 + 5]u8 = undefined; // a partial last page
+    for (&bytes, 0..) |*b, i| b.* = @truncate(i *% 131);
+    try tmp.dir.writeFile(io, .{ .sub_path = "w.bin", .data = &bytes });
+    try tmp.dir.writeFile(io, .{ .sub_path = "empty.bin", .data = "" });
+    var buf: [2][64]u8 = undefined;
+    const full = try std.fmt.bufPrint(&buf[0], ".zig-cache/tmp/{s}/w.bin", .{tmp.sub_path});
+    const empty = try std.fmt.bufPrint(&buf[1], ".zig-cache/tmp/{s}/empty.bin", .{tmp.sub_path});
+    var diag: Diag = .{};
+    for ([_]bool{ true, false }) |huge_pages| {
+        const data = try loadFile(io, &diag, full, huge_pages);
+        defer std.posix.munmap(@alignCast(data));
+        try testing.expectEqualSlices(u8, &bytes, data);
+        try testing.expectEqual(@as(usize, 0), (try loadFile(io, &diag, empty, huge_pages)).len);
+        try testing.expectError(error.BadFile, loadFile(io, &diag, ".zig-cache/tmp/no-such-file.bin", huge_pages));
+        try testing.expectEqualStrings("cannot open: no such file", diag.problem());
+    }
 }

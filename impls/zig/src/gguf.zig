@@ -17,7 +17,7 @@ pub const SPACE_MARK = "\u{2581}"; // SentencePiece's visible space
 // ----------------------------------------------------------------------------
 // Reading values
 
-/// A bounds-checked reader over the mapped file.
+/// A bounds-checked reader over the file's bytes.
 const Cursor = struct {
     diag: *Diag,
     path: []const u8,

@@ -1,6 +1,7 @@
 //! Inference for Llama-2 Transformer models in pure Zig: karpathy/llama2.c's run.c, ported for
-//! polyllama (docs/port-contract.md). Reads llama2.c v0/v1 checkpoints and fp32 GGUF files,
-//! memory-mapped; batch-1 fp32 decoding with @Vector kernels and a persistent worker pool.
+//! polyllama (docs/port-contract.md). Reads llama2.c v0/v1 checkpoints and fp32 GGUF files into
+//! one page-aligned region (huge pages on Linux, else a file mapping); batch-1 fp32 decoding with
+//! @Vector kernels and a persistent worker pool.
 
 const std = @import("std");
 const builtin = @import("builtin");
@@ -14,7 +15,7 @@ const TransformerWeights = model.TransformerWeights;
 const Vocab = model.Vocab;
 
 comptime {
-    // Weights are used in place from the mapped little-endian file.
+    // Weights are used in place from the little-endian file's bytes.
     if (builtin.cpu.arch.endian() != .little) @compileError("polyllama's Zig port needs a little-endian host");
 }
 
@@ -84,7 +85,7 @@ const Transformer = struct {
     config: Config,
     weights: TransformerWeights,
     state: RunState,
-    file: []const u8, // the memory-mapped checkpoint
+    file: []const u8, // the checkpoint's bytes, which the weights point into (munmap frees them)
     vocab: ?Vocab, // GGUF embeds its tokenizer
 };
 
@@ -110,9 +111,9 @@ fn freeRunState(gpa: Allocator, s: *RunState) void {
     inline for (@typeInfo(RunState).@"struct".field_names) |name| gpa.free(@field(s, name));
 }
 
-fn buildTransformer(gpa: Allocator, io: Io, path: []const u8, n_workers: usize) Transformer {
+fn buildTransformer(gpa: Allocator, io: Io, path: []const u8, n_workers: usize, huge_pages: bool) Transformer {
     var diag: model.Diag = .{};
-    const m = checkpoint.read(gpa, io, &diag, path) catch |err| readFailed(err, &diag);
+    const m = checkpoint.read(gpa, io, &diag, path, huge_pages) catch |err| readFailed(err, &diag);
     return .{
         .config = m.config,
         .weights = m.weights,
@@ -948,8 +949,10 @@ pub fn main(init: std.process.Init) void {
     const argv = init.minimal.args.toSlice(gpa) catch outOfMemory();
     const args = parseArgs(gpa, argv[@min(1, argv.len)..]);
 
-    // build the Transformer via the model file; GGUF brings its own tokenizer
-    var transformer = buildTransformer(gpa, io, args.checkpoint, args.threads);
+    // build the Transformer via the model file; GGUF brings its own tokenizer.
+    // POLYLLAMA_HUGEPAGES=0 keeps the plain file mapping, for before/after runs.
+    const huge_pages = !std.mem.eql(u8, init.environ_map.get("POLYLLAMA_HUGEPAGES") orelse "", "0");
+    var transformer = buildTransformer(gpa, io, args.checkpoint, args.threads, huge_pages);
     const c = transformer.config;
     const vocab = transformer.vocab orelse blk: {
         const tok_path = args.tokenizer orelse usageError("-z tokenizer is required for a .bin checkpoint", .{});

@@ -98,7 +98,7 @@ pub fn validateConfig(diag: *Diag, path: []const u8, r: RawConfig, shared: bool)
 }
 
 // ----------------------------------------------------------------------------
-// Weights: fp32 tensors read in place from the mapped file
+// Weights: fp32 tensors used in place in the file's bytes (checkpoint.loadFile)
 
 /// GGUF data may sit at any 4-byte offset from an unaligned start, so tensors are declared
 /// align(1); the kernels load them unaligned anyway.
@@ -123,13 +123,13 @@ pub const TransformerWeights = struct {
     wcls: Tensor, // (vocab_size, dim): token_embedding when shared
 };
 
-/// `count` floats at byte `off` of the mapping, which the caller has bounds-checked.
+/// `count` floats at byte `off` of the file's bytes, which the caller has bounds-checked.
 pub fn tensorAt(data: []const u8, off: usize, count: usize) Tensor {
     const p: [*]align(1) const f32 = @ptrCast(data.ptr + off);
     return p[0..count];
 }
 
-/// A model file as read: the weights point into `file`, the mapping.
+/// A model file as read: the weights point into `file`, its bytes in memory.
 pub const Checkpoint = struct {
     config: Config,
     weights: TransformerWeights,
