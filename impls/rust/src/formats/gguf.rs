@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{Checkpoint, LayerTensors, Storage, Tensor, Tensors};
 use crate::errors::{bad_file, Fail, Res};
-use crate::files::{file_size, map_file};
+use crate::files::{anon_region, file_size, load_file};
 use crate::model::Config;
 use crate::tokenizer::Vocab;
 
@@ -161,7 +161,7 @@ struct TensorInfo<'a> {
 /// describe.
 pub fn read_gguf(path: &Path, f: &File) -> Res<Checkpoint> {
     let size = file_size(path, f)?;
-    let map = map_file(path, f)?;
+    let map = load_file(path, f, size)?;
     let mut cur = Cursor { path, data: &map[..], off: 4 };
     let (n_tensors, n_kv) = read_header(&mut cur)?;
     let kv = read_kv_section(&mut cur, n_kv)?;
@@ -403,16 +403,18 @@ impl<'t, 'a> TensorTable<'t, 'a> {
 }
 
 /// The weights in place when the data section is 4-byte aligned in the file (the usual case);
-/// otherwise the data section is copied once into aligned memory.
+/// otherwise the data section is copied once into page-aligned memory (in huge pages, like the
+/// file itself, where they are wanted), and the file's copy is released.
 fn gguf_storage(map: memmap2::Mmap, data_start: usize) -> Res<Storage> {
     if data_start % 4 == 0 {
-        return Ok(Storage::Mapped(map));
+        return Ok(Storage(map));
     }
     let bytes = &map[data_start.min(map.len())..];
-    let mut v = Vec::new();
-    v.try_reserve_exact(bytes.len() / 4).map_err(|_| Fail::Runtime("cannot allocate the weights".into()))?;
-    v.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-    Ok(Storage::Owned(v))
+    let n = bytes.len() / 4 * 4;
+    let cannot = |e: std::io::Error| Fail::Runtime(format!("cannot allocate the weights: {e}"));
+    let mut copy = anon_region(n).map_err(cannot)?;
+    copy.copy_from_slice(&bytes[..n]); // little-endian floats, as the host's (main.rs)
+    Ok(Storage(copy.make_read_only().map_err(cannot)?))
 }
 
 // ----------------------------------------------------------------------------
@@ -547,6 +549,11 @@ mod tests {
         }
 
         fn bytes(&self) -> Vec<u8> {
+            self.bytes_padded(32)
+        }
+
+        /// The file, its data section starting at the next multiple of `align`.
+        fn bytes_padded(&self, align: usize) -> Vec<u8> {
             let mut out = b"GGUF".to_vec();
             out.extend(3u32.to_le_bytes());
             out.extend((self.tensors.len() as u64).to_le_bytes());
@@ -563,7 +570,7 @@ mod tests {
                 out.extend(0u32.to_le_bytes()); // F32
                 out.extend(offset.to_le_bytes());
             }
-            out.resize(out.len().div_ceil(32) * 32, 0);
+            out.resize(out.len().div_ceil(align) * align, 0);
             out.extend(&self.data);
             out
         }
@@ -578,6 +585,34 @@ mod tests {
         let pieces = synthetic_pieces();
         let scores: Vec<f32> = (0..pieces.len()).map(|i| -(i as f32)).collect();
         Gguf::tiny(&pieces, &scores)
+    }
+
+    #[test]
+    fn an_unaligned_data_section_is_copied_intact() {
+        // general.alignment=1 lets the data start off a 4-byte boundary, so the reader must copy
+        // the floats to aligned memory; every float is its own index, to see each one land
+        let mut g = good();
+        g.kvs.push(("general.alignment".to_string(), 4, 1u32.to_le_bytes().to_vec()));
+        for (i, b) in g.data.chunks_exact_mut(4).enumerate() {
+            b.copy_from_slice(&(i as f32).to_le_bytes());
+        }
+        let name_at = g.kvs.iter().position(|kv| kv.0 == "general.name").expect("the key is there");
+        for name in ["tiny", "tiny1", "tiny12", "tiny123"] {
+            g.kvs[name_at].2 = gstr(name.as_bytes());
+            if (g.bytes_padded(1).len() - g.data.len()) % 4 != 0 {
+                break;
+            }
+        }
+        assert_ne!((g.bytes_padded(1).len() - g.data.len()) % 4, 0, "the data section is unaligned");
+        let f = Scratch::new("gguf-unaligned.gguf", &g.bytes_padded(1));
+        let Ok(ckpt) = read_checkpoint(f.path()) else { panic!("the unaligned GGUF reads") };
+        let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
+        let starts_at = |name: &str| g.tensors.iter().find(|t| t.0 == name).expect("a tensor").2 as usize / 4;
+        let counts_from = |t: &[f32], first: usize| t.iter().enumerate().all(|(k, &v)| v == (first + k) as f32);
+        assert!(counts_from(w.token_embedding, starts_at("token_embd.weight")));
+        assert!(counts_from(w.rms_final, starts_at("output_norm.weight")));
+        assert!(counts_from(w.layers[0].w2, starts_at("blk.0.ffn_down.weight")));
+        assert!(counts_from(w.layers[0].w3, starts_at("blk.0.ffn_up.weight")));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{Checkpoint, LayerTensors, Storage, Tensor, Tensors};
 use crate::errors::{bad_file, Res};
-use crate::files::{file_size, le_i32, map_file};
+use crate::files::{file_size, le_i32, load_file};
 use crate::model::Config;
 
 pub const V1_MAGIC: u32 = 0x616b_3432;
@@ -106,9 +106,9 @@ impl Part {
 pub fn read_llama2c(path: &Path, f: &File, head: &[u8], layout: &Layout) -> Res<Checkpoint> {
     let c = read_header(path, head, layout)?;
     let floats: u128 = layout.order.iter().map(|p| p.floats(&c)).sum();
-    check_size(path, f, &c, layout.header_bytes as u128 + 4 * floats)?;
+    let size = check_size(path, f, &c, layout.header_bytes as u128 + 4 * floats)?;
     let tensors = locate(&c, layout);
-    Ok(Checkpoint { config: c, storage: Storage::Mapped(map_file(path, f)?), tensors, vocab: None })
+    Ok(Checkpoint { config: c, storage: Storage(load_file(path, f, size)?), tensors, vocab: None })
 }
 
 /// The header of either version, checked in the contract's order.
@@ -135,7 +135,7 @@ fn read_header(path: &Path, head: &[u8], layout: &Layout) -> Res<Config> {
 
 /// v0/v1 files hold the header and the tensors, nothing more: truncated and oversized files
 /// are both refused.
-fn check_size(path: &Path, f: &File, config: &Config, expected: u128) -> Res<()> {
+fn check_size(path: &Path, f: &File, config: &Config, expected: u128) -> Res<u64> {
     let actual = file_size(path, f)?;
     if actual as u128 != expected {
         let kind = if (actual as u128) < expected { "truncated" } else { "oversized" };
@@ -144,7 +144,7 @@ fn check_size(path: &Path, f: &File, config: &Config, expected: u128) -> Res<()>
             format!("{kind}: file is {actual} bytes, header ({}) implies {expected}", config.describe()),
         );
     }
-    Ok(())
+    Ok(actual)
 }
 
 /// Hands out consecutive float ranges of the file.

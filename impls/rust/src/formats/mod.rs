@@ -1,5 +1,5 @@
 //! Checkpoint formats (contract section 4): the sniffing, and what every reader produces, a
-//! validated Checkpoint whose weights stay in the page cache, memory-mapped.
+//! validated Checkpoint whose weights are used in place, in memory the file was loaded into.
 
 mod gguf;
 mod llama2c;
@@ -25,20 +25,16 @@ pub fn read_checkpoint(path: &Path) -> Res<Checkpoint> {
 // ----------------------------------------------------------------------------
 // Formats: what a reader hands over
 
-/// Where the weight floats live: the mapped file, or (GGUF data not 4-byte aligned) one copy.
-enum Storage {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<f32>),
-}
+/// Where the weight floats live: the loaded file (files::load_file: read into huge pages, or
+/// mapped), or (GGUF data not 4-byte aligned) one copy of its data section.
+struct Storage(memmap2::Mmap);
 
 impl Storage {
     fn floats(&self) -> &[f32] {
-        match self {
-            // SAFETY: a mapping starts on a page boundary, so it is aligned for f32, and every
-            // bit pattern is a valid f32; the length is rounded down to whole floats.
-            Storage::Mapped(m) => unsafe { std::slice::from_raw_parts(m.as_ptr() as *const f32, m.len() / 4) },
-            Storage::Owned(v) => v,
-        }
+        let m = &self.0;
+        // SAFETY: a mapping starts on a page boundary, so it is aligned for f32, and every bit
+        // pattern is a valid f32; the length is rounded down to whole floats.
+        unsafe { std::slice::from_raw_parts(m.as_ptr() as *const f32, m.len() / 4) }
     }
 }
 
