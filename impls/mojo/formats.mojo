@@ -22,6 +22,8 @@ def read_model(path: String) raises -> Model:
     """Any supported checkpoint, sniffed from its first bytes."""
     var file = MappedFile(path)
     if file.size >= 4 and bytes_equal(file.data, 4, "GGUF"):
+        # the GGUF reader takes pointers into the bytes as it parses, so they move first
+        file.load_huge_pages(path)
         return read_gguf(path, file^)
     return read_llama2c(path, file^)
 
@@ -100,6 +102,8 @@ def read_llama2c(path: String, var file: MappedFile) raises -> Model:
     # v0's legacy freq_cis_real / freq_cis_imag tables, (seq_len, head_size / 2) each
     var freq = 2 * h.config.seq_len * (h.config.head_size() // 2) if h.version == 0 else 0
     check_size(path, file.size, h.size + 4 * (h.config.weight_floats() + freq), h.config)
+    # only now, with the header and size known good, are the weights read in
+    file.load_huge_pages(path)
     var m = Model(h.config.copy(), file^)
     var base = m.file.data.unsafe_offset(h.size).unsafe_bitcast[Float32]()
     if h.version == 0:

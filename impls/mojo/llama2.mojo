@@ -1,8 +1,9 @@
 # Llama 2 inference in pure Mojo, after karpathy/llama2.c's run.c.
 #
-# One token at a time, fp32, weights memory-mapped straight from the checkpoint
-# (llama2.c v0/v1 or GGUF fp32). The port contract (docs/port-contract.md) is the
-# specification; orchestrator/reference/ is the executable definition.
+# One token at a time, fp32, weights memory-mapped from the checkpoint or, on
+# Linux, read into huge pages (llama2.c v0/v1 or GGUF fp32). The port contract
+# (docs/port-contract.md) is the specification; orchestrator/reference/ is the
+# executable definition.
 #
 # Sections, top to bottom: run state, forward pass, tokenizer, sampler,
 # generation, command line. Config, weights, vocabulary and the shared helpers are

@@ -4,8 +4,10 @@
 # inference is llama2.mojo.
 
 from std.collections import List
-from std.ffi import external_call
+from std.ffi import ErrNo, external_call, get_errno
 from std.memory import Pointer, bitcast
+from std.os import getenv
+from std.sys.info import CompilationTarget
 
 comptime FPtr = Pointer[Float32, MutUntrackedOrigin]
 comptime BPtr = Pointer[UInt8, MutUntrackedOrigin]
@@ -44,8 +46,9 @@ def runtime_error(msg: String) -> Error:
 
 
 # ----------------------------------------------------------------------------
-# Raw memory and files, through libc (open/mmap/write), so that weights are
-# mapped rather than copied and every failure is ours to report.
+# Raw memory and files, through libc (open/pread/mmap/write), so that weights are
+# mapped or read straight into place, never copied twice, and every failure is
+# ours to report.
 
 
 def alloc_floats(n: Int) raises -> FPtr:
@@ -96,11 +99,74 @@ def write_string(fd: Int32, s: String):
     _ = write_all(fd, BPtr(unsafe_from_address=Int(bytes.unsafe_ptr())), len(bytes))
 
 
+# mmap/madvise constants: PROT_* and MAP_PRIVATE are the same on Linux and macOS;
+# MAP_ANONYMOUS and MADV_HUGEPAGE are used on Linux only, where x86-64 and arm64 agree.
+comptime PROT_READ = 1
+comptime PROT_WRITE = 2
+comptime MAP_PRIVATE = 2
+comptime MAP_ANONYMOUS = 0x20
+comptime MADV_HUGEPAGE = 14
+
+
+def want_huge_pages() -> Bool:
+    """Where the kernel gives transparent huge pages only on request (Linux's usual
+    "madvise" setting), a file mapping stays in 4 KiB pages and a forward pass over
+    hundreds of MB of weights misses the TLB on nearly every page; an anonymous copy
+    asked for huge pages avoids that (docs/benchmarks.md, "Huge pages").
+    POLYLLAMA_HUGEPAGES=0 keeps the file mapping, for before/after runs."""
+    comptime if not CompilationTarget.is_linux():
+        return False
+    return getenv("POLYLLAMA_HUGEPAGES") != "0"
+
+
+def read_exact(path: String, fd: Int32, dst: BPtr, n: Int) raises:
+    """The file's first n bytes into dst."""
+    var got = 0
+    while got < n:
+        var r = external_call["pread", Int](fd, dst.unsafe_offset(got), n - got, Int64(got))
+        if r < 0 and get_errno() == ErrNo.EINTR:
+            continue
+        if r < 0:
+            raise file_error(path, "cannot read: " + String(get_errno()))
+        if r == 0:
+            raise file_error(path, "cannot read: unexpected end of file")
+        got += r
+
+
+def map_file(path: String, fd: Int32, size: Int) raises -> BPtr:
+    var p = external_call["mmap", BPtr](Int(0), size, Int32(PROT_READ), Int32(MAP_PRIVATE), fd, Int64(0))
+    if Int(p) == -1 or Int(p) == 0:
+        raise file_error(path, "cannot map the file into memory")
+    return p
+
+
+def load_huge(path: String, fd: Int32, size: Int) raises -> BPtr:
+    """The whole file read into an anonymous mapping asked for huge pages. read(),
+    not a copy out of a file mapping, so that only one copy is ever resident."""
+    var p = external_call["mmap", BPtr](
+        Int(0), size, Int32(PROT_READ | PROT_WRITE), Int32(MAP_PRIVATE | MAP_ANONYMOUS), Int32(-1), Int64(0)
+    )
+    if Int(p) == -1 or Int(p) == 0:
+        raise file_error(path, "cannot allocate " + String(size) + " bytes: " + String(get_errno()))
+    # a refusal (THP disabled, an old kernel) only costs speed
+    _ = external_call["madvise", Int32](p, size, Int32(MADV_HUGEPAGE))
+    try:
+        read_exact(path, fd, p, size)
+    except e:
+        _ = external_call["munmap", Int32](p, size)
+        raise e^
+    # read-only from here on, as the file mapping is
+    _ = external_call["mprotect", Int32](p, size, Int32(PROT_READ))
+    return p
+
+
 struct MappedFile(Movable):
-    """A whole file mapped read-only (an empty file gets a 1-byte stand-in)."""
+    """A whole file mapped read-only (an empty file gets a 1-byte stand-in). The
+    descriptor stays open for `load_huge_pages`, until it or close() runs."""
 
     var data: BPtr
     var size: Int
+    var fd: Int32
 
     def __init__(out self, path: String) raises:
         var cpath = c_path(path)
@@ -121,19 +187,30 @@ struct MappedFile(Movable):
             _ = external_call["close", Int32](fd)
             raise file_error(path, "cannot open: not a regular file")
         self.size = size
+        self.fd = fd
         # an empty file maps nothing: a 1-byte stand-in keeps the pointer valid
         self.data = external_call["calloc", BPtr](1, 8)
         if size > 0:
             external_call["free", NoneType](self.data)
-            # PROT_READ = 1, MAP_PRIVATE = 2 on Linux and macOS alike
-            var p = external_call["mmap", BPtr](Int(0), size, Int32(1), Int32(2), fd, Int64(0))
-            if Int(p) == -1 or Int(p) == 0:
+            try:
+                self.data = map_file(path, fd, size)
+            except e:
                 _ = external_call["close", Int32](fd)
-                raise file_error(path, "cannot map the file into memory")
-            self.data = p
-        _ = external_call["close", Int32](fd)
+                raise e^
         _ = cpath^  # the C strings lived through the calls that used them
         _ = probe^
+
+    def load_huge_pages(mut self, path: String) raises:
+        """On Linux, unless POLYLLAMA_HUGEPAGES=0, the file's bytes are read into an
+        anonymous mapping asked for huge pages, which then replaces the file mapping
+        (of which only the pages the header checks looked at were ever read). Either
+        way the descriptor is closed: the bytes stay where they are from here on."""
+        if self.size > 0 and want_huge_pages():
+            var p = load_huge(path, self.fd, self.size)
+            _ = external_call["munmap", Int32](self.data, self.size)
+            self.data = p
+        _ = external_call["close", Int32](self.fd)
+        self.fd = -1
 
     def close(mut self):
         if self.size > 0:
@@ -141,6 +218,9 @@ struct MappedFile(Movable):
         elif self.size == 0:
             external_call["free", NoneType](self.data)
         self.size = -1
+        if self.fd >= 0:
+            _ = external_call["close", Int32](self.fd)
+            self.fd = -1
 
 
 # Little-endian readers at arbitrary (unaligned) byte offsets.

@@ -1,5 +1,5 @@
 # Unit tests of llama2.mojo: tokenizer vectors, decode rules, the sampler's RNG and
-# choices, argument parsing and header validation. Mojo 1.2 has no `mojo test`
+# choices, argument parsing, header validation and the huge-page load of the weights. Mojo 1.2 has no `mojo test`
 # command, so this is a program: it prints "N passed, N failed" and exits non-zero
 # on any failure.
 #
@@ -13,7 +13,8 @@ from std.memory import bitcast
 from std.os import getenv
 from std.sys import exit
 from model import (
-    BPtr, Config, FPtr, KPtr, MappedFile, Vocab, alloc_floats, alloc_keys, c_path, file_error, write_all,
+    BPtr, Config, FPtr, KPtr, MappedFile, Vocab, alloc_floats, alloc_keys, c_path, file_error, want_huge_pages,
+    write_all,
 )
 from formats import read_model, read_tokenizer
 from llama2 import (
@@ -427,6 +428,41 @@ def test_tokenizer_refusals(mut t: Tally):
     expect_refusal(t, "tokenizer too few tokens", tiny_tokenizer("too few tokens"), 200, "at least 259")
 
 
+def pattern_byte(i: Int) -> UInt8:
+    return UInt8((i * 131 + (i >> 12)) & 255)
+
+
+def test_huge_page_load(mut t: Tally) raises:
+    """The huge-page load holds the file's bytes, the same as the mapping it replaces;
+    the size crosses 2 MiB boundaries and ends off a page."""
+    var n = (3 << 20) + 4099
+    var data = List[UInt8](capacity=n)
+    for i in range(n):
+        data.append(pattern_byte(i))
+    var path = write_temp("huge.bin", data)
+    var f = MappedFile(path)
+    var mapped = f.data
+    var same = True
+    for i in range(n):
+        same = same and f.data.unsafe_load(i) == data[i]
+    t.check(same, "the file mapping holds the file")
+    f.load_huge_pages(path)
+    t.check(Int(f.data) != Int(mapped) if want_huge_pages() else Int(f.data) == Int(mapped),
+            "the huge-page load replaces the mapping unless POLYLLAMA_HUGEPAGES=0")
+    same = f.size == n
+    for i in range(n):
+        same = same and f.data.unsafe_load(i) == data[i]
+    t.check(same, "the huge-page load holds the file")
+    f.close()
+    remove(path)
+    path = write_temp("empty.bin", List[UInt8]())
+    f = MappedFile(path)
+    f.load_huge_pages(path)
+    t.check(f.size == 0, "an empty file loads as empty")
+    f.close()
+    remove(path)
+
+
 def config_code(c: Config) -> Int:
     try:
         c.validate("x")
@@ -457,6 +493,7 @@ def main():
         test_number_flags(t)
         test_gguf_refusals(t)
         test_tokenizer_refusals(t)
+        test_huge_page_load(t)
     except e:
         t.check(False, "unexpected error: " + String(e))
     print(t.passed, "passed,", t.failed, "failed")
