@@ -51,11 +51,10 @@ RUN invoke install --ports go && invoke build-all --ports go --strict
 
 FROM base AS java
 COPY impls/java impls/java
-# Java's trust store gets the proxy CA too (Maven Central over TLS)
-RUN invoke install --ports java \
-    && if [ -s /opt/certs/host-ca.crt ]; then \
-         keytool -importcert -noprompt -cacerts -storepass changeit -alias polyllama-host-ca -file /opt/certs/host-ca.crt; fi \
-    && invoke build-all --ports java --strict
+COPY docker/host-ca-split.sh /opt/certs/
+# Java's trust store gets the proxy's CAs too (Maven Central over TLS): split one per file
+# before the JDK is installed, so that ca-certificates-java imports every one of them
+RUN sh /opt/certs/host-ca-split.sh && invoke install --ports java && invoke build-all --ports java --strict
 
 FROM base AS zig
 COPY impls/zig impls/zig
