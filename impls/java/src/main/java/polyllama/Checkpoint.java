@@ -13,11 +13,11 @@ import java.nio.channels.FileChannel;
 final class Checkpoint {
     static final int V1_MAGIC = 0x616b3432, V1_HEADER = 256, V0_HEADER = 28;
 
-    private final FileChannel ch;
+    private final Loader load;
     private long offset;   // where the next tensor starts
 
-    private Checkpoint(FileChannel ch, long offset) {
-        this.ch = ch;
+    private Checkpoint(Loader load, long offset) {
+        this.load = load;
         this.offset = offset;
     }
 
@@ -25,7 +25,7 @@ final class Checkpoint {
     // Header: v0 is 7 x int32 (vocab_size < 0: unshared classifier); v1 is magic, version,
     // 7 x int32, the shared_classifier byte and zero padding to 256 bytes
 
-    static Model read(String path, FileChannel ch, boolean v1) throws IOException {
+    static Model read(String path, FileChannel ch, boolean v1, boolean onHeap) throws IOException {
         int headerBytes = v1 ? V1_HEADER : V0_HEADER;
         ByteBuffer h = Io.readAt(ch, 0, headerBytes);
         if (h.remaining() < headerBytes) {
@@ -51,7 +51,7 @@ final class Checkpoint {
         long freqFloats = v1 ? 0 : 2L * c.seqLen * (c.headSize / 2);  // v0's legacy RoPE tables
         checkSize(path, ch.size(), headerBytes + 4 * (c.weightCount() + freqFloats), c);
 
-        Checkpoint at = new Checkpoint(ch, headerBytes);
+        Checkpoint at = new Checkpoint(new Loader(ch, onHeap, 4 * c.weightCount()), headerBytes);
         return new Model(c, v1 ? at.mapV1(c) : at.mapV0(c, freqFloats), null);
     }
 
@@ -105,7 +105,7 @@ final class Checkpoint {
     }
 
     private Matrix matrix(int rows, int cols) throws IOException {
-        Matrix m = new Matrix(ch, offset, rows, cols);
+        Matrix m = new Matrix(load, offset, rows, cols);
         offset += 4L * rows * cols;
         return m;
     }

@@ -2,7 +2,7 @@
  * GGUF v2/v3 with every tensor F32 and llama.cpp's `llama` names (contract section 4), the
  * tokenizer embedded. Read in the file's order: header, kv section, tensor infos, then the tensor
  * table is checked as a whole (exactly the model's tensors, F32, the right shapes, aligned, inside
- * the file, not overlapping: what llama.cpp's loader insists on too) before any tensor is mapped.
+ * the file, not overlapping: what llama.cpp's loader insists on too) before any tensor is loaded.
  */
 package polyllama;
 
@@ -39,6 +39,7 @@ final class Gguf {
     private final Map<String, Object> kv = new HashMap<>();
     private final Map<String, TensorInfo> infos = new HashMap<>();
     private long dataStart;
+    private Loader load;   // made once the tensor table has passed
 
     private Gguf(String path, FileChannel ch) throws IOException {
         this.path = path;
@@ -46,7 +47,7 @@ final class Gguf {
         this.cur = new GgufCursor(path, ch);
     }
 
-    static Model read(String path, FileChannel ch) throws IOException {
+    static Model read(String path, FileChannel ch, boolean onHeap) throws IOException {
         Gguf g = new Gguf(path, ch);
         long[] counts = g.readHeader();
         g.readKvs(counts[1]);
@@ -56,6 +57,7 @@ final class Gguf {
         Tokenizer tokenizer = g.tokenizer();
         Config c = g.config(tokenizer.size());
         g.checkTensorTable(expectedTensors(c), align);
+        g.load = new Loader(ch, onHeap, 4 * c.weightCount());
         return new Model(c, g.mapWeights(c), tokenizer);
     }
 
@@ -328,6 +330,6 @@ final class Gguf {
 
     /** A tensor checkTensorTable has passed; a vector is one row. */
     private Matrix matrix(String name, int rows, int cols) throws IOException {
-        return new Matrix(ch, dataStart + infos.get(name).offset(), rows, cols);
+        return new Matrix(load, dataStart + infos.get(name).offset(), rows, cols);
     }
 }

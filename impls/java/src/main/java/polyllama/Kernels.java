@@ -44,12 +44,16 @@ interface Kernels {
      * the Vector API is two orders of magnitude slower than compiled code, so the first forward
      * pass would otherwise cost seconds on the 110M shape. A compiled round takes a few
      * microseconds; stop after 200 fast rounds in a row, or after 1.5 s on a starved machine.
+     * onHeap: the weights are read-only heap buffers (Loader), and the matrix here is one
+     * too, so that the JIT compiles the loads for the buffer class the forward pass will pass.
      */
-    static void warmUp(Kernels k) {
+    static void warmUp(Kernels k, boolean onHeap) {
         int rows = 64, n = 256;
-        ByteBuffer bb = ByteBuffer.allocateDirect(4 * rows * n).order(ByteOrder.LITTLE_ENDIAN);
+        ByteBuffer bb = (onHeap ? ByteBuffer.allocate(4 * rows * n) : ByteBuffer.allocateDirect(4 * rows * n))
+                .order(ByteOrder.LITTLE_ENDIAN);
         float[] x = new float[n], out = new float[rows];
         for (int i = 0; i < rows * n; i++) bb.putFloat(4 * i, (i % 13) * 1e-3f);
+        if (onHeap) bb = bb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
         long start = System.nanoTime();
         for (int fast = 0; fast < 200 && System.nanoTime() - start < 1_500_000_000L; ) {
             long t = System.nanoTime();

@@ -1,13 +1,12 @@
 /*
- * A (rows, cols) float32 matrix inside the memory-mapped checkpoint. A ByteBuffer indexes with an
- * int, so the rows are mapped in blocks of at most 1 GiB; a row never straddles two blocks.
+ * A (rows, cols) float32 matrix of the checkpoint: mapped from the file, or read onto the Java
+ * heap (Loader). A ByteBuffer indexes with an int, so the rows are held in blocks of at most
+ * 1 GiB; a row never straddles two blocks.
  */
 package polyllama;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
-import java.nio.channels.FileChannel;
 
 final class Matrix {
     static final long BLOCK_BYTES = 1L << 30;
@@ -15,7 +14,7 @@ final class Matrix {
     final int rowsPerBlock;
     final ByteBuffer[] blocks;   // little-endian, read-only
 
-    Matrix(FileChannel ch, long offset, int rows, int cols) throws IOException {
+    Matrix(Loader load, long offset, int rows, int cols) throws IOException {
         this.rows = rows;
         this.cols = cols;
         long rowBytes = 4L * cols;
@@ -24,8 +23,7 @@ final class Matrix {
         blocks = new ByteBuffer[n];
         for (int b = 0; b < n; b++) {
             int first = b * rowsPerBlock, count = Math.min(rowsPerBlock, rows - first);
-            blocks[b] = ch.map(FileChannel.MapMode.READ_ONLY, offset + first * rowBytes, count * rowBytes)
-                    .order(ByteOrder.LITTLE_ENDIAN);
+            blocks[b] = load.bytes(offset + first * rowBytes, (int) (count * rowBytes));
         }
     }
 

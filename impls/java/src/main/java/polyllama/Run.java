@@ -5,11 +5,12 @@
  * main. docs/port-contract.md is the specification; the Python reference core
  * (orchestrator/reference) is the executable definition.
  *
- * Weights stay in the page cache: the checkpoint is memory-mapped (FileChannel.map, in blocks
- * below the 2 GiB ByteBuffer limit) and never copied. The inner loops come from Kernels: the
- * Vector API (SimdKernels, jdk.incubator.vector) when the JVM has the module, plain Java
- * otherwise. -j N runs the forward pass on a pool of N compute threads made once, the main
- * thread being one of them.
+ * Weights are memory-mapped from the checkpoint (FileChannel.map, in blocks below the 2 GiB
+ * ByteBuffer limit) or, where run.sh asks for huge pages, read once onto the Java heap, which
+ * -XX:+UseTransparentHugePages backs with 2 MiB pages (README, "Performance levers"). The inner
+ * loops come from Kernels: the Vector API (SimdKernels, jdk.incubator.vector) when the JVM has
+ * the module, plain Java otherwise. -j N runs the forward pass on a pool of N compute threads
+ * made once, the main thread being one of them.
  */
 package polyllama;
 
@@ -25,7 +26,9 @@ public final class Run {
     /** Loads everything (timed as load_s), then runs the mode; the exit code. */
     static int run(Args a) throws IOException {
         long t0 = System.nanoTime();
-        Model model = Model.read(a.checkpoint);
+        // run.sh sets this, with -XX:+UseTransparentHugePages, on Linux unless POLYLLAMA_HUGEPAGES=0
+        boolean onHeap = Boolean.getBoolean("polyllama.hugepages");
+        Model model = Model.read(a.checkpoint, onHeap);
         Config c = model.config;
         Tokenizer tokenizer;
         if (model.tokenizer != null) {
@@ -38,7 +41,7 @@ public final class Run {
         Pool pool = new Pool(a.threads);
         Kernels kernels = Kernels.pick();
         if (Boolean.getBoolean("polyllama.verbose")) System.err.println("kernels: " + kernels.name());
-        if (!Boolean.getBoolean("polyllama.nowarmup")) Kernels.warmUp(kernels);
+        if (!Boolean.getBoolean("polyllama.nowarmup")) Kernels.warmUp(kernels, onHeap);
         Transformer t = new Transformer(model, pool, kernels);
         double load = Stats.seconds(System.nanoTime() - t0);
 

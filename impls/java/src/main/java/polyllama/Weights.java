@@ -1,6 +1,6 @@
 /*
- * The transformer's weights, as run.c's TransformerWeights: matrices stay in the mapped file,
- * only the small RMSNorm vectors are copied to the heap.
+ * The transformer's weights, as run.c's TransformerWeights: matrices stay in the mapped file (or
+ * in heap buffers read from it, Loader); the small RMSNorm vectors are copied to arrays.
  */
 package polyllama;
 

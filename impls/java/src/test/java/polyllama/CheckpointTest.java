@@ -101,6 +101,29 @@ class CheckpointTest {
     }
 
     @Test
+    void weightsReadOntoTheHeapGiveTheSameLogits() throws IOException {
+        for (boolean shared : new boolean[] {true, false}) {
+            String v0 = Files.write(dir.resolve("h.v0.bin"), v0(shared)).toString();
+            String v1 = Files.write(dir.resolve("h.v1.bin"), v1(shared, 1)).toString();
+            String gguf = GgufFile.tinyModel(shared).write(dir, "h.gguf").toString();
+            float[][] want = logits(Model.read(v0, false), 1);
+            for (String path : new String[] {v0, v1, gguf}) {
+                Model m = Model.read(path, true);
+                Weights w = m.weights;
+                for (Matrix t : new Matrix[] {w.tokenEmbedding, w.wq[0], w.w2[LAYERS - 1], w.wcls}) {
+                    ByteBuffer bb = t.blocks[0];
+                    assertFalse(bb.isDirect(), path);  // on the heap, not mapped
+                    assertTrue(bb.isReadOnly(), path);
+                    assertEquals(0, bb.position(), path);
+                    assertEquals(4 * t.rows * t.cols, bb.limit(), path);
+                }
+                assertTrue(Arrays.deepEquals(want, logits(m, 1)), path + " on the heap differs from v0 mapped");
+                assertTrue(Arrays.deepEquals(want, logits(m, 2)), path + " on the heap, -j 2");
+            }
+        }
+    }
+
+    @Test
     void refusesWrongSizesAndHeaderValues() throws IOException {
         byte[] good = v0(true), good1 = v1(true, 1);
         String[] names = {"short", "long", "short1", "long1", "version", "flag", "header"};
@@ -109,8 +132,10 @@ class CheckpointTest {
             flag(good1, 2), Arrays.copyOf(good1, 100)};
         for (int i = 0; i < bad.length; i++) {
             Path p = Files.write(dir.resolve(names[i] + ".bin"), bad[i]);
-            Fail f = assertThrows(Fail.class, () -> Model.read(p.toString()), names[i]);
-            assertEquals(Fail.EXIT_BAD_FILE, f.code, names[i]);
+            for (boolean onHeap : new boolean[] {false, true}) {
+                Fail f = assertThrows(Fail.class, () -> Model.read(p.toString(), onHeap), names[i]);
+                assertEquals(Fail.EXIT_BAD_FILE, f.code, names[i]);
+            }
         }
     }
 

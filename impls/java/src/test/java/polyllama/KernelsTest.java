@@ -1,5 +1,6 @@
 package polyllama;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -32,6 +33,14 @@ class KernelsTest {
         simd.matvec(bb, 0, rows, x, n, a, 0);
         scalar.matvec(bb, 0, rows, x, n, b, 0);
         for (int i = 0; i < rows; i++) assertEquals(b[i], a[i], 1e-4f * (1 + Math.abs(b[i])));
+        // the weights as Loader reads them onto the heap: a read-only view of a slice of an array
+        ByteBuffer heap = ByteBuffer.allocate(bb.capacity() + 68).slice(68, bb.capacity()).put(bb.duplicate())
+                .clear().asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
+        float[] h = new float[rows];
+        simd.matvec(heap, 0, rows, x, n, h, 0);
+        assertArrayEquals(a, h);
+        scalar.matvec(heap, 0, rows, x, n, h, 0);
+        assertArrayEquals(b, h);
         assertEquals(scalar.dot(x, 1, x, 2, 250), simd.dot(x, 1, x, 2, 250), 1e-3f);
     }
 }
