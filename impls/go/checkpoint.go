@@ -53,10 +53,17 @@ func openRegular(path string) (*os.File, int64, error) {
 	return f, info.Size(), nil
 }
 
+// mapChecked brings the whole file into memory for the weights to point into: on Linux a
+// huge-page copy (hugepages_linux.go), elsewhere the file mapping. The returned func frees it.
 func mapChecked(path string, f *os.File, size int64) ([]byte, func(), error) {
 	if size <= 0 || uint64(size) > uint64(math.MaxInt) {
 		return nil, nil, fileError(path, "cannot map a file of %d bytes", size)
 	}
+	return loadFile(path, f, size)
+}
+
+// mapWhole is the plain path: the file mapped read-only (mmap_unix.go) or read once.
+func mapWhole(path string, f *os.File, size int64) ([]byte, func(), error) {
 	data, unmap, err := mapFile(f, size)
 	if err != nil {
 		return nil, nil, fileError(path, "cannot map: %v", err)

@@ -113,7 +113,8 @@ type ggufCursor struct {
 }
 
 func (g *ggufCursor) need(n uint64, what string) error {
-	if n > uint64(len(g.data))-g.off {
+	// off starts past the magic, so data (a fuzz input) may be shorter than off
+	if g.off > uint64(len(g.data)) || n > uint64(len(g.data))-g.off {
 		return fileError(g.path, "truncated or corrupt: %s runs past the end of the file", what)
 	}
 	return nil

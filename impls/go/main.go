@@ -1,8 +1,9 @@
 // Inference for Llama 2 in pure Go, after karpathy/llama2.c's run.c.
 //
-// The weights of a llama2.c v0/v1 checkpoint or an fp32 GGUF file are memory-mapped and read
-// in place; one sequence is decoded token by token with a KV cache. The command line, the
-// output and every validation rule follow polyllama's docs/port-contract.md.
+// The weights of a llama2.c v0/v1 checkpoint or an fp32 GGUF file are loaded once (on Linux
+// into transparent huge pages, else memory-mapped) and read in place; one sequence is decoded
+// token by token with a KV cache. The command line, the output and every validation rule follow
+// polyllama's docs/port-contract.md.
 package main
 
 import (
@@ -21,7 +22,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -144,8 +144,8 @@ func (c *Config) weightFloats() int64 {
 	return n
 }
 
-// Weights holds slices of the mapped file; per-layer tensors are one slice per layer because
-// GGUF files place each layer's tensors anywhere.
+// Weights holds slices of the loaded file (mapChecked); per-layer tensors are one slice per
+// layer because GGUF files place each layer's tensors anywhere.
 type Weights struct {
 	tokenEmbedding []float32   // (vocab, dim)
 	rmsAtt         [][]float32 // (layer, dim)
@@ -216,25 +216,63 @@ func (t *Transformer) free() {
 // holding everyone up. Worker 0 is the calling goroutine: -j 1 starts nothing and runs
 // everything inline.
 //
-// Idle helpers park on their channel rather than spin. A spin-then-park pool was tried: on
-// this 2-core machine shared with other jobs it halved the -j 2 speed, because a spinning
-// thread burns the time slices that the OS would otherwise give back to the thread it waits for.
+// A dispatch bumps a generation counter. Each side that waits (a helper for the next job, the
+// caller for the helpers to finish) polls for up to spinFor and only then parks on a channel:
+// the gaps between the matmuls of a token are far shorter than a park and wake-up through the
+// Go scheduler and the OS, and the bound means a helper whose partner has been descheduled on a
+// busy machine gives its CPU back within a fraction of a time slice.
+//
+// Parking: the waiter stores the generation it waits for in its parked word, checks its
+// condition once more, then sleeps on its channel; whoever fulfils the condition swaps that
+// generation for 0 and, only if the swap succeeded, sends the one wake-up. So a wake-up is never
+// lost, never left over, and never taken by a later wait (a late waker's generation is stale).
 type Pool struct {
 	workers int
-	start   []chan *job
-	done    sync.WaitGroup
+	job     job           // the current job, written by the caller before it bumps gen
+	gen     atomic.Uint64 // one bump per dispatch (and one by close)
+	pending atomic.Int64  // helpers still inside the current job
+	quit    bool          // set by close before its bump: the helpers return
+
+	parked       []atomic.Uint64 // helper w sleeps on wake[w] until gen reaches this; 0: awake
+	wake         []chan struct{}
+	callerParked atomic.Uint64 // the caller sleeps on done until this job is finished; 0: awake
+	done         chan struct{}
 }
 
 type job struct {
 	fn       func(worker, lo, hi int)
 	n, grain int64
-	next     int64 // the first unclaimed index, advanced atomically
+	next     atomic.Int64 // the first unclaimed index
+}
+
+// spinFor is how long a waiting side polls before it parks: longer than the serial work
+// between two dispatches of a token (a norm, RoPE, a residual add), much shorter than the OS's
+// time slice.
+const spinFor = 50 * time.Microsecond
+
+// spinUntil polls cond for up to spinFor and reports whether it became true. Every 64 polls it
+// yields its P (more goroutines than GOMAXPROCS, as in the tests, or the GC's workers, then get
+// to run instead of waiting for a preemption) and reads the clock.
+func spinUntil(cond func() bool) bool {
+	deadline := time.Now().Add(spinFor)
+	for {
+		for i := 0; i < 64; i++ {
+			if cond() {
+				return true
+			}
+		}
+		runtime.Gosched()
+		if time.Now().After(deadline) {
+			return cond()
+		}
+	}
 }
 
 func newPool(workers int) *Pool {
-	p := &Pool{workers: workers, start: make([]chan *job, workers)}
+	p := &Pool{workers: workers, parked: make([]atomic.Uint64, workers),
+		wake: make([]chan struct{}, workers), done: make(chan struct{}, 1)}
 	for w := 1; w < workers; w++ {
-		p.start[w] = make(chan *job, 1)
+		p.wake[w] = make(chan struct{}, 1)
 		go p.loop(w)
 	}
 	return p
@@ -243,15 +281,49 @@ func newPool(workers int) *Pool {
 func (p *Pool) loop(worker int) {
 	defer crashHandler()
 	debug.SetPanicOnFault(true)
-	for j := range p.start[worker] {
-		j.work(worker)
-		p.done.Done()
+	var g uint64 // not gen.Load(): the first job may be out before this goroutine runs
+	for {
+		// the caller cannot bump gen again before this helper leaves job g: g+1 is exact
+		g++
+		p.waitFor(worker, g)
+		if p.quit {
+			return
+		}
+		p.job.work(worker)
+		if p.pending.Add(-1) == 0 && p.callerParked.CompareAndSwap(g, 0) {
+			p.done <- struct{}{}
+		}
 	}
+}
+
+// waitFor returns once generation g is out.
+func (p *Pool) waitFor(worker int, g uint64) {
+	out := func() bool { return p.gen.Load() >= g }
+	if spinUntil(out) {
+		return
+	}
+	p.parked[worker].Store(g)
+	if out() && p.parked[worker].CompareAndSwap(g, 0) {
+		return
+	}
+	<-p.wake[worker]
+}
+
+// publish makes the job (or quit) visible to the helpers, wakes those that sleep, and returns
+// the job's generation.
+func (p *Pool) publish() uint64 {
+	g := p.gen.Add(1)
+	for w := 1; w < p.workers; w++ {
+		if p.parked[w].CompareAndSwap(g, 0) {
+			p.wake[w] <- struct{}{}
+		}
+	}
+	return g
 }
 
 func (j *job) work(worker int) {
 	for {
-		lo := atomic.AddInt64(&j.next, j.grain) - j.grain
+		lo := j.next.Add(j.grain) - j.grain
 		if lo >= j.n {
 			return
 		}
@@ -272,18 +344,27 @@ func (p *Pool) run(n, align int, fn func(worker, lo, hi int)) {
 	}
 	grain := (n + 4*p.workers - 1) / (4 * p.workers)
 	grain = (grain + align - 1) / align * align
-	j := &job{fn: fn, n: int64(n), grain: int64(grain)}
-	p.done.Add(p.workers - 1)
-	for w := 1; w < p.workers; w++ {
-		p.start[w] <- j
+	p.job.fn, p.job.n, p.job.grain = fn, int64(n), int64(grain)
+	p.job.next.Store(0)
+	p.pending.Store(int64(p.workers - 1))
+	g := p.publish()
+	p.job.work(0)
+
+	finished := func() bool { return p.pending.Load() == 0 }
+	if spinUntil(finished) {
+		return
 	}
-	j.work(0)
-	p.done.Wait()
+	p.callerParked.Store(g)
+	if finished() && p.callerParked.CompareAndSwap(g, 0) {
+		return
+	}
+	<-p.done
 }
 
 func (p *Pool) close() {
-	for w := 1; w < p.workers; w++ {
-		close(p.start[w])
+	if p.workers > 1 {
+		p.quit = true
+		p.publish()
 	}
 }
 
