@@ -28,7 +28,8 @@ def _runner(target: str, platform: str | None = None):
         _client()
     except PolyllamaError as e:
         need(f"no container engine: {e}")
-    image = os.environ.get(f"POLYLLAMA_{target.upper()}_IMAGE")  # reuse one built by hand
+    suffix = f"_{platform.split('/')[-1]}" if platform else ""
+    image = os.environ.get(f"POLYLLAMA_{target.upper()}{suffix.upper()}_IMAGE")  # reuse one built by hand
     return ContainerRunner.connect(image or build_image(target, log=lambda m: None, platform=platform))
 
 
