@@ -70,16 +70,18 @@ def validate(c, ports=None, models=None, docker=False, image=None, arch=None):
             "install": "first install the missing toolchains of the chosen ports (what ./run bench does)",
             "strict": "exit non-zero when any cell failed or any port was skipped (default: only when none ran)",
             "docker": "run each cell in a container (see the README)",
-            "image": "with --docker: the image (default polyllama:<commit>, or $POLYLLAMA_IMAGE)"})
+            "image": "with --docker: the image (default polyllama:<commit>, or $POLYLLAMA_IMAGE)",
+            "types": "comma-separated weight types: f32 (default) and/or q8_0 (each model's Q8_0 GGUF export, "
+                     "for the ports whose port.toml lists gguf-q8_0; the report shows the q8_0/f32 speed-up)"})
 @_exits
 def bench(c, matrix="default", ports=None, skip=None, models=None, threads=None, runs=None, warmup=None, steps=None,
-          out=None, resume=False, install=False, strict=False, docker=False, image=None):
+          out=None, resume=False, install=False, strict=False, docker=False, image=None, types=None):
     """Benchmark the ports over models x threads; tables, result JSON, exports and figures."""
     from orchestrator.bench.pipeline import Options
 
     return app.bench(Options(matrix=matrix, ports=ports, skip=skip, models=models, threads=threads, runs=runs,
                              warmup=warmup, steps=steps, out=out, resume=resume, install=install, strict=strict,
-                             docker=docker, image=image))
+                             docker=docker, image=image, types=types))
 
 
 @task(help={"port": "the port whose command is timed",
@@ -157,13 +159,15 @@ def models_synth(c, names, seed=1234):
 
 
 @task(name="convert", help={"src": "input .bin or .gguf", "dst": "output .gguf or .bin",
-                            "tokenizer": "tokenizer.bin to embed (to GGUF) or to write (from GGUF)",
-                            "version": "llama2.c format written from GGUF: 0 or 1"})
+                            "tokenizer": "tokenizer.bin to embed (to GGUF; not needed from a GGUF) or to write (from GGUF)",
+                            "version": "llama2.c format written from GGUF: 0 or 1",
+                            "type": "weight type of a GGUF output: f32 (default) or q8_0 (8-bit blocks, as "
+                                    "llama.cpp's Q8_0; norms and rows not a multiple of 32 long stay f32)"})
 @_exits
-def models_convert(c, src, dst, tokenizer=None, version=0):
-    """Convert a checkpoint between llama2.c .bin and GGUF fp32."""
-    return app.models_convert(src, dst, tokenizer, int(version))
+def models_convert(c, src, dst, tokenizer=None, version=0, type="f32"):
+    """Convert a checkpoint between llama2.c .bin and GGUF (f32, or q8_0 with --type q8_0)."""
+    return app.models_convert(src, dst, tokenizer, int(version), type)
 
 
 models = Collection("models", models_list, models_fetch, models_synth, models_convert)
-ns = Collection(install, build_all, validate, bench, report, compare, overhead, test, models)
+ns = Collection(install, build_all, validate, bench, lever, report, compare, overhead, test, models)

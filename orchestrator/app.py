@@ -176,13 +176,17 @@ def models_synth(models: str, seed: int) -> int:
     return 0
 
 
-def models_convert(src: str, dst: str, tokenizer: str | None, version: int) -> int:
-    from .models.convert import bin_to_gguf, gguf_to_bin
+def models_convert(src: str, dst: str, tokenizer: str | None, version: int, weight_type: str = "f32") -> int:
+    """To GGUF (F32, or Q8_0 with weight_type q8_0) when dst ends in .gguf, else to a llama2.c .bin."""
+    from .formats import WEIGHT_TYPES
+    from .models.convert import gguf_to_bin, to_gguf
 
+    if weight_type not in WEIGHT_TYPES:
+        raise UsageError(f"--type must be one of {', '.join(WEIGHT_TYPES)}, got {weight_type!r}")
     if dst.endswith(".gguf"):
-        if not tokenizer:
-            raise PolyllamaError("converting to GGUF needs --tokenizer")
-        bin_to_gguf(Path(src), Path(tokenizer), Path(dst))
+        to_gguf(Path(src), Path(dst), Path(tokenizer) if tokenizer else None, weight_type)
+    elif weight_type != "f32":
+        raise UsageError(f"--type {weight_type} writes GGUF: give an output path ending in .gguf")
     else:
         gguf_to_bin(Path(src), Path(dst), Path(tokenizer) if tokenizer else None, version)
     print(dst)
@@ -193,7 +197,7 @@ def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> i
     """Our executor against hyperfine, cell by cell: wall time and the port's decode rate."""
     from .bench.measure import CellSpec
     from .bench.overhead import measure_overhead
-    from .bench.pipeline import model_record
+    from .bench.modelfiles import model_record
 
     [p] = select(port)
     counts = [os.cpu_count() or 1 if t == "all" else int(t) for t in names(threads)]
@@ -220,7 +224,7 @@ def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: i
     """A lever's effect per port and cell: paired runs with the lever off (env) and on."""
     from .bench.lever import LeverCell, measure_lever, to_json
     from .bench.measure import CellSpec
-    from .bench.pipeline import model_record
+    from .bench.modelfiles import model_record
 
     try:
         off_env = dict(kv.split("=", 1) for kv in names(env))

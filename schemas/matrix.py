@@ -25,9 +25,19 @@ class Matrix(BaseModel):
     busy_share: float = Field(0.10, gt=0, description="quiet-machine guard: a run is marked busy when other "
                                                       "processes used more than this share of one core (plus 0.05 s) "
                                                       "while it ran; busy runs are kept but left out of every figure")
-    model_format: Literal["v0", "gguf"] = Field("v0", description="what ports are fed; peers that read only GGUF always get GGUF")
+    model_format: Literal["v0", "gguf"] = Field("v0", description="what ports are fed f32 weights in; peers that read "
+                                                                 "only GGUF always get GGUF")
+    types: list[Literal["f32", "q8_0"]] = Field(["f32"], min_length=1, description="weight types: f32, and q8_0 = the "
+                                                "model's Q8_0 GGUF export, run by the ports that list gguf-q8_0")
     container_memory: str = Field("8g", pattern=r"^[0-9]+[kmg]$", description="memory limit of a container cell (--docker)")
     synthesize: bool = Field(True, description="make a synthetic stand-in when a model file is absent")
+
+    @field_validator("types")
+    @classmethod
+    def _distinct(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("weight types must not repeat")
+        return v
 
     @field_validator("threads")
     @classmethod

@@ -68,7 +68,8 @@ class PortManifest(_Strict):
     language: str = Field(min_length=1)
     role: Literal["port", "reference", "peer"] = "port"
     description: str = ""
-    formats: list[Literal["v0", "v1", "gguf"]] = Field(min_length=1)
+    formats: list[Literal["v0", "v1", "gguf", "gguf-q8_0"]] = Field(
+        min_length=1, description="checkpoint formats it reads; gguf-q8_0 = GGUF with Q8_0 weights (contract section 4)")
     build_flags: str = ""
     toolchain: Toolchain
     build: Build = Build()

@@ -11,6 +11,11 @@ Format history:
                governor and clock; a peer's cell records its engine's own benchmark figure; a run records the load average when it started and the CPU time the rest of the
                machine used while it ran (the quiet-machine guard); max_threads is read a few
                times per run instead of sampled every 20 ms. Version 1 files still load.
+  3 (2026-11): a weight-type dimension (issue 16): the matrix lists its `types` (f32, q8_0); a
+               cell's model records its `weight_type`, the format gguf-q8_0 and, for q8_0, the
+               Q8_0 file's bytes per token as weight_bytes (the roofline); every run records its
+               weight_type too. Cells are keyed by (port, model, weight type, threads). Versions 1
+               and 2 still load: their cells are f32.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .matrix import Matrix
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+WeightType = Literal["f32", "q8_0"]
 
 
 class _Record(BaseModel):
@@ -54,6 +60,7 @@ class Run(_Record):
     others_cpu_s: float | None = Field(None, description="CPU seconds other processes used during the run")
     busy: bool = Field(False, description="taken while other processes used the CPU (the matrix's busy_share)")
     load_avg: float | None = Field(None, description="1-minute load average when the run started")
+    weight_type: WeightType = Field("f32", description="the weights the run read: f32, or q8_0 (GGUF Q8_0)")
 
     @property
     def ok(self) -> bool:
@@ -65,8 +72,15 @@ class Model(_Record):
     path: str
     origin: Literal["real", "synthetic", "unverified"]
     tokenizer_origin: Literal["real", "synthetic", "unverified"] | None
-    format: Literal["v0", "v1", "gguf"]
-    weight_bytes: int = Field(description="bytes a batch-1 fp32 decode step reads: every weight once")
+    format: Literal["v0", "v1", "gguf", "gguf-q8_0"]
+    weight_type: WeightType = Field("f32", description="f32, or q8_0: the Q8_0 GGUF export (format 3)")
+    weight_bytes: int = Field(description="bytes a batch-1 decode step reads: every weight once, as stored in "
+                                          "the file (4 per f32 weight; 34 per block of 32 for q8_0)")
+
+    @property
+    def label(self) -> str:
+        """The model's name in tables and figures, with the weight type when it is not f32."""
+        return self.name if self.weight_type == "f32" else f"{self.name} {self.weight_type}"
 
 
 class PeerCheck(_Record):
@@ -97,6 +111,11 @@ class Cell(_Record):
     status: Literal["ok", "failed", "incomplete"] = Field(description="incomplete: interrupted; --resume runs it again")
     reason: str = ""
     peer_check: PeerCheck | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """What identifies a cell in its suite: (port, model, weight type, threads)."""
+        return self.port, self.model.name, self.model.weight_type, self.threads
 
 
 class PortInfo(_Record):
@@ -143,7 +162,7 @@ class Host(_Record):
 
 
 class Suite(_Record):
-    format_version: Literal[1, 2] = FORMAT_VERSION
+    format_version: Literal[1, 2, 3] = FORMAT_VERSION
     suite_id: str
     started: str
     finished: str | None = None

@@ -144,8 +144,43 @@ def _gguf_cases(gg: bytes) -> list[tuple[str, bytes]]:
     ]
 
 
+Q8_0, Q8_1 = 8, 9  # ggml tensor types
+
+
+def _q8_cases(gq: bytes) -> list[tuple[str, bytes]]:
+    """Q8_0 files (docs/port-contract.md, "GGUF Q8_0") broken where only a reader that sizes Q8_0
+    tensors by their blocks notices: the model has rows of 32 (Q8_0) and of 48 (ffn_down, F32)
+    and an unshared classifier, which is the last tensor and Q8_0."""
+    def variant(change) -> bytes:
+        raw = RawGGUF.parse(gq)
+        change(raw)
+        return raw.dump()
+
+    def retype(raw, name, ttype):
+        raw.tensors = [(n, d, ttype if n == name else t, o) for n, d, t, o in raw.tensors]
+
+    def next_inside_blocks(raw):
+        # token_embd is 300 rows of one block: 10200 bytes, 9600 if each value were a byte;
+        # the tensor after it is moved to 9600, inside its blocks (the gap it leaves is allowed)
+        i = next(k for k, t in enumerate(raw.tensors) if t[0] == "token_embd.weight")
+        name, dims, ttype, offset = raw.tensors[i]
+        assert ttype == Q8_0 and dims == [32, 300]
+        after = raw.tensors[i + 1]
+        raw.tensors[i + 1] = (after[0], after[1], after[2], offset + 32 * 300)
+
+    return [
+        ("gguf q8_0 rows not a multiple of 32", variant(lambda r: retype(r, "blk.0.ffn_down.weight", Q8_0))),
+        ("gguf q8_0 norm", variant(lambda r: retype(r, "blk.1.attn_norm.weight", Q8_0))),
+        ("gguf q8_0 unsupported type Q8_1", variant(lambda r: retype(r, "blk.0.attn_k.weight", Q8_1))),
+        ("gguf q8_0 tensor inside another's blocks", variant(next_inside_blocks)),
+        ("gguf q8_0 truncated blocks", gq[:-17]),
+        ("gguf q8_0 last block missing", gq[:-34]),
+    ]
+
+
 def make_corpus(out: Path) -> tuple[list[BadCase], Path, Path]:
-    """(bad cases, a good v0 checkpoint, its good tokenizer)."""
+    """(bad cases, a good v0 checkpoint, its good tokenizer). Beside them: good.gguf (the same
+    weights) and good_q8.gguf (Q8_0, with an unshared classifier)."""
     out.mkdir(parents=True, exist_ok=True)
     model, vocab = random_model(BASE, 3), random_vocab(BASE.vocab_size, 3)
     good, tok = out / "good.bin", out / "good_tok.bin"
@@ -153,6 +188,7 @@ def make_corpus(out: Path) -> tuple[list[BadCase], Path, Path]:
     write_tokenizer(tok, vocab)
     write_v1(out / "good_v1.bin", model)
     write_gguf(out / "good.gguf", model, vocab)
+    write_gguf(out / "good_q8.gguf", random_model(replace(BASE, shared_classifier=False), 3).quantized(), vocab)
     body = good.read_bytes()[28:]
     v1 = (out / "good_v1.bin").read_bytes()
     gg = (out / "good.gguf").read_bytes()
@@ -179,6 +215,7 @@ def make_corpus(out: Path) -> tuple[list[BadCase], Path, Path]:
         ("gguf absurd kv count", gg[:16] + struct.pack("<Q", 1 << 60) + gg[24:], None),
         ("gguf garbage after magic", b"GGUF" + bytes(range(256)) * 8, None),
         *((name, data, None) for name, data in _gguf_cases(gg)),
+        *((name, data, None) for name, data in _q8_cases((out / "good_q8.gguf").read_bytes())),
         ("tokenizer too small", None, "small"),
         ("tokenizer NaN score", None, "nan"),
         ("tokenizer without a space piece", None, "no-space"),

@@ -36,6 +36,22 @@ def test_the_good_files_load(corpus):
     _, good, tok = corpus
     model = read_model(good)
     assert len(read_tokenizer(tok, model.config.vocab_size)) == model.config.vocab_size
+    q8 = read_model(good.with_name("good_q8.gguf"))
+    assert q8.fmt == "gguf-q8_0" and q8.types() == {"q8_0": 2 * 6 + 2, "f32": 2 * 3 + 1}
+
+
+def test_the_q8_cases_are_refused_for_their_q8_reason(corpus):
+    """Each Q8_0 case breaks only what Q8_0 adds: the reference's message says so."""
+    cases, _, _ = corpus
+    reasons = {"rows not a multiple of 32": "not a multiple of the block size 32", "norm": "norms are F32",
+               "unsupported type Q8_1": "has type 9", "tensor inside another's blocks": "overlap",
+               "truncated blocks": "output.weight lies outside the file",
+               "last block missing": "output.weight lies outside the file"}
+    q8 = [c for c in cases if c.name.startswith("gguf q8_0 ")]
+    assert {c.name.removeprefix("gguf q8_0 ") for c in q8} == set(reasons)
+    for case in q8:
+        with pytest.raises(FormatError, match=reasons[case.name.removeprefix("gguf q8_0 ")]):
+            read_model(case.checkpoint)
 
 
 def _built(port):
@@ -79,6 +95,11 @@ def test_port_refuses_bad_flags(port, corpus):
         r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60)
         if r.returncode != 2 or not _one_error_line(r.stderr):
             failures.append(f"{flags}: exit {r.returncode}: {r.stderr.strip()[:200]!r}")
+    if port.reads("gguf-q8_0"):  # a Q8_0 file with F32 tensors mixed in must run
+        r = execute(port.run_argv() + [str(good.with_name("good_q8.gguf")), "-t", "0", "-n", "4"], cwd=port.dir,
+                    env=tool_env(), timeout=60)
+        if r.returncode != 0:
+            failures.append(f"good Q8_0 GGUF: exit {r.returncode}: {r.stderr.strip()[:200]!r}")
     readable = good if port.reads("v0") else good.with_suffix(".gguf")  # the same weights, for GGUF-only ports
     for flags in GOOD_FLAGS:
         argv = port.run_argv() + [str(readable), "-z", str(tok), "-t", "0", *flags]

@@ -15,6 +15,7 @@ from orchestrator.results import resultfile
 from orchestrator.results.exporters import to_csv, to_hyperfine, to_markdown
 from orchestrator.results.stats import geometric_mean, summarize, welch
 from schemas.export import SCHEMAS, render
+from schemas.results import Model as ResultModel
 from schemas.results import Suite
 
 HERE = Path(__file__).parent
@@ -89,6 +90,10 @@ def _proc(wall, cpu, max_threads=0):
     return ProcResult(["x"], 0, b"", "", wall, user_s=cpu, max_threads=max_threads, stats=stats)
 
 
+_RECORD = ResultModel(name="m", path="m.bin", origin="synthetic", tokenizer_origin="synthetic", format="v0",
+                      weight_bytes=1000)
+
+
 @pytest.mark.parametrize("threads,wall,cpu,seen,verdict", [
     (1, 2.0, 2.0, 1, "ok"),
     (1, 2.0, 3.9, 2, "over"),    # asked for one thread, kept two cores busy
@@ -101,7 +106,7 @@ def test_thread_check(threads, wall, cpu, seen, verdict):
     from orchestrator.bench.measure import CellSpec, check
     proc = _proc(wall, cpu, seen)
     proc.stats["threads"] = threads
-    spec = CellSpec(None, None, None, threads, 16, 0.0, 0.9, 1)
+    spec = CellSpec(None, _RECORD, None, threads, 16, 0.0, 0.9, 1)
     run = check(proc, spec)
     assert run.ok, run.problem
     assert run.thread_check == verdict
@@ -113,7 +118,7 @@ def test_quiet_machine_guard_marks_runs(others, busy):
     proc = _proc(2.0, 2.0, 1)
     proc.stats["threads"] = 1
     proc.others_cpu_s = others
-    run = check(proc, CellSpec(None, None, None, 1, 16, 0.0, 0.9, 1), busy_share=0.1)
+    run = check(proc, CellSpec(None, _RECORD, None, 1, 16, 0.0, 0.9, 1), busy_share=0.1)
     assert run.ok and run.busy is busy  # 0.05 s + 10% of a 2 s run = 0.25 s of other processes' CPU
 
 
@@ -284,3 +289,85 @@ def test_peak_memory_is_the_ports_own_not_the_harness():
     r = execute([sys.executable, "-c", "import time; b = bytearray(100 << 20); time.sleep(0.6)"])
     assert 100 << 10 < r.max_rss_kib < 400 << 10, r.max_rss_kib
     del ballast
+
+
+# ---------------------------------------------------------------- weight types (issue 16)
+def test_weight_types_run_q8_0_cells_for_the_ports_that_read_gguf_q8_0(fake_impls):
+    impls = fake_impls / "impls"
+    _fake_port(impls, "q8reader", "good")
+    manifest = impls / "q8reader" / "port.toml"
+    manifest.write_text(manifest.read_text().replace('formats = ["v0"]', 'formats = ["v0", "gguf-q8_0"]'))
+    seen = {}
+
+    def describe(threads, image=None, model_bytes=(1 << 28,)):
+        seen["sizes"] = model_bytes
+        return _fake_host(threads, image, model_bytes)
+
+    options = bench.Options(matrix="t", out=str(fake_impls / "r.json"), ports="good,q8reader", threads="1",
+                            types="f32,q8_0")
+    assert bench.main(options, matrices=fake_impls / "m.toml", impls=impls, describe=describe) == 0
+    suite = resultfile.load(fake_impls / "r.json")
+    assert suite.format_version == 3 and suite.matrix.types == ["f32", "q8_0"]
+    cells = {(c.port, c.model.weight_type): c for c in suite.cells}
+    assert set(cells) == {("good", "f32"), ("q8reader", "f32"), ("q8reader", "q8_0")}  # good does not list it
+    q8, f32 = cells[("q8reader", "q8_0")], cells[("q8reader", "f32")]
+    assert q8.status == "ok" and q8.model.format == "gguf-q8_0" and q8.model.path.endswith(".q8_0.gguf")
+    assert "-z" not in q8.argv and q8.model.path in q8.argv  # the GGUF brings its tokenizer
+    assert all(r.weight_type == "q8_0" for r in q8.warmup + q8.runs) and all(r.weight_type == "f32" for r in f32.runs)
+    # the roofline of a q8_0 cell is the Q8_0 file's bytes, and the host was probed at that size too
+    from orchestrator.formats import read_model
+    assert q8.model.weight_bytes == read_model(q8.model.path).tensor_bytes() < f32.model.weight_bytes / 2
+    assert set(seen["sizes"]) == {q8.model.weight_bytes, f32.model.weight_bytes}
+    text = to_markdown(suite)
+    assert "weight types side by side" in text and "q8_0/f32 [95% CI]" in text and "stories260K q8_0" in text
+    rows = list(csv.DictReader(io.StringIO(to_csv(suite))))
+    assert {(r["port"], r["weight_type"]) for r in rows} == set(cells)
+    # a resumed suite keeps the cells of both types apart
+    assert bench.main(bench.Options(**{**options.__dict__, "resume": True}), matrices=fake_impls / "m.toml",
+                      impls=impls, describe=describe) == 0
+    assert len(resultfile.load(fake_impls / "r.json").cells) == 3
+
+
+def test_type_table_shows_the_speedup_over_f32():
+    from orchestrator.results.report import type_rows
+    from schemas.matrix import Matrix
+    from schemas.results import Cell, Run
+
+    def cell(wt, tok):
+        model = ResultModel(name="m", path="m", origin="synthetic", tokenizer_origin=None, weight_type=wt,
+                            format="gguf-q8_0" if wt == "q8_0" else "v0", weight_bytes=100 if wt == "q8_0" else 400)
+        runs = [Run(wall_s=1, user_s=1, sys_s=0, max_rss_kib=1, max_threads=1, returncode=0, tok_s=tok * f,
+                    weight_type=wt) for f in (0.99, 1.0, 1.01)]
+        return Cell(port="c", language="C", role="port", model=model, threads=1, steps=8, argv=[], runs=runs,
+                    status="ok")
+
+    suite = Suite(suite_id="s", started="now", matrix_name="t", host=_fake_host([1]), ports=[],
+                  matrix=Matrix(models=["m"], threads=[1], types=["f32", "q8_0"]),
+                  cells=[cell("f32", 100.0), cell("q8_0", 300.0)])
+    [row] = type_rows(suite)
+    assert row["port"] == "c" and row["q8_0/f32 [95% CI]"].startswith("3.00x [")
+    from orchestrator.results.html import build_page
+    assert "Weight types side by side" in build_page(suite) and "3.00x [" in build_page(suite)
+    assert type_rows(suite.model_copy(update={"matrix": Matrix(models=["m"], threads=[1])})) == []
+
+
+def test_bad_weight_types_are_refused_before_anything_runs(fake_impls):
+    with pytest.raises(UsageError, match="types"):
+        _run(fake_impls, types="q4")
+    with pytest.raises(UsageError, match="repeat"):
+        _run(fake_impls, types="f32,f32")
+
+
+def test_format_2_files_still_load_as_f32(fake_impls):
+    _run(fake_impls, ports="good", threads="1")
+    data = json.loads((fake_impls / "r.json").read_text())
+    data["format_version"] = 2
+    del data["matrix"]["types"]
+    for c in data["cells"]:
+        del c["model"]["weight_type"]
+        for r in c["runs"] + c["warmup"]:
+            del r["weight_type"]
+    (fake_impls / "old.json").write_text(json.dumps(data))
+    old = resultfile.load(fake_impls / "old.json")
+    assert old.format_version == 2 and old.cells[0].key == ("good", "stories260K", "f32", 1)
+    assert old.cells[0].model.label == "stories260K"

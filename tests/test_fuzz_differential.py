@@ -1,5 +1,5 @@
 """Differential fuzzing of the model-file readers: Hypothesis mutates the real stories260K files
-(v0, v1, GGUF and tokenizer.bin) and crafted headers, runs the reference and every built port
+(v0, v1, GGUF F32 and Q8_0, and tokenizer.bin) and crafted headers, runs the reference and every built port
 with its own reader on each, and fails when a port's exit class (0, 1, 2 or 3) differs from the
 reference's, or when a port crashes, hangs past the timeout, or exceeds the memory bound.
 
@@ -56,8 +56,10 @@ def originals(stories260k, tmp_path_factory):
     vocab = read_tokenizer(stories260k.tokenizer, model.config.vocab_size)
     write_v1(d / "v1.bin", model)
     write_gguf(d / "m.gguf", model, vocab)
+    write_gguf(d / "q8.gguf", model.quantized(), vocab)  # Q8_0 blocks, F32 norms and ffn_down (rows of 172)
     return {"v0": stories260k.path.read_bytes(), "v1": (d / "v1.bin").read_bytes(),
-            "gguf": (d / "m.gguf").read_bytes(), "tok": stories260k.tokenizer.read_bytes(),
+            "gguf": (d / "m.gguf").read_bytes(), "gguf-q8_0": (d / "q8.gguf").read_bytes(),
+            "tok": stories260k.tokenizer.read_bytes(),
             "tok_path": stories260k.tokenizer, "v0_path": stories260k.path}
 
 
@@ -69,7 +71,7 @@ INTERESTING_64 = [0, 1, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1, 2**64 - 2
 @st.composite
 def mutation(draw):
     """(target file, mutated bytes recipe): a recipe is applied to the original bytes."""
-    target = draw(st.sampled_from(["v0", "v1", "gguf", "tok"]))
+    target = draw(st.sampled_from(["v0", "v1", "gguf", "tok", "gguf-q8_0"]))
     kind = draw(st.sampled_from(["flip", "truncate", "extend", "int32", "int64", "splice"]))
     # most mutations land in the first 4 KiB: the headers, the kv section and the tensor infos
     where = draw(st.one_of(st.integers(0, 4095), st.integers(0, 2**22)))
@@ -131,7 +133,7 @@ def _case_files(tmp: Path, originals, target, kind, where, arg) -> tuple[Path, P
         tok = tmp / "tok.bin"
         tok.write_bytes(apply(originals["tok"], kind, where, arg))
         return originals["v0_path"], tok
-    ckpt = tmp / ("m.gguf" if target == "gguf" else f"{target}.bin")
+    ckpt = tmp / ("m.gguf" if target.startswith("gguf") else f"{target}.bin")
     ckpt.write_bytes(apply(originals[target], kind, where, arg))
     return ckpt, tok
 
@@ -155,7 +157,7 @@ def test_every_port_gives_the_references_verdict(originals, tmp_path_factory, m)
     ckpt, tok = _case_files(tmp, originals, target, kind, where, arg)
     expected = reference_class(ckpt, tok)
     assert expected in ("0", "3"), f"the reference itself: {expected}"
-    fmt = "gguf" if target == "gguf" else "v0"  # a port that reads v0 reads v1 too (the contract)
+    fmt = target if target.startswith("gguf") else "v0"  # a port that reads v0 reads v1 too (the contract)
     verdicts = {p.name: exit_class(p, ckpt, tok) for p in PORTS if p.reads(fmt)}
     wrong = {name: v for name, v in verdicts.items() if v != expected}
     assert not wrong, f"{target} {kind} at {where} ({arg!r}): reference exits {expected}, {wrong}"

@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import IN_CI
 
@@ -61,3 +62,85 @@ def test_invoke_validate_passes_for_every_built_port(stories260k):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     passed, failed = map(int, re.search(r"^(\d+) passed, (\d+) failed$", r.stdout, re.M).groups())
     assert failed == 0 and passed >= 3 * len(built), r.stdout[-3000:]  # every port, every case
+
+
+# ---------------------------------------------------------------- Q8_0 (issue 16)
+Q8_PORT = '''import os, sys
+sys.path.insert(0, os.environ["POLYLLAMA_ROOT"])
+import numpy as np
+from orchestrator.formats import Q8Tensor
+from orchestrator.reference import cli, model
+{patch}
+sys.exit(cli.main(port="{name}", formats={formats!r}))
+'''
+# activations left in float32: the weights' quantization only
+W8A32 = '''model.matvecs = lambda x, *ws, watch=None: [(w.dequantize() if isinstance(w, Q8Tensor) else w) @ x for w in ws]'''
+# the definition with the scales applied and the blocks summed last to first in float64: no more
+# than a correct port's freedom (an FMA, another order), as long as no rounding is near a tie
+REORDERED = '''def matvec(w, a, scales=None):
+    isum = np.einsum("rbi,bi->rb", w.qs, a.qx, dtype=np.int32)
+    terms = isum.astype(np.float64) * (w.d.astype(np.float64) * a.dx.astype(np.float64))
+    return terms[:, ::-1].sum(axis=1).astype(np.float32)
+model.q8_matvec = matvec'''
+
+
+def _q8_port(tmp_path, name, patch, formats=("gguf-q8_0",), role="port") -> Port:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "run.py").write_text(Q8_PORT.format(patch=patch, name=name, formats=tuple(formats)))
+    (d / "port.toml").write_text(f'contract = 1\nname = "{name}"\nlanguage = "Python"\nrole = "{role}"\n'
+                                 f'formats = {list(formats)!r}\n'.replace("'", '"') +
+                                 '[toolchain]\ncheck = ["true"]\n[run]\ncommand = ["{python}", "./run.py"]\n')
+    return Port(load_manifest(d / "port.toml"), d)
+
+
+@pytest.fixture(scope="module")
+def case_260k_q8(stories260k):
+    [case] = build_cases(Store(), ["stories260K"], ["gguf-q8_0"])
+    return case, expected_for(case)
+
+
+def test_q8_case_is_the_q8_file_with_tie_free_positions(case_260k_q8):
+    case, exp = case_260k_q8
+    assert case.fmt == "gguf-q8_0" and case.checkpoint.name.endswith(".q8_0.gguf")
+    assert exp.tight == len(exp.ids) == 24  # stories260K has tie-free tokens for every position
+    assert (exp.tolerances() < 2e-4 * (1 + np.abs(exp.logits).max(axis=1))).all()
+    assert exp.greedy and len(exp.steps) > 0 and exp.steps[-1].end == len(exp.greedy) - 1  # the "\n" ends it
+
+
+def test_q8_validation_accepts_another_summation_order(tmp_path, case_260k_q8):
+    case, exp = case_260k_q8
+    row = check_port(_q8_port(tmp_path, "reordered", REORDERED), case, exp)
+    assert row.ok, row.problem
+    assert 0 < row.max_abs_diff < 0.01 * row.tolerance and row.greedy_identical == "yes"  # float32 noise
+
+
+def test_q8_validation_catches_unquantized_activations(tmp_path, case_260k_q8):
+    """Skipping the activation's quantization moves the logits by about 1%: within what one
+    rounding near a tie may do, but far outside float32 noise at the tie-free positions."""
+    case, exp = case_260k_q8
+    row = check_port(_q8_port(tmp_path, "w8a32", W8A32), case, exp)
+    assert not row.ok and "logits beyond tolerance" in row.problem
+
+
+def test_a_peer_without_gguf_q8_0_is_reported_not_judged(tmp_path, stories260k):
+    from orchestrator.ports.validate import validate
+
+    peer = _q8_port(tmp_path, "peerish", "", formats=("gguf",), role="peer")
+    rows = validate([peer], Store(), ["stories260K"], progress=lambda m: None)
+    q8 = [r for r in rows if "q8_0" in r.case]
+    assert [r.case for r in rows if r not in q8] == ["stories260K (real) gguf"]
+    assert len(q8) == 1 and q8[0].ok and q8[0].report_only
+    assert "exited 3" in q8[0].problem and "does not list gguf-q8_0" in q8[0].note
+    assert q8[0].as_dict()["result"].startswith("report only")
+
+
+def test_greedy_text_may_part_only_after_a_near_tie_at_a_close_call():
+    from orchestrator.ports.rounding import Step, parting
+
+    steps = [Step(5, False, 3.0, 10.0), Step(9, True, 3.0, 10.0), Step(14, False, 0.5, 10.0), Step(20, False, 0.5, 10.0)]
+    ref = b"Once upon a time there"
+    assert parting(ref, b"Once upon a tXme", steps, 0.05) == (2, True)  # after the tie, gap 0.5 <= 2 * 0.05 * 10
+    assert parting(ref, b"Once upXX", steps, 0.05) == (1, False)  # the tie's own step is decided: gap 3.0
+    early = [Step(5, False, 0.1, 10.0)] + steps[1:]
+    assert parting(ref, b"OnXX", early, 0.05) == (0, False)  # a close call, but no tie before it

@@ -34,7 +34,7 @@ class CellSpec:
 
     def argv(self) -> list[str]:
         argv = self.port.run_argv() + [self.model.path]
-        if self.tokenizer is not None and self.model.format != "gguf":
+        if self.tokenizer is not None and not self.model.format.startswith("gguf"):  # GGUF embeds its own
             argv += ["-z", self.tokenizer]
         # -e 1: every port runs exactly `steps` positions, whatever text it generates
         return argv + ["-t", str(self.temperature), "-p", str(self.topp), "-s", str(self.seed),
@@ -57,7 +57,7 @@ def check(proc: ProcResult, spec: CellSpec, busy_share: float = 0.10) -> Run:
     busy = proc.others_cpu_s is not None and proc.others_cpu_s > BUSY_FLOOR_S + busy_share * proc.wall_s
     base = dict(wall_s=proc.wall_s, user_s=proc.user_s, sys_s=proc.sys_s, max_rss_kib=proc.max_rss_kib,
                 max_threads=proc.max_threads, returncode=proc.returncode, others_cpu_s=proc.others_cpu_s,
-                load_avg=proc.load_avg, busy=busy)
+                load_avg=proc.load_avg, busy=busy, weight_type=spec.model.weight_type)
     if proc.timed_out:
         return Run(**base, problem=f"timed out after {proc.wall_s:.0f} s")
     if proc.returncode != 0:

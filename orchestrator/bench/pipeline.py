@@ -1,7 +1,9 @@
 """`invoke bench` as a pipeline: plan -> prepare -> run -> publish.
 
-- plan: the matrix with its overrides, the ports, the models (synthetic where absent), the output;
-- prepare: toolchains (with --install), builds, model files in each port's format, the host record;
+- plan: the matrix with its overrides, the ports, the models (synthetic where absent), the weight
+  types, the output;
+- prepare: toolchains (with --install), builds, model files in each port's format and each weight
+  type (a q8_0 cell reads the model's Q8_0 GGUF export), the host record;
 - run: interleaved warmups and runs, block by block; the result file is rewritten after every run,
   so Ctrl-C or a crash keeps everything finished, and `--resume` reruns only what did not finish;
 - publish: tables, exports and figures.
@@ -19,10 +21,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from schemas.matrix import Matrix
-from schemas.results import Cell, Model, PortInfo, Suite
+from schemas.results import Cell, PortInfo, Suite
 
 from ..errors import UsageError, first_error
-from ..models.convert import gguf_for
 from ..models.store import Resolved, Store
 from ..models.synth import ensure
 from ..ports.build import BuildOutcome, build_port, install_toolchain
@@ -33,6 +34,7 @@ from ..results.figures import draw_all
 from ..results.report import render
 from .host import describe_host
 from .measure import CellSpec, measure
+from .modelfiles import FORMAT_OF, bytes_per_token, cell_types, file_for, format_for, model_record
 from .peercheck import describe, run_check
 from .progress import Planned, Progress, run_cost
 from .schedule import interleave
@@ -59,6 +61,7 @@ class Options:
     strict: bool = False
     docker: bool = False
     image: str | None = None
+    types: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,15 @@ class Plan:
     ports: list[Port]
     models: list[Resolved]
     out: Path
-    done: dict[tuple, Cell] = field(default_factory=dict)  # finished cells of a resumed suite
+    done: dict[tuple, Cell] = field(default_factory=dict)  # finished cells of a resumed suite, by Cell.key
 
     def blocks(self) -> list[tuple[Resolved, int]]:
-        """(model, threads) pairs with a cell still to run: the ports in a block are compared."""
+        """(model, threads) pairs with a cell still to run: the ports (and their weight types) in a
+        block are compared, so their runs are interleaved."""
         pairs = [(r, t) for r in self.models for t in self.matrix.thread_counts()]
-        return [(r, t) for r, t in pairs if any((p.name, r.name, t) not in self.done for p in self.ports)]
+        return [(r, t) for r, t in pairs if any((p.name, r.name, wt, t) not in self.done
+                                                  for p in self.ports for wt in cell_types(p, self.matrix))]
+
 
 
 def load_matrix(name: str, overrides: dict, path: Path = MATRICES) -> Matrix:
@@ -107,7 +113,7 @@ def _int(text, flag):
 
 def plan(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS) -> Plan:
     """Everything checked before anything is installed, built or run."""
-    overrides = {"ports": names(o.ports) or None, "models": names(o.models) or None,
+    overrides = {"ports": names(o.ports) or None, "models": names(o.models) or None, "types": names(o.types) or None,
                  "threads": _ints(o.threads, "threads"), "runs": _int(o.runs, "runs"),
                  "warmup": _int(o.warmup, "warmup"), "steps": _int(o.steps, "steps")}
     m = load_matrix(o.matrix, overrides, matrices)
@@ -125,7 +131,7 @@ def plan(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS) -> Plan:
         previous = resultfile.load(out)
         if previous.matrix != m:
             raise UsageError(f"{out} was run with another matrix; resume needs the same flags")
-        done = {(c.port, c.model.name, c.threads): c for c in previous.cells if c.status != "incomplete"}
+        done = {c.key: c for c in previous.cells if c.status != "incomplete"}
     return Plan(o.matrix, m, ports, models, out, done)
 
 
@@ -137,6 +143,7 @@ class Prepared:
     suite: Suite  # the header of the result file: host, ports, matrix; cells come in `run`
     files: dict[tuple[str, str], Path]  # (model, format) -> the file every port of that format reads
     runner: object | None = None  # a container runner, or None for native runs
+    weight_bytes: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, weight type) -> bytes per token
 
 
 def _prepare_port(port: Port, install: bool, runner) -> BuildOutcome:
@@ -167,40 +174,36 @@ def prepare(p: Plan, install: bool = False, docker: bool = False, image: str | N
         infos.append(PortInfo(name=port.name, language=port.manifest.language, role=port.manifest.role,
                               toolchain=outcome.version, build_flags=port.manifest.build_flags,
                               build=f"{outcome.status}: {outcome.detail}"))
+    # GGUF exports are written here, before any run, so that no conversion lands between measurements
+    formats = {format_for(port, m, wt) for port in p.ports for wt in cell_types(port, m)} - {None}
+    files = {(r.name, fmt): file_for(r, fmt) for r in p.models for fmt in formats}
+    without = [port.name for port in p.ports if "q8_0" in m.types and "q8_0" not in cell_types(port, m)]
+    if without:
+        print(f"  q8_0: no cells for {', '.join(without)} (port.toml does not list gguf-q8_0)", flush=True)
+    weight_bytes = {(r.name, wt): bytes_per_token(r, wt, files.get((r.name, FORMAT_OF.get(wt))))
+                    for r in p.models for wt in m.types}
     # one roofline per model size: each model is read from the cache level (or DRAM) its own
-    # bytes fit in, so a small model is held against that level's bandwidth, not DRAM's
-    sizes = tuple(sorted({r.config.weight_bytes() for r in p.models}))
+    # bytes fit in, so a small model is held against that level's bandwidth, not DRAM's (a Q8_0
+    # file is its own size)
+    sizes = tuple(sorted(set(weight_bytes.values())))
     print(f"measuring memory read bandwidth over {', '.join(f'{b / 2**20:.1f}' for b in sizes)} MiB ...", flush=True)
     host = describe(m.thread_counts(), image_id, sizes)
-    # GGUF exports are written here, before any run, so that no conversion lands between measurements
-    formats = {_format_for(port, m) for port in p.ports} - {None}
-    files = {(r.name, fmt): (gguf_for(r) if fmt == "gguf" else r.path) for r in p.models for fmt in formats}
     suite = Suite(suite_id=p.out.stem, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   matrix_name=p.name, matrix=m, host=host, ports=infos, cells=list(p.done.values()))
-    return Prepared(p, builds, suite, files, runner)
+    return Prepared(p, builds, suite, files, runner, weight_bytes)
 
 
 # ---------------------------------------------------------------- run
-def _format_for(port: Port, matrix: Matrix) -> str | None:
-    if matrix.model_format == "gguf" or not port.reads("v0"):
-        return "gguf" if port.reads("gguf") else None
-    return "v0"
-
-
-def model_record(resolved: Resolved, path: Path, fmt: str) -> Model:
-    return Model(name=resolved.name, path=str(path), origin=resolved.origin, tokenizer_origin=resolved.tokenizer_origin,
-                 format=fmt, weight_bytes=resolved.config.weight_bytes())
-
-
 def block_cells(pr: Prepared, r: Resolved, threads: int) -> list[tuple[CellSpec, Cell]]:
-    """The cells of one (model, threads) block still to run, each with the command that measures it;
-    a port that did not build, or reads none of the model's formats, is a failed cell at once."""
+    """The cells of one (model, threads) block still to run, each with the command that measures it:
+    one per port and weight type it has cells for (cell_types); a port that did not build, or reads
+    none of the model's formats, is a failed cell at once."""
     m, out = pr.plan.matrix, []
-    for port in pr.plan.ports:
-        if (port.name, r.name, threads) in pr.plan.done:
+    for port, wt in ((port, wt) for port in pr.plan.ports for wt in cell_types(port, m)):
+        if (port.name, r.name, wt, threads) in pr.plan.done:
             continue
-        fmt = _format_for(port, m)
-        model = model_record(r, pr.files.get((r.name, fmt), r.path), fmt or "v0")
+        fmt = format_for(port, m, wt)
+        model = model_record(r, pr.files.get((r.name, fmt), r.path), fmt or "v0", wt, pr.weight_bytes.get((r.name, wt)))
         spec = CellSpec(port, model, str(r.tokenizer), threads, m.steps, m.temperature, m.topp, m.seed)
         mf, build = port.manifest, pr.builds[port.name]
         cell = Cell(port=mf.name, language=mf.language, role=mf.role, model=model, threads=threads, steps=m.steps,
@@ -220,13 +223,12 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
     for cell in (c for _, c in cells):
         writer.put(cell)
     for slot in interleave(len(cells), matrix.warmup, matrix.runs):
-        spec, _ = cells[slot.cell]
-        cell = writer.get(spec.port.name, spec.model.name, spec.threads)
-        key = (cell.port, cell.model.name, cell.threads)
+        cell = writer.get(cells[slot.cell][1].key)
+        spec, key = cells[slot.cell][0], cell.key
         if cell.status == "failed":
             progress.skip(key)
             continue
-        progress.step(f"{cell.port} {cell.model.name} j={cell.threads} {slot.kind} {slot.index + 1}", key)
+        progress.step(f"{cell.port} {cell.model.label} j={cell.threads} {slot.kind} {slot.index + 1}", key)
         run = measure(spec, matrix.timeout_s, runner, matrix.busy_share)
         kind = "warmup" if slot.kind == "warmup" else "runs"
         update = {kind: [*getattr(cell, kind), run]}
@@ -234,13 +236,13 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
             update.update(status="failed", reason=f"{slot.kind} {slot.index + 1}: {run.problem}")
         writer.put(cell.model_copy(update=update))
     for spec, cell in cells:
-        current = writer.get(cell.port, cell.model.name, cell.threads)
+        current = writer.get(cell.key)
         if current.status != "incomplete":
             continue
         update = {"status": "ok"}
-        if spec.port.manifest.peer_check and runner is None:
+        if spec.port.manifest.peer_check and runner is None:  # on the cell's own file: a q8_0 cell's Q8_0 GGUF
             check = run_check(spec.port, current, matrix.timeout_s)
-            print(f"\n{cell.port} {cell.model.name} j={cell.threads}: {describe(check)}", flush=True)
+            print(f"\n{cell.port} {cell.model.label} j={cell.threads}: {describe(check)}", flush=True)
             update["peer_check"] = check
         writer.put(current.model_copy(update=update))
 
@@ -250,7 +252,7 @@ def run(pr: Prepared, writer: resultfile.Writer) -> None:
     blocks = [block_cells(pr, r, t) for r, t in pr.plan.blocks()]
     # each run weighted by its expected cost (bytes read per token x steps / threads); before the
     # first run ends, the host's one-thread read bandwidth turns that cost into seconds
-    planned = [Planned((c.port, c.model.name, c.threads), m.warmup + m.runs,
+    planned = [Planned(c.key, m.warmup + m.runs,
                        run_cost(c.model.weight_bytes, c.steps, c.threads), c.threads) for b in blocks for _, c in b]
     one = pr.suite.host.bandwidth_gbs.get(1) or max(pr.suite.host.bandwidth_gbs.values(), default=0)
     progress = Progress(planned, prior_s_per_cost=1 / (one * 1e9) if one else None)

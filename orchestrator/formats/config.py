@@ -65,9 +65,21 @@ class Config:
             total += n
         return total
 
-    def weight_bytes(self) -> int:
-        """Bytes read per token by a batch-1 fp32 forward pass (every weight once)."""
-        return 4 * self.weight_count()
+    def weight_bytes(self, weight_type: str = "f32") -> int:
+        """Bytes read per token by a batch-1 forward pass (every weight once): float32, or as the
+        converter writes Q8_0 (each matrix whose rows are a multiple of 32 long in 34-byte blocks
+        of 32, norms and other rows float32)."""
+        if weight_type == "f32":
+            return 4 * self.weight_count()
+        if weight_type != "q8_0":
+            raise ValueError(f"unknown weight type {weight_type!r}")
+        total = 0
+        for name, shape in self.tensor_shapes().items():
+            n = 1
+            for s in shape:
+                n *= s
+            total += 4 * n if name.startswith("rms") or shape[-1] % 32 else n // 32 * 34
+        return total
 
     def kv_cache_bytes(self) -> int:
         return self.n_layers * self.seq_len * self.kv_dim * 2 * 4

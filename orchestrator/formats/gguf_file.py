@@ -1,4 +1,5 @@
-"""GGUF fp32 with llama.cpp's `llama` architecture names and the tokenizer embedded.
+"""GGUF with llama.cpp's `llama` architecture names and the tokenizer embedded; each tensor F32,
+or Q8_0 for matrices (orchestrator/formats/q8_0.py).
 
 Writing goes through the `gguf` package, so the files are what llama.cpp's own tools write.
 Reading is done here, by hand, because a reader that meets a hostile file must bound every count
@@ -16,6 +17,7 @@ from ..errors import FormatError
 from ..files import atomic_path
 from .config import Config
 from .model import Model
+from .q8_0 import BLOCK, GGML_TYPE as Q8_0, Q8Tensor, nbytes as q8_nbytes
 from .tokenizer_file import Vocab, check_vocab
 
 SPACE = "\u2581"
@@ -37,6 +39,8 @@ TENSOR_NAMES = {
 }
 WHOLE_NAMES = {"token_embedding": "token_embd.weight", "rms_final": "output_norm.weight", "wcls": "output.weight"}
 
+F32 = 0
+FILE_TYPE = {"f32": 0, "q8_0": 7}  # general.file_type: llama.cpp's ALL_F32 and MOSTLY_Q8_0
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 
@@ -89,7 +93,7 @@ def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_vocab_size(c.vocab_size)
-    w.add_file_type(0)  # ALL_F32
+    w.add_file_type(FILE_TYPE[model.weight_type])
     w.add_tokenizer_model("llama")
     w.add_token_list(list(texts))
     w.add_token_scores(list(vocab.scores))
@@ -99,17 +103,26 @@ def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_tensor(WHOLE_NAMES["token_embedding"], np.asarray(model.weights["token_embedding"], dtype=np.float32))
+    _add_tensor(gguf, w, WHOLE_NAMES["token_embedding"], model.weights["token_embedding"])
     for layer in range(c.n_layers):
         for key, fmt in TENSOR_NAMES.items():
-            w.add_tensor(fmt.format(layer), np.asarray(model.weights[key][layer], dtype=np.float32))
-    w.add_tensor(WHOLE_NAMES["rms_final"], np.asarray(model.weights["rms_final"], dtype=np.float32))
+            _add_tensor(gguf, w, fmt.format(layer), model.weights[key][layer])
+    _add_tensor(gguf, w, WHOLE_NAMES["rms_final"], model.weights["rms_final"])
     if not c.shared_classifier:
-        w.add_tensor(WHOLE_NAMES["wcls"], np.asarray(model.weights["wcls"], dtype=np.float32))
+        _add_tensor(gguf, w, WHOLE_NAMES["wcls"], model.weights["wcls"])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _add_tensor(gguf, w, name: str, t) -> None:
+    if isinstance(t, Q8Tensor):
+        # the blocks' bytes, one row of blocks per matrix row; the writer derives [cols, rows]
+        raw = np.ascontiguousarray(t.blocks).view(np.uint8).reshape(t.shape[0], -1)
+        w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    else:
+        w.add_tensor(name, np.asarray(t, dtype=np.float32))
 
 
 # ---------------------------------------------------------------- reading
@@ -261,9 +274,22 @@ def _expected_tensors(config: Config) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _tensor_bytes(path, gname: str, ttype: int, shape: tuple[int, ...]) -> int:
+    """The tensor's size in the file, for the types the contract allows: F32 anywhere, Q8_0 for a
+    matrix whose rows are a multiple of 32 long."""
+    if ttype == F32:
+        return 4 * int(np.prod(shape))
+    if len(shape) != 2:
+        raise FormatError(path, f"tensor {gname} is Q8_0; only matrices may be, norms are F32")
+    if shape[1] % BLOCK:
+        raise FormatError(path, f"tensor {gname} is Q8_0 with rows of {shape[1]} values, "
+                                f"not a multiple of the block size {BLOCK}")
+    return q8_nbytes(*shape)
+
+
 def _check_tensor_table(path, infos: dict, expected: dict, align: int, data_start: int, size: int) -> None:
-    """Exactly the expected tensors, F32, of the expected shapes, aligned, inside the file and
-    not overlapping (what llama.cpp's loader requires too)."""
+    """Exactly the expected tensors, F32 or Q8_0, of the expected shapes, aligned, inside the file
+    and not overlapping (what llama.cpp's loader requires too)."""
     for name in infos:
         if name not in expected:
             raise FormatError(path, f"unexpected tensor {_show(name)}")
@@ -272,13 +298,13 @@ def _check_tensor_table(path, infos: dict, expected: dict, align: int, data_star
         if gname not in infos:
             raise FormatError(path, f"missing tensor {gname}")
         dims, ttype, offset = infos[gname]
-        if ttype != 0:
-            raise FormatError(path, f"tensor {gname} has type {ttype}; only F32 (0) is supported")
+        if ttype not in (F32, Q8_0):
+            raise FormatError(path, f"tensor {gname} has type {ttype}; only F32 (0) and Q8_0 (8) are supported")
         if tuple(reversed(dims)) != shape:
             raise FormatError(path, f"tensor {gname} has dims {list(dims)}, expected {list(reversed(shape))}")
+        nbytes = _tensor_bytes(path, gname, ttype, shape)
         if offset % align:
             raise FormatError(path, f"tensor {gname} offset {offset} is not a multiple of the alignment {align}")
-        nbytes = 4 * int(np.prod(shape))
         if data_start + offset + nbytes > size:
             raise FormatError(path, f"tensor {gname} lies outside the file")
         spans.append((offset, offset + nbytes, gname))
@@ -315,8 +341,10 @@ def read_gguf(path) -> Model:
     expected = _expected_tensors(config)
     _check_tensor_table(path, infos, expected, align, data_start, size)
 
-    def tensor(gname: str) -> np.ndarray:
-        shape, offset = expected[gname], infos[gname][2]
+    def tensor(gname: str):
+        shape, (_, ttype, offset) = expected[gname], infos[gname]
+        if ttype == Q8_0:
+            return Q8Tensor.from_buffer(data, data_start + offset, *shape)
         return np.frombuffer(data, dtype="<f4", count=int(np.prod(shape)), offset=data_start + offset).reshape(shape)
 
     shapes = config.tensor_shapes()
@@ -325,5 +353,7 @@ def read_gguf(path) -> Model:
         # a list of per-layer views: stacking would copy the whole model
         weights[key] = [tensor(fmt.format(i)) for i in range(config.n_layers)]
     model = Model(config, weights, "gguf", str(path))
+    if model.weight_type == "q8_0":  # the format name ports list in port.toml to say they read these
+        model.fmt = "gguf-q8_0"
     model.tokenizer = vocab
     return model

@@ -1,15 +1,27 @@
 """The in-memory model every reader returns and every writer takes."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .config import Config
+from .q8_0 import Q8Tensor, eligible, quantize
+
+WEIGHT_TYPES = ("f32", "q8_0")
+WHOLE = ("token_embedding", "rms_final", "wcls")  # one tensor each; every other weight has one per layer
+
+
+def tensor_type(t) -> str:
+    """'q8_0' for Q8_0 blocks, 'f32' for a float32 array."""
+    return "q8_0" if isinstance(t, Q8Tensor) else "f32"
 
 
 @dataclass
 class Model:
+    """Weights under run.c's names. A layered weight is one (n_layers, ...) array, or a list of
+    per-layer tensors (GGUF, where each layer's tensor has its own type); a GGUF matrix may be a
+    Q8Tensor instead of a float32 array."""
     config: Config
     weights: dict[str, np.ndarray]
     fmt: str = "memory"
@@ -19,3 +31,53 @@ class Model:
     @property
     def classifier(self) -> np.ndarray:
         return self.weights["token_embedding"] if self.config.shared_classifier else self.weights["wcls"]
+
+    def tensors(self):
+        """(name, layer or None, tensor) for every tensor, layers unrolled, in run.c's order."""
+        for name in self.config.tensor_shapes():
+            value = self.weights[name]
+            if name in WHOLE:
+                yield name, None, value
+            else:
+                yield from ((name, layer, t) for layer, t in enumerate(value))
+
+    def types(self) -> dict[str, int]:
+        """How many tensors of each weight type the model holds, e.g. {'f32': 20, 'q8_0': 15}."""
+        counts: dict[str, int] = {}
+        for _, _, t in self.tensors():
+            counts[tensor_type(t)] = counts.get(tensor_type(t), 0) + 1
+        return counts
+
+    def tensor_bytes(self) -> int:
+        """Bytes of every tensor as stored: what a batch-1 decode step reads."""
+        return sum(t.nbytes if isinstance(t, Q8Tensor) else 4 * np.asarray(t).size for _, _, t in self.tensors())
+
+    @property
+    def weight_type(self) -> str:
+        """'q8_0' when any tensor is Q8_0 (the file is then a Q8_0 model), else 'f32'."""
+        return "q8_0" if "q8_0" in self.types() else "f32"
+
+    def _mapped(self, fn) -> dict:
+        """fn applied to every tensor; layered weights become per-layer lists, as GGUF keeps them."""
+        return {name: fn(value) if name in WHOLE else [fn(t) for t in value] for name, value in self.weights.items()}
+
+    def dequantized(self) -> "Model":
+        """Every tensor as float32 (Q8_0 blocks multiplied out: exact, fp32(d) * q); the model itself
+        when it has no Q8_0 tensor, so that a float32 model is never copied."""
+        if self.weight_type == "f32":
+            return self
+
+        def f32(t):
+            return t.dequantize() if isinstance(t, Q8Tensor) else t
+        return replace(self, weights={k: np.stack(v) if isinstance(v, list) else v
+                                      for k, v in self._mapped(f32).items()}, fmt="memory")
+
+    def quantized(self) -> "Model":
+        """The Q8_0 model the converter writes: every matrix whose rows are a multiple of 32 long in
+        Q8_0 (llama.cpp's reference quantizer), everything else float32; Q8_0 tensors pass through."""
+        def q8(t):
+            if isinstance(t, Q8Tensor):
+                return t
+            t = np.asarray(t, dtype=np.float32)
+            return quantize(t) if eligible(t.shape) else t
+        return replace(self, weights=self._mapped(q8), fmt="memory")

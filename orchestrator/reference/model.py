@@ -1,13 +1,16 @@
 """The reference forward pass: run.c's algorithm in float32 numpy, one token at a time.
 
 This is what every port is compared against, so it favours being obviously right over being
-fast: one function per step of the transformer, the shapes in comments.
+fast: one function per step of the transformer, the shapes in comments. A weight may be float32
+or Q8_0 (GGUF), tensor by tensor; only the matrix-vector products and the embedding lookup differ.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..formats import Model
+from ..formats import Model, Q8Tensor
+from .q8 import matvec as q8_matvec
+from .q8 import quantize_activation
 
 EPS = np.float32(1e-5)
 
@@ -38,11 +41,36 @@ def rotate_pairs(vec: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarra
     return out
 
 
-class Transformer:
-    """Weights plus the run state (KV cache) of one sequence."""
+def embedding(table, token: int) -> np.ndarray:
+    if isinstance(table, Q8Tensor):
+        return table.row(token)
+    return np.array(table[token], dtype=np.float32)
 
-    def __init__(self, model: Model):
+
+def matvecs(x: np.ndarray, *ws, watch=None) -> list[np.ndarray]:
+    """W @ x for each W. For the Q8_0 ones x is quantized once and shared: llama.cpp quantizes it
+    per product, which gives the same blocks. `watch(x)` sees each activation that is quantized."""
+    qx = None
+    out = []
+    for w in ws:
+        if isinstance(w, Q8Tensor):
+            if qx is None:
+                if watch is not None:
+                    watch(x)
+                qx = quantize_activation(x)
+            out.append(q8_matvec(w, qx))
+        else:
+            out.append(w @ x)
+    return out
+
+
+class Transformer:
+    """Weights plus the run state (KV cache) of one sequence. `watch(x)`, when given, sees every
+    activation vector that a Q8_0 product quantizes (validation measures rounding margins)."""
+
+    def __init__(self, model: Model, watch=None):
         self.model = model
+        self.watch = watch
         self.c = c = model.config
         self.w = model.weights
         # (layer, seq_len, kv_dim)
@@ -50,16 +78,14 @@ class Transformer:
         self.value_cache = np.zeros((c.n_layers, c.seq_len, c.kv_dim), dtype=np.float32)
 
     def forward(self, token: int, pos: int) -> np.ndarray:
-        c, w = self.c, self.w
+        c, w, watch = self.c, self.w, self.watch
         hs, kv_mul = c.head_size, c.n_heads // c.n_kv_heads
-        x = np.array(w["token_embedding"][token], dtype=np.float32)  # (dim,)
+        x = embedding(w["token_embedding"], token)  # (dim,)
         cos, sin = rope_cos_sin(pos, c.dim, hs)
         scale = np.float32(1.0 / np.sqrt(hs))
         for l in range(c.n_layers):
             xb = rmsnorm(x, w["rms_att"][l])
-            q = w["wq"][l] @ xb  # (dim,)
-            k = w["wk"][l] @ xb  # (kv_dim,)
-            v = w["wv"][l] @ xb  # (kv_dim,)
+            q, k, v = matvecs(xb, w["wq"][l], w["wk"][l], w["wv"][l], watch=watch)  # (dim,), (kv_dim,), (kv_dim,)
             q = rotate_pairs(q, cos, sin)
             k = rotate_pairs(k, cos[: c.kv_dim // 2], sin[: c.kv_dim // 2])
             self.key_cache[l, pos] = k
@@ -74,13 +100,12 @@ class Transformer:
                 kvh = h // kv_mul
                 scores = (keys[:, kvh, :] @ qh[h]) * scale  # (pos+1,)
                 att_out[h] = softmax(scores) @ values[:, kvh, :]
-            x = x + w["wo"][l] @ att_out.reshape(c.dim)
+            x = x + matvecs(att_out.reshape(c.dim), w["wo"][l], watch=watch)[0]
 
             xb = rmsnorm(x, w["rms_ffn"][l])
-            gate = w["w1"][l] @ xb  # (hidden_dim,)
-            up = w["w3"][l] @ xb  # (hidden_dim,)
+            gate, up = matvecs(xb, w["w1"][l], w["w3"][l], watch=watch)  # (hidden_dim,) each
             hidden = (gate / (np.float32(1.0) + np.exp(-gate))) * up
-            x = x + w["w2"][l] @ hidden
+            x = x + matvecs(hidden, w["w2"][l], watch=watch)[0]
 
         x = rmsnorm(x, w["rms_final"])
-        return (self.model.classifier @ x).astype(np.float32)  # (vocab,)
+        return matvecs(x, self.model.classifier, watch=watch)[0].astype(np.float32)  # (vocab,)

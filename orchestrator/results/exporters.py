@@ -16,7 +16,7 @@ from .stats import good_runs, metric, summarize
 def to_csv(suite: Suite) -> str:
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["port", "language", "role", "model", "model_origin", "model_format", "threads", "steps",
+    w.writerow(["port", "language", "role", "model", "model_origin", "model_format", "weight_type", "threads", "steps",
                 "status", "runs_ok", "tok_s_mean", "tok_s_sd", "tok_s_median", "tok_s_min", "tok_s_max",
                 "wall_s_mean", "wall_s_sd", "peak_rss_mib", "load_s_mean", "ttft_s_mean", "roofline_share",
                 "reason"])
@@ -24,7 +24,8 @@ def to_csv(suite: Suite) -> str:
         tok, wall, rss = metric(c, "tok_s"), metric(c, "wall_s"), metric(c, "rss_mib")
         load, ttft = metric(c, "load_s"), metric(c, "ttft_s")
         roof = roofline(suite, c)
-        w.writerow([c.port, c.language, c.role, c.model.name, c.model.origin, c.model.format, c.threads, c.steps,
+        w.writerow([c.port, c.language, c.role, c.model.name, c.model.origin, c.model.format, c.model.weight_type,
+                    c.threads, c.steps,
                     c.status, sum(r.ok for r in c.runs),
                     *(f"{v:.4f}" if tok else "" for v in ((tok.mean, tok.sd, tok.median, tok.min, tok.max) if tok else [0] * 5)),
                     f"{wall.mean:.4f}" if wall else "", f"{wall.sd:.4f}" if wall else "",
@@ -54,7 +55,8 @@ def to_hyperfine(suite: Suite) -> str:
             "times": [r.wall_s for r in runs],
             "exit_codes": [r.returncode for r in runs],
             "memory_usage_byte": [r.max_rss_kib * 1024 for r in runs],
-            "parameters": {"port": c.port, "model": c.model.name, "threads": str(c.threads)},
+            "parameters": {"port": c.port, "model": c.model.name, "weight_type": c.model.weight_type,
+                           "threads": str(c.threads)},
         })
     return json.dumps({"results": results}, indent=1)
 

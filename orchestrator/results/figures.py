@@ -46,7 +46,7 @@ def ordered_ports(suite: Suite, model: str | None = None) -> list[str]:
     """Ports by group, then fastest first (geometric mean of tok/s over the thread counts), then name;
     ports with nothing measured last in their group."""
     groups = _port_groups(suite)
-    cells = [c for c in suite.cells if model is None or c.model.name == model]
+    cells = [c for c in suite.cells if model is None or c.model.label == model]
     speed = {}
     for port in {c.port for c in cells}:
         means = [s.mean for c in cells if c.port == port and c.status == "ok" and (s := metric(c, "tok_s"))]
@@ -139,7 +139,7 @@ def _save(fig, path: Path) -> list[Path]:
 def bars_figure(suite: Suite, model: str, name: str, ylabel: str):
     """Per port (grouped, fastest first) one bar per thread count: the mean of metric `name` over
     the good runs, with its 95% interval; None when the model has no cells."""
-    cells = [c for c in suite.cells if c.model.name == model]
+    cells = [c for c in suite.cells if c.model.label == model]
     ports = ordered_ports(suite, model)
     threads = sorted({c.threads for c in cells})
     if not ports:
@@ -206,7 +206,7 @@ def scaling_figure(suite: Suite):
         best = None
         for port in ordered_ports(suite, model):
             pts = sorted((c.threads, metric(c, "tok_s")) for c in suite.cells
-                         if c.model.name == model and c.port == port and c.status == "ok")
+                         if c.model.label == model and c.port == port and c.status == "ok")
             pts = [(t, s) for t, s in pts if s]
             if not pts:
                 continue
@@ -240,8 +240,9 @@ def draw_all(suite: Suite, out_dir: Path, stem: str) -> list[Path]:
     """Per model a tok/s and a time-per-inference figure, and the thread scaling; PNG and SVG each."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = []
-    for model in models_of(suite):
-        figures.append((bars_figure(suite, model, "tok_s", "tokens per second"), f"{stem}-{model}-toks.png"))
-        figures.append((bars_figure(suite, model, "wall_s", "time per inference (s)"), f"{stem}-{model}-time.png"))
+    for model in models_of(suite):  # "stories15M", "stories15M q8_0": a file name without spaces
+        slug = model.replace(" ", "-")
+        figures.append((bars_figure(suite, model, "tok_s", "tokens per second"), f"{stem}-{slug}-toks.png"))
+        figures.append((bars_figure(suite, model, "wall_s", "time per inference (s)"), f"{stem}-{slug}-time.png"))
     figures.append((scaling_figure(suite), f"{stem}-scaling.png"))
     return [p for fig, name in figures if fig is not None for p in _save(fig, out_dir / name)]

@@ -23,7 +23,7 @@ from ..errors import PolyllamaError
 from ..files import write_atomic
 from .figures import (GROUP_ORDER, GROUP_TITLES, PLOTLY_MARKERS, ci95, footer, ordered_ports, port_group,
                       port_styles, thread_colours)
-from .report import baseline_port, model_rows, model_title, models_of, roofline
+from .report import baseline_port, model_rows, model_title, models_of, roofline, type_rows
 from .stats import busy_runs, geometric_mean, good_runs, metric, ratio_ci, summarize
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
@@ -157,7 +157,7 @@ class CellView:
 
 def _views(suite: Suite) -> dict[tuple[str, str, int], CellView]:
     base = baseline_port(suite)
-    cells = {(c.model.name, c.port, c.threads): c for c in suite.cells}
+    cells = {(c.model.label, c.port, c.threads): c for c in suite.cells}
     return {k: CellView(suite, c, cells.get((k[0], base, k[2])) if base else None) for k, c in cells.items()}
 
 
@@ -403,7 +403,7 @@ def _relative(suite: Suite, views) -> str:
     base = baseline_port(suite)
     if base is None:
         return '<p class="note">No baseline: neither the C port nor the reference ran.</p>'
-    keys = sorted({(c.model.name, c.threads) for c in suite.cells},
+    keys = sorted({(c.model.label, c.threads) for c in suite.cells},
                   key=lambda k: (models_of(suite).index(k[0]), k[1]))
     ports, speed = ordered_ports(suite), {}
     for p in ports:
@@ -433,6 +433,19 @@ def _relative(suite: Suite, views) -> str:
             + _table(header, rows, sortable=False))
 
 
+def _types(suite: Suite) -> str:
+    """Each port's weight types side by side with its speed-up over its own f32 cell (report.type_rows)."""
+    rows = type_rows(suite)
+    if not rows:
+        return ""
+    header = list(rows[0])
+    body = ["<tr>" + "".join(_td(escape(str(r[k])), r[k] if isinstance(r[k], int) else None) for k in header) + "</tr>"
+            for r in rows]
+    return ('<h3>Weight types side by side</h3><p class="note">Decode tok/s of each port per weight type, and the '
+            "speed-up over the port's own f32 cell of the same model and thread count (95% interval).</p>"
+            + _table(header, body))
+
+
 # ---------------------------------------------------------------- header card
 def _dl(pairs: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
@@ -453,7 +466,7 @@ def _quiet(suite: Suite) -> str:
         return f"not recorded in this file (format {suite.format_version}); no run was left out as busy"
     if not busy:
         return f"no measured run was disturbed ({measured} runs; {guard})"
-    lines = "".join(f"<li>{escape(c.port)} {escape(c.model.name)} j={c.threads}: {n} of {len(c.runs)}</li>"
+    lines = "".join(f"<li>{escape(c.port)} {escape(c.model.label)} j={c.threads}: {n} of {len(c.runs)}</li>"
                     for c, n in busy)
     return (f'<span class="badge bad">{sum(n for _, n in busy)} of {measured} runs left out</span> '
             f"taken while the machine was busy; kept in the JSON, left out of every figure ({guard}):<ul>{lines}</ul>")
@@ -476,13 +489,14 @@ def _header(suite: Suite) -> str:
         ("date", escape(suite.started) + (f" to {escape(suite.finished)}" if suite.finished else " (not finished)")),
         ("commit", f"<code>{escape(h.git_commit[:12])}</code>" + (" (dirty)" if h.git_dirty else "")),
         ("matrix", f"<b>{escape(suite.matrix_name)}</b>" + (f": {escape(m.description)}" if m.description else "")),
-        ("models", ", ".join(escape(x) for x in m.models)), ("threads", ", ".join(map(str, threads))),
+        ("models", ", ".join(escape(x) for x in m.models)), ("weight types", ", ".join(m.types)),
+        ("threads", ", ".join(map(str, threads))),
         ("runs per cell", runs), ("steps", f"{m.steps}, temperature {m.temperature}, seed {m.seed}"),
         ("result format", str(suite.format_version))])
     models = []
     for name in models_of(suite):
-        c = next(c for c in suite.cells if c.model.name == name)
-        fmts = sorted({x.model.format for x in suite.cells if x.model.name == name})
+        c = next(c for c in suite.cells if c.model.label == name)
+        fmts = sorted({x.model.format for x in suite.cells if x.model.label == name})
         models.append("<tr>" + _td(escape(name)) + _td(_badge(c.model.origin))
                       + _td(_badge(c.model.tokenizer_origin) if c.model.tokenizer_origin else "embedded")
                       + _td(", ".join(fmts)) + _td(f"{c.model.weight_bytes / 1e6:.1f}", c.model.weight_bytes, "num")
@@ -550,8 +564,8 @@ def _validation(rows: list[dict] | None) -> str:
 
 def _failures(suite: Suite) -> str:
     rows = []
-    for c in sorted((c for c in suite.cells if c.status != "ok"), key=lambda c: (c.model.name, c.port, c.threads)):
-        rows.append("<tr>" + _td(escape(_label(suite, c.port))) + _td(escape(c.model.name)) + _td(str(c.threads), c.threads, "num")
+    for c in sorted((c for c in suite.cells if c.status != "ok"), key=lambda c: (c.model.label, c.port, c.threads)):
+        rows.append("<tr>" + _td(escape(_label(suite, c.port))) + _td(escape(c.model.label)) + _td(str(c.threads), c.threads, "num")
                     + _td(f'<span class="badge bad">{escape(c.status)}</span>') + _td(f"{len(c.runs)}", len(c.runs), "num")
                     + _td(escape(c.reason or "interrupted: --resume runs it again")) + "</tr>")
     builds = [p for p in suite.ports if not p.build.startswith("built")]
@@ -570,7 +584,7 @@ def _peers(suite: Suite) -> str:
                 text = describe(c.peer_check)
             except (TypeError, ZeroDivisionError):
                 text = "peer check gave no figure"
-            items.append(f"<li>{escape(c.port)} {escape(c.model.name)} j={c.threads}: {escape(text)}</li>")
+            items.append(f"<li>{escape(c.port)} {escape(c.model.label)} j={c.threads}: {escape(text)}</li>")
     return f"<h3>The peer's own benchmark tool beside its row</h3><ul>{''.join(items)}</ul>" if items else ""
 
 
@@ -585,7 +599,7 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
     sections, n = [], 0
     for model in models:
         ports = ordered_ports(suite, model)
-        threads = sorted({c.threads for c in suite.cells if c.model.name == model})
+        threads = sorted({c.threads for c in suite.cells if c.model.label == model})
         charts = []
         for draw in (_tok_chart, _time_chart, _roof_chart, _memory_chart, _scaling_chart):
             n += 1
@@ -593,7 +607,7 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
         notes = []
         if len(threads) < 2:
             notes.append("one thread count in this suite: no thread-scaling chart.")
-        missing = [c for c in suite.cells if c.model.name == model and c.status != "ok"]
+        missing = [c for c in suite.cells if c.model.label == model and c.status != "ok"]
         if missing:
             why = {}
             for c in missing:
@@ -603,14 +617,14 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
         if not any(v.roof for k, v in views.items() if k[0] == model):
             notes.append("no read bandwidth measured at these thread counts: no roofline chart.")
         sections.append(
-            f'<section class="card" id="{escape(model)}"><h2>{escape(model_title(suite, model))}</h2>'
+            f'<section class="card" id="{escape(model.replace(" ", "-"))}"><h2>{escape(model_title(suite, model))}</h2>'
             f'<p class="note">Bars: mean of the good runs with a 95% confidence interval (Student t). Hover a bar for '
             f"its raw samples. Hatched or dashed: the peer (an external engine). Ports are grouped (compiled, managed, "
             f"Python and frameworks, peer) and sorted fastest first.</p>"
             + "".join(f'<p class="note">{escape(x)}</p>' for x in notes)
             + f'<div class="charts">{"".join(c for c in charts if c)}</div>'
             f"<h3>Every cell</h3>{_cell_table(suite, model, ports, threads, views)}</section>")
-    nav = "".join(f'<a href="#{escape(m)}">{escape(m)}</a>' for m in models)
+    nav = "".join(f'<a href="#{escape(m.replace(" ", "-"))}">{escape(m)}</a>' for m in models)
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     title = f"polyllama: {suite.suite_id}"
     origins = sorted({c.model.origin for c in suite.cells})
@@ -634,7 +648,7 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
 <nav><a href="#setup">machine</a>{nav}<a href="#relative">relative speed</a><a href="#validation">validation</a><a href="#failures">failed and skipped</a></nav>
 {_header(suite)}
 {''.join(sections)}
-<section class="card" id="relative"><h2>Relative speed</h2>{_relative(suite, shown)}{_peers(suite)}</section>
+<section class="card" id="relative"><h2>Relative speed</h2>{_relative(suite, shown)}{_types(suite)}{_peers(suite)}</section>
 <section class="card" id="validation"><h2>Validation</h2>{_validation(validation)}</section>
 <section class="card" id="failures"><h2>Failed and skipped</h2>{_failures(suite)}</section>
 <footer>{escape(footer(suite))}<br>Generated {generated} by polyllama from {escape(source or suite.suite_id + '.json')}

@@ -1,5 +1,6 @@
-"""Tables of a suite: one per model (the study's layout), and pyperf-style relative speeds with a
-geometric-mean row."""
+"""Tables of a suite: one per model and weight type (the study's layout), pyperf-style relative
+speeds with a geometric-mean row, and, when the suite has several weight types, each port's
+speed-up from f32 to the other types side by side."""
 from __future__ import annotations
 
 from schemas.results import Cell, Suite
@@ -46,7 +47,7 @@ def _speed(suite: Suite, cell: Cell, base: str | None):
     a 95% interval (Welch on the log scale)."""
     if base is None:
         return None
-    ref = next((c for c in suite.cells if c.port == base and c.model.name == cell.model.name
+    ref = next((c for c in suite.cells if c.port == base and c.model.label == cell.model.label
                 and c.threads == cell.threads and c.status == "ok"), None)
     if ref is None:
         return None
@@ -56,7 +57,7 @@ def _speed(suite: Suite, cell: Cell, base: str | None):
 def model_rows(suite: Suite, model: str) -> list[dict]:
     base = baseline_port(suite)
     rows = []
-    for cell in sorted((c for c in suite.cells if c.model.name == model), key=lambda c: (c.threads, c.port)):
+    for cell in sorted((c for c in suite.cells if c.model.label == model), key=lambda c: (c.threads, c.port)):
         tok, wall, rss = metric(cell, "tok_s"), metric(cell, "wall_s"), metric(cell, "rss_mib")
         roof = roofline(suite, cell)
         speed = _speed(suite, cell, base)
@@ -76,25 +77,27 @@ def model_rows(suite: Suite, model: str) -> list[dict]:
 
 
 def model_title(suite: Suite, model: str) -> str:
-    cell = next(c for c in suite.cells if c.model.name == model)
+    """`model` is a Model.label: the name, with the weight type when it is not f32."""
+    cell = next(c for c in suite.cells if c.model.label == model)
     m = cell.model
     return (f"{model} ({m.origin} weights, {m.tokenizer_origin or 'embedded'} tokenizer, {m.format}, "
             f"{m.weight_bytes / 1e6:.1f} MB read per token, {cell.steps} steps)")
 
 
 def relative_rows(suite: Suite) -> tuple[list[str], list[list[str]]]:
-    """Rows: ports; columns: (model, threads); last column: geometric mean of the speed-ups."""
+    """Rows: ports; columns: (model with its weight type, threads); last column: geometric mean of
+    the speed-ups."""
     base = baseline_port(suite)
     if base is None:
         return [], []
-    keys = sorted({(c.model.name, c.threads) for c in suite.cells}, key=lambda k: (k[0], k[1]))
+    keys = sorted({(c.model.label, c.threads) for c in suite.cells}, key=lambda k: (k[0], k[1]))
     header = ["port"] + [f"{m} j={t}" for m, t in keys] + ["geomean"]
     rows = []
     for port in sorted({c.port for c in suite.cells}):
         ratios = []
         row = [port]
         for m, t in keys:
-            cell = next((c for c in suite.cells if c.port == port and c.model.name == m and c.threads == t), None)
+            cell = next((c for c in suite.cells if c.port == port and c.model.label == m and c.threads == t), None)
             r = _speed(suite, cell, base) if cell else None
             ratios.append(r.value if r else None)
             row.append(r.fmt() if r else "-")
@@ -104,11 +107,35 @@ def relative_rows(suite: Suite) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def type_rows(suite: Suite) -> list[dict]:
+    """Each port's decode rate per weight type side by side, and the speed-up over its own f32 cell
+    of the same model and thread count (95% interval); empty for a suite of one weight type."""
+    types = [t for t in suite.matrix.types if any(c.model.weight_type == t for c in suite.cells)]
+    if len(types) < 2 or "f32" not in types:
+        return []
+    cells = {c.key: c for c in suite.cells if c.status == "ok"}
+    rows = []
+    for port, model, threads in sorted({(c.port, c.model.name, c.threads) for c in cells.values()},
+                                       key=lambda k: (k[1], k[2], k[0])):
+        f32 = cells.get((port, model, "f32", threads))
+        row = {"port": port, "model": model, "threads": threads,
+               "f32 tok/s": (m.fmt() if (m := metric(f32, "tok_s")) else "-") if f32 else "-"}
+        for t in types[1:]:
+            other = cells.get((port, model, t, threads))
+            tok = metric(other, "tok_s") if other else None
+            ratio = ratio_ci([r.tok_s for r in good_runs(f32) if r.tok_s],
+                             [r.tok_s for r in good_runs(other) if r.tok_s]) if f32 and other else None
+            row[f"{t} tok/s"] = tok.fmt() if tok else "-"
+            row[f"{t}/f32 [95% CI]"] = ratio.fmt() if ratio else "-"
+        rows.append(row)
+    return rows
+
+
 def models_of(suite: Suite) -> list[str]:
     seen = []
     for c in suite.cells:
-        if c.model.name not in seen:
-            seen.append(c.model.name)
+        if c.model.label not in seen:
+            seen.append(c.model.label)
     return seen
 
 
@@ -135,6 +162,10 @@ def render(suite: Suite, fmt: str = "simple") -> str:
     for model in models_of(suite):
         parts.append(f"{model_title(suite, model)}\n" + tabulate(model_rows(suite, model), headers="keys",
                                                                     tablefmt=fmt))
+    speedups = type_rows(suite)
+    if speedups:
+        parts.append("weight types side by side (decode tok/s; the speed-up over the port's own f32 cell, 95% CI)\n"
+                     + tabulate(speedups, headers="keys", tablefmt=fmt))
     header, rows = relative_rows(suite)
     if rows:
         parts.append(f"relative decode speed (tok/s vs {baseline_port(suite)}, 95% CI; geometric mean last)\n"

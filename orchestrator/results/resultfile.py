@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from schemas.results import FORMAT_VERSION, Cell, Suite
 
-READABLE = (1, FORMAT_VERSION)
+READABLE = (1, 2, FORMAT_VERSION)
 
 from ..errors import PolyllamaError, first_error
 from ..files import write_atomic
@@ -39,7 +39,8 @@ def load(path) -> Suite:
 
 
 class Writer:
-    """The suite being measured: cells keyed by (port, model, threads), saved on every put."""
+    """The suite being measured: cells keyed by Cell.key (port, model, weight type, threads), saved
+    on every put."""
 
     def __init__(self, suite: Suite, path: Path):
         self.path = path
@@ -49,10 +50,10 @@ class Writer:
 
     @staticmethod
     def _key(cell: Cell) -> tuple:
-        return cell.port, cell.model.name, cell.threads
+        return cell.key
 
-    def get(self, port: str, model: str, threads: int) -> Cell:
-        return self._cells[(port, model, threads)]
+    def get(self, key: tuple) -> Cell:
+        return self._cells[key]
 
     def put(self, cell: Cell) -> None:
         self._cells[self._key(cell)] = cell

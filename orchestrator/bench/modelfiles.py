@@ -1,0 +1,55 @@
+"""Which model file each cell of a suite reads, and what one decode step of it costs.
+
+A port reads f32 weights in the matrix's format (v0, or GGUF for the ports that read only GGUF);
+the q8_0 weight type is the model's Q8_0 GGUF export (docs/port-contract.md, "GGUF Q8_0"), for
+the ports whose port.toml lists gguf-q8_0. Bytes per token are what the roofline divides by.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from schemas.matrix import Matrix
+from schemas.results import Model
+
+from ..formats import read_model
+from ..models.convert import gguf_for
+from ..models.store import Resolved
+from ..ports.discover import Port
+
+FORMAT_OF = {"q8_0": "gguf-q8_0"}  # the one format a weight type other than f32 comes in
+
+
+def cell_types(port: Port, matrix: Matrix) -> list[str]:
+    """The matrix's weight types this port has cells for: f32 always (a port that reads none of
+    its formats is a failed cell), q8_0 only when it lists gguf-q8_0."""
+    return [t for t in matrix.types if t == "f32" or port.reads(FORMAT_OF[t])]
+
+
+def format_for(port: Port, matrix: Matrix, weight_type: str = "f32") -> str | None:
+    if weight_type != "f32":
+        return FORMAT_OF[weight_type] if port.reads(FORMAT_OF[weight_type]) else None
+    if matrix.model_format == "gguf" or not port.reads("v0"):
+        return "gguf" if port.reads("gguf") else None
+    return "v0"
+
+
+def file_for(r: Resolved, fmt: str) -> Path:
+    """The file of that format, converted (once, then reused) when it is not the store's own."""
+    if fmt == "gguf-q8_0":
+        return gguf_for(r, type="q8_0")
+    return gguf_for(r) if fmt == "gguf" else r.path
+
+
+def bytes_per_token(r: Resolved, weight_type: str, path: Path | None) -> int:
+    """Bytes a batch-1 decode step reads: f32 from the shape; q8_0 from the Q8_0 file's own
+    tensors, when one was made (no port reads it otherwise, and the converter's sizes stand in)."""
+    if weight_type == "q8_0" and path is not None:
+        return read_model(path).tensor_bytes()
+    return r.config.weight_bytes(weight_type)
+
+
+def model_record(resolved: Resolved, path: Path, fmt: str, weight_type: str = "f32",
+                 weight_bytes: int | None = None) -> Model:
+    return Model(name=resolved.name, path=str(path), origin=resolved.origin, tokenizer_origin=resolved.tokenizer_origin,
+                 format=fmt, weight_type=weight_type,
+                 weight_bytes=resolved.config.weight_bytes(weight_type) if weight_bytes is None else weight_bytes)
