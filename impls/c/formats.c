@@ -1,4 +1,5 @@
-/* The C port's input files: llama2.c checkpoints (v0, v1), GGUF (v2/v3, F32) and tokenizer.bin.
+/* The C port's input files: llama2.c checkpoints (v0, v1), GGUF (v2/v3; F32, and Q8_0 matrices)
+   and tokenizer.bin.
 
    Top to bottom: errors and file access, the config and its limits, the llama2.c header (one
    path for v0 and v1) and tensor layouts, the GGUF reader (preamble, kv section, tensor infos,
@@ -181,6 +182,8 @@ static void check_size(const char *path, size_t actual, long long expected) {
                  (long long)actual < expected ? "truncated" : "oversized", actual, expected);
 }
 
+static Matrix f32_matrix(const float *p) { return (Matrix){p, WEIGHT_F32}; }
+
 // point the per-layer weights into one run of stacked tensors (v0 and v1 files)
 static void layer_pointers(const Config *c, TransformerWeights *w, const float *rms_att, const float *rms_ffn,
                            const float *wq, const float *wk, const float *wv, const float *wo,
@@ -191,13 +194,13 @@ static void layer_pointers(const Config *c, TransformerWeights *w, const float *
         LayerWeights *lw = &w->layers[l];
         lw->rms_att = rms_att + l * d;
         lw->rms_ffn = rms_ffn + l * d;
-        lw->wq = wq + l * d * d;
-        lw->wk = wk + l * kv * d;
-        lw->wv = wv + l * kv * d;
-        lw->wo = wo + l * d * d;
-        lw->w1 = w1 + l * h * d;
-        lw->w2 = w2 + l * d * h;
-        lw->w3 = w3 + l * h * d;
+        lw->wq = f32_matrix(wq + l * d * d);
+        lw->wk = f32_matrix(wk + l * kv * d);
+        lw->wv = f32_matrix(wv + l * kv * d);
+        lw->wo = f32_matrix(wo + l * d * d);
+        lw->w1 = f32_matrix(w1 + l * h * d);
+        lw->w2 = f32_matrix(w2 + l * d * h);
+        lw->w3 = f32_matrix(w3 + l * h * d);
     }
 }
 
@@ -205,7 +208,7 @@ static void layer_pointers(const Config *c, TransformerWeights *w, const float *
 static void v0_weights(const Config *c, TransformerWeights *w, const float *p, size_t freq_floats) {
     size_t d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size;
     size_t kv = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
-    w->token_embedding = p; p += v * d;
+    w->token_embedding = f32_matrix(p); p += v * d;
     const float *rms_att = p; p += L * d;
     const float *wq = p; p += L * d * d;
     const float *wk = p; p += L * kv * d;
@@ -217,7 +220,7 @@ static void v0_weights(const Config *c, TransformerWeights *w, const float *p, s
     const float *w3 = p; p += L * h * d;
     w->rms_final = p; p += d;
     p += freq_floats; // legacy RoPE tables, recomputed in forward
-    w->wcls = c->shared_classifier ? w->token_embedding : p;
+    w->wcls = c->shared_classifier ? w->token_embedding : f32_matrix(p);
     layer_pointers(c, w, rms_att, rms_ffn, wq, wk, wv, wo, w1, w2, w3);
 }
 
@@ -228,7 +231,7 @@ static void v1_weights(const Config *c, TransformerWeights *w, const float *p) {
     const float *rms_att = p; p += L * d;
     const float *rms_ffn = p; p += L * d;
     w->rms_final = p; p += d;
-    w->token_embedding = p; p += v * d;
+    w->token_embedding = f32_matrix(p); p += v * d;
     const float *wq = p; p += L * d * d;
     const float *wk = p; p += L * kv * d;
     const float *wv = p; p += L * kv * d;
@@ -236,7 +239,7 @@ static void v1_weights(const Config *c, TransformerWeights *w, const float *p) {
     const float *w1 = p; p += L * h * d;
     const float *w2 = p; p += L * d * h;
     const float *w3 = p; p += L * h * d;
-    w->wcls = c->shared_classifier ? w->token_embedding : p;
+    w->wcls = c->shared_classifier ? w->token_embedding : f32_matrix(p);
     layer_pointers(c, w, rms_att, rms_ffn, wq, wk, wv, wo, w1, w2, w3);
 }
 
@@ -253,8 +256,8 @@ static void read_llama2c(const char *path, int fd, size_t size, int v1, Config *
 }
 
 // ----------------------------------------------------------------------------
-// GGUF (v2/v3, all tensors F32): a bounded cursor over the mapped file, so that no count or
-// length is trusted before it is known to fit in the bytes that remain.
+// GGUF (v2/v3; norms F32, matrices F32 or Q8_0): a bounded cursor over the mapped file, so
+// that no count or length is trusted before it is known to fit in the bytes that remain.
 
 enum { G_U8, G_I8, G_U16, G_I16, G_U32, G_I32, G_F32, G_BOOL, G_STRING, G_ARRAY, G_U64, G_I64, G_F64 };
 #define GGUF_MAX_ENTRIES 65536
@@ -282,7 +285,8 @@ typedef struct {
     uint64_t dims[4];
     uint32_t type;
     uint64_t offset;
-    int used; // bound to a weight: a tensor left unused is not one of the model's
+    int used;        // bound to a weight: a tensor left unused is not one of the model's
+    uint64_t nbytes; // its data's size, once bound
 } TensorInfo;
 
 // the keys the reader looks at, by index
@@ -515,26 +519,41 @@ typedef struct {
     int n_infos;
 } GgufTensors;
 
-// the F32 tensor `name` of shape (rows, cols), or (cols) when rows == 0, checked to lie in the file
-static const float *gguf_tensor(const GgufTensors *g, const char *name, uint64_t rows, uint64_t cols) {
+// the tensor `name` of shape (rows, cols), or (cols) when rows == 0, checked to lie in the file:
+// F32, or for a matrix Q8_0 as well (rows of whole 32-value blocks), as llama.cpp's converter
+// writes them (norms, and stories260K's ffn_down with rows of 172, stay F32)
+static Matrix gguf_tensor(const GgufTensors *g, const char *name, uint64_t rows, uint64_t cols) {
     TensorInfo *ti = find_tensor(g->infos, g->n_infos, name);
     if (!ti) die_file(g->path, "missing tensor %s", name);
-    if (ti->type != 0) die_file(g->path, "tensor %s has type %u; only F32 (0) is supported", name, ti->type);
+    if (ti->type != WEIGHT_F32 && ti->type != WEIGHT_Q8_0)
+        die_file(g->path, "tensor %s has type %u; only F32 (0) and Q8_0 (8) are supported", name, ti->type);
+    int q8 = ti->type == WEIGHT_Q8_0;
+    if (q8 && !rows) die_file(g->path, "tensor %s is Q8_0; only matrices may be, norms are F32", name);
     uint32_t want_dims = rows ? 2 : 1;
     if (ti->n_dims != want_dims || ti->dims[0] != cols || (rows && ti->dims[1] != rows)) {
         if (rows) die_file(g->path, "tensor %s has the wrong dims, expected [%llu, %llu]", name,
                            (unsigned long long)cols, (unsigned long long)rows);
         die_file(g->path, "tensor %s has the wrong dims, expected [%llu]", name, (unsigned long long)cols);
     }
+    if (q8 && cols % Q8_BLOCK)
+        die_file(g->path, "tensor %s is Q8_0 with rows of %llu values, not a multiple of the block size %d", name,
+                 (unsigned long long)cols, Q8_BLOCK);
     if (ti->offset % g->alignment)
         die_file(g->path, "tensor %s has offset %llu, not a multiple of general.alignment=%llu", name,
                  (unsigned long long)ti->offset, (unsigned long long)g->alignment);
-    uint64_t nbytes = 4 * cols * (rows ? rows : 1);
-    if (ti->offset % 4 || ti->offset > g->size || g->data_start > g->size - ti->offset ||
+    // bounded by the config's limits: under 2^37 bytes either way
+    uint64_t nbytes = q8 ? rows * (cols / Q8_BLOCK) * Q8_BLOCK_BYTES : 4 * cols * (rows ? rows : 1);
+    if ((!q8 && ti->offset % 4) || ti->offset > g->size || g->data_start > g->size - ti->offset ||
         nbytes > g->size - g->data_start - ti->offset)
         die_file(g->path, "tensor %s lies outside the file", name);
     ti->used = 1;
-    return (const float *)(g->data + g->data_start + ti->offset);
+    ti->nbytes = nbytes;
+    return (Matrix){g->data + g->data_start + ti->offset, (int)ti->type};
+}
+
+// a norm: F32 only (gguf_tensor refuses Q8_0 for a vector)
+static const float *gguf_vector(const GgufTensors *g, const char *name, uint64_t n) {
+    return gguf_tensor(g, name, 0, n).data;
 }
 
 static const char *GGUF_LAYER_NAMES[9] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
@@ -544,7 +563,7 @@ static const char *GGUF_LAYER_NAMES[9] = {"attn_norm", "attn_q", "attn_k", "attn
 static void gguf_weights(const GgufTensors *g, const Config *c, TransformerWeights *w) {
     uint64_t d = c->dim, h = c->hidden_dim, kvd = (uint64_t)c->n_kv_heads * (c->dim / c->n_heads);
     w->token_embedding = gguf_tensor(g, "token_embd.weight", c->vocab_size, d);
-    w->rms_final = gguf_tensor(g, "output_norm.weight", 0, d);
+    w->rms_final = gguf_vector(g, "output_norm.weight", d);
     w->wcls = c->shared_classifier ? w->token_embedding : gguf_tensor(g, "output.weight", c->vocab_size, d);
     w->layers = xcalloc(c->n_layers, sizeof(LayerWeights));
     // (rows, cols) of attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_down, ffn_up
@@ -553,11 +572,13 @@ static void gguf_weights(const GgufTensors *g, const Config *c, TransformerWeigh
         for (int l = 0; l < c->n_layers; l++) {
             char name[64];
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, GGUF_LAYER_NAMES[k]);
-            const float *p = gguf_tensor(g, name, shapes[k][0], shapes[k][1]);
             LayerWeights *lw = &w->layers[l];
-            const float **slot[9] = {&lw->rms_att, &lw->wq, &lw->wk, &lw->wv, &lw->wo,
-                                     &lw->rms_ffn, &lw->w1, &lw->w2, &lw->w3};
-            *slot[k] = p;
+            if (!shapes[k][0]) { // the two norms
+                *(k == 0 ? &lw->rms_att : &lw->rms_ffn) = gguf_vector(g, name, shapes[k][1]);
+                continue;
+            }
+            Matrix *slot[9] = {NULL, &lw->wq, &lw->wk, &lw->wv, &lw->wo, NULL, &lw->w1, &lw->w2, &lw->w3};
+            *slot[k] = gguf_tensor(g, name, shapes[k][0], shapes[k][1]);
         }
     }
 }
@@ -571,7 +592,7 @@ static int cmp_range(const void *a, const void *b) {
 }
 
 // after gguf_weights: no tensor that is not the model's (so the count is exactly the model's),
-// and no two tensors whose data [offset, offset + 4 * elements) intersect
+// and no two tensors whose data [offset, offset + nbytes) intersect
 static void gguf_check_table(const GgufTensors *g, const Config *c) {
     char a[SHOWN_MAX], b[SHOWN_MAX];
     int expected = 2 + 9 * c->n_layers + !c->shared_classifier;
@@ -582,9 +603,7 @@ static void gguf_check_table(const GgufTensors *g, const Config *c) {
     ByteRange *ranges = xcalloc(g->n_infos, sizeof(ByteRange));
     for (int i = 0; i < g->n_infos; i++) {
         const TensorInfo *ti = &g->infos[i];
-        uint64_t n = 4;
-        for (uint32_t d = 0; d < ti->n_dims; d++) n *= ti->dims[d]; // bounded: it lies in the file
-        ranges[i] = (ByteRange){ti->offset, ti->offset + n, ti->name};
+        ranges[i] = (ByteRange){ti->offset, ti->offset + ti->nbytes, ti->name}; // bounded: it lies in the file
     }
     qsort(ranges, g->n_infos, sizeof(ByteRange), cmp_range);
     for (int i = 1; i < g->n_infos; i++)

@@ -24,24 +24,36 @@ typedef struct {
     int shared_classifier;
 } Config;
 
+// A matrix as the file stores it, row-major: float32, or GGUF's Q8_0 (ggml type 8), where each
+// row is cols/32 blocks of an fp16 scale d and 32 int8 values q (value = d * q). A block is 34
+// bytes, so past a row's first block nothing is aligned: scales are read byte-wise.
+enum { WEIGHT_F32 = 0, WEIGHT_Q8_0 = 8 };
+#define Q8_BLOCK 32
+#define Q8_BLOCK_BYTES 34
+
+typedef struct {
+    const void *data;
+    int type; // WEIGHT_F32 or WEIGHT_Q8_0
+} Matrix;
+
 // One layer's weights. Pointers, not offsets: GGUF stores each layer's tensors separately.
 typedef struct {
     const float *rms_att; // (dim,)
-    const float *wq;      // (dim, n_heads * head_size)
-    const float *wk;      // (kv_dim, dim)
-    const float *wv;      // (kv_dim, dim)
-    const float *wo;      // (dim, n_heads * head_size)
+    Matrix wq;            // (dim, n_heads * head_size)
+    Matrix wk;            // (kv_dim, dim)
+    Matrix wv;            // (kv_dim, dim)
+    Matrix wo;            // (dim, n_heads * head_size)
     const float *rms_ffn; // (dim,)
-    const float *w1;      // (hidden_dim, dim)
-    const float *w2;      // (dim, hidden_dim)
-    const float *w3;      // (hidden_dim, dim)
+    Matrix w1;            // (hidden_dim, dim)
+    Matrix w2;            // (dim, hidden_dim)
+    Matrix w3;            // (hidden_dim, dim)
 } LayerWeights;
 
 typedef struct {
-    const float *token_embedding; // (vocab_size, dim)
-    LayerWeights *layers;         // (n_layers,)
-    const float *rms_final;       // (dim,)
-    const float *wcls;            // (vocab_size, dim): token_embedding when shared
+    Matrix token_embedding; // (vocab_size, dim)
+    LayerWeights *layers;   // (n_layers,)
+    const float *rms_final; // (dim,)
+    Matrix wcls;            // (vocab_size, dim): token_embedding when shared
 } TransformerWeights;
 
 // The vocabulary as read from tokenizer.bin or from a GGUF file's metadata.

@@ -1,16 +1,19 @@
 /* Inference for Llama-2 Transformer models in pure C11: the polyllama C port.
 
    After karpathy/llama2.c's run.c, top to bottom: model (state, transformer), thread pool,
-   forward pass, tokenizer, sampler, generation, command line. The model files (v0, v1, GGUF and
-   tokenizer.bin) are read and validated in formats.c. The behaviour is defined by
-   docs/port-contract.md and the numpy reference core in orchestrator/reference/.
+   forward pass (f32 matvec, Q8_0 kernels, matmul dispatch), tokenizer, sampler, generation,
+   command line. The model files (v0, v1, GGUF with F32 or Q8_0 matrices, and tokenizer.bin) are
+   read and validated in formats.c. The behaviour is defined by docs/port-contract.md and the
+   numpy reference core in orchestrator/reference/.
 
    Speed comes from three things: the weights are memory-mapped and read exactly once per token;
    every matrix-vector product streams four weight rows at a time through FMA registers
    (AVX2/FMA on x86-64, NEON on arm64, plain loops the compiler vectorises elsewhere); and a
    persistent pool of workers (spinning briefly, then sleeping) splits every matmul and the
    attention heads, with the matmuls that share an input fused into one dispatch, so a token
-   costs five synchronisations a layer. */
+   costs five synchronisations a layer. GGUF Q8_0 matrices (8-bit blocks) run as llama.cpp runs
+   them, with integer SIMD: the activation quantized to int8 once per dispatch, exact int32
+   block dot products (AVX2 maddubs or AVX-512/AVX VNNI dpbusd; NEON sdot or smull). */
 #define _DEFAULT_SOURCE
 #define _DARWIN_C_SOURCE // clock_gettime and friends on macOS
 #define _POSIX_C_SOURCE 200809L
@@ -82,6 +85,8 @@ typedef struct {
     float *hb2;    // buffer for hidden dimension in the ffn (hidden_dim,)
     float *att;    // attention scores, one row per worker (n_threads, seq_len)
     float *logits; // output logits (vocab_size,)
+    int8_t *xq;    // the input of the current Q8_0 matmuls, quantized (max(dim, hidden_dim),)
+    float *xd;     // and its block scales (max(dim, hidden_dim) / 32,)
     float *rope_cos, *rope_sin; // this position's rotation per pair of a head (head_size / 2,)
     float *key_cache;   // (layer, seq_len, kv_dim)
     float *value_cache; // (layer, seq_len, kv_dim)
@@ -228,6 +233,9 @@ static void build_state(RunState *s, const Config *c, int n_threads) {
     s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
     s->att = xcalloc((size_t)n_threads * c->seq_len, sizeof(float));
     s->logits = xcalloc(c->vocab_size, sizeof(float));
+    int widest = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
+    s->xq = xcalloc(widest, 1);
+    s->xd = xcalloc(widest / Q8_BLOCK + 1, sizeof(float));
     s->rope_cos = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
     s->rope_sin = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
     s->key_cache = xcalloc((size_t)c->n_layers * c->seq_len * kv_dim, sizeof(float));
@@ -236,6 +244,7 @@ static void build_state(RunState *s, const Config *c, int n_threads) {
 
 static void free_state(RunState *s) {
     free(s->x); free(s->xb); free(s->q); free(s->hb); free(s->hb2); free(s->att); free(s->logits);
+    free(s->xq); free(s->xd);
     free(s->rope_cos); free(s->rope_sin); free(s->key_cache); free(s->value_cache);
 }
 
@@ -392,6 +401,219 @@ static inline float dot(const float *a, const float *b, int n) {
     return s;
 }
 
+// ----------------------------------------------------------------------------
+// Q8_0 weights (GGUF type 8), computed as llama.cpp's CPU backend computes them: the activation
+// is quantized to Q8_0 blocks too, each block's dot product is an exact int32 sum of int8
+// products, and only the scale products and the sum over blocks are float32:
+//   out[r] = sum_b float(isum[r][b]) * (fp32(d[r][b]) * dx[b])
+// The activation is quantized once per dispatch (Q, K and V share it; so do W1 and W3).
+
+// fp16 bits -> float, exactly: normals, subnormals, infinities and NaN
+static inline float fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000u | man << 13;
+    else if (exp) bits = sign | (exp + 112) << 23 | man << 13; // rebias 15 -> 127
+    else { // zero or subnormal: man * 2^-24, exact in float
+        float f = (float)man * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+// float -> fp16 bits, rounding to nearest even (what F16C, NEON and numpy's astype do)
+static inline uint16_t fp32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return sign | 0x7e00;       // NaN stays NaN
+    if (x >= 0x477ff000u) return sign | 0x7c00;      // 65520 and up round to infinity
+    if (x < 0x38800000u) {                           // under 2^-14: a subnormal (or 2^-14 itself)
+        float a;
+        memcpy(&a, &x, 4);
+        return sign | (uint16_t)nearbyintf(a * 0x1p24f); // the scaling is exact; rounds to even
+    }
+    x -= 0x38000000u;             // rebias 127 -> 15
+    x += 0xfff + ((x >> 13) & 1); // round the 13 dropped bits to nearest, ties to the even result
+    return sign | (uint16_t)(x >> 13);
+}
+
+// a block's scale: the first two bytes, little-endian, at any alignment
+static inline float q8_scale(const unsigned char *block) {
+    return fp16_to_fp32((uint16_t)(block[0] | block[1] << 8));
+}
+
+static inline size_t q8_row_bytes(int n) { return (size_t)(n / Q8_BLOCK) * Q8_BLOCK_BYTES; }
+
+// x (n values, n a multiple of 32) as Q8_0 blocks, the way llama.cpp's SIMD quantize_row_q8_0
+// does it: 127 / amax as the multiplier, rounding ties to even (rintf in the default rounding
+// mode), and the scale used later is the fp16-rounded amax / 127
+static void quantize_q8(int8_t *qx, float *dx, const float *x, int n) {
+    for (int b = 0; b < n / Q8_BLOCK; b++) {
+        const float *xb = x + b * Q8_BLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < Q8_BLOCK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        dx[b] = fp16_to_fp32(fp32_to_fp16(amax / 127.0f));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        for (int i = 0; i < Q8_BLOCK; i++) qx[b * Q8_BLOCK + i] = (int8_t)rintf(xb[i] * id);
+    }
+}
+
+// one row of a Q8_0 matrix (an embedding), dequantized: d * q is exact in float
+static void dequantize_row_q8(float *out, const unsigned char *row, int n) {
+    for (int b = 0; b < n / Q8_BLOCK; b++, row += Q8_BLOCK_BYTES) {
+        float d = q8_scale(row);
+        const int8_t *q = (const int8_t *)(row + 2);
+        for (int i = 0; i < Q8_BLOCK; i++) out[b * Q8_BLOCK + i] = d * (float)q[i];
+    }
+}
+
+// one block's int32 dot product, the plain way. The quants are read as int8_t, not converted
+// from unsigned char: GCC 12 with AVX-VNNI vectorizes `(int8_t)u8 * s8` into an unsigned-by-signed
+// vpdpbusd and gets -128 * x wrong (found by test.c).
+static inline int q8_block_isum(const unsigned char *wblock, const int8_t *qx) {
+    const int8_t *q = (const int8_t *)(wblock + 2);
+    int s = 0;
+    for (int i = 0; i < Q8_BLOCK; i++) s += q[i] * qx[i];
+    return s;
+}
+
+#if SIMD_AVX2
+// the products of a weight block and an activation block as eight int32 partial sums.
+// maddubs and dpbusd multiply unsigned bytes by signed ones: |w| is exact as unsigned even for
+// w = -128, and x, which quantize_q8 keeps within +-127, takes w's sign without overflowing.
+// Neither can saturate: a pair of products is at most 2 * 128 * 127 < 2^15.
+static inline __m256i q8_block_dot(const unsigned char *wblock, const int8_t *qx) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)(wblock + 2)), x = _mm256_loadu_si256((const __m256i *)qx);
+    __m256i aw = _mm256_sign_epi8(w, w), sx = _mm256_sign_epi8(x, w);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aw, sx);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
+#endif
+}
+
+// eight blocks' partial sums -> their eight isums, in block order
+static inline __m256i q8_isums8(const __m256i v[8]) {
+    __m256i s01 = _mm256_hadd_epi32(v[0], v[1]), s23 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i s45 = _mm256_hadd_epi32(v[4], v[5]), s67 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i s0123 = _mm256_hadd_epi32(s01, s23), s4567 = _mm256_hadd_epi32(s45, s67);
+    // each 128-bit half now holds blocks 0-3 (or 4-7) summed over its own half of the lanes
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                            _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+
+static inline int hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// the scales of eight consecutive blocks (34 bytes apart)
+static inline __m256 q8_scales8(const unsigned char *w) {
+#ifdef __F16C__
+    uint16_t h[8];
+    for (int k = 0; k < 8; k++) h[k] = (uint16_t)(w[k * Q8_BLOCK_BYTES] | w[k * Q8_BLOCK_BYTES + 1] << 8);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+#else
+    float f[8];
+    for (int k = 0; k < 8; k++) f[k] = q8_scale(w + k * Q8_BLOCK_BYTES);
+    return _mm256_loadu_ps(f);
+#endif
+}
+#elif SIMD_NEON
+// one block's products as four int32 partial sums: sdot with the dotprod extension, else
+// widening multiplies (int8 * int8 fits int16) added pairwise into int32
+static inline int32x4_t q8_block_dot(const unsigned char *wblock, const int8_t *qx) {
+    int8x16_t w0 = vld1q_s8((const int8_t *)wblock + 2), w1 = vld1q_s8((const int8_t *)wblock + 18);
+    int8x16_t x0 = vld1q_s8(qx), x1 = vld1q_s8(qx + 16);
+#ifdef __ARM_FEATURE_DOTPROD
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#else
+    int32x4_t acc = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+    acc = vpadalq_s16(acc, vmull_high_s8(w0, x0));
+    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+    return vpadalq_s16(acc, vmull_high_s8(w1, x1));
+#endif
+}
+
+// the scales of four consecutive blocks (34 bytes apart)
+static inline float32x4_t q8_scales4(const unsigned char *w) {
+    uint16_t h[4];
+    for (int k = 0; k < 4; k++) h[k] = (uint16_t)(w[k * Q8_BLOCK_BYTES] | w[k * Q8_BLOCK_BYTES + 1] << 8);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+}
+#endif
+
+// one row of a Q8_0 matrix against the quantized activation (nb blocks). SIMD paths take eight
+// (AVX2) or four (NEON) blocks at a time: their isums side by side in one register, scaled and
+// summed lane-wise; the remaining blocks one by one.
+static float q8_dot_row(const unsigned char *w, const int8_t *qx, const float *dx, int nb) {
+    int b = 0;
+    float s = 0.0f;
+#if SIMD_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; b + 8 <= nb; b += 8) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        __m256i v[8];
+        for (int k = 0; k < 8; k++) v[k] = q8_block_dot(wb + k * Q8_BLOCK_BYTES, qx + (b + k) * Q8_BLOCK);
+        __m256 isum = _mm256_cvtepi32_ps(q8_isums8(v)); // exact: |isum| < 2^24
+        __m256 scale = _mm256_mul_ps(q8_scales8(wb), _mm256_loadu_ps(dx + b));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(isum, scale)); // not fused: the product is rounded first
+    }
+    s = hsum256(acc);
+    for (; b < nb; b++) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        float term = (float)hsum256_epi32(q8_block_dot(wb, qx + b * Q8_BLOCK)) * (q8_scale(wb) * dx[b]);
+        s += term;
+    }
+#elif SIMD_NEON
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (; b + 4 <= nb; b += 4) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        int32x4_t p0 = q8_block_dot(wb, qx + b * Q8_BLOCK);
+        int32x4_t p1 = q8_block_dot(wb + Q8_BLOCK_BYTES, qx + (b + 1) * Q8_BLOCK);
+        int32x4_t p2 = q8_block_dot(wb + 2 * Q8_BLOCK_BYTES, qx + (b + 2) * Q8_BLOCK);
+        int32x4_t p3 = q8_block_dot(wb + 3 * Q8_BLOCK_BYTES, qx + (b + 3) * Q8_BLOCK);
+        float32x4_t isum = vcvtq_f32_s32(vpaddq_s32(vpaddq_s32(p0, p1), vpaddq_s32(p2, p3)));
+        float32x4_t scale = vmulq_f32(q8_scales4(wb), vld1q_f32(dx + b));
+        acc = vaddq_f32(acc, vmulq_f32(isum, scale));
+    }
+    s = vaddvq_f32(acc);
+    for (; b < nb; b++) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        float term = (float)vaddvq_s32(q8_block_dot(wb, qx + b * Q8_BLOCK)) * (q8_scale(wb) * dx[b]);
+        s += term;
+    }
+#else
+    for (; b < nb; b++) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        float term = (float)q8_block_isum(wb, qx + b * Q8_BLOCK) * (q8_scale(wb) * dx[b]);
+        s += term;
+    }
+#endif
+    return s;
+}
+
+// out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) in Q8_0 and x quantized (qx, dx)
+static void matvec_q8_rows(float *out, const int8_t *qx, const float *dx, const void *w, int n, int r0, int r1,
+                           int accumulate) {
+    const unsigned char *rows = w;
+    size_t stride = q8_row_bytes(n);
+    for (int i = r0; i < r1; i++) {
+        float s = q8_dot_row(rows + (size_t)i * stride, qx, dx, n / Q8_BLOCK);
+        out[i] = accumulate ? out[i] + s : s;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Matmul dispatch: rows split across the pool, each matrix by its own kernel
+
 // worker tid's share [lo, hi) of `rows`, in blocks of 16 rows (64 bytes of output) so that no
 // two workers write the same cache line
 static void split_rows(int rows, int tid, int n_threads, int *lo, int *hi) {
@@ -401,11 +623,34 @@ static void split_rows(int rows, int tid, int n_threads, int *lo, int *hi) {
     *hi = b1 * 16 < rows ? b1 * 16 : rows;
 }
 
+// a matmul's input, with its Q8_0 blocks when one of the matrices that share it is Q8_0
+typedef struct {
+    const float *x;   // (n,)
+    const int8_t *xq; // (n,), or NULL
+    const float *xd;  // (n / 32,)
+} Input;
+
+// quantize x into the state's buffers when any of the n_mats matrices needs it
+static Input matmul_input(RunState *s, const float *x, int n, const Matrix *mats, int n_mats) {
+    for (int k = 0; k < n_mats; k++)
+        if (mats[k].type == WEIGHT_Q8_0) {
+            quantize_q8(s->xq, s->xd, x, n);
+            return (Input){x, s->xq, s->xd};
+        }
+    return (Input){x, NULL, NULL};
+}
+
+// rows [r0, r1) of W @ x, by W's kernel
+static void matvec_any(float *out, const Input *in, Matrix w, int n, int r0, int r1, int accumulate) {
+    if (w.type == WEIGHT_Q8_0) matvec_q8_rows(out, in->xq, in->xd, w.data, n, r0, r1, accumulate);
+    else matvec_rows(out, in->x, w.data, n, r0, r1, accumulate);
+}
+
 // up to three matmuls sharing an input, split across workers as one stack of rows
 typedef struct {
-    const float *x; // (n,)
+    Input in;
     int n, n_mats, accumulate;
-    struct { const float *w; float *out; int rows; } mats[3];
+    struct { Matrix w; float *out; int rows; } mats[3];
 } MatmulTask;
 
 static void matmul_task(void *ctx, int tid, int n_threads) {
@@ -418,25 +663,26 @@ static void matmul_task(void *ctx, int tid, int n_threads) {
         int a = lo - base, b = hi - base;
         if (a < 0) a = 0;
         if (b > m->mats[k].rows) b = m->mats[k].rows;
-        if (a < b) matvec_rows(m->mats[k].out, m->x, m->mats[k].w, m->n, a, b, m->accumulate);
+        if (a < b) matvec_any(m->mats[k].out, &m->in, m->mats[k].w, m->n, a, b, m->accumulate);
     }
 }
 
-static void matmul(ThreadPool *pool, float *out, const float *x, const float *w, int n, int d, int accumulate) {
+static void matmul(ThreadPool *pool, RunState *s, float *out, const float *x, Matrix w, int n, int d,
+                   int accumulate) {
     // W (d,n) @ x (n,) -> out (d,), or out += W @ x
-    MatmulTask task = {x, n, 1, accumulate, {{w, out, d}}};
+    MatmulTask task = {matmul_input(s, x, n, &w, 1), n, 1, accumulate, {{w, out, d}}};
     pool_run(pool, matmul_task, &task);
 }
 
 // the FFN's gate and up projections and the SwiGLU between them: hb = silu(w1 @ xb) * (w3 @ xb)
-typedef struct { const float *x, *w1, *w3; float *hb, *hb2; int dim, hidden_dim; } FfnTask;
+typedef struct { Input in; Matrix w1, w3; float *hb, *hb2; int dim, hidden_dim; } FfnTask;
 
 static void ffn_task(void *ctx, int tid, int n_threads) {
     FfnTask *f = ctx;
     int lo, hi;
     split_rows(f->hidden_dim, tid, n_threads, &lo, &hi);
-    matvec_rows(f->hb, f->x, f->w1, f->dim, lo, hi, 0);
-    matvec_rows(f->hb2, f->x, f->w3, f->dim, lo, hi, 0);
+    matvec_any(f->hb, &f->in, f->w1, f->dim, lo, hi, 0);
+    matvec_any(f->hb2, &f->in, f->w3, f->dim, lo, hi, 0);
     for (int i = lo; i < hi; i++) {
         float val = f->hb[i];
         val *= (1.0f / (1.0f + expf(-val))); // silu(x) = x * sigmoid(x)
@@ -494,8 +740,10 @@ static float *forward(Transformer *transformer, int token, int pos) {
     int dim = p->dim, hidden_dim = p->hidden_dim;
     int head_size = dim / p->n_heads, kv_dim = p->n_kv_heads * head_size;
 
-    // copy the token embedding into x
-    memcpy(x, w->token_embedding + (size_t)token * dim, dim * sizeof(float));
+    // copy the token embedding into x (a Q8_0 table's row dequantized)
+    if (w->token_embedding.type == WEIGHT_Q8_0)
+        dequantize_row_q8(x, (const unsigned char *)w->token_embedding.data + token * q8_row_bytes(dim), dim);
+    else memcpy(x, (const float *)w->token_embedding.data + (size_t)token * dim, dim * sizeof(float));
 
     // this position's rotation angles, shared by every layer and head
     for (int i = 0; i < head_size; i += 2) {
@@ -514,7 +762,9 @@ static float *forward(Transformer *transformer, int token, int pos) {
         size_t loff = (size_t)l * p->seq_len * kv_dim;
         float *k = s->key_cache + loff + (size_t)pos * kv_dim;
         float *v = s->value_cache + loff + (size_t)pos * kv_dim;
-        MatmulTask qkv = {s->xb, dim, 3, 0, {{lw->wq, s->q, dim}, {lw->wk, k, kv_dim}, {lw->wv, v, kv_dim}}};
+        Matrix wqkv[3] = {lw->wq, lw->wk, lw->wv};
+        MatmulTask qkv = {matmul_input(s, s->xb, dim, wqkv, 3), dim, 3, 0,
+                          {{lw->wq, s->q, dim}, {lw->wk, k, kv_dim}, {lw->wv, v, kv_dim}}};
         pool_run(pool, matmul_task, &qkv);
 
         rope(s->q, dim, head_size, s->rope_cos, s->rope_sin);
@@ -524,22 +774,23 @@ static float *forward(Transformer *transformer, int token, int pos) {
         pool_run(pool, attention_task, &att);
 
         // final matmul to get the output of the attention, and the residual connection: x += wo @ xb
-        matmul(pool, x, s->xb, lw->wo, dim, dim, 1);
+        matmul(pool, s, x, s->xb, lw->wo, dim, dim, 1);
 
         // ffn rmsnorm
         rmsnorm(s->xb, x, lw->rms_ffn, dim);
 
         // self.w2(F.silu(self.w1(x)) * self.w3(x)), then the residual connection
-        FfnTask ffn = {s->xb, lw->w1, lw->w3, s->hb, s->hb2, dim, hidden_dim};
+        Matrix w13[2] = {lw->w1, lw->w3};
+        FfnTask ffn = {matmul_input(s, s->xb, dim, w13, 2), lw->w1, lw->w3, s->hb, s->hb2, dim, hidden_dim};
         pool_run(pool, ffn_task, &ffn);
-        matmul(pool, x, s->hb, lw->w2, hidden_dim, dim, 1);
+        matmul(pool, s, x, s->hb, lw->w2, hidden_dim, dim, 1);
     }
 
     // final rmsnorm
     rmsnorm(x, x, w->rms_final, dim);
 
     // classifier into logits
-    matmul(pool, s->logits, x, w->wcls, dim, p->vocab_size, 0);
+    matmul(pool, s, s->logits, x, w->wcls, dim, p->vocab_size, 0);
     return s->logits;
 }
 

@@ -183,8 +183,195 @@ static void test_tokenizer(void) {
     test_encode("tok512.bin", "once upon a time", 512, "Once upon a time", small, 5);
 }
 
-// stories260K with tok512, greedy: the known opening, at one and at two threads
-static void test_generation(int n_threads) {
+// ----------------------------------------------------------------------------
+// Q8_0: fp16 conversions, activation quantization, the block dot product
+
+// the fp16 value of bits h, from its definition
+static double half_value(uint16_t h) {
+    int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    double v = exp == 0x1f ? (man ? NAN : INFINITY) : exp ? ldexp(1024 + man, exp - 25) : ldexp(man, -24);
+    return h & 0x8000 ? -v : v;
+}
+
+// f rounded to the nearest fp16, ties to the even bit pattern, found by search over the values
+static uint16_t half_nearest(float f) {
+    double a = fabs((double)f);
+    uint16_t sign = signbit(f) ? 0x8000 : 0, lo = 0, hi = 0x7c00; // half_value rises with the bits
+    while (hi - lo > 1) { // the largest finite h with value <= a
+        uint16_t mid = (uint16_t)((lo + hi) / 2);
+        if (half_value(mid) <= a) lo = mid;
+        else hi = mid;
+    }
+    if (a >= 65520.0) return sign | 0x7c00; // past the last midpoint: infinity
+    double below = half_value(lo), above = lo == 0x7bff ? 65536.0 : half_value((uint16_t)(lo + 1));
+    if (a - below < above - a || (a - below == above - a && lo % 2 == 0)) return sign | lo;
+    return sign | (uint16_t)(lo + 1);
+}
+
+static void test_fp16(void) {
+    int bad_to = 0, bad_round = 0, bad_from = 0;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        double want = half_value((uint16_t)h);
+        float got = fp16_to_fp32((uint16_t)h);
+        if (isnan(want)) { bad_to += !isnan(got); continue; }
+        bad_to += (double)got != want || !signbit(got) != !signbit(want);
+        bad_round += fp32_to_fp16(got) != h;
+    }
+    CHECK(!bad_to, "fp16 -> fp32 is exact on all 65536 patterns (%d wrong)", bad_to);
+    CHECK(!bad_round, "fp32 -> fp16 gives every fp16 value back (%d wrong)", bad_round);
+    // the midpoints between neighbours (ties: to even), a float either side of them, and random floats
+    unsigned long long rng = 16;
+    for (uint16_t h = 0; h < 0x7bff; h++) {
+        float mid = (float)((half_value(h) + half_value((uint16_t)(h + 1))) / 2); // exact in float
+        float probes[3] = {mid, nextafterf(mid, 0.0f), nextafterf(mid, INFINITY)};
+        for (int k = 0; k < 3; k++) {
+            bad_from += fp32_to_fp16(probes[k]) != half_nearest(probes[k]);
+            bad_from += fp32_to_fp16(-probes[k]) != half_nearest(-probes[k]);
+        }
+    }
+    for (int i = 0; i < 200000; i++) {
+        uint32_t bits = random_u32(&rng);
+        float f;
+        memcpy(&f, &bits, 4);
+        if (!isnan(f)) bad_from += fp32_to_fp16(f) != half_nearest(f);
+    }
+    CHECK(!bad_from, "fp32 -> fp16 rounds to nearest, ties to even (%d wrong)", bad_from);
+    CHECK(fp32_to_fp16(65504.0f) == 0x7bff && fp32_to_fp16(65519.99f) == 0x7bff &&
+              fp32_to_fp16(65520.0f) == 0x7c00 && fp32_to_fp16(-1e9f) == 0xfc00 && (fp32_to_fp16(NAN) & 0x7fff) > 0x7c00,
+          "fp16 overflow and NaN");
+}
+
+// a block of 32 from a few leading values, the rest 0
+static void block_of(float *x, const float *lead, int n) {
+    memset(x, 0, Q8_BLOCK * sizeof(float));
+    memcpy(x, lead, n * sizeof(float));
+}
+
+static void test_q8_quantize(void) {
+    float x[3 * Q8_BLOCK], dx[3];
+    int8_t q[3 * Q8_BLOCK];
+    // block 0: all zero (amax 0: scale 0, quants 0); block 1: amax 127, so 127 / amax is exactly 1
+    // and x * id lands on exact .5 ties, which round to even; block 2: a scale that fp16 rounds
+    block_of(x, (const float[]){0.0f, -0.0f}, 2);
+    block_of(x + Q8_BLOCK, (const float[]){127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -2.5f, -3.5f, 126.5f, -127.0f}, 9);
+    block_of(x + 2 * Q8_BLOCK, (const float[]){1.0f, -0.25f, 0.1f}, 3);
+    quantize_q8(q, dx, x, 3 * Q8_BLOCK);
+    int zero = 1;
+    for (int i = 0; i < Q8_BLOCK; i++) zero &= q[i] == 0;
+    CHECK(zero && dx[0] == 0.0f, "an all-zero block quantizes to zeros with scale 0");
+    const int8_t want_ties[9] = {127, 0, 2, 2, 0, -2, -4, 126, -127};
+    CHECK(!memcmp(q + Q8_BLOCK, want_ties, 9) && dx[1] == 1.0f, "ties round to even: 0.5 -> 0, 2.5 -> 2, -3.5 -> -4");
+    float d2 = 1.0f / 127.0f;
+    CHECK(dx[2] == fp16_to_fp32(fp32_to_fp16(d2)) && dx[2] != d2, "the scale is amax / 127 rounded to fp16");
+    // 127 * 0.1 = 12.7 -> 13; -0.25 * 127 = -31.75 -> -32
+    CHECK(q[2 * Q8_BLOCK] == 127 && q[2 * Q8_BLOCK + 1] == -32 && q[2 * Q8_BLOCK + 2] == 13, "quants of block 2");
+}
+
+// the matvec by its definition: exact int32 block sums, each scaled in float, summed in double
+static void q8_matvec_plain(double *out, double *magnitude, const unsigned char *w, const int8_t *qx,
+                            const float *dx, int n, int rows) {
+    for (int r = 0; r < rows; r++) {
+        const unsigned char *row = w + (size_t)r * q8_row_bytes(n);
+        out[r] = magnitude[r] = 0.0;
+        for (int b = 0; b < n / Q8_BLOCK; b++) {
+            const int8_t *q = (const int8_t *)(row + b * Q8_BLOCK_BYTES + 2); // as q8_block_isum says why
+            int isum = 0;
+            for (int i = 0; i < Q8_BLOCK; i++) isum += q[i] * qx[b * Q8_BLOCK + i];
+            float term = (float)isum * (q8_scale(row + b * Q8_BLOCK_BYTES) * dx[b]);
+            out[r] += term;
+            magnitude[r] += fabs(term);
+        }
+    }
+}
+
+// the SIMD (or portable) kernel against q8_matvec_plain, over row lengths that leave 0 to 7
+// blocks after the SIMD groups; weights take every byte value, -128 included
+static void test_q8_dot(void) {
+    enum { ROWS = 19, MAX_N = 25 * Q8_BLOCK };
+    const int lengths[] = {32, 64, 96, 128, 256, 288, 352, 800};
+    unsigned char *w = xcalloc(ROWS, q8_row_bytes(MAX_N));
+    float x[MAX_N], dx[MAX_N / Q8_BLOCK], out[ROWS];
+    int8_t qx[MAX_N];
+    double want[ROWS], magnitude[ROWS];
+    unsigned long long rng = 7;
+    for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+        int n = lengths[li], nb = n / Q8_BLOCK;
+        // exact: scales 1 and an activation block whose amax is 127 (so dx = 1, id = 1, qx = x):
+        // every term is an integer and every partial sum stays below 2^24, so any order is exact
+        for (int r = 0; r < ROWS; r++)
+            for (int b = 0; b < nb; b++) {
+                unsigned char *blk = w + (size_t)r * q8_row_bytes(n) + b * Q8_BLOCK_BYTES;
+                blk[0] = 0x00, blk[1] = 0x3c; // fp16 1.0
+                for (int i = 0; i < Q8_BLOCK; i++)
+                    blk[2 + i] = r == 0 ? 0x80 : r == 1 ? 0x7f : (unsigned char)random_u32(&rng); // -128, 127, any
+            }
+        for (int b = 0; b < nb; b++)
+            for (int i = 0; i < Q8_BLOCK; i++) {
+                float any = (float)((int)(random_u32(&rng) % 255) - 127);
+                x[b * Q8_BLOCK + i] = b % 3 == 0 ? (i % 2 ? -127.0f : 127.0f) : i == 0 ? 127.0f : any;
+            }
+        quantize_q8(qx, dx, x, n);
+        matvec_q8_rows(out, qx, dx, w, n, 0, ROWS, 0);
+        q8_matvec_plain(want, magnitude, w, qx, dx, n, ROWS);
+        int exact = 1;
+        for (int r = 0; r < ROWS; r++) exact &= (double)out[r] == want[r];
+        CHECK(exact, "Q8_0 integer dot products, n = %d: exact", n);
+
+        // general: random scales and activations (block 1 all zero, amax 0); agreement up to the
+        // float rounding of a sum taken in another order
+        for (int r = 0; r < ROWS; r++)
+            for (int b = 0; b < nb; b++) {
+                unsigned char *blk = w + (size_t)r * q8_row_bytes(n) + b * Q8_BLOCK_BYTES;
+                uint16_t h = (uint16_t)(0x1000 + random_u32(&rng) % 0x3000); // about 2^-11 .. 2^4
+                if (random_u32(&rng) % 2) h |= 0x8000;
+                blk[0] = (unsigned char)h, blk[1] = (unsigned char)(h >> 8);
+            }
+        for (int i = 0; i < n; i++) x[i] = (i / Q8_BLOCK == 1) ? 0.0f : (random_f32(&rng) - 0.5f) * 8.0f;
+        quantize_q8(qx, dx, x, n);
+        matvec_q8_rows(out, qx, dx, w, n, 0, ROWS, 0);
+        q8_matvec_plain(want, magnitude, w, qx, dx, n, ROWS);
+        int close = 1;
+        for (int r = 0; r < ROWS; r++) close &= fabs(out[r] - want[r]) <= 1e-6 * magnitude[r];
+        CHECK(close, "Q8_0 matvec, n = %d: the plain loop's value", n);
+        // accumulate adds to what is there
+        for (int r = 0; r < ROWS; r++) out[r] = 1.0f;
+        matvec_q8_rows(out, qx, dx, w, n, 3, 5, 1);
+        CHECK(out[2] == 1.0f && out[5] == 1.0f && fabs(out[3] - 1.0 - want[3]) <= 1e-6 * (1 + magnitude[3]),
+              "Q8_0 matvec, n = %d: rows [3, 5) accumulated", n);
+    }
+    free(w);
+}
+
+// llama.cpp's quantize_row_q8_0_ref, as the converter (and the gguf package) quantizes weights:
+// d = amax / 127, q = round-half-away-from-zero(x / d), d stored as fp16
+static void quantize_weights_q8(unsigned char *out, const float *x, size_t n) {
+    for (size_t b = 0; b < n / Q8_BLOCK; b++, out += Q8_BLOCK_BYTES) {
+        const float *xb = x + b * Q8_BLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < Q8_BLOCK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = fp32_to_fp16(d);
+        out[0] = (unsigned char)h;
+        out[1] = (unsigned char)(h >> 8);
+        for (int i = 0; i < Q8_BLOCK; i++) out[2 + i] = (unsigned char)(int8_t)roundf(xb[i] * id);
+    }
+}
+
+// a Q8_0 copy of an F32 matrix (rows, cols), when its rows are whole blocks (else left F32, as
+// the converter leaves stories260K's ffn_down); the copies are kept in *owned for freeing
+static void to_q8(Matrix *m, size_t rows, size_t cols, void **owned, int *n_owned) {
+    if (m->type != WEIGHT_F32 || cols % Q8_BLOCK) return;
+    unsigned char *q = xcalloc(rows * (cols / Q8_BLOCK), Q8_BLOCK_BYTES);
+    quantize_weights_q8(q, m->data, rows * cols);
+    owned[(*n_owned)++] = q;
+    *m = (Matrix){q, WEIGHT_Q8_0};
+}
+
+// stories260K with tok512, greedy: the known opening, at one and at two threads. With q8, every
+// matrix the converter would write as Q8_0 is quantized in memory first, and the text is the
+// reference's for `invoke models.convert --type q8_0` of the same file (the F32 text differs
+// from "with my ball" on).
+static void test_generation(int n_threads, int q8) {
     const char *model = model_file("stories260K.bin");
     if (!model) return;
     char model_path[4096];
@@ -193,6 +380,27 @@ static void test_generation(int n_threads) {
     if (!tok) return;
     Transformer tr;
     build_transformer(&tr, model_path);
+    const Config *c = &tr.config;
+    void *owned[1 + 7 * 64];
+    int n_owned = 0;
+    if (q8 && c->n_layers <= 64) {
+        size_t d = c->dim, h = c->hidden_dim, kv = (size_t)c->n_kv_heads * (d / c->n_heads);
+        TransformerWeights *w = &tr.weights;
+        int shared = w->wcls.data == w->token_embedding.data;
+        to_q8(&w->token_embedding, c->vocab_size, d, owned, &n_owned);
+        if (shared) w->wcls = w->token_embedding;
+        else to_q8(&w->wcls, c->vocab_size, d, owned, &n_owned);
+        for (int l = 0; l < c->n_layers; l++) {
+            LayerWeights *lw = &w->layers[l];
+            to_q8(&lw->wq, d, d, owned, &n_owned);
+            to_q8(&lw->wk, kv, d, owned, &n_owned);
+            to_q8(&lw->wv, kv, d, owned, &n_owned);
+            to_q8(&lw->wo, d, d, owned, &n_owned);
+            to_q8(&lw->w1, h, d, owned, &n_owned);
+            to_q8(&lw->w2, d, h, owned, &n_owned);
+            to_q8(&lw->w3, h, d, owned, &n_owned);
+        }
+    }
     Vocab v = {0};
     read_vocab(&v, tok, tr.config.vocab_size);
     Tokenizer t;
@@ -201,7 +409,7 @@ static void test_generation(int n_threads) {
     char text[1024] = "";
     size_t used = 0;
     int token = 1;
-    for (int pos = 0; pos < 40; pos++) {
+    for (int pos = 0; pos < (q8 ? 128 : 40); pos++) {
         int next = sample_argmax(forward(&tr, token, pos), tr.config.vocab_size);
         char byte;
         int len;
@@ -211,10 +419,17 @@ static void test_generation(int n_threads) {
     }
     text[used] = 0;
     const char *want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
-    CHECK(!strncmp(text, want, strlen(want)), "greedy stories260K at -j %d: got \"%s\"", n_threads, text);
+    const char *want_q8 =
+        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
+        "she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, "
+        "let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with my ball.\"";
+    if (q8) want = want_q8;
+    CHECK(!strncmp(text, want, strlen(want)), "greedy stories260K%s at -j %d: got \"%s\"", q8 ? " Q8_0" : "",
+          n_threads, text);
     free_tokenizer(&t);
     free_vocab(&v);
     free_transformer(&tr);
+    while (n_owned) free(owned[--n_owned]);
 }
 
 // ----------------------------------------------------------------------------
@@ -342,10 +557,15 @@ static void test_tokenizer_file_rules(void) {
     unlink(good);
 }
 
-// A GGUF model (dim 8, hidden 16, one layer, two heads, seq_len 8) with the test vocabulary,
-// and the defects that llama.cpp (and the contract) refuse.
+// A GGUF model (dim 8, hidden 16, one layer, two heads, seq_len 8, or the dims of a GgufShape)
+// with the test vocabulary, and the defects that llama.cpp (and the contract) refuse.
 enum { G_OK, G_EMPTY_KEY, G_DUP_KEY, G_DUP_TOKENIZER_KEY, G_DUP_TENSOR, G_EXTRA_TENSOR, G_UNALIGNED, G_OVERLAP,
-       G_NAN_SCORE, G_INF_SCORE, G_NO_SPACE };
+       G_NAN_SCORE, G_INF_SCORE, G_NO_SPACE, G_TRUNCATED, G_Q8_OVERLAP };
+
+// the model's dims, and its tensors' types: bit i of q8 makes tensor i (write_gguf's order) Q8_0,
+// and other_type, when not 0, is attn_q's type
+typedef struct { int dim, hidden; unsigned q8; uint32_t other_type; } GgufShape;
+static const GgufShape F32_SHAPE = {8, 16, 0, 0};
 
 static void put_kv_u32(Buf *b, int *n, const char *key, uint32_t v) {
     put_str(b, key); put_u32(b, 4); put_u32(b, v); (*n)++;
@@ -358,12 +578,12 @@ static void put_kv_scores(Buf *b, int *n, int defect) {
     (*n)++;
 }
 
-static int gguf_kvs(Buf *b, int defect) {
+static int gguf_kvs(Buf *b, int defect, const GgufShape *shape) {
     int n = 0;
     put_str(b, "general.architecture"); put_u32(b, 8); put_str(b, "llama"); n++;
     put_str(b, defect == G_EMPTY_KEY ? "" : "general.name"); put_u32(b, 8); put_str(b, "test"); n++;
-    put_kv_u32(b, &n, "llama.embedding_length", 8);
-    put_kv_u32(b, &n, "llama.feed_forward_length", 16);
+    put_kv_u32(b, &n, "llama.embedding_length", (uint32_t)shape->dim);
+    put_kv_u32(b, &n, "llama.feed_forward_length", (uint32_t)shape->hidden);
     put_kv_u32(b, &n, "llama.block_count", 1);
     put_kv_u32(b, &n, "llama.attention.head_count", 2);
     put_kv_u32(b, &n, "llama.context_length", 8);
@@ -382,31 +602,40 @@ static int gguf_kvs(Buf *b, int defect) {
     return n;
 }
 
-static const char *write_gguf(int defect) {
+static const char *write_gguf_shaped(int defect, const GgufShape *shape) {
     static const char *names[11] = {"token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight",
                                     "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
                                     "blk.0.attn_output.weight", "blk.0.ffn_norm.weight", "blk.0.ffn_gate.weight",
                                     "blk.0.ffn_down.weight", "blk.0.ffn_up.weight"};
     // dims innermost first: a (rows, cols) matrix is [cols, rows]; 0 = a vector
-    static const uint64_t dims[11][2] = {{8, TEST_VOCAB}, {8, 0}, {8, 0}, {8, 8}, {8, 8}, {8, 8}, {8, 8},
-                                         {8, 0}, {8, 16}, {16, 8}, {8, 16}};
+    uint64_t d = (uint64_t)shape->dim, h = (uint64_t)shape->hidden;
+    const uint64_t dims[11][2] = {{d, TEST_VOCAB}, {d, 0}, {d, 0}, {d, d}, {d, d}, {d, d}, {d, d},
+                                  {d, 0}, {d, h}, {h, d}, {d, h}};
     const char *tnames[12];
-    uint64_t tdims[12][2], offsets[12], end = 0;
+    uint64_t tdims[12][2], offsets[12], sizes[12], end = 0;
+    uint32_t types[12] = {0};
     int nt = 11;
-    for (int i = 0; i < 11; i++) { tnames[i] = names[i]; tdims[i][0] = dims[i][0]; tdims[i][1] = dims[i][1]; }
+    for (int i = 0; i < 11; i++) {
+        tnames[i] = names[i]; tdims[i][0] = dims[i][0]; tdims[i][1] = dims[i][1];
+        types[i] = shape->q8 >> i & 1 ? WEIGHT_Q8_0 : WEIGHT_F32;
+    }
+    if (shape->other_type) types[3] = shape->other_type;
     if (defect == G_DUP_TENSOR || defect == G_EXTRA_TENSOR) {
         tnames[11] = defect == G_DUP_TENSOR ? names[3] : "extra.weight";
-        tdims[11][0] = 8; tdims[11][1] = defect == G_DUP_TENSOR ? 8 : 0;
+        tdims[11][0] = d; tdims[11][1] = defect == G_DUP_TENSOR ? d : 0;
         nt = 12;
     }
     for (int i = 0; i < nt; i++) {
+        uint64_t rows = tdims[i][1] ? tdims[i][1] : 1;
+        sizes[i] = types[i] == WEIGHT_Q8_0 ? rows * (tdims[i][0] / Q8_BLOCK) * Q8_BLOCK_BYTES : 4 * tdims[i][0] * rows;
         offsets[i] = end;
-        end += (4 * tdims[i][0] * (tdims[i][1] ? tdims[i][1] : 1) + 31) / 32 * 32;
+        end += (sizes[i] + 31) / 32 * 32;
     }
     if (defect == G_UNALIGNED) offsets[nt - 1] += 4;
     if (defect == G_OVERLAP) offsets[2] = offsets[1];
+    if (defect == G_Q8_OVERLAP) offsets[4] = offsets[3] + 32; // inside attn_q's blocks, past its first 32 bytes
     Buf kvs = {0}, b = {0};
-    int n_kv = gguf_kvs(&kvs, defect);
+    int n_kv = gguf_kvs(&kvs, defect, shape);
     put(&b, "GGUF", 4); put_u32(&b, 3); put_u64(&b, (uint64_t)nt); put_u64(&b, (uint64_t)n_kv);
     put(&b, kvs.p, kvs.n);
     for (int i = 0; i < nt; i++) {
@@ -414,16 +643,27 @@ static const char *write_gguf(int defect) {
         put_u32(&b, tdims[i][1] ? 2 : 1);
         put_u64(&b, tdims[i][0]);
         if (tdims[i][1]) put_u64(&b, tdims[i][1]);
-        put_u32(&b, 0);
+        put_u32(&b, types[i]);
         put_u64(&b, offsets[i]);
     }
     while (b.n % 32) put(&b, "", 1);
+    // the data: small floats, and Q8_0 blocks of scale 1/64 (0x2400) with quants -6..6
+    size_t data_start = b.n;
     for (uint64_t i = 0; i < end / 4 + 16; i++) put_f32(&b, (float)(i % 7) * 0.01f);
+    for (int i = 0; i < nt; i++)
+        for (uint64_t at = 0; types[i] == WEIGHT_Q8_0 && at + Q8_BLOCK_BYTES <= sizes[i]; at += Q8_BLOCK_BYTES) {
+            unsigned char *blk = b.p + data_start + offsets[i] + at;
+            blk[0] = 0x00, blk[1] = 0x24;
+            for (int k = 0; k < Q8_BLOCK; k++) blk[2 + k] = (unsigned char)(int8_t)((int)((k + at) % 13) - 6);
+        }
+    if (defect == G_TRUNCATED) b.n = data_start + offsets[nt - 1] + sizes[nt - 1] - 10; // the last tensor cut short
     const char *path = write_temp(&b);
     free(kvs.p);
     free(b.p);
     return path;
 }
+
+static const char *write_gguf(int defect) { return write_gguf_shaped(defect, &F32_SHAPE); }
 
 // gaps 1, 3 and 4 for GGUF
 static void test_gguf_rules(void) {
@@ -448,6 +688,54 @@ static void test_gguf_rules(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = write_gguf(cases[i].defect);
+        CHECK(refused(load_checkpoint, path, cases[i].problem), "GGUF with %s is refused", cases[i].what);
+        unlink(path);
+    }
+}
+
+// Q8_0 tensors: accepted per matrix, mixed with F32 in one layer; refused on a norm, on rows that
+// are not whole blocks, past the end of the file, overlapping, and any other type
+#define Q8_MATRICES (1u << 0 | 1u << 3 | 1u << 4 | 1u << 5 | 1u << 6 | 1u << 8 | 1u << 10) // not ffn_down
+static void test_gguf_q8(void) {
+    const GgufShape mixed = {32, 64, Q8_MATRICES, 0};
+    const char *good = write_gguf_shaped(G_OK, &mixed);
+    Transformer tr;
+    build_transformer(&tr, good);
+    const TransformerWeights *w = &tr.weights;
+    const LayerWeights *lw = &w->layers[0];
+    CHECK(w->token_embedding.type == WEIGHT_Q8_0 && w->wcls.data == w->token_embedding.data &&
+              w->wcls.type == WEIGHT_Q8_0 && lw->wq.type == WEIGHT_Q8_0 && lw->wo.type == WEIGHT_Q8_0 &&
+              lw->w1.type == WEIGHT_Q8_0 && lw->w3.type == WEIGHT_Q8_0 && lw->w2.type == WEIGHT_F32,
+          "a mixed F32 / Q8_0 GGUF loads, each matrix with its type");
+    // token 5's embedding row: the written scale 1/64 times each quant
+    const unsigned char *row = (const unsigned char *)w->token_embedding.data + 5 * q8_row_bytes(32);
+    float emb[32];
+    dequantize_row_q8(emb, row, 32);
+    int ok = 1;
+    for (int i = 0; i < 32; i++) ok &= emb[i] == (float)(int8_t)row[2 + i] / 64.0f;
+    CHECK(ok, "a Q8_0 embedding row is d * q");
+    start_transformer(&tr, 2);
+    float *logits = NULL;
+    for (int pos = 0; pos < 4; pos++) logits = forward(&tr, 5 + pos, pos);
+    for (int i = 0; i < TEST_VOCAB; i++) ok &= isfinite(logits[i]);
+    CHECK(ok, "the mixed GGUF runs to finite logits");
+    free_transformer(&tr);
+    unlink(good);
+    struct { int defect; GgufShape shape; const char *problem, *what; } cases[] = {
+        {G_OK, {32, 64, Q8_MATRICES | 1u << 2, 0}, "tensor blk.0.attn_norm.weight is Q8_0; only matrices may be",
+         "a Q8_0 norm"},
+        {G_OK, {8, 16, 1u << 3, 0},
+         "tensor blk.0.attn_q.weight is Q8_0 with rows of 8 values, not a multiple of the block size 32", "Q8_0 rows of 8"},
+        {G_OK, {32, 48, 1u << 9, 0}, "tensor blk.0.ffn_down.weight is Q8_0 with rows of 48 values",
+         "Q8_0 rows of hidden_dim 48"},
+        {G_TRUNCATED, mixed, "tensor blk.0.ffn_up.weight lies outside the file", "a truncated Q8_0 tensor"},
+        {G_Q8_OVERLAP, mixed, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap", "overlapping Q8_0 tensors"},
+        {G_OK, {32, 64, 0, 1}, "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported",
+         "an F16 tensor"},
+        {G_OK, {32, 64, 0, 2}, "tensor blk.0.attn_q.weight has type 2", "a Q4_0 tensor"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_gguf_shaped(cases[i].defect, &cases[i].shape);
         CHECK(refused(load_checkpoint, path, cases[i].problem), "GGUF with %s is refused", cases[i].what);
         unlink(path);
     }
@@ -490,10 +778,16 @@ int main(void) {
     test_parsing();
     test_decode();
     test_tokenizer();
-    test_generation(1);
-    test_generation(2);
+    test_generation(1, 0);
+    test_generation(2, 0);
+    test_fp16();
+    test_q8_quantize();
+    test_q8_dot();
+    test_generation(1, 1);
+    test_generation(2, 1);
     test_tokenizer_file_rules();
     test_gguf_rules();
+    test_gguf_q8();
     test_flag_ranges();
     printf("%d passed, %d failed", passed, failed);
     if (skipped) printf(", %d skipped", skipped);

@@ -1,10 +1,11 @@
 """Seed inputs for the fuzz harnesses, written by the project's own writers.
 
     python scripts/fuzz/seeds.py tiny tests/data/fuzz-seeds   the committed seeds: tiny valid files, a few KB each
-    python scripts/fuzz/seeds.py real build/fuzz/real         stories260K (v0, v1, GGUF) and tok512, when found
+    python scripts/fuzz/seeds.py real build/fuzz/real         stories260K (v0, v1, GGUF, Q8_0 GGUF) and tok512, when found
 
-Each writes one folder per harness: checkpoint/ (v0, v1), gguf/, tokenizer/. Run it with the
-project's virtual environment (.venv/bin/python): it imports the orchestrator and numpy.
+Each writes one folder per harness: checkpoint/ (v0, v1), gguf/ (F32, and Q8_0 as the converter
+writes it), tokenizer/. Run it with the project's virtual environment (.venv/bin/python): it
+imports the orchestrator and numpy.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ from orchestrator.models.synth import random_model, random_vocab  # noqa: E402
 TINY = Config(dim=8, hidden_dim=8, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=16, seq_len=8)
 # a tokenizer needs 259 tokens, so the GGUF seeds (which embed one) keep the other sizes minimal
 TINY_GGUF = Config(dim=4, hidden_dim=4, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=260, seq_len=4)
+# Q8_0 needs rows of whole 32-value blocks: every matrix is Q8_0 at hidden_dim 32; at 48 ffn_down
+# (rows of 48) stays F32, so one layer mixes the two types, as stories260K's does (23 and 38 KB,
+# the second with its own output.weight)
+TINY_Q8 = Config(dim=32, hidden_dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=260, seq_len=4)
 
 
 def typed_gguf(path: Path, model, vocab) -> None:
@@ -69,6 +74,9 @@ def tiny(out: Path) -> None:
         config = replace(TINY_GGUF, shared_classifier=shared)
         write_gguf(out / "gguf" / f"{name}.gguf", random_model(config, 1), random_vocab(config.vocab_size, 1))
     typed_gguf(out / "gguf" / "typed.gguf", random_model(TINY_GGUF, 1), random_vocab(TINY_GGUF.vocab_size, 1))
+    write_gguf(out / "gguf" / "q8_0.gguf", random_model(TINY_Q8, 1).quantized(), random_vocab(TINY_Q8.vocab_size, 1))
+    mixed = replace(TINY_Q8, hidden_dim=48, shared_classifier=False)
+    write_gguf(out / "gguf" / "q8_0-mixed.gguf", random_model(mixed, 1).quantized(), random_vocab(mixed.vocab_size, 1))
     write_tokenizer(out / "tokenizer" / "tok260.bin", random_vocab(TINY_GGUF.vocab_size, 1))
 
 
@@ -88,6 +96,7 @@ def real(out: Path) -> int:
     (out / "checkpoint" / "stories260K-v0.bin").write_bytes(found.path.read_bytes())
     write_v1(out / "checkpoint" / "stories260K-v1.bin", model)
     write_gguf(out / "gguf" / "stories260K.gguf", model, vocab)
+    write_gguf(out / "gguf" / "stories260K-q8_0.gguf", model.quantized(), vocab)
     (out / "tokenizer" / "tok512.bin").write_bytes(found.tokenizer.read_bytes())
     return 0
 

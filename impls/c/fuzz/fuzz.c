@@ -200,6 +200,26 @@ void fuzz_check_floats(const float *p, size_t n, const void *base, size_t size, 
     sink = s;
 }
 
+void fuzz_check_matrix(Matrix m, size_t rows, size_t cols, const void *base, size_t size, const char *what) {
+    if (m.type == WEIGHT_F32) {
+        fuzz_check_floats(m.data, rows * cols, base, size, what);
+        return;
+    }
+    fuzz_check(m.type == WEIGHT_Q8_0, "a matrix of a type other than F32 and Q8_0 was accepted");
+    fuzz_check(cols % Q8_BLOCK == 0, "a Q8_0 matrix whose rows are not whole blocks was accepted");
+    uintptr_t b = (uintptr_t)base, q = (uintptr_t)m.data;
+    size_t n = rows * (cols / Q8_BLOCK) * Q8_BLOCK_BYTES;
+    if (q < b || q - b > size || n > size - (q - b)) {
+        fprintf(stderr, "fuzz: Q8_0 tensor %s (%zu bytes at +%lld) is not inside the %zu-byte file\n", what, n,
+                (long long)(q - b), size);
+        abort();
+    }
+    const unsigned char *p = m.data;
+    unsigned s = 0;
+    for (size_t i = 0; i < n; i++) s += p[i];
+    sink = (float)s;
+}
+
 void fuzz_check_vocab(const Vocab *v) {
     int space = 0;
     unsigned sum = 0;
@@ -243,21 +263,23 @@ static void check_weights(const Loaded *m) {
     const Config *c = &m->c;
     const TransformerWeights *w = &m->w;
     size_t d = c->dim, h = c->hidden_dim, v = c->vocab_size, kv = (size_t)c->n_kv_heads * (d / c->n_heads);
-    fuzz_check_floats(w->token_embedding, v * d, m->data, m->size, "token_embedding");
+    fuzz_check_matrix(w->token_embedding, v, d, m->data, m->size, "token_embedding");
     fuzz_check_floats(w->rms_final, d, m->data, m->size, "rms_final");
-    fuzz_check_floats(w->wcls, v * d, m->data, m->size, "wcls");
-    fuzz_check(!c->shared_classifier || w->wcls == w->token_embedding, "a shared classifier is not the embedding");
+    fuzz_check_matrix(w->wcls, v, d, m->data, m->size, "wcls");
+    fuzz_check(!c->shared_classifier ||
+                   (w->wcls.data == w->token_embedding.data && w->wcls.type == w->token_embedding.type),
+               "a shared classifier is not the embedding");
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
         fuzz_check_floats(lw->rms_att, d, m->data, m->size, "rms_att");
-        fuzz_check_floats(lw->wq, d * d, m->data, m->size, "wq");
-        fuzz_check_floats(lw->wk, kv * d, m->data, m->size, "wk");
-        fuzz_check_floats(lw->wv, kv * d, m->data, m->size, "wv");
-        fuzz_check_floats(lw->wo, d * d, m->data, m->size, "wo");
+        fuzz_check_matrix(lw->wq, d, d, m->data, m->size, "wq");
+        fuzz_check_matrix(lw->wk, kv, d, m->data, m->size, "wk");
+        fuzz_check_matrix(lw->wv, kv, d, m->data, m->size, "wv");
+        fuzz_check_matrix(lw->wo, d, d, m->data, m->size, "wo");
         fuzz_check_floats(lw->rms_ffn, d, m->data, m->size, "rms_ffn");
-        fuzz_check_floats(lw->w1, h * d, m->data, m->size, "w1");
-        fuzz_check_floats(lw->w2, d * h, m->data, m->size, "w2");
-        fuzz_check_floats(lw->w3, h * d, m->data, m->size, "w3");
+        fuzz_check_matrix(lw->w1, h, d, m->data, m->size, "w1");
+        fuzz_check_matrix(lw->w2, d, h, m->data, m->size, "w2");
+        fuzz_check_matrix(lw->w3, h, d, m->data, m->size, "w3");
     }
 }
 

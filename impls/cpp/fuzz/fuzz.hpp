@@ -86,6 +86,30 @@ inline void check_tensor(std::span<const float> t, std::uint64_t n, const llama2
     (void)sink;
 }
 
+// one matrix of (rows, cols): F32 as check_tensor, Q8_0 as exactly its whole blocks inside the file
+inline void check_matrix(const llama2::Matrix& m, std::uint64_t rows, std::uint64_t cols, const llama2::MappedFile& file,
+                         const char* what) {
+    if (!m.quantized()) {
+        check_tensor(m.f32, rows * cols, file, what);
+        return;
+    }
+    check(m.f32.empty(), "a matrix is both F32 and Q8_0");
+    check(cols % llama2::Q8_BLOCK == 0, "a Q8_0 matrix whose rows are not whole blocks was accepted");
+    const std::uint64_t n = rows * (cols / llama2::Q8_BLOCK) * llama2::Q8_BLOCK_BYTES;
+    auto b = file.bytes();
+    auto base = reinterpret_cast<std::uintptr_t>(b.data()), p = reinterpret_cast<std::uintptr_t>(m.q8.data());
+    if (m.q8.size() != n || p < base || p - base > b.size() || m.q8.size() > b.size() - (p - base)) {
+        std::fprintf(stderr, "fuzz: Q8_0 tensor %s (%zu bytes, %llu expected) is not inside the %zu-byte file\n", what,
+                     m.q8.size(), static_cast<unsigned long long>(n), b.size());
+        std::abort();
+    }
+    volatile unsigned sink = 0;
+    unsigned s = 0;
+    for (std::uint8_t x : m.q8) s += x;
+    sink = s;
+    (void)sink;
+}
+
 // the rules every tokenizer meets
 inline void check_vocab(const llama2::Vocab& v) {
     check(v.pieces.size() == v.scores.size(), "pieces and scores differ in number");
@@ -114,21 +138,21 @@ inline void checkpoint(const std::uint8_t* data, std::size_t size) {
     const std::uint64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
     const llama2::MappedFile& f = *m.file;
     const auto& w = m.weights;
-    check_tensor(w.token_embedding, v * d, f, "token_embedding");
+    check_matrix(w.token_embedding, v, d, f, "token_embedding");
     check_tensor(w.rms_final, d, f, "rms_final");
-    check_tensor(w.wcls, v * d, f, "wcls");
+    check_matrix(w.wcls, v, d, f, "wcls");
     check(!c.shared_classifier || w.wcls.data() == w.token_embedding.data(), "a shared classifier is not the embedding");
     check(w.layers.size() == static_cast<std::size_t>(c.n_layers), "not one weight set per layer");
     for (const auto& l : w.layers) {
         check_tensor(l.rms_att, d, f, "rms_att");
-        check_tensor(l.wq, d * d, f, "wq");
-        check_tensor(l.wk, kv * d, f, "wk");
-        check_tensor(l.wv, kv * d, f, "wv");
-        check_tensor(l.wo, d * d, f, "wo");
+        check_matrix(l.wq, d, d, f, "wq");
+        check_matrix(l.wk, kv, d, f, "wk");
+        check_matrix(l.wv, kv, d, f, "wv");
+        check_matrix(l.wo, d, d, f, "wo");
         check_tensor(l.rms_ffn, d, f, "rms_ffn");
-        check_tensor(l.w1, h * d, f, "w1");
-        check_tensor(l.w2, d * h, f, "w2");
-        check_tensor(l.w3, h * d, f, "w3");
+        check_matrix(l.w1, h, d, f, "w1");
+        check_matrix(l.w2, d, h, f, "w2");
+        check_matrix(l.w3, h, d, f, "w3");
     }
     if (m.vocab) {  // a GGUF file's own tokenizer
         check(m.vocab->pieces.size() == v, "the GGUF vocabulary is not the model's");

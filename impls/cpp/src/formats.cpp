@@ -1,5 +1,5 @@
-// polyllama C++ port: the model files. llama2.c checkpoints (v0, v1), GGUF (v2/v3, F32) and
-// tokenizer.bin.
+// polyllama C++ port: the model files. llama2.c checkpoints (v0, v1), GGUF (v2/v3; norms F32,
+// matrices F32 or Q8_0) and tokenizer.bin.
 //
 // Sections, top to bottom: file access (the file's bytes in memory, a bounded reader), config,
 // the llama2.c header (one path for v0 and v1) and tensor layouts, the GGUF reader (preamble, kv
@@ -336,7 +336,7 @@ static Model read_llama2c(std::unique_ptr<MappedFile> file, bool v1) {
 }
 
 // ----------------------------------------------------------------------------
-// GGUF (v2, v3; F32 tensors; llama.cpp's `llama` names; tokenizer embedded)
+// GGUF (v2, v3; F32 tensors, or Q8_0 matrices; llama.cpp's `llama` names; tokenizer embedded)
 
 namespace gguf {
 
@@ -440,6 +440,7 @@ struct TensorInfo {
     std::uint32_t type;
     std::uint64_t offset;       // from data_start
     mutable bool used = false;  // bound to a weight: a tensor left unused is not one of the model's
+    mutable std::uint64_t nbytes = 0;  // its data's size, once bound
 };
 
 // The parsed header: every key/value, every tensor info, and where the tensor data starts.
@@ -576,57 +577,76 @@ static Config config_of(const Header& h, const std::string& path) {
     return raw.validate(path);
 }
 
-// The F32 tensor `name` of shape (rows, cols) or (cols), aligned and inside the file; marked as
-// the model's. GGUF lists dims innermost first: a (rows, cols) matrix has dims [cols, rows].
-static std::span<const float> tensor(const Header& h, const MappedFile& file, const std::string& name,
-                                     std::initializer_list<std::int64_t> shape) {
+// The tensor `name` of shape (rows, cols) or (cols), aligned and inside the file; marked as the
+// model's. F32, or for a matrix Q8_0 as well when its rows are whole 32-value blocks, as
+// llama.cpp's converter writes them (norms, and stories260K's ffn_down with rows of 172, stay
+// F32). GGUF lists dims innermost first: a (rows, cols) matrix has dims [cols, rows].
+static Matrix matrix(const Header& h, const MappedFile& file, const std::string& name,
+                     std::initializer_list<std::int64_t> shape) {
     const std::string& path = file.path();
     auto it = h.tensors.find(name);
     if (it == h.tensors.end()) throw FormatError(path, "missing tensor " + name);
     const TensorInfo& t = it->second;
-    if (t.type != 0)
-        throw FormatError(path, "tensor " + name + " has type " + std::to_string(t.type) + "; only F32 (0) is supported");
+    if (t.type != GGML_F32 && t.type != GGML_Q8_0)
+        throw FormatError(path, "tensor " + name + " has type " + std::to_string(t.type) +
+                                    "; only F32 (0) and Q8_0 (8) are supported");
+    const bool q8 = t.type == GGML_Q8_0;
+    if (q8 && shape.size() == 1) throw FormatError(path, "tensor " + name + " is Q8_0; only matrices may be, norms are F32");
     auto same = [](std::uint64_t a, std::int64_t b) { return a == static_cast<std::uint64_t>(b); };
     if (t.dims.size() != shape.size() || !std::equal(t.dims.rbegin(), t.dims.rend(), shape.begin(), same))
         throw FormatError(path, "tensor " + name + " does not have the expected shape");
+    const std::int64_t cols = *(shape.end() - 1);
+    if (q8 && cols % Q8_BLOCK)
+        throw FormatError(path, "tensor " + name + " is Q8_0 with rows of " + std::to_string(cols) +
+                                    " values, not a multiple of the block size " + std::to_string(Q8_BLOCK));
     if (t.offset % h.alignment)
         throw FormatError(path, "tensor " + name + " has offset " + std::to_string(t.offset) +
                                     ", not a multiple of general.alignment=" + std::to_string(h.alignment));
     std::uint64_t n = 1;
     for (auto s : shape) n *= static_cast<std::uint64_t>(s);  // < 2^40: the config is validated
+    const std::uint64_t nbytes = q8 ? n / Q8_BLOCK * Q8_BLOCK_BYTES : 4 * n;
     std::uint64_t size = file.bytes().size(), start = h.data_start;
-    if (t.offset % 4 || start > size || t.offset > size - start || 4 * n > size - start - t.offset)
+    if ((!q8 && t.offset % 4) || start > size || t.offset > size - start || nbytes > size - start - t.offset)
         throw FormatError(path, "tensor " + name + " lies outside the file");
     t.used = true;
-    return std::span<const float>(reinterpret_cast<const float*>(file.bytes().data() + start + t.offset), n);
+    t.nbytes = nbytes;
+    const std::uint8_t* p = file.bytes().data() + start + t.offset;
+    if (q8) return Matrix::q8_0({p, nbytes});
+    return std::span<const float>(reinterpret_cast<const float*>(p), n);
+}
+
+// a norm: F32 only (matrix() refuses Q8_0 for a vector)
+static std::span<const float> f32_vector(const Header& h, const MappedFile& file, const std::string& name,
+                                         std::int64_t n) {
+    return matrix(h, file, name, {n}).f32;
 }
 
 // The tensor table -> weights, each tensor found by its llama.cpp name.
 static TransformerWeights weights_of(const Header& h, const Config& c, const MappedFile& file) {
     const std::int64_t d = c.dim, hd = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
     TransformerWeights w;
-    w.token_embedding = tensor(h, file, "token_embd.weight", {v, d});
-    w.rms_final = tensor(h, file, "output_norm.weight", {d});
-    w.wcls = c.shared_classifier ? w.token_embedding : tensor(h, file, "output.weight", {v, d});
+    w.token_embedding = matrix(h, file, "token_embd.weight", {v, d});
+    w.rms_final = f32_vector(h, file, "output_norm.weight", d);
+    w.wcls = c.shared_classifier ? w.token_embedding : matrix(h, file, "output.weight", {v, d});
     w.layers.resize(c.n_layers);
     for (int l = 0; l < c.n_layers; ++l) {
         std::string blk = "blk." + std::to_string(l) + ".";
         LayerWeights& lw = w.layers[l];
-        lw.rms_att = tensor(h, file, blk + "attn_norm.weight", {d});
-        lw.wq = tensor(h, file, blk + "attn_q.weight", {d, d});
-        lw.wk = tensor(h, file, blk + "attn_k.weight", {kv, d});
-        lw.wv = tensor(h, file, blk + "attn_v.weight", {kv, d});
-        lw.wo = tensor(h, file, blk + "attn_output.weight", {d, d});
-        lw.rms_ffn = tensor(h, file, blk + "ffn_norm.weight", {d});
-        lw.w1 = tensor(h, file, blk + "ffn_gate.weight", {hd, d});
-        lw.w2 = tensor(h, file, blk + "ffn_down.weight", {d, hd});
-        lw.w3 = tensor(h, file, blk + "ffn_up.weight", {hd, d});
+        lw.rms_att = f32_vector(h, file, blk + "attn_norm.weight", d);
+        lw.wq = matrix(h, file, blk + "attn_q.weight", {d, d});
+        lw.wk = matrix(h, file, blk + "attn_k.weight", {kv, d});
+        lw.wv = matrix(h, file, blk + "attn_v.weight", {kv, d});
+        lw.wo = matrix(h, file, blk + "attn_output.weight", {d, d});
+        lw.rms_ffn = f32_vector(h, file, blk + "ffn_norm.weight", d);
+        lw.w1 = matrix(h, file, blk + "ffn_gate.weight", {hd, d});
+        lw.w2 = matrix(h, file, blk + "ffn_down.weight", {d, hd});
+        lw.w3 = matrix(h, file, blk + "ffn_up.weight", {hd, d});
     }
     return w;
 }
 
 // After weights_of: no tensor that is not the model's (so the count is exactly the model's), and
-// no two tensors whose data [offset, offset + 4 * elements) intersect.
+// no two tensors whose data [offset, offset + nbytes) intersect.
 static void check_tensor_table(const Header& h, const Config& c, const std::string& path) {
     const std::size_t expected = 2 + 9 * static_cast<std::size_t>(c.n_layers) + (c.shared_classifier ? 0 : 1);
     for (const auto& [name, t] : h.tensors)
@@ -640,11 +660,8 @@ static void check_tensor_table(const Header& h, const Config& c, const std::stri
     };
     std::vector<Extent> extents;
     extents.reserve(h.tensors.size());
-    for (const auto& [name, t] : h.tensors) {
-        std::uint64_t n = 4;
-        for (auto d : t.dims) n *= d;  // bounded: the tensor lies in the file
-        extents.push_back({t.offset, t.offset + n, &name});
-    }
+    for (const auto& [name, t] : h.tensors)
+        extents.push_back({t.offset, t.offset + t.nbytes, &name});  // bounded: the tensor lies in the file
     // by start, then name (map order): a message that does not depend on the sort
     std::stable_sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) { return a.start < b.start; });
     for (std::size_t i = 1; i < extents.size(); ++i)
@@ -696,7 +713,9 @@ static Model read_gguf(std::unique_ptr<MappedFile> file) {
     Config c = gguf::config_of(header, file->path());
     TransformerWeights weights = gguf::weights_of(header, c, *file);
     gguf::check_tensor_table(header, c, file->path());
-    Model m{c, nullptr, std::move(weights), gguf::vocab_of(header, file->path()), "gguf"};
+    bool q8 = std::any_of(header.tensors.begin(), header.tensors.end(),
+                          [](const auto& t) { return t.second.type == GGML_Q8_0; });
+    Model m{c, nullptr, std::move(weights), gguf::vocab_of(header, file->path()), q8 ? "gguf-q8_0" : "gguf"};
     m.file = std::move(file);
     return m;
 }

@@ -83,23 +83,47 @@ struct Config {
     std::string describe() const;
 };
 
+// GGUF's Q8_0 (ggml type 8): a row of n values is n/32 blocks of 34 bytes, an fp16 scale d
+// (little-endian) then 32 int8 quants q; value = d * q. Nothing past a row's first block is
+// aligned, so the scales are read byte-wise.
+inline constexpr int Q8_BLOCK = 32;
+inline constexpr int Q8_BLOCK_BYTES = 34;
+inline constexpr std::uint32_t GGML_F32 = 0, GGML_Q8_0 = 8;
+
+// A weight matrix as the file stores it, row-major: float32 rows, or Q8_0 blocks (GGUF only,
+// where each matrix has its own type).
+struct Matrix {
+    Matrix() = default;
+    Matrix(std::span<const float> rows) : f32(rows) {}  // a float tensor is a matrix: implicit
+    static Matrix q8_0(std::span<const std::uint8_t> blocks) {
+        Matrix m;
+        m.q8 = blocks;
+        return m;
+    }
+    bool quantized() const { return !q8.empty(); }
+    const void* data() const { return quantized() ? static_cast<const void*>(q8.data()) : f32.data(); }
+
+    std::span<const float> f32;        // (rows * cols) floats, or empty
+    std::span<const std::uint8_t> q8;  // (rows * cols / 32 * 34) bytes, or empty
+};
+
 struct LayerWeights {
     std::span<const float> rms_att;  // (dim)
-    std::span<const float> wq;       // (dim, dim)
-    std::span<const float> wk;       // (kv_dim, dim)
-    std::span<const float> wv;       // (kv_dim, dim)
-    std::span<const float> wo;       // (dim, dim)
+    Matrix wq;                       // (dim, dim)
+    Matrix wk;                       // (kv_dim, dim)
+    Matrix wv;                       // (kv_dim, dim)
+    Matrix wo;                       // (dim, dim)
     std::span<const float> rms_ffn;  // (dim)
-    std::span<const float> w1;       // (hidden_dim, dim)
-    std::span<const float> w2;       // (dim, hidden_dim)
-    std::span<const float> w3;       // (hidden_dim, dim)
+    Matrix w1;                       // (hidden_dim, dim)
+    Matrix w2;                       // (dim, hidden_dim)
+    Matrix w3;                       // (hidden_dim, dim)
 };
 
 struct TransformerWeights {
-    std::span<const float> token_embedding;  // (vocab, dim)
-    std::vector<LayerWeights> layers;        // (n_layers)
-    std::span<const float> rms_final;        // (dim)
-    std::span<const float> wcls;             // (vocab, dim); token_embedding when shared
+    Matrix token_embedding;            // (vocab, dim)
+    std::vector<LayerWeights> layers;  // (n_layers)
+    std::span<const float> rms_final;  // (dim)
+    Matrix wcls;                       // (vocab, dim); token_embedding when shared
 };
 
 // A tokenizer's pieces and merge scores, from tokenizer.bin or a GGUF file.
@@ -114,7 +138,7 @@ struct Model {
     std::unique_ptr<MappedFile> file;
     TransformerWeights weights;
     std::optional<Vocab> vocab;  // GGUF embeds its tokenizer
-    std::string format;          // "v0", "v1" or "gguf"
+    std::string format;          // "v0", "v1", "gguf" or (any Q8_0 matrix) "gguf-q8_0"
 };
 
 // A fixed team of workers created once; the caller is worker 0, so a pool of 1 starts no
@@ -172,6 +196,10 @@ struct RunState {
     std::vector<float> q;       // (dim)
     std::vector<float> att;     // (n_heads, seq_len) attention scores
     std::vector<float> logits;  // (vocab)
+    // the input of the current Q8_0 matmuls, quantized: (max(dim, hidden_dim)) quants and
+    // (max(dim, hidden_dim) / 32) scales
+    std::vector<std::int8_t> xq;
+    std::vector<float> xd;
     std::vector<float> rope_cos, rope_sin;  // (head_size / 2) rotation at the current position
     // (layer, seq_len, kv_dim), calloc'ed so that untouched positions cost no memory
     std::unique_ptr<float[], void (*)(void*)> key_cache, value_cache;
@@ -190,6 +218,24 @@ private:
     ThreadPool& pool_;
     RunState s_;
 };
+
+// ----------------------------------------------------------------------------
+// Q8_0 arithmetic, as llama.cpp's CPU backend does it (run.cpp; declared for the tests): the
+// matmul's input is quantized to Q8_0 too, each block's dot product is an exact int32 sum, and
+// only the scale products and the sum over blocks are float32:
+//   out[r] = sum_b float(isum[r][b]) * (fp32(d[r][b]) * dx[b])
+namespace q8 {
+
+float fp16_to_fp32(std::uint16_t h);   // exact, subnormals, infinities and NaN included
+std::uint16_t fp32_to_fp16(float f);   // round to nearest, ties to even
+// x (n values, n a multiple of 32) as blocks: dx = fp32(fp16(amax / 127)), q = rint(x * 127 / amax)
+void quantize(const float* x, int n, std::int8_t* qx, float* dx);
+// one row (n values) of a Q8_0 matrix as floats: d * q, exact
+void dequantize_row(const std::uint8_t* row, int n, float* out);
+// one row of n_blocks blocks against a quantized input: the kernel every Q8_0 matmul runs
+float dot_row(const std::uint8_t* row, const std::int8_t* qx, const float* dx, int n_blocks);
+
+}  // namespace q8
 
 // ----------------------------------------------------------------------------
 // Tokenizer

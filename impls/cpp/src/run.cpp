@@ -1,8 +1,9 @@
 // polyllama C++ port: Llama 2 inference, after karpathy/llama2.c's run.c.
 //
-// Sections, top to bottom: thread pool, state, forward pass, tokenizer, sampler, generation,
-// command line; the model files are read in formats.cpp. The algorithm is the contract's
-// (docs/port-contract.md); orchestrator/reference/ is its executable definition.
+// Sections, top to bottom: thread pool, state, forward-pass kernels (float32, then Q8_0),
+// forward pass, tokenizer, sampler, generation, command line; the model files are read in
+// formats.cpp. The algorithm is the contract's (docs/port-contract.md); orchestrator/reference/
+// is its executable definition.
 
 #include "formats.hpp"
 
@@ -19,6 +20,9 @@
 #if defined(__AVX2__) && defined(__FMA__) && !defined(POLYLLAMA_SCALAR)
 #include <immintrin.h>
 #define POLYLLAMA_AVX2 1
+#elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(POLYLLAMA_SCALAR)
+#include <arm_neon.h>
+#define POLYLLAMA_NEON 1  // the Q8_0 kernels; the float32 ones are left to the compiler
 #endif
 
 namespace llama2 {
@@ -103,7 +107,8 @@ static std::unique_ptr<float[], void (*)(void*)> calloc_floats(std::int64_t n) {
 
 RunState::RunState(const Config& c)
     : x(c.dim), xb(c.dim), hb(c.hidden_dim), q(c.dim), att(static_cast<std::size_t>(c.n_heads) * c.seq_len),
-      logits(c.vocab_size), rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2),
+      logits(c.vocab_size), xq(std::max(c.dim, c.hidden_dim)), xd(std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1),
+      rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2),
       key_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())),
       value_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())) {}
 
@@ -185,6 +190,221 @@ static inline Range task_rows(int task, int rows) {
     return {task * TASK_ROWS, std::min(rows, (task + 1) * TASK_ROWS)};
 }
 
+// ----------------------------------------------------------------------------
+// Forward pass: Q8_0 kernels (llama2.hpp, namespace q8, says what they compute)
+
+namespace q8 {
+
+float fp16_to_fp32(std::uint16_t h) {
+    std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    if (exp == 0) {  // zero or subnormal: man * 2^-24, exact in float
+        float f = static_cast<float>(man) * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    std::uint32_t bits = exp == 0x1f ? sign | 0x7f800000u | man << 13   // infinity, NaN
+                                     : sign | (exp + 112) << 23 | man << 13;  // rebias 15 -> 127
+    return std::bit_cast<float>(bits);
+}
+
+std::uint16_t fp32_to_fp16(float f) {
+    std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+    auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000);
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return sign | 0x7e00;   // NaN stays NaN
+    if (x >= 0x477ff000u) return sign | 0x7c00;  // 65520 and up round to infinity
+    if (x < 0x38800000u)  // under 2^-14: a subnormal (or 2^-14 itself); the scaling is exact
+        return sign | static_cast<std::uint16_t>(std::nearbyint(std::bit_cast<float>(x) * 0x1p24f));
+    x -= 0x38000000u;              // rebias 127 -> 15
+    x += 0xfff + ((x >> 13) & 1);  // round the 13 dropped bits to nearest, ties to the even result
+    return sign | static_cast<std::uint16_t>(x >> 13);
+}
+
+// a block's scale: its first two bytes, little-endian, at any alignment
+static inline float scale_of(const std::uint8_t* block) {
+    return fp16_to_fp32(static_cast<std::uint16_t>(block[0] | block[1] << 8));
+}
+
+// llama.cpp's SIMD quantize_row_q8_0: 127 / amax as the multiplier, ties rounded to even
+// (std::rint in the default rounding mode), and the fp16-rounded amax / 127 as the scale
+void quantize(const float* x, int n, std::int8_t* qx, float* dx) {
+    for (int b = 0; b < n / Q8_BLOCK; ++b) {
+        const float* xb = x + b * Q8_BLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < Q8_BLOCK; ++i) amax = std::max(amax, std::fabs(xb[i]));
+        dx[b] = fp16_to_fp32(fp32_to_fp16(amax / 127.0f));
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        for (int i = 0; i < Q8_BLOCK; ++i) qx[b * Q8_BLOCK + i] = static_cast<std::int8_t>(std::rint(xb[i] * id));
+    }
+}
+
+void dequantize_row(const std::uint8_t* row, int n, float* out) {
+    for (int b = 0; b < n / Q8_BLOCK; ++b, row += Q8_BLOCK_BYTES) {
+        const float d = scale_of(row);
+        const auto* q = reinterpret_cast<const std::int8_t*>(row + 2);
+        for (int i = 0; i < Q8_BLOCK; ++i) out[b * Q8_BLOCK + i] = d * static_cast<float>(q[i]);
+    }
+}
+
+#if POLYLLAMA_AVX2
+// The 32 products of a weight block and an input block as eight int32 partial sums. maddubs and
+// dpbusd multiply unsigned bytes by signed ones: |w| is exact as unsigned even for w = -128, and
+// x, which quantize() keeps within +-127, takes w's sign without overflowing; a pair of products
+// is at most 2 * 128 * 127 < 2^15, so maddubs cannot saturate.
+static inline __m256i block_dot(const std::uint8_t* block, const std::int8_t* qx) {
+    __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 2));
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx));
+    __m256i aw = _mm256_sign_epi8(w, w), sx = _mm256_sign_epi8(x, w);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aw, sx);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
+#endif
+}
+
+// eight blocks' partial sums -> their eight isums, in block order
+static inline __m256i isums8(const __m256i v[8]) {
+    __m256i s01 = _mm256_hadd_epi32(v[0], v[1]), s23 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i s45 = _mm256_hadd_epi32(v[4], v[5]), s67 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i s0123 = _mm256_hadd_epi32(s01, s23), s4567 = _mm256_hadd_epi32(s45, s67);
+    // each 128-bit half now holds blocks 0-3 (or 4-7) summed over its own half of the lanes
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                            _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// the scales of eight consecutive blocks (34 bytes apart)
+static inline __m256 scales8(const std::uint8_t* w) {
+#ifdef __F16C__
+    alignas(16) std::uint16_t h[8];
+    for (int k = 0; k < 8; ++k) h[k] = static_cast<std::uint16_t>(w[k * Q8_BLOCK_BYTES] | w[k * Q8_BLOCK_BYTES + 1] << 8);
+    return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+#else
+    alignas(32) float f[8];
+    for (int k = 0; k < 8; ++k) f[k] = scale_of(w + k * Q8_BLOCK_BYTES);
+    return _mm256_load_ps(f);
+#endif
+}
+#elif POLYLLAMA_NEON
+// One block's products as four int32 partial sums: sdot with the dotprod extension, else
+// widening multiplies (int8 * int8 fits int16) added pairwise into int32.
+static inline int32x4_t block_dot(const std::uint8_t* block, const std::int8_t* qx) {
+    const auto* w = reinterpret_cast<const std::int8_t*>(block + 2);
+    int8x16_t w0 = vld1q_s8(w), w1 = vld1q_s8(w + 16), x0 = vld1q_s8(qx), x1 = vld1q_s8(qx + 16);
+#ifdef __ARM_FEATURE_DOTPROD
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#else
+    int32x4_t acc = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+    acc = vpadalq_s16(acc, vmull_high_s8(w0, x0));
+    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+    return vpadalq_s16(acc, vmull_high_s8(w1, x1));
+#endif
+}
+
+// the scales of four consecutive blocks (34 bytes apart)
+static inline float32x4_t scales4(const std::uint8_t* w) {
+    std::uint16_t h[4];
+    for (int k = 0; k < 4; ++k) h[k] = static_cast<std::uint16_t>(w[k * Q8_BLOCK_BYTES] | w[k * Q8_BLOCK_BYTES + 1] << 8);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+}
+#else
+// The quants are read as int8_t, not converted from uint8_t: GCC 12 with AVX-VNNI vectorizes
+// `(int8_t)u8 * s8` into an unsigned-by-signed vpdpbusd and gets -128 * x wrong.
+static inline int block_isum(const std::uint8_t* block, const std::int8_t* qx) {
+    const auto* w = reinterpret_cast<const std::int8_t*>(block + 2);
+    int s = 0;
+    for (int i = 0; i < Q8_BLOCK; ++i) s += w[i] * qx[i];
+    return s;
+}
+#endif
+
+// SIMD paths take eight (AVX2) or four (NEON) blocks at a time: their isums side by side in one
+// register, scaled and summed lane-wise; the remaining blocks one by one. Each product is rounded
+// before it is added (no FMA), as the definition has it.
+float dot_row(const std::uint8_t* row, const std::int8_t* qx, const float* dx, int n_blocks) {
+    int b = 0;
+    float sum = 0.0f;
+#if POLYLLAMA_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; b + 8 <= n_blocks; b += 8) {
+        const std::uint8_t* w = row + static_cast<std::size_t>(b) * Q8_BLOCK_BYTES;
+        __m256i v[8];
+        for (int k = 0; k < 8; ++k) v[k] = block_dot(w + k * Q8_BLOCK_BYTES, qx + (b + k) * Q8_BLOCK);
+        __m256 isum = _mm256_cvtepi32_ps(isums8(v));  // exact: |isum| < 2^24
+        __m256 scale = _mm256_mul_ps(scales8(w), _mm256_loadu_ps(dx + b));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(isum, scale));
+    }
+    sum = hsum(acc);
+    for (; b < n_blocks; ++b) {
+        const std::uint8_t* w = row + static_cast<std::size_t>(b) * Q8_BLOCK_BYTES;
+        float term = static_cast<float>(hsum_epi32(block_dot(w, qx + b * Q8_BLOCK))) * (scale_of(w) * dx[b]);
+        sum += term;
+    }
+#elif POLYLLAMA_NEON
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (; b + 4 <= n_blocks; b += 4) {
+        const std::uint8_t* w = row + static_cast<std::size_t>(b) * Q8_BLOCK_BYTES;
+        int32x4_t p0 = block_dot(w, qx + b * Q8_BLOCK);
+        int32x4_t p1 = block_dot(w + Q8_BLOCK_BYTES, qx + (b + 1) * Q8_BLOCK);
+        int32x4_t p2 = block_dot(w + 2 * Q8_BLOCK_BYTES, qx + (b + 2) * Q8_BLOCK);
+        int32x4_t p3 = block_dot(w + 3 * Q8_BLOCK_BYTES, qx + (b + 3) * Q8_BLOCK);
+        float32x4_t isum = vcvtq_f32_s32(vpaddq_s32(vpaddq_s32(p0, p1), vpaddq_s32(p2, p3)));
+        float32x4_t scale = vmulq_f32(scales4(w), vld1q_f32(dx + b));
+        acc = vaddq_f32(acc, vmulq_f32(isum, scale));
+    }
+    sum = vaddvq_f32(acc);
+    for (; b < n_blocks; ++b) {
+        const std::uint8_t* w = row + static_cast<std::size_t>(b) * Q8_BLOCK_BYTES;
+        float term = static_cast<float>(vaddvq_s32(block_dot(w, qx + b * Q8_BLOCK))) * (scale_of(w) * dx[b]);
+        sum += term;
+    }
+#else
+    for (; b < n_blocks; ++b) {
+        const std::uint8_t* w = row + static_cast<std::size_t>(b) * Q8_BLOCK_BYTES;
+        float term = static_cast<float>(block_isum(w, qx + b * Q8_BLOCK)) * (scale_of(w) * dx[b]);
+        sum += term;
+    }
+#endif
+    return sum;
+}
+
+}  // namespace q8
+
+// The matmul's input: x, and its Q8_0 blocks when one of the matrices that share it is Q8_0.
+struct Input {
+    const float* x;
+    const std::int8_t* xq = nullptr;
+    const float* xd = nullptr;
+};
+
+// x quantized into the state's buffers when any of `mats` needs it
+static Input input_for(RunState& s, const float* x, int n, std::initializer_list<const Matrix*> mats) {
+    for (const Matrix* m : mats)
+        if (m->quantized()) {
+            q8::quantize(x, n, s.xq.data(), s.xd.data());
+            return {x, s.xq.data(), s.xd.data()};
+        }
+    return {x};
+}
+
+// For rows [begin, end) of W (d, n), by W's type: store(i, W[i] . x).
+template <class Store>
+static inline void matvec(const Matrix& w, const Input& in, int n, int begin, int end, Store store) {
+    if (!w.quantized()) {
+        matvec_rows(w.f32.data(), in.x, n, begin, end, store);
+        return;
+    }
+    const std::size_t row_bytes = static_cast<std::size_t>(n / Q8_BLOCK) * Q8_BLOCK_BYTES;
+    for (int i = begin; i < end; ++i) store(i, q8::dot_row(w.q8.data() + i * row_bytes, in.xq, in.xd, n / Q8_BLOCK));
+}
+
 static void rmsnorm(float* out, const float* x, std::span<const float> weight) {
     int n = static_cast<int>(weight.size());
     float ss = dot(x, x, n) / static_cast<float>(n) + 1e-5f;
@@ -225,7 +445,12 @@ std::span<float> Transformer::forward(int token, int pos) {
     float* hb = s.hb.data();
     float* q = s.q.data();
 
-    std::copy_n(w_.token_embedding.data() + static_cast<std::size_t>(token) * dim, dim, x);
+    if (w_.token_embedding.quantized()) {  // a Q8_0 table's row, dequantized
+        const std::size_t row_bytes = static_cast<std::size_t>(dim / Q8_BLOCK) * Q8_BLOCK_BYTES;
+        q8::dequantize_row(w_.token_embedding.q8.data() + token * row_bytes, dim, x);
+    } else {
+        std::copy_n(w_.token_embedding.f32.data() + static_cast<std::size_t>(token) * dim, dim, x);
+    }
 
     // the rotation depends on the position within a head only: one table for every layer
     for (int k = 0; k < hs / 2; ++k) {
@@ -246,18 +471,19 @@ std::span<float> Transformer::forward(int token, int pos) {
 
         // attention rmsnorm, then q, k, v in one job; k and v land straight in the cache
         rmsnorm(xb, x, lw.rms_att);
+        const Input qkv_in = input_for(s, xb, dim, {&lw.wq, &lw.wk, &lw.wv});
         const int q_tasks = tasks_for(dim), kv_tasks = tasks_for(kv_dim);
         pool_.parallel_for(q_tasks + 2 * kv_tasks, [&](int task) {
             auto put = [](float* out) { return [out](int i, float val) { out[i] = val; }; };
             if (task < q_tasks) {
                 Range r = task_rows(task, dim);
-                matvec_rows(lw.wq.data(), xb, dim, r.begin, r.end, put(q));
+                matvec(lw.wq, qkv_in, dim, r.begin, r.end, put(q));
             } else if (task < q_tasks + kv_tasks) {
                 Range r = task_rows(task - q_tasks, kv_dim);
-                matvec_rows(lw.wk.data(), xb, dim, r.begin, r.end, put(k));
+                matvec(lw.wk, qkv_in, dim, r.begin, r.end, put(k));
             } else {
                 Range r = task_rows(task - q_tasks - kv_tasks, kv_dim);
-                matvec_rows(lw.wv.data(), xb, dim, r.begin, r.end, put(v));
+                matvec(lw.wv, qkv_in, dim, r.begin, r.end, put(v));
             }
         });
         rope(q, dim, hs, s.rope_cos.data(), s.rope_sin.data());
@@ -281,32 +507,36 @@ std::span<float> Transformer::forward(int token, int pos) {
         });
 
         // x += wo @ attention output: each row belongs to one task, so add in place
+        const Input wo_in = input_for(s, xb, dim, {&lw.wo});
         pool_.parallel_for(tasks_for(dim), [&](int task) {
             Range r = task_rows(task, dim);
-            matvec_rows(lw.wo.data(), xb, dim, r.begin, r.end, [x](int i, float val) { x[i] += val; });
+            matvec(lw.wo, wo_in, dim, r.begin, r.end, [x](int i, float val) { x[i] += val; });
         });
 
         // ffn rmsnorm; a task owns the same rows of w1 and w3, so SwiGLU fuses in
         rmsnorm(xb, x, lw.rms_ffn);
+        const Input ffn_in = input_for(s, xb, dim, {&lw.w1, &lw.w3});
         pool_.parallel_for(tasks_for(hidden), [&](int task) {
             Range r = task_rows(task, hidden);
-            matvec_rows(lw.w1.data(), xb, dim, r.begin, r.end, [hb](int i, float val) { hb[i] = val; });
-            matvec_rows(lw.w3.data(), xb, dim, r.begin, r.end, [hb](int i, float up) {
+            matvec(lw.w1, ffn_in, dim, r.begin, r.end, [hb](int i, float val) { hb[i] = val; });
+            matvec(lw.w3, ffn_in, dim, r.begin, r.end, [hb](int i, float up) {
                 float gate = hb[i];
                 hb[i] = gate / (1.0f + std::exp(-gate)) * up;
             });
         });
+        const Input w2_in = input_for(s, hb, hidden, {&lw.w2});
         pool_.parallel_for(tasks_for(dim), [&](int task) {
             Range r = task_rows(task, dim);
-            matvec_rows(lw.w2.data(), hb, hidden, r.begin, r.end, [x](int i, float val) { x[i] += val; });
+            matvec(lw.w2, w2_in, hidden, r.begin, r.end, [x](int i, float val) { x[i] += val; });
         });
     }
 
     rmsnorm(x, x, w_.rms_final);
     float* logits = s.logits.data();
+    const Input cls_in = input_for(s, x, dim, {&w_.wcls});
     pool_.parallel_for(tasks_for(p.vocab_size), [&](int task) {
         Range r = task_rows(task, p.vocab_size);
-        matvec_rows(w_.wcls.data(), x, dim, r.begin, r.end, [logits](int i, float val) { logits[i] = val; });
+        matvec(w_.wcls, cls_in, dim, r.begin, r.end, [logits](int i, float val) { logits[i] = val; });
     });
     return s.logits;
 }

@@ -357,7 +357,15 @@ std::string tokenizer_bin(int n, const std::string& space, float bad_score = 0) 
 }
 
 enum class Defect { none, empty_key, dup_key, dup_tokenizer_key, dup_tensor, extra_tensor, unaligned, overlap,
-                    nan_score, inf_score, no_space };
+                    nan_score, inf_score, no_space, truncated, q8_overlap };
+
+// The test model's dims and its tensors' types: bit i of q8 makes tensor i (gguf_model's order)
+// Q8_0, and attn_q_type, when not 0, is attn_q's type.
+struct Shape {
+    std::uint64_t dim = 8, hidden = 16;
+    unsigned q8 = 0;
+    std::uint32_t attn_q_type = 0;
+};
 
 void put_str(std::string& s, const std::string& text) {
     put(s, static_cast<std::uint64_t>(text.size()));
@@ -380,12 +388,12 @@ void put_kv_scores(std::string& s, int& n, Defect defect) {
     ++n;
 }
 
-int gguf_kvs(std::string& s, Defect defect) {
+int gguf_kvs(std::string& s, Defect defect, const Shape& shape) {
     int n = 0;
     put_str(s, "general.architecture"), put(s, std::uint32_t{8}), put_str(s, "llama"), ++n;
     put_str(s, defect == Defect::empty_key ? "" : "general.name"), put(s, std::uint32_t{8}), put_str(s, "test"), ++n;
-    put_kv_u32(s, n, "llama.embedding_length", 8);
-    put_kv_u32(s, n, "llama.feed_forward_length", 16);
+    put_kv_u32(s, n, "llama.embedding_length", static_cast<std::uint32_t>(shape.dim));
+    put_kv_u32(s, n, "llama.feed_forward_length", static_cast<std::uint32_t>(shape.hidden));
     put_kv_u32(s, n, "llama.block_count", 1);
     put_kv_u32(s, n, "llama.attention.head_count", 2);
     put_kv_u32(s, n, "llama.context_length", 8);
@@ -403,39 +411,57 @@ int gguf_kvs(std::string& s, Defect defect) {
     return n;
 }
 
-// A GGUF model (dim 8, hidden 16, one layer, two heads, seq_len 8) with the test vocabulary.
-std::string gguf_model(Defect defect) {
+// A GGUF model (dim 8, hidden 16, or the Shape's, one layer, two heads, seq_len 8) with the test
+// vocabulary.
+std::string gguf_model(Defect defect, const Shape& shape = {}) {
     struct Tensor {
         std::string name;
         std::vector<std::uint64_t> dims;  // innermost first: a (rows, cols) matrix is [cols, rows]
-        std::uint64_t offset = 0;
+        std::uint64_t offset = 0, size = 0;
+        std::uint32_t type = GGML_F32;
     };
+    const std::uint64_t d = shape.dim, h = shape.hidden;
     std::vector<Tensor> tensors = {
-        {"token_embd.weight", {8, TEST_VOCAB}}, {"output_norm.weight", {8}},  {"blk.0.attn_norm.weight", {8}},
-        {"blk.0.attn_q.weight", {8, 8}},         {"blk.0.attn_k.weight", {8, 8}}, {"blk.0.attn_v.weight", {8, 8}},
-        {"blk.0.attn_output.weight", {8, 8}},    {"blk.0.ffn_norm.weight", {8}},  {"blk.0.ffn_gate.weight", {8, 16}},
-        {"blk.0.ffn_down.weight", {16, 8}},      {"blk.0.ffn_up.weight", {8, 16}}};
-    if (defect == Defect::dup_tensor) tensors.push_back({"blk.0.attn_q.weight", {8, 8}});
-    if (defect == Defect::extra_tensor) tensors.push_back({"extra.weight", {8}});
+        {"token_embd.weight", {d, TEST_VOCAB}}, {"output_norm.weight", {d}},  {"blk.0.attn_norm.weight", {d}},
+        {"blk.0.attn_q.weight", {d, d}},         {"blk.0.attn_k.weight", {d, d}}, {"blk.0.attn_v.weight", {d, d}},
+        {"blk.0.attn_output.weight", {d, d}},    {"blk.0.ffn_norm.weight", {d}},  {"blk.0.ffn_gate.weight", {d, h}},
+        {"blk.0.ffn_down.weight", {h, d}},       {"blk.0.ffn_up.weight", {d, h}}};
+    for (std::size_t i = 0; i < tensors.size(); ++i)
+        if (shape.q8 >> i & 1) tensors[i].type = GGML_Q8_0;
+    if (shape.attn_q_type) tensors[3].type = shape.attn_q_type;
+    if (defect == Defect::dup_tensor) tensors.push_back({"blk.0.attn_q.weight", {d, d}});
+    if (defect == Defect::extra_tensor) tensors.push_back({"extra.weight", {d}});
     std::uint64_t end = 0;
     for (auto& t : tensors) {
+        std::uint64_t n = std::accumulate(t.dims.begin(), t.dims.end(), std::uint64_t{1}, std::multiplies<>());
+        t.size = t.type == GGML_Q8_0 ? n / Q8_BLOCK * Q8_BLOCK_BYTES : 4 * n;
         t.offset = end;
-        end += (4 * std::accumulate(t.dims.begin(), t.dims.end(), std::uint64_t{1}, std::multiplies<>()) + 31) / 32 * 32;
+        end += (t.size + 31) / 32 * 32;
     }
     if (defect == Defect::unaligned) tensors.back().offset += 4;
     if (defect == Defect::overlap) tensors[2].offset = tensors[1].offset;
+    if (defect == Defect::q8_overlap) tensors[4].offset = tensors[3].offset + 32;  // inside attn_q's blocks
     std::string kvs;
-    int n_kv = gguf_kvs(kvs, defect);
+    int n_kv = gguf_kvs(kvs, defect, shape);
     std::string s = "GGUF";
     put(s, std::uint32_t{3}), put(s, static_cast<std::uint64_t>(tensors.size())), put(s, static_cast<std::uint64_t>(n_kv));
     s += kvs;
     for (const auto& t : tensors) {
         put_str(s, t.name), put(s, static_cast<std::uint32_t>(t.dims.size()));
-        for (auto d : t.dims) put(s, d);
-        put(s, std::uint32_t{0}), put(s, t.offset);
+        for (auto dim : t.dims) put(s, dim);
+        put(s, t.type), put(s, t.offset);
     }
     s.resize((s.size() + 31) / 32 * 32, '\0');
+    const std::size_t data_start = s.size();
     for (std::uint64_t i = 0; i < end / 4 + 16; ++i) put(s, static_cast<float>(i % 7) * 0.01f);
+    // Q8_0 blocks of scale 1/64 (fp16 0x2400) and quants -6..6
+    for (const auto& t : tensors)
+        for (std::uint64_t at = 0; t.type == GGML_Q8_0 && at + Q8_BLOCK_BYTES <= t.size; at += Q8_BLOCK_BYTES) {
+            char* block = s.data() + data_start + t.offset + at;
+            block[0] = 0x00, block[1] = 0x24;
+            for (int k = 0; k < Q8_BLOCK; ++k) block[2 + k] = static_cast<char>(static_cast<int>((k + at) % 13) - 6);
+        }
+    if (defect == Defect::truncated) s.resize(data_start + tensors.back().offset + tensors.back().size - 10);
     return s;
 }
 
@@ -490,6 +516,218 @@ TEST(Files, NoSpacePieceIsExit3BeforeAnyPrompt) {
     EXPECT_EQ(run_main(6, argv), 3);
 }
 
+// ---------------------------------------------------------------- Q8_0
+namespace {
+
+// the fp16 value of bits h, from its definition
+double half_value(std::uint16_t h) {
+    int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    double v = exp == 0x1f ? (man ? NAN : INFINITY) : exp ? std::ldexp(1024 + man, exp - 25) : std::ldexp(man, -24);
+    return h & 0x8000 ? -v : v;
+}
+
+// f rounded to the nearest fp16, ties to the even bit pattern, found by search over the values
+std::uint16_t half_nearest(float f) {
+    double a = std::fabs(static_cast<double>(f));
+    std::uint16_t sign = std::signbit(f) ? 0x8000 : 0, lo = 0, hi = 0x7c00;  // the values rise with the bits
+    while (hi - lo > 1) {  // the largest finite h with value <= a
+        auto mid = static_cast<std::uint16_t>((lo + hi) / 2);
+        (half_value(mid) <= a ? lo : hi) = mid;
+    }
+    if (a >= 65520.0) return sign | 0x7c00;  // past the last midpoint: infinity
+    double below = half_value(lo), above = lo == 0x7bff ? 65536.0 : half_value(static_cast<std::uint16_t>(lo + 1));
+    bool down = a - below < above - a || (a - below == above - a && lo % 2 == 0);
+    return sign | static_cast<std::uint16_t>(down ? lo : lo + 1);
+}
+
+// the matvec row by its definition: exact int32 block sums, each scaled in float, summed in
+// double; *magnitude is the sum of the terms' sizes
+double dot_row_plain(const std::uint8_t* row, const std::int8_t* qx, const float* dx, int n_blocks,
+                     double* magnitude) {
+    double sum = 0;
+    *magnitude = 0;
+    for (int b = 0; b < n_blocks; ++b) {
+        const std::uint8_t* block = row + b * Q8_BLOCK_BYTES;
+        const auto* q = reinterpret_cast<const std::int8_t*>(block + 2);  // int8_t: see run.cpp's block_isum
+        int isum = 0;
+        for (int i = 0; i < Q8_BLOCK; ++i) isum += q[i] * qx[b * Q8_BLOCK + i];
+        float d = q8::fp16_to_fp32(static_cast<std::uint16_t>(block[0] | block[1] << 8));
+        float term = static_cast<float>(isum) * (d * dx[b]);
+        sum += term;
+        *magnitude += std::fabs(term);
+    }
+    return sum;
+}
+
+// llama.cpp's quantize_row_q8_0_ref, as the converter (and the gguf package) quantizes weights:
+// d = amax / 127, q = round-half-away-from-zero(x / d), d stored as fp16
+std::vector<std::uint8_t> quantize_weights(std::span<const float> x) {
+    std::vector<std::uint8_t> out(x.size() / Q8_BLOCK * Q8_BLOCK_BYTES);
+    for (std::size_t b = 0; b < x.size() / Q8_BLOCK; ++b) {
+        const float* xb = x.data() + b * Q8_BLOCK;
+        std::uint8_t* block = out.data() + b * Q8_BLOCK_BYTES;
+        float amax = 0;
+        for (int i = 0; i < Q8_BLOCK; ++i) amax = std::max(amax, std::fabs(xb[i]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        std::uint16_t h = q8::fp32_to_fp16(d);
+        block[0] = static_cast<std::uint8_t>(h), block[1] = static_cast<std::uint8_t>(h >> 8);
+        for (int i = 0; i < Q8_BLOCK; ++i)
+            block[2 + i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(std::round(xb[i] * id)));
+    }
+    return out;
+}
+
+constexpr unsigned Q8_MATRICES = 1u << 0 | 1u << 3 | 1u << 4 | 1u << 5 | 1u << 6 | 1u << 8 | 1u << 10;  // not ffn_down
+
+}  // namespace
+
+TEST(Q8, Fp16Conversions) {
+    int bad_to = 0, bad_back = 0, bad_round = 0;
+    for (std::uint32_t h = 0; h < 0x10000; ++h) {
+        double want = half_value(static_cast<std::uint16_t>(h));
+        float got = q8::fp16_to_fp32(static_cast<std::uint16_t>(h));
+        if (std::isnan(want)) {
+            bad_to += !std::isnan(got);
+            continue;
+        }
+        bad_to += static_cast<double>(got) != want || std::signbit(got) != std::signbit(want);
+        bad_back += q8::fp32_to_fp16(got) != h;
+    }
+    EXPECT_EQ(bad_to, 0) << "fp16 -> fp32 is exact on all 65536 patterns";
+    EXPECT_EQ(bad_back, 0) << "fp32 -> fp16 gives every fp16 value back";
+    // the midpoints between neighbours (ties: to even), a float either side of them, random floats
+    for (std::uint16_t h = 0; h < 0x7bff; ++h) {
+        auto mid = static_cast<float>((half_value(h) + half_value(static_cast<std::uint16_t>(h + 1))) / 2);  // exact
+        for (float f : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, INFINITY)})
+            bad_round += (q8::fp32_to_fp16(f) != half_nearest(f)) + (q8::fp32_to_fp16(-f) != half_nearest(-f));
+    }
+    Rng rng(16);
+    for (int i = 0; i < 200000; ++i) {
+        float f = std::bit_cast<float>(rng.next_u32());
+        if (!std::isnan(f)) bad_round += q8::fp32_to_fp16(f) != half_nearest(f);
+    }
+    EXPECT_EQ(bad_round, 0) << "fp32 -> fp16 rounds to nearest, ties to even";
+    EXPECT_EQ(q8::fp32_to_fp16(65504.0f), 0x7bff);
+    EXPECT_EQ(q8::fp32_to_fp16(65519.99f), 0x7bff);
+    EXPECT_EQ(q8::fp32_to_fp16(65520.0f), 0x7c00);
+    EXPECT_EQ(q8::fp32_to_fp16(-1e9f), 0xfc00);
+    EXPECT_GT(q8::fp32_to_fp16(NAN) & 0x7fff, 0x7c00);
+}
+
+TEST(Q8, ActivationQuantization) {
+    // block 0: all zero (scale 0, quants 0); block 1: amax 127, so 127 / amax is exactly 1 and
+    // x * id lands on exact .5 ties, which round to even; block 2: a scale that fp16 rounds
+    std::vector<float> x(3 * Q8_BLOCK, 0.0f);
+    x[1] = -0.0f;
+    const float ties[] = {127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -2.5f, -3.5f, 126.5f, -127.0f};
+    std::copy(std::begin(ties), std::end(ties), x.begin() + Q8_BLOCK);
+    x[2 * Q8_BLOCK] = 1.0f, x[2 * Q8_BLOCK + 1] = -0.25f, x[2 * Q8_BLOCK + 2] = 0.1f;
+    std::vector<std::int8_t> q(x.size());
+    float dx[3];
+    q8::quantize(x.data(), static_cast<int>(x.size()), q.data(), dx);
+    EXPECT_TRUE(std::all_of(q.begin(), q.begin() + Q8_BLOCK, [](std::int8_t v) { return v == 0; }));
+    EXPECT_EQ(dx[0], 0.0f);
+    EXPECT_EQ(std::vector<int>(q.begin() + Q8_BLOCK, q.begin() + Q8_BLOCK + 9),
+              (std::vector<int>{127, 0, 2, 2, 0, -2, -4, 126, -127}));
+    EXPECT_EQ(dx[1], 1.0f);
+    EXPECT_EQ(dx[2], q8::fp16_to_fp32(q8::fp32_to_fp16(1.0f / 127.0f)));
+    EXPECT_NE(dx[2], 1.0f / 127.0f);
+    // 0.1 * 127 = 12.7 -> 13; -0.25 * 127 = -31.75 -> -32
+    EXPECT_EQ(q[2 * Q8_BLOCK], 127);
+    EXPECT_EQ(q[2 * Q8_BLOCK + 1], -32);
+    EXPECT_EQ(q[2 * Q8_BLOCK + 2], 13);
+}
+
+// The kernel (AVX2, NEON or portable, whichever this build has) against the definition, over
+// row lengths that leave 0 to 7 blocks after the SIMD groups; weights take every byte value,
+// -128 included.
+TEST(Q8, DotRowMatchesThePlainLoop) {
+    Rng rng(7);
+    for (int n_blocks : {1, 2, 3, 4, 8, 9, 11, 25}) {
+        const int n = n_blocks * Q8_BLOCK, rows = 19;
+        std::vector<std::uint8_t> w(static_cast<std::size_t>(rows) * n_blocks * Q8_BLOCK_BYTES);
+        std::vector<float> x(n), dx(n_blocks);
+        std::vector<std::int8_t> qx(n);
+        auto block = [&](int r, int b) { return w.data() + (static_cast<std::size_t>(r) * n_blocks + b) * Q8_BLOCK_BYTES; };
+        // exact: scales 1 and input blocks whose amax is 127 (so dx = 1, qx = x): every term is an
+        // integer and every partial sum stays below 2^24, so any order of the sum is exact
+        for (int r = 0; r < rows; ++r)
+            for (int b = 0; b < n_blocks; ++b) {
+                block(r, b)[0] = 0x00, block(r, b)[1] = 0x3c;  // fp16 1.0
+                for (int i = 0; i < Q8_BLOCK; ++i)
+                    block(r, b)[2 + i] = r == 0 ? 0x80 : r == 1 ? 0x7f : static_cast<std::uint8_t>(rng.next_u32());
+            }
+        for (int b = 0; b < n_blocks; ++b)
+            for (int i = 0; i < Q8_BLOCK; ++i) {
+                float any = static_cast<float>(static_cast<int>(rng.next_u32() % 255) - 127);
+                x[b * Q8_BLOCK + i] = b % 3 == 0 ? (i % 2 ? -127.0f : 127.0f) : i == 0 ? 127.0f : any;
+            }
+        q8::quantize(x.data(), n, qx.data(), dx.data());
+        for (int r = 0; r < rows; ++r) {
+            double magnitude;
+            EXPECT_EQ(q8::dot_row(block(r, 0), qx.data(), dx.data(), n_blocks),
+                      dot_row_plain(block(r, 0), qx.data(), dx.data(), n_blocks, &magnitude))
+                << n_blocks << " blocks, row " << r;
+        }
+        // general: random scales and inputs (block 1 all zero: amax 0), equal up to the rounding
+        // of a float sum taken in another order
+        for (int r = 0; r < rows; ++r)
+            for (int b = 0; b < n_blocks; ++b) {
+                auto h = static_cast<std::uint16_t>(0x1000 + rng.next_u32() % 0x3000);  // about 2^-11 .. 2^4
+                if (rng.next_u32() % 2) h |= 0x8000;
+                block(r, b)[0] = static_cast<std::uint8_t>(h), block(r, b)[1] = static_cast<std::uint8_t>(h >> 8);
+            }
+        for (int i = 0; i < n; ++i) x[i] = i / Q8_BLOCK == 1 ? 0.0f : (rng.next_f32() - 0.5f) * 8.0f;
+        q8::quantize(x.data(), n, qx.data(), dx.data());
+        for (int r = 0; r < rows; ++r) {
+            double magnitude, want = dot_row_plain(block(r, 0), qx.data(), dx.data(), n_blocks, &magnitude);
+            EXPECT_LE(std::fabs(q8::dot_row(block(r, 0), qx.data(), dx.data(), n_blocks) - want), 1e-6 * magnitude)
+                << n_blocks << " blocks, row " << r;
+        }
+    }
+}
+
+TEST(Q8, MixedGgufLoadsAndRuns) {
+    TempFile good(gguf_model(Defect::none, {32, 64, Q8_MATRICES}));
+    Model m = read_model(good.path.string());
+    const auto& w = m.weights;
+    const auto& l = w.layers[0];
+    EXPECT_EQ(m.format, "gguf-q8_0");
+    EXPECT_TRUE(w.token_embedding.quantized() && w.wcls.quantized() && l.wq.quantized() && l.wk.quantized() &&
+                l.wv.quantized() && l.wo.quantized() && l.w1.quantized() && l.w3.quantized());
+    EXPECT_FALSE(l.w2.quantized());
+    EXPECT_EQ(w.wcls.data(), w.token_embedding.data());
+    EXPECT_EQ(w.token_embedding.q8.size(), std::size_t{TEST_VOCAB} * Q8_BLOCK_BYTES);
+    // token 5's embedding row: the written scale 1/64 times each quant
+    const std::uint8_t* row = w.token_embedding.q8.data() + 5 * Q8_BLOCK_BYTES;
+    float emb[32];
+    q8::dequantize_row(row, 32, emb);
+    for (int i = 0; i < 32; ++i) EXPECT_EQ(emb[i], static_cast<float>(static_cast<std::int8_t>(row[2 + i])) / 64.0f);
+    ThreadPool pool(2);
+    Transformer tr(m, pool);
+    std::span<float> logits;
+    for (int pos = 0; pos < 4; ++pos) logits = tr.forward(5 + pos, pos);
+    EXPECT_TRUE(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
+}
+
+TEST(Q8, GgufRefusals) {
+    const Shape mixed{32, 64, Q8_MATRICES};
+    const std::tuple<Defect, Shape, std::string> cases[] = {
+        {Defect::none, {32, 64, Q8_MATRICES | 1u << 2}, "tensor blk.0.attn_norm.weight is Q8_0; only matrices may be"},
+        {Defect::none, {8, 16, 1u << 3},
+         "tensor blk.0.attn_q.weight is Q8_0 with rows of 8 values, not a multiple of the block size 32"},
+        {Defect::none, {32, 48, 1u << 9}, "tensor blk.0.ffn_down.weight is Q8_0 with rows of 48 values"},
+        {Defect::truncated, mixed, "tensor blk.0.ffn_up.weight lies outside the file"},
+        {Defect::q8_overlap, mixed, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap"},
+        {Defect::none, {32, 64, 0, 1}, "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported"},
+        {Defect::none, {32, 64, 0, 2}, "tensor blk.0.attn_q.weight has type 2"},
+    };
+    for (const auto& [defect, shape, problem] : cases) {
+        TempFile bad(gguf_model(defect, shape));
+        expect_refused([&] { read_model(bad.path.string()); }, bad.path, problem);
+    }
+}
+
 // ---------------------------------------------------------------- model
 
 TEST(Model, Stories260KGreedy) {
@@ -508,5 +746,46 @@ TEST(Model, Stories260KGreedy) {
             token = next;
         }
         EXPECT_EQ(text.rfind("Once upon a time, there was a little girl named Lily.", 0), 0u) << text;
+    }
+}
+
+// Every matrix the converter writes as Q8_0 (rows a multiple of 32 long: all but ffn_down)
+// quantized in memory as it does; the text is the reference's for `invoke models.convert --type
+// q8_0` of the same file, which parts from the F32 text at "with my ball".
+TEST(Model, Stories260KQ8Greedy) {
+    REQUIRE_MODEL_FILE(model_path, "stories260K.bin");
+    REQUIRE_MODEL_FILE(tok_path, "tok512.bin");
+    Model m = read_model(model_path);
+    Tokenizer tok(read_tokenizer(tok_path, m.config.vocab_size));
+    std::vector<std::vector<std::uint8_t>> blocks;  // what the quantized matrices point into (moves keep them)
+    auto quantize = [&](Matrix& mat, int cols) {  // as the converter: rows of whole blocks only
+        if (cols % Q8_BLOCK) return;
+        blocks.push_back(quantize_weights(mat.f32));
+        mat = Matrix::q8_0(blocks.back());
+    };
+    const int d = m.config.dim, hd = m.config.hidden_dim;
+    quantize(m.weights.token_embedding, d);
+    if (m.config.shared_classifier) m.weights.wcls = m.weights.token_embedding;
+    else quantize(m.weights.wcls, d);
+    for (auto& l : m.weights.layers) {
+        for (Matrix* mat : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w3}) quantize(*mat, d);
+        quantize(l.w2, hd);
+    }
+    ASSERT_FALSE(m.weights.layers[0].w2.quantized()) << "stories260K's ffn_down (rows of 172) stays F32";
+    const std::string want =
+        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
+        "she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, "
+        "let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with my ball.\"";
+    for (int threads : {1, 3}) {
+        ThreadPool pool(threads);
+        Transformer tr(m, pool);
+        std::string text;
+        int token = BOS;
+        for (int pos = 0; pos < 128; ++pos) {
+            int next = sample_argmax(tr.forward(token, pos));
+            text += safe_piece(tok.decode(token, next));
+            token = next;
+        }
+        EXPECT_EQ(text.rfind(want, 0), 0u) << text;
     }
 }
