@@ -13,6 +13,7 @@ const Config = model.Config;
 const LayerWeights = model.LayerWeights;
 const TransformerWeights = model.TransformerWeights;
 const Tensor = model.Tensor;
+const Matrix = model.Matrix;
 
 pub const V1_MAGIC: u32 = 0x616b3432;
 const V0_HEADER_BYTES = 28;
@@ -164,9 +165,13 @@ const Layout = struct {
         self.off += count * 4;
         return t;
     }
-    /// (n_layers, rows) block split into per-layer tensors, written into field `name`.
+    /// (n_layers, rows) block split into per-layer tensors, written into field `name` (a norm's
+    /// Tensor or a weight's Matrix, always fp32 in these formats).
     fn takeLayers(self: *Layout, comptime name: []const u8, per_layer: usize) void {
-        for (self.layers) |*lw| @field(lw, name) = self.take(per_layer);
+        for (self.layers) |*lw| {
+            const t = self.take(per_layer);
+            @field(lw, name) = if (@FieldType(LayerWeights, name) == Matrix) .{ .f32 = t } else t;
+        }
     }
 };
 
@@ -175,7 +180,7 @@ fn v0Weights(lay: *Layout, c: Config) TransformerWeights {
     const d = c.dim;
     const kv = c.kvDim();
     var w: TransformerWeights = undefined;
-    w.token_embedding = lay.take(c.vocab_size * d);
+    w.token_embedding = .{ .f32 = lay.take(c.vocab_size * d) };
     lay.takeLayers("rms_att", d);
     lay.takeLayers("wq", d * d);
     lay.takeLayers("wk", kv * d);
@@ -187,7 +192,7 @@ fn v0Weights(lay: *Layout, c: Config) TransformerWeights {
     lay.takeLayers("w3", c.hidden_dim * d);
     w.rms_final = lay.take(d);
     lay.off += @intCast(ropeTableFloats(c) * 4); // RoPE is computed instead
-    w.wcls = if (c.shared_classifier) w.token_embedding else lay.take(c.vocab_size * d);
+    w.wcls = if (c.shared_classifier) w.token_embedding else .{ .f32 = lay.take(c.vocab_size * d) };
     w.layers = lay.layers;
     return w;
 }
@@ -200,7 +205,7 @@ fn v1Weights(lay: *Layout, c: Config) TransformerWeights {
     lay.takeLayers("rms_att", d);
     lay.takeLayers("rms_ffn", d);
     w.rms_final = lay.take(d);
-    w.token_embedding = lay.take(c.vocab_size * d);
+    w.token_embedding = .{ .f32 = lay.take(c.vocab_size * d) };
     lay.takeLayers("wq", d * d);
     lay.takeLayers("wk", kv * d);
     lay.takeLayers("wv", kv * d);
@@ -208,7 +213,7 @@ fn v1Weights(lay: *Layout, c: Config) TransformerWeights {
     lay.takeLayers("w1", c.hidden_dim * d);
     lay.takeLayers("w2", d * c.hidden_dim);
     lay.takeLayers("w3", c.hidden_dim * d);
-    w.wcls = if (c.shared_classifier) w.token_embedding else lay.take(c.vocab_size * d);
+    w.wcls = if (c.shared_classifier) w.token_embedding else .{ .f32 = lay.take(c.vocab_size * d) };
     w.layers = lay.layers;
     return w;
 }

@@ -1,4 +1,6 @@
-//! GGUF v2/v3 with all tensors F32 and llama.cpp's `llama` names, the tokenizer embedded.
+//! GGUF v2/v3 with llama.cpp's `llama` names, the tokenizer embedded; norms F32, every matrix
+//! F32 or Q8_0, tensor by tensor (a Q8_0 file keeps a matrix F32 when its rows are not a
+//! multiple of 32 long).
 //! Every count, length and offset is checked against the bytes that remain before it is used,
 //! and the files llama.cpp's loader refuses are refused here too (contract section 4).
 
@@ -8,10 +10,14 @@ const model = @import("model.zig");
 const Diag = model.Diag;
 const Config = model.Config;
 const Tensor = model.Tensor;
+const Matrix = model.Matrix;
 const ReadError = model.ReadError;
 
 const GGUF_MAX_ENTRIES = 65536;
 const DEFAULT_ALIGNMENT = 32;
+const TYPE_F32 = 0;
+const TYPE_Q8_0 = 8;
+const Q8_BLOCK_BYTES = @sizeOf(model.Q8Block);
 pub const SPACE_MARK = "\u{2581}"; // SentencePiece's visible space
 
 // ----------------------------------------------------------------------------
@@ -188,7 +194,15 @@ fn intKey(diag: *Diag, path: []const u8, data: []const u8, v: ?GgufValue, key: [
     };
 }
 
-const TensorInfo = struct { name: []const u8, n_dims: u32, dims: [4]u64, ttype: u32, offset: u64, used: bool = false };
+const TensorInfo = struct {
+    name: []const u8,
+    n_dims: u32,
+    dims: [4]u64,
+    ttype: u32,
+    offset: u64,
+    used: bool = false,
+    nbytes: u64 = 0, // its extent in the data, known once it is used
+};
 
 /// The tensor infos by name; a name given twice is refused.
 fn readTensorInfos(gpa: Allocator, cur: *Cursor, n_tensors: usize) ReadError!TensorTable {
@@ -273,32 +287,53 @@ const TensorTable = struct {
         const kv = c.kvDim();
         const h = c.hidden_dim;
         var w: model.TransformerWeights = undefined;
-        w.token_embedding = try t.get("token_embd.weight", &.{ c.vocab_size, d });
-        w.rms_final = try t.get("output_norm.weight", &.{d});
-        w.wcls = if (c.shared_classifier) w.token_embedding else try t.get("output.weight", &.{ c.vocab_size, d });
+        w.token_embedding = try t.matrix("token_embd.weight", c.vocab_size, d);
+        w.rms_final = try t.vector("output_norm.weight", d);
+        w.wcls = if (c.shared_classifier) w.token_embedding else try t.matrix("output.weight", c.vocab_size, d);
         w.layers = try gpa.alloc(model.LayerWeights, c.n_layers);
         for (w.layers, 0..) |*lw, l| {
             var buf: [64]u8 = undefined;
-            lw.rms_att = try t.get(layerName(&buf, l, "attn_norm"), &.{d});
-            lw.wq = try t.get(layerName(&buf, l, "attn_q"), &.{ d, d });
-            lw.wk = try t.get(layerName(&buf, l, "attn_k"), &.{ kv, d });
-            lw.wv = try t.get(layerName(&buf, l, "attn_v"), &.{ kv, d });
-            lw.wo = try t.get(layerName(&buf, l, "attn_output"), &.{ d, d });
-            lw.rms_ffn = try t.get(layerName(&buf, l, "ffn_norm"), &.{d});
-            lw.w1 = try t.get(layerName(&buf, l, "ffn_gate"), &.{ h, d });
-            lw.w2 = try t.get(layerName(&buf, l, "ffn_down"), &.{ d, h });
-            lw.w3 = try t.get(layerName(&buf, l, "ffn_up"), &.{ h, d });
+            lw.rms_att = try t.vector(layerName(&buf, l, "attn_norm"), d);
+            lw.wq = try t.matrix(layerName(&buf, l, "attn_q"), d, d);
+            lw.wk = try t.matrix(layerName(&buf, l, "attn_k"), kv, d);
+            lw.wv = try t.matrix(layerName(&buf, l, "attn_v"), kv, d);
+            lw.wo = try t.matrix(layerName(&buf, l, "attn_output"), d, d);
+            lw.rms_ffn = try t.vector(layerName(&buf, l, "ffn_norm"), d);
+            lw.w1 = try t.matrix(layerName(&buf, l, "ffn_gate"), h, d);
+            lw.w2 = try t.matrix(layerName(&buf, l, "ffn_down"), d, h);
+            lw.w3 = try t.matrix(layerName(&buf, l, "ffn_up"), h, d);
         }
         try t.checkUnused(c.n_layers);
         try t.checkOverlap(gpa);
         return w;
     }
 
-    /// The named tensor, checked to be F32 with GGUF dims = reversed `shape`, inside the file.
-    fn get(t: *TensorTable, name: []const u8, shape: []const usize) error{BadFile}!Tensor {
+    /// A norm: F32 only.
+    fn vector(t: *TensorTable, name: []const u8, n: usize) error{BadFile}!Tensor {
+        const info = try t.locate(name, &.{n}, false);
+        return model.tensorAt(t.data, t.data_start + @as(usize, @intCast(info.offset)), n);
+    }
+
+    /// A (rows, cols) weight: F32, or Q8_0 when cols is a multiple of 32.
+    fn matrix(t: *TensorTable, name: []const u8, rows: usize, cols: usize) error{BadFile}!Matrix {
+        const info = try t.locate(name, &.{ rows, cols }, true);
+        const off = t.data_start + @as(usize, @intCast(info.offset));
+        return switch (info.ttype) {
+            TYPE_Q8_0 => .{ .q8_0 = model.q8BlocksAt(t.data, off, rows * (cols / model.Q8_BLOCK)) },
+            else => .{ .f32 = model.tensorAt(t.data, off, rows * cols) },
+        };
+    }
+
+    /// The named tensor, checked for type (Q8_0 only where `quantizable`), GGUF dims = reversed
+    /// `shape`, alignment and extent inside the file; marked used.
+    fn locate(t: *TensorTable, name: []const u8, shape: []const usize, quantizable: bool) error{BadFile}!*TensorInfo {
         const i = t.index.get(name) orelse return t.diag.fail(t.path, "missing tensor {s}", .{name});
         const info = &t.infos[i];
-        if (info.ttype != 0) return t.diag.fail(t.path, "tensor {s} has type {d}; only F32 (0) is supported", .{ name, info.ttype });
+        if (info.ttype != TYPE_F32 and !(quantizable and info.ttype == TYPE_Q8_0)) {
+            if (quantizable) return t.diag.fail(t.path, "tensor {s} has type {d}; only F32 (0) and Q8_0 (8) are supported", .{ name, info.ttype });
+            if (info.ttype == TYPE_Q8_0) return t.diag.fail(t.path, "tensor {s} is Q8_0; only matrices may be, norms are F32", .{name});
+            return t.diag.fail(t.path, "tensor {s} has type {d}; only F32 (0) is supported", .{ name, info.ttype });
+        }
         var ok = info.n_dims == shape.len;
         var count: usize = 1;
         for (shape, 0..) |s, k| {
@@ -306,14 +341,20 @@ const TensorTable = struct {
             count *= s;
         }
         if (!ok) return t.diag.fail(t.path, "tensor {s} has dims {any}, expected the reverse of {any}", .{ name, info.dims[0..info.n_dims], shape });
+        const row = shape[shape.len - 1];
+        if (info.ttype == TYPE_Q8_0 and row % model.Q8_BLOCK != 0)
+            return t.diag.fail(t.path, "tensor {s} is Q8_0 with rows of {d} values, not a multiple of the block size {d}", .{ name, row, model.Q8_BLOCK });
         if (info.offset % t.alignment != 0)
             return t.diag.fail(t.path, "tensor {s} has offset {d}, not a multiple of general.alignment={d}", .{ name, info.offset, t.alignment });
-        const nbytes: u64 = @as(u64, count) * 4;
+        // F32 data is read as floats, Q8_0 blocks byte by byte
+        const nbytes: u64 = if (info.ttype == TYPE_Q8_0) @as(u64, count / model.Q8_BLOCK) * Q8_BLOCK_BYTES else @as(u64, count) * 4;
+        const float_misaligned = info.ttype == TYPE_F32 and info.offset % 4 != 0;
         const room: u64 = if (t.data_start <= t.data.len) t.data.len - t.data_start else 0;
-        if (info.offset % 4 != 0 or info.offset > room or nbytes > room - info.offset)
+        if (float_misaligned or info.offset > room or nbytes > room - info.offset)
             return t.diag.fail(t.path, "tensor {s} lies outside the file", .{name});
         info.used = true;
-        return model.tensorAt(t.data, t.data_start + @as(usize, @intCast(info.offset)), count);
+        info.nbytes = nbytes;
+        return info;
     }
 
     /// llama.cpp insists that the file holds exactly the tensors of its block_count.
@@ -325,8 +366,8 @@ const TensorTable = struct {
         }
     }
 
-    /// Refuses tensors whose bytes [offset, offset + 4 * elements) intersect. Every tensor is
-    /// inside the file by now, so no end overflows.
+    /// Refuses tensors whose bytes [offset, offset + nbytes) intersect. Every tensor is used
+    /// (checkUnused) and so inside the file by now, and no end overflows.
     fn checkOverlap(t: *const TensorTable, gpa: Allocator) ReadError!void {
         const order = try gpa.alloc(u32, t.infos.len);
         defer gpa.free(order);
@@ -334,9 +375,7 @@ const TensorTable = struct {
         std.mem.sort(u32, order, t.infos, offsetLess);
         for (order[0..order.len -| 1], order[@min(1, order.len)..]) |a, b| {
             const prev = t.infos[a];
-            var elements: u64 = 1;
-            for (prev.dims[0..prev.n_dims]) |d| elements *= d;
-            if (t.infos[b].offset < prev.offset + 4 * elements)
+            if (t.infos[b].offset < prev.offset + prev.nbytes)
                 return t.diag.fail(t.path, "tensors {s} and {s} overlap", .{ prev.name, t.infos[b].name });
         }
     }
@@ -389,22 +428,26 @@ fn readVocab(gpa: Allocator, diag: *Diag, path: []const u8, data: []const u8, to
 
 const testing = std.testing;
 
-/// A one-layer model (dim 8, hidden 16, 2 heads, seq_len 4) with the smallest legal vocabulary:
-/// <unk>, <s>, </s>, the 256 byte tokens and "▁", 260 tokens. All allocations are an arena's.
+/// A one-layer model (by default dim 8, hidden 16; 2 heads, seq_len 4) with the smallest legal
+/// vocabulary: <unk>, <s>, </s>, the 256 byte tokens and "▁", 260 tokens. With `q8`, every
+/// matrix whose rows are a multiple of 32 long is Q8_0, as the converter writes them. All
+/// allocations are an arena's.
 const TinyGguf = struct {
     const Kv = struct { key: []const u8, vtype: GgufType, value: []u8 };
-    const Info = struct { name: []const u8, dims: []const u64, offset: u64 };
+    const Info = struct { name: []const u8, dims: []const u64, ttype: u32, offset: u64 };
+    const Shape = struct { dim: u32 = 8, hidden: u32 = 16, q8: bool = false };
 
     arena: Allocator,
     kvs: std.ArrayList(Kv) = .empty,
     tensors: std.ArrayList(Info) = .empty,
     data_len: u64 = 0,
 
-    fn init(arena: Allocator) !TinyGguf {
+    fn init(arena: Allocator, shape: Shape) !TinyGguf {
         var g: TinyGguf = .{ .arena = arena };
         try g.addKv("general.architecture", .string, try encodeString(arena, "llama"));
-        const sizes = .{ .{ "llama.embedding_length", 8 }, .{ "llama.feed_forward_length", 16 }, .{ "llama.block_count", 1 }, .{ "llama.attention.head_count", 2 }, .{ "llama.context_length", 4 } };
-        inline for (sizes) |entry| {
+        const Size = struct { []const u8, u32 };
+        const sizes = [_]Size{ .{ "llama.embedding_length", shape.dim }, .{ "llama.feed_forward_length", shape.hidden }, .{ "llama.block_count", 1 }, .{ "llama.attention.head_count", 2 }, .{ "llama.context_length", 4 } };
+        for (sizes) |entry| {
             var v: [4]u8 = undefined;
             std.mem.writeInt(u32, &v, entry[1], .little);
             try g.addKv(entry[0], .u32, try arena.dupe(u8, &v));
@@ -429,28 +472,45 @@ const TinyGguf = struct {
         }
         try g.addKv("tokenizer.ggml.tokens", .array, tokens.items);
         try g.addKv("tokenizer.ggml.scores", .array, scores.items);
-        try g.addTensor("token_embd.weight", &.{ 8, 260 });
-        try g.addTensor("output_norm.weight", &.{8});
-        try g.addTensor("blk.0.attn_norm.weight", &.{8});
-        inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |name| try g.addTensor("blk.0." ++ name ++ ".weight", &.{ 8, 8 });
-        try g.addTensor("blk.0.ffn_norm.weight", &.{8});
-        try g.addTensor("blk.0.ffn_gate.weight", &.{ 8, 16 });
-        try g.addTensor("blk.0.ffn_down.weight", &.{ 16, 8 });
-        try g.addTensor("blk.0.ffn_up.weight", &.{ 8, 16 });
+        const d: u64 = shape.dim;
+        const h: u64 = shape.hidden;
+        try g.addMatrix("token_embd.weight", d, 260, shape.q8);
+        try g.addTensor("output_norm.weight", &.{d});
+        try g.addTensor("blk.0.attn_norm.weight", &.{d});
+        inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |name| try g.addMatrix("blk.0." ++ name ++ ".weight", d, d, shape.q8);
+        try g.addTensor("blk.0.ffn_norm.weight", &.{d});
+        try g.addMatrix("blk.0.ffn_gate.weight", d, h, shape.q8);
+        try g.addMatrix("blk.0.ffn_down.weight", h, d, shape.q8);
+        try g.addMatrix("blk.0.ffn_up.weight", d, h, shape.q8);
         return g;
+    }
+
+    /// A matrix of `rows` rows of `cols` values; Q8_0 when `q8` and cols is a multiple of 32.
+    fn addMatrix(g: *TinyGguf, name: []const u8, cols: u64, rows: u64, q8: bool) !void {
+        const ttype: u32 = if (q8 and cols % 32 == 0) TYPE_Q8_0 else TYPE_F32;
+        try g.addTyped(name, try g.arena.dupe(u64, &.{ cols, rows }), ttype);
     }
 
     fn addKv(g: *TinyGguf, key: []const u8, vtype: GgufType, value: []u8) !void {
         try g.kvs.append(g.arena, .{ .key = key, .vtype = vtype, .value = value });
     }
 
-    /// A zero tensor (dims innermost first) at the next 32-byte boundary of the data.
+    /// A zero F32 tensor (dims innermost first) at the next 32-byte boundary of the data.
     fn addTensor(g: *TinyGguf, name: []const u8, dims: []const u64) !void {
+        try g.addTyped(name, try g.arena.dupe(u64, dims), TYPE_F32);
+    }
+
+    fn addTyped(g: *TinyGguf, name: []const u8, dims: []const u64, ttype: u32) !void {
         g.data_len = std.mem.alignForward(u64, g.data_len, 32);
-        try g.tensors.append(g.arena, .{ .name = name, .dims = dims, .offset = g.data_len });
-        var n: u64 = 4;
+        try g.tensors.append(g.arena, .{ .name = name, .dims = dims, .ttype = ttype, .offset = g.data_len });
+        var n: u64 = 1;
         for (dims) |d| n *= d;
-        g.data_len += n;
+        g.data_len += if (ttype == TYPE_Q8_0) n / 32 * Q8_BLOCK_BYTES else n * 4;
+    }
+
+    fn tensor(g: *TinyGguf, name: []const u8) *Info {
+        for (g.tensors.items) |*t| if (std.mem.eql(u8, t.name, name)) return t;
+        unreachable;
     }
 
     fn kv(g: *TinyGguf, key: []const u8) *Kv {
@@ -473,7 +533,7 @@ const TinyGguf = struct {
             try out.appendSlice(g.arena, try encodeString(g.arena, t.name));
             try appendInt(&out, g.arena, u32, @intCast(t.dims.len));
             for (t.dims) |d| try appendInt(&out, g.arena, u64, d);
-            try appendInt(&out, g.arena, u32, 0);
+            try appendInt(&out, g.arena, u32, t.ttype);
             try appendInt(&out, g.arena, u64, t.offset);
         }
         try out.appendNTimes(g.arena, 0, std.mem.alignForward(usize, out.items.len, 32) - out.items.len + g.data_len);
@@ -501,7 +561,7 @@ fn encodeString(gpa: Allocator, s: []const u8) ![]u8 {
 test "gguf: a tiny model loads, its space piece in place" {
     var arena: std.heap.ArenaAllocator = .init(testing.allocator);
     defer arena.deinit();
-    var g = try TinyGguf.init(arena.allocator());
+    var g = try TinyGguf.init(arena.allocator(), .{});
     var diag: Diag = .{};
     const m = read(arena.allocator(), &diag, "tiny.gguf", try g.bytes()) catch |err| {
         std.debug.print("{s}\n", .{diag.problem()});
@@ -554,7 +614,7 @@ test "gguf: files llama.cpp refuses, and tokenizers the contract refuses" {
     for (std.enums.values(Breakage)) |b| {
         var arena: std.heap.ArenaAllocator = .init(testing.allocator);
         defer arena.deinit();
-        var g = try TinyGguf.init(arena.allocator());
+        var g = try TinyGguf.init(arena.allocator(), .{});
         const want = try breakGguf(&g, b);
         var diag: Diag = .{};
         const result = read(arena.allocator(), &diag, "bad.gguf", try g.bytes());
@@ -565,6 +625,68 @@ test "gguf: files llama.cpp refuses, and tokenizers the contract refuses" {
         try testing.expectEqualStrings("bad.gguf", diag.path);
         if (std.mem.indexOf(u8, diag.problem(), want) == null) {
             std.debug.print("{t}: '{s}' does not say '{s}'\n", .{ b, diag.problem(), want });
+            return error.TestUnexpectedResult;
+        }
+    }
+}
+
+test "gguf: Q8_0 matrices load next to F32 ones, blocks packed 34 bytes apart" {
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    // hidden 48: ffn_down's rows are 48 long, so it stays F32 in a file of Q8_0 matrices
+    var g = try TinyGguf.init(arena.allocator(), .{ .dim = 32, .hidden = 48, .q8 = true });
+    var diag: Diag = .{};
+    const m = read(arena.allocator(), &diag, "q8.gguf", try g.bytes()) catch |err| {
+        std.debug.print("{s}\n", .{diag.problem()});
+        return err;
+    };
+    try testing.expectEqual(@as(usize, 260), m.weights.token_embedding.q8_0.len); // one block per row
+    try testing.expectEqual(@as(usize, 260), m.weights.wcls.q8_0.len); // shared classifier
+    const lw = m.weights.layers[0];
+    try testing.expectEqual(@as(usize, 32), lw.wq.q8_0.len);
+    try testing.expectEqual(@as(usize, 48), lw.w1.q8_0.len); // 48 rows of 32
+    try testing.expectEqual(@as(usize, 48 * 32), lw.w2.f32.len);
+    try testing.expectEqual(@as(usize, 32), lw.rms_att.len);
+}
+
+const Q8Breakage = enum { row_not_multiple, truncated, overlap, q8_norm, unknown_type };
+
+test "gguf: Q8_0 tensors the reader refuses, each naming the tensor" {
+    for (std.enums.values(Q8Breakage)) |b| {
+        var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+        defer arena.deinit();
+        var g = try TinyGguf.init(arena.allocator(), if (b == .row_not_multiple) .{} else .{ .dim = 32, .hidden = 64, .q8 = true });
+        const want = switch (b) {
+            .row_not_multiple => blk: { // rows of dim = 8 values
+                g.tensor("blk.0.attn_q.weight").ttype = TYPE_Q8_0;
+                break :blk "tensor blk.0.attn_q.weight is Q8_0 with rows of 8 values, not a multiple of the block size 32";
+            },
+            .truncated => blk: { // the last tensor's last block one byte short
+                std.debug.assert(std.mem.eql(u8, g.tensors.items[g.tensors.items.len - 1].name, "blk.0.ffn_up.weight"));
+                g.data_len -= 1;
+                break :blk "tensor blk.0.ffn_up.weight lies outside the file";
+            },
+            .overlap => blk: { // attn_k starts inside attn_q's 32 * 34 bytes, at a 32-byte boundary
+                g.tensor("blk.0.attn_k.weight").offset = g.tensor("blk.0.attn_q.weight").offset + 33 * 32;
+                break :blk "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap";
+            },
+            .q8_norm => blk: {
+                g.tensor("blk.0.ffn_norm.weight").ttype = TYPE_Q8_0;
+                break :blk "tensor blk.0.ffn_norm.weight is Q8_0; only matrices may be, norms are F32";
+            },
+            .unknown_type => blk: {
+                g.tensor("blk.0.attn_v.weight").ttype = 2; // Q4_0
+                break :blk "tensor blk.0.attn_v.weight has type 2; only F32 (0) and Q8_0 (8) are supported";
+            },
+        };
+        var diag: Diag = .{};
+        const result = read(arena.allocator(), &diag, "bad.gguf", try g.bytes());
+        testing.expectError(error.BadFile, result) catch |err| {
+            std.debug.print("{t}: accepted\n", .{b});
+            return err;
+        };
+        if (!std.mem.eql(u8, diag.problem(), want)) {
+            std.debug.print("{t}: '{s}' is not '{s}'\n", .{ b, diag.problem(), want });
             return error.TestUnexpectedResult;
         }
     }

@@ -1,7 +1,8 @@
 //! Inference for Llama-2 Transformer models in pure Zig: karpathy/llama2.c's run.c, ported for
-//! polyllama (docs/port-contract.md). Reads llama2.c v0/v1 checkpoints and fp32 GGUF files into
-//! one page-aligned region (huge pages on Linux, else a file mapping); batch-1 fp32 decoding with
-//! @Vector kernels and a persistent worker pool.
+//! polyllama (docs/port-contract.md). Reads llama2.c v0/v1 checkpoints and GGUF files (F32 or
+//! Q8_0 matrices) into one page-aligned region (huge pages on Linux, else a file mapping);
+//! batch-1 decoding with @Vector kernels (fp32, and int8 dot products for Q8_0 weights) and a
+//! persistent worker pool.
 
 const std = @import("std");
 const builtin = @import("builtin");
@@ -11,6 +12,8 @@ const model = @import("model.zig");
 const checkpoint = @import("checkpoint.zig");
 const Config = model.Config;
 const Tensor = model.Tensor;
+const Matrix = model.Matrix;
+const Q8Block = model.Q8Block;
 const TransformerWeights = model.TransformerWeights;
 const Vocab = model.Vocab;
 
@@ -75,6 +78,8 @@ const RunState = struct {
     q: []f32, // query (dim)
     att: []f32, // attention scores, one row per concurrent head (min(n_heads, n_chunks), seq_len)
     logits: []f32, // output logits (vocab_size)
+    qx: []i8, // the input of a Q8_0 matmul quantized, 32 per block (max(dim, hidden_dim))
+    dx: []f32, // its blocks' scales (max(dim, hidden_dim) / 32)
     rope_cos: []f32, // rotation of each (i, i+1) pair at the current position (dim / 2)
     rope_sin: []f32, // (dim / 2)
     key_cache: []f32, // (layer, seq_len, kv_dim)
@@ -91,6 +96,7 @@ const Transformer = struct {
 
 fn buildRunState(gpa: Allocator, c: Config, n_chunks: usize) RunState {
     const kv_len = c.n_layers * c.seq_len * c.kvDim();
+    const widest = @max(c.dim, c.hidden_dim);
     return .{
         .x = allocOrDie(gpa, f32, c.dim),
         .xb = allocOrDie(gpa, f32, c.dim),
@@ -100,6 +106,8 @@ fn buildRunState(gpa: Allocator, c: Config, n_chunks: usize) RunState {
         .q = allocOrDie(gpa, f32, c.dim),
         .att = allocOrDie(gpa, f32, std.math.mul(usize, @min(c.n_heads, n_chunks), c.seq_len) catch outOfMemory()),
         .logits = allocOrDie(gpa, f32, c.vocab_size),
+        .qx = allocOrDie(gpa, i8, widest),
+        .dx = allocOrDie(gpa, f32, widest / QB),
         .rope_cos = allocOrDie(gpa, f32, c.dim / 2),
         .rope_sin = allocOrDie(gpa, f32, c.dim / 2),
         .key_cache = allocOrDie(gpa, f32, kv_len),
@@ -267,7 +275,7 @@ fn dot(a: []align(1) const f32, b: []align(1) const f32) f32 {
 
 /// out[r] = W[r, :] . x for rows r in [r0, r1); W (rows, n) row-major. Four rows at a time so
 /// that each x vector loaded serves four weight streams.
-fn matmulRows(out: []f32, w: Tensor, x: []const f32, r0: usize, r1: usize) void {
+fn matmulRowsF32(out: []f32, w: Tensor, x: []const f32, r0: usize, r1: usize) void {
     const n = x.len;
     var i = r0;
     while (i + 4 <= r1) : (i += 4) {
@@ -299,12 +307,135 @@ fn matmulRows(out: []f32, w: Tensor, x: []const f32, r0: usize, r1: usize) void 
     while (i < r1) : (i += 1) out[i] = dot(w[i * n ..][0..n], x);
 }
 
+// ----------------------------------------------------------------------------
+// Q8_0 weights (GGUF), computed as llama.cpp's CPU backend does (docs/port-contract.md): the
+// matmul's input is quantized to Q8_0 too, once per group of matmuls that share it, each block's
+// dot product is an exact int32 sum of int8 products, and only its scaling and the sum over
+// blocks are fp32.
+
+const QB = model.Q8_BLOCK;
+const F32xB = @Vector(QB, f32);
+const I8xB = @Vector(QB, i8);
+const I32xB = @Vector(QB, i32);
+
+/// A matmul's input: fp32, and quantized when a weight of its group is Q8_0 (`qx` and `dx`
+/// empty otherwise).
+const Input = struct {
+    x: []const f32,
+    qx: []const i8 = &.{},
+    dx: []const f32 = &.{},
+};
+
+/// llama.cpp's SIMD quantize_row_q8_0 (which differs from the reference quantizer the weights
+/// went through): amax = max |x| per block, scale fp16(amax / 127) as the dot product uses it,
+/// q = x * (127 / amax) rounded to nearest, ties to even.
+fn quantizeActivation(qx: []i8, dx: []f32, x: []const f32) void {
+    for (dx, 0..) |*d, b| {
+        const v: F32xB = x[b * QB ..][0..QB].*;
+        const amax = @reduce(.Max, @abs(v));
+        d.* = @as(f16, @floatCast(amax / 127.0));
+        const id: f32 = if (amax != 0) 127.0 / amax else 0;
+        qx[b * QB ..][0..QB].* = roundToI8(v * @as(F32xB, @splat(id)));
+    }
+}
+
+/// Rounds to nearest, ties to even, as the vector instructions do (Zig's @round takes ties away
+/// from zero): past 1.5 * 2^23 a float has no fraction bits, so the addition itself rounds in
+/// the FPU's default mode. The clamp only matters for a non-finite activation (a broken
+/// model), which then gives some int8 instead of undefined behaviour.
+fn roundToI8(v: F32xB) I8xB {
+    const magic: F32xB = @splat(0x1.8p23);
+    const r = (v + magic) - magic;
+    return @intFromFloat(@min(@max(r, @as(F32xB, @splat(-127))), @as(F32xB, @splat(127))));
+}
+
+/// VNNI's byte dot product (vpdpbusd) multiplies unsigned by signed bytes.
+const has_vnni = switch (builtin.cpu.arch) {
+    .x86_64, .x86 => builtin.cpu.has(.x86, .avxvnni) or builtin.cpu.has(.x86, .avx512vnni),
+    else => false,
+};
+
+/// The exact sum of a block's 32 products w_i * x_i, |x_i| <= 127. Written as one widening
+/// multiply and sum, it compiles to vpmovsxbw + vpmaddwd on AVX2 and AVX-512 without VNNI, and
+/// to sdot on arm64 with the dotprod feature (smull + saddl without it).
+inline fn blockDot(w: I8xB, x: I8xB) i32 {
+    if (has_vnni) {
+        // |w| * (x with w's sign) is the same product, unsigned by signed, which LLVM turns into
+        // vpdpbusd. |w| rather than |x|: w = -128 may occur in a file, x = -128 never does.
+        const zero: I8xB = @splat(0);
+        const sx = @select(i8, w < zero, zero -% x, x);
+        return @reduce(.Add, @as(I32xB, @abs(w)) * @as(I32xB, sx));
+    }
+    return @reduce(.Add, @as(I32xB, w) * @as(I32xB, x));
+}
+
+/// As matmulRowsF32 for a Q8_0 W, on an input quantized by quantizeActivation: out[r] = sum over
+/// blocks b of float(isum) * (fp32(d_w) * d_x). Four rows at a time, one lane of the fp32
+/// accumulator each: each input block loaded serves four rows, the four blocks' int32 sums are
+/// reduced together, and a row's total needs no horizontal add at the end.
+fn matmulRowsQ8(out: []f32, w: []const Q8Block, in: Input, r0: usize, r1: usize) void {
+    const nb = in.dx.len; // blocks per row
+    var i = r0;
+    while (i + 4 <= r1) : (i += 4) {
+        const rows = w[i * nb ..][0 .. 4 * nb];
+        var acc: @Vector(4, f32) = @splat(0);
+        for (in.dx, 0..) |dx, b| {
+            const xq: I8xB = in.qx[b * QB ..][0..QB].*;
+            var isum: @Vector(4, i32) = undefined;
+            var dw: @Vector(4, f32) = undefined;
+            inline for (0..4) |k| {
+                const blk = &rows[k * nb + b];
+                isum[k] = blockDot(blk.qs, xq);
+                dw[k] = blk.scale();
+            }
+            acc += @as(@Vector(4, f32), @floatFromInt(isum)) * (dw * @as(@Vector(4, f32), @splat(dx)));
+        }
+        out[i..][0..4].* = acc;
+    }
+    while (i < r1) : (i += 1) {
+        var acc: f32 = 0;
+        for (w[i * nb ..][0..nb], in.dx, 0..) |*blk, dx, b| {
+            const isum = blockDot(blk.qs, in.qx[b * QB ..][0..QB].*);
+            acc += @as(f32, @floatFromInt(isum)) * (blk.scale() * dx);
+        }
+        out[i] = acc;
+    }
+}
+
+/// A Q8_0 row as fp32: d * q, exact.
+fn dequantizeRow(out: []f32, blocks: []const Q8Block) void {
+    for (blocks, 0..) |*blk, b| {
+        const q: I8xB = blk.qs;
+        out[b * QB ..][0..QB].* = @as(F32xB, @floatFromInt(q)) * @as(F32xB, @splat(blk.scale()));
+    }
+}
+
+fn matmulRows(out: []f32, w: Matrix, in: Input, r0: usize, r1: usize) void {
+    switch (w) {
+        .f32 => |t| matmulRowsF32(out, t, in.x, r0, r1),
+        .q8_0 => |q| matmulRowsQ8(out, q, in, r0, r1),
+    }
+}
+
+/// `x` as the matmuls with weights `ws` read it: quantized once for all of them if any is
+/// Q8_0 (whose rows, and so x, the reader has checked to be a multiple of 32 long).
+fn matmulInput(s: *RunState, x: []const f32, ws: []const Matrix) Input {
+    for (ws) |w| {
+        if (w == .q8_0) {
+            const nb = x.len / QB;
+            quantizeActivation(s.qx[0 .. nb * QB], s.dx[0..nb], x);
+            return .{ .x = x, .qx = s.qx[0 .. nb * QB], .dx = s.dx[0..nb] };
+        }
+    }
+    return .{ .x = x };
+}
+
 /// Up to three matmuls sharing one input, split into chunks as one range of output rows
 /// (q, k and v of a layer are one job).
 const MatmulJob = struct {
-    x: []const f32,
+    in: Input,
     outs: [3][]f32,
-    ws: [3]Tensor,
+    ws: [3]Matrix,
     count: usize,
 
     fn work(job: *const MatmulJob, chunk: usize, n_chunks: usize) void {
@@ -315,29 +446,30 @@ const MatmulJob = struct {
         for (job.outs[0..job.count], job.ws[0..job.count]) |o, w| {
             const lo = @max(r[0], base);
             const hi = @min(r[1], base + o.len);
-            if (lo < hi) matmulRows(o, w, job.x, lo - base, hi - base);
+            if (lo < hi) matmulRows(o, w, job.in, lo - base, hi - base);
             base += o.len;
         }
     }
 };
 
-fn matmul(pool: *Pool, out: []f32, w: Tensor, x: []const f32) void {
-    const job: MatmulJob = .{ .x = x, .outs = .{ out, &.{}, &.{} }, .ws = .{ w, &.{}, &.{} }, .count = 1 };
+fn matmul(pool: *Pool, s: *RunState, out: []f32, w: Matrix, x: []const f32) void {
+    const none: Matrix = .{ .f32 = &.{} };
+    const job: MatmulJob = .{ .in = matmulInput(s, x, &.{w}), .outs = .{ out, &.{}, &.{} }, .ws = .{ w, none, none }, .count = 1 };
     pool.run(&job, MatmulJob.work);
 }
 
 /// hb = silu(w1 @ x) * (w3 @ x), each chunk a slice of the hidden rows.
 const FfnJob = struct {
-    x: []const f32,
+    in: Input,
     hb: []f32,
     hb2: []f32,
-    w1: Tensor,
-    w3: Tensor,
+    w1: Matrix,
+    w3: Matrix,
 
     fn work(job: *const FfnJob, chunk: usize, n_chunks: usize) void {
         const r = share(job.hb.len, chunk, n_chunks);
-        matmulRows(job.hb, job.w1, job.x, r[0], r[1]);
-        matmulRows(job.hb2, job.w3, job.x, r[0], r[1]);
+        matmulRows(job.hb, job.w1, job.in, r[0], r[1]);
+        matmulRows(job.hb2, job.w3, job.in, r[0], r[1]);
         for (job.hb[r[0]..r[1]], job.hb2[r[0]..r[1]]) |*g, u| {
             g.* = g.* / (1.0 + @exp(-g.*)) * u; // silu(x) = x * sigmoid(x)
         }
@@ -433,7 +565,10 @@ fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
     const kv_dim = c.kvDim();
 
     // copy the token embedding into x
-    for (s.x, w.token_embedding[token * dim ..][0..dim]) |*xi, e| xi.* = e;
+    switch (w.token_embedding) {
+        .f32 => |e| @memcpy(s.x, e[token * dim ..][0..dim]),
+        .q8_0 => |q| dequantizeRow(s.x, q[token * (dim / QB) ..][0 .. dim / QB]),
+    }
     ropeTables(s, c, pos);
 
     for (w.layers, 0..) |*lw, l| {
@@ -444,7 +579,7 @@ fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
         const loff = l * c.seq_len * kv_dim; // kv cache layer offset for convenience
         const k = s.key_cache[loff + pos * kv_dim ..][0..kv_dim];
         const v = s.value_cache[loff + pos * kv_dim ..][0..kv_dim];
-        const qkv: MatmulJob = .{ .x = s.xb, .outs = .{ s.q, k, v }, .ws = .{ lw.wq, lw.wk, lw.wv }, .count = 3 };
+        const qkv: MatmulJob = .{ .in = matmulInput(s, s.xb, &.{ lw.wq, lw.wk, lw.wv }), .outs = .{ s.q, k, v }, .ws = .{ lw.wq, lw.wk, lw.wv }, .count = 3 };
         pool.run(&qkv, MatmulJob.work);
 
         // RoPE relative positional encoding: rotate each (i, i+1) pair of q and k
@@ -456,14 +591,14 @@ fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
         pool.run(&att, AttentionJob.work);
 
         // final matmul to get the output of the attention, then the residual connection
-        matmul(pool, s.xb2, lw.wo, s.xb);
+        matmul(pool, s, s.xb2, lw.wo, s.xb);
         for (s.x, s.xb2) |*xi, o| xi.* += o;
 
         // ffn rmsnorm, then w2(silu(w1(x)) * w3(x))
         rmsnorm(s.xb, s.x, lw.rms_ffn);
-        const ffn: FfnJob = .{ .x = s.xb, .hb = s.hb, .hb2 = s.hb2, .w1 = lw.w1, .w3 = lw.w3 };
+        const ffn: FfnJob = .{ .in = matmulInput(s, s.xb, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .w1 = lw.w1, .w3 = lw.w3 };
         pool.run(&ffn, FfnJob.work);
-        matmul(pool, s.xb, lw.w2, s.hb);
+        matmul(pool, s, s.xb, lw.w2, s.hb);
 
         // residual connection
         for (s.x, s.xb) |*xi, o| xi.* += o;
@@ -471,7 +606,7 @@ fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
 
     // final rmsnorm, then the classifier into the logits
     rmsnorm(s.x, s.x, w.rms_final);
-    matmul(pool, s.logits, w.wcls, s.x);
+    matmul(pool, s, s.logits, w.wcls, s.x);
     return s.logits;
 }
 
@@ -1098,11 +1233,161 @@ test "matmul kernel matches a scalar product, tails included" {
     for (&w, 0..) |*v, i| v.* = @floatFromInt(@as(i32, @intCast(i % 11)) - 5);
     for (&x, 0..) |*v, i| v.* = @as(f32, @floatFromInt(i)) * 0.25;
     var out: [7]f32 = undefined;
-    matmulRows(&out, &w, &x, 0, 7);
+    matmulRowsF32(&out, &w, &x, 0, 7);
     for (out, 0..) |o, r| {
         var want: f32 = 0;
         for (0..37) |j| want += w[r * 37 + j] * x[j];
         try testing.expectApproxEqAbs(want, o, 1e-3);
+    }
+}
+
+/// Scalar Q8_0 matmul, the contract's formula block by block in row order: the SIMD kernel sums
+/// each row's blocks in the same order, so it must match bit for bit.
+fn matmulQ8Scalar(out: []f32, w: []const Q8Block, qx: []const i8, dx: []const f32) void {
+    const nb = dx.len;
+    for (out, 0..) |*o, r| {
+        var acc: f32 = 0;
+        for (0..nb) |b| {
+            const blk = w[r * nb + b];
+            var isum: i32 = 0;
+            for (blk.qs, qx[b * QB ..][0..QB]) |q, xq| isum += @as(i32, q) * xq;
+            const d: f32 = @as(f16, @bitCast(std.mem.readInt(u16, &blk.d, .little)));
+            acc += @as(f32, @floatFromInt(isum)) * (d * dx[b]);
+        }
+        o.* = acc;
+    }
+}
+
+test "Q8_0 activation quantization: fp16 scale, ties to even, all-zero blocks" {
+    var x: [3 * QB]f32 = @splat(0);
+    // block 0: amax 127 makes the multiplier exactly 1, so x itself is the value rounded
+    const ties = [_]f32{ 127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.49, -3.51, 126.5, -126.5, 0.49999997 };
+    const want = [_]i8{ 127, 0, 2, 2, 0, -2, -2, 3, -4, 126, -126, 0 };
+    @memcpy(x[0..ties.len], &ties);
+    // block 1 stays all zero; block 2: amax / 127 is not an fp16 value, and rounds to one
+    for (x[2 * QB ..], 0..) |*v, i| v.* = 0.001 * @as(f32, @floatFromInt(@as(i32, @intCast(i)) - 13));
+    var qx: [3 * QB]i8 = undefined;
+    var dx: [3]f32 = undefined;
+    quantizeActivation(&qx, &dx, &x);
+    try testing.expectEqualSlices(i8, &want, qx[0..want.len]);
+    try testing.expectEqual(@as(f32, 1), dx[0]);
+    try testing.expectEqualSlices(i8, &(@as([QB]i8, @splat(0))), qx[QB .. 2 * QB]);
+    try testing.expectEqual(@as(f32, 0), dx[1]);
+    const amax: f32 = 0.001 * 18;
+    try testing.expectEqual(@as(f32, @as(f16, @floatCast(amax / 127.0))), dx[2]);
+    for (qx[2 * QB ..], x[2 * QB ..]) |q, v| {
+        const exact = v * (127.0 / amax);
+        try testing.expect(@abs(@as(f32, @floatFromInt(q)) - exact) <= 0.5);
+    }
+    // a broken model's non-finite activations quantize to something, without a panic
+    x[0] = std.math.nan(f32);
+    x[QB] = std.math.inf(f32);
+    quantizeActivation(&qx, &dx, &x);
+}
+
+test "Q8_0 matmul kernel: bit for bit the scalar formula, ragged rows, -128 and zero blocks" {
+    var prng: std.Random.DefaultPrng = .init(16);
+    const rand = prng.random();
+    const rows = 11; // two 4-row passes and three single rows
+    const nb = 5;
+    var w: [rows * nb]Q8Block = undefined;
+    for (&w, 0..) |*blk, i| {
+        for (&blk.qs) |*q| q.* = rand.int(i8); // -128 included
+        const d: f16 = @floatCast(rand.float(f32) * 0.02);
+        std.mem.writeInt(u16, &blk.d, @bitCast(d), .little);
+        if (i % 7 == 3) blk.* = .{ .d = .{ 0, 0 }, .qs = @splat(0) }; // amax = 0 weight blocks
+        if (i % 9 == 4) blk.qs = @splat(-128);
+    }
+    var x: [nb * QB]f32 = undefined;
+    for (&x, 0..) |*v, i| v.* = if (i / QB == 2) 0 else rand.floatNorm(f32); // block 2 all zero
+    var qx: [nb * QB]i8 = undefined;
+    var dx: [nb]f32 = undefined;
+    quantizeActivation(&qx, &dx, &x);
+    try testing.expectEqual(@as(f32, 0), dx[2]);
+    var want: [rows]f32 = undefined;
+    matmulQ8Scalar(&want, &w, &qx, &dx);
+    var got: [rows]f32 = undefined;
+    const in: Input = .{ .x = &x, .qx = &qx, .dx = &dx };
+    matmulRows(&got, .{ .q8_0 = &w }, in, 0, rows);
+    try testing.expectEqualSlices(f32, &want, &got);
+    // and starting off a multiple of 4, as a chunk of rows may
+    @memset(&got, 0);
+    matmulRows(&got, .{ .q8_0 = &w }, in, 1, rows);
+    try testing.expectEqualSlices(f32, want[1..], got[1..]);
+    // an unaligned start, as blocks in a file have: the same bytes one further
+    var bytes: [rows * nb * 34 + 1]u8 = undefined;
+    @memcpy(bytes[1..], std.mem.sliceAsBytes(&w));
+    matmulRows(&got, .{ .q8_0 = model.q8BlocksAt(&bytes, 1, rows * nb) }, in, 0, rows);
+    try testing.expectEqualSlices(f32, &want, &got);
+    var row: [nb * QB]f32 = undefined;
+    dequantizeRow(&row, w[nb..][0..nb]);
+    for (row, 0..) |v, i| try testing.expectEqual(w[nb + i / QB].scale() * @as(f32, @floatFromInt(w[nb + i / QB].qs[i % QB])), v);
+}
+
+/// llama.cpp's quantize_row_q8_0_ref, which the converter uses: d = amax / 127, q = round(x / d)
+/// with ties away from zero (C's roundf, Zig's @round), d stored as fp16.
+fn quantizeWeightsForTest(gpa: Allocator, m: Matrix, cols: usize) !Matrix {
+    if (cols % QB != 0) return m; // rows not a multiple of 32 long stay F32, as in the converter
+    const x = m.f32;
+    const blocks = try gpa.alloc(Q8Block, x.len / QB);
+    for (blocks, 0..) |*blk, b| {
+        const v = x[b * QB ..][0..QB];
+        var amax: f32 = 0;
+        for (v) |e| amax = @max(amax, @abs(e));
+        const d = amax / 127.0;
+        const id: f32 = if (d != 0) 1.0 / d else 0;
+        for (&blk.qs, v) |*q, e| q.* = @intFromFloat(@round(e * id));
+        std.mem.writeInt(u16, &blk.d, @bitCast(@as(f16, @floatCast(d))), .little);
+    }
+    return .{ .q8_0 = blocks };
+}
+
+test "Q8_0 stories260K: the converter's blocks, and greedy text as the reference's" {
+    const model_path = try findModelFile("stories260K.bin");
+    defer testing.allocator.free(model_path);
+    const tok_path = try findModelFile("tok512.bin");
+    defer testing.allocator.free(tok_path);
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const gpa = arena.allocator();
+    var diag: model.Diag = .{};
+    const m = try checkpoint.read(gpa, testing.io, &diag, model_path, false);
+    defer std.posix.munmap(@alignCast(@constCast(m.file)));
+    const c = m.config;
+    // quantized here as `invoke models.convert --type q8_0` does; ffn_down (rows of 172) stays F32
+    var w = m.weights;
+    w.token_embedding = try quantizeWeightsForTest(gpa, w.token_embedding, c.dim);
+    w.wcls = w.token_embedding;
+    w.layers = try gpa.dupe(model.LayerWeights, w.layers);
+    var crc: std.hash.Crc32 = .init();
+    crc.update(std.mem.sliceAsBytes(w.token_embedding.q8_0));
+    for (w.layers) |*lw| {
+        inline for (.{ "wq", "wk", "wv", "wo", "w1", "w3" }) |name| {
+            @field(lw, name) = try quantizeWeightsForTest(gpa, @field(lw, name), c.dim);
+            crc.update(std.mem.sliceAsBytes(@field(lw, name).q8_0));
+        }
+        lw.w2 = try quantizeWeightsForTest(gpa, lw.w2, c.hidden_dim);
+        try testing.expect(lw.w2 == .f32);
+    }
+    // zlib.crc32 of the same tensors' bytes in the converter's stories260K Q8_0 GGUF
+    try testing.expectEqual(@as(u32, 0xdbb3b24c), crc.final());
+
+    const vocab = try checkpoint.readTokenizer(gpa, testing.io, &diag, tok_path, c.vocab_size);
+    const tok = buildTokenizer(gpa, vocab);
+    const prompt = try encode(&tok, gpa, "Once upon a time, there was a", true, false);
+    // impls/python/run.py on that GGUF, -t 0 -n 96 -i "Once upon a time, there was a"
+    const want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. " ++
+        "One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n" ++
+        "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't";
+    for ([_]usize{ 1, 2 }) |n_workers| {
+        var t: Transformer = .{ .config = c, .weights = w, .state = buildRunState(gpa, c, n_workers * CHUNKS_PER_WORKER), .file = m.file, .vocab = null };
+        const pool = buildPool(gpa, testing.io, n_workers);
+        defer freePool(gpa, pool);
+        var sampler = buildSampler(gpa, c.vocab_size, 0, 0.9, 1);
+        var buf: [1024]u8 = undefined;
+        var writer: Io.Writer = .fixed(&buf);
+        _ = generate(testing.io, &t, pool, &tok, &sampler, prompt, 96, false, .{ .writer = &writer });
+        try testing.expectEqualStrings(want, writer.buffered());
     }
 }
 

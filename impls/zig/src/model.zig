@@ -98,34 +98,63 @@ pub fn validateConfig(diag: *Diag, path: []const u8, r: RawConfig, shared: bool)
 }
 
 // ----------------------------------------------------------------------------
-// Weights: fp32 tensors used in place in the file's bytes (checkpoint.loadFile)
+// Weights: fp32 tensors and Q8_0 blocks used in place in the file's bytes (checkpoint.loadFile)
 
 /// GGUF data may sit at any 4-byte offset from an unaligned start, so tensors are declared
 /// align(1); the kernels load them unaligned anyway.
 pub const Tensor = []align(1) const f32;
 
+/// GGUF's Q8_0 (ggml type 8): 32 weights sharing one fp16 scale, value_i = fp32(d) * qs_i.
+/// Blocks are packed 34 bytes apart, so the scale of most blocks is not 2-byte aligned: it is
+/// kept as bytes and decoded with an unaligned read, and the struct's alignment is 1.
+pub const Q8Block = extern struct {
+    d: [2]u8, // fp16, little-endian
+    qs: [Q8_BLOCK]i8,
+
+    pub fn scale(b: *const Q8Block) f32 {
+        return @as(f16, @bitCast(std.mem.readInt(u16, &b.d, .little)));
+    }
+};
+pub const Q8_BLOCK = 32;
+comptime {
+    std.debug.assert(@sizeOf(Q8Block) == 34 and @alignOf(Q8Block) == 1);
+}
+
+/// A (rows, cols) weight matrix, row-major, as the file stores it: fp32, or Q8_0 with cols / 32
+/// blocks per row (GGUF only; the reader checks that cols is a multiple of 32).
+pub const Matrix = union(enum) {
+    f32: Tensor,
+    q8_0: []const Q8Block,
+};
+
 pub const LayerWeights = struct {
     rms_att: Tensor, // (dim)
-    wq: Tensor, // (dim, n_heads * head_size)
-    wk: Tensor, // (kv_dim, dim)
-    wv: Tensor, // (kv_dim, dim)
-    wo: Tensor, // (n_heads * head_size, dim)
+    wq: Matrix, // (dim, n_heads * head_size)
+    wk: Matrix, // (kv_dim, dim)
+    wv: Matrix, // (kv_dim, dim)
+    wo: Matrix, // (n_heads * head_size, dim)
     rms_ffn: Tensor, // (dim)
-    w1: Tensor, // (hidden_dim, dim)
-    w2: Tensor, // (dim, hidden_dim)
-    w3: Tensor, // (hidden_dim, dim)
+    w1: Matrix, // (hidden_dim, dim)
+    w2: Matrix, // (dim, hidden_dim)
+    w3: Matrix, // (hidden_dim, dim)
 };
 
 pub const TransformerWeights = struct {
-    token_embedding: Tensor, // (vocab_size, dim)
+    token_embedding: Matrix, // (vocab_size, dim)
     layers: []LayerWeights, // (n_layers)
     rms_final: Tensor, // (dim)
-    wcls: Tensor, // (vocab_size, dim): token_embedding when shared
+    wcls: Matrix, // (vocab_size, dim): token_embedding when shared
 };
 
 /// `count` floats at byte `off` of the file's bytes, which the caller has bounds-checked.
 pub fn tensorAt(data: []const u8, off: usize, count: usize) Tensor {
     const p: [*]align(1) const f32 = @ptrCast(data.ptr + off);
+    return p[0..count];
+}
+
+/// `count` Q8_0 blocks at byte `off` of the file's bytes, which the caller has bounds-checked.
+pub fn q8BlocksAt(data: []const u8, off: usize, count: usize) []const Q8Block {
+    const p: [*]const Q8Block = @ptrCast(data.ptr + off);
     return p[0..count];
 }
 
