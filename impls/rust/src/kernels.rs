@@ -1,5 +1,5 @@
 //! The kernels of the forward pass and the sampler: dot products, matmuls split across the
-//! pool, rmsnorm, softmax.
+//! pool (float32 here, Q8_0 in q8.rs), rmsnorm, softmax.
 //!
 //! Batch-1 decoding streams every weight once per token, so the matmul must keep the memory bus
 //! busy: four weight rows at a time (dot4), 16 independent float lanes each. Plain fixed-size
@@ -9,6 +9,7 @@
 use std::ops::Range;
 
 use crate::pool::{Out, Pool};
+use crate::q8::{self, Activation, Quantized};
 
 #[inline(always)]
 pub fn fmadd(a: f32, b: f32, c: f32) -> f32 {
@@ -112,27 +113,89 @@ pub fn matvec_rows(w: &[f32], x: &[f32], rows: Range<usize>, mut put: impl FnMut
     }
 }
 
+/// A weight matrix (rows, cols) as the file stores it, row after row.
+#[derive(Clone, Copy)]
+pub enum Matrix<'a> {
+    F32(&'a [f32]),
+    /// Q8_0 blocks (q8.rs), cols / 32 per row
+    Q8(&'a [u8]),
+}
+
+impl<'a> Matrix<'a> {
+    pub fn is_q8(&self) -> bool {
+        matches!(self, Matrix::Q8(_))
+    }
+
+    /// The float32 data, when that is how it is stored.
+    #[cfg(test)]
+    pub fn f32(&self) -> Option<&'a [f32]> {
+        match self {
+            Matrix::F32(w) => Some(w),
+            Matrix::Q8(_) => None,
+        }
+    }
+
+    /// Row r as floats into `out` (cols long): copied, or dequantized (the embedding lookup).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            Matrix::F32(w) => out.copy_from_slice(&w[r * n..(r + 1) * n]),
+            Matrix::Q8(w) => q8::dequantize_row(w, r, out),
+        }
+    }
+
+    /// W[r] . x for each row r in `rows`, handed to `put(r - rows.start, value)`.
+    #[inline(always)]
+    pub fn rows(&self, x: Input, rows: Range<usize>, put: impl FnMut(usize, f32)) {
+        match self {
+            Matrix::F32(w) => matvec_rows(w, x.x, rows, put),
+            Matrix::Q8(w) => q8::matvec_rows(w, x.quantized.expect("a Q8_0 matrix gets a quantized input"), rows, put),
+        }
+    }
+}
+
+/// The input of a group of matmuls: x, and x quantized when a matrix of the group is Q8_0.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub x: &'a [f32],
+    pub quantized: Option<Quantized<'a>>,
+}
+
+impl<'a> Input<'a> {
+    /// x for the matrices `group`: quantized into `buf` once, for all of them, when one is Q8_0.
+    pub fn new(x: &'a [f32], buf: &'a mut Activation, group: &[Matrix]) -> Input<'a> {
+        let quantized = group.iter().any(Matrix::is_q8).then(|| buf.quantize(x));
+        Input { x, quantized }
+    }
+
+    /// x for float32 matrices only.
+    #[cfg(test)]
+    pub fn f32(x: &'a [f32]) -> Input<'a> {
+        Input { x, quantized: None }
+    }
+}
+
 /// Output rows per claimable chunk are a multiple of this: whole 64-byte lines of output per
 /// thread, and whole groups of four rows for dot4.
 pub const ROW_GRAIN: usize = 16;
 
 /// out += W @ x, rows split across the pool (the residual connection fused in).
-pub fn matvec_add(pool: &Pool, out: &mut [f32], w: &[f32], x: &[f32]) {
+pub fn matvec_add(pool: &Pool, out: &mut [f32], w: Matrix, x: Input) {
     let o = Out::new(out);
     pool.run(out.len(), ROW_GRAIN, &|r| {
         // SAFETY: this thread owns rows r
         let dst = unsafe { o.part(r.clone()) };
-        matvec_rows(w, x, r, |i, v| dst[i] += v);
+        w.rows(x, r, |i, v| dst[i] += v);
     });
 }
 
 /// out = W @ x, rows split across the pool.
-pub fn matvec(pool: &Pool, out: &mut [f32], w: &[f32], x: &[f32]) {
+pub fn matvec(pool: &Pool, out: &mut [f32], w: Matrix, x: Input) {
     let o = Out::new(out);
     pool.run(out.len(), ROW_GRAIN, &|r| {
         // SAFETY: this thread owns rows r
         let dst = unsafe { o.part(r.clone()) };
-        matvec_rows(w, x, r, |i, v| dst[i] = v);
+        w.rows(x, r, |i, v| dst[i] = v);
     });
 }
 

@@ -1,5 +1,6 @@
 //! polyllama, the Rust port: inference for Karpathy's llama2.c model family (Llama 2
-//! architecture, fp32), written after run.c and following docs/port-contract.md.
+//! architecture, fp32, or GGUF's 8-bit Q8_0 matrices), written after run.c and following
+//! docs/port-contract.md.
 //!
 //! This file wires the modules together in run.c's order: flags, model file, tokenizer, run
 //! state and thread pool, then generation or logits. Everything read from a file or a flag is
@@ -14,6 +15,7 @@ mod generate;
 mod kernels;
 mod model;
 mod pool;
+mod q8;
 mod sampler;
 #[cfg(test)]
 mod testutil;

@@ -1,12 +1,13 @@
-//! The model: its configuration and limits, the weights as float slices, the run state, and
-//! run.c's `forward`.
+//! The model: its configuration and limits, the weights (float slices, or Q8_0 blocks for the
+//! matrices of a Q8_0 GGUF), the run state, and run.c's `forward`.
 
 use std::cell::RefCell;
 use std::path::Path;
 
 use crate::errors::{bad_file, Fail, Res};
-use crate::kernels::{dot_lanes, fmadd, matvec, matvec_add, matvec_rows, rmsnorm, softmax, ROW_GRAIN};
+use crate::kernels::{dot_lanes, fmadd, matvec, matvec_add, rmsnorm, softmax, Input, Matrix, ROW_GRAIN};
 use crate::pool::{Out, Pool};
+use crate::q8::Activation;
 
 // ----------------------------------------------------------------------------
 // Model: configuration and the limits every reader enforces (contract section 4)
@@ -127,25 +128,26 @@ impl Config {
 }
 
 // ----------------------------------------------------------------------------
-// Model: the weights, float slices that formats::Checkpoint::weights lends from the file
+// Model: the weights, which formats::Checkpoint::weights lends from the file. Norms are always
+// float32; each matrix is float32 or Q8_0 on its own (a GGUF may mix them, even within a layer).
 
 pub struct Weights<'a> {
-    pub token_embedding: &'a [f32], // (vocab, dim)
+    pub token_embedding: Matrix<'a>, // (vocab, dim)
     pub layers: Vec<LayerWeights<'a>>,
     pub rms_final: &'a [f32], // (dim)
-    pub wcls: &'a [f32],      // (vocab, dim)
+    pub wcls: Matrix<'a>,     // (vocab, dim)
 }
 
 pub struct LayerWeights<'a> {
     pub rms_att: &'a [f32], // (dim)
-    pub wq: &'a [f32],      // (dim, dim)
-    pub wk: &'a [f32],      // (kv_dim, dim)
-    pub wv: &'a [f32],      // (kv_dim, dim)
-    pub wo: &'a [f32],      // (dim, dim)
+    pub wq: Matrix<'a>,     // (dim, dim)
+    pub wk: Matrix<'a>,     // (kv_dim, dim)
+    pub wv: Matrix<'a>,     // (kv_dim, dim)
+    pub wo: Matrix<'a>,     // (dim, dim)
     pub rms_ffn: &'a [f32], // (dim)
-    pub w1: &'a [f32],      // (hidden_dim, dim)
-    pub w2: &'a [f32],      // (dim, hidden_dim)
-    pub w3: &'a [f32],      // (hidden_dim, dim)
+    pub w1: Matrix<'a>,     // (hidden_dim, dim)
+    pub w2: Matrix<'a>,     // (dim, hidden_dim)
+    pub w3: Matrix<'a>,     // (hidden_dim, dim)
 }
 
 // ----------------------------------------------------------------------------
@@ -160,6 +162,7 @@ pub struct RunState {
     key_cache: Vec<f32>,   // (layer, seq_len, kv_dim)
     value_cache: Vec<f32>, // (layer, seq_len, kv_dim)
     logits: Vec<f32>,      // (vocab)
+    xq: Activation,        // (max(dim, hidden_dim)) a matmul group's input quantized, for Q8_0 matrices
 }
 
 /// A zeroed float buffer; allocation failure is an error, not an abort.
@@ -193,6 +196,7 @@ impl RunState {
             key_cache: zeroed(kv)?,
             value_cache: zeroed(kv)?,
             logits: zeroed(c.vocab_size)?,
+            xq: Activation::with_capacity(c.dim.max(c.hidden_dim)),
         })
     }
 }
@@ -224,7 +228,7 @@ pub fn forward<'s>(
     let kv_dim = c.kv_dim();
     let kv_mul = c.n_heads / c.n_kv_heads; // query heads per KV head
 
-    s.x.copy_from_slice(&w.token_embedding[token * dim..(token + 1) * dim]);
+    w.token_embedding.row_into(token, &mut s.x);
 
     // RoPE angles depend on the position within the head only: one table per token
     for (j, cs) in s.rope.iter_mut().enumerate() {
@@ -242,7 +246,7 @@ pub fn forward<'s>(
             let q = Out::new(&mut s.q);
             let k = Out::new(&mut s.key_cache[at..at + kv_dim]);
             let v = Out::new(&mut s.value_cache[at..at + kv_dim]);
-            let xb = &s.xb;
+            let xb = Input::new(&s.xb, &mut s.xq, &[lw.wq, lw.wk, lw.wv]);
             let segments =
                 [(q, lw.wq, 0, dim), (k, lw.wk, dim, dim + kv_dim), (v, lw.wv, dim + kv_dim, dim + 2 * kv_dim)];
             pool.run(dim + 2 * kv_dim, ROW_GRAIN, &|mine| {
@@ -251,7 +255,7 @@ pub fn forward<'s>(
                     if a < b {
                         // SAFETY: this thread owns rows [a, b) of the fused q/k/v output
                         let dst = unsafe { out.part(a - lo..b - lo) };
-                        matvec_rows(mat, xb, a - lo..b - lo, |i, v| dst[i] = v);
+                        mat.rows(xb, a - lo..b - lo, |i, v| dst[i] = v);
                     }
                 }
             });
@@ -307,31 +311,103 @@ pub fn forward<'s>(
         }
 
         // x += wo @ attention output (dim, dim)
-        matvec_add(pool, &mut s.x, lw.wo, &s.xb);
+        matvec_add(pool, &mut s.x, lw.wo, Input::new(&s.xb, &mut s.xq, &[lw.wo]));
 
         // FFN: hb = silu(w1 @ xb) * (w3 @ xb), both matmuls in one job; x += w2 @ hb
         rmsnorm(&mut s.xb, &s.x, lw.rms_ffn);
         {
             let hb = Out::new(&mut s.hb);
-            let xb = &s.xb;
+            let xb = Input::new(&s.xb, &mut s.xq, &[lw.w1, lw.w3]);
             pool.run(hidden, ROW_GRAIN, &|r| {
                 // SAFETY: this thread owns rows r of hb
                 let dst = unsafe { hb.part(r.clone()) };
-                matvec_rows(lw.w1, xb, r.clone(), |i, gate| dst[i] = gate / (1.0 + (-gate).exp()));
-                matvec_rows(lw.w3, xb, r, |i, up| dst[i] *= up);
+                lw.w1.rows(xb, r.clone(), |i, gate| dst[i] = gate / (1.0 + (-gate).exp()));
+                lw.w3.rows(xb, r, |i, up| dst[i] *= up);
             });
         }
-        matvec_add(pool, &mut s.x, lw.w2, &s.hb);
+        matvec_add(pool, &mut s.x, lw.w2, Input::new(&s.hb, &mut s.xq, &[lw.w2]));
     }
 
     rmsnorm(&mut s.xb, &s.x, w.rms_final);
-    matvec(pool, &mut s.logits, w.wcls, &s.xb); // (vocab, dim)
+    matvec(pool, &mut s.logits, w.wcls, Input::new(&s.xb, &mut s.xq, &[w.wcls])); // (vocab, dim)
     &mut s.logits
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::read_checkpoint;
+    use crate::testutil::{model_file, quantize_q8_0};
+    use crate::tokenizer::{printable, Tokenizer};
+
+    /// stories260K with every matrix the converter writes as Q8_0 (`invoke models.convert --type
+    /// q8_0`: rows a multiple of 32 long, so not ffn_down, whose rows are hidden_dim = 172)
+    /// quantized here as it does, then greedy from BOS for 128 steps at one and two threads: the
+    /// reference's text for the converted file.
+    #[test]
+    fn stories260k_q8_0_greedy_is_the_references() {
+        let (Some(model), Some(tok)) = (model_file("stories260K.bin"), model_file("tok512.bin")) else { return };
+        let Ok(ckpt) = read_checkpoint(Path::new(&model)) else { panic!("stories260K.bin reads") };
+        let c = ckpt.config;
+        let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
+        let Ok(tokenizer) = Tokenizer::load(Path::new(&tok), c.vocab_size) else { panic!("tok512.bin loads") };
+        let q8 =
+            |m: Matrix, cols: usize| cols.is_multiple_of(32).then(|| quantize_q8_0(m.f32().expect("float32 weights")));
+        let (d, h) = (c.dim, c.hidden_dim);
+        let embedding = q8(w.token_embedding, d).expect("dim is a multiple of 32");
+        let classifier = if c.shared_classifier { None } else { q8(w.wcls, d) };
+        let quantized: Vec<[Option<Vec<u8>>; 7]> = w
+            .layers
+            .iter()
+            .map(|l| [q8(l.wq, d), q8(l.wk, d), q8(l.wv, d), q8(l.wo, d), q8(l.w1, d), q8(l.w2, h), q8(l.w3, d)])
+            .collect();
+        assert!(quantized.iter().all(|q| q[5].is_none() && q.iter().filter(|m| m.is_some()).count() == 6));
+        fn pick<'a>(f32: Matrix<'a>, q8: &'a Option<Vec<u8>>) -> Matrix<'a> {
+            q8.as_deref().map_or(f32, Matrix::Q8)
+        }
+        let weights = Weights {
+            token_embedding: Matrix::Q8(&embedding),
+            layers: w
+                .layers
+                .iter()
+                .zip(&quantized)
+                .map(|(l, q)| LayerWeights {
+                    rms_att: l.rms_att,
+                    wq: pick(l.wq, &q[0]),
+                    wk: pick(l.wk, &q[1]),
+                    wv: pick(l.wv, &q[2]),
+                    wo: pick(l.wo, &q[3]),
+                    rms_ffn: l.rms_ffn,
+                    w1: pick(l.w1, &q[4]),
+                    w2: pick(l.w2, &q[5]),
+                    w3: pick(l.w3, &q[6]),
+                })
+                .collect(),
+            rms_final: w.rms_final,
+            wcls: if c.shared_classifier { Matrix::Q8(&embedding) } else { pick(w.wcls, &classifier) },
+        };
+        let want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. \
+                    One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom \
+                    said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want \
+                    to play with my ball.\" Her mom said, \"I want";
+        for threads in [1, 2] {
+            let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
+            let Ok(mut state) = RunState::build(&c) else { panic!("the run state fits") };
+            let mut text = Vec::new();
+            let mut token = 1u32; // BOS
+            for pos in 0..128 {
+                let logits = forward(&c, &weights, &mut state, &pool, token as usize, pos);
+                let next = (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32;
+                let piece = tokenizer.decode(token, next);
+                if printable(piece) {
+                    text.extend_from_slice(piece);
+                }
+                token = next;
+            }
+            pool.free();
+            assert_eq!(String::from_utf8_lossy(&text), want, "at -j {threads}");
+        }
+    }
 
     #[test]
     fn config_limits() {

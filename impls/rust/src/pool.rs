@@ -252,7 +252,7 @@ impl Out {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{matvec, matvec_rows};
+    use crate::kernels::{matvec, matvec_rows, Input, Matrix};
 
     #[test]
     fn pool_covers_every_row_once() {
@@ -262,7 +262,7 @@ mod tests {
             let w: Vec<f32> = (0..1000 * 37).map(|i| (i % 13) as f32).collect();
             let x: Vec<f32> = (0..37).map(|i| i as f32).collect();
             for _ in 0..50 {
-                matvec(&pool, &mut out, &w, &x);
+                matvec(&pool, &mut out, Matrix::F32(&w), Input::f32(&x));
             }
             let mut want = vec![0.0f32; 1000];
             matvec_rows(&w, &x, 0..1000, |i, v| want[i] = v);

@@ -75,3 +75,17 @@ pub fn expect_file_error<T>(result: Res<T>, path: &Path, problem: &str) {
         Ok(_) => panic!("expected a bad-file error saying {problem:?}, got success"),
     }
 }
+
+/// llama.cpp's `quantize_row_q8_0_ref`, as the converter writes Q8_0 weights: per block of 32,
+/// d = max |x| / 127, q = x * (1 / d) rounded half away from zero, d stored as fp16.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / crate::q8::BLOCK * crate::q8::BLOCK_BYTES);
+    for block in x.chunks_exact(crate::q8::BLOCK) {
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(crate::q8::f32_to_f16(d).to_le_bytes());
+        out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+    out
+}

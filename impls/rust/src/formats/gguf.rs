@@ -1,19 +1,23 @@
-//! GGUF (v2/v3, all tensors F32, llama.cpp's `llama` names, tokenizer embedded): the header,
-//! the metadata section, the tensor infos, then the tensor table checked against the model's
-//! tensors. What llama.cpp's loader refuses is refused here too.
+//! GGUF (v2/v3, llama.cpp's `llama` names, tokenizer embedded; tensors F32, or Q8_0 for matrices
+//! whose rows are whole blocks, each tensor on its own): the header, the metadata section, the
+//! tensor infos, then the tensor table checked against the model's tensors. What llama.cpp's
+//! loader refuses is refused here too.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
-use super::{Checkpoint, LayerTensors, Storage, Tensor, Tensors};
+use super::{Checkpoint, Kind, LayerTensors, Storage, Tensor, Tensors};
 use crate::errors::{bad_file, Fail, Res};
 use crate::files::{anon_region, file_size, load_file};
 use crate::model::Config;
+use crate::q8;
 use crate::tokenizer::Vocab;
 
 const GGUF_MAX_ENTRIES: u64 = 65536;
 const GGUF_DEFAULT_ALIGNMENT: i128 = 32;
+const GGML_TYPE_F32: u32 = 0;
+const GGML_TYPE_Q8_0: u32 = 8;
 
 /// A GGUF metadata value; arrays of numbers stay in the file, unparsed.
 enum Value<'a> {
@@ -303,7 +307,7 @@ struct TensorTable<'t, 'a> {
     infos: &'t [TensorInfo<'a>],
     by_name: HashMap<&'a [u8], &'t TensorInfo<'a>>,
     data_start: usize,
-    base: usize, // the file byte that is float 0 of the storage (see gguf_storage)
+    base: usize, // the file byte that is byte 0 of the storage (see gguf_storage)
     align: usize,
     file_size: u64,
     claims: Vec<Claim>,
@@ -312,25 +316,40 @@ struct TensorTable<'t, 'a> {
 impl<'t, 'a> TensorTable<'t, 'a> {
     fn new(path: &'t Path, infos: &'t [TensorInfo<'a>], data_start: usize, align: usize, file_size: u64) -> Self {
         let by_name = infos.iter().map(|t| (t.name, t)).collect();
-        let base = if data_start % 4 == 0 { 0 } else { data_start };
+        let base = if data_start.is_multiple_of(4) { 0 } else { data_start };
         TensorTable { path, infos, by_name, data_start, base, align, file_size, claims: Vec::new() }
     }
 
-    /// The tensor `name` of `shape` (rows, cols) or (n): F32, those dims, its offset a multiple
-    /// of general.alignment, its data inside the file.
+    /// The tensor `name` of `shape` (rows, cols) or (n): F32, or Q8_0 for a matrix whose rows
+    /// are whole blocks; those dims, its offset a multiple of general.alignment, its data inside
+    /// the file.
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Res<Tensor> {
         let path = self.path;
         let Some(info) = self.by_name.get(name.as_bytes()) else {
             return bad_file(path, format!("missing tensor {name}"));
         };
-        if info.ttype != 0 {
-            return bad_file(path, format!("tensor {name} has type {}; only F32 (0) is supported", info.ttype));
-        }
+        let kind = match info.ttype {
+            GGML_TYPE_F32 => Kind::F32,
+            GGML_TYPE_Q8_0 => Kind::Q8,
+            t => return bad_file(path, format!("tensor {name} has type {t}; only F32 (0) and Q8_0 (8) are supported")),
+        };
         // GGUF lists dims innermost first: a (rows, cols) matrix has dims [cols, rows]
         let want: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         if info.dims != want {
             return bad_file(path, format!("tensor {name} has dims {:?}, expected {want:?}", info.dims));
         }
+        let count: usize = shape.iter().product();
+        let nbytes = match (kind, shape) {
+            (Kind::F32, _) => 4 * count as u128,
+            (Kind::Q8, &[rows, cols]) if cols % q8::BLOCK == 0 => rows as u128 * q8::row_bytes(cols) as u128,
+            (Kind::Q8, &[_, cols]) => {
+                let why = format!("rows of {cols} values, not a multiple of the block size {}", q8::BLOCK);
+                return bad_file(path, format!("tensor {name} is Q8_0 with {why}"));
+            }
+            (Kind::Q8, _) => {
+                return bad_file(path, format!("tensor {name} is Q8_0; only matrices may be, norms are F32"));
+            }
+        };
         let offset = info.offset;
         if offset % self.align as u64 != 0 {
             let align = self.align;
@@ -339,14 +358,14 @@ impl<'t, 'a> TensorTable<'t, 'a> {
                 format!("tensor {name} offset {offset} is not a multiple of general.alignment={align}"),
             );
         }
-        let count: usize = shape.iter().product();
         let start = self.data_start as u128 + offset as u128;
-        let nbytes = 4 * count as u128;
-        if offset % 4 != 0 || start + nbytes > self.file_size as u128 {
+        // float32 data is read in place as f32, so it must be 4-byte aligned in the storage;
+        // Q8_0 blocks are 34 bytes and read bytewise, so they may start anywhere
+        if (kind == Kind::F32 && offset % 4 != 0) || start + nbytes > self.file_size as u128 {
             return bad_file(path, format!("tensor {name} lies outside the file"));
         }
         self.claims.push(Claim { start: offset as u128, end: offset as u128 + nbytes, name: name.to_string() });
-        Ok(Tensor { off: (start as usize - self.base) / 4, len: count })
+        Ok(Tensor { at: start as usize - self.base, len: count, kind })
     }
 
     /// Every tensor of the model, by llama.cpp's names.
@@ -406,14 +425,14 @@ impl<'t, 'a> TensorTable<'t, 'a> {
 /// otherwise the data section is copied once into page-aligned memory (in huge pages, like the
 /// file itself, where they are wanted), and the file's copy is released.
 fn gguf_storage(map: memmap2::Mmap, data_start: usize) -> Res<Storage> {
-    if data_start % 4 == 0 {
+    if data_start.is_multiple_of(4) {
         return Ok(Storage(map));
     }
     let bytes = &map[data_start.min(map.len())..];
-    let n = bytes.len() / 4 * 4;
     let cannot = |e: std::io::Error| Fail::Runtime(format!("cannot allocate the weights: {e}"));
-    let mut copy = anon_region(n).map_err(cannot)?;
-    copy.copy_from_slice(&bytes[..n]); // little-endian floats, as the host's (main.rs)
+    // every byte: a Q8_0 tensor may end on any byte (float32 ones end on whole floats)
+    let mut copy = anon_region(bytes.len()).map_err(cannot)?;
+    copy.copy_from_slice(bytes); // little-endian floats, as the host's (main.rs)
     Ok(Storage(copy.make_read_only().map_err(cannot)?))
 }
 
@@ -473,6 +492,7 @@ fn gguf_piece(text: &[u8], ttype: Option<i128>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use crate::formats::read_checkpoint;
+    use crate::kernels::Matrix;
     use crate::testutil::{expect_file_error, synthetic_pieces, Scratch};
     use crate::tokenizer::Tokenizer;
 
@@ -485,18 +505,38 @@ mod tests {
         out
     }
 
+    const F32: u32 = 0;
+    const Q8_0: u32 = 8;
+
     /// A GGUF file as lists a test can change: kv entries (key, type, value bytes), tensor infos
-    /// (name, dims, offset; all F32), and the data section.
+    /// (name, dims, offset, type), and the data section.
     struct Gguf {
         kvs: Vec<(String, u32, Vec<u8>)>,
-        tensors: Vec<(String, Vec<u64>, u64)>,
+        tensors: Vec<(String, Vec<u64>, u64, u32)>,
         data: Vec<u8>,
+        /// where add_tensor puts the next tensor: offsets are multiples of this
+        pack: usize,
+    }
+
+    /// The size of a tensor's data: dims innermost first, as GGUF lists them.
+    fn tensor_bytes(dims: &[u64], ttype: u32) -> usize {
+        let count = dims.iter().product::<u64>() as usize;
+        if ttype == Q8_0 {
+            count / 32 * 34
+        } else {
+            4 * count
+        }
     }
 
     impl Gguf {
         /// A valid one-layer model (dim 8, hidden 16, 2 heads, seq_len 4, shared classifier)
         /// carrying this vocabulary.
         fn tiny(pieces: &[Vec<u8>], scores: &[f32]) -> Gguf {
+            Gguf::shaped(pieces, scores, DIM, HIDDEN, &[])
+        }
+
+        /// The one-layer model with these widths, the tensors named in `q8` Q8_0, the rest F32.
+        fn shaped(pieces: &[Vec<u8>], scores: &[f32], dim: u64, hidden: u64, q8: &[&str]) -> Gguf {
             let mut tokens = 8u32.to_le_bytes().to_vec();
             tokens.extend((pieces.len() as u64).to_le_bytes());
             for p in pieces {
@@ -507,12 +547,12 @@ mod tests {
             score_bytes.extend((scores.len() as u64).to_le_bytes());
             score_bytes.extend(scores.iter().flat_map(|s| s.to_le_bytes()));
             let int = |v: u32| (4, v.to_le_bytes().to_vec());
-            let mut g = Gguf { kvs: Vec::new(), tensors: Vec::new(), data: Vec::new() };
+            let mut g = Gguf { kvs: Vec::new(), tensors: Vec::new(), data: Vec::new(), pack: 32 };
             for (key, (vtype, value)) in [
                 ("general.architecture", (8, gstr(b"llama"))),
                 ("general.name", (8, gstr(b"tiny"))),
-                ("llama.embedding_length", int(DIM as u32)),
-                ("llama.feed_forward_length", int(HIDDEN as u32)),
+                ("llama.embedding_length", int(dim as u32)),
+                ("llama.feed_forward_length", int(hidden as u32)),
                 ("llama.block_count", int(1)),
                 ("llama.attention.head_count", int(2)),
                 ("llama.context_length", int(4)),
@@ -523,29 +563,43 @@ mod tests {
             }
             let vocab = pieces.len() as u64;
             let names: [(&str, &[u64]); 11] = [
-                ("token_embd.weight", &[DIM, vocab]),
-                ("output_norm.weight", &[DIM]),
-                ("blk.0.attn_norm.weight", &[DIM]),
-                ("blk.0.attn_q.weight", &[DIM, DIM]),
-                ("blk.0.attn_k.weight", &[DIM, DIM]),
-                ("blk.0.attn_v.weight", &[DIM, DIM]),
-                ("blk.0.attn_output.weight", &[DIM, DIM]),
-                ("blk.0.ffn_norm.weight", &[DIM]),
-                ("blk.0.ffn_gate.weight", &[DIM, HIDDEN]),
-                ("blk.0.ffn_down.weight", &[HIDDEN, DIM]),
-                ("blk.0.ffn_up.weight", &[DIM, HIDDEN]),
+                ("token_embd.weight", &[dim, vocab]),
+                ("output_norm.weight", &[dim]),
+                ("blk.0.attn_norm.weight", &[dim]),
+                ("blk.0.attn_q.weight", &[dim, dim]),
+                ("blk.0.attn_k.weight", &[dim, dim]),
+                ("blk.0.attn_v.weight", &[dim, dim]),
+                ("blk.0.attn_output.weight", &[dim, dim]),
+                ("blk.0.ffn_norm.weight", &[dim]),
+                ("blk.0.ffn_gate.weight", &[dim, hidden]),
+                ("blk.0.ffn_down.weight", &[hidden, dim]),
+                ("blk.0.ffn_up.weight", &[dim, hidden]),
             ];
             for (name, dims) in names {
-                g.add_tensor(name, dims);
+                g.add_typed(name, dims, if q8.contains(&name) { Q8_0 } else { F32 });
             }
             g
         }
 
-        /// Appends a tensor's info and its (zero) data at the next aligned offset.
+        /// Appends an F32 tensor's info and its (zero) data at the next aligned offset.
         fn add_tensor(&mut self, name: &str, dims: &[u64]) {
-            self.data.resize(self.data.len().div_ceil(32) * 32, 0);
-            self.tensors.push((name.to_string(), dims.to_vec(), self.data.len() as u64));
-            self.data.resize(self.data.len() + 4 * dims.iter().product::<u64>() as usize, 0);
+            self.add_typed(name, dims, F32);
+        }
+
+        /// Appends a tensor's info and its (zero) data at the next multiple of `pack` (and of
+        /// 4, for F32).
+        fn add_typed(&mut self, name: &str, dims: &[u64], ttype: u32) {
+            let pack = if ttype == F32 { self.pack.max(4) } else { self.pack };
+            self.data.resize(self.data.len().div_ceil(pack) * pack, 0);
+            self.tensors.push((name.to_string(), dims.to_vec(), self.data.len() as u64, ttype));
+            self.data.resize(self.data.len() + tensor_bytes(dims, ttype), 0);
+        }
+
+        /// A tensor's data, to fill in.
+        fn data_of(&mut self, name: &str) -> &mut [u8] {
+            let t = self.tensors.iter().find(|t| t.0 == name).expect("a tensor");
+            let (at, n) = (t.2 as usize, tensor_bytes(&t.1, t.3));
+            &mut self.data[at..at + n]
         }
 
         fn bytes(&self) -> Vec<u8> {
@@ -563,11 +617,11 @@ mod tests {
                 out.extend(vtype.to_le_bytes());
                 out.extend(value);
             }
-            for (name, dims, offset) in &self.tensors {
+            for (name, dims, offset, ttype) in &self.tensors {
                 out.extend(gstr(name.as_bytes()));
                 out.extend((dims.len() as u32).to_le_bytes());
                 dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
-                out.extend(0u32.to_le_bytes()); // F32
+                out.extend(ttype.to_le_bytes());
                 out.extend(offset.to_le_bytes());
             }
             out.resize(out.len().div_ceil(align) * align, 0);
@@ -599,7 +653,7 @@ mod tests {
         let name_at = g.kvs.iter().position(|kv| kv.0 == "general.name").expect("the key is there");
         for name in ["tiny", "tiny1", "tiny12", "tiny123"] {
             g.kvs[name_at].2 = gstr(name.as_bytes());
-            if (g.bytes_padded(1).len() - g.data.len()) % 4 != 0 {
+            if !(g.bytes_padded(1).len() - g.data.len()).is_multiple_of(4) {
                 break;
             }
         }
@@ -609,10 +663,13 @@ mod tests {
         let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
         let starts_at = |name: &str| g.tensors.iter().find(|t| t.0 == name).expect("a tensor").2 as usize / 4;
         let counts_from = |t: &[f32], first: usize| t.iter().enumerate().all(|(k, &v)| v == (first + k) as f32);
-        assert!(counts_from(w.token_embedding, starts_at("token_embd.weight")));
+        fn floats<'a>(m: Matrix<'a>) -> &'a [f32] {
+            m.f32().expect("an F32 matrix")
+        }
+        assert!(counts_from(floats(w.token_embedding), starts_at("token_embd.weight")));
         assert!(counts_from(w.rms_final, starts_at("output_norm.weight")));
-        assert!(counts_from(w.layers[0].w2, starts_at("blk.0.ffn_down.weight")));
-        assert!(counts_from(w.layers[0].w3, starts_at("blk.0.ffn_up.weight")));
+        assert!(counts_from(floats(w.layers[0].w2), starts_at("blk.0.ffn_down.weight")));
+        assert!(counts_from(floats(w.layers[0].w3), starts_at("blk.0.ffn_up.weight")));
     }
 
     #[test]
@@ -678,6 +735,159 @@ mod tests {
             let f = Scratch::new(&format!("gguf-vocab-{name}.gguf"), &g.bytes());
             let Ok(ckpt) = read_checkpoint(f.path()) else { panic!("{name}: the model part of the file is fine") };
             expect_file_error(Tokenizer::build(f.path(), ckpt.vocab.expect("embedded")), f.path(), problem);
+        }
+    }
+
+    /// Every matrix Q8_0 but ffn_down, whose rows (hidden = 48) are not whole blocks of 32: the
+    /// mix the converter writes for stories260K.
+    const Q8_MATRICES: [&str; 6] = [
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.attn_v.weight",
+        "blk.0.attn_output.weight",
+        "blk.0.ffn_gate.weight",
+    ];
+
+    fn good_q8() -> Gguf {
+        let pieces = synthetic_pieces();
+        let scores: Vec<f32> = (0..pieces.len()).map(|i| -(i as f32)).collect();
+        let mut names = Q8_MATRICES.to_vec();
+        names.push("blk.0.ffn_up.weight"); // last in the file: the truncation case cuts into it
+        Gguf::shaped(&pieces, &scores, 32, 48, &names)
+    }
+
+    /// Q8_0 and F32 tensors in one file and one layer, read where they lie: in place, and when
+    /// the data section is copied (general.alignment=1, not 4-byte aligned), Q8_0 tensors packed
+    /// at any byte and the last one ending off a 4-byte boundary.
+    #[test]
+    fn q8_0_and_f32_tensors_mix_and_read_intact() {
+        for packed in [false, true] {
+            let mut pieces = synthetic_pieces();
+            pieces.push(b"ba".to_vec()); // 265 rows: the embedding and classifier take 9010 bytes each
+            let scores: Vec<f32> = (0..pieces.len()).map(|i| -(i as f32)).collect();
+            let mut g = Gguf::shaped(&pieces, &scores, 32, 48, &Q8_MATRICES);
+            if packed {
+                g.kvs.push(("general.alignment".to_string(), 4, 1u32.to_le_bytes().to_vec()));
+                g.pack = 1;
+                g.tensors.clear();
+                g.data.clear();
+                let names: Vec<(&str, u64, u64)> = vec![
+                    ("token_embd.weight", 32, 265),
+                    ("output_norm.weight", 32, 1),
+                    ("blk.0.attn_norm.weight", 32, 1),
+                    ("blk.0.attn_q.weight", 32, 32),
+                    ("blk.0.attn_k.weight", 32, 32),
+                    ("blk.0.attn_v.weight", 32, 32),
+                    ("blk.0.attn_output.weight", 32, 32),
+                    ("blk.0.ffn_norm.weight", 32, 1),
+                    ("blk.0.ffn_gate.weight", 32, 48),
+                    ("blk.0.ffn_down.weight", 48, 32),
+                    ("blk.0.ffn_up.weight", 32, 48),
+                ];
+                for (name, cols, rows) in names {
+                    let dims: &[u64] = if rows == 1 { &[cols] } else { &[cols, rows] };
+                    g.add_typed(name, dims, if Q8_MATRICES.contains(&name) { Q8_0 } else { F32 });
+                }
+                g.add_typed("output.weight", &[32, 265], Q8_0); // an unshared classifier, Q8_0, last
+                assert_ne!(g.data.len() % 4, 0, "the data section ends off a 4-byte boundary");
+                let name_at = g.kvs.iter().position(|kv| kv.0 == "general.name").expect("the key is there");
+                for name in ["tiny", "tiny1", "tiny12", "tiny123"] {
+                    g.kvs[name_at].2 = gstr(name.as_bytes());
+                    if !(g.bytes_padded(1).len() - g.data.len()).is_multiple_of(4) {
+                        break;
+                    }
+                }
+            }
+            // every byte its own pattern, to see each land where it belongs
+            for (i, b) in g.data.iter_mut().enumerate() {
+                *b = (i % 251) as u8;
+            }
+            // row 3 of the embedding: scale 0.5, quants -16..15
+            let row3 = &mut g.data_of("token_embd.weight")[3 * 34..4 * 34];
+            row3[..2].copy_from_slice(&0x3800u16.to_le_bytes());
+            row3[2..].iter_mut().enumerate().for_each(|(i, q)| *q = (i as i8 - 16) as u8);
+            let bytes = if packed { g.bytes_padded(1) } else { g.bytes() };
+            if packed {
+                assert_ne!((bytes.len() - g.data.len()) % 4, 0, "the data section is unaligned");
+            }
+            let f = Scratch::new(&format!("gguf-q8-mixed-{packed}.gguf"), &bytes);
+            let ckpt = match read_checkpoint(f.path()) {
+                Ok(c) => c,
+                Err(e) => panic!("the mixed GGUF reads: {e:?}"),
+            };
+            assert_eq!(ckpt.config.shared_classifier, !packed);
+            let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
+            let l = &w.layers[0];
+            let matrices = [
+                ("token_embd.weight", w.token_embedding),
+                ("blk.0.attn_q.weight", l.wq),
+                ("blk.0.attn_k.weight", l.wk),
+                ("blk.0.attn_v.weight", l.wv),
+                ("blk.0.attn_output.weight", l.wo),
+                ("blk.0.ffn_gate.weight", l.w1),
+                ("blk.0.ffn_down.weight", l.w2),
+                ("blk.0.ffn_up.weight", l.w3),
+                (if packed { "output.weight" } else { "token_embd.weight" }, w.wcls),
+            ];
+            for (name, m) in matrices {
+                let want = g.data_of(name).to_vec();
+                let q8 = Q8_MATRICES.contains(&name) || name == "output.weight";
+                let got: Vec<u8> = match m {
+                    Matrix::Q8(q) if q8 => q.to_vec(),
+                    Matrix::F32(v) if !q8 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    _ => panic!("{name} is not of its type in the file"),
+                };
+                assert!(got == want, "{name} (packed: {packed})");
+            }
+            let norm: Vec<u8> = w.rms_final.iter().flat_map(|x| x.to_le_bytes()).collect();
+            assert!(norm == g.data_of("output_norm.weight"));
+            let mut row = vec![0.0f32; 32];
+            w.token_embedding.row_into(3, &mut row);
+            assert!(row.iter().enumerate().all(|(i, &v)| v == 0.5 * (i as f32 - 16.0)), "{row:?}");
+        }
+    }
+
+    /// What a Q8_0 tensor may not be: rows that are not whole blocks, a norm, cut short by the end
+    /// of the file, or running into the next tensor; and a type neither F32 nor Q8_0.
+    #[test]
+    fn bad_q8_0_tensors_are_refused() {
+        type Change = fn(&mut Gguf);
+        let cases: [(&str, Change, &str); 5] = [
+            (
+                "rows",
+                |g| g.tensors[9].3 = Q8_0,
+                "tensor blk.0.ffn_down.weight is Q8_0 with rows of 48 values, not a multiple of the block size 32",
+            ),
+            ("norm", |g| g.tensors[2].3 = Q8_0, "tensor blk.0.attn_norm.weight is Q8_0; only matrices may be"),
+            (
+                "type",
+                |g| g.tensors[3].3 = 1,
+                "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported",
+            ),
+            (
+                "truncated",
+                |g| {
+                    let n = g.data.len();
+                    g.data.truncate(n - 1);
+                },
+                "tensor blk.0.ffn_up.weight lies outside the file",
+            ),
+            (
+                // as float32 bytes (4 per value) or as one byte per value, attn_q (32 x 32) would
+                // end before attn_k; its 32 blocks of 34 bytes do not
+                "overlap",
+                |g| g.tensors[4].2 = g.tensors[3].2 + 32 * 32,
+                "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap",
+            ),
+        ];
+        let f = Scratch::new("gguf-q8-good.gguf", &good_q8().bytes());
+        assert!(read_checkpoint(f.path()).is_ok_and(|c| c.weights().is_ok()), "the unchanged file reads");
+        for (name, change, problem) in cases {
+            let mut g = good_q8();
+            change(&mut g);
+            let f = Scratch::new(&format!("gguf-q8-{name}.gguf"), &g.bytes());
+            expect_file_error(read_checkpoint(f.path()), f.path(), problem);
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::{Checkpoint, LayerTensors, Storage, Tensor, Tensors};
+use super::{Checkpoint, Kind, LayerTensors, Storage, Tensor, Tensors};
 use crate::errors::{bad_file, Res};
 use crate::files::{file_size, le_i32, load_file};
 use crate::model::Config;
@@ -147,22 +147,22 @@ fn check_size(path: &Path, f: &File, config: &Config, expected: u128) -> Res<u64
     Ok(actual)
 }
 
-/// Hands out consecutive float ranges of the file.
+/// Hands out consecutive float32 tensors of the file, `at` bytes in.
 struct Cut {
     at: usize,
 }
 
 impl Cut {
     fn take(&mut self, n: usize) -> Tensor {
-        let t = Tensor { off: self.at, len: n };
-        self.at += n;
+        let t = Tensor { at: self.at, len: n, kind: Kind::F32 };
+        self.at += 4 * n;
         t
     }
 }
 
 /// Where each tensor lies: the layout's parts one after the other from the end of the header.
 fn locate(c: &Config, layout: &Layout) -> Tensors {
-    let mut cut = Cut { at: layout.header_bytes / 4 };
+    let mut cut = Cut { at: layout.header_bytes };
     let mut per_layer: [Vec<Tensor>; 9] = Default::default();
     let mut t = Tensors {
         token_embedding: Tensor::default(),
@@ -176,7 +176,7 @@ fn locate(c: &Config, layout: &Layout) -> Tensors {
             TokenEmbedding => t.token_embedding = cut.take(n),
             Layer(i) => per_layer[i] = (0..c.n_layers).map(|_| cut.take(n / c.n_layers)).collect(),
             RmsFinal => t.rms_final = cut.take(n),
-            FreqCis => cut.at += n,
+            FreqCis => cut.at += 4 * n,
             // the embedding comes before the classifier in both layouts
             Wcls => t.wcls = if c.shared_classifier { t.token_embedding } else { cut.take(n) },
         }

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use crate::errors::{Fail, Res};
 use crate::files::{open_file, read_head};
+use crate::kernels::Matrix;
 use crate::model::{Config, LayerWeights, Weights};
+use crate::q8;
 use crate::tokenizer::Vocab;
 
 /// Sniffs the format from the first bytes: GGUF magic, v1 magic, or the legacy v0 header.
@@ -25,8 +27,8 @@ pub fn read_checkpoint(path: &Path) -> Res<Checkpoint> {
 // ----------------------------------------------------------------------------
 // Formats: what a reader hands over
 
-/// Where the weight floats live: the loaded file (files::load_file: read into huge pages, or
-/// mapped), or (GGUF data not 4-byte aligned) one copy of its data section.
+/// Where the weights live: the loaded file (files::load_file: read into huge pages, or mapped),
+/// or (GGUF data not 4-byte aligned) one copy of its data section.
 struct Storage(memmap2::Mmap);
 
 impl Storage {
@@ -36,13 +38,27 @@ impl Storage {
         // pattern is a valid f32; the length is rounded down to whole floats.
         unsafe { std::slice::from_raw_parts(m.as_ptr() as *const f32, m.len() / 4) }
     }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
-/// A tensor as a float range of the storage.
+/// How a tensor's values are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum Kind {
+    #[default]
+    F32,
+    /// GGUF's Q8_0 (q8.rs), matrices only
+    Q8,
+}
+
+/// A tensor in the storage: its first byte (4-byte aligned for F32), its values, their kind.
 #[derive(Clone, Copy, Debug, Default)]
 struct Tensor {
-    off: usize,
+    at: usize,
     len: usize,
+    kind: Kind,
 }
 
 /// One layer's tensors, as located in the file.
@@ -84,35 +100,46 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The weights as float slices of the storage (bounds-checked once, here).
+    /// The weights as slices of the storage (bounds-checked once, here).
     pub fn weights(&self) -> Res<Weights<'_>> {
-        let all = self.storage.floats();
-        let get = |t: Tensor| -> Res<&[f32]> {
-            t.off
-                .checked_add(t.len)
-                .and_then(|end| all.get(t.off..end))
-                .ok_or_else(|| Fail::Runtime("internal error: tensor outside the weights".into()))
+        let (floats, bytes) = (self.storage.floats(), self.storage.bytes());
+        let outside = || Fail::Runtime("internal error: tensor outside the weights".into());
+        let vector = |t: Tensor| -> Res<&[f32]> {
+            if t.kind != Kind::F32 || !t.at.is_multiple_of(4) {
+                return Err(outside());
+            }
+            t.len.checked_add(t.at / 4).and_then(|end| floats.get(t.at / 4..end)).ok_or_else(outside)
+        };
+        let matrix = |t: Tensor| -> Res<Matrix> {
+            match t.kind {
+                Kind::F32 => vector(t).map(Matrix::F32),
+                Kind::Q8 => {
+                    let n = q8::row_bytes(t.len); // the reader checked: whole rows of whole blocks
+                    let q = n.checked_add(t.at).and_then(|end| bytes.get(t.at..end)).ok_or_else(outside)?;
+                    Ok(Matrix::Q8(q))
+                }
+            }
         };
         let t = &self.tensors;
         let mut layers = Vec::with_capacity(t.layers.len());
         for lt in &t.layers {
             layers.push(LayerWeights {
-                rms_att: get(lt.rms_att)?,
-                wq: get(lt.wq)?,
-                wk: get(lt.wk)?,
-                wv: get(lt.wv)?,
-                wo: get(lt.wo)?,
-                rms_ffn: get(lt.rms_ffn)?,
-                w1: get(lt.w1)?,
-                w2: get(lt.w2)?,
-                w3: get(lt.w3)?,
+                rms_att: vector(lt.rms_att)?,
+                wq: matrix(lt.wq)?,
+                wk: matrix(lt.wk)?,
+                wv: matrix(lt.wv)?,
+                wo: matrix(lt.wo)?,
+                rms_ffn: vector(lt.rms_ffn)?,
+                w1: matrix(lt.w1)?,
+                w2: matrix(lt.w2)?,
+                w3: matrix(lt.w3)?,
             });
         }
         Ok(Weights {
-            token_embedding: get(t.token_embedding)?,
+            token_embedding: matrix(t.token_embedding)?,
             layers,
-            rms_final: get(t.rms_final)?,
-            wcls: get(t.wcls)?,
+            rms_final: vector(t.rms_final)?,
+            wcls: matrix(t.wcls)?,
         })
     }
 }
