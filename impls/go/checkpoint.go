@@ -215,25 +215,36 @@ func (tc *tensorCursor) layers(layers, n int) [][]float32 {
 	return out
 }
 
+// matrix and matrices are take and layers for matrices, which are F32 in these formats.
+func (tc *tensorCursor) matrix(n int) Matrix { return Matrix{f32: tc.take(n)} }
+
+func (tc *tensorCursor) matrices(layers, n int) []Matrix {
+	out := make([]Matrix, layers)
+	for l := range out {
+		out[l] = tc.matrix(n)
+	}
+	return out
+}
+
 // v0Weights follows run.c's order: the embedding, each per-layer kind, rms_final, RoPE tables.
 func v0Weights(tc *tensorCursor, c *Config) Weights {
 	d, kv, hd, L := c.Dim, c.kvDim(), c.HiddenDim, c.NLayers
 	w := Weights{}
-	w.tokenEmbedding = tc.take(c.VocabSize * d)
+	w.tokenEmbedding = tc.matrix(c.VocabSize * d)
 	w.rmsAtt = tc.layers(L, d)
-	w.wq = tc.layers(L, d*d)
-	w.wk = tc.layers(L, kv*d)
-	w.wv = tc.layers(L, kv*d)
-	w.wo = tc.layers(L, d*d)
+	w.wq = tc.matrices(L, d*d)
+	w.wk = tc.matrices(L, kv*d)
+	w.wv = tc.matrices(L, kv*d)
+	w.wo = tc.matrices(L, d*d)
 	w.rmsFFN = tc.layers(L, d)
-	w.w1 = tc.layers(L, hd*d)
-	w.w2 = tc.layers(L, d*hd)
-	w.w3 = tc.layers(L, hd*d)
+	w.w1 = tc.matrices(L, hd*d)
+	w.w2 = tc.matrices(L, d*hd)
+	w.w3 = tc.matrices(L, hd*d)
 	w.rmsFinal = tc.take(d)
 	tc.off += 4 * ropeTableFloats(c) // RoPE is computed instead
 	w.wcls = w.tokenEmbedding
 	if !c.Shared {
-		w.wcls = tc.take(c.VocabSize * d)
+		w.wcls = tc.matrix(c.VocabSize * d)
 	}
 	return w
 }
@@ -245,17 +256,17 @@ func v1Weights(tc *tensorCursor, c *Config) Weights {
 	w.rmsAtt = tc.layers(L, d)
 	w.rmsFFN = tc.layers(L, d)
 	w.rmsFinal = tc.take(d)
-	w.tokenEmbedding = tc.take(c.VocabSize * d)
-	w.wq = tc.layers(L, d*d)
-	w.wk = tc.layers(L, kv*d)
-	w.wv = tc.layers(L, kv*d)
-	w.wo = tc.layers(L, d*d)
-	w.w1 = tc.layers(L, hd*d)
-	w.w2 = tc.layers(L, d*hd)
-	w.w3 = tc.layers(L, hd*d)
+	w.tokenEmbedding = tc.matrix(c.VocabSize * d)
+	w.wq = tc.matrices(L, d*d)
+	w.wk = tc.matrices(L, kv*d)
+	w.wv = tc.matrices(L, kv*d)
+	w.wo = tc.matrices(L, d*d)
+	w.w1 = tc.matrices(L, hd*d)
+	w.w2 = tc.matrices(L, d*hd)
+	w.w3 = tc.matrices(L, hd*d)
 	w.wcls = w.tokenEmbedding
 	if !c.Shared {
-		w.wcls = tc.take(c.VocabSize * d)
+		w.wcls = tc.matrix(c.VocabSize * d)
 	}
 	return w
 }

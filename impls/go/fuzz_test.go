@@ -38,6 +38,11 @@ func scratch(t *testing.T, name string, data []byte) string {
 func FuzzParseGGUF(f *testing.F) {
 	f.Add(tinyGGUF().bytes())
 	f.Add([]byte("GGUF"))
+	// Q8_0: F32 and Q8_0 matrices mixed in one layer, and one whose rows are not whole blocks
+	f.Add(tinyQ8GGUF().bytes())
+	bad := tinyQ8GGUF()
+	bad.tensor("blk.0.ffn_down.weight").typ = ggmlQ8_0
+	f.Add(bad.bytes())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if m, err := parseGGUF("fuzz.gguf", data); err == nil && m == nil {
 			t.Fatal("no model and no error")

@@ -1,4 +1,4 @@
-// The GGUF fp32 reader: llama.cpp's "llama" architecture names, the tokenizer embedded.
+// The GGUF reader (F32 and Q8_0 tensors): llama.cpp's "llama" architecture names, the tokenizer embedded.
 //
 // A hostile file must not turn into a crash or a huge allocation, so every count, length and
 // offset is checked against the bytes that are really there before it is used.
@@ -432,7 +432,7 @@ func (t *ggufTable) weights(c *Config) (Weights, error) {
 	d, kvd, hd, L := c.Dim, c.kvDim(), c.HiddenDim, c.NLayers
 	w := Weights{}
 	var err error
-	if w.tokenEmbedding, err = t.tensor("token_embd.weight", c.VocabSize, d); err != nil {
+	if w.tokenEmbedding, err = t.matrix("token_embd.weight", c.VocabSize, d); err != nil {
 		return w, err
 	}
 	if w.rmsFinal, err = t.tensor("output_norm.weight", d); err != nil {
@@ -440,21 +440,34 @@ func (t *ggufTable) weights(c *Config) (Weights, error) {
 	}
 	w.wcls = w.tokenEmbedding
 	if !c.Shared {
-		if w.wcls, err = t.tensor("output.weight", c.VocabSize, d); err != nil {
+		if w.wcls, err = t.matrix("output.weight", c.VocabSize, d); err != nil {
 			return w, err
 		}
 	}
+	// in ggufLayerNames' order: a norm, or a matrix and its (rows, cols)
 	perLayer := []struct {
-		dst   *[][]float32
-		shape []int
+		norm       *[][]float32
+		matrix     *[]Matrix
+		rows, cols int
 	}{
-		{&w.rmsAtt, []int{d}}, {&w.wq, []int{d, d}}, {&w.wk, []int{kvd, d}}, {&w.wv, []int{kvd, d}},
-		{&w.wo, []int{d, d}}, {&w.rmsFFN, []int{d}}, {&w.w1, []int{hd, d}}, {&w.w2, []int{d, hd}}, {&w.w3, []int{hd, d}},
+		{norm: &w.rmsAtt}, {matrix: &w.wq, rows: d, cols: d}, {matrix: &w.wk, rows: kvd, cols: d},
+		{matrix: &w.wv, rows: kvd, cols: d}, {matrix: &w.wo, rows: d, cols: d}, {norm: &w.rmsFFN},
+		{matrix: &w.w1, rows: hd, cols: d}, {matrix: &w.w2, rows: d, cols: hd}, {matrix: &w.w3, rows: hd, cols: d},
 	}
 	for i, p := range perLayer {
-		*p.dst = make([][]float32, L)
+		if p.norm != nil {
+			*p.norm = make([][]float32, L)
+		} else {
+			*p.matrix = make([]Matrix, L)
+		}
 		for l := 0; l < L; l++ {
-			if (*p.dst)[l], err = t.tensor(fmt.Sprintf("blk.%d.%s.weight", l, ggufLayerNames[i]), p.shape...); err != nil {
+			name := fmt.Sprintf("blk.%d.%s.weight", l, ggufLayerNames[i])
+			if p.norm != nil {
+				(*p.norm)[l], err = t.tensor(name, d)
+			} else {
+				(*p.matrix)[l], err = t.matrix(name, p.rows, p.cols)
+			}
+			if err != nil {
 				return w, err
 			}
 		}
@@ -465,36 +478,70 @@ func (t *ggufTable) weights(c *Config) (Weights, error) {
 	return w, t.checkOverlap()
 }
 
-// tensor returns the named tensor of shape (rows, cols) or (n).
-func (t *ggufTable) tensor(name string, shape ...int) ([]float32, error) {
+// tensor returns the named F32 vector of n floats.
+func (t *ggufTable) tensor(name string, n int) ([]float32, error) {
+	_, off, err := t.find(name, n)
+	if err != nil {
+		return nil, err
+	}
+	return floatsAt(t.data, off, int64(n)), nil
+}
+
+// matrix returns the named (rows, cols) matrix, F32 or Q8_0; a Q8_0 one stays its blocks.
+func (t *ggufTable) matrix(name string, rows, cols int) (Matrix, error) {
+	info, off, err := t.find(name, rows, cols)
+	if err != nil {
+		return Matrix{}, err
+	}
+	if info.typ == ggmlQ8_0 {
+		end := off + int64(tensorBytes(info))
+		return Matrix{q8: t.data[off:end:end]}, nil
+	}
+	return Matrix{f32: floatsAt(t.data, off, int64(rows)*int64(cols))}, nil
+}
+
+// find checks the named tensor of shape (rows, cols) or (n): its type (Q8_0 only for a matrix
+// whose rows are whole blocks), shape, alignment and extent, and returns its byte offset.
+func (t *ggufTable) find(name string, shape ...int) (*ggufTensor, int64, error) {
 	i, ok := t.index[name]
 	if !ok {
-		return nil, fileError(t.path, "missing tensor %s", name)
+		return nil, 0, fileError(t.path, "missing tensor %s", name)
 	}
 	info := &t.infos[i]
-	if info.typ != 0 {
-		return nil, fileError(t.path, "tensor %s has type %d; only F32 (0) is supported", name, info.typ)
+	switch {
+	case info.typ == ggmlQ8_0 && len(shape) != 2:
+		return nil, 0, fileError(t.path, "tensor %s has type 8 (Q8_0); a norm must be F32 (0)", name)
+	case info.typ != ggmlF32 && info.typ != ggmlQ8_0:
+		return nil, 0, fileError(t.path, "tensor %s has type %d; only F32 (0) and Q8_0 (8) are supported", name, info.typ)
 	}
 	if !sameShape(info.dims, shape) {
 		want := make([]int, len(shape))
 		for i := range shape {
 			want[i] = shape[len(shape)-1-i]
 		}
-		return nil, fileError(t.path, "tensor %s has dims %v, expected %v", name, info.dims, want)
+		return nil, 0, fileError(t.path, "tensor %s has dims %v, expected %v", name, info.dims, want)
+	}
+	if info.typ == ggmlQ8_0 && shape[1]%q8Block != 0 {
+		return nil, 0, fileError(t.path, "tensor %s is Q8_0 with rows of %d values, not a multiple of %d", name, shape[1], q8Block)
 	}
 	if info.offset%t.align != 0 {
-		return nil, fileError(t.path, "tensor %s has offset %d, not a multiple of general.alignment=%d", name, info.offset, t.align)
+		return nil, 0, fileError(t.path, "tensor %s has offset %d, not a multiple of general.alignment=%d", name, info.offset, t.align)
 	}
-	n := int64(1)
-	for _, s := range shape {
-		n *= int64(s)
-	}
-	size := uint64(len(t.data))
-	if info.offset%4 != 0 || info.offset > size || t.dataStart > size-info.offset || uint64(4*n) > size-info.offset-t.dataStart {
-		return nil, fileError(t.path, "tensor %s lies outside the file", name)
+	size, bytes := uint64(len(t.data)), tensorBytes(info)
+	if (info.typ == ggmlF32 && info.offset%4 != 0) || info.offset > size || t.dataStart > size-info.offset || bytes > size-info.offset-t.dataStart {
+		return nil, 0, fileError(t.path, "tensor %s lies outside the file", name)
 	}
 	t.used[i] = true
-	return floatsAt(t.data, int64(t.dataStart+info.offset), n), nil
+	return info, int64(t.dataStart + info.offset), nil
+}
+
+// tensorBytes is the size of a tensor whose type and shape are checked (so nothing overflows):
+// 4 bytes a value for F32, 34 bytes a block of 32 for Q8_0.
+func tensorBytes(info *ggufTensor) uint64 {
+	if info.typ == ggmlQ8_0 {
+		return elements(info.dims) / q8Block * q8BlockBytes
+	}
+	return 4 * elements(info.dims)
 }
 
 // sameShape: GGUF lists dims innermost first, so (rows, cols) is [cols, rows].
@@ -541,7 +588,7 @@ func (t *ggufTable) checkOverlap() error {
 	sort.Slice(order, func(a, b int) bool { return t.infos[order[a]].offset < t.infos[order[b]].offset })
 	for k := 1; k < len(order); k++ {
 		prev, cur := &t.infos[order[k-1]], &t.infos[order[k]]
-		if cur.offset < prev.offset+4*elements(prev.dims) {
+		if cur.offset < prev.offset+tensorBytes(prev) {
 			return fileError(t.path, "tensors %s and %s overlap", oneLine(prev.name), oneLine(cur.name))
 		}
 	}

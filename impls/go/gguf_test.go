@@ -19,6 +19,7 @@ type ggufKV struct {
 type ggufInfo struct {
 	name   string
 	dims   []uint64
+	typ    uint32 // ggmlF32 or ggmlQ8_0 (or anything, to break a file)
 	offset uint64
 }
 
@@ -35,12 +36,18 @@ func gstr(s string) []byte { return append(le64(uint64(len(s))), s...) }
 
 // tinyGGUF is a one-layer model (dim 8, hidden 16, 2 heads, seq_len 4) with the smallest legal
 // vocabulary: <unk>, <s>, </s>, the 256 byte tokens and "▁", 260 tokens.
-func tinyGGUF() *testGGUF {
+func tinyGGUF() *testGGUF { return tinyGGUFShape(8, 16, false) }
+
+// tinyQ8GGUF is the same model with dim 32 and hidden 48, its matrices in Q8_0 as the
+// converter writes them: all but ffn_down, whose rows of 48 stay F32 (as stories260K's).
+func tinyQ8GGUF() *testGGUF { return tinyGGUFShape(32, 48, true) }
+
+func tinyGGUFShape(dim, hidden uint64, q8 bool) *testGGUF {
 	g := &testGGUF{}
 	u32 := func(key string, v uint32) { g.kvs = append(g.kvs, ggufKV{key, ggufU32, le32(v)}) }
 	g.kvs = append(g.kvs, ggufKV{"general.architecture", ggufString, gstr("llama")})
-	u32("llama.embedding_length", 8)
-	u32("llama.feed_forward_length", 16)
+	u32("llama.embedding_length", uint32(dim))
+	u32("llama.feed_forward_length", uint32(hidden))
 	u32("llama.block_count", 1)
 	u32("llama.attention.head_count", 2)
 	u32("llama.context_length", 4)
@@ -56,28 +63,54 @@ func tinyGGUF() *testGGUF {
 		scores = append(scores, le32(math.Float32bits(float32(-i)))...)
 	}
 	g.kvs = append(g.kvs, ggufKV{"tokenizer.ggml.tokens", ggufArray, tokens}, ggufKV{"tokenizer.ggml.scores", ggufArray, scores})
-	g.add("token_embd.weight", 8, 260)
-	g.add("output_norm.weight", 8)
+	matrix := func(name string, dims ...uint64) {
+		if q8 && dims[0]%q8Block == 0 {
+			g.addQ8(name, dims...)
+		} else {
+			g.add(name, dims...)
+		}
+	}
+	matrix("token_embd.weight", dim, 260)
+	g.add("output_norm.weight", dim)
 	for _, name := range ggufLayerNames {
 		switch name {
 		case "attn_norm", "ffn_norm":
-			g.add("blk.0."+name+".weight", 8)
+			g.add("blk.0."+name+".weight", dim)
 		case "ffn_gate", "ffn_up":
-			g.add("blk.0."+name+".weight", 8, 16)
+			matrix("blk.0."+name+".weight", dim, hidden)
 		case "ffn_down":
-			g.add("blk.0."+name+".weight", 16, 8)
+			matrix("blk.0."+name+".weight", hidden, dim)
 		default:
-			g.add("blk.0."+name+".weight", 8, 8)
+			matrix("blk.0."+name+".weight", dim, dim)
 		}
 	}
 	return g
 }
 
-// add appends a zero tensor (dims innermost first) at the next 32-byte boundary of the data.
+// add appends a zero F32 tensor (dims innermost first) at the next 32-byte boundary of the data.
 func (g *testGGUF) add(name string, dims ...uint64) {
+	g.addBytes(name, ggmlF32, 4*elements(dims), dims)
+}
+
+// addQ8 appends a Q8_0 tensor of zero blocks; the rows (dims[0]) are whole blocks.
+func (g *testGGUF) addQ8(name string, dims ...uint64) {
+	g.addBytes(name, ggmlQ8_0, elements(dims)/q8Block*q8BlockBytes, dims)
+}
+
+func (g *testGGUF) addBytes(name string, typ uint32, size uint64, dims []uint64) {
 	g.data = append(g.data, make([]byte, (32-len(g.data)%32)%32)...)
-	g.tensors = append(g.tensors, ggufInfo{name, dims, uint64(len(g.data))})
-	g.data = append(g.data, make([]byte, 4*elements(dims))...)
+	g.tensors = append(g.tensors, ggufInfo{name, dims, typ, uint64(len(g.data))})
+	g.data = append(g.data, make([]byte, size)...)
+}
+
+// tensor finds a tensor info by name.
+func (g *testGGUF) tensor(name string) *ggufInfo {
+	for i := range g.tensors {
+		if g.tensors[i].name == name {
+			return &g.tensors[i]
+		}
+	}
+	panic("no tensor " + name)
 }
 
 func (g *testGGUF) bytes() []byte {
@@ -92,7 +125,7 @@ func (g *testGGUF) bytes() []byte {
 		for _, d := range t.dims {
 			out = append(out, le64(d)...)
 		}
-		out = append(append(out, le32(0)...), le64(t.offset)...)
+		out = append(append(out, le32(t.typ)...), le64(t.offset)...)
 	}
 	out = append(out, make([]byte, (32-len(out)%32)%32)...)
 	return append(out, g.data...)
@@ -152,6 +185,51 @@ func TestGGUFRefusesWhatLlamaCppRefuses(t *testing.T) {
 	}
 	for _, c := range cases {
 		g := tinyGGUF()
+		c.change(g)
+		_, err := parseGGUF("bad.gguf", g.bytes())
+		if exitCode(err) != exitBadFile || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "bad.gguf: ") {
+			t.Errorf("%s: got %v, want a bad-file error with %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestGGUFQ8TinyModelLoads(t *testing.T) {
+	tr, err := parseGGUF("tiny.gguf", tinyQ8GGUF().bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &tr.weights
+	if !w.tokenEmbedding.isQ8() || !w.wq[0].isQ8() || !w.w1[0].isQ8() || w.w2[0].isQ8() {
+		t.Errorf("types: token_embd %v, attn_q %v, ffn_gate %v, ffn_down %v: want Q8_0 but ffn_down",
+			w.tokenEmbedding.isQ8(), w.wq[0].isQ8(), w.w1[0].isQ8(), w.w2[0].isQ8())
+	}
+	if len(w.wq[0].q8) != 32*34 || len(w.w2[0].f32) != 32*48 {
+		t.Errorf("sizes: attn_q %d bytes, ffn_down %d floats", len(w.wq[0].q8), len(w.w2[0].f32))
+	}
+}
+
+// TestGGUFRefusesBadQ8: what only a reader that sizes Q8_0 tensors by their blocks notices.
+func TestGGUFRefusesBadQ8(t *testing.T) {
+	cases := []struct {
+		name, want string
+		tiny       func() *testGGUF
+		change     func(g *testGGUF)
+	}{
+		{"rows not whole blocks", "blk.0.attn_q.weight is Q8_0 with rows of 8 values, not a multiple of 32", tinyGGUF,
+			func(g *testGGUF) { g.tensor("blk.0.attn_q.weight").typ = ggmlQ8_0 }},
+		{"Q8_0 norm", "blk.0.ffn_norm.weight has type 8 (Q8_0); a norm must be F32", tinyQ8GGUF,
+			func(g *testGGUF) { g.tensor("blk.0.ffn_norm.weight").typ = ggmlQ8_0 }},
+		{"Q8_1", "blk.0.attn_v.weight has type 9", tinyQ8GGUF,
+			func(g *testGGUF) { g.tensor("blk.0.attn_v.weight").typ = 9 }},
+		{"truncated blocks", "blk.0.ffn_up.weight lies outside the file", tinyQ8GGUF,
+			func(g *testGGUF) { g.data = g.data[:len(g.data)-1] }},
+		{"a tensor inside another's blocks", "overlap", tinyQ8GGUF, func(g *testGGUF) {
+			// attn_q's 32 rows of one block end 1088 bytes on; 1056 is a legal offset inside
+			g.tensor("blk.0.attn_k.weight").offset = g.tensor("blk.0.attn_q.weight").offset + 1056
+		}},
+	}
+	for _, c := range cases {
+		g := c.tiny()
 		c.change(g)
 		_, err := parseGGUF("bad.gguf", g.bytes())
 		if exitCode(err) != exitBadFile || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "bad.gguf: ") {

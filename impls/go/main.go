@@ -1,9 +1,10 @@
-// Inference for Llama 2 in pure Go, after karpathy/llama2.c's run.c.
+// Inference for Llama 2 in Go, after karpathy/llama2.c's run.c (its inner loops also in amd64
+// assembler, simd_amd64.s).
 //
-// The weights of a llama2.c v0/v1 checkpoint or an fp32 GGUF file are loaded once (on Linux
-// into transparent huge pages, else memory-mapped) and read in place; one sequence is decoded
-// token by token with a KV cache. The command line, the output and every validation rule follow
-// polyllama's docs/port-contract.md.
+// The weights of a llama2.c v0/v1 checkpoint or a GGUF file (F32 or Q8_0 matrices) are loaded
+// once (on Linux into transparent huge pages, else memory-mapped) and read in place; one
+// sequence is decoded token by token with a KV cache. The command line, the output and every
+// validation rule follow polyllama's docs/port-contract.md.
 package main
 
 import (
@@ -145,20 +146,21 @@ func (c *Config) weightFloats() int64 {
 }
 
 // Weights holds slices of the loaded file (mapChecked); per-layer tensors are one slice per
-// layer because GGUF files place each layer's tensors anywhere.
+// layer because GGUF files place each layer's tensors anywhere. A matrix is F32 or, from a
+// GGUF file, Q8_0 (q8.go), each on its own; norms are always F32.
 type Weights struct {
-	tokenEmbedding []float32   // (vocab, dim)
+	tokenEmbedding Matrix      // (vocab, dim)
 	rmsAtt         [][]float32 // (layer, dim)
-	wq             [][]float32 // (layer, dim, n_heads * head_size)
-	wk             [][]float32 // (layer, kv_dim, dim)
-	wv             [][]float32 // (layer, kv_dim, dim)
-	wo             [][]float32 // (layer, dim, n_heads * head_size)
+	wq             []Matrix    // (layer, dim, n_heads * head_size)
+	wk             []Matrix    // (layer, kv_dim, dim)
+	wv             []Matrix    // (layer, kv_dim, dim)
+	wo             []Matrix    // (layer, dim, n_heads * head_size)
 	rmsFFN         [][]float32 // (layer, dim)
-	w1             [][]float32 // (layer, hidden_dim, dim)
-	w2             [][]float32 // (layer, dim, hidden_dim)
-	w3             [][]float32 // (layer, hidden_dim, dim)
+	w1             []Matrix    // (layer, hidden_dim, dim)
+	w2             []Matrix    // (layer, dim, hidden_dim)
+	w3             []Matrix    // (layer, hidden_dim, dim)
 	rmsFinal       []float32   // (dim)
-	wcls           []float32   // (vocab, dim): token_embedding when shared
+	wcls           Matrix      // (vocab, dim): token_embedding when shared
 }
 
 // RunState is the activation scratch space and the KV cache, allocated once.
@@ -175,6 +177,8 @@ type RunState struct {
 	valueCache []float32   // (layer, seq_len, kv_dim)
 	ropeCos    []float32   // (head_size / 2) rotation of the current position
 	ropeSin    []float32   // (head_size / 2)
+	qbuf       q8Vec       // (max(dim, hidden_dim)) room for a quantized activation
+	qx         q8Vec       // the activation of the current Q8_0 products, in qbuf
 }
 
 type Transformer struct {
@@ -198,6 +202,11 @@ func buildRunState(c *Config, workers int) RunState {
 		ropeSin:    make([]float32, c.headSize()/2),
 	}
 	s.att = make([][]float32, workers) // each row allocated by the worker that first needs it
+	n := c.Dim
+	if c.HiddenDim > n {
+		n = c.HiddenDim
+	}
+	s.qbuf = q8Vec{make([]int8, n), make([]float32, n/q8Block)}
 	return s
 }
 
@@ -428,11 +437,20 @@ func dot(a, b []float32) float32 {
 	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }
 
-// matmulRows computes out[i] = W[i, :] . x for rows lo..hi of W (rows, n), four rows per
-// pass: each x element loaded serves four rows, and the four sums are independent chains that
-// keep the adder busy. Reslicing every row to len(x) lets the compiler drop the bounds checks
-// from the inner loop (there is no SIMD to reach for in portable Go).
+// matmulRows computes out[i] = W[i, :] . x for rows lo..hi of W (rows, n): in the amd64
+// assembler kernel where the CPU has AVX2 and FMA (simd_amd64.go), else in portable Go.
 func matmulRows(out, x, w []float32, lo, hi int) {
+	if simdKernels {
+		matmulRowsSIMD(out, x, w, lo, hi)
+		return
+	}
+	matmulRowsGo(out, x, w, lo, hi)
+}
+
+// matmulRowsGo is the portable loop, four rows per pass: each x element loaded serves four
+// rows, and the four sums are independent chains that keep the adder busy. Reslicing every row
+// to len(x) lets the compiler drop the bounds checks from the inner loop.
+func matmulRowsGo(out, x, w []float32, lo, hi int) {
 	n := len(x)
 	i := lo
 	for ; i+4 <= hi; i += 4 {
@@ -455,14 +473,37 @@ func matmulRows(out, x, w []float32, lo, hi int) {
 	}
 }
 
+// rows computes rows lo..hi of out = m @ x; a is x quantized when m is Q8_0.
+func (m *Matrix) rows(out, x []float32, a *q8Vec, lo, hi int) {
+	if m.isQ8() {
+		q8Rows(out, m.q8, a, lo, hi)
+	} else {
+		matmulRows(out, x, m.f32, lo, hi)
+	}
+}
+
+// quantizeFor quantizes x once for all the Q8_0 matrices among ws (nil when there are none),
+// before the workers start: every product of the group reads the same blocks.
+func (t *Transformer) quantizeFor(x []float32, ws ...*Matrix) *q8Vec {
+	for _, w := range ws {
+		if w.isQ8() {
+			t.state.qx.quantize(&t.state.qbuf, x)
+			return &t.state.qx
+		}
+	}
+	return nil
+}
+
 // matmul is out = W @ x with W (len(out), len(x)), split across the pool.
-func (t *Transformer) matmul(out, x, w []float32) {
-	t.pool.run(len(out), 4, func(_, lo, hi int) { matmulRows(out, x, w, lo, hi) })
+func (t *Transformer) matmul(out, x []float32, w *Matrix) {
+	a := t.quantizeFor(x, w)
+	t.pool.run(len(out), 4, func(_, lo, hi int) { w.rows(out, x, a, lo, hi) })
 }
 
 // matmulShared computes several matmuls that share their input in one pass over the pool (q, k,
 // v; then w1, w3), so the workers synchronise once instead of per matrix.
-func (t *Transformer) matmulShared(x []float32, outs [][]float32, ws [][]float32) {
+func (t *Transformer) matmulShared(x []float32, outs [][]float32, ws []*Matrix) {
+	q := t.quantizeFor(x, ws...)
 	total := 0
 	for _, o := range outs {
 		total += len(o)
@@ -478,7 +519,7 @@ func (t *Transformer) matmulShared(x []float32, outs [][]float32, ws [][]float32
 				b = len(o)
 			}
 			if a < b {
-				matmulRows(o, x, ws[m], a, b)
+				ws[m].rows(o, x, q, a, b)
 			}
 			base += len(o)
 		}
@@ -490,7 +531,7 @@ func (t *Transformer) forward(token, pos int) []float32 {
 	dim, hs, kvDim := c.Dim, c.headSize(), c.kvDim()
 	kvMul := c.NHeads / c.NKVHeads // query heads per KV head
 	x := s.x
-	copy(x, w.tokenEmbedding[token*dim:(token+1)*dim])
+	w.tokenEmbedding.row(x, token)
 
 	// RoPE: the rotation of pair (i, i+1) depends only on i % head_size, so one table per position
 	for i := 0; i < hs/2; i++ {
@@ -508,7 +549,7 @@ func (t *Transformer) forward(token, pos int) []float32 {
 		loff := l * c.SeqLen * kvDim
 		k := s.keyCache[loff+pos*kvDim : loff+(pos+1)*kvDim]
 		v := s.valueCache[loff+pos*kvDim : loff+(pos+1)*kvDim]
-		t.matmulShared(s.xb, [][]float32{s.q, k, v}, [][]float32{w.wq[l], w.wk[l], w.wv[l]})
+		t.matmulShared(s.xb, [][]float32{s.q, k, v}, []*Matrix{&w.wq[l], &w.wk[l], &w.wv[l]})
 
 		// RoPE on adjacent pairs of every head of q, and of k
 		for i := 0; i < dim; i += 2 {
@@ -550,25 +591,25 @@ func (t *Transformer) forward(token, pos int) []float32 {
 		})
 
 		// output projection and residual
-		t.matmul(s.xb2, s.xb, w.wo[l])
+		t.matmul(s.xb2, s.xb, &w.wo[l])
 		for i := range x {
 			x[i] += s.xb2[i]
 		}
 
 		// FFN: w2(silu(w1(x)) * w3(x))
 		rmsnorm(s.xb, x, w.rmsFFN[l])
-		t.matmulShared(s.xb, [][]float32{s.hb, s.hb2}, [][]float32{w.w1[l], w.w3[l]})
+		t.matmulShared(s.xb, [][]float32{s.hb, s.hb2}, []*Matrix{&w.w1[l], &w.w3[l]})
 		for i, g := range s.hb {
 			s.hb[i] = g / (1 + float32(math.Exp(float64(-g)))) * s.hb2[i]
 		}
-		t.matmul(s.xb, s.hb, w.w2[l])
+		t.matmul(s.xb, s.hb, &w.w2[l])
 		for i := range x {
 			x[i] += s.xb[i]
 		}
 	}
 
 	rmsnorm(x, x, w.rmsFinal)
-	t.matmul(s.logits, x, w.wcls)
+	t.matmul(s.logits, x, &w.wcls)
 	return s.logits
 }
 

@@ -201,7 +201,7 @@ func TestMatmulMatchesNaive(t *testing.T) {
 			}
 			tr := &Transformer{pool: newPool(workers)}
 			out := make([]float32, rows)
-			tr.matmul(out, x, w)
+			tr.matmul(out, x, &Matrix{f32: w})
 			tr.pool.close()
 			for r := 0; r < rows; r++ {
 				var want float32

@@ -1,0 +1,3 @@
+package main
+
+func setSIMD(on bool) { simdKernels = on }
