@@ -1,8 +1,9 @@
 /*
- * GGUF v2/v3 with every tensor F32 and llama.cpp's `llama` names (contract section 4), the
- * tokenizer embedded. Read in the file's order: header, kv section, tensor infos, then the tensor
- * table is checked as a whole (exactly the model's tensors, F32, the right shapes, aligned, inside
- * the file, not overlapping: what llama.cpp's loader insists on too) before any tensor is loaded.
+ * GGUF v2/v3 with llama.cpp's `llama` names (contract section 4), the tokenizer embedded; each
+ * tensor F32, or Q8_0 for the matrices (Q8.java). Read in the file's order: header, kv section,
+ * tensor infos, then the tensor table is checked as a whole (exactly the model's tensors, F32 or
+ * Q8_0, the right shapes, aligned, inside the file, not overlapping: what llama.cpp's loader
+ * insists on too) before any tensor is loaded.
  */
 package polyllama;
 
@@ -56,8 +57,8 @@ final class Gguf {
         g.dataStart = (g.cur.off + align - 1) / align * align;
         Tokenizer tokenizer = g.tokenizer();
         Config c = g.config(tokenizer.size());
-        g.checkTensorTable(expectedTensors(c), align);
-        g.load = new Loader(ch, onHeap, 4 * c.weightCount());
+        long tensorBytes = g.checkTensorTable(expectedTensors(c), align);
+        g.load = new Loader(ch, onHeap, tensorBytes);
         return new Model(c, g.mapWeights(c), tokenizer);
     }
 
@@ -257,13 +258,15 @@ final class Gguf {
         return out;
     }
 
-    private void checkTensorTable(Map<String, long[]> expected, long align) {
+    /** The tensors' bytes in all, what the weights take once loaded. */
+    private long checkTensorTable(Map<String, long[]> expected, long align) {
         for (String name : infos.keySet()) {
             if (!expected.containsKey(name)) throw new FormatError(path, "unexpected tensor " + FormatError.show(name));
         }
         String[] names = new String[expected.size()];
         long[][] spans = new long[expected.size()][];   // (offset, end, index into names)
         int n = 0;
+        long total = 0;
         for (Map.Entry<String, long[]> e : expected.entrySet()) {
             String name = e.getKey();
             TensorInfo t = infos.get(name);
@@ -272,6 +275,7 @@ final class Gguf {
             names[n] = name;
             spans[n] = new long[] {t.offset(), t.offset() + nbytes, n};
             n++;
+            total += nbytes;
         }
         Arrays.sort(spans, (a, b) -> Long.compare(a[0], b[0]));
         for (int i = 1; i < n; i++) {  // sorted by start: any overlap shows between neighbours
@@ -280,13 +284,15 @@ final class Gguf {
                         + names[(int) spans[i][2]] + " overlap");
             }
         }
+        return total;
     }
 
-    /** Type, shape, alignment and extent of one tensor; its size in bytes. */
+    /** Type, shape, alignment and extent of one tensor; its size in bytes (Q8_0: 34 per 32 values). */
     private long checkTensor(String name, TensorInfo t, long[] shape, long align) {
-        if (t.type() != 0) {
+        boolean q8 = t.type() == Q8.TYPE;
+        if (t.type() != Matrix.F32 && !q8) {
             throw new FormatError(path, "tensor " + name + " has type " + Integer.toUnsignedString(t.type())
-                    + "; only F32 (0) is supported");
+                    + "; only F32 (0) and Q8_0 (8) are supported");
         }
         long[] want = new long[shape.length];  // GGUF: innermost first
         for (int i = 0; i < shape.length; i++) want[i] = shape[shape.length - 1 - i];
@@ -295,14 +301,20 @@ final class Gguf {
             for (int i = 0; i < t.dims().length; i++) got.append(i > 0 ? ", " : "").append(Long.toUnsignedString(t.dims()[i]));
             throw new FormatError(path, "tensor " + name + " has dims " + got + "], expected " + Arrays.toString(want));
         }
+        if (q8 && shape.length != 2) throw new FormatError(path, "tensor " + name + " is Q8_0; a norm must be F32");
+        if (q8 && shape[1] % Q8.BLOCK != 0) {
+            throw new FormatError(path, "tensor " + name + " is Q8_0 with rows of " + shape[1]
+                    + " values, not a multiple of " + Q8.BLOCK);
+        }
         if (Long.remainderUnsigned(t.offset(), align) != 0) {
             throw new FormatError(path, "tensor " + name + " offset " + Long.toUnsignedString(t.offset())
                     + " is not a multiple of the alignment " + align);
         }
-        long nbytes = 4;
-        for (long s : shape) nbytes *= s;  // bounded by Config's limits: no overflow
+        long nbytes = q8 ? Q8.bytes(shape[0], shape[1]) : 4;
+        if (!q8) for (long s : shape) nbytes *= s;  // bounded by Config's limits: no overflow
         long size = cur.size;
-        if (t.offset() < 0 || t.offset() % 4 != 0 || t.offset() > size || dataStart + t.offset() + nbytes > size) {
+        // F32 tensors 4-aligned in the file (general.alignment may be 1 or 2); Q8_0 blocks are 34 bytes
+        if (t.offset() < 0 || (!q8 && t.offset() % 4 != 0) || t.offset() > size || dataStart + t.offset() + nbytes > size) {
             throw new FormatError(path, "tensor " + name + " lies outside the file");
         }
         return nbytes;
@@ -328,8 +340,9 @@ final class Gguf {
         return w;
     }
 
-    /** A tensor checkTensorTable has passed; a vector is one row. */
+    /** A tensor checkTensorTable has passed, F32 or Q8_0; a vector is one row. */
     private Matrix matrix(String name, int rows, int cols) throws IOException {
-        return new Matrix(load, dataStart + infos.get(name).offset(), rows, cols);
+        TensorInfo t = infos.get(name);
+        return new Matrix(load, dataStart + t.offset(), rows, cols, t.type());
     }
 }

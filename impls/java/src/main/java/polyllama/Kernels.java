@@ -13,6 +13,14 @@ interface Kernels {
     /** out[outOff + r] = (row r of the (nRows, n) matrix at bb[byteOff ..]) . x[0 .. n), r < nRows. */
     void matvec(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff);
 
+    /**
+     * The same for a Q8_0 matrix (rows of n / 32 blocks at bb[byteOff ..]) and an activation
+     * quantized by Q8.quantize (qx within +-127, dx): out = sum over blocks of float(isum) *
+     * (fp32(dw) * dx), isum the block's dot product of the quants, exact in int32; the blocks
+     * summed in order.
+     */
+    void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff);
+
     /** a[ao ..] . b[bo ..] over n floats. */
     float dot(float[] a, int ao, float[] b, int bo, int n);
 
@@ -44,23 +52,39 @@ interface Kernels {
      * the Vector API is two orders of magnitude slower than compiled code, so the first forward
      * pass would otherwise cost seconds on the 110M shape. A compiled round takes a few
      * microseconds; stop after 200 fast rounds in a row, or after 1.5 s on a starved machine.
-     * onHeap: the weights are read-only heap buffers (Loader), and the matrix here is one
+     * onHeap: the weights are read-only heap buffers (Loader), and the matrices here are
      * too, so that the JIT compiles the loads for the buffer class the forward pass will pass.
+     * q8: the model has Q8_0 matrices, so matvecQ8 (and the quantizer) are warmed up as well.
      */
-    static void warmUp(Kernels k, boolean onHeap) {
+    static void warmUp(Kernels k, boolean onHeap, boolean q8) {
         int rows = 64, n = 256;
-        ByteBuffer bb = (onHeap ? ByteBuffer.allocate(4 * rows * n) : ByteBuffer.allocateDirect(4 * rows * n))
-                .order(ByteOrder.LITTLE_ENDIAN);
-        float[] x = new float[n], out = new float[rows];
+        ByteBuffer bb = buffer(4 * rows * n, onHeap), qb = buffer((int) Q8.bytes(rows, n), onHeap);
+        float[] x = new float[n], out = new float[rows], xq = new float[n], qout = new float[rows];
+        float[] dx = new float[n / Q8.BLOCK];
+        short[] qx = new short[n];
         for (int i = 0; i < rows * n; i++) bb.putFloat(4 * i, (i % 13) * 1e-3f);
-        if (onHeap) bb = bb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < qb.capacity(); i++) qb.put(i, (byte) (i % 251 - 125));
+        for (int at = 0; at < qb.capacity(); at += Q8.BLOCK_BYTES) qb.putShort(at, (short) 0x2000);  // d = 2^-7
+        for (int i = 0; i < n; i++) xq[i] = (i % 17 - 8) * 0.1f;
+        if (onHeap) {
+            bb = bb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
+            qb = qb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
+        }
         long start = System.nanoTime();
         for (int fast = 0; fast < 200 && System.nanoTime() - start < 1_500_000_000L; ) {
             long t = System.nanoTime();
             k.matvec(bb, 0, rows, x, n, out, 0);
+            if (q8) {
+                Q8.quantize(xq, n, qx, dx);
+                k.matvecQ8(qb, 0, rows, qx, dx, n, qout, 0);
+            }
             for (int i = 0; i < 64; i++) k.axpy(out, 0, k.dot(x, 0, out, 0, 64) * 1e-6f, x, 0, 64);
             fast = System.nanoTime() - t < 40_000 ? fast + 1 : 0;
         }
+    }
+
+    private static ByteBuffer buffer(int bytes, boolean onHeap) {
+        return (onHeap ? ByteBuffer.allocate(bytes) : ByteBuffer.allocateDirect(bytes)).order(ByteOrder.LITTLE_ENDIAN);
     }
 
     /** The same results on a small odd-sized case: catches a SimdKernels linked against another JDK. */
@@ -77,6 +101,16 @@ interface Kernels {
         float[] zb = za.clone();
         a.axpy(za, 1, 2f, x, 3, 17);
         b.axpy(zb, 1, 2f, x, 3, 17);
-        return Arrays.equals(ya, yb) && Arrays.equals(za, zb) && a.dot(x, 2, x, 1, 70) == b.dot(x, 2, x, 1, 70);
+        // Q8_0: 3 rows of 2 blocks at an odd offset; the blocks summed in the same order give the same bits
+        int qn = 2 * Q8.BLOCK;
+        ByteBuffer qb = ByteBuffer.allocateDirect((int) Q8.bytes(rows, qn) + 7).order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < qb.capacity(); i++) qb.put(i, (byte) (i * 37 + 11));
+        short[] qx = new short[qn];
+        for (int i = 0; i < qn; i++) qx[i] = (short) ((i * 29) % 255 - 127);
+        float[] dx = {0.5f, 0.25f}, qa = new float[rows], qbOut = new float[rows];
+        a.matvecQ8(qb, 7, rows, qx, dx, qn, qa, 0);
+        b.matvecQ8(qb, 7, rows, qx, dx, qn, qbOut, 0);
+        return Arrays.equals(ya, yb) && Arrays.equals(za, zb) && a.dot(x, 2, x, 1, 70) == b.dot(x, 2, x, 1, 70)
+                && Arrays.equals(qa, qbOut);
     }
 }

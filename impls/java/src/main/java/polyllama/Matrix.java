@@ -1,7 +1,7 @@
 /*
- * A (rows, cols) float32 matrix of the checkpoint: mapped from the file, or read onto the Java
- * heap (Loader). A ByteBuffer indexes with an int, so the rows are held in blocks of at most
- * 1 GiB; a row never straddles two blocks.
+ * A (rows, cols) weight matrix of the checkpoint, float32 or (GGUF) Q8_0 blocks: mapped from the
+ * file, or read onto the Java heap (Loader). A ByteBuffer indexes with an int, so the rows are
+ * held in blocks of at most 1 GiB; a row never straddles two blocks.
  */
 package polyllama;
 
@@ -10,36 +10,57 @@ import java.nio.ByteBuffer;
 
 final class Matrix {
     static final long BLOCK_BYTES = 1L << 30;
+    static final int F32 = 0;
     final int rows, cols;
+    final int type;              // F32 or Q8.TYPE
+    final int rowBytes;
     final int rowsPerBlock;
     final ByteBuffer[] blocks;   // little-endian, read-only
 
     Matrix(Loader load, long offset, int rows, int cols) throws IOException {
+        this(load, offset, rows, cols, F32);
+    }
+
+    /** type Q8.TYPE: cols is a multiple of Q8.BLOCK (the reader has checked). */
+    Matrix(Loader load, long offset, int rows, int cols, int type) throws IOException {
         this.rows = rows;
         this.cols = cols;
-        long rowBytes = 4L * cols;
+        this.type = type;
+        this.rowBytes = (int) (type == F32 ? 4L * cols : Q8.bytes(1, cols));  // a row is far below 1 GiB (Config)
         this.rowsPerBlock = (int) Math.max(1, Math.min(rows, BLOCK_BYTES / rowBytes));
         int n = (rows + rowsPerBlock - 1) / rowsPerBlock;
         blocks = new ByteBuffer[n];
         for (int b = 0; b < n; b++) {
             int first = b * rowsPerBlock, count = Math.min(rowsPerBlock, rows - first);
-            blocks[b] = load.bytes(offset + first * rowBytes, (int) (count * rowBytes));
+            blocks[b] = load.bytes(offset + (long) first * rowBytes, count * rowBytes);
         }
     }
 
-    /** dst[0 .. cols) = row r (the token embedding lookup). */
-    void copyRow(int r, float[] dst) {
-        ByteBuffer bb = blocks[r / rowsPerBlock];
-        int base = (r % rowsPerBlock) * cols * 4;
-        for (int i = 0; i < cols; i++) dst[i] = bb.getFloat(base + 4 * i);
+    boolean q8() {
+        return type == Q8.TYPE;
     }
 
-    /** The whole tensor on the heap: only for the small norm vectors. */
+    /** dst[0 .. cols) = row r (the token embedding lookup); a Q8_0 row dequantized, fp32(d) * q exactly. */
+    void copyRow(int r, float[] dst) {
+        ByteBuffer bb = blocks[r / rowsPerBlock];
+        int base = (r % rowsPerBlock) * rowBytes;
+        if (!q8()) {
+            for (int i = 0; i < cols; i++) dst[i] = bb.getFloat(base + 4 * i);
+            return;
+        }
+        for (int b = 0; b < cols / Q8.BLOCK; b++) {
+            int at = base + b * Q8.BLOCK_BYTES;
+            float d = Q8.scale(bb, at);
+            for (int i = 0; i < Q8.BLOCK; i++) dst[b * Q8.BLOCK + i] = d * bb.get(at + 2 + i);
+        }
+    }
+
+    /** The whole float32 tensor on the heap: only for the small norm vectors. */
     float[] toArray() {
         float[] out = new float[rows * cols];
         for (int r = 0; r < rows; r++) {
             ByteBuffer bb = blocks[r / rowsPerBlock];
-            int base = (r % rowsPerBlock) * cols * 4;
+            int base = (r % rowsPerBlock) * rowBytes;
             for (int i = 0; i < cols; i++) out[r * cols + i] = bb.getFloat(base + 4 * i);
         }
         return out;

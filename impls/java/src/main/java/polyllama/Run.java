@@ -41,7 +41,7 @@ public final class Run {
         Pool pool = new Pool(a.threads);
         Kernels kernels = Kernels.pick();
         if (Boolean.getBoolean("polyllama.verbose")) System.err.println("kernels: " + kernels.name());
-        if (!Boolean.getBoolean("polyllama.nowarmup")) Kernels.warmUp(kernels, onHeap);
+        if (!Boolean.getBoolean("polyllama.nowarmup")) Kernels.warmUp(kernels, onHeap, model.weights.hasQ8());
         Transformer t = new Transformer(model, pool, kernels);
         double load = Stats.seconds(System.nanoTime() - t0);
 

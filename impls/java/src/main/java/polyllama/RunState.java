@@ -13,6 +13,8 @@ final class RunState {
     final float[] q;              // (dim) the query of every head
     final float[][] att;          // (worker, seq_len) attention scores, a row made by each worker on first use
     final float[] logits;         // (vocab)
+    final short[] xq;             // (max(dim, hidden_dim)) the activation a Q8_0 product reads, quantized
+    final float[] xd;             // (max(dim, hidden_dim) / 32) its blocks' scales
     final float[][] keyCache;     // (layer, seq_len * kv_dim)
     final float[][] valueCache;   // (layer, seq_len * kv_dim)
     final float[] ropeFreq;       // (head_size / 2) 1 / 10000^(2i / head_size)
@@ -27,6 +29,8 @@ final class RunState {
         q = new float[c.dim];
         att = new float[workers][];
         logits = new float[c.vocabSize];
+        xq = new short[Math.max(c.dim, c.hiddenDim)];
+        xd = new float[xq.length / Q8.BLOCK];
         keyCache = new float[c.nLayers][c.seqLen * c.kvDim];
         valueCache = new float[c.nLayers][c.seqLen * c.kvDim];
         ropeFreq = new float[c.headSize / 2];

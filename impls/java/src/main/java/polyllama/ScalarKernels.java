@@ -22,6 +22,22 @@ final class ScalarKernels implements Kernels {
         }
     }
 
+    /** Block by block: the int products summed exactly in an int, then scaled, as the contract writes it. */
+    @Override
+    public void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff) {
+        int blocks = n / Q8.BLOCK, rowBytes = blocks * Q8.BLOCK_BYTES;
+        for (int r = 0; r < nRows; r++) {
+            int at = byteOff + r * rowBytes;
+            float sum = 0;
+            for (int b = 0; b < blocks; b++, at += Q8.BLOCK_BYTES) {
+                int isum = 0, xo = b * Q8.BLOCK;
+                for (int i = 0; i < Q8.BLOCK; i++) isum += bb.get(at + 2 + i) * qx[xo + i];
+                sum += isum * (Q8.scale(bb, at) * dx[b]);
+            }
+            out[outOff + r] = sum;
+        }
+    }
+
     @Override
     public float dot(float[] a, int ao, float[] b, int bo, int n) {
         float s = 0;

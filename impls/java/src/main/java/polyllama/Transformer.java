@@ -1,6 +1,8 @@
 /*
  * The forward pass, as run.c's forward(): one position through every layer, each matmul and the
- * attention heads split across the pool.
+ * attention heads split across the pool. A Q8_0 matrix (GGUF) multiplies an activation quantized
+ * once per group of products that share it (q/k/v; w1/w3; wo, w2, the classifier each alone),
+ * on the calling thread before the group's dispatch.
  */
 package polyllama;
 
@@ -49,13 +51,27 @@ final class Transformer {
         });
     }
 
-    /** out[outOff + r] = m[r] . x for rows r in [r0, r1), block by block. */
+    /**
+     * out[outOff + r] = m[r] . x for rows r in [r0, r1), block by block; a Q8_0 m reads x as the
+     * last quantizeFor left it in s.xq and s.xd.
+     */
     void matvec(Matrix m, float[] x, float[] out, int outOff, int r0, int r1) {
         while (r0 < r1) {
             int b = r0 / m.rowsPerBlock, first = b * m.rowsPerBlock;
-            int end = Math.min(r1, first + m.rowsPerBlock);
-            k.matvec(m.blocks[b], (r0 - first) * m.cols * 4, end - r0, x, m.cols, out, outOff + r0);
+            int end = Math.min(r1, first + m.rowsPerBlock), at = (r0 - first) * m.rowBytes;
+            if (m.q8()) k.matvecQ8(m.blocks[b], at, end - r0, s.xq, s.xd, m.cols, out, outOff + r0);
+            else k.matvec(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
             r0 = end;
+        }
+    }
+
+    /** x[0 .. n) quantized into s.xq and s.xd when a matrix of the group about to read it is Q8_0. */
+    void quantizeFor(float[] x, int n, Matrix... group) {
+        for (Matrix m : group) {
+            if (m.q8()) {
+                Q8.quantize(x, n, s.xq, s.xd);
+                return;
+            }
         }
     }
 
@@ -117,6 +133,7 @@ final class Transformer {
 
             // attention: q, and k, v straight into the cache row
             rmsnorm(s.xb, s.x, w.rmsAtt[l]);
+            quantizeFor(s.xb, dim, w.wq[l], w.wk[l], w.wv[l]);
             parallelFor(dim + 2 * kvDim, 16, (wk, r0, r1) -> {  // rows of wq, then wk, then wv
                 matvecPart(w.wq[layer], s.xb, s.q, 0, 0, r0, r1);
                 matvecPart(w.wk[layer], s.xb, keys, cacheRow, dim, r0, r1);
@@ -140,11 +157,13 @@ final class Transformer {
                     }
                 }
             });
+            quantizeFor(s.xb, dim, w.wo[l]);
             parallelFor(dim, 16, (wk, r0, r1) -> matvec(w.wo[layer], s.xb, s.xb2, 0, r0, r1));
             for (int i = 0; i < dim; i++) s.x[i] += s.xb2[i];
 
             // feed-forward: each worker gates its own rows, so w1 and w3 share one dispatch
             rmsnorm(s.xb, s.x, w.rmsFfn[l]);
+            quantizeFor(s.xb, dim, w.w1[l], w.w3[l]);
             parallelFor(c.hiddenDim, 16, (wk, r0, r1) -> {
                 matvec(w.w1[layer], s.xb, s.hb, 0, r0, r1);
                 matvec(w.w3[layer], s.xb, s.hb2, 0, r0, r1);
@@ -153,11 +172,13 @@ final class Transformer {
                     s.hb[i] = g / (1f + (float) Math.exp(-g)) * s.hb2[i];
                 }
             });
+            quantizeFor(s.hb, c.hiddenDim, w.w2[l]);
             parallelFor(dim, 16, (wk, r0, r1) -> matvec(w.w2[layer], s.hb, s.xb2, 0, r0, r1));
             for (int i = 0; i < dim; i++) s.x[i] += s.xb2[i];
         }
 
         rmsnorm(s.x, s.x, w.rmsFinal);
+        quantizeFor(s.x, dim, w.wcls);
         parallelFor(c.vocabSize, 16, (wk, r0, r1) -> matvec(w.wcls, s.x, s.logits, 0, r0, r1));
         return s.logits;
     }

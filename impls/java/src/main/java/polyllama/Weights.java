@@ -1,6 +1,7 @@
 /*
- * The transformer's weights, as run.c's TransformerWeights: matrices stay in the mapped file (or
- * in heap buffers read from it, Loader); the small RMSNorm vectors are copied to arrays.
+ * The transformer's weights, as run.c's TransformerWeights: matrices (float32, or a GGUF's Q8_0)
+ * stay in the mapped file (or in heap buffers read from it, Loader); the small RMSNorm vectors
+ * are copied to arrays.
  */
 package polyllama;
 
@@ -23,5 +24,14 @@ final class Weights {
         rmsFfn = new float[layers][];
         wq = new Matrix[layers]; wk = new Matrix[layers]; wv = new Matrix[layers]; wo = new Matrix[layers];
         w1 = new Matrix[layers]; w2 = new Matrix[layers]; w3 = new Matrix[layers];
+    }
+
+    /** Whether any matrix is Q8_0 (a GGUF's; the kernels to warm up). */
+    boolean hasQ8() {
+        boolean q8 = tokenEmbedding.q8() || wcls.q8();
+        for (Matrix[] ms : new Matrix[][] {wq, wk, wv, wo, w1, w2, w3}) {
+            for (Matrix m : ms) q8 |= m.q8();
+        }
+        return q8;
     }
 }

@@ -7,8 +7,12 @@ package polyllama;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
+import jdk.incubator.vector.ShortVector;
 import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorShape;
 import jdk.incubator.vector.VectorSpecies;
 
 final class SimdKernels implements Kernels {
@@ -16,6 +20,15 @@ final class SimdKernels implements Kernels {
     static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     static final int L = S.length();
     static final ByteOrder LE = ByteOrder.LITTLE_ENDIAN;
+
+    // Q8_0: int8 quants widened to int16 lanes (a 256-, 128- or 64-bit load fills a 512-, 256- or
+    // 128-bit vector), multiplied there, then summed in int32 lanes of the same vector. At most
+    // 512 bits, so that one load never runs past a 32-quant block (SVE can be wider).
+    static final VectorShape QSHAPE = VectorShape.forBitSize(Math.min(512, S.vectorBitSize()));
+    static final VectorSpecies<Short> QS = ShortVector.SPECIES_PREFERRED.withShape(QSHAPE);
+    static final VectorSpecies<Byte> QB = ByteVector.SPECIES_PREFERRED.withShape(VectorShape.forBitSize(QSHAPE.vectorBitSize() / 2));
+    static final VectorSpecies<Integer> QI = IntVector.SPECIES_PREFERRED.withShape(QSHAPE);
+    static final int QL = QS.length();
 
     /**
      * Two rows per pass: each x vector is loaded once for both, and four independent FMA chains
@@ -58,6 +71,70 @@ final class SimdKernels implements Kernels {
             for (; i < n; i++) sa += bb.getFloat(a + 4 * i) * x[i];
             out[outOff + r] = sa;
         }
+    }
+
+    /**
+     * Two rows per pass, as matvec, each x block loaded once for both. Per block: the quants'
+     * products in int16 lanes (|q_w * q_x| <= 128 * 127, two of them still fit), adjacent lanes
+     * summed into int32 (pairs), the lanes reduced to the block's exact isum, then scaled in
+     * float32 and added block after block: the same bits as ScalarKernels.
+     */
+    @Override
+    public void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff) {
+        int blocks = n / Q8.BLOCK, rowBytes = blocks * Q8.BLOCK_BYTES;
+        int r = 0;
+        for (; r + 1 < nRows; r += 2) {
+            int a = byteOff + r * rowBytes, b = a + rowBytes;
+            float sa = 0, sb = 0;
+            for (int k = 0; k < blocks; k++, a += Q8.BLOCK_BYTES, b += Q8.BLOCK_BYTES) {
+                IntVector ia = IntVector.zero(QI), ib = ia;
+                for (int j = 0; j < Q8.BLOCK; j += 2 * QL) {  // two product vectors a pass; one when QL = 32
+                    int xo = k * Q8.BLOCK + j;
+                    ShortVector x0 = ShortVector.fromArray(QS, qx, xo);
+                    ShortVector pa = quants(bb, a + 2 + j).mul(x0), pb = quants(bb, b + 2 + j).mul(x0);
+                    if (QL < Q8.BLOCK) {
+                        ShortVector x1 = ShortVector.fromArray(QS, qx, xo + QL);
+                        pa = pa.add(quants(bb, a + 2 + j + QL).mul(x1));
+                        pb = pb.add(quants(bb, b + 2 + j + QL).mul(x1));
+                    }
+                    ia = ia.add(pairSums(pa));
+                    ib = ib.add(pairSums(pb));
+                }
+                float d = dx[k];
+                sa += ia.reduceLanes(VectorOperators.ADD) * (Q8.scale(bb, a) * d);
+                sb += ib.reduceLanes(VectorOperators.ADD) * (Q8.scale(bb, b) * d);
+            }
+            out[outOff + r] = sa;
+            out[outOff + r + 1] = sb;
+        }
+        if (r < nRows) {
+            int a = byteOff + r * rowBytes;
+            float sa = 0;
+            for (int k = 0; k < blocks; k++, a += Q8.BLOCK_BYTES) {
+                IntVector ia = IntVector.zero(QI);
+                for (int j = 0; j < Q8.BLOCK; j += QL) {
+                    ia = ia.add(pairSums(quants(bb, a + 2 + j).mul(ShortVector.fromArray(QS, qx, k * Q8.BLOCK + j))));
+                }
+                sa += ia.reduceLanes(VectorOperators.ADD) * (Q8.scale(bb, a) * dx[k]);
+            }
+            out[outOff + r] = sa;
+        }
+    }
+
+    /** QL int8 quants from at, sign-extended to int16 lanes. */
+    private static ShortVector quants(ByteBuffer bb, int at) {
+        return (ShortVector) ByteVector.fromByteBuffer(QB, bb, at, LE).convertShape(VectorOperators.B2S, QS, 0);
+    }
+
+    /**
+     * Each pair of adjacent int16 lanes summed into one int32 lane (what x86's pmaddwd does after
+     * its multiply): the vector's bits read as ints, each int's low half sign-extended by a shift
+     * left and back, its high half by an arithmetic shift. No shuffles, so it compiles to shifts
+     * on every ISA.
+     */
+    private static IntVector pairSums(ShortVector p) {
+        IntVector v = p.reinterpretAsInts();
+        return v.lanewise(VectorOperators.LSHL, 16).lanewise(VectorOperators.ASHR, 16).add(v.lanewise(VectorOperators.ASHR, 16));
     }
 
     @Override

@@ -97,4 +97,35 @@ final class Fixtures {
         for (float f : v) bb.putFloat(f);
         return bb.array();
     }
+
+    /**
+     * v (rows of a multiple of 32) as Q8_0 blocks the way the converter writes them, llama.cpp's
+     * quantize_row_q8_0_ref: d = amax / 127, q = round-half-away-from-zero(v * (1 / d)) (in double,
+     * where |v| + 0.5 is exact, as C's roundf), d stored as fp16.
+     */
+    static byte[] q8(float[] v) {
+        ByteBuffer bb = le(v.length / Q8.BLOCK * Q8.BLOCK_BYTES);
+        for (int o = 0; o < v.length; o += Q8.BLOCK) {
+            float amax = 0;
+            for (int i = 0; i < Q8.BLOCK; i++) amax = Math.max(amax, Math.abs(v[o + i]));
+            float d = amax / 127f, id = d != 0 ? 1f / d : 0f;
+            bb.putShort((short) Q8.floatToHalf(d));
+            for (int i = 0; i < Q8.BLOCK; i++) {
+                float x = v[o + i] * id;
+                bb.put((byte) Math.copySign(Math.floor(Math.abs((double) x) + 0.5), x));
+            }
+        }
+        return bb.array();
+    }
+
+    /** Q8_0 blocks back to floats: fp32(d) * q. */
+    static float[] dequantize(byte[] q8) {
+        ByteBuffer bb = ByteBuffer.wrap(q8).order(ByteOrder.LITTLE_ENDIAN);
+        float[] out = new float[q8.length / Q8.BLOCK_BYTES * Q8.BLOCK];
+        for (int b = 0; b < out.length / Q8.BLOCK; b++) {
+            float d = Q8.halfToFloat(bb.getShort(b * Q8.BLOCK_BYTES) & 0xffff);
+            for (int i = 0; i < Q8.BLOCK; i++) out[b * Q8.BLOCK + i] = d * bb.get(b * Q8.BLOCK_BYTES + 2 + i);
+        }
+        return out;
+    }
 }

@@ -17,13 +17,14 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.function.Predicate;
 
 /**
  * A GGUF file as lists a test can change before writing it: kv entries (key, type, raw value)
  * and tensor infos (name, dims, type, offset), the data blob and the alignment.
  */
 final class GgufFile {
-    static final int U32 = 4, F32 = 6, STRING = 8, ARRAY = 9, I32 = 5;
+    static final int U32 = 4, F32 = 6, STRING = 8, ARRAY = 9, I32 = 5;  // kv value types
 
     record Kv(String key, int type, byte[] value) {}
 
@@ -33,18 +34,28 @@ final class GgufFile {
     final List<Tensor> tensors = new ArrayList<>();
     byte[] data = new byte[0];
     final int alignment = 32;
+    private Predicate<String> q8 = name -> false;  // which matrices add() writes as Q8_0
 
     // ------------------------------------------------------------------------ the tiny model
 
     /** The tiny model of Fixtures with its tokenizer, as llama.cpp's tools lay it out. */
     static GgufFile tinyModel(boolean sharedClassifier) {
+        return model(DIM, HIDDEN, sharedClassifier, name -> false);
+    }
+
+    /**
+     * The tiny model with other widths (the heads and the rest as Fixtures), the matrices q8
+     * names written as Q8_0 (their rows must be a multiple of 32 long), the rest F32.
+     */
+    static GgufFile model(int dim, int hidden, boolean sharedClassifier, Predicate<String> q8) {
         GgufFile g = new GgufFile();
+        g.q8 = q8;
         g.kv("general.architecture", STRING, string("llama"));
         g.kv("general.name", STRING, string("tiny"));
         g.kv("llama.context_length", U32, u32(SEQ));
-        g.kv("llama.embedding_length", U32, u32(DIM));
+        g.kv("llama.embedding_length", U32, u32(dim));
         g.kv("llama.block_count", U32, u32(LAYERS));
-        g.kv("llama.feed_forward_length", U32, u32(HIDDEN));
+        g.kv("llama.feed_forward_length", U32, u32(hidden));
         g.kv("llama.attention.head_count", U32, u32(HEADS));
         g.kv("llama.attention.head_count_kv", U32, u32(KV_HEADS));
         g.kv("tokenizer.ggml.model", STRING, string("llama"));
@@ -57,22 +68,22 @@ final class GgufFile {
         types[2] = 3;
         for (int b = 0; b < 256; b++) types[3 + b] = 6;
         g.kv("tokenizer.ggml.token_type", ARRAY, i32Array(types));
-        int kvDim = DIM / HEADS * KV_HEADS, seed = 0;
-        g.add("token_embd.weight", seed++, VOCAB, DIM);
+        int kvDim = dim / HEADS * KV_HEADS, seed = 0;
+        g.add("token_embd.weight", seed++, VOCAB, dim);
         for (int l = 0; l < LAYERS; l++) {
             String b = "blk." + l + ".";
-            g.add(b + "attn_norm.weight", seed++, DIM);
-            g.add(b + "attn_q.weight", seed++, DIM, DIM);
-            g.add(b + "attn_k.weight", seed++, kvDim, DIM);
-            g.add(b + "attn_v.weight", seed++, kvDim, DIM);
-            g.add(b + "attn_output.weight", seed++, DIM, DIM);
-            g.add(b + "ffn_norm.weight", seed++, DIM);
-            g.add(b + "ffn_gate.weight", seed++, HIDDEN, DIM);
-            g.add(b + "ffn_down.weight", seed++, DIM, HIDDEN);
-            g.add(b + "ffn_up.weight", seed++, HIDDEN, DIM);
+            g.add(b + "attn_norm.weight", seed++, dim);
+            g.add(b + "attn_q.weight", seed++, dim, dim);
+            g.add(b + "attn_k.weight", seed++, kvDim, dim);
+            g.add(b + "attn_v.weight", seed++, kvDim, dim);
+            g.add(b + "attn_output.weight", seed++, dim, dim);
+            g.add(b + "ffn_norm.weight", seed++, dim);
+            g.add(b + "ffn_gate.weight", seed++, hidden, dim);
+            g.add(b + "ffn_down.weight", seed++, dim, hidden);
+            g.add(b + "ffn_up.weight", seed++, hidden, dim);
         }
-        g.add("output_norm.weight", seed++, DIM);
-        if (!sharedClassifier) g.add("output.weight", seed, VOCAB, DIM);
+        g.add("output_norm.weight", seed++, dim);
+        if (!sharedClassifier) g.add("output.weight", seed, VOCAB, dim);
         return g;
     }
 
@@ -106,7 +117,10 @@ final class GgufFile {
         for (int s : shape) n *= s;
         long[] dims = new long[shape.length];
         for (int i = 0; i < shape.length; i++) dims[i] = shape[shape.length - 1 - i];
-        tensors.add(new Tensor(name, dims, 0, appendData(Fixtures.floats(Fixtures.tensor(seed, n)))));
+        float[] values = Fixtures.tensor(seed, n);
+        boolean quantized = shape.length == 2 && q8.test(name);
+        byte[] bytes = quantized ? Fixtures.q8(values) : Fixtures.floats(values);
+        tensors.add(new Tensor(name, dims, quantized ? Q8.TYPE : 0, appendData(bytes)));
     }
 
     /** Appends bytes at the next aligned offset of the data blob; that offset. */
@@ -125,6 +139,12 @@ final class GgufFile {
     void setOffset(int i, long offset) {
         Tensor t = tensors.get(i);
         tensors.set(i, new Tensor(t.name(), t.dims(), t.type(), offset));
+    }
+
+    /** Another type in tensor i's info, its data left as it is. */
+    void setType(int i, int type) {
+        Tensor t = tensors.get(i);
+        tensors.set(i, new Tensor(t.name(), t.dims(), type, t.offset()));
     }
 
     // ------------------------------------------------------------------------------ writing

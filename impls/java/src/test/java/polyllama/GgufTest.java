@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static polyllama.Fixtures.VOCAB;
 import static polyllama.Fixtures.assertBadFile;
 
 import java.io.IOException;
@@ -13,6 +14,7 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.function.Consumer;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -24,7 +26,10 @@ class GgufTest {
 
     /** The tiny model with one change, read back; the FormatError's message when refused. */
     String refused(Consumer<GgufFile> change) throws IOException {
-        GgufFile g = GgufFile.tinyModel(true);
+        return refused(GgufFile.tinyModel(true), change);
+    }
+
+    String refused(GgufFile g, Consumer<GgufFile> change) throws IOException {
         change.accept(g);
         Path p = g.write(dir, "bad.gguf");
         Fail f = assertThrows(Fail.class, () -> Model.read(p.toString()));
@@ -129,6 +134,83 @@ class GgufTest {
                     GgufFile.stringArray(GgufFile.tokens(p))));
         });
         assertTrue(m.contains("no ' ' piece"), m);
+    }
+
+    // ------------------------------------------------------------------------------------ Q8_0
+
+    // tensor indices in GgufFile.model's order
+    static final int TOKEN_EMBD = 0, ATTN_NORM = 1, ATTN_Q = 2, ATTN_K = 3, FFN_DOWN = 8, OUTPUT = 11;
+    static final int Q8_DIM = 32, Q8_HIDDEN = 64;
+
+    /** Widths whose rows are whole Q8_0 blocks; every matrix Q8_0 but ffn_down, as stories260K's converts. */
+    static GgufFile q8Model() {
+        return GgufFile.model(Q8_DIM, Q8_HIDDEN, false, name -> !name.contains("ffn_down"));
+    }
+
+    @Test
+    void readsQ8AndF32MixedInOneLayer() throws IOException {
+        Path p = q8Model().write(dir, "q8.gguf");
+        for (boolean onHeap : new boolean[] {false, true}) {
+            Weights w = Model.read(p.toString(), onHeap).weights;
+            assertTrue(w.tokenEmbedding.q8() && w.wq[0].q8() && w.w1[0].q8() && w.wcls.q8());
+            assertFalse(w.w2[0].q8());
+            assertTrue(w.hasQ8());
+            // the embedding row is the stored blocks dequantized: fp32(d) * q, exactly
+            float[] table = Fixtures.dequantize(Fixtures.q8(Fixtures.tensor(0, VOCAB * Q8_DIM))), row = new float[Q8_DIM];
+            w.tokenEmbedding.copyRow(7, row);
+            assertArrayEquals(Arrays.copyOfRange(table, 7 * Q8_DIM, 8 * Q8_DIM), row);
+        }
+        // what the file computes: the F32 model's logits up to the 8-bit rounding of weights and activations
+        Path f32 = GgufFile.model(Q8_DIM, Q8_HIDDEN, false, name -> false).write(dir, "f32.gguf");
+        float[] want = logits(Model.read(f32.toString()), 3, 0);
+        float[] got = logits(Model.read(p.toString()), 3, 0);
+        assertArrayEquals(got, logits(Model.read(p.toString(), true), 3, 0));
+        float scale = 0, diff = 0;
+        for (int i = 0; i < want.length; i++) {
+            scale = Math.max(scale, Math.abs(want[i]));
+            diff = Math.max(diff, Math.abs(got[i] - want[i]));
+        }
+        assertTrue(diff > 0 && diff < 0.05f * (1 + scale), "Q8_0 vs F32 logits: " + diff + " of " + scale);
+    }
+
+    static float[] logits(Model m, int token, int pos) {
+        Transformer t = new Transformer(m, new Pool(1), Kernels.pick());
+        return t.forward(token, pos).clone();
+    }
+
+    @Test
+    void refusesQ8RowsThatAreNotWholeBlocks() throws IOException {
+        String m = refused(g -> g.setType(ATTN_Q, Q8.TYPE));  // rows of 8 values
+        assertTrue(m.contains("blk.0.attn_q.weight") && m.contains("not a multiple of 32"), m);
+        // ffn_down's rows are hidden_dim long: 48 here, as stories260K's 172, which the converter leaves F32
+        m = refused(GgufFile.model(Q8_DIM, 48, false, name -> !name.contains("ffn_down")), g -> g.setType(FFN_DOWN, Q8.TYPE));
+        assertTrue(m.contains("blk.0.ffn_down.weight is Q8_0 with rows of 48 values"), m);
+    }
+
+    @Test
+    void refusesAQ8Norm() throws IOException {
+        String m = refused(q8Model(), g -> g.setType(ATTN_NORM, Q8.TYPE));
+        assertTrue(m.contains("blk.0.attn_norm.weight") && m.contains("norm must be F32"), m);
+    }
+
+    @Test
+    void refusesAnotherType() throws IOException {
+        String m = refused(q8Model(), g -> g.setType(ATTN_K, 9));  // Q8_1
+        assertTrue(m.contains("blk.0.attn_k.weight has type 9"), m);
+    }
+
+    @Test
+    void refusesATruncatedQ8Tensor() throws IOException {
+        // output.weight, the last tensor, a byte short of its last block: sized as F32 it would run past the file too
+        String m = refused(q8Model(), g -> g.data = Arrays.copyOf(g.data, g.data.length - 1));
+        assertTrue(m.contains("output.weight lies outside the file"), m);
+    }
+
+    @Test
+    void refusesATensorInsideQ8Blocks() throws IOException {
+        // attn_q: 32 rows of one 34-byte block = 1088 bytes; a norm placed at +1024 lies in its last 64
+        String m = refused(q8Model(), g -> g.setOffset(ATTN_NORM, g.tensor(ATTN_Q).offset() + 1024));
+        assertTrue(m.contains("overlap"), m);
     }
 
     @Test
