@@ -1,15 +1,16 @@
-# Model files: format sniffing, llama2.c's v0 and v1 checkpoints, GGUF fp32 and
-# tokenizer.bin. Every reader checks the header against the contract's limits and
-# the file's size before it takes a pointer into the map (docs/port-contract.md,
-# sections 4 and 5). A v0 and a v1 file differ only in their header and the order
+# Model files: format sniffing, llama2.c's v0 and v1 checkpoints, GGUF (F32 and
+# Q8_0) and tokenizer.bin. Every reader checks the header against the contract's
+# limits and the file's size before it takes a pointer into the map
+# (docs/port-contract.md, sections 4 and 5). A v0 and a v1 file differ only in their header and the order
 # of their tensors, so both go through one header reader and one size check.
 
 from std.collections import List
 from std.memory import bitcast
 from model import (
-    BPtr, ByteTable, Config, FPtr, MappedFile, Model, Vocab, Weights, file_error,
+    BPtr, ByteTable, Config, FPtr, MappedFile, Matrix, Model, Vocab, Weights, file_error,
     rd_f32, rd_i32, rd_u32, rd_u64, rd_u8, string_from,
 )
+from q8_0 import Q8_BLOCK, Q8_BLOCK_BYTES
 
 comptime MAX_TOKEN_LENGTH = 1024
 comptime MAX_GGUF_ENTRIES = 65536
@@ -97,6 +98,13 @@ def map_layers(mut dst: List[FPtr], base: FPtr, at: Int, n_layers: Int, stride: 
     return at + n_layers * stride
 
 
+def map_matrices(mut dst: List[Matrix], base: FPtr, at: Int, n_layers: Int, stride: Int) -> Int:
+    """map_layers for float32 matrices."""
+    for l in range(n_layers):
+        dst.append(Matrix.f32(base.unsafe_offset(at + l * stride)))
+    return at + n_layers * stride
+
+
 def read_llama2c(path: String, var file: MappedFile) raises -> Model:
     var h = read_llama2c_header(path, file)
     # v0's legacy freq_cis_real / freq_cis_imag tables, (seq_len, head_size / 2) each
@@ -121,20 +129,20 @@ def v0_weights(base: FPtr, c: Config, freq: Int) -> Weights:
     var hd = c.hidden_dim
     var L = c.n_layers
     var w = Weights(base)
-    w.token_embedding = base
+    w.token_embedding = Matrix.f32(base)
     var at = c.vocab_size * d
     at = map_layers(w.rms_att, base, at, L, d)
-    at = map_layers(w.wq, base, at, L, d * d)
-    at = map_layers(w.wk, base, at, L, kv * d)
-    at = map_layers(w.wv, base, at, L, kv * d)
-    at = map_layers(w.wo, base, at, L, d * d)
+    at = map_matrices(w.wq, base, at, L, d * d)
+    at = map_matrices(w.wk, base, at, L, kv * d)
+    at = map_matrices(w.wv, base, at, L, kv * d)
+    at = map_matrices(w.wo, base, at, L, d * d)
     at = map_layers(w.rms_ffn, base, at, L, d)
-    at = map_layers(w.w1, base, at, L, hd * d)
-    at = map_layers(w.w2, base, at, L, d * hd)
-    at = map_layers(w.w3, base, at, L, hd * d)
+    at = map_matrices(w.w1, base, at, L, hd * d)
+    at = map_matrices(w.w2, base, at, L, d * hd)
+    at = map_matrices(w.w3, base, at, L, hd * d)
     w.rms_final = base.unsafe_offset(at)
     at += d + freq
-    w.wcls = w.token_embedding if c.shared_classifier else base.unsafe_offset(at)
+    w.wcls = w.token_embedding if c.shared_classifier else Matrix.f32(base.unsafe_offset(at))
     return w^
 
 
@@ -149,22 +157,25 @@ def v1_weights(base: FPtr, c: Config) -> Weights:
     at = map_layers(w.rms_ffn, base, at, L, d)
     w.rms_final = base.unsafe_offset(at)
     at += d
-    w.token_embedding = base.unsafe_offset(at)
+    w.token_embedding = Matrix.f32(base.unsafe_offset(at))
     at += c.vocab_size * d
-    at = map_layers(w.wq, base, at, L, d * d)
-    at = map_layers(w.wk, base, at, L, kv * d)
-    at = map_layers(w.wv, base, at, L, kv * d)
-    at = map_layers(w.wo, base, at, L, d * d)
-    at = map_layers(w.w1, base, at, L, hd * d)
-    at = map_layers(w.w2, base, at, L, d * hd)
-    at = map_layers(w.w3, base, at, L, hd * d)
-    w.wcls = w.token_embedding if c.shared_classifier else base.unsafe_offset(at)
+    at = map_matrices(w.wq, base, at, L, d * d)
+    at = map_matrices(w.wk, base, at, L, kv * d)
+    at = map_matrices(w.wv, base, at, L, kv * d)
+    at = map_matrices(w.wo, base, at, L, d * d)
+    at = map_matrices(w.w1, base, at, L, hd * d)
+    at = map_matrices(w.w2, base, at, L, d * hd)
+    at = map_matrices(w.w3, base, at, L, hd * d)
+    w.wcls = w.token_embedding if c.shared_classifier else Matrix.f32(base.unsafe_offset(at))
     return w^
 
 
 # ----------------------------------------------------------------------------
-# GGUF v2/v3, all tensors F32, llama.cpp's `llama` names. GGUF files that
-# llama.cpp's loader refuses are refused here too.
+# GGUF v2/v3, llama.cpp's `llama` names; norms F32, each matrix F32 or Q8_0. GGUF
+# files that llama.cpp's loader refuses are refused here too.
+
+comptime GGML_F32 = 0
+comptime GGML_Q8_0 = 8
 
 
 struct Cursor:
@@ -389,7 +400,7 @@ def gguf_config(path: String, data: BPtr, found: List[KvValue], shared: Bool) ra
 
 
 struct GgufTensors(Movable):
-    """The tensor infos by name. `get` checks one tensor and marks it used; the
+    """The tensor infos by name. `locate` checks one tensor and marks it used; the
     table as a whole is then checked for tensors that are not the model's and for
     overlapping data."""
 
@@ -432,14 +443,25 @@ struct GgufTensors(Movable):
         var gb = gname.as_bytes()
         return self.names.find(BPtr(unsafe_from_address=Int(gb.unsafe_ptr())), len(gb))
 
-    def get(mut self, gname: String, rows: Int, cols: Int) raises -> FPtr:
-        """A (rows, cols) matrix, or a (cols) vector when rows == 0."""
+    def bytes_of(self, i: Int) -> UInt64:
+        """Tensor i's size in the data, by its type (F32 or Q8_0, once checked)."""
+        var elements = UInt64(1)
+        for j in range(self.ndims[i]):
+            elements *= self.dims[4 * i + j]
+        if self.ttype[i] == GGML_Q8_0:
+            return elements // UInt64(Q8_BLOCK) * UInt64(Q8_BLOCK_BYTES)
+        return 4 * elements
+
+    def locate(mut self, gname: String, rows: Int, cols: Int) raises -> Int:
+        """The index of a (rows, cols) matrix, or a (cols) vector when rows == 0, F32
+        or (matrices only) Q8_0, checked and marked used."""
         var i = self.find(gname)
         if i < 0:
             raise file_error(self.path, "missing tensor " + gname)
-        if self.ttype[i] != 0:
-            raise file_error(self.path, "tensor " + gname + " has type " + String(self.ttype[i])
-                             + "; only F32 (0) is supported")
+        var t = self.ttype[i]
+        if t != GGML_F32 and t != GGML_Q8_0:
+            raise file_error(self.path, "tensor " + gname + " has type " + String(t)
+                             + "; only F32 (0) and Q8_0 (8) are supported")
         var want_dims = 2 if rows > 0 else 1
         var ok = self.ndims[i] == want_dims and self.dims[4 * i] == UInt64(cols)
         if want_dims == 2:
@@ -447,15 +469,33 @@ struct GgufTensors(Movable):
         if not ok:
             var shape = "[" + String(cols) + (", " + String(rows) if rows > 0 else "") + "]"
             raise file_error(self.path, "tensor " + gname + " has other dims than the expected " + shape)
+        if t == GGML_Q8_0 and rows == 0:
+            raise file_error(self.path, "tensor " + gname + " is Q8_0; only matrices may be, norms are F32")
+        if t == GGML_Q8_0 and cols % Q8_BLOCK != 0:
+            raise file_error(self.path, "tensor " + gname + " is Q8_0 with rows of " + String(cols)
+                             + " values, not a multiple of the block size " + String(Q8_BLOCK))
         var offset = self.offset[i]
         if offset % UInt64(self.align) != 0:
             raise file_error(self.path, "tensor " + gname + " has offset " + String(offset)
                              + ", not a multiple of general.alignment=" + String(self.align))
-        var nbytes = 4 * cols * max(rows, 1)
-        if offset % 4 != 0 or offset > UInt64(self.size) or self.data_start + Int(offset) + nbytes > self.size:
+        # the dims equal the config's, so the size cannot overflow
+        var nbytes = Int(self.bytes_of(i))
+        var misaligned = t == GGML_F32 and offset % 4 != 0  # Q8_0 blocks are read bytewise
+        if misaligned or offset > UInt64(self.size) or self.data_start + Int(offset) + nbytes > self.size:
             raise file_error(self.path, "tensor " + gname + " lies outside the file")
         self.used[i] = True
-        return self.data.unsafe_offset(self.data_start + Int(offset)).unsafe_bitcast[Float32]()
+        return i
+
+    def bytes_at(self, i: Int) -> BPtr:
+        return self.data.unsafe_offset(self.data_start + Int(self.offset[i]))
+
+    def get(mut self, gname: String, cols: Int) raises -> FPtr:
+        """A float32 vector (a norm)."""
+        return self.bytes_at(self.locate(gname, 0, cols)).unsafe_bitcast[Float32]()
+
+    def matrix(mut self, gname: String, rows: Int, cols: Int) raises -> Matrix:
+        var i = self.locate(gname, rows, cols)
+        return Matrix(self.bytes_at(i), self.ttype[i] == GGML_Q8_0)
 
     def check_unused(self, n_layers: Int) raises:
         """llama.cpp insists that the file holds exactly the tensors of its block_count."""
@@ -469,8 +509,9 @@ struct GgufTensors(Movable):
                                  + String(self.count()))
 
     def check_overlap(self) raises:
-        """Tensors' bytes [offset, offset + 4 * elements) must not intersect. Every
-        tensor lies inside the file by now, so no end overflows."""
+        """Tensors' bytes [offset, offset + size) must not intersect (a Q8_0 tensor's
+        size counts its blocks). Every tensor lies inside the file by now, so no end
+        overflows."""
         var order = List[Int]()
         for i in range(self.count()):
             order.append(i)
@@ -481,10 +522,7 @@ struct GgufTensors(Movable):
         sort(Span(order), before)
         for k in range(1, len(order)):
             var p = order[k - 1]
-            var elements = UInt64(1)
-            for j in range(self.ndims[p]):
-                elements *= self.dims[4 * p + j]
-            if self.offset[order[k]] < self.offset[p] + 4 * elements:
+            if self.offset[order[k]] < self.offset[p] + self.bytes_of(p):
                 raise file_error(self.path, "tensors " + self.name(p) + " and " + self.name(order[k]) + " overlap")
 
 
@@ -517,20 +555,20 @@ def gguf_weights(mut t: GgufTensors, c: Config) raises -> Weights:
     var kv = c.kv_dim()
     var hd = c.hidden_dim
     var w = Weights(t.data.unsafe_bitcast[Float32]())
-    w.token_embedding = t.get("token_embd.weight", c.vocab_size, d)
-    w.rms_final = t.get("output_norm.weight", 0, d)
-    w.wcls = w.token_embedding if c.shared_classifier else t.get("output.weight", c.vocab_size, d)
+    w.token_embedding = t.matrix("token_embd.weight", c.vocab_size, d)
+    w.rms_final = t.get("output_norm.weight", d)
+    w.wcls = w.token_embedding if c.shared_classifier else t.matrix("output.weight", c.vocab_size, d)
     for l in range(c.n_layers):
         var blk = "blk." + String(l) + "."
-        w.rms_att.append(t.get(blk + "attn_norm.weight", 0, d))
-        w.wq.append(t.get(blk + "attn_q.weight", d, d))
-        w.wk.append(t.get(blk + "attn_k.weight", kv, d))
-        w.wv.append(t.get(blk + "attn_v.weight", kv, d))
-        w.wo.append(t.get(blk + "attn_output.weight", d, d))
-        w.rms_ffn.append(t.get(blk + "ffn_norm.weight", 0, d))
-        w.w1.append(t.get(blk + "ffn_gate.weight", hd, d))
-        w.w2.append(t.get(blk + "ffn_down.weight", d, hd))
-        w.w3.append(t.get(blk + "ffn_up.weight", hd, d))
+        w.rms_att.append(t.get(blk + "attn_norm.weight", d))
+        w.wq.append(t.matrix(blk + "attn_q.weight", d, d))
+        w.wk.append(t.matrix(blk + "attn_k.weight", kv, d))
+        w.wv.append(t.matrix(blk + "attn_v.weight", kv, d))
+        w.wo.append(t.matrix(blk + "attn_output.weight", d, d))
+        w.rms_ffn.append(t.get(blk + "ffn_norm.weight", d))
+        w.w1.append(t.matrix(blk + "ffn_gate.weight", hd, d))
+        w.w2.append(t.matrix(blk + "ffn_down.weight", d, hd))
+        w.w3.append(t.matrix(blk + "ffn_up.weight", hd, d))
     t.check_unused(c.n_layers)
     t.check_overlap()
     return w^

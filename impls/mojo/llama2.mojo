@@ -1,26 +1,31 @@
 # Llama 2 inference in pure Mojo, after karpathy/llama2.c's run.c.
 #
 # One token at a time, fp32, weights memory-mapped from the checkpoint or, on
-# Linux, read into huge pages (llama2.c v0/v1 or GGUF fp32). The port contract
-# (docs/port-contract.md) is the specification; orchestrator/reference/ is the
-# executable definition.
+# Linux, read into huge pages (llama2.c v0/v1, GGUF with F32 or Q8_0 matrices).
+# The port contract (docs/port-contract.md) is the specification;
+# orchestrator/reference/ is the executable definition.
 #
-# Sections, top to bottom: run state, forward pass, tokenizer, sampler,
+# Sections, top to bottom: run state, threads, forward pass, tokenizer, sampler,
 # generation, command line. Config, weights, vocabulary and the shared helpers are
-# model.mojo's; the model-file readers are formats.mojo's.
+# model.mojo's; the model-file readers are formats.mojo's; the Q8_0 kernels
+# q8_0.mojo's.
 
 from std.collections import List
 from std.ffi import external_call
 from std.math import exp, sqrt, cos, sin
 from std.memory import Pointer, bitcast
+from std.os import getenv
 from std.sys import argv, simd_width_of
 from std.time import perf_counter_ns
 from max.algorithm import parallelize
+from max.gpu.host import DeviceContext
 from model import (
-    BPtr, ByteTable, Config, EXIT_RUNTIME, EXIT_USAGE, FPtr, KPtr, Model, Vocab, alloc_floats,
-    alloc_keys, c_path, free_floats, runtime_error, string_from, usage_error, write_all, write_string,
+    BPtr, ByteTable, Config, EXIT_RUNTIME, EXIT_USAGE, FPtr, KPtr, Matrix, Model, QPtr, Vocab, alloc_floats,
+    alloc_keys, alloc_quants, c_path, free_floats, free_quants, runtime_error, string_from, usage_error,
+    write_all, write_string,
 )
 from formats import read_model, read_tokenizer
+from q8_0 import Q8_BLOCK, dequantize_row, q8_matvec_rows, q8_row_bytes, quantize_activation
 
 # SIMD lanes of one float32 register on the build machine (16 on AVX-512, 8 on
 # AVX2, 4 on NEON): the generic vector code below adapts to it.
@@ -51,6 +56,8 @@ struct RunState(Movable):
     var logits: FPtr  # (vocab)
     var key_cache: FPtr  # (layer, seq_len, kv_dim)
     var value_cache: FPtr  # (layer, seq_len, kv_dim)
+    var xq: QPtr  # (max(dim, hidden_dim)) the input of the current Q8_0 matmuls, quantized
+    var xd: FPtr  # (max(dim, hidden_dim) / 32) and its block scales
 
     def __init__(out self, c: Config) raises:
         var cache = c.n_layers * c.seq_len * c.kv_dim()
@@ -67,11 +74,58 @@ struct RunState(Movable):
         self.logits = alloc_floats(c.vocab_size)
         self.key_cache = alloc_floats(cache)
         self.value_cache = alloc_floats(cache)
+        var widest = max(c.dim, c.hidden_dim)
+        self.xq = alloc_quants(widest)
+        self.xd = alloc_floats(widest // Q8_BLOCK + 1)
 
     def free(mut self):
         for p in [self.x, self.xb, self.xatt, self.xb2, self.hb, self.hb2, self.q, self.att,
-                  self.rope_cos, self.rope_sin, self.logits, self.key_cache, self.value_cache]:
+                  self.rope_cos, self.rope_sin, self.logits, self.key_cache, self.value_cache, self.xd]:
             free_floats(p)
+        free_quants(self.xq)
+
+
+# ----------------------------------------------------------------------------
+# Threads: a parallel region is N shares of work on the Mojo runtime's workers
+
+
+struct Pool(Movable):
+    """Runs task(0) .. task(n - 1) in parallel and returns when all are done.
+
+    By default one CPU DeviceContext serves the whole run: the first n - 1 shares
+    are queued on the runtime's workers, the calling thread runs the last one itself
+    and then waits for the rest. The library's `parallelize` would make a new
+    context per region, queue all n shares and leave the caller asleep until they
+    are done (README, "Performance levers"); POLYLLAMA_MOJO_DISPATCH=parallelize
+    selects it, for before/after runs. Either way share t is the same work, so the
+    output is the same."""
+
+    var n: Int
+    var library: Bool  # POLYLLAMA_MOJO_DISPATCH=parallelize
+    var ctx: Optional[DeviceContext]  # the shared context, unless n == 1 or library
+
+    def __init__(out self, n: Int) raises:
+        self.n = n
+        self.library = getenv("POLYLLAMA_MOJO_DISPATCH") == "parallelize"
+        self.ctx = None
+        if n > 1 and not self.library:
+            try:
+                self.ctx = DeviceContext(api="cpu")
+            except e:
+                raise runtime_error("cannot start the worker threads: " + String(e))
+
+    def run[F: def(Int) -> None](self, task: F) raises:
+        if self.n <= 1:
+            task(0)
+        elif self.library:
+            parallelize(task, self.n, self.n)
+        else:
+            try:
+                self.ctx.value().enqueue_cpu_range(task, count=self.n - 1)
+                task(self.n - 1)
+                self.ctx.value().synchronize()
+            except e:
+                raise runtime_error("worker threads failed: " + String(e))
 
 
 # ----------------------------------------------------------------------------
@@ -146,22 +200,50 @@ def matmul_rows(xout: FPtr, x: FPtr, w: FPtr, n: Int, r0: Int, r1: Int):
         r += 1
 
 
+@fieldwise_init
+struct Input(TrivialRegisterPassable):
+    """The input of a group of matmuls: x, and when one of them is Q8_0, x quantized
+    (once for the group: q, k and v share it, and so do w1 and w3)."""
+
+    var x: FPtr  # (n)
+    var q: QPtr  # (n) int8 quants, valid when a matrix of the group is Q8_0
+    var d: FPtr  # (n / 32) their scales
+
+
+def group_input(s: RunState, x: FPtr, n: Int, quantize: Bool) -> Input:
+    """x as the input of a group of matmuls, quantized into the run state's buffers
+    when `quantize` (a matrix of the group is Q8_0)."""
+    if quantize:
+        quantize_activation(s.xq, s.xd, x, n)
+    return Input(x, s.xq, s.xd)
+
+
+def matvec_rows(xout: FPtr, inp: Input, w: Matrix, n: Int, r0: Int, r1: Int):
+    """xout[r] = W[r, :] . x for r in [r0, r1), by W's kernel."""
+    if w.q8:
+        q8_matvec_rows(xout, inp.q, inp.d, w.data, n, r0, r1)
+    else:
+        matmul_rows(xout, inp.x, w.floats(), n, r0, r1)
+
+
 @always_inline
 def split(total: Int, part: Int, parts: Int) -> Int:
     """Start of `part` of `parts` near-equal shares of [0, total), on 4-row bounds."""
     return ((total // 4) * part // parts) * 4 if part < parts else total
 
 
-def matmul(xout: FPtr, x: FPtr, w: FPtr, n: Int, d: Int, nthreads: Int):
+def matmul(s: RunState, xout: FPtr, x: FPtr, w: Matrix, n: Int, d: Int, pool: Pool) raises:
     """W (d, n) @ x (n) -> xout (d), rows split across the workers."""
+    var inp = group_input(s, x, n, w.q8)
+    var nthreads = pool.n
     if nthreads <= 1:
-        matmul_rows(xout, x, w, n, 0, d)
+        matvec_rows(xout, inp, w, n, 0, d)
         return
 
     def task(t: Int) {imm}:
-        matmul_rows(xout, x, w, n, split(d, t, nthreads), split(d, t + 1, nthreads))
+        matvec_rows(xout, inp, w, n, split(d, t, nthreads), split(d, t + 1, nthreads))
 
-    parallelize(task, nthreads, nthreads)
+    pool.run(task)
 
 
 def rmsnorm(o: FPtr, x: FPtr, weight: FPtr, n: Int):
@@ -225,7 +307,7 @@ def rope(vec: FPtr, s: RunState, a: Int, b: Int):
         vec.unsafe_store(2 * i + 1, v0 * fci + v1 * fcr)
 
 
-def qkv_attention(s: RunState, m: Model, c: Config, l: Int, pos: Int, kv0: Int, kv1: Int):
+def qkv_attention(s: RunState, m: Model, c: Config, inp: Input, l: Int, pos: Int, kv0: Int, kv1: Int):
     """KV heads [kv0, kv1) of layer l and the query heads that read them: their rows
     of q, k and v, RoPE, and attention into xatt."""
     var hs = c.head_size()
@@ -236,25 +318,26 @@ def qkv_attention(s: RunState, m: Model, c: Config, l: Int, pos: Int, kv0: Int, 
     var v = s.value_cache.unsafe_offset(cache_off)
     var q0 = kv0 * kv_mul * hs
     var q1 = kv1 * kv_mul * hs
-    matmul_rows(s.q, s.xb, m.weights.wq[l], dim, q0, q1)
-    matmul_rows(k, s.xb, m.weights.wk[l], dim, kv0 * hs, kv1 * hs)
-    matmul_rows(v, s.xb, m.weights.wv[l], dim, kv0 * hs, kv1 * hs)
+    matvec_rows(s.q, inp, m.weights.wq[l], dim, q0, q1)
+    matvec_rows(k, inp, m.weights.wk[l], dim, kv0 * hs, kv1 * hs)
+    matvec_rows(v, inp, m.weights.wv[l], dim, kv0 * hs, kv1 * hs)
     rope(s.q, s, q0, q1)
     rope(k, s, kv0 * hs, kv1 * hs)
     attention_heads(s, c, l, pos, kv0 * kv_mul, kv1 * kv_mul)
 
 
-def ffn_rows(s: RunState, w1: FPtr, w3: FPtr, n: Int, r0: Int, r1: Int):
+def ffn_rows(s: RunState, inp: Input, w1: Matrix, w3: Matrix, n: Int, r0: Int, r1: Int):
     """hb[r0:r1) = silu(w1 @ xb) * (w3 @ xb): gate, up and SwiGLU in one pass."""
-    matmul_rows(s.hb, s.xb, w1, n, r0, r1)
-    matmul_rows(s.hb2, s.xb, w3, n, r0, r1)
+    matvec_rows(s.hb, inp, w1, n, r0, r1)
+    matvec_rows(s.hb2, inp, w3, n, r0, r1)
     for i in range(r0, r1):
         var g = s.hb.unsafe_load(i)
         s.hb.unsafe_store(i, g / (Float32(1.0) + exp(-g)) * s.hb2.unsafe_load(i))
 
 
-def forward(mut s: RunState, m: Model, token: Int, pos: Int, nthreads: Int) -> FPtr:
+def forward(mut s: RunState, m: Model, token: Int, pos: Int, pool: Pool) raises -> FPtr:
     """Logits (vocab) after feeding `token` at position `pos`."""
+    var nthreads = pool.n
     var c = m.config.copy()
     var dim = c.dim
     var hidden = c.hidden_dim
@@ -263,10 +346,14 @@ def forward(mut s: RunState, m: Model, token: Int, pos: Int, nthreads: Int) -> F
     var x = s.x
     var xb = s.xb
 
-    # x = token_embedding[token]
-    var row = m.weights.token_embedding.unsafe_offset(token * dim)
-    for i in range(dim):
-        x.unsafe_store(i, row.unsafe_load(i))
+    # x = token_embedding[token] (a Q8_0 table's row dequantized)
+    var table = m.weights.token_embedding
+    if table.q8:
+        dequantize_row(x, table.data.unsafe_offset(token * q8_row_bytes(dim)), dim)
+    else:
+        var row = table.floats().unsafe_offset(token * dim)
+        for i in range(dim):
+            x.unsafe_store(i, row.unsafe_load(i))
 
     # RoPE rotation of each adjacent pair at this position, shared by all layers
     for i in range(dim // 2):
@@ -287,25 +374,26 @@ def forward(mut s: RunState, m: Model, token: Int, pos: Int, nthreads: Int) -> F
         var q = s.q
 
         rmsnorm(xb, x, m.weights.rms_att[l], dim)
+        var qkv_in = group_input(s, xb, dim, wq.q8 or wk.q8 or wv.q8)
 
         # q = wq @ xb, k = wk @ xb, v = wv @ xb, RoPE, attention. Each KV head with
         # its query heads needs nothing from the others, so when the KV heads split
         # evenly across the workers all of it is one parallel region.
         var n_kv = c.n_kv_heads
         if nthreads <= 1:
-            qkv_attention(s, m, c, l, pos, 0, n_kv)
+            qkv_attention(s, m, c, qkv_in, l, pos, 0, n_kv)
         elif n_kv % nthreads == 0:
             def fused_task(t: Int) {imm}:
-                qkv_attention(s, m, c, l, pos, n_kv * t // nthreads, n_kv * (t + 1) // nthreads)
+                qkv_attention(s, m, c, qkv_in, l, pos, n_kv * t // nthreads, n_kv * (t + 1) // nthreads)
 
-            parallelize(fused_task, nthreads, nthreads)
+            pool.run(fused_task)
         else:
             def qkv_task(t: Int) {imm}:
-                matmul_rows(q, xb, wq, dim, split(dim, t, nthreads), split(dim, t + 1, nthreads))
-                matmul_rows(k, xb, wk, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
-                matmul_rows(v, xb, wv, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
+                matvec_rows(q, qkv_in, wq, dim, split(dim, t, nthreads), split(dim, t + 1, nthreads))
+                matvec_rows(k, qkv_in, wk, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
+                matvec_rows(v, qkv_in, wv, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
 
-            parallelize(qkv_task, nthreads, nthreads)
+            pool.run(qkv_task)
             rope(q, s, 0, dim)
             rope(k, s, 0, kv_dim)
             var n_heads = c.n_heads
@@ -313,10 +401,10 @@ def forward(mut s: RunState, m: Model, token: Int, pos: Int, nthreads: Int) -> F
             def att_task(t: Int) {imm}:
                 attention_heads(s, c, l, pos, n_heads * t // nthreads, n_heads * (t + 1) // nthreads)
 
-            parallelize(att_task, nthreads, nthreads)
+            pool.run(att_task)
 
         # x += wo @ xatt
-        matmul(s.xb2, s.xatt, m.weights.wo[l], dim, dim, nthreads)
+        matmul(s, s.xb2, s.xatt, m.weights.wo[l], dim, dim, pool)
         for i in range(dim):
             x.unsafe_store(i, x.unsafe_load(i) + s.xb2.unsafe_load(i))
 
@@ -324,20 +412,21 @@ def forward(mut s: RunState, m: Model, token: Int, pos: Int, nthreads: Int) -> F
         rmsnorm(xb, x, m.weights.rms_ffn[l], dim)
         var w1 = m.weights.w1[l]
         var w3 = m.weights.w3[l]
+        var ffn_in = group_input(s, xb, dim, w1.q8 or w3.q8)
         if nthreads <= 1:
-            ffn_rows(s, w1, w3, dim, 0, hidden)
+            ffn_rows(s, ffn_in, w1, w3, dim, 0, hidden)
         else:
             def ffn_task(t: Int) {imm}:
-                ffn_rows(s, w1, w3, dim, split(hidden, t, nthreads), split(hidden, t + 1, nthreads))
+                ffn_rows(s, ffn_in, w1, w3, dim, split(hidden, t, nthreads), split(hidden, t + 1, nthreads))
 
-            parallelize(ffn_task, nthreads, nthreads)
-        matmul(s.xb2, s.hb, m.weights.w2[l], hidden, dim, nthreads)
+            pool.run(ffn_task)
+        matmul(s, s.xb2, s.hb, m.weights.w2[l], hidden, dim, pool)
         for i in range(dim):
             x.unsafe_store(i, x.unsafe_load(i) + s.xb2.unsafe_load(i))
 
     rmsnorm(x, x, m.weights.rms_final, dim)
     # logits = wcls @ x
-    matmul(s.logits, x, m.weights.wcls, dim, c.vocab_size, nthreads)
+    matmul(s, s.logits, x, m.weights.wcls, dim, c.vocab_size, pool)
     return s.logits
 
 
@@ -636,7 +725,7 @@ def seconds_since(t0: Int) -> Float64:
 
 
 def generate(mut s: RunState, m: Model, tok: Tokenizer, mut sampler: Sampler, prompt: List[UInt8],
-             steps: Int, ignore_bos: Bool, nthreads: Int) -> Stats:
+             steps: Int, ignore_bos: Bool, pool: Pool) raises -> Stats:
     """run.c's loop: feed the prompt, then sample; print each piece as it comes."""
     var stats = Stats()
     var prompt_tokens = tok.encode(prompt, True, False)
@@ -646,7 +735,7 @@ def generate(mut s: RunState, m: Model, tok: Tokenizer, mut sampler: Sampler, pr
     var first = 0
     var have_first = False
     for pos in range(steps):
-        var logits = forward(s, m, token, pos, nthreads)
+        var logits = forward(s, m, token, pos, pool)
         stats.positions += 1
         var next: Int
         if pos < len(prompt_tokens) - 1:
@@ -937,7 +1026,7 @@ def parse_args(args: List[String]) raises -> Args:
     return a^
 
 
-def write_logits(path: String, m: Model, mut s: RunState, ids: List[Int], nthreads: Int) raises -> Stats:
+def write_logits(path: String, m: Model, mut s: RunState, ids: List[Int], pool: Pool) raises -> Stats:
     """Logits mode: the (n, vocab) float32 rows after each position, no header."""
     var cpath = c_path(path)
     # creat() is open(O_WRONLY | O_CREAT | O_TRUNC) without open's variadic mode
@@ -950,7 +1039,7 @@ def write_logits(path: String, m: Model, mut s: RunState, ids: List[Int], nthrea
     stats.prompt_tokens = len(ids)
     var start = perf_counter_ns()
     for pos in range(len(ids)):
-        var logits = forward(s, m, ids[pos], pos, nthreads)
+        var logits = forward(s, m, ids[pos], pos, pool)
         stats.positions += 1
         if not write_all(fd, logits.unsafe_bitcast[UInt8](), 4 * m.config.vocab_size):
             _ = external_call["close", Int32](fd)
@@ -973,13 +1062,13 @@ def run(a: Args, t0: Int) raises:
         vocab = read_tokenizer(a.tokenizer, model.config.vocab_size)
     var tokenizer = Tokenizer(vocab^)
     var state = RunState(model.config)
-    var nthreads = a.threads
-    if nthreads > 1:
-        # the worker pool (Mojo's runtime) is live before the clock stops
+    var pool = Pool(a.threads)
+    if pool.n > 1:
+        # the worker threads (Mojo's runtime) are live before the clock stops
         def warm(t: Int) {imm}:
             state.x.unsafe_store(0, 0)
 
-        parallelize(warm, nthreads, nthreads)
+        pool.run(warm)
     var load_s = seconds_since(t0)
 
     var stats: Stats
@@ -990,7 +1079,7 @@ def run(a: Args, t0: Int) raises:
             ok = ok and id >= 0 and id < model.config.vocab_size
         if not ok:
             raise usage_error("-k needs 1.." + String(seq) + " ids in [0, " + String(model.config.vocab_size) + ")")
-        stats = write_logits(a.output, model, state, a.ids, nthreads)
+        stats = write_logits(a.output, model, state, a.ids, pool)
     else:
         var seed = a.seed
         if seed == 0:
@@ -999,10 +1088,10 @@ def run(a: Args, t0: Int) raises:
         var steps = a.steps
         if steps == 0 or steps > model.config.seq_len:
             steps = model.config.seq_len
-        stats = generate(state, model, tokenizer, sampler, a.prompt, steps, a.ignore_bos, nthreads)
+        stats = generate(state, model, tokenizer, sampler, a.prompt, steps, a.ignore_bos, pool)
         sampler.free()
         write_string(1, "\n")
-    write_string(2, stats_line(nthreads, load_s, stats))
+    write_string(2, stats_line(pool.n, load_s, stats))
     state.free()
     model.file.close()
 

@@ -12,6 +12,7 @@ from std.sys.info import CompilationTarget
 comptime FPtr = Pointer[Float32, MutUntrackedOrigin]
 comptime BPtr = Pointer[UInt8, MutUntrackedOrigin]
 comptime KPtr = Pointer[UInt64, MutUntrackedOrigin]
+comptime QPtr = Pointer[Int8, MutUntrackedOrigin]  # Q8_0 quants
 
 comptime EXIT_RUNTIME = 1
 comptime EXIT_USAGE = 2
@@ -66,7 +67,18 @@ def alloc_keys(n: Int) raises -> KPtr:
     return p
 
 
+def alloc_quants(n: Int) raises -> QPtr:
+    var p = external_call["calloc", QPtr](max(n, 1), 1)
+    if Int(p) == 0:
+        raise runtime_error("cannot allocate " + String(n) + " bytes")
+    return p
+
+
 def free_floats(p: FPtr):
+    external_call["free", NoneType](p)
+
+
+def free_quants(p: QPtr):
     external_call["free", NoneType](p)
 
 
@@ -321,37 +333,54 @@ struct Config(Copyable, Movable):
         return n
 
 
-struct Weights(Movable):
-    """Pointers into the mapped file; per-layer tensors get one pointer per layer
-    because GGUF stores each layer's matrices separately."""
+@fieldwise_init
+struct Matrix(TrivialRegisterPassable):
+    """A weight matrix where it lies in the loaded file: float32 rows, or GGUF Q8_0
+    blocks (q8_0.mojo)."""
 
-    var token_embedding: FPtr  # (vocab, dim)
+    var data: BPtr
+    var q8: Bool
+
+    @staticmethod
+    def f32(p: FPtr) -> Matrix:
+        return Matrix(p.unsafe_bitcast[UInt8](), False)
+
+    def floats(self) -> FPtr:
+        return self.data.unsafe_bitcast[Float32]()
+
+
+struct Weights(Movable):
+    """Pointers into the loaded file; per-layer tensors get one pointer per layer
+    because GGUF stores each layer's matrices separately. GGUF may give any matrix
+    as Q8_0, each on its own; norms are always float32."""
+
+    var token_embedding: Matrix  # (vocab, dim)
     var rms_att: List[FPtr]  # (layer) -> (dim)
-    var wq: List[FPtr]  # (layer) -> (n_heads * head_size, dim)
-    var wk: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
-    var wv: List[FPtr]  # (layer) -> (n_kv_heads * head_size, dim)
-    var wo: List[FPtr]  # (layer) -> (dim, n_heads * head_size)
+    var wq: List[Matrix]  # (layer) -> (n_heads * head_size, dim)
+    var wk: List[Matrix]  # (layer) -> (n_kv_heads * head_size, dim)
+    var wv: List[Matrix]  # (layer) -> (n_kv_heads * head_size, dim)
+    var wo: List[Matrix]  # (layer) -> (dim, n_heads * head_size)
     var rms_ffn: List[FPtr]  # (layer) -> (dim)
-    var w1: List[FPtr]  # (layer) -> (hidden_dim, dim)
-    var w2: List[FPtr]  # (layer) -> (dim, hidden_dim)
-    var w3: List[FPtr]  # (layer) -> (hidden_dim, dim)
+    var w1: List[Matrix]  # (layer) -> (hidden_dim, dim)
+    var w2: List[Matrix]  # (layer) -> (dim, hidden_dim)
+    var w3: List[Matrix]  # (layer) -> (hidden_dim, dim)
     var rms_final: FPtr  # (dim)
-    var wcls: FPtr  # (vocab, dim): token_embedding when shared
+    var wcls: Matrix  # (vocab, dim): token_embedding when shared
 
     def __init__(out self, base: FPtr):
         var null = base  # placeholder until the reader sets each pointer
-        self.token_embedding = null
+        self.token_embedding = Matrix.f32(null)
         self.rms_att = List[FPtr]()
-        self.wq = List[FPtr]()
-        self.wk = List[FPtr]()
-        self.wv = List[FPtr]()
-        self.wo = List[FPtr]()
+        self.wq = List[Matrix]()
+        self.wk = List[Matrix]()
+        self.wv = List[Matrix]()
+        self.wo = List[Matrix]()
         self.rms_ffn = List[FPtr]()
-        self.w1 = List[FPtr]()
-        self.w2 = List[FPtr]()
-        self.w3 = List[FPtr]()
+        self.w1 = List[Matrix]()
+        self.w2 = List[Matrix]()
+        self.w3 = List[Matrix]()
         self.rms_final = null
-        self.wcls = null
+        self.wcls = Matrix.f32(null)
 
 
 struct Vocab(Movable):
