@@ -569,10 +569,18 @@ private:
             std::string what = "tensor " + shown(t.name);
             auto it = expected.find(t.name);
             if (it == expected.end()) bad_file(path_, what + " is not one of the model's tensors (llama.cpp refuses it)");
-            if (t.type != 0) bad_file(path_, what + " has type " + std::to_string(t.type) + "; only F32 (0) is supported");
+            // F32 (0) or, for a matrix whose rows are a whole number of 32-value blocks, Q8_0 (8):
+            // 34-byte blocks (fp16 scale, 32 int8), the contract's "GGUF Q8_0" section
+            const bool q8 = t.type == 8;
+            if (t.type != 0 && !q8)
+                bad_file(path_, what + " has type " + std::to_string(t.type) + "; only F32 (0) and Q8_0 (8) are supported");
             if (t.dims != it->second) bad_file(path_, what + " does not have the model's shape");
-            uint64_t bytes = 4;
-            for (uint64_t n : t.dims) bytes *= n;  // the expected shape: bounded by the header limits
+            if (q8 && t.dims.size() != 2) bad_file(path_, what + " is a norm: Q8_0 is for matrices only");
+            if (q8 && t.dims[0] % 32)
+                bad_file(path_, what + " has rows of " + std::to_string(t.dims[0]) + " values, not a multiple of 32 (Q8_0)");
+            uint64_t bytes = q8 ? t.dims[1] * (t.dims[0] / 32) * 34 : 4;
+            if (!q8)
+                for (uint64_t n : t.dims) bytes *= n;  // the expected shape: bounded by the header limits
             if (t.offset % alignment_)
                 bad_file(path_, what + " offset " + std::to_string(t.offset) + " is not a multiple of general.alignment=" +
                                     std::to_string(alignment_));
