@@ -85,3 +85,17 @@ def test_pinned_toolchains_are_what_the_check_finds():
         if version is not None and tc.pin not in version:
             problems.append(f"{port.name}: the check found {version!r}, the pin is {tc.pin}")
     assert not problems, problems
+
+
+def test_a_build_records_the_toolchain_it_used(tmp_path):
+    """The full image carries outputs without compilers: the version it reports is the recorded one."""
+    from orchestrator.ports.build import build_port
+    from orchestrator.ports.discover import BUILT_WITH, built_with
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "port.toml").write_text(MANIFEST.format(name="fake").replace(
+        'check = ["true"]', 'check = ["echo", "fakecc 9.9"]') + '[build]\ncommands = [["touch", "run.sh"]]\noutputs = ["run.sh"]\n')
+    [port] = discover(tmp_path)
+    assert built_with(port) is None
+    assert build_port(port).status == "built"
+    assert (tmp_path / "fake" / BUILT_WITH).read_text() == "fakecc 9.9\n"
+    assert built_with(port) == "fakecc 9.9"

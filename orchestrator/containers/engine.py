@@ -141,8 +141,11 @@ class ContainerRunner:
     # ------------------------------------------------------------ what the image holds
     def built_ports(self) -> dict[str, str | None]:
         if self._built is None:
-            code = ("import json; from orchestrator.ports.discover import discover, toolchain_version; "
-                    "print(json.dumps({p.name: toolchain_version(p) for p in discover() if p.outputs_present()}))")
+            # the full image carries each port's outputs, not its compiler: then the toolchain
+            # line recorded when the stage built it
+            code = ("import json; from orchestrator.ports.discover import built_with, discover, toolchain_version; "
+                    "print(json.dumps({p.name: toolchain_version(p) or built_with(p) "
+                    "for p in discover() if p.outputs_present()}))")
             out = self.client.containers.run(self.image, ["python", "-c", code], remove=True, network_mode="none")
             self._built = json.loads(out.decode().strip().splitlines()[-1])
         return self._built

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .discover import ROOT, Port, tool_env, toolchain_version
+from .discover import BUILT_WITH, ROOT, Port, tool_env, toolchain_version
 
 LOG_DIR = ROOT / "build" / "logs"
 # e_machine of an ELF file built for the architecture: a cross build's executables must be its own,
@@ -152,6 +152,8 @@ def build_port(port: Port, jobs: int = 2, timeout: float = 1800) -> BuildOutcome
     if foreign:
         return BuildOutcome(port.label, "failed", f"not {port.arch} executables: {', '.join(foreign)}", seconds,
                             version)
+    if not cross:
+        (port.dir / BUILT_WITH).write_text(f"{version}\n")
     return BuildOutcome(port.label, "built", "ok", seconds, version)
 
 

@@ -125,6 +125,18 @@ def select(wanted_names: str | None, impls: Path = IMPLS, skip: str | None = Non
     return [p for p in chosen if p.name not in skipped]
 
 
+BUILT_WITH = ".built-with"  # in a port's folder: the toolchain line of its last native build
+
+
+def built_with(port: Port) -> str | None:
+    """The toolchain its outputs were built with, as recorded by the build: what a container
+    image that carries the outputs but not the compiler (the full image) can still report."""
+    try:
+        return (port.dir / BUILT_WITH).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def toolchain_version(port: Port, timeout: float = 60, check: list[str] | None = None) -> str | None:
     """The first line the toolchain check (or the given one) prints, or None when the toolchain is missing."""
     try:
