@@ -71,3 +71,29 @@ def test_bench_cell_in_a_container(runner, stories260k, tmp_path):
     assert suite.host.container_image == runner.image_id
     [cell] = suite.cells
     assert cell.status == "ok" and cell.runs[0].stats.generated_tokens == 16
+
+
+def test_the_exit_status_is_polled_not_waited_for():
+    """podman's compat `wait` busy-polls in its service (a core for as long as the port runs):
+    the runner asks for the state instead, and gives up at its timeout."""
+    from orchestrator.containers.engine import _wait
+
+    class Fake:
+        short_id = "abc"
+
+        def __init__(self, polls_until_exit):
+            self.left, self.status, self.attrs, self.reloads = polls_until_exit, "running", {}, 0
+
+        def reload(self):
+            self.reloads += 1
+            self.left -= 1
+            if self.left <= 0:
+                self.status, self.attrs = "exited", {"State": {"ExitCode": 3}}
+
+        def wait(self, **kw):
+            raise AssertionError("the engine's wait call must not be used")
+
+    done = Fake(3)
+    assert _wait(done, timeout=5) == {"StatusCode": 3} and done.reloads == 3
+    with pytest.raises(TimeoutError, match="still running"):
+        _wait(Fake(10**9), timeout=0.1)
