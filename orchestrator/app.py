@@ -193,20 +193,22 @@ def models_convert(src: str, dst: str, tokenizer: str | None, version: int, weig
     return 0
 
 
+def _thread_counts(threads: str) -> list[int]:
+    return [os.cpu_count() or 1 if t == "all" else int(t) for t in names(threads)]
+
+
 def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> int:
     """Our executor against hyperfine, cell by cell: wall time and the port's decode rate."""
     from .bench.measure import CellSpec
     from .bench.overhead import measure_overhead
-    from .bench.modelfiles import model_record
 
     [p] = select(port)
-    counts = [os.cpu_count() or 1 if t == "all" else int(t) for t in names(threads)]
+    counts = _thread_counts(threads)
     rows, worst = [], 0.0
     for model in names(models):
         r = ensure(Store(), model)
         for t in counts:
-            spec = CellSpec(p, model_record(r, r.path, "v0"), str(r.tokenizer), t, min(steps, r.config.seq_len),
-                            0.0, 0.9, 42)
+            spec = CellSpec.greedy(p, r, t, steps)
             print(f"{port} on {model} ({r.origin}), -j {t}, {spec.steps} steps, {rounds} paired rounds ...", flush=True)
             res = measure_overhead(spec.argv(), p.dir, rounds)
             wall, tok = res["wall"], res["tok_s"]
@@ -224,18 +226,14 @@ def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: i
     """A lever's effect per port and cell: paired runs with the lever off (env) and on."""
     from .bench.lever import LeverCell, measure_lever, to_json
     from .bench.measure import CellSpec
-    from .bench.modelfiles import model_record
 
     try:
         off_env = dict(kv.split("=", 1) for kv in names(env))
     except ValueError:
         raise UsageError(f"--env takes NAME=VALUE[,NAME=VALUE], got {env!r}") from None
-    counts = [os.cpu_count() or 1 if t == "all" else int(t) for t in names(threads)]
     resolved = [ensure(Store(), m) for m in names(models)]
-    cells = [LeverCell(f"{p.name} {r.name} -j {t}", spec.argv(), str(p.dir))
-             for p in select(ports) for r in resolved for t in counts
-             for spec in [CellSpec(p, model_record(r, r.path, "v0"), str(r.tokenizer), t,
-                                   min(steps, r.config.seq_len), 0.0, 0.9, 42)]]
+    cells = [LeverCell(f"{p.name} {r.name} -j {t}", CellSpec.greedy(p, r, t, steps).argv(), str(p.dir))
+             for p in select(ports) for r in resolved for t in _thread_counts(threads)]
     measure_lever(cells, off_env, rounds, log=lambda m: print(m, flush=True))
     rows = [[c.label, f"{statistics.median(c.off):.1f}", f"{statistics.median(c.on):.1f}",
              (c.ratio().fmt() if c.ratio() else "-"), len(c.on)] for c in cells]

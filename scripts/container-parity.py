@@ -19,8 +19,7 @@ from tabulate import tabulate  # noqa: E402
 from orchestrator.app import container_engine  # noqa: E402
 from orchestrator.bench.executor import execute  # noqa: E402
 from orchestrator.bench.measure import CellSpec  # noqa: E402
-from orchestrator.bench.modelfiles import model_record  # noqa: E402
-from orchestrator.bench.overhead import _tok_s  # noqa: E402
+from orchestrator.bench.overhead import decode_rate  # noqa: E402
 from orchestrator.models.store import Store  # noqa: E402
 from orchestrator.models.synth import ensure  # noqa: E402
 from orchestrator.ports.discover import select, tool_env  # noqa: E402
@@ -44,13 +43,13 @@ def main() -> int:
     with container_engine():
         runner = ContainerRunner.connect(a.image)
         for t in (int(x) for x in a.threads.split(",")):
-            argv = CellSpec(port, model_record(r, r.path, "v0"), str(r.tokenizer), t, a.steps, 0.0, 0.9, 42).argv()
+            argv = CellSpec.greedy(port, r, t, a.steps).argv()
             native, boxed = [], []
             for i in range(a.rounds):
                 for side in ("native", "container") if i % 2 == 0 else ("container", "native"):
                     p = (execute(argv, cwd=port.dir, env=tool_env(), timeout=3600) if side == "native"
                          else runner.execute(argv, cwd=port.dir, timeout=3600, threads=t))
-                    rate = _tok_s(p.stderr) if p.returncode == 0 else None
+                    rate = decode_rate(p.stderr) if p.returncode == 0 else None
                     if rate is None:
                         print(f"error: {side} run failed: {p.stderr.strip()[-200:]}", file=sys.stderr)
                         return 1

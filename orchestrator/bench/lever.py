@@ -15,7 +15,7 @@ from ..errors import PolyllamaError
 from ..ports.discover import tool_env
 from ..results.stats import Ratio, paired_ratio
 from .executor import execute
-from .overhead import _tok_s
+from .overhead import decode_rate
 
 
 @dataclass
@@ -33,7 +33,7 @@ class LeverCell:
 def _rate(argv: list[str], cwd, off_env: dict[str, str], on: bool) -> float:
     env = {k: v for k, v in tool_env().items() if k not in off_env} if on else {**tool_env(), **off_env}
     r = execute(argv, cwd=cwd, env=env, timeout=3600)
-    rate = _tok_s(r.stderr) if r.returncode == 0 else None
+    rate = decode_rate(r.stderr) if r.returncode == 0 else None
     if rate is None:
         raise PolyllamaError(f"{' '.join(argv[:2])} failed: {r.error_line or 'no statistics line'}")
     return rate

@@ -32,6 +32,13 @@ class CellSpec:
     topp: float
     seed: int
 
+    @classmethod
+    def greedy(cls, port: Port, resolved, threads: int, steps: int) -> "CellSpec":
+        """The checks' cell (overhead, lever, container parity): greedy on the model's v0 file."""
+        from .modelfiles import model_record
+        return cls(port, model_record(resolved, resolved.path, "v0"), str(resolved.tokenizer), threads,
+                   min(steps, resolved.config.seq_len), 0.0, 0.9, 42)
+
     def argv(self) -> list[str]:
         argv = self.port.run_argv() + [self.model.path]
         if self.tokenizer is not None and not self.model.format.startswith("gguf"):  # GGUF embeds its own

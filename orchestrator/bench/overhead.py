@@ -27,7 +27,8 @@ class Timing:
     tok_s: float | None
 
 
-def _tok_s(stderr: str) -> float | None:
+def decode_rate(stderr: str) -> float | None:
+    """The decode rate a port's statistics line reports, from its stderr (None without one)."""
     lines = [ln for ln in stderr.splitlines() if ln.startswith(STATS_PREFIX)]
     if not lines:
         return None
@@ -51,14 +52,14 @@ def hyperfine_once(argv: list[str], cwd) -> Timing:
             stderr = se.read()
         if r.returncode != 0:
             raise PolyllamaError(f"hyperfine failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
-        return Timing(json.loads(out.read_text())["results"][0]["times"][0], _tok_s(stderr))
+        return Timing(json.loads(out.read_text())["results"][0]["times"][0], decode_rate(stderr))
 
 
 def harness_once(argv: list[str], cwd) -> Timing:
     r = execute(argv, cwd=cwd, env=tool_env(), timeout=3600)
     if r.returncode != 0:
         raise PolyllamaError(f"the command failed: {r.error_line}")
-    return Timing(r.wall_s, _tok_s(r.stderr))
+    return Timing(r.wall_s, decode_rate(r.stderr))
 
 
 def measure_overhead(argv: list[str], cwd, rounds: int = 5) -> dict:
