@@ -64,4 +64,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from orchestrator.errors import PolyllamaError
+    try:
+        sys.exit(main())
+    except PolyllamaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
