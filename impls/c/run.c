@@ -600,12 +600,27 @@ static float q8_dot_row(const unsigned char *w, const int8_t *qx, const float *d
     return s;
 }
 
-// out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) in Q8_0 and x quantized (qx, dx)
+// out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) in Q8_0 and x quantized (qx, dx).
+// Each row is one sequential stream of 34-byte blocks, read once, and the hardware prefetcher
+// alone left the 110M shape at about 10 GB/s where the f32 kernel (four rows at a time) streams
+// 15: asking for every cache line of the row q8_prefetch_rows ahead is the lever measured in
+// docs/benchmarks.md. POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
+static int q8_prefetch_rows = 4;
+
+static void q8_prefetch_from_env(void) {
+    const char *v = getenv("POLYLLAMA_Q8_PREFETCH");
+    if (v && strcmp(v, "0") == 0) q8_prefetch_rows = 0;
+}
+
 static void matvec_q8_rows(float *out, const int8_t *qx, const float *dx, const void *w, int n, int r0, int r1,
                            int accumulate) {
     const unsigned char *rows = w;
     size_t stride = q8_row_bytes(n);
     for (int i = r0; i < r1; i++) {
+        if (q8_prefetch_rows && i + q8_prefetch_rows < r1) {
+            const unsigned char *ahead = rows + (size_t)(i + q8_prefetch_rows) * stride;
+            for (size_t o = 0; o < stride; o += 64) __builtin_prefetch(ahead + o, 0, 3);
+        }
         float s = q8_dot_row(rows + (size_t)i * stride, qx, dx, n / Q8_BLOCK);
         out[i] = accumulate ? out[i] + s : s;
     }
@@ -1274,6 +1289,7 @@ static Args parse_args(int argc, char **argv) {
 int main(int argc, char **argv) {
     double t0 = now_s();
     Args args = parse_args(argc, argv);
+    q8_prefetch_from_env();
 
     Transformer transformer;
     build_transformer(&transformer, args.checkpoint);

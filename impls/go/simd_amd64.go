@@ -45,10 +45,24 @@ func detectAVX2() bool {
 func dotRows4AVX2(w *float32, stride int, x *float32, n int, out *[4]float32)
 
 // q8RowsAVX2 writes out[r] for rows consecutive Q8_0 rows of nb blocks each, starting at w,
-// against the quantized activation qx (nb*32 int8) with its scales dx (nb).
+// against the quantized activation qx (nb*32 int8) with its scales dx (nb), prefetching `ahead`
+// bytes in front of the blocks it reads (0: none; a prefetch never faults, even past the end).
 //
 //go:noescape
-func q8RowsAVX2(out *float32, w *byte, rows int, nb int, qx *int8, dx *float32)
+func q8RowsAVX2(out *float32, w *byte, rows int, nb int, qx *int8, dx *float32, ahead int)
+
+// q8PrefetchRows: each Q8_0 row is one sequential stream of 34-byte blocks, read once, and the
+// hardware prefetcher alone left the 110M shape far below the memory's bandwidth; asking for
+// the bytes this many rows ahead is the lever measured in docs/benchmarks.md.
+// POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
+var q8PrefetchRows = q8PrefetchFromEnv()
+
+func q8PrefetchFromEnv() int {
+	if os.Getenv("POLYLLAMA_Q8_PREFETCH") == "0" {
+		return 0
+	}
+	return 4
+}
 
 // matmulRowsSIMD is matmulRowsGo with four rows at a time in dotRows4AVX2; the columns past
 // the last multiple of 8 and the rows past the last multiple of 4 are added in Go.
@@ -85,5 +99,5 @@ func q8RowsSIMD(out []float32, w []byte, a *q8Vec, lo, hi int) {
 	rows := w[lo*rowBytes : hi*rowBytes]
 	o := out[lo:hi]
 	qs := a.qs[:nb*q8Block]
-	q8RowsAVX2(&o[0], &rows[0], hi-lo, nb, &qs[0], &a.d[0])
+	q8RowsAVX2(&o[0], &rows[0], hi-lo, nb, &qs[0], &a.d[0], q8PrefetchRows*rowBytes)
 }

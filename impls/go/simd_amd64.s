@@ -110,14 +110,16 @@ rows4_sum:
 // int32. Blocks go eight at a time: a VPHADDD tree adds each block's eight partial sums into one
 // lane (exact, in int32), and one FMA scales and accumulates the eight blocks, one per lane of
 // Y14. The blocks past the last group of eight each reduce their lanes alone and accumulate in
-// X0 (a scalar: a VEX scalar op would clear Y14's upper half).
-TEXT ·q8RowsAVX2(SB), NOSPLIT, $0-48
+// X0 (a scalar: a VEX scalar op would clear Y14's upper half). With ahead > 0, each group first
+// prefetches the 272 bytes `ahead` bytes past it (the caller passes four rows' worth).
+TEXT ·q8RowsAVX2(SB), NOSPLIT, $0-56
 	MOVQ out+0(FP), DI
 	MOVQ w+8(FP), SI
 	MOVQ rows+16(FP), CX
 	MOVQ nb+24(FP), BX
 	MOVQ qx+32(FP), R8
 	MOVQ dx+40(FP), R9
+	MOVQ ahead+48(FP), R14
 	MOVQ BX, R11
 	ANDQ $-8, R11
 	VPCMPEQW Y15, Y15, Y15
@@ -133,6 +135,15 @@ q8_row:
 	JAE  q8_tail
 
 q8_group:
+	TESTQ R14, R14
+	JZ   q8_loaded
+	PREFETCHT0 0(SI)(R14*1)
+	PREFETCHT0 64(SI)(R14*1)
+	PREFETCHT0 128(SI)(R14*1)
+	PREFETCHT0 192(SI)(R14*1)
+	PREFETCHT0 256(SI)(R14*1)
+
+q8_loaded:
 	Q8BLOCK(2, 0, Y5)
 	Q8BLOCK(36, 32, Y6)
 	Q8BLOCK(70, 64, Y7)

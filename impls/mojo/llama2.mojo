@@ -25,7 +25,7 @@ from model import (
     write_all, write_string,
 )
 from formats import read_model, read_tokenizer
-from q8_0 import Q8_BLOCK, dequantize_row, q8_matvec_rows, q8_row_bytes, quantize_activation
+from q8_0 import Q8_BLOCK, Q8_PREFETCH_ROWS, dequantize_row, q8_matvec_rows, q8_row_bytes, quantize_activation
 
 # SIMD lanes of one float32 register on the build machine (16 on AVX-512, 8 on
 # AVX2, 4 on NEON): the generic vector code below adapts to it.
@@ -58,6 +58,7 @@ struct RunState(Movable):
     var value_cache: FPtr  # (layer, seq_len, kv_dim)
     var xq: QPtr  # (max(dim, hidden_dim)) the input of the current Q8_0 matmuls, quantized
     var xd: FPtr  # (max(dim, hidden_dim) / 32) and its block scales
+    var q8_prefetch: Int  # rows ahead a Q8_0 matvec prefetches (q8_0.mojo); 0 with POLYLLAMA_Q8_PREFETCH=0
 
     def __init__(out self, c: Config) raises:
         var cache = c.n_layers * c.seq_len * c.kv_dim()
@@ -77,6 +78,7 @@ struct RunState(Movable):
         var widest = max(c.dim, c.hidden_dim)
         self.xq = alloc_quants(widest)
         self.xd = alloc_floats(widest // Q8_BLOCK + 1)
+        self.q8_prefetch = 0 if getenv("POLYLLAMA_Q8_PREFETCH") == "0" else Q8_PREFETCH_ROWS
 
     def free(mut self):
         for p in [self.x, self.xb, self.xatt, self.xb2, self.hb, self.hb2, self.q, self.att,
@@ -208,6 +210,7 @@ struct Input(TrivialRegisterPassable):
     var x: FPtr  # (n)
     var q: QPtr  # (n) int8 quants, valid when a matrix of the group is Q8_0
     var d: FPtr  # (n / 32) their scales
+    var prefetch: Int  # Q8_0 rows ahead to prefetch
 
 
 def group_input(s: RunState, x: FPtr, n: Int, quantize: Bool) -> Input:
@@ -215,13 +218,13 @@ def group_input(s: RunState, x: FPtr, n: Int, quantize: Bool) -> Input:
     when `quantize` (a matrix of the group is Q8_0)."""
     if quantize:
         quantize_activation(s.xq, s.xd, x, n)
-    return Input(x, s.xq, s.xd)
+    return Input(x, s.xq, s.xd, s.q8_prefetch)
 
 
 def matvec_rows(xout: FPtr, inp: Input, w: Matrix, n: Int, r0: Int, r1: Int):
     """xout[r] = W[r, :] . x for r in [r0, r1), by W's kernel."""
     if w.q8:
-        q8_matvec_rows(xout, inp.q, inp.d, w.data, n, r0, r1)
+        q8_matvec_rows(xout, inp.q, inp.d, w.data, n, r0, r1, inp.prefetch)
     else:
         matmul_rows(xout, inp.x, w.floats(), n, r0, r1)
 

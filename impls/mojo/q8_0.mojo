@@ -8,6 +8,7 @@
 from std.memory import Pointer, bitcast
 from std.sys import llvm_intrinsic
 from std.sys.info import CompilationTarget
+from std.sys.intrinsics import PrefetchOptions, prefetch
 from model import BPtr, FPtr, QPtr
 
 comptime Q8_BLOCK = 32  # values per block
@@ -15,6 +16,11 @@ comptime Q8_BLOCK_BYTES = 34  # fp16 scale + 32 int8
 # Blocks whose sums are gathered into one vector: one float32 multiply-add scales
 # them all, and their horizontal sums share one shuffle tree.
 comptime Q8_GROUP = 8
+# Each row is one sequential stream of 34-byte blocks, read once, and the hardware
+# prefetcher alone left the 110M shape at about 10 GB/s where the f32 kernel (four
+# rows at a time) streams 15: asking for every cache line of the row this many
+# ahead is the lever measured in docs/benchmarks.md.
+comptime Q8_PREFETCH_ROWS = 4
 
 
 @always_inline
@@ -165,9 +171,15 @@ def q8_dot(row: BPtr, qx: QPtr, dx: FPtr, nb: Int) -> Float32:
     return s
 
 
-def q8_matvec_rows(xout: FPtr, qx: QPtr, dx: FPtr, w: BPtr, n: Int, r0: Int, r1: Int):
-    """xout[r] = W[r, :] . x for r in [r0, r1); W (rows, n) in Q8_0, x quantized."""
+def q8_matvec_rows(xout: FPtr, qx: QPtr, dx: FPtr, w: BPtr, n: Int, r0: Int, r1: Int, ahead: Int = 0):
+    """xout[r] = W[r, :] . x for r in [r0, r1); W (rows, n) in Q8_0, x quantized.
+    With `ahead` > 0, every cache line of row r + ahead is prefetched first."""
+    comptime opts = PrefetchOptions().for_read().high_locality().to_data_cache()
     var stride = q8_row_bytes(n)
     var nb = n // Q8_BLOCK
     for r in range(r0, r1):
+        if ahead > 0 and r + ahead < r1:
+            var row = w.unsafe_offset((r + ahead) * stride)
+            for o in range(0, stride, 64):
+                prefetch[opts](row.unsafe_offset(o))
         xout.unsafe_store(r, q8_dot(w.unsafe_offset(r * stride), qx, dx, nb))

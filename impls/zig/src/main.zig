@@ -377,6 +377,7 @@ fn matmulRowsQ8(out: []f32, w: []const Q8Block, in: Input, r0: usize, r1: usize)
     const nb = in.dx.len; // blocks per row
     var i = r0;
     while (i + 4 <= r1) : (i += 4) {
+        if (q8_prefetch and i + 8 <= r1) prefetchBytes(std.mem.sliceAsBytes(w[(i + 4) * nb ..][0 .. 4 * nb]));
         const rows = w[i * nb ..][0 .. 4 * nb];
         var acc: @Vector(4, f32) = @splat(0);
         for (in.dx, 0..) |dx, b| {
@@ -400,6 +401,17 @@ fn matmulRowsQ8(out: []f32, w: []const Q8Block, in: Input, r0: usize, r1: usize)
         }
         out[i] = acc;
     }
+}
+
+/// Whether matmulRowsQ8 asks for the next four rows, every cache line, while it computes four:
+/// each row is a sequential stream of 34-byte blocks read once, and the hardware prefetcher
+/// alone left the 110M shape far below the memory's bandwidth; the lever is measured in
+/// docs/benchmarks.md. POLYLLAMA_Q8_PREFETCH=0 (read by main) turns it off, for before/after runs.
+var q8_prefetch = true;
+
+fn prefetchBytes(bytes: []const u8) void {
+    var o: usize = 0;
+    while (o < bytes.len) : (o += 64) @prefetch(bytes.ptr + o, .{ .rw = .read, .locality = 3, .cache = .data });
 }
 
 /// A Q8_0 row as fp32: d * q, exact.
@@ -1087,6 +1099,7 @@ pub fn main(init: std.process.Init) void {
     // build the Transformer via the model file; GGUF brings its own tokenizer.
     // POLYLLAMA_HUGEPAGES=0 keeps the plain file mapping, for before/after runs.
     const huge_pages = !std.mem.eql(u8, init.environ_map.get("POLYLLAMA_HUGEPAGES") orelse "", "0");
+    q8_prefetch = !std.mem.eql(u8, init.environ_map.get("POLYLLAMA_Q8_PREFETCH") orelse "", "0");
     var transformer = buildTransformer(gpa, io, args.checkpoint, args.threads, huge_pages);
     const c = transformer.config;
     const vocab = transformer.vocab orelse blk: {
