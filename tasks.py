@@ -98,11 +98,12 @@ def overhead(c, port="c", models="stories15M,stories110M", threads="1,all", step
             "env": "what turns the lever off, NAME=VALUE[,NAME=VALUE] (e.g. POLYLLAMA_HUGEPAGES=0)",
             "models": "comma-separated models", "threads": "comma-separated thread counts, or all",
             "steps": "positions per run", "rounds": "paired rounds (off/on order alternates)",
-            "out": "JSON file for the raw samples"})
+            "out": "JSON file for the raw samples",
+            "types": "comma-separated weight types: f32 (the v0 file), q8_0 (its Q8_0 GGUF export)"})
 @_exits
-def lever(c, ports, env, models="stories110M", threads="1,all", steps=128, rounds=3, out=None):
+def lever(c, ports, env, models="stories110M", threads="1,all", steps=128, rounds=3, out=None, types="f32"):
     """What a performance lever buys: each cell run with it off and on, interleaved, as paired ratios."""
-    return app.lever(ports, env, models, threads, int(steps), int(rounds), out)
+    return app.lever(ports, env, models, threads, int(steps), int(rounds), out, types)
 
 
 @task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures",

@@ -222,18 +222,24 @@ def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> i
     return 0
 
 
-def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: int, out: str | None) -> int:
+def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: int, out: str | None,
+          types: str = "f32") -> int:
     """A lever's effect per port and cell: paired runs with the lever off (env) and on."""
     from .bench.lever import LeverCell, measure_lever, to_json
     from .bench.measure import CellSpec
+    from .formats import WEIGHT_TYPES
 
     try:
         off_env = dict(kv.split("=", 1) for kv in names(env))
     except ValueError:
         raise UsageError(f"--env takes NAME=VALUE[,NAME=VALUE], got {env!r}") from None
     resolved = [ensure(Store(), m) for m in names(models)]
-    cells = [LeverCell(f"{p.name} {r.name} -j {t}", CellSpec.greedy(p, r, t, steps).argv(), str(p.dir))
-             for p in select(ports) for r in resolved for t in _thread_counts(threads)]
+    weight_types = names(types)
+    if bad := [t for t in weight_types if t not in WEIGHT_TYPES]:
+        raise UsageError(f"--types takes {', '.join(WEIGHT_TYPES)}, got {', '.join(bad)}")
+    cells = [LeverCell(f"{p.name} {r.name}{'' if w == 'f32' else ' ' + w} -j {t}",
+                       CellSpec.greedy(p, r, t, steps, w).argv(), str(p.dir))
+             for p in select(ports) for r in resolved for w in weight_types for t in _thread_counts(threads)]
     measure_lever(cells, off_env, rounds, log=lambda m: print(m, flush=True))
     rows = [[c.label, f"{statistics.median(c.off):.1f}", f"{statistics.median(c.on):.1f}",
              (c.ratio().fmt() if c.ratio() else "-"), len(c.on)] for c in cells]

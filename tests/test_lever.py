@@ -32,3 +32,25 @@ def test_a_failing_cell_is_one_clear_error(tmp_path):
                      str(tmp_path))
     with pytest.raises(PolyllamaError, match="no model"):
         measure_lever([cell], {"X": "0"}, rounds=1, log=lambda m: None)
+
+
+def test_a_q8_0_cell_runs_the_models_q8_0_export(store):
+    from orchestrator.bench.measure import CellSpec
+    from orchestrator.formats import read_model
+    from orchestrator.ports.discover import discover
+
+    port = next(p for p in discover() if p.name == "c")
+    resolved = store.resolve("stories260K")
+    f32, q8 = (CellSpec.greedy(port, resolved, 1, 8, w) for w in ("f32", "q8_0"))
+    assert f32.model.path == str(resolved.path) and "-z" in f32.argv()
+    assert q8.model.weight_type == "q8_0" and q8.model.format == "gguf-q8_0"
+    assert q8.argv()[len(port.run_argv())] == q8.model.path and "-z" not in q8.argv()  # GGUF embeds its tokenizer
+    assert read_model(q8.model.path).tensor_bytes() < read_model(f32.model.path).tensor_bytes()
+
+
+def test_lever_refuses_an_unknown_weight_type():
+    from orchestrator import app
+    from orchestrator.errors import UsageError
+
+    with pytest.raises(UsageError, match="--types takes f32, q8_0, got q4"):
+        app.lever("c", "X=0", "stories260K", "1", 8, 1, None, types="q4")

@@ -33,11 +33,13 @@ class CellSpec:
     seed: int
 
     @classmethod
-    def greedy(cls, port: Port, resolved, threads: int, steps: int) -> "CellSpec":
-        """The checks' cell (overhead, lever, container parity): greedy on the model's v0 file."""
-        from .modelfiles import model_record
-        return cls(port, model_record(resolved, resolved.path, "v0"), str(resolved.tokenizer), threads,
-                   min(steps, resolved.config.seq_len), 0.0, 0.9, 42)
+    def greedy(cls, port: Port, resolved, threads: int, steps: int, weight_type: str = "f32") -> "CellSpec":
+        """The checks' cell (overhead, lever, container parity): greedy on the model's v0 file, or
+        on its Q8_0 GGUF export for weight_type q8_0."""
+        from .modelfiles import FORMAT_OF, file_for, model_record
+        fmt = FORMAT_OF.get(weight_type, "v0")
+        return cls(port, model_record(resolved, file_for(resolved, fmt), fmt, weight_type), str(resolved.tokenizer),
+                   threads, min(steps, resolved.config.seq_len), 0.0, 0.9, 42)
 
     def argv(self) -> list[str]:
         argv = self.port.run_argv() + [self.model.path]
