@@ -267,6 +267,29 @@ static void test_q8_quantize(void) {
     CHECK(q[2 * Q8_BLOCK] == 127 && q[2 * Q8_BLOCK + 1] == -32 && q[2 * Q8_BLOCK + 2] == 13, "quants of block 2");
 }
 
+// the f32 kernel (AVX-512 and AVX2 loops, NEON or portable, and the single rows at the end)
+// against a double dot product, over lengths that leave every loop a remainder
+static void test_f32_matvec(void) {
+    enum { ROWS = 11, MAX_N = 800 };
+    const int lengths[] = {1, 7, 8, 15, 16, 31, 32, 33, 48, 63, 64, 172, 288, 800};
+    float *w = xcalloc(ROWS * MAX_N, sizeof(float)), x[MAX_N], out[ROWS];
+    unsigned long long rng = 11;
+    for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+        int n = lengths[li], ok = 1;
+        for (int i = 0; i < ROWS * n; i++) w[i] = random_f32(&rng) - 0.5f;
+        for (int i = 0; i < n; i++) x[i] = random_f32(&rng) - 0.5f;
+        for (int r = 0; r < ROWS; r++) out[r] = 1.0f; // accumulate adds to what is there
+        matvec_rows(out, x, w, n, 0, ROWS, 1);
+        for (int r = 0; r < ROWS; r++) {
+            double want = 1.0;
+            for (int j = 0; j < n; j++) want += (double)w[r * n + j] * x[j];
+            ok &= fabs(out[r] - want) <= 1e-5 * (1.0 + fabs(want));
+        }
+        CHECK(ok, "f32 matvec, n = %d: a double dot product's value", n);
+    }
+    free(w);
+}
+
 // the matvec by its definition: exact int32 block sums, each scaled in float, summed in double
 static void q8_matvec_plain(double *out, double *magnitude, const unsigned char *w, const int8_t *qx,
                             const float *dx, int n, int rows) {
@@ -783,6 +806,7 @@ int main(void) {
     test_fp16();
     test_q8_quantize();
     test_q8_dot();
+    test_f32_matvec();
     test_generation(1, 1);
     test_generation(2, 1);
     test_tokenizer_file_rules();
