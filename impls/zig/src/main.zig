@@ -287,29 +287,7 @@ fn matmulRowsF32(out: []f32, w: Tensor, x: []const f32, r0: usize, r1: usize) vo
         var a1: V = @splat(0);
         var a2: V = @splat(0);
         var a3: V = @splat(0);
-        // a second accumulator per row: eight independent FMA chains instead of four, which on
-        // AVX-512 is what keeps up with the loads (1.1x at 42M, docs/benchmarks.md)
-        var b0: V = @splat(0);
-        var b1: V = @splat(0);
-        var b2: V = @splat(0);
-        var b3: V = @splat(0);
         var j: usize = 0;
-        while (j + 2 * VL <= n) : (j += 2 * VL) {
-            const xv = load(x, j);
-            const xw = load(x, j + VL);
-            a0 = madd(a0, load(w0, j), xv);
-            a1 = madd(a1, load(w1, j), xv);
-            a2 = madd(a2, load(w2, j), xv);
-            a3 = madd(a3, load(w3, j), xv);
-            b0 = madd(b0, load(w0, j + VL), xw);
-            b1 = madd(b1, load(w1, j + VL), xw);
-            b2 = madd(b2, load(w2, j + VL), xw);
-            b3 = madd(b3, load(w3, j + VL), xw);
-        }
-        a0 += b0;
-        a1 += b1;
-        a2 += b2;
-        a3 += b3;
         while (j + VL <= n) : (j += VL) {
             const xv = load(x, j);
             a0 = madd(a0, load(w0, j), xv);
@@ -1263,7 +1241,7 @@ test "multinomial and top-p sampling" {
 }
 
 test "matmul kernel matches a scalar product, tails included" {
-    // lengths that leave the two-vector loop, the one-vector loop and the scalar tail work
+    // lengths that leave the vector loop and the scalar tail work
     inline for (.{ 5, 37, 2 * VL + VL + 3, 4 * VL }) |n| {
         var w: [7 * n]f32 = undefined;
         var x: [n]f32 = undefined;
