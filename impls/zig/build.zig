@@ -4,7 +4,15 @@ const std = @import("std");
 
 pub fn build(b: *std.Build) void {
     // Native CPU by default: the SIMD width of the kernels follows the host (AVX-512, AVX2, NEON).
-    const target = b.standardTargetOptions(.{});
+    // On x86-64, LLVM's tuning for AVX-512 Xeons (prefer_256_bit) would still split each 16-lane
+    // vector into two 256-bit halves; without it the f32 matmul loads a whole cache line at a
+    // time, 1.10x at 42M (docs/benchmarks.md, "AVX-512 and the reductions").
+    var query = b.standardTargetOptionsQueryOnly(.{});
+    if (query.isNative() and @import("builtin").cpu.arch == .x86_64) {
+        query.cpu_model = .native; // a feature change alone would make the query a baseline CPU
+        query.cpu_features_sub.addFeature(@intFromEnum(std.Target.x86.Feature.prefer_256_bit));
+    }
+    const target = b.resolveTargetQuery(query);
     const optimize = b.standardOptimizeOption(.{});
 
     const root = b.createModule(.{

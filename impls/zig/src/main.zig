@@ -260,6 +260,18 @@ inline fn madd(acc: V, a: V, b: V) V {
     return if (has_fma) @mulAdd(V, a, b, acc) else acc + a * b;
 }
 
+/// The lanes of v summed as a tree (halves added until one lane is left). @reduce(.Add) on
+/// floats adds the lanes in order, one dependent add after another: in the f32 matmul those
+/// chains (four rows of 16 lanes) were the hottest instructions, costing more than the rows'
+/// FMAs at 42M (docs/benchmarks.md, "AVX-512 and the reductions").
+fn sumLanes(comptime n: usize, v: @Vector(n, f32)) f32 {
+    if (n == 1) return v[0];
+    const h = n / 2;
+    const lo: @Vector(h, f32) = @shuffle(f32, v, undefined, std.simd.iota(i32, h));
+    const hi: @Vector(h, f32) = @shuffle(f32, v, undefined, std.simd.iota(i32, h) + @as(@Vector(h, i32), @splat(h)));
+    return sumLanes(h, lo + hi);
+}
+
 fn load(s: []align(1) const f32, i: usize) V {
     return s[i..][0..VL].*;
 }
@@ -268,7 +280,7 @@ fn dot(a: []align(1) const f32, b: []align(1) const f32) f32 {
     var acc: V = @splat(0);
     var j: usize = 0;
     while (j + VL <= a.len) : (j += VL) acc = madd(acc, load(a, j), load(b, j));
-    var sum = @reduce(.Add, acc);
+    var sum = sumLanes(VL, acc);
     while (j < a.len) : (j += 1) sum += a[j] * b[j];
     return sum;
 }
@@ -295,7 +307,7 @@ fn matmulRowsF32(out: []f32, w: Tensor, x: []const f32, r0: usize, r1: usize) vo
             a2 = madd(a2, load(w2, j), xv);
             a3 = madd(a3, load(w3, j), xv);
         }
-        var s: [4]f32 = .{ @reduce(.Add, a0), @reduce(.Add, a1), @reduce(.Add, a2), @reduce(.Add, a3) };
+        var s: [4]f32 = .{ sumLanes(VL, a0), sumLanes(VL, a1), sumLanes(VL, a2), sumLanes(VL, a3) };
         while (j < n) : (j += 1) {
             s[0] += w0[j] * x[j];
             s[1] += w1[j] * x[j];
