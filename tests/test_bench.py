@@ -132,7 +132,18 @@ def test_runs_are_interleaved(fake_impls, monkeypatch):
 
 
 def test_interrupted_suite_keeps_results_and_resumes(fake_impls, monkeypatch):
+    import signal
+    # Python leaves SIGINT ignored when it starts with it ignored, as a shell's background job
+    # (`cmd &`) does: Ctrl-C's KeyboardInterrupt is what this test is about, so ask for it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setenv("FAKE_INTERRUPT_FLAG", str(fake_impls / "interrupted"))
+    try:
+        _interrupted_then_resumed(fake_impls)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_then_resumed(fake_impls):
     assert _run(fake_impls, ports="good,interrupt") == 130  # SIGINT inside the second block
     kept = resultfile.load(fake_impls / "r.json")
     finished = [c for c in kept.cells if c.status == "ok"]
