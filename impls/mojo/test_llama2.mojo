@@ -1,7 +1,8 @@
 # Unit tests of llama2.mojo: tokenizer vectors, decode rules, the sampler's RNG and
 # choices, argument parsing, header validation, the huge-page load of the weights,
-# and Q8_0 (fp16 rounding, activation quantization, the block dot product, the
-# reader's refusals, a quantized stories260K's greedy text). Mojo 1.2 has no
+# Q8_0 (fp16 rounding, activation quantization, the block dot product, the
+# reader's refusals, a quantized stories260K's greedy text), and the thread pool's
+# dispatches (every share of every region run exactly once). Mojo 1.2 has no
 # `mojo test` command, so this is a program: it prints "N passed, N failed" and
 # exits non-zero on any failure.
 #
@@ -15,13 +16,15 @@ from std.memory import bitcast
 from std.os import getenv
 from std.sys import exit
 from std.math import trunc
+from std.time import perf_counter_ns
 from model import (
     BPtr, Config, FPtr, KPtr, MappedFile, Matrix, Model, QPtr, Vocab, alloc_floats, alloc_keys, alloc_quants,
     c_path, file_error, free_floats, free_quants, want_huge_pages, write_all,
 )
 from formats import read_model, read_tokenizer
 from llama2 import (
-    Args, Pool, Rng, RunState, Tokenizer, argmax, fixed, forward, parse_args, parse_float, parse_int, parse_steps,
+    COOLDOWN_REGIONS, DISPATCH_LIBRARY, DISPATCH_SPIN, DISPATCH_SYNCHRONIZE, SPIN_NS, Args, Pool, Rng, RunState,
+    Tokenizer, argmax, fixed, forward, parse_args, parse_float, parse_int, parse_steps,
     parse_u64, safe_piece, sample_mult, sample_topp,
 )
 from q8_0 import (
@@ -790,6 +793,52 @@ def quantize_model(mut m: Model, mut owned: List[QPtr]) raises:
         m.weights.w3[l] = quantize_matrix(m.weights.w3[l], h, d, owned)
 
 
+def pool_regions(n: Int, dispatch: Int, regions: Int) raises -> Bool:
+    """Runs `regions` regions of n shares on a Pool; share t adds 1 to its own count.
+    After each region every count must equal the regions run so far: a share skipped,
+    run twice, or still running when run() returned breaks it. Every 500th region
+    share 0 busy-waits past SPIN_NS, so the spinning wait's fall back to
+    synchronize() (and the cooldown after it) is exercised too; most regions are
+    near-empty, the spin's case."""
+    var counts = alloc_keys(n)
+    var region = alloc_keys(1)
+    var pool = Pool(n, dispatch)
+
+    def share(t: Int) {imm}:
+        if t == 0 and region.unsafe_load(0) % 500 == 499:
+            var start = perf_counter_ns()
+            while Int(perf_counter_ns() - start) < 2 * SPIN_NS:
+                pass
+        counts.unsafe_store(t, counts.unsafe_load(t) + 1)
+
+    var ok = True
+    for r in range(regions):
+        region.unsafe_store(0, UInt64(r))
+        pool.run(share)
+        for t in range(n):
+            if counts.unsafe_load(t) != UInt64(r + 1):
+                ok = False
+        if not ok:
+            print("pool: n", n, "dispatch", dispatch, "region", r, "share counts off")
+            break
+    if dispatch == DISPATCH_SPIN and n > 1:
+        print("pool: n", n, "spins that gave up (each then", COOLDOWN_REGIONS, "synchronize() waits):", pool.fallbacks(), "in", regions, "regions")
+    _ = pool^
+    external_call["free", NoneType](counts)
+    external_call["free", NoneType](region)
+    return ok
+
+
+def test_pool(mut t: Tally) raises:
+    """Every dispatch runs each share exactly once per region and returns only after
+    all of them, at 2 and 3 shares and at 8, more than this machine's workers."""
+    for n in [1, 2, 3, 8]:
+        for dispatch in [DISPATCH_SPIN, DISPATCH_SYNCHRONIZE, DISPATCH_LIBRARY]:
+            var regions = 10000 if dispatch == DISPATCH_SPIN else 2000
+            t.check(pool_regions(n, dispatch, regions),
+                    "pool: " + String(regions) + " regions of " + String(n) + " shares, dispatch " + String(dispatch))
+
+
 # The reference's greedy text (impls/python/run.py, -t 0 -n 128) for stories260K.bin
 # with tok512.bin, and for its `invoke models.convert --type q8_0` GGUF, which parts
 # from it at "with my ball".
@@ -862,6 +911,7 @@ def main():
         test_block_dot(t)
         test_q8_dot(t)
         test_q8_refusals(t)
+        test_pool(t)
         test_generation(t)
     except e:
         t.check(False, "unexpected error: " + String(e))
