@@ -98,9 +98,9 @@ fn lane_sum<const K: usize>(a: [f32; K]) -> f32 {
 }
 
 /// dot4 with explicit 512-bit vectors where the CPU has AVX-512: LLVM's tuning for these Xeons
-/// prefers 256-bit vectors, so the plain loops above never get one load per cache line. Two
-/// accumulators a row keep the FMAs independent. 1.1x at 42M against dot4 in this build
-/// (docs/benchmarks.md, "AVX-512").
+/// prefers 256-bit vectors, so the plain loops above never get one load per cache line. One
+/// accumulator a row, like Mojo's kernel: with two (which LLVM then unrolled to 64 floats a
+/// pass) 42M ran 99 tok/s against 109 with one, in one interleaved run (docs/benchmarks.md).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -116,20 +116,19 @@ mod avx512 {
         let n = x.len();
         assert!(w.len() == 4 * n, "four rows of x's length");
         let rows = [0, 1, 2, 3].map(|k| w[k * n..].as_ptr());
-        let (mut lo, mut hi) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+        let mut acc = [_mm512_setzero_ps(); 4];
         let mut j = 0;
-        // SAFETY: every load reads 16 floats at j or j + 16, j + 32 <= n, inside x and each row
+        // SAFETY: every load reads 16 floats at j, j + 16 <= n, inside x and each row
         unsafe {
-            while j + 32 <= n {
-                let (xa, xb) = (_mm512_loadu_ps(x.as_ptr().add(j)), _mm512_loadu_ps(x.as_ptr().add(j + 16)));
+            while j + 16 <= n {
+                let xa = _mm512_loadu_ps(x.as_ptr().add(j));
                 for k in 0..4 {
-                    lo[k] = _mm512_fmadd_ps(_mm512_loadu_ps(rows[k].add(j)), xa, lo[k]);
-                    hi[k] = _mm512_fmadd_ps(_mm512_loadu_ps(rows[k].add(j + 16)), xb, hi[k]);
+                    acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(rows[k].add(j)), xa, acc[k]);
                 }
-                j += 32;
+                j += 16;
             }
         }
-        let mut s = [0, 1, 2, 3].map(|k| _mm512_reduce_add_ps(_mm512_add_ps(lo[k], hi[k])));
+        let mut s = acc.map(|a| _mm512_reduce_add_ps(a));
         for (k, sk) in s.iter_mut().enumerate() {
             for i in j..n {
                 *sk = super::fmadd(w[k * n + i], x[i], *sk);
