@@ -321,7 +321,7 @@ static void matvec_rows(float *out, const float *x, const float *w, int n, int r
 #if SIMD_AVX2
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
 #ifdef __AVX512F__
-        // where the build has AVX-512, one load is one whole cache line of a row: 1.05-1.08x over
+        // where the build has AVX-512, one load is one whole cache line of a row: 1.07-1.10x over
         // the 256-bit loop below at 42M and 110M (docs/benchmarks.md); that loop takes the rest
         __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
         for (; j + 32 <= n; j += 32) {

@@ -175,7 +175,7 @@ static inline void matvec_rows(const float* w, const float* x, int n, int begin,
         int j = 0;
 #ifdef __AVX512F__
         // where the build has AVX-512, one load is one whole cache line of a row, and two
-        // accumulators a row keep the FMAs independent: 1.05-1.08x in the C port's measurement
+        // accumulators a row keep the FMAs independent: 1.07-1.10x in the C port's measurement
         // at 42M and 110M (docs/benchmarks.md); the 256-bit loop below takes the rest
         __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
         for (; j + 32 <= n; j += 32) {

@@ -3,8 +3,8 @@
 //!
 //! Batch-1 decoding streams every weight once per token, so the matmul must keep the memory bus
 //! busy: four weight rows at a time (dot4), 16 independent float lanes each. Plain fixed-size
-//! loops that the compiler vectorises on any target (AVX2 / AVX-512 with -C target-cpu=native,
-//! NEON on arm64); no target-specific code.
+//! loops that the compiler vectorises on any target (AVX2 with -C target-cpu=native, NEON on
+//! arm64), and one target-specific kernel: explicit AVX-512 where the CPU has it (`avx512`).
 
 use std::ops::Range;
 

@@ -263,7 +263,7 @@ inline fn madd(acc: V, a: V, b: V) V {
 /// The lanes of v summed as a tree (halves added until one lane is left). @reduce(.Add) on
 /// floats adds the lanes in order, one dependent add after another: in the f32 matmul those
 /// chains (four rows of 16 lanes) were the hottest instructions, costing more than the rows'
-/// FMAs at 42M (docs/benchmarks.md, "AVX-512 and the reductions").
+/// FMAs at 42M (docs/benchmarks.md, "Evening levers").
 fn sumLanes(comptime n: usize, v: @Vector(n, f32)) f32 {
     if (n == 1) return v[0];
     const h = n / 2;
