@@ -51,7 +51,7 @@ final class Checkpoint {
         long freqFloats = v1 ? 0 : 2L * c.seqLen * (c.headSize / 2);  // v0's legacy RoPE tables
         checkSize(path, ch.size(), headerBytes + 4 * (c.weightCount() + freqFloats), c);
 
-        Checkpoint at = new Checkpoint(new Loader(ch, onHeap, 4 * c.weightCount()), headerBytes);
+        Checkpoint at = new Checkpoint(new Loader(ch, onHeap, 4 * c.weightCount(), 0), headerBytes);
         return new Model(c, v1 ? at.mapV1(c) : at.mapV0(c, freqFloats), null);
     }
 

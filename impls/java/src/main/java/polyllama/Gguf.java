@@ -57,8 +57,8 @@ final class Gguf {
         g.dataStart = (g.cur.off + align - 1) / align * align;
         Tokenizer tokenizer = g.tokenizer();
         Config c = g.config(tokenizer.size());
-        long tensorBytes = g.checkTensorTable(expectedTensors(c), align);
-        g.load = new Loader(ch, onHeap, tensorBytes);
+        long[] tensorBytes = g.checkTensorTable(expectedTensors(c), align);
+        g.load = new Loader(ch, onHeap, tensorBytes[0], tensorBytes[1]);
         return new Model(c, g.mapWeights(c), tokenizer);
     }
 
@@ -258,15 +258,15 @@ final class Gguf {
         return out;
     }
 
-    /** The tensors' bytes in all, what the weights take once loaded. */
-    private long checkTensorTable(Map<String, long[]> expected, long align) {
+    /** The tensor table checked; the bytes of its F32 and of its Q8_0 tensors, what they take once loaded. */
+    private long[] checkTensorTable(Map<String, long[]> expected, long align) {
         for (String name : infos.keySet()) {
             if (!expected.containsKey(name)) throw new FormatError(path, "unexpected tensor " + FormatError.show(name));
         }
         String[] names = new String[expected.size()];
         long[][] spans = new long[expected.size()][];   // (offset, end, index into names)
         int n = 0;
-        long total = 0;
+        long[] total = new long[2];
         for (Map.Entry<String, long[]> e : expected.entrySet()) {
             String name = e.getKey();
             TensorInfo t = infos.get(name);
@@ -275,7 +275,7 @@ final class Gguf {
             names[n] = name;
             spans[n] = new long[] {t.offset(), t.offset() + nbytes, n};
             n++;
-            total += nbytes;
+            total[t.type() == Q8.TYPE ? 1 : 0] += nbytes;
         }
         Arrays.sort(spans, (a, b) -> Long.compare(a[0], b[0]));
         for (int i = 1; i < n; i++) {  // sorted by start: any overlap shows between neighbours

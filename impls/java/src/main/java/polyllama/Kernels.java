@@ -13,6 +13,9 @@ interface Kernels {
     /** out[outOff + r] = (row r of the (nRows, n) matrix at bb[byteOff ..]) . x[0 .. n), r < nRows. */
     void matvec(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff);
 
+    /** The same for a matrix in w[off ..] (a float32 tensor read onto the heap), in the same order: the same bits. */
+    void matvec(float[] w, int off, int nRows, float[] x, int n, float[] out, int outOff);
+
     /**
      * The same for a Q8_0 matrix (rows of n / 32 blocks at bb[byteOff ..]) and an activation
      * quantized by Q8.quantize (qx within +-127, dx): out = sum over blocks of float(isum) *
@@ -52,8 +55,9 @@ interface Kernels {
      * the Vector API is two orders of magnitude slower than compiled code, so the first forward
      * pass would otherwise cost seconds on the 110M shape. A compiled round takes a few
      * microseconds; stop after 200 fast rounds in a row, or after 1.5 s on a starved machine.
-     * onHeap: the weights are read-only heap buffers (Loader), and the matrices here are
-     * too, so that the JIT compiles the loads for the buffer class the forward pass will pass.
+     * onHeap: the float32 weights are float[]s and the Q8_0 ones read-only heap buffers
+     * (Loader), and the matrices here are too, so that the JIT compiles the loads for the
+     * classes the forward pass will pass.
      * q8: the model has Q8_0 matrices, so matvecQ8 (and the quantizer) are warmed up as well.
      */
     static void warmUp(Kernels k, boolean onHeap, boolean q8) {
@@ -66,6 +70,8 @@ interface Kernels {
         for (int i = 0; i < qb.capacity(); i++) qb.put(i, (byte) (i % 251 - 125));
         for (int at = 0; at < qb.capacity(); at += Q8.BLOCK_BYTES) qb.putShort(at, (short) 0x2000);  // d = 2^-7
         for (int i = 0; i < n; i++) xq[i] = (i % 17 - 8) * 0.1f;
+        float[] w = new float[rows * n];
+        for (int i = 0; i < w.length; i++) w[i] = (i % 13) * 1e-3f;
         if (onHeap) {
             bb = bb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
             qb = qb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
@@ -73,7 +79,8 @@ interface Kernels {
         long start = System.nanoTime();
         for (int fast = 0; fast < 200 && System.nanoTime() - start < 1_500_000_000L; ) {
             long t = System.nanoTime();
-            k.matvec(bb, 0, rows, x, n, out, 0);
+            if (onHeap) k.matvec(w, 0, rows, x, n, out, 0);
+            else k.matvec(bb, 0, rows, x, n, out, 0);
             if (q8) {
                 Q8.quantize(xq, n, qx, dx);
                 k.matvecQ8(qb, 0, rows, qx, dx, n, qout, 0);
@@ -97,6 +104,10 @@ interface Kernels {
         float[] ya = new float[rows + 1], yb = new float[rows + 1];
         a.matvec(bb, 12, rows, x, n, ya, 1);
         b.matvec(bb, 12, rows, x, n, yb, 1);
+        float[] w = new float[rows * n + 3], fa = new float[rows], fb = new float[rows];
+        bb.asFloatBuffer().get(w);
+        a.matvec(w, 3, rows, x, n, fa, 0);
+        b.matvec(w, 3, rows, x, n, fb, 0);
         float[] za = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
         float[] zb = za.clone();
         a.axpy(za, 1, 2f, x, 3, 17);
@@ -110,7 +121,7 @@ interface Kernels {
         float[] dx = {0.5f, 0.25f}, qa = new float[rows], qbOut = new float[rows];
         a.matvecQ8(qb, 7, rows, qx, dx, qn, qa, 0);
         b.matvecQ8(qb, 7, rows, qx, dx, qn, qbOut, 0);
-        return Arrays.equals(ya, yb) && Arrays.equals(za, zb) && a.dot(x, 2, x, 1, 70) == b.dot(x, 2, x, 1, 70)
+        return Arrays.equals(ya, yb) && Arrays.equals(fa, fb) && Arrays.equals(za, zb) && a.dot(x, 2, x, 1, 70) == b.dot(x, 2, x, 1, 70)
                 && Arrays.equals(qa, qbOut);
     }
 }

@@ -1,7 +1,8 @@
 /*
  * A (rows, cols) weight matrix of the checkpoint, float32 or (GGUF) Q8_0 blocks: mapped from the
- * file, or read onto the Java heap (Loader). A ByteBuffer indexes with an int, so the rows are
- * held in blocks of at most 1 GiB; a row never straddles two blocks.
+ * file, or read onto the Java heap (Loader), a float32 one into float[]s. Arrays and ByteBuffers
+ * index with an int, so the rows are held in blocks of at most 1 GiB; a row never straddles two
+ * blocks.
  */
 package polyllama;
 
@@ -15,7 +16,8 @@ final class Matrix {
     final int type;              // F32 or Q8.TYPE
     final int rowBytes;
     final int rowsPerBlock;
-    final ByteBuffer[] blocks;   // little-endian, read-only
+    final ByteBuffer[] blocks;   // little-endian, read-only; null when floats holds the rows
+    final Loader.Floats[] floats;  // float32 on the heap: block b's rows from floats[b].start()
 
     Matrix(Loader load, long offset, int rows, int cols) throws IOException {
         this(load, offset, rows, cols, F32);
@@ -29,10 +31,14 @@ final class Matrix {
         this.rowBytes = (int) (type == F32 ? 4L * cols : Q8.bytes(1, cols));  // a row is far below 1 GiB (Config)
         this.rowsPerBlock = (int) Math.max(1, Math.min(rows, BLOCK_BYTES / rowBytes));
         int n = (rows + rowsPerBlock - 1) / rowsPerBlock;
-        blocks = new ByteBuffer[n];
+        boolean inFloats = load.onHeap && type == F32;
+        blocks = inFloats ? null : new ByteBuffer[n];
+        floats = inFloats ? new Loader.Floats[n] : null;
         for (int b = 0; b < n; b++) {
             int first = b * rowsPerBlock, count = Math.min(rowsPerBlock, rows - first);
-            blocks[b] = load.bytes(offset + (long) first * rowBytes, count * rowBytes);
+            long at = offset + (long) first * rowBytes;
+            if (inFloats) floats[b] = load.floats(at, count * cols);
+            else blocks[b] = load.bytes(at, count * rowBytes);
         }
     }
 
@@ -42,6 +48,11 @@ final class Matrix {
 
     /** dst[0 .. cols) = row r (the token embedding lookup); a Q8_0 row dequantized, fp32(d) * q exactly. */
     void copyRow(int r, float[] dst) {
+        if (floats != null) {
+            Loader.Floats f = floats[r / rowsPerBlock];
+            System.arraycopy(f.array(), f.start() + (r % rowsPerBlock) * cols, dst, 0, cols);
+            return;
+        }
         ByteBuffer bb = blocks[r / rowsPerBlock];
         int base = (r % rowsPerBlock) * rowBytes;
         if (!q8()) {
@@ -59,6 +70,11 @@ final class Matrix {
     float[] toArray() {
         float[] out = new float[rows * cols];
         for (int r = 0; r < rows; r++) {
+            if (floats != null) {
+                Loader.Floats f = floats[r / rowsPerBlock];
+                System.arraycopy(f.array(), f.start() + (r % rowsPerBlock) * cols, out, r * cols, cols);
+                continue;
+            }
             ByteBuffer bb = blocks[r / rowsPerBlock];
             int base = (r % rowsPerBlock) * rowBytes;
             for (int i = 0; i < cols; i++) out[r * cols + i] = bb.getFloat(base + 4 * i);

@@ -40,9 +40,15 @@ public final class Run {
         }
         Pool pool = new Pool(a.threads);
         Kernels kernels = Kernels.pick();
-        if (Boolean.getBoolean("polyllama.verbose")) System.err.println("kernels: " + kernels.name());
+        boolean verbose = Boolean.getBoolean("polyllama.verbose");
+        if (verbose) System.err.println("kernels: " + kernels.name());
         if (!Boolean.getBoolean("polyllama.nowarmup")) Kernels.warmUp(kernels, onHeap, model.weights.hasQ8());
         Transformer t = new Transformer(model, pool, kernels);
+        if (!Boolean.getBoolean("polyllama.nowarmup")) {
+            long w0 = System.nanoTime();
+            int passes = t.warmUp();
+            if (verbose) System.err.printf("warm-up: %d forward passes, %.2f s%n", passes, Stats.seconds(System.nanoTime() - w0));
+        }
         double load = Stats.seconds(System.nanoTime() - t0);
 
         Stats st;

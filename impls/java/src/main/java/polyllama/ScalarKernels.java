@@ -22,6 +22,23 @@ final class ScalarKernels implements Kernels {
         }
     }
 
+    @Override
+    public void matvec(float[] w, int off, int nRows, float[] x, int n, float[] out, int outOff) {
+        for (int r = 0; r < nRows; r++) {
+            int base = off + r * n;
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int i = 0;
+            for (; i + 3 < n; i += 4) {
+                s0 += w[base + i] * x[i];
+                s1 += w[base + i + 1] * x[i + 1];
+                s2 += w[base + i + 2] * x[i + 2];
+                s3 += w[base + i + 3] * x[i + 3];
+            }
+            for (; i < n; i++) s0 += w[base + i] * x[i];
+            out[outOff + r] = (s0 + s1) + (s2 + s3);
+        }
+    }
+
     /** Block by block: the int products summed exactly in an int, then scaled, as the contract writes it. */
     @Override
     public void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff) {

@@ -6,6 +6,8 @@
  */
 package polyllama;
 
+import java.lang.management.CompilationMXBean;
+import java.lang.management.ManagementFactory;
 import java.util.Arrays;
 import java.util.concurrent.atomic.AtomicInteger;
 
@@ -59,7 +61,10 @@ final class Transformer {
         while (r0 < r1) {
             int b = r0 / m.rowsPerBlock, first = b * m.rowsPerBlock;
             int end = Math.min(r1, first + m.rowsPerBlock), at = (r0 - first) * m.rowBytes;
-            if (m.q8()) k.matvecQ8(m.blocks[b], at, end - r0, s.xq, s.xd, m.cols, out, outOff + r0);
+            if (m.floats != null) {
+                Loader.Floats f = m.floats[b];
+                k.matvec(f.array(), f.start() + (r0 - first) * m.cols, end - r0, x, m.cols, out, outOff + r0);
+            } else if (m.q8()) k.matvecQ8(m.blocks[b], at, end - r0, s.xq, s.xd, m.cols, out, outOff + r0);
             else k.matvec(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
             r0 = end;
         }
@@ -108,6 +113,33 @@ final class Transformer {
             float v0 = vec[off + i], v1 = vec[off + i + 1];
             vec[off + i] = v0 * cos - v1 * sin;
             vec[off + i + 1] = v0 * sin + v1 * cos;
+        }
+    }
+
+    /**
+     * Runs forward passes until the JIT has compiled the forward pass, so that decode_s times
+     * compiled code (the time goes to load_s, as Kernels.warmUp's does). Otherwise the first
+     * tokens run in the interpreter and C1's code while C2's threads take cores from the pool:
+     * at the 15M shape that was a third of the decode (README, "Performance levers"). Done once
+     * the JVM's compilation time has stood still for 200 ms after at least 8 passes, or after 3 s.
+     * Positions 0-7 only: the generation rewrites a cache row before it reads it.
+     */
+    /** The number of passes it ran. */
+    int warmUp() {
+        CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
+        boolean timed = jit != null && jit.isCompilationTimeMonitoringSupported();
+        long start = System.nanoTime(), quietSince = start, compiled = -1;
+        for (int pass = 1; ; pass++) {
+            forward(1 % c.vocabSize, pass % Math.min(8, c.seqLen));
+            long now = System.nanoTime();
+            if (now - start > 3_000_000_000L || (!timed && pass >= 64)) return pass;
+            long t = timed ? jit.getTotalCompilationTime() : 0;
+            if (t != compiled) {
+                compiled = t;
+                quietSince = now;
+            } else if (pass >= 8 && now - quietSince > 200_000_000L) {
+                return pass;
+            }
         }
     }
 

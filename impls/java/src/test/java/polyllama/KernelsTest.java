@@ -46,6 +46,50 @@ class KernelsTest {
     }
 
     /**
+     * A row's float32 product has the same bits whichever pass computes it (the four-row pass or
+     * the rows left over), so the logits do not depend on how the pool splits the rows.
+     */
+    @Test
+    void matvecRowsDoNotDependOnTheSplit() {
+        Kernels simd = Kernels.pick();
+        int rows = 7, n = 300;  // 300: two-vector steps, a one-vector step and a scalar tail at 16 lanes
+        ByteBuffer bb = ByteBuffer.allocateDirect(4 * rows * n).order(ByteOrder.LITTLE_ENDIAN);
+        float[] x = new float[n];
+        Random r = new Random(3);
+        for (int i = 0; i < n; i++) x[i] = (float) r.nextGaussian();
+        for (int i = 0; i < rows * n; i++) bb.putFloat(4 * i, (float) r.nextGaussian());
+        float[] whole = new float[rows];
+        simd.matvec(bb, 0, rows, x, n, whole, 0);
+        for (int row = 0; row < rows; row++) {
+            float[] alone = new float[1];
+            simd.matvec(bb, 4 * row * n, 1, x, n, alone, 0);
+            assertEquals(Float.floatToIntBits(whole[row]), Float.floatToIntBits(alone[0]), "row " + row);
+        }
+    }
+
+    /** The float[] kernels (weights read onto the heap) give the ByteBuffer kernels' bits, split any way. */
+    @Test
+    void floatArrayMatvecIsTheBufferMatvec() {
+        int rows = 7, n = 300, off = 5;
+        Random r = new Random(4);
+        float[] w = new float[off + rows * n], x = new float[n];
+        for (int i = 0; i < w.length; i++) w[i] = (float) r.nextGaussian();
+        for (int i = 0; i < n; i++) x[i] = (float) r.nextGaussian();
+        ByteBuffer bb = ByteBuffer.allocate(4 * w.length).order(ByteOrder.LITTLE_ENDIAN);
+        bb.asFloatBuffer().put(w);
+        for (Kernels k : new Kernels[] {Kernels.pick(), new ScalarKernels()}) {
+            float[] want = new float[rows], got = new float[rows + 2];
+            k.matvec(bb, 4 * off, rows, x, n, want, 0);
+            k.matvec(w, off, rows, x, n, got, 2);
+            assertArrayEquals(want, Arrays.copyOfRange(got, 2, rows + 2), k.name());
+            float[] split = new float[rows];
+            k.matvec(w, off, 2, x, n, split, 0);                 // rows 0-1, then 2-6
+            k.matvec(w, off + 2 * n, rows - 2, x, n, split, 2);
+            assertArrayEquals(want, split, k.name() + ", split 2 + 5");
+        }
+    }
+
+    /**
      * The Q8_0 product, SIMD and scalar, against the contract's formula written out: each block's
      * isum exact (in a long here), times fp32(dw) * dx in float, the blocks added in order. Rows
      * odd in number (the SIMD kernel's last row is on its own), a zero scale, the int16 extreme

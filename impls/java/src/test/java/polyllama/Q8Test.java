@@ -109,7 +109,7 @@ class Q8Test {
         byte[] q8 = Fixtures.q8(values);
         Path p = Files.write(Files.createTempFile(dir, "q8", ".bin"), q8);
         try (FileChannel ch = FileChannel.open(p)) {
-            return new Matrix(new Loader(ch, true, q8.length), 0, m.rows, m.cols, Q8.TYPE);
+            return new Matrix(new Loader(ch, true, 0, q8.length), 0, m.rows, m.cols, Q8.TYPE);
         }
     }
 }
