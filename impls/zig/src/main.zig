@@ -381,13 +381,99 @@ inline fn blockDot(w: I8xB, x: I8xB) i32 {
     return @reduce(.Add, @as(I32xB, w) * @as(I32xB, x));
 }
 
+/// x86 with AVX2: a block's products as eight int32 partial sums, each of four adjacent
+/// products, straight from the byte instructions (LLVM's own intrinsics; written as vector
+/// arithmetic, LLVM widened the bytes to int32 instead). |w| times x with w's sign is the same
+/// product, unsigned by signed, which is what vpdpbusd and vpmaddubsw take; |w| rather than |x|
+/// because w = -128 may occur in a file and x = -128 never does (quantizeActivation). A pair of
+/// products is at most 2 * 128 * 127 < 2^15, so vpmaddubsw cannot saturate.
+const has_partials = switch (builtin.cpu.arch) {
+    .x86_64, .x86 => builtin.cpu.has(.x86, .avx2),
+    else => false,
+};
+const I32x8 = @Vector(8, i32);
+extern fn @"llvm.x86.avx512.vpdpbusd.256"(I32x8, I32x8, I32x8) I32x8;
+extern fn @"llvm.x86.avx2.pmadd.ub.sw"(@Vector(32, u8), @Vector(32, i8)) @Vector(16, i16);
+extern fn @"llvm.x86.avx2.pmadd.wd"(@Vector(16, i16), @Vector(16, i16)) I32x8;
+
+inline fn blockPartials(w: I8xB, x: I8xB) I32x8 {
+    const zero: I8xB = @splat(0);
+    const sx = @select(i8, w < zero, zero -% x, x);
+    const aw: @Vector(32, u8) = @abs(w);
+    if (has_vnni) return @"llvm.x86.avx512.vpdpbusd.256"(@splat(0), @bitCast(aw), @bitCast(sx));
+    return @"llvm.x86.avx2.pmadd.wd"(@"llvm.x86.avx2.pmadd.ub.sw"(aw, sx), @splat(1));
+}
+
+/// Four blocks' partial sums -> their four isums, in order: pairwise sums of lanes (vphaddd)
+/// twice, then the two 128-bit halves added.
+inline fn isums4(v0: I32x8, v1: I32x8, v2: I32x8, v3: I32x8) @Vector(4, i32) {
+    const even = [8]i32{ 0, 2, -1, -3, 4, 6, -5, -7 };
+    const odd = [8]i32{ 1, 3, -2, -4, 5, 7, -6, -8 };
+    const s01 = @shuffle(i32, v0, v1, even) + @shuffle(i32, v0, v1, odd);
+    const s23 = @shuffle(i32, v2, v3, even) + @shuffle(i32, v2, v3, odd);
+    const s = @shuffle(i32, s01, s23, even) + @shuffle(i32, s01, s23, odd);
+    return @shuffle(i32, s, undefined, [4]i32{ 0, 1, 2, 3 }) + @shuffle(i32, s, undefined, [4]i32{ 4, 5, 6, 7 });
+}
+
+/// One row, eight blocks at a time, as the C port's q8_dot_row: the eight blocks' isums side by
+/// side (isums8), their scales converted together, scaled and summed lane-wise (the contract
+/// leaves the order of the sum over blocks free); the blocks past the last eight one by one.
+fn rowDot8(row: []const Q8Block, in: Input) f32 {
+    const nb = row.len;
+    var acc: @Vector(8, f32) = @splat(0);
+    var b: usize = 0;
+    while (b + 8 <= nb) : (b += 8) {
+        var v: [8]I32x8 = undefined;
+        var h: @Vector(8, u16) = undefined;
+        inline for (0..8) |k| {
+            v[k] = blockPartials(row[b + k].qs, in.qx[(b + k) * QB ..][0..QB].*);
+            h[k] = std.mem.readInt(u16, &row[b + k].d, .little);
+        }
+        const isum: @Vector(8, f32) = @floatFromInt(isums8(v));
+        const dw: @Vector(8, f32) = @floatCast(@as(@Vector(8, f16), @bitCast(h)));
+        const dx: @Vector(8, f32) = in.dx[b..][0..8].*;
+        acc += isum * (dw * dx);
+    }
+    var sum = @reduce(.Add, acc);
+    while (b < nb) : (b += 1) {
+        const isum = blockDot(row[b].qs, in.qx[b * QB ..][0..QB].*);
+        sum += @as(f32, @floatFromInt(isum)) * (row[b].scale() * in.dx[b]);
+    }
+    return sum;
+}
+
+inline fn isums8(v: [8]I32x8) I32x8 {
+    const even = [8]i32{ 0, 2, -1, -3, 4, 6, -5, -7 };
+    const odd = [8]i32{ 1, 3, -2, -4, 5, 7, -6, -8 };
+    const s01 = @shuffle(i32, v[0], v[1], even) + @shuffle(i32, v[0], v[1], odd);
+    const s23 = @shuffle(i32, v[2], v[3], even) + @shuffle(i32, v[2], v[3], odd);
+    const s45 = @shuffle(i32, v[4], v[5], even) + @shuffle(i32, v[4], v[5], odd);
+    const s67 = @shuffle(i32, v[6], v[7], even) + @shuffle(i32, v[6], v[7], odd);
+    const s0123 = @shuffle(i32, s01, s23, even) + @shuffle(i32, s01, s23, odd);
+    const s4567 = @shuffle(i32, s45, s67, even) + @shuffle(i32, s45, s67, odd);
+    // each 128-bit half holds blocks 0-3 (4-7) over its own half of the lanes
+    return @shuffle(i32, s0123, s4567, [8]i32{ 0, 1, 2, 3, -1, -2, -3, -4 }) +
+        @shuffle(i32, s0123, s4567, [8]i32{ 4, 5, 6, 7, -5, -6, -7, -8 });
+}
+
 /// As matmulRowsF32 for a Q8_0 W, on an input quantized by quantizeActivation: out[r] = sum over
-/// blocks b of float(isum) * (fp32(d_w) * d_x). Four rows at a time, one lane of the fp32
-/// accumulator each: each input block loaded serves four rows, the four blocks' int32 sums are
-/// reduced together, and a row's total needs no horizontal add at the end.
+/// blocks b of float(isum) * (fp32(d_w) * d_x). On x86, rows of 16 blocks or more go one at a
+/// time, eight blocks at a time (rowDot8), each row prefetched four rows ahead. Otherwise (short
+/// rows, where rowDot8's leftover blocks cost too much: the 15M shape's 9, and every arm64
+/// build) four rows at a time, one lane of the fp32 accumulator each: each input block loaded
+/// serves four rows, the four blocks' int32 sums are reduced together (on x86 from their partial
+/// sums: isums4), their four scales converted together, and a row's total needs no horizontal
+/// add at the end. Measured, build against build: docs/benchmarks.md.
 fn matmulRowsQ8(out: []f32, w: []const Q8Block, in: Input, r0: usize, r1: usize) void {
     const nb = in.dx.len; // blocks per row
     var i = r0;
+    if (has_partials and nb >= 16) {
+        while (i < r1) : (i += 1) {
+            if (q8_prefetch and i + 4 < r1) prefetchBytes(std.mem.sliceAsBytes(w[(i + 4) * nb ..][0..nb]));
+            out[i] = rowDot8(w[i * nb ..][0..nb], in);
+        }
+        return;
+    }
     while (i + 4 <= r1) : (i += 4) {
         if (q8_prefetch and i + 8 <= r1) prefetchBytes(std.mem.sliceAsBytes(w[(i + 4) * nb ..][0 .. 4 * nb]));
         const rows = w[i * nb ..][0 .. 4 * nb];
@@ -395,12 +481,15 @@ fn matmulRowsQ8(out: []f32, w: []const Q8Block, in: Input, r0: usize, r1: usize)
         for (in.dx, 0..) |dx, b| {
             const xq: I8xB = in.qx[b * QB ..][0..QB].*;
             var isum: @Vector(4, i32) = undefined;
-            var dw: @Vector(4, f32) = undefined;
-            inline for (0..4) |k| {
-                const blk = &rows[k * nb + b];
-                isum[k] = blockDot(blk.qs, xq);
-                dw[k] = blk.scale();
+            var h: @Vector(4, u16) = undefined;
+            if (has_partials) {
+                isum = isums4(blockPartials(rows[b].qs, xq), blockPartials(rows[nb + b].qs, xq),
+                    blockPartials(rows[2 * nb + b].qs, xq), blockPartials(rows[3 * nb + b].qs, xq));
+            } else {
+                inline for (0..4) |k| isum[k] = blockDot(rows[k * nb + b].qs, xq);
             }
+            inline for (0..4) |k| h[k] = std.mem.readInt(u16, &rows[k * nb + b].d, .little);
+            const dw: @Vector(4, f32) = @floatCast(@as(@Vector(4, f16), @bitCast(h)));
             acc += @as(@Vector(4, f32), @floatFromInt(isum)) * (dw * @as(@Vector(4, f32), @splat(dx)));
         }
         out[i..][0..4].* = acc;
@@ -1311,6 +1400,43 @@ test "Q8_0 activation quantization: fp16 scale, ties to even, all-zero blocks" {
     x[0] = std.math.nan(f32);
     x[QB] = std.math.inf(f32);
     quantizeActivation(&qx, &dx, &x);
+}
+
+test "Q8_0 matmul kernel, rows of 16 blocks or more: exact where every order is, close elsewhere" {
+    var prng: std.Random.DefaultPrng = .init(17);
+    const rand = prng.random();
+    const rows = 6;
+    const nb = 19; // two groups of eight (rowDot8 on x86) and three blocks one by one
+    var w: [rows * nb]Q8Block = undefined;
+    var x: [nb * QB]f32 = undefined;
+    var qx: [nb * QB]i8 = undefined;
+    var dx: [nb]f32 = undefined;
+    var want: [rows]f32 = undefined;
+    var got: [rows]f32 = undefined;
+    for (0..2) |round| {
+        // round 0: scales 1 and 0 and an activation of integers whose blocks reach 127, so that
+        // dx = 1, qx = x and every term is an integer: the sum is exact in any order, and the
+        // kernel must give the scalar formula's bits. Round 1: random scales, within rounding.
+        for (&w, 0..) |*blk, i| {
+            for (&blk.qs) |*q| q.* = rand.int(i8);
+            const d: f16 = if (round == 0) (if (i % 7 == 3) 0 else 1) else @floatCast(rand.float(f32) * 0.02);
+            std.mem.writeInt(u16, &blk.d, @bitCast(d), .little);
+            if (i % 9 == 4) blk.qs = @splat(-128);
+        }
+        for (&x, 0..) |*v, i| {
+            v.* = if (round == 0) @floatFromInt(rand.intRangeAtMost(i8, -127, 127)) else rand.floatNorm(f32);
+            if (round == 0 and i % QB == 0) v.* = 127;
+        }
+        quantizeActivation(&qx, &dx, &x);
+        matmulQ8Scalar(&want, &w, &qx, &dx);
+        matmulRows(&got, .{ .q8_0 = &w }, .{ .x = &x, .qx = &qx, .dx = &dx }, 0, rows);
+        if (round == 0) {
+            for (dx) |d| try testing.expectEqual(@as(f32, 1), d);
+            try testing.expectEqualSlices(f32, &want, &got);
+        } else {
+            for (want, got) |a, b| try testing.expectApproxEqAbs(a, b, 1e-5 * (1 + @abs(a)));
+        }
+    }
 }
 
 test "Q8_0 matmul kernel: bit for bit the scalar formula, ragged rows, -128 and zero blocks" {
