@@ -387,8 +387,10 @@ inline fn blockDot(w: I8xB, x: I8xB) i32 {
 /// product, unsigned by signed, which is what vpdpbusd and vpmaddubsw take; |w| rather than |x|
 /// because w = -128 may occur in a file and x = -128 never does (quantizeActivation). A pair of
 /// products is at most 2 * 128 * 127 < 2^15, so vpmaddubsw cannot saturate.
+/// Only where LLVM compiles (the release builds): Zig's own x86 backend, which debug builds use,
+/// has no LLVM intrinsics and takes the portable path.
 const has_partials = switch (builtin.cpu.arch) {
-    .x86_64, .x86 => builtin.cpu.has(.x86, .avx2),
+    .x86_64, .x86 => builtin.cpu.has(.x86, .avx2) and builtin.zig_backend == .stage2_llvm,
     else => false,
 };
 const I32x8 = @Vector(8, i32);
