@@ -62,20 +62,17 @@ interface Kernels {
      */
     static void warmUp(Kernels k, boolean onHeap, boolean q8) {
         int rows = 64, n = 256;
-        ByteBuffer bb = buffer(4 * rows * n, onHeap), qb = buffer((int) Q8.bytes(rows, n), onHeap);
+        float[] w = new float[rows * n];  // the float32 matrix: the float[] itself on the heap, else mapped bytes
+        for (int i = 0; i < w.length; i++) w[i] = (i % 13) * 1e-3f;
+        ByteBuffer bb = onHeap ? null : buffer(4 * rows * n, false), qb = buffer((int) Q8.bytes(rows, n), onHeap);
+        if (bb != null) bb.asFloatBuffer().put(w);
         float[] x = new float[n], out = new float[rows], xq = new float[n], qout = new float[rows];
         float[] dx = new float[n / Q8.BLOCK];
         short[] qx = new short[n];
-        for (int i = 0; i < rows * n; i++) bb.putFloat(4 * i, (i % 13) * 1e-3f);
         for (int i = 0; i < qb.capacity(); i++) qb.put(i, (byte) (i % 251 - 125));
         for (int at = 0; at < qb.capacity(); at += Q8.BLOCK_BYTES) qb.putShort(at, (short) 0x2000);  // d = 2^-7
         for (int i = 0; i < n; i++) xq[i] = (i % 17 - 8) * 0.1f;
-        float[] w = new float[rows * n];
-        for (int i = 0; i < w.length; i++) w[i] = (i % 13) * 1e-3f;
-        if (onHeap) {
-            bb = bb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
-            qb = qb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
-        }
+        if (onHeap) qb = qb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
         long start = System.nanoTime();
         for (int fast = 0; fast < 200 && System.nanoTime() - start < 1_500_000_000L; ) {
             long t = System.nanoTime();

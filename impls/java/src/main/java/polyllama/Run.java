@@ -42,9 +42,9 @@ public final class Run {
         Kernels kernels = Kernels.pick();
         boolean verbose = Boolean.getBoolean("polyllama.verbose");
         if (verbose) System.err.println("kernels: " + kernels.name());
-        if (!Boolean.getBoolean("polyllama.nowarmup")) Kernels.warmUp(kernels, onHeap, model.weights.hasQ8());
         Transformer t = new Transformer(model, pool, kernels);
         if (!Boolean.getBoolean("polyllama.nowarmup")) {
+            Kernels.warmUp(kernels, onHeap, model.weights.hasQ8());
             long w0 = System.nanoTime();
             int passes = t.warmUp();
             if (verbose) System.err.printf("warm-up: %d forward passes, %.2f s%n", passes, Stats.seconds(System.nanoTime() - w0));
