@@ -406,15 +406,30 @@ inline fn blockPartials(w: I8xB, x: I8xB) I32x8 {
     return @"llvm.x86.avx2.pmadd.wd"(@"llvm.x86.avx2.pmadd.ub.sw"(aw, sx), @splat(1));
 }
 
-/// Four blocks' partial sums -> their four isums, in order: pairwise sums of lanes (vphaddd)
-/// twice, then the two 128-bit halves added.
+/// vphaddd: in each 128-bit half, a's two pairwise lane sums, then b's.
+inline fn hadd(a: I32x8, b: I32x8) I32x8 {
+    return @shuffle(i32, a, b, [8]i32{ 0, 2, -1, -3, 4, 6, -5, -7 }) +
+        @shuffle(i32, a, b, [8]i32{ 1, 3, -2, -4, 5, 7, -6, -8 });
+}
+
+/// Four blocks' partial sums -> each block's sum over one 128-bit half of its lanes: blocks 0-3
+/// in lanes 0-3 (the low halves) and again in lanes 4-7 (the high halves).
+inline fn halfSums4(v0: I32x8, v1: I32x8, v2: I32x8, v3: I32x8) I32x8 {
+    return hadd(hadd(v0, v1), hadd(v2, v3));
+}
+
+/// Four blocks' partial sums -> their four isums, in order.
 inline fn isums4(v0: I32x8, v1: I32x8, v2: I32x8, v3: I32x8) @Vector(4, i32) {
-    const even = [8]i32{ 0, 2, -1, -3, 4, 6, -5, -7 };
-    const odd = [8]i32{ 1, 3, -2, -4, 5, 7, -6, -8 };
-    const s01 = @shuffle(i32, v0, v1, even) + @shuffle(i32, v0, v1, odd);
-    const s23 = @shuffle(i32, v2, v3, even) + @shuffle(i32, v2, v3, odd);
-    const s = @shuffle(i32, s01, s23, even) + @shuffle(i32, s01, s23, odd);
+    const s = halfSums4(v0, v1, v2, v3);
     return @shuffle(i32, s, undefined, [4]i32{ 0, 1, 2, 3 }) + @shuffle(i32, s, undefined, [4]i32{ 4, 5, 6, 7 });
+}
+
+/// Eight blocks' partial sums -> their eight isums, in order.
+inline fn isums8(v: [8]I32x8) I32x8 {
+    const lo = halfSums4(v[0], v[1], v[2], v[3]);
+    const hi = halfSums4(v[4], v[5], v[6], v[7]);
+    return @shuffle(i32, lo, hi, [8]i32{ 0, 1, 2, 3, -1, -2, -3, -4 }) +
+        @shuffle(i32, lo, hi, [8]i32{ 4, 5, 6, 7, -5, -6, -7, -8 });
 }
 
 /// One row, eight blocks at a time, as the C port's q8_dot_row: the eight blocks' isums side by
@@ -442,20 +457,6 @@ fn rowDot8(row: []const Q8Block, in: Input) f32 {
         sum += @as(f32, @floatFromInt(isum)) * (row[b].scale() * in.dx[b]);
     }
     return sum;
-}
-
-inline fn isums8(v: [8]I32x8) I32x8 {
-    const even = [8]i32{ 0, 2, -1, -3, 4, 6, -5, -7 };
-    const odd = [8]i32{ 1, 3, -2, -4, 5, 7, -6, -8 };
-    const s01 = @shuffle(i32, v[0], v[1], even) + @shuffle(i32, v[0], v[1], odd);
-    const s23 = @shuffle(i32, v[2], v[3], even) + @shuffle(i32, v[2], v[3], odd);
-    const s45 = @shuffle(i32, v[4], v[5], even) + @shuffle(i32, v[4], v[5], odd);
-    const s67 = @shuffle(i32, v[6], v[7], even) + @shuffle(i32, v[6], v[7], odd);
-    const s0123 = @shuffle(i32, s01, s23, even) + @shuffle(i32, s01, s23, odd);
-    const s4567 = @shuffle(i32, s45, s67, even) + @shuffle(i32, s45, s67, odd);
-    // each 128-bit half holds blocks 0-3 (4-7) over its own half of the lanes
-    return @shuffle(i32, s0123, s4567, [8]i32{ 0, 1, 2, 3, -1, -2, -3, -4 }) +
-        @shuffle(i32, s0123, s4567, [8]i32{ 4, 5, 6, 7, -5, -6, -7, -8 });
 }
 
 /// As matmulRowsF32 for a Q8_0 W, on an input quantized by quantizeActivation: out[r] = sum over
