@@ -16,6 +16,10 @@ Format history:
                Q8_0 file's bytes per token as weight_bytes (the roofline); every run records its
                weight_type too. Cells are keyed by (port, model, weight type, threads). Versions 1
                and 2 still load: their cells are f32.
+  4 (2026-12): results first. A run records the SHA-256 of the text it generated, so a report can
+               show that every port wrote the same tokens; the suite records the validation it ran
+               before measuring (`validation`, None when it did not); a probe records how it read
+               (`method`: vector width, streams, huge pages). Versions 1-3 still load.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .matrix import Matrix
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 WeightType = Literal["f32", "q8_0"]
 
 
@@ -61,6 +65,7 @@ class Run(_Record):
     busy: bool = Field(False, description="taken while other processes used the CPU (the matrix's busy_share)")
     load_avg: float | None = Field(None, description="1-minute load average when the run started")
     weight_type: WeightType = Field("f32", description="the weights the run read: f32, or q8_0 (GGUF Q8_0)")
+    text_sha256: str | None = Field(None, description="SHA-256 of the text the port printed (format 4)")
 
     @property
     def ok(self) -> bool:
@@ -132,6 +137,7 @@ class Probe(_Record):
     threads: int
     streams: int = Field(description="rows each thread reads at once, as a blocked matvec does")
     gbs: float = Field(description="best pass, GB/s (1e9 bytes)")
+    method: str = Field("", description="how the probe read: vector width, streams, page size (format 4)")
 
 
 class Host(_Record):
@@ -161,8 +167,23 @@ class Host(_Record):
         return self.bandwidth_gbs.get(threads)
 
 
+class ValidationRow(_Record):
+    """One case of `invoke validate`: a port against the reference core on one model file."""
+    port: str
+    case: str
+    ok: bool
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    argmax_agree: str = "-"
+    greedy_identical: str = "-"
+    sampled_identical: str = "-"
+    problem: str = ""
+    note: str = ""
+    report_only: bool = False
+
+
 class Suite(_Record):
-    format_version: Literal[1, 2, 3] = FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4] = FORMAT_VERSION
     suite_id: str
     started: str
     finished: str | None = None
@@ -171,3 +192,5 @@ class Suite(_Record):
     host: Host
     ports: list[PortInfo]
     cells: list[Cell] = Field(default_factory=list)
+    validation: list[ValidationRow] | None = Field(None, description="the validation run before measuring "
+                                                                    "(format 4); None when it was not run")

@@ -318,7 +318,7 @@ def test_weight_types_run_q8_0_cells_for_the_ports_that_read_gguf_q8_0(fake_impl
                             types="f32,q8_0")
     assert bench.main(options, matrices=fake_impls / "m.toml", impls=impls, describe=describe) == 0
     suite = resultfile.load(fake_impls / "r.json")
-    assert suite.format_version == 3 and suite.matrix.types == ["f32", "q8_0"]
+    assert suite.format_version == 4 and suite.matrix.types == ["f32", "q8_0"]
     cells = {(c.port, c.model.weight_type): c for c in suite.cells}
     assert set(cells) == {("good", "f32"), ("q8reader", "f32"), ("q8reader", "q8_0")}  # good does not list it
     q8, f32 = cells[("q8reader", "q8_0")], cells[("q8reader", "f32")]
