@@ -65,7 +65,9 @@ def test_busy_runs_are_kept_but_left_out_of_every_figure():
 def test_roofline_is_per_model_size_and_a_cell_above_it_is_flagged():
     fast = _suite({"c": [15.0] * 5}, gbs=10.0)  # 15 tok/s x 1 GB = 15 GB/s against a 10 GB/s probe
     row = report.model_rows(fast, "m")[0]
-    assert row["% roofline"] == "150%" and "probe under-measured" in row["flags"]
+    assert row["% roofline"] == "150% (probe defect)" and "a probe defect" in row["flags"]
+    text = report.render(fast)
+    assert "probe defect: 1 cells above 100%" in text and "not a target met" in text
     ok = _suite({"c": [8.0] * 5}, gbs=10.0)
     assert report.model_rows(ok, "m")[0]["% roofline"] == "80%"
     few = _suite({"c": [8.0, 8.1]})

@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -73,12 +74,31 @@ def probe_binary() -> Path | None:
     return PROBE_BIN if r.returncode == 0 else None
 
 
-STREAMS = 4  # rows a blocked matvec reads at once
 MIN_BYTES_PER_PROBE = 2 << 30  # small buffers get more passes, so each probe streams about this much
 
 
-def measure_bandwidth(thread_counts: list[int], nbytes: int, streams: int = STREAMS) -> dict[int, float]:
-    """GB/s by thread count over a buffer of nbytes, best of several passes; empty without a C compiler."""
+@dataclass(frozen=True)
+class Reading:
+    gbs: float
+    streams: int
+    method: str
+
+
+def _parse(line: str) -> Reading | None:
+    """`<threads> <GB/s> <kernel>,<n>-streams,<pages>` from the probe."""
+    parts = line.split()
+    if len(parts) != 3:
+        return None
+    try:
+        streams = int(parts[2].split(",")[1].split("-")[0])
+        return Reading(float(parts[1]), streams, parts[2])
+    except (ValueError, IndexError):
+        return None
+
+
+def measure_bandwidth(thread_counts: list[int], nbytes: int) -> dict[int, Reading]:
+    """The best read of a buffer of nbytes by thread count (every stream count the probe tries,
+    best of several passes each); empty without a C compiler."""
     exe = probe_binary()
     if exe is None:
         return {}
@@ -86,9 +106,10 @@ def measure_bandwidth(thread_counts: list[int], nbytes: int, streams: int = STRE
     passes = max(PROBE_PASSES, min(200, MIN_BYTES_PER_PROBE // nbytes))
     out = {}
     for n in thread_counts:
-        r = subprocess.run([str(exe), str(nbytes), str(n), str(passes), str(streams)], capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.split():
-            out[n] = float(r.stdout.split()[1])
+        r = subprocess.run([str(exe), str(nbytes), str(n), str(passes)], capture_output=True, text=True)
+        reading = _parse(r.stdout) if r.returncode == 0 else None
+        if reading is not None:
+            out[n] = reading
     return out
 
 
@@ -110,8 +131,8 @@ def describe_host(thread_counts: list[int], container_image: str | None = None,
                   model_bytes: tuple[int, ...] = (PROBE_MIB << 20,)) -> Host:
     """The machine, with a roofline probe at each model's own size and each thread count."""
     commit, dirty = _git()
-    probes = [Probe(bytes=b, threads=t, streams=STREAMS, gbs=g)
-              for b in sorted(set(model_bytes)) for t, g in measure_bandwidth(thread_counts, b).items()]
+    probes = [Probe(bytes=b, threads=t, streams=r.streams, gbs=r.gbs, method=r.method)
+              for b in sorted(set(model_bytes)) for t, r in measure_bandwidth(thread_counts, b).items()]
     largest = max(model_bytes)
     governor, mhz = _governor()
     return Host(

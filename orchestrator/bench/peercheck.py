@@ -9,6 +9,7 @@ import subprocess
 from schemas.results import Cell, PeerCheck
 
 from ..ports.discover import Port, tool_env
+from ..results.summary import describe_peer as describe  # noqa: F401  (the pipeline prints it)
 from ..results.stats import metric
 
 
@@ -37,11 +38,3 @@ def run_check(port: Port, cell: Cell, timeout: float) -> PeerCheck:
     except (ValueError, KeyError, IndexError, TypeError) as e:
         return PeerCheck(**base, tool_tok_s=None, problem=f"no {spec.tok_s} in its output: {e}"[:200])
     return PeerCheck(**base, tool_tok_s=value)
-
-
-def describe(check: PeerCheck) -> str:
-    if check.problem:
-        return f"peer check failed: {check.problem}"
-    verdict = "agrees" if check.agrees else "DISAGREES"
-    return (f"own tool {check.tool_tok_s:.1f} tok/s, row {check.row_tok_s or 0:.1f} "
-            f"({(check.row_tok_s or 0) / check.tool_tok_s:.2f}x): {verdict} within {100 * check.tolerance:.0f}%")

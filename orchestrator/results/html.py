@@ -16,15 +16,16 @@ import math
 from html import escape
 from pathlib import Path
 
-from schemas.results import Cell, Suite
+from schemas.results import Cell, Suite, ValidationRow
 
-from ..bench.peercheck import describe
 from ..errors import PolyllamaError
 from ..files import write_atomic
 from .figures import (GROUP_ORDER, GROUP_TITLES, PLOTLY_MARKERS, ci95, footer, ordered_ports, port_group,
                       port_styles, thread_colours)
-from .report import baseline_port, model_rows, model_title, models_of, roofline, type_rows
+from . import summary
+from .report import baseline_port, model_rows, model_title, models_of, type_rows
 from .stats import busy_runs, geometric_mean, good_runs, metric, ratio_ci, summarize
+from .summary import describe_peer, roofline
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
@@ -92,6 +93,7 @@ h1 { font-size: 24px; margin: 4px 0 2px; } h2 { font-size: 19px; margin: 0 0 10p
 .facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 4px 28px; }
 .facts dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 12px; margin: 0; }
 .facts dt { color: var(--muted); } .facts dd { margin: 0; overflow-wrap: anywhere; }
+.lead { font-size: 17px; }
 .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px; font-weight: 600; }
 .badge.real { background: #e3f4e8; color: var(--ok); } .badge.synthetic, .badge.unverified { background: #fff1d6; color: #8a5a00; }
 .badge.peer { background: #ece6f7; color: #5b3a99; } .badge.bad { background: #fde7ea; color: var(--bad); }
@@ -446,6 +448,67 @@ def _types(suite: Suite) -> str:
             + _table(header, body))
 
 
+# ---------------------------------------------------------------- summary card
+def _shade(value: float) -> str:
+    """Green for the fastest, fading to red at half its speed or less."""
+    x = max(0.0, min(1.0, (value - 0.5) / 0.5))
+    return f"rgba({int(176 * (1 - x) + 27 * x)},{int(0 * (1 - x) + 127 * x)},{int(32 * (1 - x) + 59 * x)},0.30)"
+
+
+def _summary(suite: Suite) -> str:
+    """The answer first: per cell the ranking relative to the fastest row with 95% intervals, the
+    peer at its best, the best port's share of the roofline, whether the texts agree; then one
+    sentence per cell, validation and probe defects."""
+    gs = summary.groups(suite)
+    if not gs:
+        return '<section class="card" id="summary"><h2>Summary</h2><p>No cell finished.</p></section>'
+    rel: dict[str, list[float]] = {}
+    for g in gs:
+        for e in g.ranking:
+            rel.setdefault(e.port, []).append(e.vs_best.value if e.vs_best else 1.0)
+    ports = sorted(rel, key=lambda p: -(geometric_mean(rel[p]) or 0))
+    body = []
+    for g in gs:
+        by = {e.port: e for e in g.ranking}
+        tds = [_td(escape(g.model)), _td(str(g.threads), g.threads, "num"),
+               _td(f"<b>{escape(g.best_port.port)}</b>" if g.best_port else "-")]
+        for p in ports:
+            e = by.get(p)
+            if e is None:
+                tds.append(_td("-", None, "num"))
+                continue
+            value = e.vs_best.value if e.vs_best else 1.0
+            text = f"<b>{e.tok.mean:.{_digits(e.tok.mean)}f}</b><br>" + (escape(e.vs_best.fmt()) if e.vs_best else "fastest")
+            tds.append(f'<td class="num" data-v="{value:.4f}" style="background:{_shade(value)}">{text}</td>')
+        best = g.best_port
+        roof = (f"{100 * best.roof:.0f}%" + (' <span class="badge bad">probe defect</span>' if best.roof > 1 else "")
+                if best and best.roof else "-")
+        peer = (f"{g.vs_peer:.2f}x<br><small>vs {escape(g.peer.source)} {g.peer.best:.1f}</small>" if g.vs_peer else "-")
+        tds += [_td(roof, best.roof if best else None, "num"), _td(peer, g.vs_peer, "num"),
+                _td(escape(summary.text_note(g)))]
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    header = ["model", "threads", "fastest"] + [_label(suite, p) for p in ports] + [
+        "best port % roofline", "best port vs llama.cpp at its best", "generated text"]
+    defects = summary.probe_defects(suite)
+    validation = summary.validation_line(suite)
+    failed_validation = suite.validation is not None and any(not r.ok and not r.report_only for r in suite.validation)
+    notes = [f'<p class="lead">{escape(summary.overall(suite, gs))}</p>',
+             f'<p><span class="badge {"bad" if failed_validation or suite.validation is None else "real"}">'
+             f'{escape(validation)}</span></p>']
+    if defects:
+        notes.append(f'<p><span class="badge bad">probe defect</span> {len(defects)} cells read above 100% of their '
+                     f"roofline: the bandwidth probe read slower than the port there, so those shares are not "
+                     f"targets met: {escape(', '.join(defects))}</p>")
+    return (f'<section class="card" id="summary"><h2>Summary: which port is fastest, by how much, how sure</h2>'
+            + "".join(notes)
+            + '<p class="note">Each cell: mean decode tok/s over the good runs, and the ratio to the fastest row '
+              "of that model and thread count with a 95% interval (Welch on the log scale). An interval that "
+              "contains 1 is a tie within noise. llama.cpp at its best is the better of its row and its own "
+              "<code>llama-bench</code> on the same file and thread count.</p>"
+            + _table(header, body, sortable=False)
+            + "<ul>" + "".join(f"<li>{escape(summary.sentence(g))}</li>" for g in gs) + "</ul></section>")
+
+
 # ---------------------------------------------------------------- header card
 def _dl(pairs: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
@@ -544,11 +607,23 @@ def load_validation(path: Path | None) -> list[dict] | None:
 
 
 def _row_ok(row: dict) -> bool:
+    if row.get("report_only"):
+        return True
     if "result" in row:
         return str(row["result"]).lower() == "ok"
     if "ok" in row:
         return bool(row["ok"])
     return not row.get("problem")
+
+
+def _as_row(row: dict) -> ValidationRow:
+    """A row of `invoke validate --out`, or of an older table of strings (its verdict kept)."""
+    try:
+        return ValidationRow(**row)
+    except (TypeError, ValueError):
+        ok = _row_ok(row)
+        return ValidationRow(port=str(row.get("port", "?")), case=str(row.get("case", "?")), ok=ok,
+                             problem="" if ok else str(row.get("result") or row.get("problem") or "failed"))
 
 
 def _validation(rows: list[dict] | None) -> str:
@@ -581,7 +656,7 @@ def _peers(suite: Suite) -> str:
     for c in suite.cells:
         if c.peer_check is not None:
             try:
-                text = describe(c.peer_check)
+                text = describe_peer(c.peer_check)
             except (TypeError, ZeroDivisionError):
                 text = "peer check gave no figure"
             items.append(f"<li>{escape(c.port)} {escape(c.model.label)} j={c.threads}: {escape(text)}</li>")
@@ -590,6 +665,8 @@ def _peers(suite: Suite) -> str:
 
 # ---------------------------------------------------------------- the page
 def build_page(suite: Suite, validation: list[dict] | None = None, source: str | None = None) -> str:
+    if validation is None and suite.validation is not None:
+        validation = [r.model_dump() for r in suite.validation]
     import plotly
     from plotly.offline import get_plotlyjs
 
@@ -645,7 +722,8 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
 <div class="sub">Llama 2 inference (llama2.c models) across languages: {len({c.port for c in suite.cells})} ports,
 {len(models)} model{'s' if len(models) != 1 else ''} ({', '.join(origins)} weights), matrix
 <b>{escape(suite.matrix_name)}</b>, {escape(suite.started[:10])}, commit {escape(suite.host.git_commit[:10])}.</div>
-<nav><a href="#setup">machine</a>{nav}<a href="#relative">relative speed</a><a href="#validation">validation</a><a href="#failures">failed and skipped</a></nav>
+<nav><a href="#summary">summary</a><a href="#setup">machine</a>{nav}<a href="#relative">relative speed</a><a href="#validation">validation</a><a href="#failures">failed and skipped</a></nav>
+{_summary(suite)}
 {_header(suite)}
 {''.join(sections)}
 <section class="card" id="relative"><h2>Relative speed</h2>{_relative(suite, shown)}{_types(suite)}{_peers(suite)}</section>
@@ -661,6 +739,10 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
 
 
 def write_page(suite: Suite, path: Path, validation: Path | None = None, source: Path | None = None) -> Path:
+    """The page; a validation file given here replaces the suite's own validation rows when its rows
+    are `invoke validate --out` rows, and is shown as a plain table otherwise."""
     rows = load_validation(validation)
+    if rows is not None:
+        suite = suite.model_copy(update={"validation": [_as_row(r) for r in rows]})
     write_atomic(path, build_page(suite, rows, source.name if source else None).encode("utf-8"))
     return path

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from schemas.results import Cell, Suite
 
-from ..bench.peercheck import describe
-from .stats import busy_runs, geometric_mean, good_runs, metric, noise_notes, ratio_ci, roofline_share
+from . import summary
+from .stats import busy_runs, geometric_mean, good_runs, metric, noise_notes, ratio_ci
+from .summary import describe_peer, roofline
 
 BASELINES = ("c", "python")
 
@@ -30,16 +31,10 @@ def _flags(cell: Cell, roof: float | None) -> str:
         flags.append(f"busy:{busy_runs(cell)}/{len(cell.runs)} left out")
     flags += noise_notes(metric(cell, "tok_s")) if cell.status == "ok" else []
     if roof and roof > 1:
-        flags.append("above roofline: probe under-measured")
+        flags.append("above 100% of the roofline: a probe defect")
     if cell.peer_check is not None:
-        flags.append(describe(cell.peer_check))
+        flags.append(describe_peer(cell.peer_check))
     return ",".join(flags)
-
-
-def roofline(suite: Suite, cell: Cell) -> float | None:
-    tok = metric(cell, "tok_s")
-    return roofline_share(tok.mean if tok else None, cell.model.weight_bytes,
-                          suite.host.bandwidth_for(cell.model.weight_bytes, cell.threads))
 
 
 def _speed(suite: Suite, cell: Cell, base: str | None):
@@ -67,7 +62,7 @@ def model_rows(suite: Suite, model: str) -> list[dict]:
             "tok/s": tok.fmt() if tok else "-",
             "time/inference s": wall.fmt(3) if wall else "-",
             "peak MiB": f"{rss.max:.1f}" if rss else "-",
-            "% roofline": f"{100 * roof:.0f}%" if roof else "-",
+            "% roofline": (f"{100 * roof:.0f}%" + (" (probe defect)" if roof > 1 else "")) if roof else "-",
             f"vs {base} [95% CI]": speed.fmt() if speed else "-",
             "runs": f"{len(good_runs(cell))}/{len(cell.runs)}",
             "status": cell.status if cell.status == "ok" else f"{cell.status}: {cell.reason}"[:70],
@@ -155,10 +150,25 @@ def host_lines(suite: Suite) -> list[str]:
     ]
 
 
+def summary_text(suite: Suite, gs: list[summary.Group], fmt: str = "simple") -> str:
+    """The answer first: one sentence per cell, the ranking table, validation and probe defects."""
+    from tabulate import tabulate
+
+    lines = [summary.overall(suite, gs)] + [f"- {summary.sentence(g)}" for g in gs]
+    lines.append(summary.validation_line(suite))
+    defects = summary.probe_defects(suite)
+    if defects:
+        lines.append(f"probe defect: {len(defects)} cells above 100% of their roofline (the probe read slower "
+                     f"than the port; no target is met by them): " + ", ".join(defects))
+    table = tabulate(summary.rows(suite, gs), headers="keys", tablefmt=fmt) if gs else ""
+    return "\n".join(lines) + ("\n\n" + table if table else "")
+
+
 def render(suite: Suite, fmt: str = "simple") -> str:
     from tabulate import tabulate
 
-    parts = ["\n".join(host_lines(suite))]
+    gs = summary.groups(suite)
+    parts = [summary_text(suite, gs, fmt), "\n".join(host_lines(suite))]
     for model in models_of(suite):
         parts.append(f"{model_title(suite, model)}\n" + tabulate(model_rows(suite, model), headers="keys",
                                                                     tablefmt=fmt))
