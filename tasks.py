@@ -108,11 +108,13 @@ def lever(c, ports, env, models="stories110M", threads="1,all", steps=128, round
 
 @task(help={"results": "a result JSON written by `invoke bench`", "out": "folder for the exports and figures",
             "html": "also write one self-contained page, <out>/<suite>.html, that opens offline in a browser",
-            "validation": "a JSON list of `invoke validate` rows to show on the page (implies --html)"})
+            "validation": "a JSON list of `invoke validate` rows to show on the page (implies --html)",
+            "docs": "also write the suite's current block (its matrix's) into this markdown page, "
+                    "e.g. docs/benchmarks.md; the result file should be committed, since the block names it"})
 @_exits
-def report(c, results, out=None, html=False, validation=None):
+def report(c, results, out=None, html=False, validation=None, docs=None):
     """Regenerate tables, exports and figures (and with --html the page) from a saved result file."""
-    return app.report(results, out, html, validation)
+    return app.report(results, out, html, validation, docs)
 
 
 @task(help={"a": "baseline result JSON", "b": "result JSON to compare with it",

@@ -256,15 +256,21 @@ def bench(options) -> int:
         return main(options)
 
 
-def report(results: str, out: str | None = None, html: bool = False, validation: str | None = None) -> int:
+def report(results: str, out: str | None = None, html: bool = False, validation: str | None = None,
+           docs: str | None = None) -> int:
     """Tables, exports and figures of a saved suite; with html (or a validation file) also the page
-    results/<suite>.html, with the rows of `invoke validate` when a JSON of them is given."""
+    results/<suite>.html, with the rows of `invoke validate` when a JSON of them is given; with docs,
+    the suite's block of that markdown page (results/docpage.py)."""
     from .bench.pipeline import publish
-    from .results import resultfile
+    from .results import docpage, resultfile
 
     path = Path(results)
-    publish(resultfile.load(path), path, Path(out) if out else None, html=html or bool(validation),
+    suite = resultfile.load(path)
+    publish(suite, path, Path(out) if out else None, html=html or bool(validation),
             validation=Path(validation) if validation else None)
+    if docs:
+        source = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+        print(docpage.update(Path(docs), suite, source.as_posix()))
     return 0
 
 

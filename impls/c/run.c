@@ -322,7 +322,7 @@ static void matvec_rows(float *out, const float *x, const float *w, int n, int r
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
 #ifdef __AVX512F__
         // where the build has AVX-512, one load is one whole cache line of a row: 1.07-1.10x over
-        // the 256-bit loop below at 42M and 110M (docs/benchmarks.md); that loop takes the rest
+        // the 256-bit loop below at 42M and 110M (docs/journal.md); that loop takes the rest
         __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
         for (; j + 32 <= n; j += 32) {
             __m512 xa = _mm512_loadu_ps(x + j), xb = _mm512_loadu_ps(x + j + 16);
@@ -634,7 +634,7 @@ static float q8_dot_row(const unsigned char *w, const int8_t *qx, const float *d
 // Each row is one sequential stream of 34-byte blocks, read once, and the hardware prefetcher
 // alone left the 110M shape at about 10 GB/s where the f32 kernel (four rows at a time) streams
 // 15: asking for every cache line of the row q8_prefetch_rows ahead is the lever measured in
-// docs/benchmarks.md. POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
+// docs/journal.md. POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
 static int q8_prefetch_rows = 4;
 
 static void q8_prefetch_from_env(void) {

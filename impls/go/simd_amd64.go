@@ -53,7 +53,7 @@ func q8RowsAVX2(out *float32, w *byte, rows int, nb int, qx *int8, dx *float32, 
 
 // q8PrefetchRows: each Q8_0 row is one sequential stream of 34-byte blocks, read once, and the
 // hardware prefetcher alone left the 110M shape far below the memory's bandwidth; asking for
-// the bytes this many rows ahead is the lever measured in docs/benchmarks.md.
+// the bytes this many rows ahead is the lever measured in docs/journal.md.
 // POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
 var q8PrefetchRows = q8PrefetchFromEnv()
 

@@ -19,7 +19,7 @@ comptime Q8_GROUP = 8
 # Each row is one sequential stream of 34-byte blocks, read once, and the hardware
 # prefetcher alone left the 110M shape at about 10 GB/s where the f32 kernel (four
 # rows at a time) streams 15: asking for every cache line of the row this many
-# ahead is the lever measured in docs/benchmarks.md.
+# ahead is the lever measured in docs/journal.md.
 comptime Q8_PREFETCH_ROWS = 4
 
 

@@ -4,7 +4,7 @@ alternating between rounds, so both sides of every pair see the same machine. Th
 paired ratio on/off of the port's own decode rate with its interval (results.stats.paired_ratio).
 
 Unlike `invoke bench`, nothing here is a benchmark result: it answers "did this change help",
-and the before/after tables in docs/benchmarks.md and the ports' READMEs come from it.
+and the before/after tables in docs/journal.md and the ports' READMEs come from it.
 """
 from __future__ import annotations
 

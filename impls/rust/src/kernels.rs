@@ -100,7 +100,7 @@ fn lane_sum<const K: usize>(a: [f32; K]) -> f32 {
 /// dot4 with explicit 512-bit vectors where the CPU has AVX-512: LLVM's tuning for these Xeons
 /// prefers 256-bit vectors, so the plain loops above never get one load per cache line. One
 /// accumulator a row, like Mojo's kernel: with two (which LLVM then unrolled to 64 floats a
-/// pass) 42M ran 99 tok/s against 109 with one, in one interleaved run (docs/benchmarks.md).
+/// pass) 42M ran 99 tok/s against 109 with one, in one interleaved run (docs/journal.md).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;

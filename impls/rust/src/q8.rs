@@ -221,7 +221,7 @@ pub fn matvec_rows(w: &[u8], x: Quantized, rows: Range<usize>, mut put: impl FnM
 /// How many rows ahead `matvec_rows` asks for every cache line of a row: each row is one
 /// sequential stream of 34-byte blocks, read once, and the hardware prefetcher alone left the
 /// 110M shape at about 10 GB/s where the f32 kernel (four rows at a time) streams 15; the lever
-/// is measured in docs/benchmarks.md. `POLYLLAMA_Q8_PREFETCH=0` turns it off, for before/after runs.
+/// is measured in docs/journal.md. `POLYLLAMA_Q8_PREFETCH=0` turns it off, for before/after runs.
 fn prefetch_rows() -> usize {
     static ROWS: OnceLock<usize> = OnceLock::new();
     *ROWS.get_or_init(|| if std::env::var_os("POLYLLAMA_Q8_PREFETCH").is_some_and(|v| v == "0") { 0 } else { 4 })

@@ -263,7 +263,7 @@ inline fn madd(acc: V, a: V, b: V) V {
 /// The lanes of v summed as a tree (halves added until one lane is left). @reduce(.Add) on
 /// floats adds the lanes in order, one dependent add after another: in the f32 matmul those
 /// chains (four rows of 16 lanes) were the hottest instructions, costing more than the rows'
-/// FMAs at 42M (docs/benchmarks.md, "Evening levers").
+/// FMAs at 42M (docs/journal.md, "Evening levers").
 fn sumLanes(comptime n: usize, v: @Vector(n, f32)) f32 {
     if (n == 1) return v[0];
     const h = n / 2;
@@ -466,7 +466,7 @@ fn rowDot8(row: []const Q8Block, in: Input) f32 {
 /// build) four rows at a time, one lane of the fp32 accumulator each: each input block loaded
 /// serves four rows, the four blocks' int32 sums are reduced together (on x86 from their partial
 /// sums: isums4), their four scales converted together, and a row's total needs no horizontal
-/// add at the end. Measured, build against build: docs/benchmarks.md.
+/// add at the end. Measured, build against build: docs/journal.md.
 fn matmulRowsQ8(out: []f32, w: []const Q8Block, in: Input, r0: usize, r1: usize) void {
     const nb = in.dx.len; // blocks per row
     var i = r0;
@@ -510,7 +510,7 @@ fn matmulRowsQ8(out: []f32, w: []const Q8Block, in: Input, r0: usize, r1: usize)
 /// Whether matmulRowsQ8 asks for the next four rows, every cache line, while it computes four:
 /// each row is a sequential stream of 34-byte blocks read once, and the hardware prefetcher
 /// alone left the 110M shape far below the memory's bandwidth; the lever is measured in
-/// docs/benchmarks.md. POLYLLAMA_Q8_PREFETCH=0 (read by main) turns it off, for before/after runs.
+/// docs/journal.md. POLYLLAMA_Q8_PREFETCH=0 (read by main) turns it off, for before/after runs.
 var q8_prefetch = true;
 
 fn prefetchBytes(bytes: []const u8) void {
