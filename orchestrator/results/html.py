@@ -566,9 +566,10 @@ def _header(suite: Suite) -> str:
                       + "</tr>")
     if h.probes:
         probes = [("<tr>" + _td(f"{p.bytes / 2**20:.1f}", p.bytes, "num") + _td(str(p.threads), p.threads, "num")
-                   + _td(str(p.streams), p.streams, "num") + _td(f"{p.gbs:.1f}", p.gbs, "num") + "</tr>")
-                  for p in sorted(h.probes, key=lambda p: (p.bytes, p.threads))]
-        roof = _table(["MiB read (one model)", "threads", "streams per thread", "GB/s"], probes)
+                   + _td(str(p.streams), p.streams, "num") + _td(f"{p.gbs:.1f}", p.gbs, "num")
+                   + _td(f"<code>{escape(p.method)}</code>" if p.method else "scalar sums, 4 streams (before format 4)")
+                   + "</tr>") for p in sorted(h.probes, key=lambda p: (p.bytes, p.threads))]
+        roof = _table(["MiB read (one model)", "threads", "streams per thread", "GB/s", "how it read"], probes)
     else:
         roof = _table(["MiB read", "threads", "GB/s"],
                       [("<tr>" + _td(str(h.bandwidth_probe_mib), h.bandwidth_probe_mib, "num") + _td(str(t), t, "num")
