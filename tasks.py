@@ -117,6 +117,13 @@ def report(c, results, out=None, html=False, validation=None, docs=None):
     return app.report(results, out, html, validation, docs)
 
 
+@task
+@_exits
+def golden(c):
+    """Write tests/data/golden/ (the texts every port's own tests compare with) from the numpy reference."""
+    return app.golden()
+
+
 @task(help={"a": "baseline result JSON", "b": "result JSON to compare with it",
             "metric": "tok_s (default), wall_s or rss_mib",
             "threshold": "fail (exit 1) when a cell is worse by more than this fraction, beyond the noise (0.05)"})
@@ -173,4 +180,4 @@ def models_convert(c, src, dst, tokenizer=None, version=0, type="f32"):
 
 
 models = Collection("models", models_list, models_fetch, models_synth, models_convert)
-ns = Collection(install, build_all, validate, bench, lever, report, compare, overhead, test, models)
+ns = Collection(install, build_all, validate, bench, lever, report, compare, overhead, golden, test, models)

@@ -145,6 +145,15 @@ def pytest(args: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=tool_env()).returncode
 
 
+def golden() -> int:
+    from .models.store import MODELS_DIR
+    from .ports.golden import write_all
+
+    for path in write_all(Store(), MODELS_DIR):
+        print(path.relative_to(ROOT))
+    return 0
+
+
 def models_list() -> int:
     print(tabulate(Store().listing(), headers="keys"))
     print("\nsearch path: " + os.pathsep.join(str(p) for p in search_path()))

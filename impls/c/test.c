@@ -390,10 +390,41 @@ static void to_q8(Matrix *m, size_t rows, size_t cols, void **owned, int *n_owne
     *m = (Matrix){q, WEIGHT_Q8_0};
 }
 
-// stories260K with tok512, greedy: the known opening, at one and at two threads. With q8, every
-// matrix the converter would write as Q8_0 is quantized in memory first, and the text is the
-// reference's for `invoke models.convert --type q8_0` of the same file (the F32 text differs
-// from "with my ball" on).
+// The golden texts (tests/data/golden/, written by the reference): the whole stdout of a run
+static char *read_golden(const char *name, size_t *len) {
+    char path[512];
+    snprintf(path, sizeof path, "../../tests/data/golden/%s", name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = xcalloc(1 << 16, 1);
+    *len = fread(buf, 1, (1 << 16) - 1, f);
+    fclose(f);
+    return buf;
+}
+
+// what generate() prints on stdout, caught in a temporary file
+static char *generated_text(Transformer *tr, Tokenizer *t, const char *prompt, int steps, size_t *len) {
+    Sampler sampler;
+    build_sampler(&sampler, tr->config.vocab_size, 0.0f, 0.9, 1);
+    FILE *tmp = tmpfile();
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    dup2(fileno(tmp), STDOUT_FILENO);
+    generate(tr, t, &sampler, prompt, steps, 0);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    char *buf = xcalloc(1 << 16, 1);
+    rewind(tmp);
+    *len = fread(buf, 1, (1 << 16) - 1, tmp);
+    fclose(tmp);
+    free_sampler(&sampler);
+    return buf;
+}
+
+// stories260K with tok512, greedy, at one and at two threads: the whole text equals the golden
+// file. With q8, every matrix the converter would write as Q8_0 is quantized in memory first, so
+// the text is the reference's for `invoke models.convert --type q8_0` of the same file.
 static void test_generation(int n_threads, int q8) {
     const char *model = model_file("stories260K.bin");
     if (!model) return;
@@ -429,26 +460,21 @@ static void test_generation(int n_threads, int q8) {
     Tokenizer t;
     build_tokenizer(&t, &v);
     start_transformer(&tr, n_threads);
-    char text[1024] = "";
-    size_t used = 0;
-    int token = 1;
-    for (int pos = 0; pos < (q8 ? 128 : 40); pos++) {
-        int next = sample_argmax(forward(&tr, token, pos), tr.config.vocab_size);
-        char byte;
-        int len;
-        const char *piece = decode(&t, token, next, &len, &byte);
-        if (safe_to_print(piece, len) && used + len < sizeof text) { memcpy(text + used, piece, len); used += len; }
-        token = next;
+    struct { const char *golden, *prompt; int steps; } runs[] = {
+        {q8 ? "stories260K.q8_0.greedy.txt" : "stories260K.f32.greedy.txt", "", q8 ? 128 : 256},
+        {"stories260K.f32.prompt.txt", "Once upon a time, there was a", 96},
+    };
+    for (int i = 0; i < (q8 ? 1 : 2); i++) {
+        size_t want_len = 0, got_len = 0;
+        char *want = read_golden(runs[i].golden, &want_len);
+        CHECK(want != NULL, "tests/data/golden/%s is missing", runs[i].golden);
+        if (!want) continue;
+        char *got = generated_text(&tr, &t, runs[i].prompt, runs[i].steps, &got_len);
+        CHECK(got_len == want_len && !memcmp(got, want, want_len), "%s at -j %d: got \"%s\"", runs[i].golden,
+              n_threads, got);
+        free(got);
+        free(want);
     }
-    text[used] = 0;
-    const char *want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
-    const char *want_q8 =
-        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
-        "she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, "
-        "let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with my ball.\"";
-    if (q8) want = want_q8;
-    CHECK(!strncmp(text, want, strlen(want)), "greedy stories260K%s at -j %d: got \"%s\"", q8 ? " Q8_0" : "",
-          n_threads, text);
     free_tokenizer(&t);
     free_vocab(&v);
     free_transformer(&tr);

@@ -39,6 +39,29 @@ bool in_ci() {
     return ci && std::string(ci) == "true";
 }
 
+// A golden text (tests/data/golden/, written by the reference): the whole stdout of a run.
+std::string golden(const std::string& name) {
+    std::ifstream in(fs::path(POLYLLAMA_GOLDEN_DIR) / name, std::ios::binary);
+    EXPECT_TRUE(in.good()) << "tests/data/golden/" << name << " is missing";
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// What the port prints for a greedy run: generate()'s loop (force the prompt, argmax, stop at
+// BOS, safe pieces), then the closing newline.
+std::string greedy_text(Transformer& tr, const Tokenizer& tok, std::string_view prompt, int steps) {
+    std::vector<int> ids = tok.encode(prompt, true, false);
+    std::string text;
+    int token = ids[0];
+    for (int pos = 0; pos < steps; ++pos) {
+        std::span<float> logits = tr.forward(token, pos);
+        int next = pos < static_cast<int>(ids.size()) - 1 ? ids[pos + 1] : sample_argmax(logits);
+        if (next == BOS) break;
+        text += safe_piece(tok.decode(token, next));
+        token = next;
+    }
+    return text + "\n";
+}
+
 #define REQUIRE_MODEL_FILE(var, name)                                                          \
     auto var##_found = find_model_file(name);                                                  \
     if (!var##_found) {                                                                        \
@@ -738,20 +761,15 @@ TEST(Model, Stories260KGreedy) {
     for (int threads : {1, 3}) {
         ThreadPool pool(threads);
         Transformer tr(m, pool);
-        std::string text;
-        int token = BOS;
-        for (int pos = 0; pos < 24; ++pos) {
-            int next = sample_argmax(tr.forward(token, pos));
-            text += safe_piece(tok.decode(token, next));
-            token = next;
-        }
-        EXPECT_EQ(text.rfind("Once upon a time, there was a little girl named Lily.", 0), 0u) << text;
+        EXPECT_EQ(greedy_text(tr, tok, "", 256), golden("stories260K.f32.greedy.txt")) << "threads " << threads;
+        EXPECT_EQ(greedy_text(tr, tok, "Once upon a time, there was a", 96), golden("stories260K.f32.prompt.txt"))
+            << "threads " << threads;
     }
 }
 
 // Every matrix the converter writes as Q8_0 (rows a multiple of 32 long: all but ffn_down)
 // quantized in memory as it does; the text is the reference's for `invoke models.convert --type
-// q8_0` of the same file, which parts from the F32 text at "with my ball".
+// q8_0` of the same file.
 TEST(Model, Stories260KQ8Greedy) {
     REQUIRE_MODEL_FILE(model_path, "stories260K.bin");
     REQUIRE_MODEL_FILE(tok_path, "tok512.bin");
@@ -772,20 +790,9 @@ TEST(Model, Stories260KQ8Greedy) {
         quantize(l.w2, hd);
     }
     ASSERT_FALSE(m.weights.layers[0].w2.quantized()) << "stories260K's ffn_down (rows of 172) stays F32";
-    const std::string want =
-        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
-        "she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, "
-        "let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with my ball.\"";
     for (int threads : {1, 3}) {
         ThreadPool pool(threads);
         Transformer tr(m, pool);
-        std::string text;
-        int token = BOS;
-        for (int pos = 0; pos < 128; ++pos) {
-            int next = sample_argmax(tr.forward(token, pos));
-            text += safe_piece(tok.decode(token, next));
-            token = next;
-        }
-        EXPECT_EQ(text.rfind(want, 0), 0u) << text;
+        EXPECT_EQ(greedy_text(tr, tok, "", 128), golden("stories260K.q8_0.greedy.txt")) << "threads " << threads;
     }
 }
