@@ -337,16 +337,61 @@ pub fn forward<'s>(
 mod tests {
     use super::*;
     use crate::formats::read_checkpoint;
-    use crate::testutil::{model_file, quantize_q8_0};
+    use crate::testutil::{golden, model_file, quantize_q8_0};
     use crate::tokenizer::{printable, Tokenizer};
+
+    /// What the port prints for a greedy run: generate's loop (force the prompt, argmax, stop
+    /// at BOS, printable pieces), then the closing newline.
+    fn greedy_text(c: &Config, w: &Weights, tokenizer: &Tokenizer, threads: usize, prompt: &str, steps: usize) -> String {
+        let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
+        let Ok(mut state) = RunState::build(c) else { panic!("the run state fits") };
+        let ids = tokenizer.encode(prompt.as_bytes(), true, false);
+        let mut text = Vec::new();
+        let mut token = ids[0];
+        for pos in 0..steps {
+            let logits = forward(c, w, &mut state, &pool, token as usize, pos);
+            let next = match ids.get(pos + 1) {
+                Some(&forced) => forced,
+                None => (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32,
+            };
+            if next == 1 {
+                break; // BOS delimits sequences
+            }
+            let piece = tokenizer.decode(token, next);
+            if printable(piece) {
+                text.extend_from_slice(piece);
+            }
+            token = next;
+        }
+        pool.free();
+        String::from_utf8_lossy(&text).into_owned() + "\n"
+    }
+
+    /// stories260K greedy at one and two threads, from BOS and from a prompt: the golden texts.
+    #[test]
+    #[cfg_attr(not(polyllama_models), ignore = "needs stories260K.bin and tok512.bin in POLYLLAMA_MODEL_PATH")]
+    fn stories260k_greedy_is_the_references() {
+        let (model, tok) = (model_file("stories260K.bin"), model_file("tok512.bin"));
+        let Ok(ckpt) = read_checkpoint(Path::new(&model)) else { panic!("stories260K.bin reads") };
+        let c = ckpt.config;
+        let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
+        let Ok(tokenizer) = Tokenizer::load(Path::new(&tok), c.vocab_size) else { panic!("tok512.bin loads") };
+        for threads in [1, 2] {
+            let text = greedy_text(&c, &w, &tokenizer, threads, "", 256);
+            assert_eq!(text, golden("stories260K.f32.greedy.txt"), "at -j {threads}");
+            let text = greedy_text(&c, &w, &tokenizer, threads, "Once upon a time, there was a", 96);
+            assert_eq!(text, golden("stories260K.f32.prompt.txt"), "at -j {threads}");
+        }
+    }
 
     /// stories260K with every matrix the converter writes as Q8_0 (`invoke models.convert --type
     /// q8_0`: rows a multiple of 32 long, so not ffn_down, whose rows are hidden_dim = 172)
-    /// quantized here as it does, then greedy from BOS for 128 steps at one and two threads: the
-    /// reference's text for the converted file.
+    /// quantized here as it does, then greedy from BOS at one and two threads: the golden text
+    /// of the converted file.
     #[test]
+    #[cfg_attr(not(polyllama_models), ignore = "needs stories260K.bin and tok512.bin in POLYLLAMA_MODEL_PATH")]
     fn stories260k_q8_0_greedy_is_the_references() {
-        let (Some(model), Some(tok)) = (model_file("stories260K.bin"), model_file("tok512.bin")) else { return };
+        let (model, tok) = (model_file("stories260K.bin"), model_file("tok512.bin"));
         let Ok(ckpt) = read_checkpoint(Path::new(&model)) else { panic!("stories260K.bin reads") };
         let c = ckpt.config;
         let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
@@ -386,26 +431,9 @@ mod tests {
             rms_final: w.rms_final,
             wcls: if c.shared_classifier { Matrix::Q8(&embedding) } else { pick(w.wcls, &classifier) },
         };
-        let want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. \
-                    One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom \
-                    said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want \
-                    to play with my ball.\" Her mom said, \"I want";
         for threads in [1, 2] {
-            let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
-            let Ok(mut state) = RunState::build(&c) else { panic!("the run state fits") };
-            let mut text = Vec::new();
-            let mut token = 1u32; // BOS
-            for pos in 0..128 {
-                let logits = forward(&c, &weights, &mut state, &pool, token as usize, pos);
-                let next = (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32;
-                let piece = tokenizer.decode(token, next);
-                if printable(piece) {
-                    text.extend_from_slice(piece);
-                }
-                token = next;
-            }
-            pool.free();
-            assert_eq!(String::from_utf8_lossy(&text), want, "at -j {threads}");
+            let text = greedy_text(&c, &weights, &tokenizer, threads, "", 128);
+            assert_eq!(text, golden("stories260K.q8_0.greedy.txt"), "at -j {threads}");
         }
     }
 

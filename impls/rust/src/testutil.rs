@@ -4,20 +4,23 @@ use std::path::{Path, PathBuf};
 
 use crate::errors::{Fail, Res};
 
-/// A file from POLYLLAMA_MODEL_PATH (`:`-separated); None (skip) unless CI=true, which fails.
-pub fn model_file(name: &str) -> Option<String> {
+/// The golden texts every port's tests read (tests/data/golden/, written by the reference).
+pub fn golden(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/golden").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A file from POLYLLAMA_MODEL_PATH (`:`-separated). Only tests that build.rs compiled in (the
+/// files were there, or CI=true) call it, so a missing file is a failure.
+pub fn model_file(name: &str) -> String {
     let dirs = std::env::var("POLYLLAMA_MODEL_PATH").unwrap_or_default();
     for dir in dirs.split(':').filter(|d| !d.is_empty()) {
         let p = Path::new(dir).join(name);
         if p.is_file() {
-            return Some(p.to_string_lossy().into_owned());
+            return p.to_string_lossy().into_owned();
         }
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{name} not found in POLYLLAMA_MODEL_PATH={dirs:?} (required when CI=true)");
-    }
-    eprintln!("skipping: {name} not found in POLYLLAMA_MODEL_PATH");
-    None
+    panic!("{name} not found in POLYLLAMA_MODEL_PATH={dirs:?}");
 }
 
 /// A file in the temp directory, removed when dropped; the name must be unique among tests
