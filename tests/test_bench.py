@@ -382,3 +382,22 @@ def test_format_2_files_still_load_as_f32(fake_impls):
     old = resultfile.load(fake_impls / "old.json")
     assert old.format_version == 2 and old.cells[0].key == ("good", "stories260K", "f32", 1)
     assert old.cells[0].model.label == "stories260K"
+
+
+# ---------------------------------------------------------------- results first (issue 25)
+def test_every_run_records_the_hash_of_the_text_it_wrote(fake_impls):
+    import hashlib
+    _run(fake_impls, ports="good,crash", threads="1")
+    cells = {c.port: c for c in resultfile.load(fake_impls / "r.json").cells}
+    wrote = hashlib.sha256(b"once upon a time\n").hexdigest()  # what tests/fakeport.py prints
+    assert [r.text_sha256 for r in cells["good"].warmup + cells["good"].runs] == [wrote] * 3
+    # a crashed run's output is hashed too (here: nothing), so a report can tell it apart
+    assert cells["crash"].warmup[0].text_sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_run_killed_on_its_timeout_has_no_text_hash():
+    from orchestrator.bench.measure import CellSpec, check
+    proc = _proc(2.0, 2.0, 1)
+    proc.timed_out, proc.returncode, proc.stdout = True, None, b"once upon"
+    run = check(proc, CellSpec(None, _RECORD, None, 1, 16, 0.0, 0.9, 1))
+    assert not run.ok and run.text_sha256 is None
