@@ -517,3 +517,40 @@ def test_bench_validation_against_the_reference_fails_a_fake_port_and_measures_i
     assert row.port == "good" and row.case.startswith("stories260K (real) v0") and not row.ok
     assert "logits file has 0 floats" in row.problem
     assert [c.status for c in suite.cells] == ["ok"]
+
+
+def test_exports_carry_the_suite_in_every_row_and_append(fake_impls):
+    import shlex
+
+    from orchestrator.results.exporters import RUN_KEYS, to_runs_jsonl
+    _run(fake_impls, ports="good,crash", threads="1", warmup="0", out=str(fake_impls / "a.json"))  # crash: a measured run fails
+    _run(fake_impls, ports="good", threads="1,2", out=str(fake_impls / "b.json"))
+    a, b = resultfile.load(fake_impls / "a.json"), resultfile.load(fake_impls / "b.json")
+    # CSV: every row says which suite, machine and commit it came from, under the same header
+    csv_a, csv_b = to_csv(a).splitlines(), to_csv(b).splitlines()
+    assert csv_a[0] == csv_b[0]
+    assert csv_a[0].startswith("suite_id,started,hostname,cpu_model,git_commit,port,")
+    rows = list(csv.DictReader(io.StringIO("\n".join(csv_a + csv_b[1:]))))
+    assert {(r["suite_id"], r["port"]) for r in rows} == {("a", "good"), ("a", "crash"), ("b", "good")}
+    assert all((r["started"], r["hostname"], r["cpu_model"], r["git_commit"]) ==
+               ((a if r["suite_id"] == "a" else b).started, "h", "cpu", "abc") for r in rows)
+    # JSONL: one flat object per measured run, the same keys in the same order in both suites
+    appended = fake_impls / "all.runs.jsonl"
+    for name in ("a", "b"):
+        with appended.open("a") as f:
+            f.write((fake_impls / f"{name}.runs.jsonl").read_text())  # written beside the other exports
+    lines = [json.loads(line) for line in appended.read_text().splitlines()]
+    assert all(tuple(line) == RUN_KEYS for line in lines)
+    assert len(lines) == sum(len(c.runs) for s in (a, b) for c in s.cells) == 2 + 1 + 2 * 2
+    good = [line for line in lines if line["suite_id"] == "b" and line["threads"] == 2]
+    assert [line["run"] for line in good] == [0, 1] and all(line["ok"] and line["tok_s"] > 0 for line in good)
+    assert all(len(line["text_sha256"]) == 64 for line in good) and good[0]["hostname"] == "h"
+    crashed = [line for line in lines if line["port"] == "crash"]
+    assert crashed and all(not line["ok"] and line["problem"] for line in crashed)
+    assert to_runs_jsonl(a) == (fake_impls / "a.runs.jsonl").read_text()
+    # hyperfine: a readable label as the command, the argv among the parameters
+    hf = json.loads(to_hyperfine(b))
+    cells = {c.threads: c for c in b.cells}
+    assert [r["command"] for r in hf["results"]] == ["good stories260K f32 -j 1", "good stories260K f32 -j 2"]
+    assert all(r["parameters"]["argv"] == shlex.join(cells[int(r["parameters"]["threads"])].argv)
+               for r in hf["results"])
