@@ -16,6 +16,7 @@ from tabulate import tabulate
 from schemas.port import ARCHES
 
 from .errors import PolyllamaError, UsageError
+from .files import write_atomic
 from .models.store import Store, search_path
 from .models.synth import ensure
 from .ports.build import build_all, build_log, install_all
@@ -31,7 +32,7 @@ def install(ports: str | None = None, skip: str | None = None) -> int:
 
 
 def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker: bool = False,
-          target: str = "full", arch: str | None = None, platform: str | None = None) -> int:
+          target: str = "full", arch: str | None = None, platform: str | None = None, skip: str | None = None) -> int:
     """Native builds; with arch the ports' [cross.<arch>] builds (README, "arm64 under emulation")."""
     arch = _arch(arch)
     if platform and not docker:
@@ -40,7 +41,7 @@ def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker:
         if arch:
             raise UsageError("--arch builds natively with cross toolchains; with --docker use --platform linux/arm64")
         return build_image(target, platform)
-    outcomes = build_all(select(ports), jobs, progress=lambda m: print(m, flush=True), arch=arch)
+    outcomes = build_all(_chosen(ports, skip), jobs, progress=lambda m: print(m, flush=True), arch=arch)
     print(tabulate([[o.port, o.status, o.version or "-", f"{o.seconds:.1f}s", o.detail] for o in outcomes],
                    headers=["port", "status", "toolchain", "time", "detail"]))
     bad = [o for o in outcomes if o.status == "failed" or (strict and o.status == "skipped")]
@@ -50,6 +51,14 @@ def build(ports: str | None = None, jobs: int = 2, strict: bool = False, docker:
             tail = log.read_text(errors="replace").splitlines()[-60:]
             print(f"\n--- last {len(tail)} lines of {log.relative_to(ROOT)} ---\n" + "\n".join(tail), file=sys.stderr)
     return 1 if bad else 0
+
+
+def _chosen(ports: str | None, skip: str | None):
+    """--ports less --skip, the same on every task; leaving nothing is a mistake, not an empty run."""
+    chosen = select(ports, skip=skip)
+    if not chosen:
+        raise UsageError("--skip leaves no port" if skip else "no port chosen")
+    return chosen
 
 
 def _arch(arch: str | None) -> str | None:
@@ -88,19 +97,33 @@ def build_image(target: str, platform: str | None = None) -> int:
 
 
 def validate(ports: str | None = None, models: str | None = None, docker: bool = False, image: str | None = None,
-             arch: str | None = None) -> int:
-    """With arch: each port's [cross.<arch>] build, run under its emulator, against the native reference."""
+             arch: str | None = None, out: str | None = None, skip: str | None = None) -> int:
+    """With arch: each port's [cross.<arch>] build, run under its emulator, against the native reference.
+    With out: the rows are also saved there as JSON (ports/validate.py, rows_json), failures included."""
     arch = _arch(arch)
     if docker and arch:
         raise UsageError("--arch runs the cross builds under emulation here; it does not combine with --docker")
+    out_path = _out_file(out)
     with container_engine(docker):
-        return _validate(ports, models, docker, image, arch)
+        return _validate(ports, models, docker, image, arch, out_path, skip)
 
 
-def _validate(ports, models, docker, image, arch=None) -> int:
+def _out_file(out: str | None) -> Path | None:
+    """--out is always the one file a task writes: refused at once when it names a folder, rather
+    than after the work it would have saved."""
+    if not out:
+        return None
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--out names the file to write; {out} is a folder")
+    return path
+
+
+def _validate(ports, models, docker, image, arch=None, out: Path | None = None, skip: str | None = None) -> int:
+    from .ports.validate import save_rows
     from .ports.validate import validate as run_validation
 
-    chosen = select(ports)
+    chosen = _chosen(ports, skip)
     wanted = names(models) or ["stories260K", "stories15M"]
     runner = None
     if docker:
@@ -117,13 +140,16 @@ def _validate(ports, models, docker, image, arch=None) -> int:
     print(tabulate([r.as_dict() for r in rows], headers="keys"))
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
+    if out is not None:
+        save_rows(rows, out)
+        print(f"rows: {out}")
     return 1 if failed or not rows else 0
 
 
-def port_tests(ports: str | None = None) -> int:
+def port_tests(ports: str | None = None, skip: str | None = None) -> int:
     """Each port's own unit tests, in its own language's runner, for the ports that are built."""
     failed = 0
-    for port in select(ports):
+    for port in select(ports, skip=skip):
         if not port.manifest.test.commands:
             continue
         if not port.outputs_present():
@@ -211,7 +237,10 @@ def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> i
     from .bench.measure import CellSpec
     from .bench.overhead import measure_overhead
 
-    [p] = select(port)
+    chosen = select(port)
+    if len(chosen) != 1:
+        raise UsageError(f"--port takes one port, got {port!r}")
+    [p] = chosen
     counts = _thread_counts(threads)
     rows, worst = [], 0.0
     for model in names(models):
@@ -232,7 +261,7 @@ def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> i
 
 
 def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: int, out: str | None,
-          types: str = "f32") -> int:
+          types: str = "f32", skip: str | None = None) -> int:
     """A lever's effect per port and cell: paired runs with the lever off (env) and on."""
     from .bench.lever import LeverCell, measure_lever, to_json
     from .bench.measure import CellSpec
@@ -242,19 +271,22 @@ def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: i
         off_env = dict(kv.split("=", 1) for kv in names(env))
     except ValueError:
         raise UsageError(f"--env takes NAME=VALUE[,NAME=VALUE], got {env!r}") from None
+    out_path = _out_file(out)
+    chosen = _chosen(ports, skip)
     resolved = [ensure(Store(), m) for m in names(models)]
     weight_types = names(types)
     if bad := [t for t in weight_types if t not in WEIGHT_TYPES]:
         raise UsageError(f"--types takes {', '.join(WEIGHT_TYPES)}, got {', '.join(bad)}")
     cells = [LeverCell(f"{p.name} {r.name}{'' if w == 'f32' else ' ' + w} -j {t}",
                        CellSpec.greedy(p, r, t, steps, w).argv(), str(p.dir))
-             for p in select(ports) for r in resolved for w in weight_types for t in _thread_counts(threads)]
+             for p in chosen for r in resolved for w in weight_types for t in _thread_counts(threads)]
     measure_lever(cells, off_env, rounds, log=lambda m: print(m, flush=True))
     rows = [[c.label, f"{statistics.median(c.off):.1f}", f"{statistics.median(c.on):.1f}",
              (c.ratio().fmt() if c.ratio() else "-"), len(c.on)] for c in cells]
     print(tabulate(rows, headers=["cell", f"off ({env}) median tok/s", "on median tok/s", "on/off [95% CI]", "n"]))
-    if out:
-        Path(out).write_text(to_json(cells, off_env))
+    if out_path is not None:
+        write_atomic(out_path, to_json(cells, off_env))
+        print(f"samples: {out_path}")
     return 0
 
 
@@ -265,17 +297,21 @@ def bench(options) -> int:
         return main(options)
 
 
-def report(results: str, out: str | None = None, html: bool = False, validation: str | None = None,
+def report(results: str, exports_dir: str | None = None, html: bool = False, validation: str | None = None,
            docs: str | None = None) -> int:
-    """Tables, exports and figures of a saved suite; with html (or a validation file) also the page
-    results/<suite>.html, with the rows of `invoke validate` when a JSON of them is given; with docs,
-    the suite's block of that markdown page (results/docpage.py)."""
+    """Tables, exports and figures of a saved suite, into exports_dir (default: beside the JSON);
+    with html (or a validation file) also the page <suite>.html, with the rows of `invoke validate`
+    when a JSON of them is given; with docs, the suite's block of that markdown page
+    (results/docpage.py)."""
     from .bench.pipeline import publish
     from .results import docpage, resultfile
 
     path = Path(results)
+    folder = Path(exports_dir) if exports_dir else None
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise UsageError(f"--exports-dir names a folder; {exports_dir} is a file")
     suite = resultfile.load(path)
-    publish(suite, path, Path(out) if out else None, html=html or bool(validation),
+    publish(suite, path, folder, html=html or bool(validation),
             validation=Path(validation) if validation else None)
     if docs:
         source = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path

@@ -57,10 +57,16 @@ def _fake_host(threads, image=None, model_bytes=(1 << 28,)):
                 bandwidth_probe_mib=max(model_bytes) >> 20)
 
 
-def _run(tmp, **kw):
-    kw.setdefault("ports", ",".join(BEHAVIOURS))
-    options = bench.Options(matrix="t", out=str(tmp / "r.json"), **kw)
-    return bench.main(options, matrices=tmp / "m.toml", impls=tmp / "impls", describe=_fake_host)
+def _run(tmp, validate=None, **kw):
+    """The harness on fake ports. Validation against the reference is skipped with the flag, as
+    --no-validate does, unless the test gives a `validate` function (or the real one)."""
+    if not kw.get("resume"):
+        kw.setdefault("ports", ",".join(BEHAVIOURS))
+        kw.setdefault("matrix", "t")
+        kw.setdefault("out", str(tmp / "r.json"))
+    options = bench.Options(validate=validate is not None, **kw)
+    return bench.main(options, matrices=tmp / "m.toml", impls=tmp / "impls", describe=_fake_host,
+                      **({"validate": validate} if validate else {}))
 
 
 def test_misbehaving_ports_fail_with_reasons(fake_impls):
@@ -150,7 +156,7 @@ def _interrupted_then_resumed(fake_impls):
     assert {(c.port, c.threads) for c in finished} == {("good", 1), ("interrupt", 1)}
     [partial] = [c for c in kept.cells if c.port == "good" and c.threads == 2]
     assert partial.status == "incomplete" and len(partial.warmup) == 1  # the run finished before it is kept
-    assert _run(fake_impls, ports="good,interrupt", resume=True) == 0
+    assert _run(fake_impls, resume=str(fake_impls / "r.json")) == 0  # the file alone says what to continue
     resumed = resultfile.load(fake_impls / "r.json")
     assert {(c.port, c.threads, c.status) for c in resumed.cells} == {
         (p, t, "ok") for p in ("good", "interrupt") for t in (1, 2)}
@@ -198,8 +204,8 @@ def test_skip_leaves_ports_out(fake_impls):
 
 def test_resume_refuses_another_matrix(fake_impls):
     _run(fake_impls, ports="good", threads="1")
-    with pytest.raises(UsageError, match="another matrix"):
-        _run(fake_impls, ports="good", threads="2", resume=True)
+    with pytest.raises(UsageError, match=r"run with other flags: --threads 2 \(the file's: 1\)"):
+        _run(fake_impls, ports="good", threads="2", resume=str(fake_impls / "r.json"))
 
 
 @pytest.mark.parametrize("flags,field", [({"runs": "0"}, "runs"), ({"threads": "0"}, "threads"),
@@ -212,7 +218,8 @@ def test_bad_flags_name_the_field_before_anything_runs(fake_impls, flags, field)
 
 def test_unknown_matrix(fake_impls):
     with pytest.raises(UsageError, match="unknown matrix"):
-        bench.main(bench.Options(matrix="nope"), matrices=fake_impls / "m.toml", impls=fake_impls / "impls")
+        bench.main(bench.Options(matrix="nope", validate=False), matrices=fake_impls / "m.toml",
+                   impls=fake_impls / "impls")
 
 
 def test_named_matrices_are_valid():
@@ -315,7 +322,7 @@ def test_weight_types_run_q8_0_cells_for_the_ports_that_read_gguf_q8_0(fake_impl
         return _fake_host(threads, image, model_bytes)
 
     options = bench.Options(matrix="t", out=str(fake_impls / "r.json"), ports="good,q8reader", threads="1",
-                            types="f32,q8_0")
+                            types="f32,q8_0", validate=False)
     assert bench.main(options, matrices=fake_impls / "m.toml", impls=impls, describe=describe) == 0
     suite = resultfile.load(fake_impls / "r.json")
     assert suite.format_version == 4 and suite.matrix.types == ["f32", "q8_0"]
@@ -334,7 +341,7 @@ def test_weight_types_run_q8_0_cells_for_the_ports_that_read_gguf_q8_0(fake_impl
     rows = list(csv.DictReader(io.StringIO(to_csv(suite))))
     assert {(r["port"], r["weight_type"]) for r in rows} == set(cells)
     # a resumed suite keeps the cells of both types apart
-    assert bench.main(bench.Options(**{**options.__dict__, "resume": True}), matrices=fake_impls / "m.toml",
+    assert bench.main(bench.Options(**{**options.__dict__, "resume": options.out}), matrices=fake_impls / "m.toml",
                       impls=impls, describe=describe) == 0
     assert len(resultfile.load(fake_impls / "r.json").cells) == 3
 
@@ -382,3 +389,168 @@ def test_format_2_files_still_load_as_f32(fake_impls):
     old = resultfile.load(fake_impls / "old.json")
     assert old.format_version == 2 and old.cells[0].key == ("good", "stories260K", "f32", 1)
     assert old.cells[0].model.label == "stories260K"
+
+
+# ---------------------------------------------------------------- results first (issue 25)
+def test_every_run_records_the_hash_of_the_text_it_wrote(fake_impls):
+    import hashlib
+    _run(fake_impls, ports="good,crash", threads="1")
+    cells = {c.port: c for c in resultfile.load(fake_impls / "r.json").cells}
+    wrote = hashlib.sha256(b"once upon a time\n").hexdigest()  # what tests/fakeport.py prints
+    assert [r.text_sha256 for r in cells["good"].warmup + cells["good"].runs] == [wrote] * 3
+    # a crashed run's output is hashed too (here: nothing), so a report can tell it apart
+    assert cells["crash"].warmup[0].text_sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_run_killed_on_its_timeout_has_no_text_hash():
+    from orchestrator.bench.measure import CellSpec, check
+    proc = _proc(2.0, 2.0, 1)
+    proc.timed_out, proc.returncode, proc.stdout = True, None, b"once upon"
+    run = check(proc, CellSpec(None, _RECORD, None, 1, 16, 0.0, 0.9, 1))
+    assert not run.ok and run.text_sha256 is None
+
+
+def test_resume_takes_every_flag_from_the_file(fake_impls):
+    """`--resume FILE` alone: the matrix, its name and the ports as the file records them, even
+    when the named matrix has changed since (matrices.toml is not read again)."""
+    assert _run(fake_impls, ports="good,lies-threads,crash", skip="crash", threads="1", runs="3", warmup="0",
+                steps="8") == 0
+    path = fake_impls / "r.json"
+    first = resultfile.load(path)
+    data = json.loads(path.read_text())
+    data["cells"] = [c for c in data["cells"] if c["port"] == "good"]  # as if lies-threads had not run yet
+    path.write_text(json.dumps(data))
+    (fake_impls / "m.toml").write_text(MATRIX.replace("runs = 2", "runs = 1"))
+    assert _run(fake_impls, resume=str(path)) == 0
+    resumed = resultfile.load(path)
+    assert (resumed.matrix_name, resumed.matrix) == ("t", first.matrix)
+    assert [p.name for p in resumed.ports] == ["good", "lies-threads"]  # --skip crash held
+    assert (resumed.suite_id, resumed.started) == (first.suite_id, first.started)
+    cells = {c.port: c for c in resumed.cells}
+    assert set(cells) == {"good", "lies-threads"}
+    assert cells["good"].runs == next(c for c in first.cells if c.port == "good").runs  # kept, not re-run
+    again = cells["lies-threads"]
+    assert (again.status, len(again.runs), len(again.warmup), again.steps, again.threads) == ("ok", 3, 0, 8, 1)
+
+
+@pytest.mark.parametrize("flags,said", [
+    ({"matrix": "quick"}, "--matrix quick (the file's: t)"),
+    ({"ports": "good,crash"}, "--ports/--skip select good,crash (the file's: good)"),
+    ({"skip": "good"}, "--ports/--skip select nothing"),
+    ({"models": "stories15M"}, "--models stories15M (the file's: stories260K)"),
+    ({"threads": "1,2"}, "--threads 1,2 (the file's: 1)"),
+    ({"runs": "5"}, "--runs 5 (the file's: 2)"),
+    ({"warmup": "0"}, "--warmup 0 (the file's: 1)"),
+    ({"steps": "32"}, "--steps 32 (the file's: 16)"),
+    ({"types": "f32,q8_0"}, "--types f32,q8_0 (the file's: f32)"),
+    ({"out": "elsewhere.json"}, "--out elsewhere.json"),
+])
+def test_resume_refuses_a_flag_that_contradicts_the_file(fake_impls, flags, said):
+    _run(fake_impls, ports="good", threads="1")
+    path = fake_impls / "r.json"
+    before = path.read_text()
+    with pytest.raises(UsageError) as e:
+        _run(fake_impls, resume=str(path), **flags)
+    assert said in str(e.value) and "give --resume alone" in str(e.value) and "\n" not in str(e.value)
+    assert path.read_text() == before  # refused before anything ran or was saved
+
+
+def test_resume_accepts_flags_that_agree_with_the_file(fake_impls):
+    _run(fake_impls, ports="good", threads="1")
+    path = fake_impls / "r.json"
+    assert _run(fake_impls, resume=str(path), matrix="t", ports="good", threads="1", runs="2", steps="16",
+                types="f32", out=str(path), skip="crash") == 0
+
+
+@pytest.mark.parametrize("content,said", [(None, "no such result file"), ("{]", "not a JSON result file"),
+                                          ('{"rows": []}', "result format version None")])
+def test_resume_of_a_missing_or_foreign_file_is_one_error(fake_impls, content, said):
+    from orchestrator.errors import PolyllamaError
+    path = fake_impls / "x.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PolyllamaError, match=said):
+        _run(fake_impls, resume=str(path))
+
+
+def _rows(*problems):
+    from schemas.results import ValidationRow
+    return [ValidationRow(port="good", case=f"stories260K (real) v0 #{i}", ok=not p, problem=p)
+            for i, p in enumerate(problems)]
+
+
+def test_bench_validates_its_ports_first_and_keeps_the_rows(fake_impls):
+    calls = []
+
+    def validate(ports, formats, runner):
+        calls.append(([p.name for p in ports], formats, runner))
+        path = fake_impls / "r.json"
+        assert resultfile.load(path).cells == []  # before anything is measured
+        return _rows("", "logits beyond tolerance")
+
+    assert _run(fake_impls, ports="good,crash", skip="crash", threads="1", validate=validate) == 0
+    assert calls == [(["good"], ["v0"], None)]  # the suite's ports and the formats its cells read
+    suite = resultfile.load(fake_impls / "r.json")
+    assert suite.validation == _rows("", "logits beyond tolerance")
+    [cell] = suite.cells
+    assert cell.status == "ok" and len(cell.runs) == 2  # a port that fails validation is measured all the same
+    # --no-validate: no validation, and the suite says so (None, not an empty list)
+    _run(fake_impls, ports="good", threads="1")
+    assert resultfile.load(fake_impls / "r.json").validation is None
+
+
+def test_a_resumed_suite_keeps_its_validation_unless_it_validates_again(fake_impls):
+    path = fake_impls / "r.json"
+    _run(fake_impls, ports="good", threads="1", validate=lambda ports, formats, runner: _rows(""))
+    _run(fake_impls, resume=str(path))  # --no-validate: the file's rows stay
+    assert resultfile.load(path).validation == _rows("")
+    _run(fake_impls, resume=str(path), validate=lambda ports, formats, runner: _rows("greedy text differs"))
+    assert resultfile.load(path).validation == _rows("greedy text differs")
+
+
+def test_bench_validation_against_the_reference_fails_a_fake_port_and_measures_it(fake_impls):
+    """The real validation (ports/validate.py) on stories260K: the fake port writes no logits, so
+    it fails, and its cells are measured all the same."""
+    assert _run(fake_impls, ports="good", threads="1", validate=bench.validate_ports) == 0
+    suite = resultfile.load(fake_impls / "r.json")
+    [row] = suite.validation  # stories260K v0 only: the one format the suite's cells read
+    assert row.port == "good" and row.case.startswith("stories260K (real) v0") and not row.ok
+    assert "logits file has 0 floats" in row.problem
+    assert [c.status for c in suite.cells] == ["ok"]
+
+
+def test_exports_carry_the_suite_in_every_row_and_append(fake_impls):
+    import shlex
+
+    from orchestrator.results.exporters import RUN_KEYS, to_runs_jsonl
+    _run(fake_impls, ports="good,crash", threads="1", warmup="0", out=str(fake_impls / "a.json"))  # crash: a measured run fails
+    _run(fake_impls, ports="good", threads="1,2", out=str(fake_impls / "b.json"))
+    a, b = resultfile.load(fake_impls / "a.json"), resultfile.load(fake_impls / "b.json")
+    # CSV: every row says which suite, machine and commit it came from, under the same header
+    csv_a, csv_b = to_csv(a).splitlines(), to_csv(b).splitlines()
+    assert csv_a[0] == csv_b[0]
+    assert csv_a[0].startswith("suite_id,started,hostname,cpu_model,git_commit,port,")
+    rows = list(csv.DictReader(io.StringIO("\n".join(csv_a + csv_b[1:]))))
+    assert {(r["suite_id"], r["port"]) for r in rows} == {("a", "good"), ("a", "crash"), ("b", "good")}
+    assert all((r["started"], r["hostname"], r["cpu_model"], r["git_commit"]) ==
+               ((a if r["suite_id"] == "a" else b).started, "h", "cpu", "abc") for r in rows)
+    # JSONL: one flat object per measured run, the same keys in the same order in both suites
+    appended = fake_impls / "all.runs.jsonl"
+    for name in ("a", "b"):
+        with appended.open("a") as f:
+            f.write((fake_impls / f"{name}.runs.jsonl").read_text())  # written beside the other exports
+    lines = [json.loads(line) for line in appended.read_text().splitlines()]
+    assert all(tuple(line) == RUN_KEYS for line in lines)
+    assert len(lines) == sum(len(c.runs) for s in (a, b) for c in s.cells) == 2 + 1 + 2 * 2
+    good = [line for line in lines if line["suite_id"] == "b" and line["threads"] == 2]
+    assert [line["run"] for line in good] == [0, 1] and all(line["ok"] and line["tok_s"] > 0 for line in good)
+    assert all(len(line["text_sha256"]) == 64 for line in good) and good[0]["hostname"] == "h"
+    crashed = [line for line in lines if line["port"] == "crash"]
+    assert crashed and all(not line["ok"] and line["problem"] for line in crashed)
+    assert to_runs_jsonl(a) == (fake_impls / "a.runs.jsonl").read_text()
+    # hyperfine: a readable label as the command, the argv among the parameters
+    hf = json.loads(to_hyperfine(b))
+    cells = {c.threads: c for c in b.cells}
+    assert [r["command"] for r in hf["results"]] == ["good stories260K f32 -j 1", "good stories260K f32 -j 2"]
+    assert all(r["parameters"]["argv"] == shlex.join(cells[int(r["parameters"]["threads"])].argv)
+               for r in hf["results"])

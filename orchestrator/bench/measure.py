@@ -6,6 +6,7 @@ CPU use must match the thread count it was given.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -62,11 +63,19 @@ def _thread_check(proc: ProcResult, stats: PortStats, threads: int) -> str:
     return "ok"
 
 
+def text_hash(proc: ProcResult) -> str | None:
+    """SHA-256 of what the port printed on stdout (the generated text), so that a report can show
+    that every port of a block wrote the same tokens; None for a process killed on its timeout,
+    whose output stops wherever it was cut."""
+    return None if proc.timed_out else hashlib.sha256(proc.stdout).hexdigest()
+
+
 def check(proc: ProcResult, spec: CellSpec, busy_share: float = 0.10) -> Run:
     busy = proc.others_cpu_s is not None and proc.others_cpu_s > BUSY_FLOOR_S + busy_share * proc.wall_s
     base = dict(wall_s=proc.wall_s, user_s=proc.user_s, sys_s=proc.sys_s, max_rss_kib=proc.max_rss_kib,
                 max_threads=proc.max_threads, returncode=proc.returncode, others_cpu_s=proc.others_cpu_s,
-                load_avg=proc.load_avg, busy=busy, weight_type=spec.model.weight_type)
+                load_avg=proc.load_avg, busy=busy, weight_type=spec.model.weight_type,
+                text_sha256=text_hash(proc))
     if proc.timed_out:
         return Run(**base, problem=f"timed out after {proc.wall_s:.0f} s")
     if proc.returncode != 0:

@@ -1,9 +1,11 @@
 """`invoke bench` as a pipeline: plan -> prepare -> run -> publish.
 
 - plan: the matrix with its overrides, the ports, the models (synthetic where absent), the weight
-  types, the output;
+  types, the output; or, with `--resume FILE`, all of these as that file records them;
 - prepare: toolchains (with --install), builds, model files in each port's format and each weight
   type (a q8_0 cell reads the model's Q8_0 GGUF export), the host record;
+- validate: the chosen ports against the reference core on stories260K (unless --no-validate),
+  kept in the suite; a port that fails is measured all the same, and the report shows it;
 - run: interleaved warmups and runs, block by block; the result file is rewritten after every run,
   so Ctrl-C or a crash keeps everything finished, and `--resume` reruns only what did not finish;
 - publish: tables, exports and figures.
@@ -21,13 +23,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from schemas.matrix import Matrix
-from schemas.results import Cell, PortInfo, Suite
+from schemas.results import Cell, PortInfo, Suite, ValidationRow
 
 from ..errors import UsageError, first_error
 from ..models.store import Resolved, Store
 from ..models.synth import ensure
 from ..ports.build import BuildOutcome, build_port, install_toolchain
 from ..ports.discover import IMPLS, ROOT, Port, names, select
+from ..ports.validate import FORMATS
+from ..ports.validate import validate as validate_against_reference
 from ..results import resultfile
 from ..results.exporters import export_all
 from ..results.figures import draw_all
@@ -41,13 +45,16 @@ from .schedule import interleave
 
 MATRICES = Path(__file__).parent / "matrices.toml"
 RESULTS = ROOT / "results"
+DEFAULT_MATRIX = "default"
+VALIDATION_MODEL = "stories260K"  # the smallest real model: validation before a suite stays quick
 
 
 # ---------------------------------------------------------------- plan
 @dataclass(frozen=True)
 class Options:
-    """The command line of `invoke bench`, as given (strings; None = the matrix's value)."""
-    matrix: str = "default"
+    """The command line of `invoke bench`, as given (strings; None = not given: the matrix's value,
+    or with resume the file's)."""
+    matrix: str | None = None  # None: DEFAULT_MATRIX (kept apart so that --resume can tell it was not given)
     ports: str | None = None
     skip: str | None = None
     models: str | None = None
@@ -56,12 +63,13 @@ class Options:
     warmup: str | None = None
     steps: str | None = None
     out: str | None = None
-    resume: bool = False
+    resume: str | None = None  # a result file to continue, with the matrix and ports it records
     install: bool = False
     strict: bool = False
     docker: bool = False
     image: str | None = None
     types: str | None = None
+    validate: bool = True  # the ports against the reference core before measuring (--no-validate: off)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class Plan:
     models: list[Resolved]
     out: Path
     done: dict[tuple, Cell] = field(default_factory=dict)  # finished cells of a resumed suite, by Cell.key
+    resumed: Suite | None = None  # the suite being continued, as its file had it
 
     def blocks(self) -> list[tuple[Resolved, int]]:
         """(model, threads) pairs with a cell still to run: the ports (and their weight types) in a
@@ -111,28 +120,68 @@ def _int(text, flag):
         raise UsageError(f"--{flag} expects an integer, got {text!r}") from None
 
 
-def plan(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS) -> Plan:
-    """Everything checked before anything is installed, built or run."""
-    overrides = {"ports": names(o.ports) or None, "models": names(o.models) or None, "types": names(o.types) or None,
-                 "threads": _ints(o.threads, "threads"), "runs": _int(o.runs, "runs"),
-                 "warmup": _int(o.warmup, "warmup"), "steps": _int(o.steps, "steps")}
-    m = load_matrix(o.matrix, overrides, matrices)
-    ports = select(",".join(m.ports) if m.ports else None, impls, skip=o.skip)
-    if not ports:
-        raise UsageError("no port left to benchmark")
+def _overrides(o: Options) -> dict:
+    """The matrix fields the command line sets (None where a flag was not given)."""
+    return {"ports": names(o.ports) or None, "models": names(o.models) or None, "types": names(o.types) or None,
+            "threads": _ints(o.threads, "threads"), "runs": _int(o.runs, "runs"),
+            "warmup": _int(o.warmup, "warmup"), "steps": _int(o.steps, "steps")}
+
+
+def _models(m: Matrix) -> list[Resolved]:
     store = Store()
     models = [ensure(store, name) if m.synthesize else store.resolve(name) for name in m.models]
     for r in models:
         if m.steps > r.config.seq_len:
             raise UsageError(f"steps={m.steps} exceeds {r.name}'s seq_len {r.config.seq_len}")
-    out = Path(o.out) if o.out else RESULTS / f"{o.matrix}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    done = {}
+    return models
+
+
+def plan(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS) -> Plan:
+    """Everything checked before anything is installed, built or run."""
     if o.resume:
-        previous = resultfile.load(out)
-        if previous.matrix != m:
-            raise UsageError(f"{out} was run with another matrix; resume needs the same flags")
-        done = {c.key: c for c in previous.cells if c.status != "incomplete"}
-    return Plan(o.matrix, m, ports, models, out, done)
+        return _resumed(o, impls)
+    name = o.matrix or DEFAULT_MATRIX
+    m = load_matrix(name, _overrides(o), matrices)
+    ports = select(",".join(m.ports) if m.ports else None, impls, skip=o.skip)
+    if not ports:
+        raise UsageError("no port left to benchmark")
+    models = _models(m)
+    out = Path(o.out) if o.out else RESULTS / f"{name}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    return Plan(name, m, ports, models, out)
+
+
+def _flag_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _resumed(o: Options, impls: Path) -> Plan:
+    """`--resume FILE`: the matrix, its name and the ports exactly as the file records them, so the
+    file alone continues its suite (the named matrices in matrices.toml may have changed since). A
+    flag given beside it must agree with the file: one that does not is refused, not obeyed, since
+    it would mix cells measured two ways in one suite."""
+    path = Path(o.resume)
+    previous = resultfile.load(path)  # missing or not a result file: one PolyllamaError line
+    m = previous.matrix
+    recorded = [p.name for p in previous.ports]
+    clashes = []
+    if o.matrix is not None and o.matrix != previous.matrix_name:
+        clashes.append(f"--matrix {o.matrix} (the file's: {previous.matrix_name})")
+    if o.out is not None and Path(o.out).resolve() != path.resolve():
+        clashes.append(f"--out {o.out} (a resumed suite is saved where it was: {path})")
+    for key, value in _overrides(o).items():
+        if key != "ports" and value is not None and value != getattr(m, key):
+            clashes.append(f"--{key} {_flag_text(value)} (the file's: {_flag_text(getattr(m, key))})")
+    ports = select(",".join(recorded) if recorded else None, impls)  # a port gone from impls/ is one error line
+    if o.ports is not None or o.skip is not None:
+        chosen = [p.name for p in select(o.ports or ",".join(recorded), impls, skip=o.skip)]
+        if sorted(chosen) != sorted(recorded):
+            clashes.append(f"--ports/--skip select {_flag_text(chosen) or 'nothing'} "
+                           f"(the file's: {_flag_text(recorded)})")
+    if clashes:
+        raise UsageError(f"{path} was run with other flags: {'; '.join(clashes)}; "
+                         f"give --resume alone to continue it as it was run")
+    done = {c.key: c for c in previous.cells if c.status != "incomplete"}
+    return Plan(previous.matrix_name, m, ports, _models(m), path, done, previous)
 
 
 # ---------------------------------------------------------------- prepare
@@ -188,9 +237,40 @@ def prepare(p: Plan, install: bool = False, docker: bool = False, image: str | N
     sizes = tuple(sorted(set(weight_bytes.values())))
     print(f"measuring memory read bandwidth over {', '.join(f'{b / 2**20:.1f}' for b in sizes)} MiB ...", flush=True)
     host = describe(m.thread_counts(), image_id, sizes)
-    suite = Suite(suite_id=p.out.stem, started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  matrix_name=p.name, matrix=m, host=host, ports=infos, cells=list(p.done.values()))
+    # a resumed suite keeps its identity, its start and (until validation runs again) its validation
+    before = p.resumed
+    suite = Suite(suite_id=before.suite_id if before else p.out.stem,
+                  started=before.started if before else dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  matrix_name=p.name, matrix=m, host=host, ports=infos, cells=list(p.done.values()),
+                  validation=before.validation if before else None)
     return Prepared(p, builds, suite, files, runner, weight_bytes)
+
+
+# ---------------------------------------------------------------- validate
+def validation_formats(p: Plan) -> list[str]:
+    """The model formats the suite's cells read (v0, and GGUF or Q8_0 where ports read those):
+    what a port is validated on before it is measured."""
+    used = {format_for(port, p.matrix, wt) for port in p.ports for wt in cell_types(port, p.matrix)}
+    return [f for f in FORMATS if f in used]
+
+
+def validate_ports(ports: list[Port], formats: list[str], runner=None) -> list[ValidationRow]:
+    """The suite's ports against the reference core on stories260K only (ports/validate.py: logits
+    at every position, greedy and seeded text), in the formats the suite reads, natively or through
+    the container runner the cells will use. `main` takes another function of this signature, so
+    tests of the harness with fake ports do not need the reference."""
+    rows = validate_against_reference(ports, Store(), [VALIDATION_MODEL], runner=runner, formats=formats,
+                                      progress=lambda m: print(f"  {m}", flush=True))
+    return [r.record() for r in rows]
+
+
+def print_validation(rows: list[ValidationRow]) -> None:
+    failed = [r for r in rows if not r.ok]
+    print(f"validation on {VALIDATION_MODEL}: {len(rows) - len(failed)} passed, {len(failed)} failed", flush=True)
+    for r in failed:
+        print(f"  FAIL {r.port} on {r.case}: {r.problem}", flush=True)
+    if failed:
+        print("  (ports that failed are measured all the same; the report shows their failures)", flush=True)
 
 
 # ---------------------------------------------------------------- run
@@ -291,15 +371,22 @@ def exit_code(suite: Suite, strict: bool) -> int:
     return 1 if not ok or (strict and failed) else 0
 
 
-def main(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS, describe=describe_host) -> int:
+def main(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS, describe=describe_host,
+         validate=validate_ports) -> int:
+    """`describe` (the host) and `validate` (validate_ports' signature) are what tests replace."""
     p = plan(o, matrices, impls)
     pr = prepare(p, install=o.install, docker=o.docker, image=o.image, describe=describe)
     writer = resultfile.Writer(pr.suite, p.out)
     try:
+        if o.validate:
+            print(f"validating {len(p.ports)} ports on {VALIDATION_MODEL} before measuring ...", flush=True)
+            rows = validate(p.ports, validation_formats(p), pr.runner)
+            writer.validated(rows)
+            print_validation(rows)
         run(pr, writer)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished run is kept in {p.out}; "
-              f"continue with --resume --out {p.out}", file=sys.stderr)
+              f"continue with: invoke bench --resume {p.out}", file=sys.stderr)
         return 130
     suite = writer.finish()
     publish(suite, p.out)

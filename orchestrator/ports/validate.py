@@ -9,6 +9,7 @@ peer that reads GGUF but does not list gguf-q8_0 is run on them too and reported
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.results import ValidationRow
+
 from ..bench.executor import execute
 from ..errors import PolyllamaError
+from ..files import write_atomic
 from ..formats import read_model, read_tokenizer, write_v1
 from ..models.convert import gguf_for
 from ..models.store import MODELS_DIR, Resolved, Store
@@ -95,6 +99,14 @@ class Row:
                 "tolerance": "-" if self.tolerance is None else f"{self.tolerance:.2e}",
                 "argmax": self.argmax_agree, "greedy text": self.greedy_identical,
                 "sampled text": self.sampled_identical, "result": self._result(), "note": self.note}
+
+    def record(self) -> ValidationRow:
+        """The row as the result schema keeps it (a suite's `validation`, `invoke validate --out`):
+        the only place a Row becomes a ValidationRow, so the two cannot drift apart."""
+        return ValidationRow(port=self.port, case=self.case, ok=self.ok, max_abs_diff=self.max_abs_diff,
+                             tolerance=self.tolerance, argmax_agree=self.argmax_agree,
+                             greedy_identical=self.greedy_identical, sampled_identical=self.sampled_identical,
+                             problem=self.problem, note=self.note, report_only=self.report_only)
 
     def _result(self) -> str:
         if self.report_only:
@@ -264,14 +276,15 @@ def _parts_at_a_tie(row: Row, exp: Expected, got: bytes) -> bool:
 
 
 def validate(ports: list[Port], store: Store, models: list[str], progress=print, runner=None,
-             emulated: bool = False) -> list[Row]:
+             emulated: bool = False, formats: list[str] = FORMATS) -> list[Row]:
     """`runner`: a ContainerRunner to run the ports in containers; None runs them natively.
-    `emulated`: the ports are cross builds run under an emulator: shorter cases beyond stories260K."""
+    `emulated`: the ports are cross builds run under an emulator: shorter cases beyond stories260K.
+    `formats`: the model formats to make cases of (`invoke bench` asks only for those its cells read)."""
     if os.environ.get("CI") == "true" and "stories260K" in models:
         r = store.resolve("stories260K", allow_synthetic=False)
         if r.origin != "real":
             raise PolyllamaError(f"CI needs the real stories260K, found {r.origin} {r.path}")
-    cases = build_cases(store, models, FORMATS, emulated=emulated)
+    cases = build_cases(store, models, formats, emulated=emulated)
     rows = []
     for case in cases:
         chosen = [p for p in ports if p.reads(case.fmt) or _peer_report(p, case)]
@@ -302,3 +315,19 @@ def _peer_report(port: Port, case: Case) -> bool:
     """A peer engine that reads GGUF is run on the Q8_0 files even before it lists gguf-q8_0, so
     that validate shows how far its logits are from the reference's (or why it refuses them)."""
     return case.fmt == "gguf-q8_0" and port.manifest.role == "peer" and port.reads("gguf")
+
+
+# ---------------------------------------------------------------- the rows as a file
+ROWS_FORMAT = "polyllama-validation"
+ROWS_VERSION = 1
+
+
+def rows_json(rows: list[Row]) -> str:
+    """`invoke validate --out`'s file: the rows as the result schema's ValidationRow, under a
+    format tag that says what the file is (the report's --validation reads it)."""
+    return json.dumps({"format": ROWS_FORMAT, "version": ROWS_VERSION,
+                       "rows": [r.record().model_dump() for r in rows]}, indent=1) + "\n"
+
+
+def save_rows(rows: list[Row], path: Path) -> None:
+    write_atomic(path, rows_json(rows))

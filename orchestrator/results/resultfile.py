@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.results import FORMAT_VERSION, Cell, Suite
+from schemas.results import FORMAT_VERSION, Cell, Suite, ValidationRow
 
 READABLE = (1, 2, 3, FORMAT_VERSION)
 
@@ -58,6 +58,11 @@ class Writer:
     def put(self, cell: Cell) -> None:
         self._cells[self._key(cell)] = cell
         self._suite = self._suite.model_copy(update={"cells": list(self._cells.values())})
+        save(self._suite, self.path)
+
+    def validated(self, rows: list[ValidationRow]) -> None:
+        """The validation run before measuring, saved at once like every run."""
+        self._suite = self._suite.model_copy(update={"validation": list(rows)})
         save(self._suite, self.path)
 
     def finish(self) -> Suite:
