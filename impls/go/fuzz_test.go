@@ -1,6 +1,6 @@
 package main
 
-// Coverage-guided fuzzing of the model-file readers with Go's native fuzzer (issue 15): each
+// Coverage-guided fuzzing of the model-file readers with Go's native fuzzer: each
 // target hands arbitrary bytes to one reader, which must return a model or an error: never
 // panic, hang, or allocate from a size it has not checked against the file. Seeds are the tiny
 // files the unit tests build, and the real stories260K files when POLYLLAMA_MODEL_PATH has them.
