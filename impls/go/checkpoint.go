@@ -3,6 +3,7 @@
 //
 // A v0 and a v1 file differ only in their header and in the order of their tensors, so both
 // go through one header reader and one size check; only the tensor layout is per version.
+
 package main
 
 import (

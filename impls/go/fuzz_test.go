@@ -1,14 +1,14 @@
-package main
-
-// Coverage-guided fuzzing of the model-file readers with Go's native fuzzer (issue 15): each
+// Coverage-guided fuzzing of the model-file readers with Go's native fuzzer: each
 // target hands arbitrary bytes to one reader, which must return a model or an error: never
 // panic, hang, or allocate from a size it has not checked against the file. Seeds are the tiny
-// files the unit tests build, and the real stories260K files when POLYLLAMA_MODEL_PATH has them.
+// files the unit tests build, and the real stories260K files when the model search path has them.
 //
 //	go test -run '^$' -fuzz '^FuzzParseGGUF$' -fuzztime 60s      (one target at a time)
 //
 // Without -fuzz, `go test` runs each target once over its seeds and testdata/fuzz/<Target>/,
 // where the fuzzer writes any input that failed: those stay as regression tests.
+
+package main
 
 import (
 	"encoding/binary"
@@ -17,12 +17,11 @@ import (
 	"testing"
 )
 
-// realSeed adds a file from POLYLLAMA_MODEL_PATH to the corpus when it is there.
+// realSeed adds a file from the model search path to the corpus when it is there.
 func realSeed(f *testing.F, name string) {
-	for _, dir := range filepath.SplitList(os.Getenv("POLYLLAMA_MODEL_PATH")) {
-		if data, err := os.ReadFile(filepath.Join(dir, name)); err == nil && dir != "" {
+	if p := findModelFile(name); p != "" {
+		if data, err := os.ReadFile(p); err == nil {
 			f.Add(data)
-			return
 		}
 	}
 }

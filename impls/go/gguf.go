@@ -2,6 +2,7 @@
 //
 // A hostile file must not turn into a crash or a huge allocation, so every count, length and
 // offset is checked against the bytes that are really there before it is used.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// The GGUF reader: a tiny model built in the test (F32, and Q8_0 mixed with F32), then broken
+// one way at a time: the files llama.cpp refuses, the tokenizer rules, the Q8_0 refusals.
+
 package main
 
 import (

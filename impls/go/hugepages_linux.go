@@ -1,5 +1,7 @@
 //go:build linux
 
+// Loading the weights on Linux: read into anonymous memory marked for transparent huge pages.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Loading on Linux: the huge-page copy and the file mapping hold the file's bytes, and a file
+// that shrinks while it is read is a bad file.
+
 package main
 
 import (

@@ -1,8 +1,9 @@
-package main
-
 // The inner loops: the assembler kernels against the portable Go loops and plain scalar
 // definitions (random sizes, remainders, the Q8_0 corner cases), the fp16 conversions
-// exhaustively, the activation quantizer's rounding, and a Q8_0 stories260K greedy run.
+// exhaustively, the activation quantizer's rounding, a Q8_0 stories260K greedy run, and the
+// matmul split over the pool against a naive loop.
+
+package main
 
 import (
 	"math"
@@ -335,4 +336,33 @@ func TestQ8GreedyStories260K(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestMatmulMatchesNaive(t *testing.T) {
+	for _, rows := range []int{1, 3, 4, 7, 13} {
+		for _, workers := range []int{1, 2, 3} {
+			n := 9
+			w := make([]float32, rows*n)
+			x := make([]float32, n)
+			for i := range w {
+				w[i] = float32(i%5) - 2
+			}
+			for i := range x {
+				x[i] = float32(i) * 0.5
+			}
+			tr := &Transformer{pool: newPool(workers)}
+			out := make([]float32, rows)
+			tr.matmul(out, x, &Matrix{f32: w})
+			tr.pool.close()
+			for r := 0; r < rows; r++ {
+				var want float32
+				for j := 0; j < n; j++ {
+					want += w[r*n+j] * x[j]
+				}
+				if math.Abs(float64(out[r]-want)) > 1e-4 {
+					t.Fatalf("rows %d workers %d: out[%d] = %v, want %v", rows, workers, r, out[r], want)
+				}
+			}
+		}
+	}
 }

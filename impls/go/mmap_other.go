@@ -1,5 +1,7 @@
 //go:build !unix
 
+// "Mapping" a model file where the system has no mmap: one read into memory.
+
 package main
 
 import (

@@ -1,5 +1,7 @@
 //go:build unix
 
+// Mapping a model file where the system has mmap.
+
 package main
 
 import (

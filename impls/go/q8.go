@@ -2,6 +2,7 @@
 // one fp16 scale, multiplied by an activation quantized the same way, as llama.cpp's CPU
 // backend does: each block's dot product is an exact int32, only the scaling and the sum over
 // blocks are float32.
+
 package main
 
 import "math"

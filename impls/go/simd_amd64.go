@@ -2,7 +2,8 @@
 // block dot product with AVX2 (VPMADDUBSW, VPMADDWD) and F16C. Go has no SIMD intrinsics and
 // its compiler does not vectorise, so these are what make the inner loops memory-bound. The CPU
 // is asked once, at start-up, with CPUID and XGETBV (standard library only); any CPU or OS
-// without the features, and POLYLLAMA_GO_ASM=0, use the portable Go loops of main.go.
+// without the features, and POLYLLAMA_GO_ASM=0, use the portable Go loops of kernels.go and q8.go.
+
 package main
 
 import "os"
@@ -52,8 +53,8 @@ func dotRows4AVX2(w *float32, stride int, x *float32, n int, out *[4]float32)
 func q8RowsAVX2(out *float32, w *byte, rows int, nb int, qx *int8, dx *float32, ahead int)
 
 // q8PrefetchRows: each Q8_0 row is one sequential stream of 34-byte blocks, read once, and the
-// hardware prefetcher alone left the 110M shape far below the memory's bandwidth; asking for
-// the bytes this many rows ahead is the lever measured in docs/journal.md.
+// hardware prefetcher alone leaves a large model well below the memory's bandwidth, so the
+// kernel asks for the bytes this many rows ahead (measured in the port's README).
 // POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
 var q8PrefetchRows = q8PrefetchFromEnv()
 

@@ -1,3 +1,5 @@
+// The kernel switch the tests flip on amd64, to run both kernel sets.
+
 package main
 
 func setSIMD(on bool) { simdKernels = on }

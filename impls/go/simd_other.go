@@ -1,9 +1,10 @@
 //go:build !amd64
 
+// No assembler kernels off amd64 (arm64 included): the portable Go loops of kernels.go and
+// q8.go run, and as simdKernels is a constant false the compiler drops every call below.
+
 package main
 
-// Elsewhere (arm64 included) the portable Go loops of main.go run; the compiler drops every
-// call below, as simdKernels is a constant false.
 const simdKernels = false
 
 const simdName = ""

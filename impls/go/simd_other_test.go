@@ -1,5 +1,7 @@
 //go:build !amd64
 
+// Off amd64 there is only one kernel set: the switch does nothing.
+
 package main
 
 func setSIMD(on bool) {}
