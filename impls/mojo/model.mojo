@@ -1,7 +1,7 @@
 # What a model file holds once read (config, weights, vocabulary) and what every
 # part of the port shares: the error convention, raw memory and files through libc,
 # little-endian reads, and a byte-string hash table. The readers are formats.mojo;
-# inference is llama2.mojo.
+# inference is forward.mojo and the modules it imports.
 
 from std.collections import List
 from std.ffi import ErrNo, external_call, get_errno

@@ -1,4 +1,4 @@
-# Unit tests of llama2.mojo: tokenizer vectors, decode rules, the sampler's RNG and
+# Unit tests of the Mojo port: tokenizer vectors, decode rules, the sampler's RNG and
 # choices, argument parsing, header validation, the huge-page load of the weights,
 # Q8_0 (fp16 rounding, activation quantization, the block dot product, the
 # reader's refusals, a quantized stories260K's greedy text), and the thread pool's
@@ -22,11 +22,12 @@ from model import (
     c_path, file_error, free_floats, free_quants, want_huge_pages, write_all,
 )
 from formats import read_model, read_tokenizer
-from llama2 import (
-    COOLDOWN_REGIONS, DISPATCH_LIBRARY, DISPATCH_SPIN, DISPATCH_SYNCHRONIZE, SPIN_NS, Args, Pool, Rng, RunState,
-    Tokenizer, argmax, fixed, forward, parse_args, parse_float, parse_int, parse_steps,
-    parse_u64, safe_piece, sample_mult, sample_topp,
-)
+from pool import COOLDOWN_REGIONS, DISPATCH_LIBRARY, DISPATCH_SPIN, DISPATCH_SYNCHRONIZE, SPIN_NS, Pool
+from forward import RunState, forward
+from tokenizer import Tokenizer, safe_piece
+from sampler import Rng, argmax, sample_mult, sample_topp
+from generate import fixed
+from cli import Args, parse_args, parse_float, parse_int, parse_steps, parse_u64
 from q8_0 import (
     Q8_BLOCK, Q8_BLOCK_BYTES, block_isum, block_partials_portable, dequantize_row, f32_to_fp16_f32, q8_dot,
     q8_quants, q8_row_bytes, q8_scale, quantize_activation,
