@@ -148,18 +148,8 @@ def ffn_rows(s: RunState, inp: Input, w1: Matrix, w3: Matrix, n: Int, r0: Int, r
         s.hb.unsafe_store(i, g / (Float32(1.0) + exp(-g)) * s.hb2.unsafe_load(i))
 
 
-def forward(mut s: RunState, m: Model, token: Int, pos: Int, pool: Pool) raises -> FPtr:
-    """Logits (vocab) after feeding `token` at position `pos`."""
-    var nthreads = pool.n
-    var c = m.config.copy()
-    var dim = c.dim
-    var hidden = c.hidden_dim
-    var kv_dim = c.kv_dim()
-    var hs = c.head_size()
-    var x = s.x
-    var xb = s.xb
-
-    # x = token_embedding[token] (a Q8_0 table's row dequantized)
+def embed(x: FPtr, m: Model, token: Int, dim: Int):
+    """x = token_embedding[token] (a Q8_0 table's row dequantized)."""
     var table = m.weights.token_embedding
     if table.q8:
         dequantize_row(x, table.data.unsafe_offset(token * q8_row_bytes(dim)), dim)
@@ -168,7 +158,10 @@ def forward(mut s: RunState, m: Model, token: Int, pos: Int, pool: Pool) raises 
         for i in range(dim):
             x.unsafe_store(i, row.unsafe_load(i))
 
-    # RoPE rotation of each adjacent pair at this position, shared by all layers
+
+def rope_angles(s: RunState, pos: Int, dim: Int, hs: Int):
+    """The RoPE rotation of each adjacent pair at this position: computed once, as
+    every layer rotates by the same angles."""
     for i in range(dim // 2):
         var hd = (2 * i) % hs
         var freq = Float32(1.0) / (Float32(10000.0) ** (Float32(hd) / Float32(hs)))
@@ -176,68 +169,92 @@ def forward(mut s: RunState, m: Model, token: Int, pos: Int, pool: Pool) raises 
         s.rope_cos.unsafe_store(i, cos(a))
         s.rope_sin.unsafe_store(i, sin(a))
 
+
+@always_inline
+def residual_add(x: FPtr, y: FPtr, n: Int):
+    """x += y: a block's output joins the residual stream."""
+    for i in range(n):
+        x.unsafe_store(i, x.unsafe_load(i) + y.unsafe_load(i))
+
+
+def attention_block(s: RunState, m: Model, c: Config, l: Int, pos: Int, pool: Pool) raises:
+    """x += wo @ attention(rmsnorm(x)) at layer l; this position's k and v go into
+    the cache on the way."""
+    var nthreads = pool.n
+    var dim = c.dim
+    var kv_dim = c.kv_dim()
+    var wq = m.weights.wq[l]
+    var wk = m.weights.wk[l]
+    var wv = m.weights.wv[l]
+    var cache_off = (l * c.seq_len + pos) * kv_dim
+    # k and v go straight into this position's cache row
+    var k = s.key_cache.unsafe_offset(cache_off)
+    var v = s.value_cache.unsafe_offset(cache_off)
+    var q = s.q
+
+    rmsnorm(s.xb, s.x, m.weights.rms_att[l], dim)
+    var qkv_in = group_input(s, s.xb, dim, wq.q8 or wk.q8 or wv.q8)
+
+    # q = wq @ xb, k = wk @ xb, v = wv @ xb, RoPE, attention. Each KV head with
+    # its query heads needs nothing from the others, so when the KV heads split
+    # evenly across the workers all of it is one parallel region.
+    var n_kv = c.n_kv_heads
+    if nthreads <= 1:
+        qkv_attention(s, m, c, qkv_in, l, pos, 0, n_kv)
+    elif n_kv % nthreads == 0:
+        def fused_task(t: Int) {imm}:
+            qkv_attention(s, m, c, qkv_in, l, pos, n_kv * t // nthreads, n_kv * (t + 1) // nthreads)
+
+        pool.run(fused_task)
+    else:
+        def qkv_task(t: Int) {imm}:
+            matvec_rows(q, qkv_in, wq, dim, split(dim, t, nthreads), split(dim, t + 1, nthreads))
+            matvec_rows(k, qkv_in, wk, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
+            matvec_rows(v, qkv_in, wv, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
+
+        pool.run(qkv_task)
+        rope(q, s, 0, dim)
+        rope(k, s, 0, kv_dim)
+        var n_heads = c.n_heads
+
+        def att_task(t: Int) {imm}:
+            attention_heads(s, c, l, pos, n_heads * t // nthreads, n_heads * (t + 1) // nthreads)
+
+        pool.run(att_task)
+
+    matmul(s, s.xb2, s.xatt, m.weights.wo[l], dim, dim, pool)
+    residual_add(s.x, s.xb2, dim)
+
+
+def ffn_block(s: RunState, m: Model, c: Config, l: Int, pool: Pool) raises:
+    """x += w2 @ (silu(w1 @ xb) * (w3 @ xb)) with xb = rmsnorm(x), at layer l."""
+    var nthreads = pool.n
+    var dim = c.dim
+    var hidden = c.hidden_dim
+    rmsnorm(s.xb, s.x, m.weights.rms_ffn[l], dim)
+    var w1 = m.weights.w1[l]
+    var w3 = m.weights.w3[l]
+    var ffn_in = group_input(s, s.xb, dim, w1.q8 or w3.q8)
+    if nthreads <= 1:
+        ffn_rows(s, ffn_in, w1, w3, dim, 0, hidden)
+    else:
+        def ffn_task(t: Int) {imm}:
+            ffn_rows(s, ffn_in, w1, w3, dim, split(hidden, t, nthreads), split(hidden, t + 1, nthreads))
+
+        pool.run(ffn_task)
+    matmul(s, s.xb2, s.hb, m.weights.w2[l], hidden, dim, pool)
+    residual_add(s.x, s.xb2, dim)
+
+
+def forward(mut s: RunState, m: Model, token: Int, pos: Int, pool: Pool) raises -> FPtr:
+    """Logits (vocab) after feeding `token` at position `pos`."""
+    var c = m.config.copy()
+    embed(s.x, m, token, c.dim)
+    rope_angles(s, pos, c.dim, c.head_size())
     for l in range(c.n_layers):
-        var wq = m.weights.wq[l]
-        var wk = m.weights.wk[l]
-        var wv = m.weights.wv[l]
-        var cache_off = (l * c.seq_len + pos) * kv_dim
-        # k and v go straight into this position's cache row
-        var k = s.key_cache.unsafe_offset(cache_off)
-        var v = s.value_cache.unsafe_offset(cache_off)
-        var q = s.q
-
-        rmsnorm(xb, x, m.weights.rms_att[l], dim)
-        var qkv_in = group_input(s, xb, dim, wq.q8 or wk.q8 or wv.q8)
-
-        # q = wq @ xb, k = wk @ xb, v = wv @ xb, RoPE, attention. Each KV head with
-        # its query heads needs nothing from the others, so when the KV heads split
-        # evenly across the workers all of it is one parallel region.
-        var n_kv = c.n_kv_heads
-        if nthreads <= 1:
-            qkv_attention(s, m, c, qkv_in, l, pos, 0, n_kv)
-        elif n_kv % nthreads == 0:
-            def fused_task(t: Int) {imm}:
-                qkv_attention(s, m, c, qkv_in, l, pos, n_kv * t // nthreads, n_kv * (t + 1) // nthreads)
-
-            pool.run(fused_task)
-        else:
-            def qkv_task(t: Int) {imm}:
-                matvec_rows(q, qkv_in, wq, dim, split(dim, t, nthreads), split(dim, t + 1, nthreads))
-                matvec_rows(k, qkv_in, wk, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
-                matvec_rows(v, qkv_in, wv, dim, split(kv_dim, t, nthreads), split(kv_dim, t + 1, nthreads))
-
-            pool.run(qkv_task)
-            rope(q, s, 0, dim)
-            rope(k, s, 0, kv_dim)
-            var n_heads = c.n_heads
-
-            def att_task(t: Int) {imm}:
-                attention_heads(s, c, l, pos, n_heads * t // nthreads, n_heads * (t + 1) // nthreads)
-
-            pool.run(att_task)
-
-        # x += wo @ xatt
-        matmul(s, s.xb2, s.xatt, m.weights.wo[l], dim, dim, pool)
-        for i in range(dim):
-            x.unsafe_store(i, x.unsafe_load(i) + s.xb2.unsafe_load(i))
-
-        # FFN: xb = rmsnorm(x), then x += w2 @ (silu(w1 @ xb) * (w3 @ xb))
-        rmsnorm(xb, x, m.weights.rms_ffn[l], dim)
-        var w1 = m.weights.w1[l]
-        var w3 = m.weights.w3[l]
-        var ffn_in = group_input(s, xb, dim, w1.q8 or w3.q8)
-        if nthreads <= 1:
-            ffn_rows(s, ffn_in, w1, w3, dim, 0, hidden)
-        else:
-            def ffn_task(t: Int) {imm}:
-                ffn_rows(s, ffn_in, w1, w3, dim, split(hidden, t, nthreads), split(hidden, t + 1, nthreads))
-
-            pool.run(ffn_task)
-        matmul(s, s.xb2, s.hb, m.weights.w2[l], hidden, dim, pool)
-        for i in range(dim):
-            x.unsafe_store(i, x.unsafe_load(i) + s.xb2.unsafe_load(i))
-
-    rmsnorm(x, x, m.weights.rms_final, dim)
+        attention_block(s, m, c, l, pos, pool)
+        ffn_block(s, m, c, l, pool)
+    rmsnorm(s.x, s.x, m.weights.rms_final, c.dim)
     # logits = wcls @ x
-    matmul(s, s.logits, x, m.weights.wcls, dim, c.vocab_size, pool)
+    matmul(s, s.logits, s.x, m.weights.wcls, c.dim, c.vocab_size, pool)
     return s.logits
