@@ -1,7 +1,7 @@
 # What a model file holds once read (config, weights, vocabulary) and what every
 # part of the port shares: the error convention, raw memory and files through libc,
 # little-endian reads, and a byte-string hash table. The readers are formats.mojo;
-# inference is llama2.mojo.
+# inference is forward.mojo and the modules it imports.
 
 from std.collections import List
 from std.ffi import ErrNo, external_call, get_errno
@@ -124,7 +124,7 @@ def want_huge_pages() -> Bool:
     """Where the kernel gives transparent huge pages only on request (Linux's usual
     "madvise" setting), a file mapping stays in 4 KiB pages and a forward pass over
     hundreds of MB of weights misses the TLB on nearly every page; an anonymous copy
-    asked for huge pages avoids that (docs/journal.md, "Huge pages").
+    asked for huge pages avoids that (measured in the port's README).
     POLYLLAMA_HUGEPAGES=0 keeps the file mapping, for before/after runs."""
     comptime if not CompilationTarget.is_linux():
         return False

@@ -17,9 +17,9 @@ comptime Q8_BLOCK_BYTES = 34  # fp16 scale + 32 int8
 # them all, and their horizontal sums share one shuffle tree.
 comptime Q8_GROUP = 8
 # Each row is one sequential stream of 34-byte blocks, read once, and the hardware
-# prefetcher alone left the 110M shape at about 10 GB/s where the f32 kernel (four
-# rows at a time) streams 15: asking for every cache line of the row this many
-# ahead is the lever measured in docs/journal.md.
+# prefetcher alone streams it well below what the f32 kernel (four rows at a time)
+# gets: asking for every cache line of the row this many ahead is the lever
+# measured in the port's README.
 comptime Q8_PREFETCH_ROWS = 4
 
 

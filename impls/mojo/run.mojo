@@ -1,6 +1,6 @@
-# The command-line entry point; everything else lives in llama2.mojo.
+# The program's entry point: the command line is cli.mojo's.
 from std.sys import exit
-from llama2 import cli_main
+from cli import cli_main
 
 
 def main():
