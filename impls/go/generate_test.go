@@ -1,4 +1,4 @@
-// Generation: a greedy stories260K run through the whole pipeline.
+// Generation: greedy stories260K runs through the whole pipeline, against the golden texts.
 
 package main
 
@@ -17,12 +17,18 @@ func TestGenerationIsDeterministic(t *testing.T) {
 	tr.state = buildRunState(&tr.config, 2)
 	tr.pool = newPool(2)
 	defer tr.free()
-	var out bytesWriter
-	if _, err := generate(tr, buildTokenizer("tok512.bin", v), buildSampler(tr.config.VocabSize, 0, 0.9, 1), nil, 40, false, &out); err != nil {
-		t.Fatal(err)
-	}
-	const want = "Once upon a time, there was a little girl named Lily."
-	if len(out) < len(want) || string(out[:len(want)]) != want {
-		t.Errorf("greedy text = %q", out)
+	runs := []struct {
+		golden, prompt string
+		steps          int
+	}{{"stories260K.f32.greedy.txt", "", 256}, {"stories260K.f32.prompt.txt", "Once upon a time, there was a", 96}}
+	for _, r := range runs {
+		var out bytesWriter
+		smp := buildSampler(tr.config.VocabSize, 0, 0.9, 1)
+		if _, err := generate(tr, buildTokenizer("tok512.bin", v), smp, []byte(r.prompt), r.steps, false, &out); err != nil {
+			t.Fatal(err)
+		}
+		if want := golden(t, r.golden); string(out) != want {
+			t.Errorf("%s: greedy text = %q", r.golden, out)
+		}
 	}
 }

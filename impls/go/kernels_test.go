@@ -284,16 +284,10 @@ func quantizeRef(x []float32) []byte {
 
 // TestQ8GreedyStories260K quantizes stories260K as the converter does (every matrix whose
 // rows are whole blocks; ffn_down, rows of 172, stays F32) and decodes greedily with both
-// kernel sets and several workers: the text is the reference's on the converted GGUF
-// (impls/python/run.py stories260K.tok512.q8_0.gguf -t 0 -n 256).
+// kernel sets and several workers: the text is the golden one, the reference's on the converted
+// GGUF.
 func TestQ8GreedyStories260K(t *testing.T) {
-	const want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. " +
-		"One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n" +
-		"Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. " +
-		"She said, \"I want to play with my ball.\" Her mom said, \"I want to play with you, Lily. We can't find it.\"\n" +
-		"Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\" " +
-		"Her mom said, \"I'm sorry, Lily. I didn't know what to do.\" Lily was sad and didn't know what to do.\n" +
-		"Lily's mom"
+	want := golden(t, "stories260K.q8_0.greedy.txt")
 	model, tokenizer := modelFile(t, "stories260K.bin"), modelFile(t, "tok512.bin")
 	tr, err := readCheckpoint(model)
 	if err != nil {
@@ -326,7 +320,7 @@ func TestQ8GreedyStories260K(t *testing.T) {
 			tr.state = buildRunState(c, workers)
 			tr.pool = newPool(workers)
 			var out bytesWriter
-			_, err := generate(tr, buildTokenizer("tok512.bin", v), buildSampler(c.VocabSize, 0, 0.9, 1), nil, 256, false, &out)
+			_, err := generate(tr, buildTokenizer("tok512.bin", v), buildSampler(c.VocabSize, 0, 0.9, 1), nil, 128, false, &out)
 			tr.pool.close()
 			if err != nil {
 				t.Fatal(err)

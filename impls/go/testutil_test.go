@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -56,6 +57,17 @@ func exitCode(err error) int {
 		return ee.code
 	}
 	return -1
+}
+
+// golden is a text of tests/data/golden/ (written by the reference): a run's whole stdout, of
+// which generate writes all but the closing newline.
+func golden(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "tests", "data", "golden", name))
+	if err != nil {
+		t.Fatalf("the golden text: %v", err)
+	}
+	return strings.TrimSuffix(string(b), "\n")
 }
 
 type bytesWriter []byte
