@@ -20,7 +20,7 @@ from std.math import trunc
 from std.time import perf_counter_ns
 from model import (
     BPtr, Config, FPtr, KPtr, MappedFile, Matrix, Model, QPtr, Vocab, alloc_floats, alloc_keys, alloc_quants,
-    c_path, file_error, free_floats, free_quants, want_huge_pages, write_all,
+    c_path, file_error, free_floats, free_quants, string_from, want_huge_pages, write_all,
 )
 from formats import read_model, read_tokenizer
 from pool import COOLDOWN_REGIONS, DISPATCH_LIBRARY, DISPATCH_SPIN, DISPATCH_SYNCHRONIZE, SPIN_NS, Pool
@@ -849,25 +849,32 @@ def test_pool(mut t: Tally) raises:
                     "pool: " + String(regions) + " regions of " + String(n) + " shares, dispatch " + String(dispatch))
 
 
-# The reference's greedy text (impls/python/run.py, -t 0 -n 128) for stories260K.bin
-# with tok512.bin, and for its `invoke models.convert --type q8_0` GGUF, which parts
-# from it at "with my ball".
-comptime STORIES260K_OPENING = (
-    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
-    + "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
-    + "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with "
-)
-comptime STORIES260K_F32 = STORIES260K_OPENING + "your ball, but I can't find"
-comptime STORIES260K_Q8_0 = STORIES260K_OPENING + "my ball.\" Her mom said, \"I want"
+def golden(name: String) raises -> String:
+    """A text of tests/data/golden/ (written by the reference): a run's whole stdout, less the
+    closing newline that generate prints after the pieces."""
+    # the port's own file reader: the standard library's open() declares libc's open() with
+    # another signature than model.mojo's, which the compiler refuses in one program
+    var file = MappedFile("../../tests/data/golden/" + name)
+    var n = file.size
+    if n < 1 or file.data[n - 1] != UInt8(ord("\n")):
+        file.close()
+        raise Error("golden text " + name + " does not end a run's output")
+    var text = string_from(file.data, n - 1)
+    file.close()
+    return text
 
 
-def greedy_text(m: Model, tok: Tokenizer, steps: Int, nthreads: Int) raises -> String:
+def greedy_text(m: Model, tok: Tokenizer, prompt: String, steps: Int, nthreads: Int) raises -> String:
+    """The generate loop (force the prompt, argmax, stop at BOS, safe pieces) into a string."""
     var s = RunState(m.config)
     var pool = Pool(nthreads)
+    var ids = tok.encode(text_bytes(prompt), True, False)
     var text = List[UInt8]()
-    var token = 1
+    var token = ids[0]
     for pos in range(steps):
         var next = argmax(forward(s, m, token, pos, pool), m.config.vocab_size)
+        if pos < len(ids) - 1:
+            next = ids[pos + 1]
         if next == 1:
             break
         var piece = tok.decode(token, next)
@@ -886,15 +893,20 @@ def test_generation(mut t: Tally) raises:
         return
     var m = read_model(model_path)
     var tok = Tokenizer(read_tokenizer(tok_path, m.config.vocab_size))
+    var f32 = golden("stories260K.f32.greedy.txt")
+    var prompted = golden("stories260K.f32.prompt.txt")
+    var q8 = golden("stories260K.q8_0.greedy.txt")
     for nthreads in range(1, 3):
-        var got = greedy_text(m, tok, 128, nthreads)
-        t.check(got == STORIES260K_F32, "stories260K greedy at -j " + String(nthreads) + ": '" + got + "'")
+        var got = greedy_text(m, tok, "", 256, nthreads)
+        t.check(got == f32, "stories260K greedy at -j " + String(nthreads) + ": '" + got + "'")
+        got = greedy_text(m, tok, "Once upon a time, there was a", 96, nthreads)
+        t.check(got == prompted, "stories260K greedy from a prompt at -j " + String(nthreads) + ": '" + got + "'")
     var owned = List[QPtr]()
     quantize_model(m, owned)
     t.check(m.weights.wq[0].q8 and not m.weights.w2[0].q8, "stories260K quantized but ffn_down (rows of 172)")
     for nthreads in range(1, 3):
-        var got = greedy_text(m, tok, 128, nthreads)
-        t.check(got == STORIES260K_Q8_0, "stories260K Q8_0 greedy at -j " + String(nthreads) + ": '" + got + "'")
+        var got = greedy_text(m, tok, "", 128, nthreads)
+        t.check(got == q8, "stories260K Q8_0 greedy at -j " + String(nthreads) + ": '" + got + "'")
     for p in owned:
         free_quants(p)
     m.file.close()
