@@ -228,12 +228,12 @@ fn rotate(v: []f32, s: *const RunState) void {
     }
 }
 
+/// The logits of the token after `token` at `pos`, leaving k and v of `pos` in the cache.
 pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
     const c = t.config;
     const w = &t.weights;
     const s = &t.state;
     const dim = c.dim;
-    const kv_dim = c.kvDim();
 
     // copy the token embedding into x
     switch (w.token_embedding) {
@@ -243,40 +243,51 @@ pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
     ropeTables(s, c, pos);
 
     for (w.layers, 0..) |*lw, l| {
-        // attention rmsnorm
-        rmsnorm(s.xb, s.x, lw.rms_att);
-
-        // qkv matmuls for this position; k and v go straight into the cache row of pos
-        const loff = l * c.seq_len * kv_dim; // kv cache layer offset for convenience
-        const k = s.key_cache[loff + pos * kv_dim ..][0..kv_dim];
-        const v = s.value_cache[loff + pos * kv_dim ..][0..kv_dim];
-        const qkv: MatmulJob = .{ .in = matmulInput(s, s.xb, &.{ lw.wq, lw.wk, lw.wv }), .outs = .{ s.q, k, v }, .ws = .{ lw.wq, lw.wk, lw.wv }, .count = 3 };
-        pool.run(&qkv, MatmulJob.work);
-
-        // RoPE relative positional encoding: rotate each (i, i+1) pair of q and k
-        rotate(s.q, s);
-        rotate(k, s);
-
-        // multihead attention, output in xb
-        const att: AttentionJob = .{ .c = c, .s = s, .layer = l, .pos = pos };
-        pool.run(&att, AttentionJob.work);
-
-        // final matmul to get the output of the attention, then the residual connection
-        matmul(pool, s, s.xb2, lw.wo, s.xb);
-        for (s.x, s.xb2) |*xi, o| xi.* += o;
-
-        // ffn rmsnorm, then w2(silu(w1(x)) * w3(x))
-        rmsnorm(s.xb, s.x, lw.rms_ffn);
-        const ffn: FfnJob = .{ .in = matmulInput(s, s.xb, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .w1 = lw.w1, .w3 = lw.w3 };
-        pool.run(&ffn, FfnJob.work);
-        matmul(pool, s, s.xb, lw.w2, s.hb);
-
-        // residual connection
-        for (s.x, s.xb) |*xi, o| xi.* += o;
+        attentionBlock(pool, s, c, lw, l, pos);
+        ffnBlock(pool, s, lw);
     }
 
     // final rmsnorm, then the classifier into the logits
     rmsnorm(s.x, s.x, w.rms_final);
     matmul(pool, s, s.logits, w.wcls, s.x);
     return s.logits;
+}
+
+/// x += wo @ attention(rmsnorm(x)) for layer `l`, k and v of `pos` written into its cache rows.
+/// Inline, so that forward compiles to the one loop it was before the steps had names.
+inline fn attentionBlock(pool: *Pool, s: *RunState, c: Config, lw: *const model.LayerWeights, l: usize, pos: usize) void {
+    const kv_dim = c.kvDim();
+    // attention rmsnorm
+    rmsnorm(s.xb, s.x, lw.rms_att);
+
+    // qkv matmuls for this position; k and v go straight into the cache row of pos
+    const loff = l * c.seq_len * kv_dim; // kv cache layer offset for convenience
+    const k = s.key_cache[loff + pos * kv_dim ..][0..kv_dim];
+    const v = s.value_cache[loff + pos * kv_dim ..][0..kv_dim];
+    const qkv: MatmulJob = .{ .in = matmulInput(s, s.xb, &.{ lw.wq, lw.wk, lw.wv }), .outs = .{ s.q, k, v }, .ws = .{ lw.wq, lw.wk, lw.wv }, .count = 3 };
+    pool.run(&qkv, MatmulJob.work);
+
+    // RoPE relative positional encoding: rotate each (i, i+1) pair of q and k
+    rotate(s.q, s);
+    rotate(k, s);
+
+    // multihead attention, output in xb
+    const att: AttentionJob = .{ .c = c, .s = s, .layer = l, .pos = pos };
+    pool.run(&att, AttentionJob.work);
+
+    // final matmul to get the output of the attention, then the residual connection
+    matmul(pool, s, s.xb2, lw.wo, s.xb);
+    for (s.x, s.xb2) |*xi, o| xi.* += o;
+}
+
+/// x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x))), the SwiGLU feed-forward of a layer.
+inline fn ffnBlock(pool: *Pool, s: *RunState, lw: *const model.LayerWeights) void {
+    // ffn rmsnorm, then w2(silu(w1(x)) * w3(x))
+    rmsnorm(s.xb, s.x, lw.rms_ffn);
+    const ffn: FfnJob = .{ .in = matmulInput(s, s.xb, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .w1 = lw.w1, .w3 = lw.w3 };
+    pool.run(&ffn, FfnJob.work);
+    matmul(pool, s, s.xb, lw.w2, s.hb);
+
+    // residual connection
+    for (s.x, s.xb) |*xi, o| xi.* += o;
 }

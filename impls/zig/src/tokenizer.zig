@@ -41,7 +41,6 @@ pub const EncodeError = error{ ByteTokenMissing, OutOfMemory };
 /// BPE-encodes `text` as run.c does: BOS, the dummy-prefix space, UTF-8 code points (or their
 /// bytes as <0xXX> tokens), then greedy merges of the best-scoring adjacent pair.
 pub fn encode(t: *const Tokenizer, gpa: Allocator, text: []const u8, bos: bool, eos: bool) EncodeError![]u32 {
-    const vocab_size = t.vocab.pieces.len;
     var tokens = try gpa.alloc(u32, text.len + 3);
     errdefer gpa.free(tokens);
     var n: usize = 0;
@@ -54,6 +53,20 @@ pub fn encode(t: *const Tokenizer, gpa: Allocator, text: []const u8, bos: bool, 
         tokens[n] = t.lookup.get(" ") orelse return error.ByteTokenMissing;
         n += 1;
     }
+    n += try codePointTokens(t, text, tokens[n..]);
+    n = mergePairs(t, tokens[0..n]);
+    if (eos) {
+        tokens[n] = EOS;
+        n += 1;
+    }
+    return gpa.realloc(tokens, n); // the caller frees exactly what it got
+}
+
+/// `text` as one token per UTF-8 code point that is a piece, else one per byte; returns how
+/// many it wrote into `tokens` (at most text.len).
+fn codePointTokens(t: *const Tokenizer, text: []const u8, tokens: []u32) error{ByteTokenMissing}!usize {
+    const vocab_size = t.vocab.pieces.len;
+    var n: usize = 0;
     var i: usize = 0;
     while (i < text.len) {
         // one UTF-8 code point: a start byte and up to 3 continuation bytes (10xxxxxx)
@@ -72,7 +85,13 @@ pub fn encode(t: *const Tokenizer, gpa: Allocator, text: []const u8, bos: bool, 
             }
         }
     }
-    // merge the best consecutive pair each iteration, according to the scores in vocab_scores
+    return n;
+}
+
+/// Merges the best-scoring adjacent pair (the first among equal scores) until no pair is a
+/// piece; returns the number of tokens left at the front of `tokens`.
+fn mergePairs(t: *const Tokenizer, tokens: []u32) usize {
+    var n = tokens.len;
     while (true) {
         var best_score = -std.math.inf(f32);
         var best_id: u32 = 0;
@@ -90,16 +109,11 @@ pub fn encode(t: *const Tokenizer, gpa: Allocator, text: []const u8, bos: bool, 
                 }
             }
         }
-        const k = best_idx orelse break; // no more pairs to merge
+        const k = best_idx orelse return n; // no more pairs to merge
         tokens[k] = best_id;
         std.mem.copyForwards(u32, tokens[k + 1 .. n - 1], tokens[k + 2 .. n]);
         n -= 1;
     }
-    if (eos) {
-        tokens[n] = EOS;
-        n += 1;
-    }
-    return gpa.realloc(tokens, n); // the caller frees exactly what it got
 }
 
 const byte_values: [256]u8 = blk: {
