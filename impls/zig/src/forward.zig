@@ -234,6 +234,7 @@ pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
     const w = &t.weights;
     const s = &t.state;
     const dim = c.dim;
+    const kv_dim = c.kvDim();
 
     // copy the token embedding into x
     switch (w.token_embedding) {
@@ -243,7 +244,7 @@ pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
     ropeTables(s, c, pos);
 
     for (w.layers, 0..) |*lw, l| {
-        attentionBlock(pool, s, c, lw, l, pos);
+        attentionBlock(pool, s, c, kv_dim, lw, l, pos);
         ffnBlock(pool, s, lw);
     }
 
@@ -255,8 +256,7 @@ pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
 
 /// x += wo @ attention(rmsnorm(x)) for layer `l`, k and v of `pos` written into its cache rows.
 /// Inline, so that forward compiles to the one loop it was before the steps had names.
-inline fn attentionBlock(pool: *Pool, s: *RunState, c: Config, lw: *const model.LayerWeights, l: usize, pos: usize) void {
-    const kv_dim = c.kvDim();
+inline fn attentionBlock(pool: *Pool, s: *RunState, c: Config, kv_dim: usize, lw: *const model.LayerWeights, l: usize, pos: usize) void {
     // attention rmsnorm
     rmsnorm(s.xb, s.x, lw.rms_att);
 
