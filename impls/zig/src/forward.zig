@@ -255,9 +255,9 @@ pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
 }
 
 /// x += wo @ attention(rmsnorm(x)) for layer `l`, k and v of `pos` written into its cache rows.
-/// Inline, so that forward compiles to the one loop it was before the steps had names.
+/// This and ffnBlock are inline so that forward stays one loop in the machine code, as it was
+/// before its steps had names; kv_dim comes in because kvDim() divides.
 inline fn attentionBlock(pool: *Pool, s: *RunState, c: Config, kv_dim: usize, lw: *const model.LayerWeights, l: usize, pos: usize) void {
-    // attention rmsnorm
     rmsnorm(s.xb, s.x, lw.rms_att);
 
     // qkv matmuls for this position; k and v go straight into the cache row of pos
@@ -282,12 +282,9 @@ inline fn attentionBlock(pool: *Pool, s: *RunState, c: Config, kv_dim: usize, lw
 
 /// x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x))), the SwiGLU feed-forward of a layer.
 inline fn ffnBlock(pool: *Pool, s: *RunState, lw: *const model.LayerWeights) void {
-    // ffn rmsnorm, then w2(silu(w1(x)) * w3(x))
     rmsnorm(s.xb, s.x, lw.rms_ffn);
     const ffn: FfnJob = .{ .in = matmulInput(s, s.xb, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .w1 = lw.w1, .w3 = lw.w3 };
     pool.run(&ffn, FfnJob.work);
     matmul(pool, s, s.xb, lw.w2, s.hb);
-
-    // residual connection
     for (s.x, s.xb) |*xi, o| xi.* += o;
 }
