@@ -1,12 +1,13 @@
 //! polyllama's Zig port: `zig build -Doptimize=ReleaseFast` -> zig-out/bin/run,
-//! `zig build test -Doptimize=ReleaseSafe` -> the unit tests of src/main.zig and the modules it imports.
+//! `zig build test -Doptimize=ReleaseSafe` -> the unit tests of every file under src/, which
+//! main.zig's last test block pulls in.
 const std = @import("std");
 
 pub fn build(b: *std.Build) void {
     // Native CPU by default: the SIMD width of the kernels follows the host (AVX-512, AVX2, NEON).
     // On x86-64, LLVM's tuning for AVX-512 Xeons (prefer_256_bit) would still split each 16-lane
     // vector into two 256-bit halves; without it the f32 matmul loads a whole cache line at a
-    // time, 1.13x at 42M (docs/journal.md, "Evening levers").
+    // time (measured in the port's README, "Performance levers").
     var query = b.standardTargetOptionsQueryOnly(.{});
     if (query.isNative() and @import("builtin").cpu.arch == .x86_64) {
         query.cpu_model = .native; // a feature change alone would make the query a baseline CPU

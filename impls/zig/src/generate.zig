@@ -1,0 +1,176 @@
+//! Generation (run.c's loop) and the logits mode, both timed for the statistics line
+//! (docs/port-contract.md, section 3).
+
+const std = @import("std");
+const Io = std.Io;
+const Allocator = std.mem.Allocator;
+const model = @import("model.zig");
+const checkpoint = @import("checkpoint.zig");
+const errors = @import("errors.zig");
+const forward_mod = @import("forward.zig");
+const pool_mod = @import("pool.zig");
+const q8 = @import("q8.zig");
+const tokenizer_mod = @import("tokenizer.zig");
+const sampler_mod = @import("sampler.zig");
+const testutil = @import("testutil.zig");
+const Matrix = model.Matrix;
+const Q8Block = model.Q8Block;
+const Transformer = forward_mod.Transformer;
+const forward = forward_mod.forward;
+const Pool = pool_mod.Pool;
+const Tokenizer = tokenizer_mod.Tokenizer;
+const Sampler = sampler_mod.Sampler;
+const sample = sampler_mod.sample;
+const decode = tokenizer_mod.decode;
+const safePiece = tokenizer_mod.safePiece;
+const BOS = tokenizer_mod.BOS;
+const QB = q8.QB;
+const runtimeError = errors.runtimeError;
+const testing = std.testing;
+
+const PORT_NAME = "zig";
+
+pub const Stats = struct {
+    prompt_tokens: usize = 0,
+    generated_tokens: usize = 0,
+    positions: usize = 0,
+    ttft_s: f64 = 0,
+    decode_s: f64 = 0,
+};
+
+pub fn seconds(io: Io, since: Io.Timestamp) f64 {
+    const ns = since.durationTo(Io.Clock.awake.now(io)).nanoseconds;
+    return @as(f64, @floatFromInt(ns)) / 1e9;
+}
+
+pub const Output = struct {
+    writer: *Io.Writer,
+    pub fn emit(self: Output, bytes: []const u8) void {
+        if (bytes.len == 0) return;
+        self.writer.writeAll(bytes) catch runtimeError("cannot write to stdout", .{});
+        self.writer.flush() catch runtimeError("cannot write to stdout", .{});
+    }
+};
+
+pub fn generate(io: Io, t: *Transformer, pool: *Pool, tok: *const Tokenizer, sampler: *Sampler, prompt_tokens: []const u32, steps: usize, ignore_bos: bool, out: Output) Stats {
+    var stats: Stats = .{ .prompt_tokens = prompt_tokens.len };
+    const start = Io.Clock.awake.now(io);
+    var first: ?Io.Timestamp = null;
+    var token = prompt_tokens[0]; // kick off with the first token in the prompt
+    var pos: usize = 0;
+    while (pos < steps) : (pos += 1) {
+        const logits = forward(t, pool, token, pos); // forward the transformer to get logits for the next token
+        stats.positions += 1;
+        var next: u32 = undefined;
+        if (pos < prompt_tokens.len - 1) {
+            next = prompt_tokens[pos + 1]; // still processing the input prompt: force the next prompt token
+        } else {
+            next = @intCast(sample(sampler, logits)); // otherwise sample the next token from the logits
+            stats.generated_tokens += 1;
+            if (first == null) first = Io.Clock.awake.now(io);
+        }
+        // data-dependent terminating condition: the BOS (=1) token delimits sequences
+        if (next == BOS and !ignore_bos) break;
+        out.emit(safePiece(decode(tok, token, next)));
+        token = next;
+    }
+    const end = Io.Clock.awake.now(io);
+    if (first) |f| {
+        stats.ttft_s = secondsBetween(start, f);
+        stats.decode_s = secondsBetween(f, end);
+    } else stats.ttft_s = secondsBetween(start, end);
+    return stats;
+}
+
+fn secondsBetween(a: Io.Timestamp, b: Io.Timestamp) f64 {
+    return @as(f64, @floatFromInt(a.durationTo(b).nanoseconds)) / 1e9;
+}
+
+/// forward(ids[i], i) for every id, each row of logits written as raw little-endian float32.
+pub fn logitsRun(io: Io, t: *Transformer, pool: *Pool, ids: []const u32, out_path: []const u8) Stats {
+    const file = Io.Dir.cwd().createFile(io, out_path, .{}) catch |err| runtimeError("{s}: cannot write: {t}", .{ out_path, err });
+    defer file.close(io);
+    var buf: [1 << 16]u8 = undefined;
+    var fw = file.writer(io, &buf);
+    const start = Io.Clock.awake.now(io);
+    for (ids, 0..) |id, pos| {
+        const logits = forward(t, pool, id, pos);
+        fw.interface.writeAll(std.mem.sliceAsBytes(logits)) catch runtimeError("{s}: cannot write", .{out_path});
+    }
+    const elapsed = seconds(io, start);
+    fw.interface.flush() catch runtimeError("{s}: cannot write", .{out_path});
+    return .{ .prompt_tokens = ids.len, .positions = ids.len, .ttft_s = elapsed };
+}
+
+pub fn printStats(threads: usize, load_s: f64, st: Stats) void {
+    const rate: f64 = if (st.generated_tokens > 1 and st.decode_s > 0) @as(f64, @floatFromInt(st.generated_tokens - 1)) / st.decode_s else 0;
+    std.debug.print("polyllama-stats: {{\"port\":\"{s}\",\"prompt_tokens\":{d},\"generated_tokens\":{d},\"positions\":{d},\"threads\":{d}," ++
+        "\"load_s\":{d:.6},\"ttft_s\":{d:.6},\"decode_s\":{d:.6},\"decode_tok_s\":{d:.4}}}\n", .{ PORT_NAME, st.prompt_tokens, st.generated_tokens, st.positions, threads, load_s, st.ttft_s, st.decode_s, rate });
+}
+
+/// llama.cpp's quantize_row_q8_0_ref, which the converter uses: d = amax / 127, q = round(x / d)
+/// with ties away from zero (C's roundf, Zig's @round), d stored as fp16.
+fn quantizeWeightsForTest(gpa: Allocator, m: Matrix, cols: usize) !Matrix {
+    if (cols % QB != 0) return m; // rows not a multiple of 32 long stay F32, as in the converter
+    const x = m.f32;
+    const blocks = try gpa.alloc(Q8Block, x.len / QB);
+    for (blocks, 0..) |*blk, b| {
+        const v = x[b * QB ..][0..QB];
+        var amax: f32 = 0;
+        for (v) |e| amax = @max(amax, @abs(e));
+        const d = amax / 127.0;
+        const id: f32 = if (d != 0) 1.0 / d else 0;
+        for (&blk.qs, v) |*q, e| q.* = @intFromFloat(@round(e * id));
+        std.mem.writeInt(u16, &blk.d, @bitCast(@as(f16, @floatCast(d))), .little);
+    }
+    return .{ .q8_0 = blocks };
+}
+
+test "Q8_0 stories260K: the converter's blocks, and greedy text as the reference's" {
+    const model_path = try testutil.findModelFile("stories260K.bin");
+    defer testing.allocator.free(model_path);
+    const tok_path = try testutil.findModelFile("tok512.bin");
+    defer testing.allocator.free(tok_path);
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const gpa = arena.allocator();
+    var diag: model.Diag = .{};
+    const m = try checkpoint.read(gpa, testing.io, &diag, model_path, false);
+    defer std.posix.munmap(@alignCast(@constCast(m.file)));
+    const c = m.config;
+    // quantized here as `invoke models.convert --type q8_0` does; ffn_down (rows of 172) stays F32
+    var w = m.weights;
+    w.token_embedding = try quantizeWeightsForTest(gpa, w.token_embedding, c.dim);
+    w.wcls = w.token_embedding;
+    w.layers = try gpa.dupe(model.LayerWeights, w.layers);
+    var crc: std.hash.Crc32 = .init();
+    crc.update(std.mem.sliceAsBytes(w.token_embedding.q8_0));
+    for (w.layers) |*lw| {
+        inline for (.{ "wq", "wk", "wv", "wo", "w1", "w3" }) |name| {
+            @field(lw, name) = try quantizeWeightsForTest(gpa, @field(lw, name), c.dim);
+            crc.update(std.mem.sliceAsBytes(@field(lw, name).q8_0));
+        }
+        lw.w2 = try quantizeWeightsForTest(gpa, lw.w2, c.hidden_dim);
+        try testing.expect(lw.w2 == .f32);
+    }
+    // zlib.crc32 of the same tensors' bytes in the converter's stories260K Q8_0 GGUF
+    try testing.expectEqual(@as(u32, 0xdbb3b24c), crc.final());
+
+    const vocab = try checkpoint.readTokenizer(gpa, testing.io, &diag, tok_path, c.vocab_size);
+    const tok = tokenizer_mod.buildTokenizer(gpa, vocab);
+    const prompt = try tokenizer_mod.encode(&tok, gpa, "Once upon a time, there was a", true, false);
+    // impls/python/run.py on that GGUF, -t 0 -n 96 -i "Once upon a time, there was a"
+    const want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. " ++
+        "One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n" ++
+        "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't";
+    for ([_]usize{ 1, 2 }) |n_workers| {
+        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_workers * pool_mod.CHUNKS_PER_WORKER), .file = m.file, .vocab = null };
+        const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
+        defer pool_mod.freePool(gpa, pool);
+        var sampler = sampler_mod.buildSampler(gpa, c.vocab_size, 0, 0.9, 1);
+        var buf: [1024]u8 = undefined;
+        var writer: Io.Writer = .fixed(&buf);
+        _ = generate(testing.io, &t, pool, &tok, &sampler, prompt, 96, false, .{ .writer = &writer });
+        try testing.expectEqualStrings(want, writer.buffered());
+    }
+}
