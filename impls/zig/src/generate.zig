@@ -126,7 +126,7 @@ fn quantizeWeightsForTest(gpa: Allocator, m: Matrix, cols: usize) !Matrix {
     return .{ .q8_0 = blocks };
 }
 
-test "Q8_0 stories260K: the converter's blocks, and greedy text as the reference's" {
+test "stories260K: the converter's Q8_0 blocks, and greedy text as the golden texts, f32 and Q8_0" {
     const model_path = try testutil.findModelFile("stories260K.bin");
     defer testing.allocator.free(model_path);
     const tok_path = try testutil.findModelFile("tok512.bin");
@@ -158,19 +158,23 @@ test "Q8_0 stories260K: the converter's blocks, and greedy text as the reference
 
     const vocab = try checkpoint.readTokenizer(gpa, testing.io, &diag, tok_path, c.vocab_size);
     const tok = tokenizer_mod.buildTokenizer(gpa, vocab);
-    const prompt = try tokenizer_mod.encode(&tok, gpa, "Once upon a time, there was a", true, false);
-    // impls/python/run.py on that GGUF, -t 0 -n 96 -i "Once upon a time, there was a"
-    const want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. " ++
-        "One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n" ++
-        "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't";
+    try expectGolden(gpa, &tok, c, m.weights, m.file, "", 256, "stories260K.f32.greedy.txt");
+    try expectGolden(gpa, &tok, c, m.weights, m.file, "Once upon a time, there was a", 96, "stories260K.f32.prompt.txt");
+    try expectGolden(gpa, &tok, c, w, m.file, "", 128, "stories260K.q8_0.greedy.txt");
+}
+
+/// Greedy generation at one and two workers prints the golden text.
+fn expectGolden(gpa: std.mem.Allocator, tok: *const tokenizer_mod.Tokenizer, c: model.Config, w: model.TransformerWeights, file: []const u8, text: []const u8, steps: usize, name: []const u8) !void {
+    const want = try testutil.golden(gpa, name);
+    const prompt = try tokenizer_mod.encode(tok, gpa, text, true, false);
     for ([_]usize{ 1, 2 }) |n_workers| {
-        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_workers * pool_mod.CHUNKS_PER_WORKER), .file = m.file, .vocab = null };
+        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_workers * pool_mod.CHUNKS_PER_WORKER), .file = file, .vocab = null };
         const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
         defer pool_mod.freePool(gpa, pool);
         var sampler = sampler_mod.buildSampler(gpa, c.vocab_size, 0, 0.9, 1);
-        var buf: [1024]u8 = undefined;
+        var buf: [4096]u8 = undefined;
         var writer: Io.Writer = .fixed(&buf);
-        _ = generate(testing.io, &t, pool, &tok, &sampler, prompt, 96, false, .{ .writer = &writer });
+        _ = generate(testing.io, &t, pool, tok, &sampler, prompt, steps, false, .{ .writer = &writer });
         try testing.expectEqualStrings(want, writer.buffered());
     }
 }

@@ -25,6 +25,16 @@ pub fn findModelFile(name: []const u8) ![]const u8 {
     return error.SkipZigTest;
 }
 
+/// A text of tests/data/golden/ (written by the reference): a run's whole stdout, less the
+/// closing newline that the caller of generate prints. The caller frees it.
+pub fn golden(gpa: std.mem.Allocator, name: []const u8) ![]const u8 {
+    const path = try std.fs.path.join(gpa, &.{ "../../tests/data/golden", name });
+    defer gpa.free(path);
+    const text = try Io.Dir.cwd().readFileAlloc(testing.io, path, gpa, .limited(1 << 16));
+    try testing.expect(text.len > 0 and text[text.len - 1] == '\n');
+    return text[0 .. text.len - 1];
+}
+
 fn existing(dir: []const u8, name: []const u8) !?[]const u8 {
     const path = try std.fs.path.join(testing.allocator, &.{ dir, name });
     if (Io.Dir.cwd().access(testing.io, path, .{})) |_| return path else |_| testing.allocator.free(path);
