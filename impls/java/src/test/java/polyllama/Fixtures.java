@@ -36,6 +36,11 @@ final class Fixtures {
         return null;
     }
 
+    /** A text of tests/data/golden/ (written by the reference): the whole stdout of a run. */
+    static String golden(String name) throws IOException {
+        return Files.readString(Path.of("..", "..", "tests", "data", "golden", name), StandardCharsets.UTF_8);
+    }
+
     static byte[] utf8(String s) {
         return s.getBytes(StandardCharsets.UTF_8);
     }

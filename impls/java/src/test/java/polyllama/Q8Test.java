@@ -72,8 +72,7 @@ class Q8Test {
     /**
      * stories260K with every matrix the converter quantizes (all but ffn_down, whose rows are 172
      * long) turned into Q8_0 in memory, as `invoke models.convert --type q8_0` writes it; greedy,
-     * at one and two threads, the reference's text for that file (`impls/python/run.py
-     * stories260K.q8_0.gguf -t 0 -n 128`). The F32 model's text parts from it at "with my ball".
+     * at one and two threads, the golden text of that file (tests/data/golden/, the reference's).
      */
     @Test
     void stories260KInQ8GreedyIsTheReferencesText() throws IOException {
@@ -86,10 +85,7 @@ class Q8Test {
         for (Matrix[] layers : new Matrix[][] {w.wq, w.wk, w.wv, w.wo, w.w1, w.w2, w.w3}) {
             for (int l = 0; l < layers.length; l++) layers[l] = toQ8(layers[l]);
         }
-        String want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
-                + " One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n"
-                + "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do."
-                + " She said, \"I want to play with my ball.\" Her mom said, \"I want\n";
+        String want = Fixtures.golden("stories260K.q8_0.greedy.txt");
         for (int threads : new int[] {1, 2}) {
             Transformer t = new Transformer(m, new Pool(threads), Kernels.pick());
             ByteArrayOutputStream out = new ByteArrayOutputStream();
