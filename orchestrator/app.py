@@ -15,12 +15,30 @@ from tabulate import tabulate
 
 from schemas.port import ARCHES
 
+from .bench.lever import LeverCell, measure_lever, to_json
+from .bench.measure import CellSpec
+from .bench.overhead import measure_overhead
+from .bench.pipeline import main as run_bench
+from .bench.pipeline import publish
+from .containers import podman
+from .containers.engine import ContainerRunner
+from .containers.engine import build_image as build_container_image
 from .errors import PolyllamaError, UsageError
 from .files import write_atomic
-from .models.store import Store, search_path
-from .models.synth import ensure
+from .formats import WEIGHT_TYPES
+from .models.convert import gguf_to_bin, to_gguf
+from .models.fetch import download
+from .models.store import MODELS_DIR, Store, search_path
+from .models.synth import ensure, synthesize_model, synthesize_tokenizer
 from .ports.build import build_all, build_log, install_all
 from .ports.discover import ROOT, names, select, tool_env
+from .ports.golden import write_all as write_golden
+from .ports.validate import save_rows
+from .ports.validate import validate as run_validation
+from .results import docpage, resultfile
+from .results.compare import METRICS
+from .results.compare import compare as run_compare
+from .results.compare import render as render_comparison
 
 
 def install(ports: str | None = None, skip: str | None = None) -> int:
@@ -77,19 +95,16 @@ def container_engine(wanted: bool = True):
     if not wanted:
         yield
         return
-    from .containers.podman import engine
-    with engine() as why:
+    with podman.engine() as why:
         if why:
             raise PolyllamaError(why)
         yield
 
 
 def build_image(target: str, platform: str | None = None) -> int:
-    from .containers.engine import ContainerRunner
-    from .containers.engine import build_image as build
 
     with container_engine():
-        tag = build(target, platform=platform)
+        tag = build_container_image(target, platform=platform)
         runner = ContainerRunner.connect(tag)
         built = runner.built_ports()
     print(f"image {tag} ({runner.image_id[:19]}) holds: " + ", ".join(f"{k} ({v})" for k, v in built.items()))
@@ -120,14 +135,11 @@ def _out_file(out: str | None) -> Path | None:
 
 
 def _validate(ports, models, docker, image, arch=None, out: Path | None = None, skip: str | None = None) -> int:
-    from .ports.validate import save_rows
-    from .ports.validate import validate as run_validation
 
     chosen = _chosen(ports, skip)
     wanted = names(models) or ["stories260K", "stories15M"]
     runner = None
     if docker:
-        from .containers.engine import ContainerRunner
         runner = ContainerRunner.connect(image)
         chosen = [p for p in chosen if runner.build_outcome(p).status == "built"] if not ports else chosen
     if arch:
@@ -172,10 +184,8 @@ def pytest(args: list[str]) -> int:
 
 
 def golden() -> int:
-    from .models.store import MODELS_DIR
-    from .ports.golden import write_all
 
-    for path in write_all(Store(), MODELS_DIR):
+    for path in write_golden(Store(), MODELS_DIR):
         print(path.relative_to(ROOT))
     return 0
 
@@ -187,7 +197,6 @@ def models_list() -> int:
 
 
 def models_fetch(models: str) -> int:
-    from .models.fetch import download
 
     store = Store()
     for name in names(models):
@@ -198,7 +207,6 @@ def models_fetch(models: str) -> int:
 
 
 def models_synth(models: str, seed: int) -> int:
-    from .models.synth import synthesize_model, synthesize_tokenizer
 
     store = Store()
     for name in names(models):
@@ -213,8 +221,6 @@ def models_synth(models: str, seed: int) -> int:
 
 def models_convert(src: str, dst: str, tokenizer: str | None, version: int, weight_type: str = "f32") -> int:
     """To GGUF (F32, or Q8_0 with weight_type q8_0) when dst ends in .gguf, else to a llama2.c .bin."""
-    from .formats import WEIGHT_TYPES
-    from .models.convert import gguf_to_bin, to_gguf
 
     if weight_type not in WEIGHT_TYPES:
         raise UsageError(f"--type must be one of {', '.join(WEIGHT_TYPES)}, got {weight_type!r}")
@@ -234,8 +240,6 @@ def _thread_counts(threads: str) -> list[int]:
 
 def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> int:
     """Our executor against hyperfine, cell by cell: wall time and the port's decode rate."""
-    from .bench.measure import CellSpec
-    from .bench.overhead import measure_overhead
 
     chosen = select(port)
     if len(chosen) != 1:
@@ -263,9 +267,6 @@ def overhead(port: str, models: str, threads: str, steps: int, rounds: int) -> i
 def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: int, out: str | None,
           types: str = "f32", skip: str | None = None) -> int:
     """A lever's effect per port and cell: paired runs with the lever off (env) and on."""
-    from .bench.lever import LeverCell, measure_lever, to_json
-    from .bench.measure import CellSpec
-    from .formats import WEIGHT_TYPES
 
     try:
         off_env = dict(kv.split("=", 1) for kv in names(env))
@@ -291,10 +292,9 @@ def lever(ports: str, env: str, models: str, threads: str, steps: int, rounds: i
 
 
 def bench(options) -> int:
-    from .bench.pipeline import main
 
     with container_engine(options.docker):
-        return main(options)
+        return run_bench(options, connect=ContainerRunner.connect if options.docker else None)
 
 
 def report(results: str, exports_dir: str | None = None, html: bool = False, validation: str | None = None,
@@ -303,8 +303,6 @@ def report(results: str, exports_dir: str | None = None, html: bool = False, val
     with html (or a validation file) also the page <suite>.html, with the rows of `invoke validate`
     when a JSON of them is given; with docs, the suite's block of that markdown page
     (results/docpage.py)."""
-    from .bench.pipeline import publish
-    from .results import docpage, resultfile
 
     path = Path(results)
     folder = Path(exports_dir) if exports_dir else None
@@ -321,15 +319,10 @@ def report(results: str, exports_dir: str | None = None, html: bool = False, val
 
 def compare(a: str, b: str, metric: str = "tok_s", threshold: float = 0.05) -> int:
     """Exit 1 when a cell regressed beyond the threshold and beyond the noise."""
-    from .errors import UsageError
-    from .results import resultfile
-    from .results.compare import METRICS
-    from .results.compare import compare as run_compare
-    from .results.compare import render
 
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     sa, sb = resultfile.load(a), resultfile.load(b)
     verdict = run_compare(sa, sb, metric, threshold)
-    print(render(sa, sb, verdict, metric))
+    print(render_comparison(sa, sb, verdict, metric))
     return 1 if verdict.regressions else 0

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tabulate import tabulate  # noqa: E402
 
 from orchestrator.app import container_engine  # noqa: E402
-from orchestrator.bench.executor import execute  # noqa: E402
+from orchestrator.process import execute  # noqa: E402
 from orchestrator.bench.measure import CellSpec  # noqa: E402
 from orchestrator.bench.overhead import decode_rate  # noqa: E402
 from orchestrator.models.store import Store  # noqa: E402

@@ -3,7 +3,7 @@ import pytest
 from conftest import IN_CI
 from corpus import BAD_FLAGS, GOOD_FLAGS, make_corpus
 
-from orchestrator.bench.executor import execute
+from orchestrator.process import execute
 from orchestrator.errors import FormatError
 from orchestrator.formats import read_model, read_tokenizer
 from orchestrator.ports.discover import discover, tool_env

@@ -90,7 +90,7 @@ def test_misbehaving_ports_fail_with_reasons(fake_impls):
 
 
 def _proc(wall, cpu, max_threads=0):
-    from orchestrator.bench.executor import ProcResult
+    from orchestrator.process import ProcResult
     stats = {"port": "x", "prompt_tokens": 1, "generated_tokens": 16, "positions": 16, "threads": 0,
              "load_s": 0.01, "ttft_s": 0.01, "decode_s": wall * 0.9, "decode_tok_s": 15 / (wall * 0.9)}
     return ProcResult(["x"], 0, b"", "", wall, user_s=cpu, max_threads=max_threads, stats=stats)
@@ -301,7 +301,7 @@ def test_paired_ratio_interval():
 def test_peak_memory_is_the_ports_own_not_the_harness():
     """The kernel carries the forked harness's high-water mark across exec into ru_maxrss; the
     executor reads the port's own VmHWM instead."""
-    from orchestrator.bench.executor import execute
+    from orchestrator.process import execute
     ballast = bytearray(600 << 20)  # the harness holds 600 MiB, as it does after a GGUF export
     ballast[::4096] = b"x" * len(ballast[::4096])
     r = execute([sys.executable, "-c", "import time; b = bytearray(100 << 20); time.sleep(0.6)"])

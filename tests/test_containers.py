@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import need
 
-from orchestrator.bench.executor import execute
+from orchestrator.process import execute
 from orchestrator.errors import PolyllamaError
 from orchestrator.ports.discover import discover, tool_env
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from conftest import IN_CI
-from orchestrator.bench.executor import execute
+from orchestrator.process import execute
 from orchestrator.formats import read_model, write_gguf, write_v1
 from orchestrator.formats.tokenizer_file import read_tokenizer
 from orchestrator.ports.discover import discover, tool_env

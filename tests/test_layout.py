@@ -71,3 +71,32 @@ def test_the_graph_sees_relative_and_lazy_imports():
 def test_no_import_cycles_in_the_orchestrator():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+# The layers, top first: a module may import only from its own layer or those below it
+# (../shared/LAYOUT.md). Within bench/ the probe and pipeline stages may import each other; across
+# layers, imports point down.
+LAYERS = ["app", "fleet", "containers", "bench", "ports", "models", "reference", "results", "formats",
+          "process", "errors", "files"]
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else ""
+    return LAYERS.index(top) if top in LAYERS else -1
+
+
+def test_every_module_is_in_a_layer():
+    stray = [m for m in import_graph() if m != "orchestrator" and _layer(m) < 0]
+    assert not stray, f"modules outside the layers of tests/test_layout.py: {stray}"
+
+
+def test_imports_point_down():
+    up = sorted(f"{m} -> {d}" for m, deps in import_graph().items() for d in deps
+                if _layer(m) >= 0 and _layer(d) >= 0 and _layer(d) < _layer(m))
+    assert not up, "imports that point up a layer:\n" + "\n".join(up)
+
+
+def test_the_layer_check_catches_an_upward_import():
+    assert _layer("orchestrator.results.html") > _layer("orchestrator.bench.peercheck")
+    assert _layer("orchestrator.process") > _layer("orchestrator.containers.engine")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..errors import PolyllamaError
 from ..ports.discover import tool_env
 from ..results.stats import Ratio, paired_ratio
-from .executor import execute
+from ..process import execute
 from .overhead import decode_rate
 
 

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from schemas.results import Model, PortStats, Run
 
 from ..ports.discover import Port, tool_env
-from .executor import ProcResult, execute
+from ..process import ProcResult, execute
+from .modelfiles import FORMAT_OF, file_for, model_record
 
 RATE_TOLERANCE = 0.02  # reported vs recomputed tok/s
 CLOCK_SLACK_S = 0.02  # a port's clock and ours start at different instants
@@ -37,7 +38,6 @@ class CellSpec:
     def greedy(cls, port: Port, resolved, threads: int, steps: int, weight_type: str = "f32") -> "CellSpec":
         """The checks' cell (overhead, lever, container parity): greedy on the model's v0 file, or
         on its Q8_0 GGUF export for weight_type q8_0."""
-        from .modelfiles import FORMAT_OF, file_for, model_record
         fmt = FORMAT_OF.get(weight_type, "v0")
         return cls(port, model_record(resolved, file_for(resolved, fmt), fmt, weight_type), str(resolved.tokenizer),
                    threads, min(steps, resolved.config.seq_len), 0.0, 0.9, 42)

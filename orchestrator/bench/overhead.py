@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import PolyllamaError
 from ..ports.discover import tool_env
 from ..results.stats import paired_ratio
-from .executor import STATS_PREFIX, execute
+from ..process import STATS_PREFIX, execute
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import subprocess
 from schemas.results import Cell, PeerCheck
 
 from ..ports.discover import Port, tool_env
-from ..results.summary import describe_peer as describe  # noqa: F401  (the pipeline prints it)
 from ..results.stats import metric
 
 

@@ -35,11 +35,13 @@ from ..ports.validate import validate as validate_against_reference
 from ..results import resultfile
 from ..results.exporters import export_all
 from ..results.figures import draw_all
+from ..results.html import write_page
 from ..results.report import render
+from ..results.summary import describe_peer
 from .host import describe_host
 from .measure import CellSpec, measure
 from .modelfiles import FORMAT_OF, bytes_per_token, cell_types, file_for, format_for, model_record
-from .peercheck import describe, run_check
+from .peercheck import run_check
 from .progress import Planned, Progress, run_cost
 from .schedule import interleave
 
@@ -205,12 +207,13 @@ def _prepare_port(port: Port, install: bool, runner) -> BuildOutcome:
     return build_port(port)
 
 
-def prepare(p: Plan, install: bool = False, docker: bool = False, image: str | None = None,
+def prepare(p: Plan, install: bool = False, connect=None, image: str | None = None,
             describe=describe_host) -> Prepared:
+    """`connect(image, memory)` returns the container runner of a --docker suite: the caller
+    (app.bench, a layer above) passes the container layer's in, so bench never imports it."""
     runner, image_id = None, None
-    if docker:
-        from ..containers.engine import ContainerRunner
-        runner = ContainerRunner.connect(image, p.matrix.container_memory)
+    if connect is not None:
+        runner = connect(image, p.matrix.container_memory)
         image_id = runner.image_id
     m = p.matrix
     print(f"matrix {p.name}: {len(p.ports)} ports x {len(p.models)} models x threads {m.thread_counts()}, "
@@ -322,7 +325,7 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
         update = {"status": "ok"}
         if spec.port.manifest.peer_check and runner is None:  # on the cell's own file: a q8_0 cell's Q8_0 GGUF
             check = run_check(spec.port, current, matrix.timeout_s)
-            print(f"\n{cell.port} {cell.model.label} j={cell.threads}: {describe(check)}", flush=True)
+            print(f"\n{cell.port} {cell.model.label} j={cell.threads}: {describe_peer(check)}", flush=True)
             update["peer_check"] = check
         writer.put(current.model_copy(update=update))
 
@@ -352,7 +355,6 @@ def publish(suite: Suite, json_path: Path, out_dir: Path | None = None, html: bo
     out_dir = out_dir or json_path.parent
     written = export_all(suite, json_path, out_dir) + draw_all(suite, out_dir, json_path.stem)
     if html:
-        from ..results.html import write_page
         written.append(write_page(suite, out_dir / f"{json_path.stem}.html", validation, source=json_path))
     print(f"\nresults: {json_path}")
     for p in written:
@@ -372,10 +374,13 @@ def exit_code(suite: Suite, strict: bool) -> int:
 
 
 def main(o: Options, matrices: Path = MATRICES, impls: Path = IMPLS, describe=describe_host,
-         validate=validate_ports) -> int:
-    """`describe` (the host) and `validate` (validate_ports' signature) are what tests replace."""
+         validate=validate_ports, connect=None) -> int:
+    """`describe` (the host) and `validate` (validate_ports' signature) are what tests replace;
+    `connect` opens the container runner, required with o.docker."""
+    if o.docker and connect is None:
+        raise UsageError("--docker needs a container runner (invoke bench --docker starts one)")
     p = plan(o, matrices, impls)
-    pr = prepare(p, install=o.install, docker=o.docker, image=o.image, describe=describe)
+    pr = prepare(p, install=o.install, connect=connect if o.docker else None, image=o.image, describe=describe)
     writer = resultfile.Writer(pr.suite, p.out)
     try:
         if o.validate:

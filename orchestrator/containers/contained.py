@@ -8,7 +8,7 @@ import dataclasses
 import json
 import sys
 
-from ..bench.executor import execute
+from ..process import execute
 from ..ports.discover import tool_env
 
 

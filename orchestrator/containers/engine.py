@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..bench.executor import ProcResult, parse_stats
+from ..process import ProcResult, parse_stats
 from ..errors import PolyllamaError
 from ..ports.build import BuildOutcome
 from ..ports.discover import ROOT, Port
@@ -29,7 +29,7 @@ IMAGE_CODE = ("impls", "orchestrator", "schemas", "tasks.py")  # what the image 
 
 def _client():
     try:
-        import docker
+        import docker  # lazy: only --docker runs talk to an engine
     except ImportError:
         raise PolyllamaError("the docker Python package is not installed (pip install docker)") from None
     try:

@@ -68,7 +68,7 @@ def _token_from_gguf(i: int, text: str, ttype: int | None) -> bytes:
 
 
 def write_gguf(path, model: Model, vocab: Vocab, name: str = "polyllama") -> None:
-    import gguf
+    import gguf  # lazy: the gguf package pulls numpy-heavy modules in; only writing needs it
 
     path = Path(path)
     try:

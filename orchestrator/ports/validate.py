@@ -20,7 +20,7 @@ import numpy as np
 
 from schemas.results import ValidationRow
 
-from ..bench.executor import execute
+from ..process import execute
 from ..errors import PolyllamaError
 from ..files import write_atomic
 from ..formats import read_model, read_tokenizer, write_v1

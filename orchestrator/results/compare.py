@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tabulate import tabulate
+
 from schemas.results import Suite
 
 from .stats import geometric_mean, good_runs, ratio_ci, summarize
@@ -56,8 +58,6 @@ def compare(a: Suite, b: Suite, metric: str = "tok_s", threshold: float = 0.05) 
 
 
 def render(a: Suite, b: Suite, verdict: Verdict, metric: str) -> str:
-    from tabulate import tabulate
-
     lines = [f"A = {a.suite_id} ({a.host.git_commit[:12]}), B = {b.suite_id} ({b.host.git_commit[:12]}), "
              f"metric {metric}"]
     if a.host.cpu_model != b.host.cpu_model:

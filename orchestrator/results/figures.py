@@ -92,7 +92,7 @@ def ci95(s: Summary | None) -> float | None:
     """Half-width of the 95% confidence interval of the mean (Student t); None when n < 2."""
     if s is None or s.n < 2:
         return None
-    from scipy import stats as st
+    from scipy import stats as st  # lazy, as in stats.py
     return float(st.t.ppf(0.975, s.n - 1) * s.sd / math.sqrt(s.n))
 
 
@@ -119,7 +119,7 @@ def _caption(ns: list[int]) -> str:
 
 # ---------------------------------------------------------------- matplotlib
 def _figure(width: float, height: float):
-    import matplotlib
+    import matplotlib  # lazy: heavy, and only figures need it; Agg before anything else touches it
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
@@ -227,7 +227,7 @@ def scaling_figure(suite: Suite):
         ax.set_xticklabels([str(t) for t in threads])
         ax.set_ylim(bottom=0)
         ax.grid(linewidth=0.4, alpha=0.6)
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # lazy, as in _figure
     handles["ideal scaling of the fastest port"] = Line2D([], [], color="#888888", linestyle=":")
     fig.legend(list(handles.values()), list(handles.keys()), loc="upper left", bbox_to_anchor=(1.0, 0.95),
                frameon=False, fontsize=8)

@@ -1,12 +1,12 @@
 """One self-contained HTML page of a suite (results/<suite>.html beside its JSON).
 
 Everything the page needs is inline: Plotly's JavaScript once in the head, the figures as Plotly
-charts, the styles, a few lines that sort the tables, and a few that record any script error in
-the page (`data-errors` on <html>, and a red line at the top), so that a broken page says so.
-Nothing is fetched: the page opens from disk without a network.
+charts (html_charts.py), the styles and scripts (html_assets.py). Nothing is fetched: the page
+opens from disk without a network. It opens with the answer (the summary card), then the machine.
 
-Every number comes from the raw samples through results/stats.py and results/report.py (good runs
-only: failed runs and runs on a busy machine are left out, and the page says how many were).
+Every number comes from the raw samples through results/stats.py, results/summary.py and
+results/report.py (good runs only: failed runs and runs on a busy machine are left out, and the
+page says how many were).
 """
 from __future__ import annotations
 
@@ -16,341 +16,19 @@ import math
 from html import escape
 from pathlib import Path
 
-from schemas.results import Cell, Suite, ValidationRow
+from schemas.results import Suite, ValidationRow
 
 from ..errors import PolyllamaError
 from ..files import write_atomic
-from .figures import (GROUP_ORDER, GROUP_TITLES, PLOTLY_MARKERS, ci95, footer, ordered_ports, port_group,
-                      port_styles, thread_colours)
 from . import summary
+from .figures import GROUP_ORDER, GROUP_TITLES, footer, ordered_ports, port_group
+from .html_assets import CSS, ERROR_PROBE, SORT_TABLES
+from .html_charts import CHARTS, digits, fmt, interval, label, views_of
 from .report import baseline_port, model_rows, model_title, models_of, type_rows
-from .stats import busy_runs, geometric_mean, good_runs, metric, ratio_ci, summarize
-from .summary import describe_peer, roofline
+from .stats import busy_runs, geometric_mean
+from .summary import describe_peer
 
-FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
-CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 NOT_RUN = "not run with this suite"
-
-# Records script errors (uncaught exceptions, rejected promises, resources that failed to load)
-# in <html data-errors="[...]"> and shows them at the top of the page. First in <head>.
-ERROR_PROBE = """(function () {
-  var errors = [], root = document.documentElement;
-  root.setAttribute("data-errors", "[]");
-  function show() {
-    var box = document.getElementById("js-errors");
-    if (box && errors.length) { box.hidden = false; box.textContent = "This page hit " + errors.length +
-      " script error(s): " + errors.join(" | "); }
-  }
-  function note(message) { errors.push(String(message)); root.setAttribute("data-errors", JSON.stringify(errors)); show(); }
-  window.addEventListener("error", function (e) {
-    var t = e.target;
-    if (t && t !== window && (t.src || t.href)) { note("could not load " + (t.src || t.href)); }
-    else { note(e.message || "error"); }
-  }, true);
-  window.addEventListener("unhandledrejection", function (e) {
-    note("unhandled rejection: " + ((e.reason && e.reason.message) || e.reason));
-  });
-  document.addEventListener("DOMContentLoaded", show);
-  window.addEventListener("load", function () {
-    setTimeout(function () {
-      var charts = document.querySelectorAll(".plotly-graph-div"), drawn = 0;
-      charts.forEach(function (c) { if (c.querySelector(".main-svg")) { drawn++; } });
-      root.setAttribute("data-charts", String(charts.length));
-      root.setAttribute("data-drawn", String(drawn));
-    }, 0);
-  });
-})();"""
-
-SORT_TABLES = """window.addEventListener("load", function () {  // charts drawn before the layout settled
-  document.querySelectorAll(".plotly-graph-div").forEach(function (d) { if (window.Plotly) { Plotly.Plots.resize(d); } });
-});
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, col) {
-    th.title = "sort"; th.addEventListener("click", function () {
-      var body = table.tBodies[0], rows = Array.from(body.rows), up = th.getAttribute("aria-sort") !== "ascending";
-      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", up ? "ascending" : "descending");
-      function key(row) { var c = row.cells[col]; var v = c ? (c.dataset.v !== undefined ? c.dataset.v : c.textContent) : "";
-        var n = parseFloat(v); return isNaN(n) || v === "" ? v.toLowerCase() : n; }
-      rows.sort(function (a, b) { var x = key(a), y = key(b);
-        if (typeof x !== typeof y) { return (typeof x === "number" ? -1 : 1) * (up ? 1 : -1); }
-        return (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1); });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});"""
-
-CSS = """
-:root { --ink: #1d2433; --muted: #5b6475; --line: #dde2ea; --card: #ffffff; --bg: #f4f6f9; --accent: #08519c;
-        --bad: #b00020; --ok: #1b7f3b; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--ink); font: 14px/1.45 %(font)s; }
-main { max-width: 1360px; margin: 0 auto; padding: 20px 24px 60px; }
-h1 { font-size: 24px; margin: 4px 0 2px; } h2 { font-size: 19px; margin: 0 0 10px; } h3 { font-size: 15px; margin: 16px 0 6px; }
-.sub { color: var(--muted); margin-bottom: 14px; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 16px 18px; margin: 14px 0;
-        box-shadow: 0 1px 2px rgba(20, 30, 50, .05); }
-.facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 4px 28px; }
-.facts dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 12px; margin: 0; }
-.facts dt { color: var(--muted); } .facts dd { margin: 0; overflow-wrap: anywhere; }
-.lead { font-size: 17px; }
-.badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px; font-weight: 600; }
-.badge.real { background: #e3f4e8; color: var(--ok); } .badge.synthetic, .badge.unverified { background: #fff1d6; color: #8a5a00; }
-.badge.peer { background: #ece6f7; color: #5b3a99; } .badge.bad { background: #fde7ea; color: var(--bad); }
-.chart { min-width: 0; margin: 6px 0 14px; } .note { color: var(--muted); font-size: 12.5px; margin: 4px 0 8px; }
-table { border-collapse: collapse; width: 100%%; font-size: 13px; margin: 6px 0 4px; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #eef1f6; position: sticky; top: 0; cursor: pointer; user-select: none; white-space: nowrap; }
-th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.group td { background: #f7f8fb; color: var(--muted); font-weight: 600; }
-.scroll { overflow-x: auto; } td.flags { min-width: 220px; }
-nav a { margin-right: 14px; color: var(--accent); text-decoration: none; } nav a:hover { text-decoration: underline; }
-#js-errors { background: var(--bad); color: #fff; padding: 8px 12px; font-weight: 600; }
-footer { color: var(--muted); font-size: 12px; margin-top: 30px; }
-""" % {"font": FONT}
-
-
-# ---------------------------------------------------------------- numbers of one cell
-def _fmt(x: float | None, digits: int = 1, unit: str = "") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:,.{digits}f}{unit}"
-
-
-def _digits(value: float) -> int:
-    return 0 if value >= 1000 else 1 if value >= 10 else 2 if value >= 1 else 3
-
-
-def _samples(values: list[float], digits: int) -> str:
-    """Raw samples for a hover box, eight to a line."""
-    parts = [f"{v:.{digits}f}" for v in values]
-    return "<br>".join(", ".join(parts[i:i + 8]) for i in range(0, len(parts), 8)) or "none"
-
-
-def _interval(s, digits: int) -> str:
-    h = ci95(s)
-    return f"[{s.mean - h:.{digits}f}, {s.mean + h:.{digits}f}]" if h is not None else "(n=1: no interval)"
-
-
-class CellView:
-    """What the page shows of one cell, computed once from its good runs."""
-
-    def __init__(self, suite: Suite, cell: Cell, base: Cell | None):
-        self.cell = cell
-        runs = good_runs(cell)
-        self.runs = runs
-        self.tok = metric(cell, "tok_s")
-        self.tok_samples = [r.tok_s for r in runs if r.tok_s]
-        self.wall = metric(cell, "wall_s")
-        self.load = metric(cell, "load_s")
-        self.ttft = metric(cell, "ttft_s")
-        self.decode = summarize([r.stats.decode_s for r in runs if r.stats])
-        self.rest = summarize([r.wall_s - r.stats.load_s - r.stats.ttft_s - r.stats.decode_s for r in runs if r.stats])
-        self.rss = metric(cell, "rss_mib")
-        self.bw = suite.host.bandwidth_for(cell.model.weight_bytes, cell.threads)
-        self.roof = roofline(suite, cell)
-        self.roof_samples = ([t * cell.model.weight_bytes / (self.bw * 1e9) for t in self.tok_samples]
-                             if self.bw else [])
-        self.speed = None
-        if base is not None and base.status == "ok":
-            self.speed = ratio_ci([r.tok_s for r in good_runs(base) if r.tok_s], self.tok_samples)
-
-
-def _views(suite: Suite) -> dict[tuple[str, str, int], CellView]:
-    base = baseline_port(suite)
-    cells = {(c.model.label, c.port, c.threads): c for c in suite.cells}
-    return {k: CellView(suite, c, cells.get((k[0], base, k[2])) if base else None) for k, c in cells.items()}
-
-
-# ---------------------------------------------------------------- charts
-def _plot(fig, div_id: str, height: int, title: str, ytitle: str, legend: dict | None = None,
-          horizontal: bool = False) -> str:
-    """One chart as a <div> and the script that draws it (Plotly itself is in the page's head)."""
-    fig.update_layout(
-        height=height, template="plotly_white",
-        title={"text": title, "x": 0.01, "y": 0.985, "yanchor": "top", "font": {"size": 15}},
-        margin={"l": 64, "r": 16, "t": 78, "b": 40}, font={"family": FONT, "size": 12},
-        hoverlabel={"align": "left"}, legend=legend or {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right",
-                                                        "yanchor": "bottom"})
-    if horizontal:
-        fig.update_xaxes(title_text=ytitle, rangemode="tozero")
-        fig.update_yaxes(autorange="reversed")
-    else:
-        fig.update_yaxes(title_text=ytitle, rangemode="tozero")
-    return ('<div class="chart">' + fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=CONFIG,
-                                                 default_width="100%", default_height=f"{height}px") + "</div>")
-
-
-def _label(suite: Suite, port: str) -> str:
-    return f"{port} (peer)" if port_group(suite, port) == "peer" else port
-
-
-def _axis(suite: Suite, ports: list[str]) -> list[list[str]]:
-    """A two-level category axis: the group over the port."""
-    return [[GROUP_TITLES[port_group(suite, p)] for p in ports], [_label(suite, p) for p in ports]]
-
-
-def _tok_chart(suite, model, ports, threads, views, div_id) -> str:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for t, colour in zip(threads, thread_colours(len(threads))):
-        y, err, low, hover, pattern = [], [], [], [], []
-        for p in ports:
-            v = views.get((model, p, t))
-            s = v.tok if v else None
-            y.append(s.mean if s else None)
-            err.append((ci95(s) or 0) if s else 0)
-            low.append(min(err[-1], s.mean) if s else 0)  # a rate is not negative: the bar stops at 0
-            pattern.append("/" if port_group(suite, p) == "peer" else "")
-            if s:
-                d = _digits(s.mean)
-                hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}<br>"
-                             f"{s.mean:.{d}f} tok/s, 95% CI {_interval(s, d)}, n={s.n}<br>"
-                             f"median {s.median:.{d}f}, sd {s.sd:.{d}f}<br>raw tok/s:<br>{_samples(v.tok_samples, d)}")
-            else:
-                hover.append(f"<b>{_label(suite, p)}</b>: {v.cell.status if v else 'not run'}"
-                             + (f"<br>{escape(v.cell.reason[:120])}" if v and v.cell.reason else ""))
-        fig.add_bar(name=f"{t} thread{'s' if t > 1 else ''}", x=_axis(suite, ports), y=y, marker_color=colour,
-                    marker_pattern_shape=pattern, error_y={"type": "data", "array": err, "arrayminus": low,
-                                                           "visible": True, "thickness": 1.2, "width": 3},
-                    hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")
-    fig.update_layout(barmode="group", bargap=0.22)
-    return _plot(fig, div_id, 440, f"{model}: decode speed (mean, 95% CI)", "tokens per second")
-
-
-def _time_chart(suite, model, ports, threads, views, div_id) -> str:
-    import plotly.graph_objects as go
-
-    keys = [(t, p) for t in threads for p in ports if (v := views.get((model, p, t))) and v.wall]
-    if not keys:
-        return ""
-    axis = [[f"{t} thread{'s' if t > 1 else ''}" for t, _ in keys], [_label(suite, p) for _, p in keys]]
-    fig = go.Figure()
-    parts = (("load", "load", "#9ecae1"), ("ttft", "first token", "#fdae6b"), ("decode", "decode", "#3182bd"),
-             ("rest", "process start and exit", "#c7c7c7"))
-    for attr, name, colour in parts:
-        x, hover, err, low = [], [], [], []
-        for t, p in keys:
-            v = views[(model, p, t)]
-            s = getattr(v, attr)
-            x.append(max(s.mean, 0.0) if s else None)
-            if attr == "rest":
-                samples, what = [r.wall_s for r in v.runs], "whole run (wall)"
-                err.append(ci95(v.wall) or 0)
-                low.append(min(err[-1], v.wall.mean))
-                total = f"{v.wall.mean:.3f} s, 95% CI {_interval(v.wall, 3)}, n={v.wall.n}"
-            else:
-                samples, what = [getattr(r.stats, f"{attr}_s") for r in v.runs if r.stats], name
-                total = f"{s.mean:.3f} s, n={s.n}" if s else "-"
-            hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}: {what}<br>{total}<br>"
-                         f"raw s:<br>{_samples(samples, 3)}")
-        fig.add_bar(name=name, x=x, y=axis, orientation="h", marker_color=colour, hovertext=hover,
-                    hovertemplate="%{hovertext}<extra></extra>",
-                    error_x={"type": "data", "array": err, "arrayminus": low, "visible": True, "thickness": 1.2,
-                             "width": 3} if attr == "rest" else None)
-    fig.update_layout(barmode="stack", bargap=0.25)
-    return _plot(fig, div_id, 130 + 21 * len(keys),
-                 f"{model}: time per inference (stacked means; error bar: the whole run, 95% CI)", "seconds",
-                 horizontal=True)
-
-
-def _roof_chart(suite, model, ports, threads, views, div_id) -> str:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    any_bw = False
-    for t, colour in zip(threads, thread_colours(len(threads))):
-        y, hover = [], []
-        for p in ports:
-            v = views.get((model, p, t))
-            y.append(100 * v.roof if v and v.roof else None)
-            if v and v.roof:
-                any_bw = True
-                hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}<br>"
-                             f"{100 * v.roof:.0f}% of {v.bw:.1f} GB/s<br>"
-                             f"({v.tok.mean:.1f} tok/s x {v.cell.model.weight_bytes / 1e6:.1f} MB)<br>per run, %:<br>"
-                             f"{_samples([100 * x for x in v.roof_samples], 0)}")
-            else:
-                hover.append(f"<b>{_label(suite, p)}</b>: no figure")
-        fig.add_bar(name=f"{t} thread{'s' if t > 1 else ''}", x=_axis(suite, ports), y=y, marker_color=colour,
-                    hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")
-    if not any_bw:
-        return ""
-    fig.add_hline(y=100, line_dash="dash", line_color="#b00020", annotation_text="measured read bandwidth",
-                  annotation_position="top right")
-    fig.update_layout(barmode="group", bargap=0.22)
-    return _plot(fig, div_id, 380, f"{model}: share of the memory-bandwidth roofline", "% of read bandwidth")
-
-
-def _memory_chart(suite, model, ports, threads, views, div_id) -> str:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    weight_mib = None
-    for t, colour in zip(threads, thread_colours(len(threads))):
-        y, hover = [], []
-        for p in ports:
-            v = views.get((model, p, t))
-            s = v.rss if v else None
-            y.append(s.max if s else None)
-            if v:
-                weight_mib = v.cell.model.weight_bytes / 2**20
-            hover.append(f"<b>{_label(suite, p)}</b>, {t} thread{'s' if t > 1 else ''}<br>peak {s.max:.1f} MiB "
-                         f"(median {s.median:.1f}, n={s.n})<br>raw MiB:<br>"
-                         f"{_samples([r.max_rss_kib / 1024 for r in v.runs], 1)}" if s else
-                         f"<b>{_label(suite, p)}</b>: no figure")
-        fig.add_bar(name=f"{t} thread{'s' if t > 1 else ''}", x=_axis(suite, ports), y=y, marker_color=colour,
-                    hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")
-    if weight_mib:
-        fig.add_hline(y=weight_mib, line_dash="dot", line_color="#555555",
-                      annotation_text=f"weights: {weight_mib:.0f} MiB", annotation_position="top left")
-    fig.update_layout(barmode="group", bargap=0.22)
-    return _plot(fig, div_id, 380, f"{model}: peak memory (largest of the good runs)", "MiB (peak RSS)")
-
-
-def _scaling_chart(suite, model, ports, threads, views, div_id) -> str:
-    import plotly.graph_objects as go
-
-    if len(threads) < 2:
-        return ""
-    t0 = threads[0]
-    styles = port_styles(suite)
-    fig = go.Figure()
-    fig.add_scatter(x=threads, y=[t / t0 for t in threads], name="ideal (linear in threads)", mode="lines",
-                    line={"color": "#333333", "dash": "dash", "width": 1.5}, hoverinfo="skip")
-    some = next((views[(model, p, t0)] for p in ports if (model, p, t0) in views), None)
-    if some:
-        bws = [suite.host.bandwidth_for(some.cell.model.weight_bytes, t) for t in threads]
-        if all(bws):
-            fig.add_scatter(x=threads, y=[b / bws[0] for b in bws], name="read bandwidth (roofline)",
-                            mode="lines", line={"color": "#b00020", "dash": "dot", "width": 1.5},
-                            hovertemplate="read bandwidth x%{y:.2f} at %{x} threads<extra></extra>")
-    for p in ports:
-        first = views.get((model, p, t0))
-        if not first or not first.tok:
-            continue
-        xs, ys, hover = [], [], []
-        for t in threads:
-            v = views.get((model, p, t))
-            if v and v.tok:
-                d = _digits(v.tok.mean)
-                xs.append(t)
-                ys.append(v.tok.mean / first.tok.mean)
-                hover.append(f"<b>{_label(suite, p)}</b>, {t} threads: x{v.tok.mean / first.tok.mean:.2f}<br>"
-                             f"{v.tok.mean:.{d}f} tok/s, 95% CI {_interval(v.tok, d)}, n={v.tok.n}<br>"
-                             f"raw tok/s:<br>{_samples(v.tok_samples, d)}")
-        colour, marker = styles[p]
-        fig.add_scatter(x=xs, y=ys, name=_label(suite, p), mode="lines+markers", hovertext=hover,
-                        hovertemplate="%{hovertext}<extra></extra>",
-                        line={"color": colour, "width": 2, "dash": "dash" if port_group(suite, p) == "peer" else "solid"},
-                        marker={"symbol": PLOTLY_MARKERS[marker], "size": 8})
-    fig.update_xaxes(tickvals=threads, title_text="threads")
-    return _plot(fig, div_id, 420, f"{model}: thread scaling (speed-up over {t0} thread{'s' if t0 > 1 else ''})",
-                 f"tok/s relative to {t0} thread{'s' if t0 > 1 else ''}",
-                 legend={"orientation": "v", "x": 1.02, "y": 1, "xanchor": "left", "yanchor": "top"})
-
 
 # ---------------------------------------------------------------- tables
 def _td(text: str, value=None, cls: str = "") -> str:
@@ -376,25 +54,25 @@ def _cell_table(suite, model, ports, threads, views) -> str:
             if v is None:
                 continue
             c, tok = v.cell, v.tok
-            d = _digits(tok.mean) if tok else 1
+            d = digits(tok.mean) if tok else 1
             status = "ok" if c.status == "ok" else f'<span class="badge bad">{escape(c.status)}</span>'
             rows.append("<tr>" + "".join([
-                _td(escape(_label(suite, p))),
+                _td(escape(label(suite, p))),
                 _td(escape(GROUP_TITLES[port_group(suite, p)]), GROUP_ORDER.index(port_group(suite, p))),
                 _td(str(t), t, "num"),
-                _td(_fmt(tok.mean, d) if tok else "-", tok.mean if tok else None, "num"),
-                _td(_interval(tok, d) if tok else "-"),
+                _td(fmt(tok.mean, d) if tok else "-", tok.mean if tok else None, "num"),
+                _td(interval(tok, d) if tok else "-"),
                 _td(str(tok.n) if tok else "0", tok.n if tok else 0, "num"),
-                _td(_fmt(v.wall.mean, 3) if v.wall else "-", v.wall.mean if v.wall else None, "num"),
-                _td(_fmt(v.load.mean, 3) if v.load else "-", v.load.mean if v.load else None, "num"),
-                _td(_fmt(v.ttft.mean, 4) if v.ttft else "-", v.ttft.mean if v.ttft else None, "num"),
-                _td(_fmt(v.decode.mean, 3) if v.decode else "-", v.decode.mean if v.decode else None, "num"),
-                _td(_fmt(v.rss.max, 1) if v.rss else "-", v.rss.max if v.rss else None, "num"),
-                _td(_fmt(100 * v.roof, 0, "%") if v.roof else "-", v.roof, "num"),
+                _td(fmt(v.wall.mean, 3) if v.wall else "-", v.wall.mean if v.wall else None, "num"),
+                _td(fmt(v.load.mean, 3) if v.load else "-", v.load.mean if v.load else None, "num"),
+                _td(fmt(v.ttft.mean, 4) if v.ttft else "-", v.ttft.mean if v.ttft else None, "num"),
+                _td(fmt(v.decode.mean, 3) if v.decode else "-", v.decode.mean if v.decode else None, "num"),
+                _td(fmt(v.rss.max, 1) if v.rss else "-", v.rss.max if v.rss else None, "num"),
+                _td(fmt(100 * v.roof, 0, "%") if v.roof else "-", v.roof, "num"),
                 _td(escape(v.speed.fmt()) if v.speed else "-", v.speed.value if v.speed else None, "num"),
                 _td(f"{len(v.runs)}/{len(c.runs)}", len(v.runs), "num"),
                 _td(status),
-                _td(escape(flags.get((_label(suite, p), t), "")), None, "flags"),
+                _td(escape(flags.get((label(suite, p), t), "")), None, "flags"),
             ]) + "</tr>")
     header = ["port", "group", "threads", "tok/s", "95% CI", "n", "time/inference s", "load s", "first token s",
               "decode s", "peak MiB", "% roofline", f"vs {base or '-'} [95% CI]", "good/all runs", "status", "flags"]
@@ -417,7 +95,7 @@ def _relative(suite: Suite, views) -> str:
         if g != last:
             rows.append(f'<tr class="group"><td colspan="{len(keys) + 2}">{escape(GROUP_TITLES[g])}</td></tr>')
             last = g
-        tds = [_td(escape(_label(suite, p)))]
+        tds = [_td(escape(label(suite, p)))]
         for r in speed[p]:
             if r is None:
                 tds.append(_td("-", None, "num"))
@@ -478,7 +156,7 @@ def _summary(suite: Suite) -> str:
                 tds.append(_td("-", None, "num"))
                 continue
             value = e.vs_best.value if e.vs_best else 1.0
-            text = f"<b>{e.tok.mean:.{_digits(e.tok.mean)}f}</b><br>" + (escape(e.vs_best.fmt()) if e.vs_best else "fastest")
+            text = f"<b>{e.tok.mean:.{digits(e.tok.mean)}f}</b><br>" + (escape(e.vs_best.fmt()) if e.vs_best else "fastest")
             tds.append(f'<td class="num" data-v="{value:.4f}" style="background:{_shade(value)}">{text}</td>')
         best = g.best_port
         roof = (f"{100 * best.roof:.0f}%" + (' <span class="badge bad">probe defect</span>' if best.roof > 1 else "")
@@ -487,7 +165,7 @@ def _summary(suite: Suite) -> str:
         tds += [_td(roof, best.roof if best else None, "num"), _td(peer, g.vs_peer, "num"),
                 _td(escape(summary.text_note(g)))]
         body.append("<tr>" + "".join(tds) + "</tr>")
-    header = ["model", "threads", "fastest"] + [_label(suite, p) for p in ports] + [
+    header = ["model", "threads", "fastest"] + [label(suite, p) for p in ports] + [
         "best port % roofline", "best port vs llama.cpp at its best", "generated text"]
     defects = summary.probe_defects(suite)
     validation = summary.validation_line(suite)
@@ -499,7 +177,7 @@ def _summary(suite: Suite) -> str:
         notes.append(f'<p><span class="badge bad">probe defect</span> {len(defects)} cells read above 100% of their '
                      f"roofline: the bandwidth probe read slower than the port there, so those shares are not "
                      f"targets met: {escape(', '.join(defects))}</p>")
-    return (f'<section class="card" id="summary"><h2>Summary: which port is fastest, by how much, how sure</h2>'
+    return ('<section class="card" id="summary"><h2>Summary: which port is fastest, by how much, how sure</h2>'
             + "".join(notes)
             + '<p class="note">Each cell: mean decode tok/s over the good runs, and the ratio to the fastest row '
               "of that model and thread count with a 95% interval (Welch on the log scale). An interval that "
@@ -577,7 +255,7 @@ def _header(suite: Suite) -> str:
     tools = []
     for p in sorted(suite.ports, key=lambda p: (GROUP_ORDER.index(port_group(suite, p.name)), p.name)):
         built = p.build.split(":")[0]
-        tools.append("<tr>" + _td(escape(_label(suite, p.name))) + _td(escape(GROUP_TITLES[port_group(suite, p.name)]))
+        tools.append("<tr>" + _td(escape(label(suite, p.name))) + _td(escape(GROUP_TITLES[port_group(suite, p.name)]))
                      + _td(escape(p.language)) + _td(escape(p.toolchain or "-")) + _td(f"<code>{escape(p.build_flags)}</code>")
                      + _td(escape(built) if built == "built" else f'<span class="badge bad">{escape(p.build)}</span>')
                      + "</tr>")
@@ -641,7 +319,7 @@ def _validation(rows: list[dict] | None) -> str:
 def _failures(suite: Suite) -> str:
     rows = []
     for c in sorted((c for c in suite.cells if c.status != "ok"), key=lambda c: (c.model.label, c.port, c.threads)):
-        rows.append("<tr>" + _td(escape(_label(suite, c.port))) + _td(escape(c.model.label)) + _td(str(c.threads), c.threads, "num")
+        rows.append("<tr>" + _td(escape(label(suite, c.port))) + _td(escape(c.model.label)) + _td(str(c.threads), c.threads, "num")
                     + _td(f'<span class="badge bad">{escape(c.status)}</span>') + _td(f"{len(c.runs)}", len(c.runs), "num")
                     + _td(escape(c.reason or "interrupted: --resume runs it again")) + "</tr>")
     builds = [p for p in suite.ports if not p.build.startswith("built")]
@@ -668,10 +346,10 @@ def _peers(suite: Suite) -> str:
 def build_page(suite: Suite, validation: list[dict] | None = None, source: str | None = None) -> str:
     if validation is None and suite.validation is not None:
         validation = [r.model_dump() for r in suite.validation]
-    import plotly
+    import plotly  # lazy: heavy, and only a page needs it
     from plotly.offline import get_plotlyjs
 
-    views = _views(suite)
+    views = views_of(suite)
     shown = {k: v for k, v in views.items() if v.cell.status == "ok"}  # charts: cells that finished and passed
     models = models_of(suite)
     sections, n = [], 0
@@ -679,7 +357,7 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
         ports = ordered_ports(suite, model)
         threads = sorted({c.threads for c in suite.cells if c.model.label == model})
         charts = []
-        for draw in (_tok_chart, _time_chart, _roof_chart, _memory_chart, _scaling_chart):
+        for draw in CHARTS:
             n += 1
             charts.append(draw(suite, model, ports, threads, shown, f"chart-{n}"))
         notes = []

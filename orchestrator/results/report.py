@@ -3,6 +3,8 @@ speeds with a geometric-mean row, and, when the suite has several weight types, 
 speed-up from f32 to the other types side by side."""
 from __future__ import annotations
 
+from tabulate import tabulate
+
 from schemas.results import Cell, Suite
 
 from . import summary
@@ -152,8 +154,6 @@ def host_lines(suite: Suite) -> list[str]:
 
 def summary_text(suite: Suite, gs: list[summary.Group], fmt: str = "simple") -> str:
     """The answer first: one sentence per cell, the ranking table, validation and probe defects."""
-    from tabulate import tabulate
-
     lines = [summary.overall(suite, gs)] + [f"- {summary.sentence(g)}" for g in gs]
     lines.append(summary.validation_line(suite))
     defects = summary.probe_defects(suite)
@@ -165,8 +165,6 @@ def summary_text(suite: Suite, gs: list[summary.Group], fmt: str = "simple") -> 
 
 
 def render(suite: Suite, fmt: str = "simple") -> str:
-    from tabulate import tabulate
-
     gs = summary.groups(suite)
     parts = [summary_text(suite, gs, fmt), "\n".join(host_lines(suite))]
     for model in models_of(suite):

@@ -85,7 +85,7 @@ class Welch:
 def welch(a: list[float], b: list[float]) -> Welch | None:
     """Welch's unequal-variance t test of mean(b) - mean(a), with Welch-Satterthwaite degrees of
     freedom; None when either side has fewer than two samples."""
-    from scipy import stats as st
+    from scipy import stats as st  # lazy: scipy takes a third of a second to import, and only intervals need it
 
     if len(a) < 2 or len(b) < 2:
         return None
@@ -101,7 +101,7 @@ def welch(a: list[float], b: list[float]) -> Welch | None:
 def ratio_ci(a: list[float], b: list[float], level: float = 0.95) -> Ratio | None:
     """mean(b) / mean(a) for independent samples, as the ratio of geometric means with a Welch
     interval on the log scale ("1.04x [0.98, 1.10]"); the interval is NaN when n < 2 on a side."""
-    from scipy import stats as st
+    from scipy import stats as st  # lazy: scipy takes a third of a second to import, and only intervals need it
 
     la, lb = [math.log(x) for x in a if x > 0], [math.log(x) for x in b if x > 0]
     if not la or not lb:
@@ -147,7 +147,7 @@ class Ratio:
 
 def paired_ratio(a: list[float], b: list[float], level: float = 0.95) -> Ratio | None:
     """Ratio of paired samples a_i / b_i: the mean of the log ratios with a Student-t interval."""
-    from scipy import stats as st
+    from scipy import stats as st  # lazy: scipy takes a third of a second to import, and only intervals need it
 
     logs = [math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0]
     if not logs:
