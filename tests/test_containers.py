@@ -62,10 +62,11 @@ def test_container_run_matches_native(runner, stories260k, name, tmp_path):
 
 def test_bench_cell_in_a_container(runner, stories260k, tmp_path):
     from orchestrator.bench import pipeline as bench
+    from orchestrator.containers.engine import ContainerRunner
     from orchestrator.results import resultfile
     code = bench.main(bench.Options(matrix="quick", ports="python", models="stories260K", threads="1", runs="1",
                                     warmup="0", steps="16", out=str(tmp_path / "r.json"), docker=True,
-                                    image=runner.image, strict=True))
+                                    image=runner.image, strict=True), connect=ContainerRunner.connect)
     suite = resultfile.load(tmp_path / "r.json")
     assert code == 0, [c.reason for c in suite.cells]
     assert suite.host.container_image == runner.image_id
