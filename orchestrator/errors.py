@@ -1,4 +1,5 @@
 """Errors that end up as one line on a terminal, never as a traceback."""
+import contextlib
 
 
 class PolyllamaError(Exception):
@@ -12,6 +13,19 @@ class FormatError(PolyllamaError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+@contextlib.contextmanager
+def opening(path):
+    """An OSError while opening or reading `path` becomes the one line every reader prints."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise FormatError(path, "cannot open: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(path, "cannot open: is a directory") from None
+    except OSError as e:
+        raise FormatError(path, f"cannot open: {e.strerror}") from None
 
 
 class UsageError(PolyllamaError):

@@ -4,6 +4,7 @@ import struct
 import subprocess
 import sys
 
+import gguf  # a main dependency (pyproject.toml): missing is an error, never a skip
 import numpy as np
 import pytest
 from conftest import TINY
@@ -17,7 +18,6 @@ from orchestrator.ports.discover import ROOT
 from orchestrator.reference import Transformer, logits_for
 from orchestrator.reference.q8 import ACTIVATION_NOISE, matvec, quantize_activation, tie_margin
 
-gguf = pytest.importorskip("gguf")
 # rows of 64 (Q8_0) and of 48 (F32: not a multiple of 32), as stories260K's ffn_down
 Q8_SHAPE = Config(dim=64, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, seq_len=32)
 

@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, opening
 from ..files import atomic_path
 from .config import Config
 from .model import Model
@@ -37,15 +37,8 @@ def sniff(path) -> str:
 
 
 def _read_head(path, n: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(n)
-    except FileNotFoundError:
-        raise FormatError(path, "cannot open: no such file") from None
-    except IsADirectoryError:
-        raise FormatError(path, "cannot open: is a directory") from None
-    except OSError as e:
-        raise FormatError(path, f"cannot open: {e.strerror}") from None
+    with opening(path), open(path, "rb") as f:
+        return f.read(n)
 
 
 def rope_tables(config: Config) -> tuple[np.ndarray, np.ndarray]:

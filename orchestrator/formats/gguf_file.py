@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, opening
 from ..files import atomic_path
 from .config import Config
 from .model import Model
@@ -185,13 +185,9 @@ def _int_key(path, kv: dict, key: str, default=None) -> int:
 
 
 def _open(path):
-    try:
+    with opening(path):
         size = os.path.getsize(path)
         return (np.memmap(path, dtype=np.uint8, mode="r") if size else b""), size
-    except FileNotFoundError:
-        raise FormatError(path, "cannot open: no such file") from None
-    except OSError as e:
-        raise FormatError(path, f"cannot open: {e.strerror}") from None
 
 
 def _read_header(cur: _Cursor) -> tuple[int, int]:

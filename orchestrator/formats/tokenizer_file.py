@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FormatError
+from ..errors import FormatError, opening
 from ..files import write_atomic
 
 MAX_TOKEN_LENGTH = 1024
@@ -28,26 +28,19 @@ class Vocab:
 
 
 def read_tokenizer(path, vocab_size: int) -> Vocab:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-            if len(head) < 4:
-                raise FormatError(path, "truncated: no max_token_length header")
-            (max_len,) = struct.unpack("<i", head)
-            if not 1 <= max_len <= MAX_TOKEN_LENGTH:
-                raise FormatError(path, f"max_token_length={max_len} outside 1..{MAX_TOKEN_LENGTH}")
-            # no more than the largest file this vocabulary can make is ever read
-            limit = 4 + vocab_size * (8 + max_len)
-            if os.fstat(f.fileno()).st_size > limit:
-                raise FormatError(path, f"is larger than {vocab_size} tokens of at most {max_len} bytes can be: "
-                                        f"its vocabulary is larger than the model's")
-            data = head + f.read()
-    except FileNotFoundError:
-        raise FormatError(path, "cannot open: no such file") from None
-    except IsADirectoryError:
-        raise FormatError(path, "cannot open: is a directory") from None
-    except OSError as e:
-        raise FormatError(path, f"cannot open: {e.strerror}") from None
+    with opening(path), open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4:
+            raise FormatError(path, "truncated: no max_token_length header")
+        (max_len,) = struct.unpack("<i", head)
+        if not 1 <= max_len <= MAX_TOKEN_LENGTH:
+            raise FormatError(path, f"max_token_length={max_len} outside 1..{MAX_TOKEN_LENGTH}")
+        # no more than the largest file this vocabulary can make is ever read
+        limit = 4 + vocab_size * (8 + max_len)
+        if os.fstat(f.fileno()).st_size > limit:
+            raise FormatError(path, f"is larger than {vocab_size} tokens of at most {max_len} bytes can be: "
+                                    f"its vocabulary is larger than the model's")
+        data = head + f.read()
     pieces, scores, off = [], [], 4
     for i in range(vocab_size):
         if off + 8 > len(data):
