@@ -82,6 +82,7 @@ def block(suite: Suite, source: str) -> str:
         f"- **made by:** `{command(suite)}` ({suite.matrix.steps} steps, {suite.matrix.warmup} warm-up + "
         f"{suite.matrix.runs} runs a cell, {', '.join(origins)} weights); raw samples in `{source}`",
         f"- **roofline probe:** {probes or 'not measured'}",
+        *[f"- **peer:** {p.name}, {p.toolchain or 'toolchain not recorded'}" for p in suite.ports if p.role == "peer"],
         f"- **{summary.validation_line(suite)}**",
         "",
         summary.overall(suite, gs),
