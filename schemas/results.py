@@ -11,7 +11,7 @@ Format history:
                governor and clock; a peer's cell records its engine's own benchmark figure; a run records the load average when it started and the CPU time the rest of the
                machine used while it ran (the quiet-machine guard); max_threads is read a few
                times per run instead of sampled every 20 ms. Version 1 files still load.
-  3 (2026-11): a weight-type dimension (issue 16): the matrix lists its `types` (f32, q8_0); a
+  3 (2026-11): a weight-type dimension: the matrix lists its `types` (f32, q8_0); a
                cell's model records its `weight_type`, the format gguf-q8_0 and, for q8_0, the
                Q8_0 file's bytes per token as weight_bytes (the roofline); every run records its
                weight_type too. Cells are keyed by (port, model, weight type, threads). Versions 1

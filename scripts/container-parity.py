@@ -1,4 +1,4 @@
-"""A benchmark cell in the container against the same cell run natively (issue 18's parity check):
+"""A benchmark cell in the container against the same cell run natively (the container parity check):
 the port's own decode rate, round by round, the order alternating, as one paired ratio with its
 95% interval per thread count. The cell is the one `invoke bench` would run (greedy, -e 1).
 

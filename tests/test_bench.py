@@ -309,7 +309,7 @@ def test_peak_memory_is_the_ports_own_not_the_harness():
     del ballast
 
 
-# ---------------------------------------------------------------- weight types (issue 16)
+# ---------------------------------------------------------------- weight types
 def test_weight_types_run_q8_0_cells_for_the_ports_that_read_gguf_q8_0(fake_impls):
     impls = fake_impls / "impls"
     _fake_port(impls, "q8reader", "good")
@@ -391,7 +391,7 @@ def test_format_2_files_still_load_as_f32(fake_impls):
     assert old.cells[0].model.label == "stories260K"
 
 
-# ---------------------------------------------------------------- results first (issue 25)
+# ---------------------------------------------------------------- results first
 def test_every_run_records_the_hash_of_the_text_it_wrote(fake_impls):
     import hashlib
     _run(fake_impls, ports="good,crash", threads="1")

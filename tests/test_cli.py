@@ -1,4 +1,4 @@
-"""The command line as a whole (issue 25): --skip on every task that takes --ports, --out as the one
+"""The command line as a whole: --skip on every task that takes --ports, --out as the one
 file a task writes, --exports-dir for report's folder, and bad input as one error line."""
 import json
 import subprocess

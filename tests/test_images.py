@@ -1,4 +1,4 @@
-"""The long container checks (issue 18 and 17): the full image with every port, built with the
+"""The long container checks: the full image with every port, built with the
 same pinned toolchains as the host and validated inside; and the slim image built for
 linux/arm64 under qemu, whose C port prints what the x86 reference prints.
 

@@ -1,4 +1,4 @@
-"""GGUF Q8_0 (issue 16): the format, the converter against the `gguf` package's quantizer, the
+"""GGUF Q8_0: the format, the converter against the `gguf` package's quantizer, the
 reference's arithmetic against an independent evaluation, and the tolerance validate applies."""
 import struct
 import subprocess

@@ -64,7 +64,7 @@ def test_invoke_validate_passes_for_every_built_port(stories260k):
     assert failed == 0 and passed >= 3 * len(built), r.stdout[-3000:]  # every port, every case
 
 
-# ---------------------------------------------------------------- Q8_0 (issue 16)
+# ---------------------------------------------------------------- Q8_0
 Q8_PORT = '''import os, sys
 sys.path.insert(0, os.environ["POLYLLAMA_ROOT"])
 import numpy as np

@@ -2,7 +2,7 @@
 command line: logits, greedy and seeded sampled text on tiny synthetic GGUFs (shared and
 unshared classifier, grouped-query attention, a vocabulary with multi-byte pieces) and on
 stories260K's GGUF export; the statistics line; the flag rules; and every kind of bad GGUF the
-driver must refuse before llama.cpp sees it (the contract's rules, issue 15's four gaps among
+driver must refuse before llama.cpp sees it (the contract's rules, the four gaps between our readers and llama.cpp's among
 them, and the files llama.cpp itself would abort on).
 
 Run from this folder after the build: python -m pytest -q test_port.py
@@ -318,7 +318,7 @@ def _swap_offsets(g: Gguf) -> None:  # contract-valid, but not in the order llam
 
 
 BAD = {
-    # issue 15, gap 1: no " " piece, refused before any prompt is read
+    # no " " piece, refused before any prompt is read
     "no space piece": lambda g: g.kv("tokenizer.ggml.tokens").__setitem__(
         2, g.kv("tokenizer.ggml.tokens")[2].replace(gstr("\u2581"), gstr("\u2582"), 1)),
     # gap 3: scores must be finite

@@ -211,7 +211,7 @@ mod tests {
         assert!(a(&["m", "-t", "1e3", "-p", ".5", "-n", "+7", "-s", "00", "-k", "1,-2"]).is_ok());
     }
 
-    /// Issue 15, gap 2: -n takes any number of digits (the caller clamps it to seq_len),
+    /// -n takes any number of digits (the caller clamps it to seq_len),
     /// -j is in [1, 4096], -s in [0, 2^64 - 1].
     #[test]
     fn numeric_flags_at_their_limits() {

@@ -136,7 +136,7 @@ pub fn stats_line(threads: usize, load_s: f64, st: &Stats) -> String {
 mod tests {
     use super::*;
 
-    /// Issue 15, gap 2: a step count of any size becomes seq_len, as 0 does.
+    /// A step count of any size becomes seq_len, as 0 does.
     #[test]
     fn steps_clamp_to_seq_len() {
         assert_eq!(clamp_steps(0, 512), 512);

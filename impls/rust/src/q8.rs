@@ -1,4 +1,4 @@
-//! GGUF Q8_0 (issue 16): matrices stored as blocks of 32 int8 values sharing one fp16 scale, and
+//! GGUF Q8_0: matrices stored as blocks of 32 int8 values sharing one fp16 scale, and
 //! their matrix-vector product as llama.cpp's CPU backend computes it.
 //!
 //! A block is 34 bytes: the scale `d` (fp16, little-endian), then 32 int8 `qs`; value i is

@@ -416,7 +416,7 @@ mod tests {
         assert!(!printable(b"") && !printable(&[0x07]) && !printable(&[0xFF]));
     }
 
-    /// Issue 15, gap 1: a vocabulary without a " " piece is refused when it loads, before any
+    /// The contract's refusals: a vocabulary without a " " piece is refused when it loads, before any
     /// prompt (empty or not) is encoded.
     #[test]
     fn a_vocabulary_without_a_space_piece_is_refused_on_load() {
@@ -429,7 +429,7 @@ mod tests {
         expect_file_error(Tokenizer::load(bad.path(), pieces.len()), bad.path(), "no ' ' piece");
     }
 
-    /// Issue 15, gap 3: NaN and infinite scores in tokenizer.bin are refused (the GGUF side is
+    /// The contract's refusals: NaN and infinite scores in tokenizer.bin are refused (the GGUF side is
     /// tested in formats::gguf).
     #[test]
     fn non_finite_scores_are_refused() {

@@ -682,7 +682,7 @@ mod tests {
         assert!(Tokenizer::build(f.path(), ckpt.vocab.expect("embedded")).is_ok());
     }
 
-    /// Issue 15, gap 4: what llama.cpp's loader refuses.
+    /// What llama.cpp's loader refuses, refused here too.
     #[test]
     fn files_llama_cpp_refuses_are_refused() {
         type Change = fn(&mut Gguf);
@@ -711,7 +711,7 @@ mod tests {
         }
     }
 
-    /// Issue 15, gaps 1 and 3 for the embedded tokenizer: no "▁" token, or a score that is NaN
+    /// The contract's tokenizer refusals for the embedded tokenizer: no "▁" token, or a score that is NaN
     /// or infinite, is refused when the tokenizer loads.
     #[test]
     fn the_embedded_tokenizer_is_checked_on_load() {
