@@ -677,10 +677,10 @@ static float q8_dot_row(const unsigned char *w, const int8_t *qx, const float *d
 }
 
 // out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) in Q8_0 and x quantized (qx, dx).
-// Each row is one sequential stream of 34-byte blocks, read once, and the hardware prefetcher
-// alone left the 110M shape at about 10 GB/s where the f32 kernel (four rows at a time) streams
-// 15: asking for every cache line of the row q8_prefetch_rows ahead is the lever measured in
-// docs/journal.md. POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
+// Each row is one sequential stream of 34-byte blocks, read once, which the hardware prefetcher
+// alone streams more slowly than the f32 kernel's four rows at a time; asking for every cache
+// line of the row q8_prefetch_rows ahead closes most of that gap (measured in the port's README,
+// "Performance levers"). POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
 static int q8_prefetch_rows = 4;
 
 static void q8_prefetch_from_env(void) {

@@ -175,8 +175,8 @@ static inline void matvec_rows(const float* w, const float* x, int n, int begin,
         int j = 0;
 #ifdef __AVX512F__
         // where the build has AVX-512, one load is one whole cache line of a row, and two
-        // accumulators a row keep the FMAs independent: 1.07-1.10x in the C port's measurement
-        // at 42M and 110M (docs/journal.md); the 256-bit loop below takes the rest
+        // accumulators a row keep the FMAs independent (faster than the 256-bit loop alone,
+        // measured in the README); the 256-bit loop below takes the rest
         __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
         for (; j + 32 <= n; j += 32) {
             __m512 xa = _mm512_loadu_ps(x + j), xb = _mm512_loadu_ps(x + j + 16);
@@ -424,10 +424,10 @@ static Input input_for(RunState& s, const float* x, int n, std::initializer_list
     return {x};
 }
 
-// Each Q8_0 row is one sequential stream of 34-byte blocks, read once; the hardware prefetcher
-// alone left the 110M shape at about 10 GB/s where the f32 kernel (four rows at a time) streams
-// 15. Asking for every cache line of the row this many ahead is the lever measured in
-// docs/journal.md; POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
+// Each Q8_0 row is one sequential stream of 34-byte blocks, read once, which the hardware
+// prefetcher alone streams more slowly than the f32 kernel's four rows at a time. Asking for
+// every cache line of the row this many ahead closes most of that gap (measured in the README,
+// "Performance levers"); POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
 static const int q8_prefetch_rows = [] {
     const char* v = std::getenv("POLYLLAMA_Q8_PREFETCH");
     return v && std::string_view(v) == "0" ? 0 : 4;
