@@ -821,6 +821,23 @@ static void rope(float *vec, int size, int head_size, const float *cos_t, const 
     }
 }
 
+// copy the token embedding into x (a Q8_0 table's row dequantized)
+static inline void embed(float *x, const Matrix *table, int token, int dim) {
+    if (table->type == WEIGHT_Q8_0)
+        dequantize_row_q8(x, (const unsigned char *)table->data + token * q8_row_bytes(dim), dim);
+    else memcpy(x, (const float *)table->data + (size_t)token * dim, dim * sizeof(float));
+}
+
+// this position's rotation angles, shared by every layer and head
+static inline void rope_table(float *rope_cos, float *rope_sin, int head_size, int pos) {
+    for (int i = 0; i < head_size; i += 2) {
+        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
+        float val = (float)pos * freq;
+        rope_cos[i / 2] = cosf(val);
+        rope_sin[i / 2] = sinf(val);
+    }
+}
+
 static float *forward(Transformer *transformer, int token, int pos) {
     // a few convenience variables
     Config *p = &transformer->config;
@@ -831,18 +848,8 @@ static float *forward(Transformer *transformer, int token, int pos) {
     int dim = p->dim, hidden_dim = p->hidden_dim;
     int head_size = dim / p->n_heads, kv_dim = p->n_kv_heads * head_size;
 
-    // copy the token embedding into x (a Q8_0 table's row dequantized)
-    if (w->token_embedding.type == WEIGHT_Q8_0)
-        dequantize_row_q8(x, (const unsigned char *)w->token_embedding.data + token * q8_row_bytes(dim), dim);
-    else memcpy(x, (const float *)w->token_embedding.data + (size_t)token * dim, dim * sizeof(float));
-
-    // this position's rotation angles, shared by every layer and head
-    for (int i = 0; i < head_size; i += 2) {
-        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
-        float val = (float)pos * freq;
-        s->rope_cos[i / 2] = cosf(val);
-        s->rope_sin[i / 2] = sinf(val);
-    }
+    embed(x, &w->token_embedding, token, dim);
+    rope_table(s->rope_cos, s->rope_sin, head_size, pos);
 
     for (int l = 0; l < p->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
