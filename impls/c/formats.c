@@ -89,8 +89,8 @@ static void *map_file(const char *path, int fd, size_t size) {
 // Where the kernel offers transparent huge pages only on request (Linux's usual "madvise"
 // setting), a file mapping stays in 4 KiB pages, and a forward pass that streams hundreds of MB
 // of weights misses the TLB on every page. An anonymous copy asked for huge pages removes those
-// misses: measured in docs/journal.md ("Huge pages"). POLYLLAMA_HUGEPAGES=0 keeps the plain
-// mapping, for that before/after comparison.
+// misses (measured in the port's README, "Performance levers"). POLYLLAMA_HUGEPAGES=0 keeps the
+// plain mapping, for that before/after comparison.
 static int want_huge_pages(void) {
     const char *v = getenv("POLYLLAMA_HUGEPAGES");
     return !(v && strcmp(v, "0") == 0);

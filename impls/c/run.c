@@ -309,103 +309,149 @@ static inline __m256 fold512(__m512 z) {
 }
 #endif
 
+// The four-row kernels below take rows w0..w3 of W from column 0, write the four dot products
+// with x of the columns they cover into s[0..3], and return the first column not covered; the
+// caller finishes the row tails. Each is its own step so the paths read apart; static inline, so
+// that matvec_rows compiles to the one loop it was written as.
+#if SIMD_AVX2
+#ifdef __AVX512F__
+// where the build has AVX-512, one load is one whole cache line of a row (faster than the 256-bit
+// loop alone at 42M and 110M, measured in the port's README); returns the first column left to
+// the 256-bit loop, and the four rows' sums folded to eight lanes each in a[0..3]
+static inline int dot4_avx512(const float *w0, const float *w1, const float *w2, const float *w3,
+                              const float *x, int n, __m256 a[4]) {
+    int j = 0;
+    __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
+    for (; j + 32 <= n; j += 32) {
+        __m512 xa = _mm512_loadu_ps(x + j), xb = _mm512_loadu_ps(x + j + 16);
+        z0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + j), xa, z0);
+        z1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + j), xa, z1);
+        z2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + j), xa, z2);
+        z3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + j), xa, z3);
+        y0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + j + 16), xb, y0);
+        y1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + j + 16), xb, y1);
+        y2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + j + 16), xb, y2);
+        y3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + j + 16), xb, y3);
+    }
+    a[0] = fold512(_mm512_add_ps(z0, y0));
+    a[1] = fold512(_mm512_add_ps(z1, y1));
+    a[2] = fold512(_mm512_add_ps(z2, y2));
+    a[3] = fold512(_mm512_add_ps(z3, y3));
+    return j;
+}
+#endif
+
+// 16 columns a step, two accumulators a row (eight independent FMA chains), then 8 at a time
+static inline int dot4_avx2(const float *w0, const float *w1, const float *w2, const float *w3,
+                            const float *x, int n, float s[4]) {
+#ifdef __AVX512F__
+    __m256 a[4];
+    int j = dot4_avx512(w0, w1, w2, w3, x, n, a);
+    __m256 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], b0 = _mm256_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
+#else
+    int j = 0;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+#endif
+    for (; j + 16 <= n; j += 16) {
+#if PREFETCH_DIST
+        _mm_prefetch((const char *)(w0 + j + PREFETCH_DIST), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w1 + j + PREFETCH_DIST), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w2 + j + PREFETCH_DIST), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w3 + j + PREFETCH_DIST), _MM_HINT_T0);
+#endif
+        __m256 xa = _mm256_loadu_ps(x + j), xb = _mm256_loadu_ps(x + j + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xa, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xa, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xa, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xa, a3);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), xb, b0);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j + 8), xb, b1);
+        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j + 8), xb, b2);
+        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j + 8), xb, b3);
+    }
+    for (; j + 8 <= n; j += 8) {
+        __m256 xa = _mm256_loadu_ps(x + j);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xa, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xa, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xa, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xa, a3);
+    }
+    s[0] = hsum256(_mm256_add_ps(a0, b0));
+    s[1] = hsum256(_mm256_add_ps(a1, b1));
+    s[2] = hsum256(_mm256_add_ps(a2, b2));
+    s[3] = hsum256(_mm256_add_ps(a3, b3));
+    return j;
+}
+#elif SIMD_NEON
+static inline int dot4_neon(const float *w0, const float *w1, const float *w2, const float *w3,
+                            const float *x, int n, float s[4]) {
+    int j = 0;
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (; j + 8 <= n; j += 8) {
+        float32x4_t xa = vld1q_f32(x + j), xb = vld1q_f32(x + j + 4);
+        a0 = vfmaq_f32(a0, vld1q_f32(w0 + j), xa);
+        a1 = vfmaq_f32(a1, vld1q_f32(w1 + j), xa);
+        a2 = vfmaq_f32(a2, vld1q_f32(w2 + j), xa);
+        a3 = vfmaq_f32(a3, vld1q_f32(w3 + j), xa);
+        b0 = vfmaq_f32(b0, vld1q_f32(w0 + j + 4), xb);
+        b1 = vfmaq_f32(b1, vld1q_f32(w1 + j + 4), xb);
+        b2 = vfmaq_f32(b2, vld1q_f32(w2 + j + 4), xb);
+        b3 = vfmaq_f32(b3, vld1q_f32(w3 + j + 4), xb);
+    }
+    s[0] = vaddvq_f32(vaddq_f32(a0, b0));
+    s[1] = vaddvq_f32(vaddq_f32(a1, b1));
+    s[2] = vaddvq_f32(vaddq_f32(a2, b2));
+    s[3] = vaddvq_f32(vaddq_f32(a3, b3));
+    return j;
+}
+#else
+// portable: eight lanes per row that the compiler turns into vector registers
+static inline int dot4_portable(const float *w0, const float *w1, const float *w2, const float *w3,
+                                const float *x, int n, float s[4]) {
+    int j = 0;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    float l0[8] = {0}, l1[8] = {0}, l2[8] = {0}, l3[8] = {0};
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) {
+            l0[k] += w0[j + k] * x[j + k];
+            l1[k] += w1[j + k] * x[j + k];
+            l2[k] += w2[j + k] * x[j + k];
+            l3[k] += w3[j + k] * x[j + k];
+        }
+    for (int k = 0; k < 8; k++) { s0 += l0[k]; s1 += l1[k]; s2 += l2[k]; s3 += l3[k]; }
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+    return j;
+}
+#endif
+
+// rows i..i+3: the widest kernel this build has, then the columns it left, one at a time
+static inline void matvec_rows4(float *out, const float *x, const float *w, int n, int i, int accumulate) {
+    const float *w0 = w + (size_t)i * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+    float s[4];
+#if SIMD_AVX2
+    int j = dot4_avx2(w0, w1, w2, w3, x, n, s);
+#elif SIMD_NEON
+    int j = dot4_neon(w0, w1, w2, w3, x, n, s);
+#else
+    int j = dot4_portable(w0, w1, w2, w3, x, n, s);
+#endif
+    float s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+    for (; j < n; j++) {
+        s0 += w0[j] * x[j];
+        s1 += w1[j] * x[j];
+        s2 += w2[j] * x[j];
+        s3 += w3[j] * x[j];
+    }
+    if (accumulate) { out[i] += s0; out[i + 1] += s1; out[i + 2] += s2; out[i + 3] += s3; }
+    else { out[i] = s0; out[i + 1] = s1; out[i + 2] = s2; out[i + 3] = s3; }
+}
+
 // out[i] (+)= W[i, :] . x for rows i in [r0, r1); W is (rows, n) row-major.
 // Four rows per pass: x is loaded once for four weight streams, and the 8 independent
 // accumulators hide the FMA latency, so the loop runs at the speed memory delivers W.
 static void matvec_rows(float *out, const float *x, const float *w, int n, int r0, int r1, int accumulate) {
     int i = r0;
-    for (; i + 4 <= r1; i += 4) {
-        const float *w0 = w + (size_t)i * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-        int j = 0;
-#if SIMD_AVX2
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-#ifdef __AVX512F__
-        // where the build has AVX-512, one load is one whole cache line of a row: 1.07-1.10x over
-        // the 256-bit loop below at 42M and 110M (docs/journal.md); that loop takes the rest
-        __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
-        for (; j + 32 <= n; j += 32) {
-            __m512 xa = _mm512_loadu_ps(x + j), xb = _mm512_loadu_ps(x + j + 16);
-            z0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + j), xa, z0);
-            z1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + j), xa, z1);
-            z2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + j), xa, z2);
-            z3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + j), xa, z3);
-            y0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + j + 16), xb, y0);
-            y1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + j + 16), xb, y1);
-            y2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + j + 16), xb, y2);
-            y3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + j + 16), xb, y3);
-        }
-        a0 = fold512(_mm512_add_ps(z0, y0));
-        a1 = fold512(_mm512_add_ps(z1, y1));
-        a2 = fold512(_mm512_add_ps(z2, y2));
-        a3 = fold512(_mm512_add_ps(z3, y3));
-#endif
-        for (; j + 16 <= n; j += 16) {
-#if PREFETCH_DIST
-            _mm_prefetch((const char *)(w0 + j + PREFETCH_DIST), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + j + PREFETCH_DIST), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w2 + j + PREFETCH_DIST), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w3 + j + PREFETCH_DIST), _MM_HINT_T0);
-#endif
-            __m256 xa = _mm256_loadu_ps(x + j), xb = _mm256_loadu_ps(x + j + 8);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xa, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xa, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xa, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xa, a3);
-            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j + 8), xb, b0);
-            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j + 8), xb, b1);
-            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j + 8), xb, b2);
-            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j + 8), xb, b3);
-        }
-        for (; j + 8 <= n; j += 8) {
-            __m256 xa = _mm256_loadu_ps(x + j);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xa, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xa, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xa, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xa, a3);
-        }
-        s0 = hsum256(_mm256_add_ps(a0, b0));
-        s1 = hsum256(_mm256_add_ps(a1, b1));
-        s2 = hsum256(_mm256_add_ps(a2, b2));
-        s3 = hsum256(_mm256_add_ps(a3, b3));
-#elif SIMD_NEON
-        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        for (; j + 8 <= n; j += 8) {
-            float32x4_t xa = vld1q_f32(x + j), xb = vld1q_f32(x + j + 4);
-            a0 = vfmaq_f32(a0, vld1q_f32(w0 + j), xa);
-            a1 = vfmaq_f32(a1, vld1q_f32(w1 + j), xa);
-            a2 = vfmaq_f32(a2, vld1q_f32(w2 + j), xa);
-            a3 = vfmaq_f32(a3, vld1q_f32(w3 + j), xa);
-            b0 = vfmaq_f32(b0, vld1q_f32(w0 + j + 4), xb);
-            b1 = vfmaq_f32(b1, vld1q_f32(w1 + j + 4), xb);
-            b2 = vfmaq_f32(b2, vld1q_f32(w2 + j + 4), xb);
-            b3 = vfmaq_f32(b3, vld1q_f32(w3 + j + 4), xb);
-        }
-        s0 = vaddvq_f32(vaddq_f32(a0, b0));
-        s1 = vaddvq_f32(vaddq_f32(a1, b1));
-        s2 = vaddvq_f32(vaddq_f32(a2, b2));
-        s3 = vaddvq_f32(vaddq_f32(a3, b3));
-#else
-        // portable: eight lanes per row that the compiler turns into vector registers
-        float l0[8] = {0}, l1[8] = {0}, l2[8] = {0}, l3[8] = {0};
-        for (; j + 8 <= n; j += 8)
-            for (int k = 0; k < 8; k++) {
-                l0[k] += w0[j + k] * x[j + k];
-                l1[k] += w1[j + k] * x[j + k];
-                l2[k] += w2[j + k] * x[j + k];
-                l3[k] += w3[j + k] * x[j + k];
-            }
-        for (int k = 0; k < 8; k++) { s0 += l0[k]; s1 += l1[k]; s2 += l2[k]; s3 += l3[k]; }
-#endif
-        for (; j < n; j++) {
-            s0 += w0[j] * x[j];
-            s1 += w1[j] * x[j];
-            s2 += w2[j] * x[j];
-            s3 += w3[j] * x[j];
-        }
-        if (accumulate) { out[i] += s0; out[i + 1] += s1; out[i + 2] += s2; out[i + 3] += s3; }
-        else { out[i] = s0; out[i + 1] = s1; out[i + 2] = s2; out[i + 3] = s3; }
-    }
+    for (; i + 4 <= r1; i += 4) matvec_rows4(out, x, w, n, i, accumulate);
     for (; i < r1; i++) { // the last rows of a matrix whose height is not a multiple of 4
         const float *wr = w + (size_t)i * n;
         float s = 0.0f;
@@ -631,10 +677,10 @@ static float q8_dot_row(const unsigned char *w, const int8_t *qx, const float *d
 }
 
 // out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) in Q8_0 and x quantized (qx, dx).
-// Each row is one sequential stream of 34-byte blocks, read once, and the hardware prefetcher
-// alone left the 110M shape at about 10 GB/s where the f32 kernel (four rows at a time) streams
-// 15: asking for every cache line of the row q8_prefetch_rows ahead is the lever measured in
-// docs/journal.md. POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
+// Each row is one sequential stream of 34-byte blocks, read once, which the hardware prefetcher
+// alone streams more slowly than the f32 kernel's four rows at a time; asking for every cache
+// line of the row q8_prefetch_rows ahead closes most of that gap (measured in the port's README,
+// "Performance levers"). POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
 static int q8_prefetch_rows = 4;
 
 static void q8_prefetch_from_env(void) {
@@ -775,6 +821,23 @@ static void rope(float *vec, int size, int head_size, const float *cos_t, const 
     }
 }
 
+// copy the token embedding into x (a Q8_0 table's row dequantized)
+static inline void embed(float *x, const Matrix *table, int token, int dim) {
+    if (table->type == WEIGHT_Q8_0)
+        dequantize_row_q8(x, (const unsigned char *)table->data + token * q8_row_bytes(dim), dim);
+    else memcpy(x, (const float *)table->data + (size_t)token * dim, dim * sizeof(float));
+}
+
+// this position's rotation angles, shared by every layer and head
+static inline void rope_table(float *rope_cos, float *rope_sin, int head_size, int pos) {
+    for (int i = 0; i < head_size; i += 2) {
+        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
+        float val = (float)pos * freq;
+        rope_cos[i / 2] = cosf(val);
+        rope_sin[i / 2] = sinf(val);
+    }
+}
+
 static float *forward(Transformer *transformer, int token, int pos) {
     // a few convenience variables
     Config *p = &transformer->config;
@@ -785,18 +848,8 @@ static float *forward(Transformer *transformer, int token, int pos) {
     int dim = p->dim, hidden_dim = p->hidden_dim;
     int head_size = dim / p->n_heads, kv_dim = p->n_kv_heads * head_size;
 
-    // copy the token embedding into x (a Q8_0 table's row dequantized)
-    if (w->token_embedding.type == WEIGHT_Q8_0)
-        dequantize_row_q8(x, (const unsigned char *)w->token_embedding.data + token * q8_row_bytes(dim), dim);
-    else memcpy(x, (const float *)w->token_embedding.data + (size_t)token * dim, dim * sizeof(float));
-
-    // this position's rotation angles, shared by every layer and head
-    for (int i = 0; i < head_size; i += 2) {
-        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
-        float val = (float)pos * freq;
-        s->rope_cos[i / 2] = cosf(val);
-        s->rope_sin[i / 2] = sinf(val);
-    }
+    embed(x, &w->token_embedding, token, dim);
+    rope_table(s->rope_cos, s->rope_sin, head_size, pos);
 
     for (int l = 0; l < p->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];

@@ -51,8 +51,8 @@ void* map_whole_file(const std::string& path, int fd, std::size_t size) {
 // Where the kernel offers transparent huge pages only on request (Linux's usual "madvise"
 // setting), a file mapping stays in 4 KiB pages, and a forward pass that streams hundreds of MB
 // of weights misses the TLB on nearly every page. An anonymous copy asked for huge pages removes
-// those misses: measured in docs/journal.md ("Huge pages"). POLYLLAMA_HUGEPAGES=0 keeps the
-// plain mapping, for that before/after comparison.
+// those misses (measured in the port's README, "Performance levers"). POLYLLAMA_HUGEPAGES=0
+// keeps the plain mapping, for that before/after comparison.
 bool want_huge_pages() {
     const char* v = std::getenv("POLYLLAMA_HUGEPAGES");
     return !(v && std::string_view(v) == "0");

@@ -213,6 +213,15 @@ public:
     const Config& config() const { return config_; }
 
 private:
+    // forward()'s steps (run.cpp)
+    void embed(int token);
+    void rope_table(int pos);
+    void qkv(const LayerWeights& lw, float* k, float* v);
+    void attention(const float* key_cache, const float* value_cache, int pos);
+    void attention_out(const LayerWeights& lw);
+    void feed_forward(const LayerWeights& lw);
+    void classify();
+
     Config config_;
     const TransformerWeights& w_;
     ThreadPool& pool_;

@@ -175,8 +175,8 @@ static inline void matvec_rows(const float* w, const float* x, int n, int begin,
         int j = 0;
 #ifdef __AVX512F__
         // where the build has AVX-512, one load is one whole cache line of a row, and two
-        // accumulators a row keep the FMAs independent: 1.07-1.10x in the C port's measurement
-        // at 42M and 110M (docs/journal.md); the 256-bit loop below takes the rest
+        // accumulators a row keep the FMAs independent (faster than the 256-bit loop alone,
+        // measured in the README); the 256-bit loop below takes the rest
         __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
         for (; j + 32 <= n; j += 32) {
             __m512 xa = _mm512_loadu_ps(x + j), xb = _mm512_loadu_ps(x + j + 16);
@@ -424,10 +424,10 @@ static Input input_for(RunState& s, const float* x, int n, std::initializer_list
     return {x};
 }
 
-// Each Q8_0 row is one sequential stream of 34-byte blocks, read once; the hardware prefetcher
-// alone left the 110M shape at about 10 GB/s where the f32 kernel (four rows at a time) streams
-// 15. Asking for every cache line of the row this many ahead is the lever measured in
-// docs/journal.md; POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
+// Each Q8_0 row is one sequential stream of 34-byte blocks, read once, which the hardware
+// prefetcher alone streams more slowly than the f32 kernel's four rows at a time. Asking for
+// every cache line of the row this many ahead closes most of that gap (measured in the README,
+// "Performance levers"); POLYLLAMA_Q8_PREFETCH=0 turns it off, for before/after runs.
 static const int q8_prefetch_rows = [] {
     const char* v = std::getenv("POLYLLAMA_Q8_PREFETCH");
     return v && std::string_view(v) == "0" ? 0 : 4;
@@ -480,110 +480,149 @@ static void rope(float* v, int n, int head_size, const float* cos, const float* 
 Transformer::Transformer(const Model& model, ThreadPool& pool)
     : config_(model.config), w_(model.weights), pool_(pool), s_(model.config) {}
 
-std::span<float> Transformer::forward(int token, int pos) {
-    const Config& p = config_;
-    RunState& s = s_;
-    const int dim = p.dim, hidden = p.hidden_dim, kv_dim = p.kv_dim(), hs = p.head_size();
-    const int kv_mul = p.n_heads / p.n_kv_heads;
-    float* x = s.x.data();
-    float* xb = s.xb.data();
-    float* hb = s.hb.data();
-    float* q = s.q.data();
+// The steps of forward(), in its order. Each is called once per token (or layer) from forward()
+// alone, and is inline so that the compiler folds it back into forward().
 
-    if (w_.token_embedding.quantized()) {  // a Q8_0 table's row, dequantized
+// x = the token's embedding (a Q8_0 table's row, dequantized)
+inline void Transformer::embed(int token) {
+    const int dim = config_.dim;
+    float* x = s_.x.data();
+    if (w_.token_embedding.quantized()) {
         const std::size_t row_bytes = static_cast<std::size_t>(dim / Q8_BLOCK) * Q8_BLOCK_BYTES;
         q8::dequantize_row(w_.token_embedding.q8.data() + token * row_bytes, dim, x);
     } else {
         std::copy_n(w_.token_embedding.f32.data() + static_cast<std::size_t>(token) * dim, dim, x);
     }
+}
 
-    // the rotation depends on the position within a head only: one table for every layer
+// the rotation depends on the position within a head only: one table for every layer
+inline void Transformer::rope_table(int pos) {
+    const int hs = config_.head_size();
     for (int k = 0; k < hs / 2; ++k) {
         float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * k) / static_cast<float>(hs));
         float angle = static_cast<float>(pos) * freq;
-        s.rope_cos[k] = std::cos(angle);
-        s.rope_sin[k] = std::sin(angle);
+        s_.rope_cos[k] = std::cos(angle);
+        s_.rope_sin[k] = std::sin(angle);
     }
+}
+
+// attention rmsnorm, then q, k, v in one job (k and v land straight in the cache at pos), rotated
+inline void Transformer::qkv(const LayerWeights& lw, float* k, float* v) {
+    RunState& s = s_;
+    const int dim = config_.dim, kv_dim = config_.kv_dim(), hs = config_.head_size();
+    float* q = s.q.data();
+    rmsnorm(s.xb.data(), s.x.data(), lw.rms_att);
+    const Input qkv_in = input_for(s, s.xb.data(), dim, {&lw.wq, &lw.wk, &lw.wv});
+    const int q_tasks = tasks_for(dim), kv_tasks = tasks_for(kv_dim);
+    pool_.parallel_for(q_tasks + 2 * kv_tasks, [&](int task) {
+        auto put = [](float* out) { return [out](int i, float val) { out[i] = val; }; };
+        if (task < q_tasks) {
+            Range r = task_rows(task, dim);
+            matvec(lw.wq, qkv_in, dim, r.begin, r.end, put(q));
+        } else if (task < q_tasks + kv_tasks) {
+            Range r = task_rows(task - q_tasks, kv_dim);
+            matvec(lw.wk, qkv_in, dim, r.begin, r.end, put(k));
+        } else {
+            Range r = task_rows(task - q_tasks - kv_tasks, kv_dim);
+            matvec(lw.wv, qkv_in, dim, r.begin, r.end, put(v));
+        }
+    });
+    rope(q, dim, hs, s.rope_cos.data(), s.rope_sin.data());
+    rope(k, kv_dim, hs, s.rope_cos.data(), s.rope_sin.data());
+}
+
+// multi-head attention of q over positions 0..pos of this layer's cache, into xb; one task per head
+inline void Transformer::attention(const float* key_cache, const float* value_cache, int pos) {
+    const Config& p = config_;
+    RunState& s = s_;
+    const int kv_dim = p.kv_dim(), hs = p.head_size(), kv_mul = p.n_heads / p.n_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+    const float* q = s.q.data();
+    float* xb = s.xb.data();
+    pool_.parallel_for(p.n_heads, [&](int h) {
+        const float* qh = q + h * hs;
+        float* att = s.att.data() + static_cast<std::size_t>(h) * p.seq_len;  // (pos + 1)
+        const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;  // this head's KV head
+        for (int t = 0; t <= pos; ++t)
+            att[t] = dot(qh, key_cache + static_cast<std::size_t>(t) * kv_dim + kv_off, hs) * scale;
+        softmax({att, static_cast<std::size_t>(pos) + 1});
+        float* out = xb + h * hs;  // (head_size)
+        std::fill_n(out, hs, 0.0f);
+        for (int t = 0; t <= pos; ++t) {
+            const float* vt = value_cache + static_cast<std::size_t>(t) * kv_dim + kv_off;
+            const float a = att[t];
+            for (int i = 0; i < hs; ++i) out[i] += a * vt[i];
+        }
+    });
+}
 
-    for (int l = 0; l < p.n_layers; ++l) {
-        const LayerWeights& lw = w_.layers[l];
-        std::size_t layer_off = static_cast<std::size_t>(l) * p.seq_len * kv_dim;
-        float* key_cache = s.key_cache.get() + layer_off;      // (seq_len, kv_dim) of this layer
-        float* value_cache = s.value_cache.get() + layer_off;  // (seq_len, kv_dim)
-        float* k = key_cache + static_cast<std::size_t>(pos) * kv_dim;
-        float* v = value_cache + static_cast<std::size_t>(pos) * kv_dim;
+// x += wo @ attention output: each row belongs to one task, so add in place
+inline void Transformer::attention_out(const LayerWeights& lw) {
+    const int dim = config_.dim;
+    float* x = s_.x.data();
+    const Input wo_in = input_for(s_, s_.xb.data(), dim, {&lw.wo});
+    pool_.parallel_for(tasks_for(dim), [&](int task) {
+        Range r = task_rows(task, dim);
+        matvec(lw.wo, wo_in, dim, r.begin, r.end, [x](int i, float val) { x[i] += val; });
+    });
+}
 
-        // attention rmsnorm, then q, k, v in one job; k and v land straight in the cache
-        rmsnorm(xb, x, lw.rms_att);
-        const Input qkv_in = input_for(s, xb, dim, {&lw.wq, &lw.wk, &lw.wv});
-        const int q_tasks = tasks_for(dim), kv_tasks = tasks_for(kv_dim);
-        pool_.parallel_for(q_tasks + 2 * kv_tasks, [&](int task) {
-            auto put = [](float* out) { return [out](int i, float val) { out[i] = val; }; };
-            if (task < q_tasks) {
-                Range r = task_rows(task, dim);
-                matvec(lw.wq, qkv_in, dim, r.begin, r.end, put(q));
-            } else if (task < q_tasks + kv_tasks) {
-                Range r = task_rows(task - q_tasks, kv_dim);
-                matvec(lw.wk, qkv_in, dim, r.begin, r.end, put(k));
-            } else {
-                Range r = task_rows(task - q_tasks - kv_tasks, kv_dim);
-                matvec(lw.wv, qkv_in, dim, r.begin, r.end, put(v));
-            }
+// ffn rmsnorm, then x += w2 @ SwiGLU(w1 @ xb, w3 @ xb); a task owns the same rows of w1 and w3,
+// so SwiGLU fuses in
+inline void Transformer::feed_forward(const LayerWeights& lw) {
+    RunState& s = s_;
+    const int dim = config_.dim, hidden = config_.hidden_dim;
+    float* x = s.x.data();
+    float* xb = s.xb.data();
+    float* hb = s.hb.data();
+    rmsnorm(xb, x, lw.rms_ffn);
+    const Input ffn_in = input_for(s, xb, dim, {&lw.w1, &lw.w3});
+    pool_.parallel_for(tasks_for(hidden), [&](int task) {
+        Range r = task_rows(task, hidden);
+        matvec(lw.w1, ffn_in, dim, r.begin, r.end, [hb](int i, float val) { hb[i] = val; });
+        matvec(lw.w3, ffn_in, dim, r.begin, r.end, [hb](int i, float up) {
+            float gate = hb[i];
+            hb[i] = gate / (1.0f + std::exp(-gate)) * up;
         });
-        rope(q, dim, hs, s.rope_cos.data(), s.rope_sin.data());
-        rope(k, kv_dim, hs, s.rope_cos.data(), s.rope_sin.data());
+    });
+    const Input w2_in = input_for(s, hb, hidden, {&lw.w2});
+    pool_.parallel_for(tasks_for(dim), [&](int task) {
+        Range r = task_rows(task, dim);
+        matvec(lw.w2, w2_in, hidden, r.begin, r.end, [x](int i, float val) { x[i] += val; });
+    });
+}
 
-        // multi-head attention over positions 0..pos, one task per head
-        pool_.parallel_for(p.n_heads, [&](int h) {
-            const float* qh = q + h * hs;
-            float* att = s.att.data() + static_cast<std::size_t>(h) * p.seq_len;  // (pos + 1)
-            const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;  // this head's KV head
-            for (int t = 0; t <= pos; ++t)
-                att[t] = dot(qh, key_cache + static_cast<std::size_t>(t) * kv_dim + kv_off, hs) * scale;
-            softmax({att, static_cast<std::size_t>(pos) + 1});
-            float* out = xb + h * hs;  // (head_size)
-            std::fill_n(out, hs, 0.0f);
-            for (int t = 0; t <= pos; ++t) {
-                const float* vt = value_cache + static_cast<std::size_t>(t) * kv_dim + kv_off;
-                const float a = att[t];
-                for (int i = 0; i < hs; ++i) out[i] += a * vt[i];
-            }
-        });
-
-        // x += wo @ attention output: each row belongs to one task, so add in place
-        const Input wo_in = input_for(s, xb, dim, {&lw.wo});
-        pool_.parallel_for(tasks_for(dim), [&](int task) {
-            Range r = task_rows(task, dim);
-            matvec(lw.wo, wo_in, dim, r.begin, r.end, [x](int i, float val) { x[i] += val; });
-        });
-
-        // ffn rmsnorm; a task owns the same rows of w1 and w3, so SwiGLU fuses in
-        rmsnorm(xb, x, lw.rms_ffn);
-        const Input ffn_in = input_for(s, xb, dim, {&lw.w1, &lw.w3});
-        pool_.parallel_for(tasks_for(hidden), [&](int task) {
-            Range r = task_rows(task, hidden);
-            matvec(lw.w1, ffn_in, dim, r.begin, r.end, [hb](int i, float val) { hb[i] = val; });
-            matvec(lw.w3, ffn_in, dim, r.begin, r.end, [hb](int i, float up) {
-                float gate = hb[i];
-                hb[i] = gate / (1.0f + std::exp(-gate)) * up;
-            });
-        });
-        const Input w2_in = input_for(s, hb, hidden, {&lw.w2});
-        pool_.parallel_for(tasks_for(dim), [&](int task) {
-            Range r = task_rows(task, dim);
-            matvec(lw.w2, w2_in, hidden, r.begin, r.end, [x](int i, float val) { x[i] += val; });
-        });
-    }
-
+// final rmsnorm, then the classifier into logits
+inline void Transformer::classify() {
+    const Config& p = config_;
+    const int dim = p.dim;
+    float* x = s_.x.data();
     rmsnorm(x, x, w_.rms_final);
-    float* logits = s.logits.data();
-    const Input cls_in = input_for(s, x, dim, {&w_.wcls});
+    float* logits = s_.logits.data();
+    const Input cls_in = input_for(s_, x, dim, {&w_.wcls});
     pool_.parallel_for(tasks_for(p.vocab_size), [&](int task) {
         Range r = task_rows(task, p.vocab_size);
         matvec(w_.wcls, cls_in, dim, r.begin, r.end, [logits](int i, float val) { logits[i] = val; });
     });
-    return s.logits;
+}
+
+std::span<float> Transformer::forward(int token, int pos) {
+    const Config& p = config_;
+    const int kv_dim = p.kv_dim();
+    embed(token);
+    rope_table(pos);
+    for (int l = 0; l < p.n_layers; ++l) {
+        const LayerWeights& lw = w_.layers[l];
+        std::size_t layer_off = static_cast<std::size_t>(l) * p.seq_len * kv_dim;
+        float* key_cache = s_.key_cache.get() + layer_off;      // (seq_len, kv_dim) of this layer
+        float* value_cache = s_.value_cache.get() + layer_off;  // (seq_len, kv_dim)
+        qkv(lw, key_cache + static_cast<std::size_t>(pos) * kv_dim, value_cache + static_cast<std::size_t>(pos) * kv_dim);
+        attention(key_cache, value_cache, pos);
+        attention_out(lw);
+        feed_forward(lw);
+    }
+    classify();
+    return s_.logits;
 }
 
 // ----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 /*
- * The inner loops of the forward pass. SimdKernels (src/simd17 or src/simd22, the Vector API)
+ * The inner loops of the forward pass. SimdKernels (src/simd-common, the Vector API)
  * when this JVM has jdk.incubator.vector and the class was built for its API; ScalarKernels, plain
  * Java, otherwise. pick() chooses, warmUp() gets the choice JIT-compiled before the first token.
  */

@@ -1,7 +1,6 @@
 /*
- * The float32 matvec over a float[] (the weights Loader reads onto the heap), shared by the
- * JDK 17 (src/simd17) and JDK 22+ (src/simd22) SimdKernels: FloatVector.fromArray is the same
- * API in both. The loop is SimdKernels.matvec's over a ByteBuffer, row for row and sum for sum,
+ * The float32 matvec over a float[] (the weights Loader reads onto the heap), for SimdKernels on
+ * JDK 17-18 and 22+ alike: FloatVector.fromArray is the same API in both. The loop is SimdKernels.matvec's over a ByteBuffer, row for row and sum for sum,
  * so the two give the same bits (KernelsTest); why four rows and why a float[]: README,
  * "Performance levers".
  */

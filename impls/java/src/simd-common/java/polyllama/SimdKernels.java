@@ -1,13 +1,13 @@
 /*
- * The Vector API kernels for JDK 22+, where the foreign memory API is final: each mapped block is
- * viewed as a MemorySegment (FloatVector.fromMemorySegment; fromByteBuffer is gone since JDK 19).
- * JDK 17-18 build src/simd17 instead; Kernels.pick() falls back to ScalarKernels when neither
- * fits the running JVM (JDK 19-21, where MemorySegment is still a preview API).
+ * The Vector API kernels, one source for JDK 17-18 and JDK 22+. The two APIs differ only in how a
+ * vector is loaded from the mapped weights: JDK 17-18 load from a ByteBuffer (fromByteBuffer, gone
+ * since JDK 19), JDK 22+ from a MemorySegment view of it (fromMemorySegment). That load is
+ * Mapped's, a small final class that src/simd17 and src/simd22 each define; everything else is
+ * here. Kernels.pick() falls back to ScalarKernels when neither fits the running JVM.
  */
 package polyllama;
 
 import java.nio.ByteBuffer;
-import java.lang.foreign.MemorySegment;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
@@ -36,64 +36,64 @@ final class SimdKernels implements Kernels {
      * Four rows per pass, two vectors per row a step: eight independent FMA chains, and each x
      * vector loaded once for four rows. C2 wraps every Vector API load in a dozen instructions of
      * bounds and buffer checks, so a pass holds fewer loads in flight than the same loop in C;
-     * more rows per pass make up part of it (110M, one thread: 2 rows 28 -> 4 rows 30 tok/s,
-     * README "Performance levers"). Every row sums in the same order (row()), however the rows
-     * are split into chunks.
+     * more rows per pass make up part of it (measured in README, "Performance levers"). Every
+     * row sums in the same order (row()), however the rows are split into chunks. Mapped is a
+     * final class made here, so C2 inlines its loads and keeps its buffer in a register.
      */
     @Override
-    public void matvec(ByteBuffer buf, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
-        MemorySegment bb = MemorySegment.ofBuffer(buf);
-        long rowBytes = 4L * n;
+    public void matvec(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        Mapped w = new Mapped(bb);
+        int rowBytes = 4 * n;
         int r = 0;
         for (; r + 3 < nRows; r += 4) {
-            long a = byteOff + r * rowBytes, b = a + rowBytes, c = b + rowBytes, d = c + rowBytes;
+            int a = byteOff + r * rowBytes, b = a + rowBytes, c = b + rowBytes, d = c + rowBytes;
             FloatVector a0 = FloatVector.zero(S), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
             int i = 0;
             for (; i + 2 * L <= n; i += 2 * L) {
                 FloatVector x0 = FloatVector.fromArray(S, x, i), x1 = FloatVector.fromArray(S, x, i + L);
-                a0 = FloatVector.fromMemorySegment(S, bb, a + 4 * i, LE).fma(x0, a0);
-                b0 = FloatVector.fromMemorySegment(S, bb, b + 4 * i, LE).fma(x0, b0);
-                c0 = FloatVector.fromMemorySegment(S, bb, c + 4 * i, LE).fma(x0, c0);
-                d0 = FloatVector.fromMemorySegment(S, bb, d + 4 * i, LE).fma(x0, d0);
-                a1 = FloatVector.fromMemorySegment(S, bb, a + 4 * (i + L), LE).fma(x1, a1);
-                b1 = FloatVector.fromMemorySegment(S, bb, b + 4 * (i + L), LE).fma(x1, b1);
-                c1 = FloatVector.fromMemorySegment(S, bb, c + 4 * (i + L), LE).fma(x1, c1);
-                d1 = FloatVector.fromMemorySegment(S, bb, d + 4 * (i + L), LE).fma(x1, d1);
+                a0 = w.floats(a + 4 * i).fma(x0, a0);
+                b0 = w.floats(b + 4 * i).fma(x0, b0);
+                c0 = w.floats(c + 4 * i).fma(x0, c0);
+                d0 = w.floats(d + 4 * i).fma(x0, d0);
+                a1 = w.floats(a + 4 * (i + L)).fma(x1, a1);
+                b1 = w.floats(b + 4 * (i + L)).fma(x1, b1);
+                c1 = w.floats(c + 4 * (i + L)).fma(x1, c1);
+                d1 = w.floats(d + 4 * (i + L)).fma(x1, d1);
             }
             for (; i + L <= n; i += L) {
                 FloatVector x0 = FloatVector.fromArray(S, x, i);
-                a0 = FloatVector.fromMemorySegment(S, bb, a + 4 * i, LE).fma(x0, a0);
-                b0 = FloatVector.fromMemorySegment(S, bb, b + 4 * i, LE).fma(x0, b0);
-                c0 = FloatVector.fromMemorySegment(S, bb, c + 4 * i, LE).fma(x0, c0);
-                d0 = FloatVector.fromMemorySegment(S, bb, d + 4 * i, LE).fma(x0, d0);
+                a0 = w.floats(a + 4 * i).fma(x0, a0);
+                b0 = w.floats(b + 4 * i).fma(x0, b0);
+                c0 = w.floats(c + 4 * i).fma(x0, c0);
+                d0 = w.floats(d + 4 * i).fma(x0, d0);
             }
             float sa = a0.add(a1).reduceLanes(VectorOperators.ADD), sb = b0.add(b1).reduceLanes(VectorOperators.ADD);
             float sc = c0.add(c1).reduceLanes(VectorOperators.ADD), sd = d0.add(d1).reduceLanes(VectorOperators.ADD);
             for (; i < n; i++) {
-                sa += buf.getFloat((int) a + 4 * i) * x[i];
-                sb += buf.getFloat((int) b + 4 * i) * x[i];
-                sc += buf.getFloat((int) c + 4 * i) * x[i];
-                sd += buf.getFloat((int) d + 4 * i) * x[i];
+                sa += bb.getFloat(a + 4 * i) * x[i];
+                sb += bb.getFloat(b + 4 * i) * x[i];
+                sc += bb.getFloat(c + 4 * i) * x[i];
+                sd += bb.getFloat(d + 4 * i) * x[i];
             }
             out[outOff + r] = sa;
             out[outOff + r + 1] = sb;
             out[outOff + r + 2] = sc;
             out[outOff + r + 3] = sd;
         }
-        for (; r < nRows; r++) out[outOff + r] = row(buf, bb, byteOff + r * rowBytes, x, n);
+        for (; r < nRows; r++) out[outOff + r] = row(bb, w, byteOff + r * rowBytes, x, n);
     }
 
     /** One row at a, summed in the order of matvec's four-row pass. */
-    private static float row(ByteBuffer buf, MemorySegment bb, long a, float[] x, int n) {
+    private static float row(ByteBuffer bb, Mapped w, int a, float[] x, int n) {
         FloatVector a0 = FloatVector.zero(S), a1 = a0;
         int i = 0;
         for (; i + 2 * L <= n; i += 2 * L) {
-            a0 = FloatVector.fromMemorySegment(S, bb, a + 4 * i, LE).fma(FloatVector.fromArray(S, x, i), a0);
-            a1 = FloatVector.fromMemorySegment(S, bb, a + 4 * (i + L), LE).fma(FloatVector.fromArray(S, x, i + L), a1);
+            a0 = w.floats(a + 4 * i).fma(FloatVector.fromArray(S, x, i), a0);
+            a1 = w.floats(a + 4 * (i + L)).fma(FloatVector.fromArray(S, x, i + L), a1);
         }
-        for (; i + L <= n; i += L) a0 = FloatVector.fromMemorySegment(S, bb, a + 4 * i, LE).fma(FloatVector.fromArray(S, x, i), a0);
+        for (; i + L <= n; i += L) a0 = w.floats(a + 4 * i).fma(FloatVector.fromArray(S, x, i), a0);
         float sa = a0.add(a1).reduceLanes(VectorOperators.ADD);
-        for (; i < n; i++) sa += buf.getFloat((int) a + 4 * i) * x[i];
+        for (; i < n; i++) sa += bb.getFloat(a + 4 * i) * x[i];
         return sa;
     }
 
@@ -110,8 +110,8 @@ final class SimdKernels implements Kernels {
      * float32 and added block after block: the same bits as ScalarKernels.
      */
     @Override
-    public void matvecQ8(ByteBuffer buf, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff) {
-        MemorySegment seg = MemorySegment.ofBuffer(buf);
+    public void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff) {
+        Mapped w = new Mapped(bb);
         int blocks = n / Q8.BLOCK, rowBytes = blocks * Q8.BLOCK_BYTES;
         int r = 0;
         for (; r + 1 < nRows; r += 2) {
@@ -122,18 +122,18 @@ final class SimdKernels implements Kernels {
                 for (int j = 0; j < Q8.BLOCK; j += 2 * QL) {  // two product vectors a pass; one when QL = 32
                     int xo = k * Q8.BLOCK + j;
                     ShortVector x0 = ShortVector.fromArray(QS, qx, xo);
-                    ShortVector pa = quants(seg, a + 2 + j).mul(x0), pb = quants(seg, b + 2 + j).mul(x0);
+                    ShortVector pa = quants(w, a + 2 + j).mul(x0), pb = quants(w, b + 2 + j).mul(x0);
                     if (QL < Q8.BLOCK) {
                         ShortVector x1 = ShortVector.fromArray(QS, qx, xo + QL);
-                        pa = pa.add(quants(seg, a + 2 + j + QL).mul(x1));
-                        pb = pb.add(quants(seg, b + 2 + j + QL).mul(x1));
+                        pa = pa.add(quants(w, a + 2 + j + QL).mul(x1));
+                        pb = pb.add(quants(w, b + 2 + j + QL).mul(x1));
                     }
                     ia = ia.add(pairSums(pa));
                     ib = ib.add(pairSums(pb));
                 }
                 float d = dx[k];
-                sa += ia.reduceLanes(VectorOperators.ADD) * (Q8.scale(buf, a) * d);
-                sb += ib.reduceLanes(VectorOperators.ADD) * (Q8.scale(buf, b) * d);
+                sa += ia.reduceLanes(VectorOperators.ADD) * (Q8.scale(bb, a) * d);
+                sb += ib.reduceLanes(VectorOperators.ADD) * (Q8.scale(bb, b) * d);
             }
             out[outOff + r] = sa;
             out[outOff + r + 1] = sb;
@@ -144,17 +144,17 @@ final class SimdKernels implements Kernels {
             for (int k = 0; k < blocks; k++, a += Q8.BLOCK_BYTES) {
                 IntVector ia = IntVector.zero(QI);
                 for (int j = 0; j < Q8.BLOCK; j += QL) {
-                    ia = ia.add(pairSums(quants(seg, a + 2 + j).mul(ShortVector.fromArray(QS, qx, k * Q8.BLOCK + j))));
+                    ia = ia.add(pairSums(quants(w, a + 2 + j).mul(ShortVector.fromArray(QS, qx, k * Q8.BLOCK + j))));
                 }
-                sa += ia.reduceLanes(VectorOperators.ADD) * (Q8.scale(buf, a) * dx[k]);
+                sa += ia.reduceLanes(VectorOperators.ADD) * (Q8.scale(bb, a) * dx[k]);
             }
             out[outOff + r] = sa;
         }
     }
 
     /** QL int8 quants from at, sign-extended to int16 lanes. */
-    private static ShortVector quants(MemorySegment seg, int at) {
-        return (ShortVector) ByteVector.fromMemorySegment(QB, seg, at, LE).convertShape(VectorOperators.B2S, QS, 0);
+    private static ShortVector quants(Mapped w, int at) {
+        return (ShortVector) w.bytes(at).convertShape(VectorOperators.B2S, QS, 0);
     }
 
     /**
