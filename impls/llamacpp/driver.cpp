@@ -871,11 +871,19 @@ static void decode_one(Engine &e, int token, int pos) {
     if (rc != 0) fail(EXIT_RUNTIME, "llama_decode failed with status " + std::to_string(rc) + " at position " + std::to_string(pos));
 }
 
-// The weights stay in llama.cpp's own mmap of the file. The KV cache is F32 (the default F16
-// would round K and V: the comparison with the fp32 ports needs F32) and flash attention is off
-// (plain F32 KQ matmul and softmax). Threads: n_threads = n_threads_batch = -j, ggml's OpenMP
-// team with OpenMP's and llama.cpp's own defaults.
-static Engine build_engine(const std::string &path, const Config &c, int threads) {
+// The weights stay in llama.cpp's own mmap of the file. The KV cache and attention depend on the
+// run: a generation runs llama.cpp as its users do (llama_context_default_params: F16 K/V cache,
+// flash attention "auto", as llama-cli and llama-bench), so the speed row is llama.cpp's own; a
+// logits run, and a generation under POLYLLAMA_LLAMACPP_EXACT=1, keep K and V in F32 with flash
+// attention off (plain F32 KQ matmul and softmax), since F16 rounds K and V beyond the fp32
+// tolerance and can move a seeded sample. Threads: n_threads = n_threads_batch = -j, ggml's
+// OpenMP team with OpenMP's and llama.cpp's own defaults.
+static bool exact_generation() {
+    const char *v = getenv("POLYLLAMA_LLAMACPP_EXACT");
+    return v && v[0] && strcmp(v, "0") != 0;
+}
+
+static Engine build_engine(const std::string &path, const Config &c, int threads, bool exact) {
     Engine e;
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
@@ -885,8 +893,10 @@ static Engine build_engine(const std::string &path, const Config &c, int threads
     cp.n_ctx = uint32_t(c.seq_len);
     cp.n_seq_max = 1;
     cp.n_threads = cp.n_threads_batch = threads;
-    cp.type_k = cp.type_v = GGML_TYPE_F32;
-    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (exact) {
+        cp.type_k = cp.type_v = GGML_TYPE_F32;
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
     cp.embeddings = false;
     cp.no_perf = true;
     e.ctx = llama_init_from_model(e.model, cp);
@@ -1008,7 +1018,7 @@ static int run(int argc, char **argv, std::chrono::steady_clock::time_point t0) 
 
     llama_log_set(quiet_log, nullptr);
     llama_backend_init();
-    Engine engine = build_engine(args.checkpoint, c, args.threads);
+    Engine engine = build_engine(args.checkpoint, c, args.threads, args.logits_mode || exact_generation());
     double load_s = seconds_since(t0);
 
     RunStats st;
