@@ -82,15 +82,19 @@ class Transformer:
             self.w3 = layers("w3")  # L x (hidden_dim, dim)
             self.rms_final = view(w["rms_final"])  # (dim,)
             self.wcls = view(model.classifier)  # (vocab, dim)
-        # (layer, seq_len, kv_dim)
-        self.key_cache = torch.zeros(L, c.seq_len, c.kv_dim, dtype=torch.float32)
-        self.value_cache = torch.zeros(L, c.seq_len, c.kv_dim, dtype=torch.float32)
+        self.key_cache, self.value_cache = self.make_cache()
         # RoPE frequency of each pair within a head, computed in float32 as the reference does;
         # the angle tables are made per position, since a (seq_len, head_size) table can be huge.
         hs = c.head_size
         head_dim = torch.arange(0, hs, 2, dtype=torch.float32)
         self.inv_freq = 1.0 / torch.pow(torch.tensor(10000.0), head_dim / hs)  # (head_size/2,)
         self.scale = 1.0 / float(hs) ** 0.5
+
+    def make_cache(self):
+        """Keys and values, each (layer, seq_len, kv_dim)."""
+        c = self.c
+        return (self.torch.zeros(c.n_layers, c.seq_len, c.kv_dim, dtype=self.torch.float32),
+                self.torch.zeros(c.n_layers, c.seq_len, c.kv_dim, dtype=self.torch.float32))
 
     # ------------------------------------------------------------------------------------------
     # forward pass
@@ -155,13 +159,9 @@ class CompiledTransformer(Transformer):
     """
 
     def __init__(self, model: Model, torch, rows: int):
+        self.rows = rows = max(1, min(rows, model.config.seq_len))
         super().__init__(model, torch)
         c = self.c
-        self.rows = rows = max(1, min(rows, c.seq_len))
-        # one tensor per layer: a write into a slice of one shared tensor is functionalized into
-        # a copy of that whole tensor, every layer of every step
-        self.key_cache = [torch.zeros(rows, c.kv_dim) for _ in range(c.n_layers)]
-        self.value_cache = [torch.zeros(rows, c.kv_dim) for _ in range(c.n_layers)]
         self.positions = torch.arange(rows)
         self.weights = (self.token_embedding, self.rms_att, self.wq, self.wk, self.wv, self.wo, self.rms_ffn,
                         self.w1, self.w2, self.w3, self.rms_final, self.wcls)
@@ -175,6 +175,14 @@ class CompiledTransformer(Transformer):
         self._run()
 
     compiled = None
+
+    def make_cache(self):
+        """Keys and values, each a list of (rows, kv_dim): one tensor per layer, because a write
+        into one layer's slice of a shared tensor is functionalized into a copy of that whole
+        tensor, every layer of every step."""
+        c = self.c
+        return ([self.torch.zeros(self.rows, c.kv_dim) for _ in range(c.n_layers)],
+                [self.torch.zeros(self.rows, c.kv_dim) for _ in range(c.n_layers)])
 
     def _run(self):
         return CompiledTransformer.compiled(self.weights, self.key_cache, self.value_cache, self.positions,

@@ -116,8 +116,8 @@ class Transformer:
         spec = tf.TensorSpec([], tf.int32)
         self.step = tf.function(self._step, input_signature=[spec, spec], autograph=False, jit_compile=xla)
         # Trace and run once now, so that tracing and grappler's first-run graph rewrites (or
-        # XLA's one compilation) count as loading, not as the first token. The dummy step writes only cache row 0, which
-        # position 0 overwrites before anything reads it.
+        # XLA's one compilation) count as loading, not as the first token. The dummy step writes
+        # only cache row 0, which position 0 overwrites before anything reads it.
         self.step(tf.constant(0, tf.int32), tf.constant(0, tf.int32))
 
     # ------------------------------------------------------------------------------------------
