@@ -154,6 +154,23 @@ def test_a_bad_mode_value_is_a_usage_error(hosted, tiny):
     assert r.stderr.decode().splitlines()[0].startswith("error: ") and MODES[port.name][0] in r.stderr.decode()
 
 
+def test_a_compiler_that_cannot_run_is_one_error_line(hosted, tiny, tmp_path):
+    """torch.compile builds C++ while loading: without a working compiler the run ends with one
+    `error:` line naming the cause and the switch to the eager mode, exit 1."""
+    port, mode, _ = hosted
+    if mode != "compiled":
+        return  # XLA compiles inside the library; the eager and graph modes compile nothing
+    files, tok = tiny
+    # an empty Inductor cache, so that nothing already built hides the missing compiler
+    env = {**_env(port, mode), "CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, str(port.dir / "run.py"), files[("v0", "shared")], "-z", tok, "-n", "4"],
+                       capture_output=True, timeout=300, env=env)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: torch.compile failed: "), lines
+    assert "C++ compiler" in lines[0] and "POLYLLAMA_TORCH_COMPILE=0" in lines[0]
+
+
 def _cli(port, mode, *args):
     return subprocess.run([sys.executable, str(port.dir / "run.py"), *map(str, args)], capture_output=True,
                           timeout=300, env=_env(port, mode))

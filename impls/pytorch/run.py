@@ -172,7 +172,15 @@ class CompiledTransformer(Transformer):
             CompiledTransformer.compiled = torch.compile(decode_step, fullgraph=True, dynamic=False)
         # Warm-up: the compilation, and the first run of the generated code. It writes cache row
         # 0, which position 0 overwrites before anything reads it.
-        self._run()
+        try:
+            with warnings.catch_warnings():
+                # stderr holds the statistics line or one error line; Inductor warns on its way
+                # to an error (no Python.h, say) that the error line then names
+                warnings.simplefilter("ignore")
+                self._run()
+        except Exception as e:  # the CLI prints one line, and Inductor's first line names no cause
+            raise RuntimeError(f"torch.compile failed: {compile_failure(e)} "
+                               "(POLYLLAMA_TORCH_COMPILE=0 runs without it)") from e
 
     compiled = None
 
@@ -195,6 +203,18 @@ class CompiledTransformer(Transformer):
         self._token.fill_(token)
         self._pos.fill_(pos)
         return self._run().numpy()
+
+
+def compile_failure(e: Exception) -> str:
+    """The line of a compilation error that names its cause: the C++ compiler's own error (a
+    missing Python.h, say) when there is one."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln:
+            return ln
+    # else the first line that is not Dynamo's preamble or its advice on debugging
+    cause = [ln for ln in lines if not ln.endswith("raised:") and "TORCH" not in ln]
+    return cause[0] if cause else type(e).__name__
 
 
 def decode_step(weights, key_cache, value_cache, positions, inv_freq, token, pos, shape):
