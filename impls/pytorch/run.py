@@ -17,7 +17,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from orchestrator.formats import Model  # noqa: E402
-from orchestrator.reference.cli import main  # noqa: E402
+from orchestrator.reference.cli import Usage, main  # noqa: E402
+from orchestrator.reference.generate import clamp_steps  # noqa: E402
 
 PORT = "pytorch"
 EPS = 1e-5
@@ -81,15 +82,19 @@ class Transformer:
             self.w3 = layers("w3")  # L x (hidden_dim, dim)
             self.rms_final = view(w["rms_final"])  # (dim,)
             self.wcls = view(model.classifier)  # (vocab, dim)
-        # (layer, seq_len, kv_dim)
-        self.key_cache = torch.zeros(L, c.seq_len, c.kv_dim, dtype=torch.float32)
-        self.value_cache = torch.zeros(L, c.seq_len, c.kv_dim, dtype=torch.float32)
+        self.key_cache, self.value_cache = self.make_cache()
         # RoPE frequency of each pair within a head, computed in float32 as the reference does;
         # the angle tables are made per position, since a (seq_len, head_size) table can be huge.
         hs = c.head_size
         head_dim = torch.arange(0, hs, 2, dtype=torch.float32)
         self.inv_freq = 1.0 / torch.pow(torch.tensor(10000.0), head_dim / hs)  # (head_size/2,)
         self.scale = 1.0 / float(hs) ** 0.5
+
+    def make_cache(self):
+        """Keys and values, each (layer, seq_len, kv_dim)."""
+        c = self.c
+        return (self.torch.zeros(c.n_layers, c.seq_len, c.kv_dim, dtype=self.torch.float32),
+                self.torch.zeros(c.n_layers, c.seq_len, c.kv_dim, dtype=self.torch.float32))
 
     # ------------------------------------------------------------------------------------------
     # forward pass
@@ -134,13 +139,155 @@ class Transformer:
 
 
 # ----------------------------------------------------------------------------------------------
+# the same forward pass, compiled
+
+class CompiledTransformer(Transformer):
+    """The forward pass as one torch.compile'd graph (Inductor: generated C++ with OpenMP), so a
+    step is one call into native code instead of hundreds of op dispatches from Python.
+
+    Compiled once: every shape is fixed for the whole run. Token and position enter as 0-d
+    tensors, never as Python ints (a new int would be a new constant and a recompile), and
+    attention spans all `rows` cache rows with the rows after `pos` masked out. `rows` is as many
+    positions as this run can reach (the CLI's steps, or its -k ids), not seq_len: a run of 256
+    steps on a 1024-position model then reads 256 rows of cache a layer, not 1024. The one
+    compilation happens here, in the constructor, so it counts as loading.
+
+    The compiled function is module-level and gets every tensor as an argument, so its guards
+    check shapes, not which Transformer they belong to: a second model of the same shape in one
+    process (the tests make many) reuses the compiled code instead of recompiling towards
+    Dynamo's recompile limit.
+    """
+
+    def __init__(self, model: Model, torch, rows: int):
+        self.rows = rows = max(1, min(rows, model.config.seq_len))
+        super().__init__(model, torch)
+        c = self.c
+        self.positions = torch.arange(rows)
+        self.weights = (self.token_embedding, self.rms_att, self.wq, self.wk, self.wv, self.wo, self.rms_ffn,
+                        self.w1, self.w2, self.w3, self.rms_final, self.wcls)
+        self.shape = (c.dim, c.n_layers, c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_size, rows, self.scale)
+        self._token = torch.zeros((), dtype=torch.int64)
+        self._pos = torch.zeros((), dtype=torch.int64)
+        if CompiledTransformer.compiled is None:
+            CompiledTransformer.compiled = torch.compile(decode_step, fullgraph=True, dynamic=False)
+        # Warm-up: the compilation, and the first run of the generated code. It writes cache row
+        # 0, which position 0 overwrites before anything reads it.
+        try:
+            with warnings.catch_warnings():
+                # stderr holds the statistics line or one error line; Inductor warns on its way
+                # to an error (no Python.h, say) that the error line then names
+                warnings.simplefilter("ignore")
+                self._run()
+        except Exception as e:  # the CLI prints one line, and Inductor's first line names no cause
+            raise RuntimeError(f"torch.compile failed: {compile_failure(e)} "
+                               "(POLYLLAMA_TORCH_COMPILE=0 runs without it)") from e
+
+    compiled = None
+
+    def make_cache(self):
+        """Keys and values, each a list of (rows, kv_dim): one tensor per layer, because a write
+        into one layer's slice of a shared tensor is functionalized into a copy of that whole
+        tensor, every layer of every step."""
+        c = self.c
+        return ([self.torch.zeros(self.rows, c.kv_dim) for _ in range(c.n_layers)],
+                [self.torch.zeros(self.rows, c.kv_dim) for _ in range(c.n_layers)])
+
+    def _run(self):
+        return CompiledTransformer.compiled(self.weights, self.key_cache, self.value_cache, self.positions,
+                                            self.inv_freq, self._token, self._pos, self.shape)
+
+    def forward(self, token: int, pos: int):
+        if not 0 <= pos < self.rows:
+            raise IndexError(f"position {pos}: this run's cache holds {self.rows}")
+        # fill_ keeps the same two input tensors, values only: nothing for a guard to see
+        self._token.fill_(token)
+        self._pos.fill_(pos)
+        return self._run().numpy()
+
+
+def compile_failure(e: Exception) -> str:
+    """The line of a compilation error that names its cause: the C++ compiler's own error (a
+    missing Python.h, say) when there is one."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln:
+            return ln
+    # else the first line that is not Dynamo's preamble or its advice on debugging
+    cause = [ln for ln in lines if not ln.endswith("raised:") and "TORCH" not in ln]
+    return cause[0] if cause else type(e).__name__
+
+
+def decode_step(weights, key_cache, value_cache, positions, inv_freq, token, pos, shape):
+    """One position, (token, pos) as 0-d tensors -> logits (vocab,); written for torch.compile."""
+    import torch
+    F = torch.nn.functional
+    emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls = weights
+    dim, n_layers, n_kv, kv_mul, hs, T, scale = shape
+    x = emb.index_select(0, token.view(1)).view(-1)  # (dim,); emb[token] would read the token out as an int
+    angle = pos.to(torch.float32) * inv_freq  # (head_size/2,)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+
+    def rope(vec):
+        # run.c's rotation of the pairs (vec[2i], vec[2i+1]) in real arithmetic: Inductor does not
+        # generate code for complex tensors
+        pairs = vec.view(-1, hs // 2, 2)
+        v0, v1 = pairs[..., 0], pairs[..., 1]
+        return torch.stack((v0 * cos - v1 * sin, v0 * sin + v1 * cos), dim=-1).view(-1)
+
+    # rows after pos hold nothing yet (or a later position of an earlier call): never read
+    hidden_rows = (positions > pos).view(1, 1, T)
+    where = pos.view(1)
+    for l in range(n_layers):
+        xb = F.rms_norm(x, (dim,), rms_att[l], EPS)
+        q = rope(torch.mv(wq[l], xb))  # (dim,)
+        k = rope(torch.mv(wk[l], xb))  # (kv_dim,)
+        v = torch.mv(wv[l], xb)  # (kv_dim,)
+        key_cache[l].index_copy_(0, where, k.view(1, -1))
+        value_cache[l].index_copy_(0, where, v.view(1, -1))
+
+        # grouped-query attention over every row, the unwritten ones masked
+        keys = key_cache[l].view(T, n_kv, hs).transpose(0, 1)  # (kv_heads, T, hs)
+        values = value_cache[l].view(T, n_kv, hs).transpose(0, 1)
+        qg = q.view(n_kv, kv_mul, hs)
+        scores = torch.matmul(qg, keys.transpose(1, 2)) * scale  # (kv_heads, kv_mul, T)
+        scores = torch.softmax(scores.masked_fill(hidden_rows, float("-inf")), dim=-1)
+        att = torch.matmul(scores, values).reshape(dim)  # (dim,)
+        x = x + torch.mv(wo[l], att)
+
+        xb = F.rms_norm(x, (dim,), rms_ffn[l], EPS)
+        hidden = F.silu(torch.mv(w1[l], xb)) * torch.mv(w3[l], xb)  # (hidden_dim,)
+        x = x + torch.mv(w2[l], hidden)
+
+    x = F.rms_norm(x, (dim,), rms_final, EPS)
+    return torch.mv(wcls, x)  # (vocab,)
+
+
+# ----------------------------------------------------------------------------------------------
 # command line: the reference's, around this Transformer
+
+def compile_wanted() -> bool:
+    """POLYLLAMA_TORCH_COMPILE=0 runs the eager forward pass; unset or 1, the compiled one."""
+    value = os.environ.get("POLYLLAMA_TORCH_COMPILE", "1")
+    if value not in ("0", "1"):
+        raise Usage(f"POLYLLAMA_TORCH_COMPILE={value}: expected 0 or 1")
+    return value == "1"
+
+
+def rows_needed(model: Model, args) -> int:
+    """The cache rows a run can reach: its -k ids, or its steps clamped as generate() clamps them."""
+    if getattr(args, "mode", None) == "logits":
+        return len(args.ids)
+    return clamp_steps(args.steps, model.config.seq_len)
+
 
 def backend(model: Model, args) -> Transformer:
     """The CLI's hook; torch's thread pools can be sized once per process, so later calls reuse it."""
+    compiled = compile_wanted()
     if backend.torch is None:
         backend.torch = init_torch(args.threads)
         backend.torch.inference_mode().__enter__()  # for the rest of the process: nothing needs autograd
+    if compiled:
+        return CompiledTransformer(model, backend.torch, rows_needed(model, args))
     return Transformer(model, backend.torch)
 
 

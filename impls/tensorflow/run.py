@@ -17,7 +17,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from orchestrator.formats import Model  # noqa: E402
-from orchestrator.reference.cli import main  # noqa: E402
+from orchestrator.reference.cli import Usage, main  # noqa: E402
+from orchestrator.reference.generate import clamp_steps  # noqa: E402
 
 PORT = "tensorflow"
 EPS = 1e-5
@@ -73,8 +74,9 @@ class Transformer:
     into TF's allocator once, layer by layer, at load; never per token.
     """
 
-    def __init__(self, model: Model, tf):
+    def __init__(self, model: Model, tf, xla: bool = True, rows: int | None = None):
         self.tf = tf
+        self.xla = xla
         self.c = c = model.config
         w = model.weights
         L = c.n_layers
@@ -98,19 +100,24 @@ class Transformer:
         self.w3 = layers("w3")  # L x (hidden_dim, dim)
         self.rms_final = const(w["rms_final"])  # (dim,)
         self.wcls = self.token_embedding if c.shared_classifier else const(w["wcls"])  # (vocab, dim)
-        # L x (seq_len, kv_dim): one variable per layer, so a step touches only its own rows
-        self.key_cache = [tf.Variable(tf.zeros((c.seq_len, c.kv_dim)), trainable=False) for _ in range(L)]
-        self.value_cache = [tf.Variable(tf.zeros((c.seq_len, c.kv_dim)), trainable=False) for _ in range(L)]
+        # XLA compiles for fixed shapes, and a slice whose length is a tensor value has none: under
+        # XLA attention spans every cache row, the rows after pos masked. So that cache holds only
+        # the rows this run can reach (`rows`: its steps or -k ids), not seq_len.
+        self.rows = max(1, min(rows or c.seq_len, c.seq_len)) if xla else c.seq_len
+        self.positions = tf.range(self.rows)
+        # L x (rows, kv_dim): one variable per layer, so a step touches only its own rows
+        self.key_cache = [tf.Variable(tf.zeros((self.rows, c.kv_dim)), trainable=False) for _ in range(L)]
+        self.value_cache = [tf.Variable(tf.zeros((self.rows, c.kv_dim)), trainable=False) for _ in range(L)]
         # RoPE frequency of each pair within a head, float32 as in the reference
         hs = c.head_size
         head_dim = tf.range(0, hs, 2, dtype=tf.float32)
         self.inv_freq = 1.0 / tf.pow(tf.constant(10000.0), head_dim / hs)  # (head_size/2,)
         self.scale = 1.0 / float(hs) ** 0.5
         spec = tf.TensorSpec([], tf.int32)
-        self.step = tf.function(self._step, input_signature=[spec, spec], autograph=False)
-        # Trace and run once now, so that tracing and grappler's first-run graph rewrites count
-        # as loading, not as the first token. The dummy step writes only cache row 0, which
-        # position 0 overwrites before anything reads it.
+        self.step = tf.function(self._step, input_signature=[spec, spec], autograph=False, jit_compile=xla)
+        # Trace and run once now, so that tracing and grappler's first-run graph rewrites (or
+        # XLA's one compilation) count as loading, not as the first token. The dummy step writes
+        # only cache row 0, which position 0 overwrites before anything reads it.
         self.step(tf.constant(0, tf.int32), tf.constant(0, tf.int32))
 
     # ------------------------------------------------------------------------------------------
@@ -129,7 +136,7 @@ class Transformer:
 
     def _step(self, token, pos):
         """The graph of one position: (token, pos) -> logits (vocab,). Layers are unrolled at
-        trace time; the attention span pos + 1 is dynamic."""
+        trace time; the attention span pos + 1 is dynamic, or under XLA all rows with a mask."""
         tf, c = self.tf, self.c
         mv = tf.linalg.matvec
         n_kv, hs = c.n_kv_heads, c.head_size
@@ -142,14 +149,21 @@ class Transformer:
             q = self._rope(mv(self.wq[l], xb), cos, sin)  # (dim,)
             k = self._rope(mv(self.wk[l], xb), cos, sin)  # (kv_dim,)
             v = mv(self.wv[l], xb)  # (kv_dim,)
-            self.key_cache[l][pos].assign(k)
-            self.value_cache[l][pos].assign(v)
+            # a scatter, not a sliced assign: XLA needs a slice's bounds at compile time, so
+            # `cache[pos].assign` would make pos a constant and compile once per position
+            row = tf.reshape(pos, [1])
+            self.key_cache[l].scatter_update(tf.IndexedSlices(k[None], row))
+            self.value_cache[l].scatter_update(tf.IndexedSlices(v[None], row))
 
             # grouped-query attention over positions 0..pos: query head h reads KV head h // kv_mul
-            keys = tf.transpose(tf.reshape(self.key_cache[l][: pos + 1], [-1, n_kv, hs]), [1, 0, 2])  # (kv_heads, T, hs)
-            values = tf.transpose(tf.reshape(self.value_cache[l][: pos + 1], [-1, n_kv, hs]), [1, 0, 2])
+            span = slice(None) if self.xla else slice(None, pos + 1)
+            keys = tf.transpose(tf.reshape(self.key_cache[l][span], [-1, n_kv, hs]), [1, 0, 2])  # (kv_heads, T, hs)
+            values = tf.transpose(tf.reshape(self.value_cache[l][span], [-1, n_kv, hs]), [1, 0, 2])
             qg = tf.reshape(q, [n_kv, kv_mul, hs])
-            scores = tf.nn.softmax(tf.matmul(qg, keys, transpose_b=True) * self.scale, axis=-1)  # (kv_heads, kv_mul, T)
+            scores = tf.matmul(qg, keys, transpose_b=True) * self.scale  # (kv_heads, kv_mul, T)
+            if self.xla:  # rows after pos hold nothing yet, or a later position of an earlier call
+                scores = tf.where(self.positions > pos, float("-inf"), scores)
+            scores = tf.nn.softmax(scores, axis=-1)
             att = tf.reshape(tf.matmul(scores, values), [c.dim])  # (dim,)
             x = x + mv(self.wo[l], att)
 
@@ -162,20 +176,35 @@ class Transformer:
 
     def forward(self, token: int, pos: int):
         tf = self.tf
+        if not 0 <= pos < self.rows:
+            raise IndexError(f"position {pos}: this run's cache holds {self.rows}")
         return self.step(tf.constant(token, tf.int32), tf.constant(pos, tf.int32)).numpy()
 
 
 # ----------------------------------------------------------------------------------------------
-# generation and command line (the reference's, around this Transformer)
-
-# ----------------------------------------------------------------------------------------------
 # command line: the reference's, around this Transformer
+
+def xla_wanted() -> bool:
+    """POLYLLAMA_TF_XLA=0 runs the step as a plain graph; unset or 1, compiled by XLA."""
+    value = os.environ.get("POLYLLAMA_TF_XLA", "1")
+    if value not in ("0", "1"):
+        raise Usage(f"POLYLLAMA_TF_XLA={value}: expected 0 or 1")
+    return value == "1"
+
+
+def rows_needed(model: Model, args) -> int:
+    """The cache rows a run can reach: its -k ids, or its steps clamped as generate() clamps them."""
+    if getattr(args, "mode", None) == "logits":
+        return len(args.ids)
+    return clamp_steps(args.steps, model.config.seq_len)
+
 
 def backend(model: Model, args) -> Transformer:
     """The CLI's hook; TF's thread pools can be sized once per process, so later calls reuse it."""
+    xla = xla_wanted()
     if backend.tf is None:
         backend.tf = init_tensorflow(args.threads)
-    return Transformer(model, backend.tf)
+    return Transformer(model, backend.tf, xla, rows_needed(model, args))
 
 
 backend.tf = None
