@@ -49,7 +49,7 @@ def _fake_rows(seen):
 
 def test_validate_skips(monkeypatch):
     seen = []
-    monkeypatch.setattr(validation, "validate", _fake_rows(seen))
+    monkeypatch.setattr(app, "run_validation", _fake_rows(seen))
     with pytest.raises(Exit):  # one row fails: exit 1
         tasks.validate(Context(), ports="python,c,go", skip="go,c")
     assert seen == ["python"]
@@ -77,14 +77,13 @@ def test_port_tests_leave_the_skipped_ports_out(monkeypatch, capsys):
 
 
 def test_lever_skips_and_writes_its_out_file(monkeypatch, tmp_path, stories260k):
-    from orchestrator.bench import lever
 
     def measure(cells, off_env, rounds, log=print):
         for c in cells:
             c.off, c.on = [100.0, 101.0, 99.0], [110.0, 111.0, 109.0]
         return cells
 
-    monkeypatch.setattr(lever, "measure_lever", measure)
+    monkeypatch.setattr(app, "measure_lever", measure)
     out = tmp_path / "lever.json"
     tasks.lever(Context(), ports="python,c", skip="c", env="X=0", models="stories260K", threads="1", out=str(out))
     samples = json.loads(out.read_text())
@@ -120,7 +119,7 @@ def test_every_flag_says_its_default_or_that_it_is_required():
 # ---------------------------------------------------------------- --out: the one file a task writes
 def test_validate_out_saves_the_rows(monkeypatch, tmp_path):
     from orchestrator.results.html import load_validation
-    monkeypatch.setattr(validation, "validate", _fake_rows([]))
+    monkeypatch.setattr(app, "run_validation", _fake_rows([]))
     out = tmp_path / "sub" / "rows.json"
     assert app.validate("python,c", out=str(out)) == 1  # the failing row fails the task, and is saved
     data = json.loads(out.read_text())
