@@ -77,7 +77,6 @@ def test_port_tests_leave_the_skipped_ports_out(monkeypatch, capsys):
 
 
 def test_lever_skips_and_writes_its_out_file(monkeypatch, tmp_path, stories260k):
-
     def measure(cells, off_env, rounds, log=print):
         for c in cells:
             c.off, c.on = [100.0, 101.0, 99.0], [110.0, 111.0, 109.0]
