@@ -55,33 +55,16 @@ class Transformer:
     def __init__(self, model: Model, torch):
         self.torch = torch
         self.c = c = model.config
-        w = model.weights
-        L = c.n_layers
         with warnings.catch_warnings():
             # The mapping is read-only and torch warns that writing through the tensor would be
             # undefined; nothing here writes to a weight, and copying 440 MB to silence a warning
             # would defeat the mmap.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
-            def view(a):
-                return torch.from_numpy(a)
-
-            def layers(name):
-                # v0/v1 give one (layer, ...) array, GGUF a list of per-layer arrays
-                return [view(w[name][l]) for l in range(L)]
-
-            self.token_embedding = view(w["token_embedding"])  # (vocab, dim)
-            self.rms_att = layers("rms_att")  # L x (dim,)
-            self.wq = layers("wq")  # L x (dim, dim)
-            self.wk = layers("wk")  # L x (kv_dim, dim)
-            self.wv = layers("wv")  # L x (kv_dim, dim)
-            self.wo = layers("wo")  # L x (dim, dim)
-            self.rms_ffn = layers("rms_ffn")  # L x (dim,)
-            self.w1 = layers("w1")  # L x (hidden_dim, dim)
-            self.w2 = layers("w2")  # L x (dim, hidden_dim)
-            self.w3 = layers("w3")  # L x (hidden_dim, dim)
-            self.rms_final = view(w["rms_final"])  # (dim,)
-            self.wcls = view(model.classifier)  # (vocab, dim)
+            # run.c's names and shapes (Model.bound): token_embedding, per-layer lists of rms_att,
+            # wq, wk, wv, wo, rms_ffn, w1, w2, w3, then rms_final and wcls
+            for name, tensor in model.bound(torch.from_numpy).items():
+                setattr(self, name, tensor)
         self.key_cache, self.value_cache = self.make_cache()
         # RoPE frequency of each pair within a head, computed in float32 as the reference does;
         # the angle tables are made per position, since a (seq_len, head_size) table can be huge.

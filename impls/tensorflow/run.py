@@ -78,36 +78,18 @@ class Transformer:
         self.tf = tf
         self.xla = xla
         self.c = c = model.config
-        w = model.weights
-        L = c.n_layers
-
-        def const(a):
-            return tf.constant(a, dtype=tf.float32)
-
-        def layers(name):
-            # v0/v1 give one (layer, ...) array, GGUF a list of per-layer arrays
-            return [const(w[name][l]) for l in range(L)]
-
-        self.token_embedding = const(w["token_embedding"])  # (vocab, dim)
-        self.rms_att = layers("rms_att")  # L x (dim,)
-        self.wq = layers("wq")  # L x (dim, dim)
-        self.wk = layers("wk")  # L x (kv_dim, dim)
-        self.wv = layers("wv")  # L x (kv_dim, dim)
-        self.wo = layers("wo")  # L x (dim, dim)
-        self.rms_ffn = layers("rms_ffn")  # L x (dim,)
-        self.w1 = layers("w1")  # L x (hidden_dim, dim)
-        self.w2 = layers("w2")  # L x (dim, hidden_dim)
-        self.w3 = layers("w3")  # L x (hidden_dim, dim)
-        self.rms_final = const(w["rms_final"])  # (dim,)
-        self.wcls = self.token_embedding if c.shared_classifier else const(w["wcls"])  # (vocab, dim)
+        # run.c's names and shapes (Model.bound): token_embedding, per-layer lists of rms_att, wq,
+        # wk, wv, wo, rms_ffn, w1, w2, w3, then rms_final and wcls
+        for name, tensor in model.bound(lambda a: tf.constant(a, dtype=tf.float32)).items():
+            setattr(self, name, tensor)
         # XLA compiles for fixed shapes, and a slice whose length is a tensor value has none: under
         # XLA attention spans every cache row, the rows after pos masked. So that cache holds only
         # the rows this run can reach (`rows`: its steps or -k ids), not seq_len.
         self.rows = max(1, min(rows or c.seq_len, c.seq_len)) if xla else c.seq_len
         self.positions = tf.range(self.rows)
         # L x (rows, kv_dim): one variable per layer, so a step touches only its own rows
-        self.key_cache = [tf.Variable(tf.zeros((self.rows, c.kv_dim)), trainable=False) for _ in range(L)]
-        self.value_cache = [tf.Variable(tf.zeros((self.rows, c.kv_dim)), trainable=False) for _ in range(L)]
+        self.key_cache = [tf.Variable(tf.zeros((self.rows, c.kv_dim)), trainable=False) for _ in range(c.n_layers)]
+        self.value_cache = [tf.Variable(tf.zeros((self.rows, c.kv_dim)), trainable=False) for _ in range(c.n_layers)]
         # RoPE frequency of each pair within a head, float32 as in the reference
         hs = c.head_size
         head_dim = tf.range(0, hs, 2, dtype=tf.float32)

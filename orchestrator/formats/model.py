@@ -61,6 +61,16 @@ class Model:
         """fn applied to every tensor; layered weights become per-layer lists, as GGUF keeps them."""
         return {name: fn(value) if name in WHOLE else [fn(t) for t in value] for name, value in self.weights.items()}
 
+    def bound(self, fn) -> dict:
+        """What a framework port holds: every weight through fn (its tensor maker), layered weights
+        as per-layer lists, and `wcls` the classifier (the embedding's own tensor where it is shared).
+        Shapes under run.c's names: token_embedding and wcls (vocab, dim); per layer rms_att and
+        rms_ffn (dim,), wq and wo (dim, dim), wk and wv (kv_dim, dim), w1 and w3 (hidden_dim, dim),
+        w2 (dim, hidden_dim); rms_final (dim,)."""
+        out = self._mapped(fn)
+        out["wcls"] = out["token_embedding"] if self.config.shared_classifier else out["wcls"]
+        return out
+
     def dequantized(self) -> "Model":
         """Every tensor as float32 (Q8_0 blocks multiplied out: exact, fp32(d) * q); the model itself
         when it has no Q8_0 tensor, so that a float32 model is never copied."""
