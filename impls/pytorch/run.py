@@ -17,8 +17,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from orchestrator.formats import Model  # noqa: E402
-from orchestrator.reference.cli import Usage, main  # noqa: E402
-from orchestrator.reference.generate import clamp_steps  # noqa: E402
+from orchestrator.reference.cli import main, rows_needed, switch  # noqa: E402
 
 PORT = "pytorch"
 EPS = 1e-5
@@ -248,24 +247,9 @@ def decode_step(weights, key_cache, value_cache, positions, inv_freq, token, pos
 # ----------------------------------------------------------------------------------------------
 # command line: the reference's, around this Transformer
 
-def compile_wanted() -> bool:
-    """POLYLLAMA_TORCH_COMPILE=0 runs the eager forward pass; unset or 1, the compiled one."""
-    value = os.environ.get("POLYLLAMA_TORCH_COMPILE", "1")
-    if value not in ("0", "1"):
-        raise Usage(f"POLYLLAMA_TORCH_COMPILE={value}: expected 0 or 1")
-    return value == "1"
-
-
-def rows_needed(model: Model, args) -> int:
-    """The cache rows a run can reach: its -k ids, or its steps clamped as generate() clamps them."""
-    if getattr(args, "mode", None) == "logits":
-        return len(args.ids)
-    return clamp_steps(args.steps, model.config.seq_len)
-
-
 def backend(model: Model, args) -> Transformer:
     """The CLI's hook; torch's thread pools can be sized once per process, so later calls reuse it."""
-    compiled = compile_wanted()
+    compiled = switch("POLYLLAMA_TORCH_COMPILE")
     if backend.torch is None:
         backend.torch = init_torch(args.threads)
         backend.torch.inference_mode().__enter__()  # for the rest of the process: nothing needs autograd

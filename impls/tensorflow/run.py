@@ -17,8 +17,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from orchestrator.formats import Model  # noqa: E402
-from orchestrator.reference.cli import Usage, main  # noqa: E402
-from orchestrator.reference.generate import clamp_steps  # noqa: E402
+from orchestrator.reference.cli import main, rows_needed, switch  # noqa: E402
 
 PORT = "tensorflow"
 EPS = 1e-5
@@ -166,24 +165,9 @@ class Transformer:
 # ----------------------------------------------------------------------------------------------
 # command line: the reference's, around this Transformer
 
-def xla_wanted() -> bool:
-    """POLYLLAMA_TF_XLA=0 runs the step as a plain graph; unset or 1, compiled by XLA."""
-    value = os.environ.get("POLYLLAMA_TF_XLA", "1")
-    if value not in ("0", "1"):
-        raise Usage(f"POLYLLAMA_TF_XLA={value}: expected 0 or 1")
-    return value == "1"
-
-
-def rows_needed(model: Model, args) -> int:
-    """The cache rows a run can reach: its -k ids, or its steps clamped as generate() clamps them."""
-    if getattr(args, "mode", None) == "logits":
-        return len(args.ids)
-    return clamp_steps(args.steps, model.config.seq_len)
-
-
 def backend(model: Model, args) -> Transformer:
     """The CLI's hook; TF's thread pools can be sized once per process, so later calls reuse it."""
-    xla = xla_wanted()
+    xla = switch("POLYLLAMA_TF_XLA")
     if backend.tf is None:
         backend.tf = init_tensorflow(args.threads)
     return Transformer(model, backend.tf, xla, rows_needed(model, args))

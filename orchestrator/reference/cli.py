@@ -116,6 +116,22 @@ class BackendError(Exception):
     """A backend (a framework or an engine) failed at run time; the message is one line."""
 
 
+def switch(name: str) -> bool:
+    """A hosted port's on/off environment variable (its lever): unset or 1 on, 0 off, else a usage error."""
+    value = os.environ.get(name, "1")
+    if value not in ("0", "1"):
+        raise Usage(f"{name}={value}: expected 0 or 1")
+    return value == "1"
+
+
+def rows_needed(model, args: Args) -> int:
+    """The cache rows a run can reach: its -k ids, or its steps clamped as generate() clamps them
+    (what a compiled step with fixed shapes sizes its cache for)."""
+    if getattr(args, "mode", None) == "logits":
+        return len(args.ids)
+    return clamp_steps(args.steps, model.config.seq_len)
+
+
 def numpy_backend(model, args: Args) -> Transformer:
     return Transformer(model)
 
