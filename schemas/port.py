@@ -63,7 +63,7 @@ class PeerCheck(_Strict):
 
 
 class PortManifest(_Strict):
-    contract: Literal[1] = Field(description="the port contract version this port follows")
+    contract: Literal[1, 2] = Field(description="the port contract version this port follows; 2 takes -b (a batched prefill)")
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
     language: str = Field(min_length=1)
     role: Literal["port", "reference", "peer"] = "port"

@@ -48,6 +48,10 @@ class PortStats(_Record):
     ttft_s: float
     decode_s: float
     decode_tok_s: float
+    # contract 2 (format 5): the batched prefill; None from a contract-1 port or an older file
+    batch: int | None = None
+    prefill_s: float | None = None
+    prefill_tok_s: float | None = None
 
 
 class Run(_Record):
