@@ -47,7 +47,7 @@ LOGIT_POSITIONS = 80
 # odd size and one that does not divide the positions (docs/port-contract.md, section 8), on the
 # cases that sweep; every other case runs the default batch (the whole sequence) on one thread
 SWEEP = ((1, 1), (7, 1), (64, 1), (None, 1), (7, 2), (None, 2))
-SWEPT_FORMATS = ("v0", "gguf-q8_0")
+SWEPT_FORMATS = ("v0", "gguf-q8_0")  # and "gguf" for a port that does not read v0
 # Under emulation (a cross build run by qemu, many times slower) the models other than these are
 # checked on their logits only, over a few positions, in one format
 EMULATED_IN_FULL = ("stories260K",)
@@ -65,10 +65,6 @@ class Case:
     positions: int = LOGIT_POSITIONS  # logits compared at positions 0..positions-1
     text: bool = True  # also compare greedy text
 
-    @property
-    def sweeps(self) -> bool:
-        """Whether a contract-2 port's logits are checked at every batch size of SWEEP."""
-        return self.fmt in SWEPT_FORMATS and self.positions == LOGIT_POSITIONS
 
 
 @dataclass
@@ -200,7 +196,8 @@ def _logit_runs(port: Port, case: Case, n: int) -> list[tuple[list[str], str]]:
     """(flags, label) of each logits run: a contract-1 port has no -b and runs once on one thread."""
     if port.manifest.contract < 2:
         return [(["-j", "1"], "")]
-    sweep = SWEEP if case.sweeps else ((None, 1),)
+    swept = case.fmt in SWEPT_FORMATS or (case.fmt == "gguf" and not port.reads("v0"))
+    sweep = SWEEP if swept and case.positions == LOGIT_POSITIONS else ((None, 1),)
     return [(["-b", str(b or n), "-j", str(j)], f"-b {b or n} -j {j}") for b, j in sweep]
 
 
