@@ -62,6 +62,7 @@ def model_rows(suite: Suite, model: str) -> list[dict]:
             "port": _label(cell),
             "threads": cell.threads,
             "tok/s": tok.fmt() if tok else "-",
+            **({"TTFT s": ttft.fmt(3) if (ttft := metric(cell, "ttft_s")) else "-"} if cell.prefill else {}),
             "time/inference s": wall.fmt(3) if wall else "-",
             "peak MiB": f"{rss.max:.1f}" if rss else "-",
             "% roofline": (f"{100 * roof:.0f}%" + (" (probe defect)" if roof > 1 else "")) if roof else "-",

@@ -78,6 +78,7 @@ class Group:
     ranking: list[Entry]  # fastest first
     peer: Peer | None
     texts: dict[str, list[str]]  # SHA-256 of the generated text -> ports that wrote it
+    prefill: bool = False  # a pp group: prompt tokens per second against the compute roof
 
     @property
     def best_port(self) -> Entry | None:
@@ -135,7 +136,8 @@ def groups(suite: Suite) -> list[Group]:
         top = _samples(cells[0])
         ranking = [Entry(c.port, c.role, metric(c, "tok_s"), ratio_ci(top, _samples(c)) if i else None,
                          roofline(suite, c)) for i, c in enumerate(cells)]
-        out.append(Group(model, cells[0].model.origin, threads, ranking, _peer(cells), _texts(cells)))
+        out.append(Group(model, cells[0].model.origin, threads, ranking, _peer(cells), _texts(cells),
+                         cells[0].prefill))
     return out
 
 
@@ -164,11 +166,13 @@ def sentence(g: Group) -> str:
     best = g.best_port
     if best is None:
         return f"{g.model}, {g.threads} thread{'s' if g.threads > 1 else ''}: only the peer ran."
-    roof = f", {100 * best.roof:.0f}% of the memory roofline" if best.roof else ""
+    kind = "compute" if g.prefill else "memory"
+    rate = "prompt tok/s" if g.prefill else "tok/s"
+    roof = f", {100 * best.roof:.0f}% of the {kind} roofline" if best.roof else ""
     if best.roof and best.roof > 1:
         roof += " (a probe defect, not a target met)"
     text = (f"{g.model} ({g.origin}), {g.threads} thread{'s' if g.threads > 1 else ''}: {best.port} is fastest at "
-            f"{best.tok.mean:.1f} tok/s{roof}{_sure(g)}")
+            f"{best.tok.mean:.1f} {rate}{roof}{_sure(g)}")
     if g.peer:
         p = g.peer
         at = f"{p.source}, {p.best:.1f} tok/s" + (f"; its row {p.row:.1f}" if p.source != "row" else
@@ -203,10 +207,19 @@ def validation_line(suite: Suite) -> str:
 
 def overall(suite: Suite, gs: list[Group] | None = None) -> str:
     """One sentence for the whole suite: who leads where, and each port's geometric-mean speed
-    relative to the fastest row of each cell."""
+    relative to the fastest row of each cell; token generation and prompt processing apart."""
     gs = groups(suite) if gs is None else gs
     if not gs:
         return f"The {suite.matrix_name} suite has no finished cell."
+    kinds = [(what, [g for g in gs if g.prefill == pp]) for what, pp in
+             (("token generation", False), ("prompt processing", True))]
+    kinds = [(what, part) for what, part in kinds if part]
+    if len(kinds) == 1:
+        return _overall(suite, gs, "")
+    return " ".join(_overall(suite, part, what) for what, part in kinds)
+
+
+def _overall(suite: Suite, gs: list[Group], what: str) -> str:
     leads: dict[str, int] = {}
     for g in gs:
         if g.best_port:
@@ -220,7 +233,8 @@ def overall(suite: Suite, gs: list[Group] | None = None) -> str:
     peer = [g.vs_peer for g in gs if g.vs_peer]
     ahead = (f"; the best port is ahead of llama.cpp at its best in {sum(v > 1 for v in peer)} of {len(peer)} cells"
              if peer else "")
-    return (f"The {suite.matrix_name} suite, {len(gs)} cells: fastest port {lead}{ahead}. Geometric mean of each "
+    scope = f" ({what})" if what else ""
+    return (f"The {suite.matrix_name} suite{scope}, {len(gs)} cells: fastest port {lead}{ahead}. Geometric mean of each "
             f"row's speed relative to the fastest row of its cell: "
             + ", ".join(f"{p} {m:.2f}" for p, m in means if m) + ".")
 
