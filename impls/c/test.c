@@ -459,7 +459,7 @@ static void test_generation(int n_threads, int q8) {
     read_vocab(&v, tok, tr.config.vocab_size);
     Tokenizer t;
     build_tokenizer(&t, &v);
-    start_transformer(&tr, n_threads);
+    start_transformer(&tr, n_threads, tr.config.seq_len);
     struct { const char *golden, *prompt; int steps; } runs[] = {
         {q8 ? "stories260K.q8_0.greedy.txt" : "stories260K.f32.greedy.txt", "", q8 ? 128 : 256},
         {"stories260K.f32.prompt.txt", "Once upon a time, there was a", 96},
@@ -763,7 +763,7 @@ static void test_gguf_q8(void) {
     int ok = 1;
     for (int i = 0; i < 32; i++) ok &= emb[i] == (float)(int8_t)row[2 + i] / 64.0f;
     CHECK(ok, "a Q8_0 embedding row is d * q");
-    start_transformer(&tr, 2);
+    start_transformer(&tr, 2, tr.config.seq_len);
     float *logits = NULL;
     for (int pos = 0; pos < 4; pos++) logits = forward(&tr, 5 + pos, pos);
     for (int i = 0; i < TEST_VOCAB; i++) ok &= isfinite(logits[i]);
