@@ -92,6 +92,9 @@ typedef struct {
     float *value_cache; // (layer, seq_len, kv_dim)
 } RunState;
 
+// rows of a tile in the batched kernels, at most (the attention's scratch is sized by it)
+#define BATCH_TILE_MAX 6
+
 // The batched forward pass's scratch (contract 2): one row per position of a batch, sized once
 // at load for min(batch, seq_len) rows
 typedef struct {
@@ -104,6 +107,7 @@ typedef struct {
     int8_t *xq;    // the input rows of the current Q8_0 products, quantized (rows, max(dim, hidden_dim))
     float *xd;     // and their block scales (rows, max(dim, hidden_dim) / 32)
     float *rope_cos, *rope_sin; // each row's rotation per pair of a head (rows, head_size / 2)
+    float *att;    // attention scores: per worker, one row per row of a tile (n_threads, tile, seq_len)
 } BatchState;
 
 typedef struct ThreadPool ThreadPool;
@@ -271,7 +275,7 @@ static void build_transformer(Transformer *t, const char *checkpoint_path) {
 }
 
 // rows: the prompt batch after clamping, 1..seq_len
-static void build_batch(BatchState *b, const Config *c, int rows) {
+static void build_batch(BatchState *b, const Config *c, int rows, int n_threads) {
     size_t r = (size_t)rows, half = (size_t)(c->dim / c->n_heads / 2);
     size_t widest = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
     b->rows = rows;
@@ -284,17 +288,18 @@ static void build_batch(BatchState *b, const Config *c, int rows) {
     b->xd = xcalloc(r * (widest / Q8_BLOCK + 1), sizeof(float));
     b->rope_cos = xcalloc(r * half, sizeof(float));
     b->rope_sin = xcalloc(r * half, sizeof(float));
+    b->att = xcalloc((size_t)n_threads * BATCH_TILE_MAX * c->seq_len, sizeof(float));
 }
 
 static void free_batch(BatchState *b) {
     free(b->x); free(b->xb); free(b->q); free(b->hb); free(b->hb2); free(b->xq); free(b->xd);
-    free(b->rope_cos); free(b->rope_sin);
+    free(b->rope_cos); free(b->rope_sin); free(b->att);
 }
 
 // batch_rows: min(batch, seq_len), the batched pass's capacity
 static void start_transformer(Transformer *t, int n_threads, int batch_rows) {
     build_state(&t->state, &t->config, n_threads);
-    build_batch(&t->batch, &t->config, batch_rows);
+    build_batch(&t->batch, &t->config, batch_rows, n_threads);
     t->pool = build_pool(n_threads);
 }
 
@@ -954,6 +959,19 @@ typedef __m512 vecf;
 #define vf_load(p) _mm512_loadu_ps(p)
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vf_hsum(v) _mm512_reduce_add_ps(v)
+#define vf_set1(f) _mm512_set1_ps(f)
+#define vf_add(a, b) _mm512_add_ps(a, b)
+#define vf_store(p, v) _mm512_storeu_ps(p, v)
+// the four sums of a, b, c, e into out[0..3]: a transposing reduction costs a third of four
+// separate horizontal sums
+static inline void vf_hsum4(vecf a, vecf b, vecf c, vecf e, float *out) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b)); // per lane a b a b
+    __m512 ce = _mm512_add_ps(_mm512_unpacklo_ps(c, e), _mm512_unpackhi_ps(c, e)); // per lane c e c e
+    __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, ce, 0x44), _mm512_shuffle_ps(ab, ce, 0xEE)); // a b c e
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(v));
+}
 #elif SIMD_AVX2
 #define MM_TILE_C 3 // 12 ymm accumulators, 3 activation vectors and one weight vector: 16 of 16
 typedef __m256 vecf;
@@ -962,6 +980,13 @@ typedef __m256 vecf;
 #define vf_load(p) _mm256_loadu_ps(p)
 #define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vf_hsum(v) hsum256(v)
+#define vf_set1(f) _mm256_set1_ps(f)
+#define vf_add(a, b) _mm256_add_ps(a, b)
+#define vf_store(p, v) _mm256_storeu_ps(p, v)
+static inline void vf_hsum4(vecf a, vecf b, vecf c, vecf e, float *out) {
+    __m256 v = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, e)); // per 128-bit half: a b c e
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+}
 #elif SIMD_NEON
 #define MM_TILE_C 6 // 24 q accumulators, 6 activation vectors and one weight vector: 31 of 32
 typedef float32x4_t vecf;
@@ -970,17 +995,23 @@ typedef float32x4_t vecf;
 #define vf_load(p) vld1q_f32(p)
 #define vf_fma(a, b, c) vfmaq_f32(c, a, b)
 #define vf_hsum(v) vaddvq_f32(v)
+#define vf_set1(f) vdupq_n_f32(f)
+#define vf_add(a, b) vaddq_f32(a, b)
+#define vf_store(p, v) vst1q_f32(p, v)
+static inline void vf_hsum4(vecf a, vecf b, vecf c, vecf e, float *out) {
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, e)));
+}
 #else
 #define MM_TILE_C 4
 #endif
 
-// out[c * ldo + r] (+)= W[r, :] . X[c, :] for the tile's R weight rows and C activation rows.
-// R and C are constants at every call (always inlined), so the loops over them unroll and the
-// accumulators live in registers.
-static inline __attribute__((always_inline)) void mm_tile(const float *w, int d, const float *x, size_t ldx,
+// out[c * ldo + r] (+)= W[r, :d] . X[c, :d] for the tile's R weight rows (ldw floats apart) and C
+// activation rows. R and C are constants at every call (always inlined), so the loops over them
+// unroll and the accumulators live in registers.
+static inline __attribute__((always_inline)) void mm_tile(const float *w, size_t ldw, int d, const float *x, size_t ldx,
                                                           float *out, size_t ldo, const int R, const int C,
                                                           int accumulate) {
-    float s[MM_TILE_R][MM_TILE_C];
+    float s[MM_TILE_C][MM_TILE_R]; // by activation row: a tile row of sums is four floats
     int j = 0;
 #ifdef VF_LANES
     vecf acc[MM_TILE_R][MM_TILE_C];
@@ -990,7 +1021,7 @@ static inline __attribute__((always_inline)) void mm_tile(const float *w, int d,
         vecf xv[MM_TILE_C];
         for (int c = 0; c < C; c++) xv[c] = vf_load(x + c * ldx + j);
         for (int r = 0; r < R; r++) {
-            vecf wv = vf_load(w + (size_t)r * d + j);
+            vecf wv = vf_load(w + (size_t)r * ldw + j);
             for (int c = 0; c < C; c++) acc[r][c] = vf_fma(wv, xv[c], acc[r][c]);
         }
     }
@@ -1000,42 +1031,45 @@ static inline __attribute__((always_inline)) void mm_tile(const float *w, int d,
         vecf xv[MM_TILE_C];
         for (int c = 0; c < C; c++) xv[c] = _mm512_maskz_loadu_ps(m, x + c * ldx + j);
         for (int r = 0; r < R; r++) {
-            vecf wv = _mm512_maskz_loadu_ps(m, w + (size_t)r * d + j);
+            vecf wv = _mm512_maskz_loadu_ps(m, w + (size_t)r * ldw + j);
             for (int c = 0; c < C; c++) acc[r][c] = vf_fma(wv, xv[c], acc[r][c]);
         }
         j = d;
     }
 #endif
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) s[r][c] = vf_hsum(acc[r][c]);
+    for (int c = 0; c < C; c++) {
+        if (R == 4) vf_hsum4(acc[0][c], acc[1][c], acc[2][c], acc[3][c], s[c]);
+        else
+            for (int r = 0; r < R; r++) s[c][r] = vf_hsum(acc[r][c]);
+    }
 #else
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) s[r][c] = 0.0f;
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < R; r++) s[c][r] = 0.0f;
 #endif
     for (; j < d; j++) // the columns the vectors left (all of them in the portable build)
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) s[r][c] += w[(size_t)r * d + j] * x[c * ldx + j];
+            for (int c = 0; c < C; c++) s[c][r] += w[(size_t)r * ldw + j] * x[c * ldx + j];
     for (int c = 0; c < C; c++)
         for (int r = 0; r < R; r++) {
             float *o = out + c * ldo + r;
-            *o = accumulate ? *o + s[r][c] : s[r][c];
+            *o = accumulate ? *o + s[c][r] : s[c][r];
         }
 }
 
 // R weight rows against activation rows [0, T): full tiles of MM_TILE_C, then the rest
-static inline __attribute__((always_inline)) void mm_rows(const float *w, int d, const float *x, size_t ldx,
+static inline __attribute__((always_inline)) void mm_rows(const float *w, size_t ldw, int d, const float *x, size_t ldx,
                                                           float *out, size_t ldo, int T, const int R,
                                                           int accumulate) {
     int t = 0;
-    for (; t + MM_TILE_C <= T; t += MM_TILE_C) mm_tile(w, d, x + t * ldx, ldx, out + t * ldo, ldo, R, MM_TILE_C, accumulate);
+    for (; t + MM_TILE_C <= T; t += MM_TILE_C) mm_tile(w, ldw, d, x + t * ldx, ldx, out + t * ldo, ldo, R, MM_TILE_C, accumulate);
     const float *xt = x + t * ldx;
     float *ot = out + t * ldo;
     switch (T - t) { // at most MM_TILE_C - 1 rows
-    case 1: mm_tile(w, d, xt, ldx, ot, ldo, R, 1, accumulate); break;
-    case 2: mm_tile(w, d, xt, ldx, ot, ldo, R, 2 < MM_TILE_C ? 2 : 1, accumulate); break;
-    case 3: mm_tile(w, d, xt, ldx, ot, ldo, R, 3 < MM_TILE_C ? 3 : 1, accumulate); break;
-    case 4: mm_tile(w, d, xt, ldx, ot, ldo, R, 4 < MM_TILE_C ? 4 : 1, accumulate); break;
-    case 5: mm_tile(w, d, xt, ldx, ot, ldo, R, 5 < MM_TILE_C ? 5 : 1, accumulate); break;
+    case 1: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 1, accumulate); break;
+    case 2: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 2 < MM_TILE_C ? 2 : 1, accumulate); break;
+    case 3: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 3 < MM_TILE_C ? 3 : 1, accumulate); break;
+    case 4: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 4 < MM_TILE_C ? 4 : 1, accumulate); break;
+    case 5: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 5 < MM_TILE_C ? 5 : 1, accumulate); break;
     default: break;
     }
 }
@@ -1060,10 +1094,12 @@ static void matmat_rows(float *out, size_t ldo, const float *x, size_t ldx, cons
         float *ot = out + (size_t)t0 * ldo;
         int i = r0;
         for (; i + MM_TILE_R <= r1; i += MM_TILE_R)
-            mm_rows(w + (size_t)i * d, d, xt, ldx, ot + i, ldo, nt, MM_TILE_R, accumulate);
-        for (; i < r1; i++) mm_rows(w + (size_t)i * d, d, xt, ldx, ot + i, ldo, nt, 1, accumulate);
+            mm_rows(w + (size_t)i * d, (size_t)d, d, xt, ldx, ot + i, ldo, nt, MM_TILE_R, accumulate);
+        for (; i < r1; i++) mm_rows(w + (size_t)i * d, (size_t)d, d, xt, ldx, ot + i, ldo, nt, 1, accumulate);
     }
 }
+
+_Static_assert(MM_TILE_C <= BATCH_TILE_MAX, "the attention's scratch holds BATCH_TILE_MAX rows a worker");
 
 // one Q8_0 weight row (nb blocks) against C <= 4 quantized activation rows (qx rows ldq bytes
 // apart, their scales dx rows ldd apart): s[c] = sum over blocks of float(isum) * (dw * dx)
@@ -1178,12 +1214,12 @@ static void matmat_q8_rows(float *out, size_t ldo, const int8_t *qx, size_t ldq,
             }
             const unsigned char *wr = rows + (size_t)i * stride;
             for (int t = t0; t < t0 + nt; t += Q8_TILE_C) {
-                float s[Q8_TILE_C];
+                float s[Q8_TILE_C] = {0};
                 const int8_t *xt = qx + (size_t)t * ldq;
                 const float *dt = dx + (size_t)t * ldd;
-                int C = t0 + nt - t;
-                switch (C >= Q8_TILE_C ? Q8_TILE_C : C) {
-                case 4: q8_tile(wr, nb, xt, ldq, dt, ldd, 4, s); C = 4; break;
+                int C = t0 + nt - t < Q8_TILE_C ? t0 + nt - t : Q8_TILE_C;
+                switch (C) {
+                case 4: q8_tile(wr, nb, xt, ldq, dt, ldd, 4, s); break;
                 case 3: q8_tile(wr, nb, xt, ldq, dt, ldd, 3, s); break;
                 case 2: q8_tile(wr, nb, xt, ldq, dt, ldd, 2, s); break;
                 default: q8_tile(wr, nb, xt, ldq, dt, ldd, 1, s); break;
@@ -1288,9 +1324,84 @@ static void batch_ffn_task(void *ctx, int tid, int n_threads) {
     }
 }
 
-// causal attention for the batch's rows, split by (row, head) pairs dealt round-robin (later rows
-// attend to more positions, so contiguous shares would be uneven): row t at position p0 + t
-// reads cache positions 0 .. p0 + t, all written before this task runs
+// softmax(x * scale) in place: softmax's arithmetic, its maximum taken in eight independent
+// lanes (one serial chain of comparisons over a long row is slower than the exponentials)
+static void scaled_softmax(float *x, int n, float scale) {
+    float m[8];
+    for (int k = 0; k < 8; k++) m[k] = -INFINITY;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) {
+            x[i + k] *= scale;
+            m[k] = x[i + k] > m[k] ? x[i + k] : m[k];
+        }
+    for (; i < n; i++) {
+        x[i] *= scale;
+        m[0] = x[i] > m[0] ? x[i] : m[0];
+    }
+    float max_val = m[0];
+    for (int k = 1; k < 8; k++) max_val = m[k] > max_val ? m[k] : max_val;
+    float sum = 0.0f;
+    for (i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max_val);
+        sum += x[i];
+    }
+    for (i = 0; i < n; i++) x[i] /= sum;
+}
+
+// out[0..hs) = sum over u < n of p[u] * v[u * ldv + 0..hs): the sums stay in registers across
+// the value rows instead of going through memory once per row
+static void weighted_sum(float *out, const float *p, const float *v, size_t ldv, int n, int hs) {
+    int i = 0;
+#ifdef VF_LANES
+    for (; i + 4 * VF_LANES <= hs; i += 4 * VF_LANES) {
+        // two value rows a step into two sets of sums: eight independent FMA chains
+        vecf a0 = vf_zero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int u = 0;
+        for (; u + 2 <= n; u += 2) {
+            const float *vu = v + (size_t)u * ldv + i, *vn = vu + ldv;
+            vecf pu = vf_set1(p[u]), pn = vf_set1(p[u + 1]);
+            a0 = vf_fma(pu, vf_load(vu), a0);
+            a1 = vf_fma(pu, vf_load(vu + VF_LANES), a1);
+            a2 = vf_fma(pu, vf_load(vu + 2 * VF_LANES), a2);
+            a3 = vf_fma(pu, vf_load(vu + 3 * VF_LANES), a3);
+            b0 = vf_fma(pn, vf_load(vn), b0);
+            b1 = vf_fma(pn, vf_load(vn + VF_LANES), b1);
+            b2 = vf_fma(pn, vf_load(vn + 2 * VF_LANES), b2);
+            b3 = vf_fma(pn, vf_load(vn + 3 * VF_LANES), b3);
+        }
+        if (u < n) {
+            const float *vu = v + (size_t)u * ldv + i;
+            vecf pu = vf_set1(p[u]);
+            a0 = vf_fma(pu, vf_load(vu), a0);
+            a1 = vf_fma(pu, vf_load(vu + VF_LANES), a1);
+            a2 = vf_fma(pu, vf_load(vu + 2 * VF_LANES), a2);
+            a3 = vf_fma(pu, vf_load(vu + 3 * VF_LANES), a3);
+        }
+        vf_store(out + i, vf_add(a0, b0));
+        vf_store(out + i + VF_LANES, vf_add(a1, b1));
+        vf_store(out + i + 2 * VF_LANES, vf_add(a2, b2));
+        vf_store(out + i + 3 * VF_LANES, vf_add(a3, b3));
+    }
+    for (; i + VF_LANES <= hs; i += VF_LANES) {
+        vecf a0 = vf_zero();
+        for (int u = 0; u < n; u++) a0 = vf_fma(vf_set1(p[u]), vf_load(v + (size_t)u * ldv + i), a0);
+        vf_store(out + i, a0);
+    }
+#endif
+    for (; i < hs; i++) {
+        float a = 0.0f;
+        for (int u = 0; u < n; u++) a += p[u] * v[(size_t)u * ldv + i];
+        out[i] = a;
+    }
+}
+
+// causal attention for the batch's rows, split by (head, tile of MM_TILE_C rows) items dealt
+// round-robin (later rows attend to more positions, so contiguous shares would be uneven). Row t
+// at position p0 + t reads cache positions 0 .. p0 + t, all written before this task runs. A
+// tile's scores against the keys are one small matrix product (mm_tile: the keys are the weight
+// rows), so no score costs a horizontal sum of its own; scores past a row's own position are
+// computed with the tile and never read.
 typedef struct { Transformer *t; int layer, p0, T; } BatchAttentionTask;
 
 static void batch_attention_task(void *ctx, int tid, int n_threads) {
@@ -1299,23 +1410,26 @@ static void batch_attention_task(void *ctx, int tid, int n_threads) {
     RunState *s = &a->t->state;
     BatchState *bs = &a->t->batch;
     int head_size = p->dim / p->n_heads, kv_dim = p->n_kv_heads * head_size, kv_mul = p->n_heads / p->n_kv_heads;
-    size_t loff = (size_t)a->layer * p->seq_len * kv_dim;
+    size_t loff = (size_t)a->layer * p->seq_len * kv_dim, lda = (size_t)p->seq_len;
     float scale = 1.0f / sqrtf((float)head_size);
-    float *att = s->att + (size_t)tid * p->seq_len;
-    int items = a->T * p->n_heads;
+    float *att = bs->att + (size_t)tid * MM_TILE_C * lda; // one row of scores per row of the tile
+    int tiles = (a->T + MM_TILE_C - 1) / MM_TILE_C, items = tiles * p->n_heads;
     for (int item = tid; item < items; item += n_threads) {
-        int t = item / p->n_heads, h = item % p->n_heads, pos = a->p0 + t;
-        const float *q = bs->q + (size_t)t * p->dim + h * head_size;
+        int t0 = item / p->n_heads * MM_TILE_C, h = item % p->n_heads;
+        int nc = a->T - t0 < MM_TILE_C ? a->T - t0 : MM_TILE_C, first = a->p0 + t0, len = first + nc;
+        const float *q = bs->q + (size_t)t0 * p->dim + h * head_size;
         const float *kbase = s->key_cache + loff + (h / kv_mul) * head_size;
         const float *vbase = s->value_cache + loff + (h / kv_mul) * head_size;
-        for (int u = 0; u <= pos; u++) att[u] = dot(q, kbase + (size_t)u * kv_dim, head_size) * scale;
-        softmax(att, pos + 1);
-        float *xb = bs->xb + (size_t)t * p->dim + h * head_size;
-        memset(xb, 0, head_size * sizeof(float));
-        for (int u = 0; u <= pos; u++) {
-            const float *v = vbase + (size_t)u * kv_dim;
-            float wt = att[u];
-            for (int i = 0; i < head_size; i++) xb[i] += wt * v[i];
+        int u = 0;
+        for (; u + MM_TILE_R <= len; u += MM_TILE_R)
+            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, MM_TILE_R, 0);
+        for (; u < len; u++)
+            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, 1, 0);
+        for (int c = 0; c < nc; c++) {
+            float *row = att + c * lda;
+            scaled_softmax(row, first + c + 1, scale);
+            weighted_sum(bs->xb + (size_t)(t0 + c) * p->dim + h * head_size, row, vbase, (size_t)kv_dim, first + c + 1,
+                         head_size);
         }
     }
 }
