@@ -14,3 +14,13 @@ func matmulRowsSIMD(out, x, w []float32, lo, hi int) { panic("no SIMD kernels on
 func q8RowsSIMD(out []float32, w []byte, a *q8Vec, lo, hi int) {
 	panic("no SIMD kernels on this architecture")
 }
+
+const hasAVX512 = false
+
+func gemm4x6AVX512(w *float32, x *float32, d int, n16 int, mask uint16, out *float32, ldo int) {
+	panic("no SIMD kernels on this architecture")
+}
+
+func gemm4x3AVX2(w *float32, x *float32, d int, n8 int, out *float32, ldo int) {
+	panic("no SIMD kernels on this architecture")
+}

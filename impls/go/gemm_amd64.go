@@ -1,0 +1,35 @@
+// The amd64 kernels of the batched products (gemm_amd64.s) and the AVX-512 check: the AVX2
+// ones run where simdKernels does (simd_amd64.go), the AVX-512 ones where the CPU also has
+// AVX-512 F, DQ, BW and VL and the OS saves the ZMM state, unless POLYLLAMA_GO_AVX512=0.
+
+package main
+
+import "os"
+
+var hasAVX512 = detectAVX512() && os.Getenv("POLYLLAMA_GO_AVX512") != "0"
+
+// detectAVX512 reports AVX-512 F, DQ, BW and VL in the CPU, and the opmask and all 32 ZMM
+// registers saved by the OS (XCR0 bits 5-7 besides SSE and AVX).
+func detectAVX512() bool {
+	if !detectAVX2() {
+		return false
+	}
+	if xcr0, _ := xgetbv(); xcr0&0xe6 != 0xe6 {
+		return false
+	}
+	_, ebx7, _, _ := cpuid(7, 0)
+	const f, dq, bw, vl = 1 << 16, 1 << 17, 1 << 30, 1 << 31
+	return ebx7&(f|dq|bw|vl) == f|dq|bw|vl
+}
+
+// gemm4x6AVX512: out[c*ldo + r] = W[r] . X[c] for 4 weight rows and 6 activation rows, each d
+// floats apart; n16 = d &^ 15 and mask = 1<<(d - n16) - 1.
+//
+//go:noescape
+func gemm4x6AVX512(w *float32, x *float32, d int, n16 int, mask uint16, out *float32, ldo int)
+
+// gemm4x3AVX2: the same for 4 weight rows and 3 activation rows over the first n8 = d &^ 7
+// columns.
+//
+//go:noescape
+func gemm4x3AVX2(w *float32, x *float32, d int, n8 int, out *float32, ldo int)
