@@ -26,27 +26,31 @@ type BatchState struct {
 	ropeCos, ropeSin []float32 // (rows, head_size / 2): each row's rotation
 	logits           []float32 // (rows, vocab), logits mode only
 	qa               q8Batch   // room for the rows quantized, for Q8_0 products
+	wpack            [][]byte  // per worker: weight rows interleaved for the VNNI tile
 	free             func()
 }
 
 // q8Batch is a (rows, n) activation quantized row by row (section 4's blocks of 32 along each
 // row), in the layout the batched Q8_0 kernel reads (q8gemm.go).
 type q8Batch struct {
-	qs []int8    // (rows, n) quants
-	d  []float32 // (rows, n / 32) scales, fp16-rounded
-	n  int       // columns of the current activation
+	qs     []int8    // (rows, n) quants
+	d      []float32 // (rows, n / 32) scales, fp16-rounded
+	packed []byte    // the rows interleaved for the VNNI tile (q8gemm.go), when it runs
+	n      int       // columns of the current activation
 }
 
 // buildBatchState sizes every buffer for rows positions from header values already checked;
 // the sizes are computed in 64-bit and a mapping the system refuses is a runtime error (exit 1).
-func buildBatchState(c *Config, rows int, allLogits bool) (BatchState, error) {
+func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, error) {
 	r, dim, hid := int64(rows), int64(c.Dim), int64(c.HiddenDim)
 	maxD := dim
 	if hid > maxD {
 		maxD = hid
 	}
 	// float32 counts of each buffer, each rounded up to 64 bytes so every row block is aligned
-	sizes := []int64{r * dim, r * dim, r * dim, r * dim, r * hid, r * hid, r * int64(c.headSize()/2), r * int64(c.headSize()/2), 0, r * maxD / 4, r * maxD / q8Block}
+	packedRow := int64(q8Groups(int(maxD/q8Block))) * q8GroupX
+	sizes := []int64{r * dim, r * dim, r * dim, r * dim, r * hid, r * hid, r * int64(c.headSize()/2), r * int64(c.headSize()/2), 0,
+		r * maxD / 4, r * maxD / q8Block, r * packedRow / 4}
 	if allLogits {
 		sizes[8] = r * int64(c.VocabSize)
 	}
@@ -77,6 +81,9 @@ func buildBatchState(c *Config, rows int, allLogits bool) (BatchState, error) {
 	qs := take(9)
 	b.qa.qs = unsafe.Slice((*int8)(unsafe.Pointer(&qs[0])), r*maxD)
 	b.qa.d = take(10)
+	packed := take(11)
+	b.qa.packed = unsafe.Slice((*byte)(unsafe.Pointer(&packed[0])), r*packedRow)
+	b.wpack = make([][]byte, workers)
 	return b, nil
 }
 
@@ -244,7 +251,7 @@ func (t *Transformer) gemmShared(x []float32, T int, outs [][]float32, ws []*Mat
 	for _, o := range outs {
 		total += len(o) / T
 	}
-	t.pool.run(total, 16, func(_, lo, hi int) {
+	t.pool.run(total, 16, func(worker, lo, hi int) {
 		base := 0
 		for m, o := range outs {
 			n := len(o) / T
@@ -257,7 +264,7 @@ func (t *Transformer) gemmShared(x []float32, T int, outs [][]float32, ws []*Mat
 			}
 			if a < bnd {
 				if ws[m].isQ8() {
-					q8Gemm(o, n, qa, T, ws[m].q8, a, bnd)
+					q8Gemm(o, n, qa, T, ws[m].q8, a, bnd, &t.batch.wpack[worker])
 				} else {
 					f32Gemm(o, n, x, T, d, ws[m].f32, a, bnd)
 				}
@@ -272,8 +279,12 @@ func (t *Transformer) gemmShared(x []float32, T int, outs [][]float32, ws []*Mat
 func (a *q8Batch) quantize(x []float32, T, d int) {
 	nb := d / q8Block
 	a.n = d
+	xs := q8Groups(nb) * q8GroupX
 	for r := 0; r < T; r++ {
 		quantizeBlocks(a.qs[r*d:(r+1)*d], a.d[r*nb:(r+1)*nb], x[r*d:(r+1)*d])
+		if useVNNI() {
+			packQ8X(a.packed[r*xs:(r+1)*xs], a.qs[r*d:(r+1)*d], a.d[r*nb:(r+1)*nb])
+		}
 	}
 }
 

@@ -82,8 +82,8 @@ func f32Tile(out []float32, ldo int, x []float32, tileC, d int, w []float32) {
 // four rows and each weight value once for four activation rows. Every row is resliced to d so
 // the compiler drops the bounds checks from the loop.
 func gemm4x4Go(out []float32, ldo int, x []float32, d int, w []float32) {
-	w0, w1, w2, w3 := w[:d], w[d:2*d][:d], w[2*d:3*d][:d], w[3*d:4*d][:d]
-	x0, x1, x2, x3 := x[:d], x[d:2*d][:d], x[2*d:3*d][:d], x[3*d:4*d][:d]
+	w0, w1, w2, w3 := w[:d], w[d : 2*d][:d], w[2*d : 3*d][:d], w[3*d : 4*d][:d]
+	x0, x1, x2, x3 := x[:d], x[d : 2*d][:d], x[2*d : 3*d][:d], x[3*d : 4*d][:d]
 	var a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33 float32
 	for k := range w0 {
 		u0, u1, u2, u3 := w0[k], w1[k], w2[k], w3[k]
@@ -116,11 +116,4 @@ func gemm4x4Go(out []float32, ldo int, x []float32, d int, w []float32) {
 	o[0], o[1], o[2], o[3] = a20, a21, a22, a23
 	o = out[3*ldo : 3*ldo+4]
 	o[0], o[1], o[2], o[3] = a30, a31, a32, a33
-}
-
-// q8Gemm is f32Gemm for a Q8_0 W against the quantized rows of a.
-func q8Gemm(out []float32, ldo int, a *q8Batch, T int, w []byte, lo, hi int) {
-	for t := 0; t < T; t++ {
-		q8Rows(out[t*ldo:(t+1)*ldo], w, a.row(t), lo, hi)
-	}
 }

@@ -8,6 +8,14 @@ import "os"
 
 var hasAVX512 = detectAVX512() && os.Getenv("POLYLLAMA_GO_AVX512") != "0"
 
+// hasVNNI: AVX-512 VNNI (VPDPBUSD on zmm), for the batched Q8_0 tile.
+var hasVNNI = hasAVX512 && detectVNNI() && os.Getenv("POLYLLAMA_GO_VNNI") != "0"
+
+func detectVNNI() bool {
+	_, _, ecx7, _ := cpuid(7, 0)
+	return ecx7&(1<<11) != 0
+}
+
 // detectAVX512 reports AVX-512 F, DQ, BW and VL in the CPU, and the opmask and all 32 ZMM
 // registers saved by the OS (XCR0 bits 5-7 besides SSE and AVX).
 func detectAVX512() bool {
@@ -33,3 +41,9 @@ func gemm4x6AVX512(w *float32, x *float32, d int, n16 int, mask uint16, out *flo
 //
 //go:noescape
 func gemm4x3AVX2(w *float32, x *float32, d int, n8 int, out *float32, ldo int)
+
+// q8gemm4x3VNNI: 4 interleaved weight rows (wstride bytes apart) by 3 interleaved activation
+// rows (xstride apart), groups groups of eight blocks each, into out[c*ldo + r].
+//
+//go:noescape
+func q8gemm4x3VNNI(w *byte, wstride int, x *byte, xstride int, groups int, out *float32, ldo int)

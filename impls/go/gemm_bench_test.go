@@ -17,21 +17,23 @@ func cpuSeconds() float64 {
 
 func benchGemm(b *testing.B, q8 bool) {
 	rng := rand.New(rand.NewSource(4))
-	const T, d, n = 96, 768, 768
+	const T, d, n = 512, 768, 768
 	w, x := randomRows(rng, n*d), randomRows(rng, T*d)
 	out := make([]float32, T*n)
-	var wq []byte
-	var qa q8Batch
+	var wq, scratch []byte
+	var qa *q8Batch
 	if q8 {
 		wq = quantizeRef(w)
-		qa = q8Batch{qs: make([]int8, T*d), d: make([]float32, T*d/q8Block)}
-		qa.quantize(x, T, d)
 	}
 	withGemmKernels(&testing.T{}, func(_ *testing.T, kernels string) {
+		if q8 {
+			qa = newQ8Batch(T, d)
+			qa.quantize(x, T, d)
+		}
 		c0 := cpuSeconds()
 		for i := 0; i < b.N; i++ {
 			if q8 {
-				q8Gemm(out, n, &qa, T, wq, 0, n)
+				q8Gemm(out, n, qa, T, wq, 0, n, &scratch)
 			} else {
 				f32Gemm(out, n, x, T, d, w, 0, n)
 			}

@@ -15,7 +15,7 @@ import (
 
 type runStats struct {
 	promptTokens, generatedTokens, positions, prefilled int
-	ttft, prefill, decode                           float64
+	ttft, prefill, decode                               float64
 }
 
 func clampSteps(steps int64, seqLen int) int {

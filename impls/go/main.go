@@ -38,7 +38,7 @@ func run(argv []string) error {
 	}
 	t.state = buildRunState(&t.config, args.threads)
 	batch := clampBatch(args.batch, t.config.SeqLen)
-	if t.batch, err = buildBatchState(&t.config, batch, args.mode == "logits"); err != nil {
+	if t.batch, err = buildBatchState(&t.config, batch, args.threads, args.mode == "logits"); err != nil {
 		t.free()
 		return err
 	}

@@ -24,3 +24,9 @@ func gemm4x6AVX512(w *float32, x *float32, d int, n16 int, mask uint16, out *flo
 func gemm4x3AVX2(w *float32, x *float32, d int, n8 int, out *float32, ldo int) {
 	panic("no SIMD kernels on this architecture")
 }
+
+const hasVNNI = false
+
+func q8gemm4x3VNNI(w *byte, wstride int, x *byte, xstride int, groups int, out *float32, ldo int) {
+	panic("no SIMD kernels on this architecture")
+}

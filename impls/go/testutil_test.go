@@ -80,7 +80,7 @@ func prepareRun(t *testing.T, tr *Transformer, workers, batch int, allLogits boo
 	t.Helper()
 	tr.state = buildRunState(&tr.config, workers)
 	var err error
-	if tr.batch, err = buildBatchState(&tr.config, clampBatch(int64(batch), tr.config.SeqLen), allLogits); err != nil {
+	if tr.batch, err = buildBatchState(&tr.config, clampBatch(int64(batch), tr.config.SeqLen), workers, allLogits); err != nil {
 		t.Fatal(err)
 	}
 	tr.pool = newPool(workers)
