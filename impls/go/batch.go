@@ -20,13 +20,15 @@ const (
 // BatchState is the scratch of a batch of up to rows positions, allocated once at load in one
 // anonymous mapping.
 type BatchState struct {
-	rows             int       // min(-b, seq_len)
-	x, xb, xb2, q    []float32 // (rows, dim)
-	hb, hb2          []float32 // (rows, hidden_dim)
-	ropeCos, ropeSin []float32 // (rows, head_size / 2): each row's rotation
-	logits           []float32 // (rows, vocab), logits mode only
-	qa               q8Batch   // room for the rows quantized, for Q8_0 products
-	wpack            [][]byte  // per worker: weight rows interleaved for the VNNI tile
+	rows             int         // min(-b, seq_len)
+	x, xb, xb2, q    []float32   // (rows, dim)
+	hb, hb2          []float32   // (rows, hidden_dim)
+	ropeCos, ropeSin []float32   // (rows, head_size / 2): each row's rotation
+	logits           []float32   // (rows, vocab), logits mode only
+	qa               q8Batch     // room for the rows quantized, for Q8_0 products
+	wpack            [][]byte    // per worker: weight rows interleaved for the VNNI tile
+	vt               []float32   // (kv_dim, seq_len): the layer's values transposed, for attention
+	attS             [][]float32 // per worker: a tile's scores (rows, seq_len) and outputs (rows, head_size)
 	free             func()
 }
 
@@ -50,7 +52,7 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	// float32 counts of each buffer, each rounded up to 64 bytes so every row block is aligned
 	packedRow := int64(q8Groups(int(maxD/q8Block))) * q8GroupX
 	sizes := []int64{r * dim, r * dim, r * dim, r * dim, r * hid, r * hid, r * int64(c.headSize()/2), r * int64(c.headSize()/2), 0,
-		r * maxD / 4, r * maxD / q8Block, r * packedRow / 4}
+		r * maxD / 4, r * maxD / q8Block, r * packedRow / 4, int64(c.kvDim()) * int64(c.SeqLen)}
 	if allLogits {
 		sizes[8] = r * int64(c.VocabSize)
 	}
@@ -83,7 +85,9 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	b.qa.d = take(10)
 	packed := take(11)
 	b.qa.packed = unsafe.Slice((*byte)(unsafe.Pointer(&packed[0])), r*packedRow)
+	b.vt = take(12)
 	b.wpack = make([][]byte, workers)
+	b.attS = make([][]float32, workers)
 	return b, nil
 }
 
@@ -196,9 +200,85 @@ func (t *Transformer) ropeBatch(q, k []float32, T int) {
 }
 
 // attentionBatch writes into the batch's xb every (row, head) pair's causal attention: row r at
-// position p0 + r over cache positions 0 .. p0 + r of the layer whose cache starts at loff. The
-// pairs are split across the workers, each with its own score row.
+// position p0 + r over cache positions 0 .. p0 + r of the layer whose cache starts at loff.
+//
+// The rows go in tiles of the product kernel's activation rows, so that a head's scores and its
+// weighted sum of values are tile products: scores S = Q_tile K^T over the keys up to the tile's
+// last row (a row's entries past its own position are set to 0 after its softmax), then
+// S V, with V transposed once per layer so that its columns are rows. The (head, tile) pairs
+// are split across the workers. Fewer rows than a tile go one (row, head) pair at a time.
 func (t *Transformer) attentionBatch(loff, p0, T int) {
+	c, s, b := &t.config, &t.state, &t.batch
+	dim, hs, kvDim, nh, seq := c.Dim, c.headSize(), c.kvDim(), c.NHeads, c.SeqLen
+	kvMul := c.NHeads / c.NKVHeads
+	scale := float32(1 / math.Sqrt(float64(hs)))
+	tileC := f32TileRows(hs)
+	if T < tileC {
+		t.attentionPairs(loff, p0, T)
+		return
+	}
+	L := p0 + T
+	values := s.valueCache[loff : loff+L*kvDim]
+	vt := b.vt
+	for j := 0; j < L; j++ {
+		for i, v := range values[j*kvDim : (j+1)*kvDim] {
+			vt[i*seq+j] = v
+		}
+	}
+	tiles := (T + tileC - 1) / tileC
+	t.pool.run(nh*tiles, 1, func(worker, lo, hi int) {
+		if b.attS[worker] == nil {
+			b.attS[worker] = make([]float32, tileC*(seq+hs))
+		}
+		S, O := b.attS[worker][:tileC*seq], b.attS[worker][tileC*seq:]
+		for p := lo; p < hi; p++ {
+			h, ti := p/tiles, p%tiles
+			own := ti * tileC          // the first row this pair writes
+			t0 := minInt(own, T-tileC) // the first row of its tile (the last tile ends at T)
+			kvOff := (h / kvMul) * hs
+			jn := p0 + t0 + tileC // the keys of the tile's last row: 0 .. jn-1
+			keys := s.keyCache[loff : loff+jn*kvDim]
+			qt := b.q[t0*dim+h*hs:]
+			j := 0
+			for ; j+4 <= jn; j += 4 {
+				f32Tile(S[j:], seq, qt, dim, tileC, hs, keys[j*kvDim+kvOff:], kvDim)
+			}
+			for ; j < jn; j++ {
+				for r := 0; r < tileC; r++ {
+					S[r*seq+j] = dot(qt[r*dim:r*dim+hs], keys[j*kvDim+kvOff:j*kvDim+kvOff+hs])
+				}
+			}
+			for r := 0; r < tileC; r++ {
+				n := p0 + t0 + r + 1 // row r attends to positions 0 .. n-1
+				att := S[r*seq : r*seq+jn]
+				for i := range att[:n] {
+					att[i] *= scale
+				}
+				softmax(att[:n])
+				for i := n; i < jn; i++ {
+					att[i] = 0
+				}
+			}
+			vth := vt[kvOff*seq:]
+			i := 0
+			for ; i+4 <= hs; i += 4 {
+				f32Tile(O[i:], hs, S, seq, tileC, jn, vth[i*seq:], seq)
+			}
+			for ; i < hs; i++ {
+				for r := 0; r < tileC; r++ {
+					O[r*hs+i] = dot(S[r*seq:r*seq+jn], vth[i*seq:i*seq+jn])
+				}
+			}
+			for r := own - t0; r < tileC; r++ {
+				copy(b.xb[(t0+r)*dim+h*hs:(t0+r)*dim+(h+1)*hs], O[r*hs:(r+1)*hs])
+			}
+		}
+	})
+}
+
+// attentionPairs is attentionBatch one (row, head) pair at a time, as the one-position pass
+// does it.
+func (t *Transformer) attentionPairs(loff, p0, T int) {
 	c, s, b := &t.config, &t.state, &t.batch
 	dim, hs, kvDim, nh := c.Dim, c.headSize(), c.kvDim(), c.NHeads
 	kvMul := c.NHeads / c.NKVHeads

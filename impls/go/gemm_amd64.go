@@ -30,17 +30,17 @@ func detectAVX512() bool {
 	return ebx7&(f|dq|bw|vl) == f|dq|bw|vl
 }
 
-// gemm4x6AVX512: out[c*ldo + r] = W[r] . X[c] for 4 weight rows and 6 activation rows, each d
-// floats apart; n16 = d &^ 15 and mask = 1<<(d - n16) - 1.
+// gemm4x6AVX512: out[c*ldo + r] = W[r] . X[c] (d columns) for 4 weight rows wstride floats
+// apart and 6 activation rows xstride apart; n16 = d &^ 15 and mask = 1<<(d - n16) - 1.
 //
 //go:noescape
-func gemm4x6AVX512(w *float32, x *float32, d int, n16 int, mask uint16, out *float32, ldo int)
+func gemm4x6AVX512(w *float32, wstride int, x *float32, xstride int, n16 int, mask uint16, out *float32, ldo int)
 
 // gemm4x3AVX2: the same for 4 weight rows and 3 activation rows over the first n8 = d &^ 7
 // columns.
 //
 //go:noescape
-func gemm4x3AVX2(w *float32, x *float32, d int, n8 int, out *float32, ldo int)
+func gemm4x3AVX2(w *float32, wstride int, x *float32, xstride int, n8 int, out *float32, ldo int)
 
 // q8gemm4x3VNNI: 4 interleaved weight rows (wstride bytes apart) by 3 interleaved activation
 // rows (xstride apart), groups groups of eight blocks each, into out[c*ldo + r].

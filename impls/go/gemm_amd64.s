@@ -4,22 +4,24 @@
 
 #include "textflag.h"
 
-// func gemm4x6AVX512(w *float32, x *float32, d int, n16 int, mask uint16, out *float32, ldo int)
+// func gemm4x6AVX512(w *float32, wstride int, x *float32, xstride int, n16 int, mask uint16, out *float32, ldo int)
 //
-// out[c*ldo + r] = W[r, :d] . X[c, :d] for four weight rows (w, d floats apart) and six
-// activation rows (x, d floats apart). Accumulator Z(4c + r) holds lanes of row pair (r, c):
+// out[c*ldo + r] = W[r, :d] . X[c, :d] for four weight rows (w, wstride floats apart) and six
+// activation rows (x, xstride floats apart). Accumulator Z(4c + r) holds lanes of row pair (r, c):
 // each step of 16 columns loads the four weight vectors once and each activation vector once,
 // for 24 independent FMA chains. n16 = d rounded down to 16; mask has the low d - n16 bits set
 // (0: no tail), and the tail's masked loads read nothing past the rows.
-TEXT ·gemm4x6AVX512(SB), NOSPLIT, $0-56
+TEXT ·gemm4x6AVX512(SB), NOSPLIT, $0-64
 	MOVQ w+0(FP), SI
-	MOVQ x+8(FP), DI
-	MOVQ d+16(FP), DX
+	MOVQ wstride+8(FP), DX
 	SHLQ $2, DX
-	MOVQ n16+24(FP), CX
+	MOVQ x+16(FP), DI
+	MOVQ n16+32(FP), CX
 	LEAQ (SI)(DX*1), R9
 	LEAQ (R9)(DX*1), R10
 	LEAQ (R10)(DX*1), R11
+	MOVQ xstride+24(FP), DX
+	SHLQ $2, DX
 	LEAQ (DI)(DX*1), R12
 	LEAQ (R12)(DX*1), R13
 	LEAQ (R13)(DX*1), R14
@@ -93,7 +95,7 @@ g46_loop:
 	JB g46_loop
 
 g46_tail:
-	MOVWQZX mask+32(FP), DX
+	MOVWQZX mask+40(FP), DX
 	TESTQ DX, DX
 	JZ g46_sum
 	KMOVW DX, K1
@@ -133,8 +135,8 @@ g46_tail:
 	VFMADD231PS Z27, Z29, Z23
 
 g46_sum:
-	MOVQ out+40(FP), R8
-	MOVQ ldo+48(FP), DX
+	MOVQ out+48(FP), R8
+	MOVQ ldo+56(FP), DX
 	SHLQ $2, DX
 	VEXTRACTF64X4 $1, Z0, Y28
 	VADDPS Y28, Y0, Y0
@@ -228,20 +230,22 @@ g46_sum:
 	VZEROUPPER
 	RET
 
-// func gemm4x3AVX2(w *float32, x *float32, d int, n8 int, out *float32, ldo int)
+// func gemm4x3AVX2(w *float32, wstride int, x *float32, xstride int, n8 int, out *float32, ldo int)
 //
 // gemm4x6AVX512's tile for AVX2: four weight rows by three activation rows in Y0..Y11 (Y(4c+r)),
 // the weight vectors in Y12..Y15; n8 = d rounded down to 8, the columns after it are the
 // caller's.
-TEXT ·gemm4x3AVX2(SB), NOSPLIT, $0-48
+TEXT ·gemm4x3AVX2(SB), NOSPLIT, $0-56
 	MOVQ w+0(FP), SI
-	MOVQ x+8(FP), DI
-	MOVQ d+16(FP), DX
+	MOVQ wstride+8(FP), DX
 	SHLQ $2, DX
-	MOVQ n8+24(FP), CX
+	MOVQ x+16(FP), DI
+	MOVQ n8+32(FP), CX
 	LEAQ (SI)(DX*1), R9
 	LEAQ (R9)(DX*1), R10
 	LEAQ (R10)(DX*1), R11
+	MOVQ xstride+24(FP), DX
+	SHLQ $2, DX
 	LEAQ (DI)(DX*1), R12
 	LEAQ (R12)(DX*1), R13
 	VXORPS Y0, Y0, Y0
@@ -282,8 +286,8 @@ g43_loop:
 	JB g43_loop
 
 g43_sum:
-	MOVQ out+32(FP), R8
-	MOVQ ldo+40(FP), DX
+	MOVQ out+40(FP), R8
+	MOVQ ldo+48(FP), DX
 	SHLQ $2, DX
 	VHADDPS Y1, Y0, Y0
 	VHADDPS Y3, Y2, Y2

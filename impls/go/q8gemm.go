@@ -116,14 +116,14 @@ func q8Gemm(out []float32, ldo int, a *q8Batch, T int, w []byte, lo, hi int, scr
 		*scratch = make([]byte, need)
 	}
 	buf := *scratch
-	tFull := T / 3 * 3
 	for j0 := lo; j0 < hi; j0 += rowBlock {
 		j1 := minInt(j0+rowBlock, hi)
 		jFull := j0 + (j1-j0)&^3
 		for j := j0; j < jFull; j++ {
 			packQ8W(buf[(j-j0)*ws:(j-j0+1)*ws], w[j*rowBytes:(j+1)*rowBytes], nb)
 		}
-		for t := 0; t < tFull; t += 3 {
+		for t := 0; t < T; t += 3 {
+			t = minInt(t, T-3) // the last tile ends at T, overlapping the one before (f32Gemm)
 			xt := a.packed[t*xs : (t+3)*xs]
 			for j := j0; j < jFull; j += 4 {
 				o := out[t*ldo+j : (t+2)*ldo+j+4]
@@ -133,14 +133,10 @@ func q8Gemm(out []float32, ldo int, a *q8Batch, T int, w []byte, lo, hi int, scr
 		}
 		// the rows past the last group of four
 		if jFull < j1 {
-			for t := 0; t < tFull; t++ {
+			for t := 0; t < T; t++ {
 				q8Rows(out[t*ldo:(t+1)*ldo], w, a.row(t), jFull, j1)
 			}
 		}
-	}
-	// the activation rows past the last whole tile
-	for t := tFull; t < T; t++ {
-		q8Rows(out[t*ldo:(t+1)*ldo], w, a.row(t), lo, hi)
 	}
 }
 

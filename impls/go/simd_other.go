@@ -17,11 +17,11 @@ func q8RowsSIMD(out []float32, w []byte, a *q8Vec, lo, hi int) {
 
 const hasAVX512 = false
 
-func gemm4x6AVX512(w *float32, x *float32, d int, n16 int, mask uint16, out *float32, ldo int) {
+func gemm4x6AVX512(w *float32, wstride int, x *float32, xstride int, n16 int, mask uint16, out *float32, ldo int) {
 	panic("no SIMD kernels on this architecture")
 }
 
-func gemm4x3AVX2(w *float32, x *float32, d int, n8 int, out *float32, ldo int) {
+func gemm4x3AVX2(w *float32, wstride int, x *float32, xstride int, n8 int, out *float32, ldo int) {
 	panic("no SIMD kernels on this architecture")
 }
 
