@@ -132,7 +132,7 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 		rmsnormRows(xb, x, w.rmsFFN[l], dim)
 		t.gemmShared(xb, T, [][]float32{hb, hb2}, []*Matrix{&w.w1[l], &w.w3[l]})
 		for i, g := range hb {
-			hb[i] = g / (1 + float32(math.Exp(float64(-g)))) * hb2[i]
+			hb[i] = g / (1 + expf(-g)) * hb2[i]
 		}
 		t.gemmShared(hb, T, [][]float32{xb2}, []*Matrix{&w.w2[l]})
 		addInto(x, xb2)
@@ -220,9 +220,14 @@ func (t *Transformer) attentionBatch(loff, p0, T int) {
 	L := p0 + T
 	values := s.valueCache[loff : loff+L*kvDim]
 	vt := b.vt
-	for j := 0; j < L; j++ {
-		for i, v := range values[j*kvDim : (j+1)*kvDim] {
-			vt[i*seq+j] = v
+	// in blocks of 16 positions, so that each row of vt gets a whole cache line at a time
+	for j0 := 0; j0 < L; j0 += 16 {
+		j1 := minInt(j0+16, L)
+		for i := 0; i < kvDim; i++ {
+			dst := vt[i*seq+j0 : i*seq+j1]
+			for j := range dst {
+				dst[j] = values[(j0+j)*kvDim+i]
+			}
 		}
 	}
 	tiles := (T + tileC - 1) / tileC
@@ -254,7 +259,7 @@ func (t *Transformer) attentionBatch(loff, p0, T int) {
 				for i := range att[:n] {
 					att[i] *= scale
 				}
-				softmax(att[:n])
+				softmaxExpf(att[:n])
 				for i := n; i < jn; i++ {
 					att[i] = 0
 				}
@@ -298,7 +303,7 @@ func (t *Transformer) attentionPairs(loff, p0, T int) {
 			for ti := range att {
 				att[ti] = dot(q, keys[ti*kvDim+kvOff:ti*kvDim+kvOff+hs]) * scale
 			}
-			softmax(att)
+			softmaxExpf(att)
 			xb := b.xb[r*dim+h*hs : r*dim+(h+1)*hs]
 			for i := range xb {
 				xb[i] = 0

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"fmt"
 	"math/rand"
 	"syscall"
 	"testing"
@@ -16,8 +17,14 @@ func cpuSeconds() float64 {
 }
 
 func benchGemm(b *testing.B, q8 bool) {
+	for _, shape := range [][2]int{{768, 768}, {2048, 768}, {768, 2048}} {
+		benchGemmShape(b, q8, shape[0], shape[1])
+	}
+}
+
+func benchGemmShape(b *testing.B, q8 bool, n, d int) {
 	rng := rand.New(rand.NewSource(4))
-	const T, d, n = 512, 768, 768
+	const T = 512
 	w, x := randomRows(rng, n*d), randomRows(rng, T*d)
 	out := make([]float32, T*n)
 	var wq, scratch []byte
@@ -39,7 +46,7 @@ func benchGemm(b *testing.B, q8 bool) {
 			}
 		}
 		c := cpuSeconds() - c0
-		b.Logf("%s: %.1f GFLOP per CPU-second", kernels, 2*float64(T*d*n)*float64(b.N)/c/1e9)
+		fmt.Printf("n %d d %d %s: %.1f GFLOP per CPU-second\n", n, d, kernels, 2*float64(T*d*n)*float64(b.N)/c/1e9)
 	})
 }
 
