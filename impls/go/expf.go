@@ -8,18 +8,27 @@ package main
 import "math"
 
 func expf(x float32) float32 {
-	switch {
-	case x != x: // NaN
-		return x
-	case x > 88.72283:
-		return float32(math.Inf(1))
-	case x < -87.33654: // below the smallest normal float32: 0 (a subnormal at most)
+	if !(x >= -87.33654) { // below the smallest normal float32 (a subnormal at most), or NaN
+		if x != x {
+			return x
+		}
 		return 0
 	}
-	// x = n ln2 + r, |r| <= ln2/2, with ln2 split in two so that n*ln2Hi is exact
+	if x > 88.72283 {
+		return float32(math.Inf(1))
+	}
+	// x = n ln2 + r, |r| <= ln2/2, with ln2 split in two so that n*ln2Hi is exact; n is
+	// rounded by conversion (towards zero) after adding +-1/2, which needs no math.Floor call
 	const log2e, ln2Hi, ln2Lo = 1.442695, 0.693145751953125, 1.428606765330187e-06
-	n := float32(math.Floor(float64(x*log2e + 0.5)))
-	r := (x - n*ln2Hi) - n*ln2Lo
+	t := x * log2e
+	var n int32
+	if t >= 0 {
+		n = int32(t + 0.5)
+	} else {
+		n = int32(t - 0.5)
+	}
+	fn := float32(n)
+	r := (x - fn*ln2Hi) - fn*ln2Lo
 	// Taylor to r^7: the next term is below 2e-8 relative for |r| <= 0.347
 	p := float32(1.0 / 5040)
 	p = p*r + 1.0/720
@@ -29,11 +38,10 @@ func expf(x float32) float32 {
 	p = p*r + 0.5
 	p = p*r + 1
 	p = p*r + 1
-	// times 2^n, n in [-126, 128]: in two steps so 2^128 never has to be represented
-	h := int32(n) / 2
-	s1 := math.Float32frombits(uint32(h+127) << 23)
-	s2 := math.Float32frombits(uint32(int32(n)-h+127) << 23)
-	return p * s1 * s2
+	if n > 127 { // 2^128 is not a float32: scale in two steps
+		return p * 2 * math.Float32frombits(uint32(n-1+127)<<23)
+	}
+	return p * math.Float32frombits(uint32(n+127)<<23)
 }
 
 // softmaxExpf is softmax with expf.
