@@ -118,7 +118,7 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 	t.ropeBatchTables(p0, T)
 	for l := 0; l < c.NLayers; l++ {
 		// attention: every row's k and v go into the cache before any row attends
-		rmsnormRows(xb, x, w.rmsAtt[l], dim)
+		t.rmsnormRows(xb, x, w.rmsAtt[l], dim)
 		loff := l * c.SeqLen * kvDim
 		kc := s.keyCache[loff+p0*kvDim : loff+(p0+T)*kvDim]
 		vc := s.valueCache[loff+p0*kvDim : loff+(p0+T)*kvDim]
@@ -126,16 +126,19 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 		t.ropeBatch(q, kc, T)
 		t.attentionBatch(loff, p0, T)
 		t.gemmShared(xb, T, [][]float32{xb2}, []*Matrix{&w.wo[l]})
-		addInto(x, xb2)
+		t.addRows(x, xb2, dim)
 
 		// feed-forward
-		rmsnormRows(xb, x, w.rmsFFN[l], dim)
+		t.rmsnormRows(xb, x, w.rmsFFN[l], dim)
 		t.gemmShared(xb, T, [][]float32{hb, hb2}, []*Matrix{&w.w1[l], &w.w3[l]})
-		for i, g := range hb {
-			hb[i] = g / (1 + expf(-g)) * hb2[i]
-		}
+		t.rows(T, func(lo, hi int) {
+			h, h2 := hb[lo*hid:hi*hid], hb2[lo*hid:hi*hid]
+			for i, g := range h {
+				h[i] = g / (1 + expf(-g)) * h2[i]
+			}
+		})
 		t.gemmShared(hb, T, [][]float32{xb2}, []*Matrix{&w.w2[l]})
-		addInto(x, xb2)
+		t.addRows(x, xb2, dim)
 	}
 	switch want {
 	case logitsLast:
@@ -144,7 +147,7 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 		t.matmul(s.logits, s.x, &w.wcls)
 		return s.logits
 	case logitsAll:
-		rmsnormRows(xb, x, w.rmsFinal, dim)
+		t.rmsnormRows(xb, x, w.rmsFinal, dim)
 		logits := b.logits[:T*c.VocabSize]
 		t.gemmShared(xb, T, [][]float32{logits}, []*Matrix{&w.wcls})
 		return logits
@@ -152,17 +155,28 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 	return nil
 }
 
-func rmsnormRows(o, x, weight []float32, dim int) {
-	for r := 0; r < len(x)/dim; r++ {
-		rmsnorm(o[r*dim:(r+1)*dim], x[r*dim:(r+1)*dim], weight)
-	}
+// rows runs fn over the T rows of the batch, split across the workers: the work between the
+// products (norms, residual adds, SwiGLU, the quantization) would otherwise run on one thread.
+func (t *Transformer) rows(T int, fn func(lo, hi int)) {
+	t.pool.run(T, 1, func(_, lo, hi int) { fn(lo, hi) })
 }
 
-func addInto(x, y []float32) {
-	y = y[:len(x)]
-	for i := range x {
-		x[i] += y[i]
-	}
+func (t *Transformer) rmsnormRows(o, x, weight []float32, dim int) {
+	t.rows(len(x)/dim, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			rmsnorm(o[r*dim:(r+1)*dim], x[r*dim:(r+1)*dim], weight)
+		}
+	})
+}
+
+// addRows adds y to x, both (T, dim).
+func (t *Transformer) addRows(x, y []float32, dim int) {
+	t.rows(len(x)/dim, func(lo, hi int) {
+		xs, ys := x[lo*dim:hi*dim], y[lo*dim:hi*dim]
+		for i := range xs {
+			xs[i] += ys[i]
+		}
+	})
 }
 
 // ropeBatchTables fills row r's rotation with position p0 + r's, as ropeTables does for one.
@@ -220,16 +234,19 @@ func (t *Transformer) attentionBatch(loff, p0, T int) {
 	L := p0 + T
 	values := s.valueCache[loff : loff+L*kvDim]
 	vt := b.vt
-	// in blocks of 16 positions, so that each row of vt gets a whole cache line at a time
-	for j0 := 0; j0 < L; j0 += 16 {
-		j1 := minInt(j0+16, L)
-		for i := 0; i < kvDim; i++ {
-			dst := vt[i*seq+j0 : i*seq+j1]
-			for j := range dst {
-				dst[j] = values[(j0+j)*kvDim+i]
+	// in blocks of 16 positions, so that each row of vt gets a whole cache line at a time; the
+	// workers split the columns
+	t.pool.run(kvDim, 16, func(_, lo, hi int) {
+		for j0 := 0; j0 < L; j0 += 16 {
+			j1 := minInt(j0+16, L)
+			for i := lo; i < hi; i++ {
+				dst := vt[i*seq+j0 : i*seq+j1]
+				for j := range dst {
+					dst[j] = values[(j0+j)*kvDim+i]
+				}
 			}
 		}
-	}
+	})
 	tiles := (T + tileC - 1) / tileC
 	t.pool.run(nh*tiles, 1, func(worker, lo, hi int) {
 		if b.attS[worker] == nil {
@@ -328,7 +345,7 @@ func (t *Transformer) gemmShared(x []float32, T int, outs [][]float32, ws []*Mat
 	for _, w := range ws {
 		if w.isQ8() {
 			qa = &t.batch.qa
-			qa.quantize(x, T, d)
+			qa.quantize(t, x, T, d)
 			break
 		}
 	}
@@ -360,17 +377,25 @@ func (t *Transformer) gemmShared(x []float32, T int, outs [][]float32, ws []*Mat
 }
 
 // quantize fills the batch with the T rows of x (T, d), each as section 4 quantizes one
-// activation vector.
-func (a *q8Batch) quantize(x []float32, T, d int) {
+// activation vector, the rows split across t's workers (t nil: on this goroutine).
+func (a *q8Batch) quantize(t *Transformer, x []float32, T, d int) {
 	nb := d / q8Block
 	a.n = d
 	xs := q8Groups(nb) * q8GroupX
-	for r := 0; r < T; r++ {
-		quantizeBlocks(a.qs[r*d:(r+1)*d], a.d[r*nb:(r+1)*nb], x[r*d:(r+1)*d])
-		if useVNNI() {
-			packQ8X(a.packed[r*xs:(r+1)*xs], a.qs[r*d:(r+1)*d], a.d[r*nb:(r+1)*nb])
+	pack := useVNNI()
+	fn := func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			quantizeBlocks(a.qs[r*d:(r+1)*d], a.d[r*nb:(r+1)*nb], x[r*d:(r+1)*d])
+			if pack {
+				packQ8X(a.packed[r*xs:(r+1)*xs], a.qs[r*d:(r+1)*d], a.d[r*nb:(r+1)*nb])
+			}
 		}
 	}
+	if t == nil {
+		fn(0, T)
+		return
+	}
+	t.rows(T, fn)
 }
 
 // row is row r of the batch as a one-vector activation.

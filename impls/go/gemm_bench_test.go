@@ -35,7 +35,7 @@ func benchGemmShape(b *testing.B, q8 bool, n, d int) {
 	withGemmKernels(&testing.T{}, func(_ *testing.T, kernels string) {
 		if q8 {
 			qa = newQ8Batch(T, d)
-			qa.quantize(x, T, d)
+			qa.quantize(nil, x, T, d)
 		}
 		c0 := cpuSeconds()
 		for i := 0; i < b.N; i++ {

@@ -89,7 +89,7 @@ func TestQ8GemmMatchesPlainLoop(t *testing.T) {
 						}
 					}
 					a := newQ8Batch(T, d)
-					a.quantize(x, T, d)
+					a.quantize(nil, x, T, d)
 					ldo := n + 2
 					out := make([]float32, T*ldo)
 					lo := n / 3
