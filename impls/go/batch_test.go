@@ -84,3 +84,17 @@ func TestBatchedLogitsStories260K(t *testing.T) {
 		checkBatchedLogits(t, tr, kernels+" q8_0", true)
 	})
 }
+
+// TestBatchScratchRefused: a batch whose scratch the system cannot map is a runtime error
+// (exit 1), not a crash: 65536 rows of a 2^20-token vocabulary's logits are 256 GiB.
+func TestBatchScratchRefused(t *testing.T) {
+	c := &Config{Dim: 64, HiddenDim: 172, NLayers: 1, NHeads: 8, NKVHeads: 4, VocabSize: 1 << 20, SeqLen: 65536}
+	b, err := buildBatchState(c, 65536, 1, true)
+	if err == nil {
+		b.free()
+		t.Skip("this system maps 256 GiB (overcommit); the refusal cannot be provoked here")
+	}
+	if exitCode(err) != exitRuntime {
+		t.Fatalf("buildBatchState: %v, want a runtime error", err)
+	}
+}
