@@ -6,6 +6,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"unsafe"
 )
@@ -62,7 +63,7 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	}
 	mem, free, err := allocScratch(4 * total)
 	if err != nil {
-		return BatchState{}, &exitError{exitRuntime, "cannot allocate " + itoa64(4*total) + " bytes for a batch of " + itoa64(r) + " positions: " + err.Error()}
+		return BatchState{}, &exitError{exitRuntime, fmt.Sprintf("cannot allocate %d bytes for a batch of %d positions: %v", 4*total, r, err)}
 	}
 	all := unsafe.Slice((*float32)(unsafe.Pointer(&mem[0])), total)
 	var off int64
@@ -89,19 +90,6 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	b.wpack = make([][]byte, workers)
 	b.attS = make([][]float32, workers)
 	return b, nil
-}
-
-func itoa64(v int64) string {
-	if v == 0 {
-		return "0"
-	}
-	var buf [20]byte
-	i := len(buf)
-	for ; v > 0; v /= 10 {
-		i--
-		buf[i] = byte('0' + v%10)
-	}
-	return string(buf[i:])
 }
 
 // forwardBatch runs tokens at positions p0 .. p0+len(tokens)-1 (at most batch.rows of them) and

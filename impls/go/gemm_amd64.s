@@ -1,6 +1,6 @@
-// amd64 kernels of the batched products (gemm_amd64.go says when each runs), generated in
-// this form (every register named, no macros) because a tile's 24 accumulators each need their
-// own instructions. Plan 9 operand order: sources first, the destination last.
+// amd64 kernels of the batched products (gemm_amd64.go says when each runs), written out in
+// full, every register named, because each of a tile's accumulators needs instructions of its
+// own. Plan 9 operand order: sources first, the destination last.
 
 #include "textflag.h"
 
