@@ -120,10 +120,7 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 		t.rmsnormRows(xb, x, w.rmsFFN[l], dim)
 		t.gemmShared(xb, T, [][]float32{hb, hb2}, []*Matrix{&w.w1[l], &w.w3[l]})
 		t.rows(T, func(lo, hi int) {
-			h, h2 := hb[lo*hid:hi*hid], hb2[lo*hid:hi*hid]
-			for i, g := range h {
-				h[i] = g / (1 + expf(-g)) * h2[i]
-			}
+			swiglu(hb[lo*hid:hi*hid], hb2[lo*hid:hi*hid])
 		})
 		t.gemmShared(hb, T, [][]float32{xb2}, []*Matrix{&w.w2[l]})
 		t.addRows(x, xb2, dim)

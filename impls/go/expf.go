@@ -1,7 +1,7 @@
 // A float32 exponential for the batched pass's SwiGLU and softmax, which compute tens of
 // millions of them per prompt: math.Exp works in float64 with a general-purpose reduction, this
 // one in float32 with the accuracy a float32 result needs (within 2 ulp; tested against
-// math.Exp). The one-position pass keeps math.Exp.
+// math.Exp), and in 16 lanes with AVX-512 (gemm_amd64.s). The one-position pass keeps math.Exp.
 
 package main
 
@@ -44,7 +44,7 @@ func expf(x float32) float32 {
 	return p * math.Float32frombits(uint32(n+127)<<23)
 }
 
-// softmaxExpf is softmax with expf.
+// softmaxExpf is softmax with expf, or with its AVX-512 form (gemm_amd64.s).
 func softmaxExpf(x []float32) {
 	maxVal := x[0]
 	for _, v := range x[1:] {
@@ -53,13 +53,32 @@ func softmaxExpf(x []float32) {
 		}
 	}
 	var sum float32
-	for i, v := range x {
-		e := expf(v - maxVal)
-		x[i] = e
-		sum += e
+	if simdKernels && hasAVX512 {
+		sum = expSumAVX512(&x[0], len(x), maxVal)
+	} else {
+		for i, v := range x {
+			e := expf(v - maxVal)
+			x[i] = e
+			sum += e
+		}
 	}
 	inv := 1 / sum
 	for i := range x {
 		x[i] *= inv
+	}
+}
+
+// swiglu sets h[i] = silu(h[i]) * u[i], silu(g) = g / (1 + exp(-g)).
+func swiglu(h, u []float32) {
+	if len(h) == 0 {
+		return
+	}
+	u = u[:len(h)]
+	if simdKernels && hasAVX512 {
+		swigluAVX512(&h[0], &u[0], len(h))
+		return
+	}
+	for i, g := range h {
+		h[i] = g / (1 + expf(-g)) * u[i]
 	}
 }

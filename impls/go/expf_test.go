@@ -41,3 +41,57 @@ func TestExpf(t *testing.T) {
 		t.Errorf("expf(NaN) = %v", v)
 	}
 }
+
+// TestSwigluAndSoftmax: the batched pass's SwiGLU and softmax, with each kernel set, against
+// float64 definitions, at lengths around the 16-lane steps.
+func TestSwigluAndSoftmax(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	withGemmKernels(t, func(t *testing.T, kernels string) {
+		for _, n := range []int{1, 5, 15, 16, 17, 33, 100} {
+			h, u := make([]float32, n), make([]float32, n)
+			for i := range h {
+				h[i] = float32(rng.NormFloat64() * 8)
+				u[i] = float32(rng.NormFloat64())
+			}
+			h[0] = -200 // exp(200) overflows: silu is -0
+			if n > 1 {
+				h[1] = 200
+			}
+			want := make([]float64, n)
+			for i, g := range h {
+				want[i] = float64(g) / (1 + math.Exp(-float64(g))) * float64(u[i])
+			}
+			got := append([]float32(nil), h...)
+			swiglu(got, u)
+			for i := range got {
+				if d := math.Abs(float64(got[i]) - want[i]); d > 4e-7*math.Abs(want[i])+1e-30 {
+					t.Fatalf("%s n %d: swiglu[%d] = %v, want %v", kernels, n, i, got[i], want[i])
+				}
+			}
+			x := append([]float32(nil), h...)
+			x[0] = -1e30 // far below the others: exp underflows to 0
+			var m float64 = -math.MaxFloat64
+			for _, v := range x {
+				m = math.Max(m, float64(v))
+			}
+			var sum float64
+			for _, v := range x {
+				sum += math.Exp(float64(v) - m)
+			}
+			got = append([]float32(nil), x...)
+			softmaxExpf(got)
+			for i, v := range x {
+				w := math.Exp(float64(v)-m) / sum
+				if d := math.Abs(float64(got[i]) - w); d > 1e-6*w+1e-12 {
+					t.Fatalf("%s n %d: softmax[%d] = %v, want %v", kernels, n, i, got[i], w)
+				}
+			}
+		}
+		if y := []float32{float32(math.NaN()), 1}; true {
+			swiglu(y, []float32{1, 1})
+			if y[0] == y[0] {
+				t.Errorf("%s: swiglu(NaN) = %v", kernels, y[0])
+			}
+		}
+	})
+}

@@ -47,3 +47,13 @@ func gemm4x3AVX2(w *float32, wstride int, x *float32, xstride int, n8 int, out *
 //
 //go:noescape
 func q8gemm4x3VNNI(w *byte, wstride int, x *byte, xstride int, groups int, out *float32, ldo int)
+
+// swigluAVX512: h[i] = h[i] / (1 + exp(-h[i])) * u[i] for i < n (n >= 1).
+//
+//go:noescape
+func swigluAVX512(h *float32, u *float32, n int)
+
+// expSumAVX512: x[i] = exp(x[i] - m) for i < n (n >= 1), returning their sum.
+//
+//go:noescape
+func expSumAVX512(x *float32, n int, m float32) float32

@@ -572,3 +572,154 @@ q8g_group:
 	VMOVUPS X0, (R8)
 	VZEROUPPER
 	RET
+
+// exp16 leaves exp(Z0) in Z0 for 16 lanes (clobbers Z1, Z2): x = n ln2 + r with n = round(x
+// log2e) and ln2 in two parts (Z29 hi, Z30 lo), a degree-7 Taylor polynomial in r (Horner, the
+// coefficients broadcast in Z21-Z27, 1/5040 first), then VSCALEFPS multiplies by 2^n, which
+// also gives 0 below the float32 range and +Inf above it. The input is clamped below at -104
+// first, so that n stays a small integer (a NaN stays NaN). Written out at each use.
+
+// func swigluAVX512(h *float32, u *float32, n int)
+//
+// h[i] = h[i] / (1 + exp(-h[i])) * u[i] for i < n, 16 lanes at a time, the last step masked.
+TEXT ·swigluAVX512(SB), NOSPLIT, $0-24
+	MOVQ h+0(FP), DI
+	MOVQ u+8(FP), SI
+	MOVQ n+16(FP), R9
+	MOVL $0x39500d01, AX
+	VPBROADCASTD AX, Z21
+	MOVL $0x3ab60b61, AX
+	VPBROADCASTD AX, Z22
+	MOVL $0x3c088889, AX
+	VPBROADCASTD AX, Z23
+	MOVL $0x3d2aaaab, AX
+	VPBROADCASTD AX, Z24
+	MOVL $0x3e2aaaab, AX
+	VPBROADCASTD AX, Z25
+	MOVL $0x3f000000, AX
+	VPBROADCASTD AX, Z26
+	MOVL $0x3f800000, AX
+	VPBROADCASTD AX, Z27
+	MOVL $0x3fb8aa3b, AX
+	VPBROADCASTD AX, Z28
+	MOVL $0x3f317200, AX
+	VPBROADCASTD AX, Z29
+	MOVL $0x35bfbe8e, AX
+	VPBROADCASTD AX, Z30
+	MOVL $0xc2d00000, AX
+	VPBROADCASTD AX, Z31
+	XORQ DX, DX
+swiglu_loop:
+	MOVQ R9, CX
+	SUBQ DX, CX
+	JLE  swiglu_done
+	MOVL $0xffff, AX
+	CMPQ CX, $16
+	JAE  swiglu_mask
+	MOVL $1, AX
+	SHLL CX, AX
+	DECL AX
+swiglu_mask:
+	KMOVW AX, K1
+	VMOVUPS.Z (DI)(DX*4), K1, Z3
+	VMOVUPS.Z (SI)(DX*4), K1, Z4
+	VXORPS Z0, Z0, Z0
+	VSUBPS Z3, Z0, Z0
+	VMAXPS Z0, Z31, Z0
+	VMULPS Z28, Z0, Z1
+	VRNDSCALEPS $0, Z1, Z1
+	VFNMADD231PS Z29, Z1, Z0
+	VFNMADD231PS Z30, Z1, Z0
+	VMOVAPS Z21, Z2
+	VFMADD213PS Z22, Z0, Z2
+	VFMADD213PS Z23, Z0, Z2
+	VFMADD213PS Z24, Z0, Z2
+	VFMADD213PS Z25, Z0, Z2
+	VFMADD213PS Z26, Z0, Z2
+	VFMADD213PS Z27, Z0, Z2
+	VFMADD213PS Z27, Z0, Z2
+	VSCALEFPS Z1, Z2, Z0
+	VADDPS Z27, Z0, Z0
+	VDIVPS Z0, Z3, Z3
+	VMULPS Z4, Z3, Z3
+	VMOVUPS Z3, K1, (DI)(DX*4)
+	ADDQ $16, DX
+	JMP  swiglu_loop
+swiglu_done:
+	VZEROUPPER
+	RET
+
+// func expSumAVX512(x *float32, n int, m float32) float32
+//
+// x[i] = exp(x[i] - m) for i < n, returning their sum (16 lane sums, then the lanes).
+TEXT ·expSumAVX512(SB), NOSPLIT, $0-28
+	MOVQ x+0(FP), DI
+	MOVQ n+8(FP), R9
+	VBROADCASTSS m+16(FP), Z5
+	VXORPS Z6, Z6, Z6
+	MOVL $0x39500d01, AX
+	VPBROADCASTD AX, Z21
+	MOVL $0x3ab60b61, AX
+	VPBROADCASTD AX, Z22
+	MOVL $0x3c088889, AX
+	VPBROADCASTD AX, Z23
+	MOVL $0x3d2aaaab, AX
+	VPBROADCASTD AX, Z24
+	MOVL $0x3e2aaaab, AX
+	VPBROADCASTD AX, Z25
+	MOVL $0x3f000000, AX
+	VPBROADCASTD AX, Z26
+	MOVL $0x3f800000, AX
+	VPBROADCASTD AX, Z27
+	MOVL $0x3fb8aa3b, AX
+	VPBROADCASTD AX, Z28
+	MOVL $0x3f317200, AX
+	VPBROADCASTD AX, Z29
+	MOVL $0x35bfbe8e, AX
+	VPBROADCASTD AX, Z30
+	MOVL $0xc2d00000, AX
+	VPBROADCASTD AX, Z31
+	XORQ DX, DX
+expsum_loop:
+	MOVQ R9, CX
+	SUBQ DX, CX
+	JLE  expsum_done
+	MOVL $0xffff, AX
+	CMPQ CX, $16
+	JAE  expsum_mask
+	MOVL $1, AX
+	SHLL CX, AX
+	DECL AX
+expsum_mask:
+	KMOVW AX, K1
+	VMOVUPS.Z (DI)(DX*4), K1, Z0
+	VSUBPS Z5, Z0, Z0
+	VMAXPS Z0, Z31, Z0
+	VMULPS Z28, Z0, Z1
+	VRNDSCALEPS $0, Z1, Z1
+	VFNMADD231PS Z29, Z1, Z0
+	VFNMADD231PS Z30, Z1, Z0
+	VMOVAPS Z21, Z2
+	VFMADD213PS Z22, Z0, Z2
+	VFMADD213PS Z23, Z0, Z2
+	VFMADD213PS Z24, Z0, Z2
+	VFMADD213PS Z25, Z0, Z2
+	VFMADD213PS Z26, Z0, Z2
+	VFMADD213PS Z27, Z0, Z2
+	VFMADD213PS Z27, Z0, Z2
+	VSCALEFPS Z1, Z2, Z0
+	VMOVAPS.Z Z0, K1, Z0
+	VADDPS Z0, Z6, Z6
+	VMOVUPS Z0, K1, (DI)(DX*4)
+	ADDQ $16, DX
+	JMP  expsum_loop
+expsum_done:
+	VEXTRACTF64X4 $1, Z6, Y7
+	VADDPS Y7, Y6, Y6
+	VEXTRACTF128 $1, Y6, X7
+	VADDPS X7, X6, X6
+	VHADDPS X6, X6, X6
+	VHADDPS X6, X6, X6
+	VMOVSS X6, ret+24(FP)
+	VZEROUPPER
+	RET

@@ -30,3 +30,9 @@ const hasVNNI = false
 func q8gemm4x3VNNI(w *byte, wstride int, x *byte, xstride int, groups int, out *float32, ldo int) {
 	panic("no SIMD kernels on this architecture")
 }
+
+func swigluAVX512(h *float32, u *float32, n int) { panic("no SIMD kernels on this architecture") }
+
+func expSumAVX512(x *float32, n int, m float32) float32 {
+	panic("no SIMD kernels on this architecture")
+}
