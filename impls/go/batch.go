@@ -53,7 +53,7 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	// float32 counts of each buffer, each rounded up to 64 bytes so every row block is aligned
 	packedRow := int64(q8Groups(int(maxD/q8Block))) * q8GroupX
 	sizes := []int64{r * dim, r * dim, r * dim, r * dim, r * hid, r * hid, r * int64(c.headSize()/2), r * int64(c.headSize()/2), 0,
-		r * maxD / 4, r * maxD / q8Block, r * packedRow / 4, int64(c.kvDim()) * int64(c.SeqLen)}
+		(r*maxD + 3) / 4, r * maxD / q8Block, r * packedRow / 4, int64(c.kvDim()) * int64(c.SeqLen)}
 	if allLogits {
 		sizes[8] = r * int64(c.VocabSize)
 	}
@@ -81,11 +81,14 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	} else {
 		take(8)
 	}
+	// the int8 and byte buffers are float32 runs seen as bytes (the int8 run rounded up)
 	qs := take(9)
 	b.qa.qs = unsafe.Slice((*int8)(unsafe.Pointer(&qs[0])), r*maxD)
 	b.qa.d = take(10)
 	packed := take(11)
-	b.qa.packed = unsafe.Slice((*byte)(unsafe.Pointer(&packed[0])), r*packedRow)
+	if len(packed) > 0 {
+		b.qa.packed = unsafe.Slice((*byte)(unsafe.Pointer(&packed[0])), r*packedRow)
+	}
 	b.vt = take(12)
 	b.wpack = make([][]byte, workers)
 	b.attS = make([][]float32, workers)

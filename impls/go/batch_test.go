@@ -98,3 +98,23 @@ func TestBatchScratchRefused(t *testing.T) {
 		t.Fatalf("buildBatchState: %v, want a runtime error", err)
 	}
 }
+
+// TestBatchStateTinyShapes: the smallest valid shapes (an activation row shorter than a float32
+// run of int8 quants, no whole Q8_0 block) still get their scratch.
+func TestBatchStateTinyShapes(t *testing.T) {
+	for _, c := range []Config{
+		{Dim: 2, HiddenDim: 1, NLayers: 1, NHeads: 1, NKVHeads: 1, VocabSize: 259, SeqLen: 1},
+		{Dim: 6, HiddenDim: 3, NLayers: 2, NHeads: 1, NKVHeads: 1, VocabSize: 512, SeqLen: 16},
+	} {
+		for _, rows := range []int{1, c.SeqLen} {
+			b, err := buildBatchState(&c, rows, 2, true)
+			if err != nil {
+				t.Fatalf("%+v, %d rows: %v", c, rows, err)
+			}
+			if len(b.qa.qs) != rows*c.Dim && len(b.qa.qs) != rows*c.HiddenDim {
+				t.Errorf("%+v: %d quants for %d rows", c, len(b.qa.qs), rows)
+			}
+			b.free()
+		}
+	}
+}
