@@ -168,6 +168,13 @@ final class SimdKernels implements Kernels {
         return v.lanewise(VectorOperators.LSHL, 16).lanewise(VectorOperators.ASHR, 16).add(v.lanewise(VectorOperators.ASHR, 16));
     }
 
+    /** The register-tiled product: TileMatmul. */
+    @Override
+    public void matmul(float[] w, int wOff, int nRows, float[] x, int xOff, int xStride, int T, int n,
+                       float[] out, int outOff, int outStride) {
+        TileMatmul.matmul(w, wOff, nRows, x, xOff, xStride, T, n, out, outOff, outStride);
+    }
+
     @Override
     public float dot(float[] a, int ao, float[] b, int bo, int n) {
         FloatVector acc = FloatVector.zero(S);
