@@ -31,6 +31,10 @@ final class Batch {
     static final int GROUP = 16;
     /** Activation rows multiplied per pass over a tile: 64 rows of dim 768 are 192 KiB, in L2. */
     static final int TOKEN_BLOCK = 64;
+    /** Rows of a head's attention block (attendBlock). */
+    static final int ATT_ROWS = 32;
+    /** The most floats a worker's attention scratch may take; above it the attention goes pair by pair. */
+    static final long ATT_SCRATCH = 1L << 24;
     /** Rows of logits computed at once in logits mode. */
     static final int LOGIT_ROWS = 32;
 
@@ -43,7 +47,10 @@ final class Batch {
     final float[] drow;              // its blocks' scales
     final float[] ropeCos, ropeSin;  // (rows, dim / 2)
     final float[][] tiles;           // (worker, GROUP * max(dim, hidden_dim)) weight tiles
-    final float[][] att;             // (worker, seq_len) attention scores
+    final float[][] att;             // (worker, seq_len) attention scores, pair by pair
+    final boolean tiledAttention;    // attendBlock's scratch fits ATT_SCRATCH
+    final float[][] scores;          // (worker, ATT_ROWS * seq_len) a block's scores
+    final float[][] valuesT;         // (worker, head_size * seq_len) a head's values, transposed
     final float[] logits;            // (min(rows, LOGIT_ROWS), vocab)
     final float[] normed;            // (dim) a row through the final norm
 
@@ -66,6 +73,10 @@ final class Batch {
         ropeSin = new float[ropeCos.length];
         tiles = new float[tr.pool.workers][size(GROUP, wide)];
         att = new float[tr.pool.workers][c.seqLen];
+        tiledAttention = (long) (ATT_ROWS + c.headSize) * c.seqLen <= ATT_SCRATCH;
+        int wks = tiledAttention ? tr.pool.workers : 0;
+        scores = new float[wks][size(ATT_ROWS, c.seqLen)];
+        valuesT = new float[wks][size(c.headSize, c.seqLen)];
         logits = new float[size(Math.min(rows, LOGIT_ROWS), c.vocabSize)];
         normed = new float[c.dim];
     }
@@ -120,18 +131,25 @@ final class Batch {
                 rotate(keys, (p0 + t) * kvDim, kvDim, t);
             }
 
-            // causal attention by (row, head) pairs: row t reads cache positions 0 .. p0 + t
-            tr.parallelFor(T * c.nHeads, 1, (wk, j0, j1) -> {
-                float[] a = att[wk];
-                for (int j = j0; j < j1; j++) {
-                    int t = j / c.nHeads, h = j % c.nHeads, pos = p0 + t;
-                    int qOff = t * dim + h * hs, kvOff = (h / kvMul) * hs;
-                    for (int s = 0; s <= pos; s++) a[s] = k.dot(q, qOff, keys, s * kvDim + kvOff, hs) * scale;
-                    Transformer.softmax(a, pos + 1);
-                    Arrays.fill(xb, qOff, qOff + hs, 0f);
-                    for (int s = 0; s <= pos; s++) k.axpy(xb, qOff, a[s], values, s * kvDim + kvOff, hs);
-                }
-            });
+            // causal attention: blocks of (rows, head) pairs; row t reads cache positions 0 .. p0 + t
+            if (tiledAttention) {
+                int blocks = (T + ATT_ROWS - 1) / ATT_ROWS;
+                tr.parallelFor(blocks * c.nHeads, 1, (wk, j0, j1) -> {
+                    for (int j = j0; j < j1; j++) attendBlock(wk, j % c.nHeads, (j / c.nHeads) * ATT_ROWS, T, p0, keys, values);
+                });
+            } else {
+                tr.parallelFor(T * c.nHeads, 1, (wk, j0, j1) -> {
+                    float[] a = att[wk];
+                    for (int j = j0; j < j1; j++) {
+                        int t = j / c.nHeads, h = j % c.nHeads, pos = p0 + t;
+                        int qOff = t * dim + h * hs, kvOff = (h / kvMul) * hs;
+                        for (int s = 0; s <= pos; s++) a[s] = k.dot(q, qOff, keys, s * kvDim + kvOff, hs) * scale;
+                        Transformer.softmax(a, pos + 1);
+                        Arrays.fill(xb, qOff, qOff + hs, 0f);
+                        for (int s = 0; s <= pos; s++) k.axpy(xb, qOff, a[s], values, s * kvDim + kvOff, hs);
+                    }
+                });
+            }
             final float[] ctx = quantizeFor(xb, T, dim, w.wo[l]);
             tr.parallelFor(dim, GROUP, (wk, r0, r1) -> matmul(wk, w.wo[layer], ctx, xb, T, xb2, 0, dim, r0, r1));
             for (int i = 0; i < T * dim; i++) x[i] += xb2[i];
@@ -171,6 +189,40 @@ final class Batch {
         return logits;
     }
 
+    /**
+     * Head h for rows t0 .. min(T, t0 + ATT_ROWS) - 1, as two products: the scores S = Q_h K_h^T
+     * over positions 0 .. P - 1 (P = p0 + the block's last row + 1, the longest row's reach), a
+     * causal softmax of each row (entries past a row's position set to 0), then S V_h with V_h
+     * transposed into the worker's scratch so that both products are Kernels.matmul's tiles.
+     * The rows before the block's last one compute a few scores they then drop.
+     */
+    private void attendBlock(int wk, int h, int t0, int T, int p0, float[] keys, float[] values) {
+        Config c = tr.c;
+        int dim = c.dim, kvDim = c.kvDim, hs = c.headSize, kvOff = (h / c.kvMul) * hs;
+        int t1 = Math.min(T, t0 + ATT_ROWS), rowsHere = t1 - t0, P = p0 + t1;
+        float[] sc = scores[wk], vt = valuesT[wk];
+        float scale = (float) (1.0 / Math.sqrt(hs));
+        tr.k.matmul(keys, kvOff, kvDim, P, q, t0 * dim + h * hs, dim, rowsHere, hs, sc, 0, P);
+        for (int r = 0; r < rowsHere; r++) {
+            int o = r * P, valid = p0 + t0 + r + 1;
+            for (int s = 0; s < valid; s++) sc[o + s] *= scale;
+            softmax(tr.k, sc, o, valid);
+            Arrays.fill(sc, o + valid, o + P, 0f);
+        }
+        for (int s = 0; s < P; s++) {
+            for (int i = 0, at = s * kvDim + kvOff; i < hs; i++) vt[i * P + s] = values[at + i];
+        }
+        tr.k.matmul(vt, 0, P, hs, sc, 0, P, rowsHere, P, xb, t0 * dim + h * hs, dim);
+    }
+
+    /** Transformer.softmax over a[o .. o + n), its exponentials from the kernels (vectorized). */
+    private static void softmax(Kernels k, float[] a, int o, int n) {
+        float max = a[o];
+        for (int i = 1; i < n; i++) if (a[o + i] > max) max = a[o + i];
+        float sum = k.expSum(a, o, n, max);
+        for (int i = 0; i < n; i++) a[o + i] /= sum;
+    }
+
     /** rmsnorm of rows 0 .. T - 1 of src into dst, each as Transformer.rmsnorm does one vector. */
     private void rmsnormRows(float[] dst, float[] src, float[] weight, int T, int dim) {
         for (int t = 0; t < T; t++) {
@@ -199,11 +251,16 @@ final class Batch {
         boolean any = false;
         for (Matrix m : group) any |= m.q8();
         if (!any) return src;
+        quantizeRows(src, T, n, qrow, drow, xq);
+        return xq;
+    }
+
+    /** Rows 0 .. T - 1 of src (n wide) through Q8.quantize, one at a time, and back: dst = q * dx (exact). */
+    static void quantizeRows(float[] src, int T, int n, short[] qrow, float[] drow, float[] dst) {
         for (int t = 0; t < T; t++) {
             Q8.quantize(src, t * n, n, qrow, drow);
-            for (int i = 0; i < n; i++) xq[t * n + i] = qrow[i] * drow[i / Q8.BLOCK];
+            for (int i = 0; i < n; i++) dst[t * n + i] = qrow[i] * drow[i / Q8.BLOCK];
         }
-        return xq;
     }
 
     /** The part of rows [start, end) that falls in a matrix occupying [base, base + rows). */
@@ -238,14 +295,14 @@ final class Batch {
             }
             for (int t0 = 0; t0 < T; t0 += TOKEN_BLOCK) {
                 int tn = Math.min(TOKEN_BLOCK, T - t0);
-                k.matmul(wa, wOff, count, xs, t0 * n, n, tn, n, out, outOff + t0 * outStride + g, outStride);
+                k.matmul(wa, wOff, n, count, xs, t0 * n, n, tn, n, out, outOff + t0 * outStride + g, outStride);
             }
             g = end;
         }
     }
 
     /** count rows of n at bb[at ..] into tile as floats: float32 copied, Q8_0 as fp32(d) * q (exact). */
-    private static void fillTile(ByteBuffer bb, int at, int count, int n, boolean q8, float[] tile) {
+    static void fillTile(ByteBuffer bb, int at, int count, int n, boolean q8, float[] tile) {
         if (!q8) {
             bb.asFloatBuffer().get(at / 4, tile, 0, count * n);
             return;

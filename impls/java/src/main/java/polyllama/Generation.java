@@ -40,6 +40,7 @@ final class Generation {
         long start = System.nanoTime(), first = -1, warm = -1;  // warm: after 16 sampled tokens
         long warmCpu = 0;  // main thread CPU time at warm, for -Dpolyllama.verbose
 
+        long prefillCpu = mainCpuNanos();
         int nPrefill = Math.min(promptTokens.length, steps);
         float[] logits = null;
         for (int p0 = 0; p0 < nPrefill; p0 += t.batch.rows) {
@@ -50,6 +51,10 @@ final class Generation {
         }
         st.prefilled = nPrefill;
         st.prefill = Stats.seconds(System.nanoTime() - start);
+        if (nPrefill > 0 && Boolean.getBoolean("polyllama.verbose")) {  // -j 1: what a quiet core would give
+            System.err.printf(Locale.ROOT, "prefill: %.4f tok per main-thread CPU second%n",
+                    nPrefill / Stats.seconds(mainCpuNanos() - prefillCpu));
+        }
 
         for (int pos = 0; pos < steps; pos++) {
             if (pos >= nPrefill) {

@@ -26,13 +26,16 @@ interface Kernels {
 
     /**
      * The batched product OUT(T, nRows) = X(T, n) @ W(nRows, n)^T: for r < nRows and t < T,
-     * out[outOff + t * outStride + r] = (row r of w, at wOff + r * n) . (row t of x, at
+     * out[outOff + t * outStride + r] = (row r of w, at wOff + r * wStride) . (row t of x, at
      * xOff + t * xStride), over n floats. Rows of W may be the checkpoint's float[] or a tile a
      * caller filled (Batch: copied from mapped bytes, or Q8_0 blocks dequantized). The caller
      * blocks the tokens so that a block of X rows stays in cache while W's rows stream.
      */
-    void matmul(float[] w, int wOff, int nRows, float[] x, int xOff, int xStride, int T, int n,
+    void matmul(float[] w, int wOff, int wStride, int nRows, float[] x, int xOff, int xStride, int T, int n,
                 float[] out, int outOff, int outStride);
+
+    /** a[o + i] = exp(a[o + i] - max) for i < n; returns their sum (a softmax's numerators). */
+    float expSum(float[] a, int o, int n, float max);
 
     /** a[ao ..] . b[bo ..] over n floats. */
     float dot(float[] a, int ao, float[] b, int bo, int n);

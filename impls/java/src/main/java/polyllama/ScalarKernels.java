@@ -57,12 +57,12 @@ final class ScalarKernels implements Kernels {
 
     /** Row by row, token by token: each element is matvec's four-accumulator sum. */
     @Override
-    public void matmul(float[] w, int wOff, int nRows, float[] x, int xOff, int xStride, int T, int n,
+    public void matmul(float[] w, int wOff, int wStride, int nRows, float[] x, int xOff, int xStride, int T, int n,
                        float[] out, int outOff, int outStride) {
         for (int t = 0; t < T; t++) {
             int xo = xOff + t * xStride;
             for (int r = 0; r < nRows; r++) {
-                int base = wOff + r * n;
+                int base = wOff + r * wStride;
                 float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
                 int i = 0;
                 for (; i + 3 < n; i += 4) {
@@ -75,6 +75,16 @@ final class ScalarKernels implements Kernels {
                 out[outOff + t * outStride + r] = (s0 + s1) + (s2 + s3);
             }
         }
+    }
+
+    @Override
+    public float expSum(float[] a, int o, int n, float max) {
+        float sum = 0;
+        for (int i = 0; i < n; i++) {
+            a[o + i] = (float) Math.exp(a[o + i] - max);
+            sum += a[o + i];
+        }
+        return sum;
     }
 
     @Override

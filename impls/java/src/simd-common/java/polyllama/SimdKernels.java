@@ -170,9 +170,27 @@ final class SimdKernels implements Kernels {
 
     /** The register-tiled product: TileMatmul. */
     @Override
-    public void matmul(float[] w, int wOff, int nRows, float[] x, int xOff, int xStride, int T, int n,
+    public void matmul(float[] w, int wOff, int wStride, int nRows, float[] x, int xOff, int xStride, int T, int n,
                        float[] out, int outOff, int outStride) {
-        TileMatmul.matmul(w, wOff, nRows, x, xOff, xStride, T, n, out, outOff, outStride);
+        TileMatmul.matmul(w, wOff, wStride, nRows, x, xOff, xStride, T, n, out, outOff, outStride);
+    }
+
+    /** The Vector API's EXP (on x86 an SVML-style routine within an ulp or so of Math.exp). */
+    @Override
+    public float expSum(float[] a, int o, int n, float max) {
+        FloatVector m = FloatVector.broadcast(S, max), acc = FloatVector.zero(S);
+        int i = 0;
+        for (; i + L <= n; i += L) {
+            FloatVector e = FloatVector.fromArray(S, a, o + i).sub(m).lanewise(VectorOperators.EXP);
+            e.intoArray(a, o + i);
+            acc = acc.add(e);
+        }
+        float sum = acc.reduceLanes(VectorOperators.ADD);
+        for (; i < n; i++) {
+            a[o + i] = (float) Math.exp(a[o + i] - max);
+            sum += a[o + i];
+        }
+        return sum;
     }
 
     @Override

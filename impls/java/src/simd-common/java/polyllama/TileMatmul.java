@@ -25,24 +25,24 @@ final class TileMatmul {
     static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     static final int L = S.length();
 
-    static void matmul(float[] w, int wOff, int nRows, float[] x, int xOff, int xStride, int T, int n,
+    static void matmul(float[] w, int wOff, int wStride, int nRows, float[] x, int xOff, int xStride, int T, int n,
                        float[] out, int outOff, int outStride) {
         int r = 0;
         for (; r + 3 < nRows; r += 4) {
-            int wa = wOff + r * n;
+            int wa = wOff + r * wStride;
             int t = 0;
-            for (; t + 3 < T; t += 4) tile4x4(w, wa, n, x, xOff + t * xStride, xStride, out, outOff + t * outStride + r, outStride);
-            for (; t < T; t++) tile4x1(w, wa, n, x, xOff + t * xStride, out, outOff + t * outStride + r);
+            for (; t + 3 < T; t += 4) tile4x4(w, wa, wStride, n, x, xOff + t * xStride, xStride, out, outOff + t * outStride + r, outStride);
+            for (; t < T; t++) tile4x1(w, wa, wStride, n, x, xOff + t * xStride, out, outOff + t * outStride + r);
         }
         for (; r < nRows; r++) {
-            int wa = wOff + r * n;
+            int wa = wOff + r * wStride;
             for (int t = 0; t < T; t++) out[outOff + t * outStride + r] = dot(w, wa, x, xOff + t * xStride, n);
         }
     }
 
-    /** Rows wa .. wa + 4n of w against the 4 activation rows from xa, every xStride. */
-    private static void tile4x4(float[] w, int wa, int n, float[] x, int xa, int xStride, float[] out, int o, int outStride) {
-        int wb = wa + n, wc = wb + n, wd = wc + n;
+    /** Rows wa, wa + ws, wa + 2 ws, wa + 3 ws of w against the 4 activation rows from xa, every xStride. */
+    private static void tile4x4(float[] w, int wa, int ws, int n, float[] x, int xa, int xStride, float[] out, int o, int outStride) {
+        int wb = wa + ws, wc = wb + ws, wd = wc + ws;
         int xb = xa + xStride, xc = xb + xStride, xd = xc + xStride;
         FloatVector aa = FloatVector.zero(S), ab = aa, ac = aa, ad = aa, ba = aa, bb = aa, bc = aa, bd = aa;
         FloatVector ca = aa, cb = aa, cc = aa, cd = aa, da = aa, db = aa, dc = aa, dd = aa;
@@ -80,8 +80,8 @@ final class TileMatmul {
     }
 
     /** The four weight rows against one activation row (the tokens left over below a tile). */
-    private static void tile4x1(float[] w, int wa, int n, float[] x, int xa, float[] out, int o) {
-        int wb = wa + n, wc = wb + n, wd = wc + n;
+    private static void tile4x1(float[] w, int wa, int ws, int n, float[] x, int xa, float[] out, int o) {
+        int wb = wa + ws, wc = wb + ws, wd = wc + ws;
         FloatVector a = FloatVector.zero(S), b = a, c = a, d = a;
         int i = 0;
         for (; i + L <= n; i += L) {
