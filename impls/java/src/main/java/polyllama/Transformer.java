@@ -139,8 +139,9 @@ final class Transformer {
      * tokens run in the interpreter and C1's code while C2's threads take cores from the pool:
      * at the 15M shape that was a third of the decode (README, "Performance levers"). Done once
      * the JVM's compilation time has stood still for 200 ms after at least 8 passes, or after 3 s.
-     * Positions 0-7 only: the generation rewrites a cache row before it reads it. Returns the
-     * number of passes it ran.
+     * Each pass also runs the batched pass (Batch) over up to 8 positions and its classifier,
+     * so that the prefill's code is compiled too. Positions 0-7 only: the generation rewrites a
+     * cache row before it reads it. Returns the number of passes it ran.
      */
     int warmUp() {
         CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
