@@ -42,7 +42,7 @@ static inline void cpu_relax() {
 
 ThreadPool::ThreadPool(int n_workers) : n_workers_(std::max(1, n_workers)) {
     threads_.reserve(n_workers_ - 1);
-    for (int i = 1; i < n_workers_; ++i) threads_.emplace_back([this] { worker_loop(); });
+    for (int i = 1; i < n_workers_; ++i) threads_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -52,13 +52,13 @@ ThreadPool::~ThreadPool() {
     for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::run_tasks() {
+void ThreadPool::run_tasks(int worker) {
     for (;;) {
         // fetch_add may run past n_tasks (no claim) but never into the high word
         std::uint64_t t = ticket_.fetch_add(1, std::memory_order_acq_rel);
         auto n = static_cast<std::uint32_t>(t >> 32), task = static_cast<std::uint32_t>(t);
         if (task >= n) return;
-        job_(ctx_, static_cast<int>(task));
+        job_(ctx_, static_cast<int>(task), worker);
         done_.fetch_add(1, std::memory_order_release);
     }
 }
@@ -70,18 +70,18 @@ void ThreadPool::dispatch(int n_tasks, void* ctx, Job job) {
     ticket_.store(static_cast<std::uint64_t>(n_tasks) << 32, std::memory_order_release);
     generation_.fetch_add(1, std::memory_order_release);
     generation_.notify_all();
-    run_tasks();
+    run_tasks(0);
     for (int spins = 0; done_.load(std::memory_order_acquire) != static_cast<std::uint32_t>(n_tasks); ++spins) {
         if (spins < 4096) cpu_relax();
         else std::this_thread::yield();  // a worker holding a task was descheduled: let it run
     }
 }
 
-void ThreadPool::worker_loop() {
+void ThreadPool::worker_loop(int worker) {
     for (;;) {
         std::uint32_t seen = generation_.load(std::memory_order_acquire);
         if (stop_.load(std::memory_order_acquire)) return;
-        run_tasks();
+        run_tasks(worker);
         // the next job of a token is microseconds away: spin a little before sleeping
         auto start = std::chrono::steady_clock::now();
         for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
@@ -106,10 +106,18 @@ static std::unique_ptr<float[], void (*)(void*)> calloc_floats(std::int64_t n) {
     return {static_cast<float*>(p), free_floats};
 }
 
-RunState::RunState(const Config& c)
+// the batch matrices' sizes in 64 bits: rows <= seq_len and the widths are bounded by the
+// header checks, but their products are not small
+static std::size_t cells(std::int64_t rows, std::int64_t width) { return static_cast<std::size_t>(rows * width); }
+
+RunState::RunState(const Config& c, int rows, int logits_rows, int workers)
     : x(c.dim), xb(c.dim), hb(c.hidden_dim), q(c.dim), att(static_cast<std::size_t>(c.n_heads) * c.seq_len),
       logits(c.vocab_size), xq(std::max(c.dim, c.hidden_dim)), xd(std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1),
       rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2),
+      bx(cells(rows, c.dim)), bxb(cells(rows, c.dim)), bq(cells(rows, c.dim)), bhb(cells(rows, c.hidden_dim)),
+      bxq(cells(rows, std::max(c.dim, c.hidden_dim))), bxd(cells(rows, std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1)),
+      brope_cos(cells(rows, c.head_size() / 2)), brope_sin(cells(rows, c.head_size() / 2)),
+      batt(cells(workers, c.seq_len)), blogits(cells(logits_rows, c.vocab_size)),
       key_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())),
       value_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())) {}
 
@@ -450,6 +458,183 @@ static inline void matvec(const Matrix& w, const Input& in, int n, int begin, in
     }
 }
 
+// ----------------------------------------------------------------------------
+// Forward pass: batched kernels (the prompt's matrix-matrix products)
+//
+// out(t, i) = X[t] . W[i] for the T rows of X (T, d) and a range of rows of W (n, d), both
+// row-major with rows contiguous along d, as the file stores W (nothing is repacked). A register
+// tile of MM_R weight rows by MM_C activation rows keeps MM_R * MM_C vector accumulators along d:
+// each weight vector loaded is used MM_C times and each activation vector MM_R times, so the
+// loop is bound by the FMA ports rather than by loads; the tile's sums are folded horizontally
+// once, at its end. A task owns a block of weight rows (mm_task_rows) small enough to stay in L2
+// while every activation tile of the batch passes over it: the weights stream from memory once
+// per batch, the activations (a few hundred KB) are re-read from the cache.
+
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+constexpr int MM_R = 4, MM_C = 6;  // 24 zmm accumulators + 4 weight vectors + 1 input of 32 registers
+#elif POLYLLAMA_AVX2
+constexpr int MM_R = 4, MM_C = 3;  // 12 ymm accumulators + 3 inputs + 1 weight vector of 16 registers
+#else
+constexpr int MM_R = 4, MM_C = 4;  // NEON: 16 of 32 registers; portable: a dot per pair
+#endif
+
+// The tile (R <= MM_R weight rows from w, C <= MM_C activation rows from x, both with row
+// stride d) into out[r][c].
+template <int R, int C>
+static inline void mm_tile(const float* w, const float* x, int d, float (&out)[MM_R][MM_C]) {
+    const std::size_t ld = static_cast<std::size_t>(d);
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= d; j += 16) {
+        __m512 wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * ld + j);
+        for (int c = 0; c < C; ++c) {
+            __m512 xv = _mm512_loadu_ps(x + c * ld + j);
+            for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    if (j < d) {  // the last 1..15 values: masked loads read nothing past the row
+        const __mmask16 m = static_cast<__mmask16>((1u << (d - j)) - 1);
+        __m512 wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(m, w + r * ld + j);
+        for (int c = 0; c < C; ++c) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + c * ld + j);
+            for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) out[r][c] = hsum(fold512(acc[r][c]));
+#elif POLYLLAMA_AVX2
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= d; j += 8) {
+        __m256 xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * ld + j);
+        for (int r = 0; r < R; ++r) {
+            __m256 wv = _mm256_loadu_ps(w + r * ld + j);
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) {
+            float s = hsum(acc[r][c]);
+            for (int k = j; k < d; ++k) s += w[r * ld + k] * x[c * ld + k];
+            out[r][c] = s;
+        }
+#elif POLYLLAMA_NEON
+    float32x4_t acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = vdupq_n_f32(0.0f);
+    int j = 0;
+    for (; j + 4 <= d; j += 4) {
+        float32x4_t xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = vld1q_f32(x + c * ld + j);
+        for (int r = 0; r < R; ++r) {
+            float32x4_t wv = vld1q_f32(w + r * ld + j);
+            for (int c = 0; c < C; ++c) acc[r][c] = vfmaq_f32(acc[r][c], wv, xv[c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) {
+            float s = vaddvq_f32(acc[r][c]);
+            for (int k = j; k < d; ++k) s += w[r * ld + k] * x[c * ld + k];
+            out[r][c] = s;
+        }
+#else
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) out[r][c] = dot(w + r * ld, x + c * ld, d);
+#endif
+}
+
+// The Q8_0 tile: each pair is q8::dot_row, the one-position kernel, so a batched product sums
+// exactly as the one-position one does; the tile keeps the R weight rows in L1 while the C
+// activation rows pass over them.
+template <int R, int C>
+static inline void q8_tile(const std::uint8_t* w, std::size_t row_bytes, const std::int8_t* xq, const float* xd,
+                           int d, float (&out)[MM_R][MM_C]) {
+    const int nb = d / Q8_BLOCK;
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c)
+            out[r][c] = q8::dot_row(w + r * row_bytes, xq + static_cast<std::size_t>(c) * d,
+                                    xd + static_cast<std::size_t>(c) * nb, nb);
+}
+
+// mm_tile / q8_tile with R and C known at compile time: full tiles, and the tails of any size
+template <int R, int C0 = 1>
+static inline void tile_any(bool quantized, int c, const void* w, std::size_t row_bytes, const float* x,
+                            const std::int8_t* xq, const float* xd, int d, float (&out)[MM_R][MM_C]) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return tile_any<R, C0 + 1>(quantized, c, w, row_bytes, x, xq, xd, d, out);
+        if (quantized) q8_tile<R, C0>(static_cast<const std::uint8_t*>(w), row_bytes, xq, xd, d, out);
+        else mm_tile<R, C0>(static_cast<const float*>(w), x, d, out);
+    }
+}
+
+// The activations of a batched product: rows of d floats, and their Q8_0 blocks when one of the
+// matrices that share them is Q8_0.
+struct BatchInput {
+    const float* x;
+    const std::int8_t* xq = nullptr;
+    const float* xd = nullptr;
+};
+
+// For rows [begin, end) of W (n, d), by W's type, and the T rows of the input:
+// store(t, i, X[t] . W[i]).
+template <class Store>
+static inline void matmul(const Matrix& w, const BatchInput& in, int T, int d, int begin, int end, Store store) {
+    const bool quantized = w.quantized();
+    const std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
+                                            : static_cast<std::size_t>(d) * sizeof(float);
+    const auto* base = static_cast<const std::uint8_t*>(w.data());
+    float out[MM_R][MM_C];
+    for (int t0 = 0; t0 < T; t0 += MM_C) {
+        const int c = std::min(MM_C, T - t0);
+        const float* x = in.x + static_cast<std::size_t>(t0) * d;
+        const std::int8_t* xq = quantized ? in.xq + static_cast<std::size_t>(t0) * d : nullptr;
+        const float* xd = quantized ? in.xd + static_cast<std::size_t>(t0) * (d / Q8_BLOCK) : nullptr;
+        for (int i = begin; i < end; i += MM_R) {
+            const int r = std::min(MM_R, end - i);
+            const void* wr = base + static_cast<std::size_t>(i) * row_bytes;
+            switch (r) {
+            case 4: tile_any<4>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+            case 3: tile_any<3>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+            case 2: tile_any<2>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+            default: tile_any<1>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+            }
+            for (int rr = 0; rr < r; ++rr)
+                for (int cc = 0; cc < c; ++cc) store(t0 + cc, i + rr, out[rr][cc]);
+        }
+    }
+}
+
+// Rows of W per task of a batched product: about 128 KB of weights (a block that stays in L2
+// while the batch passes over it), a multiple of the tile's rows, at least 16 rows.
+static inline int mm_task_rows(const Matrix& w, int d) {
+    std::size_t row_bytes = w.quantized() ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
+                                          : static_cast<std::size_t>(d) * sizeof(float);
+    std::size_t rows = std::clamp<std::size_t>((128u << 10) / row_bytes, 16, 256);
+    return static_cast<int>(rows / MM_R * MM_R);
+}
+
+namespace batched {
+
+void matmul_f32(const float* w, int n, int d, const float* x, int T, float* out) {
+    Matrix m(std::span<const float>(w, static_cast<std::size_t>(n) * d));
+    matmul(m, {x}, T, d, 0, n, [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; });
+}
+
+void matmul_q8(const std::uint8_t* w, int n, int d, const std::int8_t* xq, const float* xd, int T, float* out) {
+    Matrix m = Matrix::q8_0({w, static_cast<std::size_t>(n) * (d / Q8_BLOCK) * Q8_BLOCK_BYTES});
+    matmul(m, {nullptr, xq, xd}, T, d, 0, n, [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; });
+}
+
+}  // namespace batched
+
 static void rmsnorm(float* out, const float* x, std::span<const float> weight) {
     int n = static_cast<int>(weight.size());
     float ss = dot(x, x, n) / static_cast<float>(n) + 1e-5f;
@@ -477,8 +662,9 @@ static void rope(float* v, int n, int head_size, const float* cos, const float* 
 // ----------------------------------------------------------------------------
 // Forward pass
 
-Transformer::Transformer(const Model& model, ThreadPool& pool)
-    : config_(model.config), w_(model.weights), pool_(pool), s_(model.config) {}
+Transformer::Transformer(const Model& model, ThreadPool& pool, int batch, bool all_logits)
+    : config_(model.config), w_(model.weights), pool_(pool), batch_(clamp_batch(batch, model.config.seq_len)),
+      s_(model.config, batch_, all_logits ? batch_ : 0, pool.size()) {}
 
 // The steps of forward(), in its order. Each is called once per token (or layer) from forward()
 // alone, and is inline so that the compiler folds it back into forward().
@@ -623,6 +809,177 @@ std::span<float> Transformer::forward(int token, int pos) {
     }
     classify();
     return s_.logits;
+}
+
+// ----------------------------------------------------------------------------
+// Forward pass, batched: forward() for n positions at once (the prompt). Row t of the batch
+// matrices is position p0 + t; each weight matrix is one product over all rows, so it is read
+// once per batch rather than once per position.
+
+// the rows' inputs quantized into the batch buffers when any of `mats` needs them: row by row,
+// blocks of 32 along each row, as q8::quantize does for one position
+static BatchInput batch_input_for(RunState& s, const float* x, int n, int d, std::initializer_list<const Matrix*> mats) {
+    for (const Matrix* m : mats)
+        if (m->quantized()) {
+            for (int t = 0; t < n; ++t)
+                q8::quantize(x + static_cast<std::size_t>(t) * d, d, s.bxq.data() + static_cast<std::size_t>(t) * d,
+                             s.bxd.data() + static_cast<std::size_t>(t) * (d / Q8_BLOCK));
+            return {x, s.bxq.data(), s.bxd.data()};
+        }
+    return {x};
+}
+
+// attention rmsnorm, then q, k, v for every row in one job (k and v land straight in the cache
+// at p0 + t), then every row rotated: all of the batch's keys are in the cache before any row
+// attends
+inline void Transformer::batch_qkv(const LayerWeights& lw, float* key_cache, float* value_cache, int n, int p0) {
+    RunState& s = s_;
+    const int dim = config_.dim, kv_dim = config_.kv_dim(), hs = config_.head_size();
+    for (int t = 0; t < n; ++t)
+        rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, s.bx.data() + static_cast<std::size_t>(t) * dim,
+                lw.rms_att);
+    const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wq, &lw.wk, &lw.wv});
+    const int q_rows = mm_task_rows(lw.wq, dim), k_rows = mm_task_rows(lw.wk, dim), v_rows = mm_task_rows(lw.wv, dim);
+    const int q_tasks = (dim + q_rows - 1) / q_rows, k_tasks = (kv_dim + k_rows - 1) / k_rows,
+              v_tasks = (kv_dim + v_rows - 1) / v_rows;
+    float* q = s.bq.data();
+    float* k = key_cache + static_cast<std::size_t>(p0) * kv_dim;
+    float* v = value_cache + static_cast<std::size_t>(p0) * kv_dim;
+    pool_.parallel_for(q_tasks + k_tasks + v_tasks, [&](int task) {
+        auto put = [](float* out, int width) {
+            return [out, width](int t, int i, float val) { out[static_cast<std::size_t>(t) * width + i] = val; };
+        };
+        if (task < q_tasks) {
+            matmul(lw.wq, in, n, dim, task * q_rows, std::min(dim, (task + 1) * q_rows), put(q, dim));
+        } else if ((task -= q_tasks) < k_tasks) {
+            matmul(lw.wk, in, n, dim, task * k_rows, std::min(kv_dim, (task + 1) * k_rows), put(k, kv_dim));
+        } else {
+            task -= k_tasks;
+            matmul(lw.wv, in, n, dim, task * v_rows, std::min(kv_dim, (task + 1) * v_rows), put(v, kv_dim));
+        }
+    });
+    for (int t = 0; t < n; ++t) {
+        const float* cos = s.brope_cos.data() + static_cast<std::size_t>(t) * (hs / 2);
+        const float* sin = s.brope_sin.data() + static_cast<std::size_t>(t) * (hs / 2);
+        rope(q + static_cast<std::size_t>(t) * dim, dim, hs, cos, sin);
+        rope(k + static_cast<std::size_t>(t) * kv_dim, kv_dim, hs, cos, sin);
+    }
+}
+
+// causal multi-head attention: row t attends to cache positions 0 .. p0 + t; one task per
+// (row, head) pair, its scores in the running worker's scratch
+inline void Transformer::batch_attention(const float* key_cache, const float* value_cache, int n, int p0) {
+    const Config& p = config_;
+    RunState& s = s_;
+    const int dim = p.dim, kv_dim = p.kv_dim(), hs = p.head_size(), kv_mul = p.n_heads / p.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+    pool_.parallel_for(n * p.n_heads, [&](int task, int worker) {
+        const int t = task / p.n_heads, h = task % p.n_heads, pos = p0 + t;
+        const float* qh = s.bq.data() + static_cast<std::size_t>(t) * dim + h * hs;
+        float* att = s.batt.data() + static_cast<std::size_t>(worker) * p.seq_len;  // (pos + 1)
+        const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;
+        for (int i = 0; i <= pos; ++i)
+            att[i] = dot(qh, key_cache + static_cast<std::size_t>(i) * kv_dim + kv_off, hs) * scale;
+        softmax({att, static_cast<std::size_t>(pos) + 1});
+        float* out = s.bxb.data() + static_cast<std::size_t>(t) * dim + h * hs;
+        std::fill_n(out, hs, 0.0f);
+        for (int i = 0; i <= pos; ++i) {
+            const float* vi = value_cache + static_cast<std::size_t>(i) * kv_dim + kv_off;
+            const float a = att[i];
+            for (int k = 0; k < hs; ++k) out[k] += a * vi[k];
+        }
+    });
+}
+
+// X += attention output @ wo^T: each element belongs to one task, so add in place
+inline void Transformer::batch_attention_out(const LayerWeights& lw, int n) {
+    RunState& s = s_;
+    const int dim = config_.dim;
+    float* x = s.bx.data();
+    const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wo});
+    const int rows = mm_task_rows(lw.wo, dim);
+    pool_.parallel_for((dim + rows - 1) / rows, [&](int task) {
+        matmul(lw.wo, in, n, dim, task * rows, std::min(dim, (task + 1) * rows),
+               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; });
+    });
+}
+
+// ffn rmsnorm, then X += SwiGLU(XB @ w1^T, XB @ w3^T) @ w2^T; a task owns the same rows of w1
+// and w3, so SwiGLU fuses in
+inline void Transformer::batch_feed_forward(const LayerWeights& lw, int n) {
+    RunState& s = s_;
+    const int dim = config_.dim, hidden = config_.hidden_dim;
+    float* x = s.bx.data();
+    float* hb = s.bhb.data();
+    for (int t = 0; t < n; ++t)
+        rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, lw.rms_ffn);
+    const BatchInput ffn_in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.w1, &lw.w3});
+    const int rows = std::min(mm_task_rows(lw.w1, dim), mm_task_rows(lw.w3, dim));
+    pool_.parallel_for((hidden + rows - 1) / rows, [&](int task) {
+        const int begin = task * rows, end = std::min(hidden, (task + 1) * rows);
+        matmul(lw.w1, ffn_in, n, dim, begin, end,
+               [hb, hidden](int t, int i, float val) { hb[static_cast<std::size_t>(t) * hidden + i] = val; });
+        matmul(lw.w3, ffn_in, n, dim, begin, end, [hb, hidden](int t, int i, float up) {
+            float& h = hb[static_cast<std::size_t>(t) * hidden + i];
+            h = h / (1.0f + std::exp(-h)) * up;
+        });
+    });
+    const BatchInput w2_in = batch_input_for(s, hb, n, hidden, {&lw.w2});
+    const int w2_rows = mm_task_rows(lw.w2, hidden);
+    pool_.parallel_for((dim + w2_rows - 1) / w2_rows, [&](int task) {
+        matmul(lw.w2, w2_in, n, hidden, task * w2_rows, std::min(dim, (task + 1) * w2_rows),
+               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; });
+    });
+}
+
+std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0, Logits want) {
+    const Config& p = config_;
+    const int n = static_cast<int>(tokens.size()), dim = p.dim, kv_dim = p.kv_dim(), hs = p.head_size();
+    if (n < 1 || n > batch_ || p0 < 0 || p0 + n > p.seq_len || (want == Logits::all && s_.blogits.empty()))
+        throw RuntimeError("forward_batch: " + std::to_string(n) + " rows at position " + std::to_string(p0) +
+                           " do not fit the batch buffers");
+    if (n == 1) {  // one position: the matrix-vector path is the faster one
+        std::span<float> logits = forward(tokens[0], p0);
+        if (want != Logits::all) return logits;
+        std::copy(logits.begin(), logits.end(), s_.blogits.begin());
+        return {s_.blogits.data(), logits.size()};
+    }
+    for (int t = 0; t < n; ++t) {  // the embeddings, and each row's rotation (as rope_table)
+        embed(tokens[t]);
+        std::copy_n(s_.x.data(), dim, s_.bx.data() + static_cast<std::size_t>(t) * dim);
+        for (int k = 0; k < hs / 2; ++k) {
+            float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * k) / static_cast<float>(hs));
+            float angle = static_cast<float>(p0 + t) * freq;
+            s_.brope_cos[static_cast<std::size_t>(t) * (hs / 2) + k] = std::cos(angle);
+            s_.brope_sin[static_cast<std::size_t>(t) * (hs / 2) + k] = std::sin(angle);
+        }
+    }
+    for (int l = 0; l < p.n_layers; ++l) {
+        const LayerWeights& lw = w_.layers[l];
+        std::size_t layer_off = static_cast<std::size_t>(l) * p.seq_len * kv_dim;
+        float* key_cache = s_.key_cache.get() + layer_off;
+        float* value_cache = s_.value_cache.get() + layer_off;
+        batch_qkv(lw, key_cache, value_cache, n, p0);
+        batch_attention(key_cache, value_cache, n, p0);
+        batch_attention_out(lw, n);
+        batch_feed_forward(lw, n);
+    }
+    if (want == Logits::none) return {};
+    if (want == Logits::last) {  // the last row through forward()'s own classifier
+        std::copy_n(s_.bx.data() + static_cast<std::size_t>(n - 1) * dim, dim, s_.x.data());
+        classify();
+        return s_.logits;
+    }
+    float* x = s_.bx.data();
+    for (int t = 0; t < n; ++t) rmsnorm(x + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, w_.rms_final);
+    const BatchInput in = batch_input_for(s_, x, n, dim, {&w_.wcls});
+    const int vocab = p.vocab_size, rows = mm_task_rows(w_.wcls, dim);
+    float* logits = s_.blogits.data();
+    pool_.parallel_for((vocab + rows - 1) / rows, [&](int task) {
+        matmul(w_.wcls, in, n, dim, task * rows, std::min(vocab, (task + 1) * rows),
+               [logits, vocab](int t, int i, float val) { logits[static_cast<std::size_t>(t) * vocab + i] = val; });
+    });
+    return {logits, static_cast<std::size_t>(n) * vocab};
 }
 
 // ----------------------------------------------------------------------------
@@ -824,8 +1181,8 @@ static double seconds(Clock::time_point a, Clock::time_point b) {
 }
 
 struct RunStats {
-    std::int64_t prompt_tokens = 0, generated_tokens = 0, positions = 0;
-    double ttft_s = 0, decode_s = 0;
+    std::int64_t prompt_tokens = 0, generated_tokens = 0, positions = 0, prefilled = 0;
+    double ttft_s = 0, prefill_s = 0, decode_s = 0;
 };
 
 static void emit(std::string_view piece) {
@@ -838,17 +1195,32 @@ static RunStats generate(Transformer& transformer, const Tokenizer& tokenizer, S
                          std::string_view prompt, int steps, bool ignore_bos) {
     std::vector<int> prompt_tokens = tokenizer.encode(prompt, true, false);
     RunStats stats;
-    stats.prompt_tokens = static_cast<std::int64_t>(prompt_tokens.size());
-    int token = prompt_tokens[0];
+    const int n_prompt = static_cast<int>(prompt_tokens.size());
+    stats.prompt_tokens = n_prompt;
     auto start = Clock::now();
+    // prefill: the prompt's positions in batches; logits only after the last prompt token
+    const int n_prefill = std::min(n_prompt, steps), batch = transformer.batch();
+    std::span<float> logits;
+    for (int p0 = 0; p0 < n_prefill; p0 += batch) {
+        const int n = std::min(batch, n_prefill - p0);
+        const bool last = p0 + n == n_prefill && n_prefill == n_prompt;
+        logits = transformer.forward_batch(std::span<const int>(prompt_tokens).subspan(p0, n), p0,
+                                           last ? Logits::last : Logits::none);
+    }
+    stats.positions = stats.prefilled = n_prefill;
+    stats.prefill_s = seconds(start, Clock::now());
+    // decode, as run.c's loop: the prompt's positions were the prefill's
+    int token = prompt_tokens[0];
     std::optional<Clock::time_point> first;
     for (int pos = 0; pos < steps; ++pos) {
-        std::span<float> logits = transformer.forward(token, pos);
-        ++stats.positions;
         int next;
-        if (pos < static_cast<int>(prompt_tokens.size()) - 1) {
+        if (pos < n_prompt - 1) {
             next = prompt_tokens[pos + 1];  // still forcing the prompt
         } else {
+            if (pos >= n_prompt) {
+                logits = transformer.forward(token, pos);
+                ++stats.positions;
+            }
             next = sampler.sample(logits);
             ++stats.generated_tokens;
             if (!first) first = Clock::now();
@@ -868,14 +1240,16 @@ static RunStats write_logits(Transformer& transformer, const std::vector<int>& i
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> out(std::fopen(path.c_str(), "wb"), std::fclose);
     if (!out) throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
     RunStats stats;
-    stats.prompt_tokens = stats.positions = static_cast<std::int64_t>(ids.size());
+    const int n_ids = static_cast<int>(ids.size()), batch = transformer.batch();
+    stats.prompt_tokens = stats.positions = stats.prefilled = n_ids;
     auto start = Clock::now();
-    for (std::size_t pos = 0; pos < ids.size(); ++pos) {
-        std::span<float> logits = transformer.forward(ids[pos], static_cast<int>(pos));
+    for (int p0 = 0; p0 < n_ids; p0 += batch) {
+        const int n = std::min(batch, n_ids - p0);
+        std::span<float> logits = transformer.forward_batch(std::span<const int>(ids).subspan(p0, n), p0, Logits::all);
         if (std::fwrite(logits.data(), sizeof(float), logits.size(), out.get()) != logits.size())
             throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
     }
-    stats.ttft_s = seconds(start, Clock::now());
+    stats.ttft_s = stats.prefill_s = seconds(start, Clock::now());
     if (std::fflush(out.get()) != 0) throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
     return stats;
 }
@@ -885,7 +1259,7 @@ static RunStats write_logits(Transformer& transformer, const std::vector<int>& i
 
 constexpr const char* USAGE =
     "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
-    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
 
 static std::string_view trim(std::string_view s) {
     auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
@@ -929,16 +1303,22 @@ static T integer_flag(std::string_view flag, std::string_view text, std::uint64_
     return static_cast<T>(v->magnitude);
 }
 
-// -n: any number of digits; past 64 bits it saturates, and seq_len caps it anyway (clamp_steps).
-static std::int64_t steps_flag(std::string_view text) {
+// -n and -b: any number of digits; past 64 bits they saturate, and seq_len caps them anyway
+// (clamp_steps, clamp_batch). -n takes 0 (seq_len), -b starts at 1.
+static std::int64_t count_flag(std::string_view flag, std::string_view text, std::uint64_t lo) {
     auto v = parse_integer(text);
-    if (!v) throw UsageError("-n expects an integer, got '" + std::string(text) + "'");
-    if (v->negative && v->magnitude != 0) throw UsageError("-n " + std::string(text) + " is out of range");
+    if (!v) throw UsageError(std::string(flag) + " expects an integer, got '" + std::string(text) + "'");
+    if ((v->negative && v->magnitude != 0) || (!v->overflow && v->magnitude < lo))
+        throw UsageError(std::string(flag) + " " + std::string(text) + " is out of range");
     return v->overflow || v->magnitude > INT64_MAX ? INT64_MAX : static_cast<std::int64_t>(v->magnitude);
 }
 
 int clamp_steps(std::int64_t steps, int seq_len) {
     return steps == 0 || steps > seq_len ? seq_len : static_cast<int>(steps);
+}
+
+int clamp_batch(std::int64_t batch, int seq_len) {
+    return batch > seq_len ? seq_len : static_cast<int>(std::max<std::int64_t>(batch, 1));
 }
 
 // Whether text is a plain decimal float: [+-]?([0-9]+.?[0-9]*|.[0-9]+)([eE][+-]?[0-9]+)?
@@ -983,7 +1363,8 @@ Args parse_args(int argc, const char* const* argv) {
         else if (flag == "-t") a.temperature = float_flag(flag, value, 0.0, INFINITY);
         else if (flag == "-p") a.topp = float_flag(flag, value, 0.0, 1.0);
         else if (flag == "-s") a.seed = integer_flag<std::uint64_t>(flag, value, 0, UINT64_MAX);
-        else if (flag == "-n") a.steps = steps_flag(value);
+        else if (flag == "-n") a.steps = count_flag(flag, value, 0);
+        else if (flag == "-b") a.batch = count_flag(flag, value, 1);
         else if (flag == "-i") a.prompt = std::string(value);
         else if (flag == "-j") a.threads = integer_flag<int>(flag, value, 1, 4096);
         else if (flag == "-m") {
@@ -1020,14 +1401,17 @@ static std::string json_number(double v, int decimals) {
     return buf;
 }
 
-static void print_stats(const RunStats& st, int threads, double load_s) {
+static void print_stats(const RunStats& st, int threads, int batch, double load_s) {
     double tok_s = st.generated_tokens > 1 && st.decode_s > 0 ? (st.generated_tokens - 1) / st.decode_s : 0.0;
+    double prefill_tok_s = st.prefill_s > 0 ? static_cast<double>(st.prefilled) / st.prefill_s : 0.0;
     std::fprintf(stderr,
                  "polyllama-stats: {\"port\":\"cpp\",\"prompt_tokens\":%lld,\"generated_tokens\":%lld,"
-                 "\"positions\":%lld,\"threads\":%d,\"load_s\":%s,\"ttft_s\":%s,\"decode_s\":%s,\"decode_tok_s\":%s}\n",
+                 "\"positions\":%lld,\"threads\":%d,\"batch\":%d,\"load_s\":%s,\"ttft_s\":%s,\"prefill_s\":%s,"
+                 "\"prefill_tok_s\":%s,\"decode_s\":%s,\"decode_tok_s\":%s}\n",
                  static_cast<long long>(st.prompt_tokens), static_cast<long long>(st.generated_tokens),
-                 static_cast<long long>(st.positions), threads, json_number(load_s, 6).c_str(),
-                 json_number(st.ttft_s, 6).c_str(), json_number(st.decode_s, 6).c_str(),
+                 static_cast<long long>(st.positions), threads, batch, json_number(load_s, 6).c_str(),
+                 json_number(st.ttft_s, 6).c_str(), json_number(st.prefill_s, 6).c_str(),
+                 json_number(prefill_tok_s, 4).c_str(), json_number(st.decode_s, 6).c_str(),
                  json_number(tok_s, 4).c_str());
 }
 
@@ -1040,9 +1424,9 @@ static int run(const Args& args) {
     else vocab = read_tokenizer(*args.tokenizer, model.config.vocab_size);
     Tokenizer tokenizer(std::move(vocab));
     ThreadPool pool(args.threads);
-    Transformer transformer(model, pool);
-    double load_s = seconds(t0, Clock::now());
     const Config& c = model.config;
+    Transformer transformer(model, pool, clamp_batch(args.batch, c.seq_len), args.logits_mode);
+    double load_s = seconds(t0, Clock::now());
 
     RunStats stats;
     if (args.logits_mode) {
@@ -1059,7 +1443,7 @@ static int run(const Args& args) {
                          args.ignore_bos);
         emit("\n");
     }
-    print_stats(stats, pool.size(), load_s);
+    print_stats(stats, pool.size(), transformer.batch(), load_s);
     return 0;
 }
 
