@@ -196,6 +196,9 @@ private:
 #endif
 };
 
+// Rows of a tile of the batched kernels at most (run.cpp's MM_C): an attention task's rows.
+inline constexpr int BATCH_TILE_ROWS = 8;
+
 // Scratch buffers and the KV cache of one sequence.
 struct RunState {
     // rows: the most positions one forward_batch takes (min(batch, seq_len), checked by the
@@ -218,8 +221,11 @@ struct RunState {
     std::vector<float> bhb;                 // (rows, hidden_dim)
     std::vector<std::int8_t> bxq;           // (rows, max(dim, hidden_dim)) an input's Q8_0 quants, row by row
     std::vector<float> bxd;                 // (rows, max(dim, hidden_dim) / 32) their scales
+    // AVX-512 VNNI builds with a Q8_0 matrix: the quants plus 128 as unsigned bytes (as bxq), and
+    // each worker's repacked weight rows (workers, pack_stride); otherwise empty
+    std::vector<std::uint8_t> bxu, bpack;
     std::vector<float> brope_cos, brope_sin;  // (rows, head_size / 2)
-    std::vector<float> batt;                // (workers, seq_len) attention scores
+    std::vector<float> batt;                // (workers, BATCH_TILE_ROWS, seq_len) attention scores
     std::vector<float> blogits;             // (logits_rows, vocab)
     // (layer, seq_len, kv_dim), calloc'ed so that untouched positions cost no memory
     std::unique_ptr<float[], void (*)(void*)> key_cache, value_cache;
@@ -262,6 +268,8 @@ private:
     ThreadPool& pool_;
     int batch_;
     RunState s_;
+    std::size_t pack_stride_ = 0;  // bytes of s_.bpack per worker
+    std::uint8_t* pack(int worker) { return s_.bpack.empty() ? nullptr : s_.bpack.data() + worker * pack_stride_; }
 };
 
 // ----------------------------------------------------------------------------

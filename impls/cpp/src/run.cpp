@@ -117,7 +117,7 @@ RunState::RunState(const Config& c, int rows, int logits_rows, int workers)
       bx(cells(rows, c.dim)), bxb(cells(rows, c.dim)), bq(cells(rows, c.dim)), bhb(cells(rows, c.hidden_dim)),
       bxq(cells(rows, std::max(c.dim, c.hidden_dim))), bxd(cells(rows, std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1)),
       brope_cos(cells(rows, c.head_size() / 2)), brope_sin(cells(rows, c.head_size() / 2)),
-      batt(cells(workers, c.seq_len)), blogits(cells(logits_rows, c.vocab_size)),
+      batt(cells(std::int64_t{workers} * BATCH_TILE_ROWS, c.seq_len)), blogits(cells(logits_rows, c.vocab_size)),
       key_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())),
       value_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())) {}
 
@@ -477,12 +477,14 @@ constexpr int MM_R = 4, MM_C = 3;  // 12 ymm accumulators + 3 inputs + 1 weight 
 #else
 constexpr int MM_R = 4, MM_C = 4;  // NEON: 16 of 32 registers; portable: a dot per pair
 #endif
+static_assert(MM_C <= BATCH_TILE_ROWS, "the attention scratch holds a tile's rows");
 
-// The tile (R <= MM_R weight rows from w, C <= MM_C activation rows from x, both with row
-// stride d) into out[r][c].
+// The tile (R <= MM_R weight rows from w with row stride ldw, C <= MM_C activation rows from x
+// with row stride ldx, each row d long) into out[r][c]. Not inlined: inlined into the product's loops, GCC keeps the rows'
+// addresses on the stack and reloads them in the inner loop; on its own it keeps all in registers.
 template <int R, int C>
-static inline void mm_tile(const float* w, const float* x, int d, float (&out)[MM_R][MM_C]) {
-    const std::size_t ld = static_cast<std::size_t>(d);
+[[gnu::noinline]] static void mm_tile(const float* w, std::size_t ldw, const float* x, std::size_t ldx, int d,
+                                      float (&out)[MM_R][MM_C]) {
 #if POLYLLAMA_AVX2 && defined(__AVX512F__)
     __m512 acc[R][C];
     for (int r = 0; r < R; ++r)
@@ -490,18 +492,18 @@ static inline void mm_tile(const float* w, const float* x, int d, float (&out)[M
     int j = 0;
     for (; j + 16 <= d; j += 16) {
         __m512 wv[R];
-        for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * ld + j);
+        for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * ldw + j);
         for (int c = 0; c < C; ++c) {
-            __m512 xv = _mm512_loadu_ps(x + c * ld + j);
+            __m512 xv = _mm512_loadu_ps(x + c * ldx + j);
             for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
         }
     }
     if (j < d) {  // the last 1..15 values: masked loads read nothing past the row
         const __mmask16 m = static_cast<__mmask16>((1u << (d - j)) - 1);
         __m512 wv[R];
-        for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(m, w + r * ld + j);
+        for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(m, w + r * ldw + j);
         for (int c = 0; c < C; ++c) {
-            __m512 xv = _mm512_maskz_loadu_ps(m, x + c * ld + j);
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + c * ldx + j);
             for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
         }
     }
@@ -514,16 +516,16 @@ static inline void mm_tile(const float* w, const float* x, int d, float (&out)[M
     int j = 0;
     for (; j + 8 <= d; j += 8) {
         __m256 xv[C];
-        for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * ld + j);
+        for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * ldx + j);
         for (int r = 0; r < R; ++r) {
-            __m256 wv = _mm256_loadu_ps(w + r * ld + j);
+            __m256 wv = _mm256_loadu_ps(w + r * ldw + j);
             for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
         }
     }
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) {
             float s = hsum(acc[r][c]);
-            for (int k = j; k < d; ++k) s += w[r * ld + k] * x[c * ld + k];
+            for (int k = j; k < d; ++k) s += w[r * ldw + k] * x[c * ldx + k];
             out[r][c] = s;
         }
 #elif POLYLLAMA_NEON
@@ -533,21 +535,21 @@ static inline void mm_tile(const float* w, const float* x, int d, float (&out)[M
     int j = 0;
     for (; j + 4 <= d; j += 4) {
         float32x4_t xv[C];
-        for (int c = 0; c < C; ++c) xv[c] = vld1q_f32(x + c * ld + j);
+        for (int c = 0; c < C; ++c) xv[c] = vld1q_f32(x + c * ldx + j);
         for (int r = 0; r < R; ++r) {
-            float32x4_t wv = vld1q_f32(w + r * ld + j);
+            float32x4_t wv = vld1q_f32(w + r * ldw + j);
             for (int c = 0; c < C; ++c) acc[r][c] = vfmaq_f32(acc[r][c], wv, xv[c]);
         }
     }
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) {
             float s = vaddvq_f32(acc[r][c]);
-            for (int k = j; k < d; ++k) s += w[r * ld + k] * x[c * ld + k];
+            for (int k = j; k < d; ++k) s += w[r * ldw + k] * x[c * ldx + k];
             out[r][c] = s;
         }
 #else
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) out[r][c] = dot(w + r * ld, x + c * ld, d);
+        for (int c = 0; c < C; ++c) out[r][c] = dot(w + r * ldw, x + c * ldx, d);
 #endif
 }
 
@@ -571,53 +573,205 @@ static inline void tile_any(bool quantized, int c, const void* w, std::size_t ro
     if constexpr (C0 <= MM_C) {
         if (c != C0) return tile_any<R, C0 + 1>(quantized, c, w, row_bytes, x, xq, xd, d, out);
         if (quantized) q8_tile<R, C0>(static_cast<const std::uint8_t*>(w), row_bytes, xq, xd, d, out);
-        else mm_tile<R, C0>(static_cast<const float*>(w), x, d, out);
+        else mm_tile<R, C0>(static_cast<const float*>(w), static_cast<std::size_t>(d), x, static_cast<std::size_t>(d), d, out);
+    }
+}
+
+// mm_tile for any r <= MM_R and c <= MM_C known at run time only
+template <int R, int C0 = 1>
+static inline void f32_tile_c(int c, const float* w, std::size_t ldw, const float* x, std::size_t ldx, int d,
+                              float (&out)[MM_R][MM_C]) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return f32_tile_c<R, C0 + 1>(c, w, ldw, x, ldx, d, out);
+        mm_tile<R, C0>(w, ldw, x, ldx, d, out);
+    }
+}
+
+static inline void f32_tile(int r, int c, const float* w, std::size_t ldw, const float* x, std::size_t ldx, int d,
+                            float (&out)[MM_R][MM_C]) {
+    static_assert(MM_R == 4);
+    switch (r) {
+    case 4: f32_tile_c<4>(c, w, ldw, x, ldx, d, out); break;
+    case 3: f32_tile_c<3>(c, w, ldw, x, ldx, d, out); break;
+    case 2: f32_tile_c<2>(c, w, ldw, x, ldx, d, out); break;
+    default: f32_tile_c<1>(c, w, ldw, x, ldx, d, out); break;
     }
 }
 
 // The activations of a batched product: rows of d floats, and their Q8_0 blocks when one of the
-// matrices that share them is Q8_0.
+// matrices that share them is Q8_0 (xu: the quants plus 128, as unsigned bytes, for the VNNI
+// kernel below).
 struct BatchInput {
     const float* x;
     const std::int8_t* xq = nullptr;
     const float* xd = nullptr;
+    const std::uint8_t* xu = nullptr;
 };
 
-// For rows [begin, end) of W (n, d), by W's type, and the T rows of the input:
-// store(t, i, X[t] . W[i]).
-template <class Store>
-static inline void matmul(const Matrix& w, const BatchInput& in, int T, int d, int begin, int end, Store store) {
-    const bool quantized = w.quantized();
-    const std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
-                                            : static_cast<std::size_t>(d) * sizeof(float);
-    const auto* base = static_cast<const std::uint8_t*>(w.data());
-    float out[MM_R][MM_C];
-    for (int t0 = 0; t0 < T; t0 += MM_C) {
-        const int c = std::min(MM_C, T - t0);
-        const float* x = in.x + static_cast<std::size_t>(t0) * d;
-        const std::int8_t* xq = quantized ? in.xq + static_cast<std::size_t>(t0) * d : nullptr;
-        const float* xd = quantized ? in.xd + static_cast<std::size_t>(t0) * (d / Q8_BLOCK) : nullptr;
-        for (int i = begin; i < end; i += MM_R) {
-            const int r = std::min(MM_R, end - i);
-            const void* wr = base + static_cast<std::size_t>(i) * row_bytes;
-            switch (r) {
-            case 4: tile_any<4>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
-            case 3: tile_any<3>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
-            case 2: tile_any<2>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
-            default: tile_any<1>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+#if POLYLLAMA_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define POLYLLAMA_Q8_VNNI512 1
+// The Q8_0 product with AVX-512 VNNI. A block's isum is a sum of 32 products; vpdpbusd adds four
+// u8 x s8 products into each int32 lane, so with 16 weight rows side by side in a register (4
+// bytes of each row per lane) eight vpdpbusd leave the 16 rows' isums of one block in the 16
+// lanes, with no horizontal sum. The task's weight rows are repacked that way (q8_pack) into the
+// worker's scratch, once per batch, then every activation tile of the batch passes over them.
+// vpdpbusd multiplies unsigned by signed bytes: the activations go in as q + 128 (0..255) and
+// 128 * sum(w) per row and block, computed at packing, is taken off, so isum is exact.
+// Per block: float(isum) * (fp32(dw) * dx), rounded, then added, as in q8::dot_row.
+constexpr int Q8_LANES = 16;
+// the packed bytes of one group of 16 rows per block: quants, then scales, then corrections
+constexpr std::size_t Q8_PACK_BLOCK = Q8_LANES * Q8_BLOCK + Q8_LANES * sizeof(float) + Q8_LANES * sizeof(std::int32_t);
+
+static inline std::size_t q8_pack_bytes(int rows, int d) {
+    return static_cast<std::size_t>((rows + Q8_LANES - 1) / Q8_LANES) * (d / Q8_BLOCK) * Q8_PACK_BLOCK;
+}
+
+// rows [begin, end) of the Q8_0 matrix w (row_bytes each) into pack: group by group of 16 rows
+// (the last one padded with zero rows), block by block: 512 bytes of quants (group of 4 bytes
+// k, row j at (k * 16 + j) * 4), 16 float scales, 16 int32 corrections
+static void q8_pack(const std::uint8_t* w, std::size_t row_bytes, int begin, int end, int d, std::uint8_t* pack) {
+    const int nb = d / Q8_BLOCK;
+    for (int g0 = begin; g0 < end; g0 += Q8_LANES) {
+        for (int b = 0; b < nb; ++b, pack += Q8_PACK_BLOCK) {
+            auto* dw = reinterpret_cast<float*>(pack + Q8_LANES * Q8_BLOCK);
+            auto* corr = reinterpret_cast<std::int32_t*>(dw + Q8_LANES);
+            for (int j = 0; j < Q8_LANES; ++j) {
+                const int r = g0 + j;
+                if (r >= end) {
+                    for (int k = 0; k < Q8_BLOCK / 4; ++k) std::memset(pack + (k * Q8_LANES + j) * 4, 0, 4);
+                    dw[j] = 0.0f, corr[j] = 0;
+                    continue;
+                }
+                const std::uint8_t* block = w + static_cast<std::size_t>(r) * row_bytes + static_cast<std::size_t>(b) * Q8_BLOCK_BYTES;
+                const auto* q = reinterpret_cast<const std::int8_t*>(block + 2);
+                for (int k = 0; k < Q8_BLOCK / 4; ++k) std::memcpy(pack + (k * Q8_LANES + j) * 4, q + k * 4, 4);
+                std::int32_t sum = 0;
+                for (int i = 0; i < Q8_BLOCK; ++i) sum += q[i];
+                dw[j] = q8::scale_of(block), corr[j] = 128 * sum;
             }
-            for (int rr = 0; rr < r; ++rr)
-                for (int cc = 0; cc < c; ++cc) store(t0 + cc, i + rr, out[rr][cc]);
         }
     }
 }
 
-// Rows of W per task of a batched product: about 128 KB of weights (a block that stays in L2
-// while the batch passes over it), a multiple of the tile's rows, at least 16 rows.
-static inline int mm_task_rows(const Matrix& w, int d) {
-    std::size_t row_bytes = w.quantized() ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
-                                          : static_cast<std::size_t>(d) * sizeof(float);
-    std::size_t rows = std::clamp<std::size_t>((128u << 10) / row_bytes, 16, 256);
+// J groups of 16 packed rows (stride group_bytes apart) against C activation rows (xu: d bytes
+// each, xd: d / 32 scales each): out[c * 32 + j * 16 + lane]
+template <int J, int C>
+[[gnu::noinline]] static void q8_vnni_tile(const std::uint8_t* pack, std::size_t group_bytes, const std::uint8_t* xu,
+                                           const float* xd, int d, float* out) {
+    const int nb = d / Q8_BLOCK;
+    __m512 acc[J][C];
+    for (int j = 0; j < J; ++j)
+        for (int c = 0; c < C; ++c) acc[j][c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const std::uint8_t* pb = pack + static_cast<std::size_t>(b) * Q8_PACK_BLOCK;
+        __m512i isum[J][C];
+        for (int j = 0; j < J; ++j)
+            for (int c = 0; c < C; ++c) isum[j][c] = _mm512_setzero_si512();
+        for (int k = 0; k < Q8_BLOCK / 4; ++k) {
+            __m512i wv[J];
+            for (int j = 0; j < J; ++j) wv[j] = _mm512_loadu_si512(pb + j * group_bytes + k * Q8_LANES * 4);
+            for (int c = 0; c < C; ++c) {
+                std::int32_t four;
+                std::memcpy(&four, xu + static_cast<std::size_t>(c) * d + b * Q8_BLOCK + k * 4, 4);
+                const __m512i xv = _mm512_set1_epi32(four);
+                for (int j = 0; j < J; ++j) isum[j][c] = _mm512_dpbusd_epi32(isum[j][c], xv, wv[j]);
+            }
+        }
+        for (int j = 0; j < J; ++j) {
+            const auto* dwp = reinterpret_cast<const float*>(pb + j * group_bytes + Q8_LANES * Q8_BLOCK);
+            const __m512 dw = _mm512_loadu_ps(dwp);
+            const __m512i corr = _mm512_loadu_si512(dwp + Q8_LANES);
+            for (int c = 0; c < C; ++c) {
+                // exact: |isum| < 2^24; the zero-masked form because GCC 12 warns that the plain
+                // one's undefined pass-through operand is uninitialized
+                const __m512 f = _mm512_maskz_cvtepi32_ps(static_cast<__mmask16>(0xffff), _mm512_sub_epi32(isum[j][c], corr));
+                const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[static_cast<std::size_t>(c) * nb + b]));
+                acc[j][c] = _mm512_add_ps(acc[j][c], _mm512_mul_ps(f, scale));
+            }
+        }
+    }
+    for (int j = 0; j < J; ++j)
+        for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + c * 2 * Q8_LANES + j * Q8_LANES, acc[j][c]);
+}
+
+template <int J, int C0 = 1>
+static inline void q8_vnni_any(int c, const std::uint8_t* pack, std::size_t group_bytes, const std::uint8_t* xu,
+                               const float* xd, int d, float* out) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return q8_vnni_any<J, C0 + 1>(c, pack, group_bytes, xu, xd, d, out);
+        q8_vnni_tile<J, C0>(pack, group_bytes, xu, xd, d, out);
+    }
+}
+
+// rows [begin, end) of the Q8_0 matrix against the T rows of the input, through pack
+template <class Store>
+static inline void q8_matmul_vnni(const Matrix& w, const BatchInput& in, int T, int d, int begin, int end,
+                                  std::uint8_t* pack, Store store) {
+    const std::size_t row_bytes = static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES;
+    const std::size_t group_bytes = static_cast<std::size_t>(d / Q8_BLOCK) * Q8_PACK_BLOCK;
+    q8_pack(w.q8.data(), row_bytes, begin, end, d, pack);
+    alignas(64) float out[MM_C * 2 * Q8_LANES];
+    for (int t0 = 0; t0 < T; t0 += MM_C) {
+        const int c = std::min(MM_C, T - t0);
+        const std::uint8_t* xu = in.xu + static_cast<std::size_t>(t0) * d;
+        const float* xd = in.xd + static_cast<std::size_t>(t0) * (d / Q8_BLOCK);
+        for (int i = begin, g = 0; i < end; i += 2 * Q8_LANES, g += 2) {
+            const int r = std::min(2 * Q8_LANES, end - i);
+            const std::uint8_t* pg = pack + static_cast<std::size_t>(g) * group_bytes;
+            if (r > Q8_LANES) q8_vnni_any<2>(c, pg, group_bytes, xu, xd, d, out);
+            else q8_vnni_any<1>(c, pg, group_bytes, xu, xd, d, out);
+            for (int cc = 0; cc < c; ++cc)
+                for (int rr = 0; rr < r; ++rr) store(t0 + cc, i + rr, out[cc * 2 * Q8_LANES + rr]);
+        }
+    }
+}
+#endif
+
+// For rows [begin, end) of W (n, d), by W's type, and the T rows of the input:
+// store(t, i, X[t] . W[i]). pack: the running worker's scratch for the VNNI kernel (q8_pack_bytes
+// of the rows), or null where the build or the input has no VNNI path.
+template <class Store>
+static inline void matmul(const Matrix& w, const BatchInput& in, int T, int d, int begin, int end, Store store,
+                          std::uint8_t* pack = nullptr) {
+    const bool quantized = w.quantized();
+#if POLYLLAMA_Q8_VNNI512
+    if (quantized && pack && in.xu) return q8_matmul_vnni(w, in, T, d, begin, end, pack, store);
+#else
+    (void)pack;
+#endif
+    const std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
+                                            : static_cast<std::size_t>(d) * sizeof(float);
+    const auto* base = static_cast<const std::uint8_t*>(w.data());
+    float out[MM_R][MM_C];
+    auto tile = [&](int i, int t0) {
+        const int c = std::min(MM_C, T - t0);
+        const float* x = in.x + static_cast<std::size_t>(t0) * d;
+        const std::int8_t* xq = quantized ? in.xq + static_cast<std::size_t>(t0) * d : nullptr;
+        const float* xd = quantized ? in.xd + static_cast<std::size_t>(t0) * (d / Q8_BLOCK) : nullptr;
+        const int r = std::min(MM_R, end - i);
+        const void* wr = base + static_cast<std::size_t>(i) * row_bytes;
+        switch (r) {
+        case 4: tile_any<4>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        case 3: tile_any<3>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        case 2: tile_any<2>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        default: tile_any<1>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        }
+        for (int rr = 0; rr < r; ++rr)
+            for (int cc = 0; cc < c; ++cc) store(t0 + cc, i + rr, out[rr][cc]);
+    };
+    // the activation tile in L1 while the task's weight rows pass over it from L2 (the other
+    // order, each weight group in L1 while the activations stream from L2, was slower)
+    for (int t0 = 0; t0 < T; t0 += MM_C)
+        for (int i = begin; i < end; i += MM_R) tile(i, t0);
+}
+
+// Rows of W per task of a batched product: about 256 KB of weights (a block that stays in L2
+// while the batch passes over it; 64 and 128 KB were slower), a multiple of the tile's rows,
+// 16 to 256 rows.
+static inline int mm_task_rows(bool quantized, int d) {
+    std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
+                                      : static_cast<std::size_t>(d) * sizeof(float);
+    std::size_t rows = std::clamp<std::size_t>((256u << 10) / row_bytes, 16, 256);
     return static_cast<int>(rows / MM_R * MM_R);
 }
 
@@ -630,7 +784,14 @@ void matmul_f32(const float* w, int n, int d, const float* x, int T, float* out)
 
 void matmul_q8(const std::uint8_t* w, int n, int d, const std::int8_t* xq, const float* xd, int T, float* out) {
     Matrix m = Matrix::q8_0({w, static_cast<std::size_t>(n) * (d / Q8_BLOCK) * Q8_BLOCK_BYTES});
-    matmul(m, {nullptr, xq, xd}, T, d, 0, n, [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; });
+    auto put = [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; };
+#if POLYLLAMA_Q8_VNNI512  // the kernel the forward pass runs on this build: the VNNI one
+    std::vector<std::uint8_t> xu(static_cast<std::size_t>(T) * d), pack(q8_pack_bytes(n, d));
+    for (std::size_t i = 0; i < xu.size(); ++i) xu[i] = static_cast<std::uint8_t>(xq[i]) ^ 0x80u;
+    matmul(m, {nullptr, xq, xd, xu.data()}, T, d, 0, n, put, pack.data());
+#else
+    matmul(m, {nullptr, xq, xd}, T, d, 0, n, put);
+#endif
 }
 
 }  // namespace batched
@@ -664,7 +825,22 @@ static void rope(float* v, int n, int head_size, const float* cos, const float* 
 
 Transformer::Transformer(const Model& model, ThreadPool& pool, int batch, bool all_logits)
     : config_(model.config), w_(model.weights), pool_(pool), batch_(clamp_batch(batch, model.config.seq_len)),
-      s_(model.config, batch_, all_logits ? batch_ : 0, pool.size()) {}
+      s_(model.config, batch_, all_logits ? batch_ : 0, pool.size()) {
+#if POLYLLAMA_Q8_VNNI512
+    // the VNNI kernel's buffers, when some matrix is Q8_0: enough for any task of any product
+    bool any_q8 = w_.wcls.quantized();
+    for (const LayerWeights& l : w_.layers)
+        for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) any_q8 |= m->quantized();
+    if (any_q8) {
+        const Config& c = config_;
+        const int width = std::max(c.dim, c.hidden_dim);
+        s_.bxu.resize(cells(batch_, width));
+        for (int d : {c.dim, c.hidden_dim})
+            if (d % Q8_BLOCK == 0) pack_stride_ = std::max(pack_stride_, q8_pack_bytes(mm_task_rows(true, d), d));
+        s_.bpack.resize(cells(pool.size(), static_cast<std::int64_t>(pack_stride_)));
+    }
+#endif
+}
 
 // The steps of forward(), in its order. Each is called once per token (or layer) from forward()
 // alone, and is inline so that the compiler folds it back into forward().
@@ -824,7 +1000,10 @@ static BatchInput batch_input_for(RunState& s, const float* x, int n, int d, std
             for (int t = 0; t < n; ++t)
                 q8::quantize(x + static_cast<std::size_t>(t) * d, d, s.bxq.data() + static_cast<std::size_t>(t) * d,
                              s.bxd.data() + static_cast<std::size_t>(t) * (d / Q8_BLOCK));
-            return {x, s.bxq.data(), s.bxd.data()};
+            if (s.bxu.empty()) return {x, s.bxq.data(), s.bxd.data()};
+            const std::size_t cells = static_cast<std::size_t>(n) * d;  // q + 128: the sign bit flipped
+            for (std::size_t i = 0; i < cells; ++i) s.bxu[i] = static_cast<std::uint8_t>(s.bxq[i]) ^ 0x80u;
+            return {x, s.bxq.data(), s.bxd.data(), s.bxu.data()};
         }
     return {x};
 }
@@ -839,23 +1018,23 @@ inline void Transformer::batch_qkv(const LayerWeights& lw, float* key_cache, flo
         rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, s.bx.data() + static_cast<std::size_t>(t) * dim,
                 lw.rms_att);
     const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wq, &lw.wk, &lw.wv});
-    const int q_rows = mm_task_rows(lw.wq, dim), k_rows = mm_task_rows(lw.wk, dim), v_rows = mm_task_rows(lw.wv, dim);
+    const int q_rows = mm_task_rows(lw.wq.quantized(), dim), k_rows = mm_task_rows(lw.wk.quantized(), dim), v_rows = mm_task_rows(lw.wv.quantized(), dim);
     const int q_tasks = (dim + q_rows - 1) / q_rows, k_tasks = (kv_dim + k_rows - 1) / k_rows,
               v_tasks = (kv_dim + v_rows - 1) / v_rows;
     float* q = s.bq.data();
     float* k = key_cache + static_cast<std::size_t>(p0) * kv_dim;
     float* v = value_cache + static_cast<std::size_t>(p0) * kv_dim;
-    pool_.parallel_for(q_tasks + k_tasks + v_tasks, [&](int task) {
+    pool_.parallel_for(q_tasks + k_tasks + v_tasks, [&](int task, int worker) {
         auto put = [](float* out, int width) {
             return [out, width](int t, int i, float val) { out[static_cast<std::size_t>(t) * width + i] = val; };
         };
         if (task < q_tasks) {
-            matmul(lw.wq, in, n, dim, task * q_rows, std::min(dim, (task + 1) * q_rows), put(q, dim));
+            matmul(lw.wq, in, n, dim, task * q_rows, std::min(dim, (task + 1) * q_rows), put(q, dim), pack(worker));
         } else if ((task -= q_tasks) < k_tasks) {
-            matmul(lw.wk, in, n, dim, task * k_rows, std::min(kv_dim, (task + 1) * k_rows), put(k, kv_dim));
+            matmul(lw.wk, in, n, dim, task * k_rows, std::min(kv_dim, (task + 1) * k_rows), put(k, kv_dim), pack(worker));
         } else {
             task -= k_tasks;
-            matmul(lw.wv, in, n, dim, task * v_rows, std::min(kv_dim, (task + 1) * v_rows), put(v, kv_dim));
+            matmul(lw.wv, in, n, dim, task * v_rows, std::min(kv_dim, (task + 1) * v_rows), put(v, kv_dim), pack(worker));
         }
     });
     for (int t = 0; t < n; ++t) {
@@ -866,28 +1045,80 @@ inline void Transformer::batch_qkv(const LayerWeights& lw, float* key_cache, flo
     }
 }
 
-// causal multi-head attention: row t attends to cache positions 0 .. p0 + t; one task per
-// (row, head) pair, its scores in the running worker's scratch
+// out[c] = sum over i <= last of att[c][i] * v[i], for the c <= MM_C rows of att (row stride
+// lda) and v's rows (stride ldv, hs long): each value vector loaded once for all c rows, the c
+// outputs held in registers along hs.
+static inline void weighted_sum(const float* att, std::size_t lda, int c, const float* v, std::size_t ldv, int last,
+                                int hs, float* out, std::size_t ldo) {
+    int k0 = 0;
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+    for (; k0 + 16 <= hs; k0 += 16) {
+        __m512 acc[MM_C];
+        for (int cc = 0; cc < MM_C; ++cc) acc[cc] = _mm512_setzero_ps();
+        for (int i = 0; i <= last; ++i) {
+            __m512 vi = _mm512_loadu_ps(v + i * ldv + k0);
+            for (int cc = 0; cc < MM_C; ++cc)
+                if (cc < c) acc[cc] = _mm512_fmadd_ps(_mm512_set1_ps(att[cc * lda + i]), vi, acc[cc]);
+        }
+        for (int cc = 0; cc < c; ++cc) _mm512_storeu_ps(out + cc * ldo + k0, acc[cc]);
+    }
+#elif POLYLLAMA_AVX2
+    for (; k0 + 8 <= hs; k0 += 8) {
+        __m256 acc[MM_C];
+        for (int cc = 0; cc < MM_C; ++cc) acc[cc] = _mm256_setzero_ps();
+        for (int i = 0; i <= last; ++i) {
+            __m256 vi = _mm256_loadu_ps(v + i * ldv + k0);
+            for (int cc = 0; cc < MM_C; ++cc)
+                if (cc < c) acc[cc] = _mm256_fmadd_ps(_mm256_set1_ps(att[cc * lda + i]), vi, acc[cc]);
+        }
+        for (int cc = 0; cc < c; ++cc) _mm256_storeu_ps(out + cc * ldo + k0, acc[cc]);
+    }
+#endif
+    if (k0 < hs) {  // what the vectors left (all of it on other targets): row by row
+        for (int cc = 0; cc < c; ++cc) {
+            float* o = out + cc * ldo;
+            std::fill(o + k0, o + hs, 0.0f);
+            for (int i = 0; i <= last; ++i) {
+                const float a = att[cc * lda + i];
+                const float* vi = v + i * ldv;
+                for (int k = k0; k < hs; ++k) o[k] += a * vi[k];
+            }
+        }
+    }
+}
+
+// causal multi-head attention: row t attends to cache positions 0 .. p0 + t. A task is one head
+// and a tile of MM_C consecutive rows (MM_C (row, head) pairs): their scores against the keys
+// are one product (the keys as the weight rows, through the matmul tile), each row's softmax
+// runs over its own positions, and the scores past a row's position are zero in the weighted
+// sum of the values; the scores live in the running worker's scratch.
 inline void Transformer::batch_attention(const float* key_cache, const float* value_cache, int n, int p0) {
     const Config& p = config_;
     RunState& s = s_;
     const int dim = p.dim, kv_dim = p.kv_dim(), hs = p.head_size(), kv_mul = p.n_heads / p.n_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-    pool_.parallel_for(n * p.n_heads, [&](int task, int worker) {
-        const int t = task / p.n_heads, h = task % p.n_heads, pos = p0 + t;
-        const float* qh = s.bq.data() + static_cast<std::size_t>(t) * dim + h * hs;
-        float* att = s.batt.data() + static_cast<std::size_t>(worker) * p.seq_len;  // (pos + 1)
-        const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;
-        for (int i = 0; i <= pos; ++i)
-            att[i] = dot(qh, key_cache + static_cast<std::size_t>(i) * kv_dim + kv_off, hs) * scale;
-        softmax({att, static_cast<std::size_t>(pos) + 1});
-        float* out = s.bxb.data() + static_cast<std::size_t>(t) * dim + h * hs;
-        std::fill_n(out, hs, 0.0f);
-        for (int i = 0; i <= pos; ++i) {
-            const float* vi = value_cache + static_cast<std::size_t>(i) * kv_dim + kv_off;
-            const float a = att[i];
-            for (int k = 0; k < hs; ++k) out[k] += a * vi[k];
+    const int row_tiles = (n + MM_C - 1) / MM_C;
+    const std::size_t lda = static_cast<std::size_t>(p.seq_len);
+    pool_.parallel_for(row_tiles * p.n_heads, [&](int task, int worker) {
+        const int h = task % p.n_heads, t0 = task / p.n_heads * MM_C, c = std::min(MM_C, n - t0);
+        const int last = p0 + t0 + c - 1;  // the tile's last row's position
+        const float* q = s.bq.data() + static_cast<std::size_t>(t0) * dim + h * hs;
+        const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;  // this head's KV head
+        float* att = s.batt.data() + static_cast<std::size_t>(worker) * BATCH_TILE_ROWS * lda;  // (MM_C, seq_len)
+        float out[MM_R][MM_C];
+        for (int i = 0; i <= last; i += MM_R) {
+            const int r = std::min(MM_R, last + 1 - i);
+            f32_tile(r, c, key_cache + static_cast<std::size_t>(i) * kv_dim + kv_off, kv_dim, q, dim, hs, out);
+            for (int rr = 0; rr < r; ++rr)
+                for (int cc = 0; cc < c; ++cc) att[cc * lda + i + rr] = out[rr][cc] * scale;
         }
+        for (int cc = 0; cc < c; ++cc) {
+            const int pos = p0 + t0 + cc;
+            softmax({att + cc * lda, static_cast<std::size_t>(pos) + 1});
+            std::fill(att + cc * lda + pos + 1, att + cc * lda + last + 1, 0.0f);
+        }
+        weighted_sum(att, lda, c, value_cache + kv_off, kv_dim, last, hs,
+                     s.bxb.data() + static_cast<std::size_t>(t0) * dim + h * hs, dim);
     });
 }
 
@@ -897,10 +1128,10 @@ inline void Transformer::batch_attention_out(const LayerWeights& lw, int n) {
     const int dim = config_.dim;
     float* x = s.bx.data();
     const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wo});
-    const int rows = mm_task_rows(lw.wo, dim);
-    pool_.parallel_for((dim + rows - 1) / rows, [&](int task) {
+    const int rows = mm_task_rows(lw.wo.quantized(), dim);
+    pool_.parallel_for((dim + rows - 1) / rows, [&](int task, int worker) {
         matmul(lw.wo, in, n, dim, task * rows, std::min(dim, (task + 1) * rows),
-               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; });
+               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; }, pack(worker));
     });
 }
 
@@ -914,21 +1145,21 @@ inline void Transformer::batch_feed_forward(const LayerWeights& lw, int n) {
     for (int t = 0; t < n; ++t)
         rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, lw.rms_ffn);
     const BatchInput ffn_in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.w1, &lw.w3});
-    const int rows = std::min(mm_task_rows(lw.w1, dim), mm_task_rows(lw.w3, dim));
-    pool_.parallel_for((hidden + rows - 1) / rows, [&](int task) {
+    const int rows = std::min(mm_task_rows(lw.w1.quantized(), dim), mm_task_rows(lw.w3.quantized(), dim));
+    pool_.parallel_for((hidden + rows - 1) / rows, [&](int task, int worker) {
         const int begin = task * rows, end = std::min(hidden, (task + 1) * rows);
         matmul(lw.w1, ffn_in, n, dim, begin, end,
-               [hb, hidden](int t, int i, float val) { hb[static_cast<std::size_t>(t) * hidden + i] = val; });
+               [hb, hidden](int t, int i, float val) { hb[static_cast<std::size_t>(t) * hidden + i] = val; }, pack(worker));
         matmul(lw.w3, ffn_in, n, dim, begin, end, [hb, hidden](int t, int i, float up) {
             float& h = hb[static_cast<std::size_t>(t) * hidden + i];
             h = h / (1.0f + std::exp(-h)) * up;
-        });
+        }, pack(worker));
     });
     const BatchInput w2_in = batch_input_for(s, hb, n, hidden, {&lw.w2});
-    const int w2_rows = mm_task_rows(lw.w2, hidden);
-    pool_.parallel_for((dim + w2_rows - 1) / w2_rows, [&](int task) {
+    const int w2_rows = mm_task_rows(lw.w2.quantized(), hidden);
+    pool_.parallel_for((dim + w2_rows - 1) / w2_rows, [&](int task, int worker) {
         matmul(lw.w2, w2_in, n, hidden, task * w2_rows, std::min(dim, (task + 1) * w2_rows),
-               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; });
+               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; }, pack(worker));
     });
 }
 
@@ -973,11 +1204,12 @@ std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0,
     float* x = s_.bx.data();
     for (int t = 0; t < n; ++t) rmsnorm(x + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, w_.rms_final);
     const BatchInput in = batch_input_for(s_, x, n, dim, {&w_.wcls});
-    const int vocab = p.vocab_size, rows = mm_task_rows(w_.wcls, dim);
+    const int vocab = p.vocab_size, rows = mm_task_rows(w_.wcls.quantized(), dim);
     float* logits = s_.blogits.data();
-    pool_.parallel_for((vocab + rows - 1) / rows, [&](int task) {
+    pool_.parallel_for((vocab + rows - 1) / rows, [&](int task, int worker) {
         matmul(w_.wcls, in, n, dim, task * rows, std::min(vocab, (task + 1) * rows),
-               [logits, vocab](int t, int i, float val) { logits[static_cast<std::size_t>(t) * vocab + i] = val; });
+               [logits, vocab](int t, int i, float val) { logits[static_cast<std::size_t>(t) * vocab + i] = val; },
+               pack(worker));
     });
     return {logits, static_cast<std::size_t>(n) * vocab};
 }

@@ -879,9 +879,10 @@ TEST(Batched, MatmulF32MatchesThePlainLoop) {
             }
 }
 
-// The Q8_0 kernel against the definition (dot_row_plain), each activation row quantized on its
-// own: exactly where every term is an integer, to float rounding with random scales, and equal
-// to the one-position kernel (q8::dot_row) bit for bit.
+// The Q8_0 kernel (AVX-512 VNNI on repacked rows, or tiles of q8::dot_row: AVX2, NEON, portable)
+// against the definition (dot_row_plain), each activation row quantized on its own: exactly
+// where every term is an integer, to float rounding with random scales. Rows 0 and 1 are all
+// -128 and all 127, n leaves every tail of a 32-row tile.
 TEST(Batched, MatmulQ8MatchesThePlainLoop) {
     Rng rng(270);
     for (int n_blocks : {1, 2, 3, 9, 11})
@@ -922,7 +923,6 @@ TEST(Batched, MatmulQ8MatchesThePlainLoop) {
                             float v = got[static_cast<std::size_t>(t) * n + r];
                             if (exact) ASSERT_EQ(v, want) << n_blocks << " blocks, row " << r << ", T " << t;
                             else ASSERT_LE(std::fabs(v - want), 1e-6 * magnitude) << n_blocks << " blocks, row " << r << ", T " << t;
-                            ASSERT_EQ(v, q8::dot_row(row, qt, dt, n_blocks)) << "the one-position kernel's sum";
                         }
                 }
 }
