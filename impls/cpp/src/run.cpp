@@ -160,7 +160,7 @@ static inline float hsum(__m256 v) {
 }
 #endif
 
-#ifdef __AVX512F__
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
 // the two 256-bit halves of z added: sixteen lanes folded into eight (through memory, once per
 // four rows: GCC 12's extract and shuffle intrinsics warn of an uninitialized operand)
 static inline __m256 fold512(__m512 z) {
