@@ -1657,7 +1657,12 @@ static int run(const Args& args) {
     Tokenizer tokenizer(std::move(vocab));
     ThreadPool pool(args.threads);
     const Config& c = model.config;
-    Transformer transformer(model, pool, clamp_batch(args.batch, c.seq_len), args.logits_mode);
+    // logits mode keeps every row's logits: no more rows than there are ids
+    const int batch = clamp_batch(args.batch, c.seq_len);
+    const int rows = args.logits_mode && args.ids && !args.ids->empty()
+                         ? static_cast<int>(std::min<std::int64_t>(batch, static_cast<std::int64_t>(args.ids->size())))
+                         : batch;
+    Transformer transformer(model, pool, rows, args.logits_mode);
     double load_s = seconds(t0, Clock::now());
 
     RunStats stats;
@@ -1675,7 +1680,7 @@ static int run(const Args& args) {
                          args.ignore_bos);
         emit("\n");
     }
-    print_stats(stats, pool.size(), transformer.batch(), load_s);
+    print_stats(stats, pool.size(), batch, load_s);
     return 0;
 }
 
