@@ -1045,37 +1045,52 @@ inline void Transformer::batch_qkv(const LayerWeights& lw, float* key_cache, flo
     }
 }
 
-// out[c] = sum over i <= last of att[c][i] * v[i], for the c <= MM_C rows of att (row stride
-// lda) and v's rows (stride ldv, hs long): each value vector loaded once for all c rows, the c
-// outputs held in registers along hs.
-static inline void weighted_sum(const float* att, std::size_t lda, int c, const float* v, std::size_t ldv, int last,
-                                int hs, float* out, std::size_t ldo) {
+// out[c] = sum over i <= last of att[c][i] * v[i], for the C <= MM_C rows of att (row stride
+// lda) and v's rows (stride ldv, hs long): each value vector loaded once for all C rows, the
+// outputs held in registers along hs (up to 64 values of each row at once, so that a load of v
+// feeds C FMAs and the broadcast of a score feeds up to 4).
+template <int C>
+static void weighted_sum(const float* att, std::size_t lda, const float* v, std::size_t ldv, int last, int hs,
+                         float* out, std::size_t ldo) {
     int k0 = 0;
 #if POLYLLAMA_AVX2 && defined(__AVX512F__)
+    for (; k0 + 64 <= hs; k0 += 64) {
+        __m512 acc[C][4];
+        for (int cc = 0; cc < C; ++cc)
+            for (int q = 0; q < 4; ++q) acc[cc][q] = _mm512_setzero_ps();
+        for (int i = 0; i <= last; ++i) {
+            __m512 vi[4];
+            for (int q = 0; q < 4; ++q) vi[q] = _mm512_loadu_ps(v + i * ldv + k0 + 16 * q);
+            for (int cc = 0; cc < C; ++cc) {
+                const __m512 a = _mm512_set1_ps(att[cc * lda + i]);
+                for (int q = 0; q < 4; ++q) acc[cc][q] = _mm512_fmadd_ps(a, vi[q], acc[cc][q]);
+            }
+        }
+        for (int cc = 0; cc < C; ++cc)
+            for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + cc * ldo + k0 + 16 * q, acc[cc][q]);
+    }
     for (; k0 + 16 <= hs; k0 += 16) {
-        __m512 acc[MM_C];
-        for (int cc = 0; cc < MM_C; ++cc) acc[cc] = _mm512_setzero_ps();
+        __m512 acc[C];
+        for (int cc = 0; cc < C; ++cc) acc[cc] = _mm512_setzero_ps();
         for (int i = 0; i <= last; ++i) {
             __m512 vi = _mm512_loadu_ps(v + i * ldv + k0);
-            for (int cc = 0; cc < MM_C; ++cc)
-                if (cc < c) acc[cc] = _mm512_fmadd_ps(_mm512_set1_ps(att[cc * lda + i]), vi, acc[cc]);
+            for (int cc = 0; cc < C; ++cc) acc[cc] = _mm512_fmadd_ps(_mm512_set1_ps(att[cc * lda + i]), vi, acc[cc]);
         }
-        for (int cc = 0; cc < c; ++cc) _mm512_storeu_ps(out + cc * ldo + k0, acc[cc]);
+        for (int cc = 0; cc < C; ++cc) _mm512_storeu_ps(out + cc * ldo + k0, acc[cc]);
     }
 #elif POLYLLAMA_AVX2
     for (; k0 + 8 <= hs; k0 += 8) {
-        __m256 acc[MM_C];
-        for (int cc = 0; cc < MM_C; ++cc) acc[cc] = _mm256_setzero_ps();
+        __m256 acc[C];
+        for (int cc = 0; cc < C; ++cc) acc[cc] = _mm256_setzero_ps();
         for (int i = 0; i <= last; ++i) {
             __m256 vi = _mm256_loadu_ps(v + i * ldv + k0);
-            for (int cc = 0; cc < MM_C; ++cc)
-                if (cc < c) acc[cc] = _mm256_fmadd_ps(_mm256_set1_ps(att[cc * lda + i]), vi, acc[cc]);
+            for (int cc = 0; cc < C; ++cc) acc[cc] = _mm256_fmadd_ps(_mm256_set1_ps(att[cc * lda + i]), vi, acc[cc]);
         }
-        for (int cc = 0; cc < c; ++cc) _mm256_storeu_ps(out + cc * ldo + k0, acc[cc]);
+        for (int cc = 0; cc < C; ++cc) _mm256_storeu_ps(out + cc * ldo + k0, acc[cc]);
     }
 #endif
     if (k0 < hs) {  // what the vectors left (all of it on other targets): row by row
-        for (int cc = 0; cc < c; ++cc) {
+        for (int cc = 0; cc < C; ++cc) {
             float* o = out + cc * ldo;
             std::fill(o + k0, o + hs, 0.0f);
             for (int i = 0; i <= last; ++i) {
@@ -1085,6 +1100,31 @@ static inline void weighted_sum(const float* att, std::size_t lda, int c, const 
             }
         }
     }
+}
+
+template <int C0 = 1>
+static inline void weighted_sum_any(int c, const float* att, std::size_t lda, const float* v, std::size_t ldv, int last,
+                                    int hs, float* out, std::size_t ldo) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return weighted_sum_any<C0 + 1>(c, att, lda, v, ldv, last, hs, out, ldo);
+        weighted_sum<C0>(att, lda, v, ldv, last, hs, out, ldo);
+    }
+}
+
+// softmax() with the maximum taken in eight independent lanes (the same maximum: the order
+// does not matter to it) instead of one serial chain, which held up the attention's rows
+static void softmax_row(float* x, std::size_t n) {
+    float m[8];
+    std::fill_n(m, 8, x[0]);
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) m[k] = std::max(m[k], x[i + k]);
+    for (; i < n; ++i) m[0] = std::max(m[0], x[i]);
+    const float max = std::max(std::max(std::max(m[0], m[1]), std::max(m[2], m[3])),
+                               std::max(std::max(m[4], m[5]), std::max(m[6], m[7])));
+    for (std::size_t k = 0; k < n; ++k) x[k] = std::exp(x[k] - max);
+    const float sum = pairwise_sum(x, n);
+    for (std::size_t k = 0; k < n; ++k) x[k] /= sum;
 }
 
 // causal multi-head attention: row t attends to cache positions 0 .. p0 + t. A task is one head
@@ -1114,10 +1154,10 @@ inline void Transformer::batch_attention(const float* key_cache, const float* va
         }
         for (int cc = 0; cc < c; ++cc) {
             const int pos = p0 + t0 + cc;
-            softmax({att + cc * lda, static_cast<std::size_t>(pos) + 1});
+            softmax_row(att + cc * lda, static_cast<std::size_t>(pos) + 1);
             std::fill(att + cc * lda + pos + 1, att + cc * lda + last + 1, 0.0f);
         }
-        weighted_sum(att, lda, c, value_cache + kv_off, kv_dim, last, hs,
+        weighted_sum_any(c, att, lda, value_cache + kv_off, kv_dim, last, hs,
                      s.bxb.data() + static_cast<std::size_t>(t0) * dim + h * hs, dim);
     });
 }
