@@ -1,0 +1,173 @@
+# The batched prefill's matrix-matrix kernels: out(T, n) = X(T, d) @ W(n, d)^T with
+# W row-major as the file stores it, float32 or Q8_0 (q8_0.mojo). A prompt batch
+# reads each weight once for all its rows, so unlike batch-1 decoding the product
+# can be compute-bound: the kernels keep a register tile of weight rows x
+# activation rows and reuse every load many times.
+#
+# Blocking: a block of activation rows (TOKEN_BLOCK_BYTES of them) stays in the
+# caches while the worker's weight rows stream past it, TR rows at a time; each
+# TR-row strip is then read from L1 once per tile of TC activation rows.
+
+from std.memory import bitcast
+from std.utils import StaticTuple
+from kernels import NW
+from model import BPtr, FPtr, Matrix, QPtr
+from q8_0 import Q8_BLOCK, Q8_BLOCK_BYTES, Q8_GROUP, block_isum, four_blocks, pair_sums, q8_row_bytes, q8_scale
+
+# The f32 register tile: TR weight rows x TC activation rows, one vector accumulator
+# each, plus TR weight vectors and one activation vector in flight. With 32 vector
+# registers (AVX-512, NEON) 4 x 6 uses 29 of them; AVX2's 16 take 4 x 2 (13).
+comptime TR = 4
+comptime TC = 6 if NW != 8 else 2
+# The Q8_0 tile: each pair of a weight row and an activation row needs its own
+# reduction tree, so the tile is kept square and small; its point is that the
+# weight blocks are read from memory once and from L1 for the other rows.
+comptime QR = 4
+comptime QC = 4
+# Activation rows kept hot while the weights stream: about this many bytes of them
+# (half a typical L2), and at least one tile.
+comptime TOKEN_BLOCK_BYTES = 256 * 1024
+
+
+@always_inline
+def token_block(row_bytes: Int, tile: Int) -> Int:
+    return max(tile, (TOKEN_BLOCK_BYTES // max(row_bytes, 1)) // tile * tile)
+
+
+@always_inline
+def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, w: FPtr, d: Int, r: Int, t: Int):
+    """out[t + j, r + i] = w[r + i, :] . x[t + j, :] for i < R, j < C: each weight
+    vector loaded once serves C rows, each activation vector R rows; the R * C
+    horizontal sums come once, at the end."""
+    var acc = StaticTuple[SIMD[DType.float32, NW], R * C](fill=SIMD[DType.float32, NW](0))
+    var k = 0
+    while k + NW <= d:
+        var wv = StaticTuple[SIMD[DType.float32, NW], R](fill=SIMD[DType.float32, NW](0))
+        comptime for i in range(R):
+            wv[i] = w.unsafe_load[width=NW]((r + i) * d + k)
+        comptime for j in range(C):
+            var xv = x.unsafe_load[width=NW]((t + j) * d + k)
+            comptime for i in range(R):
+                acc[i * C + j] = wv[i].fma(xv, acc[i * C + j])
+        k += NW
+    comptime for i in range(R):
+        comptime for j in range(C):
+            var s = acc[i * C + j].reduce_add()
+            for kk in range(k, d):
+                s += w.unsafe_load((r + i) * d + kk) * x.unsafe_load((t + j) * d + kk)
+            dst.unsafe_store((t + j) * ldo + r + i, s)
+
+
+@always_inline
+def f32_strip[R: Int](dst: FPtr, ldo: Int, x: FPtr, w: FPtr, d: Int, r: Int, t0: Int, t1: Int):
+    """R weight rows against activation rows [t0, t1)."""
+    var t = t0
+    while t + TC <= t1:
+        f32_tile[R, TC](dst, ldo, x, w, d, r, t)
+        t += TC
+    while t < t1:
+        f32_tile[R, 1](dst, ldo, x, w, d, r, t)
+        t += 1
+
+
+def gemm_f32_rows(dst: FPtr, ldo: Int, x: FPtr, nrows: Int, w: FPtr, d: Int, r0: Int, r1: Int):
+    """out[t, r] = w[r, :] . x[t, :] for t < nrows, r in [r0, r1); x (nrows, d) and
+    w (rows, d) row-major, out rows ldo apart."""
+    var tb = token_block(d * 4, TC)
+    for t0 in range(0, nrows, tb):
+        var t1 = min(nrows, t0 + tb)
+        var r = r0
+        while r + TR <= r1:
+            f32_strip[TR](dst, ldo, x, w, d, r, t0, t1)
+            r += TR
+        while r < r1:
+            f32_strip[1](dst, ldo, x, w, d, r, t0, t1)
+            r += 1
+
+
+@always_inline
+def group_scales(blk: BPtr) -> SIMD[DType.float32, Q8_GROUP]:
+    """The fp16 scales of Q8_GROUP consecutive blocks, as float32."""
+    var bits = SIMD[DType.uint16, Q8_GROUP]()
+    comptime for g in range(Q8_GROUP):
+        var block = blk.unsafe_offset(g * Q8_BLOCK_BYTES)
+        bits[g] = UInt16(block.unsafe_load(0)) | (UInt16(block.unsafe_load(1)) << 8)
+    return bitcast[DType.float16, Q8_GROUP](bits).cast[DType.float32]()
+
+
+@always_inline
+def q8_tile[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t: Int):
+    """out[t + j, r + i] for i < R, j < C with Q8_0 weights and quantized activation
+    rows (d bytes of quants and d / 32 scales each): per block the exact int32 dot
+    product, then float(isum) * (dw * dx) summed in float32, eight blocks side by
+    side in one vector as the one-row kernel (q8_dot) sums them."""
+    var stride = q8_row_bytes(d)
+    var nb = d // Q8_BLOCK
+    var nd = nb
+    var acc = StaticTuple[SIMD[DType.float32, Q8_GROUP], R * C](fill=SIMD[DType.float32, Q8_GROUP](0))
+    var b = 0
+    while b + Q8_GROUP <= nb:
+        comptime for i in range(R):
+            var blk = w.unsafe_offset((r + i) * stride + b * Q8_BLOCK_BYTES)
+            var dw = group_scales(blk)
+            comptime for j in range(C):
+                var xr = xq.unsafe_offset((t + j) * d + b * Q8_BLOCK)
+                var isum = pair_sums(four_blocks(blk, xr),
+                                     four_blocks(blk.unsafe_offset(4 * Q8_BLOCK_BYTES), xr.unsafe_offset(4 * Q8_BLOCK)))
+                var dx = xd.unsafe_load[width=Q8_GROUP]((t + j) * nd + b)
+                acc[i * C + j] += isum.cast[DType.float32]() * (dw * dx)
+        b += Q8_GROUP
+    comptime for i in range(R):
+        comptime for j in range(C):
+            var s = acc[i * C + j].reduce_add()
+            for bb in range(b, nb):
+                var block = w.unsafe_offset((r + i) * stride + bb * Q8_BLOCK_BYTES)
+                var xr = xq.unsafe_offset((t + j) * d + bb * Q8_BLOCK)
+                s += Float32(block_isum(block, xr)) * (q8_scale(block) * xd.unsafe_load((t + j) * nd + bb))
+            dst.unsafe_store((t + j) * ldo + r + i, s)
+
+
+@always_inline
+def q8_strip[R: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t0: Int, t1: Int):
+    var t = t0
+    while t + QC <= t1:
+        q8_tile[R, QC](dst, ldo, xq, xd, w, d, r, t)
+        t += QC
+    while t < t1:
+        q8_tile[R, 1](dst, ldo, xq, xd, w, d, r, t)
+        t += 1
+
+
+def gemm_q8_rows(dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, nrows: Int, w: BPtr, d: Int, r0: Int, r1: Int):
+    """out[t, r] = W[r, :] . x[t, :] for t < nrows, r in [r0, r1); W (rows, d) in
+    Q8_0, the activation rows quantized (quantize_rows)."""
+    var tb = token_block(d + d // 8, QC)
+    for t0 in range(0, nrows, tb):
+        var t1 = min(nrows, t0 + tb)
+        var r = r0
+        while r + QR <= r1:
+            q8_strip[QR](dst, ldo, xq, xd, w, d, r, t0, t1)
+            r += QR
+        while r < r1:
+            q8_strip[1](dst, ldo, xq, xd, w, d, r, t0, t1)
+            r += 1
+
+
+@fieldwise_init
+struct Rows(TrivialRegisterPassable):
+    """The input of a group of products: nrows activation rows of d values, and when
+    a matrix of the group is Q8_0 those rows quantized (once for the group)."""
+
+    var x: FPtr  # (nrows, d)
+    var q: QPtr  # (nrows, d) quants, valid when a matrix of the group is Q8_0
+    var dq: FPtr  # (nrows, d / 32) their scales
+    var nrows: Int
+    var d: Int
+
+
+def gemm_rows(dst: FPtr, ldo: Int, inp: Rows, w: Matrix, r0: Int, r1: Int):
+    """Output columns [r0, r1) of inp @ W^T, by W's kernel."""
+    if w.q8:
+        gemm_q8_rows(dst, ldo, inp.q, inp.dq, inp.nrows, w.data, inp.d, r0, r1)
+    else:
+        gemm_f32_rows(dst, ldo, inp.x, inp.nrows, w.floats(), inp.d, r0, r1)
