@@ -35,18 +35,19 @@ def token_block(row_bytes: Int, tile: Int) -> Int:
 
 
 @always_inline
-def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, w: FPtr, d: Int, r: Int, t: Int):
+def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, ldx: Int, w: FPtr, ldw: Int, d: Int, r: Int, t: Int):
     """out[t + j, r + i] = w[r + i, :] . x[t + j, :] for i < R, j < C: each weight
     vector loaded once serves C rows, each activation vector R rows; the R * C
-    horizontal sums come once, at the end."""
+    horizontal sums come once, at the end. Rows of x are ldx apart, of w ldw
+    apart (the attention's keys lie kv_dim apart in the cache)."""
     var acc = StaticTuple[SIMD[DType.float32, NW], R * C](fill=SIMD[DType.float32, NW](0))
     var k = 0
     while k + NW <= d:
         var wv = StaticTuple[SIMD[DType.float32, NW], R](fill=SIMD[DType.float32, NW](0))
         comptime for i in range(R):
-            wv[i] = w.unsafe_load[width=NW]((r + i) * d + k)
+            wv[i] = w.unsafe_load[width=NW]((r + i) * ldw + k)
         comptime for j in range(C):
-            var xv = x.unsafe_load[width=NW]((t + j) * d + k)
+            var xv = x.unsafe_load[width=NW]((t + j) * ldx + k)
             comptime for i in range(R):
                 acc[i * C + j] = wv[i].fma(xv, acc[i * C + j])
         k += NW
@@ -54,7 +55,7 @@ def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, w: FPtr, d: Int, r: I
         comptime for j in range(C):
             var s = acc[i * C + j].reduce_add()
             for kk in range(k, d):
-                s += w.unsafe_load((r + i) * d + kk) * x.unsafe_load((t + j) * d + kk)
+                s += w.unsafe_load((r + i) * ldw + kk) * x.unsafe_load((t + j) * ldx + kk)
             dst.unsafe_store((t + j) * ldo + r + i, s)
 
 
@@ -63,10 +64,10 @@ def f32_strip[R: Int](dst: FPtr, ldo: Int, x: FPtr, w: FPtr, d: Int, r: Int, t0:
     """R weight rows against activation rows [t0, t1)."""
     var t = t0
     while t + TC <= t1:
-        f32_tile[R, TC](dst, ldo, x, w, d, r, t)
+        f32_tile[R, TC](dst, ldo, x, d, w, d, d, r, t)
         t += TC
     while t < t1:
-        f32_tile[R, 1](dst, ldo, x, w, d, r, t)
+        f32_tile[R, 1](dst, ldo, x, d, w, d, d, r, t)
         t += 1
 
 
@@ -171,3 +172,63 @@ def gemm_rows(dst: FPtr, ldo: Int, inp: Rows, w: Matrix, r0: Int, r1: Int):
         gemm_q8_rows(dst, ldo, inp.q, inp.dq, inp.nrows, w.data, inp.d, r0, r1)
     else:
         gemm_f32_rows(dst, ldo, inp.x, inp.nrows, w.floats(), inp.d, r0, r1)
+
+
+# ----------------------------------------------------------------------------
+# Attention over a block of rows: the scores of one head for up to TC query rows are
+# a small product of the same shape (keys as the weight rows), and the weighted sum
+# of values keeps its output in registers while the values stream.
+
+
+def scores_block(dst: FPtr, ldo: Int, q: FPtr, ldq: Int, k: FPtr, ldk: Int, hs: Int, nrows: Int, nkeys: Int):
+    """dst[j, u] = q[j, :hs] . k[u, :hs] for j < nrows (at most TC), u < nkeys."""
+    var u = 0
+    while u + TR <= nkeys:
+        if nrows == TC:
+            f32_tile[TR, TC](dst, ldo, q, ldq, k, ldk, hs, u, 0)
+        else:
+            for j in range(nrows):
+                f32_tile[TR, 1](dst, ldo, q, ldq, k, ldk, hs, u, j)
+        u += TR
+    while u < nkeys:
+        if nrows == TC:
+            f32_tile[1, TC](dst, ldo, q, ldq, k, ldk, hs, u, 0)
+        else:
+            for j in range(nrows):
+                f32_tile[1, 1](dst, ldo, q, ldq, k, ldk, hs, u, j)
+        u += 1
+
+
+def weighted_sum(dst: FPtr, p: FPtr, v: FPtr, ldv: Int, hs: Int, n: Int):
+    """dst[i] = sum over u < n of p[u] * v[u, i], i < hs: 4 vectors of the output
+    at a time stay in registers over all n values, summed in u order."""
+    var i = 0
+    while i + 4 * NW <= hs:
+        var a0 = SIMD[DType.float32, NW](0)
+        var a1 = SIMD[DType.float32, NW](0)
+        var a2 = SIMD[DType.float32, NW](0)
+        var a3 = SIMD[DType.float32, NW](0)
+        for u in range(n):
+            var pu = SIMD[DType.float32, NW](p.unsafe_load(u))
+            var row = v.unsafe_offset(u * ldv + i)
+            a0 = row.unsafe_load[width=NW](0).fma(pu, a0)
+            a1 = row.unsafe_load[width=NW](NW).fma(pu, a1)
+            a2 = row.unsafe_load[width=NW](2 * NW).fma(pu, a2)
+            a3 = row.unsafe_load[width=NW](3 * NW).fma(pu, a3)
+        dst.unsafe_store(i, a0)
+        dst.unsafe_store(i + NW, a1)
+        dst.unsafe_store(i + 2 * NW, a2)
+        dst.unsafe_store(i + 3 * NW, a3)
+        i += 4 * NW
+    while i + NW <= hs:
+        var a = SIMD[DType.float32, NW](0)
+        for u in range(n):
+            a = v.unsafe_load[width=NW](u * ldv + i).fma(SIMD[DType.float32, NW](p.unsafe_load(u)), a)
+        dst.unsafe_store(i, a)
+        i += NW
+    while i < hs:
+        var a = Float32(0)
+        for u in range(n):
+            a += p.unsafe_load(u) * v.unsafe_load(u * ldv + i)
+        dst.unsafe_store(i, a)
+        i += 1

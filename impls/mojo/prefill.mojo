@@ -8,7 +8,7 @@ from std.math import exp, sqrt, cos, sin
 from model import Config, FPtr, Matrix, Model, QPtr, alloc_floats, alloc_quants, free_floats, free_quants
 from q8_0 import Q8_BLOCK, quantize_activation
 from kernels import NW, dot, rmsnorm, softmax, split
-from gemm import Rows, gemm_rows
+from gemm import TC, Rows, gemm_rows, scores_block, weighted_sum
 from forward import RunState, embed
 from pool import Pool
 
@@ -26,7 +26,7 @@ struct BatchState(Movable):
     var xb2: FPtr  # (rows, dim) wo and w2 outputs
     var hb: FPtr  # (rows, hidden_dim)
     var hb2: FPtr  # (rows, hidden_dim)
-    var att: FPtr  # (nthreads, seq_len) each worker's attention scores
+    var att: FPtr  # (nthreads, TC, seq_len) each worker's attention scores
     var rope_cos: FPtr  # (rows, dim / 2)
     var rope_sin: FPtr  # (rows, dim / 2)
     var logits: FPtr  # (logit_rows, vocab)
@@ -46,7 +46,7 @@ struct BatchState(Movable):
         self.xb2 = alloc_floats(rows * c.dim)
         self.hb = alloc_floats(rows * c.hidden_dim)
         self.hb2 = alloc_floats(rows * c.hidden_dim)
-        self.att = alloc_floats(self.nthreads * c.seq_len)
+        self.att = alloc_floats(self.nthreads * TC * c.seq_len)
         self.rope_cos = alloc_floats(rows * (c.dim // 2))
         self.rope_sin = alloc_floats(rows * (c.dim // 2))
         self.logits = alloc_floats(self.logit_rows * c.vocab_size)
@@ -106,40 +106,37 @@ def rotate(vec: FPtr, fc: FPtr, fs: FPtr, n: Int):
 
 
 def attend(s: RunState, b: BatchState, c: Config, l: Int, p0: Int, nrows: Int, worker: Int, nworkers: Int):
-    """The (row, head) pairs worker, worker + nworkers, ...: row t at position
-    p0 + t attends to cache positions 0 .. p0 + t. Taking every nworkers-th pair
-    spreads the causal rows' growing lengths evenly over the workers."""
+    """Causal attention of layer l for the rows' (row, head) pairs, in items of one
+    head and up to TC consecutive rows (the pairs that share the head's keys): row t
+    at position p0 + t attends to cache positions 0 .. p0 + t. The worker takes
+    items worker, worker + nworkers, ...: the rows' growing lengths spread evenly."""
     var hs = c.head_size()
     var kv_dim = c.kv_dim()
     var dim = c.dim
     var kv_mul = c.n_heads // c.n_kv_heads
     var scale = Float32(1.0) / sqrt(Float32(hs))
     var layer_off = l * c.seq_len * kv_dim
-    var att = b.att.unsafe_offset(worker * c.seq_len)
-    var p = worker
-    while p < nrows * c.n_heads:
-        var t = p // c.n_heads
-        var h = p % c.n_heads
-        var pos = p0 + t
-        var q = b.q.unsafe_offset(t * dim + h * hs)
+    var scores = b.att.unsafe_offset(worker * TC * c.seq_len)
+    var blocks = (nrows + TC - 1) // TC
+    var item = worker
+    while item < blocks * c.n_heads:
+        var h = item % c.n_heads
+        var t0 = (item // c.n_heads) * TC
+        var t1 = min(nrows, t0 + TC)
         var head_off = layer_off + (h // kv_mul) * hs
-        for u in range(pos + 1):
-            att.unsafe_store(u, dot(q, s.key_cache.unsafe_offset(head_off + u * kv_dim), hs) * scale)
-        softmax(att, pos + 1)
-        var xb = b.xatt.unsafe_offset(t * dim + h * hs)
-        for i in range(hs):
-            xb.unsafe_store(i, 0)
-        for u in range(pos + 1):
-            var a = att.unsafe_load(u)
-            var v = s.value_cache.unsafe_offset(head_off + u * kv_dim)
-            var i = 0
-            while i + NW <= hs:
-                xb.unsafe_store(i, xb.unsafe_load[width=NW](i) + a * v.unsafe_load[width=NW](i))
-                i += NW
-            while i < hs:
-                xb.unsafe_store(i, xb.unsafe_load(i) + a * v.unsafe_load(i))
-                i += 1
-        p += nworkers
+        var keys = s.key_cache.unsafe_offset(head_off)
+        # every key up to the block's last row; each row then uses its own prefix
+        scores_block(scores, c.seq_len, b.q.unsafe_offset(t0 * dim + h * hs), dim, keys, kv_dim, hs,
+                     t1 - t0, p0 + t1)
+        for t in range(t0, t1):
+            var n = p0 + t + 1
+            var att = scores.unsafe_offset((t - t0) * c.seq_len)
+            for u in range(n):
+                att.unsafe_store(u, att.unsafe_load(u) * scale)
+            softmax(att, n)
+            weighted_sum(b.xatt.unsafe_offset(t * dim + h * hs), att, s.value_cache.unsafe_offset(head_off),
+                         kv_dim, hs, n)
+        item += nworkers
 
 
 def add_rows(x: FPtr, y: FPtr, n: Int):
