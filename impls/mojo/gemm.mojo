@@ -9,6 +9,8 @@
 # TR-row strip is then read from L1 once per tile of TC activation rows.
 
 from std.memory import bitcast
+from std.sys import llvm_intrinsic
+from std.sys.info import CompilationTarget
 from std.utils import StaticTuple
 from kernels import NW
 from model import BPtr, FPtr, Matrix, QPtr
@@ -35,6 +37,29 @@ def token_block(row_bytes: Int, tile: Int) -> Int:
 
 
 @always_inline
+def hsum4(a: SIMD[DType.float32, NW], b: SIMD[DType.float32, NW], c: SIMD[DType.float32, NW],
+          d: SIMD[DType.float32, NW]) -> SIMD[DType.float32, 4]:
+    """[sum a, sum b, sum c, sum d]: adjacent lanes summed pairwise, two vectors
+    interleaved at each level, until four lanes are left."""
+    var ab = a.join(b).deinterleave()
+    var cd = c.join(d).deinterleave()
+    var x = ab[0] + ab[1]
+    var y = cd[0] + cd[1]
+    var xy = x.join(y).deinterleave()
+    var z = xy[0] + xy[1]  # NW lanes: NW / 4 partial sums of a, then of b, c, d
+    comptime if NW >= 8:
+        var h = z.deinterleave()
+        var z8 = h[0] + h[1]
+        comptime if NW >= 16:
+            var h2 = z8.deinterleave()
+            return rebind[SIMD[DType.float32, 4]](h2[0] + h2[1])
+        else:
+            return rebind[SIMD[DType.float32, 4]](z8)
+    else:
+        return rebind[SIMD[DType.float32, 4]](z)
+
+
+@always_inline
 def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, ldx: Int, w: FPtr, ldw: Int, d: Int, r: Int, t: Int):
     """out[t + j, r + i] = w[r + i, :] . x[t + j, :] for i < R, j < C: each weight
     vector loaded once serves C rows, each activation vector R rows; the R * C
@@ -51,12 +76,23 @@ def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, ldx: Int, w: FPtr, ld
             comptime for i in range(R):
                 acc[i * C + j] = wv[i].fma(xv, acc[i * C + j])
         k += NW
-    comptime for i in range(R):
+    comptime if R == 4:
+        # four rows' sums at once by pairwise sums across the accumulators (fewer
+        # shuffles than four separate reductions), stored side by side
         comptime for j in range(C):
-            var s = acc[i * C + j].reduce_add()
+            var sums = hsum4(acc[j], acc[C + j], acc[2 * C + j], acc[3 * C + j])
             for kk in range(k, d):
-                s += w.unsafe_load((r + i) * ldw + kk) * x.unsafe_load((t + j) * ldx + kk)
-            dst.unsafe_store((t + j) * ldo + r + i, s)
+                var xs = x.unsafe_load((t + j) * ldx + kk)
+                comptime for i in range(R):
+                    sums[i] += w.unsafe_load((r + i) * ldw + kk) * xs
+            dst.unsafe_store((t + j) * ldo + r, sums)
+    else:
+        comptime for i in range(R):
+            comptime for j in range(C):
+                var s = acc[i * C + j].reduce_add()
+                for kk in range(k, d):
+                    s += w.unsafe_load((r + i) * ldw + kk) * x.unsafe_load((t + j) * ldx + kk)
+                dst.unsafe_store((t + j) * ldo + r + i, s)
 
 
 @always_inline
@@ -96,6 +132,83 @@ def group_scales(blk: BPtr) -> SIMD[DType.float32, Q8_GROUP]:
     return bitcast[DType.float16, Q8_GROUP](bits).cast[DType.float32]()
 
 
+# With AVX-512 VNNI, vpdpbusd multiplies unsigned bytes by signed ones in 64-byte
+# registers, two blocks at a time. The activation is made unsigned exactly by adding
+# 128 (x + 128 in 1..255, an xor of the sign bit), so each lane gets
+# sum (x + 128) w = sum x w + 128 sum w; the second term depends on the weights only
+# and is taken off by starting the accumulation at -128 sum w, computed once per
+# weight block for all the tile's activation rows. No lane can overflow: four
+# products of at most 255 * 128 each.
+comptime VNNI512 = CompilationTarget.has_avx512f() and CompilationTarget.has_vnni()
+comptime I8x64 = SIMD[DType.int8, 64]
+comptime I32x16 = SIMD[DType.int32, 16]
+
+
+@always_inline
+def dpbusd512(acc: I32x16, u: I8x64, w: I8x64) -> I32x16:
+    return llvm_intrinsic["llvm.x86.avx512.vpdpbusd.512", I32x16](acc, u, w)
+
+
+@always_inline
+def two_blocks(blk: BPtr) -> I8x64:
+    """The quants of two consecutive 34-byte blocks in one register."""
+    var a = bitcast[DType.int8, Q8_BLOCK](blk.unsafe_load[width=Q8_BLOCK](2))
+    var b = bitcast[DType.int8, Q8_BLOCK](blk.unsafe_load[width=Q8_BLOCK](2 + Q8_BLOCK_BYTES))
+    return a.join(b)
+
+
+@always_inline
+def pair_sums16(a: I32x16, b: I32x16) -> I32x16:
+    """Adjacent lanes of a, then of b, summed."""
+    var ab = a.join(b).deinterleave()
+    return ab[0] + ab[1]
+
+
+@always_inline
+def q8_tile_vnni[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t: Int):
+    """q8_tile with 64-byte vpdpbusd: eight blocks are four registers, their
+    partial sums (eight lanes a block) reduced to [isum_0 .. isum_7] by three levels
+    of pairwise sums; the scaling and the float32 sums as in q8_tile."""
+    var stride = q8_row_bytes(d)
+    var nb = d // Q8_BLOCK
+    var acc = StaticTuple[SIMD[DType.float32, Q8_GROUP], R * C](fill=SIMD[DType.float32, Q8_GROUP](0))
+    var bias = I8x64(-128)
+    var b = 0
+    while b + Q8_GROUP <= nb:
+        comptime for i in range(R):
+            var blk = w.unsafe_offset((r + i) * stride + b * Q8_BLOCK_BYTES)
+            var dw = group_scales(blk)
+            var w0 = two_blocks(blk)
+            var w1 = two_blocks(blk.unsafe_offset(2 * Q8_BLOCK_BYTES))
+            var w2 = two_blocks(blk.unsafe_offset(4 * Q8_BLOCK_BYTES))
+            var w3 = two_blocks(blk.unsafe_offset(6 * Q8_BLOCK_BYTES))
+            # -128 sum w per lane: the bias bytes (0x80 = 128 unsigned) times w, negated
+            var zero = I32x16(0)
+            var c0 = zero - dpbusd512(zero, bias, w0)
+            var c1 = zero - dpbusd512(zero, bias, w1)
+            var c2 = zero - dpbusd512(zero, bias, w2)
+            var c3 = zero - dpbusd512(zero, bias, w3)
+            comptime for j in range(C):
+                var xr = xq.unsafe_offset((t + j) * d + b * Q8_BLOCK)
+                var p0 = dpbusd512(c0, xr.unsafe_load[width=64](0) ^ bias, w0)
+                var p1 = dpbusd512(c1, xr.unsafe_load[width=64](64) ^ bias, w1)
+                var p2 = dpbusd512(c2, xr.unsafe_load[width=64](128) ^ bias, w2)
+                var p3 = dpbusd512(c3, xr.unsafe_load[width=64](192) ^ bias, w3)
+                var q = pair_sums16(pair_sums16(p0, p1), pair_sums16(p2, p3)).deinterleave()
+                var isum = q[0] + q[1]
+                var dx = xd.unsafe_load[width=Q8_GROUP]((t + j) * nb + b)
+                acc[i * C + j] += isum.cast[DType.float32]() * (dw * dx)
+        b += Q8_GROUP
+    comptime for i in range(R):
+        comptime for j in range(C):
+            var s = acc[i * C + j].reduce_add()
+            for bb in range(b, nb):
+                var block = w.unsafe_offset((r + i) * stride + bb * Q8_BLOCK_BYTES)
+                var xr = xq.unsafe_offset((t + j) * d + bb * Q8_BLOCK)
+                s += Float32(block_isum(block, xr)) * (q8_scale(block) * xd.unsafe_load((t + j) * nb + bb))
+            dst.unsafe_store((t + j) * ldo + r + i, s)
+
+
 @always_inline
 def q8_tile[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t: Int):
     """out[t + j, r + i] for i < R, j < C with Q8_0 weights and quantized activation
@@ -132,10 +245,16 @@ def q8_tile[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d:
 def q8_strip[R: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t0: Int, t1: Int):
     var t = t0
     while t + QC <= t1:
-        q8_tile[R, QC](dst, ldo, xq, xd, w, d, r, t)
+        comptime if VNNI512:
+            q8_tile_vnni[R, QC](dst, ldo, xq, xd, w, d, r, t)
+        else:
+            q8_tile[R, QC](dst, ldo, xq, xd, w, d, r, t)
         t += QC
     while t < t1:
-        q8_tile[R, 1](dst, ldo, xq, xd, w, d, r, t)
+        comptime if VNNI512:
+            q8_tile_vnni[R, 1](dst, ldo, xq, xd, w, d, r, t)
+        else:
+            q8_tile[R, 1](dst, ldo, xq, xd, w, d, r, t)
         t += 1
 
 
