@@ -26,11 +26,23 @@ def describe_peer(check: PeerCheck) -> str:
             f"({(check.row_tok_s or 0) / check.tool_tok_s:.2f}x): {verdict} within {100 * check.tolerance:.0f}%")
 
 
+def roof(suite: Suite, cell: Cell, threads: int | None = None) -> tuple[float, float] | None:
+    """(work per token, work per second the host can do) of the cell's roofline at its thread count
+    (or another's): a tg cell's bytes per token against the read bandwidth at its model's size, a
+    pp cell's FLOPs per position against the compute peak (f32 FMA; int8 dot products for q8_0,
+    whose products are 8-bit); None where the probe did not run."""
+    threads = cell.threads if threads is None else threads
+    if cell.prefill:
+        peak = suite.host.peak_for("int8" if cell.model.weight_type == "q8_0" else "f32", threads)
+        return (cell.flops_per_token, peak * 1e9) if peak and cell.flops_per_token else None
+    gbs = suite.host.bandwidth_for(cell.model.weight_bytes, threads)
+    return (cell.model.weight_bytes, gbs * 1e9) if gbs else None
+
+
 def roofline(suite: Suite, cell: Cell) -> float | None:
-    """The cell's mean decode rate as a share of the bytes per second the probe could read."""
-    tok = metric(cell, "tok_s")
-    return roofline_share(tok.mean if tok else None, cell.model.weight_bytes,
-                          suite.host.bandwidth_for(cell.model.weight_bytes, cell.threads))
+    """The cell's mean rate as a share of its roofline (roof)."""
+    tok, r = metric(cell, "tok_s"), roof(suite, cell)
+    return roofline_share(tok.mean if tok else None, r[0], r[1] / 1e9) if r else None
 
 
 def _samples(cell: Cell) -> list[float]:
@@ -111,11 +123,11 @@ def _texts(cells: list[Cell]) -> dict[str, list[str]]:
 def groups(suite: Suite) -> list[Group]:
     keys = []
     for c in suite.cells:
-        if (c.model.label, c.threads) not in keys:
-            keys.append((c.model.label, c.threads))
+        if (c.label, c.threads) not in keys:
+            keys.append((c.label, c.threads))
     out = []
     for model, threads in sorted(keys, key=lambda k: (keys.index((k[0], min(t for m, t in keys if m == k[0]))), k[1])):
-        cells = [c for c in suite.cells if c.model.label == model and c.threads == threads and c.status == "ok"
+        cells = [c for c in suite.cells if c.label == model and c.threads == threads and c.status == "ok"
                  and metric(c, "tok_s")]
         if not cells:
             continue
@@ -129,7 +141,7 @@ def groups(suite: Suite) -> list[Group]:
 
 def probe_defects(suite: Suite) -> list[str]:
     """Cells above 100% of their roofline: where the probe read slower than a port did."""
-    return [f"{c.port} {c.model.label} j={c.threads} ({100 * share:.0f}%)" for c in suite.cells
+    return [f"{c.port} {c.label} j={c.threads} ({100 * share:.0f}%)" for c in suite.cells
             if c.status == "ok" and (share := roofline(suite, c)) and share > 1]
 
 
