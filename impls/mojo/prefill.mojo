@@ -60,13 +60,37 @@ struct BatchState(Movable):
         free_quants(self.xq)
 
 
-def rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, quantize: Bool) -> Rows:
-    """x's rows as the input of a group of products, each row quantized on its own
-    (section 4's blocks of 32 along the row) when a matrix of the group is Q8_0."""
-    if quantize:
-        var nb = d // Q8_BLOCK
-        for t in range(nrows):
+def prepare_rows(b: BatchState, x: FPtr, src: FPtr, norm: FPtr, with_norm: Bool, quantize: Bool, d: Int,
+                 t0: Int, t1: Int):
+    var nb = d // Q8_BLOCK
+    for t in range(t0, t1):
+        if with_norm:
+            rmsnorm(x.unsafe_offset(t * d), src.unsafe_offset(t * d), norm, d)
+        if quantize:
             quantize_activation(b.xq.unsafe_offset(t * d), b.xd.unsafe_offset(t * nb), x.unsafe_offset(t * d), d)
+
+
+def rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, quantize: Bool, pool: Pool) raises -> Rows:
+    return normed_rows_input(b, x, nrows, d, quantize, pool, x, x, False)
+
+
+def normed_rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, quantize: Bool, pool: Pool,
+                      norm: FPtr, src: FPtr, with_norm: Bool) raises -> Rows:
+    """x's rows as the input of a group of products: with `with_norm`, first
+    x[t] = rmsnorm(src[t], norm); when a matrix of the group is Q8_0, each row
+    quantized on its own (section 4's blocks of 32 along the row), once for the
+    group. The rows are split across the workers: this is work the size of the
+    activations, which on many workers would otherwise wait on one thread."""
+    if not (with_norm or quantize):
+        return Rows(x, b.xq, b.xd, nrows, d)
+    var nthreads = pool.n
+    if nthreads > 1 and nrows > 1:
+        def task(w: Int) {imm}:
+            prepare_rows(b, x, src, norm, with_norm, quantize, d, nrows * w // nthreads, nrows * (w + 1) // nthreads)
+
+        pool.run(task)
+    else:
+        prepare_rows(b, x, src, norm, with_norm, quantize, d, 0, nrows)
     return Rows(x, b.xq, b.xd, nrows, d)
 
 
@@ -139,6 +163,15 @@ def attend(s: RunState, b: BatchState, c: Config, l: Int, p0: Int, nrows: Int, w
         item += nworkers
 
 
+def swiglu(hb: FPtr, hb2: FPtr, nrows: Int, hidden: Int, c0: Int, c1: Int):
+    """hb = silu(hb) * hb2 in columns [c0, c1) of every row: a worker's own w1 and w3
+    outputs, gated in the same region."""
+    for t in range(nrows):
+        for i in range(t * hidden + c0, t * hidden + c1):
+            var g = hb.unsafe_load(i)
+            hb.unsafe_store(i, g / (Float32(1.0) + exp(-g)) * hb2.unsafe_load(i))
+
+
 def add_rows(x: FPtr, y: FPtr, n: Int):
     for i in range(n):
         x.unsafe_store(i, x.unsafe_load(i) + y.unsafe_load(i))
@@ -161,12 +194,10 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
     rope_rows(b, p0, nrows, dim, hs)
     for l in range(c.n_layers):
         # attention: q, k, v (k and v straight into the cache rows p0 .. p0 + nrows - 1)
-        for t in range(nrows):
-            rmsnorm(b.xb.unsafe_offset(t * dim), b.x.unsafe_offset(t * dim), m.weights.rms_att[l], dim)
         var wq = m.weights.wq[l]
         var wk = m.weights.wk[l]
         var wv = m.weights.wv[l]
-        var inp = rows_input(b, b.xb, nrows, dim, wq.q8 or wk.q8 or wv.q8)
+        var inp = normed_rows_input(b, b.xb, nrows, dim, wq.q8 or wk.q8 or wv.q8, pool, m.weights.rms_att[l], b.x, True)
         var cache_off = (l * c.seq_len + p0) * kv_dim
         var kc = s.key_cache.unsafe_offset(cache_off)
         var vc = s.value_cache.unsafe_offset(cache_off)
@@ -196,33 +227,30 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
 
             pool.run(att_task)
         var wo = m.weights.wo[l]
-        product(b.xb2, dim, rows_input(b, b.xatt, nrows, dim, wo.q8), wo, dim, pool)
+        product(b.xb2, dim, rows_input(b, b.xatt, nrows, dim, wo.q8, pool), wo, dim, pool)
         add_rows(b.x, b.xb2, nrows * dim)
 
         # feed-forward
-        for t in range(nrows):
-            rmsnorm(b.xb.unsafe_offset(t * dim), b.x.unsafe_offset(t * dim), m.weights.rms_ffn[l], dim)
         var w1 = m.weights.w1[l]
         var w3 = m.weights.w3[l]
-        var finp = rows_input(b, b.xb, nrows, dim, w1.q8 or w3.q8)
+        var finp = normed_rows_input(b, b.xb, nrows, dim, w1.q8 or w3.q8, pool, m.weights.rms_ffn[l], b.x, True)
         var hb = b.hb
         var hb2 = b.hb2
         if nthreads <= 1:
             gemm_rows(hb, hidden, finp, w1, 0, hidden)
             gemm_rows(hb2, hidden, finp, w3, 0, hidden)
+            swiglu(hb, hb2, nrows, hidden, 0, hidden)
         else:
             def ffn_task(t: Int) {imm}:
                 var r0 = split(hidden, t, nthreads)
                 var r1 = split(hidden, t + 1, nthreads)
                 gemm_rows(hb, hidden, finp, w1, r0, r1)
                 gemm_rows(hb2, hidden, finp, w3, r0, r1)
+                swiglu(hb, hb2, nrows, hidden, r0, r1)
 
             pool.run(ffn_task)
-        for i in range(nrows * hidden):
-            var g = hb.unsafe_load(i)
-            hb.unsafe_store(i, g / (Float32(1.0) + exp(-g)) * hb2.unsafe_load(i))
         var w2 = m.weights.w2[l]
-        product(b.xb2, dim, rows_input(b, hb, nrows, hidden, w2.q8), w2, dim, pool)
+        product(b.xb2, dim, rows_input(b, hb, nrows, hidden, w2.q8, pool), w2, dim, pool)
         add_rows(b.x, b.xb2, nrows * dim)
 
     if logits_from < nrows:
@@ -231,4 +259,4 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
         for t in range(n_out):
             rmsnorm(xs.unsafe_offset(t * dim), xs.unsafe_offset(t * dim), m.weights.rms_final, dim)
         var wcls = m.weights.wcls
-        product(b.logits, c.vocab_size, rows_input(b, xs, n_out, dim, wcls.q8), wcls, c.vocab_size, pool)
+        product(b.logits, c.vocab_size, rows_input(b, xs, n_out, dim, wcls.q8, pool), wcls, c.vocab_size, pool)
