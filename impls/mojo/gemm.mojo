@@ -165,7 +165,7 @@ def pair_sums16(a: I32x16, b: I32x16) -> I32x16:
 
 
 @always_inline
-def q8_tile_vnni[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t: Int):
+def q8_tile_vnni_single[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t: Int):
     """q8_tile with 64-byte vpdpbusd: eight blocks are four registers, their
     partial sums (eight lanes a block) reduced to [isum_0 .. isum_7] by three levels
     of pairwise sums; the scaling and the float32 sums as in q8_tile."""
@@ -207,6 +207,63 @@ def q8_tile_vnni[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPt
                 var xr = xq.unsafe_offset((t + j) * d + bb * Q8_BLOCK)
                 s += Float32(block_isum(block, xr)) * (q8_scale(block) * xd.unsafe_load((t + j) * nb + bb))
             dst.unsafe_store((t + j) * ldo + r + i, s)
+
+
+@always_inline
+def q8_tile_vnni[R: Int, C: Int](dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, w: BPtr, d: Int, r: Int, t: Int):
+    """q8_tile with 64-byte vpdpbusd: eight blocks are four registers, their
+    partial sums (eight lanes a block) reduced by pairwise sums; the last level is
+    shared by two activation rows, whose [isum_0 .. isum_7] then fill one 16-lane
+    register and are scaled and summed in it, lane for lane as q8_tile sums them."""
+    comptime if C % 2 != 0:
+        q8_tile_vnni_single[R, C](dst, ldo, xq, xd, w, d, r, t)
+        return
+    comptime H = C // 2
+    var stride = q8_row_bytes(d)
+    var nb = d // Q8_BLOCK
+    var acc = StaticTuple[SIMD[DType.float32, 2 * Q8_GROUP], R * H](fill=SIMD[DType.float32, 2 * Q8_GROUP](0))
+    var bias = I8x64(-128)
+    var b = 0
+    while b + Q8_GROUP <= nb:
+        comptime for i in range(R):
+            var blk = w.unsafe_offset((r + i) * stride + b * Q8_BLOCK_BYTES)
+            var dw = group_scales(blk)
+            var dw2 = dw.join(dw)
+            var w0 = two_blocks(blk)
+            var w1 = two_blocks(blk.unsafe_offset(2 * Q8_BLOCK_BYTES))
+            var w2 = two_blocks(blk.unsafe_offset(4 * Q8_BLOCK_BYTES))
+            var w3 = two_blocks(blk.unsafe_offset(6 * Q8_BLOCK_BYTES))
+            # -128 sum w per lane: the bias bytes (0x80 = 128 unsigned) times w, negated
+            var zero = I32x16(0)
+            var c0 = zero - dpbusd512(zero, bias, w0)
+            var c1 = zero - dpbusd512(zero, bias, w1)
+            var c2 = zero - dpbusd512(zero, bias, w2)
+            var c3 = zero - dpbusd512(zero, bias, w3)
+            comptime for h in range(H):
+                var lv = StaticTuple[I32x16, 2](fill=I32x16(0))
+                comptime for e in range(2):
+                    var xr = xq.unsafe_offset((t + 2 * h + e) * d + b * Q8_BLOCK)
+                    var p0 = dpbusd512(c0, xr.unsafe_load[width=64](0) ^ bias, w0)
+                    var p1 = dpbusd512(c1, xr.unsafe_load[width=64](64) ^ bias, w1)
+                    var p2 = dpbusd512(c2, xr.unsafe_load[width=64](128) ^ bias, w2)
+                    var p3 = dpbusd512(c3, xr.unsafe_load[width=64](192) ^ bias, w3)
+                    lv[e] = pair_sums16(pair_sums16(p0, p1), pair_sums16(p2, p3))
+                # [isum_0 .. isum_7] of row 2h, then of row 2h + 1
+                var isum = pair_sums16(lv[0], lv[1])
+                var dx = xd.unsafe_load[width=Q8_GROUP]((t + 2 * h) * nb + b).join(
+                    xd.unsafe_load[width=Q8_GROUP]((t + 2 * h + 1) * nb + b))
+                acc[i * H + h] += isum.cast[DType.float32]() * (dw2 * dx)
+        b += Q8_GROUP
+    comptime for i in range(R):
+        comptime for h in range(H):
+            comptime for e in range(2):
+                var j = 2 * h + e
+                var s = acc[i * H + h].slice[Q8_GROUP, offset=e * Q8_GROUP]().reduce_add()
+                for bb in range(b, nb):
+                    var block = w.unsafe_offset((r + i) * stride + bb * Q8_BLOCK_BYTES)
+                    var xr = xq.unsafe_offset((t + j) * d + bb * Q8_BLOCK)
+                    s += Float32(block_isum(block, xr)) * (q8_scale(block) * xd.unsafe_load((t + j) * nb + bb))
+                dst.unsafe_store((t + j) * ldo + r + i, s)
 
 
 @always_inline
