@@ -9,6 +9,7 @@ from std.time import perf_counter_ns
 from model import BPtr, EXIT_RUNTIME, EXIT_USAGE, Vocab, string_from, usage_error, write_string
 from formats import read_model, read_tokenizer
 from forward import RunState
+from prefill import BatchState
 from generate import Stats, generate, seconds_since, stats_line, write_logits
 from pool import Pool
 from sampler import Sampler
@@ -31,6 +32,7 @@ struct Args(Movable):
     var ids: List[Int]
     var has_ids: Bool
     var ignore_bos: Bool
+    var batch: Int
 
     def __init__(out self):
         self.checkpoint = ""
@@ -48,11 +50,12 @@ struct Args(Movable):
         self.ids = List[Int]()
         self.has_ids = False
         self.ignore_bos = False
+        self.batch = 512
 
 
 comptime USAGE = (
     "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
-    + "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]"
+    + "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]"
 )
 
 
@@ -99,6 +102,21 @@ def parse_steps(text: String) raises -> Int:
         raise usage_error("-n expects an integer, got '" + text + "'")
     if neg and mag != 0:  # -0 is 0
         raise usage_error("-n " + text + " is out of range")
+    return Int(min(mag, UInt64(1 << 62)))
+
+
+def parse_batch(text: String) raises -> Int:
+    """-b: an integer >= 1 of any number of digits; everything above seq_len means
+    seq_len (clamped with the model), so a huge value saturates instead of being
+    refused."""
+    var b = text.as_bytes()
+    var neg = len(b) > 0 and b[0] == 45
+    var start = 1 if len(b) > 0 and (b[0] == 43 or b[0] == 45) else 0
+    var mag = UInt64(0)
+    if not parse_digits(b, start, len(b), mag):
+        raise usage_error("-b expects an integer, got '" + text + "'")
+    if neg or mag == 0:
+        raise usage_error("-b " + text + " is out of range")
     return Int(min(mag, UInt64(1 << 62)))
 
 
@@ -243,6 +261,8 @@ def parse_args(args: List[String]) raises -> Args:
         elif flag == "-k":
             a.ids = parse_ids(value)
             a.has_ids = True
+        elif flag == "-b":
+            a.batch = parse_batch(value)
         elif flag == "-e":
             a.ignore_bos = parse_int(flag, value, 0, 1) == 1
         else:
@@ -265,6 +285,7 @@ def run(a: Args, t0: Int) raises:
         vocab = read_tokenizer(a.tokenizer, model.config.vocab_size)
     var tokenizer = Tokenizer(vocab^)
     var state = RunState(model.config)
+    var batch = BatchState(model.config, a.batch, a.logits_mode, a.threads)
     var pool = Pool(a.threads)
     if pool.n > 1:
         # the worker threads (Mojo's runtime) are live before the clock stops
@@ -282,7 +303,7 @@ def run(a: Args, t0: Int) raises:
             ok = ok and id >= 0 and id < model.config.vocab_size
         if not ok:
             raise usage_error("-k needs 1.." + String(seq) + " ids in [0, " + String(model.config.vocab_size) + ")")
-        stats = write_logits(a.output, model, state, a.ids, pool)
+        stats = write_logits(a.output, model, state, batch, a.ids, pool)
     else:
         var seed = a.seed
         if seed == 0:
@@ -291,11 +312,12 @@ def run(a: Args, t0: Int) raises:
         var steps = a.steps
         if steps == 0 or steps > model.config.seq_len:
             steps = model.config.seq_len
-        stats = generate(state, model, tokenizer, sampler, a.prompt, steps, a.ignore_bos, pool)
+        stats = generate(state, batch, model, tokenizer, sampler, a.prompt, steps, a.ignore_bos, pool)
         sampler.free()
         write_string(1, "\n")
     write_string(2, stats_line(pool.n, load_s, stats))
     state.free()
+    batch.free()
     model.file.close()
 
 

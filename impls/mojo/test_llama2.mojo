@@ -2,7 +2,9 @@
 # and choices, argument parsing, header validation, the huge-page load of the
 # weights, Q8_0 (fp16 rounding, activation quantization, the block dot product, the
 # reader's refusals, a quantized stories260K's greedy text), and the thread pool's
-# dispatches (every share of every region run exactly once). Mojo 1.2 has no
+# dispatches (every share of every region run exactly once), the batched prefill
+# (its f32 and Q8_0 matrix-matrix kernels against plain scalar loops, -b, and
+# stories260K's batched logits against the one-position ones). Mojo 1.2 has no
 # `mojo test` command, so this is a program: it prints "N passed, M failed, K
 # skipped" and exits non-zero on any failure.
 #
@@ -28,7 +30,9 @@ from forward import RunState, forward
 from tokenizer import Tokenizer, safe_piece
 from sampler import Rng, argmax, sample_mult, sample_topp
 from generate import fixed
-from cli import Args, parse_args, parse_float, parse_int, parse_steps, parse_u64
+from cli import Args, parse_args, parse_batch, parse_float, parse_int, parse_steps, parse_u64
+from gemm import gemm_f32_rows, gemm_q8_rows
+from prefill import BatchState, forward_batch
 from q8_0 import (
     Q8_BLOCK, Q8_BLOCK_BYTES, block_isum, block_partials_portable, dequantize_row, f32_to_fp16_f32, q8_dot,
     q8_quants, q8_row_bytes, q8_scale, quantize_activation,
@@ -211,6 +215,17 @@ def test_number_flags(mut t: Tally) raises:
     t.check(usage_code(["m.bin", "-j", "4097"]) == 2, "-j 4097 is a usage error")
     t.check(usage_code(["m.bin", "-s", "18446744073709551615"]) == 0, "-s 2^64 - 1 is accepted")
     t.check(usage_code(["m.bin", "-s", "18446744073709551616"]) == 2, "-s 2^64 is a usage error")
+    # -b: an integer >= 1 of any number of digits (clamped to seq_len with the model)
+    t.check(parse_batch("1") == 1 and parse_batch("+64") == 64 and parse_batch("512") == 512, "-b values")
+    t.check(parse_batch("99999999999999999999999999") >= 1 << 62, "-b beyond 64 bits saturates")
+    t.check(usage_code(["m.bin", "-b", "7"]) == 0, "-b 7 is accepted")
+    t.check(usage_code(["m.bin", "-b", "99999999999999999999999999"]) == 0, "-b with 26 digits is accepted")
+    var bad_b: List[List[String]] = [
+        ["m.bin", "-b", "0"], ["m.bin", "-b", "-1"], ["m.bin", "-b", "x"], ["m.bin", "-b"], ["m.bin", "-b", "-0"],
+        ["m.bin", "-b", "1.5"], ["m.bin", "-b", " 2"], ["m.bin", "-b", ""],
+    ]
+    for i in range(len(bad_b)):
+        t.check(usage_code(bad_b[i]) == 2, "-b usage error, case " + String(i))
 
 
 # ----------------------------------------------------------------------------
@@ -912,6 +927,199 @@ def test_generation(mut t: Tally) raises:
     m.file.close()
 
 
+# ----------------------------------------------------------------------------
+# The batched prefill's kernels against plain scalar loops
+
+
+def rand_unit(mut rng: Rng) -> Float32:
+    return Float32(Int(rng.next_u32() % 2001) - 1000) / 1000
+
+
+def test_gemm_f32(mut t: Tally) raises:
+    """The f32 kernel, out(T, n) = X(T, d) @ W(n, d)^T, for T in {1, 7, 33}, n not a multiple of the
+    tile's rows, d with and without a vector tail, whole and split into row ranges
+    (as the workers split it), against a float64 scalar loop."""
+    var rng = Rng(11)
+    var ok = True
+    for ti in range(3):
+        var T = [1, 7, 33][ti]
+        for ni in range(3):
+            var n = [5, 13, 38][ni]
+            for di in range(3):
+                var d = [64, 96, 172][di]
+                var x = alloc_floats(T * d)
+                var w = alloc_floats(n * d)
+                var got = alloc_floats(T * n)
+                for i in range(T * d):
+                    x.unsafe_store(i, rand_unit(rng))
+                for i in range(n * d):
+                    w.unsafe_store(i, rand_unit(rng))
+                for split_at in range(2):
+                    var cut = 0 if split_at == 0 else n // 2
+                    gemm_f32_rows(got, n, x, T, w, d, 0, cut)
+                    gemm_f32_rows(got, n, x, T, w, d, cut, n)
+                    for r in range(T):
+                        for c in range(n):
+                            var want = Float64(0)
+                            var mag = Float64(0)
+                            for k in range(d):
+                                var p = Float64(x.unsafe_load(r * d + k)) * Float64(w.unsafe_load(c * d + k))
+                                want += p
+                                mag += abs(p)
+                            var g = Float64(got.unsafe_load(r * n + c))
+                            if abs(g - want) > 1e-6 * (mag + 1):
+                                ok = False
+                                print("  f32 gemm T", T, "n", n, "d", d, "at", r, c, ":", g, "want", want)
+                free_floats(x)
+                free_floats(w)
+                free_floats(got)
+    t.check(ok, "f32 matrix-matrix kernel equals the scalar loop")
+
+
+def test_gemm_q8(mut t: Tally) raises:
+    """The Q8_0 matrix-matrix kernel: every block's exact int32 sum times its two
+    scales, against the scalar loop, for T in {1, 7, 33}, n not a multiple of the
+    tile, rows of whole groups of eight blocks, of single blocks, and both; the
+    quants include the extremes (w = -128, x = +-127), where an unsigned trick
+    that overflowed would show."""
+    var rng = Rng(5)
+    var ok = True
+    for ti in range(3):
+        var T = [1, 7, 33][ti]
+        for ni in range(2):
+            var n = [5, 18][ni]
+            for di in range(4):
+                var d = [64, 96, 256, 352][di]
+                var nb = d // Q8_BLOCK
+                var stride = q8_row_bytes(d)
+                var w = alloc_quants(n * stride).unsafe_bitcast[UInt8]()
+                var qx = alloc_quants(T * d)
+                var dx = alloc_floats(T * nb)
+                var got = alloc_floats(T * n)
+                for r in range(n):
+                    for b in range(nb):
+                        var block = w.unsafe_offset(r * stride + b * Q8_BLOCK_BYTES)
+                        put_scale(block, fp16_bits(Float32(1 << Int(rng.next_u32() % 4)) / 64))
+                        var extreme = (r + b) % 5 == 0
+                        for i in range(Q8_BLOCK):
+                            var q = -128 if extreme else Int(rng.next_u32() % 255) - 127
+                            block.unsafe_store(2 + i, UInt8(q & 255))
+                for r in range(T):
+                    for b in range(nb):
+                        dx.unsafe_store(r * nb + b, Float32(1 << Int(rng.next_u32() % 3)) / 8)
+                        var extreme = (r + b) % 3 == 0
+                        for i in range(Q8_BLOCK):
+                            var q = (127 if i % 2 == 0 else -127) if extreme else Int(rng.next_u32() % 255) - 127
+                            qx.unsafe_store(r * d + b * Q8_BLOCK + i, Int8(q))
+                gemm_q8_rows(got, n, qx, dx, T, w, d, 0, n // 2)
+                gemm_q8_rows(got, n, qx, dx, T, w, d, n // 2, n)
+                for r in range(T):
+                    for c in range(n):
+                        var want = Float64(0)
+                        var mag = Float64(0)
+                        for b in range(nb):
+                            var block = w.unsafe_offset(c * stride + b * Q8_BLOCK_BYTES)
+                            var isum = scalar_isum(block, qx.unsafe_offset(r * d + b * Q8_BLOCK))
+                            var p = Float64(Float32(isum) * (q8_scale(block) * dx.unsafe_load(r * nb + b)))
+                            want += p
+                            mag += abs(p)
+                        var g = Float64(got.unsafe_load(r * n + c))
+                        if abs(g - want) > 1e-6 * (mag + 1):
+                            ok = False
+                            print("  q8 gemm T", T, "n", n, "d", d, "at", r, c, ":", g, "want", want)
+                free_quants(w.unsafe_bitcast[Int8]())
+                free_quants(qx)
+                free_floats(dx)
+                free_floats(got)
+    t.check(ok, "Q8_0 matrix-matrix kernel equals the scalar loop")
+
+
+def one_position_logits(m: Model, ids: List[Int], nthreads: Int) raises -> List[Float32]:
+    var s = RunState(m.config)
+    var pool = Pool(nthreads)
+    var out = List[Float32]()
+    for pos in range(len(ids)):
+        var logits = forward(s, m, ids[pos], pos, pool)
+        for i in range(m.config.vocab_size):
+            out.append(logits.unsafe_load(i))
+    s.free()
+    return out^
+
+
+def batched_logits(m: Model, ids: List[Int], batch: Int, nthreads: Int) raises -> List[Float32]:
+    var s = RunState(m.config)
+    var b = BatchState(m.config, batch, True, nthreads)
+    var pool = Pool(nthreads)
+    var out = List[Float32]()
+    var p0 = 0
+    while p0 < len(ids):
+        var nrows = min(b.rows, len(ids) - p0)
+        forward_batch(s, b, m, ids, p0, nrows, p0, 0, pool)
+        for i in range(nrows * m.config.vocab_size):
+            out.append(b.logits.unsafe_load(i))
+        p0 += nrows
+    s.free()
+    b.free()
+    return out^
+
+
+def logits_agree(a: List[Float32], b: List[Float32], vocab: Int, rel: Float32, check_argmax: Bool) -> Bool:
+    """Row by row: max |a - b| <= rel * (1 + max |a|), and the same argmax."""
+    for r in range(len(a) // vocab):
+        var top = Float32(0)
+        var diff = Float32(0)
+        var ia = 0
+        var ib = 0
+        for i in range(vocab):
+            var x = a[r * vocab + i]
+            var y = b[r * vocab + i]
+            top = max(top, abs(x))
+            diff = max(diff, abs(x - y))
+            if x > a[r * vocab + ia]:
+                ia = i
+            if y > b[r * vocab + ib]:
+                ib = i
+        if diff > rel * (1 + top) or (check_argmax and ia != ib):
+            print("  row", r, "differs by", diff, "of", top, "argmax", ia, ib)
+            return False
+    return True
+
+
+def test_batched_logits(mut t: Tally) raises:
+    """The batched logits of stories260K equal the one-position ones within the contract's
+    tolerance, for batches of 1, 7 and all the positions, on 1 and 2 workers; and on
+    the model quantized to Q8_0 within the loose bound (a rounding near a tie may
+    part them, docs/port-contract.md section 8)."""
+    var model_path = find_model_file("stories260K.bin")
+    if model_path.byte_length() == 0:
+        t.skip("stories260K batched logits", "stories260K.bin not found through POLYLLAMA_MODEL_PATH")
+        return
+    var m = read_model(model_path)
+    var ids = List[Int]()
+    ids.append(1)
+    for i in range(39):
+        ids.append((7 * i + 300) % m.config.vocab_size)
+    var vocab = m.config.vocab_size
+    var want = one_position_logits(m, ids, 1)
+    for nthreads in range(1, 3):
+        for bi in range(3):
+            var batch = [1, 7, 40][bi]
+            var got = batched_logits(m, ids, batch, nthreads)
+            t.check(logits_agree(want, got, vocab, 1e-4, True),
+                    "stories260K batched logits at -b " + String(batch) + " -j " + String(nthreads))
+    var owned = List[QPtr]()
+    quantize_model(m, owned)
+    var want_q = one_position_logits(m, ids, 1)
+    for bi in range(3):
+        var batch = [1, 7, 40][bi]
+        var got = batched_logits(m, ids, batch, 2)
+        t.check(logits_agree(want_q, got, vocab, 5e-2, False),
+                "stories260K Q8_0 batched logits at -b " + String(batch) + " -j 2")
+    for p in owned:
+        free_quants(p)
+    m.file.close()
+
+
 def main():
     var t = Tally()
     try:
@@ -932,6 +1140,9 @@ def main():
         test_q8_refusals(t)
         test_pool(t)
         test_generation(t)
+        test_gemm_f32(t)
+        test_gemm_q8(t)
+        test_batched_logits(t)
     except e:
         t.check(False, "unexpected error: " + String(e))
     print(t.passed, "passed,", t.failed, "failed,", t.skipped, "skipped")
