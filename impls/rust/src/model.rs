@@ -2,10 +2,13 @@
 //! matrices of a Q8_0 GGUF), the run state, and run.c's `forward`.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::path::Path;
 
 use crate::errors::{bad_file, Fail, Res};
+use crate::gemm::{self, OutMat};
 use crate::kernels::{dot_lanes, fmadd, matvec, matvec_add, rmsnorm, softmax, Input, Matrix, ROW_GRAIN};
+use crate::q8_gemm::{self, QRows};
 use crate::pool::{Out, Pool};
 use crate::q8::Activation;
 
@@ -163,6 +166,37 @@ pub struct RunState {
     value_cache: Vec<f32>, // (layer, seq_len, kv_dim)
     logits: Vec<f32>,      // (vocab)
     xq: Activation,        // (max(dim, hidden_dim)) a matmul group's input quantized, for Q8_0 matrices
+    batch: Batch,          // the batched pass's rows
+}
+
+/// The batched forward pass's scratch, for up to `rows` = min(batch, seq_len) positions at once,
+/// sized once at load. Pages of the logits rows are only touched in logits mode.
+struct Batch {
+    rows: usize,
+    x: Vec<f32>,           // (rows, dim) residual streams
+    xb: Vec<f32>,          // (rows, dim) normed inputs, then the attention outputs
+    q: Vec<f32>,           // (rows, dim) queries
+    hb: Vec<f32>,          // (rows, hidden_dim) the FFN's silu(gate) * up
+    rope: Vec<(f32, f32)>, // (rows, head_size / 2) each row's cos and sin
+    logits: Vec<f32>,      // (rows, vocab)
+    xq: q8_gemm::Rows,     // (rows, max(dim, hidden_dim)) quantized for Q8_0 matrices
+}
+
+impl Batch {
+    fn build(c: &Config, batch: usize) -> Res<Batch> {
+        let rows = batch.clamp(1, c.seq_len);
+        let n = |cols: usize| rows.checked_mul(cols).ok_or_else(|| Fail::Runtime("batch buffers overflow".into()));
+        Ok(Batch {
+            rows,
+            x: zeroed(n(c.dim)?)?,
+            xb: zeroed(n(c.dim)?)?,
+            q: zeroed(n(c.dim)?)?,
+            hb: zeroed(n(c.hidden_dim)?)?,
+            rope: vec![(1.0, 0.0); n(c.head_size() / 2)?],
+            logits: zeroed(n(c.vocab_size)?)?,
+            xq: q8_gemm::Rows::with_capacity(rows, c.dim.max(c.hidden_dim))?,
+        })
+    }
 }
 
 /// A zeroed float buffer; allocation failure is an error, not an abort.
@@ -185,7 +219,17 @@ fn zeroed(n: usize) -> Res<Vec<f32>> {
 }
 
 impl RunState {
-    pub fn build(c: &Config) -> Res<RunState> {
+    /// The logits of the last position run.
+    pub fn logits(&mut self) -> &mut [f32] {
+        &mut self.logits
+    }
+
+    /// Positions a batched pass takes at once: `-b` clamped to 1..=seq_len.
+    pub fn batch_rows(&self) -> usize {
+        self.batch.rows
+    }
+
+    pub fn build(c: &Config, batch: usize) -> Res<RunState> {
         let kv = c.n_layers * c.seq_len * c.kv_dim();
         Ok(RunState {
             x: zeroed(c.dim)?,
@@ -197,6 +241,7 @@ impl RunState {
             value_cache: zeroed(kv)?,
             logits: zeroed(c.vocab_size)?,
             xq: Activation::with_capacity(c.dim.max(c.hidden_dim)),
+            batch: Batch::build(c, batch)?,
         })
     }
 }
@@ -333,6 +378,222 @@ pub fn forward<'s>(
     &mut s.logits
 }
 
+// ----------------------------------------------------------------------------
+// The batched forward pass (contract 2): positions p0 .. p0 + T at once, row t being
+// forward(tokens[t], p0 + t). Each weight matrix is read once per batch, not once per position.
+
+/// Which rows' logits a batched pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// A batch's activation rows for a group of products: the floats, and the rows quantized when
+/// a matrix of the group is Q8_0 (once for all of them).
+#[derive(Clone, Copy)]
+struct BatchInput<'a> {
+    x: &'a [f32],
+    t: usize,
+    d: usize,
+    q: Option<QRows<'a>>,
+}
+
+impl<'a> BatchInput<'a> {
+    fn new(pool: &Pool, x: &'a [f32], t: usize, d: usize, buf: &'a mut q8_gemm::Rows, group: &[Matrix]) -> BatchInput<'a> {
+        let q = group.iter().any(Matrix::is_q8).then(|| buf.quantize(pool, x, t, d));
+        BatchInput { x, t, d, q }
+    }
+}
+
+/// W[r] . X[t] for the weight rows `rows` and every row t: put(t, r - rows.start, value).
+#[inline(always)]
+fn batch_rows(m: Matrix, x: BatchInput, rows: Range<usize>, put: impl FnMut(usize, usize, f32)) {
+    match m {
+        Matrix::F32(w) => gemm::gemm_rows(gemm::Kernel::best(), w, x.x, x.d, x.t, rows, put),
+        Matrix::Q8(w) => {
+            let q = x.q.expect("a Q8_0 matrix gets quantized rows");
+            q8_gemm::gemm_rows(q8_gemm::Kernel::best(), w, q, rows, put)
+        }
+    }
+}
+
+/// Weight rows per claimable chunk of a batched product: each thread takes whole blocks of
+/// weight rows, so it streams its own share of the weights once per batch.
+const GEMM_GRAIN: usize = 16;
+
+/// out = X @ W^T (or out += it), (t, n): the pool splits W's n rows once.
+fn batch_product(pool: &Pool, m: Matrix, x: BatchInput, out: OutMat, add: bool, n: usize) {
+    pool.run(n, GEMM_GRAIN, &|r| {
+        let base = r.start;
+        batch_rows(m, x, r, |t, i, v| {
+            // SAFETY: this thread owns weight rows r, so these output columns
+            let o = unsafe { out.at(t, base + i) };
+            if add {
+                *o += v;
+            } else {
+                *o = v;
+            }
+        });
+    });
+}
+
+pub fn forward_batch<'s>(
+    c: &Config,
+    w: &Weights,
+    s: &'s mut RunState,
+    pool: &Pool,
+    tokens: &[u32],
+    p0: usize,
+    want: Logits,
+) -> &'s [f32] {
+    let t = tokens.len();
+    let (dim, hidden, hs, vocab) = (c.dim, c.hidden_dim, c.head_size(), c.vocab_size);
+    let kv_dim = c.kv_dim();
+    let kv_mul = c.n_heads / c.n_kv_heads; // query heads per KV head
+    let b = &mut s.batch;
+    assert!(t >= 1 && t <= b.rows && p0 + t <= c.seq_len, "a batch fits the scratch and the cache");
+
+    for (i, &tok) in tokens.iter().enumerate() {
+        w.token_embedding.row_into(tok as usize, &mut b.x[i * dim..(i + 1) * dim]);
+    }
+    // each row's RoPE angles, as forward computes them for its position
+    let half = hs / 2;
+    for i in 0..t {
+        let pos = p0 + i;
+        for (j, cs) in b.rope[i * half..(i + 1) * half].iter_mut().enumerate() {
+            let freq = 1.0 / 10000f32.powf((2 * j) as f32 / hs as f32);
+            let (sin, cos) = (pos as f32 * freq).sin_cos();
+            *cs = (cos, sin);
+        }
+    }
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        for i in 0..t {
+            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_att);
+        }
+
+        // Q, K, V in one job; K and V go straight into the cache at (l, p0 .. p0 + t)
+        let at = (l * c.seq_len + p0) * kv_dim;
+        {
+            let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.wq, lw.wk, lw.wv]);
+            let q = OutMat::new(&mut b.q[..t * dim], dim);
+            let k = OutMat::new(&mut s.key_cache[at..at + t * kv_dim], kv_dim);
+            let v = OutMat::new(&mut s.value_cache[at..at + t * kv_dim], kv_dim);
+            let segments =
+                [(q, lw.wq, 0, dim), (k, lw.wk, dim, dim + kv_dim), (v, lw.wv, dim + kv_dim, dim + 2 * kv_dim)];
+            pool.run(dim + 2 * kv_dim, GEMM_GRAIN, &|mine| {
+                for (out, mat, lo, hi) in segments {
+                    let (a, e) = (mine.start.max(lo), mine.end.min(hi));
+                    if a < e {
+                        // SAFETY: this thread owns rows [a, e) of the fused output
+                        batch_rows(mat, xin, a - lo..e - lo, |tt, i, val| unsafe { *out.at(tt, a - lo + i) = val });
+                    }
+                }
+            });
+        }
+
+        // RoPE on every row with its own position; every row's K is in the cache before any
+        // row attends
+        for i in 0..t {
+            let rope = &b.rope[i * half..(i + 1) * half];
+            let q = &mut b.q[i * dim..(i + 1) * dim];
+            let k = &mut s.key_cache[at + i * kv_dim..at + (i + 1) * kv_dim];
+            for j in (0..dim).step_by(2) {
+                let (cos, sin) = rope[(j % hs) / 2];
+                let (q0, q1) = (q[j], q[j + 1]);
+                q[j] = q0 * cos - q1 * sin;
+                q[j + 1] = q0 * sin + q1 * cos;
+                if j < kv_dim {
+                    let (k0, k1) = (k[j], k[j + 1]);
+                    k[j] = k0 * cos - k1 * sin;
+                    k[j + 1] = k0 * sin + k1 * cos;
+                }
+            }
+        }
+
+        // causal attention, (row, head) pairs split across the pool: item = head * t + row, so
+        // a chunk of items holds rows early and late, short and long
+        {
+            let xb = OutMat::new(&mut b.xb[..t * dim], dim);
+            let (q, kc, vc) = (&b.q, &s.key_cache, &s.value_cache);
+            let layer = l * c.seq_len * kv_dim;
+            let scale = 1.0 / (hs as f32).sqrt();
+            pool.run(t * c.n_heads, 1, &|items| {
+                ATT.with(|cell| {
+                    let mut buf = cell.borrow_mut();
+                    for item in items {
+                        let (h, i) = (item / t, item % t);
+                        let pos = p0 + i;
+                        if buf.len() < pos + 1 {
+                            buf.resize(pos + 1, 0.0);
+                        }
+                        let att = &mut buf[..pos + 1];
+                        let qh = &q[i * dim + h * hs..i * dim + (h + 1) * hs];
+                        let kvo = (h / kv_mul) * hs; // grouped-query: head h reads KV head h / kv_mul
+                        for (ti, a) in att.iter_mut().enumerate() {
+                            let base = layer + ti * kv_dim + kvo;
+                            *a = dot_lanes::<8>(qh, &kc[base..base + hs]) * scale;
+                        }
+                        softmax(att);
+                        // SAFETY: this thread owns the pair (i, h), so these xb entries
+                        let out = unsafe { xb.part(i, h * hs..(h + 1) * hs) };
+                        out.fill(0.0);
+                        for (ti, &a) in att.iter().enumerate() {
+                            let base = layer + ti * kv_dim + kvo;
+                            for (o, &v) in out.iter_mut().zip(&vc[base..base + hs]) {
+                                *o = fmadd(a, v, *o);
+                            }
+                        }
+                    }
+                });
+            });
+        }
+
+        // X += ATT @ wo^T
+        let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.wo]);
+        batch_product(pool, lw.wo, xin, OutMat::new(&mut b.x[..t * dim], dim), true, dim);
+
+        // FFN: H = silu(XB @ w1^T) * (XB @ w3^T), both products in one job; X += H @ w2^T
+        for i in 0..t {
+            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_ffn);
+        }
+        {
+            let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.w1, lw.w3]);
+            let hb = OutMat::new(&mut b.hb[..t * hidden], hidden);
+            pool.run(hidden, GEMM_GRAIN, &|r| {
+                let base = r.start;
+                // SAFETY (both): this thread owns weight rows r, so these columns of hb
+                batch_rows(lw.w1, xin, r.clone(), |tt, i, gate| unsafe {
+                    *hb.at(tt, base + i) = gate / (1.0 + (-gate).exp())
+                });
+                batch_rows(lw.w3, xin, r, |tt, i, up| unsafe { *hb.at(tt, base + i) *= up });
+            });
+        }
+        let xin = BatchInput::new(pool, &b.hb[..t * hidden], t, hidden, &mut b.xq, &[lw.w2]);
+        batch_product(pool, lw.w2, xin, OutMat::new(&mut b.x[..t * dim], dim), true, dim);
+    }
+
+    match want {
+        Logits::None => &s.logits[..0],
+        Logits::Last => {
+            // one row: the one-token classifier
+            rmsnorm(&mut s.xb, &b.x[(t - 1) * dim..t * dim], w.rms_final);
+            matvec(pool, &mut s.logits, w.wcls, Input::new(&s.xb, &mut s.xq, &[w.wcls]));
+            &s.logits
+        }
+        Logits::All => {
+            for i in 0..t {
+                rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], w.rms_final);
+            }
+            let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[w.wcls]);
+            batch_product(pool, w.wcls, xin, OutMat::new(&mut b.logits[..t * vocab], vocab), false, vocab);
+            &b.logits[..t * vocab]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +605,7 @@ mod tests {
     /// at BOS, printable pieces), then the closing newline.
     fn greedy_text(c: &Config, w: &Weights, tokenizer: &Tokenizer, threads: usize, prompt: &str, steps: usize) -> String {
         let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
-        let Ok(mut state) = RunState::build(c) else { panic!("the run state fits") };
+        let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
         let ids = tokenizer.encode(prompt.as_bytes(), true, false);
         let mut text = Vec::new();
         let mut token = ids[0];

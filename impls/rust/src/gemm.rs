@@ -1,0 +1,368 @@
+//! The batched forward pass's float32 product: out(T, n) = X(T, d) @ W(n, d)^T, with W row-major
+//! as the file stores it (never repacked) and X the batch's activation rows.
+//!
+//! A prompt batch turns decoding's memory-bound matrix-vector products into compute-bound ones:
+//! each weight row is loaded once and used against every activation row of the batch. The
+//! kernel is a register tile of R = 4 weight rows x C activation rows, R * C vector accumulators
+//! along d, each summed horizontally once at the end of the row. Around it, cache blocking: a
+//! block of weight rows (about 256 KiB, so it stays in L2) is swept by every tile of activation
+//! rows in turn, and within the sweep a tile's C activation rows stay in L1 while the block's
+//! weight rows stream past them; so every weight row comes from memory once per batch and each
+//! activation tile once per weight block.
+//!
+//! Kernels, picked once at run time: AVX-512F (4 x 6 zmm accumulators, masked loads for the
+//! tail of d), AVX2 + FMA (4 x 3 ymm accumulators: with x's three vectors and one weight vector
+//! that is all 16 registers), and a portable one of fixed-size lane arrays that the compiler
+//! vectorises for whatever the target has (NEON on arm64).
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+/// Weight rows per register tile.
+pub const R: usize = 4;
+/// The most activation rows a tile of any kernel takes.
+const C_MAX: usize = 6;
+
+/// The float32 tile kernels, by instruction set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// fixed-size lane arrays, vectorised by the compiler for the target
+    Portable,
+    /// x86-64 AVX2 + FMA, 4 x 3 tiles of 256-bit accumulators
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// x86-64 AVX-512F, 4 x 6 tiles of 512-bit accumulators
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Kernel {
+    /// Every kernel this CPU can run, best last.
+    pub fn available() -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut ks = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                ks.push(Kernel::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                ks.push(Kernel::Avx512);
+            }
+        }
+        ks
+    }
+
+    /// The best kernel here, detected once.
+    pub fn best() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| *Kernel::available().last().unwrap_or(&Kernel::Portable))
+    }
+
+    /// Activation rows per tile.
+    fn cols(self) -> usize {
+        match self {
+            Kernel::Portable => 4,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 3,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => 6,
+        }
+    }
+
+    /// The dot products of 4 weight rows with `c` activation rows, each `d` long: out[i][j] =
+    /// w[i] . x[j], for j < c.
+    ///
+    /// # Safety
+    /// Each pointer reads d floats; the kernel is in `available()`.
+    #[inline(always)]
+    unsafe fn tile(self, w: &[*const f32; R], x: &[*const f32; C_MAX], c: usize, d: usize) -> [[f32; C_MAX]; R] {
+        macro_rules! by_cols {
+            ($f:ident) => {
+                match c {
+                    1 => $f::<1>(w, x, d),
+                    2 => $f::<2>(w, x, d),
+                    3 => $f::<3>(w, x, d),
+                    4 => $f::<4>(w, x, d),
+                    5 => $f::<5>(w, x, d),
+                    _ => $f::<6>(w, x, d),
+                }
+            };
+        }
+        unsafe {
+            match self {
+                Kernel::Portable => by_cols!(tile_portable),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => by_cols!(tile_avx2),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => by_cols!(tile_avx512),
+            }
+        }
+    }
+}
+
+/// Weight rows per cache block: about 256 KiB of them, a multiple of R.
+fn row_block(d: usize) -> usize {
+    ((65536 / d.max(1)).clamp(R, 256) / R) * R
+}
+
+/// For the weight rows `rows` of W (n, d) and the `t` activation rows of X (t, d):
+/// `put(token, r - rows.start, W[r] . X[token])` for every pair, each exactly once.
+pub fn gemm_rows(k: Kernel, w: &[f32], x: &[f32], d: usize, t: usize, rows: Range<usize>, mut put: impl FnMut(usize, usize, f32)) {
+    assert!(d > 0 && rows.end * d <= w.len() && t * d <= x.len(), "W and X hold the rows asked for");
+    let cols = k.cols();
+    let block = row_block(d);
+    let mut b0 = rows.start;
+    while b0 < rows.end {
+        let b1 = (b0 + block).min(rows.end);
+        let mut t0 = 0;
+        while t0 < t {
+            let c = (t - t0).min(cols);
+            // SAFETY: rows t0 .. t0 + c of X are inside x (asserted above)
+            let xp: [*const f32; C_MAX] = std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j.min(c - 1)) * d) });
+            let mut r = b0;
+            while r < b1 {
+                let nr = (b1 - r).min(R);
+                // a short last group repeats its last row; those results are dropped
+                // SAFETY: rows r .. r + nr of W are inside w (asserted above)
+                let wp: [*const f32; R] = std::array::from_fn(|i| unsafe { w.as_ptr().add((r + i.min(nr - 1)) * d) });
+                // SAFETY: every pointer reads d floats of W or X; k came from available()
+                let s = unsafe { k.tile(&wp, &xp, c, d) };
+                for (i, si) in s.iter().enumerate().take(nr) {
+                    for (j, &v) in si.iter().enumerate().take(c) {
+                        put(t0 + j, r + i - rows.start, v);
+                    }
+                }
+                r += R;
+            }
+            t0 += c;
+        }
+        b0 = b1;
+    }
+}
+
+#[inline(always)]
+fn fmadd(a: f32, b: f32, c: f32) -> f32 {
+    crate::kernels::fmadd(a, b, c)
+}
+
+/// 8 lanes per accumulator, in plain arrays the compiler keeps in vector registers.
+#[inline(always)]
+unsafe fn tile_portable<const C: usize>(w: &[*const f32; R], x: &[*const f32; C_MAX], d: usize) -> [[f32; C_MAX]; R] {
+    const L: usize = 8;
+    // SAFETY (every read below): each pointer holds d floats and j + L <= d, or j < d
+    let (ws, xs): ([&[f32]; R], [&[f32]; C]) = unsafe {
+        (std::array::from_fn(|i| std::slice::from_raw_parts(w[i], d)), std::array::from_fn(|j| std::slice::from_raw_parts(x[j], d)))
+    };
+    let mut acc = [[[0.0f32; L]; C]; R];
+    let whole = d - d % L;
+    let mut j = 0;
+    while j < whole {
+        for c in 0..C {
+            let xv = &xs[c][j..j + L];
+            for i in 0..R {
+                let wv = &ws[i][j..j + L];
+                for l in 0..L {
+                    acc[i][c][l] = fmadd(wv[l], xv[l], acc[i][c][l]);
+                }
+            }
+        }
+        j += L;
+    }
+    let mut out = [[0.0f32; C_MAX]; R];
+    for i in 0..R {
+        for c in 0..C {
+            let a = acc[i][c];
+            let mut s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+            for k in whole..d {
+                s = fmadd(ws[i][k], xs[c][k], s);
+            }
+            out[i][c] = s;
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const C: usize>(w: &[*const f32; R], x: &[*const f32; C_MAX], d: usize) -> [[f32; C_MAX]; R] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut j = 0;
+    // SAFETY (every load): each pointer holds d floats and j + 8 <= d
+    unsafe {
+        while j + 8 <= d {
+            let mut xv = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                xv[c] = _mm256_loadu_ps(x[c].add(j));
+            }
+            for i in 0..R {
+                let wv = _mm256_loadu_ps(w[i].add(j));
+                for c in 0..C {
+                    acc[i][c] = _mm256_fmadd_ps(wv, xv[c], acc[i][c]);
+                }
+            }
+            j += 8;
+        }
+    }
+    let mut out = [[0.0f32; C_MAX]; R];
+    for i in 0..R {
+        for c in 0..C {
+            let a = acc[i][c];
+            let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+            for k in j..d {
+                // SAFETY: k < d
+                s = unsafe { (*w[i].add(k)).mul_add(*x[c].add(k), s) };
+            }
+            out[i][c] = s;
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const C: usize>(w: &[*const f32; R], x: &[*const f32; C_MAX], d: usize) -> [[f32; C_MAX]; R] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut j = 0;
+    // SAFETY (every load): each pointer holds d floats; a full load has j + 16 <= d, the masked
+    // one touches only the d - j floats left
+    unsafe {
+        while j + 16 <= d {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                wv[i] = _mm512_loadu_ps(w[i].add(j));
+            }
+            for c in 0..C {
+                let xv = _mm512_loadu_ps(x[c].add(j));
+                for i in 0..R {
+                    acc[i][c] = _mm512_fmadd_ps(wv[i], xv, acc[i][c]);
+                }
+            }
+            j += 16;
+        }
+        if j < d {
+            let m: __mmask16 = ((1u32 << (d - j)) - 1) as u16;
+            let mut wv = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                wv[i] = _mm512_maskz_loadu_ps(m, w[i].add(j));
+            }
+            for c in 0..C {
+                let xv = _mm512_maskz_loadu_ps(m, x[c].add(j));
+                for i in 0..R {
+                    acc[i][c] = _mm512_fmadd_ps(wv[i], xv, acc[i][c]);
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; C_MAX]; R];
+    for i in 0..R {
+        for c in 0..C {
+            out[i][c] = _mm512_reduce_add_ps(acc[i][c]);
+        }
+    }
+    out
+}
+
+/// A (rows, stride) float matrix that a pool job's threads write in disjoint columns.
+#[derive(Clone, Copy)]
+pub struct OutMat {
+    ptr: *mut f32,
+    len: usize,
+    stride: usize,
+}
+
+// SAFETY: every job writes elements no other thread touches during that job (its own weight rows,
+// or its own (row, head) pairs).
+unsafe impl Sync for OutMat {}
+unsafe impl Send for OutMat {}
+
+impl OutMat {
+    pub fn new(v: &mut [f32], stride: usize) -> OutMat {
+        OutMat { ptr: v.as_mut_ptr(), len: v.len(), stride }
+    }
+
+    /// Element (row, col).
+    ///
+    /// # Safety
+    /// No other thread touches that element during the job.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn at(&self, row: usize, col: usize) -> &mut f32 {
+        let i = row * self.stride + col;
+        assert!(col < self.stride && i < self.len);
+        unsafe { &mut *self.ptr.add(i) }
+    }
+
+    /// Columns `cols` of row `row`.
+    ///
+    /// # Safety
+    /// No other thread touches them during the job.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, row: usize, cols: Range<usize>) -> &mut [f32] {
+        let i = row * self.stride + cols.start;
+        assert!(cols.start <= cols.end && cols.end <= self.stride && i + cols.len() <= self.len);
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i), cols.len()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Lcg;
+
+    /// Every kernel the CPU has against a float64 loop, with tails in every dimension: T across a
+    /// tile's width, n not a multiple of R nor of a block, d with and without a vector tail.
+    #[test]
+    fn every_kernel_agrees_with_a_plain_loop() {
+        let mut rng = Lcg(11);
+        for d in [1, 7, 16, 64, 96, 172, 288] {
+            for t in [1, 2, 5, 7, 33] {
+                let n = 4 * 3 + 3 + if d == 7 { row_block(d) } else { 0 };
+                let w: Vec<f32> = (0..n * d).map(|_| rng.float()).collect();
+                let x: Vec<f32> = (0..t * d).map(|_| rng.float()).collect();
+                for &k in &Kernel::available() {
+                    for rows in [0..n, 3..n - 1] {
+                        let mut out = vec![f32::NAN; t * n];
+                        let mut seen = vec![0u32; t * n];
+                        gemm_rows(k, &w, &x, d, t, rows.clone(), |tok, i, v| {
+                            out[tok * n + rows.start + i] = v;
+                            seen[tok * n + rows.start + i] += 1;
+                        });
+                        for tok in 0..t {
+                            for r in 0..n {
+                                let got = out[tok * n + r];
+                                if !rows.contains(&r) {
+                                    assert!(got.is_nan() && seen[tok * n + r] == 0, "{k:?} wrote outside its rows");
+                                    continue;
+                                }
+                                assert_eq!(seen[tok * n + r], 1, "{k:?}: each element once");
+                                let (want, mag) = (0..d).fold((0.0f64, 0.0f64), |(s, m), j| {
+                                    let p = w[r * d + j] as f64 * x[tok * d + j] as f64;
+                                    (s + p, m + p.abs())
+                                });
+                                let bound = 2.0 * d as f64 * f32::EPSILON as f64 * mag + 1e-30;
+                                assert!(
+                                    (got as f64 - want).abs() <= bound,
+                                    "{k:?} d={d} t={t} row {r} token {tok}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_best_kernel_uses_the_vector_unit() {
+        assert_eq!(Some(&Kernel::best()), Kernel::available().last());
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            assert_eq!(Kernel::best(), Kernel::Avx512);
+        }
+    }
+}
