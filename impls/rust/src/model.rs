@@ -657,45 +657,124 @@ mod tests {
         let c = ckpt.config;
         let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
         let Ok(tokenizer) = Tokenizer::load(Path::new(&tok), c.vocab_size) else { panic!("tok512.bin loads") };
-        let q8 =
-            |m: Matrix, cols: usize| cols.is_multiple_of(32).then(|| quantize_q8_0(m.f32().expect("float32 weights")));
-        let (d, h) = (c.dim, c.hidden_dim);
-        let embedding = q8(w.token_embedding, d).expect("dim is a multiple of 32");
-        let classifier = if c.shared_classifier { None } else { q8(w.wcls, d) };
-        let quantized: Vec<[Option<Vec<u8>>; 7]> = w
-            .layers
-            .iter()
-            .map(|l| [q8(l.wq, d), q8(l.wk, d), q8(l.wv, d), q8(l.wo, d), q8(l.w1, d), q8(l.w2, h), q8(l.w3, d)])
-            .collect();
-        assert!(quantized.iter().all(|q| q[5].is_none() && q.iter().filter(|m| m.is_some()).count() == 6));
-        fn pick<'a>(f32: Matrix<'a>, q8: &'a Option<Vec<u8>>) -> Matrix<'a> {
-            q8.as_deref().map_or(f32, Matrix::Q8)
-        }
-        let weights = Weights {
-            token_embedding: Matrix::Q8(&embedding),
-            layers: w
-                .layers
-                .iter()
-                .zip(&quantized)
-                .map(|(l, q)| LayerWeights {
-                    rms_att: l.rms_att,
-                    wq: pick(l.wq, &q[0]),
-                    wk: pick(l.wk, &q[1]),
-                    wv: pick(l.wv, &q[2]),
-                    wo: pick(l.wo, &q[3]),
-                    rms_ffn: l.rms_ffn,
-                    w1: pick(l.w1, &q[4]),
-                    w2: pick(l.w2, &q[5]),
-                    w3: pick(l.w3, &q[6]),
-                })
-                .collect(),
-            rms_final: w.rms_final,
-            wcls: if c.shared_classifier { Matrix::Q8(&embedding) } else { pick(w.wcls, &classifier) },
-        };
+        let store = Q8Store::new(&c, &w);
+        let weights = store.weights(&c, &w);
         for threads in [1, 2] {
             let text = greedy_text(&c, &weights, &tokenizer, threads, "", 128);
             assert_eq!(text, golden("stories260K.q8_0.greedy.txt"), "at -j {threads}");
         }
+    }
+
+    /// stories260K's matrices as the converter writes them to Q8_0 (`invoke models.convert
+    /// --type q8_0`: rows a multiple of 32 long, so not ffn_down, whose rows are hidden_dim = 172).
+    struct Q8Store {
+        embedding: Vec<u8>,
+        classifier: Option<Vec<u8>>,
+        layers: Vec<[Option<Vec<u8>>; 7]>,
+    }
+
+    impl Q8Store {
+        fn new(c: &Config, w: &Weights) -> Q8Store {
+            let q8 = |m: Matrix, cols: usize| {
+                cols.is_multiple_of(32).then(|| quantize_q8_0(m.f32().expect("float32 weights")))
+            };
+            let (d, h) = (c.dim, c.hidden_dim);
+            let layers: Vec<[Option<Vec<u8>>; 7]> = w
+                .layers
+                .iter()
+                .map(|l| [q8(l.wq, d), q8(l.wk, d), q8(l.wv, d), q8(l.wo, d), q8(l.w1, d), q8(l.w2, h), q8(l.w3, d)])
+                .collect();
+            assert!(layers.iter().all(|q| q[5].is_none() && q.iter().filter(|m| m.is_some()).count() == 6));
+            Q8Store {
+                embedding: q8(w.token_embedding, d).expect("dim is a multiple of 32"),
+                classifier: if c.shared_classifier { None } else { q8(w.wcls, d) },
+                layers,
+            }
+        }
+
+        fn weights<'x>(&'x self, c: &Config, w: &Weights<'x>) -> Weights<'x> {
+            fn pick<'a>(f32: Matrix<'a>, q8: &'a Option<Vec<u8>>) -> Matrix<'a> {
+                q8.as_deref().map_or(f32, Matrix::Q8)
+            }
+            Weights {
+                token_embedding: Matrix::Q8(&self.embedding),
+                layers: w
+                    .layers
+                    .iter()
+                    .zip(&self.layers)
+                    .map(|(l, q)| LayerWeights {
+                        rms_att: l.rms_att,
+                        wq: pick(l.wq, &q[0]),
+                        wk: pick(l.wk, &q[1]),
+                        wv: pick(l.wv, &q[2]),
+                        wo: pick(l.wo, &q[3]),
+                        rms_ffn: l.rms_ffn,
+                        w1: pick(l.w1, &q[4]),
+                        w2: pick(l.w2, &q[5]),
+                        w3: pick(l.w3, &q[6]),
+                    })
+                    .collect(),
+                rms_final: w.rms_final,
+                wcls: if c.shared_classifier { Matrix::Q8(&self.embedding) } else { pick(w.wcls, &self.classifier) },
+            }
+        }
+    }
+
+    /// Every row of forward_batch's logits (and its last-row logits) against forward's, one
+    /// position at a time, within the contract's tolerance and with the same argmax, for batch
+    /// sizes that leave remainders and at one and two threads.
+    fn batched_logits_match_one_position(c: &Config, w: &Weights, label: &str) {
+        let (vocab, n) = (c.vocab_size, 40.min(c.seq_len));
+        let ids: Vec<u32> = (0..n).map(|i| if i == 0 { 1 } else { ((7 * i + 300) % vocab) as u32 }).collect();
+        let Ok(pool) = Pool::build(1) else { panic!("the pool starts") };
+        let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
+        let want: Vec<Vec<f32>> =
+            ids.iter().enumerate().map(|(pos, &id)| forward(c, w, &mut state, &pool, id as usize, pos).to_vec()).collect();
+        pool.free();
+        let argmax = |r: &[f32]| (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+        let close = |got: &[f32], want: &[f32], what: &str| {
+            let scale = 1.0 + want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * scale, "{label} {what}: {diff} of {scale}");
+            assert_eq!(argmax(got), argmax(want), "{label} {what}: argmax");
+        };
+        for (batch, threads) in [(2, 1), (7, 1), (16, 2), (33, 1), (n, 1), (n, 2), (1000, 2)] {
+            let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
+            let Ok(mut state) = RunState::build(c, batch) else { panic!("the run state fits") };
+            let rows = state.batch_rows();
+            assert_eq!(rows, batch.min(c.seq_len));
+            let mut p0 = 0;
+            while p0 < n {
+                let chunk = &ids[p0..(p0 + rows).min(n)];
+                let t = chunk.len();
+                let what = |i: usize| format!("-b {batch} -j {threads} position {}", p0 + i);
+                if t > 1 {
+                    let all = forward_batch(c, w, &mut state, &pool, chunk, p0, Logits::All).to_vec();
+                    for i in 0..t {
+                        close(&all[i * vocab..(i + 1) * vocab], &want[p0 + i], &what(i));
+                    }
+                    // the same batch again (its cache rows rewritten), the last row's logits only
+                    let last = forward_batch(c, w, &mut state, &pool, chunk, p0, Logits::Last).to_vec();
+                    close(&last, &want[p0 + t - 1], &format!("{} (last row only)", what(t - 1)));
+                } else {
+                    close(forward(c, w, &mut state, &pool, chunk[0] as usize, p0), &want[p0], &what(0));
+                }
+                p0 += t;
+            }
+            pool.free();
+        }
+    }
+
+    #[test]
+    #[cfg_attr(not(polyllama_models), ignore = "needs stories260K.bin in POLYLLAMA_MODEL_PATH")]
+    fn stories260k_batched_logits_are_one_positions() {
+        let model = model_file("stories260K.bin");
+        let Ok(ckpt) = read_checkpoint(Path::new(&model)) else { panic!("stories260K.bin reads") };
+        let c = ckpt.config;
+        let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
+        batched_logits_match_one_position(&c, &w, "f32");
+        let store = Q8Store::new(&c, &w);
+        batched_logits_match_one_position(&c, &store.weights(&c, &w), "q8_0");
     }
 
     #[test]
