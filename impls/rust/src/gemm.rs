@@ -108,8 +108,27 @@ fn row_block(d: usize) -> usize {
 
 /// For the weight rows `rows` of W (n, d) and the `t` activation rows of X (t, d):
 /// `put(token, r - rows.start, W[r] . X[token])` for every pair, each exactly once.
-pub fn gemm_rows(k: Kernel, w: &[f32], x: &[f32], d: usize, t: usize, rows: Range<usize>, mut put: impl FnMut(usize, usize, f32)) {
-    assert!(d > 0 && rows.end * d <= w.len() && t * d <= x.len(), "W and X hold the rows asked for");
+#[inline(always)]
+pub fn gemm_rows(k: Kernel, w: &[f32], x: &[f32], d: usize, t: usize, rows: Range<usize>, put: impl FnMut(usize, usize, f32)) {
+    gemm_rows_strided(k, (w, d), (x, d), d, t, rows, put)
+}
+
+/// gemm_rows with rows `w_stride` and `x_stride` floats apart (attention's keys in the cache,
+/// one head's queries in the batch's rows).
+pub fn gemm_rows_strided(
+    k: Kernel,
+    (w, w_stride): (&[f32], usize),
+    (x, x_stride): (&[f32], usize),
+    d: usize,
+    t: usize,
+    rows: Range<usize>,
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    let ends = |n: usize, stride: usize, len: usize| n == 0 || (n - 1) * stride + d <= len;
+    assert!(d > 0 && ends(rows.end, w_stride, w.len()) && ends(t, x_stride, x.len()), "W and X hold the rows asked for");
+    if rows.is_empty() || t == 0 {
+        return;
+    }
     let cols = k.cols();
     let block = row_block(d);
     let mut b0 = rows.start;
@@ -119,13 +138,13 @@ pub fn gemm_rows(k: Kernel, w: &[f32], x: &[f32], d: usize, t: usize, rows: Rang
         while t0 < t {
             let c = (t - t0).min(cols);
             // SAFETY: rows t0 .. t0 + c of X are inside x (asserted above)
-            let xp: [*const f32; C_MAX] = std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j.min(c - 1)) * d) });
+            let xp: [*const f32; C_MAX] = std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j.min(c - 1)) * x_stride) });
             let mut r = b0;
             while r < b1 {
                 let nr = (b1 - r).min(R);
                 // a short last group repeats its last row; those results are dropped
                 // SAFETY: rows r .. r + nr of W are inside w (asserted above)
-                let wp: [*const f32; R] = std::array::from_fn(|i| unsafe { w.as_ptr().add((r + i.min(nr - 1)) * d) });
+                let wp: [*const f32; R] = std::array::from_fn(|i| unsafe { w.as_ptr().add((r + i.min(nr - 1)) * w_stride) });
                 // SAFETY: every pointer reads d floats of W or X; k came from available()
                 let s = unsafe { k.tile(&wp, &xp, c, d) };
                 for (i, si) in s.iter().enumerate().take(nr) {
@@ -258,13 +277,63 @@ unsafe fn tile_avx512<const C: usize>(w: &[*const f32; R], x: &[*const f32; C_MA
             }
         }
     }
+    // the R * C horizontal sums, 16 at a time through one reduction tree
+    let mut flat = [_mm512_setzero_ps(); 32];
+    for i in 0..R {
+        for c in 0..C {
+            flat[i * C + c] = acc[i][c];
+        }
+    }
+    let mut sums = [0.0f32; 32];
+    for g in 0..(R * C).div_ceil(16) {
+        // SAFETY: g * 16 + 16 <= 32 for R * C <= 24
+        unsafe { sums16(&*(flat.as_ptr().add(16 * g) as *const [__m512; 16]), &mut sums[16 * g..16 * g + 16]) };
+    }
     let mut out = [[0.0f32; C_MAX]; R];
     for i in 0..R {
         for c in 0..C {
-            out[i][c] = _mm512_reduce_add_ps(acc[i][c]);
+            out[i][c] = sums[i * C + c];
         }
     }
     out
+}
+
+/// out[k] = the sum of v[k]'s 16 lanes, for 16 vectors at once: four levels that each add two
+/// registers' halves, quarters, pairs and lanes, 30 shuffles and 15 adds where a reduction per
+/// vector takes about 128 instructions; for short rows (attention's head_size) it is most of a
+/// tile's work.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn sums16(v: &[std::arch::x86_64::__m512; 16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // 128-bit lanes [a0+a2, a1+a3, b0+b2, b1+b3]
+    let mut s = [_mm512_setzero_ps(); 8];
+    for k in 0..8 {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        s[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    // 128-bit lane j holds 4 partial sums of v[4m + j]
+    let mut u = [_mm512_setzero_ps(); 4];
+    for m in 0..4 {
+        let (a, b) = (s[2 * m], s[2 * m + 1]);
+        u[m] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+    }
+    // lane j: two partials of v[8p + j], then two of v[8p + 4 + j]
+    let mut z = [_mm512_setzero_ps(); 2];
+    for p in 0..2 {
+        let (a, b) = (u[2 * p], u[2 * p + 1]);
+        z[p] = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD));
+    }
+    // element 4j + e is the total of v[j + 4e]
+    let f = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+    let mut t = [0.0f32; 16];
+    unsafe { _mm512_storeu_ps(t.as_mut_ptr(), f) };
+    for j in 0..4 {
+        for e in 0..4 {
+            out[j + 4 * e] = t[4 * j + e];
+        }
+    }
 }
 
 /// A (rows, stride) float matrix that a pool job's threads write in disjoint columns.

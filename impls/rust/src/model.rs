@@ -419,6 +419,9 @@ fn batch_rows(m: Matrix, x: BatchInput, rows: Range<usize>, put: impl FnMut(usiz
     }
 }
 
+/// Query rows per item of the batched attention.
+const ATT_ROWS: usize = 16;
+
 /// Weight rows per claimable chunk of a batched product: each thread takes whole blocks of
 /// weight rows, so it streams its own share of the weights once per batch.
 const GEMM_GRAIN: usize = 16;
@@ -513,37 +516,51 @@ pub fn forward_batch<'s>(
             }
         }
 
-        // causal attention, (row, head) pairs split across the pool: item = head * t + row, so
-        // a chunk of items holds rows early and late, short and long
+        // causal attention, split across the pool by (block of rows, head): one block's scores
+        // against the keys are a small matrix product (the float32 kernel, keys as its weight
+        // rows), so each key is loaded once per block, not once per row. item = head * blocks +
+        // block, so a chunk of items holds rows early and late, short and long.
         {
             let xb = OutMat::new(&mut b.xb[..t * dim], dim);
             let (q, kc, vc) = (&b.q, &s.key_cache, &s.value_cache);
             let layer = l * c.seq_len * kv_dim;
             let scale = 1.0 / (hs as f32).sqrt();
-            pool.run(t * c.n_heads, 1, &|items| {
+            let blocks = t.div_ceil(ATT_ROWS);
+            pool.run(blocks * c.n_heads, 1, &|items| {
                 ATT.with(|cell| {
                     let mut buf = cell.borrow_mut();
                     for item in items {
-                        let (h, i) = (item / t, item % t);
-                        let pos = p0 + i;
-                        if buf.len() < pos + 1 {
-                            buf.resize(pos + 1, 0.0);
+                        let (h, blk) = (item / blocks, item % blocks);
+                        let (i0, i1) = (blk * ATT_ROWS, ((blk + 1) * ATT_ROWS).min(t));
+                        let keys = p0 + i1; // the last row attends to positions 0 .. p0 + i1 - 1
+                        if buf.len() < ATT_ROWS * keys {
+                            buf.resize(ATT_ROWS * keys, 0.0);
                         }
-                        let att = &mut buf[..pos + 1];
-                        let qh = &q[i * dim + h * hs..i * dim + (h + 1) * hs];
                         let kvo = (h / kv_mul) * hs; // grouped-query: head h reads KV head h / kv_mul
-                        for (ti, a) in att.iter_mut().enumerate() {
-                            let base = layer + ti * kv_dim + kvo;
-                            *a = dot_lanes::<8>(qh, &kc[base..base + hs]) * scale;
-                        }
-                        softmax(att);
-                        // SAFETY: this thread owns the pair (i, h), so these xb entries
-                        let out = unsafe { xb.part(i, h * hs..(h + 1) * hs) };
-                        out.fill(0.0);
-                        for (ti, &a) in att.iter().enumerate() {
-                            let base = layer + ti * kv_dim + kvo;
-                            for (o, &v) in out.iter_mut().zip(&vc[base..base + hs]) {
-                                *o = fmadd(a, v, *o);
+                        let k_rows = &kc[layer + kvo..layer + (keys - 1) * kv_dim + kvo + hs];
+                        let q_rows = &q[i0 * dim + h * hs..(i1 - 1) * dim + (h + 1) * hs];
+                        // scores (row, key) for keys 0 .. keys; a row's keys past its own
+                        // position are computed and never read
+                        gemm::gemm_rows_strided(
+                            gemm::Kernel::best(),
+                            (k_rows, kv_dim),
+                            (q_rows, dim),
+                            hs,
+                            i1 - i0,
+                            0..keys,
+                            |r, key, v| buf[r * keys + key] = v * scale,
+                        );
+                        for i in i0..i1 {
+                            let att = &mut buf[(i - i0) * keys..(i - i0) * keys + p0 + i + 1];
+                            softmax(att);
+                            // SAFETY: this thread owns the pair (i, h), so these xb entries
+                            let out = unsafe { xb.part(i, h * hs..(h + 1) * hs) };
+                            out.fill(0.0);
+                            for (ti, &a) in att.iter().enumerate() {
+                                let base = layer + ti * kv_dim + kvo;
+                                for (o, &v) in out.iter_mut().zip(&vc[base..base + hs]) {
+                                    *o = fmadd(a, v, *o);
+                                }
                             }
                         }
                     }
