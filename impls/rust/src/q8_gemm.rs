@@ -10,9 +10,9 @@
 //!
 //! On x86-64 the 8 (row, token) pairs of two weight rows x 4 tokens make one 256-bit register of
 //! int32 block sums: each pair's int8 products go into 8 int32 lanes (vpdpbusd, or AVX2's
-//! vpmaddubsw + vpmaddwd), and a reduction tree of blends and in-lane shuffles (7 shuffles for
-//! 8 pairs, where horizontal adds would take 14) turns the 8 registers into one register of the
-//! 8 exact sums, which is converted and scaled as 8 floats at once. vpdpbusd multiplies unsigned
+//! vpmaddubsw + vpmaddwd), and a reduction tree of blends and in-lane shuffles (written as 7
+//! shuffles for 8 pairs where horizontal adds take 14; LLVM is free to re-form parts of it as
+//! vphaddd, and does) turns the 8 registers into one register of the 8 exact sums, which is converted and scaled as 8 floats at once. vpdpbusd multiplies unsigned
 //! by signed bytes: the activation is made unsigned by adding 128 (x ^ 0x80), and 128 * sum(w)
 //! per weight block, computed once per weight block for the whole batch, is subtracted from the
 //! exact sum afterwards. AVX2's vpmaddubsw would saturate on (x + 128) * w pairs, so that path
