@@ -13,7 +13,10 @@
 //! Kernels, picked once at run time: AVX-512F (4 x 6 zmm accumulators, masked loads for the
 //! tail of d), AVX2 + FMA (4 x 3 ymm accumulators: with x's three vectors and one weight vector
 //! that is all 16 registers), and a portable one of fixed-size lane arrays that the compiler
-//! vectorises for whatever the target has (NEON on arm64).
+//! vectorises for whatever the target has (NEON on arm64). Where the CPU has AVX-512F and the
+//! batch has at least PACK_MIN_T rows, `packed` replaces the dot-product tile: the weight block
+//! is copied into transposed panels once per call and the kernel is outer products, with no
+//! horizontal sums and half the L2 traffic per FMA.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -34,6 +37,10 @@ pub enum Kernel {
     /// x86-64 AVX-512F, 4 x 6 tiles of 512-bit accumulators
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// x86-64 AVX-512F on packed panels: 32 weight rows x 12 activation rows of outer products
+    /// (Avx512 below PACK_MIN_T activation rows)
+    #[cfg(target_arch = "x86_64")]
+    Avx512Packed,
 }
 
 impl Kernel {
@@ -48,6 +55,7 @@ impl Kernel {
             }
             if is_x86_feature_detected!("avx512f") {
                 ks.push(Kernel::Avx512);
+                ks.push(Kernel::Avx512Packed);
             }
         }
         ks
@@ -66,7 +74,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => 3,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => 6,
+            Kernel::Avx512 | Kernel::Avx512Packed => 6,
         }
     }
 
@@ -95,7 +103,7 @@ impl Kernel {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => by_cols!(tile_avx2),
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 => by_cols!(tile_avx512),
+                Kernel::Avx512 | Kernel::Avx512Packed => by_cols!(tile_avx512),
             }
         }
     }
@@ -129,6 +137,12 @@ pub fn gemm_rows_strided(
     if rows.is_empty() || t == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512Packed && t >= PACK_MIN_T {
+        // SAFETY: the sizes are asserted above; Avx512Packed is only available with AVX-512F
+        unsafe { packed::gemm((w, w_stride), (x, x_stride), d, t, rows, &mut put) };
+        return;
+    }
     let cols = k.cols();
     let block = row_block(d);
     let mut b0 = rows.start;
@@ -157,6 +171,151 @@ pub fn gemm_rows_strided(
             t0 += c;
         }
         b0 = b1;
+    }
+}
+
+/// Activation rows from which the packed kernel pays for its packing.
+#[cfg(target_arch = "x86_64")]
+const PACK_MIN_T: usize = 16;
+
+/// The packed AVX-512 kernel: outer products instead of dot products, so no horizontal sums.
+/// A block of weight rows is copied, transposed, into panels of 32 rows (panel[k] = the 32 rows'
+/// values at column k, 128 bytes), and a tile of 12 activation rows into tile[k] = their 12
+/// values at k. Then for each k: two weight vectors, 12 broadcasts, 24 FMAs into 24 zmm
+/// accumulators, each holding 16 weight rows' sums for one activation row. The panels stay in
+/// L2 while every activation tile sweeps them; each output is one FMA chain along d, so the
+/// sums are sequential rather than in 16 lanes.
+#[cfg(target_arch = "x86_64")]
+mod packed {
+    use std::arch::x86_64::*;
+    use std::cell::RefCell;
+    use std::ops::Range;
+
+    const PANEL: usize = 32;
+    const TILE: usize = 12;
+
+    thread_local! {
+        /// This thread's packed weight block, then its packed activation tile.
+        static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// Weight rows per block: about 256 KiB of them, whole panels.
+    fn block_rows(d: usize) -> usize {
+        ((65536 / d.max(1)).clamp(PANEL, 1024) / PANEL) * PANEL
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const C: usize>(panel: *const f32, xt: *const f32, d: usize, out: &mut [[f32; PANEL]; TILE]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; C];
+        for k in 0..d {
+            // SAFETY: the panel holds d * 32 floats, the tile d * 12
+            unsafe {
+                let w0 = _mm512_loadu_ps(panel.add(k * PANEL));
+                let w1 = _mm512_loadu_ps(panel.add(k * PANEL + 16));
+                for c in 0..C {
+                    let xv = _mm512_set1_ps(*xt.add(k * TILE + c));
+                    acc[c][0] = _mm512_fmadd_ps(w0, xv, acc[c][0]);
+                    acc[c][1] = _mm512_fmadd_ps(w1, xv, acc[c][1]);
+                }
+            }
+        }
+        for c in 0..C {
+            // SAFETY: out[c] holds 32 floats
+            unsafe {
+                _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c][0]);
+                _mm512_storeu_ps(out[c].as_mut_ptr().add(16), acc[c][1]);
+            }
+        }
+    }
+
+    /// As gemm_rows_strided.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; W and X hold the rows asked for (the caller asserts it).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm(
+        (w, ws): (&[f32], usize),
+        (x, xs): (&[f32], usize),
+        d: usize,
+        t: usize,
+        rows: Range<usize>,
+        put: &mut impl FnMut(usize, usize, f32),
+    ) {
+        let block = block_rows(d);
+        PACK.with(|cell| {
+            let mut bufs = cell.borrow_mut();
+            let (wp, xp) = &mut *bufs;
+            if wp.len() < block * d {
+                wp.resize(block * d, 0.0);
+            }
+            let tiles = t.div_ceil(TILE);
+            if xp.len() < tiles * TILE * d {
+                xp.resize(tiles * TILE * d, 0.0);
+            }
+            // every activation tile packed once: tile q, column k, row j at (q * d + k) * 12 + j
+            for q in 0..tiles {
+                let dst = &mut xp[q * d * TILE..(q + 1) * d * TILE];
+                for j in 0..TILE.min(t - q * TILE) {
+                    let row = &x[(q * TILE + j) * xs..(q * TILE + j) * xs + d];
+                    for (k, &v) in row.iter().enumerate() {
+                        dst[k * TILE + j] = v;
+                    }
+                }
+            }
+            let xp = &*xp;
+            let mut out = [[0.0f32; PANEL]; TILE];
+            let mut b0 = rows.start;
+            while b0 < rows.end {
+                let b1 = (b0 + block).min(rows.end);
+                let panels = (b1 - b0).div_ceil(PANEL);
+                for p in 0..panels {
+                    let dst = &mut wp[p * d * PANEL..(p + 1) * d * PANEL];
+                    let src: [&[f32]; PANEL] = std::array::from_fn(|l| {
+                        let r = b0 + p * PANEL + l;
+                        if r < b1 { &w[r * ws..r * ws + d] } else { &[] }
+                    });
+                    // a whole panel line (32 floats) at a time; rows past the block are zeros
+                    for (k, line) in dst.chunks_exact_mut(PANEL).enumerate() {
+                        for (v, row) in line.iter_mut().zip(&src) {
+                            *v = row.get(k).copied().unwrap_or(0.0);
+                        }
+                    }
+                }
+                let mut t0 = 0;
+                while t0 < t {
+                    let c = (t - t0).min(TILE);
+                    let xt = xp[t0 * d..].as_ptr(); // tile t0 / 12
+                    for p in 0..panels {
+                        let panel = wp[p * d * PANEL..].as_ptr();
+                        // SAFETY: the panel and the tile are packed above, d columns each
+                        unsafe {
+                            match c {
+                                1 => tile::<1>(panel, xt, d, &mut out),
+                                2 => tile::<2>(panel, xt, d, &mut out),
+                                3 => tile::<3>(panel, xt, d, &mut out),
+                                4 => tile::<4>(panel, xt, d, &mut out),
+                                5 => tile::<5>(panel, xt, d, &mut out),
+                                6 => tile::<6>(panel, xt, d, &mut out),
+                                7 => tile::<7>(panel, xt, d, &mut out),
+                                8 => tile::<8>(panel, xt, d, &mut out),
+                                9 => tile::<9>(panel, xt, d, &mut out),
+                                10 => tile::<10>(panel, xt, d, &mut out),
+                                11 => tile::<11>(panel, xt, d, &mut out),
+                                _ => tile::<12>(panel, xt, d, &mut out),
+                            }
+                        }
+                        let r0 = b0 + p * PANEL;
+                        for (j, o) in out.iter().enumerate().take(c) {
+                            for (l, &v) in o.iter().enumerate().take(PANEL.min(b1 - r0)) {
+                                put(t0 + j, r0 + l - rows.start, v);
+                            }
+                        }
+                    }
+                    t0 += c;
+                }
+                b0 = b1;
+            }
+        });
     }
 }
 
@@ -389,7 +548,7 @@ mod tests {
     fn every_kernel_agrees_with_a_plain_loop() {
         let mut rng = Lcg(11);
         for d in [1, 7, 16, 64, 96, 172, 288] {
-            for t in [1, 2, 5, 7, 33] {
+            for t in [1, 2, 5, 7, 16, 33] {
                 let n = 4 * 3 + 3 + if d == 7 { row_block(d) } else { 0 };
                 let w: Vec<f32> = (0..n * d).map(|_| rng.float()).collect();
                 let x: Vec<f32> = (0..t * d).map(|_| rng.float()).collect();
@@ -431,7 +590,7 @@ mod tests {
         assert_eq!(Some(&Kernel::best()), Kernel::available().last());
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx512f") {
-            assert_eq!(Kernel::best(), Kernel::Avx512);
+            assert_eq!(Kernel::best(), Kernel::Avx512Packed);
         }
     }
 }

@@ -739,8 +739,12 @@ mod tests {
 
     /// Every row of forward_batch's logits (and its last-row logits) against forward's, one
     /// position at a time, within the contract's tolerance and with the same argmax, for batch
-    /// sizes that leave remainders and at one and two threads.
-    fn batched_logits_match_one_position(c: &Config, w: &Weights, label: &str) {
+    /// sizes that leave remainders and at one and two threads. `tol` relative to 1 + max |logit|:
+    /// 1e-4 for float32; for Q8_0 the contract's bound after a rounding near a tie, 5e-2 (a
+    /// batched kernel sums in another order, which can round an activation near a tie the other
+    /// way), with the argmax checked only where the two best logits are further apart than
+    /// twice that.
+    fn batched_logits_match_one_position(c: &Config, w: &Weights, label: &str, tol: f32) {
         let (vocab, n) = (c.vocab_size, 40.min(c.seq_len));
         let ids: Vec<u32> = (0..n).map(|i| if i == 0 { 1 } else { ((7 * i + 300) % vocab) as u32 }).collect();
         let Ok(pool) = Pool::build(1) else { panic!("the pool starts") };
@@ -752,8 +756,12 @@ mod tests {
         let close = |got: &[f32], want: &[f32], what: &str| {
             let scale = 1.0 + want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(diff <= 1e-4 * scale, "{label} {what}: {diff} of {scale}");
-            assert_eq!(argmax(got), argmax(want), "{label} {what}: argmax");
+            assert!(diff <= tol * scale, "{label} {what}: {diff} of {scale}");
+            let best = argmax(want);
+            let second = (0..want.len()).filter(|&i| i != best).fold(f32::NEG_INFINITY, |m, i| m.max(want[i]));
+            if want[best] - second > 2.0 * tol * scale || tol <= 1e-4 {
+                assert_eq!(argmax(got), best, "{label} {what}: argmax");
+            }
         };
         for (batch, threads) in [(2, 1), (7, 1), (16, 2), (33, 1), (n, 1), (n, 2), (1000, 2)] {
             let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
@@ -789,9 +797,9 @@ mod tests {
         let Ok(ckpt) = read_checkpoint(Path::new(&model)) else { panic!("stories260K.bin reads") };
         let c = ckpt.config;
         let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
-        batched_logits_match_one_position(&c, &w, "f32");
+        batched_logits_match_one_position(&c, &w, "f32", 1e-4);
         let store = Q8Store::new(&c, &w);
-        batched_logits_match_one_position(&c, &store.weights(&c, &w), "q8_0");
+        batched_logits_match_one_position(&c, &store.weights(&c, &w), "q8_0", 5e-2);
     }
 
     #[test]
