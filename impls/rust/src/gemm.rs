@@ -117,7 +117,15 @@ fn row_block(d: usize) -> usize {
 /// For the weight rows `rows` of W (n, d) and the `t` activation rows of X (t, d):
 /// `put(token, r - rows.start, W[r] . X[token])` for every pair, each exactly once.
 #[inline(always)]
-pub fn gemm_rows(k: Kernel, w: &[f32], x: &[f32], d: usize, t: usize, rows: Range<usize>, put: impl FnMut(usize, usize, f32)) {
+pub fn gemm_rows(
+    k: Kernel,
+    w: &[f32],
+    x: &[f32],
+    d: usize,
+    t: usize,
+    rows: Range<usize>,
+    put: impl FnMut(usize, usize, f32),
+) {
     gemm_rows_strided(k, (w, d), (x, d), d, t, rows, put)
 }
 
@@ -133,7 +141,10 @@ pub fn gemm_rows_strided(
     mut put: impl FnMut(usize, usize, f32),
 ) {
     let ends = |n: usize, stride: usize, len: usize| n == 0 || (n - 1) * stride + d <= len;
-    assert!(d > 0 && ends(rows.end, w_stride, w.len()) && ends(t, x_stride, x.len()), "W and X hold the rows asked for");
+    assert!(
+        d > 0 && ends(rows.end, w_stride, w.len()) && ends(t, x_stride, x.len()),
+        "W and X hold the rows asked for"
+    );
     if rows.is_empty() || t == 0 {
         return;
     }
@@ -152,13 +163,15 @@ pub fn gemm_rows_strided(
         while t0 < t {
             let c = (t - t0).min(cols);
             // SAFETY: rows t0 .. t0 + c of X are inside x (asserted above)
-            let xp: [*const f32; C_MAX] = std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j.min(c - 1)) * x_stride) });
+            let xp: [*const f32; C_MAX] =
+                std::array::from_fn(|j| unsafe { x.as_ptr().add((t0 + j.min(c - 1)) * x_stride) });
             let mut r = b0;
             while r < b1 {
                 let nr = (b1 - r).min(R);
                 // a short last group repeats its last row; those results are dropped
                 // SAFETY: rows r .. r + nr of W are inside w (asserted above)
-                let wp: [*const f32; R] = std::array::from_fn(|i| unsafe { w.as_ptr().add((r + i.min(nr - 1)) * w_stride) });
+                let wp: [*const f32; R] =
+                    std::array::from_fn(|i| unsafe { w.as_ptr().add((r + i.min(nr - 1)) * w_stride) });
                 // SAFETY: every pointer reads d floats of W or X; k came from available()
                 let s = unsafe { k.tile(&wp, &xp, c, d) };
                 for (i, si) in s.iter().enumerate().take(nr) {
@@ -272,7 +285,11 @@ mod packed {
                     let dst = &mut wp[p * d * PANEL..(p + 1) * d * PANEL];
                     let src: [&[f32]; PANEL] = std::array::from_fn(|l| {
                         let r = b0 + p * PANEL + l;
-                        if r < b1 { &w[r * ws..r * ws + d] } else { &[] }
+                        if r < b1 {
+                            &w[r * ws..r * ws + d]
+                        } else {
+                            &[]
+                        }
                     });
                     // a whole panel line (32 floats) at a time; rows past the block are zeros
                     for (k, line) in dst.chunks_exact_mut(PANEL).enumerate() {
@@ -330,7 +347,10 @@ unsafe fn tile_portable<const C: usize>(w: &[*const f32; R], x: &[*const f32; C_
     const L: usize = 8;
     // SAFETY (every read below): each pointer holds d floats and j + L <= d, or j < d
     let (ws, xs): ([&[f32]; R], [&[f32]; C]) = unsafe {
-        (std::array::from_fn(|i| std::slice::from_raw_parts(w[i], d)), std::array::from_fn(|j| std::slice::from_raw_parts(x[j], d)))
+        (
+            std::array::from_fn(|i| std::slice::from_raw_parts(w[i], d)),
+            std::array::from_fn(|j| std::slice::from_raw_parts(x[j], d)),
+        )
     };
     let mut acc = [[[0.0f32; L]; C]; R];
     let whole = d - d % L;

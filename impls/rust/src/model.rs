@@ -8,9 +8,9 @@ use std::path::Path;
 use crate::errors::{bad_file, Fail, Res};
 use crate::gemm::{self, OutMat};
 use crate::kernels::{dot_lanes, fmadd, matvec, matvec_add, rmsnorm, softmax, Input, Matrix, ROW_GRAIN};
-use crate::q8_gemm::{self, QRows};
 use crate::pool::{Out, Pool};
 use crate::q8::Activation;
+use crate::q8_gemm::{self, QRows};
 
 // ----------------------------------------------------------------------------
 // Model: configuration and the limits every reader enforces (contract section 4)
@@ -401,7 +401,14 @@ struct BatchInput<'a> {
 }
 
 impl<'a> BatchInput<'a> {
-    fn new(pool: &Pool, x: &'a [f32], t: usize, d: usize, buf: &'a mut q8_gemm::Rows, group: &[Matrix]) -> BatchInput<'a> {
+    fn new(
+        pool: &Pool,
+        x: &'a [f32],
+        t: usize,
+        d: usize,
+        buf: &'a mut q8_gemm::Rows,
+        group: &[Matrix],
+    ) -> BatchInput<'a> {
         let q = group.iter().any(Matrix::is_q8).then(|| buf.quantize(pool, x, t, d));
         BatchInput { x, t, d, q }
     }
@@ -620,7 +627,14 @@ mod tests {
 
     /// What the port prints for a greedy run: generate's loop (force the prompt, argmax, stop
     /// at BOS, printable pieces), then the closing newline.
-    fn greedy_text(c: &Config, w: &Weights, tokenizer: &Tokenizer, threads: usize, prompt: &str, steps: usize) -> String {
+    fn greedy_text(
+        c: &Config,
+        w: &Weights,
+        tokenizer: &Tokenizer,
+        threads: usize,
+        prompt: &str,
+        steps: usize,
+    ) -> String {
         let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
         let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
         let ids = tokenizer.encode(prompt.as_bytes(), true, false);
@@ -749,8 +763,11 @@ mod tests {
         let ids: Vec<u32> = (0..n).map(|i| if i == 0 { 1 } else { ((7 * i + 300) % vocab) as u32 }).collect();
         let Ok(pool) = Pool::build(1) else { panic!("the pool starts") };
         let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
-        let want: Vec<Vec<f32>> =
-            ids.iter().enumerate().map(|(pos, &id)| forward(c, w, &mut state, &pool, id as usize, pos).to_vec()).collect();
+        let want: Vec<Vec<f32>> = ids
+            .iter()
+            .enumerate()
+            .map(|(pos, &id)| forward(c, w, &mut state, &pool, id as usize, pos).to_vec())
+            .collect();
         pool.free();
         let argmax = |r: &[f32]| (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
         let close = |got: &[f32], want: &[f32], what: &str| {

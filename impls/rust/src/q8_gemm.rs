@@ -338,7 +338,8 @@ mod x86 {
                     while r < b1 {
                         let p = (r - b0) / 2;
                         let wp: [*const u8; 4] = std::array::from_fn(|i| w.as_ptr().add((r + i).min(b1 - 1) * rb));
-                        let dw: [*const f32; 2] = std::array::from_fn(|g| dws.as_ptr().add((p + g).min(pairs - 1) * nb * 8));
+                        let dw: [*const f32; 2] =
+                            std::array::from_fn(|g| dws.as_ptr().add((p + g).min(pairs - 1) * nb * 8));
                         let corr: [*const i32; 2] =
                             std::array::from_fn(|g| corrs.as_ptr().add((p + g).min(pairs - 1) * nb * 8));
                         let acc = tile::<MODE, RG>(&wp, &xp, dt, x.tpad, &dw, &corr, nb);
@@ -428,18 +429,23 @@ mod tests {
                                 let (mut want, mut mag) = (0.0f64, 0.0f64);
                                 for b in 0..nb {
                                     let blk = &row[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-                                    let isum: i32 = (0..BLOCK)
-                                        .map(|i| blk[2 + i] as i8 as i32 * xr.qs[b * BLOCK + i] as i32)
-                                        .sum();
+                                    let isum: i32 =
+                                        (0..BLOCK).map(|i| blk[2 + i] as i8 as i32 * xr.qs[b * BLOCK + i] as i32).sum();
                                     let dw = q8::f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
                                     let term = isum as f32 as f64 * (dw * xr.d[b]) as f64;
                                     want += term;
                                     mag += term.abs();
                                 }
                                 let bound = 2.0 * nb as f64 * f32::EPSILON as f64 * mag + 1e-30;
-                                assert!((got as f64 - want).abs() <= bound, "{k:?} d={d} t={t} row {r} tok {tok}: {got} vs {want}");
+                                assert!(
+                                    (got as f64 - want).abs() <= bound,
+                                    "{k:?} d={d} t={t} row {r} tok {tok}: {got} vs {want}"
+                                );
                                 let single = q8::Kernel::best().row_dot(row, xr) as f64;
-                                assert!((got as f64 - single).abs() <= 2.0 * bound, "{k:?} against the one-token kernel");
+                                assert!(
+                                    (got as f64 - single).abs() <= 2.0 * bound,
+                                    "{k:?} against the one-token kernel"
+                                );
                             }
                         }
                     }
