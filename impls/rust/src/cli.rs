@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::errors::{usage, Res};
 
 pub const USAGE: &str = "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] \
-[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
 
 #[derive(Debug)]
 pub struct Args {
@@ -22,6 +22,8 @@ pub struct Args {
     pub output: Option<PathBuf>,
     pub ids: Option<Vec<i128>>,
     pub ignore_bos: bool,
+    /// -b: positions a batched forward pass takes at once (the caller clamps it to seq_len)
+    pub batch: usize,
 }
 
 fn os_bytes(s: &OsStr) -> Vec<u8> {
@@ -113,6 +115,7 @@ impl Args {
             output: None,
             ids: None,
             ignore_bos: false,
+            batch: 512,
         }
     }
 
@@ -143,6 +146,10 @@ impl Args {
                 }
             }
             "-e" => self.ignore_bos = parse_int("-e", v, 0, 1)? == 1,
+            "-b" => match parse_count("-b", v)? {
+                0 => return usage(format!("-b {v} is out of range")),
+                b => self.batch = b,
+            },
             _ => return usage(format!("unknown flag {flag}")),
         }
         Ok(())
@@ -228,5 +235,20 @@ mod tests {
         assert_eq!(parse(&["m", "-s", "18446744073709551615"]).map(|a| a.seed).ok(), Some(u64::MAX));
         assert!(matches!(parse(&["m", "-s", "18446744073709551616"]), Err(Fail::Usage(_))));
         assert!(matches!(parse(&["m", "-s", "-1"]), Err(Fail::Usage(_))));
+    }
+
+    /// -b: an integer >= 1 of any number of digits (the caller clamps it to seq_len); 512 unset.
+    #[test]
+    fn batch_flag() {
+        let batch = |b: &str| parse(&["m", "-b", b]).map(|a| a.batch).unwrap_or_else(|e| panic!("-b {b}: {e:?}"));
+        assert_eq!(parse(&["m"]).map(|a| a.batch).ok(), Some(512));
+        assert_eq!(batch("1"), 1);
+        assert_eq!(batch("+64"), 64);
+        assert_eq!(batch("0007"), 7);
+        assert_eq!(batch("99999999999999999999999999"), usize::MAX);
+        for bad in ["0", "-0", "-1", "x", "", "1.5", " 2", "1e3", "-99999999999999999999"] {
+            assert!(matches!(parse(&["m", "-b", bad]), Err(Fail::Usage(_))), "-b {bad:?}");
+        }
+        assert!(matches!(parse(&["m", "-b"]), Err(Fail::Usage(_))));
     }
 }

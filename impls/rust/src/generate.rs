@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::cli::Args;
 use crate::errors::{os_problem, usage, Fail, Res};
-use crate::model::{forward, Model};
+use crate::model::{forward, forward_batch, Logits, Model};
 use crate::pool::Pool;
 use crate::sampler::Sampler;
 use crate::tokenizer::{printable, Tokenizer, BOS};
@@ -20,6 +20,8 @@ pub struct Stats {
     generated_tokens: usize,
     positions: usize,
     ttft_s: f64,
+    prefill_s: f64,
+    prefill_tokens: usize,
     decode_s: f64,
 }
 
@@ -68,16 +70,28 @@ fn generate(
     let mut st = Stats { prompt_tokens: prompt_tokens.len(), ..Stats::default() };
     let mut out = std::io::stdout().lock();
     let start = Instant::now();
+
+    // prefill: the prompt's positions in batches; logits only for the last prompt position,
+    // and only when the prompt fits the steps
+    let n_prefill = prompt_tokens.len().min(steps);
+    prefill(m, pool, &prompt_tokens[..n_prefill], n_prefill == prompt_tokens.len());
+    st.positions = n_prefill;
+    st.prefill_tokens = n_prefill;
+    st.prefill_s = start.elapsed().as_secs_f64();
+
+    // decode: run.c's loop, forward only for the positions the prefill did not run
     let mut first: Option<Instant> = None;
     let mut token = prompt_tokens[0];
     for pos in 0..steps {
-        let logits = forward(&m.config, &m.weights, &mut m.state, pool, token as usize, pos);
-        st.positions += 1;
+        if pos >= n_prefill {
+            forward(&m.config, &m.weights, &mut m.state, pool, token as usize, pos);
+            st.positions += 1;
+        }
         let next = if pos + 1 < prompt_tokens.len() {
             prompt_tokens[pos + 1]
         } else {
             st.generated_tokens += 1;
-            let id = sampler.sample(logits) as u32;
+            let id = sampler.sample(m.state.logits()) as u32;
             first.get_or_insert_with(Instant::now);
             id
         };
@@ -101,34 +115,68 @@ fn generate(
     Ok(st)
 }
 
-/// Logits after each position of `ids`, written as raw little-endian float32 rows.
+/// Positions 0 .. tokens.len() in consecutive batches of at most the state's batch rows; with
+/// `last_logits`, the last position's logits are left in the state's logits. A batch of one
+/// position is run.c's forward.
+fn prefill(m: &mut Model, pool: &Pool, tokens: &[u32], last_logits: bool) {
+    let batch = m.state.batch_rows();
+    let mut p0 = 0;
+    while p0 < tokens.len() {
+        let chunk = &tokens[p0..(p0 + batch).min(tokens.len())];
+        let last = p0 + chunk.len() == tokens.len();
+        if chunk.len() == 1 {
+            forward(&m.config, &m.weights, &mut m.state, pool, chunk[0] as usize, p0);
+        } else {
+            let want = if last && last_logits { Logits::Last } else { Logits::None };
+            forward_batch(&m.config, &m.weights, &mut m.state, pool, chunk, p0, want);
+        }
+        p0 += chunk.len();
+    }
+}
+
+/// Logits after each position of `ids`, computed in batches, written as raw little-endian
+/// float32 rows.
 fn logits_to_file(m: &mut Model, pool: &Pool, ids: &[u32], path: &Path) -> Res<Stats> {
     let cannot = |e: std::io::Error| Fail::Runtime(format!("{}: cannot write: {}", path.display(), os_problem(&e)));
     let mut f = std::io::BufWriter::new(File::create(path).map_err(cannot)?);
-    let start = Instant::now();
-    let mut row = Vec::with_capacity(4 * m.config.vocab_size);
-    for (pos, &id) in ids.iter().enumerate() {
-        let logits = forward(&m.config, &m.weights, &mut m.state, pool, id as usize, pos);
+    let mut elapsed = 0.0;
+    let batch = m.state.batch_rows();
+    let mut row = Vec::new();
+    let mut p0 = 0;
+    while p0 < ids.len() {
+        let chunk = &ids[p0..(p0 + batch).min(ids.len())];
+        let t0 = Instant::now();
+        let logits = if chunk.len() == 1 {
+            forward(&m.config, &m.weights, &mut m.state, pool, chunk[0] as usize, p0)
+        } else {
+            forward_batch(&m.config, &m.weights, &mut m.state, pool, chunk, p0, Logits::All)
+        };
+        elapsed += t0.elapsed().as_secs_f64();
         row.clear();
         row.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
         f.write_all(&row).map_err(cannot)?;
+        p0 += chunk.len();
     }
     f.flush().map_err(cannot)?;
     Ok(Stats {
         prompt_tokens: ids.len(),
         positions: ids.len(),
-        ttft_s: start.elapsed().as_secs_f64(),
+        ttft_s: elapsed,
+        prefill_s: elapsed,
+        prefill_tokens: ids.len(),
         ..Stats::default()
     })
 }
 
-pub fn stats_line(threads: usize, load_s: f64, st: &Stats) -> String {
+pub fn stats_line(threads: usize, batch: usize, load_s: f64, st: &Stats) -> String {
     let tok_s =
         if st.generated_tokens > 1 && st.decode_s > 0.0 { (st.generated_tokens - 1) as f64 / st.decode_s } else { 0.0 };
+    let prefill_tok_s = if st.prefill_s > 0.0 { st.prefill_tokens as f64 / st.prefill_s } else { 0.0 };
     format!(
         "polyllama-stats: {{\"port\":\"{PORT}\",\"prompt_tokens\":{},\"generated_tokens\":{},\"positions\":{},\
-\"threads\":{threads},\"load_s\":{load_s:.6},\"ttft_s\":{:.6},\"decode_s\":{:.6},\"decode_tok_s\":{tok_s:.4}}}",
-        st.prompt_tokens, st.generated_tokens, st.positions, st.ttft_s, st.decode_s
+\"threads\":{threads},\"batch\":{batch},\"load_s\":{load_s:.6},\"ttft_s\":{:.6},\"prefill_s\":{:.6},\
+\"prefill_tok_s\":{prefill_tok_s:.4},\"decode_s\":{:.6},\"decode_tok_s\":{tok_s:.4}}}",
+        st.prompt_tokens, st.generated_tokens, st.positions, st.ttft_s, st.prefill_s, st.decode_s
     )
 }
 

@@ -11,11 +11,13 @@ mod cli;
 mod errors;
 mod files;
 mod formats;
+mod gemm;
 mod generate;
 mod kernels;
 mod model;
 mod pool;
 mod q8;
+mod q8_gemm;
 mod sampler;
 #[cfg(test)]
 mod testutil;
@@ -54,7 +56,7 @@ fn run(argv: &[OsString]) -> Res<()> {
     let mut ckpt = read_checkpoint(&args.checkpoint)?;
     let config = ckpt.config;
     let tokenizer = load_tokenizer(&args, &mut ckpt)?;
-    let mut model = Model { config, weights: ckpt.weights()?, state: RunState::build(&config)? };
+    let mut model = Model { config, weights: ckpt.weights()?, state: RunState::build(&config, args.batch)? };
     let pool = Pool::build(args.threads)?;
     let load_s = t0.elapsed().as_secs_f64();
 
@@ -63,7 +65,7 @@ fn run(argv: &[OsString]) -> Res<()> {
     } else {
         run_generate(&args, &mut model, &tokenizer, &pool)?
     };
-    eprintln!("{}", stats_line(pool.threads(), load_s, &stats));
+    eprintln!("{}", stats_line(pool.threads(), model.state.batch_rows(), load_s, &stats));
     pool.free();
     Ok(())
 }

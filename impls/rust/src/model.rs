@@ -2,12 +2,15 @@
 //! matrices of a Q8_0 GGUF), the run state, and run.c's `forward`.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::path::Path;
 
 use crate::errors::{bad_file, Fail, Res};
+use crate::gemm::{self, OutMat};
 use crate::kernels::{dot_lanes, fmadd, matvec, matvec_add, rmsnorm, softmax, Input, Matrix, ROW_GRAIN};
 use crate::pool::{Out, Pool};
 use crate::q8::Activation;
+use crate::q8_gemm::{self, QRows};
 
 // ----------------------------------------------------------------------------
 // Model: configuration and the limits every reader enforces (contract section 4)
@@ -163,6 +166,37 @@ pub struct RunState {
     value_cache: Vec<f32>, // (layer, seq_len, kv_dim)
     logits: Vec<f32>,      // (vocab)
     xq: Activation,        // (max(dim, hidden_dim)) a matmul group's input quantized, for Q8_0 matrices
+    batch: Batch,          // the batched pass's rows
+}
+
+/// The batched forward pass's scratch, for up to `rows` = min(batch, seq_len) positions at once,
+/// sized once at load. Pages of the logits rows are only touched in logits mode.
+struct Batch {
+    rows: usize,
+    x: Vec<f32>,           // (rows, dim) residual streams
+    xb: Vec<f32>,          // (rows, dim) normed inputs, then the attention outputs
+    q: Vec<f32>,           // (rows, dim) queries
+    hb: Vec<f32>,          // (rows, hidden_dim) the FFN's silu(gate) * up
+    rope: Vec<(f32, f32)>, // (rows, head_size / 2) each row's cos and sin
+    logits: Vec<f32>,      // (rows, vocab)
+    xq: q8_gemm::Rows,     // (rows, max(dim, hidden_dim)) quantized for Q8_0 matrices
+}
+
+impl Batch {
+    fn build(c: &Config, batch: usize) -> Res<Batch> {
+        let rows = batch.clamp(1, c.seq_len);
+        let n = |cols: usize| rows.checked_mul(cols).ok_or_else(|| Fail::Runtime("batch buffers overflow".into()));
+        Ok(Batch {
+            rows,
+            x: zeroed(n(c.dim)?)?,
+            xb: zeroed(n(c.dim)?)?,
+            q: zeroed(n(c.dim)?)?,
+            hb: zeroed(n(c.hidden_dim)?)?,
+            rope: vec![(1.0, 0.0); n(c.head_size() / 2)?],
+            logits: zeroed(n(c.vocab_size)?)?,
+            xq: q8_gemm::Rows::with_capacity(rows, c.dim.max(c.hidden_dim))?,
+        })
+    }
 }
 
 /// A zeroed float buffer; allocation failure is an error, not an abort.
@@ -185,7 +219,17 @@ fn zeroed(n: usize) -> Res<Vec<f32>> {
 }
 
 impl RunState {
-    pub fn build(c: &Config) -> Res<RunState> {
+    /// The logits of the last position run.
+    pub fn logits(&mut self) -> &mut [f32] {
+        &mut self.logits
+    }
+
+    /// Positions a batched pass takes at once: `-b` clamped to 1..=seq_len.
+    pub fn batch_rows(&self) -> usize {
+        self.batch.rows
+    }
+
+    pub fn build(c: &Config, batch: usize) -> Res<RunState> {
         let kv = c.n_layers * c.seq_len * c.kv_dim();
         Ok(RunState {
             x: zeroed(c.dim)?,
@@ -197,6 +241,7 @@ impl RunState {
             value_cache: zeroed(kv)?,
             logits: zeroed(c.vocab_size)?,
             xq: Activation::with_capacity(c.dim.max(c.hidden_dim)),
+            batch: Batch::build(c, batch)?,
         })
     }
 }
@@ -333,6 +378,246 @@ pub fn forward<'s>(
     &mut s.logits
 }
 
+// ----------------------------------------------------------------------------
+// The batched forward pass (contract 2): positions p0 .. p0 + T at once, row t being
+// forward(tokens[t], p0 + t). Each weight matrix is read once per batch, not once per position.
+
+/// Which rows' logits a batched pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// A batch's activation rows for a group of products: the floats, and the rows quantized when
+/// a matrix of the group is Q8_0 (once for all of them).
+#[derive(Clone, Copy)]
+struct BatchInput<'a> {
+    x: &'a [f32],
+    t: usize,
+    d: usize,
+    q: Option<QRows<'a>>,
+}
+
+impl<'a> BatchInput<'a> {
+    fn new(
+        pool: &Pool,
+        x: &'a [f32],
+        t: usize,
+        d: usize,
+        buf: &'a mut q8_gemm::Rows,
+        group: &[Matrix],
+    ) -> BatchInput<'a> {
+        let q = group.iter().any(Matrix::is_q8).then(|| buf.quantize(pool, x, t, d));
+        BatchInput { x, t, d, q }
+    }
+}
+
+/// W[r] . X[t] for the weight rows `rows` and every row t: put(t, r - rows.start, value).
+#[inline(always)]
+fn batch_rows(m: Matrix, x: BatchInput, rows: Range<usize>, put: impl FnMut(usize, usize, f32)) {
+    match m {
+        Matrix::F32(w) => gemm::gemm_rows(gemm::Kernel::best(), w, x.x, x.d, x.t, rows, put),
+        Matrix::Q8(w) => {
+            let q = x.q.expect("a Q8_0 matrix gets quantized rows");
+            q8_gemm::gemm_rows(q8_gemm::Kernel::best(), w, q, rows, put)
+        }
+    }
+}
+
+/// Query rows per item of the batched attention.
+const ATT_ROWS: usize = 16;
+
+/// Weight rows per claimable chunk of a batched product: each thread takes whole blocks of
+/// weight rows, so it streams its own share of the weights once per batch.
+const GEMM_GRAIN: usize = 16;
+
+/// out = X @ W^T (or out += it), (t, n): the pool splits W's n rows once.
+fn batch_product(pool: &Pool, m: Matrix, x: BatchInput, out: OutMat, add: bool, n: usize) {
+    pool.run(n, GEMM_GRAIN, &|r| {
+        let base = r.start;
+        batch_rows(m, x, r, |t, i, v| {
+            // SAFETY: this thread owns weight rows r, so these output columns
+            let o = unsafe { out.at(t, base + i) };
+            if add {
+                *o += v;
+            } else {
+                *o = v;
+            }
+        });
+    });
+}
+
+pub fn forward_batch<'s>(
+    c: &Config,
+    w: &Weights,
+    s: &'s mut RunState,
+    pool: &Pool,
+    tokens: &[u32],
+    p0: usize,
+    want: Logits,
+) -> &'s [f32] {
+    let t = tokens.len();
+    let (dim, hidden, hs, vocab) = (c.dim, c.hidden_dim, c.head_size(), c.vocab_size);
+    let kv_dim = c.kv_dim();
+    let kv_mul = c.n_heads / c.n_kv_heads; // query heads per KV head
+    let b = &mut s.batch;
+    assert!(t >= 1 && t <= b.rows && p0 + t <= c.seq_len, "a batch fits the scratch and the cache");
+
+    for (i, &tok) in tokens.iter().enumerate() {
+        w.token_embedding.row_into(tok as usize, &mut b.x[i * dim..(i + 1) * dim]);
+    }
+    // each row's RoPE angles, as forward computes them for its position
+    let half = hs / 2;
+    for i in 0..t {
+        let pos = p0 + i;
+        for (j, cs) in b.rope[i * half..(i + 1) * half].iter_mut().enumerate() {
+            let freq = 1.0 / 10000f32.powf((2 * j) as f32 / hs as f32);
+            let (sin, cos) = (pos as f32 * freq).sin_cos();
+            *cs = (cos, sin);
+        }
+    }
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        for i in 0..t {
+            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_att);
+        }
+
+        // Q, K, V in one job; K and V go straight into the cache at (l, p0 .. p0 + t)
+        let at = (l * c.seq_len + p0) * kv_dim;
+        {
+            let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.wq, lw.wk, lw.wv]);
+            let q = OutMat::new(&mut b.q[..t * dim], dim);
+            let k = OutMat::new(&mut s.key_cache[at..at + t * kv_dim], kv_dim);
+            let v = OutMat::new(&mut s.value_cache[at..at + t * kv_dim], kv_dim);
+            let segments =
+                [(q, lw.wq, 0, dim), (k, lw.wk, dim, dim + kv_dim), (v, lw.wv, dim + kv_dim, dim + 2 * kv_dim)];
+            pool.run(dim + 2 * kv_dim, GEMM_GRAIN, &|mine| {
+                for (out, mat, lo, hi) in segments {
+                    let (a, e) = (mine.start.max(lo), mine.end.min(hi));
+                    if a < e {
+                        // SAFETY: this thread owns rows [a, e) of the fused output
+                        batch_rows(mat, xin, a - lo..e - lo, |tt, i, val| unsafe { *out.at(tt, a - lo + i) = val });
+                    }
+                }
+            });
+        }
+
+        // RoPE on every row with its own position; every row's K is in the cache before any
+        // row attends
+        for i in 0..t {
+            let rope = &b.rope[i * half..(i + 1) * half];
+            let q = &mut b.q[i * dim..(i + 1) * dim];
+            let k = &mut s.key_cache[at + i * kv_dim..at + (i + 1) * kv_dim];
+            for j in (0..dim).step_by(2) {
+                let (cos, sin) = rope[(j % hs) / 2];
+                let (q0, q1) = (q[j], q[j + 1]);
+                q[j] = q0 * cos - q1 * sin;
+                q[j + 1] = q0 * sin + q1 * cos;
+                if j < kv_dim {
+                    let (k0, k1) = (k[j], k[j + 1]);
+                    k[j] = k0 * cos - k1 * sin;
+                    k[j + 1] = k0 * sin + k1 * cos;
+                }
+            }
+        }
+
+        // causal attention, split across the pool by (block of rows, head): one block's scores
+        // against the keys are a small matrix product (the float32 kernel, keys as its weight
+        // rows), so each key is loaded once per block, not once per row. item = head * blocks +
+        // block, so a chunk of items holds rows early and late, short and long.
+        {
+            let xb = OutMat::new(&mut b.xb[..t * dim], dim);
+            let (q, kc, vc) = (&b.q, &s.key_cache, &s.value_cache);
+            let layer = l * c.seq_len * kv_dim;
+            let scale = 1.0 / (hs as f32).sqrt();
+            let blocks = t.div_ceil(ATT_ROWS);
+            pool.run(blocks * c.n_heads, 1, &|items| {
+                ATT.with(|cell| {
+                    let mut buf = cell.borrow_mut();
+                    for item in items {
+                        let (h, blk) = (item / blocks, item % blocks);
+                        let (i0, i1) = (blk * ATT_ROWS, ((blk + 1) * ATT_ROWS).min(t));
+                        let keys = p0 + i1; // the last row attends to positions 0 .. p0 + i1 - 1
+                        if buf.len() < ATT_ROWS * keys {
+                            buf.resize(ATT_ROWS * keys, 0.0);
+                        }
+                        let kvo = (h / kv_mul) * hs; // grouped-query: head h reads KV head h / kv_mul
+                        let k_rows = &kc[layer + kvo..layer + (keys - 1) * kv_dim + kvo + hs];
+                        let q_rows = &q[i0 * dim + h * hs..(i1 - 1) * dim + (h + 1) * hs];
+                        // scores (row, key) for keys 0 .. keys; a row's keys past its own
+                        // position are computed and never read
+                        gemm::gemm_rows_strided(
+                            gemm::Kernel::best(),
+                            (k_rows, kv_dim),
+                            (q_rows, dim),
+                            hs,
+                            i1 - i0,
+                            0..keys,
+                            |r, key, v| buf[r * keys + key] = v * scale,
+                        );
+                        for i in i0..i1 {
+                            let att = &mut buf[(i - i0) * keys..(i - i0) * keys + p0 + i + 1];
+                            softmax(att);
+                            // SAFETY: this thread owns the pair (i, h), so these xb entries
+                            let out = unsafe { xb.part(i, h * hs..(h + 1) * hs) };
+                            out.fill(0.0);
+                            for (ti, &a) in att.iter().enumerate() {
+                                let base = layer + ti * kv_dim + kvo;
+                                for (o, &v) in out.iter_mut().zip(&vc[base..base + hs]) {
+                                    *o = fmadd(a, v, *o);
+                                }
+                            }
+                        }
+                    }
+                });
+            });
+        }
+
+        // X += ATT @ wo^T
+        let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.wo]);
+        batch_product(pool, lw.wo, xin, OutMat::new(&mut b.x[..t * dim], dim), true, dim);
+
+        // FFN: H = silu(XB @ w1^T) * (XB @ w3^T), both products in one job; X += H @ w2^T
+        for i in 0..t {
+            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_ffn);
+        }
+        {
+            let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.w1, lw.w3]);
+            let hb = OutMat::new(&mut b.hb[..t * hidden], hidden);
+            pool.run(hidden, GEMM_GRAIN, &|r| {
+                let base = r.start;
+                // SAFETY (both): this thread owns weight rows r, so these columns of hb
+                batch_rows(lw.w1, xin, r.clone(), |tt, i, gate| unsafe {
+                    *hb.at(tt, base + i) = gate / (1.0 + (-gate).exp())
+                });
+                batch_rows(lw.w3, xin, r, |tt, i, up| unsafe { *hb.at(tt, base + i) *= up });
+            });
+        }
+        let xin = BatchInput::new(pool, &b.hb[..t * hidden], t, hidden, &mut b.xq, &[lw.w2]);
+        batch_product(pool, lw.w2, xin, OutMat::new(&mut b.x[..t * dim], dim), true, dim);
+    }
+
+    match want {
+        Logits::None => &s.logits[..0],
+        Logits::Last => {
+            // one row: the one-token classifier
+            rmsnorm(&mut s.xb, &b.x[(t - 1) * dim..t * dim], w.rms_final);
+            matvec(pool, &mut s.logits, w.wcls, Input::new(&s.xb, &mut s.xq, &[w.wcls]));
+            &s.logits
+        }
+        Logits::All => {
+            for i in 0..t {
+                rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], w.rms_final);
+            }
+            let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[w.wcls]);
+            batch_product(pool, w.wcls, xin, OutMat::new(&mut b.logits[..t * vocab], vocab), false, vocab);
+            &b.logits[..t * vocab]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,9 +627,16 @@ mod tests {
 
     /// What the port prints for a greedy run: generate's loop (force the prompt, argmax, stop
     /// at BOS, printable pieces), then the closing newline.
-    fn greedy_text(c: &Config, w: &Weights, tokenizer: &Tokenizer, threads: usize, prompt: &str, steps: usize) -> String {
+    fn greedy_text(
+        c: &Config,
+        w: &Weights,
+        tokenizer: &Tokenizer,
+        threads: usize,
+        prompt: &str,
+        steps: usize,
+    ) -> String {
         let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
-        let Ok(mut state) = RunState::build(c) else { panic!("the run state fits") };
+        let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
         let ids = tokenizer.encode(prompt.as_bytes(), true, false);
         let mut text = Vec::new();
         let mut token = ids[0];
@@ -396,45 +688,135 @@ mod tests {
         let c = ckpt.config;
         let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
         let Ok(tokenizer) = Tokenizer::load(Path::new(&tok), c.vocab_size) else { panic!("tok512.bin loads") };
-        let q8 =
-            |m: Matrix, cols: usize| cols.is_multiple_of(32).then(|| quantize_q8_0(m.f32().expect("float32 weights")));
-        let (d, h) = (c.dim, c.hidden_dim);
-        let embedding = q8(w.token_embedding, d).expect("dim is a multiple of 32");
-        let classifier = if c.shared_classifier { None } else { q8(w.wcls, d) };
-        let quantized: Vec<[Option<Vec<u8>>; 7]> = w
-            .layers
-            .iter()
-            .map(|l| [q8(l.wq, d), q8(l.wk, d), q8(l.wv, d), q8(l.wo, d), q8(l.w1, d), q8(l.w2, h), q8(l.w3, d)])
-            .collect();
-        assert!(quantized.iter().all(|q| q[5].is_none() && q.iter().filter(|m| m.is_some()).count() == 6));
-        fn pick<'a>(f32: Matrix<'a>, q8: &'a Option<Vec<u8>>) -> Matrix<'a> {
-            q8.as_deref().map_or(f32, Matrix::Q8)
-        }
-        let weights = Weights {
-            token_embedding: Matrix::Q8(&embedding),
-            layers: w
-                .layers
-                .iter()
-                .zip(&quantized)
-                .map(|(l, q)| LayerWeights {
-                    rms_att: l.rms_att,
-                    wq: pick(l.wq, &q[0]),
-                    wk: pick(l.wk, &q[1]),
-                    wv: pick(l.wv, &q[2]),
-                    wo: pick(l.wo, &q[3]),
-                    rms_ffn: l.rms_ffn,
-                    w1: pick(l.w1, &q[4]),
-                    w2: pick(l.w2, &q[5]),
-                    w3: pick(l.w3, &q[6]),
-                })
-                .collect(),
-            rms_final: w.rms_final,
-            wcls: if c.shared_classifier { Matrix::Q8(&embedding) } else { pick(w.wcls, &classifier) },
-        };
+        let store = Q8Store::new(&c, &w);
+        let weights = store.weights(&c, &w);
         for threads in [1, 2] {
             let text = greedy_text(&c, &weights, &tokenizer, threads, "", 128);
             assert_eq!(text, golden("stories260K.q8_0.greedy.txt"), "at -j {threads}");
         }
+    }
+
+    /// stories260K's matrices as the converter writes them to Q8_0 (`invoke models.convert
+    /// --type q8_0`: rows a multiple of 32 long, so not ffn_down, whose rows are hidden_dim = 172).
+    struct Q8Store {
+        embedding: Vec<u8>,
+        classifier: Option<Vec<u8>>,
+        layers: Vec<[Option<Vec<u8>>; 7]>,
+    }
+
+    impl Q8Store {
+        fn new(c: &Config, w: &Weights) -> Q8Store {
+            let q8 = |m: Matrix, cols: usize| {
+                cols.is_multiple_of(32).then(|| quantize_q8_0(m.f32().expect("float32 weights")))
+            };
+            let (d, h) = (c.dim, c.hidden_dim);
+            let layers: Vec<[Option<Vec<u8>>; 7]> = w
+                .layers
+                .iter()
+                .map(|l| [q8(l.wq, d), q8(l.wk, d), q8(l.wv, d), q8(l.wo, d), q8(l.w1, d), q8(l.w2, h), q8(l.w3, d)])
+                .collect();
+            assert!(layers.iter().all(|q| q[5].is_none() && q.iter().filter(|m| m.is_some()).count() == 6));
+            Q8Store {
+                embedding: q8(w.token_embedding, d).expect("dim is a multiple of 32"),
+                classifier: if c.shared_classifier { None } else { q8(w.wcls, d) },
+                layers,
+            }
+        }
+
+        fn weights<'x>(&'x self, c: &Config, w: &Weights<'x>) -> Weights<'x> {
+            fn pick<'a>(f32: Matrix<'a>, q8: &'a Option<Vec<u8>>) -> Matrix<'a> {
+                q8.as_deref().map_or(f32, Matrix::Q8)
+            }
+            Weights {
+                token_embedding: Matrix::Q8(&self.embedding),
+                layers: w
+                    .layers
+                    .iter()
+                    .zip(&self.layers)
+                    .map(|(l, q)| LayerWeights {
+                        rms_att: l.rms_att,
+                        wq: pick(l.wq, &q[0]),
+                        wk: pick(l.wk, &q[1]),
+                        wv: pick(l.wv, &q[2]),
+                        wo: pick(l.wo, &q[3]),
+                        rms_ffn: l.rms_ffn,
+                        w1: pick(l.w1, &q[4]),
+                        w2: pick(l.w2, &q[5]),
+                        w3: pick(l.w3, &q[6]),
+                    })
+                    .collect(),
+                rms_final: w.rms_final,
+                wcls: if c.shared_classifier { Matrix::Q8(&self.embedding) } else { pick(w.wcls, &self.classifier) },
+            }
+        }
+    }
+
+    /// Every row of forward_batch's logits (and its last-row logits) against forward's, one
+    /// position at a time, within the contract's tolerance and with the same argmax, for batch
+    /// sizes that leave remainders and at one and two threads. `tol` relative to 1 + max |logit|:
+    /// 1e-4 for float32; for Q8_0 the contract's bound after a rounding near a tie, 5e-2 (a
+    /// batched kernel sums in another order, which can round an activation near a tie the other
+    /// way), with the argmax checked only where the two best logits are further apart than
+    /// twice that.
+    fn batched_logits_match_one_position(c: &Config, w: &Weights, label: &str, tol: f32) {
+        let (vocab, n) = (c.vocab_size, 40.min(c.seq_len));
+        let ids: Vec<u32> = (0..n).map(|i| if i == 0 { 1 } else { ((7 * i + 300) % vocab) as u32 }).collect();
+        let Ok(pool) = Pool::build(1) else { panic!("the pool starts") };
+        let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
+        let want: Vec<Vec<f32>> = ids
+            .iter()
+            .enumerate()
+            .map(|(pos, &id)| forward(c, w, &mut state, &pool, id as usize, pos).to_vec())
+            .collect();
+        pool.free();
+        let argmax = |r: &[f32]| (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+        let close = |got: &[f32], want: &[f32], what: &str| {
+            let scale = 1.0 + want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= tol * scale, "{label} {what}: {diff} of {scale}");
+            let best = argmax(want);
+            let second = (0..want.len()).filter(|&i| i != best).fold(f32::NEG_INFINITY, |m, i| m.max(want[i]));
+            if want[best] - second > 2.0 * tol * scale || tol <= 1e-4 {
+                assert_eq!(argmax(got), best, "{label} {what}: argmax");
+            }
+        };
+        for (batch, threads) in [(2, 1), (7, 1), (16, 2), (33, 1), (n, 1), (n, 2), (1000, 2)] {
+            let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
+            let Ok(mut state) = RunState::build(c, batch) else { panic!("the run state fits") };
+            let rows = state.batch_rows();
+            assert_eq!(rows, batch.min(c.seq_len));
+            let mut p0 = 0;
+            while p0 < n {
+                let chunk = &ids[p0..(p0 + rows).min(n)];
+                let t = chunk.len();
+                let what = |i: usize| format!("-b {batch} -j {threads} position {}", p0 + i);
+                if t > 1 {
+                    let all = forward_batch(c, w, &mut state, &pool, chunk, p0, Logits::All).to_vec();
+                    for i in 0..t {
+                        close(&all[i * vocab..(i + 1) * vocab], &want[p0 + i], &what(i));
+                    }
+                    // the same batch again (its cache rows rewritten), the last row's logits only
+                    let last = forward_batch(c, w, &mut state, &pool, chunk, p0, Logits::Last).to_vec();
+                    close(&last, &want[p0 + t - 1], &format!("{} (last row only)", what(t - 1)));
+                } else {
+                    close(forward(c, w, &mut state, &pool, chunk[0] as usize, p0), &want[p0], &what(0));
+                }
+                p0 += t;
+            }
+            pool.free();
+        }
+    }
+
+    #[test]
+    #[cfg_attr(not(polyllama_models), ignore = "needs stories260K.bin in POLYLLAMA_MODEL_PATH")]
+    fn stories260k_batched_logits_are_one_positions() {
+        let model = model_file("stories260K.bin");
+        let Ok(ckpt) = read_checkpoint(Path::new(&model)) else { panic!("stories260K.bin reads") };
+        let c = ckpt.config;
+        let Ok(w) = ckpt.weights() else { panic!("its weights are in bounds") };
+        batched_logits_match_one_position(&c, &w, "f32", 1e-4);
+        let store = Q8Store::new(&c, &w);
+        batched_logits_match_one_position(&c, &store.weights(&c, &w), "q8_0", 5e-2);
     }
 
     #[test]

@@ -118,16 +118,23 @@ impl Activation {
         debug_assert_eq!(n, x.len(), "a Q8_0 activation is whole blocks");
         let (qs, ds) = (&mut self.qs[..n], &mut self.d[..n / BLOCK]);
         for ((xs, q), d) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)).zip(ds.iter_mut()) {
-            // NaN wins, as in numpy's max: a NaN activation must give NaN logits, not zeros
-            let amax = xs.iter().fold(0.0f32, |m, v| if v.abs() > m || v.is_nan() { v.abs() } else { m });
-            *d = f16_to_f32(f32_to_f16(amax / 127.0));
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            for (qi, &v) in q.iter_mut().zip(xs) {
-                *qi = (v * id).round_ties_even() as i8; // |v * id| <= 127 (rounded): no saturation
-            }
+            *d = quantize_block(xs, q);
         }
         Quantized { qs: &self.qs[..n], d: &self.d[..n / BLOCK] }
     }
+}
+
+/// One block of 32 activations into `q`, its scale back (`Activation::quantize`'s rule; the
+/// batched pass quantizes each row of its activation matrices with it too).
+#[inline(always)]
+pub fn quantize_block(xs: &[f32], q: &mut [i8]) -> f32 {
+    // NaN wins, as in numpy's max: a NaN activation must give NaN logits, not zeros
+    let amax = xs.iter().fold(0.0f32, |m, v| if v.abs() > m || v.is_nan() { v.abs() } else { m });
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (qi, &v) in q.iter_mut().zip(xs) {
+        *qi = (v * id).round_ties_even() as i8; // |v * id| <= 127 (rounded): no saturation
+    }
+    f16_to_f32(f32_to_f16(amax / 127.0))
 }
 
 // ----------------------------------------------------------------------------
