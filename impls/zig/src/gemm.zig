@@ -44,7 +44,8 @@ pub const TILE_G = if (n_regs == 32) 3 else 2;
 /// block stays there while the weight rows stream past it.
 const BLOCK_BYTES = 768 * 1024;
 
-inline fn madd(acc: V, a: V, b: V) V {
+/// acc + a * b, fused where the CPU has FMA (without it @mulAdd would be a slow libcall).
+pub inline fn madd(acc: V, a: V, b: V) V {
     return if (has_fma) @mulAdd(V, a, b, acc) else acc + a * b;
 }
 

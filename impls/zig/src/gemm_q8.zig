@@ -147,6 +147,10 @@ fn tile(comptime R: usize, comptime G: usize, out: []f32, ldo: usize, w: []const
     const nb = in.d / QB;
     var acc: [R][G]F32xL = @splat(@splat(@splat(0)));
     const u: [*]const u8 = @ptrCast(in.qx.ptr);
+    // the weight blocks as bytes: 34 a block, the fp16 scale first (indexing the block structs
+    // by value made LLVM copy each one through the stack)
+    const wb0: [*]const u8 = @ptrCast(w.ptr);
+    const BS = @sizeOf(Q8Block);
     for (0..nb) |b| {
         var isum: [R][G]I32xL = undefined;
         inline for (0..R) |i| {
@@ -155,16 +159,22 @@ fn tile(comptime R: usize, comptime G: usize, out: []f32, ldo: usize, w: []const
         }
         inline for (0..QB / 4) |k4| {
             var xv: [G]I32xL = undefined;
-            inline for (0..G) |j| xv[j] = @bitCast(u[(((g + j) * nb + b) * 8 + k4) * L * 4 ..][0 .. L * 4].*);
+            inline for (0..G) |j| {
+                // loaded as a byte vector first: a byte array bitcast straight to int32 lanes
+                // was assembled through general registers
+                const bytes: @Vector(L * 4, u8) = u[(((g + j) * nb + b) * 8 + k4) * L * 4 ..][0 .. L * 4].*;
+                xv[j] = @bitCast(bytes);
+            }
             inline for (0..R) |i| {
-                const wb: I32xL = @splat(@as(i32, @bitCast(w[(r + i) * nb + b].qs[k4 * 4 ..][0..4].*)));
+                const wb: I32xL = @splat(std.mem.readInt(i32, wb0[((r + i) * nb + b) * BS + 2 + k4 * 4 ..][0..4], .little));
                 inline for (0..G) |j| isum[i][j] = dpbusd(isum[i][j], xv[j], wb);
             }
         }
         inline for (0..G) |j| {
             const dx: F32xL = in.dx[((g + j) * nb + b) * L ..][0..L].*;
             inline for (0..R) |i| {
-                const dw: F32xL = @splat(w[(r + i) * nb + b].scale());
+                const h = std.mem.readInt(u16, wb0[((r + i) * nb + b) * BS ..][0..2], .little);
+                const dw: F32xL = @splat(@as(f32, @as(f16, @bitCast(h))));
                 acc[i][j] += @as(F32xL, @floatFromInt(isum[i][j])) * (dw * dx);
             }
         }

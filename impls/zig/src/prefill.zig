@@ -38,7 +38,7 @@ pub const BatchState = struct {
     qx: []i8, // the input of a Q8_0 product, quantized row by row (gemm_q8.zig's layout)
     dx: []f32, // its blocks' scales
     wsum: []i32, // per chunk: the Q8_0 kernel's weight block sums (n_chunks, TILE_R * widest / 32)
-    att: []f32, // one row of scores per chunk of the attention job (n_chunks, seq_len)
+    att: []f32, // ATT_ROWS rows of scores per chunk of the attention job (n_chunks * ATT_ROWS, seq_len)
     rope_cos: []f32, // (rows, dim / 2)
     rope_sin: []f32, // (rows, dim / 2)
     logits: []f32, // (logit_rows, vocab_size)
@@ -65,7 +65,7 @@ pub fn buildBatchState(gpa: Allocator, c: Config, rows: usize, logit_rows: usize
         .qx = alloc(gpa, i8, gemm_q8.packedRows(rows), widest),
         .dx = alloc(gpa, f32, gemm_q8.packedRows(rows), widest / QB),
         .wsum = alloc(gpa, i32, n_chunks, gemm_q8.TILE_R * (widest / QB)),
-        .att = alloc(gpa, f32, n_chunks, c.seq_len),
+        .att = alloc(gpa, f32, n_chunks * ATT_ROWS, c.seq_len),
         .rope_cos = alloc(gpa, f32, rows, c.dim / 2),
         .rope_sin = alloc(gpa, f32, rows, c.dim / 2),
         .logits = alloc(gpa, f32, logit_rows, c.vocab_size),
@@ -176,9 +176,13 @@ const FfnJob = struct {
     }
 };
 
-/// Causal attention of rows [0, T) at positions p0 + t, one (row, head) pair at a time. Pairs
-/// are dealt to chunks round-robin: a row's cost grows with its position, so contiguous ranges
-/// would leave the last chunk the most work.
+/// Rows of one head taken together by the attention: each key and value row loaded serves them
+/// all (from L1 after the first), instead of every row streaming the head's cache by itself.
+const ATT_ROWS = 4;
+
+/// Causal attention of rows [0, T) at positions p0 + t, ATT_ROWS rows of one head at a time.
+/// The (row block, head) pairs are dealt to chunks round-robin: a row's cost grows with its
+/// position, so contiguous ranges would leave the last chunk the most work.
 const AttentionJob = struct {
     c: Config,
     s: *const BatchState,
@@ -196,25 +200,115 @@ const AttentionJob = struct {
         const kv_mul = c.n_heads / c.n_kv_heads;
         const loff = job.layer * c.seq_len * kv_dim;
         const scale = 1.0 / @sqrt(@as(f32, @floatFromInt(hs)));
+        const n_blocks = (job.rows + ATT_ROWS - 1) / ATT_ROWS;
         var i = chunk;
-        while (i < job.rows * c.n_heads) : (i += n_chunks) {
-            const t = i / c.n_heads;
+        while (i < n_blocks * c.n_heads) : (i += n_chunks) {
+            const t0 = (i / c.n_heads) * ATT_ROWS;
             const h = i % c.n_heads;
-            const pos = job.p0 + t;
-            const att = s.att[chunk * c.seq_len ..][0 .. pos + 1];
-            const q = s.q[t * c.dim + h * hs ..][0..hs];
+            const nr = @min(ATT_ROWS, job.rows - t0);
+            const n_pos = job.p0 + t0 + nr; // positions the block's last row attends to
             const kvo = loff + (h / kv_mul) * hs;
-            for (att, 0..) |*a, p| a.* = dot(q, job.key_cache[kvo + p * kv_dim ..][0..hs]) * scale;
-            softmax(att);
-            const xb = s.xb[t * c.dim + h * hs ..][0..hs];
-            @memset(xb, 0);
-            for (att, 0..) |a, p| {
-                const v = job.value_cache[kvo + p * kv_dim ..][0..hs];
-                for (xb, v) |*o, vi| o.* += a * vi;
+            // one row of scores per block row, zero past the row's own position so that the
+            // weighted sum can run every row over the same positions
+            var att: [ATT_ROWS][]f32 = undefined;
+            for (0..ATT_ROWS) |r| att[r] = s.att[(chunk * ATT_ROWS + r) * c.seq_len ..][0..n_pos];
+            for (0..n_pos) |p| {
+                const k = job.key_cache[kvo + p * kv_dim ..][0..hs];
+                for (0..nr) |r| {
+                    const pos = job.p0 + t0 + r;
+                    att[r][p] = if (p <= pos) dot(s.q[(t0 + r) * c.dim + h * hs ..][0..hs], k) * scale else 0;
+                }
             }
+            for (0..nr) |r| softmaxFast(att[r][0 .. job.p0 + t0 + r + 1]);
+            for (nr..ATT_ROWS) |r| @memset(att[r], 0);
+            var outs: [ATT_ROWS][]f32 = undefined;
+            for (0..ATT_ROWS) |r| outs[r] = if (r < nr) s.xb[(t0 + r) * c.dim + h * hs ..][0..hs] else &.{};
+            weightedValues(nr, &outs, att, job.value_cache[kvo..], kv_dim, hs);
         }
     }
 };
+
+const VLa = gemm.VL;
+const Va = @Vector(VLa, f32);
+
+/// outs[r] = sum over p of att[r][p] * v_p for the block's rows, v_p = values[p * stride ..]
+/// [0..hs]: four vectors of the head at a time, each value vector loaded once for all rows.
+/// Written as a scalar loop, LLVM kept it scalar (the output and the cache may alias as far as
+/// it knows), and it took most of the attention's time.
+fn weightedValues(nr: usize, outs: *const [ATT_ROWS][]f32, att: [ATT_ROWS][]f32, values: []const f32, stride: usize, hs: usize) void {
+    const n_pos = att[0].len;
+    var j: usize = 0;
+    while (j + 4 * VLa <= hs) : (j += 4 * VLa) weightedGroup(4, nr, outs, att, values, stride, j, n_pos);
+    while (j + VLa <= hs) : (j += VLa) weightedGroup(1, nr, outs, att, values, stride, j, n_pos);
+    while (j < hs) : (j += 1) {
+        for (0..nr) |r| {
+            var acc: f32 = 0;
+            for (att[r], 0..) |a, p| acc += a * values[p * stride + j];
+            outs[r][j] = acc;
+        }
+    }
+}
+
+inline fn weightedGroup(comptime NV: usize, nr: usize, outs: *const [ATT_ROWS][]f32, att: [ATT_ROWS][]f32, values: []const f32, stride: usize, j: usize, n_pos: usize) void {
+    var acc: [ATT_ROWS][NV]Va = @splat(@splat(@splat(0)));
+    for (0..n_pos) |p| {
+        var v: [NV]Va = undefined;
+        inline for (0..NV) |u| v[u] = values[p * stride + j + u * VLa ..][0..VLa].*;
+        inline for (0..ATT_ROWS) |r| {
+            const a: Va = @splat(att[r][p]);
+            inline for (0..NV) |u| acc[r][u] = gemm.madd(acc[r][u], a, v[u]);
+        }
+    }
+    for (0..nr) |r| {
+        inline for (0..NV) |u| outs[r][j + u * VLa ..][0..VLa].* = acc[r][u];
+    }
+}
+
+/// softmax with exp as expVec: compiler-rt's scalar expf (and its ldexp) took a sixth of a
+/// long prefill. The sum's order and exp's last bit differ from the one-position path's
+/// softmax, within float32 rounding.
+fn softmaxFast(x: []f32) void {
+    var max_val = x[0];
+    for (x[1..]) |v| max_val = @max(max_val, v);
+    const m: Va = @splat(max_val);
+    var sum: Va = @splat(0);
+    var i: usize = 0;
+    while (i + VLa <= x.len) : (i += VLa) {
+        const e = expVec(@as(Va, x[i..][0..VLa].*) - m);
+        x[i..][0..VLa].* = e;
+        sum += e;
+    }
+    var total = @reduce(.Add, sum);
+    while (i < x.len) : (i += 1) {
+        x[i] = @exp(x[i] - max_val);
+        total += x[i];
+    }
+    for (x) |*v| v.* /= total;
+}
+
+/// e^x for x <= 0 (softmax's arguments), to about one ulp: x = n ln2 + r with |r| <= ln2 / 2,
+/// e^r by Cephes' expf polynomial, 2^n put into the exponent bits. Below -87.3 (where 2^n
+/// would leave the normal range) the result is 0, which a softmax cannot tell from a
+/// subnormal.
+fn expVec(x: Va) Va {
+    const lo: Va = @splat(-87.3);
+    const xc = @max(x, lo);
+    const magic: Va = @splat(0x1.8p23);
+    const n = (xc * @as(Va, @splat(1.44269504088896341)) + magic) - magic; // round to nearest
+    var r = xc - n * @as(Va, @splat(0.693359375));
+    r = r - n * @as(Va, @splat(-2.12194440e-4));
+    var p: Va = @splat(1.9875691500e-4);
+    p = gemm.madd(@splat(1.3981999507e-3), p, r);
+    p = gemm.madd(@splat(8.3334519073e-3), p, r);
+    p = gemm.madd(@splat(4.1665795894e-2), p, r);
+    p = gemm.madd(@splat(1.6666665459e-1), p, r);
+    p = gemm.madd(@splat(5.0000001201e-1), p, r);
+    const y = gemm.madd(r + @as(Va, @splat(1)), p * r, r);
+    const ni: @Vector(VLa, i32) = @intFromFloat(n);
+    const two_n: Va = @bitCast((ni + @as(@Vector(VLa, i32), @splat(127))) << @splat(23));
+    const e = y * two_n;
+    return @select(f32, x < lo, @as(Va, @splat(0)), e);
+}
 
 pub const Logits = enum { none, last, all };
 
@@ -291,5 +385,35 @@ pub fn forwardBatch(tr: *Transformer, s: *BatchState, pool: *Pool, tokens: []con
             product(pool, s, s.logits, vocab, w.wcls, vocab, s.xb[0 .. T * dim], T, dim);
             return s.logits[0 .. T * vocab];
         },
+    }
+}
+
+test "expVec is exp within a few ulp on softmax's arguments, 0 far below" {
+    var x: f32 = 0;
+    while (x > -90) : (x -= 0.0137) {
+        const got = expVec(@splat(x))[0];
+        const want = @exp(x);
+        if (x < -87.3) {
+            try std.testing.expectEqual(@as(f32, 0), got);
+        } else {
+            try std.testing.expectApproxEqRel(want, got, 4e-7);
+        }
+    }
+    try std.testing.expectEqual(@as(f32, 1), expVec(@splat(0))[0]);
+}
+
+test "softmaxFast matches softmax, tails included" {
+    var prng: std.Random.DefaultPrng = .init(5);
+    const rand = prng.random();
+    for ([_]usize{ 1, 5, VLa, 3 * VLa + 7 }) |n| {
+        var a: [3 * 16 + 7]f32 = undefined;
+        var b: [3 * 16 + 7]f32 = undefined;
+        for (a[0..n], b[0..n]) |*u, *v| {
+            u.* = rand.floatNorm(f32) * 4;
+            v.* = u.*;
+        }
+        softmax(a[0..n]);
+        softmaxFast(b[0..n]);
+        for (a[0..n], b[0..n]) |u, v| try std.testing.expectApproxEqAbs(u, v, 1e-6);
     }
 }
