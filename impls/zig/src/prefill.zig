@@ -171,7 +171,13 @@ const FfnJob = struct {
         for (0..job.in.rows) |t| {
             const g = job.hb[t * job.hidden ..][r[0]..r[1]];
             const u = job.hb2[t * job.hidden ..][r[0]..r[1]];
-            for (g, u) |*gi, ui| gi.* = gi.* / (1.0 + @exp(-gi.*)) * ui; // silu(x) = x * sigmoid(x)
+            var j: usize = 0;
+            while (j + VLa <= g.len) : (j += VLa) {
+                const gv: Va = g[j..][0..VLa].*;
+                const one: Va = @splat(1);
+                g[j..][0..VLa].* = gv / (one + expVec(-gv)) * @as(Va, u[j..][0..VLa].*); // silu(x) = x * sigmoid(x)
+            }
+            for (g[j..], u[j..]) |*gi, ui| gi.* = gi.* / (1.0 + @exp(-gi.*)) * ui;
         }
     }
 };
@@ -212,7 +218,9 @@ const AttentionJob = struct {
             // weighted sum can run every row over the same positions
             var att: [ATT_ROWS][]f32 = undefined;
             for (0..ATT_ROWS) |r| att[r] = s.att[(chunk * ATT_ROWS + r) * c.seq_len ..][0..n_pos];
-            for (0..n_pos) |p| {
+            if (hs % VLa == 0) {
+                scoresVec(nr, att, s.q[t0 * c.dim + h * hs ..], c.dim, job.key_cache[kvo..], kv_dim, hs, job.p0 + t0, scale);
+            } else for (0..n_pos) |p| {
                 const k = job.key_cache[kvo + p * kv_dim ..][0..hs];
                 for (0..nr) |r| {
                     const pos = job.p0 + t0 + r;
@@ -230,6 +238,62 @@ const AttentionJob = struct {
 
 const VLa = gemm.VL;
 const Va = @Vector(VLa, f32);
+
+/// att[r][p] = q_r . k_p * scale for the block's rows (q_r = q[r * ldq ..][0..hs]), 0 past row
+/// r's position pos0 + r; hs a multiple of VLa. VLa positions at a time: each row's VLa
+/// products as vectors of partial sums, reduced together by transposeSum (one shuffle tree for
+/// VLa scores instead of one per score, which dot's horizontal sums cost).
+fn scoresVec(nr: usize, att: [ATT_ROWS][]f32, q: []const f32, ldq: usize, keys: []const f32, stride: usize, hs: usize, pos0: usize, scale: f32) void {
+    const n_pos = att[0].len;
+    var pb: usize = 0;
+    while (pb < n_pos) : (pb += VLa) {
+        const np = @min(VLa, n_pos - pb);
+        for (0..nr) |r| {
+            const qr = q[r * ldq ..][0..hs];
+            var part: [VLa]Va = @splat(@splat(0));
+            for (0..np) |jj| {
+                const k = keys[(pb + jj) * stride ..][0..hs];
+                var acc: Va = @splat(0);
+                var u: usize = 0;
+                while (u < hs) : (u += VLa) acc = gemm.madd(acc, qr[u..][0..VLa].*, k[u..][0..VLa].*);
+                part[jj] = acc;
+            }
+            const sums: [VLa]f32 = transposeSum(part) * @as(Va, @splat(scale));
+            for (0..np) |jj| att[r][pb + jj] = if (pb + jj <= pos0 + r) sums[jj] else 0;
+        }
+    }
+}
+
+/// Lane i of the result is the sum of vs[i]'s lanes. Pairs of vectors are combined in stages:
+/// one holding m sources' partial sums p = VLa / m to a source and its neighbour become one
+/// vector of 2m sources' p / 2 partial sums, until one vector holds every source's total.
+fn transposeSum(vs: [VLa]Va) Va {
+    var cur = vs;
+    comptime var m: usize = 1;
+    inline while (m < VLa) : (m *= 2) {
+        inline for (0..VLa / (2 * m)) |i| {
+            cur[i] = @shuffle(f32, cur[2 * i], cur[2 * i + 1], combineMask(m, 0)) +
+                @shuffle(f32, cur[2 * i], cur[2 * i + 1], combineMask(m, 1));
+        }
+    }
+    return cur[0];
+}
+
+/// transposeSum's lanes: lane s' * (p / 2) + j of the combined vector takes partial j (or
+/// j + p / 2, the second half) of source s' from the first vector, or of s' - m from the second.
+fn combineMask(comptime m: usize, comptime half: usize) @Vector(VLa, i32) {
+    comptime {
+        const p = VLa / m;
+        const hp = p / 2;
+        var mask: [VLa]i32 = undefined;
+        for (0..VLa) |lane| {
+            const src = lane / hp;
+            const at = lane % hp + half * hp;
+            mask[lane] = if (src < m) @intCast(src * p + at) else ~@as(i32, @intCast((src - m) * p + at));
+        }
+        return mask;
+    }
+}
 
 /// outs[r] = sum over p of att[r][p] * v_p for the block's rows, v_p = values[p * stride ..]
 /// [0..hs]: four vectors of the head at a time, each value vector loaded once for all rows.
@@ -286,13 +350,14 @@ fn softmaxFast(x: []f32) void {
     for (x) |*v| v.* /= total;
 }
 
-/// e^x for x <= 0 (softmax's arguments), to about one ulp: x = n ln2 + r with |r| <= ln2 / 2,
-/// e^r by Cephes' expf polynomial, 2^n put into the exponent bits. Below -87.3 (where 2^n
-/// would leave the normal range) the result is 0, which a softmax cannot tell from a
-/// subnormal.
+/// e^x to about one ulp: x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' expf polynomial,
+/// 2^n put into the exponent bits. Below -87.3 (where 2^n would leave the normal range) the
+/// result is 0, which neither a softmax nor silu can tell from a subnormal; above 88 it is
+/// infinity (e^88.7 is float32's largest), which silu turns into the same 0.
 fn expVec(x: Va) Va {
     const lo: Va = @splat(-87.3);
-    const xc = @max(x, lo);
+    const hi: Va = @splat(88);
+    const xc = @min(@max(x, lo), hi);
     const magic: Va = @splat(0x1.8p23);
     const n = (xc * @as(Va, @splat(1.44269504088896341)) + magic) - magic; // round to nearest
     var r = xc - n * @as(Va, @splat(0.693359375));
@@ -307,7 +372,7 @@ fn expVec(x: Va) Va {
     const ni: @Vector(VLa, i32) = @intFromFloat(n);
     const two_n: Va = @bitCast((ni + @as(@Vector(VLa, i32), @splat(127))) << @splat(23));
     const e = y * two_n;
-    return @select(f32, x < lo, @as(Va, @splat(0)), e);
+    return @select(f32, x > hi, @as(Va, @splat(std.math.inf(f32))), @select(f32, x < lo, @as(Va, @splat(0)), e));
 }
 
 pub const Logits = enum { none, last, all };
@@ -388,8 +453,9 @@ pub fn forwardBatch(tr: *Transformer, s: *BatchState, pool: *Pool, tokens: []con
     }
 }
 
-test "expVec is exp within a few ulp on softmax's arguments, 0 far below" {
-    var x: f32 = 0;
+test "expVec is exp within a few ulp, 0 far below, infinity far above" {
+    try std.testing.expectEqual(std.math.inf(f32), expVec(@splat(89))[0]);
+    var x: f32 = 88;
     while (x > -90) : (x -= 0.0137) {
         const got = expVec(@splat(x))[0];
         const want = @exp(x);
@@ -416,4 +482,17 @@ test "softmaxFast matches softmax, tails included" {
         softmaxFast(b[0..n]);
         for (a[0..n], b[0..n]) |u, v| try std.testing.expectApproxEqAbs(u, v, 1e-6);
     }
+}
+
+test "transposeSum: lane i is the sum of vector i" {
+    var vs: [VLa]Va = undefined;
+    var want: [VLa]f32 = undefined;
+    for (0..VLa) |i| {
+        var a: [VLa]f32 = undefined;
+        for (&a, 0..) |*v, j| v.* = @floatFromInt(i * 100 + j);
+        vs[i] = a;
+        want[i] = @floatFromInt(i * 100 * VLa + VLa * (VLa - 1) / 2);
+    }
+    const got: [VLa]f32 = transposeSum(vs);
+    try std.testing.expectEqualSlices(f32, &want, &got);
 }
