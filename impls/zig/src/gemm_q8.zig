@@ -24,12 +24,17 @@ const Q8Block = model.Q8Block;
 const QB = q8.QB;
 const testing = std.testing;
 
-const is_x86 = builtin.cpu.arch == .x86_64 or builtin.cpu.arch == .x86;
 /// The byte intrinsics exist only where LLVM compiles (release builds); Zig's own x86 backend,
 /// which debug builds use, takes the fallback.
 const llvm = builtin.zig_backend == .stage2_llvm;
-const vnni512 = is_x86 and llvm and builtin.cpu.has(.x86, .avx512vnni) and builtin.cpu.has(.x86, .avx512bw);
-const vnni256 = is_x86 and llvm and !vnni512 and builtin.cpu.has(.x86, .avxvnni);
+const vnni512 = switch (builtin.cpu.arch) {
+    .x86_64, .x86 => llvm and builtin.cpu.has(.x86, .avx512vnni) and builtin.cpu.has(.x86, .avx512bw),
+    else => false,
+};
+const vnni256 = switch (builtin.cpu.arch) {
+    .x86_64, .x86 => llvm and !vnni512 and builtin.cpu.has(.x86, .avxvnni),
+    else => false,
+};
 pub const has_vnni = vnni512 or vnni256;
 
 /// Activation rows per panel: int32 lanes of a vector register.

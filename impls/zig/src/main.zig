@@ -1,8 +1,8 @@
 //! Inference for Llama-2 Transformer models in pure Zig: karpathy/llama2.c's run.c, ported for
 //! polyllama (docs/port-contract.md). Reads llama2.c v0/v1 checkpoints and GGUF files (F32 or
 //! Q8_0 matrices) into one page-aligned region (huge pages on Linux, else a file mapping);
-//! batch-1 decoding with @Vector kernels (fp32, and int8 dot products for Q8_0 weights) and a
-//! persistent worker pool. This file wires the modules together in run.c's order: flags, model
+//! the prompt prefilled in batches (matrix-matrix kernels), then batch-1 decoding with @Vector
+//! kernels (fp32, and int8 dot products for Q8_0 weights), on a persistent worker pool. This file wires the modules together in run.c's order: flags, model
 //! file, tokenizer, pool, then generation or the logits mode; its last test pulls in every
 //! module's tests.
 
