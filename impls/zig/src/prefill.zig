@@ -332,11 +332,16 @@ inline fn weightedGroup(comptime NV: usize, nr: usize, outs: *const [ATT_ROWS][]
 /// long prefill. The sum's order and exp's last bit differ from the one-position path's
 /// softmax, within float32 rounding.
 fn softmaxFast(x: []f32) void {
-    var max_val = x[0];
-    for (x[1..]) |v| max_val = @max(max_val, v);
+    // max and division vector by vector too: as scalar loops (@max minding NaNs) they cost
+    // as much as the exps
+    var mv: Va = @splat(x[0]);
+    var i: usize = 0;
+    while (i + VLa <= x.len) : (i += VLa) mv = @max(mv, @as(Va, x[i..][0..VLa].*));
+    var max_val = @reduce(.Max, mv);
+    for (x[i..]) |v| max_val = @max(max_val, v);
     const m: Va = @splat(max_val);
     var sum: Va = @splat(0);
-    var i: usize = 0;
+    i = 0;
     while (i + VLa <= x.len) : (i += VLa) {
         const e = expVec(@as(Va, x[i..][0..VLa].*) - m);
         x[i..][0..VLa].* = e;
@@ -347,7 +352,10 @@ fn softmaxFast(x: []f32) void {
         x[i] = @exp(x[i] - max_val);
         total += x[i];
     }
-    for (x) |*v| v.* /= total;
+    const tv: Va = @splat(total);
+    i = 0;
+    while (i + VLa <= x.len) : (i += VLa) x[i..][0..VLa].* = @as(Va, x[i..][0..VLa].*) / tv;
+    for (x[i..]) |*v| v.* /= total;
 }
 
 /// e^x to about one ulp: x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' expf polynomial,
