@@ -64,8 +64,8 @@ pub fn packedRows(rows: usize) usize {
     return if (has_vnni) (rows + L - 1) / L * L else rows;
 }
 
-/// The quantized rows of a product's input: with VNNI in panels (packRows), otherwise row
-/// after row (qx: rows x d, dx: rows x d / 32).
+/// The quantized rows of a product's input: with VNNI and more than one row in panels,
+/// otherwise row after row (qx: rows x d, dx: rows x d / 32).
 pub const Packed = struct {
     qx: []const i8,
     dx: []const f32,
@@ -76,7 +76,7 @@ pub const Packed = struct {
 /// Quantizes rows x[t * d ..][0..d] (t < rows), each block as quantizeActivation does.
 pub fn quantizeRows(qx: []i8, dx: []f32, x: []const f32, rows: usize, d: usize) Packed {
     const nb = d / QB;
-    if (!has_vnni) {
+    if (!has_vnni or rows == 1) {
         for (0..rows) |t| q8.quantizeActivation(qx[t * d ..][0..d], dx[t * nb ..][0..nb], x[t * d ..][0..d]);
         return .{ .qx = qx[0 .. rows * d], .dx = dx[0 .. rows * nb], .rows = rows, .d = d };
     }
@@ -108,7 +108,9 @@ pub fn quantizeRows(qx: []i8, dx: []f32, x: []const f32, rows: usize, d: usize) 
 pub fn gemmRowsQ8(out: []f32, ldo: usize, w: []const Q8Block, in: Packed, r0: usize, r1: usize, wsum: []i32) void {
     const d = in.d;
     const nb = d / QB;
-    if (!has_vnni) {
+    // one row (-b 1, the classifier's last row) would fill one lane of 16: the one-position
+    // kernel streams the weights at memory speed instead
+    if (!has_vnni or in.rows == 1) {
         const step = @max(4, WEIGHT_BLOCK_BYTES / (nb * @sizeOf(Q8Block)) / 4 * 4);
         var rb = r0;
         while (rb < r1) : (rb += step) {
