@@ -177,7 +177,14 @@ const FfnJob = struct {
                 const one: Va = @splat(1);
                 g[j..][0..VLa].* = gv / (one + expVec(-gv)) * @as(Va, u[j..][0..VLa].*); // silu(x) = x * sigmoid(x)
             }
-            for (g[j..], u[j..]) |*gi, ui| gi.* = gi.* / (1.0 + @exp(-gi.*)) * ui;
+            if (j < g.len) {
+                // the tail through expVec too, so that every element's exp is the same
+                // function wherever the chunk boundaries fall (they move with -j)
+                var tail: [VLa]f32 = @splat(0);
+                @memcpy(tail[0 .. g.len - j], g[j..]);
+                const e: [VLa]f32 = expVec(-@as(Va, tail));
+                for (g[j..], u[j..], e[0 .. g.len - j]) |*gi, ui, ei| gi.* = gi.* / (1.0 + ei) * ui;
+            }
         }
     }
 };
