@@ -1,8 +1,8 @@
 /* Inference for Llama-2 Transformer models in pure C11: the polyllama C port.
 
    After karpathy/llama2.c's run.c, top to bottom: model (state, transformer), thread pool,
-   forward pass (f32 matvec, Q8_0 kernels, matmul dispatch), tokenizer, sampler, generation,
-   command line. The model files (v0, v1, GGUF with F32 or Q8_0 matrices, and tokenizer.bin) are
+   forward pass (f32 matvec, Q8_0 kernels, matmul dispatch), batched forward pass (the prompt's
+   matrix-matrix kernels), tokenizer, sampler, generation, command line. The model files (v0, v1, GGUF with F32 or Q8_0 matrices, and tokenizer.bin) are
    read and validated in formats.c. The behaviour is defined by docs/port-contract.md and the
    numpy reference core in orchestrator/reference/.
 
@@ -13,7 +13,9 @@
    attention heads, with the matmuls that share an input fused into one dispatch, so a token
    costs five synchronisations a layer. GGUF Q8_0 matrices (8-bit blocks) run as llama.cpp runs
    them, with integer SIMD: the activation quantized to int8 once per dispatch, exact int32
-   block dot products (AVX2 maddubs or AVX-512/AVX VNNI dpbusd; NEON sdot or smull). */
+   block dot products (AVX2 maddubs or AVX-512/AVX VNNI dpbusd; NEON sdot or smull). The prompt
+   (contract 2's prefill) runs in batches of positions through register-tiled matrix-matrix
+   kernels, each weight read once per batch instead of once per position. */
 #define _DEFAULT_SOURCE
 #define _DARWIN_C_SOURCE // clock_gettime and friends on macOS
 #define _POSIX_C_SOURCE 200809L
@@ -51,7 +53,7 @@
 
 static const char *USAGE =
     "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
-    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
 
 // ----------------------------------------------------------------------------
 // Errors: every failure is one `error: ...` line on stderr and a contract exit code (bad input
@@ -92,12 +94,31 @@ typedef struct {
     float *value_cache; // (layer, seq_len, kv_dim)
 } RunState;
 
+// rows of a tile in the batched kernels, at most (the attention's scratch is sized by it)
+#define BATCH_TILE_MAX 6
+
+// The batched forward pass's scratch (contract 2): one row per position of a batch, sized once
+// at load for min(batch, seq_len) rows
+typedef struct {
+    int rows;      // capacity: the most positions one forward_batch takes
+    float *x;      // the rows' residual streams (rows, dim)
+    float *xb;     // rmsnorm'd rows, then the attention's output (rows, dim)
+    float *q;      // queries (rows, dim); keys and values go straight into the cache
+    float *hb;     // ffn hidden rows (rows, hidden_dim)
+    float *hb2;    // (rows, hidden_dim)
+    int8_t *xq;    // the input rows of the current Q8_0 products, quantized (rows, max(dim, hidden_dim))
+    float *xd;     // and their block scales (rows, max(dim, hidden_dim) / 32)
+    float *rope_cos, *rope_sin; // each row's rotation per pair of a head (rows, head_size / 2)
+    float *att;    // attention scores: per worker, one row per row of a tile (n_threads, tile, seq_len)
+} BatchState;
+
 typedef struct ThreadPool ThreadPool;
 
 typedef struct {
     Config config;
     TransformerWeights weights;
     RunState state;
+    BatchState batch;
     ThreadPool *pool;
     int has_vocab;  // GGUF: the tokenizer came with the model
     Vocab vocab;
@@ -255,14 +276,39 @@ static void build_transformer(Transformer *t, const char *checkpoint_path) {
     t->has_vocab = t->vocab.vocab_size > 0;
 }
 
-static void start_transformer(Transformer *t, int n_threads) {
+// rows: the prompt batch after clamping, 1..seq_len
+static void build_batch(BatchState *b, const Config *c, int rows, int n_threads) {
+    size_t r = (size_t)rows, half = (size_t)(c->dim / c->n_heads / 2);
+    size_t widest = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
+    b->rows = rows;
+    b->x = xcalloc(r * c->dim, sizeof(float));
+    b->xb = xcalloc(r * c->dim, sizeof(float));
+    b->q = xcalloc(r * c->dim, sizeof(float));
+    b->hb = xcalloc(r * c->hidden_dim, sizeof(float));
+    b->hb2 = xcalloc(r * c->hidden_dim, sizeof(float));
+    b->xq = xcalloc(r * widest, 1);
+    b->xd = xcalloc(r * (widest / Q8_BLOCK + 1), sizeof(float));
+    b->rope_cos = xcalloc(r * half, sizeof(float));
+    b->rope_sin = xcalloc(r * half, sizeof(float));
+    b->att = xcalloc((size_t)n_threads * BATCH_TILE_MAX * c->seq_len, sizeof(float));
+}
+
+static void free_batch(BatchState *b) {
+    free(b->x); free(b->xb); free(b->q); free(b->hb); free(b->hb2); free(b->xq); free(b->xd);
+    free(b->rope_cos); free(b->rope_sin); free(b->att);
+}
+
+// batch_rows: min(batch, seq_len), the batched pass's capacity
+static void start_transformer(Transformer *t, int n_threads, int batch_rows) {
     build_state(&t->state, &t->config, n_threads);
+    build_batch(&t->batch, &t->config, batch_rows, n_threads);
     t->pool = build_pool(n_threads);
 }
 
 static void free_transformer(Transformer *t) {
     if (t->pool) free_pool(t->pool);
     free_state(&t->state);
+    free_batch(&t->batch);
     free_checkpoint(&t->weights, &t->vocab, t->data, t->file_size);
 }
 
@@ -893,6 +939,567 @@ static float *forward(Transformer *transformer, int token, int pos) {
 }
 
 // ----------------------------------------------------------------------------
+// Batched forward pass (contract 2, section 6): the prompt's positions T at a time, every weight
+// matrix read once per batch instead of once per position. The one-position path above is left
+// as it is (token generation's speed is its speed); this section has its own kernels:
+// out(T, n) = X(T, d) @ W(n, d)^T with W row-major as the file stores it (not repacked).
+//
+// f32: a register tile of MM_TILE_R weight rows by MM_TILE_C activation rows, one vector
+// accumulator per pair running along d, summed horizontally once at the end of the tile: each
+// weight vector loaded feeds MM_TILE_C FMAs, each activation vector MM_TILE_R. Activation rows
+// come in blocks that stay in L2 while a worker's weight rows stream past them.
+// Q8_0: one weight row against up to four activation rows at a time, the row's blocks (and their
+// |w|, sign and scales) loaded once for all four; per block an exact int32 sum, then
+// float(isum) * (fp32(dw) * dx) accumulated in float32, exactly as the one-position kernel.
+
+#define MM_TILE_R 4
+#if defined(__AVX512F__)
+#define MM_TILE_C 6 // 24 zmm accumulators, 6 activation vectors and one weight vector: 31 of 32
+typedef __m512 vecf;
+#define VF_LANES 16
+#define vf_zero() _mm512_setzero_ps()
+#define vf_load(p) _mm512_loadu_ps(p)
+#define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vf_hsum(v) _mm512_reduce_add_ps(v)
+#define vf_set1(f) _mm512_set1_ps(f)
+#define vf_add(a, b) _mm512_add_ps(a, b)
+#define vf_store(p, v) _mm512_storeu_ps(p, v)
+// the four sums of a, b, c, e into out[0..3]: a transposing reduction costs a third of four
+// separate horizontal sums
+static inline void vf_hsum4(vecf a, vecf b, vecf c, vecf e, float *out) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b)); // per lane a b a b
+    __m512 ce = _mm512_add_ps(_mm512_unpacklo_ps(c, e), _mm512_unpackhi_ps(c, e)); // per lane c e c e
+    __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, ce, 0x44), _mm512_shuffle_ps(ab, ce, 0xEE)); // a b c e
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(v));
+}
+#elif SIMD_AVX2
+#define MM_TILE_C 3 // 12 ymm accumulators, 3 activation vectors and one weight vector: 16 of 16
+typedef __m256 vecf;
+#define VF_LANES 8
+#define vf_zero() _mm256_setzero_ps()
+#define vf_load(p) _mm256_loadu_ps(p)
+#define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define vf_hsum(v) hsum256(v)
+#define vf_set1(f) _mm256_set1_ps(f)
+#define vf_add(a, b) _mm256_add_ps(a, b)
+#define vf_store(p, v) _mm256_storeu_ps(p, v)
+static inline void vf_hsum4(vecf a, vecf b, vecf c, vecf e, float *out) {
+    __m256 v = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, e)); // per 128-bit half: a b c e
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+}
+#elif SIMD_NEON
+#define MM_TILE_C 6 // 24 q accumulators, 6 activation vectors and one weight vector: 31 of 32
+typedef float32x4_t vecf;
+#define VF_LANES 4
+#define vf_zero() vdupq_n_f32(0.0f)
+#define vf_load(p) vld1q_f32(p)
+#define vf_fma(a, b, c) vfmaq_f32(c, a, b)
+#define vf_hsum(v) vaddvq_f32(v)
+#define vf_set1(f) vdupq_n_f32(f)
+#define vf_add(a, b) vaddq_f32(a, b)
+#define vf_store(p, v) vst1q_f32(p, v)
+static inline void vf_hsum4(vecf a, vecf b, vecf c, vecf e, float *out) {
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, e)));
+}
+#else
+#define MM_TILE_C 4
+#endif
+
+// out[c * ldo + r] (+)= W[r, :d] . X[c, :d] for the tile's R weight rows (ldw floats apart) and C
+// activation rows. R and C are constants at every call (always inlined), so the loops over them
+// unroll and the accumulators live in registers.
+static inline __attribute__((always_inline)) void mm_tile(const float *w, size_t ldw, int d, const float *x, size_t ldx,
+                                                          float *out, size_t ldo, const int R, const int C,
+                                                          int accumulate) {
+    float s[MM_TILE_C][MM_TILE_R]; // by activation row: a tile row of sums is four floats
+    int j = 0;
+#ifdef VF_LANES
+    vecf acc[MM_TILE_R][MM_TILE_C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = vf_zero();
+    for (; j + VF_LANES <= d; j += VF_LANES) {
+        vecf xv[MM_TILE_C];
+        for (int c = 0; c < C; c++) xv[c] = vf_load(x + c * ldx + j);
+        for (int r = 0; r < R; r++) {
+            vecf wv = vf_load(w + (size_t)r * ldw + j);
+            for (int c = 0; c < C; c++) acc[r][c] = vf_fma(wv, xv[c], acc[r][c]);
+        }
+    }
+#ifdef __AVX512F__
+    if (j < d) { // the last d % 16 columns as one masked step: masked-off lanes are not read
+        __mmask16 m = (__mmask16)((1u << (d - j)) - 1);
+        vecf xv[MM_TILE_C];
+        for (int c = 0; c < C; c++) xv[c] = _mm512_maskz_loadu_ps(m, x + c * ldx + j);
+        for (int r = 0; r < R; r++) {
+            vecf wv = _mm512_maskz_loadu_ps(m, w + (size_t)r * ldw + j);
+            for (int c = 0; c < C; c++) acc[r][c] = vf_fma(wv, xv[c], acc[r][c]);
+        }
+        j = d;
+    }
+#endif
+    for (int c = 0; c < C; c++) {
+        if (R == 4) vf_hsum4(acc[0][c], acc[1][c], acc[2][c], acc[3][c], s[c]);
+        else
+            for (int r = 0; r < R; r++) s[c][r] = vf_hsum(acc[r][c]);
+    }
+#else
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < R; r++) s[c][r] = 0.0f;
+#endif
+    for (; j < d; j++) // the columns the vectors left (all of them in the portable build)
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) s[c][r] += w[(size_t)r * ldw + j] * x[c * ldx + j];
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < R; r++) {
+            float *o = out + c * ldo + r;
+            *o = accumulate ? *o + s[c][r] : s[c][r];
+        }
+}
+
+// R weight rows against activation rows [0, T): full tiles of MM_TILE_C, then the rest
+static inline __attribute__((always_inline)) void mm_rows(const float *w, size_t ldw, int d, const float *x, size_t ldx,
+                                                          float *out, size_t ldo, int T, const int R,
+                                                          int accumulate) {
+    int t = 0;
+    for (; t + MM_TILE_C <= T; t += MM_TILE_C) mm_tile(w, ldw, d, x + t * ldx, ldx, out + t * ldo, ldo, R, MM_TILE_C, accumulate);
+    const float *xt = x + t * ldx;
+    float *ot = out + t * ldo;
+    switch (T - t) { // at most MM_TILE_C - 1 rows
+    case 1: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 1, accumulate); break;
+    case 2: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 2 < MM_TILE_C ? 2 : 1, accumulate); break;
+    case 3: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 3 < MM_TILE_C ? 3 : 1, accumulate); break;
+    case 4: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 4 < MM_TILE_C ? 4 : 1, accumulate); break;
+    case 5: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 5 < MM_TILE_C ? 5 : 1, accumulate); break;
+    default: break;
+    }
+}
+
+// activation rows per block: as many as fit in about 256 KiB (well inside any L2), a multiple
+// of the tile, at least one tile
+static int token_block(size_t row_bytes, int tile, int T) {
+    size_t fit = ((size_t)256 << 10) / (row_bytes ? row_bytes : 1);
+    int tb = fit > (size_t)T ? T : (int)fit;
+    tb -= tb % tile;
+    return tb < tile ? tile : tb;
+}
+
+// out[t * ldo + i] (+)= X[t, :] . W[i, :] for t in [0, T), weight rows i in [r0, r1); W (rows, d)
+// f32 row-major, X rows ldx floats apart
+static void matmat_rows(float *out, size_t ldo, const float *x, size_t ldx, const float *w, int d, int T, int r0,
+                        int r1, int accumulate) {
+    int tb = token_block((size_t)d * sizeof(float), MM_TILE_C, T);
+    for (int t0 = 0; t0 < T; t0 += tb) {
+        int nt = T - t0 < tb ? T - t0 : tb;
+        const float *xt = x + (size_t)t0 * ldx;
+        float *ot = out + (size_t)t0 * ldo;
+        int i = r0;
+        for (; i + MM_TILE_R <= r1; i += MM_TILE_R)
+            mm_rows(w + (size_t)i * d, (size_t)d, d, xt, ldx, ot + i, ldo, nt, MM_TILE_R, accumulate);
+        for (; i < r1; i++) mm_rows(w + (size_t)i * d, (size_t)d, d, xt, ldx, ot + i, ldo, nt, 1, accumulate);
+    }
+}
+
+_Static_assert(MM_TILE_C <= BATCH_TILE_MAX, "the attention's scratch holds BATCH_TILE_MAX rows a worker");
+
+// one Q8_0 weight row (nb blocks) against C <= 4 quantized activation rows (qx rows ldq bytes
+// apart, their scales dx rows ldd apart): s[c] = sum over blocks of float(isum) * (dw * dx)
+#define Q8_TILE_C 4
+static inline __attribute__((always_inline)) void q8_tile(const unsigned char *w, int nb, const int8_t *qx,
+                                                          size_t ldq, const float *dx, size_t ldd, const int C,
+                                                          float *s) {
+    int b = 0;
+#if SIMD_AVX2
+    __m256 acc[Q8_TILE_C];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (; b + 8 <= nb; b += 8) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        __m256i wv[8], aw[8];
+        for (int k = 0; k < 8; k++) {
+            wv[k] = _mm256_loadu_si256((const __m256i *)(wb + k * Q8_BLOCK_BYTES + 2));
+            aw[k] = _mm256_sign_epi8(wv[k], wv[k]);
+        }
+        __m256 ws = q8_scales8(wb);
+        for (int c = 0; c < C; c++) {
+            const int8_t *xc = qx + c * ldq + (size_t)b * Q8_BLOCK;
+            __m256i v[8];
+            for (int k = 0; k < 8; k++) {
+                // as q8_block_dot: |w| unsigned, x carrying w's sign
+                __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xc + k * Q8_BLOCK)), wv[k]);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+                v[k] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw[k], sx);
+#elif defined(__AVXVNNI__)
+                v[k] = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aw[k], sx);
+#else
+                v[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[k], sx), _mm256_set1_epi16(1));
+#endif
+            }
+            __m256 isum = _mm256_cvtepi32_ps(q8_isums8(v)); // exact: |isum| < 2^24
+            __m256 scale = _mm256_mul_ps(ws, _mm256_loadu_ps(dx + c * ldd + b));
+            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(isum, scale)); // not fused, as q8_dot_row
+        }
+    }
+    for (int c = 0; c < C; c++) s[c] = hsum256(acc[c]);
+    for (; b < nb; b++) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        float dw = q8_scale(wb);
+        for (int c = 0; c < C; c++) {
+            int isum = hsum256_epi32(q8_block_dot(wb, qx + c * ldq + (size_t)b * Q8_BLOCK));
+            s[c] += (float)isum * (dw * dx[c * ldd + b]);
+        }
+    }
+#elif SIMD_NEON
+    float32x4_t acc[Q8_TILE_C];
+    for (int c = 0; c < C; c++) acc[c] = vdupq_n_f32(0.0f);
+    for (; b + 4 <= nb; b += 4) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        int8x16_t wl[4], wh[4];
+        for (int k = 0; k < 4; k++) {
+            wl[k] = vld1q_s8((const int8_t *)wb + k * Q8_BLOCK_BYTES + 2);
+            wh[k] = vld1q_s8((const int8_t *)wb + k * Q8_BLOCK_BYTES + 18);
+        }
+        float32x4_t ws = q8_scales4(wb);
+        for (int c = 0; c < C; c++) {
+            const int8_t *xc = qx + c * ldq + (size_t)b * Q8_BLOCK;
+            int32x4_t p[4];
+            for (int k = 0; k < 4; k++) {
+                int8x16_t xl = vld1q_s8(xc + k * Q8_BLOCK), xh = vld1q_s8(xc + k * Q8_BLOCK + 16);
+#ifdef __ARM_FEATURE_DOTPROD
+                p[k] = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[k], xl), wh[k], xh);
+#else
+                int32x4_t a = vpaddlq_s16(vmull_s8(vget_low_s8(wl[k]), vget_low_s8(xl)));
+                a = vpadalq_s16(a, vmull_high_s8(wl[k], xl));
+                a = vpadalq_s16(a, vmull_s8(vget_low_s8(wh[k]), vget_low_s8(xh)));
+                p[k] = vpadalq_s16(a, vmull_high_s8(wh[k], xh));
+#endif
+            }
+            float32x4_t isum = vcvtq_f32_s32(vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3])));
+            float32x4_t scale = vmulq_f32(ws, vld1q_f32(dx + c * ldd + b));
+            acc[c] = vaddq_f32(acc[c], vmulq_f32(isum, scale));
+        }
+    }
+    for (int c = 0; c < C; c++) s[c] = vaddvq_f32(acc[c]);
+    for (; b < nb; b++) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        float dw = q8_scale(wb);
+        for (int c = 0; c < C; c++) {
+            int isum = vaddvq_s32(q8_block_dot(wb, qx + c * ldq + (size_t)b * Q8_BLOCK));
+            s[c] += (float)isum * (dw * dx[c * ldd + b]);
+        }
+    }
+#else
+    for (int c = 0; c < C; c++) s[c] = 0.0f;
+    for (; b < nb; b++) {
+        const unsigned char *wb = w + (size_t)b * Q8_BLOCK_BYTES;
+        float dw = q8_scale(wb);
+        for (int c = 0; c < C; c++)
+            s[c] += (float)q8_block_isum(wb, qx + c * ldq + (size_t)b * Q8_BLOCK) * (dw * dx[c * ldd + b]);
+    }
+#endif
+}
+
+// as matmat_rows, W (rows, d) in Q8_0 and X quantized (qx rows ldq bytes apart, dx rows ldd
+// floats apart). Weight rows are prefetched ahead as in matvec_q8_rows (same lever).
+static void matmat_q8_rows(float *out, size_t ldo, const int8_t *qx, size_t ldq, const float *dx, size_t ldd,
+                           const void *w, int d, int T, int r0, int r1, int accumulate) {
+    const unsigned char *rows = w;
+    size_t stride = q8_row_bytes(d);
+    int nb = d / Q8_BLOCK;
+    int tb = token_block((size_t)d + (size_t)nb * sizeof(float), Q8_TILE_C, T);
+    for (int t0 = 0; t0 < T; t0 += tb) {
+        int nt = T - t0 < tb ? T - t0 : tb;
+        for (int i = r0; i < r1; i++) {
+            if (q8_prefetch_rows && i + q8_prefetch_rows < r1) {
+                const unsigned char *ahead = rows + (size_t)(i + q8_prefetch_rows) * stride;
+                for (size_t o = 0; o < stride; o += 64) __builtin_prefetch(ahead + o, 0, 3);
+            }
+            const unsigned char *wr = rows + (size_t)i * stride;
+            for (int t = t0; t < t0 + nt; t += Q8_TILE_C) {
+                float s[Q8_TILE_C] = {0};
+                const int8_t *xt = qx + (size_t)t * ldq;
+                const float *dt = dx + (size_t)t * ldd;
+                int C = t0 + nt - t < Q8_TILE_C ? t0 + nt - t : Q8_TILE_C;
+                switch (C) {
+                case 4: q8_tile(wr, nb, xt, ldq, dt, ldd, 4, s); break;
+                case 3: q8_tile(wr, nb, xt, ldq, dt, ldd, 3, s); break;
+                case 2: q8_tile(wr, nb, xt, ldq, dt, ldd, 2, s); break;
+                default: q8_tile(wr, nb, xt, ldq, dt, ldd, 1, s); break;
+                }
+                for (int c = 0; c < C; c++) {
+                    float *o = out + (size_t)(t + c) * ldo + i;
+                    *o = accumulate ? *o + s[c] : s[c];
+                }
+            }
+        }
+    }
+}
+
+// a batched product's input: T rows of n floats, and their Q8_0 blocks when a matrix that shares
+// it is Q8_0 (rows n bytes and n / 32 scales apart)
+typedef struct {
+    const float *x;
+    const int8_t *xq; // or NULL
+    const float *xd;
+    int T, n;
+} BatchInput;
+
+typedef struct { BatchInput in; } QuantizeTask;
+
+static void quantize_rows_task(void *ctx, int tid, int n_threads) {
+    BatchInput *in = &((QuantizeTask *)ctx)->in;
+    int nb = in->n / Q8_BLOCK;
+    for (int t = tid; t < in->T; t += n_threads)
+        quantize_q8((int8_t *)in->xq + (size_t)t * in->n, (float *)in->xd + (size_t)t * nb, in->x + (size_t)t * in->n,
+                    in->n);
+}
+
+// the input rows, quantized (the rows split across the pool) when any of the matrices is Q8_0:
+// once per group of products that share it
+static BatchInput batch_input(Transformer *tr, const float *x, int T, int n, const Matrix *mats, int n_mats) {
+    BatchInput in = {x, NULL, NULL, T, n};
+    for (int k = 0; k < n_mats; k++)
+        if (mats[k].type == WEIGHT_Q8_0) {
+            in.xq = tr->batch.xq;
+            in.xd = tr->batch.xd;
+            QuantizeTask q = {in};
+            pool_run(tr->pool, quantize_rows_task, &q);
+            break;
+        }
+    return in;
+}
+
+// weight rows [r0, r1) of the product, by W's kernel
+static void matmat_any(float *out, size_t ldo, const BatchInput *in, Matrix w, int r0, int r1, int accumulate) {
+    if (w.type == WEIGHT_Q8_0)
+        matmat_q8_rows(out, ldo, in->xq, (size_t)in->n, in->xd, (size_t)(in->n / Q8_BLOCK), w.data, in->n, in->T, r0, r1,
+                       accumulate);
+    else matmat_rows(out, ldo, in->x, (size_t)in->n, w.data, in->n, in->T, r0, r1, accumulate);
+}
+
+// up to three products sharing an input, their weight rows split across workers as one stack:
+// each worker streams its own rows once per block of activation rows
+typedef struct {
+    BatchInput in;
+    int n_mats, accumulate;
+    struct { Matrix w; float *out; size_t ldo; int rows; } mats[3];
+} BatchMatmulTask;
+
+static void batch_matmul_task(void *ctx, int tid, int n_threads) {
+    BatchMatmulTask *m = ctx;
+    int total = 0;
+    for (int k = 0; k < m->n_mats; k++) total += m->mats[k].rows;
+    int lo, hi;
+    split_rows(total, tid, n_threads, &lo, &hi);
+    for (int k = 0, base = 0; k < m->n_mats; base += m->mats[k].rows, k++) {
+        int a = lo - base, b = hi - base;
+        if (a < 0) a = 0;
+        if (b > m->mats[k].rows) b = m->mats[k].rows;
+        if (a < b) matmat_any(m->mats[k].out, m->mats[k].ldo, &m->in, m->mats[k].w, a, b, m->accumulate);
+    }
+}
+
+// out (T, rows, ldo apart) (+)= X @ W^T
+static void batch_matmul(Transformer *tr, float *out, size_t ldo, const float *x, int T, int n, Matrix w, int rows,
+                         int accumulate) {
+    BatchMatmulTask task = {batch_input(tr, x, T, n, &w, 1), 1, accumulate, {{w, out, ldo, rows}}};
+    pool_run(tr->pool, batch_matmul_task, &task);
+}
+
+// the FFN's gate and up products and the SwiGLU, by blocks of hidden rows
+typedef struct { BatchInput in; Matrix w1, w3; float *hb, *hb2; int hidden_dim; } BatchFfnTask;
+
+static void batch_ffn_task(void *ctx, int tid, int n_threads) {
+    BatchFfnTask *f = ctx;
+    int lo, hi, h = f->hidden_dim;
+    split_rows(h, tid, n_threads, &lo, &hi);
+    if (lo >= hi) return;
+    matmat_any(f->hb, (size_t)h, &f->in, f->w1, lo, hi, 0);
+    matmat_any(f->hb2, (size_t)h, &f->in, f->w3, lo, hi, 0);
+    for (int t = 0; t < f->in.T; t++) {
+        float *a = f->hb + (size_t)t * h, *b = f->hb2 + (size_t)t * h;
+        for (int i = lo; i < hi; i++) {
+            float val = a[i];
+            val *= (1.0f / (1.0f + expf(-val))); // silu(x) = x * sigmoid(x)
+            a[i] = val * b[i];
+        }
+    }
+}
+
+// softmax(x * scale) in place: softmax's arithmetic, its maximum taken in eight independent
+// lanes (one serial chain of comparisons over a long row is slower than the exponentials)
+static void scaled_softmax(float *x, int n, float scale) {
+    float m[8];
+    for (int k = 0; k < 8; k++) m[k] = -INFINITY;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) {
+            x[i + k] *= scale;
+            m[k] = x[i + k] > m[k] ? x[i + k] : m[k];
+        }
+    for (; i < n; i++) {
+        x[i] *= scale;
+        m[0] = x[i] > m[0] ? x[i] : m[0];
+    }
+    float max_val = m[0];
+    for (int k = 1; k < 8; k++) max_val = m[k] > max_val ? m[k] : max_val;
+    float sum = 0.0f;
+    for (i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max_val);
+        sum += x[i];
+    }
+    for (i = 0; i < n; i++) x[i] /= sum;
+}
+
+// out[0..hs) = sum over u < n of p[u] * v[u * ldv + 0..hs): the sums stay in registers across
+// the value rows instead of going through memory once per row
+static void weighted_sum(float *out, const float *p, const float *v, size_t ldv, int n, int hs) {
+    int i = 0;
+#ifdef VF_LANES
+    for (; i + 4 * VF_LANES <= hs; i += 4 * VF_LANES) {
+        // two value rows a step into two sets of sums: eight independent FMA chains
+        vecf a0 = vf_zero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int u = 0;
+        for (; u + 2 <= n; u += 2) {
+            const float *vu = v + (size_t)u * ldv + i, *vn = vu + ldv;
+            vecf pu = vf_set1(p[u]), pn = vf_set1(p[u + 1]);
+            a0 = vf_fma(pu, vf_load(vu), a0);
+            a1 = vf_fma(pu, vf_load(vu + VF_LANES), a1);
+            a2 = vf_fma(pu, vf_load(vu + 2 * VF_LANES), a2);
+            a3 = vf_fma(pu, vf_load(vu + 3 * VF_LANES), a3);
+            b0 = vf_fma(pn, vf_load(vn), b0);
+            b1 = vf_fma(pn, vf_load(vn + VF_LANES), b1);
+            b2 = vf_fma(pn, vf_load(vn + 2 * VF_LANES), b2);
+            b3 = vf_fma(pn, vf_load(vn + 3 * VF_LANES), b3);
+        }
+        if (u < n) {
+            const float *vu = v + (size_t)u * ldv + i;
+            vecf pu = vf_set1(p[u]);
+            a0 = vf_fma(pu, vf_load(vu), a0);
+            a1 = vf_fma(pu, vf_load(vu + VF_LANES), a1);
+            a2 = vf_fma(pu, vf_load(vu + 2 * VF_LANES), a2);
+            a3 = vf_fma(pu, vf_load(vu + 3 * VF_LANES), a3);
+        }
+        vf_store(out + i, vf_add(a0, b0));
+        vf_store(out + i + VF_LANES, vf_add(a1, b1));
+        vf_store(out + i + 2 * VF_LANES, vf_add(a2, b2));
+        vf_store(out + i + 3 * VF_LANES, vf_add(a3, b3));
+    }
+    for (; i + VF_LANES <= hs; i += VF_LANES) {
+        vecf a0 = vf_zero();
+        for (int u = 0; u < n; u++) a0 = vf_fma(vf_set1(p[u]), vf_load(v + (size_t)u * ldv + i), a0);
+        vf_store(out + i, a0);
+    }
+#endif
+    for (; i < hs; i++) {
+        float a = 0.0f;
+        for (int u = 0; u < n; u++) a += p[u] * v[(size_t)u * ldv + i];
+        out[i] = a;
+    }
+}
+
+// causal attention for the batch's rows, split by (head, tile of MM_TILE_C rows) items dealt
+// round-robin (later rows attend to more positions, so contiguous shares would be uneven). Row t
+// at position p0 + t reads cache positions 0 .. p0 + t, all written before this task runs. A
+// tile's scores against the keys are one small matrix product (mm_tile: the keys are the weight
+// rows), so no score costs a horizontal sum of its own; scores past a row's own position are
+// computed with the tile and never read.
+typedef struct { Transformer *t; int layer, p0, T; } BatchAttentionTask;
+
+static void batch_attention_task(void *ctx, int tid, int n_threads) {
+    BatchAttentionTask *a = ctx;
+    const Config *p = &a->t->config;
+    RunState *s = &a->t->state;
+    BatchState *bs = &a->t->batch;
+    int head_size = p->dim / p->n_heads, kv_dim = p->n_kv_heads * head_size, kv_mul = p->n_heads / p->n_kv_heads;
+    size_t loff = (size_t)a->layer * p->seq_len * kv_dim, lda = (size_t)p->seq_len;
+    float scale = 1.0f / sqrtf((float)head_size);
+    float *att = bs->att + (size_t)tid * MM_TILE_C * lda; // one row of scores per row of the tile
+    int tiles = (a->T + MM_TILE_C - 1) / MM_TILE_C, items = tiles * p->n_heads;
+    for (int item = tid; item < items; item += n_threads) {
+        int t0 = item / p->n_heads * MM_TILE_C, h = item % p->n_heads;
+        int nc = a->T - t0 < MM_TILE_C ? a->T - t0 : MM_TILE_C, first = a->p0 + t0, len = first + nc;
+        const float *q = bs->q + (size_t)t0 * p->dim + h * head_size;
+        const float *kbase = s->key_cache + loff + (h / kv_mul) * head_size;
+        const float *vbase = s->value_cache + loff + (h / kv_mul) * head_size;
+        int u = 0;
+        for (; u + MM_TILE_R <= len; u += MM_TILE_R)
+            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, MM_TILE_R, 0);
+        for (; u < len; u++)
+            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, 1, 0);
+        for (int c = 0; c < nc; c++) {
+            float *row = att + c * lda;
+            scaled_softmax(row, first + c + 1, scale);
+            weighted_sum(bs->xb + (size_t)(t0 + c) * p->dim + h * head_size, row, vbase, (size_t)kv_dim, first + c + 1,
+                         head_size);
+        }
+    }
+}
+
+enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL };
+
+// positions p0 .. p0+T-1 (T <= the batch's rows, p0 + T <= seq_len), row t being
+// forward(tokens[t], p0 + t). want: LOGITS_NONE; LOGITS_LAST, the last row's logits into the
+// state's logits (returned); LOGITS_ALL, every row's into all (T, vocab).
+static float *forward_batch(Transformer *tr, const int *tokens, int T, int p0, int want, float *all) {
+    Config *p = &tr->config;
+    TransformerWeights *w = &tr->weights;
+    RunState *s = &tr->state;
+    BatchState *bs = &tr->batch;
+    int dim = p->dim, hidden_dim = p->hidden_dim;
+    int head_size = dim / p->n_heads, kv_dim = p->n_kv_heads * head_size, half = head_size / 2;
+
+    for (int t = 0; t < T; t++) {
+        embed(bs->x + (size_t)t * dim, &w->token_embedding, tokens[t], dim);
+        rope_table(bs->rope_cos + (size_t)t * half, bs->rope_sin + (size_t)t * half, head_size, p0 + t);
+    }
+
+    for (int l = 0; l < p->n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        for (int t = 0; t < T; t++) rmsnorm(bs->xb + (size_t)t * dim, bs->x + (size_t)t * dim, lw->rms_att, dim);
+
+        // Q, K, V for every row, K and V straight into the cache rows p0 .. p0+T-1
+        size_t loff = (size_t)l * p->seq_len * kv_dim;
+        float *k = s->key_cache + loff + (size_t)p0 * kv_dim;
+        float *v = s->value_cache + loff + (size_t)p0 * kv_dim;
+        Matrix wqkv[3] = {lw->wq, lw->wk, lw->wv};
+        BatchMatmulTask qkv = {batch_input(tr, bs->xb, T, dim, wqkv, 3), 3, 0,
+                               {{lw->wq, bs->q, (size_t)dim, dim}, {lw->wk, k, (size_t)kv_dim, kv_dim},
+                                {lw->wv, v, (size_t)kv_dim, kv_dim}}};
+        pool_run(tr->pool, batch_matmul_task, &qkv);
+
+        for (int t = 0; t < T; t++) {
+            const float *c = bs->rope_cos + (size_t)t * half, *sn = bs->rope_sin + (size_t)t * half;
+            rope(bs->q + (size_t)t * dim, dim, head_size, c, sn);
+            rope(k + (size_t)t * kv_dim, kv_dim, head_size, c, sn);
+        }
+
+        BatchAttentionTask att = {tr, l, p0, T};
+        pool_run(tr->pool, batch_attention_task, &att);
+
+        batch_matmul(tr, bs->x, (size_t)dim, bs->xb, T, dim, lw->wo, dim, 1);
+
+        for (int t = 0; t < T; t++) rmsnorm(bs->xb + (size_t)t * dim, bs->x + (size_t)t * dim, lw->rms_ffn, dim);
+        Matrix w13[2] = {lw->w1, lw->w3};
+        BatchFfnTask ffn = {batch_input(tr, bs->xb, T, dim, w13, 2), lw->w1, lw->w3, bs->hb, bs->hb2, hidden_dim};
+        pool_run(tr->pool, batch_ffn_task, &ffn);
+        batch_matmul(tr, bs->x, (size_t)dim, bs->hb, T, hidden_dim, lw->w2, dim, 1);
+    }
+
+    if (want == LOGITS_LAST) { // the one-position classifier on the last row
+        rmsnorm(s->x, bs->x + (size_t)(T - 1) * dim, w->rms_final, dim);
+        matmul(tr->pool, s, s->logits, s->x, w->wcls, dim, p->vocab_size, 0);
+        return s->logits;
+    }
+    if (want == LOGITS_ALL) {
+        for (int t = 0; t < T; t++) rmsnorm(bs->x + (size_t)t * dim, bs->x + (size_t)t * dim, w->rms_final, dim);
+        batch_matmul(tr, all, (size_t)p->vocab_size, bs->x, T, dim, w->wcls, p->vocab_size, 0);
+        return all;
+    }
+    return NULL;
+}
+
+// ----------------------------------------------------------------------------
 // The Byte Pair Encoding (BPE) Tokenizer that translates strings <-> tokens
 
 typedef struct {
@@ -1170,17 +1777,38 @@ static int sample(Sampler *sampler, float *logits) {
 // Generation loop and the statistics line
 
 typedef struct {
-    int prompt_tokens, generated_tokens, positions;
-    double ttft_s, decode_s;
+    int prompt_tokens, generated_tokens, positions, prefilled;
+    double ttft_s, prefill_s, decode_s;
 } RunStats;
 
-static void print_stats(int threads, double load_s, const RunStats *st) {
+static void print_stats(int threads, int batch, double load_s, const RunStats *st) {
     double rate = st->generated_tokens > 1 && st->decode_s > 0 ? (st->generated_tokens - 1) / st->decode_s : 0.0;
+    double prefill_rate = st->prefill_s > 0 ? st->prefilled / st->prefill_s : 0.0;
     fprintf(stderr,
             "polyllama-stats: {\"port\":\"%s\",\"prompt_tokens\":%d,\"generated_tokens\":%d,\"positions\":%d,"
-            "\"threads\":%d,\"load_s\":%.6f,\"ttft_s\":%.6f,\"decode_s\":%.6f,\"decode_tok_s\":%.4f}\n",
-            PORT_NAME, st->prompt_tokens, st->generated_tokens, st->positions, threads, load_s, st->ttft_s,
-            st->decode_s, rate);
+            "\"threads\":%d,\"batch\":%d,\"load_s\":%.6f,\"ttft_s\":%.6f,\"prefill_s\":%.6f,\"prefill_tok_s\":%.4f,"
+            "\"decode_s\":%.6f,\"decode_tok_s\":%.4f}\n",
+            PORT_NAME, st->prompt_tokens, st->generated_tokens, st->positions, threads, batch, load_s, st->ttft_s,
+            st->prefill_s, prefill_rate, st->decode_s, rate);
+}
+
+// positions [0, n) of tokens in consecutive batches of at most the batch state's rows; want as
+// forward_batch's, for the last batch (LOGITS_LAST) or for every batch (LOGITS_ALL, into all).
+// A batch of one position is run.c's forward.
+static float *prefill(Transformer *tr, const int *tokens, int n, int want, float *all) {
+    int vocab = tr->config.vocab_size;
+    float *logits = NULL;
+    for (int p0 = 0; p0 < n; p0 += tr->batch.rows) {
+        int T = n - p0 < tr->batch.rows ? n - p0 : tr->batch.rows;
+        int last = p0 + T == n;
+        int w = want == LOGITS_ALL || (want == LOGITS_LAST && last) ? want : LOGITS_NONE;
+        float *rows = want == LOGITS_ALL ? all + (size_t)p0 * vocab : NULL;
+        if (T == 1) {
+            logits = forward(tr, tokens[p0], p0);
+            if (rows) memcpy(rows, logits, (size_t)vocab * sizeof(float));
+        } else logits = forward_batch(tr, tokens + p0, T, p0, w, rows);
+    }
+    return logits;
 }
 
 static RunStats generate(Transformer *transformer, Tokenizer *tokenizer, Sampler *sampler, const char *prompt,
@@ -1192,10 +1820,19 @@ static RunStats generate(Transformer *transformer, Tokenizer *tokenizer, Sampler
     st.prompt_tokens = num_prompt_tokens;
 
     double start = now_s(), first = -1.0;
+    // the prompt's positions through the batched pass; the logits of its last position only when
+    // all of it runs
+    int n_prefill = num_prompt_tokens < steps ? num_prompt_tokens : steps;
+    float *logits = prefill(transformer, prompt_tokens, n_prefill, n_prefill == num_prompt_tokens ? LOGITS_LAST : LOGITS_NONE,
+                            NULL);
+    st.positions = st.prefilled = n_prefill;
+    st.prefill_s = now_s() - start;
     int token = prompt_tokens[0]; // kick off with the first token in the prompt
     for (int pos = 0; pos < steps; pos++) {
-        float *logits = forward(transformer, token, pos);
-        st.positions++;
+        if (pos >= n_prefill) { // past the prompt: one position at a time, as run.c
+            logits = forward(transformer, token, pos);
+            st.positions++;
+        }
         int next;
         if (pos < num_prompt_tokens - 1) {
             // if we are still processing the input prompt, force the next prompt token
@@ -1223,15 +1860,14 @@ static RunStats generate(Transformer *transformer, Tokenizer *tokenizer, Sampler
 }
 
 static RunStats write_logits(Transformer *transformer, const int *ids, int n, const char *out_path) {
-    RunStats st = {n, 0, 0, 0.0, 0.0};
+    RunStats st = {0};
+    st.prompt_tokens = n;
     int vocab = transformer->config.vocab_size;
     float *all = xcalloc((size_t)n * vocab, sizeof(float));
     double start = now_s();
-    for (int i = 0; i < n; i++) {
-        memcpy(all + (size_t)i * vocab, forward(transformer, ids[i], i), (size_t)vocab * sizeof(float));
-        st.positions++;
-    }
-    st.ttft_s = now_s() - start;
+    prefill(transformer, ids, n, LOGITS_ALL, all);
+    st.positions = st.prefilled = n;
+    st.ttft_s = st.prefill_s = now_s() - start;
     FILE *f = fopen(out_path, "wb");
     if (!f) die(EXIT_RUNTIME, "%s: cannot write: %s", out_path, strerror(errno));
     // raw float32 little-endian rows; every host this builds for is little-endian
@@ -1295,6 +1931,18 @@ static int clamp_steps(long long steps, int seq_len) {
     return steps == 0 || steps > seq_len ? seq_len : (int)steps;
 }
 
+// -b: an integer >= 1 of any number of digits; past 64 bits it saturates, and seq_len caps it
+// (clamp_batch)
+static long long parse_batch(const char *text) {
+    int neg, overflow;
+    unsigned long long v;
+    if (!parse_int(text, &neg, &v, &overflow)) die(EXIT_USAGE, "-b expects a number, got '%s'", text);
+    if (neg || (!overflow && v == 0)) die(EXIT_USAGE, "-b %s is out of range", text);
+    return overflow || v > LLONG_MAX ? LLONG_MAX : (long long)v;
+}
+
+static int clamp_batch(long long batch, int seq_len) { return batch > seq_len ? seq_len : (int)batch; }
+
 static double parse_float(const char *flag, const char *text, double lo, double hi) {
     char buf[256];
     if (!clean_number(text, buf, sizeof buf))
@@ -1312,6 +1960,7 @@ typedef struct {
     unsigned long long seed;
     long long steps;
     int threads, ignore_bos;
+    long long batch; // -b, before clamping to seq_len
     long long *ids; // -k, or NULL; -1 marks an id that cannot be one (negative or huge)
     int n_ids;
 } Args;
@@ -1341,7 +1990,7 @@ static long long *parse_ids(const char *text, int *count) {
 }
 
 static Args parse_args(int argc, char **argv) {
-    Args a = {NULL, NULL, "", "generate", NULL, 1.0, 0.9, 0, 256, 1, 0, NULL, 0};
+    Args a = {NULL, NULL, "", "generate", NULL, 1.0, 0.9, 0, 256, 1, 0, 512, NULL, 0};
     if (argc < 2 || argv[1][0] == '-') die(EXIT_USAGE, "missing checkpoint");
     a.checkpoint = argv[1];
     if ((argc - 2) % 2) die(EXIT_USAGE, "flag %s has no value", argv[argc - 1]);
@@ -1362,6 +2011,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(flag, "-o")) a.output = val;
         else if (!strcmp(flag, "-k")) { free(a.ids); a.ids = parse_ids(val, &a.n_ids); }
         else if (!strcmp(flag, "-e")) a.ignore_bos = parse_int_flag(flag, val, 0, 1) == 1;
+        else if (!strcmp(flag, "-b")) a.batch = parse_batch(val);
         else die(EXIT_USAGE, "unknown flag %s", flag);
     }
     if (!strcmp(a.mode, "logits") && (!a.output || !a.ids)) die(EXIT_USAGE, "logits mode needs -o FILE and -k IDS");
@@ -1385,7 +2035,8 @@ int main(int argc, char **argv) {
     }
     Tokenizer tokenizer;
     build_tokenizer(&tokenizer, vocab);
-    start_transformer(&transformer, args.threads);
+    int batch = clamp_batch(args.batch, transformer.config.seq_len);
+    start_transformer(&transformer, args.threads, batch);
     double load_s = now_s() - t0;
 
     const Config *c = &transformer.config;
@@ -1406,7 +2057,7 @@ int main(int argc, char **argv) {
                       args.ignore_bos);
         free_sampler(&sampler);
     }
-    print_stats(args.threads, load_s, &st);
+    print_stats(args.threads, batch, load_s, &st);
 
     free(args.ids);
     free_tokenizer(&tokenizer);

@@ -12,7 +12,7 @@ import (
 )
 
 const usageText = "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] " +
-	"[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]"
+	"[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]"
 
 type Args struct {
 	checkpoint  string
@@ -28,6 +28,7 @@ type Args struct {
 	ids         []int // -1 marks an id too large to represent, refused with the others
 	hasIDs      bool
 	ignoreBOS   bool
+	batch       int64 // prompt batch before clamping to seq_len (clampBatch)
 }
 
 // Numbers on the command line are plain decimal (contract section 2): no inf, nan,
@@ -70,7 +71,7 @@ func parseArgs(argv []string) (*Args, error) {
 	if len(argv) == 0 || strings.HasPrefix(argv[0], "-") {
 		return nil, usageError("missing checkpoint")
 	}
-	a := &Args{checkpoint: argv[0], temperature: 1.0, topp: 0.9, steps: 256, threads: 1, mode: "generate"}
+	a := &Args{checkpoint: argv[0], temperature: 1.0, topp: 0.9, steps: 256, threads: 1, mode: "generate", batch: 512}
 	rest := argv[1:]
 	if len(rest)%2 != 0 {
 		return nil, usageError("flag %s has no value", oneLine(rest[len(rest)-1]))
@@ -126,6 +127,14 @@ func (a *Args) set(flag, value string) error {
 	case "-k":
 		a.ids, err = parseIDs(value)
 		a.hasIDs = true
+	case "-b":
+		// any number of digits: everything above seq_len means seq_len
+		if v, err = parseInt(flag, value, one, nil); err == nil {
+			a.batch = math.MaxInt64
+			if v.IsInt64() {
+				a.batch = v.Int64()
+			}
+		}
 	case "-e":
 		if v, err = parseInt(flag, value, zero, one); err == nil {
 			a.ignoreBOS = v.Int64() == 1

@@ -46,3 +46,26 @@ func TestNumberFlagLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchFlag: -b is an integer >= 1 with any number of digits, clamped to seq_len; 0,
+// negatives, non-numbers and a missing value are usage errors.
+func TestBatchFlag(t *testing.T) {
+	if a, err := parseArgs([]string{"m.bin"}); err != nil || a.batch != 512 {
+		t.Errorf("default -b: %+v, %v", a, err)
+	}
+	for _, c := range []struct {
+		value string
+		want  int
+	}{{"1", 1}, {"7", 7}, {"256", 256}, {"257", 256}, {"+3", 3}, {"99999999999999999999999999", 256}, {"4294967297", 256}} {
+		a, err := parseArgs([]string{"m.bin", "-b", c.value})
+		if err != nil || clampBatch(a.batch, 256) != c.want {
+			t.Errorf("-b %s: %v, %+v", c.value, err, a)
+		}
+	}
+	for _, argv := range [][]string{{"m.bin", "-b", "0"}, {"m.bin", "-b", "-1"}, {"m.bin", "-b", "x"}, {"m.bin", "-b"},
+		{"m.bin", "-b", ""}, {"m.bin", "-b", "1.5"}, {"m.bin", "-b", " 4"}, {"m.bin", "-b", "-0"}} {
+		if _, err := parseArgs(argv); exitCode(err) != exitUsage {
+			t.Errorf("parseArgs(%q) = %v, want a usage error", argv, err)
+		}
+	}
+}

@@ -14,8 +14,8 @@ import (
 )
 
 type runStats struct {
-	promptTokens, generatedTokens, positions int
-	ttft, decode                             float64
+	promptTokens, generatedTokens, positions, prefilled int
+	ttft, prefill, decode                               float64
 }
 
 func clampSteps(steps int64, seqLen int) int {
@@ -23,6 +23,21 @@ func clampSteps(steps int64, seqLen int) int {
 		return seqLen
 	}
 	return int(steps)
+}
+
+func minInt(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+// clampBatch is -b as used: at most seq_len rows in a batch.
+func clampBatch(batch int64, seqLen int) int {
+	if batch > int64(seqLen) {
+		return seqLen
+	}
+	return int(batch)
 }
 
 func generate(t *Transformer, tok *Tokenizer, smp *Sampler, prompt []byte, steps int, ignoreBOS bool, out io.Writer) (runStats, error) {
@@ -34,16 +49,34 @@ func generate(t *Transformer, tok *Tokenizer, smp *Sampler, prompt []byte, steps
 		return runStats{}, &exitError{exitBadFile, tok.path + ": " + err.Error()}
 	}
 	st := runStats{promptTokens: len(promptTokens)}
-	token := promptTokens[0]
 	start := time.Now()
+
+	// the prefill: the prompt's positions in batches; only the prompt's last position, when it
+	// is reached, needs logits
+	nPrefill := minInt(len(promptTokens), steps)
+	var logits []float32
+	for b0 := 0; b0 < nPrefill; b0 += t.batch.rows {
+		b1 := minInt(b0+t.batch.rows, nPrefill)
+		want := logitsNone
+		if b1 == len(promptTokens) {
+			want = logitsLast
+		}
+		logits = t.forwardBatch(promptTokens[b0:b1], b0, want)
+	}
+	st.positions, st.prefilled = nPrefill, nPrefill
+	st.prefill = time.Since(start).Seconds()
+
+	token := promptTokens[0]
 	var first time.Time
 	for pos := 0; pos < steps; pos++ {
-		logits := t.forward(token, pos)
-		st.positions++
 		var next int
 		if pos < len(promptTokens)-1 {
-			next = promptTokens[pos+1] // still forcing the prompt
+			next = promptTokens[pos+1] // still forcing the prompt; its forward pass was the prefill's
 		} else {
+			if pos >= len(promptTokens) { // the prompt's last position has the prefill's logits
+				logits = t.forward(token, pos)
+				st.positions++
+			}
 			next = smp.sample(logits)
 			st.generatedTokens++
 			if first.IsZero() {
@@ -70,7 +103,8 @@ func generate(t *Transformer, tok *Tokenizer, smp *Sampler, prompt []byte, steps
 	return st, nil
 }
 
-// logitsRun writes the (len(ids), vocab) logits as little-endian float32, row i after position i.
+// logitsRun writes the (len(ids), vocab) logits as little-endian float32, row i after position
+// i, the positions run in batches with every row's logits.
 func logitsRun(t *Transformer, ids []int, path string) (runStats, error) {
 	st := runStats{promptTokens: len(ids)}
 	f, err := os.Create(path)
@@ -79,19 +113,29 @@ func logitsRun(t *Transformer, ids []int, path string) (runStats, error) {
 	}
 	defer f.Close()
 	out := bufio.NewWriter(f)
-	row := make([]byte, 0, 4*t.config.VocabSize)
-	start := time.Now()
-	for pos, id := range ids {
-		row = row[:0]
-		for _, v := range t.forward(id, pos) {
-			row = binary.LittleEndian.AppendUint32(row, math.Float32bits(v))
-		}
-		st.positions++
-		if _, err := out.Write(row); err != nil {
-			return st, writeError(path, err)
+	vocab := t.config.VocabSize
+	row := make([]byte, 0, 4*vocab)
+	var elapsed time.Duration // the forward passes only, not the writes
+	loopStart := time.Now()
+	for b0 := 0; b0 < len(ids); b0 += t.batch.rows {
+		b1 := minInt(b0+t.batch.rows, len(ids))
+		start := time.Now()
+		logits := t.forwardBatch(ids[b0:b1], b0, logitsAll)
+		elapsed += time.Since(start)
+		st.positions += b1 - b0
+		for r := 0; r < b1-b0; r++ {
+			row = row[:0]
+			for _, v := range logits[r*vocab : (r+1)*vocab] {
+				row = binary.LittleEndian.AppendUint32(row, math.Float32bits(v))
+			}
+			if _, err := out.Write(row); err != nil {
+				return st, writeError(path, err)
+			}
 		}
 	}
-	st.ttft = time.Since(start).Seconds()
+	st.prefilled = st.positions
+	st.ttft = time.Since(loopStart).Seconds() // no token is sampled: the whole loop
+	st.prefill = elapsed.Seconds()
 	if err := out.Flush(); err != nil {
 		return st, writeError(path, err)
 	}
@@ -101,13 +145,16 @@ func logitsRun(t *Transformer, ids []int, path string) (runStats, error) {
 	return st, nil
 }
 
-func statsLine(threads int, loadS float64, st runStats) string {
-	tokS := 0.0
+func statsLine(threads, batch int, loadS float64, st runStats) string {
+	tokS, preS := 0.0, 0.0
 	if st.generatedTokens > 1 && st.decode > 0 {
 		tokS = float64(st.generatedTokens-1) / st.decode
 	}
+	if st.prefill > 0 {
+		preS = float64(st.prefilled) / st.prefill
+	}
 	f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
-	return fmt.Sprintf(`polyllama-stats: {"port":%q,"prompt_tokens":%d,"generated_tokens":%d,"positions":%d,"threads":%d,"load_s":%s,"ttft_s":%s,"decode_s":%s,"decode_tok_s":%s}`,
-		portName, st.promptTokens, st.generatedTokens, st.positions, threads,
-		f(loadS, 6), f(st.ttft, 6), f(st.decode, 6), f(tokS, 4))
+	return fmt.Sprintf(`polyllama-stats: {"port":%q,"prompt_tokens":%d,"generated_tokens":%d,"positions":%d,"threads":%d,"batch":%d,"load_s":%s,"ttft_s":%s,"prefill_s":%s,"prefill_tok_s":%s,"decode_s":%s,"decode_tok_s":%s}`,
+		portName, st.promptTokens, st.generatedTokens, st.positions, threads, batch,
+		f(loadS, 6), f(st.ttft, 6), f(st.prefill, 6), f(preS, 4), f(st.decode, 6), f(tokS, 4))
 }

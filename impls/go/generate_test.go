@@ -14,8 +14,7 @@ func TestGenerationIsDeterministic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr.state = buildRunState(&tr.config, 2)
-	tr.pool = newPool(2)
+	prepareRun(t, tr, 2, 512, false)
 	defer tr.free()
 	runs := []struct {
 		golden, prompt string

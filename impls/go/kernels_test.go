@@ -294,6 +294,32 @@ func TestQ8GreedyStories260K(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.unmap()
+	c := &tr.config
+	quantizeModel(t, tr)
+	v, err := readVocab(tokenizer, c.VocabSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withKernels(t, func(t *testing.T, kernels string) {
+		for _, workers := range []int{1, 3} {
+			prepareRun(t, tr, workers, 512, false)
+			var out bytesWriter
+			_, err := generate(tr, buildTokenizer("tok512.bin", v), buildSampler(c.VocabSize, 0, 0.9, 1), nil, 128, false, &out)
+			tr.pool.close()
+			tr.batch.free()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(out) != want {
+				t.Errorf("%s, %d workers: greedy text = %q", kernels, workers, out)
+			}
+		}
+	})
+}
+
+// quantizeModel turns a loaded F32 model into the converter's Q8_0 one: every matrix whose rows
+// are whole blocks (stories260K's ffn_down, rows of 172, stays F32).
+func quantizeModel(t *testing.T, tr *Transformer) {
 	c, w := &tr.config, &tr.weights
 	q8 := func(m *Matrix, cols int) {
 		if cols%q8Block == 0 {
@@ -311,25 +337,6 @@ func TestQ8GreedyStories260K(t *testing.T) {
 	if !w.wq[0].isQ8() || w.w2[0].isQ8() {
 		t.Fatal("expected Q8_0 attention weights beside an F32 ffn_down")
 	}
-	v, err := readVocab(tokenizer, c.VocabSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	withKernels(t, func(t *testing.T, kernels string) {
-		for _, workers := range []int{1, 3} {
-			tr.state = buildRunState(c, workers)
-			tr.pool = newPool(workers)
-			var out bytesWriter
-			_, err := generate(tr, buildTokenizer("tok512.bin", v), buildSampler(c.VocabSize, 0, 0.9, 1), nil, 128, false, &out)
-			tr.pool.close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(out) != want {
-				t.Errorf("%s, %d workers: greedy text = %q", kernels, workers, out)
-			}
-		}
-	})
 }
 
 func TestMatmulMatchesNaive(t *testing.T) {

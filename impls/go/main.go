@@ -37,6 +37,11 @@ func run(argv []string) error {
 		return err
 	}
 	t.state = buildRunState(&t.config, args.threads)
+	batch := clampBatch(args.batch, t.config.SeqLen)
+	if t.batch, err = buildBatchState(&t.config, batch, args.threads, args.mode == "logits"); err != nil {
+		t.free()
+		return err
+	}
 	t.pool = newPool(args.threads)
 	defer t.free()
 	loadS := time.Since(start).Seconds()
@@ -68,7 +73,7 @@ func run(argv []string) error {
 			return &exitError{exitRuntime, fmt.Sprintf("cannot write to stdout: %v", err)}
 		}
 	}
-	fmt.Fprintln(os.Stderr, statsLine(args.threads, loadS, st))
+	fmt.Fprintln(os.Stderr, statsLine(args.threads, batch, loadS, st))
 	return nil
 }
 

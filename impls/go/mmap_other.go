@@ -5,6 +5,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"os"
 )
@@ -17,4 +18,12 @@ func mapFile(f *os.File, size int64) ([]byte, func(), error) {
 		return nil, nil, err
 	}
 	return data, func() {}, nil
+}
+
+// allocScratch allocates the batch scratch where there is no anonymous mmap.
+func allocScratch(bytes int64) ([]byte, func(), error) {
+	if bytes <= 0 || bytes != int64(int(bytes)) || bytes > 1<<40 {
+		return nil, nil, errors.New("too large")
+	}
+	return make([]byte, bytes), func() {}, nil
 }

@@ -18,3 +18,16 @@ func mapFile(f *os.File, size int64) ([]byte, func(), error) {
 	}
 	return data, func() { _ = syscall.Munmap(data) }, nil
 }
+
+// allocScratch maps bytes of zeroed anonymous memory for the batch scratch: unlike make, whose
+// failure kills the process with a stack trace, a refused mapping is an error to report.
+func allocScratch(bytes int64) ([]byte, func(), error) {
+	if bytes <= 0 || bytes != int64(int(bytes)) {
+		return nil, nil, syscall.ENOMEM
+	}
+	data, err := syscall.Mmap(-1, 0, int(bytes), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, nil, err
+	}
+	return data, func() { _ = syscall.Munmap(data) }, nil
+}

@@ -124,6 +124,7 @@ type Transformer struct {
 	config  Config
 	weights Weights
 	state   RunState
+	batch   BatchState
 	pool    *Pool
 	vocab   *Vocab // the tokenizer embedded in a GGUF file, else nil
 	unmap   func()
@@ -150,7 +151,12 @@ func buildRunState(c *Config, workers int) RunState {
 }
 
 func (t *Transformer) free() {
-	t.pool.close()
+	if t.pool != nil {
+		t.pool.close()
+	}
+	if t.batch.free != nil {
+		t.batch.free()
+	}
 	if t.unmap != nil {
 		t.unmap()
 	}

@@ -56,7 +56,12 @@ type q8Vec struct {
 func (a *q8Vec) quantize(buf *q8Vec, x []float32) {
 	nb := len(x) / q8Block
 	a.qs, a.d = buf.qs[:nb*q8Block], buf.d[:nb]
-	for b := range a.d {
+	quantizeBlocks(a.qs, a.d, x)
+}
+
+// quantizeBlocks quantizes x (len(d) blocks) into qs and d.
+func quantizeBlocks(qs []int8, d []float32, x []float32) {
+	for b := range d {
 		blk := x[b*q8Block : (b+1)*q8Block]
 		var amax float32
 		for _, v := range blk {
@@ -64,15 +69,15 @@ func (a *q8Vec) quantize(buf *q8Vec, x []float32) {
 				amax = av
 			}
 		}
-		a.d[b] = f16ToF32(f32ToF16(amax / 127))
+		d[b] = f16ToF32(f32ToF16(amax / 127))
 		var id float32
 		if amax != 0 {
 			id = 127 / amax
 		}
-		qs := a.qs[b*q8Block : (b+1)*q8Block]
+		q := qs[b*q8Block : (b+1)*q8Block]
 		for i, v := range blk {
 			// float32(): the product is rounded to float32 before it is rounded to an integer
-			qs[i] = int8(math.RoundToEven(float64(float32(v * id))))
+			q[i] = int8(math.RoundToEven(float64(float32(v * id))))
 		}
 	}
 }

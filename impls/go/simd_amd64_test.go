@@ -3,3 +3,5 @@
 package main
 
 func setSIMD(on bool) { simdKernels = on }
+
+func setAVX512(on bool) { hasAVX512 = on }

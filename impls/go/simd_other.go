@@ -14,3 +14,25 @@ func matmulRowsSIMD(out, x, w []float32, lo, hi int) { panic("no SIMD kernels on
 func q8RowsSIMD(out []float32, w []byte, a *q8Vec, lo, hi int) {
 	panic("no SIMD kernels on this architecture")
 }
+
+const hasAVX512 = false
+
+func gemm4x6AVX512(w *float32, wstride int, x *float32, xstride int, n16 int, mask uint16, out *float32, ldo int) {
+	panic("no SIMD kernels on this architecture")
+}
+
+func gemm4x3AVX2(w *float32, wstride int, x *float32, xstride int, n8 int, out *float32, ldo int) {
+	panic("no SIMD kernels on this architecture")
+}
+
+const hasVNNI = false
+
+func q8gemm4x3VNNI(w *byte, wstride int, x *byte, xstride int, groups int, out *float32, ldo int) {
+	panic("no SIMD kernels on this architecture")
+}
+
+func swigluAVX512(h *float32, u *float32, n int) { panic("no SIMD kernels on this architecture") }
+
+func expSumAVX512(x *float32, n int, m float32) float32 {
+	panic("no SIMD kernels on this architecture")
+}

@@ -5,3 +5,5 @@
 package main
 
 func setSIMD(on bool) {}
+
+func setAVX512(on bool) {}

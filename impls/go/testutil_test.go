@@ -73,3 +73,15 @@ func golden(t *testing.T, name string) string {
 type bytesWriter []byte
 
 func (b *bytesWriter) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
+
+// prepareRun gives a loaded model its run state, a batch of batch rows (clamped to seq_len)
+// and a pool of workers, as main does.
+func prepareRun(t *testing.T, tr *Transformer, workers, batch int, allLogits bool) {
+	t.Helper()
+	tr.state = buildRunState(&tr.config, workers)
+	var err error
+	if tr.batch, err = buildBatchState(&tr.config, clampBatch(int64(batch), tr.config.SeqLen), workers, allLogits); err != nil {
+		t.Fatal(err)
+	}
+	tr.pool = newPool(workers)
+}

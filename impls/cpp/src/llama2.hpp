@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -155,22 +156,30 @@ public:
 
     int size() const { return n_workers_; }
 
+    // fn(task), or fn(task, worker) with worker in [0, size()) the team member running it (for
+    // scratch memory of its own: no two tasks run at once on one worker)
     template <class F>
     void parallel_for(int n_tasks, F&& fn) {
+        using Fn = std::remove_reference_t<F>;
+        constexpr bool with_worker = std::is_invocable_v<Fn&, int, int>;
         if (n_workers_ == 1 || n_tasks <= 1) {
-            for (int t = 0; t < n_tasks; ++t) fn(t);
+            for (int t = 0; t < n_tasks; ++t) {
+                if constexpr (with_worker) fn(t, 0);
+                else fn(t);
+            }
             return;
         }
-        using Fn = std::remove_reference_t<F>;
-        dispatch(n_tasks, const_cast<void*>(static_cast<const void*>(&fn)),
-                 [](void* ctx, int task) { (*static_cast<Fn*>(ctx))(task); });
+        dispatch(n_tasks, const_cast<void*>(static_cast<const void*>(&fn)), [](void* ctx, int task, int worker) {
+            if constexpr (with_worker) (*static_cast<Fn*>(ctx))(task, worker);
+            else (*static_cast<Fn*>(ctx))(task);
+        });
     }
 
 private:
-    using Job = void (*)(void*, int);
+    using Job = void (*)(void*, int, int);
     void dispatch(int n_tasks, void* ctx, Job job);
-    void run_tasks();  // claim and run tasks of the current job until none is left
-    void worker_loop();
+    void run_tasks(int worker);  // claim and run tasks of the current job until none is left
+    void worker_loop(int worker);
 
     int n_workers_;
     void* ctx_ = nullptr;  // written only between jobs, read only while holding a task
@@ -187,9 +196,15 @@ private:
 #endif
 };
 
+// Rows of a tile of the batched kernels at most (run.cpp's MM_C): an attention task's rows.
+inline constexpr int BATCH_TILE_ROWS = 8;
+
 // Scratch buffers and the KV cache of one sequence.
 struct RunState {
-    explicit RunState(const Config& c);
+    // rows: the most positions one forward_batch takes (min(batch, seq_len), checked by the
+    // caller); logits_rows: rows of logits it keeps (rows in logits mode, else 0: the last row
+    // uses `logits`); workers: the pool's size (attention scratch per worker)
+    RunState(const Config& c, int rows, int logits_rows, int workers);
     std::vector<float> x;       // (dim) activation at the current position
     std::vector<float> xb;      // (dim) normed input / attention output
     std::vector<float> hb;      // (hidden_dim) feed-forward hidden state
@@ -201,16 +216,37 @@ struct RunState {
     std::vector<std::int8_t> xq;
     std::vector<float> xd;
     std::vector<float> rope_cos, rope_sin;  // (head_size / 2) rotation at the current position
+    // forward_batch's matrices, one row per position of the batch: (rows, width)
+    std::vector<float> bx, bxb, bq;         // (rows, dim) residual stream, normed input / attention output, q
+    std::vector<float> bhb;                 // (rows, hidden_dim)
+    std::vector<std::int8_t> bxq;           // (rows, max(dim, hidden_dim)) an input's Q8_0 quants, row by row
+    std::vector<float> bxd;                 // (rows, max(dim, hidden_dim) / 32) their scales
+    // AVX-512 VNNI builds with a Q8_0 matrix: the quants plus 128 as unsigned bytes (as bxq), and
+    // each worker's repacked weight rows (workers, pack_stride); otherwise empty
+    std::vector<std::uint8_t> bxu, bpack;
+    std::vector<float> brope_cos, brope_sin;  // (rows, head_size / 2)
+    std::vector<float> batt;                // (workers, BATCH_TILE_ROWS, seq_len) attention scores
+    std::vector<float> blogits;             // (logits_rows, vocab)
     // (layer, seq_len, kv_dim), calloc'ed so that untouched positions cost no memory
     std::unique_ptr<float[], void (*)(void*)> key_cache, value_cache;
 };
 
+// Which logits forward_batch computes: none, the last row's, or every row's.
+enum class Logits { none, last, all };
+
 class Transformer {
 public:
-    Transformer(const Model& model, ThreadPool& pool);
+    // batch: the most positions forward_batch takes at once (clamped to seq_len);
+    // all_logits: forward_batch may be asked for every row's logits (logits mode)
+    Transformer(const Model& model, ThreadPool& pool, int batch = 512, bool all_logits = false);
     // The logits after `token` at position `pos`: (vocab), valid until the next call.
     std::span<float> forward(int token, int pos);
+    // Positions p0 .. p0 + tokens.size() - 1 at once (1 <= tokens.size() <= batch()), each row
+    // as forward() computes it: the last row's logits (vocab), every row's (rows, vocab), or
+    // nothing, valid until the next call.
+    std::span<float> forward_batch(std::span<const int> tokens, int p0, Logits want);
     const Config& config() const { return config_; }
+    int batch() const { return batch_; }
 
 private:
     // forward()'s steps (run.cpp)
@@ -221,12 +257,30 @@ private:
     void attention_out(const LayerWeights& lw);
     void feed_forward(const LayerWeights& lw);
     void classify();
+    // forward_batch's steps, for rows [0, n) of the batch matrices at positions p0 + row
+    void batch_qkv(const LayerWeights& lw, float* key_cache, float* value_cache, int n, int p0);
+    void batch_attention(const float* key_cache, const float* value_cache, int n, int p0);
+    void batch_attention_out(const LayerWeights& lw, int n);
+    void batch_feed_forward(const LayerWeights& lw, int n);
 
     Config config_;
     const TransformerWeights& w_;
     ThreadPool& pool_;
+    int batch_;
     RunState s_;
+    std::size_t pack_stride_ = 0;  // bytes of s_.bpack per worker
+    std::uint8_t* pack(int worker) { return s_.bpack.empty() ? nullptr : s_.bpack.data() + worker * pack_stride_; }
 };
+
+// ----------------------------------------------------------------------------
+// The batched products (run.cpp; declared for the tests): out (T, n) = X (T, d) @ W (n, d)^T,
+// W row-major as stored, out row-major with row stride n; single-threaded (the forward pass
+// splits W's rows across the pool). The Q8_0 one takes X's rows quantized, each row d values
+// (d a multiple of 32) as q8::quantize writes them: quants (T, d), scales (T, d / 32).
+namespace batched {
+void matmul_f32(const float* w, int n, int d, const float* x, int T, float* out);
+void matmul_q8(const std::uint8_t* w, int n, int d, const std::int8_t* xq, const float* xd, int T, float* out);
+}  // namespace batched
 
 // ----------------------------------------------------------------------------
 // Q8_0 arithmetic, as llama.cpp's CPU backend does it (run.cpp; declared for the tests): the
@@ -322,10 +376,12 @@ struct Args {
     std::optional<std::string> output;
     std::optional<std::vector<std::int64_t>> ids;
     bool ignore_bos = false;
+    std::int64_t batch = 512;  // -b, before clamping to seq_len
 };
 
 Args parse_args(int argc, const char* const* argv);  // throws UsageError
 int clamp_steps(std::int64_t steps, int seq_len);     // -n 0, and past seq_len, mean seq_len
+int clamp_batch(std::int64_t batch, int seq_len);     // -b past seq_len means seq_len
 int run_main(int argc, const char* const* argv);      // the whole program; returns the exit code
 
 }  // namespace llama2

@@ -42,7 +42,7 @@ static inline void cpu_relax() {
 
 ThreadPool::ThreadPool(int n_workers) : n_workers_(std::max(1, n_workers)) {
     threads_.reserve(n_workers_ - 1);
-    for (int i = 1; i < n_workers_; ++i) threads_.emplace_back([this] { worker_loop(); });
+    for (int i = 1; i < n_workers_; ++i) threads_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -52,13 +52,13 @@ ThreadPool::~ThreadPool() {
     for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::run_tasks() {
+void ThreadPool::run_tasks(int worker) {
     for (;;) {
         // fetch_add may run past n_tasks (no claim) but never into the high word
         std::uint64_t t = ticket_.fetch_add(1, std::memory_order_acq_rel);
         auto n = static_cast<std::uint32_t>(t >> 32), task = static_cast<std::uint32_t>(t);
         if (task >= n) return;
-        job_(ctx_, static_cast<int>(task));
+        job_(ctx_, static_cast<int>(task), worker);
         done_.fetch_add(1, std::memory_order_release);
     }
 }
@@ -70,18 +70,18 @@ void ThreadPool::dispatch(int n_tasks, void* ctx, Job job) {
     ticket_.store(static_cast<std::uint64_t>(n_tasks) << 32, std::memory_order_release);
     generation_.fetch_add(1, std::memory_order_release);
     generation_.notify_all();
-    run_tasks();
+    run_tasks(0);
     for (int spins = 0; done_.load(std::memory_order_acquire) != static_cast<std::uint32_t>(n_tasks); ++spins) {
         if (spins < 4096) cpu_relax();
         else std::this_thread::yield();  // a worker holding a task was descheduled: let it run
     }
 }
 
-void ThreadPool::worker_loop() {
+void ThreadPool::worker_loop(int worker) {
     for (;;) {
         std::uint32_t seen = generation_.load(std::memory_order_acquire);
         if (stop_.load(std::memory_order_acquire)) return;
-        run_tasks();
+        run_tasks(worker);
         // the next job of a token is microseconds away: spin a little before sleeping
         auto start = std::chrono::steady_clock::now();
         for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
@@ -106,10 +106,18 @@ static std::unique_ptr<float[], void (*)(void*)> calloc_floats(std::int64_t n) {
     return {static_cast<float*>(p), free_floats};
 }
 
-RunState::RunState(const Config& c)
+// the batch matrices' sizes in 64 bits: rows <= seq_len and the widths are bounded by the
+// header checks, but their products are not small
+static std::size_t cells(std::int64_t rows, std::int64_t width) { return static_cast<std::size_t>(rows * width); }
+
+RunState::RunState(const Config& c, int rows, int logits_rows, int workers)
     : x(c.dim), xb(c.dim), hb(c.hidden_dim), q(c.dim), att(static_cast<std::size_t>(c.n_heads) * c.seq_len),
       logits(c.vocab_size), xq(std::max(c.dim, c.hidden_dim)), xd(std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1),
       rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2),
+      bx(cells(rows, c.dim)), bxb(cells(rows, c.dim)), bq(cells(rows, c.dim)), bhb(cells(rows, c.hidden_dim)),
+      bxq(cells(rows, std::max(c.dim, c.hidden_dim))), bxd(cells(rows, std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1)),
+      brope_cos(cells(rows, c.head_size() / 2)), brope_sin(cells(rows, c.head_size() / 2)),
+      batt(cells(std::int64_t{workers} * BATCH_TILE_ROWS, c.seq_len)), blogits(cells(logits_rows, c.vocab_size)),
       key_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())),
       value_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())) {}
 
@@ -152,7 +160,7 @@ static inline float hsum(__m256 v) {
 }
 #endif
 
-#ifdef __AVX512F__
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
 // the two 256-bit halves of z added: sixteen lanes folded into eight (through memory, once per
 // four rows: GCC 12's extract and shuffle intrinsics warn of an uninitialized operand)
 static inline __m256 fold512(__m512 z) {
@@ -450,6 +458,344 @@ static inline void matvec(const Matrix& w, const Input& in, int n, int begin, in
     }
 }
 
+// ----------------------------------------------------------------------------
+// Forward pass: batched kernels (the prompt's matrix-matrix products)
+//
+// out(t, i) = X[t] . W[i] for the T rows of X (T, d) and a range of rows of W (n, d), both
+// row-major with rows contiguous along d, as the file stores W (nothing is repacked). A register
+// tile of MM_R weight rows by MM_C activation rows keeps MM_R * MM_C vector accumulators along d:
+// each weight vector loaded is used MM_C times and each activation vector MM_R times, so the
+// loop is bound by the FMA ports rather than by loads; the tile's sums are folded horizontally
+// once, at its end. A task owns a block of weight rows (mm_task_rows) small enough to stay in L2
+// while every activation tile of the batch passes over it: the weights stream from memory once
+// per batch, the activations (a few hundred KB) are re-read from the cache.
+
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+constexpr int MM_R = 4, MM_C = 6;  // 24 zmm accumulators + 4 weight vectors + 1 input of 32 registers
+#elif POLYLLAMA_AVX2
+constexpr int MM_R = 4, MM_C = 3;  // 12 ymm accumulators + 3 inputs + 1 weight vector of 16 registers
+#else
+constexpr int MM_R = 4, MM_C = 4;  // NEON: 16 of 32 registers; portable: a dot per pair
+#endif
+static_assert(MM_C <= BATCH_TILE_ROWS, "the attention scratch holds a tile's rows");
+
+// The tile (R <= MM_R weight rows from w with row stride ldw, C <= MM_C activation rows from x
+// with row stride ldx, each row d long) into out[r][c]. Not inlined: inlined into the product's loops, GCC keeps the rows'
+// addresses on the stack and reloads them in the inner loop; on its own it keeps all in registers.
+template <int R, int C>
+[[gnu::noinline]] static void mm_tile(const float* w, std::size_t ldw, const float* x, std::size_t ldx, int d,
+                                      float (&out)[MM_R][MM_C]) {
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= d; j += 16) {
+        __m512 wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * ldw + j);
+        for (int c = 0; c < C; ++c) {
+            __m512 xv = _mm512_loadu_ps(x + c * ldx + j);
+            for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    if (j < d) {  // the last 1..15 values: masked loads read nothing past the row
+        const __mmask16 m = static_cast<__mmask16>((1u << (d - j)) - 1);
+        __m512 wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(m, w + r * ldw + j);
+        for (int c = 0; c < C; ++c) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + c * ldx + j);
+            for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) out[r][c] = hsum(fold512(acc[r][c]));
+#elif POLYLLAMA_AVX2
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= d; j += 8) {
+        __m256 xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * ldx + j);
+        for (int r = 0; r < R; ++r) {
+            __m256 wv = _mm256_loadu_ps(w + r * ldw + j);
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) {
+            float s = hsum(acc[r][c]);
+            for (int k = j; k < d; ++k) s += w[r * ldw + k] * x[c * ldx + k];
+            out[r][c] = s;
+        }
+#elif POLYLLAMA_NEON
+    float32x4_t acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = vdupq_n_f32(0.0f);
+    int j = 0;
+    for (; j + 4 <= d; j += 4) {
+        float32x4_t xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = vld1q_f32(x + c * ldx + j);
+        for (int r = 0; r < R; ++r) {
+            float32x4_t wv = vld1q_f32(w + r * ldw + j);
+            for (int c = 0; c < C; ++c) acc[r][c] = vfmaq_f32(acc[r][c], wv, xv[c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) {
+            float s = vaddvq_f32(acc[r][c]);
+            for (int k = j; k < d; ++k) s += w[r * ldw + k] * x[c * ldx + k];
+            out[r][c] = s;
+        }
+#else
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) out[r][c] = dot(w + r * ldw, x + c * ldx, d);
+#endif
+}
+
+// The Q8_0 tile: each pair is q8::dot_row, the one-position kernel, so a batched product sums
+// exactly as the one-position one does; the tile keeps the R weight rows in L1 while the C
+// activation rows pass over them.
+template <int R, int C>
+static inline void q8_tile(const std::uint8_t* w, std::size_t row_bytes, const std::int8_t* xq, const float* xd,
+                           int d, float (&out)[MM_R][MM_C]) {
+    const int nb = d / Q8_BLOCK;
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c)
+            out[r][c] = q8::dot_row(w + r * row_bytes, xq + static_cast<std::size_t>(c) * d,
+                                    xd + static_cast<std::size_t>(c) * nb, nb);
+}
+
+// mm_tile / q8_tile with R and C known at compile time: full tiles, and the tails of any size
+template <int R, int C0 = 1>
+static inline void tile_any(bool quantized, int c, const void* w, std::size_t row_bytes, const float* x,
+                            const std::int8_t* xq, const float* xd, int d, float (&out)[MM_R][MM_C]) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return tile_any<R, C0 + 1>(quantized, c, w, row_bytes, x, xq, xd, d, out);
+        if (quantized) q8_tile<R, C0>(static_cast<const std::uint8_t*>(w), row_bytes, xq, xd, d, out);
+        else mm_tile<R, C0>(static_cast<const float*>(w), static_cast<std::size_t>(d), x, static_cast<std::size_t>(d), d, out);
+    }
+}
+
+// mm_tile for any r <= MM_R and c <= MM_C known at run time only
+template <int R, int C0 = 1>
+static inline void f32_tile_c(int c, const float* w, std::size_t ldw, const float* x, std::size_t ldx, int d,
+                              float (&out)[MM_R][MM_C]) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return f32_tile_c<R, C0 + 1>(c, w, ldw, x, ldx, d, out);
+        mm_tile<R, C0>(w, ldw, x, ldx, d, out);
+    }
+}
+
+static inline void f32_tile(int r, int c, const float* w, std::size_t ldw, const float* x, std::size_t ldx, int d,
+                            float (&out)[MM_R][MM_C]) {
+    static_assert(MM_R == 4);
+    switch (r) {
+    case 4: f32_tile_c<4>(c, w, ldw, x, ldx, d, out); break;
+    case 3: f32_tile_c<3>(c, w, ldw, x, ldx, d, out); break;
+    case 2: f32_tile_c<2>(c, w, ldw, x, ldx, d, out); break;
+    default: f32_tile_c<1>(c, w, ldw, x, ldx, d, out); break;
+    }
+}
+
+// The activations of a batched product: rows of d floats, and their Q8_0 blocks when one of the
+// matrices that share them is Q8_0 (xu: the quants plus 128, as unsigned bytes, for the VNNI
+// kernel below).
+struct BatchInput {
+    const float* x;
+    const std::int8_t* xq = nullptr;
+    const float* xd = nullptr;
+    const std::uint8_t* xu = nullptr;
+};
+
+#if POLYLLAMA_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define POLYLLAMA_Q8_VNNI512 1
+// The Q8_0 product with AVX-512 VNNI. A block's isum is a sum of 32 products; vpdpbusd adds four
+// u8 x s8 products into each int32 lane, so with 16 weight rows side by side in a register (4
+// bytes of each row per lane) eight vpdpbusd leave the 16 rows' isums of one block in the 16
+// lanes, with no horizontal sum. The task's weight rows are repacked that way (q8_pack) into the
+// worker's scratch, once per batch, then every activation tile of the batch passes over them.
+// vpdpbusd multiplies unsigned by signed bytes: the activations go in as q + 128 (0..255) and
+// 128 * sum(w) per row and block, computed at packing, is taken off, so isum is exact.
+// Per block: float(isum) * (fp32(dw) * dx), rounded, then added, as in q8::dot_row.
+constexpr int Q8_LANES = 16;
+// the packed bytes of one group of 16 rows per block: quants, then scales, then corrections
+constexpr std::size_t Q8_PACK_BLOCK = Q8_LANES * Q8_BLOCK + Q8_LANES * sizeof(float) + Q8_LANES * sizeof(std::int32_t);
+
+static inline std::size_t q8_pack_bytes(int rows, int d) {
+    return static_cast<std::size_t>((rows + Q8_LANES - 1) / Q8_LANES) * (d / Q8_BLOCK) * Q8_PACK_BLOCK;
+}
+
+// rows [begin, end) of the Q8_0 matrix w (row_bytes each) into pack: group by group of 16 rows
+// (the last one padded with zero rows), block by block: 512 bytes of quants (group of 4 bytes
+// k, row j at (k * 16 + j) * 4), 16 float scales, 16 int32 corrections
+static void q8_pack(const std::uint8_t* w, std::size_t row_bytes, int begin, int end, int d, std::uint8_t* pack) {
+    const int nb = d / Q8_BLOCK;
+    for (int g0 = begin; g0 < end; g0 += Q8_LANES) {
+        for (int b = 0; b < nb; ++b, pack += Q8_PACK_BLOCK) {
+            auto* dw = reinterpret_cast<float*>(pack + Q8_LANES * Q8_BLOCK);
+            auto* corr = reinterpret_cast<std::int32_t*>(dw + Q8_LANES);
+            for (int j = 0; j < Q8_LANES; ++j) {
+                const int r = g0 + j;
+                if (r >= end) {
+                    for (int k = 0; k < Q8_BLOCK / 4; ++k) std::memset(pack + (k * Q8_LANES + j) * 4, 0, 4);
+                    dw[j] = 0.0f, corr[j] = 0;
+                    continue;
+                }
+                const std::uint8_t* block = w + static_cast<std::size_t>(r) * row_bytes + static_cast<std::size_t>(b) * Q8_BLOCK_BYTES;
+                const auto* q = reinterpret_cast<const std::int8_t*>(block + 2);
+                for (int k = 0; k < Q8_BLOCK / 4; ++k) std::memcpy(pack + (k * Q8_LANES + j) * 4, q + k * 4, 4);
+                std::int32_t sum = 0;
+                for (int i = 0; i < Q8_BLOCK; ++i) sum += q[i];
+                dw[j] = q8::scale_of(block), corr[j] = 128 * sum;
+            }
+        }
+    }
+}
+
+// J groups of 16 packed rows (stride group_bytes apart) against C activation rows (xu: d bytes
+// each, xd: d / 32 scales each): out[c * 32 + j * 16 + lane]
+template <int J, int C>
+[[gnu::noinline]] static void q8_vnni_tile(const std::uint8_t* pack, std::size_t group_bytes, const std::uint8_t* xu,
+                                           const float* xd, int d, float* out) {
+    const int nb = d / Q8_BLOCK;
+    __m512 acc[J][C];
+    for (int j = 0; j < J; ++j)
+        for (int c = 0; c < C; ++c) acc[j][c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const std::uint8_t* pb = pack + static_cast<std::size_t>(b) * Q8_PACK_BLOCK;
+        __m512i isum[J][C];
+        for (int j = 0; j < J; ++j)
+            for (int c = 0; c < C; ++c) isum[j][c] = _mm512_setzero_si512();
+        for (int k = 0; k < Q8_BLOCK / 4; ++k) {
+            __m512i wv[J];
+            for (int j = 0; j < J; ++j) wv[j] = _mm512_loadu_si512(pb + j * group_bytes + k * Q8_LANES * 4);
+            for (int c = 0; c < C; ++c) {
+                std::int32_t four;
+                std::memcpy(&four, xu + static_cast<std::size_t>(c) * d + b * Q8_BLOCK + k * 4, 4);
+                const __m512i xv = _mm512_set1_epi32(four);
+                for (int j = 0; j < J; ++j) isum[j][c] = _mm512_dpbusd_epi32(isum[j][c], xv, wv[j]);
+            }
+        }
+        for (int j = 0; j < J; ++j) {
+            const auto* dwp = reinterpret_cast<const float*>(pb + j * group_bytes + Q8_LANES * Q8_BLOCK);
+            const __m512 dw = _mm512_loadu_ps(dwp);
+            const __m512i corr = _mm512_loadu_si512(dwp + Q8_LANES);
+            for (int c = 0; c < C; ++c) {
+                // exact: |isum| < 2^24; the zero-masked form because GCC 12 warns that the plain
+                // one's undefined pass-through operand is uninitialized
+                const __m512 f = _mm512_maskz_cvtepi32_ps(static_cast<__mmask16>(0xffff), _mm512_sub_epi32(isum[j][c], corr));
+                const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[static_cast<std::size_t>(c) * nb + b]));
+                acc[j][c] = _mm512_add_ps(acc[j][c], _mm512_mul_ps(f, scale));
+            }
+        }
+    }
+    for (int j = 0; j < J; ++j)
+        for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + c * 2 * Q8_LANES + j * Q8_LANES, acc[j][c]);
+}
+
+template <int J, int C0 = 1>
+static inline void q8_vnni_any(int c, const std::uint8_t* pack, std::size_t group_bytes, const std::uint8_t* xu,
+                               const float* xd, int d, float* out) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return q8_vnni_any<J, C0 + 1>(c, pack, group_bytes, xu, xd, d, out);
+        q8_vnni_tile<J, C0>(pack, group_bytes, xu, xd, d, out);
+    }
+}
+
+// rows [begin, end) of the Q8_0 matrix against the T rows of the input, through pack
+template <class Store>
+static inline void q8_matmul_vnni(const Matrix& w, const BatchInput& in, int T, int d, int begin, int end,
+                                  std::uint8_t* pack, Store store) {
+    const std::size_t row_bytes = static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES;
+    const std::size_t group_bytes = static_cast<std::size_t>(d / Q8_BLOCK) * Q8_PACK_BLOCK;
+    q8_pack(w.q8.data(), row_bytes, begin, end, d, pack);
+    alignas(64) float out[MM_C * 2 * Q8_LANES];
+    for (int t0 = 0; t0 < T; t0 += MM_C) {
+        const int c = std::min(MM_C, T - t0);
+        const std::uint8_t* xu = in.xu + static_cast<std::size_t>(t0) * d;
+        const float* xd = in.xd + static_cast<std::size_t>(t0) * (d / Q8_BLOCK);
+        for (int i = begin, g = 0; i < end; i += 2 * Q8_LANES, g += 2) {
+            const int r = std::min(2 * Q8_LANES, end - i);
+            const std::uint8_t* pg = pack + static_cast<std::size_t>(g) * group_bytes;
+            if (r > Q8_LANES) q8_vnni_any<2>(c, pg, group_bytes, xu, xd, d, out);
+            else q8_vnni_any<1>(c, pg, group_bytes, xu, xd, d, out);
+            for (int cc = 0; cc < c; ++cc)
+                for (int rr = 0; rr < r; ++rr) store(t0 + cc, i + rr, out[cc * 2 * Q8_LANES + rr]);
+        }
+    }
+}
+#endif
+
+// For rows [begin, end) of W (n, d), by W's type, and the T rows of the input:
+// store(t, i, X[t] . W[i]). pack: the running worker's scratch for the VNNI kernel (q8_pack_bytes
+// of the rows), or null where the build or the input has no VNNI path.
+template <class Store>
+static inline void matmul(const Matrix& w, const BatchInput& in, int T, int d, int begin, int end, Store store,
+                          std::uint8_t* pack = nullptr) {
+    const bool quantized = w.quantized();
+#if POLYLLAMA_Q8_VNNI512
+    if (quantized && pack && in.xu) return q8_matmul_vnni(w, in, T, d, begin, end, pack, store);
+#else
+    (void)pack;
+#endif
+    const std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
+                                            : static_cast<std::size_t>(d) * sizeof(float);
+    const auto* base = static_cast<const std::uint8_t*>(w.data());
+    float out[MM_R][MM_C];
+    auto tile = [&](int i, int t0) {
+        const int c = std::min(MM_C, T - t0);
+        const float* x = in.x + static_cast<std::size_t>(t0) * d;
+        const std::int8_t* xq = quantized ? in.xq + static_cast<std::size_t>(t0) * d : nullptr;
+        const float* xd = quantized ? in.xd + static_cast<std::size_t>(t0) * (d / Q8_BLOCK) : nullptr;
+        const int r = std::min(MM_R, end - i);
+        const void* wr = base + static_cast<std::size_t>(i) * row_bytes;
+        switch (r) {
+        case 4: tile_any<4>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        case 3: tile_any<3>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        case 2: tile_any<2>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        default: tile_any<1>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        }
+        for (int rr = 0; rr < r; ++rr)
+            for (int cc = 0; cc < c; ++cc) store(t0 + cc, i + rr, out[rr][cc]);
+    };
+    // the activation tile in L1 while the task's weight rows pass over it from L2 (the other
+    // order, each weight group in L1 while the activations stream from L2, was slower)
+    for (int t0 = 0; t0 < T; t0 += MM_C)
+        for (int i = begin; i < end; i += MM_R) tile(i, t0);
+}
+
+// Rows of W per task of a batched product: about 256 KB of weights (a block that stays in L2
+// while the batch passes over it; 64 and 128 KB were slower), a multiple of the tile's rows,
+// 16 to 256 rows.
+static inline int mm_task_rows(bool quantized, int d) {
+    std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
+                                      : static_cast<std::size_t>(d) * sizeof(float);
+    std::size_t rows = std::clamp<std::size_t>((256u << 10) / row_bytes, 16, 256);
+    return static_cast<int>(rows / MM_R * MM_R);
+}
+
+namespace batched {
+
+void matmul_f32(const float* w, int n, int d, const float* x, int T, float* out) {
+    Matrix m(std::span<const float>(w, static_cast<std::size_t>(n) * d));
+    matmul(m, {x}, T, d, 0, n, [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; });
+}
+
+void matmul_q8(const std::uint8_t* w, int n, int d, const std::int8_t* xq, const float* xd, int T, float* out) {
+    Matrix m = Matrix::q8_0({w, static_cast<std::size_t>(n) * (d / Q8_BLOCK) * Q8_BLOCK_BYTES});
+    auto put = [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; };
+#if POLYLLAMA_Q8_VNNI512  // the kernel the forward pass runs on this build: the VNNI one
+    std::vector<std::uint8_t> xu(static_cast<std::size_t>(T) * d), pack(q8_pack_bytes(n, d));
+    for (std::size_t i = 0; i < xu.size(); ++i) xu[i] = static_cast<std::uint8_t>(xq[i]) ^ 0x80u;
+    matmul(m, {nullptr, xq, xd, xu.data()}, T, d, 0, n, put, pack.data());
+#else
+    matmul(m, {nullptr, xq, xd}, T, d, 0, n, put);
+#endif
+}
+
+}  // namespace batched
+
 static void rmsnorm(float* out, const float* x, std::span<const float> weight) {
     int n = static_cast<int>(weight.size());
     float ss = dot(x, x, n) / static_cast<float>(n) + 1e-5f;
@@ -477,8 +823,24 @@ static void rope(float* v, int n, int head_size, const float* cos, const float* 
 // ----------------------------------------------------------------------------
 // Forward pass
 
-Transformer::Transformer(const Model& model, ThreadPool& pool)
-    : config_(model.config), w_(model.weights), pool_(pool), s_(model.config) {}
+Transformer::Transformer(const Model& model, ThreadPool& pool, int batch, bool all_logits)
+    : config_(model.config), w_(model.weights), pool_(pool), batch_(clamp_batch(batch, model.config.seq_len)),
+      s_(model.config, batch_, all_logits ? batch_ : 0, pool.size()) {
+#if POLYLLAMA_Q8_VNNI512
+    // the VNNI kernel's buffers, when some matrix is Q8_0: enough for any task of any product
+    bool any_q8 = w_.wcls.quantized();
+    for (const LayerWeights& l : w_.layers)
+        for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) any_q8 |= m->quantized();
+    if (any_q8) {
+        const Config& c = config_;
+        const int width = std::max(c.dim, c.hidden_dim);
+        s_.bxu.resize(cells(batch_, width));
+        for (int d : {c.dim, c.hidden_dim})
+            if (d % Q8_BLOCK == 0) pack_stride_ = std::max(pack_stride_, q8_pack_bytes(mm_task_rows(true, d), d));
+        s_.bpack.resize(cells(pool.size(), static_cast<std::int64_t>(pack_stride_)));
+    }
+#endif
+}
 
 // The steps of forward(), in its order. Each is called once per token (or layer) from forward()
 // alone, and is inline so that the compiler folds it back into forward().
@@ -623,6 +985,273 @@ std::span<float> Transformer::forward(int token, int pos) {
     }
     classify();
     return s_.logits;
+}
+
+// ----------------------------------------------------------------------------
+// Forward pass, batched: forward() for n positions at once (the prompt). Row t of the batch
+// matrices is position p0 + t; each weight matrix is one product over all rows, so it is read
+// once per batch rather than once per position.
+
+// the rows' inputs quantized into the batch buffers when any of `mats` needs them: row by row,
+// blocks of 32 along each row, as q8::quantize does for one position
+static BatchInput batch_input_for(RunState& s, const float* x, int n, int d, std::initializer_list<const Matrix*> mats) {
+    for (const Matrix* m : mats)
+        if (m->quantized()) {
+            for (int t = 0; t < n; ++t)
+                q8::quantize(x + static_cast<std::size_t>(t) * d, d, s.bxq.data() + static_cast<std::size_t>(t) * d,
+                             s.bxd.data() + static_cast<std::size_t>(t) * (d / Q8_BLOCK));
+            if (s.bxu.empty()) return {x, s.bxq.data(), s.bxd.data()};
+            const std::size_t cells = static_cast<std::size_t>(n) * d;  // q + 128: the sign bit flipped
+            for (std::size_t i = 0; i < cells; ++i) s.bxu[i] = static_cast<std::uint8_t>(s.bxq[i]) ^ 0x80u;
+            return {x, s.bxq.data(), s.bxd.data(), s.bxu.data()};
+        }
+    return {x};
+}
+
+// attention rmsnorm, then q, k, v for every row in one job (k and v land straight in the cache
+// at p0 + t), then every row rotated: all of the batch's keys are in the cache before any row
+// attends
+inline void Transformer::batch_qkv(const LayerWeights& lw, float* key_cache, float* value_cache, int n, int p0) {
+    RunState& s = s_;
+    const int dim = config_.dim, kv_dim = config_.kv_dim(), hs = config_.head_size();
+    for (int t = 0; t < n; ++t)
+        rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, s.bx.data() + static_cast<std::size_t>(t) * dim,
+                lw.rms_att);
+    const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wq, &lw.wk, &lw.wv});
+    const int q_rows = mm_task_rows(lw.wq.quantized(), dim), k_rows = mm_task_rows(lw.wk.quantized(), dim), v_rows = mm_task_rows(lw.wv.quantized(), dim);
+    const int q_tasks = (dim + q_rows - 1) / q_rows, k_tasks = (kv_dim + k_rows - 1) / k_rows,
+              v_tasks = (kv_dim + v_rows - 1) / v_rows;
+    float* q = s.bq.data();
+    float* k = key_cache + static_cast<std::size_t>(p0) * kv_dim;
+    float* v = value_cache + static_cast<std::size_t>(p0) * kv_dim;
+    pool_.parallel_for(q_tasks + k_tasks + v_tasks, [&](int task, int worker) {
+        auto put = [](float* out, int width) {
+            return [out, width](int t, int i, float val) { out[static_cast<std::size_t>(t) * width + i] = val; };
+        };
+        if (task < q_tasks) {
+            matmul(lw.wq, in, n, dim, task * q_rows, std::min(dim, (task + 1) * q_rows), put(q, dim), pack(worker));
+        } else if ((task -= q_tasks) < k_tasks) {
+            matmul(lw.wk, in, n, dim, task * k_rows, std::min(kv_dim, (task + 1) * k_rows), put(k, kv_dim), pack(worker));
+        } else {
+            task -= k_tasks;
+            matmul(lw.wv, in, n, dim, task * v_rows, std::min(kv_dim, (task + 1) * v_rows), put(v, kv_dim), pack(worker));
+        }
+    });
+    for (int t = 0; t < n; ++t) {
+        const float* cos = s.brope_cos.data() + static_cast<std::size_t>(t) * (hs / 2);
+        const float* sin = s.brope_sin.data() + static_cast<std::size_t>(t) * (hs / 2);
+        rope(q + static_cast<std::size_t>(t) * dim, dim, hs, cos, sin);
+        rope(k + static_cast<std::size_t>(t) * kv_dim, kv_dim, hs, cos, sin);
+    }
+}
+
+// out[c] = sum over i <= last of att[c][i] * v[i], for the C <= MM_C rows of att (row stride
+// lda) and v's rows (stride ldv, hs long): each value vector loaded once for all C rows, the
+// outputs held in registers along hs (up to 64 values of each row at once, so that a load of v
+// feeds C FMAs and the broadcast of a score feeds up to 4).
+template <int C>
+static void weighted_sum(const float* att, std::size_t lda, const float* v, std::size_t ldv, int last, int hs,
+                         float* out, std::size_t ldo) {
+    int k0 = 0;
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+    for (; k0 + 64 <= hs; k0 += 64) {
+        __m512 acc[C][4];
+        for (int cc = 0; cc < C; ++cc)
+            for (int q = 0; q < 4; ++q) acc[cc][q] = _mm512_setzero_ps();
+        for (int i = 0; i <= last; ++i) {
+            __m512 vi[4];
+            for (int q = 0; q < 4; ++q) vi[q] = _mm512_loadu_ps(v + i * ldv + k0 + 16 * q);
+            for (int cc = 0; cc < C; ++cc) {
+                const __m512 a = _mm512_set1_ps(att[cc * lda + i]);
+                for (int q = 0; q < 4; ++q) acc[cc][q] = _mm512_fmadd_ps(a, vi[q], acc[cc][q]);
+            }
+        }
+        for (int cc = 0; cc < C; ++cc)
+            for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + cc * ldo + k0 + 16 * q, acc[cc][q]);
+    }
+    for (; k0 + 16 <= hs; k0 += 16) {
+        __m512 acc[C];
+        for (int cc = 0; cc < C; ++cc) acc[cc] = _mm512_setzero_ps();
+        for (int i = 0; i <= last; ++i) {
+            __m512 vi = _mm512_loadu_ps(v + i * ldv + k0);
+            for (int cc = 0; cc < C; ++cc) acc[cc] = _mm512_fmadd_ps(_mm512_set1_ps(att[cc * lda + i]), vi, acc[cc]);
+        }
+        for (int cc = 0; cc < C; ++cc) _mm512_storeu_ps(out + cc * ldo + k0, acc[cc]);
+    }
+#elif POLYLLAMA_AVX2
+    for (; k0 + 8 <= hs; k0 += 8) {
+        __m256 acc[C];
+        for (int cc = 0; cc < C; ++cc) acc[cc] = _mm256_setzero_ps();
+        for (int i = 0; i <= last; ++i) {
+            __m256 vi = _mm256_loadu_ps(v + i * ldv + k0);
+            for (int cc = 0; cc < C; ++cc) acc[cc] = _mm256_fmadd_ps(_mm256_set1_ps(att[cc * lda + i]), vi, acc[cc]);
+        }
+        for (int cc = 0; cc < C; ++cc) _mm256_storeu_ps(out + cc * ldo + k0, acc[cc]);
+    }
+#endif
+    if (k0 < hs) {  // what the vectors left (all of it on other targets): row by row
+        for (int cc = 0; cc < C; ++cc) {
+            float* o = out + cc * ldo;
+            std::fill(o + k0, o + hs, 0.0f);
+            for (int i = 0; i <= last; ++i) {
+                const float a = att[cc * lda + i];
+                const float* vi = v + i * ldv;
+                for (int k = k0; k < hs; ++k) o[k] += a * vi[k];
+            }
+        }
+    }
+}
+
+template <int C0 = 1>
+static inline void weighted_sum_any(int c, const float* att, std::size_t lda, const float* v, std::size_t ldv, int last,
+                                    int hs, float* out, std::size_t ldo) {
+    if constexpr (C0 <= MM_C) {
+        if (c != C0) return weighted_sum_any<C0 + 1>(c, att, lda, v, ldv, last, hs, out, ldo);
+        weighted_sum<C0>(att, lda, v, ldv, last, hs, out, ldo);
+    }
+}
+
+// softmax() with the maximum taken in eight independent lanes (the same maximum: the order
+// does not matter to it) instead of one serial chain, which held up the attention's rows
+static void softmax_row(float* x, std::size_t n) {
+    float m[8];
+    std::fill_n(m, 8, x[0]);
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) m[k] = std::max(m[k], x[i + k]);
+    for (; i < n; ++i) m[0] = std::max(m[0], x[i]);
+    const float max = std::max(std::max(std::max(m[0], m[1]), std::max(m[2], m[3])),
+                               std::max(std::max(m[4], m[5]), std::max(m[6], m[7])));
+    for (std::size_t k = 0; k < n; ++k) x[k] = std::exp(x[k] - max);
+    const float sum = pairwise_sum(x, n);
+    for (std::size_t k = 0; k < n; ++k) x[k] /= sum;
+}
+
+// causal multi-head attention: row t attends to cache positions 0 .. p0 + t. A task is one head
+// and a tile of MM_C consecutive rows (MM_C (row, head) pairs): their scores against the keys
+// are one product (the keys as the weight rows, through the matmul tile), each row's softmax
+// runs over its own positions, and the scores past a row's position are zero in the weighted
+// sum of the values; the scores live in the running worker's scratch.
+inline void Transformer::batch_attention(const float* key_cache, const float* value_cache, int n, int p0) {
+    const Config& p = config_;
+    RunState& s = s_;
+    const int dim = p.dim, kv_dim = p.kv_dim(), hs = p.head_size(), kv_mul = p.n_heads / p.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+    const int row_tiles = (n + MM_C - 1) / MM_C;
+    const std::size_t lda = static_cast<std::size_t>(p.seq_len);
+    pool_.parallel_for(row_tiles * p.n_heads, [&](int task, int worker) {
+        const int h = task % p.n_heads, t0 = task / p.n_heads * MM_C, c = std::min(MM_C, n - t0);
+        const int last = p0 + t0 + c - 1;  // the tile's last row's position
+        const float* q = s.bq.data() + static_cast<std::size_t>(t0) * dim + h * hs;
+        const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;  // this head's KV head
+        float* att = s.batt.data() + static_cast<std::size_t>(worker) * BATCH_TILE_ROWS * lda;  // (MM_C, seq_len)
+        float out[MM_R][MM_C];
+        for (int i = 0; i <= last; i += MM_R) {
+            const int r = std::min(MM_R, last + 1 - i);
+            f32_tile(r, c, key_cache + static_cast<std::size_t>(i) * kv_dim + kv_off, kv_dim, q, dim, hs, out);
+            for (int rr = 0; rr < r; ++rr)
+                for (int cc = 0; cc < c; ++cc) att[cc * lda + i + rr] = out[rr][cc] * scale;
+        }
+        for (int cc = 0; cc < c; ++cc) {
+            const int pos = p0 + t0 + cc;
+            softmax_row(att + cc * lda, static_cast<std::size_t>(pos) + 1);
+            std::fill(att + cc * lda + pos + 1, att + cc * lda + last + 1, 0.0f);
+        }
+        weighted_sum_any(c, att, lda, value_cache + kv_off, kv_dim, last, hs,
+                     s.bxb.data() + static_cast<std::size_t>(t0) * dim + h * hs, dim);
+    });
+}
+
+// X += attention output @ wo^T: each element belongs to one task, so add in place
+inline void Transformer::batch_attention_out(const LayerWeights& lw, int n) {
+    RunState& s = s_;
+    const int dim = config_.dim;
+    float* x = s.bx.data();
+    const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wo});
+    const int rows = mm_task_rows(lw.wo.quantized(), dim);
+    pool_.parallel_for((dim + rows - 1) / rows, [&](int task, int worker) {
+        matmul(lw.wo, in, n, dim, task * rows, std::min(dim, (task + 1) * rows),
+               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; }, pack(worker));
+    });
+}
+
+// ffn rmsnorm, then X += SwiGLU(XB @ w1^T, XB @ w3^T) @ w2^T; a task owns the same rows of w1
+// and w3, so SwiGLU fuses in
+inline void Transformer::batch_feed_forward(const LayerWeights& lw, int n) {
+    RunState& s = s_;
+    const int dim = config_.dim, hidden = config_.hidden_dim;
+    float* x = s.bx.data();
+    float* hb = s.bhb.data();
+    for (int t = 0; t < n; ++t)
+        rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, lw.rms_ffn);
+    const BatchInput ffn_in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.w1, &lw.w3});
+    const int rows = std::min(mm_task_rows(lw.w1.quantized(), dim), mm_task_rows(lw.w3.quantized(), dim));
+    pool_.parallel_for((hidden + rows - 1) / rows, [&](int task, int worker) {
+        const int begin = task * rows, end = std::min(hidden, (task + 1) * rows);
+        matmul(lw.w1, ffn_in, n, dim, begin, end,
+               [hb, hidden](int t, int i, float val) { hb[static_cast<std::size_t>(t) * hidden + i] = val; }, pack(worker));
+        matmul(lw.w3, ffn_in, n, dim, begin, end, [hb, hidden](int t, int i, float up) {
+            float& h = hb[static_cast<std::size_t>(t) * hidden + i];
+            h = h / (1.0f + std::exp(-h)) * up;
+        }, pack(worker));
+    });
+    const BatchInput w2_in = batch_input_for(s, hb, n, hidden, {&lw.w2});
+    const int w2_rows = mm_task_rows(lw.w2.quantized(), hidden);
+    pool_.parallel_for((dim + w2_rows - 1) / w2_rows, [&](int task, int worker) {
+        matmul(lw.w2, w2_in, n, hidden, task * w2_rows, std::min(dim, (task + 1) * w2_rows),
+               [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; }, pack(worker));
+    });
+}
+
+std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0, Logits want) {
+    const Config& p = config_;
+    const int n = static_cast<int>(tokens.size()), dim = p.dim, kv_dim = p.kv_dim(), hs = p.head_size();
+    if (n < 1 || n > batch_ || p0 < 0 || p0 + n > p.seq_len || (want == Logits::all && s_.blogits.empty()))
+        throw RuntimeError("forward_batch: " + std::to_string(n) + " rows at position " + std::to_string(p0) +
+                           " do not fit the batch buffers");
+    if (n == 1) {  // one position: the matrix-vector path is the faster one
+        std::span<float> logits = forward(tokens[0], p0);
+        if (want != Logits::all) return logits;
+        std::copy(logits.begin(), logits.end(), s_.blogits.begin());
+        return {s_.blogits.data(), logits.size()};
+    }
+    for (int t = 0; t < n; ++t) {  // the embeddings, and each row's rotation (as rope_table)
+        embed(tokens[t]);
+        std::copy_n(s_.x.data(), dim, s_.bx.data() + static_cast<std::size_t>(t) * dim);
+        for (int k = 0; k < hs / 2; ++k) {
+            float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * k) / static_cast<float>(hs));
+            float angle = static_cast<float>(p0 + t) * freq;
+            s_.brope_cos[static_cast<std::size_t>(t) * (hs / 2) + k] = std::cos(angle);
+            s_.brope_sin[static_cast<std::size_t>(t) * (hs / 2) + k] = std::sin(angle);
+        }
+    }
+    for (int l = 0; l < p.n_layers; ++l) {
+        const LayerWeights& lw = w_.layers[l];
+        std::size_t layer_off = static_cast<std::size_t>(l) * p.seq_len * kv_dim;
+        float* key_cache = s_.key_cache.get() + layer_off;
+        float* value_cache = s_.value_cache.get() + layer_off;
+        batch_qkv(lw, key_cache, value_cache, n, p0);
+        batch_attention(key_cache, value_cache, n, p0);
+        batch_attention_out(lw, n);
+        batch_feed_forward(lw, n);
+    }
+    if (want == Logits::none) return {};
+    if (want == Logits::last) {  // the last row through forward()'s own classifier
+        std::copy_n(s_.bx.data() + static_cast<std::size_t>(n - 1) * dim, dim, s_.x.data());
+        classify();
+        return s_.logits;
+    }
+    float* x = s_.bx.data();
+    for (int t = 0; t < n; ++t) rmsnorm(x + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, w_.rms_final);
+    const BatchInput in = batch_input_for(s_, x, n, dim, {&w_.wcls});
+    const int vocab = p.vocab_size, rows = mm_task_rows(w_.wcls.quantized(), dim);
+    float* logits = s_.blogits.data();
+    pool_.parallel_for((vocab + rows - 1) / rows, [&](int task, int worker) {
+        matmul(w_.wcls, in, n, dim, task * rows, std::min(vocab, (task + 1) * rows),
+               [logits, vocab](int t, int i, float val) { logits[static_cast<std::size_t>(t) * vocab + i] = val; },
+               pack(worker));
+    });
+    return {logits, static_cast<std::size_t>(n) * vocab};
 }
 
 // ----------------------------------------------------------------------------
@@ -824,8 +1453,8 @@ static double seconds(Clock::time_point a, Clock::time_point b) {
 }
 
 struct RunStats {
-    std::int64_t prompt_tokens = 0, generated_tokens = 0, positions = 0;
-    double ttft_s = 0, decode_s = 0;
+    std::int64_t prompt_tokens = 0, generated_tokens = 0, positions = 0, prefilled = 0;
+    double ttft_s = 0, prefill_s = 0, decode_s = 0;
 };
 
 static void emit(std::string_view piece) {
@@ -838,17 +1467,32 @@ static RunStats generate(Transformer& transformer, const Tokenizer& tokenizer, S
                          std::string_view prompt, int steps, bool ignore_bos) {
     std::vector<int> prompt_tokens = tokenizer.encode(prompt, true, false);
     RunStats stats;
-    stats.prompt_tokens = static_cast<std::int64_t>(prompt_tokens.size());
-    int token = prompt_tokens[0];
+    const int n_prompt = static_cast<int>(prompt_tokens.size());
+    stats.prompt_tokens = n_prompt;
     auto start = Clock::now();
+    // prefill: the prompt's positions in batches; logits only after the last prompt token
+    const int n_prefill = std::min(n_prompt, steps), batch = transformer.batch();
+    std::span<float> logits;
+    for (int p0 = 0; p0 < n_prefill; p0 += batch) {
+        const int n = std::min(batch, n_prefill - p0);
+        const bool last = p0 + n == n_prefill && n_prefill == n_prompt;
+        logits = transformer.forward_batch(std::span<const int>(prompt_tokens).subspan(p0, n), p0,
+                                           last ? Logits::last : Logits::none);
+    }
+    stats.positions = stats.prefilled = n_prefill;
+    stats.prefill_s = seconds(start, Clock::now());
+    // decode, as run.c's loop: the prompt's positions were the prefill's
+    int token = prompt_tokens[0];
     std::optional<Clock::time_point> first;
     for (int pos = 0; pos < steps; ++pos) {
-        std::span<float> logits = transformer.forward(token, pos);
-        ++stats.positions;
         int next;
-        if (pos < static_cast<int>(prompt_tokens.size()) - 1) {
+        if (pos < n_prompt - 1) {
             next = prompt_tokens[pos + 1];  // still forcing the prompt
         } else {
+            if (pos >= n_prompt) {
+                logits = transformer.forward(token, pos);
+                ++stats.positions;
+            }
             next = sampler.sample(logits);
             ++stats.generated_tokens;
             if (!first) first = Clock::now();
@@ -868,14 +1512,16 @@ static RunStats write_logits(Transformer& transformer, const std::vector<int>& i
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> out(std::fopen(path.c_str(), "wb"), std::fclose);
     if (!out) throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
     RunStats stats;
-    stats.prompt_tokens = stats.positions = static_cast<std::int64_t>(ids.size());
+    const int n_ids = static_cast<int>(ids.size()), batch = transformer.batch();
+    stats.prompt_tokens = stats.positions = stats.prefilled = n_ids;
     auto start = Clock::now();
-    for (std::size_t pos = 0; pos < ids.size(); ++pos) {
-        std::span<float> logits = transformer.forward(ids[pos], static_cast<int>(pos));
+    for (int p0 = 0; p0 < n_ids; p0 += batch) {
+        const int n = std::min(batch, n_ids - p0);
+        std::span<float> logits = transformer.forward_batch(std::span<const int>(ids).subspan(p0, n), p0, Logits::all);
         if (std::fwrite(logits.data(), sizeof(float), logits.size(), out.get()) != logits.size())
             throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
     }
-    stats.ttft_s = seconds(start, Clock::now());
+    stats.ttft_s = stats.prefill_s = seconds(start, Clock::now());
     if (std::fflush(out.get()) != 0) throw RuntimeError(path + ": cannot write: " + std::strerror(errno));
     return stats;
 }
@@ -885,7 +1531,7 @@ static RunStats write_logits(Transformer& transformer, const std::vector<int>& i
 
 constexpr const char* USAGE =
     "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
-    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
 
 static std::string_view trim(std::string_view s) {
     auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
@@ -929,16 +1575,22 @@ static T integer_flag(std::string_view flag, std::string_view text, std::uint64_
     return static_cast<T>(v->magnitude);
 }
 
-// -n: any number of digits; past 64 bits it saturates, and seq_len caps it anyway (clamp_steps).
-static std::int64_t steps_flag(std::string_view text) {
+// -n and -b: any number of digits; past 64 bits they saturate, and seq_len caps them anyway
+// (clamp_steps, clamp_batch). -n takes 0 (seq_len), -b starts at 1.
+static std::int64_t count_flag(std::string_view flag, std::string_view text, std::uint64_t lo) {
     auto v = parse_integer(text);
-    if (!v) throw UsageError("-n expects an integer, got '" + std::string(text) + "'");
-    if (v->negative && v->magnitude != 0) throw UsageError("-n " + std::string(text) + " is out of range");
+    if (!v) throw UsageError(std::string(flag) + " expects an integer, got '" + std::string(text) + "'");
+    if ((v->negative && v->magnitude != 0) || (!v->overflow && v->magnitude < lo))
+        throw UsageError(std::string(flag) + " " + std::string(text) + " is out of range");
     return v->overflow || v->magnitude > INT64_MAX ? INT64_MAX : static_cast<std::int64_t>(v->magnitude);
 }
 
 int clamp_steps(std::int64_t steps, int seq_len) {
     return steps == 0 || steps > seq_len ? seq_len : static_cast<int>(steps);
+}
+
+int clamp_batch(std::int64_t batch, int seq_len) {
+    return batch > seq_len ? seq_len : static_cast<int>(std::max<std::int64_t>(batch, 1));
 }
 
 // Whether text is a plain decimal float: [+-]?([0-9]+.?[0-9]*|.[0-9]+)([eE][+-]?[0-9]+)?
@@ -983,7 +1635,8 @@ Args parse_args(int argc, const char* const* argv) {
         else if (flag == "-t") a.temperature = float_flag(flag, value, 0.0, INFINITY);
         else if (flag == "-p") a.topp = float_flag(flag, value, 0.0, 1.0);
         else if (flag == "-s") a.seed = integer_flag<std::uint64_t>(flag, value, 0, UINT64_MAX);
-        else if (flag == "-n") a.steps = steps_flag(value);
+        else if (flag == "-n") a.steps = count_flag(flag, value, 0);
+        else if (flag == "-b") a.batch = count_flag(flag, value, 1);
         else if (flag == "-i") a.prompt = std::string(value);
         else if (flag == "-j") a.threads = integer_flag<int>(flag, value, 1, 4096);
         else if (flag == "-m") {
@@ -1020,14 +1673,17 @@ static std::string json_number(double v, int decimals) {
     return buf;
 }
 
-static void print_stats(const RunStats& st, int threads, double load_s) {
+static void print_stats(const RunStats& st, int threads, int batch, double load_s) {
     double tok_s = st.generated_tokens > 1 && st.decode_s > 0 ? (st.generated_tokens - 1) / st.decode_s : 0.0;
+    double prefill_tok_s = st.prefill_s > 0 ? static_cast<double>(st.prefilled) / st.prefill_s : 0.0;
     std::fprintf(stderr,
                  "polyllama-stats: {\"port\":\"cpp\",\"prompt_tokens\":%lld,\"generated_tokens\":%lld,"
-                 "\"positions\":%lld,\"threads\":%d,\"load_s\":%s,\"ttft_s\":%s,\"decode_s\":%s,\"decode_tok_s\":%s}\n",
+                 "\"positions\":%lld,\"threads\":%d,\"batch\":%d,\"load_s\":%s,\"ttft_s\":%s,\"prefill_s\":%s,"
+                 "\"prefill_tok_s\":%s,\"decode_s\":%s,\"decode_tok_s\":%s}\n",
                  static_cast<long long>(st.prompt_tokens), static_cast<long long>(st.generated_tokens),
-                 static_cast<long long>(st.positions), threads, json_number(load_s, 6).c_str(),
-                 json_number(st.ttft_s, 6).c_str(), json_number(st.decode_s, 6).c_str(),
+                 static_cast<long long>(st.positions), threads, batch, json_number(load_s, 6).c_str(),
+                 json_number(st.ttft_s, 6).c_str(), json_number(st.prefill_s, 6).c_str(),
+                 json_number(prefill_tok_s, 4).c_str(), json_number(st.decode_s, 6).c_str(),
                  json_number(tok_s, 4).c_str());
 }
 
@@ -1040,9 +1696,14 @@ static int run(const Args& args) {
     else vocab = read_tokenizer(*args.tokenizer, model.config.vocab_size);
     Tokenizer tokenizer(std::move(vocab));
     ThreadPool pool(args.threads);
-    Transformer transformer(model, pool);
-    double load_s = seconds(t0, Clock::now());
     const Config& c = model.config;
+    // logits mode keeps every row's logits: no more rows than there are ids
+    const int batch = clamp_batch(args.batch, c.seq_len);
+    const int rows = args.logits_mode && args.ids && !args.ids->empty()
+                         ? static_cast<int>(std::min<std::int64_t>(batch, static_cast<std::int64_t>(args.ids->size())))
+                         : batch;
+    Transformer transformer(model, pool, rows, args.logits_mode);
+    double load_s = seconds(t0, Clock::now());
 
     RunStats stats;
     if (args.logits_mode) {
@@ -1059,7 +1720,7 @@ static int run(const Args& args) {
                          args.ignore_bos);
         emit("\n");
     }
-    print_stats(stats, pool.size(), load_s);
+    print_stats(stats, pool.size(), batch, load_s);
     return 0;
 }
 

@@ -16,7 +16,7 @@ import java.util.regex.Pattern;
 
 final class Args {
     static final String USAGE = "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] "
-            + "[-n steps] [-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+            + "[-n steps] [-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
     static final BigInteger MAX_SEED = BigInteger.ONE.shiftLeft(64).subtract(BigInteger.ONE);
     static final int MAX_THREADS = 4096;
 
@@ -32,6 +32,7 @@ final class Args {
     String output;
     long[] ids;
     boolean ignoreBos = false;
+    long batch = 512;       // saturated like steps: anything above seq_len is seq_len
 
     // ============================================================================================
     // Parsing
@@ -70,6 +71,10 @@ final class Args {
                 break;
             case "-o": output = value; break;
             case "-k": ids = parseIds(value); break;
+            case "-b":
+                batch = parseCount(flag, value);
+                if (batch < 1) throw new UsageError("-b " + value + " is out of range");
+                break;
             case "-e": ignoreBos = parseInt(flag, value, 0, BigInteger.ONE) == 1; break;
             default: throw new UsageError("unknown flag " + flag);
         }

@@ -77,14 +77,19 @@ final class Q8 {
      * 127 / amax overflows, and keeps the kernels' int16 pair sums (SimdKernels) in range.
      */
     static void quantize(float[] x, int n, short[] qx, float[] dx) {
+        quantize(x, 0, n, qx, dx);
+    }
+
+    /** The same for x[off .. off + n) (a row of a batch), into qx[0 .. n) and dx[0 .. n / 32). */
+    static void quantize(float[] x, int off, int n, short[] qx, float[] dx) {
         for (int b = 0; b < n / BLOCK; b++) {
             int o = b * BLOCK;
             float amax = 0;
-            for (int i = 0; i < BLOCK; i++) amax = Math.max(amax, Math.abs(x[o + i]));
+            for (int i = 0; i < BLOCK; i++) amax = Math.max(amax, Math.abs(x[off + o + i]));
             dx[b] = halfToFloat(floatToHalf(amax / 127f));
             float id = amax != 0 ? 127f / amax : 0f;
             for (int i = 0; i < BLOCK; i++) {
-                qx[o + i] = (short) Math.max(-127, Math.min(127, (int) Math.rint(x[o + i] * id)));
+                qx[o + i] = (short) Math.max(-127, Math.min(127, (int) Math.rint(x[off + o + i] * id)));
             }
         }
     }

@@ -42,7 +42,7 @@ public final class Run {
         Kernels kernels = Kernels.pick();
         boolean verbose = Boolean.getBoolean("polyllama.verbose");
         if (verbose) System.err.println("kernels: " + kernels.name());
-        Transformer t = new Transformer(model, pool, kernels);
+        Transformer t = new Transformer(model, pool, kernels, a.batch);
         if (!Boolean.getBoolean("polyllama.nowarmup")) {
             Kernels.warmUp(kernels, onHeap, model.weights.hasQ8());
             long w0 = System.nanoTime();

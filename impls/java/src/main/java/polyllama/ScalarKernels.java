@@ -55,6 +55,38 @@ final class ScalarKernels implements Kernels {
         }
     }
 
+    /** Row by row, token by token: each element is matvec's four-accumulator sum. */
+    @Override
+    public void matmul(float[] w, int wOff, int wStride, int nRows, float[] x, int xOff, int xStride, int T, int n,
+                       float[] out, int outOff, int outStride) {
+        for (int t = 0; t < T; t++) {
+            int xo = xOff + t * xStride;
+            for (int r = 0; r < nRows; r++) {
+                int base = wOff + r * wStride;
+                float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                int i = 0;
+                for (; i + 3 < n; i += 4) {
+                    s0 += w[base + i] * x[xo + i];
+                    s1 += w[base + i + 1] * x[xo + i + 1];
+                    s2 += w[base + i + 2] * x[xo + i + 2];
+                    s3 += w[base + i + 3] * x[xo + i + 3];
+                }
+                for (; i < n; i++) s0 += w[base + i] * x[xo + i];
+                out[outOff + t * outStride + r] = (s0 + s1) + (s2 + s3);
+            }
+        }
+    }
+
+    @Override
+    public float expSum(float[] a, int o, int n, float max) {
+        float sum = 0;
+        for (int i = 0; i < n; i++) {
+            a[o + i] = (float) Math.exp(a[o + i] - max);
+            sum += a[o + i];
+        }
+        return sum;
+    }
+
     @Override
     public float dot(float[] a, int ao, float[] b, int bo, int n) {
         float s = 0;

@@ -17,13 +17,20 @@ final class Transformer {
     final RunState s;
     final Pool pool;
     final Kernels k;
+    final Batch batch;   // the batched forward pass and its scratch, for min(batch, seq_len) positions
 
     Transformer(Model model, Pool pool, Kernels kernels) {
+        this(model, pool, kernels, 512);
+    }
+
+    /** batch: -b, at least 1; above seq_len it is seq_len. */
+    Transformer(Model model, Pool pool, Kernels kernels, long batch) {
         this.c = model.config;
         this.w = model.weights;
         this.s = new RunState(c, pool.workers);
         this.pool = pool;
         this.k = kernels;
+        this.batch = new Batch(this, (int) Math.min(batch, c.seqLen));
     }
 
     /** Work over [0, total) in chunks: body(worker, start, end) for each chunk a worker claims. */
@@ -95,6 +102,16 @@ final class Transformer {
         for (int i = 0; i < n; i++) out[i] = weight[i] * (ss * x[i]);
     }
 
+    /** rmsnorm of x into row `row` of out (rows of x.length): the same arithmetic as rmsnorm. */
+    static void rmsnorm(float[] out, int row, float[] x, float[] weight) {
+        int n = x.length, o = row * n;
+        float ss = 0;
+        for (int i = 0; i < n; i++) ss += x[i] * x[i];
+        ss = ss / n + 1e-5f;
+        ss = (float) (1.0 / Math.sqrt(ss));
+        for (int i = 0; i < n; i++) out[o + i] = weight[i] * (ss * x[i]);
+    }
+
     static void softmax(float[] x, int n) {
         float max = x[0];
         for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
@@ -122,15 +139,20 @@ final class Transformer {
      * tokens run in the interpreter and C1's code while C2's threads take cores from the pool:
      * at the 15M shape that was a third of the decode (README, "Performance levers"). Done once
      * the JVM's compilation time has stood still for 200 ms after at least 8 passes, or after 3 s.
-     * Positions 0-7 only: the generation rewrites a cache row before it reads it. Returns the
-     * number of passes it ran.
+     * Each pass also runs the batched pass (Batch) over up to 8 positions and its classifier,
+     * so that the prefill's code is compiled too. Positions 0-7 only: the generation rewrites a
+     * cache row before it reads it. Returns the number of passes it ran.
      */
     int warmUp() {
         CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
         boolean timed = jit != null && jit.isCompilationTimeMonitoringSupported();
         long start = System.nanoTime(), quietSince = start, compiled = -1;
+        int[] ones = new int[Math.min(8, batch.rows)];
+        Arrays.fill(ones, 1 % c.vocabSize);
         for (int pass = 1; ; pass++) {
             forward(1 % c.vocabSize, pass % Math.min(8, c.seqLen));
+            batch.forward(ones, 0, ones.length, 0);  // the prefill's code too, at positions 0 .. 7
+            batch.logits(ones.length - 1, ones.length);
             long now = System.nanoTime();
             if (now - start > 3_000_000_000L || (!timed && pass >= 64)) return pass;
             long t = timed ? jit.getTotalCompilationTime() : 0;

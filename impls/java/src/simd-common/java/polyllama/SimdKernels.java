@@ -104,6 +104,17 @@ final class SimdKernels implements Kernels {
     }
 
     /**
+     * The Q8_0 product's default order (matvecQ8Lanes): per block, each lane's partial sum of
+     * the block (exact integers) converted to float32 and scaled there, the lanes added once at
+     * the end of the row, as llama.cpp's x86 vec_dot_q8_0_q8_0 does. The other order
+     * (-Dpolyllama.q8exact=true, a lever) reduces every block to its exact isum before
+     * scaling, ScalarKernels' bits, at the price of a horizontal sum per block and row, which
+     * was most of the product's time (README, "Q8_0 token generation").
+     */
+    static final boolean LANES = !Boolean.getBoolean("polyllama.q8exact");
+    static final VectorSpecies<Float> QF = FloatVector.SPECIES_PREFERRED.withShape(QSHAPE);
+
+    /**
      * Two rows per pass, as matvec, each x block loaded once for both. Per block: the quants'
      * products in int16 lanes (|q_w * q_x| <= 128 * 127, two of them still fit), adjacent lanes
      * summed into int32 (pairs), the lanes reduced to the block's exact isum, then scaled in
@@ -111,6 +122,10 @@ final class SimdKernels implements Kernels {
      */
     @Override
     public void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff) {
+        if (LANES) {
+            matvecQ8Lanes(bb, byteOff, nRows, qx, dx, n, out, outOff);
+            return;
+        }
         Mapped w = new Mapped(bb);
         int blocks = n / Q8.BLOCK, rowBytes = blocks * Q8.BLOCK_BYTES;
         int r = 0;
@@ -152,6 +167,54 @@ final class SimdKernels implements Kernels {
         }
     }
 
+    /** The same products, each block's int32 lanes scaled as floats (LANES); two rows per pass. */
+    private static void matvecQ8Lanes(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff) {
+        Mapped w = new Mapped(bb);
+        int blocks = n / Q8.BLOCK, rowBytes = blocks * Q8.BLOCK_BYTES;
+        int r = 0;
+        for (; r + 1 < nRows; r += 2) {
+            int a = byteOff + r * rowBytes, b = a + rowBytes;
+            FloatVector fa = FloatVector.zero(QF), fb = fa;
+            for (int k = 0; k < blocks; k++, a += Q8.BLOCK_BYTES, b += Q8.BLOCK_BYTES) {
+                IntVector ia = IntVector.zero(QI), ib = ia;
+                for (int j = 0; j < Q8.BLOCK; j += 2 * QL) {  // two product vectors a pass; one when QL = 32
+                    int xo = k * Q8.BLOCK + j;
+                    ShortVector x0 = ShortVector.fromArray(QS, qx, xo);
+                    ShortVector pa = quants(w, a + 2 + j).mul(x0), pb = quants(w, b + 2 + j).mul(x0);
+                    if (QL < Q8.BLOCK) {
+                        ShortVector x1 = ShortVector.fromArray(QS, qx, xo + QL);
+                        pa = pa.add(quants(w, a + 2 + j + QL).mul(x1));
+                        pb = pb.add(quants(w, b + 2 + j + QL).mul(x1));
+                    }
+                    ia = ia.add(pairSums(pa));
+                    ib = ib.add(pairSums(pb));
+                }
+                float d = dx[k];
+                fa = scaled(ia, Q8.scale(bb, a) * d, fa);
+                fb = scaled(ib, Q8.scale(bb, b) * d, fb);
+            }
+            out[outOff + r] = fa.reduceLanes(VectorOperators.ADD);
+            out[outOff + r + 1] = fb.reduceLanes(VectorOperators.ADD);
+        }
+        for (; r < nRows; r++) {
+            int a = byteOff + r * rowBytes;
+            FloatVector fa = FloatVector.zero(QF);
+            for (int k = 0; k < blocks; k++, a += Q8.BLOCK_BYTES) {
+                IntVector ia = IntVector.zero(QI);
+                for (int j = 0; j < Q8.BLOCK; j += QL) {
+                    ia = ia.add(pairSums(quants(w, a + 2 + j).mul(ShortVector.fromArray(QS, qx, k * Q8.BLOCK + j))));
+                }
+                fa = scaled(ia, Q8.scale(bb, a) * dx[k], fa);
+            }
+            out[outOff + r] = fa.reduceLanes(VectorOperators.ADD);
+        }
+    }
+
+    /** acc + float(partial sums) * scale, lane by lane (the partials are exact in float32: below 2^24). */
+    private static FloatVector scaled(IntVector partials, float scale, FloatVector acc) {
+        return ((FloatVector) partials.convert(VectorOperators.I2F, 0)).fma(FloatVector.broadcast(QF, scale), acc);
+    }
+
     /** QL int8 quants from at, sign-extended to int16 lanes. */
     private static ShortVector quants(Mapped w, int at) {
         return (ShortVector) w.bytes(at).convertShape(VectorOperators.B2S, QS, 0);
@@ -166,6 +229,31 @@ final class SimdKernels implements Kernels {
     private static IntVector pairSums(ShortVector p) {
         IntVector v = p.reinterpretAsInts();
         return v.lanewise(VectorOperators.LSHL, 16).lanewise(VectorOperators.ASHR, 16).add(v.lanewise(VectorOperators.ASHR, 16));
+    }
+
+    /** The register-tiled product: TileMatmul. */
+    @Override
+    public void matmul(float[] w, int wOff, int wStride, int nRows, float[] x, int xOff, int xStride, int T, int n,
+                       float[] out, int outOff, int outStride) {
+        TileMatmul.matmul(w, wOff, wStride, nRows, x, xOff, xStride, T, n, out, outOff, outStride);
+    }
+
+    /** The Vector API's EXP (on x86 an SVML-style routine within an ulp or so of Math.exp). */
+    @Override
+    public float expSum(float[] a, int o, int n, float max) {
+        FloatVector m = FloatVector.broadcast(S, max), acc = FloatVector.zero(S);
+        int i = 0;
+        for (; i + L <= n; i += L) {
+            FloatVector e = FloatVector.fromArray(S, a, o + i).sub(m).lanewise(VectorOperators.EXP);
+            e.intoArray(a, o + i);
+            acc = acc.add(e);
+        }
+        float sum = acc.reduceLanes(VectorOperators.ADD);
+        for (; i < n; i++) {
+            a[o + i] = (float) Math.exp(a[o + i] - max);
+            sum += a[o + i];
+        }
+        return sum;
     }
 
     @Override

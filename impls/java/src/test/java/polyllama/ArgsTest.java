@@ -60,6 +60,17 @@ class ArgsTest {
         assertUsageError("m.bin", "-s", "-1");
     }
 
+    /** -b: an integer >= 1 of any number of digits (saturated; seq_len clamps it), 512 by default. */
+    @Test
+    void batchFlag() {
+        assertEquals(512, parse("m.bin").batch);
+        assertEquals(1, parse("m.bin", "-b", "1").batch);
+        assertEquals(7, parse("m.bin", "-b", "+7").batch);
+        assertEquals(Long.MAX_VALUE, parse("m.bin", "-b", "99999999999999999999999999").batch);
+        for (String b : new String[] {"0", "-1", "x", "1.5", "", " 4", "0x10", "-99999999999999999999"}) assertUsageError("m.bin", "-b", b);
+        assertUsageError("m.bin", "-b");
+    }
+
     @Test
     void logitIdsAreCheckedAgainstTheModel() {
         Config c = Config.validated("m", 8, 16, 1, 2, 2, 260, 4, true);
