@@ -190,6 +190,65 @@ test "stories260K: the converter's Q8_0 blocks, and greedy text as the golden te
     try expectGolden(gpa, &tok, c, w, m.file, "", 128, "stories260K.q8_0.greedy.txt");
 }
 
+test "stories260K: batched logits equal one-position logits at -b 1, 7 and 40, -j 1 and 2" {
+    const model_path = try testutil.findModelFile("stories260K.bin");
+    defer testing.allocator.free(model_path);
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const gpa = arena.allocator();
+    var diag: model.Diag = .{};
+    const m = try checkpoint.read(gpa, testing.io, &diag, model_path, false);
+    defer std.posix.munmap(@alignCast(@constCast(m.file)));
+    const c = m.config;
+    var ids: [40]u32 = undefined;
+    for (&ids, 0..) |*id, i| id.* = if (i == 0) 1 else @intCast((7 * i + 300) % c.vocab_size);
+    // the contract's float32 tolerance; Q8_0 its loose one, since the two paths' activations may
+    // round differently near a tie
+    try expectBatchedLogits(gpa, c, m.weights, m.file, &ids, 1e-4);
+    var w = m.weights;
+    w.token_embedding = try quantizeWeightsForTest(gpa, w.token_embedding, c.dim);
+    w.wcls = w.token_embedding;
+    w.layers = try gpa.dupe(model.LayerWeights, w.layers);
+    for (w.layers) |*lw| {
+        inline for (.{ "wq", "wk", "wv", "wo", "w1", "w3" }) |name| @field(lw, name) = try quantizeWeightsForTest(gpa, @field(lw, name), c.dim);
+    }
+    try expectBatchedLogits(gpa, c, w, m.file, &ids, 5e-2);
+}
+
+fn expectBatchedLogits(gpa: Allocator, c: model.Config, w: model.TransformerWeights, file: []const u8, ids: []const u32, tol: f32) !void {
+    const V = c.vocab_size;
+    const want = try gpa.alloc(f32, ids.len * V);
+    {
+        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, 1), .file = file, .vocab = null };
+        const pool = pool_mod.buildPool(gpa, testing.io, 1);
+        defer pool_mod.freePool(gpa, pool);
+        for (ids, 0..) |id, pos| @memcpy(want[pos * V ..][0..V], forward(&t, pool, id, pos));
+    }
+    for ([_]usize{ 1, 2 }) |n_workers| {
+        for ([_]usize{ 1, 7, ids.len }) |batch| {
+            const n_chunks = n_workers * pool_mod.CHUNKS_PER_WORKER;
+            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks), .file = file, .vocab = null };
+            var bs = prefill.buildBatchState(gpa, c, batch, batch, n_chunks);
+            const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
+            defer pool_mod.freePool(gpa, pool);
+            var p0: usize = 0;
+            while (p0 < ids.len) {
+                const n = @min(batch, ids.len - p0);
+                const got = forwardBatch(&t, &bs, pool, ids[p0..][0..n], p0, .all);
+                for (0..n) |r| {
+                    const g = got[r * V ..][0..V];
+                    const e = want[(p0 + r) * V ..][0..V];
+                    var scale: f32 = 0;
+                    for (e) |v| scale = @max(scale, @abs(v));
+                    for (g, e) |a, b| try testing.expect(@abs(a - b) <= tol * (1 + scale));
+                    if (tol < 1e-3) try testing.expectEqual(std.mem.indexOfMax(f32, e), std.mem.indexOfMax(f32, g));
+                }
+                p0 += n;
+            }
+        }
+    }
+}
+
 /// Greedy generation at one and two workers prints the golden text.
 fn expectGolden(gpa: std.mem.Allocator, tok: *const tokenizer_mod.Tokenizer, c: model.Config, w: model.TransformerWeights, file: []const u8, text: []const u8, steps: usize, name: []const u8) !void {
     const want = try testutil.golden(gpa, name);
