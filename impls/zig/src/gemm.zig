@@ -57,7 +57,12 @@ pub fn panels(rows: usize) usize {
 /// Packs rows x[t * d ..][0..d] (t < rows) into panels: pack[(g * d + k) * VL + lane] =
 /// x[(g * VL + lane) * d + k], zero for the rows past `rows` of the last panel.
 pub fn packF32(pack: []f32, x: []const f32, rows: usize, d: usize) void {
-    for (0..panels(rows)) |g| {
+    packPanelsF32(pack, x, rows, d, 0, panels(rows));
+}
+
+/// packF32 for panels [g0, g1) only, so that threads can share the packing.
+pub fn packPanelsF32(pack: []f32, x: []const f32, rows: usize, d: usize, g0: usize, g1: usize) void {
+    for (g0..g1) |g| {
         const p = pack[g * d * VL ..][0 .. d * VL];
         const live = @min(VL, rows - g * VL);
         if (live < VL) @memset(p, 0);

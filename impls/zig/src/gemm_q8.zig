@@ -75,16 +75,36 @@ pub const Packed = struct {
 
 /// Quantizes rows x[t * d ..][0..d] (t < rows), each block as quantizeActivation does.
 pub fn quantizeRows(qx: []i8, dx: []f32, x: []const f32, rows: usize, d: usize) Packed {
+    quantizeGroups(qx, dx, x, rows, d, 0, groups(rows));
+    return packedOf(qx, dx, rows, d);
+}
+
+fn panelLayout(rows: usize) bool {
+    return has_vnni and rows > 1;
+}
+
+/// Units quantizeGroups splits the work into: panels, or rows where there are none.
+pub fn groups(rows: usize) usize {
+    return if (panelLayout(rows)) (rows + L - 1) / L else rows;
+}
+
+/// What quantizeGroups over all groups leaves in qx and dx.
+pub fn packedOf(qx: []const i8, dx: []const f32, rows: usize, d: usize) Packed {
+    const n = if (panelLayout(rows)) groups(rows) * L else rows;
+    return .{ .qx = qx[0 .. n * d], .dx = dx[0 .. n * (d / QB)], .rows = rows, .d = d };
+}
+
+/// quantizeRows for groups [g0, g1) only, so that threads can share the quantization.
+pub fn quantizeGroups(qx: []i8, dx: []f32, x: []const f32, rows: usize, d: usize, g0: usize, g1: usize) void {
     const nb = d / QB;
-    if (!has_vnni or rows == 1) {
-        for (0..rows) |t| q8.quantizeActivation(qx[t * d ..][0..d], dx[t * nb ..][0..nb], x[t * d ..][0..d]);
-        return .{ .qx = qx[0 .. rows * d], .dx = dx[0 .. rows * nb], .rows = rows, .d = d };
+    if (!panelLayout(rows)) {
+        for (g0..g1) |t| q8.quantizeActivation(qx[t * d ..][0..d], dx[t * nb ..][0..nb], x[t * d ..][0..d]);
+        return;
     }
     // panel g, block b: 8 groups of 4 bytes, each the L rows' bytes side by side (L * 32
     // bytes), biased by 128; the block's scales: L floats
-    const n_panels = (rows + L - 1) / L;
     const u: []u8 = @ptrCast(qx);
-    for (0..n_panels * L) |t| {
+    for (g0 * L..g1 * L) |t| {
         const g = t / L;
         const lane = t % L;
         for (0..nb) |b| {
@@ -100,7 +120,6 @@ pub fn quantizeRows(qx: []i8, dx: []f32, x: []const f32, rows: usize, d: usize) 
             dx[base + lane] = scale;
         }
     }
-    return .{ .qx = qx[0 .. n_panels * L * d], .dx = dx[0 .. n_panels * L * nb], .rows = rows, .d = d };
 }
 
 /// out[t * ldo + r] for every activation row t and weight rows r in [r0, r1). `wsum` is

@@ -89,24 +89,45 @@ const Input = struct {
     wsum: []i32 = &.{},
 };
 
-fn prepare(s: *BatchState, x: []const f32, rows: usize, d: usize, ws: []const Matrix) Input {
+fn prepare(pool: *Pool, s: *BatchState, x: []const f32, rows: usize, d: usize, ws: []const Matrix) Input {
     var in: Input = .{ .x = x, .rows = rows, .d = d };
-    var f32_seen = false;
-    var q8_seen = false;
+    var job: PrepareJob = .{ .s = s, .x = x, .rows = rows, .d = d };
     for (ws) |w| switch (w) {
-        .f32 => f32_seen = true,
-        .q8_0 => q8_seen = true,
+        .f32 => job.f32_pack = rows > 1,
+        .q8_0 => job.q8_pack = true,
     };
-    if (f32_seen and rows > 1) {
-        gemm.packF32(s.pack, x, rows, d);
-        in.packed_f32 = .{ .pack = s.pack, .rows = rows, .d = d };
-    }
-    if (q8_seen) {
-        in.packed_q8 = gemm_q8.quantizeRows(s.qx, s.dx, x, rows, d);
+    // one row is quick to pack on this thread; more are shared out, since on many threads the
+    // calling thread's share of the work is what the others wait for
+    const fixed = job;
+    if (rows == 1) PrepareJob.work(&fixed, 0, 1) else pool.run(&fixed, PrepareJob.work);
+    if (job.f32_pack) in.packed_f32 = .{ .pack = s.pack, .rows = rows, .d = d };
+    if (job.q8_pack) {
+        in.packed_q8 = gemm_q8.packedOf(s.qx, s.dx, rows, d);
         in.wsum = s.wsum;
     }
     return in;
 }
+
+/// A product group's input packed (fp32) and quantized (Q8_0), panels split across chunks.
+const PrepareJob = struct {
+    s: *BatchState,
+    x: []const f32,
+    rows: usize,
+    d: usize,
+    f32_pack: bool = false,
+    q8_pack: bool = false,
+
+    fn work(job: *const PrepareJob, chunk: usize, n_chunks: usize) void {
+        if (job.f32_pack) {
+            const n = gemm.panels(job.rows);
+            gemm.packPanelsF32(job.s.pack, job.x, job.rows, job.d, n * chunk / n_chunks, n * (chunk + 1) / n_chunks);
+        }
+        if (job.q8_pack) {
+            const n = gemm_q8.groups(job.rows);
+            gemm_q8.quantizeGroups(job.s.qx, job.s.dx, job.x, job.rows, job.d, n * chunk / n_chunks, n * (chunk + 1) / n_chunks);
+        }
+    }
+};
 
 /// out[t * ldo + r] for every row t and weight rows r in [r0, r1). A single row takes the
 /// one-position kernels, which stream the weights at memory speed.
@@ -150,7 +171,7 @@ const GemmJob = struct {
 
 fn product(pool: *Pool, s: *BatchState, out: []f32, ldo: usize, w: Matrix, n: usize, x: []const f32, rows: usize, d: usize) void {
     const none: Matrix = .{ .f32 = &.{} };
-    const job: GemmJob = .{ .in = prepare(s, x, rows, d, &.{w}), .outs = .{ out, &.{}, &.{} }, .ldos = .{ ldo, 0, 0 }, .ns = .{ n, 0, 0 }, .ws = .{ w, none, none }, .count = 1 };
+    const job: GemmJob = .{ .in = prepare(pool, s, x, rows, d, &.{w}), .outs = .{ out, &.{}, &.{} }, .ldos = .{ ldo, 0, 0 }, .ns = .{ n, 0, 0 }, .ws = .{ w, none, none }, .count = 1 };
     pool.run(&job, GemmJob.work);
 }
 
@@ -423,7 +444,7 @@ pub fn forwardBatch(tr: *Transformer, s: *BatchState, pool: *Pool, tokens: []con
         const k = kc[loff + p0 * kv_dim ..][0 .. T * kv_dim];
         const v = vc[loff + p0 * kv_dim ..][0 .. T * kv_dim];
         const qkv: GemmJob = .{
-            .in = prepare(s, s.xb[0 .. T * dim], T, dim, &.{ lw.wq, lw.wk, lw.wv }),
+            .in = prepare(pool, s, s.xb[0 .. T * dim], T, dim, &.{ lw.wq, lw.wk, lw.wv }),
             .outs = .{ s.q, k, v },
             .ldos = .{ dim, kv_dim, kv_dim },
             .ns = .{ dim, kv_dim, kv_dim },
@@ -445,7 +466,7 @@ pub fn forwardBatch(tr: *Transformer, s: *BatchState, pool: *Pool, tokens: []con
 
         // feed-forward
         for (0..T) |t| rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], lw.rms_ffn);
-        const ffn: FfnJob = .{ .in = prepare(s, s.xb[0 .. T * dim], T, dim, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .hidden = hidden, .w1 = lw.w1, .w3 = lw.w3 };
+        const ffn: FfnJob = .{ .in = prepare(pool, s, s.xb[0 .. T * dim], T, dim, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .hidden = hidden, .w1 = lw.w1, .w3 = lw.w3 };
         pool.run(&ffn, FfnJob.work);
         product(pool, s, s.xb2, dim, lw.w2, dim, s.hb[0 .. T * hidden], T, hidden);
         for (s.x[0 .. T * dim], s.xb2[0 .. T * dim]) |*xi, o| xi.* += o;
