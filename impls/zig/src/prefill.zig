@@ -38,7 +38,7 @@ pub const BatchState = struct {
     qx: []i8, // the input of a Q8_0 product, quantized row by row (gemm_q8.zig's layout)
     dx: []f32, // its blocks' scales
     wsum: []i32, // per chunk: the Q8_0 kernel's weight block sums (n_chunks, TILE_R * widest / 32)
-    att: []f32, // ATT_ROWS rows of scores per chunk of the attention job (n_chunks * ATT_ROWS, seq_len)
+    att: []f32, // ATT_ROWS rows of scores per chunk of the attention job that has work (at most n_chunks)
     rope_cos: []f32, // (rows, dim / 2)
     rope_sin: []f32, // (rows, dim / 2)
     logits: []f32, // (logit_rows, vocab_size)
@@ -65,7 +65,8 @@ pub fn buildBatchState(gpa: Allocator, c: Config, rows: usize, logit_rows: usize
         .qx = alloc(gpa, i8, gemm_q8.packedRows(rows), widest),
         .dx = alloc(gpa, f32, gemm_q8.packedRows(rows), widest / QB),
         .wsum = alloc(gpa, i32, n_chunks, gemm_q8.TILE_R * (widest / QB)),
-        .att = alloc(gpa, f32, n_chunks * ATT_ROWS, c.seq_len),
+        // only chunks below the number of (row block, head) pairs get one
+        .att = alloc(gpa, f32, @min(n_chunks, (rows + ATT_ROWS - 1) / ATT_ROWS * c.n_heads) * ATT_ROWS, c.seq_len),
         .rope_cos = alloc(gpa, f32, rows, c.dim / 2),
         .rope_sin = alloc(gpa, f32, rows, c.dim / 2),
         .logits = alloc(gpa, f32, logit_rows, c.vocab_size),
@@ -212,7 +213,7 @@ const FfnJob = struct {
 
 /// Rows of one head taken together by the attention: each key and value row loaded serves them
 /// all (from L1 after the first), instead of every row streaming the head's cache by itself.
-const ATT_ROWS = 4;
+const ATT_ROWS = 8;
 
 /// Causal attention of rows [0, T) at positions p0 + t, ATT_ROWS rows of one head at a time.
 /// The (row block, head) pairs are dealt to chunks round-robin: a row's cost grows with its
@@ -324,13 +325,14 @@ fn combineMask(comptime m: usize, comptime half: usize) @Vector(VLa, i32) {
 }
 
 /// outs[r] = sum over p of att[r][p] * v_p for the block's rows, v_p = values[p * stride ..]
-/// [0..hs]: four vectors of the head at a time, each value vector loaded once for all rows.
+/// [0..hs]: two vectors of the head at a time (ATT_ROWS x 2 accumulators in registers), each
+/// value vector loaded once for all rows.
 /// Written as a scalar loop, LLVM kept it scalar (the output and the cache may alias as far as
 /// it knows), and it took most of the attention's time.
 fn weightedValues(nr: usize, outs: *const [ATT_ROWS][]f32, att: [ATT_ROWS][]f32, values: []const f32, stride: usize, hs: usize) void {
     const n_pos = att[0].len;
     var j: usize = 0;
-    while (j + 4 * VLa <= hs) : (j += 4 * VLa) weightedGroup(4, nr, outs, att, values, stride, j, n_pos);
+    while (j + 2 * VLa <= hs) : (j += 2 * VLa) weightedGroup(2, nr, outs, att, values, stride, j, n_pos);
     while (j + VLa <= hs) : (j += VLa) weightedGroup(1, nr, outs, att, values, stride, j, n_pos);
     while (j < hs) : (j += 1) {
         for (0..nr) |r| {
