@@ -23,6 +23,7 @@ pub const Args = struct {
     output: ?[]const u8 = null,
     ids: ?[]const i64 = null, // range-checked once the model's vocabulary is known
     ignore_bos: bool = false,
+    batch: u64 = 512, // any number of digits: more than seq_len means seq_len
 };
 
 /// Plain decimal only (contract section 2): `[+-]?[0-9]+`.
@@ -84,6 +85,19 @@ fn stepsValue(plain_int: []const u8) ?u64 {
     return std.fmt.parseInt(u64, plain_int, 10) catch std.math.maxInt(u64); // digits only: just overflow
 }
 
+fn parseBatch(text: []const u8) u64 {
+    if (!isPlainInt(text)) usageError("-b expects an integer, got '{s}'", .{text});
+    return batchValue(text) orelse usageError("-b {s} is out of range", .{text});
+}
+
+/// -b is an integer >= 1 of any number of digits; values past u64 saturate, since everything
+/// above seq_len means seq_len anyway. Null for zero or a negative value.
+fn batchValue(plain_int: []const u8) ?u64 {
+    if (plain_int[0] == '-') return null; // -0 included: zero is out of range too
+    const v = std.fmt.parseInt(u64, plain_int, 10) catch return std.math.maxInt(u64); // digits only: just overflow
+    return if (v == 0) null else v;
+}
+
 fn parseIds(gpa: Allocator, text: []const u8) []const i64 {
     const ids = allocOrDie(gpa, i64, std.mem.countScalar(u8, text, ',') + 1);
     var it = std.mem.splitScalar(u8, text, ',');
@@ -127,6 +141,8 @@ pub fn parseArgs(gpa: Allocator, argv: []const []const u8) Args {
             a.ids = parseIds(gpa, value);
         } else if (std.mem.eql(u8, flag, "-e")) {
             a.ignore_bos = parseIntArg(flag, value, 0, 1) == 1;
+        } else if (std.mem.eql(u8, flag, "-b")) {
+            a.batch = parseBatch(value);
         } else usageError("unknown flag {s}", .{flag});
     }
     if (a.mode == .logits and (a.output == null or a.ids == null)) usageError("logits mode needs -o FILE and -k IDS", .{});
@@ -152,4 +168,19 @@ test "-n takes any number of digits; -j is in [1, 4096]; -s in [0, 2^64 - 1]" {
     try testing.expectEqual(@as(?i128, std.math.maxInt(u64)), intInRange("18446744073709551615", 0, std.math.maxInt(u64)));
     try testing.expectEqual(@as(?i128, null), intInRange("18446744073709551616", 0, std.math.maxInt(u64)));
     try testing.expectEqual(@as(?i128, null), intInRange("999999999999999999999999999999999999999999999999999999999999", 0, std.math.maxInt(u64)));
+}
+
+test "-b is an integer >= 1 of any number of digits" {
+    try testing.expectEqual(@as(?u64, 1), batchValue("1"));
+    try testing.expectEqual(@as(?u64, 512), batchValue("+512"));
+    try testing.expectEqual(@as(?u64, 7), batchValue("007"));
+    try testing.expectEqual(@as(?u64, 1099511627776), batchValue("1099511627776"));
+    try testing.expectEqual(@as(?u64, std.math.maxInt(u64)), batchValue("99999999999999999999999999"));
+    try testing.expectEqual(@as(?u64, null), batchValue("0"));
+    try testing.expectEqual(@as(?u64, null), batchValue("+0"));
+    try testing.expectEqual(@as(?u64, null), batchValue("-0"));
+    try testing.expectEqual(@as(?u64, null), batchValue("-1"));
+    try testing.expect(!isPlainInt("x"));
+    try testing.expect(!isPlainInt("1.0"));
+    try testing.expect(!isPlainInt(""));
 }

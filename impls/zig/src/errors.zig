@@ -7,7 +7,7 @@ const Allocator = std.mem.Allocator;
 const model = @import("model.zig");
 
 const USAGE = "usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] " ++
-    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_BAD_FILE: u8 = 3;

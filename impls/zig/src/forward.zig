@@ -206,9 +206,14 @@ const AttentionJob = struct {
 
 /// cos/sin of RoPE's rotation for each adjacent pair (i, i+1) at `pos`, shared by all layers.
 fn ropeTables(s: *RunState, c: Config, pos: usize) void {
+    ropeAt(s.rope_cos, s.rope_sin, c, pos);
+}
+
+/// cos/sin of RoPE's rotation for each adjacent pair at `pos` (dim / 2 each).
+pub fn ropeAt(cos: []f32, sin: []f32, c: Config, pos: usize) void {
     const hs: f32 = @floatFromInt(c.headSize());
     const p: f32 = @floatFromInt(pos);
-    for (s.rope_cos, s.rope_sin, 0..) |*co, *si, pair| {
+    for (cos, sin, 0..) |*co, *si, pair| {
         const head_dim: f32 = @floatFromInt((pair * 2) % c.headSize());
         const freq: f32 = 1.0 / @as(f32, @floatCast(std.math.pow(f64, 10000.0, head_dim / hs)));
         const angle: f64 = p * freq; // rounded to f32 like run.c, then cos/sin computed exactly
@@ -218,11 +223,16 @@ fn ropeTables(s: *RunState, c: Config, pos: usize) void {
 }
 
 fn rotate(v: []f32, s: *const RunState) void {
+    rotateBy(v, s.rope_cos, s.rope_sin);
+}
+
+/// RoPE: each adjacent pair of v rotated by the angle whose cos and sin ropeAt gave.
+pub inline fn rotateBy(v: []f32, cos: []const f32, sin: []const f32) void {
     for (0..v.len / 2) |pair| {
         const v0 = v[2 * pair];
         const v1 = v[2 * pair + 1];
-        const fcr = s.rope_cos[pair];
-        const fci = s.rope_sin[pair];
+        const fcr = cos[pair];
+        const fci = sin[pair];
         v[2 * pair] = v0 * fcr - v1 * fci;
         v[2 * pair + 1] = v0 * fci + v1 * fcr;
     }

@@ -8,6 +8,7 @@ const model = @import("model.zig");
 const checkpoint = @import("checkpoint.zig");
 const errors = @import("errors.zig");
 const forward_mod = @import("forward.zig");
+const prefill = @import("prefill.zig");
 const pool_mod = @import("pool.zig");
 const q8 = @import("q8.zig");
 const tokenizer_mod = @import("tokenizer.zig");
@@ -17,6 +18,8 @@ const Matrix = model.Matrix;
 const Q8Block = model.Q8Block;
 const Transformer = forward_mod.Transformer;
 const forward = forward_mod.forward;
+const BatchState = prefill.BatchState;
+const forwardBatch = prefill.forwardBatch;
 const Pool = pool_mod.Pool;
 const Tokenizer = tokenizer_mod.Tokenizer;
 const Sampler = sampler_mod.Sampler;
@@ -34,7 +37,10 @@ pub const Stats = struct {
     prompt_tokens: usize = 0,
     generated_tokens: usize = 0,
     positions: usize = 0,
+    batch: usize = 1,
+    prefill_tokens: usize = 0, // positions of the prefill (logits mode: all of them)
     ttft_s: f64 = 0,
+    prefill_s: f64 = 0,
     decode_s: f64 = 0,
 };
 
@@ -52,19 +58,35 @@ pub const Output = struct {
     }
 };
 
-pub fn generate(io: Io, t: *Transformer, pool: *Pool, tok: *const Tokenizer, sampler: *Sampler, prompt_tokens: []const u32, steps: usize, ignore_bos: bool, out: Output) Stats {
-    var stats: Stats = .{ .prompt_tokens = prompt_tokens.len };
+/// run.c's loop with the prompt's positions run by forwardBatch first, in batches of at most
+/// `batch` (<= bs.rows) positions; only the last prompt position's logits are computed there.
+pub fn generate(io: Io, t: *Transformer, bs: *BatchState, pool: *Pool, tok: *const Tokenizer, sampler: *Sampler, prompt_tokens: []const u32, steps: usize, batch: usize, ignore_bos: bool, out: Output) Stats {
+    var stats: Stats = .{ .prompt_tokens = prompt_tokens.len, .batch = batch };
     const start = Io.Clock.awake.now(io);
+    const n_prefill = @min(prompt_tokens.len, steps);
+    var logits: []f32 = &.{};
+    var p0: usize = 0;
+    while (p0 < n_prefill) {
+        const n = @min(batch, n_prefill - p0);
+        const last = p0 + n == n_prefill and n_prefill == prompt_tokens.len;
+        logits = forwardBatch(t, bs, pool, prompt_tokens[p0..][0..n], p0, if (last) .last else .none);
+        p0 += n;
+    }
+    stats.positions = n_prefill;
+    stats.prefill_tokens = n_prefill;
+    stats.prefill_s = seconds(io, start);
     var first: ?Io.Timestamp = null;
     var token = prompt_tokens[0]; // kick off with the first token in the prompt
     var pos: usize = 0;
     while (pos < steps) : (pos += 1) {
-        const logits = forward(t, pool, token, pos); // forward the transformer to get logits for the next token
-        stats.positions += 1;
         var next: u32 = undefined;
         if (pos < prompt_tokens.len - 1) {
-            next = prompt_tokens[pos + 1]; // still processing the input prompt: force the next prompt token
+            next = prompt_tokens[pos + 1]; // still processing the input prompt: force the next prompt token (its forward pass was the prefill's)
         } else {
+            if (pos >= prompt_tokens.len) { // at the last prompt position the prefill gave the logits
+                logits = forward(t, pool, token, pos); // forward the transformer to get logits for the next token
+                stats.positions += 1;
+            }
             next = @intCast(sample(sampler, logits)); // otherwise sample the next token from the logits
             stats.generated_tokens += 1;
             if (first == null) first = Io.Clock.awake.now(io);
@@ -86,26 +108,31 @@ fn secondsBetween(a: Io.Timestamp, b: Io.Timestamp) f64 {
     return @as(f64, @floatFromInt(a.durationTo(b).nanoseconds)) / 1e9;
 }
 
-/// forward(ids[i], i) for every id, each row of logits written as raw little-endian float32.
-pub fn logitsRun(io: Io, t: *Transformer, pool: *Pool, ids: []const u32, out_path: []const u8) Stats {
+/// forwardBatch over the ids in batches of at most `batch` (<= bs.rows, and bs.logits holds that
+/// many rows), each row of logits written as raw little-endian float32.
+pub fn logitsRun(io: Io, t: *Transformer, bs: *BatchState, pool: *Pool, ids: []const u32, batch: usize, out_path: []const u8) Stats {
     const file = Io.Dir.cwd().createFile(io, out_path, .{}) catch |err| runtimeError("{s}: cannot write: {t}", .{ out_path, err });
     defer file.close(io);
     var buf: [1 << 16]u8 = undefined;
     var fw = file.writer(io, &buf);
     const start = Io.Clock.awake.now(io);
-    for (ids, 0..) |id, pos| {
-        const logits = forward(t, pool, id, pos);
+    var p0: usize = 0;
+    while (p0 < ids.len) {
+        const n = @min(batch, ids.len - p0);
+        const logits = forwardBatch(t, bs, pool, ids[p0..][0..n], p0, .all);
         fw.interface.writeAll(std.mem.sliceAsBytes(logits)) catch runtimeError("{s}: cannot write", .{out_path});
+        p0 += n;
     }
     const elapsed = seconds(io, start);
     fw.interface.flush() catch runtimeError("{s}: cannot write", .{out_path});
-    return .{ .prompt_tokens = ids.len, .positions = ids.len, .ttft_s = elapsed };
+    return .{ .prompt_tokens = ids.len, .positions = ids.len, .batch = batch, .prefill_tokens = ids.len, .ttft_s = elapsed, .prefill_s = elapsed };
 }
 
 pub fn printStats(threads: usize, load_s: f64, st: Stats) void {
     const rate: f64 = if (st.generated_tokens > 1 and st.decode_s > 0) @as(f64, @floatFromInt(st.generated_tokens - 1)) / st.decode_s else 0;
-    std.debug.print("polyllama-stats: {{\"port\":\"{s}\",\"prompt_tokens\":{d},\"generated_tokens\":{d},\"positions\":{d},\"threads\":{d}," ++
-        "\"load_s\":{d:.6},\"ttft_s\":{d:.6},\"decode_s\":{d:.6},\"decode_tok_s\":{d:.4}}}\n", .{ PORT_NAME, st.prompt_tokens, st.generated_tokens, st.positions, threads, load_s, st.ttft_s, st.decode_s, rate });
+    const prefill_rate: f64 = if (st.prefill_s > 0) @as(f64, @floatFromInt(st.prefill_tokens)) / st.prefill_s else 0;
+    std.debug.print("polyllama-stats: {{\"port\":\"{s}\",\"prompt_tokens\":{d},\"generated_tokens\":{d},\"positions\":{d},\"threads\":{d},\"batch\":{d}," ++
+        "\"load_s\":{d:.6},\"ttft_s\":{d:.6},\"prefill_s\":{d:.6},\"prefill_tok_s\":{d:.4},\"decode_s\":{d:.6},\"decode_tok_s\":{d:.4}}}\n", .{ PORT_NAME, st.prompt_tokens, st.generated_tokens, st.positions, threads, st.batch, load_s, st.ttft_s, st.prefill_s, prefill_rate, st.decode_s, rate });
 }
 
 /// llama.cpp's quantize_row_q8_0_ref, which the converter uses: d = amax / 127, q = round(x / d)
@@ -163,18 +190,82 @@ test "stories260K: the converter's Q8_0 blocks, and greedy text as the golden te
     try expectGolden(gpa, &tok, c, w, m.file, "", 128, "stories260K.q8_0.greedy.txt");
 }
 
+test "stories260K: batched logits equal one-position logits at -b 1, 7 and 40, -j 1 and 2" {
+    const model_path = try testutil.findModelFile("stories260K.bin");
+    defer testing.allocator.free(model_path);
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const gpa = arena.allocator();
+    var diag: model.Diag = .{};
+    const m = try checkpoint.read(gpa, testing.io, &diag, model_path, false);
+    defer std.posix.munmap(@alignCast(@constCast(m.file)));
+    const c = m.config;
+    var ids: [40]u32 = undefined;
+    for (&ids, 0..) |*id, i| id.* = if (i == 0) 1 else @intCast((7 * i + 300) % c.vocab_size);
+    // the contract's float32 tolerance; Q8_0 its loose one, since the two paths' activations may
+    // round differently near a tie
+    try expectBatchedLogits(gpa, c, m.weights, m.file, &ids, 1e-4);
+    var w = m.weights;
+    w.token_embedding = try quantizeWeightsForTest(gpa, w.token_embedding, c.dim);
+    w.wcls = w.token_embedding;
+    w.layers = try gpa.dupe(model.LayerWeights, w.layers);
+    for (w.layers) |*lw| {
+        inline for (.{ "wq", "wk", "wv", "wo", "w1", "w3" }) |name| @field(lw, name) = try quantizeWeightsForTest(gpa, @field(lw, name), c.dim);
+    }
+    try expectBatchedLogits(gpa, c, w, m.file, &ids, 5e-2);
+}
+
+fn expectBatchedLogits(gpa: Allocator, c: model.Config, w: model.TransformerWeights, file: []const u8, ids: []const u32, tol: f32) !void {
+    const V = c.vocab_size;
+    const want = try gpa.alloc(f32, ids.len * V);
+    {
+        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, 1), .file = file, .vocab = null };
+        const pool = pool_mod.buildPool(gpa, testing.io, 1);
+        defer pool_mod.freePool(gpa, pool);
+        for (ids, 0..) |id, pos| @memcpy(want[pos * V ..][0..V], forward(&t, pool, id, pos));
+    }
+    for ([_]usize{ 1, 2 }) |n_workers| {
+        for ([_]usize{ 1, 7, ids.len }) |batch| {
+            const n_chunks = n_workers * pool_mod.CHUNKS_PER_WORKER;
+            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks), .file = file, .vocab = null };
+            var bs = prefill.buildBatchState(gpa, c, batch, batch, n_chunks);
+            const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
+            defer pool_mod.freePool(gpa, pool);
+            var p0: usize = 0;
+            while (p0 < ids.len) {
+                const n = @min(batch, ids.len - p0);
+                const got = forwardBatch(&t, &bs, pool, ids[p0..][0..n], p0, .all);
+                for (0..n) |r| {
+                    const g = got[r * V ..][0..V];
+                    const e = want[(p0 + r) * V ..][0..V];
+                    var scale: f32 = 0;
+                    for (e) |v| scale = @max(scale, @abs(v));
+                    for (g, e) |a, b| try testing.expect(@abs(a - b) <= tol * (1 + scale));
+                    if (tol < 1e-3) try testing.expectEqual(std.mem.indexOfMax(f32, e), std.mem.indexOfMax(f32, g));
+                }
+                p0 += n;
+            }
+        }
+    }
+}
+
 /// Greedy generation at one and two workers prints the golden text.
 fn expectGolden(gpa: std.mem.Allocator, tok: *const tokenizer_mod.Tokenizer, c: model.Config, w: model.TransformerWeights, file: []const u8, text: []const u8, steps: usize, name: []const u8) !void {
     const want = try testutil.golden(gpa, name);
     const prompt = try tokenizer_mod.encode(tok, gpa, text, true, false);
     for ([_]usize{ 1, 2 }) |n_workers| {
-        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_workers * pool_mod.CHUNKS_PER_WORKER), .file = file, .vocab = null };
-        const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
-        defer pool_mod.freePool(gpa, pool);
-        var sampler = sampler_mod.buildSampler(gpa, c.vocab_size, 0, 0.9, 1);
-        var buf: [4096]u8 = undefined;
-        var writer: Io.Writer = .fixed(&buf);
-        _ = generate(testing.io, &t, pool, tok, &sampler, prompt, steps, false, .{ .writer = &writer });
-        try testing.expectEqualStrings(want, writer.buffered());
+        for ([_]usize{ 1, 3, 512 }) |batch_flag| {
+            const n_chunks = n_workers * pool_mod.CHUNKS_PER_WORKER;
+            const batch = @min(batch_flag, c.seq_len);
+            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks), .file = file, .vocab = null };
+            var bs = prefill.buildBatchState(gpa, c, batch, 1, n_chunks);
+            const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
+            defer pool_mod.freePool(gpa, pool);
+            var sampler = sampler_mod.buildSampler(gpa, c.vocab_size, 0, 0.9, 1);
+            var buf: [4096]u8 = undefined;
+            var writer: Io.Writer = .fixed(&buf);
+            _ = generate(testing.io, &t, &bs, pool, tok, &sampler, prompt, steps, batch, false, .{ .writer = &writer });
+            try testing.expectEqualStrings(want, writer.buffered());
+        }
     }
 }

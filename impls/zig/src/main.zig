@@ -1,8 +1,8 @@
 //! Inference for Llama-2 Transformer models in pure Zig: karpathy/llama2.c's run.c, ported for
 //! polyllama (docs/port-contract.md). Reads llama2.c v0/v1 checkpoints and GGUF files (F32 or
 //! Q8_0 matrices) into one page-aligned region (huge pages on Linux, else a file mapping);
-//! batch-1 decoding with @Vector kernels (fp32, and int8 dot products for Q8_0 weights) and a
-//! persistent worker pool. This file wires the modules together in run.c's order: flags, model
+//! the prompt prefilled in batches (matrix-matrix kernels), then batch-1 decoding with @Vector
+//! kernels (fp32, and int8 dot products for Q8_0 weights), on a persistent worker pool. This file wires the modules together in run.c's order: flags, model
 //! file, tokenizer, pool, then generation or the logits mode; its last test pulls in every
 //! module's tests.
 
@@ -17,6 +17,7 @@ const cli = @import("cli.zig");
 const pool_mod = @import("pool.zig");
 const q8 = @import("q8.zig");
 const forward_mod = @import("forward.zig");
+const prefill = @import("prefill.zig");
 const tokenizer_mod = @import("tokenizer.zig");
 const sampler_mod = @import("sampler.zig");
 const gen = @import("generate.zig");
@@ -53,13 +54,20 @@ pub fn main(init: std.process.Init) void {
     };
     var tokenizer = tokenizer_mod.buildTokenizer(gpa, vocab);
     const pool = pool_mod.buildPool(gpa, io, args.threads);
+    // the batched pass's scratch, sized once for min(batch, seq_len) rows (and the logits of as
+    // many rows in logits mode, of one row otherwise)
+    const batch: usize = @intCast(@min(args.batch, c.seq_len));
+    const ids: []const u32 = if (args.mode == .logits) idsInVocab(gpa, args.ids.?, c) else &.{};
+    const logit_rows = if (args.mode == .logits) @min(batch, ids.len) else 1;
+    var bs = prefill.buildBatchState(gpa, c, batch, logit_rows, pool.n_chunks);
     const load_s = gen.seconds(io, t0);
 
     const stats = switch (args.mode) {
-        .logits => gen.logitsRun(io, &transformer, pool, idsInVocab(gpa, args.ids.?, c), args.output.?),
-        .generate => generateText(gpa, io, &transformer, pool, &tokenizer, args),
+        .logits => gen.logitsRun(io, &transformer, &bs, pool, ids, batch, args.output.?),
+        .generate => generateText(gpa, io, &transformer, &bs, pool, &tokenizer, args, batch),
     };
     gen.printStats(args.threads, load_s, stats);
+    prefill.freeBatchState(gpa, &bs);
     pool_mod.freePool(gpa, pool);
     tokenizer_mod.freeTokenizer(gpa, &tokenizer);
     forward_mod.freeTransformer(gpa, &transformer);
@@ -77,7 +85,7 @@ fn idsInVocab(gpa: Allocator, raw: []const i64, c: Config) []const u32 {
 }
 
 /// The prompt encoded, then run.c's generation loop writing the text to stdout.
-fn generateText(gpa: Allocator, io: Io, transformer: *Transformer, pool: *Pool, tokenizer: *const Tokenizer, args: cli.Args) Stats {
+fn generateText(gpa: Allocator, io: Io, transformer: *Transformer, bs: *prefill.BatchState, pool: *Pool, tokenizer: *const Tokenizer, args: cli.Args, batch: usize) Stats {
     const c = transformer.config;
     const seed = if (args.seed > 0) args.seed else @as(u64, @intCast(@max(1, Io.Clock.real.now(io).toSeconds())));
     var sampler = sampler_mod.buildSampler(gpa, c.vocab_size, args.temperature, args.topp, seed);
@@ -90,7 +98,7 @@ fn generateText(gpa: Allocator, io: Io, transformer: *Transformer, pool: *Pool, 
     var out_buf: [4096]u8 = undefined;
     var stdout = Io.File.stdout().writerStreaming(io, &out_buf);
     const out: gen.Output = .{ .writer = &stdout.interface };
-    const stats = gen.generate(io, transformer, pool, tokenizer, &sampler, prompt_tokens, steps, args.ignore_bos, out);
+    const stats = gen.generate(io, transformer, bs, pool, tokenizer, &sampler, prompt_tokens, steps, batch, args.ignore_bos, out);
     out.emit("\n");
     return stats;
 }
@@ -106,6 +114,9 @@ test {
     _ = @import("kernels.zig");
     _ = q8;
     _ = forward_mod;
+    _ = prefill;
+    _ = @import("gemm.zig");
+    _ = @import("gemm_q8.zig");
     _ = tokenizer_mod;
     _ = sampler_mod;
     _ = gen;

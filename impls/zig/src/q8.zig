@@ -27,12 +27,17 @@ pub const Input = struct {
 /// q = x * (127 / amax) rounded to nearest, ties to even.
 pub fn quantizeActivation(qx: []i8, dx: []f32, x: []const f32) void {
     for (dx, 0..) |*d, b| {
-        const v: F32xB = x[b * QB ..][0..QB].*;
-        const amax = @reduce(.Max, @abs(v));
-        d.* = @as(f16, @floatCast(amax / 127.0));
-        const id: f32 = if (amax != 0) 127.0 / amax else 0;
-        qx[b * QB ..][0..QB].* = roundToI8(v * @as(F32xB, @splat(id)));
+        const blk = quantizeBlock(x[b * QB ..][0..QB].*);
+        d.* = blk.d;
+        qx[b * QB ..][0..QB].* = blk.q;
     }
+}
+
+/// One block of quantizeActivation: its 32 quants and the fp16-rounded scale as fp32.
+pub inline fn quantizeBlock(v: F32xB) struct { q: I8xB, d: f32 } {
+    const amax = @reduce(.Max, @abs(v));
+    const id: f32 = if (amax != 0) 127.0 / amax else 0;
+    return .{ .q = roundToI8(v * @as(F32xB, @splat(id))), .d = @as(f16, @floatCast(amax / 127.0)) };
 }
 
 /// Rounds to nearest, ties to even, as the vector instructions do (Zig's @round takes ties away
@@ -212,7 +217,7 @@ pub fn dequantizeRow(out: []f32, blocks: []const Q8Block) void {
 
 /// Scalar Q8_0 matmul, the contract's formula block by block in row order: the SIMD kernel sums
 /// each row's blocks in the same order, so it must match bit for bit.
-fn matmulQ8Scalar(out: []f32, w: []const Q8Block, qx: []const i8, dx: []const f32) void {
+pub fn matmulQ8Scalar(out: []f32, w: []const Q8Block, qx: []const i8, dx: []const f32) void {
     const nb = dx.len;
     for (out, 0..) |*o, r| {
         var acc: f32 = 0;
