@@ -69,7 +69,7 @@ def validate(c, ports=None, skip=None, models=None, out=None, docker=False, imag
     return app.validate(ports, models, docker, image, arch, out=out, skip=skip)
 
 
-@task(help={"matrix": "named matrix from orchestrator/bench/matrices.toml, quick|default|paper|full "
+@task(help={"matrix": "named matrix from orchestrator/bench/matrices.toml, quick|default|paper|full|prompt "
                       "(default: default; with --resume: the file's)",
             "ports": PORTS_HELP + " (with --resume: the file's)", "skip": SKIP_HELP + "; e.g. pytorch,tensorflow: "
                                                                                     "about 5 GB to install",
@@ -78,12 +78,16 @@ def validate(c, ports=None, skip=None, models=None, out=None, docker=False, imag
                        "(default: the matrix's)",
             "runs": "measured runs per cell (default: the matrix's)",
             "warmup": "warmup runs per cell (default: the matrix's)",
-            "steps": "positions per run (default: the matrix's)",
+            "steps": "positions per run of the default tg test (default: the matrix's)",
+            "tests": "comma-separated tests, as llama-bench names them: tgN = generate N tokens after BOS, ppN = "
+                     "read an N-token prompt through each port's batched prefill (capped at the model's context: "
+                     "the 15M shape's pp512 is a pp256); pp cells get the host's compute peaks as their roofline "
+                     "(default: the matrix's, tg<steps>)",
             "types": "comma-separated weight types, f32|q8_0; q8_0 = each model's Q8_0 GGUF export, for the ports "
                      "whose port.toml lists gguf-q8_0; the report shows the q8_0/f32 speed-up (default: the "
                      "matrix's, f32)",
             "out": "the result JSON to write; exports and the page go beside it (default: results/<matrix>-<time>.json)",
-            "resume": "a result JSON to continue: its matrix, ports, models, threads, runs, warmup, steps and types "
+            "resume": "a result JSON to continue: its matrix, ports, models, threads, runs, warmup, steps, tests and types "
                       "are used, finished cells are kept; a flag that contradicts the file is refused (default: none)",
             "validate": "first validate the chosen ports against the reference core on stories260K and keep the "
                         "rows in the suite; a port that fails is measured all the same (default: on; "
@@ -94,13 +98,14 @@ def validate(c, ports=None, skip=None, models=None, out=None, docker=False, imag
             "image": IMAGE_HELP})
 @_exits
 def bench(c, matrix=None, ports=None, skip=None, models=None, threads=None, runs=None, warmup=None, steps=None,
-          types=None, out=None, resume=None, validate=True, install=False, strict=False, docker=False, image=None):
+          types=None, out=None, resume=None, validate=True, install=False, strict=False, docker=False, image=None,
+          tests=None):
     """Benchmark the ports over models x threads; tables, result JSON, exports and figures."""
     from orchestrator.bench.pipeline import Options
 
     return app.bench(Options(matrix=matrix, ports=ports, skip=skip, models=models, threads=threads, runs=runs,
                              warmup=warmup, steps=steps, out=out, resume=resume, install=install, strict=strict,
-                             docker=docker, image=image, types=types, validate=validate))
+                             docker=docker, image=image, types=types, validate=validate, tests=tests))
 
 
 @task(help={"port": "the one port whose command is timed (default: c)",

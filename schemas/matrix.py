@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,6 +19,10 @@ class Matrix(BaseModel):
     runs: int = Field(5, ge=1, le=1000, description="measured runs per cell")
     warmup: int = Field(1, ge=0, le=100, description="unmeasured runs per cell before the measured ones")
     steps: int = Field(256, ge=2, le=65536, description="positions per run (the prompt is empty: BOS only)")
+    tests: list[str] | None = Field(None, description="llama-bench's tests: tgN generates N tokens after BOS (N "
+                                    "positions), ppN reads an N-token prompt (BOS included) through the batched "
+                                    "prefill and samples one token, capped at each model's context; None = "
+                                    "[tg{steps}]")
     temperature: float = Field(0.0, ge=0.0)
     topp: float = Field(0.9, ge=0.0, le=1.0)
     seed: int = Field(42, ge=1)
@@ -38,6 +43,21 @@ class Matrix(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("weight types must not repeat")
         return v
+
+    @field_validator("tests")
+    @classmethod
+    def _tests(cls, v):
+        if v is None:
+            return v
+        if not v or len(set(v)) != len(v):
+            raise ValueError("tests must be a non-empty list without repeats")
+        for t in v:
+            if not re.fullmatch(r"(tg|pp)[1-9][0-9]{0,4}", t) or int(t[2:]) > 65536 or t == "tg1":
+                raise ValueError(f"test {t!r}: expected tgN (N >= 2) or ppN (N >= 1), N <= 65536")
+        return v
+
+    def test_names(self) -> list[str]:
+        return self.tests or [f"tg{self.steps}"]
 
     @field_validator("threads")
     @classmethod

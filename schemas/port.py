@@ -57,7 +57,9 @@ class Cross(_Strict):
 class PeerCheck(_Strict):
     """A peer engine's own benchmark tool, run on the same file and thread count as the peer's
     row, so a reader can see the row measures the engine at its best (the orchestrator's check)."""
-    command: Argv = Field(min_length=1, description="argv; {model}, {threads} and {steps} are expanded")
+    command: Argv = Field(min_length=1, description="argv of a tg cell's check; {model}, {threads} and {steps} are expanded")
+    prompt_command: Argv | None = Field(None, description="argv of a pp cell's check (prompt processing); {model}, "
+                                                          "{threads} and {steps} (the prompt's tokens) are expanded")
     tok_s: str = Field(description="JSON path of tokens per second in its stdout, e.g. '0.avg_ts'")
     tolerance: float = Field(0.10, gt=0, lt=1, description="how far the row may be from the tool's figure")
 

@@ -20,6 +20,12 @@ Format history:
                show that every port wrote the same tokens; the suite records the validation it ran
                before measuring (`validation`, None when it did not); a probe records how it read
                (`method`: vector width, streams, huge pages). Versions 1-3 still load.
+  5 (2026-12): prompt processing. A cell records its test (`tgN`: N positions generated after BOS;
+               `ppN`: an N-token prompt through the port's batched prefill) and, for pp, the FLOPs
+               of one prompt position; a pp run's tok_s is its prefill rate. The host records
+               compute peaks (f32 FMA, int8 dot products) beside the bandwidth probes. The
+               statistics line may carry batch, prefill_s and prefill_tok_s (contract 2).
+               Versions 1-4 still load: their cells are tg{steps}.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .matrix import Matrix
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 WeightType = Literal["f32", "q8_0"]
 
 
@@ -62,7 +68,8 @@ class Run(_Record):
     max_threads: int = Field(description="most threads seen (read from /proc a few times per run)")
     returncode: int | None = Field(description="None when killed on timeout")
     stats: PortStats | None = None
-    tok_s: float | None = Field(None, description="(generated_tokens - 1) / decode_s, computed by the harness")
+    tok_s: float | None = Field(None, description="the cell's rate, computed by the harness: a tg cell's "
+                                                  "(generated_tokens - 1) / decode_s, a pp cell's positions / prefill_s")
     thread_check: Literal["ok", "over", "under", "unchecked"] = "unchecked"
     problem: str = Field("", description="why this run does not count; empty when it does")
     others_cpu_s: float | None = Field(None, description="CPU seconds other processes used during the run")
@@ -120,11 +127,28 @@ class Cell(_Record):
     status: Literal["ok", "failed", "incomplete"] = Field(description="incomplete: interrupted; --resume runs it again")
     reason: str = ""
     peer_check: PeerCheck | None = None
+    test: str = Field("", description="tgN or ppN (format 5); empty in older files, whose cells are tg{steps}")
+    flops_per_token: float | None = Field(None, description="pp cells: the FLOPs of one prompt position (its "
+                                                            "matrix products and attention), for the compute roof")
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
-        """What identifies a cell in its suite: (port, model, weight type, threads)."""
-        return self.port, self.model.name, self.model.weight_type, self.threads
+    def test_name(self) -> str:
+        return self.test or f"tg{self.steps}"
+
+    @property
+    def prefill(self) -> bool:
+        """A prompt-processing cell: its rate is the batched prefill's."""
+        return self.test_name.startswith("pp")
+
+    @property
+    def label(self) -> str:
+        """The cell's group in tables and figures: the model, and the test when it is a pp one."""
+        return f"{self.model.label} {self.test_name}" if self.prefill else self.model.label
+
+    @property
+    def key(self) -> tuple[str, str, str, int, str]:
+        """What identifies a cell in its suite: (port, model, weight type, threads, test)."""
+        return self.port, self.model.name, self.model.weight_type, self.threads, self.test_name
 
 
 class PortInfo(_Record):
@@ -144,6 +168,15 @@ class Probe(_Record):
     method: str = Field("", description="how the probe read: vector width, streams, page size (format 4)")
 
 
+class PeakProbe(_Record):
+    """The compute roof of a batched prefill (format 5): the fastest rate at which the host's
+    cores issue the instruction a matrix kernel is made of."""
+    kind: Literal["f32", "int8"] = Field(description="f32: fused multiply-adds; int8: 8-bit dot products")
+    threads: int
+    gops: float = Field(description="G operations per second (1e9): 2 per multiply-add")
+    method: str = Field("", description="the instruction and how many independent chains")
+
+
 class Host(_Record):
     hostname: str
     cpu_model: str
@@ -159,9 +192,15 @@ class Host(_Record):
                                                         "several, over the largest model's bytes")
     bandwidth_probe_mib: int = Field(description="MiB the bandwidth probe streams for bandwidth_gbs")
     probes: list[Probe] = Field(default_factory=list, description="the roofline of each model size (format 2)")
+    peaks: list[PeakProbe] = Field(default_factory=list, description="compute peaks, for prompt-processing cells "
+                                                                    "(format 5)")
     cpu_governor: str | None = None
     cpu_mhz: float | None = Field(None, description="current clock of cpu0 when the suite started, where exposed")
     container_image: str | None = None
+
+    def peak_for(self, kind: str, threads: int) -> float | None:
+        """G ops/s of that kind at this thread count; None when it was not measured."""
+        return next((p.gops for p in self.peaks if p.kind == kind and p.threads == threads), None)
 
     def bandwidth_for(self, weight_bytes: int, threads: int) -> float | None:
         """GB/s measured over this many bytes at this thread count (the largest probe when none was)."""
@@ -187,7 +226,7 @@ class ValidationRow(_Record):
 
 
 class Suite(_Record):
-    format_version: Literal[1, 2, 3, 4] = FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5] = FORMAT_VERSION
     suite_id: str
     started: str
     finished: str | None = None

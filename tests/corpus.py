@@ -285,3 +285,11 @@ BAD_FLAGS = [
     ["-e", "5"],
     ["-m", "logits"],
 ]
+
+# Contract 2's prompt batch (section 2): the same rules for a port that takes -b
+GOOD_BATCH_FLAGS = [
+    ["-b", "1", "-i", "Once upon a time"],
+    ["-b", "3", "-i", "Once upon a time"],  # a ragged last batch
+    ["-b", "99999999999999999999999999"],  # clamps to seq_len
+]
+BAD_BATCH_FLAGS = [["-b", "0"], ["-b", "-1"], ["-b", "x"], ["-b", "1.5"], ["-b"]]

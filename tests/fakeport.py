@@ -51,7 +51,12 @@ generated = steps - 5 if behaviour == "short" else steps
 if behaviour == "slow-clock":
     decode += 100
 print("once upon a time")
-if behaviour != "no-stats":
+if behaviour != "no-stats" and args.get("-i"):  # a pp cell: the harness's prompt is `steps` tokens long
+    stats = {"port": "fake", "prompt_tokens": steps, "generated_tokens": 1, "positions": steps,
+             "threads": threads, "batch": int(args.get("-b", "512")), "load_s": 0.001, "ttft_s": decode + 0.0001,
+             "prefill_s": decode, "prefill_tok_s": steps / decode, "decode_s": 0.0, "decode_tok_s": 0.0}
+    print("polyllama-stats: " + json.dumps(stats), file=sys.stderr)
+elif behaviour != "no-stats":
     stats = {"port": "fake", "prompt_tokens": 1, "generated_tokens": generated, "positions": generated,
              "threads": threads, "load_s": 0.001, "ttft_s": 0.001, "decode_s": decode,
              "decode_tok_s": (generated - 1) / decode}

@@ -1,7 +1,7 @@
 """Bad files and bad flags: the Python readers, and every built port through its command line."""
 import pytest
 from conftest import IN_CI
-from corpus import BAD_FLAGS, GOOD_FLAGS, make_corpus
+from corpus import BAD_BATCH_FLAGS, BAD_FLAGS, GOOD_BATCH_FLAGS, GOOD_FLAGS, make_corpus
 
 from orchestrator.process import execute
 from orchestrator.errors import FormatError
@@ -90,7 +90,8 @@ def test_port_refuses_bad_flags(port, corpus):
     _built(port)
     _, good, tok = corpus
     failures = []
-    for flags in BAD_FLAGS:
+    batched = port.manifest.contract >= 2
+    for flags in BAD_FLAGS + (BAD_BATCH_FLAGS if batched else []):
         argv = port.run_argv() + [str(good), "-z", str(tok), *flags]
         r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60)
         if r.returncode != 2 or not _one_error_line(r.stderr):
@@ -101,7 +102,7 @@ def test_port_refuses_bad_flags(port, corpus):
         if r.returncode != 0:
             failures.append(f"good Q8_0 GGUF: exit {r.returncode}: {r.stderr.strip()[:200]!r}")
     readable = good if port.reads("v0") else good.with_suffix(".gguf")  # the same weights, for GGUF-only ports
-    for flags in GOOD_FLAGS:
+    for flags in GOOD_FLAGS + (GOOD_BATCH_FLAGS if batched else []):
         argv = port.run_argv() + [str(readable), "-z", str(tok), "-t", "0", *flags]
         r = execute(argv, cwd=port.dir, env=tool_env(), timeout=60)
         if r.returncode != 0:

@@ -16,7 +16,7 @@ from orchestrator.results.exporters import to_csv, to_hyperfine, to_markdown
 from orchestrator.results.stats import geometric_mean, summarize, welch
 from schemas.export import SCHEMAS, render
 from schemas.results import Model as ResultModel
-from schemas.results import Suite
+from schemas.results import FORMAT_VERSION, Suite
 
 HERE = Path(__file__).parent
 MATRIX = """[t]
@@ -33,11 +33,11 @@ busy_share = 100  # these tests are about the checks, not the machine: the guard
 BEHAVIOURS = ("good", "crash", "hang", "no-stats", "lies-threads", "greedy-threads", "short", "slow-clock")
 
 
-def _fake_port(impls: Path, name: str, behaviour: str, toolchain: str = 'check = ["true"]') -> None:
+def _fake_port(impls: Path, name: str, behaviour: str, toolchain: str = 'check = ["true"]', contract: int = 1) -> None:
     d = impls / name
     d.mkdir(parents=True)
     (d / "port.toml").write_text(
-        f'contract = 1\nname = "{name}"\nlanguage = "Fake"\nformats = ["v0"]\n[toolchain]\n{toolchain}\n'
+        f'contract = {contract}\nname = "{name}"\nlanguage = "Fake"\nformats = ["v0"]\n[toolchain]\n{toolchain}\n'
         f'[run]\ncommand = ["{sys.executable}", "{HERE / "fakeport.py"}", "{behaviour}"]\n')
 
 
@@ -50,11 +50,13 @@ def fake_impls(tmp_path, stories260k):
     return tmp_path
 
 
-def _fake_host(threads, image=None, model_bytes=(1 << 28,)):
-    from schemas.results import Host
+def _fake_host(threads, image=None, model_bytes=(1 << 28,), peaks=False):
+    from schemas.results import Host, PeakProbe
     return Host(hostname="h", cpu_model="cpu", logical_cores=2, physical_cores=2, caches={}, memory_bytes=1,
                 os="os", python="3", git_commit="abc", git_dirty=False, bandwidth_gbs={1: 10.0, 2: 12.0},
-                bandwidth_probe_mib=max(model_bytes) >> 20)
+                bandwidth_probe_mib=max(model_bytes) >> 20,
+                peaks=[PeakProbe(kind=k, threads=t, gops=g * t) for k, g in (("f32", 100.0), ("int8", 400.0))
+                       for t in threads] if peaks else [])
 
 
 def _run(tmp, validate=None, **kw):
@@ -317,7 +319,7 @@ def test_weight_types_run_q8_0_cells_for_the_ports_that_read_gguf_q8_0(fake_impl
     manifest.write_text(manifest.read_text().replace('formats = ["v0"]', 'formats = ["v0", "gguf-q8_0"]'))
     seen = {}
 
-    def describe(threads, image=None, model_bytes=(1 << 28,)):
+    def describe(threads, image=None, model_bytes=(1 << 28,), peaks=False):
         seen["sizes"] = model_bytes
         return _fake_host(threads, image, model_bytes)
 
@@ -325,7 +327,7 @@ def test_weight_types_run_q8_0_cells_for_the_ports_that_read_gguf_q8_0(fake_impl
                             types="f32,q8_0", validate=False)
     assert bench.main(options, matrices=fake_impls / "m.toml", impls=impls, describe=describe) == 0
     suite = resultfile.load(fake_impls / "r.json")
-    assert suite.format_version == 4 and suite.matrix.types == ["f32", "q8_0"]
+    assert suite.format_version == FORMAT_VERSION and suite.matrix.types == ["f32", "q8_0"]
     cells = {(c.port, c.model.weight_type): c for c in suite.cells}
     assert set(cells) == {("good", "f32"), ("q8reader", "f32"), ("q8reader", "q8_0")}  # good does not list it
     q8, f32 = cells[("q8reader", "q8_0")], cells[("q8reader", "f32")]
@@ -387,7 +389,7 @@ def test_format_2_files_still_load_as_f32(fake_impls):
             del r["weight_type"]
     (fake_impls / "old.json").write_text(json.dumps(data))
     old = resultfile.load(fake_impls / "old.json")
-    assert old.format_version == 2 and old.cells[0].key == ("good", "stories260K", "f32", 1)
+    assert old.format_version == 2 and old.cells[0].key == ("good", "stories260K", "f32", 1, "tg16")
     assert old.cells[0].model.label == "stories260K"
 
 
@@ -554,3 +556,28 @@ def test_exports_carry_the_suite_in_every_row_and_append(fake_impls):
     assert [r["command"] for r in hf["results"]] == ["good stories260K f32 -j 1", "good stories260K f32 -j 2"]
     assert all(r["parameters"]["argv"] == shlex.join(cells[int(r["parameters"]["threads"])].argv)
                for r in hf["results"])
+
+
+def test_a_pp_test_measures_the_prefill_against_the_compute_peak(tmp_path, stories260k):
+    """--tests tg16,pp512: a pp cell per port reads a prompt of exactly its positions (capped at the
+    context: stories260K's 512), is rated by its prefill, held against the host's f32 peak; a
+    contract-1 port has no prefill to measure and says so; the tg cells are as before."""
+    from orchestrator.bench.prompts import prompt_text
+    from orchestrator.formats import read_model
+    _fake_port(tmp_path / "impls", "batched", "good", contract=2)
+    _fake_port(tmp_path / "impls", "old", "good")
+    (tmp_path / "m.toml").write_text(MATRIX)
+    assert _run(tmp_path, ports="batched,old", threads="1", tests="tg16,pp9999") == 0
+    suite = resultfile.load(tmp_path / "r.json")
+    seq_len = read_model(stories260k.path).config.seq_len
+    pp = {c.port: c for c in suite.cells if c.prefill}
+    assert sorted(c.test_name for c in suite.cells) == sorted(["tg16", "tg16", f"pp{seq_len}", f"pp{seq_len}"])
+    cell = pp["batched"]
+    assert cell.status == "ok" and cell.steps == seq_len and cell.label == f"stories260K pp{seq_len}"
+    assert cell.argv[cell.argv.index("-i") + 1] == prompt_text(str(stories260k.tokenizer), 512, seq_len)
+    assert all(r.tok_s == pytest.approx(seq_len / r.stats.prefill_s) for r in cell.runs)
+    assert suite.host.peak_for("f32", 1) == 100.0 and cell.flops_per_token > 0
+    from orchestrator.results.summary import roofline
+    share = roofline(suite, cell)
+    assert share == pytest.approx(sum(r.tok_s for r in cell.runs) / len(cell.runs) * cell.flops_per_token / 100e9)
+    assert pp["old"].status == "failed" and "contract 1" in pp["old"].reason

@@ -50,3 +50,27 @@ def test_bad_arguments_get_one_line_and_exit_2(probe, argv):
 def test_a_line_that_is_not_the_probes_is_not_a_reading():
     assert host._parse("1 12.5") is None and host._parse("1 x avx512,4-streams,huge-pages") is None
     assert host._parse("2 30.5 avx2,8-streams,4k-pages") == host.Reading(30.5, 8, "avx2,8-streams,4k-pages")
+
+
+# ---------------------------------------------------------------- the compute peak (peak.c)
+def test_the_peak_probe_uses_the_widest_instruction_and_its_rates_are_ordered():
+    """f32 FMA and int8 dot products, with the instruction the CPU has. An int8 dot product does
+    at least twice the operations of an f32 FMA on a vector of the same width, so a probe whose
+    int8 rate is not above its f32 rate has picked a slower path than the CPU offers."""
+    peaks = host.measure_peaks([1])
+    assert [p.kind for p in peaks] == ["f32", "int8"] and all(p.gops > 0 for p in peaks)
+    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
+    if platform.machine() in ("x86_64", "AMD64"):
+        f32 = "avx512-fma" if " avx512f" in flags else "avx2-fma" if " fma" in flags else "portable"
+        int8 = ("avx512-vnni" if " avx512_vnni" in flags else "avx-vnni" if " avx_vnni" in flags
+                else "avx2-maddubs" if " avx2" in flags else "portable")
+        assert [p.method.split(",")[0] for p in peaks] == [f32, int8]
+    if peaks[1].method.split(",")[0] != "portable":
+        assert peaks[1].gops > peaks[0].gops
+
+
+def test_the_peak_probe_refuses_bad_arguments_with_one_line():
+    exe = host.probe_binary(host.PEAK_SRC, host.PEAK_BIN)
+    for argv in (["f64", "1", "1"], ["f32", "0", "1"], ["int8", "1"], ["f32", "1", "x"]):
+        r = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, argv

@@ -84,3 +84,35 @@ def test_generation_stops_at_bos_unless_told(stories260k):
     assert short.stats.positions < 512  # the story ends with BOS before seq_len
     full = generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), b"", 300, ignore_bos=True)
     assert full.stats.positions == 300 and full.stats.generated_tokens == 300
+
+
+def test_batched_prefill_rows_are_the_one_position_rows(stories260k, tmp_path):
+    """forward_batch (docs/port-contract.md, section 6) at batch sizes that split the sequence
+    unevenly: every row within the contract's float32 tolerance of forward(), same argmax; Q8_0
+    on the tie-free tokens validate uses, where the roundings cannot part."""
+    from orchestrator.models.convert import gguf_for
+    from orchestrator.ports import rounding
+    model = read_model(stories260k.path)
+    ids = [1] + [(7 * i + 300) % 512 for i in range(79)]
+    ref = logits_for(Transformer(model), ids)
+    q8 = read_model(gguf_for(stories260k, tmp_path, type="q8_0"))
+    q8_ids, tight = rounding.tie_free_ids(q8, ids[:24])
+    q8_ref = logits_for(Transformer(q8), q8_ids)
+    for batch in (7, 64, 80, 512):
+        got = logits_for(Transformer(model), ids, batch)
+        assert (np.abs(got - ref).max(axis=1) <= 1e-4 * (1 + np.abs(ref).max(axis=1))).all()
+        assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
+        got = logits_for(Transformer(q8), q8_ids, batch)[:tight]
+        assert tight > 0 and (np.abs(got - q8_ref[:tight]).max(axis=1) <= 1e-4 * (1 + np.abs(q8_ref[:tight]).max(axis=1))).all()
+
+
+def test_batched_prefill_prints_what_one_position_at_a_time_prints(stories260k):
+    model = read_model(stories260k.path)
+    tok = Tokenizer(read_tokenizer(stories260k.tokenizer, 512))
+    prompt = b"Once upon a time, there was a little girl who liked"
+    want = generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), prompt, 96)
+    for batch, steps in ((3, 96), (512, 96), (4, 5)):
+        got = generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), prompt, steps, batch=batch)
+        assert got.text == (want.text if steps == 96 else generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), prompt, steps).text)
+        assert got.stats.prefill_positions == min(steps, want.stats.prompt_tokens) and got.stats.batch == batch
+    assert want.stats.generated_tokens > 0 and want.stats.prefill_positions == want.stats.prompt_tokens

@@ -9,27 +9,29 @@ from conftest import IN_CI
 
 from orchestrator.models.store import Store
 from orchestrator.ports.discover import ROOT, Port, discover, load_manifest
-from orchestrator.ports.validate import build_cases, check_port, expected_for
+from orchestrator.ports.validate import LOGIT_POSITIONS, build_cases, check_port, expected_for
 
 LYING_PORT = '''import os, sys
 sys.path.insert(0, os.environ["POLYLLAMA_ROOT"])
 import numpy as np
 from orchestrator.reference import cli
 real_logits_for = cli.logits_for
-def skewed(transformer, tokens):
-    out = real_logits_for(transformer, tokens)
-    out[-1, 0] += {delta}
+def skewed(transformer, tokens, batch=1):
+    out = real_logits_for(transformer, tokens, batch)
+    if batch in {batches}:
+        out[-1, 0] += {delta}
     return out
 cli.logits_for = skewed
 sys.exit(cli.main(port="liar"))
 '''
 
 
-def _liar(tmp_path, delta) -> Port:
+def _liar(tmp_path, delta, batches=range(1 << 16), contract=1) -> Port:
+    """A port off by `delta` in one logit when its batch is one of `batches`."""
     d = tmp_path / "liar"
     d.mkdir()
-    (d / "run.py").write_text(LYING_PORT.format(delta=delta))
-    (d / "port.toml").write_text('contract = 1\nname = "liar"\nlanguage = "Python"\nformats = ["v0"]\n'
+    (d / "run.py").write_text(LYING_PORT.format(delta=delta, batches=set(batches)))
+    (d / "port.toml").write_text(f'contract = {contract}\nname = "liar"\nlanguage = "Python"\nformats = ["v0"]\n'
                                  '[toolchain]\ncheck = ["true"]\n[run]\ncommand = ["{python}", "./run.py"]\n')
     return Port(load_manifest(d / "port.toml"), d)
 
@@ -44,6 +46,12 @@ def test_validation_catches_a_small_logit_error(tmp_path, case_260k):
     case, exp = case_260k
     row = check_port(_liar(tmp_path, 0.05), case, exp)
     assert not row.ok and "logits beyond tolerance" in row.problem
+
+
+def test_validation_catches_a_logit_error_at_one_batch_size_only(tmp_path, case_260k):
+    case, exp = case_260k
+    row = check_port(_liar(tmp_path, 0.05, batches=[7], contract=2), case, exp)
+    assert not row.ok and "logits beyond tolerance at -b 7 -j 1" in row.problem
 
 
 def test_validation_accepts_float_noise_within_tolerance(tmp_path, case_260k):
@@ -74,14 +82,16 @@ from orchestrator.reference import cli, model
 sys.exit(cli.main(port="{name}", formats={formats!r}))
 '''
 # activations left in float32: the weights' quantization only
-W8A32 = '''model.matvecs = lambda x, *ws, watch=None: [(w.dequantize() if isinstance(w, Q8Tensor) else w) @ x for w in ws]'''
+W8A32 = '''model.matvecs = lambda x, *ws, watch=None: [(w.dequantize() if isinstance(w, Q8Tensor) else w) @ x for w in ws]
+model.matmuls = lambda x, *ws, watch=None: [x @ (w.dequantize() if isinstance(w, Q8Tensor) else w).T for w in ws]'''
 # the definition with the scales applied and the blocks summed last to first in float64: no more
 # than a correct port's freedom (an FMA, another order), as long as no rounding is near a tie
 REORDERED = '''def matvec(w, a, scales=None):
     isum = np.einsum("rbi,bi->rb", w.qs, a.qx, dtype=np.int32)
     terms = isum.astype(np.float64) * (w.d.astype(np.float64) * a.dx.astype(np.float64))
     return terms[:, ::-1].sum(axis=1).astype(np.float32)
-model.q8_matvec = matvec'''
+model.q8_matvec = matvec
+model.q8_matmul = lambda w, a: np.stack([matvec(w, type(a)(qx, dx)) for qx, dx in zip(a.qx, a.dx)])'''
 
 
 def _q8_port(tmp_path, name, patch, formats=("gguf-q8_0",), role="port") -> Port:
@@ -103,7 +113,7 @@ def case_260k_q8(stories260k):
 def test_q8_case_is_the_q8_file_with_tie_free_positions(case_260k_q8):
     case, exp = case_260k_q8
     assert case.fmt == "gguf-q8_0" and case.checkpoint.name.endswith(".q8_0.gguf")
-    assert exp.tight == len(exp.ids) == 24  # stories260K has tie-free tokens for every position
+    assert exp.tight == len(exp.ids) == LOGIT_POSITIONS  # stories260K has tie-free tokens for every position
     assert (exp.tolerances() < 2e-4 * (1 + np.abs(exp.logits).max(axis=1))).all()
     assert exp.greedy and len(exp.steps) > 0 and exp.steps[-1].end == len(exp.greedy) - 1  # the "\n" ends it
 

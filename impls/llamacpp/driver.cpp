@@ -33,6 +33,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "GGUF is little-endian and this reader copies its fields as they are"
@@ -41,7 +44,7 @@
 static const char *PORT = "llamacpp";
 static const char *USAGE =
     "usage: driver <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
-    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]";
+    "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_BAD_FILE = 3 };
 enum { BOS = 1 };
 
@@ -94,6 +97,7 @@ struct Args {
     std::string output;
     std::vector<int64_t> ids;  // saturated to [-1, INT64_MAX]: range-checked once the model is known
     bool ignore_bos = false;
+    uint64_t batch = 512;   // saturates like steps: clamped to seq_len once the model is known
 };
 
 struct Integer {
@@ -206,6 +210,11 @@ static Args parse_args(int argc, char **argv) {
             a.has_ids = true;
         } else if (flag == "-e") {
             a.ignore_bos = parse_count(flag, value, 0, 1) == 1;
+        } else if (flag == "-b") {
+            Integer v;
+            if (!parse_integer(value, v)) usage_error("-b expects an integer, got '" + shown(value) + "'");
+            if (v.negative || v.magnitude == 0) usage_error("-b " + shown(value) + " is out of range");
+            a.batch = v.magnitude;
         } else {
             usage_error("unknown flag " + shown(flag));
         }
@@ -848,9 +857,10 @@ static std::string llama_error(const char *fallback) {
 struct Engine {
     llama_model *model = nullptr;
     llama_context *ctx = nullptr;
-    llama_batch batch{};
+    llama_batch batch{};  // room for n_batch positions
     bool has_batch = false;
     int n_vocab = 0;
+    int n_batch = 1;
 };
 
 static void free_engine(Engine &e) {
@@ -860,16 +870,22 @@ static void free_engine(Engine &e) {
     e = Engine{};
 }
 
-static void decode_one(Engine &e, int token, int pos) {
-    e.batch.n_tokens = 1;
-    e.batch.token[0] = token;
-    e.batch.pos[0] = pos;
-    e.batch.n_seq_id[0] = 1;
-    e.batch.seq_id[0][0] = 0;
-    e.batch.logits[0] = true;
+// positions pos0 .. pos0+n-1 in one llama_decode (n <= n_batch): llama.cpp's own batched
+// prefill; logits for every row, or for the last one only
+static void decode_many(Engine &e, const int *tokens, int n, int pos0, bool all_logits) {
+    e.batch.n_tokens = n;
+    for (int i = 0; i < n; i++) {
+        e.batch.token[i] = tokens[i];
+        e.batch.pos[i] = pos0 + i;
+        e.batch.n_seq_id[i] = 1;
+        e.batch.seq_id[i][0] = 0;
+        e.batch.logits[i] = all_logits || i == n - 1;
+    }
     int32_t rc = llama_decode(e.ctx, e.batch);
-    if (rc != 0) fail(EXIT_RUNTIME, "llama_decode failed with status " + std::to_string(rc) + " at position " + std::to_string(pos));
+    if (rc != 0) fail(EXIT_RUNTIME, "llama_decode failed with status " + std::to_string(rc) + " at position " + std::to_string(pos0));
 }
+
+static void decode_one(Engine &e, int token, int pos) { decode_many(e, &token, 1, pos, true); }
 
 // The weights stay in llama.cpp's own mmap of the file. The KV cache and attention depend on the
 // run: a generation runs llama.cpp as its users do (llama_context_default_params: F16 K/V cache,
@@ -883,16 +899,35 @@ static bool exact_generation() {
     return v && v[0] && strcmp(v, "0") != 0;
 }
 
-static Engine build_engine(const std::string &path, const Config &c, int threads, bool exact) {
+// AMX-INT8 (CPUID leaf 7, EDX bit 25): where it is present, llama.cpp's default "extra" buffer
+// type puts Q8_0 matrices in its AMX backend, whose matrix product crashes this release on any
+// batch longer than one position (segfault in ggml_backend_amx_mul_mat, llama.cpp issue #20824;
+// llama-bench crashes the same way at -p with its default --repack 1). So on such a CPU the
+// driver turns the extra buffer types off, as llama-bench's --repack 0 does, and llama.cpp
+// computes with its regular CPU kernels; elsewhere its defaults stand.
+static bool cpu_has_amx_int8() {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 25 & 1u);
+#else
+    return false;
+#endif
+}
+
+static Engine build_engine(const std::string &path, const Config &c, int threads, int batch, bool exact) {
     Engine e;
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    if (cpu_has_amx_int8()) mp.use_extra_bufts = false;
     e.model = llama_model_load_from_file(path.c_str(), mp);
     if (!e.model) bad_file(path, llama_error("llama.cpp cannot load this GGUF file"));
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = uint32_t(c.seq_len);
     cp.n_seq_max = 1;
     cp.n_threads = cp.n_threads_batch = threads;
+    // -b: the batch of a prefill is one llama_decode of that many positions, computed in one
+    // micro-batch (llama-bench's pp512 with its default n_ubatch of 512 is the same shape)
+    cp.n_batch = cp.n_ubatch = uint32_t(batch);
     if (exact) {
         cp.type_k = cp.type_v = GGML_TYPE_F32;
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -909,8 +944,9 @@ static Engine build_engine(const std::string &path, const Config &c, int threads
         free_engine(e);
         bad_file(path, "llama.cpp reads " + std::to_string(e.n_vocab) + " tokens, the file lists " + std::to_string(c.vocab_size));
     }
-    e.batch = llama_batch_init(1, 0, 1);
+    e.batch = llama_batch_init(batch, 0, 1);
     e.has_batch = true;
+    e.n_batch = batch;
     // llama.cpp's own warm-up (as llama-cli's): the first decode starts the OpenMP team and
     // faults the weights in; the cache is cleared after it, so it leaves nothing behind
     decode_one(e, BOS, 0);
@@ -929,9 +965,29 @@ static const float *forward(Engine &e, int token, int pos) {
 // generation and logits runs, and the statistics line (contract sections 2 and 3)
 
 struct RunStats {
-    size_t prompt_tokens = 0, generated_tokens = 0, positions = 0;
-    double ttft_s = 0, decode_s = 0;
+    size_t prompt_tokens = 0, generated_tokens = 0, positions = 0, prefill_positions = 0;
+    double ttft_s = 0, prefill_s = 0, decode_s = 0;
 };
+
+// positions 0 .. n-1 in batches of at most n_batch (contract section 2); `rows` receives every
+// row's logits when given, and the return value is the last position's
+static const float *prefill(Engine &e, const std::vector<int> &tokens, size_t n, std::vector<float> *rows) {
+    const float *last = nullptr;
+    for (size_t s = 0; s < n; s += size_t(e.n_batch)) {
+        int len = int(std::min(n - s, size_t(e.n_batch)));
+        decode_many(e, tokens.data() + s, len, int(s), rows != nullptr);
+        if (rows) {
+            for (int i = 0; i < len; i++) {
+                const float *out = llama_get_logits_ith(e.ctx, i);
+                if (!out) fail(EXIT_RUNTIME, "llama.cpp returned no logits at position " + std::to_string(s + size_t(i)));
+                rows->insert(rows->end(), out, out + e.n_vocab);
+            }
+        }
+        last = llama_get_logits_ith(e.ctx, -1);
+        if (!last) fail(EXIT_RUNTIME, "llama.cpp returned no logits at position " + std::to_string(s + size_t(len) - 1));
+    }
+    return last;
+}
 
 static RunStats generate(Engine &e, const Tokenizer &tok, Sampler &sampler, const std::string &prompt, int steps,
                          bool ignore_bos) {
@@ -941,9 +997,14 @@ static RunStats generate(Engine &e, const Tokenizer &tok, Sampler &sampler, cons
     std::vector<float> logits(size_t(e.n_vocab));
     int token = prompt_tokens[0];
     auto start = std::chrono::steady_clock::now(), first = start;
+    const size_t n_prefill = std::min(prompt_tokens.size(), size_t(steps));
+    const float *last = prefill(e, prompt_tokens, n_prefill, nullptr);
+    st.prefill_positions = n_prefill;
+    st.prefill_s = seconds_since(start);
     bool sampled = false;
     for (int pos = 0; pos < steps; pos++) {
-        const float *out = forward(e, token, pos);
+        // the prompt's positions ran in the prefill; the last one's logits are `last`
+        const float *out = size_t(pos) + 1 == n_prefill ? last : size_t(pos) >= n_prefill ? forward(e, token, pos) : nullptr;
         st.positions++;
         int next;
         if (size_t(pos) + 1 < prompt_tokens.size()) {
@@ -974,12 +1035,11 @@ static RunStats logits_run(Engine &e, const std::vector<int64_t> &ids, const std
     st.prompt_tokens = st.positions = ids.size();
     std::vector<float> rows;
     rows.reserve(ids.size() * size_t(e.n_vocab));
+    std::vector<int> tokens(ids.begin(), ids.end());
     auto start = std::chrono::steady_clock::now();
-    for (size_t i = 0; i < ids.size(); i++) {
-        const float *out = forward(e, int(ids[i]), int(i));
-        rows.insert(rows.end(), out, out + e.n_vocab);
-    }
-    st.ttft_s = seconds_since(start);
+    prefill(e, tokens, tokens.size(), &rows);
+    st.ttft_s = st.prefill_s = seconds_since(start);
+    st.prefill_positions = tokens.size();
     FILE *f = fopen(output.c_str(), "wb");
     if (!f) fail(EXIT_RUNTIME, output + ": cannot write: " + strerror(errno));
     size_t written = fwrite(rows.data(), sizeof(float), rows.size(), f);
@@ -989,12 +1049,15 @@ static RunStats logits_run(Engine &e, const std::vector<int64_t> &ids, const std
     return st;
 }
 
-static void print_stats(int threads, double load_s, const RunStats &st) {
+static void print_stats(int threads, int batch, double load_s, const RunStats &st) {
     double tok_s = st.generated_tokens > 1 && st.decode_s > 0 ? double(st.generated_tokens - 1) / st.decode_s : 0.0;
+    double prefill_tok_s = st.prefill_s > 0 ? double(st.prefill_positions) / st.prefill_s : 0.0;
     fprintf(stderr,
             "polyllama-stats: {\"port\":\"%s\",\"prompt_tokens\":%zu,\"generated_tokens\":%zu,\"positions\":%zu,"
-            "\"threads\":%d,\"load_s\":%.6f,\"ttft_s\":%.6f,\"decode_s\":%.6f,\"decode_tok_s\":%.4f}\n",
-            PORT, st.prompt_tokens, st.generated_tokens, st.positions, threads, load_s, st.ttft_s, st.decode_s, tok_s);
+            "\"threads\":%d,\"batch\":%d,\"load_s\":%.6f,\"ttft_s\":%.6f,\"prefill_s\":%.6f,\"prefill_tok_s\":%.4f,"
+            "\"decode_s\":%.6f,\"decode_tok_s\":%.4f}\n",
+            PORT, st.prompt_tokens, st.generated_tokens, st.positions, threads, batch, load_s, st.ttft_s, st.prefill_s,
+            prefill_tok_s, st.decode_s, tok_s);
 }
 
 // ----------------------------------------------------------------------------
@@ -1018,7 +1081,8 @@ static int run(int argc, char **argv, std::chrono::steady_clock::time_point t0) 
 
     llama_log_set(quiet_log, nullptr);
     llama_backend_init();
-    Engine engine = build_engine(args.checkpoint, c, args.threads, args.logits_mode || exact_generation());
+    const int batch = args.batch > uint64_t(c.seq_len) ? int(c.seq_len) : int(args.batch);
+    Engine engine = build_engine(args.checkpoint, c, args.threads, batch, args.logits_mode || exact_generation());
     double load_s = seconds_since(t0);
 
     RunStats st;
@@ -1037,7 +1101,7 @@ static int run(int argc, char **argv, std::chrono::steady_clock::time_point t0) 
     }
     free_engine(engine);
     llama_backend_free();
-    print_stats(args.threads, load_s, st);
+    print_stats(args.threads, batch, load_s, st);
     return 0;
 }
 

@@ -191,14 +191,16 @@ def test_statistics_line_is_stderr_only_line(tiny):
     line = r.stderr.decode().strip()
     assert "e-" not in line and "e+" not in line and "nan" not in line.lower()
     s = stats(r)
-    assert list(s) == ["port", "prompt_tokens", "generated_tokens", "positions", "threads", "load_s", "ttft_s",
-                       "decode_s", "decode_tok_s"]
+    assert list(s) == ["port", "prompt_tokens", "generated_tokens", "positions", "threads", "batch", "load_s", "ttft_s",
+                       "prefill_s", "prefill_tok_s", "decode_s", "decode_tok_s"]
     prompt_tokens = len(Tokenizer(tiny_vocab()).encode(b"ab"))
     assert s["port"] == "llamacpp" and s["threads"] == 2
     assert (s["prompt_tokens"], s["positions"]) == (prompt_tokens, 20)
     assert s["generated_tokens"] == 20 - prompt_tokens + 1
     assert s["load_s"] > 0 and s["ttft_s"] > 0 and s["decode_s"] > 0
     assert abs(s["decode_tok_s"] - (s["generated_tokens"] - 1) / s["decode_s"]) <= 1e-3 * s["decode_tok_s"] + 1e-3
+    assert s["batch"] == 48 and 0 < s["prefill_s"] <= s["ttft_s"]  # the default 512, clamped to the context
+    assert abs(s["prefill_tok_s"] - prompt_tokens / s["prefill_s"]) <= 1e-3 * s["prefill_tok_s"] + 1e-3
 
 
 @pytest.mark.parametrize("steps", ["0", "48", "+49", "1099511627776", "99999999999999999999999999"])

@@ -1,5 +1,7 @@
-"""What machine a suite ran on: CPU, caches, memory, OS, git commit, and its measured memory
-read bandwidth at each thread count of the matrix (the roofline of batch-1 fp32 decoding)."""
+"""What machine a suite ran on: CPU, caches, memory, OS, git commit, its measured memory read
+bandwidth at each thread count of the matrix (the roofline of batch-1 decoding) and, for a suite
+with prompt-processing cells, its peak f32 FMA and int8 dot-product rates (the roofline of a
+batched prefill)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,14 +15,17 @@ from pathlib import Path
 
 import psutil
 
-from schemas.results import Host, Probe
+from schemas.results import Host, PeakProbe, Probe
 
 from ..ports.discover import ROOT
 
 PROBE_SRC = Path(__file__).parent / "probe" / "bandwidth.c"
 PROBE_BIN = ROOT / "build" / "bandwidth"
+PEAK_SRC = Path(__file__).parent / "probe" / "peak.c"
+PEAK_BIN = ROOT / "build" / "peak"
 PROBE_MIB = 1024
 PROBE_PASSES = 5
+PEAK_PASSES = 7
 
 
 def _cpu_model() -> str:
@@ -61,17 +66,17 @@ def _git() -> tuple[str, bool]:
         return "unknown", False
 
 
-def probe_binary() -> Path | None:
-    if PROBE_BIN.exists() and PROBE_BIN.stat().st_mtime >= PROBE_SRC.stat().st_mtime:
-        return PROBE_BIN
-    PROBE_BIN.parent.mkdir(parents=True, exist_ok=True)
-    flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
+def probe_binary(src: Path = PROBE_SRC, exe: Path = PROBE_BIN) -> Path | None:
+    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        return exe
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    # -march=native: on arm64 it turns on the dot-product instructions the CPU has (sdot)
+    flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64") else ["-O3"]
     try:
-        r = subprocess.run(["cc", *flags, "-pthread", "-o", str(PROBE_BIN), str(PROBE_SRC)],
-                           capture_output=True, text=True)
+        r = subprocess.run(["cc", *flags, "-pthread", "-o", str(exe), str(src)], capture_output=True, text=True)
     except OSError:
         return None
-    return PROBE_BIN if r.returncode == 0 else None
+    return exe if r.returncode == 0 else None
 
 
 MIN_BYTES_PER_PROBE = 2 << 30  # small buffers get more passes, so each probe streams about this much
@@ -113,6 +118,21 @@ def measure_bandwidth(thread_counts: list[int], nbytes: int) -> dict[int, Readin
     return out
 
 
+def measure_peaks(thread_counts: list[int]) -> list[PeakProbe]:
+    """The f32 FMA and int8 dot-product peaks at each thread count; empty without a C compiler."""
+    exe = probe_binary(PEAK_SRC, PEAK_BIN)
+    if exe is None:
+        return []
+    out = []
+    for kind in ("f32", "int8"):
+        for n in thread_counts:
+            r = subprocess.run([str(exe), kind, str(n), str(PEAK_PASSES)], capture_output=True, text=True)
+            parts = r.stdout.split() if r.returncode == 0 else []
+            if len(parts) == 3:
+                out.append(PeakProbe(kind=kind, threads=n, gops=float(parts[1]), method=parts[2]))
+    return out
+
+
 def _governor() -> tuple[str | None, float | None]:
     base = Path("/sys/devices/system/cpu/cpu0/cpufreq")
     gov = mhz = None
@@ -128,8 +148,9 @@ def _governor() -> tuple[str | None, float | None]:
 
 
 def describe_host(thread_counts: list[int], container_image: str | None = None,
-                  model_bytes: tuple[int, ...] = (PROBE_MIB << 20,)) -> Host:
-    """The machine, with a roofline probe at each model's own size and each thread count."""
+                  model_bytes: tuple[int, ...] = (PROBE_MIB << 20,), peaks: bool = False) -> Host:
+    """The machine, with a roofline probe at each model's own size and each thread count, and
+    with `peaks` the compute peaks at each thread count."""
     commit, dirty = _git()
     probes = [Probe(bytes=b, threads=t, streams=r.streams, gbs=r.gbs, method=r.method)
               for b in sorted(set(model_bytes)) for t, r in measure_bandwidth(thread_counts, b).items()]
@@ -149,6 +170,7 @@ def describe_host(thread_counts: list[int], container_image: str | None = None,
         bandwidth_gbs={p.threads: p.gbs for p in probes if p.bytes == largest},
         bandwidth_probe_mib=largest >> 20,
         probes=probes,
+        peaks=measure_peaks(thread_counts) if peaks else [],
         cpu_governor=governor,
         cpu_mhz=mhz,
         container_image=container_image,

@@ -33,6 +33,8 @@ class CellSpec:
     temperature: float
     topp: float
     seed: int
+    prompt: str = ""  # a pp cell's: text of exactly `steps` tokens (bench/prompts.py)
+    prefill: bool = False  # a pp cell: the rate is the prefill's, one token is sampled
 
     @classmethod
     def greedy(cls, port: Port, resolved, threads: int, steps: int, weight_type: str = "f32") -> "CellSpec":
@@ -46,9 +48,10 @@ class CellSpec:
         argv = self.port.run_argv() + [self.model.path]
         if self.tokenizer is not None and not self.model.format.startswith("gguf"):  # GGUF embeds its own
             argv += ["-z", self.tokenizer]
-        # -e 1: every port runs exactly `steps` positions, whatever text it generates
+        # -e 1: every port runs exactly `steps` positions, whatever text it generates; a pp cell's
+        # prompt fills them all, so its one sampled token ends the run
         return argv + ["-t", str(self.temperature), "-p", str(self.topp), "-s", str(self.seed),
-                       "-n", str(self.steps), "-j", str(self.threads), "-e", "1", "-i", ""]
+                       "-n", str(self.steps), "-j", str(self.threads), "-e", "1", "-i", self.prompt]
 
 
 def _thread_check(proc: ProcResult, stats: PortStats, threads: int) -> str:
@@ -57,7 +60,7 @@ def _thread_check(proc: ProcResult, stats: PortStats, threads: int) -> str:
     util = proc.cpu_s / proc.wall_s
     if util > threads + 0.5:
         return "over"
-    decode_share = stats.decode_s / proc.wall_s
+    decode_share = max(stats.decode_s, stats.prefill_s or 0.0) / proc.wall_s
     if threads > 1 and decode_share > 0.5 and (util < 1.15 or (proc.max_threads and proc.max_threads < threads)):
         return "under"
     return "ok"
@@ -94,6 +97,8 @@ def check(proc: ProcResult, spec: CellSpec, busy_share: float = 0.10) -> Run:
                                    f"tokens; asked for {spec.steps} and {expected_generated}")
     if stats.threads != spec.threads:
         return Run(**base, problem=f"reports {stats.threads} threads, was asked for {spec.threads}")
+    if spec.prefill:
+        return _check_prefill(proc, spec, stats, base)
     if stats.decode_s <= 0 or min(stats.load_s, stats.ttft_s) < 0:
         return Run(**base, problem="non-positive times in the statistics line")
     reported_total = stats.load_s + stats.ttft_s + stats.decode_s
@@ -103,6 +108,25 @@ def check(proc: ProcResult, spec: CellSpec, busy_share: float = 0.10) -> Run:
     base["tok_s"] = tok_s
     if abs(stats.decode_tok_s - tok_s) > RATE_TOLERANCE * tok_s:
         return Run(**base, problem=f"reports {stats.decode_tok_s:.1f} tok/s, its own counts and times give {tok_s:.1f}")
+    return Run(**base, thread_check=_thread_check(proc, stats, spec.threads))
+
+
+def _check_prefill(proc: ProcResult, spec: CellSpec, stats: PortStats, base: dict) -> Run:
+    """A pp cell: the whole prompt went through the prefill, whose time must fit in the run."""
+    if stats.prefill_s is None or stats.prefill_tok_s is None:
+        return Run(**base, problem="no prefill_s in the statistics line (a contract-1 port has no batched prefill)")
+    if stats.prompt_tokens != spec.steps:
+        return Run(**base, problem=f"encoded the prompt to {stats.prompt_tokens} tokens, expected {spec.steps}")
+    if stats.prefill_s <= 0 or min(stats.load_s, stats.ttft_s) < 0 or stats.prefill_s > stats.ttft_s + CLOCK_SLACK_S:
+        return Run(**base, problem=f"prefill_s {stats.prefill_s} does not fit in ttft_s {stats.ttft_s}")
+    if stats.load_s + stats.ttft_s > proc.wall_s + CLOCK_SLACK_S:
+        return Run(**base, problem=f"reports {stats.load_s + stats.ttft_s:.3f} s of work in a process that lived "
+                                   f"{proc.wall_s:.3f} s")
+    tok_s = spec.steps / stats.prefill_s
+    base["tok_s"] = tok_s
+    if abs(stats.prefill_tok_s - tok_s) > RATE_TOLERANCE * tok_s:
+        return Run(**base, problem=f"reports {stats.prefill_tok_s:.1f} prompt tok/s, its own counts and times "
+                                   f"give {tok_s:.1f}")
     return Run(**base, thread_check=_thread_check(proc, stats, spec.threads))
 
 

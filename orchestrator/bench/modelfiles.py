@@ -53,3 +53,25 @@ def model_record(resolved: Resolved, path: Path, fmt: str, weight_type: str = "f
     return Model(name=resolved.name, path=str(path), origin=resolved.origin, tokenizer_origin=resolved.tokenizer_origin,
                  format=fmt, weight_type=weight_type,
                  weight_bytes=resolved.config.weight_bytes(weight_type) if weight_bytes is None else weight_bytes)
+
+
+def cell_test(test: str, r: Resolved) -> tuple[str, int]:
+    """(name, positions) of one of the matrix's tests on this model: a ppN test is capped at the
+    model's context (the 15M shape's 256 positions make its pp512 a pp256), a tgN is not (the
+    plan refuses one longer than the context)."""
+    n = int(test[2:])
+    if test.startswith("pp") and n > r.config.seq_len:
+        n = r.config.seq_len
+    return f"{test[:2]}{n}", n
+
+
+def flops_per_token(config, positions: int) -> float:
+    """FLOPs of one position of a `positions`-long prefill, averaged over the prompt: the layers'
+    matrix products (2 per weight), causal attention (scores and the weighted sum, 2 x 2 x dim
+    per cached position, (positions + 1) / 2 of them on average) and the classifier, which runs
+    for the last position only. Embedding lookups, norms, RoPE and softmax are left out: they
+    are not multiply-adds."""
+    c = config
+    per_layer = 2 * c.dim * c.dim + 2 * c.dim * c.kv_dim + 3 * c.dim * c.hidden_dim
+    attention = 2 * 2 * c.dim * (positions + 1) / 2
+    return c.n_layers * (2 * per_layer + attention) + 2 * c.vocab_size * c.dim / positions

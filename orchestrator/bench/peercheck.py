@@ -18,10 +18,17 @@ def _field(data, path: str):
     return data
 
 
+def has_check(port: Port, cell: Cell) -> bool:
+    """Whether the peer's manifest names its own tool for this cell's kind of test."""
+    spec = port.manifest.peer_check
+    return spec is not None and (spec.prompt_command if cell.prefill else spec.command) is not None
+
+
 def run_check(port: Port, cell: Cell, timeout: float) -> PeerCheck:
     spec = port.manifest.peer_check
     subs = {"{model}": cell.model.path, "{threads}": str(cell.threads), "{steps}": str(cell.steps)}
-    argv = [next((v for k, v in subs.items() if a == k), a) for a in port.expand(spec.command)]
+    command = spec.prompt_command if cell.prefill else spec.command
+    argv = [next((v for k, v in subs.items() if a == k), a) for a in port.expand(command)]
     tok = metric(cell, "tok_s")
     base = dict(command=argv, row_tok_s=tok.mean if tok else None, tolerance=spec.tolerance)
     try:

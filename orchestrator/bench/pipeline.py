@@ -40,9 +40,11 @@ from ..results.report import render
 from ..results.summary import describe_peer
 from .host import describe_host
 from .measure import CellSpec, measure
-from .modelfiles import FORMAT_OF, bytes_per_token, cell_types, file_for, format_for, model_record
-from .peercheck import run_check
+from .modelfiles import (FORMAT_OF, bytes_per_token, cell_test, cell_types, file_for, flops_per_token, format_for,
+                         model_record)
+from .peercheck import has_check, run_check
 from .progress import Planned, Progress, run_cost
+from .prompts import prompt_text
 from .schedule import interleave
 
 MATRICES = Path(__file__).parent / "matrices.toml"
@@ -71,6 +73,7 @@ class Options:
     docker: bool = False
     image: str | None = None
     types: str | None = None
+    tests: str | None = None  # tg256,pp512: llama-bench's test names (None: the matrix's, default tg{steps})
     validate: bool = True  # the ports against the reference core before measuring (--no-validate: off)
 
 
@@ -84,12 +87,14 @@ class Plan:
     done: dict[tuple, Cell] = field(default_factory=dict)  # finished cells of a resumed suite, by Cell.key
     resumed: Suite | None = None  # the suite being continued, as its file had it
 
-    def blocks(self) -> list[tuple[Resolved, int]]:
-        """(model, threads) pairs with a cell still to run: the ports (and their weight types) in a
+    def blocks(self) -> list[tuple[Resolved, int, str]]:
+        """(model, threads, test) with a cell still to run: the ports (and their weight types) in a
         block are compared, so their runs are interleaved."""
-        pairs = [(r, t) for r in self.models for t in self.matrix.thread_counts()]
-        return [(r, t) for r, t in pairs if any((p.name, r.name, wt, t) not in self.done
-                                                  for p in self.ports for wt in cell_types(p, self.matrix))]
+        m = self.matrix
+        triples = [(r, t, test) for test in m.test_names() for r in self.models for t in m.thread_counts()]
+        return [(r, t, test) for r, t, test in triples
+                if any((p.name, r.name, wt, t, cell_test(test, r)[0]) not in self.done
+                       for p in self.ports for wt in cell_types(p, m))]
 
 
 
@@ -126,15 +131,17 @@ def _overrides(o: Options) -> dict:
     """The matrix fields the command line sets (None where a flag was not given)."""
     return {"ports": names(o.ports) or None, "models": names(o.models) or None, "types": names(o.types) or None,
             "threads": _ints(o.threads, "threads"), "runs": _int(o.runs, "runs"),
-            "warmup": _int(o.warmup, "warmup"), "steps": _int(o.steps, "steps")}
+            "warmup": _int(o.warmup, "warmup"), "steps": _int(o.steps, "steps"), "tests": names(o.tests) or None}
 
 
 def _models(m: Matrix) -> list[Resolved]:
     store = Store()
     models = [ensure(store, name) if m.synthesize else store.resolve(name) for name in m.models]
     for r in models:
-        if m.steps > r.config.seq_len:
-            raise UsageError(f"steps={m.steps} exceeds {r.name}'s seq_len {r.config.seq_len}")
+        for test in m.test_names():
+            if test.startswith("tg") and int(test[2:]) > r.config.seq_len:
+                what = test if m.tests else f"steps={m.steps}"
+                raise UsageError(f"{what} exceeds {r.name}'s seq_len {r.config.seq_len}")
     return models
 
 
@@ -216,8 +223,8 @@ def prepare(p: Plan, install: bool = False, connect=None, image: str | None = No
         runner = connect(image, p.matrix.container_memory)
         image_id = runner.image_id
     m = p.matrix
-    print(f"matrix {p.name}: {len(p.ports)} ports x {len(p.models)} models x threads {m.thread_counts()}, "
-          f"{m.warmup} warmup + {m.runs} runs, {m.steps} steps", flush=True)
+    print(f"matrix {p.name}: {len(p.ports)} ports x {len(p.models)} models x threads {m.thread_counts()} x "
+          f"tests {','.join(m.test_names())}, {m.warmup} warmup + {m.runs} runs", flush=True)
     builds, infos = {}, []
     for port in p.ports:
         outcome = _prepare_port(port, install, runner)
@@ -239,7 +246,10 @@ def prepare(p: Plan, install: bool = False, connect=None, image: str | None = No
     # file is its own size)
     sizes = tuple(sorted(set(weight_bytes.values())))
     print(f"measuring memory read bandwidth over {', '.join(f'{b / 2**20:.1f}' for b in sizes)} MiB ...", flush=True)
-    host = describe(m.thread_counts(), image_id, sizes)
+    prefill = any(t.startswith("pp") for t in m.test_names())
+    if prefill:
+        print("measuring the f32 FMA and int8 dot-product peaks ...", flush=True)
+    host = describe(m.thread_counts(), image_id, sizes, peaks=prefill)
     # a resumed suite keeps its identity, its start and (until validation runs again) its validation
     before = p.resumed
     suite = Suite(suite_id=before.suite_id if before else p.out.stem,
@@ -277,25 +287,32 @@ def print_validation(rows: list[ValidationRow]) -> None:
 
 
 # ---------------------------------------------------------------- run
-def block_cells(pr: Prepared, r: Resolved, threads: int) -> list[tuple[CellSpec, Cell]]:
-    """The cells of one (model, threads) block still to run, each with the command that measures it:
-    one per port and weight type it has cells for (cell_types); a port that did not build, or reads
-    none of the model's formats, is a failed cell at once."""
+def block_cells(pr: Prepared, r: Resolved, threads: int, test: str) -> list[tuple[CellSpec, Cell]]:
+    """The cells of one (model, threads, test) block still to run, each with the command that
+    measures it: one per port and weight type it has cells for (cell_types); a port that did not
+    build, or reads none of the model's formats, is a failed cell at once."""
     m, out = pr.plan.matrix, []
+    name, steps = cell_test(test, r)
+    prefill = name.startswith("pp")
+    prompt = prompt_text(str(r.tokenizer), r.config.vocab_size, steps) if prefill else ""
     for port, wt in ((port, wt) for port in pr.plan.ports for wt in cell_types(port, m)):
-        if (port.name, r.name, wt, threads) in pr.plan.done:
+        if (port.name, r.name, wt, threads, name) in pr.plan.done:
             continue
         fmt = format_for(port, m, wt)
         model = model_record(r, pr.files.get((r.name, fmt), r.path), fmt or "v0", wt, pr.weight_bytes.get((r.name, wt)))
-        spec = CellSpec(port, model, str(r.tokenizer), threads, m.steps, m.temperature, m.topp, m.seed)
+        spec = CellSpec(port, model, str(r.tokenizer), threads, steps, m.temperature, m.topp, m.seed, prompt, prefill)
         mf, build = port.manifest, pr.builds[port.name]
-        cell = Cell(port=mf.name, language=mf.language, role=mf.role, model=model, threads=threads, steps=m.steps,
-                    argv=spec.argv(), status="incomplete")
+        cell = Cell(port=mf.name, language=mf.language, role=mf.role, model=model, threads=threads, steps=steps,
+                    argv=spec.argv(), status="incomplete", test=name,
+                    flops_per_token=flops_per_token(r.config, steps) if prefill else None)
         if build.status != "built":
             cell = cell.model_copy(update={"status": "failed", "argv": [], "reason": f"not built: {build.detail}"})
         elif fmt is None:
             cell = cell.model_copy(update={"status": "failed", "argv": [],
                                            "reason": f"reads none of the formats {mf.formats}"})
+        elif prefill and mf.contract < 2:
+            cell = cell.model_copy(update={"status": "failed", "argv": [],
+                                           "reason": "contract 1: no batched prefill to measure"})
         out.append((spec, cell))
     return out
 
@@ -311,7 +328,7 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
         if cell.status == "failed":
             progress.skip(key)
             continue
-        progress.step(f"{cell.port} {cell.model.label} j={cell.threads} {slot.kind} {slot.index + 1}", key)
+        progress.step(f"{cell.port} {cell.label} j={cell.threads} {slot.kind} {slot.index + 1}", key)
         run = measure(spec, matrix.timeout_s, runner, matrix.busy_share)
         kind = "warmup" if slot.kind == "warmup" else "runs"
         update = {kind: [*getattr(cell, kind), run]}
@@ -323,20 +340,21 @@ def run_block(cells: list[tuple[CellSpec, Cell]], matrix: Matrix, writer: result
         if current.status != "incomplete":
             continue
         update = {"status": "ok"}
-        if spec.port.manifest.peer_check and runner is None:  # on the cell's own file: a q8_0 cell's Q8_0 GGUF
+        if has_check(spec.port, current) and runner is None:  # on the cell's own file: a q8_0 cell's Q8_0 GGUF
             check = run_check(spec.port, current, matrix.timeout_s)
-            print(f"\n{cell.port} {cell.model.label} j={cell.threads}: {describe_peer(check)}", flush=True)
+            print(f"\n{cell.port} {cell.label} j={cell.threads}: {describe_peer(check)}", flush=True)
             update["peer_check"] = check
         writer.put(current.model_copy(update=update))
 
 
 def run(pr: Prepared, writer: resultfile.Writer) -> None:
     m = pr.plan.matrix
-    blocks = [block_cells(pr, r, t) for r, t in pr.plan.blocks()]
+    blocks = [block_cells(pr, r, t, test) for r, t, test in pr.plan.blocks()]
     # each run weighted by its expected cost (bytes read per token x steps / threads); before the
     # first run ends, the host's one-thread read bandwidth turns that cost into seconds
     planned = [Planned(c.key, m.warmup + m.runs,
-                       run_cost(c.model.weight_bytes, c.steps, c.threads), c.threads) for b in blocks for _, c in b]
+                       run_cost(c.model.weight_bytes, c.steps, c.threads, c.prefill), c.threads)
+               for b in blocks for _, c in b]
     one = pr.suite.host.bandwidth_gbs.get(1) or max(pr.suite.host.bandwidth_gbs.values(), default=0)
     progress = Progress(planned, prior_s_per_cost=1 / (one * 1e9) if one else None)
     try:

@@ -41,7 +41,13 @@ FORMATS = ["v0", "v1", "gguf", "gguf-q8_0"]
 PROMPT = b"Once upon a time, there was a"
 SAMPLED = dict(temperature=0.8, topp=0.9, seed=42)
 TEXT_STEPS = 96
-LOGIT_POSITIONS = 24
+# Long enough for the batch sweep below to leave a ragged last batch at 7 and at 64
+LOGIT_POSITIONS = 80
+# A contract-2 port's logits at these (batch, threads), None = the whole sequence in one batch: an
+# odd size and one that does not divide the positions (docs/port-contract.md, section 8), on the
+# cases that sweep; every other case runs the default batch (the whole sequence) on one thread
+SWEEP = ((1, 1), (7, 1), (64, 1), (None, 1), (7, 2), (None, 2))
+SWEPT_FORMATS = ("v0", "gguf-q8_0")  # and "gguf" for a port that does not read v0
 # Under emulation (a cross build run by qemu, many times slower) the models other than these are
 # checked on their logits only, over a few positions, in one format
 EMULATED_IN_FULL = ("stories260K",)
@@ -58,6 +64,7 @@ class Case:
     sampled: bool  # also compare seeded sampling (real stories260K only)
     positions: int = LOGIT_POSITIONS  # logits compared at positions 0..positions-1
     text: bool = True  # also compare greedy text
+
 
 
 @dataclass
@@ -185,39 +192,59 @@ def _argv(port: Port, case: Case, *flags: str) -> list[str]:
     return argv + list(flags)
 
 
+def _logit_runs(port: Port, case: Case, n: int) -> list[tuple[list[str], str]]:
+    """(flags, label) of each logits run: a contract-1 port has no -b and runs once on one thread."""
+    if port.manifest.contract < 2:
+        return [(["-j", "1"], "")]
+    swept = case.fmt in SWEPT_FORMATS or (case.fmt == "gguf" and not port.reads("v0"))
+    sweep = SWEEP if swept and case.positions == LOGIT_POSITIONS else ((None, 1),)
+    return [(["-b", str(b or n), "-j", str(j)], f"-b {b or n} -j {j}") for b, j in sweep]
+
+
 def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600, run=execute) -> Row:
-    """`run` has execute's signature: the native executor, or a container runner's."""
+    """`run` has execute's signature: the native executor, or a container runner's. The logits
+    must hold at every batch size and thread count run; the row shows the worst of them."""
     row = Row(port.label, case.label)
     env = tool_env()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "logits.f32"
-        ids = ",".join(map(str, exp.ids))
-        r = run(_argv(port, case, "-m", "logits", "-k", ids, "-o", str(out), "-j", "1"),
-                    cwd=port.dir, env=env, timeout=timeout)
-        if r.returncode != 0:
-            row.problem = f"logits run exited {r.returncode}: {r.error_line}"
-            return row
-        if r.stats is None:
-            row.problem = f"logits run: {r.stats_error}"
-            return row
-        got = np.fromfile(out, dtype="<f4") if out.exists() else np.zeros(0, np.float32)
-    if got.size != exp.logits.size:
-        row.problem = f"logits file has {got.size} floats, expected {exp.logits.size}"
-        return row
-    got = got.reshape(exp.logits.shape)
-    diff = np.abs(got.astype(np.float64) - exp.logits)
     per_pos_tol = exp.tolerances()
-    row.max_abs_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
     row.tolerance = float(per_pos_tol.min())
-    same = got.argmax(axis=1) == exp.logits.argmax(axis=1)
-    row.argmax_agree = f"{int(same.sum())}/{len(exp.ids)}"
-    problems = []
-    if not (diff.max(axis=1) <= per_pos_tol).all():
-        problems.append("logits beyond tolerance")
-    if not _argmax_ok(exp, same, per_pos_tol):
-        problems.append("argmax differs")
+    problems, worst, agree = [], None, None
+    for flags, label in _logit_runs(port, case, len(exp.ids)):
+        where = f" at {label}" if label else ""
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "logits.f32"
+            ids = ",".join(map(str, exp.ids))
+            r = run(_argv(port, case, "-m", "logits", "-k", ids, "-o", str(out), *flags),
+                    cwd=port.dir, env=env, timeout=timeout)
+            if r.returncode != 0:
+                row.problem = f"logits run{where} exited {r.returncode}: {r.error_line}"
+                return row
+            if r.stats is None:
+                row.problem = f"logits run{where}: {r.stats_error}"
+                return row
+            got = np.fromfile(out, dtype="<f4") if out.exists() else np.zeros(0, np.float32)
+        if got.size != exp.logits.size:
+            row.problem = f"logits file{where} has {got.size} floats, expected {exp.logits.size}"
+            return row
+        got = got.reshape(exp.logits.shape)
+        diff = np.abs(got.astype(np.float64) - exp.logits)
+        diff = np.where(np.isfinite(diff), diff, np.inf)
+        same = got.argmax(axis=1) == exp.logits.argmax(axis=1)
+        if not (diff.max(axis=1) <= per_pos_tol).all():
+            problems.append(f"logits beyond tolerance{where}")
+        if not _argmax_ok(exp, same, per_pos_tol):
+            problems.append(f"argmax differs{where}")
+        if worst is None or diff.max() > worst.max():
+            worst = diff
+        agree = same if agree is None else agree & same
+    diff = worst
+    row.max_abs_diff = float(diff.max())
+    row.argmax_agree = f"{int(agree.sum())}/{len(exp.ids)}"
     if exp.tight is not None:
         row.note = _q8_note(exp, diff)
+    runs = _logit_runs(port, case, len(exp.ids))
+    if len(runs) > 1:
+        row.note = "; ".join(filter(None, ["logits at " + ", ".join(label for _, label in runs), row.note]))
     if exp.greedy is None:
         row.problem = "; ".join(problems)
         return row

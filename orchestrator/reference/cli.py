@@ -21,7 +21,7 @@ from .sampler import Sampler
 from .tokenizer import Tokenizer
 
 USAGE = ("usage: run <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
-         "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1]")
+         "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]")
 EXIT_RUNTIME, EXIT_USAGE, EXIT_BAD_FILE = 1, 2, 3
 
 
@@ -43,6 +43,7 @@ class Args:
     output: str | None = None
     ids: list[int] | None = None
     ignore_bos: bool = False
+    batch: int = 512
 
 
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -97,6 +98,8 @@ def parse_args(argv: list[bytes | str]) -> Args:
             args.ids = [int(t) for t in value.split(",")]
         elif flag == "-e":
             args.ignore_bos = _number(flag, value, int, 0, 1) == 1
+        elif flag == "-b":
+            args.batch = _number(flag, value, int, 1)  # any size: above seq_len it clamps
         else:
             raise Usage(f"unknown flag {flag}")
     if args.mode == "logits" and (args.output is None or args.ids is None):
@@ -108,8 +111,9 @@ def stats_line(port: str, threads: int, load_s: float, stats) -> str:
     # fixed-point numbers: the contract forbids exponents, which json.dumps would use for 1e-05
     return ("polyllama-stats: {" + f'"port":{json.dumps(port)},"prompt_tokens":{stats.prompt_tokens},'
             f'"generated_tokens":{stats.generated_tokens},"positions":{stats.positions},"threads":{threads},'
-            f'"load_s":{load_s:.6f},"ttft_s":{stats.ttft_s:.6f},"decode_s":{stats.decode_s:.6f},'
-            f'"decode_tok_s":{stats.decode_tok_s:.4f}' + "}")
+            f'"batch":{stats.batch},"load_s":{load_s:.6f},"ttft_s":{stats.ttft_s:.6f},'
+            f'"prefill_s":{stats.prefill_s:.6f},"prefill_tok_s":{stats.prefill_tok_s:.4f},'
+            f'"decode_s":{stats.decode_s:.6f},"decode_tok_s":{stats.decode_tok_s:.4f}' + "}")
 
 
 class BackendError(Exception):
@@ -153,6 +157,7 @@ def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf
     else:
         vocab = read_tokenizer(args.tokenizer, model.config.vocab_size)
     c = model.config
+    args.batch = min(args.batch, c.seq_len)
     if args.mode == "logits" and not (1 <= len(args.ids) <= c.seq_len and all(0 <= t < c.vocab_size for t in args.ids)):
         raise Usage(f"-k needs 1..{c.seq_len} ids in [0, {c.vocab_size})")
     transformer, tokenizer = backend(model, args), Tokenizer(vocab)
@@ -161,8 +166,10 @@ def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf
         if args.mode == "logits":
             start = time.perf_counter()
             batched = getattr(transformer, "logits_all", None)
-            out = batched(args.ids) if batched else logits_for(transformer, args.ids)
-            stats = RunStats(prompt_tokens=len(args.ids), positions=len(args.ids), ttft_s=time.perf_counter() - start)
+            out = batched(args.ids) if batched else logits_for(transformer, args.ids, args.batch)
+            took = time.perf_counter() - start
+            stats = RunStats(prompt_tokens=len(args.ids), positions=len(args.ids), batch=args.batch, ttft_s=took,
+                             prefill_positions=len(args.ids), prefill_s=took)
             try:
                 with open(args.output, "wb") as f:
                     f.write(out.astype("<f4").tobytes())
@@ -178,7 +185,7 @@ def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf
                 stdout.flush()
 
             gen = generate(transformer, tokenizer, sampler, args.prompt, clamp_steps(args.steps, c.seq_len),
-                           args.ignore_bos, emit)
+                           args.ignore_bos, emit, args.batch)
             stdout.write(b"\n")
             stdout.flush()
             stats = gen.stats

@@ -1,16 +1,18 @@
-"""The reference forward pass: run.c's algorithm in float32 numpy, one token at a time.
+"""The reference forward pass: run.c's algorithm in float32 numpy, one token at a time, and the
+batched prefill (contract 2) that runs a block of positions through each layer at once.
 
 This is what every port is compared against, so it favours being obviously right over being
 fast: one function per step of the transformer, the shapes in comments. A weight may be float32
-or Q8_0 (GGUF), tensor by tensor; only the matrix-vector products and the embedding lookup differ.
+or Q8_0 (GGUF), tensor by tensor; only the matrix products and the embedding lookup differ.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..formats import Model, Q8Tensor
+from .q8 import matmul as q8_matmul
 from .q8 import matvec as q8_matvec
-from .q8 import quantize_activation
+from .q8 import quantize_activation, quantize_rows
 
 EPS = np.float32(1e-5)
 
@@ -25,19 +27,43 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return (e / e.sum(dtype=np.float32)).astype(np.float32)
 
 
-def rope_cos_sin(pos: int, dim: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of the rotation for each adjacent pair (i, i+1) of a dim-long vector."""
+def rope_cos_sin(pos, dim: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of the rotation for each adjacent pair (i, i+1) of a dim-long vector; for an
+    array of positions, one row per position."""
     head_dim = (np.arange(0, dim, 2) % head_size).astype(np.float32)
     freq = np.float32(1.0) / np.power(np.float32(10000.0), head_dim / np.float32(head_size))
-    angle = (np.float32(pos) * freq).astype(np.float32)
+    angle = (np.asarray(pos, dtype=np.float32)[..., None] * freq).astype(np.float32)
     return np.cos(angle), np.sin(angle)
 
 
 def rotate_pairs(vec: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    v0, v1 = vec[0::2], vec[1::2]
+    """Along the last axis, so a (T, n) batch rotates each row by its own row of cos and sin."""
+    v0, v1 = vec[..., 0::2], vec[..., 1::2]
     out = np.empty_like(vec)
-    out[0::2] = v0 * cos - v1 * sin
-    out[1::2] = v0 * sin + v1 * cos
+    out[..., 0::2] = v0 * cos - v1 * sin
+    out[..., 1::2] = v0 * sin + v1 * cos
+    return out
+
+
+def rmsnorm_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.stack([rmsnorm(row, w) for row in x])
+
+
+def matmuls(x: np.ndarray, *ws, watch=None) -> list[np.ndarray]:
+    """X @ W^T for each W, X (T, cols): matvecs' products for T rows at once, one matrix product
+    per weight, each Q8_0 activation row quantized once and shared as matvecs does."""
+    qx = None
+    out = []
+    for w in ws:
+        if isinstance(w, Q8Tensor):
+            if qx is None:
+                if watch is not None:
+                    for row in x:
+                        watch(row)
+                qx = quantize_rows(x)
+            out.append(q8_matmul(w, qx))
+        else:
+            out.append((x @ w.T).astype(np.float32))
     return out
 
 
@@ -109,3 +135,43 @@ class Transformer:
 
         x = rmsnorm(x, w["rms_final"])
         return matvecs(x, self.model.classifier, watch=watch)[0].astype(np.float32)  # (vocab,)
+
+    def forward_batch(self, tokens: list[int], pos0: int, all_logits: bool = True) -> np.ndarray:
+        """Positions pos0 .. pos0+T-1 at once (docs/port-contract.md, section 6): row t is
+        forward(tokens[t], pos0 + t). Returns (T, vocab), or (1, vocab) for the last row only."""
+        c, w, watch = self.c, self.w, self.watch
+        hs, kv_mul, T = c.head_size, c.n_heads // c.n_kv_heads, len(tokens)
+        end = pos0 + T
+        x = np.stack([embedding(w["token_embedding"], t) for t in tokens])  # (T, dim)
+        cos, sin = rope_cos_sin(np.arange(pos0, end), c.dim, hs)  # (T, dim/2)
+        scale = np.float32(1.0 / np.sqrt(hs))
+        # causal: row t (position pos0 + t) sees cache positions 0 .. pos0 + t
+        future = np.arange(end)[None, :] > np.arange(pos0, end)[:, None]  # (T, end)
+        for l in range(c.n_layers):
+            xb = rmsnorm_rows(x, w["rms_att"][l])
+            q, k, v = matmuls(xb, w["wq"][l], w["wk"][l], w["wv"][l], watch=watch)  # (T, dim), (T, kv_dim) x2
+            q = rotate_pairs(q, cos, sin)
+            k = rotate_pairs(k, cos[:, : c.kv_dim // 2], sin[:, : c.kv_dim // 2])
+            self.key_cache[l, pos0:end] = k  # every row's K/V stored before any row attends
+            self.value_cache[l, pos0:end] = v
+
+            keys = self.key_cache[l, :end].reshape(end, c.n_kv_heads, hs)
+            values = self.value_cache[l, :end].reshape(end, c.n_kv_heads, hs)
+            qh = q.reshape(T, c.n_heads, hs)
+            att_out = np.empty((T, c.n_heads, hs), dtype=np.float32)
+            for h in range(c.n_heads):
+                kvh = h // kv_mul
+                scores = (qh[:, h, :] @ keys[:, kvh, :].T) * scale  # (T, end)
+                scores[future] = -np.inf
+                e = np.exp(scores - scores.max(axis=1, keepdims=True), dtype=np.float32)
+                att_out[:, h, :] = (e / e.sum(axis=1, keepdims=True, dtype=np.float32)) @ values[:, kvh, :]
+            x = x + matmuls(att_out.reshape(T, c.dim), w["wo"][l], watch=watch)[0]
+
+            xb = rmsnorm_rows(x, w["rms_ffn"][l])
+            gate, up = matmuls(xb, w["w1"][l], w["w3"][l], watch=watch)  # (T, hidden_dim) each
+            hidden = (gate / (np.float32(1.0) + np.exp(-gate))) * up
+            x = x + matmuls(hidden, w["w2"][l], watch=watch)[0]
+
+        rows = x if all_logits else x[-1:]
+        rows = rmsnorm_rows(rows, w["rms_final"])
+        return matmuls(rows, self.model.classifier, watch=watch)[0].astype(np.float32)  # (T or 1, vocab)

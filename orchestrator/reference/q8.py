@@ -36,6 +36,28 @@ def quantize_activation(x: np.ndarray) -> QuantizedActivation:
     return QuantizedActivation(qx, dx)
 
 
+def quantize_rows(x: np.ndarray) -> QuantizedActivation:
+    """Each row of a (T, n) activation matrix quantized as one activation vector is: qx (T, blocks,
+    32), dx (T, blocks). A batch changes the loop order, not the blocks."""
+    x = np.asarray(x, dtype=np.float32)
+    parts = [quantize_activation(row) for row in x]
+    return QuantizedActivation(np.stack([p.qx for p in parts]), np.stack([p.dx for p in parts]))
+
+
+ROWS_PER_CHUNK = 8  # bounds the (chunk, rows, blocks) int32 temporary of a classifier-sized product
+
+
+def matmul(w: Q8Tensor, a: QuantizedActivation) -> np.ndarray:
+    """(T, rows): row t is matvec(w, a[t]), computed with the same float32 operations."""
+    dw = w.d.astype(np.float32)
+    out = np.empty((a.qx.shape[0], w.qs.shape[0]), dtype=np.float32)
+    for s in range(0, a.qx.shape[0], ROWS_PER_CHUNK):
+        qx, dx = a.qx[s:s + ROWS_PER_CHUNK], a.dx[s:s + ROWS_PER_CHUNK]
+        isum = np.einsum("rbi,tbi->trb", w.qs, qx, dtype=np.int32)
+        out[s:s + ROWS_PER_CHUNK] = (isum.astype(np.float32) * (dw[None] * dx[:, None, :])).sum(axis=2, dtype=np.float32)
+    return out
+
+
 def matvec(w: Q8Tensor, a: QuantizedActivation, scales: np.ndarray | None = None) -> np.ndarray:
     """out[r] = sum over blocks b of float(isum[r, b]) * (fp32(d[r, b]) * dx[b]), where isum is the
     block's dot product of the int8 quants, exact in int32. `scales`: w's fp32(d), when cached."""

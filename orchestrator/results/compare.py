@@ -27,7 +27,7 @@ class Verdict:
 
 
 def _key(cell):
-    return (cell.port, cell.model.name, cell.model.origin, cell.model.weight_type, cell.threads)
+    return (cell.port, cell.model.name, cell.model.origin, cell.model.weight_type, cell.threads, cell.test_name)
 
 
 def compare(a: Suite, b: Suite, metric: str = "tok_s", threshold: float = 0.05) -> Verdict:
@@ -41,7 +41,7 @@ def compare(a: Suite, b: Suite, metric: str = "tok_s", threshold: float = 0.05) 
         xa = [v for v in map(read, good_runs(ca)) if v]
         xb = [v for v in map(read, good_runs(cb)) if v]
         sa, sb, r = summarize(xa), summarize(xb), ratio_ci(xa, xb)
-        row = {"port": cb.port, "model": cb.model.label, "threads": cb.threads}
+        row = {"port": cb.port, "model": cb.label, "threads": cb.threads}
         if not sa or not sb or r is None:
             rows.append({**row, "A": "-", "B": "-", "B/A [95% CI]": "-", "verdict": "no data"})
             continue
@@ -52,7 +52,7 @@ def compare(a: Suite, b: Suite, metric: str = "tok_s", threshold: float = 0.05) 
         # beyond the threshold as well as beyond the noise: the whole interval past 1 -/+ threshold
         if (r.high < 1 - threshold) if higher_better else (r.low > 1 + threshold):
             verdict = f"REGRESSION beyond {100 * threshold:.0f}%"
-            regressions.append(f"{cb.port} {cb.model.label} j={cb.threads}: {r.fmt()}")
+            regressions.append(f"{cb.port} {cb.label} j={cb.threads}: {r.fmt()}")
         rows.append({**row, "A": sa.fmt(), "B": sb.fmt(), "B/A [95% CI]": r.fmt(), "verdict": verdict})
     return Verdict(rows, geometric_mean(ratios), regressions)
 

@@ -46,7 +46,7 @@ def ordered_ports(suite: Suite, model: str | None = None) -> list[str]:
     """Ports by group, then fastest first (geometric mean of tok/s over the thread counts), then name;
     ports with nothing measured last in their group."""
     groups = _port_groups(suite)
-    cells = [c for c in suite.cells if model is None or c.model.label == model]
+    cells = [c for c in suite.cells if model is None or c.label == model]
     speed = {}
     for port in {c.port for c in cells}:
         means = [s.mean for c in cells if c.port == port and c.status == "ok" and (s := metric(c, "tok_s"))]
@@ -139,7 +139,7 @@ def _save(fig, path: Path) -> list[Path]:
 def bars_figure(suite: Suite, model: str, name: str, ylabel: str):
     """Per port (grouped, fastest first) one bar per thread count: the mean of metric `name` over
     the good runs, with its 95% interval; None when the model has no cells."""
-    cells = [c for c in suite.cells if c.model.label == model]
+    cells = [c for c in suite.cells if c.label == model]
     ports = ordered_ports(suite, model)
     threads = sorted({c.threads for c in cells})
     if not ports:
@@ -206,7 +206,7 @@ def scaling_figure(suite: Suite):
         best = None
         for port in ordered_ports(suite, model):
             pts = sorted((c.threads, metric(c, "tok_s")) for c in suite.cells
-                         if c.model.label == model and c.port == port and c.status == "ok")
+                         if c.label == model and c.port == port and c.status == "ok")
             pts = [(t, s) for t, s in pts if s]
             if not pts:
                 continue

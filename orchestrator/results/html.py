@@ -83,7 +83,7 @@ def _relative(suite: Suite, views) -> str:
     base = baseline_port(suite)
     if base is None:
         return '<p class="note">No baseline: neither the C port nor the reference ran.</p>'
-    keys = sorted({(c.model.label, c.threads) for c in suite.cells},
+    keys = sorted({(c.label, c.threads) for c in suite.cells},
                   key=lambda k: (models_of(suite).index(k[0]), k[1]))
     ports, speed = ordered_ports(suite), {}
     for p in ports:
@@ -207,7 +207,7 @@ def _quiet(suite: Suite) -> str:
         return f"not recorded in this file (format {suite.format_version}); no run was left out as busy"
     if not busy:
         return f"no measured run was disturbed ({measured} runs; {guard})"
-    lines = "".join(f"<li>{escape(c.port)} {escape(c.model.label)} j={c.threads}: {n} of {len(c.runs)}</li>"
+    lines = "".join(f"<li>{escape(c.port)} {escape(c.label)} j={c.threads}: {n} of {len(c.runs)}</li>"
                     for c, n in busy)
     return (f'<span class="badge bad">{sum(n for _, n in busy)} of {measured} runs left out</span> '
             f"taken while the machine was busy; kept in the JSON, left out of every figure ({guard}):<ul>{lines}</ul>")
@@ -235,7 +235,7 @@ def _header(suite: Suite) -> str:
         ("runs per cell", runs), ("steps", f"{m.steps}, temperature {m.temperature}, seed {m.seed}"),
         ("result format", str(suite.format_version))])
     models = []
-    for name in models_of(suite):
+    for name in dict.fromkeys(c.model.label for c in suite.cells):  # a model once, whatever its tests
         c = next(c for c in suite.cells if c.model.label == name)
         fmts = sorted({x.model.format for x in suite.cells if x.model.label == name})
         models.append("<tr>" + _td(escape(name)) + _td(_badge(c.model.origin))
@@ -318,8 +318,8 @@ def _validation(rows: list[dict] | None) -> str:
 
 def _failures(suite: Suite) -> str:
     rows = []
-    for c in sorted((c for c in suite.cells if c.status != "ok"), key=lambda c: (c.model.label, c.port, c.threads)):
-        rows.append("<tr>" + _td(escape(label(suite, c.port))) + _td(escape(c.model.label)) + _td(str(c.threads), c.threads, "num")
+    for c in sorted((c for c in suite.cells if c.status != "ok"), key=lambda c: (c.label, c.port, c.threads)):
+        rows.append("<tr>" + _td(escape(label(suite, c.port))) + _td(escape(c.label)) + _td(str(c.threads), c.threads, "num")
                     + _td(f'<span class="badge bad">{escape(c.status)}</span>') + _td(f"{len(c.runs)}", len(c.runs), "num")
                     + _td(escape(c.reason or "interrupted: --resume runs it again")) + "</tr>")
     builds = [p for p in suite.ports if not p.build.startswith("built")]
@@ -338,7 +338,7 @@ def _peers(suite: Suite) -> str:
                 text = describe_peer(c.peer_check)
             except (TypeError, ZeroDivisionError):
                 text = "peer check gave no figure"
-            items.append(f"<li>{escape(c.port)} {escape(c.model.label)} j={c.threads}: {escape(text)}</li>")
+            items.append(f"<li>{escape(c.port)} {escape(c.label)} j={c.threads}: {escape(text)}</li>")
     return f"<h3>The peer's own benchmark tool beside its row</h3><ul>{''.join(items)}</ul>" if items else ""
 
 
@@ -355,7 +355,7 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
     sections, n = [], 0
     for model in models:
         ports = ordered_ports(suite, model)
-        threads = sorted({c.threads for c in suite.cells if c.model.label == model})
+        threads = sorted({c.threads for c in suite.cells if c.label == model})
         charts = []
         for draw in CHARTS:
             n += 1
@@ -363,7 +363,7 @@ def build_page(suite: Suite, validation: list[dict] | None = None, source: str |
         notes = []
         if len(threads) < 2:
             notes.append("one thread count in this suite: no thread-scaling chart.")
-        missing = [c for c in suite.cells if c.model.label == model and c.status != "ok"]
+        missing = [c for c in suite.cells if c.label == model and c.status != "ok"]
         if missing:
             why = {}
             for c in missing:

@@ -15,7 +15,7 @@ from .figures import GROUP_TITLES, PLOTLY_MARKERS, ci95, port_group, port_styles
 from .html_assets import CONFIG, FONT
 from .report import baseline_port
 from .stats import good_runs, metric, ratio_ci, summarize
-from .summary import roofline
+from .summary import roof, roofline
 
 # ---------------------------------------------------------------- numbers of one cell
 def fmt(x: float | None, digits: int = 1, unit: str = "") -> str:
@@ -54,10 +54,9 @@ class CellView:
         self.decode = summarize([r.stats.decode_s for r in runs if r.stats])
         self.rest = summarize([r.wall_s - r.stats.load_s - r.stats.ttft_s - r.stats.decode_s for r in runs if r.stats])
         self.rss = metric(cell, "rss_mib")
-        self.bw = suite.host.bandwidth_for(cell.model.weight_bytes, cell.threads)
+        limit = roof(suite, cell)
         self.roof = roofline(suite, cell)
-        self.roof_samples = ([t * cell.model.weight_bytes / (self.bw * 1e9) for t in self.tok_samples]
-                             if self.bw else [])
+        self.roof_samples = [t * limit[0] / limit[1] for t in self.tok_samples] if limit else []
         self.speed = None
         if base is not None and base.status == "ok":
             self.speed = ratio_ci([r.tok_s for r in good_runs(base) if r.tok_s], self.tok_samples)
@@ -65,7 +64,7 @@ class CellView:
 
 def views_of(suite: Suite) -> dict[tuple[str, str, int], CellView]:
     base = baseline_port(suite)
-    cells = {(c.model.label, c.port, c.threads): c for c in suite.cells}
+    cells = {(c.label, c.port, c.threads): c for c in suite.cells}
     return {k: CellView(suite, c, cells.get((k[0], base, k[2])) if base else None) for k, c in cells.items()}
 
 
@@ -184,16 +183,26 @@ def roof_chart(suite, model, ports, threads, views, div_id) -> str:
     def point(v, p, t):
         if not (v and v.roof):
             return None, f"<b>{label(suite, p)}</b>: no figure"
-        return 100 * v.roof, (f"<b>{label(suite, p)}</b>, {threads_name(t)}<br>{100 * v.roof:.0f}% of {v.bw:.1f} GB/s<br>"
-                              f"({v.tok.mean:.1f} tok/s x {v.cell.model.weight_bytes / 1e6:.1f} MB)<br>per run, %:<br>"
-                              f"{samples([100 * x for x in v.roof_samples], 0)}")
+        work, limit = roof(suite, v.cell)
+        if v.cell.prefill:
+            of = f"{limit / 1e9:.0f} G ops/s ({v.tok.mean:.1f} tok/s x {work / 1e6:.0f} MFLOP)"
+        else:
+            of = f"{limit / 1e9:.1f} GB/s ({v.tok.mean:.1f} tok/s x {work / 1e6:.1f} MB)"
+        return 100 * v.roof, (f"<b>{label(suite, p)}</b>, {threads_name(t)}<br>{100 * v.roof:.0f}% of {of}<br>"
+                              f"per run, %:<br>{samples([100 * x for x in v.roof_samples], 0)}")
 
-    if not any(v.roof for (m, _, _), v in views.items() if m == model):
+    shown = [v for (m, _, _), v in views.items() if m == model and v.roof]
+    if not shown:
         return ""
+    compute = shown[0].cell.prefill
     fig = go.Figure()
     bars(fig, suite, model, ports, threads, views, point)
-    fig.add_hline(y=100, line_dash="dash", line_color="#b00020", annotation_text="measured read bandwidth",
+    fig.add_hline(y=100, line_dash="dash", line_color="#b00020",
+                  annotation_text="measured compute peak" if compute else "measured read bandwidth",
                   annotation_position="top right")
+    if compute:
+        return plot(fig, div_id, 380, f"{model}: share of the compute roofline (f32 FMA; int8 dot products for q8_0)",
+                    "% of compute peak")
     return plot(fig, div_id, 380, f"{model}: share of the memory-bandwidth roofline", "% of read bandwidth")
 
 
@@ -230,11 +239,12 @@ def scaling_chart(suite, model, ports, threads, views, div_id) -> str:
                     line={"color": "#333333", "dash": "dash", "width": 1.5}, hoverinfo="skip")
     some = next((views[(model, p, t0)] for p in ports if (model, p, t0) in views), None)
     if some:
-        bws = [suite.host.bandwidth_for(some.cell.model.weight_bytes, t) for t in threads]
-        if all(bws):
-            fig.add_scatter(x=threads, y=[b / bws[0] for b in bws], name="read bandwidth (roofline)",
+        limits = [roof(suite, some.cell, t) for t in threads]
+        what = "compute peak" if some.cell.prefill else "read bandwidth"
+        if all(limits):
+            fig.add_scatter(x=threads, y=[lim[1] / limits[0][1] for lim in limits], name=f"{what} (roofline)",
                             mode="lines", line={"color": "#b00020", "dash": "dot", "width": 1.5},
-                            hovertemplate="read bandwidth x%{y:.2f} at %{x} threads<extra></extra>")
+                            hovertemplate=what + " x%{y:.2f} at %{x} threads<extra></extra>")
     for p in ports:
         first = views.get((model, p, t0))
         if not first or not first.tok:

@@ -44,7 +44,7 @@ def _speed(suite: Suite, cell: Cell, base: str | None):
     a 95% interval (Welch on the log scale)."""
     if base is None:
         return None
-    ref = next((c for c in suite.cells if c.port == base and c.model.label == cell.model.label
+    ref = next((c for c in suite.cells if c.port == base and c.label == cell.label
                 and c.threads == cell.threads and c.status == "ok"), None)
     if ref is None:
         return None
@@ -54,7 +54,7 @@ def _speed(suite: Suite, cell: Cell, base: str | None):
 def model_rows(suite: Suite, model: str) -> list[dict]:
     base = baseline_port(suite)
     rows = []
-    for cell in sorted((c for c in suite.cells if c.model.label == model), key=lambda c: (c.threads, c.port)):
+    for cell in sorted((c for c in suite.cells if c.label == model), key=lambda c: (c.threads, c.port)):
         tok, wall, rss = metric(cell, "tok_s"), metric(cell, "wall_s"), metric(cell, "rss_mib")
         roof = roofline(suite, cell)
         speed = _speed(suite, cell, base)
@@ -62,6 +62,7 @@ def model_rows(suite: Suite, model: str) -> list[dict]:
             "port": _label(cell),
             "threads": cell.threads,
             "tok/s": tok.fmt() if tok else "-",
+            **({"TTFT s": ttft.fmt(3) if (ttft := metric(cell, "ttft_s")) else "-"} if cell.prefill else {}),
             "time/inference s": wall.fmt(3) if wall else "-",
             "peak MiB": f"{rss.max:.1f}" if rss else "-",
             "% roofline": (f"{100 * roof:.0f}%" + (" (probe defect)" if roof > 1 else "")) if roof else "-",
@@ -75,10 +76,11 @@ def model_rows(suite: Suite, model: str) -> list[dict]:
 
 def model_title(suite: Suite, model: str) -> str:
     """`model` is a Model.label: the name, with the weight type when it is not f32."""
-    cell = next(c for c in suite.cells if c.model.label == model)
+    cell = next(c for c in suite.cells if c.label == model)
     m = cell.model
     return (f"{model} ({m.origin} weights, {m.tokenizer_origin or 'embedded'} tokenizer, {m.format}, "
-            f"{m.weight_bytes / 1e6:.1f} MB read per token, {cell.steps} steps)")
+            + (f"{cell.steps}-token prompt through the batched prefill, {cell.flops_per_token / 1e6:.0f} MFLOP per "
+               f"position)" if cell.prefill else f"{m.weight_bytes / 1e6:.1f} MB read per token, {cell.steps} steps)"))
 
 
 def relative_rows(suite: Suite) -> tuple[list[str], list[list[str]]]:
@@ -87,14 +89,14 @@ def relative_rows(suite: Suite) -> tuple[list[str], list[list[str]]]:
     base = baseline_port(suite)
     if base is None:
         return [], []
-    keys = sorted({(c.model.label, c.threads) for c in suite.cells}, key=lambda k: (k[0], k[1]))
+    keys = sorted({(c.label, c.threads) for c in suite.cells}, key=lambda k: (k[0], k[1]))
     header = ["port"] + [f"{m} j={t}" for m, t in keys] + ["geomean"]
     rows = []
     for port in sorted({c.port for c in suite.cells}):
         ratios = []
         row = [port]
         for m, t in keys:
-            cell = next((c for c in suite.cells if c.port == port and c.model.label == m and c.threads == t), None)
+            cell = next((c for c in suite.cells if c.port == port and c.label == m and c.threads == t), None)
             r = _speed(suite, cell, base) if cell else None
             ratios.append(r.value if r else None)
             row.append(r.fmt() if r else "-")
@@ -112,13 +114,13 @@ def type_rows(suite: Suite) -> list[dict]:
         return []
     cells = {c.key: c for c in suite.cells if c.status == "ok"}
     rows = []
-    for port, model, threads in sorted({(c.port, c.model.name, c.threads) for c in cells.values()},
-                                       key=lambda k: (k[1], k[2], k[0])):
-        f32 = cells.get((port, model, "f32", threads))
-        row = {"port": port, "model": model, "threads": threads,
+    for port, model, threads, test in sorted({(c.port, c.model.name, c.threads, c.test_name) for c in cells.values()},
+                                             key=lambda k: (k[3], k[1], k[2], k[0])):
+        f32 = cells.get((port, model, "f32", threads, test))
+        row = {"port": port, "model": model, "test": test, "threads": threads,
                "f32 tok/s": (m.fmt() if (m := metric(f32, "tok_s")) else "-") if f32 else "-"}
         for t in types[1:]:
-            other = cells.get((port, model, t, threads))
+            other = cells.get((port, model, t, threads, test))
             tok = metric(other, "tok_s") if other else None
             ratio = ratio_ci([r.tok_s for r in good_runs(f32) if r.tok_s],
                              [r.tok_s for r in good_runs(other) if r.tok_s]) if f32 and other else None
@@ -131,8 +133,8 @@ def type_rows(suite: Suite) -> list[dict]:
 def models_of(suite: Suite) -> list[str]:
     seen = []
     for c in suite.cells:
-        if c.model.label not in seen:
-            seen.append(c.model.label)
+        if c.label not in seen:
+            seen.append(c.label)
     return seen
 
 
@@ -146,6 +148,9 @@ def host_lines(suite: Suite) -> list[str]:
         f"{h.memory_bytes / 2**30:.1f} GiB, {h.os}",
         f"caches: {caches or 'unknown'}",
         f"memory read bandwidth (the roofline, per model size): {bw or 'not measured'}",
+    ] + ([f"compute peaks (the roofline of pp cells): " + "; ".join(
+        f"{p.kind} x {p.threads} thread{'s' if p.threads > 1 else ''}: {p.gops:.0f} G ops/s ({p.method})" for p in h.peaks)]
+         if h.peaks else []) + [
         f"cpu governor {h.cpu_governor or 'not exposed'}, clock {f'{h.cpu_mhz:.0f} MHz' if h.cpu_mhz else 'not exposed'}",
         f"commit {h.git_commit[:12]}{' (dirty)' if h.git_dirty else ''}, suite {suite.suite_id}, "
         f"matrix {suite.matrix_name}" + (f", image {h.container_image}" if h.container_image else ""),

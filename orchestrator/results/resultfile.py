@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from schemas.results import FORMAT_VERSION, Cell, Suite, ValidationRow
 
-READABLE = (1, 2, 3, FORMAT_VERSION)
+READABLE = (1, 2, 3, 4, FORMAT_VERSION)
 
 from ..errors import PolyllamaError, first_error
 from ..files import write_atomic

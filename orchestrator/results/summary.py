@@ -26,11 +26,23 @@ def describe_peer(check: PeerCheck) -> str:
             f"({(check.row_tok_s or 0) / check.tool_tok_s:.2f}x): {verdict} within {100 * check.tolerance:.0f}%")
 
 
+def roof(suite: Suite, cell: Cell, threads: int | None = None) -> tuple[float, float] | None:
+    """(work per token, work per second the host can do) of the cell's roofline at its thread count
+    (or another's): a tg cell's bytes per token against the read bandwidth at its model's size, a
+    pp cell's FLOPs per position against the compute peak (f32 FMA; int8 dot products for q8_0,
+    whose products are 8-bit); None where the probe did not run."""
+    threads = cell.threads if threads is None else threads
+    if cell.prefill:
+        peak = suite.host.peak_for("int8" if cell.model.weight_type == "q8_0" else "f32", threads)
+        return (cell.flops_per_token, peak * 1e9) if peak and cell.flops_per_token else None
+    gbs = suite.host.bandwidth_for(cell.model.weight_bytes, threads)
+    return (cell.model.weight_bytes, gbs * 1e9) if gbs else None
+
+
 def roofline(suite: Suite, cell: Cell) -> float | None:
-    """The cell's mean decode rate as a share of the bytes per second the probe could read."""
-    tok = metric(cell, "tok_s")
-    return roofline_share(tok.mean if tok else None, cell.model.weight_bytes,
-                          suite.host.bandwidth_for(cell.model.weight_bytes, cell.threads))
+    """The cell's mean rate as a share of its roofline (roof)."""
+    tok, r = metric(cell, "tok_s"), roof(suite, cell)
+    return roofline_share(tok.mean if tok else None, r[0], r[1] / 1e9) if r else None
 
 
 def _samples(cell: Cell) -> list[float]:
@@ -66,6 +78,7 @@ class Group:
     ranking: list[Entry]  # fastest first
     peer: Peer | None
     texts: dict[str, list[str]]  # SHA-256 of the generated text -> ports that wrote it
+    prefill: bool = False  # a pp group: prompt tokens per second against the compute roof
 
     @property
     def best_port(self) -> Entry | None:
@@ -111,11 +124,11 @@ def _texts(cells: list[Cell]) -> dict[str, list[str]]:
 def groups(suite: Suite) -> list[Group]:
     keys = []
     for c in suite.cells:
-        if (c.model.label, c.threads) not in keys:
-            keys.append((c.model.label, c.threads))
+        if (c.label, c.threads) not in keys:
+            keys.append((c.label, c.threads))
     out = []
     for model, threads in sorted(keys, key=lambda k: (keys.index((k[0], min(t for m, t in keys if m == k[0]))), k[1])):
-        cells = [c for c in suite.cells if c.model.label == model and c.threads == threads and c.status == "ok"
+        cells = [c for c in suite.cells if c.label == model and c.threads == threads and c.status == "ok"
                  and metric(c, "tok_s")]
         if not cells:
             continue
@@ -123,13 +136,14 @@ def groups(suite: Suite) -> list[Group]:
         top = _samples(cells[0])
         ranking = [Entry(c.port, c.role, metric(c, "tok_s"), ratio_ci(top, _samples(c)) if i else None,
                          roofline(suite, c)) for i, c in enumerate(cells)]
-        out.append(Group(model, cells[0].model.origin, threads, ranking, _peer(cells), _texts(cells)))
+        out.append(Group(model, cells[0].model.origin, threads, ranking, _peer(cells), _texts(cells),
+                         cells[0].prefill))
     return out
 
 
 def probe_defects(suite: Suite) -> list[str]:
     """Cells above 100% of their roofline: where the probe read slower than a port did."""
-    return [f"{c.port} {c.model.label} j={c.threads} ({100 * share:.0f}%)" for c in suite.cells
+    return [f"{c.port} {c.label} j={c.threads} ({100 * share:.0f}%)" for c in suite.cells
             if c.status == "ok" and (share := roofline(suite, c)) and share > 1]
 
 
@@ -152,11 +166,13 @@ def sentence(g: Group) -> str:
     best = g.best_port
     if best is None:
         return f"{g.model}, {g.threads} thread{'s' if g.threads > 1 else ''}: only the peer ran."
-    roof = f", {100 * best.roof:.0f}% of the memory roofline" if best.roof else ""
+    kind = "compute" if g.prefill else "memory"
+    rate = "prompt tok/s" if g.prefill else "tok/s"
+    roof = f", {100 * best.roof:.0f}% of the {kind} roofline" if best.roof else ""
     if best.roof and best.roof > 1:
         roof += " (a probe defect, not a target met)"
     text = (f"{g.model} ({g.origin}), {g.threads} thread{'s' if g.threads > 1 else ''}: {best.port} is fastest at "
-            f"{best.tok.mean:.1f} tok/s{roof}{_sure(g)}")
+            f"{best.tok.mean:.1f} {rate}{roof}{_sure(g)}")
     if g.peer:
         p = g.peer
         at = f"{p.source}, {p.best:.1f} tok/s" + (f"; its row {p.row:.1f}" if p.source != "row" else
@@ -191,10 +207,19 @@ def validation_line(suite: Suite) -> str:
 
 def overall(suite: Suite, gs: list[Group] | None = None) -> str:
     """One sentence for the whole suite: who leads where, and each port's geometric-mean speed
-    relative to the fastest row of each cell."""
+    relative to the fastest row of each cell; token generation and prompt processing apart."""
     gs = groups(suite) if gs is None else gs
     if not gs:
         return f"The {suite.matrix_name} suite has no finished cell."
+    kinds = [(what, [g for g in gs if g.prefill == pp]) for what, pp in
+             (("token generation", False), ("prompt processing", True))]
+    kinds = [(what, part) for what, part in kinds if part]
+    if len(kinds) == 1:
+        return _overall(suite, gs, "")
+    return " ".join(_overall(suite, part, what) for what, part in kinds)
+
+
+def _overall(suite: Suite, gs: list[Group], what: str) -> str:
     leads: dict[str, int] = {}
     for g in gs:
         if g.best_port:
@@ -208,7 +233,8 @@ def overall(suite: Suite, gs: list[Group] | None = None) -> str:
     peer = [g.vs_peer for g in gs if g.vs_peer]
     ahead = (f"; the best port is ahead of llama.cpp at its best in {sum(v > 1 for v in peer)} of {len(peer)} cells"
              if peer else "")
-    return (f"The {suite.matrix_name} suite, {len(gs)} cells: fastest port {lead}{ahead}. Geometric mean of each "
+    scope = f" ({what})" if what else ""
+    return (f"The {suite.matrix_name} suite{scope}, {len(gs)} cells: fastest port {lead}{ahead}. Geometric mean of each "
             f"row's speed relative to the fastest row of its cell: "
             + ", ".join(f"{p} {m:.2f}" for p, m in means if m) + ".")
 
