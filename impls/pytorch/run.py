@@ -257,7 +257,7 @@ class CompiledTransformer(Transformer):
         torch = self.torch
         if CompiledTransformer.compiled_batch is None:
             CompiledTransformer.compiled_batch = torch.compile(prefill_step, fullgraph=True)
-        torch._dynamo.mark_dynamic(tokens, 0, min=2, max=self.rows)
+        torch._dynamo.mark_dynamic(tokens, 0)
         self._pos0.fill_(pos0)
         return CompiledTransformer.compiled_batch(self.weights, self.key_cache, self.value_cache, self.positions,
                                                   self.inv_freq, tokens, self._pos0, self.shape)
