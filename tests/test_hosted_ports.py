@@ -93,6 +93,55 @@ def test_logits_match_reference_on_stories260K(hosted, stories260k):
     assert_close(logits_for(Reference(model), ids), logits_for(make(model), ids))
 
 
+@pytest.mark.parametrize("batch", [2, 7, len(IDS)])
+def test_batched_logits_match_reference_on_tiny_model(hosted, tiny, batch):
+    """forward_batch (contract 2): every row of every batch length is the one-position row."""
+    _, _, make = hosted
+    model = read_model(tiny[0][("v1", "unshared")])  # grouped-query attention, unshared classifier
+    t = make(model, batch=batch)
+    assert hasattr(t, "forward_batch")
+    assert_close(logits_for(Reference(model), IDS), logits_for(t, IDS, batch))
+
+
+def test_batched_logits_match_reference_on_stories260K(hosted, stories260k):
+    _, _, make = hosted
+    model = read_model(stories260k.path)
+    ids = [1, 403, 411, 9, 18, 300] + list(range(3, 60))
+    assert_close(logits_for(Reference(model), ids), logits_for(make(model, batch=16), ids, 16))
+
+
+def test_batched_text_matches_reference_on_stories260K(hosted, stories260k):
+    """A prompt in batches, the last row's logits sampled: the reference's text."""
+    _, _, make = hosted
+    model = read_model(stories260k.path)
+    tokenizer = Tokenizer(read_tokenizer(stories260k.tokenizer, model.config.vocab_size))
+    prompt = b"Once upon a time, there was a little girl named Lily. She"
+    ref = generate(Reference(model), tokenizer, Sampler(0.8, 0.9, 42), prompt, 80)
+    got = generate(make(model, batch=5), tokenizer, Sampler(0.8, 0.9, 42), prompt, 80, batch=5)
+    assert got.text == ref.text
+
+
+def test_the_batched_pass_is_built_once_at_load(hosted, tiny):
+    """Batches of any length (a run's full ones and its shorter last one) reuse what was compiled
+    or traced while loading."""
+    port, mode, make = hosted
+    model = read_model(tiny[0][("v1", "unshared")])
+    if mode == "compiled":
+        from torch._dynamo.utils import counters
+
+        t = make(model, batch=7)
+        graphs, recompiles = counters["stats"]["unique_graphs"], sum(counters["recompiles"].values())
+        logits_for(t, IDS, 7)  # lengths 7, 7, 6
+        logits_for(t, IDS[:5], 5)
+        assert counters["stats"]["unique_graphs"] == graphs
+        assert sum(counters["recompiles"].values()) == recompiles
+    elif port.name == "tensorflow":
+        t = make(model, batch=7)
+        logits_for(t, IDS, 7)
+        logits_for(t, IDS[:5], 5)
+        assert t.batch_step.experimental_get_tracing_count() == 1
+
+
 def test_sampled_text_matches_reference_on_stories260K(hosted, stories260k):
     _, _, make = hosted
     model = read_model(stories260k.path)

@@ -119,6 +119,57 @@ class Transformer:
         x = F.rms_norm(x, (c.dim,), self.rms_final, EPS)
         return torch.mv(self.wcls, x).numpy()  # (vocab,)
 
+    def forward_batch(self, tokens: list[int], pos0: int, all_logits: bool):
+        """Positions pos0 .. pos0+T-1 at once, row t being forward(tokens[t], pos0 + t): one
+        matrix-matrix product per weight matrix, so each weight is read once per batch. Returns
+        the logits of every row (T, vocab), or of the last row only (1, vocab)."""
+        if len(tokens) == 1:  # a one-row product is the decode step's matrix-vector one
+            return self.forward(tokens[0], pos0)[None]
+        torch, c = self.torch, self.c
+        F = torch.nn.functional
+        T, end = len(tokens), pos0 + len(tokens)
+        x = self.token_embedding.index_select(0, torch.tensor(tokens))  # (T, dim), a copy
+        rows = torch.arange(pos0, end)
+        angle = rows.to(torch.float32)[:, None] * self.inv_freq  # (T, head_size/2)
+        cis = torch.polar(torch.ones_like(angle), angle)[:, None]  # (T, 1, head_size/2)
+        # row t sees cache rows 0 .. pos0+t: the earlier batches and its own batch up to itself
+        visible = torch.arange(end)[None, :] <= rows[:, None]  # (T, end)
+        for l in range(c.n_layers):
+            xb = F.rms_norm(x, (c.dim,), self.rms_att[l], EPS)
+            q = self.rope_rows(F.linear(xb, self.wq[l]), cis)  # (T, dim)
+            # every row's key and value is in the cache before any row attends
+            self.key_cache[l, pos0:end] = self.rope_rows(F.linear(xb, self.wk[l]), cis)
+            torch.mm(xb, self.wv[l].t(), out=self.value_cache[l, pos0:end])
+            x += F.linear(self.attend(q, self.key_cache[l, :end], self.value_cache[l, :end], visible), self.wo[l])
+
+            xb = F.rms_norm(x, (c.dim,), self.rms_ffn[l], EPS)
+            x += F.linear(F.silu(F.linear(xb, self.w1[l])) * F.linear(xb, self.w3[l]), self.w2[l])
+
+        last = x if all_logits else x[-1:]
+        return F.linear(F.rms_norm(last, (c.dim,), self.rms_final, EPS), self.wcls).numpy()
+
+    def rope_rows(self, mat, cis):
+        """rope() for each row of a (T, width) matrix, row t by its own position's angles."""
+        torch = self.torch
+        pairs = torch.view_as_complex(mat.view(mat.shape[0], -1, self.c.head_size // 2, 2))
+        return torch.view_as_real(pairs * cis).view(mat.shape)
+
+    def attend(self, q, keys, values, visible):
+        """Causal grouped-query attention of T query rows (T, dim) over S cache rows (S, kv_dim),
+        `visible` (T, S) saying which rows each query sees: scaled_dot_product_attention, PyTorch's
+        fused attention, with query head h reading KV head h // kv_mul (enable_gqa). The inputs
+        are 4-D (batch 1, heads, rows, head_size): the CPU's flash-attention kernel (split over
+        heads and query blocks) takes only that layout, and 3-D ones fall back to the unfused
+        math path (score matrices, a separate softmax and masking ops)."""
+        torch, c = self.torch, self.c
+        hs = c.head_size
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.view(1, -1, c.n_heads, hs).transpose(1, 2),  # (1, heads, T, hs)
+            keys.view(1, -1, c.n_kv_heads, hs).transpose(1, 2),  # (1, kv_heads, S, hs)
+            values.view(1, -1, c.n_kv_heads, hs).transpose(1, 2),
+            attn_mask=visible, scale=self.scale, enable_gqa=True)  # (1, heads, T, hs)
+        return out.transpose(1, 2).reshape(-1, c.dim)
+
 
 # ----------------------------------------------------------------------------------------------
 # the same forward pass, compiled
@@ -140,7 +191,7 @@ class CompiledTransformer(Transformer):
     Dynamo's recompile limit.
     """
 
-    def __init__(self, model: Model, torch, rows: int):
+    def __init__(self, model: Model, torch, rows: int, batch: int = 1):
         self.rows = rows = max(1, min(rows, model.config.seq_len))
         super().__init__(model, torch)
         c = self.c
@@ -150,6 +201,7 @@ class CompiledTransformer(Transformer):
         self.shape = (c.dim, c.n_layers, c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_size, rows, self.scale)
         self._token = torch.zeros((), dtype=torch.int64)
         self._pos = torch.zeros((), dtype=torch.int64)
+        self._pos0 = torch.zeros((), dtype=torch.int64)
         if CompiledTransformer.compiled is None:
             CompiledTransformer.compiled = torch.compile(decode_step, fullgraph=True, dynamic=False)
         # Warm-up: the compilation, and the first run of the generated code. It writes cache row
@@ -160,11 +212,18 @@ class CompiledTransformer(Transformer):
                 # to an error (no Python.h, say) that the error line then names
                 warnings.simplefilter("ignore")
                 self._run()
+                # The batched pass is a second graph, compiled here too when the run can batch
+                # (batch >= 2 and room for two rows): its warm-up batch writes cache rows that
+                # the run's own positions overwrite before any row reads them.
+                self.batch = max(1, min(batch, rows))
+                if self.batch >= 2:
+                    self._run_batch(torch.zeros(self.batch, dtype=torch.int64), 0)
         except Exception as e:  # the CLI prints one line, and Inductor's first line names no cause
             raise RuntimeError(f"torch.compile failed: {compile_failure(e)} "
                                "(POLYLLAMA_TORCH_COMPILE=0 runs without it)") from e
 
     compiled = None
+    compiled_batch = None
 
     def make_cache(self):
         """Keys and values, each a list of (rows, kv_dim): one tensor per layer, because a write
@@ -185,6 +244,34 @@ class CompiledTransformer(Transformer):
         self._token.fill_(token)
         self._pos.fill_(pos)
         return self._run().numpy()
+
+    def _run_batch(self, tokens, pos0: int):
+        """The compiled batched pass: the final-normed rows (T, dim).
+
+        One graph for every batch length: the token vector's length is marked dynamic (T >= 2;
+        one row takes the decode step), as torch.compile's documentation advises for a size known
+        to vary, so a run's full batches and its shorter last one share the code compiled at load
+        instead of compiling a graph per length while the prompt runs. Everything else stays
+        static, as in the decode step; the matrix products are library GEMM calls either way, so
+        a symbolic row count costs them nothing."""
+        torch = self.torch
+        if CompiledTransformer.compiled_batch is None:
+            CompiledTransformer.compiled_batch = torch.compile(prefill_step, fullgraph=True)
+        torch._dynamo.mark_dynamic(tokens, 0)
+        self._pos0.fill_(pos0)
+        return CompiledTransformer.compiled_batch(self.weights, self.key_cache, self.value_cache, self.positions,
+                                                  self.inv_freq, tokens, self._pos0, self.shape)
+
+    def forward_batch(self, tokens: list[int], pos0: int, all_logits: bool):
+        if len(tokens) == 1:
+            return self.forward(tokens[0], pos0)[None]
+        if not (0 <= pos0 and pos0 + len(tokens) <= self.rows):
+            raise IndexError(f"positions {pos0}..{pos0 + len(tokens) - 1}: this run's cache holds {self.rows}")
+        torch = self.torch
+        x = self._run_batch(torch.tensor(tokens, dtype=torch.int64), pos0)
+        # the classifier outside the graph: one library GEMM over the rows asked for, and one
+        # compiled graph whether every row's logits are kept or only the last one's
+        return torch.nn.functional.linear(x if all_logits else x[-1:], self.wcls).numpy()
 
 
 def compile_failure(e: Exception) -> str:
@@ -244,6 +331,48 @@ def decode_step(weights, key_cache, value_cache, positions, inv_freq, token, pos
     return torch.mv(wcls, x)  # (vocab,)
 
 
+def prefill_step(weights, key_cache, value_cache, positions, inv_freq, tokens, pos0, shape):
+    """Positions pos0 .. pos0+T-1 at once, T = len(tokens) (dynamic), pos0 a 0-d tensor -> the
+    rows after the final rmsnorm (T, dim); written for torch.compile. Row t is decode_step's
+    position pos0 + t, with one matrix-matrix product per weight matrix."""
+    import torch
+    F = torch.nn.functional
+    emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls = weights
+    dim, n_layers, n_kv, kv_mul, hs, S, scale = shape
+    T = tokens.shape[0]
+    x = emb.index_select(0, tokens)  # (T, dim)
+    rows = pos0 + torch.arange(T)  # each row's position
+    angle = rows.to(torch.float32).view(T, 1) * inv_freq  # (T, head_size/2)
+    cos, sin = torch.cos(angle).view(T, 1, hs // 2), torch.sin(angle).view(T, 1, hs // 2)
+
+    def rope(mat):
+        pairs = mat.view(T, -1, hs // 2, 2)
+        v0, v1 = pairs[..., 0], pairs[..., 1]
+        return torch.stack((v0 * cos - v1 * sin, v0 * sin + v1 * cos), dim=-1).view(T, -1)
+
+    # row t sees cache rows 0 .. pos0+t: the earlier batches, and its own batch up to itself; the
+    # rows after that hold nothing yet (or a later position of an earlier call)
+    visible = positions.view(1, S) <= rows.view(T, 1)  # (T, S)
+    for l in range(n_layers):
+        xb = F.rms_norm(x, (dim,), rms_att[l], EPS)
+        q = rope(F.linear(xb, wq[l]))  # (T, dim)
+        # every row's key and value is in the cache before any row attends
+        key_cache[l].index_copy_(0, rows, rope(F.linear(xb, wk[l])))
+        value_cache[l].index_copy_(0, rows, F.linear(xb, wv[l]))
+        # 4-D, as Transformer.attend explains: the layout of the CPU's flash-attention kernel
+        att = F.scaled_dot_product_attention(
+            q.view(1, T, n_kv * kv_mul, hs).transpose(1, 2),  # (1, heads, T, hs)
+            key_cache[l].view(1, S, n_kv, hs).transpose(1, 2),  # (1, kv_heads, S, hs)
+            value_cache[l].view(1, S, n_kv, hs).transpose(1, 2),
+            attn_mask=visible, scale=scale, enable_gqa=True)  # (1, heads, T, hs)
+        x = x + F.linear(att.transpose(1, 2).reshape(T, dim), wo[l])
+
+        xb = F.rms_norm(x, (dim,), rms_ffn[l], EPS)
+        x = x + F.linear(F.silu(F.linear(xb, w1[l])) * F.linear(xb, w3[l]), w2[l])
+
+    return F.rms_norm(x, (dim,), rms_final, EPS)
+
+
 # ----------------------------------------------------------------------------------------------
 # command line: the reference's, around this Transformer
 
@@ -254,7 +383,7 @@ def backend(model: Model, args) -> Transformer:
         backend.torch = init_torch(args.threads)
         backend.torch.inference_mode().__enter__()  # for the rest of the process: nothing needs autograd
     if compiled:
-        return CompiledTransformer(model, backend.torch, rows_needed(model, args))
+        return CompiledTransformer(model, backend.torch, rows_needed(model, args), getattr(args, "batch", 512))
     return Transformer(model, backend.torch)
 
 

@@ -73,7 +73,7 @@ class Transformer:
     into TF's allocator once, layer by layer, at load; never per token.
     """
 
-    def __init__(self, model: Model, tf, xla: bool = True, rows: int | None = None):
+    def __init__(self, model: Model, tf, xla: bool = True, rows: int | None = None, batch: int = 1):
         self.tf = tf
         self.xla = xla
         self.c = c = model.config
@@ -100,6 +100,19 @@ class Transformer:
         # XLA's one compilation) count as loading, not as the first token. The dummy step writes
         # only cache row 0, which position 0 overwrites before anything reads it.
         self.step(tf.constant(0, tf.int32), tf.constant(0, tf.int32))
+        # The batched pass: a plain tf.function graph in both modes, traced once for every batch
+        # length (T unknown in the signature). Not XLA: XLA compiles anew for each concrete
+        # shape (seconds each, and a run's last batch is usually shorter than the others), and
+        # its CPU matrix products ran the batch no faster than TF's own MatMul kernels (oneDNN),
+        # which take any T as it comes; with a batch of rows the products dominate, so XLA's
+        # fusion of the small ops has little to win (the README has the comparison). Traced and
+        # run once now on two rows, which the run's own positions overwrite before any row reads
+        # them.
+        self.batch = max(1, min(batch, self.rows))
+        self.batch_step = tf.function(self._batch_step, input_signature=[tf.TensorSpec([None], tf.int32), spec],
+                                      autograph=False, jit_compile=False)
+        if self.batch >= 2:
+            self.batch_step(tf.zeros([2], tf.int32), tf.constant(0, tf.int32))
 
     # ------------------------------------------------------------------------------------------
     # forward pass
@@ -161,6 +174,78 @@ class Transformer:
             raise IndexError(f"position {pos}: this run's cache holds {self.rows}")
         return self.step(tf.constant(token, tf.int32), tf.constant(pos, tf.int32)).numpy()
 
+    # ------------------------------------------------------------------------------------------
+    # the batched forward pass
+
+    def _rmsnorm_rows(self, x, w):
+        """_rmsnorm of each row of a (T, width) matrix."""
+        tf = self.tf
+        return w * (x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + EPS))
+
+    def _rope_rows(self, mat, cos, sin):
+        """_rope of each row of a (T, width) matrix, by that row's angles (cos, sin: (T, 1, head_size/2))."""
+        tf = self.tf
+        shape = tf.shape(mat)
+        pairs = tf.reshape(mat, [shape[0], -1, self.c.head_size // 2, 2])  # (T, heads, head_size/2, 2)
+        v0, v1 = pairs[..., 0], pairs[..., 1]
+        return tf.reshape(tf.stack([v0 * cos - v1 * sin, v0 * sin + v1 * cos], axis=-1), shape)
+
+    def _batch_step(self, tokens, pos0):
+        """The graph of positions pos0 .. pos0+T-1 at once, T = len(tokens): the rows after the
+        final rmsnorm (T, dim). Row t is _step's position pos0 + t, with one matrix-matrix product
+        per weight matrix, so each weight is read once per batch."""
+        tf, c = self.tf, self.c
+        mm = tf.linalg.matmul
+        n_kv, hs = c.n_kv_heads, c.head_size
+        kv_mul = c.n_heads // n_kv
+        T = tf.shape(tokens)[0]
+        rows = pos0 + tf.range(T)  # each row's position
+        angle = tf.cast(rows, tf.float32)[:, None] * self.inv_freq  # (T, head_size/2)
+        cos, sin = tf.cos(angle)[:, None, :], tf.sin(angle)[:, None, :]  # (T, 1, head_size/2)
+        x = tf.gather(self.token_embedding, tokens)  # (T, dim)
+        # row t sees cache rows 0 .. pos0+t: the earlier batches, and its own batch up to itself
+        span = slice(None, pos0 + T)
+        visible = (tf.range(pos0 + T)[None, :] <= rows[:, None])[None, :, None, :]  # (1, T, 1, pos0 + T)
+        for l in range(c.n_layers):
+            xb = self._rmsnorm_rows(x, self.rms_att[l])
+            q = self._rope_rows(mm(xb, self.wq[l], transpose_b=True), cos, sin)  # (T, dim)
+            k = self._rope_rows(mm(xb, self.wk[l], transpose_b=True), cos, sin)  # (T, kv_dim)
+            v = mm(xb, self.wv[l], transpose_b=True)  # (T, kv_dim)
+            # every row's key and value is in the cache before any row attends (automatic control
+            # dependencies order the reads below after these writes)
+            self.key_cache[l].scatter_update(tf.IndexedSlices(k, rows))
+            self.value_cache[l].scatter_update(tf.IndexedSlices(v, rows))
+
+            # grouped-query attention: the kv_mul query heads of a KV head and the T rows form
+            # one (T * kv_mul, hs) matrix against that head's (S, hs) keys
+            keys = tf.transpose(tf.reshape(self.key_cache[l][span], [-1, n_kv, hs]), [1, 0, 2])  # (kv_heads, S, hs)
+            values = tf.transpose(tf.reshape(self.value_cache[l][span], [-1, n_kv, hs]), [1, 0, 2])
+            qg = tf.reshape(tf.transpose(tf.reshape(q, [T, n_kv, kv_mul, hs]), [1, 0, 2, 3]), [n_kv, -1, hs])
+            scores = tf.reshape(mm(qg, keys, transpose_b=True) * self.scale, [n_kv, T, kv_mul, -1])
+            scores = tf.nn.softmax(tf.where(visible, scores, float("-inf")), axis=-1)  # (kv_heads, T, kv_mul, S)
+            att = mm(tf.reshape(scores, [n_kv, T * kv_mul, -1]), values)  # (kv_heads, T * kv_mul, hs)
+            att = tf.reshape(tf.transpose(tf.reshape(att, [n_kv, T, kv_mul, hs]), [1, 0, 2, 3]), [T, c.dim])
+            x = x + mm(att, self.wo[l], transpose_b=True)
+
+            xb = self._rmsnorm_rows(x, self.rms_ffn[l])
+            hidden = tf.nn.silu(mm(xb, self.w1[l], transpose_b=True)) * mm(xb, self.w3[l], transpose_b=True)
+            x = x + mm(hidden, self.w2[l], transpose_b=True)
+
+        return self._rmsnorm_rows(x, self.rms_final)
+
+    def forward_batch(self, tokens: list[int], pos0: int, all_logits: bool):
+        """Positions pos0 .. pos0+T-1 at once, row t being forward(tokens[t], pos0 + t): the logits
+        of every row (T, vocab), or of the last row only (1, vocab)."""
+        tf = self.tf
+        if len(tokens) == 1:  # a one-row product is the decode step's matrix-vector one
+            return self.forward(tokens[0], pos0)[None]
+        if not (0 <= pos0 and pos0 + len(tokens) <= self.rows):
+            raise IndexError(f"positions {pos0}..{pos0 + len(tokens) - 1}: this run's cache holds {self.rows}")
+        x = self.batch_step(tf.constant(tokens, tf.int32), tf.constant(pos0, tf.int32))
+        # the classifier outside the graph: one matrix product over the rows asked for, and one
+        # traced graph whether every row's logits are kept or only the last one's
+        return tf.linalg.matmul(x if all_logits else x[-1:], self.wcls, transpose_b=True).numpy()
+
 
 # ----------------------------------------------------------------------------------------------
 # command line: the reference's, around this Transformer
@@ -170,7 +255,7 @@ def backend(model: Model, args) -> Transformer:
     xla = switch("POLYLLAMA_TF_XLA")
     if backend.tf is None:
         backend.tf = init_tensorflow(args.threads)
-    return Transformer(model, backend.tf, xla, rows_needed(model, args))
+    return Transformer(model, backend.tf, xla, rows_needed(model, args), getattr(args, "batch", 512))
 
 
 backend.tf = None
