@@ -790,18 +790,23 @@ typedef struct {
     struct { Matrix w; float *out; int rows; } mats[3];
 } MatmulTask;
 
+/* A worker's share [lo, hi) of a stack of matrices' rows, as the rows [*a, *b) of the matrix
+ * that starts at row `base` of the stack and has `rows` rows; 0 when it has none of them. */
+static inline int stacked_share(int lo, int hi, int base, int rows, int *a, int *b) {
+    *a = lo - base < 0 ? 0 : lo - base;
+    *b = hi - base > rows ? rows : hi - base;
+    return *a < *b;
+}
+
 static void matmul_task(void *ctx, int tid, int n_threads) {
     MatmulTask *m = ctx;
     int total = 0;
     for (int k = 0; k < m->n_mats; k++) total += m->mats[k].rows;
-    int lo, hi;
+    int lo, hi, a, b;
     split_rows(total, tid, n_threads, &lo, &hi);
-    for (int k = 0, base = 0; k < m->n_mats; base += m->mats[k].rows, k++) {
-        int a = lo - base, b = hi - base;
-        if (a < 0) a = 0;
-        if (b > m->mats[k].rows) b = m->mats[k].rows;
-        if (a < b) matvec_any(m->mats[k].out, &m->in, m->mats[k].w, m->n, a, b, m->accumulate);
-    }
+    for (int k = 0, base = 0; k < m->n_mats; base += m->mats[k].rows, k++)
+        if (stacked_share(lo, hi, base, m->mats[k].rows, &a, &b))
+            matvec_any(m->mats[k].out, &m->in, m->mats[k].w, m->n, a, b, m->accumulate);
 }
 
 static void matmul(ThreadPool *pool, RunState *s, float *out, const float *x, Matrix w, int n, int d,
@@ -1289,14 +1294,11 @@ static void batch_matmul_task(void *ctx, int tid, int n_threads) {
     BatchMatmulTask *m = ctx;
     int total = 0;
     for (int k = 0; k < m->n_mats; k++) total += m->mats[k].rows;
-    int lo, hi;
+    int lo, hi, a, b;
     split_rows(total, tid, n_threads, &lo, &hi);
-    for (int k = 0, base = 0; k < m->n_mats; base += m->mats[k].rows, k++) {
-        int a = lo - base, b = hi - base;
-        if (a < 0) a = 0;
-        if (b > m->mats[k].rows) b = m->mats[k].rows;
-        if (a < b) matmat_any(m->mats[k].out, m->mats[k].ldo, &m->in, m->mats[k].w, a, b, m->accumulate);
-    }
+    for (int k = 0, base = 0; k < m->n_mats; base += m->mats[k].rows, k++)
+        if (stacked_share(lo, hi, base, m->mats[k].rows, &a, &b))
+            matmat_any(m->mats[k].out, m->mats[k].ldo, &m->in, m->mats[k].w, a, b, m->accumulate);
 }
 
 // out (T, rows, ldo apart) (+)= X @ W^T
