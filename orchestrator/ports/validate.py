@@ -209,7 +209,8 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600, run=
     per_pos_tol = exp.tolerances()
     row.tolerance = float(per_pos_tol.min())
     problems, worst, agree = [], None, None
-    for flags, label in _logit_runs(port, case, len(exp.ids)):
+    runs = _logit_runs(port, case, len(exp.ids))
+    for flags, label in runs:
         where = f" at {label}" if label else ""
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "logits.f32"
@@ -242,7 +243,6 @@ def check_port(port: Port, case: Case, exp: Expected, timeout: float = 600, run=
     row.argmax_agree = f"{int(agree.sum())}/{len(exp.ids)}"
     if exp.tight is not None:
         row.note = _q8_note(exp, diff)
-    runs = _logit_runs(port, case, len(exp.ids))
     if len(runs) > 1:
         row.note = "; ".join(filter(None, ["logits at " + ", ".join(label for _, label in runs), row.note]))
     if exp.greedy is None:
