@@ -142,7 +142,8 @@ def numpy_backend(model, args: Args) -> Transformer:
 
 def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf")) -> int:
     """`backend(model, args)` returns the object that computes logits: `forward(token, pos)`, and
-    optionally `logits_all(ids)` (a batched logits mode) and `close()`. It is called after the
+    optionally `forward_batch(tokens, pos0, all_logits)` (the batched prefill, contract section 6)
+    and `close()`. It is called after the
     files and flags are checked, so a framework's import counts in load_s and a bad input answers
     before it; everything else (tokenizer, sampler, generation, output) is shared by every
     Python-hosted port."""
@@ -165,8 +166,7 @@ def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf
     try:
         if args.mode == "logits":
             start = time.perf_counter()
-            batched = getattr(transformer, "logits_all", None)
-            out = batched(args.ids) if batched else logits_for(transformer, args.ids, args.batch)
+            out = logits_for(transformer, args.ids, args.batch)
             took = time.perf_counter() - start
             stats = RunStats(prompt_tokens=len(args.ids), positions=len(args.ids), batch=args.batch, ttft_s=took,
                              prefill_positions=len(args.ids), prefill_s=took)
