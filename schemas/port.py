@@ -65,13 +65,13 @@ class PeerCheck(_Strict):
 
 
 class PortManifest(_Strict):
-    contract: Literal[1, 2] = Field(description="the port contract version this port follows; 2 takes -b (a batched prefill)")
+    contract: Literal[1, 2, 3] = Field(description="the port contract version this port follows; 2 takes -b (a batched prefill), 3 reads the GGUF keys, F16/BF16 and sizes the KV cache for the run")
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
     language: str = Field(min_length=1)
     role: Literal["port", "reference", "peer"] = "port"
     description: str = ""
-    formats: list[Literal["v0", "v1", "gguf", "gguf-q8_0"]] = Field(
-        min_length=1, description="checkpoint formats it reads; gguf-q8_0 = GGUF with Q8_0 weights (contract section 4)")
+    formats: list[Literal["v0", "v1", "gguf", "gguf-q8_0", "gguf-f16", "gguf-bf16"]] = Field(
+        min_length=1, description="checkpoint formats it reads; gguf-q8_0, gguf-f16, gguf-bf16 = GGUF with Q8_0, F16 or BF16 tensors (contract section 4)")
     build_flags: str = ""
     toolchain: Toolchain
     build: Build = Build()
