@@ -11,7 +11,8 @@ use crate::errors::{os_problem, usage, Fail, Res};
 use crate::model::{forward, forward_batch, Logits, Model};
 use crate::pool::Pool;
 use crate::sampler::Sampler;
-use crate::tokenizer::{printable, Tokenizer, BOS};
+use crate::model::Config;
+use crate::tokenizer::{printable, Tokenizer};
 use crate::PORT;
 
 #[derive(Default)]
@@ -34,6 +35,25 @@ fn clamp_steps(steps: usize, seq_len: usize) -> usize {
     }
 }
 
+/// The positions a run reaches, which the KV cache holds: the steps after clamping (generate),
+/// or the number of -k ids (logits mode; they are checked here, a usage error when bad).
+pub fn run_positions(args: &Args, c: &Config) -> Res<usize> {
+    if args.logits_mode {
+        return Ok(checked_ids(args, c)?.len());
+    }
+    Ok(clamp_steps(args.steps, c.seq_len))
+}
+
+/// -k's ids: 1..seq_len of them, each in [0, vocab).
+fn checked_ids(args: &Args, c: &Config) -> Res<Vec<u32>> {
+    let ids = args.ids.as_deref().unwrap_or(&[]);
+    let (seq, vocab) = (c.seq_len, c.vocab_size);
+    if ids.is_empty() || ids.len() > seq || ids.iter().any(|&t| t < 0 || t >= vocab as i128) {
+        return usage(format!("-k needs 1..{seq} ids in [0, {vocab})"));
+    }
+    Ok(ids.iter().map(|&t| t as u32).collect())
+}
+
 /// Generate mode: run.c's seed (0 = the time), steps clamped to seq_len, then the loop.
 pub fn run_generate(args: &Args, m: &mut Model, tok: &Tokenizer, pool: &Pool) -> Res<Stats> {
     let seed = if args.seed > 0 {
@@ -48,12 +68,7 @@ pub fn run_generate(args: &Args, m: &mut Model, tok: &Tokenizer, pool: &Pool) ->
 
 /// Logits mode: -k's ids checked against the model, their logits written to -o.
 pub fn run_logits(args: &Args, m: &mut Model, pool: &Pool) -> Res<Stats> {
-    let ids = args.ids.as_deref().unwrap_or(&[]);
-    let (seq, vocab) = (m.config.seq_len, m.config.vocab_size);
-    if ids.is_empty() || ids.len() > seq || ids.iter().any(|&t| t < 0 || t >= vocab as i128) {
-        return usage(format!("-k needs 1..{seq} ids in [0, {vocab})"));
-    }
-    let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+    let ids = checked_ids(args, &m.config)?;
     logits_to_file(m, pool, &ids, args.output.as_deref().unwrap_or(Path::new("")))
 }
 
@@ -95,7 +110,7 @@ fn generate(
             first.get_or_insert_with(Instant::now);
             id
         };
-        if next == BOS && !ignore_bos {
+        if next == tok.bos() && !ignore_bos {
             break;
         }
         let piece = tok.decode(token, next);

@@ -251,8 +251,8 @@ pub fn matvec(pool: &Pool, out: &mut [f32], w: Matrix, x: Input) {
     });
 }
 
-pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32]) {
-    let ss = dot(x, x) / x.len() as f32 + 1e-5;
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss = dot(x, x) / x.len() as f32 + eps;
     let inv = 1.0 / ss.sqrt();
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         *o = wi * (xi * inv);

@@ -29,7 +29,7 @@ use std::time::Instant;
 use cli::{parse_args, Args, USAGE};
 use errors::{usage, Fail, Res};
 use formats::{read_checkpoint, Checkpoint};
-use generate::{run_generate, run_logits, stats_line};
+use generate::{run_generate, run_logits, run_positions, stats_line};
 use model::{Model, RunState};
 use pool::Pool;
 use tokenizer::Tokenizer;
@@ -43,11 +43,13 @@ const PORT: &str = "rust";
 /// The GGUF's own tokenizer (any -z is ignored), or -z's tokenizer.bin; either is checked as it
 /// loads, before any prompt is read.
 fn load_tokenizer(args: &Args, ckpt: &mut Checkpoint) -> Res<Tokenizer> {
-    match (ckpt.vocab.take(), &args.tokenizer) {
+    let (bos, eos) = (ckpt.config.bos, ckpt.config.eos);
+    let tokenizer = match (ckpt.vocab.take(), &args.tokenizer) {
         (Some(embedded), _) => Tokenizer::build(&args.checkpoint, embedded),
         (None, None) => usage("-z tokenizer is required for a .bin checkpoint"),
         (None, Some(path)) => Tokenizer::load(path, ckpt.config.vocab_size),
-    }
+    }?;
+    Ok(tokenizer.with_special(bos, eos))
 }
 
 fn run(argv: &[OsString]) -> Res<()> {
@@ -56,7 +58,12 @@ fn run(argv: &[OsString]) -> Res<()> {
     let mut ckpt = read_checkpoint(&args.checkpoint)?;
     let config = ckpt.config;
     let tokenizer = load_tokenizer(&args, &mut ckpt)?;
-    let mut model = Model { config, weights: ckpt.weights()?, state: RunState::build(&config, args.batch)? };
+    // the KV cache holds the positions this run reaches, checked and allocated once, now that
+    // the command line and the file are
+    let rows = run_positions(&args, &config)?;
+    config.check_kv_cache(&args.checkpoint, rows)?;
+    let state = RunState::build(&config, args.batch, rows)?;
+    let mut model = Model { config, weights: ckpt.weights()?, state };
     let pool = Pool::build(args.threads)?;
     let load_s = t0.elapsed().as_secs_f64();
 

@@ -20,7 +20,13 @@ const MAX_HIDDEN: i64 = 262144;
 const MAX_LAYERS: i64 = 1024;
 const MAX_VOCAB: i64 = 1 << 20;
 const MAX_SEQ: i64 = 65536;
-const MAX_KV_BYTES: i64 = 4 << 30;
+const MAX_KV_BYTES: u128 = 4 << 30;
+
+/// llama2.c's values, which a .bin file cannot change and a GGUF may (its keys, formats/gguf.rs).
+pub const DEFAULT_THETA: f32 = 10000.0;
+pub const DEFAULT_EPS: f32 = 1e-5;
+pub const DEFAULT_BOS: u32 = 1;
+pub const DEFAULT_EOS: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config {
@@ -32,6 +38,14 @@ pub struct Config {
     pub vocab_size: usize, // always positive here; sharing is its own flag
     pub seq_len: usize,    // maximum positions
     pub shared_classifier: bool,
+    /// RoPE base (GGUF `llama.rope.freq_base`; 10000 for .bin files)
+    pub theta: f32,
+    /// rmsnorm's epsilon (GGUF `llama.attention.layer_norm_rms_epsilon`; 1e-5 for .bin files)
+    pub eps: f32,
+    /// BOS: encode's first id and the id that stops generation (GGUF's, or 1)
+    pub bos: u32,
+    /// EOS: encode's `eos` id (GGUF's, or 2)
+    pub eos: u32,
 }
 
 impl Config {
@@ -85,10 +99,6 @@ impl Config {
         if n_kv_heads > n_heads || n_heads % n_kv_heads != 0 {
             return bad_file(path, format!("n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}"));
         }
-        let kv_bytes = n_layers * seq_len * n_kv_heads * head_size * 2 * 4;
-        if kv_bytes > MAX_KV_BYTES {
-            return bad_file(path, format!("KV cache of {kv_bytes} bytes exceeds the 4 GiB limit"));
-        }
         Ok(Config {
             dim: dim as usize,
             hidden_dim: hidden_dim as usize,
@@ -98,7 +108,26 @@ impl Config {
             vocab_size: vocab_size as usize,
             seq_len: seq_len as usize,
             shared_classifier,
+            theta: DEFAULT_THETA,
+            eps: DEFAULT_EPS,
+            bos: DEFAULT_BOS,
+            eos: DEFAULT_EOS,
         })
+    }
+
+    /// Bytes of a KV cache holding `rows` positions of every layer (keys and values, float32).
+    pub fn kv_bytes(&self, rows: usize) -> u128 {
+        self.n_layers as u128 * rows as u128 * self.kv_dim() as u128 * 2 * 4
+    }
+
+    /// The KV cache for a run that reaches `rows` positions (validation rule 3): at most 4 GiB,
+    /// else a bad-file error for `path`.
+    pub fn check_kv_cache(&self, path: &Path, rows: usize) -> Res<()> {
+        let bytes = self.kv_bytes(rows);
+        if bytes > MAX_KV_BYTES {
+            return bad_file(path, format!("KV cache of {bytes} bytes for {rows} positions exceeds the 4 GiB limit"));
+        }
+        Ok(())
     }
 
     pub fn head_size(&self) -> usize {
@@ -162,8 +191,9 @@ pub struct RunState {
     hb: Vec<f32>,          // (hidden_dim) the FFN's hidden activation
     q: Vec<f32>,           // (dim) query of the current position
     rope: Vec<(f32, f32)>, // (head_size / 2) cos and sin of the current position
-    key_cache: Vec<f32>,   // (layer, seq_len, kv_dim)
-    value_cache: Vec<f32>, // (layer, seq_len, kv_dim)
+    kv_rows: usize,        // positions the cache holds: those the run can reach
+    key_cache: Vec<f32>,   // (layer, kv_rows, kv_dim)
+    value_cache: Vec<f32>, // (layer, kv_rows, kv_dim)
     logits: Vec<f32>,      // (vocab)
     xq: Activation,        // (max(dim, hidden_dim)) a matmul group's input quantized, for Q8_0 matrices
     batch: Batch,          // the batched pass's rows
@@ -229,9 +259,13 @@ impl RunState {
         self.batch.rows
     }
 
-    pub fn build(c: &Config, batch: usize) -> Res<RunState> {
-        let kv = c.n_layers * c.seq_len * c.kv_dim();
+    /// The run state for positions 0 .. kv_rows (at most seq_len; the caller checked the KV
+    /// cache's size with Config::check_kv_cache), batches of up to `batch` positions.
+    pub fn build(c: &Config, batch: usize, kv_rows: usize) -> Res<RunState> {
+        let kv_rows = kv_rows.clamp(1, c.seq_len);
+        let kv = c.n_layers * kv_rows * c.kv_dim();
         Ok(RunState {
+            kv_rows,
             x: zeroed(c.dim)?,
             xb: zeroed(c.dim)?,
             hb: zeroed(c.hidden_dim)?,
@@ -272,21 +306,22 @@ pub fn forward<'s>(
     let (dim, hidden, hs) = (c.dim, c.hidden_dim, c.head_size());
     let kv_dim = c.kv_dim();
     let kv_mul = c.n_heads / c.n_kv_heads; // query heads per KV head
+    assert!(pos < s.kv_rows, "the position fits the cache");
 
     w.token_embedding.row_into(token, &mut s.x);
 
     // RoPE angles depend on the position within the head only: one table per token
     for (j, cs) in s.rope.iter_mut().enumerate() {
-        let freq = 1.0 / 10000f32.powf((2 * j) as f32 / hs as f32);
+        let freq = 1.0 / c.theta.powf((2 * j) as f32 / hs as f32);
         let (sin, cos) = (pos as f32 * freq).sin_cos();
         *cs = (cos, sin);
     }
 
     for (l, lw) in w.layers.iter().enumerate() {
-        rmsnorm(&mut s.xb, &s.x, lw.rms_att);
+        rmsnorm(&mut s.xb, &s.x, lw.rms_att, c.eps);
 
         // q, k, v in one job; k and v go straight into the cache at (l, pos)
-        let at = (l * c.seq_len + pos) * kv_dim;
+        let at = (l * s.kv_rows + pos) * kv_dim;
         {
             let q = Out::new(&mut s.q);
             let k = Out::new(&mut s.key_cache[at..at + kv_dim]);
@@ -324,7 +359,7 @@ pub fn forward<'s>(
         {
             let xb = Out::new(&mut s.xb);
             let (q, kc, vc) = (&s.q, &s.key_cache, &s.value_cache);
-            let layer = l * c.seq_len * kv_dim;
+            let layer = l * s.kv_rows * kv_dim;
             let scale = 1.0 / (hs as f32).sqrt();
             pool.run(c.n_heads, 1, &|heads| {
                 ATT.with(|cell| {
@@ -359,7 +394,7 @@ pub fn forward<'s>(
         matvec_add(pool, &mut s.x, lw.wo, Input::new(&s.xb, &mut s.xq, &[lw.wo]));
 
         // FFN: hb = silu(w1 @ xb) * (w3 @ xb), both matmuls in one job; x += w2 @ hb
-        rmsnorm(&mut s.xb, &s.x, lw.rms_ffn);
+        rmsnorm(&mut s.xb, &s.x, lw.rms_ffn, c.eps);
         {
             let hb = Out::new(&mut s.hb);
             let xb = Input::new(&s.xb, &mut s.xq, &[lw.w1, lw.w3]);
@@ -373,7 +408,7 @@ pub fn forward<'s>(
         matvec_add(pool, &mut s.x, lw.w2, Input::new(&s.hb, &mut s.xq, &[lw.w2]));
     }
 
-    rmsnorm(&mut s.xb, &s.x, w.rms_final);
+    rmsnorm(&mut s.xb, &s.x, w.rms_final, c.eps);
     matvec(pool, &mut s.logits, w.wcls, Input::new(&s.xb, &mut s.xq, &[w.wcls])); // (vocab, dim)
     &mut s.logits
 }
@@ -463,7 +498,7 @@ pub fn forward_batch<'s>(
     let kv_dim = c.kv_dim();
     let kv_mul = c.n_heads / c.n_kv_heads; // query heads per KV head
     let b = &mut s.batch;
-    assert!(t >= 1 && t <= b.rows && p0 + t <= c.seq_len, "a batch fits the scratch and the cache");
+    assert!(t >= 1 && t <= b.rows && p0 + t <= s.kv_rows, "a batch fits the scratch and the cache");
 
     for (i, &tok) in tokens.iter().enumerate() {
         w.token_embedding.row_into(tok as usize, &mut b.x[i * dim..(i + 1) * dim]);
@@ -473,7 +508,7 @@ pub fn forward_batch<'s>(
     for i in 0..t {
         let pos = p0 + i;
         for (j, cs) in b.rope[i * half..(i + 1) * half].iter_mut().enumerate() {
-            let freq = 1.0 / 10000f32.powf((2 * j) as f32 / hs as f32);
+            let freq = 1.0 / c.theta.powf((2 * j) as f32 / hs as f32);
             let (sin, cos) = (pos as f32 * freq).sin_cos();
             *cs = (cos, sin);
         }
@@ -481,11 +516,11 @@ pub fn forward_batch<'s>(
 
     for (l, lw) in w.layers.iter().enumerate() {
         for i in 0..t {
-            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_att);
+            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_att, c.eps);
         }
 
         // Q, K, V in one job; K and V go straight into the cache at (l, p0 .. p0 + t)
-        let at = (l * c.seq_len + p0) * kv_dim;
+        let at = (l * s.kv_rows + p0) * kv_dim;
         {
             let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.wq, lw.wk, lw.wv]);
             let q = OutMat::new(&mut b.q[..t * dim], dim);
@@ -530,7 +565,7 @@ pub fn forward_batch<'s>(
         {
             let xb = OutMat::new(&mut b.xb[..t * dim], dim);
             let (q, kc, vc) = (&b.q, &s.key_cache, &s.value_cache);
-            let layer = l * c.seq_len * kv_dim;
+            let layer = l * s.kv_rows * kv_dim;
             let scale = 1.0 / (hs as f32).sqrt();
             let blocks = t.div_ceil(ATT_ROWS);
             pool.run(blocks * c.n_heads, 1, &|items| {
@@ -581,7 +616,7 @@ pub fn forward_batch<'s>(
 
         // FFN: H = silu(XB @ w1^T) * (XB @ w3^T), both products in one job; X += H @ w2^T
         for i in 0..t {
-            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_ffn);
+            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], lw.rms_ffn, c.eps);
         }
         {
             let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[lw.w1, lw.w3]);
@@ -603,13 +638,13 @@ pub fn forward_batch<'s>(
         Logits::None => &s.logits[..0],
         Logits::Last => {
             // one row: the one-token classifier
-            rmsnorm(&mut s.xb, &b.x[(t - 1) * dim..t * dim], w.rms_final);
+            rmsnorm(&mut s.xb, &b.x[(t - 1) * dim..t * dim], w.rms_final, c.eps);
             matvec(pool, &mut s.logits, w.wcls, Input::new(&s.xb, &mut s.xq, &[w.wcls]));
             &s.logits
         }
         Logits::All => {
             for i in 0..t {
-                rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], w.rms_final);
+                rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], w.rms_final, c.eps);
             }
             let xin = BatchInput::new(pool, &b.xb[..t * dim], t, dim, &mut b.xq, &[w.wcls]);
             batch_product(pool, w.wcls, xin, OutMat::new(&mut b.logits[..t * vocab], vocab), false, vocab);
@@ -636,7 +671,7 @@ mod tests {
         steps: usize,
     ) -> String {
         let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
-        let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
+        let Ok(mut state) = RunState::build(c, 1, c.seq_len) else { panic!("the run state fits") };
         let ids = tokenizer.encode(prompt.as_bytes(), true, false);
         let mut text = Vec::new();
         let mut token = ids[0];
@@ -646,7 +681,7 @@ mod tests {
                 Some(&forced) => forced,
                 None => (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32,
             };
-            if next == 1 {
+            if next == c.bos {
                 break; // BOS delimits sequences
             }
             let piece = tokenizer.decode(token, next);
@@ -762,7 +797,7 @@ mod tests {
         let (vocab, n) = (c.vocab_size, 40.min(c.seq_len));
         let ids: Vec<u32> = (0..n).map(|i| if i == 0 { 1 } else { ((7 * i + 300) % vocab) as u32 }).collect();
         let Ok(pool) = Pool::build(1) else { panic!("the pool starts") };
-        let Ok(mut state) = RunState::build(c, 1) else { panic!("the run state fits") };
+        let Ok(mut state) = RunState::build(c, 1, c.seq_len) else { panic!("the run state fits") };
         let want: Vec<Vec<f32>> = ids
             .iter()
             .enumerate()
@@ -782,7 +817,7 @@ mod tests {
         };
         for (batch, threads) in [(2, 1), (7, 1), (16, 2), (33, 1), (n, 1), (n, 2), (1000, 2)] {
             let Ok(pool) = Pool::build(threads) else { panic!("the pool starts") };
-            let Ok(mut state) = RunState::build(c, batch) else { panic!("the run state fits") };
+            let Ok(mut state) = RunState::build(c, batch, c.seq_len) else { panic!("the run state fits") };
             let rows = state.batch_rows();
             assert_eq!(rows, batch.min(c.seq_len));
             let mut p0 = 0;
@@ -825,7 +860,13 @@ mod tests {
         assert!(Config::validate(Path::new("m"), 0, 172, 5, 8, 4, 512, 512, true).is_err());
         assert!(Config::validate(Path::new("m"), 64, 172, 5, 8, 3, 512, 512, true).is_err()); // 8 % 3
         assert!(Config::validate(Path::new("m"), 66, 172, 5, 6, 6, 512, 512, true).is_err()); // head_size 11
-        assert!(Config::validate(Path::new("m"), 65536, 172, 1024, 2, 2, 512, 65536, true).is_err()); // KV > 4 GiB
+        // the KV cache is checked for the positions a run reaches, not for seq_len
+        let Ok(big) = Config::validate(Path::new("m"), 65536, 172, 1024, 2, 2, 512, 65536, true) else {
+            panic!("a 4 GiB-per-position model is a valid header")
+        };
+        assert!(big.check_kv_cache(Path::new("m"), 4).is_ok());
+        assert!(big.check_kv_cache(Path::new("m"), 8).is_ok()); // exactly 4 GiB
+        assert!(big.check_kv_cache(Path::new("m"), 9).is_err());
         assert!(Config::validate(Path::new("m"), 64, 172, 5, 128, 4, 512, 512, true).is_err());
         // n_heads > dim
     }

@@ -8,8 +8,9 @@ use std::path::Path;
 use crate::errors::{bad_file, Fail, Res};
 use crate::files::{file_size, le_i32, open_file, read_head};
 
-pub const BOS: u32 = 1;
-const EOS: u32 = 2;
+/// llama2.c's ids, which a GGUF may change (tokenizer.ggml.bos_token_id / eos_token_id).
+pub const BOS: u32 = crate::model::DEFAULT_BOS;
+const EOS: u32 = crate::model::DEFAULT_EOS;
 const MAX_TOKEN_LENGTH: i64 = 1024;
 
 /// The tokenizer's pieces and scores, from tokenizer.bin or embedded in a GGUF file.
@@ -21,6 +22,8 @@ pub struct Vocab {
 pub struct Tokenizer {
     vocab: Vocab,
     lookup: HashMap<Vec<u8>, u32>, // piece -> lowest id spelling it
+    bos: u32,
+    eos: u32,
 }
 
 // ----------------------------------------------------------------------------
@@ -153,7 +156,19 @@ impl Tokenizer {
         for (i, p) in vocab.pieces.iter().enumerate() {
             lookup.entry(p.clone()).or_insert(i as u32); // a duplicated piece keeps its lower id
         }
-        Ok(Tokenizer { vocab, lookup })
+        Ok(Tokenizer { vocab, lookup, bos: BOS, eos: EOS })
+    }
+
+    /// The model's BOS and EOS ids (the GGUF's keys; the reader checked them against the
+    /// vocabulary, which is this tokenizer's).
+    pub fn with_special(self, bos: u32, eos: u32) -> Tokenizer {
+        debug_assert!((bos as usize) < self.vocab_size() && (eos as usize) < self.vocab_size());
+        Tokenizer { bos, eos, ..self }
+    }
+
+    /// The id that starts every encoding and stops generation.
+    pub fn bos(&self) -> u32 {
+        self.bos
     }
 
     fn vocab_size(&self) -> usize {
@@ -174,7 +189,7 @@ impl Tokenizer {
         let mut tokens = self.unmerged(text, bos);
         self.merge(&mut tokens);
         if eos {
-            tokens.push(EOS);
+            tokens.push(self.eos);
         }
         tokens
     }
@@ -183,7 +198,7 @@ impl Tokenizer {
     fn unmerged(&self, text: &[u8], bos: bool) -> Vec<u32> {
         let mut tokens = Vec::with_capacity(text.len() + 3);
         if bos {
-            tokens.push(BOS);
+            tokens.push(self.bos);
         }
         if !text.is_empty() {
             // the dummy prefix: SentencePiece's add_dummy_prefix
@@ -272,7 +287,7 @@ impl Tokenizer {
     /// The bytes to print for `token` following `prev`.
     pub fn decode(&self, prev: u32, token: u32) -> &[u8] {
         let mut piece = &self.vocab.pieces[token as usize][..];
-        if prev == BOS && piece.first() == Some(&b' ') {
+        if prev == self.bos && piece.first() == Some(&b' ') {
             piece = &piece[1..];
         }
         match byte_piece(piece) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use super::{Checkpoint, Kind, LayerTensors, Storage, Tensor, Tensors};
 use crate::errors::{bad_file, Fail, Res};
 use crate::files::{anon_region, file_size, load_file};
-use crate::model::Config;
+use crate::model::{Config, DEFAULT_BOS, DEFAULT_EOS, DEFAULT_EPS, DEFAULT_THETA};
 use crate::q8;
 use crate::tokenizer::Vocab;
 
@@ -274,11 +274,13 @@ fn clamp_i64(v: i128) -> i64 {
     v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
-/// The model's shape from the `llama.*` keys; the vocabulary is the tokenizer's.
+/// The model's shape from the `llama.*` keys; the vocabulary is the tokenizer's. Then the
+/// hyperparameters llama.cpp reads from the file (RoPE base, rmsnorm epsilon, BOS and EOS), with
+/// its defaults where a key is absent; and what this architecture does not compute is refused.
 fn gguf_config(path: &Path, kv: &Kv, vocab_size: usize, shared_classifier: bool) -> Res<Config> {
     let int = |key: &str, default: Option<i128>| gguf_int(path, kv, key, default);
     let heads = int("llama.attention.head_count", None)?;
-    Config::validate(
+    let mut c = Config::validate(
         path,
         clamp_i64(int("llama.embedding_length", None)?),
         clamp_i64(int("llama.feed_forward_length", None)?),
@@ -288,7 +290,63 @@ fn gguf_config(path: &Path, kv: &Kv, vocab_size: usize, shared_classifier: bool)
         vocab_size as i64,
         clamp_i64(int("llama.context_length", None)?),
         shared_classifier,
-    )
+    )?;
+    let theta = gguf_float(path, kv, "llama.rope.freq_base", DEFAULT_THETA as f64)?;
+    c.theta = float_in(path, "llama.rope.freq_base", theta, |v| v > 1.0, "finite and > 1")?;
+    let eps = gguf_float(path, kv, "llama.attention.layer_norm_rms_epsilon", DEFAULT_EPS as f64)?;
+    c.eps = float_in(path, "llama.attention.layer_norm_rms_epsilon", eps, |v| v > 0.0 && v < 1.0, "finite, > 0 and < 1")?;
+    let hs = c.head_size() as i128;
+    let rot = int("llama.rope.dimension_count", Some(hs))?;
+    if rot != hs {
+        return bad_file(
+            path,
+            format!("llama.rope.dimension_count={rot} must equal head_size={hs} (partial rotation is not supported)"),
+        );
+    }
+    let token = |key: &str, default: u32| -> Res<u32> {
+        let id = int(key, Some(default as i128))?;
+        if id < 0 || id >= vocab_size as i128 {
+            return bad_file(path, format!("{key}={id} is outside the vocabulary [0, {vocab_size})"));
+        }
+        Ok(id as u32)
+    };
+    c.bos = token("tokenizer.ggml.bos_token_id", DEFAULT_BOS)?;
+    c.eos = token("tokenizer.ggml.eos_token_id", DEFAULT_EOS)?;
+    match kv.get(&b"llama.rope.scaling.type"[..]) {
+        None | Some(Value::Str(b"none")) => {}
+        Some(Value::Str(other)) => {
+            return bad_file(
+                path,
+                format!("llama.rope.scaling.type is '{}'; only 'none' is supported", shown(other)),
+            )
+        }
+        Some(_) => return bad_file(path, "key llama.rope.scaling.type must be a string"),
+    }
+    let experts = int("llama.expert_count", Some(0))?;
+    if experts > 0 {
+        return bad_file(path, format!("llama.expert_count={experts}: mixture-of-experts models are not supported"));
+    }
+    Ok(c)
+}
+
+/// A float key of any numeric type (integers too), or its default when absent.
+fn gguf_float(path: &Path, kv: &Kv, key: &str, default: f64) -> Res<f64> {
+    match kv.get(key.as_bytes()) {
+        Some(Value::Float(v)) => Ok(*v),
+        Some(Value::Int(v)) => Ok(*v as f64),
+        Some(_) => bad_file(path, format!("key {key} must be a number")),
+        None => Ok(default),
+    }
+}
+
+/// A float key's value as the forward pass uses it (float32), refused unless it and its
+/// float32 rounding are finite and `ok`.
+fn float_in(path: &Path, key: &str, v: f64, ok: impl Fn(f64) -> bool, range: &str) -> Res<f32> {
+    let single = v as f32;
+    if !v.is_finite() || !ok(v) || !single.is_finite() || !ok(single as f64) {
+        return bad_file(path, format!("{key}={v} is out of range (must be {range})"));
+    }
+    Ok(single)
 }
 
 // ----------------------------------------------------------------------------
