@@ -110,7 +110,7 @@ impl Kernel {
 }
 
 /// Weight rows per cache block: about 256 KiB of them, a multiple of R.
-fn row_block(d: usize) -> usize {
+pub fn row_block(d: usize) -> usize {
     ((65536 / d.max(1)).clamp(R, 256) / R) * R
 }
 

@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use crate::half::{self, Half};
 use crate::pool::{Out, Pool};
 use crate::q8::{self, Activation, Quantized};
 
@@ -171,6 +172,8 @@ pub enum Matrix<'a> {
     F32(&'a [f32]),
     /// Q8_0 blocks (q8.rs), cols / 32 per row
     Q8(&'a [u8]),
+    /// F16 or BF16 values (half.rs), 2 bytes each, at any byte
+    Half(Half, &'a [u8]),
 }
 
 impl<'a> Matrix<'a> {
@@ -183,7 +186,7 @@ impl<'a> Matrix<'a> {
     pub fn f32(&self) -> Option<&'a [f32]> {
         match self {
             Matrix::F32(w) => Some(w),
-            Matrix::Q8(_) => None,
+            Matrix::Q8(_) | Matrix::Half(..) => None,
         }
     }
 
@@ -193,6 +196,7 @@ impl<'a> Matrix<'a> {
         match self {
             Matrix::F32(w) => out.copy_from_slice(&w[r * n..(r + 1) * n]),
             Matrix::Q8(w) => q8::dequantize_row(w, r, out),
+            Matrix::Half(ty, w) => half::widen_row(*ty, w, r, out),
         }
     }
 
@@ -202,11 +206,13 @@ impl<'a> Matrix<'a> {
         match self {
             Matrix::F32(w) => matvec_rows(w, x.x, rows, put),
             Matrix::Q8(w) => q8::matvec_rows(w, x.quantized.expect("a Q8_0 matrix gets a quantized input"), rows, put),
+            Matrix::Half(ty, w) => half::matvec_rows(*ty, w, x.x, rows, put),
         }
     }
 }
 
-/// The input of a group of matmuls: x, and x quantized when a matrix of the group is Q8_0.
+/// The input of a group of matmuls: x, and x quantized when a matrix of the group is Q8_0
+/// (F16 and BF16 matrices take x as it is).
 #[derive(Clone, Copy)]
 pub struct Input<'a> {
     pub x: &'a [f32],

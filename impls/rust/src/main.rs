@@ -13,6 +13,7 @@ mod files;
 mod formats;
 mod gemm;
 mod generate;
+mod half;
 mod kernels;
 mod model;
 mod pool;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::errors::{bad_file, Fail, Res};
 use crate::gemm::{self, OutMat};
+use crate::half;
 use crate::kernels::{dot_lanes, fmadd, matvec, matvec_add, rmsnorm, softmax, Input, Matrix, ROW_GRAIN};
 use crate::pool::{Out, Pool};
 use crate::q8::Activation;
@@ -426,7 +427,7 @@ pub enum Logits {
 }
 
 /// A batch's activation rows for a group of products: the floats, and the rows quantized when
-/// a matrix of the group is Q8_0 (once for all of them).
+/// a matrix of the group is Q8_0 (once for all of them; F16 and BF16 matrices take the floats).
 #[derive(Clone, Copy)]
 struct BatchInput<'a> {
     x: &'a [f32],
@@ -458,6 +459,7 @@ fn batch_rows(m: Matrix, x: BatchInput, rows: Range<usize>, put: impl FnMut(usiz
             let q = x.q.expect("a Q8_0 matrix gets quantized rows");
             q8_gemm::gemm_rows(q8_gemm::Kernel::best(), w, q, rows, put)
         }
+        Matrix::Half(ty, w) => half::gemm_rows(ty, w, x.x, x.d, x.t, rows, put),
     }
 }
 

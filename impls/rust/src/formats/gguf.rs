@@ -10,6 +10,7 @@ use std::path::Path;
 use super::{Checkpoint, Kind, LayerTensors, Storage, Tensor, Tensors};
 use crate::errors::{bad_file, Fail, Res};
 use crate::files::{anon_region, file_size, load_file};
+use crate::half::Half;
 use crate::model::{Config, DEFAULT_BOS, DEFAULT_EOS, DEFAULT_EPS, DEFAULT_THETA};
 use crate::q8;
 use crate::tokenizer::Vocab;
@@ -17,7 +18,9 @@ use crate::tokenizer::Vocab;
 const GGUF_MAX_ENTRIES: u64 = 65536;
 const GGUF_DEFAULT_ALIGNMENT: i128 = 32;
 const GGML_TYPE_F32: u32 = 0;
+const GGML_TYPE_F16: u32 = 1;
 const GGML_TYPE_Q8_0: u32 = 8;
+const GGML_TYPE_BF16: u32 = 30;
 
 /// A GGUF metadata value; arrays of numbers stay in the file, unparsed.
 enum Value<'a> {
@@ -378,9 +381,9 @@ impl<'t, 'a> TensorTable<'t, 'a> {
         TensorTable { path, infos, by_name, data_start, base, align, file_size, claims: Vec::new() }
     }
 
-    /// The tensor `name` of `shape` (rows, cols) or (n): F32, or Q8_0 for a matrix whose rows
-    /// are whole blocks; those dims, its offset a multiple of general.alignment, its data inside
-    /// the file.
+    /// The tensor `name` of `shape` (rows, cols) or (n): F32, or for a matrix F16, BF16 or Q8_0
+    /// (rows of whole blocks); those dims, its offset a multiple of general.alignment, its data
+    /// inside the file (sizes in 128-bit, so no header value can wrap them).
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Res<Tensor> {
         let path = self.path;
         let Some(info) = self.by_name.get(name.as_bytes()) else {
@@ -389,7 +392,14 @@ impl<'t, 'a> TensorTable<'t, 'a> {
         let kind = match info.ttype {
             GGML_TYPE_F32 => Kind::F32,
             GGML_TYPE_Q8_0 => Kind::Q8,
-            t => return bad_file(path, format!("tensor {name} has type {t}; only F32 (0) and Q8_0 (8) are supported")),
+            GGML_TYPE_F16 => Kind::Half(Half::F16),
+            GGML_TYPE_BF16 => Kind::Half(Half::Bf16),
+            t => {
+                return bad_file(
+                    path,
+                    format!("tensor {name} has type {t}; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported"),
+                )
+            }
         };
         // GGUF lists dims innermost first: a (rows, cols) matrix has dims [cols, rows]
         let want: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
@@ -406,6 +416,11 @@ impl<'t, 'a> TensorTable<'t, 'a> {
             }
             (Kind::Q8, _) => {
                 return bad_file(path, format!("tensor {name} is Q8_0; only matrices may be, norms are F32"));
+            }
+            (Kind::Half(_), &[_, _]) => 2 * count as u128,
+            (Kind::Half(ty), _) => {
+                let ty = ty.name();
+                return bad_file(path, format!("tensor {name} is {ty}; only matrices may be, norms are F32"));
             }
         };
         let offset = info.offset;
@@ -920,8 +935,8 @@ mod tests {
             ("norm", |g| g.tensors[2].3 = Q8_0, "tensor blk.0.attn_norm.weight is Q8_0; only matrices may be"),
             (
                 "type",
-                |g| g.tensors[3].3 = 1,
-                "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported",
+                |g| g.tensors[3].3 = 2,
+                "tensor blk.0.attn_q.weight has type 2; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported",
             ),
             (
                 "truncated",

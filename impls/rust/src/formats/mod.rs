@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::errors::{Fail, Res};
 use crate::files::{open_file, read_head};
+use crate::half::Half;
 use crate::kernels::Matrix;
 use crate::model::{Config, LayerWeights, Weights};
 use crate::q8;
@@ -51,6 +52,8 @@ enum Kind {
     F32,
     /// GGUF's Q8_0 (q8.rs), matrices only
     Q8,
+    /// GGUF's F16 or BF16 (half.rs), matrices only
+    Half(Half),
 }
 
 /// A tensor in the storage: its first byte (4-byte aligned for F32), its values, their kind.
@@ -117,6 +120,11 @@ impl Checkpoint {
                     let n = q8::row_bytes(t.len); // the reader checked: whole rows of whole blocks
                     let q = n.checked_add(t.at).and_then(|end| bytes.get(t.at..end)).ok_or_else(outside)?;
                     Ok(Matrix::Q8(q))
+                }
+                Kind::Half(ty) => {
+                    let n = t.len.checked_mul(2).ok_or_else(outside)?;
+                    let h = n.checked_add(t.at).and_then(|end| bytes.get(t.at..end)).ok_or_else(outside)?;
+                    Ok(Matrix::Half(ty, h))
                 }
             }
         };
