@@ -33,10 +33,12 @@ pub fn read_head(path: &Path, f: &mut File, n: usize) -> Res<Vec<u8>> {
 /// On Linux the file is read into anonymous memory advised into transparent huge pages: with
 /// THP in `madvise` mode (Debian's default) a file mapping stays in 4 KiB pages, and a pass over
 /// hundreds of MB of weights then misses the TLB on nearly every page. `POLYLLAMA_HUGEPAGES=0`
-/// keeps the file mapping, for before/after runs; other systems always map the file.
+/// keeps the file mapping, for before/after runs; other systems always map the file. So does a
+/// file larger than half the memory the system has available: anonymous memory cannot be given
+/// back under pressure, the page cache behind a mapping can.
 pub fn load_file(path: &Path, f: &File, size: u64) -> Res<memmap2::Mmap> {
     #[cfg(target_os = "linux")]
-    if huge_pages_wanted() {
+    if huge_pages_wanted() && available_memory().is_none_or(|avail| size <= avail / 2) {
         return read_into_huge_pages(path, f, size);
     }
     let _ = size; // the mapping takes the size from the file itself
@@ -47,6 +49,15 @@ pub fn load_file(path: &Path, f: &File, size: u64) -> Res<memmap2::Mmap> {
 #[cfg(target_os = "linux")]
 fn huge_pages_wanted() -> bool {
     std::env::var_os("POLYLLAMA_HUGEPAGES").is_none_or(|v| v != "0")
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (None where it cannot be read).
+#[cfg(target_os = "linux")]
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Anonymous read-write memory of `len` bytes, advised into huge pages where that is wanted.

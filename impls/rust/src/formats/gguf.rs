@@ -342,14 +342,13 @@ fn gguf_float(path: &Path, kv: &Kv, key: &str, default: f64) -> Res<f64> {
     }
 }
 
-/// A float key's value as the forward pass uses it (float32), refused unless it and its
-/// float32 rounding are finite and `ok`.
+/// A float key's value as the forward pass uses it (float32), refused unless it is finite and
+/// `ok` (checked on the value as the file states it, as the reference does).
 fn float_in(path: &Path, key: &str, v: f64, ok: impl Fn(f64) -> bool, range: &str) -> Res<f32> {
-    let single = v as f32;
-    if !v.is_finite() || !ok(v) || !single.is_finite() || !ok(single as f64) {
+    if !v.is_finite() || !ok(v) {
         return bad_file(path, format!("{key}={v} is out of range (must be {range})"));
     }
-    Ok(single)
+    Ok(v as f32)
 }
 
 // ----------------------------------------------------------------------------
@@ -579,7 +578,9 @@ mod tests {
     }
 
     const F32: u32 = 0;
+    const F16: u32 = 1;
     const Q8_0: u32 = 8;
+    const BF16: u32 = 30;
 
     /// A GGUF file as lists a test can change: kv entries (key, type, value bytes), tensor infos
     /// (name, dims, offset, type), and the data section.
@@ -594,10 +595,10 @@ mod tests {
     /// The size of a tensor's data: dims innermost first, as GGUF lists them.
     fn tensor_bytes(dims: &[u64], ttype: u32) -> usize {
         let count = dims.iter().product::<u64>() as usize;
-        if ttype == Q8_0 {
-            count / 32 * 34
-        } else {
-            4 * count
+        match ttype {
+            Q8_0 => count / 32 * 34,
+            F16 | BF16 => 2 * count,
+            _ => 4 * count,
         }
     }
 
@@ -962,5 +963,294 @@ mod tests {
             let f = Scratch::new(&format!("gguf-q8-{name}.gguf"), &g.bytes());
             expect_file_error(read_checkpoint(f.path()), f.path(), problem);
         }
+    }
+
+    /// Each matrix in its own type, F16 and BF16 mixed with F32 in one layer, every value a
+    /// different 16-bit pattern; `packed`: offsets at any even byte and a data section that is
+    /// not 4-byte aligned, so the reader copies it.
+    fn good_half(packed: bool) -> Gguf {
+        let pieces = synthetic_pieces();
+        let scores: Vec<f32> = (0..pieces.len()).map(|i| -(i as f32)).collect();
+        let mut g = Gguf::shaped(&pieces, &scores, DIM, HIDDEN, &[]);
+        let types = [
+            ("token_embd.weight", BF16),
+            ("blk.0.attn_q.weight", F16),
+            ("blk.0.attn_k.weight", BF16),
+            ("blk.0.attn_v.weight", F32),
+            ("blk.0.attn_output.weight", F16),
+            ("blk.0.ffn_gate.weight", BF16),
+            ("blk.0.ffn_down.weight", F16),
+            ("blk.0.ffn_up.weight", F16),
+        ];
+        let old = std::mem::take(&mut g.tensors);
+        g.data.clear();
+        if packed {
+            g.kvs.push(("general.alignment".to_string(), 4, 2u32.to_le_bytes().to_vec()));
+            g.pack = 2;
+        }
+        for (name, dims, _, _) in old {
+            let ttype = types.iter().find(|t| t.0 == name).map_or(F32, |t| t.1);
+            g.add_typed(&name, &dims, ttype);
+        }
+        if packed {
+            g.add_typed("output.weight", &[DIM, pieces.len() as u64], F16); // an unshared classifier, last
+        }
+        for (i, b) in g.data.chunks_exact_mut(2).enumerate() {
+            b.copy_from_slice(&(i as u16 ^ 0x1234).to_le_bytes());
+        }
+        g
+    }
+
+    #[test]
+    fn f16_and_bf16_tensors_mix_with_f32_and_read_intact() {
+        use crate::half::{bf16_to_f32, f16_bits_to_f32, Half};
+        for packed in [false, true] {
+            let mut g = good_half(packed);
+            let bytes = if packed {
+                // make the data section start off a 4-byte boundary
+                let at = g.kvs.iter().position(|kv| kv.0 == "general.name").expect("the key is there");
+                for name in ["tiny", "tiny1", "tiny12", "tiny123"] {
+                    g.kvs[at].2 = gstr(name.as_bytes());
+                    if !(g.bytes_padded(2).len() - g.data.len()).is_multiple_of(4) {
+                        break;
+                    }
+                }
+                let b = g.bytes_padded(2);
+                assert_ne!((b.len() - g.data.len()) % 4, 0, "the data section is unaligned");
+                b
+            } else {
+                g.bytes()
+            };
+            let f = Scratch::new(&format!("gguf-half-{packed}.gguf"), &bytes);
+            let ckpt = read_checkpoint(f.path()).unwrap_or_else(|e| panic!("the 16-bit GGUF reads: {e:?}"));
+            assert_eq!(ckpt.config.shared_classifier, !packed);
+            let w = ckpt.weights().unwrap_or_else(|e| panic!("its weights are in bounds: {e:?}"));
+            let l = &w.layers[0];
+            let matrices = [
+                ("token_embd.weight", w.token_embedding, Some(Half::Bf16)),
+                ("blk.0.attn_q.weight", l.wq, Some(Half::F16)),
+                ("blk.0.attn_k.weight", l.wk, Some(Half::Bf16)),
+                ("blk.0.attn_v.weight", l.wv, None),
+                ("blk.0.attn_output.weight", l.wo, Some(Half::F16)),
+                ("blk.0.ffn_gate.weight", l.w1, Some(Half::Bf16)),
+                ("blk.0.ffn_down.weight", l.w2, Some(Half::F16)),
+                ("blk.0.ffn_up.weight", l.w3, Some(Half::F16)),
+                (if packed { "output.weight" } else { "token_embd.weight" }, w.wcls, Some(if packed { Half::F16 } else { Half::Bf16 })),
+            ];
+            for (name, m, ty) in matrices {
+                let want = g.data_of(name).to_vec();
+                let got: Vec<u8> = match (m, ty) {
+                    (Matrix::Half(t, h), Some(ty)) if t == ty => h.to_vec(),
+                    (Matrix::F32(v), None) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    _ => panic!("{name} is not of its type in the file"),
+                };
+                assert!(got == want, "{name} (packed: {packed})");
+            }
+            // the embedding lookup widens its row
+            let raw = g.data_of("token_embd.weight")[3 * 2 * DIM as usize..4 * 2 * DIM as usize].to_vec();
+            let mut row = vec![0.0f32; DIM as usize];
+            w.token_embedding.row_into(3, &mut row);
+            for (k, v) in row.iter().enumerate() {
+                assert_eq!(v.to_bits(), bf16_to_f32(u16::from_le_bytes([raw[2 * k], raw[2 * k + 1]])).to_bits());
+            }
+            let raw = g.data_of("blk.0.attn_q.weight")[..2 * DIM as usize].to_vec();
+            l.wq.row_into(0, &mut row);
+            for (k, v) in row.iter().enumerate() {
+                let want = f16_bits_to_f32(u16::from_le_bytes([raw[2 * k], raw[2 * k + 1]]));
+                assert!(v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()));
+            }
+        }
+    }
+
+    /// What a 16-bit tensor may not be: a norm, cut short by the end of the file, or running
+    /// into the next tensor at its 2-byte size.
+    #[test]
+    fn bad_16_bit_tensors_are_refused() {
+        type Change = fn(&mut Gguf);
+        let cases: [(&str, Change, &str); 5] = [
+            ("f16-norm", |g| g.tensors[2].3 = F16, "tensor blk.0.attn_norm.weight is F16; only matrices may be"),
+            ("bf16-norm", |g| g.tensors[1].3 = BF16, "tensor output_norm.weight is BF16; only matrices may be"),
+            ("other-type", |g| g.tensors[3].3 = 2, "tensor blk.0.attn_q.weight has type 2"),
+            (
+                "truncated",
+                |g| {
+                    let n = g.data.len();
+                    g.data.truncate(n - 1);
+                },
+                "tensor blk.0.ffn_up.weight lies outside the file",
+            ),
+            (
+                // at 1 byte a value attn_q (8 x 8, F16) would end before attn_k; at 2 it does not
+                "overlap",
+                |g| g.tensors[4].2 = g.tensors[3].2 + 96,
+                "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap",
+            ),
+        ];
+        let f = Scratch::new("gguf-half-good.gguf", &good_half(false).bytes());
+        assert!(read_checkpoint(f.path()).is_ok_and(|c| c.weights().is_ok()), "the unchanged file reads");
+        for (name, change, problem) in cases {
+            let mut g = good_half(false);
+            change(&mut g);
+            let f = Scratch::new(&format!("gguf-half-{name}.gguf"), &g.bytes());
+            expect_file_error(read_checkpoint(f.path()), f.path(), problem);
+        }
+    }
+
+    /// A key's value bytes for GGUF type `vtype`.
+    fn kv_num(vtype: u32, v: f64) -> Vec<u8> {
+        match vtype {
+            0 => vec![v as u8],
+            1 => vec![v as i8 as u8],
+            2 => (v as u16).to_le_bytes().to_vec(),
+            3 => (v as i16).to_le_bytes().to_vec(),
+            4 => (v as u32).to_le_bytes().to_vec(),
+            5 => (v as i32).to_le_bytes().to_vec(),
+            6 => (v as f32).to_le_bytes().to_vec(),
+            7 => vec![(v != 0.0) as u8],
+            10 => (v as u64).to_le_bytes().to_vec(),
+            11 => (v as i64).to_le_bytes().to_vec(),
+            _ => v.to_le_bytes().to_vec(),
+        }
+    }
+
+    fn with_keys(keys: &[(&str, u32, Vec<u8>)]) -> Gguf {
+        let mut g = good();
+        for (key, vtype, value) in keys {
+            g.kvs.retain(|kv| kv.0 != *key);
+            g.kvs.push((key.to_string(), *vtype, value.clone()));
+        }
+        g
+    }
+
+    #[test]
+    fn the_keys_are_read_with_llama_cpps_defaults() {
+        let f = Scratch::new("gguf-keys-default.gguf", &good().bytes());
+        let c = read_checkpoint(f.path()).unwrap_or_else(|e| panic!("{e:?}")).config;
+        assert_eq!((c.theta, c.eps, c.bos, c.eos), (10000.0, 1e-5, 1, 2));
+        // any numeric type: a float64 theta, a float32 eps, ids of small and signed integer types
+        let cases: [(&str, [(&str, u32, f64); 4], (f32, f32, u32, u32)); 3] = [
+            (
+                "wide",
+                [
+                    ("llama.rope.freq_base", 12, 500000.0),
+                    ("llama.attention.layer_norm_rms_epsilon", 6, 1e-6),
+                    ("tokenizer.ggml.bos_token_id", 3, 5.0),
+                    ("tokenizer.ggml.eos_token_id", 0, 250.0),
+                ],
+                (500000.0, 1e-6, 5, 250),
+            ),
+            (
+                "int-theta",
+                [
+                    ("llama.rope.freq_base", 5, 1000000.0),
+                    ("llama.attention.layer_norm_rms_epsilon", 12, 0.5),
+                    ("tokenizer.ggml.bos_token_id", 11, 0.0),
+                    ("tokenizer.ggml.eos_token_id", 10, 1.0),
+                ],
+                (1e6, 0.5, 0, 1),
+            ),
+            (
+                "u16-theta",
+                [
+                    ("llama.rope.freq_base", 2, 2.0),
+                    ("llama.rope.dimension_count", 1, 4.0),
+                    ("llama.expert_count", 4, 0.0),
+                    ("tokenizer.ggml.eos_token_id", 2, 2.0),
+                ],
+                (2.0, 1e-5, 1, 2),
+            ),
+        ];
+        for (name, keys, want) in cases {
+            let keys: Vec<(&str, u32, Vec<u8>)> = keys.iter().map(|&(k, t, v)| (k, t, kv_num(t, v))).collect();
+            let mut g = with_keys(&keys);
+            g.kvs.push(("llama.rope.scaling.type".to_string(), 8, gstr(b"none")));
+            let f = Scratch::new(&format!("gguf-keys-{name}.gguf"), &g.bytes());
+            let c = read_checkpoint(f.path()).unwrap_or_else(|e| panic!("{name}: {e:?}")).config;
+            assert_eq!((c.theta, c.eps, c.bos, c.eos), want, "{name}");
+        }
+    }
+
+    /// A key of the wrong kind or out of its range, and what the architecture does not compute,
+    /// refused with one line naming the key.
+    #[test]
+    fn bad_keys_are_refused_naming_the_key() {
+        let theta = "llama.rope.freq_base";
+        let eps = "llama.attention.layer_norm_rms_epsilon";
+        let (rot, bos, eos) = ("llama.rope.dimension_count", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id");
+        let (scaling, experts) = ("llama.rope.scaling.type", "llama.expert_count");
+        let cases: Vec<(&str, u32, Vec<u8>)> = vec![
+            (theta, 8, gstr(b"10000")),
+            (theta, 7, vec![1]),
+            (theta, 6, kv_num(6, 1.0)),
+            (theta, 12, kv_num(12, f64::NAN)),
+            (theta, 12, kv_num(12, f64::INFINITY)),
+            (theta, 5, kv_num(5, -5.0)),
+            (eps, 6, kv_num(6, 0.0)),
+            (eps, 6, kv_num(6, 1.0)),
+            (eps, 6, kv_num(6, -1e-5)),
+            (eps, 6, kv_num(6, f64::NAN)),
+            (eps, 8, gstr(b"1e-5")),
+            (rot, 4, kv_num(4, 2.0)),
+            (rot, 6, kv_num(6, 4.0)),
+            (bos, 4, kv_num(4, 264.0)),
+            (bos, 6, kv_num(6, 1.0)),
+            (bos, 7, vec![1]),
+            (eos, 5, kv_num(5, -1.0)),
+            (eos, 8, gstr(b"2")),
+            (scaling, 8, gstr(b"linear")),
+            (scaling, 4, kv_num(4, 0.0)),
+            (experts, 4, kv_num(4, 8.0)),
+            (experts, 8, gstr(b"0")),
+        ];
+        for (i, (key, vtype, value)) in cases.into_iter().enumerate() {
+            let g = with_keys(&[(key, vtype, value)]);
+            let f = Scratch::new(&format!("gguf-bad-key-{i}.gguf"), &g.bytes());
+            expect_file_error(read_checkpoint(f.path()), f.path(), key);
+        }
+    }
+
+    /// The file's theta and eps are the ones the forward pass uses: each moves the logits, and
+    /// the defaults written out give the same logits as no keys at all.
+    #[test]
+    fn theta_and_eps_change_the_logits() {
+        use crate::model::{forward, RunState};
+        use crate::pool::Pool;
+        use crate::testutil::Lcg;
+        let logits = |keys: &[(&str, u32, Vec<u8>)], name: &str| -> Vec<f32> {
+            let mut g = with_keys(keys);
+            let mut rng = Lcg(5);
+            for b in g.data.chunks_exact_mut(4) {
+                b.copy_from_slice(&(rng.float() * 0.8).to_le_bytes());
+            }
+            let f = Scratch::new(&format!("gguf-logits-{name}.gguf"), &g.bytes());
+            let ckpt = read_checkpoint(f.path()).unwrap_or_else(|e| panic!("{e:?}"));
+            let c = ckpt.config;
+            let w = ckpt.weights().unwrap_or_else(|e| panic!("{e:?}"));
+            let pool = Pool::build(1).unwrap_or_else(|e| panic!("{e:?}"));
+            let mut state = RunState::build(&c, 1, c.seq_len).unwrap_or_else(|e| panic!("{e:?}"));
+            let mut out = Vec::new();
+            for (pos, id) in [1usize, 40, 41, 7].into_iter().enumerate() {
+                out.extend_from_slice(forward(&c, &w, &mut state, &pool, id, pos));
+            }
+            pool.free();
+            out
+        };
+        let base = logits(&[], "none");
+        let defaults = logits(
+            &[
+                ("llama.rope.freq_base", 6, kv_num(6, 10000.0)),
+                ("llama.attention.layer_norm_rms_epsilon", 6, kv_num(6, 1e-5)),
+            ],
+            "defaults",
+        );
+        assert!(base == defaults, "the defaults written out are the defaults");
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        let theta = logits(&[("llama.rope.freq_base", 6, kv_num(6, 500000.0))], "theta");
+        let eps = logits(&[("llama.attention.layer_norm_rms_epsilon", 6, kv_num(6, 0.25))], "eps");
+        assert!(diff(&base, &theta) > 1e-3, "theta moves the logits: {}", diff(&base, &theta));
+        assert!(diff(&base, &eps) > 1e-3, "eps moves the logits: {}", diff(&base, &eps));
+        // position 0 has no rotation: theta cannot move its logits
+        let v = base.len() / 4;
+        assert_eq!(diff(&base[..v], &theta[..v]), 0.0);
     }
 }
