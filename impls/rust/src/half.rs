@@ -308,6 +308,9 @@ mod x86 {
 // ----------------------------------------------------------------------------
 // The batched product
 
+/// Floats of weight rows widened at once (16 MiB), at most.
+const WIDE_FLOATS: usize = 1 << 22;
+
 thread_local! {
     /// This thread's block of weight rows, widened to float32.
     static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -315,8 +318,8 @@ thread_local! {
 
 /// For the weight rows `rows` of the 16-bit W (n, d) and the `t` activation rows of X (t, d):
 /// `put(token, r - rows.start, W[r] . X[token])` for every pair,
-/// each exactly once. A cache block of weight rows at a time is widened into float32 scratch
-/// and swept by every activation row on the float32 kernel.
+/// each exactly once. A block of weight rows at a time (up to 16 MiB of them) is widened into
+/// float32 scratch and swept by every activation row on the float32 kernel.
 pub fn gemm_rows(ty: Half, w: &[u8], x: &[f32], d: usize, t: usize, rows: Range<usize>, put: impl FnMut(usize, usize, f32)) {
     gemm_rows_with(gemm::Kernel::best(), ty, w, x, d, t, rows, put)
 }
@@ -336,7 +339,9 @@ fn gemm_rows_with(
     if rows.is_empty() || t == 0 {
         return;
     }
-    let block = gemm::row_block(d);
+    // large blocks: the float32 kernel blocks for the caches itself, but the packed one copies
+    // every activation row once per call, which must stay small beside the block's products
+    let block = gemm::row_block(d).max(WIDE_FLOATS / d.max(1)).min(rows.len());
     WIDE.with(|cell| {
         let mut wide = cell.borrow_mut();
         if wide.len() < block * d {
