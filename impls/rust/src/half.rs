@@ -143,6 +143,7 @@ impl Kernel {
     fn dot4(self, ty: Half, rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
         let n = x.len();
         assert!(rows.iter().all(|r| r.len() >= 2 * n), "four rows of x's length");
+        #[cfg(target_arch = "x86_64")]
         let p = rows.map(|r| r.as_ptr());
         // SAFETY (x86 arms): each row holds 2n bytes (asserted above), and a kernel is only in
         // `available()` when the CPU has its instructions
