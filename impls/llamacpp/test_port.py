@@ -555,3 +555,98 @@ def test_kv_cache_holds_the_positions_the_run_reaches(long_context, tmp_path):
     assert r.returncode == 0, r.stderr
     assert rss < 1024 * 1024, f"{rss} KiB"
     assert np.fromfile(tmp_path / "l.f32", dtype="<f4").shape == (3 * 300,)
+
+
+# ----------------------------------------------------------------------------------------------
+# files written by llama.cpp's own quantizer (build/llama-quantize, from the same source)
+
+QUANTIZE = HERE / "build" / "llama-quantize"
+
+
+@pytest.mark.parametrize("target", ["Q8_0", "F16", "BF16"])
+def test_llama_quantize_output_matches_reference(stories260K, target, tmp_path):
+    """stories260K's F32 GGUF through llama-quantize: the driver reads what llama.cpp writes, and
+    its logits agree with the reference's on that same file. llama.cpp rounds the activation of a
+    16-bit product to 16 bits where the contract keeps float32, so the F16 and BF16 matrices are
+    held to validate's referee tolerance; the Q8_0 file to Q8_RTOL, the tolerance of a rounding
+    near a tie: its ffn_down, with rows of 172, is written as F16 (llama-quantize's fallback), and
+    llama.cpp's 16-bit rounding of that product's input sets off the cascade everywhere."""
+    from orchestrator.ports.rounding import tie_free_ids
+    from orchestrator.ports.validate import Q8_RTOL, REFEREE_RTOL
+
+    if not QUANTIZE.is_file():
+        need(f"{QUANTIZE} is not built (invoke build-all --ports llamacpp)")
+    out = tmp_path / f"stories260K.{target}.gguf"
+    r = subprocess.run([str(QUANTIZE), str(stories260K), str(out), target], capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    model = read_model(out)
+    # what llama-quantize wrote: Q8_0 falls back to F16 for rows that are no multiple of 32
+    assert set(model.types()) == {"Q8_0": {"f32", "q8_0", "f16"}, "F16": {"f32", "f16"}, "BF16": {"f32", "bf16"}}[target]
+    default = [1, 403, 411, 9, 18, 300] + list(range(3, 21))
+    ids, tight = tie_free_ids(model, default) if target == "Q8_0" else (default, len(default))
+    if "q8_0" in model.types() and ({"f16", "bf16"} & set(model.types())):
+        # llama.cpp's 16-bit rounding of ffn_down's input moves the activations that the next
+        # Q8_0 products quantize far beyond a tie's margin: no position is tie-free for it
+        tight = 0
+    ref = logits_for(Transformer(model), ids)
+    got = driver_logits(out, ids, tmp_path)
+    loose = REFEREE_RTOL["gguf-bf16" if target == "BF16" else "gguf-f16"]
+    rtol = np.where(np.arange(len(ids)) < tight, loose, max(loose, Q8_RTOL))
+    scale = 1 + np.abs(ref).max(axis=1)
+    worst = np.abs(got - ref).max(axis=1) / scale
+    assert (worst <= rtol).all(), f"relative differences {worst}"
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * rtol * scale  # a close call may go either way
+    assert (got.argmax(axis=1) == ref.argmax(axis=1))[clear].all()
+
+
+def hyper_model() -> Model:
+    """The tiny model with every key of contract section 4's table away from its default. BOS 27
+    is a token its greedy run reaches, so the stop rule is exercised too."""
+    m = tiny_model(True, 7)
+    return replace(m, config=replace(m.config, rope_theta=500000.0, norm_eps=1e-6, bos_id=27, eos_id=7))
+
+
+@pytest.fixture(scope="module")
+def hyper(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("hyper") / "hyper.gguf"
+    write_gguf(path, hyper_model(), tiny_vocab())
+    return path
+
+
+def test_file_theta_eps_and_bos_follow_the_file(hyper, tmp_path):
+    model = read_model(hyper)
+    assert (model.config.rope_theta, model.config.bos_id) == (500000.0, 27)
+    assert_close(logits_for(Transformer(model), IDS), driver_logits(hyper, IDS, tmp_path))
+    prompt = b"ab the cat"
+    r = run(hyper, "-t", "0", "-n", "48", "-i", prompt.decode(), exact=True)
+    assert r.returncode == 0, r.stderr
+    ref = generate(Transformer(model), Tokenizer(model.tokenizer, 27, 7), Sampler(0.0, 0.9, 1), prompt, 48)
+    assert ref.stats.positions < 48  # the file's BOS stopped it
+    assert r.stdout == ref.text
+    assert stats(r)["positions"] == ref.stats.positions
+    assert stats(r)["prompt_tokens"] == ref.stats.prompt_tokens
+
+
+def test_keys_of_any_integer_or_float_type_are_read(hyper, tmp_path):
+    """The contract takes any integer (or, for theta and eps, float) type where llama.cpp's loader
+    insists on u32 and f32: the driver hands llama.cpp the values it read."""
+    g = Gguf(hyper.read_bytes())
+    _set_key(g, "llama.rope.freq_base", *_u32(500000))
+    _set_key(g, "llama.attention.layer_norm_rms_epsilon", 12, struct.pack("<d", 1e-6))
+    _set_key(g, "llama.context_length", 10, struct.pack("<Q", 48))
+    _set_key(g, "llama.attention.head_count_kv", 3, struct.pack("<h", 2))
+    _set_key(g, "tokenizer.ggml.bos_token_id", *_i32(27))
+    _set_key(g, "llama.rope.scaling.type", *_str("none"))
+    _set_key(g, "llama.rope.scaling.factor", *_f32(4.0))  # inert without scaling
+    _set_key(g, "llama.expert_count", *_u32(0))
+    path = tmp_path / "types.gguf"
+    path.write_bytes(g.dump())
+    model = read_model(path)
+    assert_close(logits_for(Transformer(model), IDS), driver_logits(path, IDS, tmp_path))
+    # and without an epsilon, which llama.cpp requires and the contract defaults to 1e-5
+    g.kvs = [e for e in g.kvs if e[0] != "llama.attention.layer_norm_rms_epsilon"]
+    path.write_bytes(g.dump())
+    model = read_model(path)
+    assert model.config.norm_eps == np.float32(1e-5)
+    assert_close(logits_for(Transformer(model), IDS), driver_logits(path, IDS, tmp_path))
