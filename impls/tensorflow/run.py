@@ -17,7 +17,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from orchestrator.formats import Model  # noqa: E402
-from orchestrator.reference.cli import main, rows_needed, switch  # noqa: E402
+from orchestrator.reference.cli import main, manifest_formats, rows_needed, switch  # noqa: E402
 
 PORT = "tensorflow"
 
@@ -263,4 +263,5 @@ backend.tf = None
 
 
 if __name__ == "__main__":
-    sys.exit(main(port=PORT, backend=backend, runtime_errors=(ImportFailure,)))
+    sys.exit(main(port=PORT, backend=backend, formats=manifest_formats(os.path.dirname(os.path.abspath(__file__))),
+                  runtime_errors=(ImportFailure,)))
