@@ -26,7 +26,6 @@ const Sampler = sampler_mod.Sampler;
 const sample = sampler_mod.sample;
 const decode = tokenizer_mod.decode;
 const safePiece = tokenizer_mod.safePiece;
-const BOS = tokenizer_mod.BOS;
 const QB = q8.QB;
 const runtimeError = errors.runtimeError;
 const testing = std.testing;
@@ -91,8 +90,8 @@ pub fn generate(io: Io, t: *Transformer, bs: *BatchState, pool: *Pool, tok: *con
             stats.generated_tokens += 1;
             if (first == null) first = Io.Clock.awake.now(io);
         }
-        // data-dependent terminating condition: the BOS (=1) token delimits sequences
-        if (next == BOS and !ignore_bos) break;
+        // data-dependent terminating condition: the BOS token (the file's, 1 by default) delimits sequences
+        if (next == tok.bos and !ignore_bos) break;
         out.emit(safePiece(decode(tok, token, next)));
         token = next;
     }
@@ -219,7 +218,7 @@ fn expectBatchedLogits(gpa: Allocator, c: model.Config, w: model.TransformerWeig
     const V = c.vocab_size;
     const want = try gpa.alloc(f32, ids.len * V);
     {
-        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, 1), .file = file, .vocab = null };
+        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, 1, c.seq_len), .file = file, .vocab = null };
         const pool = pool_mod.buildPool(gpa, testing.io, 1);
         defer pool_mod.freePool(gpa, pool);
         for (ids, 0..) |id, pos| @memcpy(want[pos * V ..][0..V], forward(&t, pool, id, pos));
@@ -227,7 +226,7 @@ fn expectBatchedLogits(gpa: Allocator, c: model.Config, w: model.TransformerWeig
     for ([_]usize{ 1, 2 }) |n_workers| {
         for ([_]usize{ 1, 7, ids.len }) |batch| {
             const n_chunks = n_workers * pool_mod.CHUNKS_PER_WORKER;
-            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks), .file = file, .vocab = null };
+            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks, c.seq_len), .file = file, .vocab = null };
             var bs = prefill.buildBatchState(gpa, c, batch, batch, n_chunks);
             const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
             defer pool_mod.freePool(gpa, pool);
@@ -257,7 +256,7 @@ fn expectGolden(gpa: std.mem.Allocator, tok: *const tokenizer_mod.Tokenizer, c: 
         for ([_]usize{ 1, 3, 512 }) |batch_flag| {
             const n_chunks = n_workers * pool_mod.CHUNKS_PER_WORKER;
             const batch = @min(batch_flag, c.seq_len);
-            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks), .file = file, .vocab = null };
+            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks, c.seq_len), .file = file, .vocab = null };
             var bs = prefill.buildBatchState(gpa, c, batch, 1, n_chunks);
             const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
             defer pool_mod.freePool(gpa, pool);
