@@ -268,3 +268,44 @@ fn expectGolden(gpa: std.mem.Allocator, tok: *const tokenizer_mod.Tokenizer, c: 
         }
     }
 }
+
+test "stories260K: a file's theta and eps change the logits, the defaults are llama2.c's" {
+    const model_path = try testutil.findModelFile("stories260K.bin");
+    defer testing.allocator.free(model_path);
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const gpa = arena.allocator();
+    var diag: model.Diag = .{};
+    const m = try checkpoint.read(gpa, testing.io, &diag, model_path, false);
+    defer std.posix.munmap(@alignCast(@constCast(m.file)));
+    const c = m.config;
+    try testing.expectEqual(@as(f32, 10000), c.rope_theta);
+    try testing.expectEqual(@as(f32, 1e-5), c.norm_eps);
+    const ids = [_]u32{ 1, 300, 301, 302, 303, 304 };
+    var keyed = c;
+    keyed.rope_theta = 500000;
+    var eps = c;
+    eps.norm_eps = 1e-2;
+    var logits: [3][]f32 = undefined;
+    for ([_]model.Config{ c, keyed, eps }, 0..) |cfg, k| {
+        var t: Transformer = .{ .config = cfg, .weights = m.weights, .state = forward_mod.buildRunState(gpa, cfg, 1, ids.len), .file = m.file, .vocab = null };
+        var bs = prefill.buildBatchState(gpa, cfg, 3, 3, pool_mod.CHUNKS_PER_WORKER);
+        const pool = pool_mod.buildPool(gpa, testing.io, 1);
+        defer pool_mod.freePool(gpa, pool);
+        logits[k] = try gpa.alloc(f32, ids.len * c.vocab_size);
+        // one-position and batched paths both read the keys: the first half one way, the rest the other
+        for (0..3) |pos| @memcpy(logits[k][pos * c.vocab_size ..][0..c.vocab_size], forward(&t, pool, ids[pos], pos));
+        @memcpy(logits[k][3 * c.vocab_size ..], forwardBatch(&t, &bs, pool, ids[3..], 3, .all));
+    }
+    // position 0 rotates by angle 0, so theta shows from position 1 on; eps everywhere
+    for (1..ids.len) |pos| {
+        for ([_]usize{ 1, 2 }) |k| {
+            var diff: f32 = 0;
+            for (logits[0][pos * c.vocab_size ..][0..c.vocab_size], logits[k][pos * c.vocab_size ..][0..c.vocab_size]) |x, y| diff = @max(diff, @abs(x - y));
+            testing.expect(diff > 1e-3) catch |err| {
+                std.debug.print("position {d}, config {d}: logits moved by only {e}\n", .{ pos, k, diff });
+                return err;
+            };
+        }
+    }
+}

@@ -508,7 +508,9 @@ const testing = std.testing;
 const TinyGguf = struct {
     const Kv = struct { key: []const u8, vtype: GgufType, value: []u8 };
     const Info = struct { name: []const u8, dims: []const u64, ttype: u32, offset: u64 };
-    const Shape = struct { dim: u32 = 8, hidden: u32 = 16, q8: bool = false };
+    /// `matrices`: the type of every matrix (Q8_0 only where the rows are a multiple of 32 long,
+    /// as the converter writes them).
+    const Shape = struct { dim: u32 = 8, hidden: u32 = 16, q8: bool = false, matrices: u32 = TYPE_F32 };
 
     arena: Allocator,
     kvs: std.ArrayList(Kv) = .empty,
@@ -547,21 +549,23 @@ const TinyGguf = struct {
         try g.addKv("tokenizer.ggml.scores", .array, scores.items);
         const d: u64 = shape.dim;
         const h: u64 = shape.hidden;
-        try g.addMatrix("token_embd.weight", d, 260, shape.q8);
+        const mt: u32 = if (shape.q8) TYPE_Q8_0 else shape.matrices;
+        try g.addMatrix("token_embd.weight", d, 260, mt);
         try g.addTensor("output_norm.weight", &.{d});
         try g.addTensor("blk.0.attn_norm.weight", &.{d});
-        inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |name| try g.addMatrix("blk.0." ++ name ++ ".weight", d, d, shape.q8);
+        inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |name| try g.addMatrix("blk.0." ++ name ++ ".weight", d, d, mt);
         try g.addTensor("blk.0.ffn_norm.weight", &.{d});
-        try g.addMatrix("blk.0.ffn_gate.weight", d, h, shape.q8);
-        try g.addMatrix("blk.0.ffn_down.weight", h, d, shape.q8);
-        try g.addMatrix("blk.0.ffn_up.weight", d, h, shape.q8);
+        try g.addMatrix("blk.0.ffn_gate.weight", d, h, mt);
+        try g.addMatrix("blk.0.ffn_down.weight", h, d, mt);
+        try g.addMatrix("blk.0.ffn_up.weight", d, h, mt);
         return g;
     }
 
-    /// A matrix of `rows` rows of `cols` values; Q8_0 when `q8` and cols is a multiple of 32.
-    fn addMatrix(g: *TinyGguf, name: []const u8, cols: u64, rows: u64, q8: bool) !void {
-        const ttype: u32 = if (q8 and cols % 32 == 0) TYPE_Q8_0 else TYPE_F32;
-        try g.addTyped(name, try g.arena.dupe(u64, &.{ cols, rows }), ttype);
+    /// A matrix of `rows` rows of `cols` values of type `ttype`, F32 instead of Q8_0 when cols is
+    /// not a multiple of 32.
+    fn addMatrix(g: *TinyGguf, name: []const u8, cols: u64, rows: u64, ttype: u32) !void {
+        const t: u32 = if (ttype == TYPE_Q8_0 and cols % 32 != 0) TYPE_F32 else ttype;
+        try g.addTyped(name, try g.arena.dupe(u64, &.{ cols, rows }), t);
     }
 
     fn addKv(g: *TinyGguf, key: []const u8, vtype: GgufType, value: []u8) !void {
@@ -578,7 +582,11 @@ const TinyGguf = struct {
         try g.tensors.append(g.arena, .{ .name = name, .dims = dims, .ttype = ttype, .offset = g.data_len });
         var n: u64 = 1;
         for (dims) |d| n *= d;
-        g.data_len += if (ttype == TYPE_Q8_0) n / 32 * Q8_BLOCK_BYTES else n * 4;
+        g.data_len += switch (ttype) {
+            TYPE_Q8_0 => n / 32 * Q8_BLOCK_BYTES,
+            TYPE_F16, TYPE_BF16 => n * 2,
+            else => n * 4,
+        };
     }
 
     fn tensor(g: *TinyGguf, name: []const u8) *Info {
@@ -760,6 +768,108 @@ test "gguf: Q8_0 tensors the reader refuses, each naming the tensor" {
         };
         if (!std.mem.eql(u8, diag.problem(), want)) {
             std.debug.print("{t}: '{s}' is not '{s}'\n", .{ b, diag.problem(), want });
+            return error.TestUnexpectedResult;
+        }
+    }
+}
+
+test "gguf: F16 and BF16 matrices load, 2 bytes a value; a 16-bit norm is refused" {
+    inline for (.{ TYPE_F16, TYPE_BF16 }) |ttype| {
+        var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+        defer arena.deinit();
+        var g = try TinyGguf.init(arena.allocator(), .{ .dim = 8, .hidden = 12, .matrices = ttype });
+        var diag: Diag = .{};
+        const m = read(arena.allocator(), &diag, "h.gguf", try g.bytes()) catch |err| {
+            std.debug.print("{s}\n", .{diag.problem()});
+            return err;
+        };
+        const tag = if (ttype == TYPE_F16) "f16" else "bf16";
+        try testing.expectEqual(@as(usize, 260 * 8), @field(m.weights.token_embedding, tag).len);
+        try testing.expectEqual(@as(usize, 12 * 8), @field(m.weights.layers[0].w2, tag).len);
+        // the last tensor one byte short: its 2-byte values, not 4-byte ones, decide
+        var short = try TinyGguf.init(arena.allocator(), .{ .dim = 8, .hidden = 12, .matrices = ttype });
+        short.data_len -= 1;
+        try testing.expectError(error.BadFile, read(arena.allocator(), &diag, "h.gguf", try short.bytes()));
+        try testing.expectEqualStrings("tensor blk.0.ffn_up.weight lies outside the file", diag.problem());
+        // attn_k placed inside attn_q's 2 * 8 * 8 bytes
+        var overlap = try TinyGguf.init(arena.allocator(), .{ .dim = 8, .hidden = 12, .matrices = ttype });
+        overlap.tensor("blk.0.attn_k.weight").offset = overlap.tensor("blk.0.attn_q.weight").offset + 96;
+        try testing.expectError(error.BadFile, read(arena.allocator(), &diag, "h.gguf", try overlap.bytes()));
+        try testing.expectEqualStrings("tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap", diag.problem());
+        var norm = try TinyGguf.init(arena.allocator(), .{ .matrices = ttype });
+        norm.tensor("blk.0.ffn_norm.weight").ttype = ttype;
+        try testing.expectError(error.BadFile, read(arena.allocator(), &diag, "h.gguf", try norm.bytes()));
+        const want = if (ttype == TYPE_F16) "tensor blk.0.ffn_norm.weight is F16; only matrices may be, norms are F32" else "tensor blk.0.ffn_norm.weight is BF16; only matrices may be, norms are F32";
+        try testing.expectEqualStrings(want, diag.problem());
+    }
+}
+
+fn scalarBytes(arena: Allocator, comptime T: type, v: T) ![]u8 {
+    const U = @Int(.unsigned, @bitSizeOf(T));
+    var b: [@sizeOf(T)]u8 = undefined;
+    std.mem.writeInt(U, &b, @bitCast(v), .little);
+    return arena.dupe(u8, &b);
+}
+
+test "gguf: the hyperparameter keys, their defaults, any numeric type" {
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const a = arena.allocator();
+    var diag: Diag = .{};
+    var g = try TinyGguf.init(a, .{});
+    const d = (try read(a, &diag, "k.gguf", try g.bytes())).config;
+    try testing.expectEqual(@as(f32, 10000), d.rope_theta);
+    try testing.expectEqual(@as(f32, 1e-5), d.norm_eps);
+    try testing.expectEqual(@as(u32, 1), d.bos);
+    try testing.expectEqual(@as(u32, 2), d.eos);
+    try g.addKv("llama.rope.freq_base", .u32, try scalarBytes(a, u32, 500000)); // an integer type
+    try g.addKv("llama.attention.layer_norm_rms_epsilon", .f64, try scalarBytes(a, f64, 1e-6));
+    try g.addKv("llama.rope.dimension_count", .u64, try scalarBytes(a, u64, 4)); // head_size 8 / 2
+    try g.addKv("tokenizer.ggml.bos_token_id", .u16, try scalarBytes(a, u16, 2));
+    try g.addKv("tokenizer.ggml.eos_token_id", .i64, try scalarBytes(a, i64, 1));
+    try g.addKv("llama.rope.scaling.type", .string, try encodeString(a, "none"));
+    try g.addKv("llama.expert_count", .u32, try scalarBytes(a, u32, 0));
+    const c = (try read(a, &diag, "k.gguf", try g.bytes())).config;
+    try testing.expectEqual(@as(f32, 500000), c.rope_theta);
+    try testing.expectEqual(@as(f32, 1e-6), c.norm_eps);
+    try testing.expectEqual(@as(u32, 2), c.bos);
+    try testing.expectEqual(@as(u32, 1), c.eos);
+}
+
+test "gguf: a hyperparameter of the wrong kind or out of range is refused, naming its key" {
+    const Case = struct { key: []const u8, vtype: GgufType, bytes: []const u8 };
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const a = arena.allocator();
+    const cases = [_]Case{
+        .{ .key = "llama.rope.freq_base", .vtype = .string, .bytes = try encodeString(a, "10000") },
+        .{ .key = "llama.rope.freq_base", .vtype = .f32, .bytes = try scalarBytes(a, f32, 1) },
+        .{ .key = "llama.rope.freq_base", .vtype = .f32, .bytes = try scalarBytes(a, f32, std.math.inf(f32)) },
+        .{ .key = "llama.rope.freq_base", .vtype = .bool, .bytes = try scalarBytes(a, u8, 1) },
+        .{ .key = "llama.attention.layer_norm_rms_epsilon", .vtype = .f32, .bytes = try scalarBytes(a, f32, 0) },
+        .{ .key = "llama.attention.layer_norm_rms_epsilon", .vtype = .f32, .bytes = try scalarBytes(a, f32, std.math.nan(f32)) },
+        .{ .key = "llama.attention.layer_norm_rms_epsilon", .vtype = .i32, .bytes = try scalarBytes(a, i32, 1) },
+        .{ .key = "llama.rope.dimension_count", .vtype = .u32, .bytes = try scalarBytes(a, u32, 2) },
+        .{ .key = "llama.rope.dimension_count", .vtype = .f32, .bytes = try scalarBytes(a, f32, 4) },
+        .{ .key = "llama.rope.scaling.type", .vtype = .string, .bytes = try encodeString(a, "linear") },
+        .{ .key = "llama.rope.scaling.type", .vtype = .u32, .bytes = try scalarBytes(a, u32, 0) },
+        .{ .key = "llama.expert_count", .vtype = .u32, .bytes = try scalarBytes(a, u32, 8) },
+        .{ .key = "tokenizer.ggml.bos_token_id", .vtype = .u32, .bytes = try scalarBytes(a, u32, 260) },
+        .{ .key = "tokenizer.ggml.bos_token_id", .vtype = .string, .bytes = try encodeString(a, "1") },
+        .{ .key = "tokenizer.ggml.eos_token_id", .vtype = .i32, .bytes = try scalarBytes(a, i32, -1) },
+        .{ .key = "tokenizer.ggml.eos_token_id", .vtype = .u64, .bytes = try scalarBytes(a, u64, std.math.maxInt(u64)) },
+    };
+    for (cases) |case| {
+        var g = try TinyGguf.init(a, .{});
+        try g.addKv(case.key, case.vtype, try a.dupe(u8, case.bytes));
+        var diag: Diag = .{};
+        const result = read(a, &diag, "bad.gguf", try g.bytes());
+        testing.expectError(error.BadFile, result) catch |err| {
+            std.debug.print("{s} ({t}): accepted\n", .{ case.key, case.vtype });
+            return err;
+        };
+        if (std.mem.indexOf(u8, diag.problem(), case.key) == null) {
+            std.debug.print("'{s}' does not name {s}\n", .{ diag.problem(), case.key });
             return error.TestUnexpectedResult;
         }
     }
