@@ -173,7 +173,7 @@ def expected_q8(case: Case) -> Expected:
     """The Q8_0 file itself through the reference: logits over tokens that keep clear of rounding
     ties (tight tolerance) as far as they exist, and greedy text with each step's rounding record."""
     model = read_model(case.checkpoint)
-    tok = Tokenizer(model.tokenizer)
+    tok = Tokenizer(model.tokenizer, model.config.bos_id, model.config.eos_id)
     ids, tight = rounding.tie_free_ids(model, _default_ids(tok, model, case.positions))
     logits = logits_for(Transformer(model), ids)
     rtol = np.where(np.arange(len(ids)) < tight, RTOL, Q8_RTOL)
