@@ -310,7 +310,25 @@ func (g *ggufCursor) tensorInfos(n uint64) ([]ggufTensor, map[string]int, error)
 // ----------------------------------------------------------------------------
 // The model: config from the keys, weights from the tensor table, the embedded tokenizer
 
+// readGGUF checks the file in a plain mapping first when the loader would read it into memory
+// (the huge-page copy): a GGUF's size is only known once its tables are read, and a bad file of
+// many GB (a sparse one, a huge offset) must be refused without reading it all. The tables are
+// then parsed again over the loaded bytes, which the weights point into.
 func readGGUF(path string, f *os.File, size int64) (*Transformer, error) {
+	if loadCopies() {
+		if size <= 0 || uint64(size) > uint64(math.MaxInt) {
+			return nil, fileError(path, "cannot map a file of %d bytes", size)
+		}
+		data, unmap, err := mapWhole(path, f, size)
+		if err != nil {
+			return nil, err
+		}
+		_, err = parseGGUF(path, data)
+		unmap()
+		if err != nil {
+			return nil, err
+		}
+	}
 	data, unmap, err := mapChecked(path, f, size)
 	if err != nil {
 		return nil, err
@@ -423,14 +441,14 @@ func ggufModelKeys(path string, kv map[string]ggufValue, c Config) (Config, erro
 	if err != nil {
 		return c, err
 	}
-	if !(theta > 1) || math.IsInf(theta, 0) || float32(theta) <= 1 || math.IsInf(float64(float32(theta)), 0) {
+	if !(theta > 1) {
 		return c, fileError(path, "llama.rope.freq_base=%g must be finite and above 1", theta)
 	}
 	eps, err := ggufFloat(path, kv, "llama.attention.layer_norm_rms_epsilon", defaultNormEps)
 	if err != nil {
 		return c, err
 	}
-	if !(eps > 0 && eps < 1) || float32(eps) == 0 {
+	if !(eps > 0 && eps < 1) {
 		return c, fileError(path, "llama.attention.layer_norm_rms_epsilon=%g must be above 0 and below 1", eps)
 	}
 	c.RopeTheta, c.NormEps = float32(theta), float32(eps)
