@@ -785,8 +785,9 @@ TEST(Q8, GgufRefusals) {
         {Defect::none, {32, 48, 1u << 9}, "tensor blk.0.ffn_down.weight is Q8_0 with rows of 48 values"},
         {Defect::truncated, mixed, "tensor blk.0.ffn_up.weight lies outside the file"},
         {Defect::q8_overlap, mixed, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap"},
-        {Defect::none, {32, 64, 0, 1}, "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported"},
-        {Defect::none, {32, 64, 0, 2}, "tensor blk.0.attn_q.weight has type 2"},
+        {Defect::none, {32, 64, 0, 2},
+         "tensor blk.0.attn_q.weight has type 2; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported"},
+        {Defect::none, {32, 64, 0, 29}, "tensor blk.0.attn_q.weight has type 29"},
     };
     for (const auto& [defect, shape, problem] : cases) {
         TempFile bad(gguf_model(defect, shape));
