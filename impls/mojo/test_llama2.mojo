@@ -22,7 +22,8 @@ from std.math import trunc
 from std.time import perf_counter_ns
 from model import (
     BPtr, Config, FPtr, KPtr, MappedFile, Matrix, Model, QPtr, Vocab, alloc_floats, alloc_keys, alloc_quants,
-    c_path, file_error, free_floats, free_quants, string_from, want_huge_pages, write_all,
+    c_path, file_error, free_floats, free_quants, string_from, want_huge_pages, write_all, W_BF16, W_F16, W_F32,
+    W_Q8_0,
 )
 from formats import read_model, read_tokenizer
 from pool import COOLDOWN_REGIONS, DISPATCH_LIBRARY, DISPATCH_SPIN, DISPATCH_SYNCHRONIZE, SPIN_NS, Pool
@@ -570,6 +571,14 @@ def config_code(c: Config) -> Int:
         return Int(String(e).as_bytes()[0]) - 48
 
 
+def kv_code(c: Config, rows: Int) -> Int:
+    try:
+        c.check_kv_cache("x", rows)
+        return 0
+    except e:
+        return Int(String(e).as_bytes()[0]) - 48
+
+
 def test_validate(mut t: Tally):
     t.check(config_code(Config(288, 768, 6, 6, 6, 32000, 256, True)) == 0, "15M header is valid")
     t.check(config_code(Config(288, 768, 6, 6, 6, 32000, 0, True)) == 3, "seq_len 0")
@@ -577,7 +586,12 @@ def test_validate(mut t: Tally):
     t.check(config_code(Config(288, 768, 6, 7, 7, 32000, 256, True)) == 3, "dim not a multiple of heads")
     t.check(config_code(Config(288, 768, 6, 6, 4, 32000, 256, True)) == 3, "heads not a multiple of kv heads")
     t.check(config_code(Config(6, 768, 6, 2, 2, 32000, 256, True)) == 3, "odd head size")
-    t.check(config_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True)) == 3, "KV cache over 4 GiB")
+    # the KV cache is sized for the run's positions (contract 3), not the header's context
+    t.check(config_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True)) == 0, "a 4 GiB+ context is no refusal by itself")
+    t.check(kv_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True), 4) == 0, "4 positions of a huge model fit")
+    t.check(kv_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True), 9) == 3, "9 positions exceed 4 GiB")
+    t.check(kv_code(Config(4096, 11008, 32, 32, 32, 32000, 4096, True), 4096) == 0, "7B at full context: exactly 4 GiB")
+    t.check(kv_code(Config(4096, 11008, 32, 32, 32, 32000, 8192, True), 4097) == 3, "7B at 4097 positions")
 
 
 # ----------------------------------------------------------------------------
@@ -797,7 +811,7 @@ def quantize_matrix(src: Matrix, rows: Int, cols: Int, mut owned: List[QPtr]) ra
             put_scale(block, fp16_bits(d))
             for i in range(Q8_BLOCK):
                 block.unsafe_store(2 + i, bitcast[DType.uint8, 1](Int8(Int(round_half_away(v.unsafe_load(i) * id)))))
-    return Matrix(bytes, True)
+    return Matrix(bytes, W_Q8_0)
 
 
 def quantize_model(mut m: Model, mut owned: List[QPtr]) raises:
@@ -881,7 +895,7 @@ def golden(name: String) raises -> String:
 
 def greedy_text(m: Model, tok: Tokenizer, prompt: String, steps: Int, nthreads: Int) raises -> String:
     """The generate loop (force the prompt, argmax, stop at BOS, safe pieces) into a string."""
-    var s = RunState(m.config)
+    var s = RunState(m.config, steps)
     var pool = Pool(nthreads)
     var ids = tok.encode(text_bytes(prompt), True, False)
     var text = List[UInt8]()
@@ -1035,7 +1049,7 @@ def test_gemm_q8(mut t: Tally) raises:
 
 
 def one_position_logits(m: Model, ids: List[Int], nthreads: Int) raises -> List[Float32]:
-    var s = RunState(m.config)
+    var s = RunState(m.config, len(ids))
     var pool = Pool(nthreads)
     var out = List[Float32]()
     for pos in range(len(ids)):
@@ -1047,8 +1061,8 @@ def one_position_logits(m: Model, ids: List[Int], nthreads: Int) raises -> List[
 
 
 def batched_logits(m: Model, ids: List[Int], batch: Int, nthreads: Int) raises -> List[Float32]:
-    var s = RunState(m.config)
-    var b = BatchState(m.config, batch, True, nthreads)
+    var s = RunState(m.config, len(ids))
+    var b = BatchState(m.config, batch, True, nthreads, len(ids))
     var pool = Pool(nthreads)
     var out = List[Float32]()
     var p0 = 0
