@@ -329,7 +329,7 @@ def gguf_int_key(path: String, data: BPtr, kv: KvValue, key: String, default: In
         if default < 0:
             raise file_error(path, "missing required key " + key)
         return default
-    if not gguf_is_int(kv.vtype):
+    if not gguf_is_int(kv.vtype) or kv.vtype == 7:  # a bool is no count
         raise file_error(path, "key " + key + " must be an integer")
     return gguf_int_at(data, kv.off, kv.vtype)
 
@@ -453,11 +453,10 @@ def gguf_config(path: String, data: BPtr, found: List[KvValue], shared: Bool) ra
     c.validate(path)
 
     var theta = gguf_number_key(path, data, found[K_THETA], "llama.rope.freq_base", 10000.0)
-    # checked as float32 too: the arithmetic is float32's, where a huge float64 is infinite
-    if not (finite(theta) and theta > 1 and finite(Float64(Float32(theta)))):
+    if not (finite(theta) and theta > 1):
         raise file_error(path, "key llama.rope.freq_base=" + String(theta) + " must be finite and > 1")
     var eps = gguf_number_key(path, data, found[K_EPS], "llama.attention.layer_norm_rms_epsilon", 1e-5)
-    if not (finite(eps) and eps > 0 and eps < 1 and Float32(eps) > 0):
+    if not (finite(eps) and eps > 0 and eps < 1):
         raise file_error(path, "key llama.attention.layer_norm_rms_epsilon=" + String(eps)
                          + " must be finite, > 0 and < 1")
     var rope_dims = gguf_whole_key(path, data, found[K_ROPE_DIMS], "llama.rope.dimension_count", c.head_size())
@@ -483,7 +482,7 @@ def gguf_config(path: String, data: BPtr, found: List[KvValue], shared: Bool) ra
             raise file_error(path, "key llama.rope.scaling.type is '" + string_from(text, n)
                              + "': RoPE scaling is not supported (only 'none')")
     var experts = gguf_whole_key(path, data, found[K_EXPERTS], "llama.expert_count", 0)
-    if experts != 0:
+    if experts > 0:
         raise file_error(path, "key llama.expert_count=" + String(experts)
                          + ": mixture-of-experts models are not supported (0 experts only)")
     c.rope_theta = Float32(theta)

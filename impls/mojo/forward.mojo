@@ -5,11 +5,10 @@
 from std.math import exp, sqrt, cos, sin
 from std.os import getenv
 from model import (
-    NEED_BF16, NEED_F16, NEED_Q8, W_BF16, W_F16, W_Q8_0, Config, FPtr, Matrix, Model, QPtr, alloc_floats,
-    alloc_quants, free_floats, free_quants,
+    W_BF16, W_F16, W_Q8_0, Config, FPtr, Matrix, Model, QPtr, alloc_floats, alloc_quants, free_floats, free_quants,
 )
 from q8_0 import Q8_BLOCK, Q8_PREFETCH_ROWS, dequantize_row, q8_row_bytes, quantize_activation
-from half import round_activation, widen_row
+from half import widen_row
 from kernels import NW, Input, dot, matvec_rows, rmsnorm, softmax, split
 from pool import Pool
 
@@ -35,8 +34,6 @@ struct RunState(Movable):
     var xq: QPtr  # (max(dim, hidden_dim)) the input of the current Q8_0 matmuls, quantized
     var xd: FPtr  # (max(dim, hidden_dim) / 32) and its block scales
     var q8_prefetch: Int  # rows ahead a Q8_0 matvec prefetches (q8_0.mojo); 0 with POLYLLAMA_Q8_PREFETCH=0
-    var xh: FPtr  # (max(dim, hidden_dim)) the input of the current F16 matmuls, rounded to F16
-    var xbf: FPtr  # (max(dim, hidden_dim)) the same rounded to BF16
 
     def __init__(out self, c: Config, kv_rows: Int) raises:
         """kv_rows: validated by Config.check_kv_cache (at most seq_len)."""
@@ -59,34 +56,26 @@ struct RunState(Movable):
         self.xq = alloc_quants(widest)
         self.xd = alloc_floats(widest // Q8_BLOCK + 1)
         self.q8_prefetch = 0 if getenv("POLYLLAMA_Q8_PREFETCH") == "0" else Q8_PREFETCH_ROWS
-        # untouched (and so never resident) unless the model has 16-bit matrices
-        self.xh = alloc_floats(widest)
-        self.xbf = alloc_floats(widest)
 
     def free(mut self):
         for p in [self.x, self.xb, self.xatt, self.xb2, self.hb, self.hb2, self.q, self.att,
-                  self.rope_cos, self.rope_sin, self.logits, self.key_cache, self.value_cache, self.xd,
-                  self.xh, self.xbf]:
+                  self.rope_cos, self.rope_sin, self.logits, self.key_cache, self.value_cache, self.xd]:
             free_floats(p)
         free_quants(self.xq)
 
 
-def group_input(s: RunState, x: FPtr, n: Int, needs: Int) -> Input:
-    """x as the input of a group of matmuls, prepared in the run state's buffers for
-    the kinds of matrix the group has (`needs`, NEED_* bits of Matrix.need):
-    quantized for Q8_0, rounded for F16 and for BF16."""
-    if needs & NEED_Q8 != 0:
+def group_input(s: RunState, x: FPtr, n: Int, quantize: Bool) -> Input:
+    """x as the input of a group of matmuls, quantized into the run state's buffers
+    when `quantize` (a matrix of the group is Q8_0; F32, F16 and BF16 matrices take
+    x as it is)."""
+    if quantize:
         quantize_activation(s.xq, s.xd, x, n)
-    if needs & NEED_F16 != 0:
-        round_activation[W_F16](s.xh, x, n)
-    if needs & NEED_BF16 != 0:
-        round_activation[W_BF16](s.xbf, x, n)
-    return Input(x, s.xq, s.xd, s.q8_prefetch, s.xh, s.xbf)
+    return Input(x, s.xq, s.xd, s.q8_prefetch)
 
 
 def matmul(s: RunState, xout: FPtr, x: FPtr, w: Matrix, n: Int, d: Int, pool: Pool) raises:
     """W (d, n) @ x (n) -> xout (d), rows split across the workers."""
-    var inp = group_input(s, x, n, w.need())
+    var inp = group_input(s, x, n, w.q8)
     var nthreads = pool.n
     if nthreads <= 1:
         matvec_rows(xout, inp, w, n, 0, d)
@@ -217,7 +206,7 @@ def attention_block(s: RunState, m: Model, c: Config, l: Int, pos: Int, pool: Po
     var q = s.q
 
     rmsnorm(s.xb, s.x, m.weights.rms_att[l], dim, c.norm_eps)
-    var qkv_in = group_input(s, s.xb, dim, wq.need() | wk.need() | wv.need())
+    var qkv_in = group_input(s, s.xb, dim, wq.q8 or wk.q8 or wv.q8)
 
     # q = wq @ xb, k = wk @ xb, v = wv @ xb, RoPE, attention. Each KV head with
     # its query heads needs nothing from the others, so when the KV heads split
@@ -258,7 +247,7 @@ def ffn_block(s: RunState, m: Model, c: Config, l: Int, pool: Pool) raises:
     rmsnorm(s.xb, s.x, m.weights.rms_ffn[l], dim, c.norm_eps)
     var w1 = m.weights.w1[l]
     var w3 = m.weights.w3[l]
-    var ffn_in = group_input(s, s.xb, dim, w1.need() | w3.need())
+    var ffn_in = group_input(s, s.xb, dim, w1.q8 or w3.q8)
     if nthreads <= 1:
         ffn_rows(s, ffn_in, w1, w3, dim, 0, hidden)
     else:

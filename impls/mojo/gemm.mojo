@@ -83,7 +83,7 @@ def w_tile[R: Int, C: Int, K: Int](dst: FPtr, ldo: Int, x: FPtr, ldx: Int, w: BP
     horizontal sums come once, at the end. Rows of x are ldx apart, of w ldw
     values apart (the attention's keys lie kv_dim apart in the cache). w is of
     type K: a 16-bit weight vector is converted to float32 as it is loaded, once
-    for the C rows that use it, and x holds the activation already rounded to K."""
+    for the C rows that use it."""
     var acc = StaticTuple[SIMD[DType.float32, NW], R * C](fill=SIMD[DType.float32, NW](0))
     var k = 0
     while k + NW <= d:
@@ -128,8 +128,7 @@ def w_strip[R: Int, K: Int](dst: FPtr, ldo: Int, x: FPtr, w: BPtr, d: Int, r: In
 
 def gemm_w_rows[K: Int](dst: FPtr, ldo: Int, x: FPtr, nrows: Int, w: BPtr, d: Int, r0: Int, r1: Int):
     """out[t, r] = w[r, :] . x[t, :] for t < nrows, r in [r0, r1); x (nrows, d) and
-    w (rows, d) of type K (F32, F16, BF16) row-major, out rows ldo apart. For a
-    16-bit w, x is the activation rounded to K."""
+    w (rows, d) of type K (F32, F16, BF16) row-major, out rows ldo apart."""
     var tb = token_block(d * 4, TC)
     for t0 in range(0, nrows, tb):
         var t1 = min(nrows, t0 + tb)
@@ -358,17 +357,14 @@ def gemm_q8_rows(dst: FPtr, ldo: Int, xq: QPtr, xd: FPtr, nrows: Int, w: BPtr, d
 
 @fieldwise_init
 struct Rows(TrivialRegisterPassable):
-    """The input of a group of products: nrows activation rows of d values, and,
-    once for the group, those rows quantized when a matrix of the group is Q8_0 and
-    rounded to F16 or BF16 when one is."""
+    """The input of a group of products: nrows activation rows of d values, and when
+    a matrix of the group is Q8_0 those rows quantized (once for the group)."""
 
     var x: FPtr  # (nrows, d)
     var q: QPtr  # (nrows, d) quants, valid when a matrix of the group is Q8_0
     var dq: FPtr  # (nrows, d / 32) their scales
     var nrows: Int
     var d: Int
-    var xh: FPtr  # (nrows, d) rounded to F16, valid when a matrix of the group is F16
-    var xbf: FPtr  # (nrows, d) rounded to BF16, valid when a matrix of the group is BF16
 
 
 def gemm_rows(dst: FPtr, ldo: Int, inp: Rows, w: Matrix, r0: Int, r1: Int):
@@ -376,9 +372,9 @@ def gemm_rows(dst: FPtr, ldo: Int, inp: Rows, w: Matrix, r0: Int, r1: Int):
     if w.kind == W_Q8_0:
         gemm_q8_rows(dst, ldo, inp.q, inp.dq, inp.nrows, w.data, inp.d, r0, r1)
     elif w.kind == W_F16:
-        gemm_w_rows[W_F16](dst, ldo, inp.xh, inp.nrows, w.data, inp.d, r0, r1)
+        gemm_w_rows[W_F16](dst, ldo, inp.x, inp.nrows, w.data, inp.d, r0, r1)
     elif w.kind == W_BF16:
-        gemm_w_rows[W_BF16](dst, ldo, inp.xbf, inp.nrows, w.data, inp.d, r0, r1)
+        gemm_w_rows[W_BF16](dst, ldo, inp.x, inp.nrows, w.data, inp.d, r0, r1)
     else:
         gemm_f32_rows(dst, ldo, inp.x, inp.nrows, w.floats(), inp.d, r0, r1)
 

@@ -1,11 +1,10 @@
 # GGUF's 16-bit weights, ggml types F16 (IEEE binary16) and BF16 (the top half of
-# a float32), computed as llama.cpp's CPU backend computes them
-# (docs/port-contract.md, "GGUF F16 and BF16"): the activation is first rounded to
-# the weight's type (to nearest, ties to even), then every product is
-# float32(w) * float32(x16), exact in float32, summed in float32:
-#   out[r] = sum over i of float32(w[r, i]) * float32(round16(x[i]))
-# The rounded activation is kept widened back to float32, so that the kernels only
-# convert the weights, in registers, as they stream past.
+# a float32), as docs/port-contract.md ("GGUF F16 and BF16") computes them: every
+# weight converted to float32 exactly, the activation left in float32, and the
+# product and its sum float32 as for an F32 matrix:
+#   out[r] = sum over i of float32(w[r, i]) * x[i]
+# The kernels convert the weights in registers as they stream past; nothing is
+# unpacked into memory.
 
 from std.memory import Pointer, bitcast
 from std.sys import simd_width_of
@@ -34,48 +33,6 @@ def load_half[K: Int, W: Int](w: BPtr, i: Int) -> SIMD[DType.float32, W]:
     return widen[K, W](w.unsafe_bitcast[UInt16]().unsafe_load[width=W](i))
 
 
-@always_inline
-def round_f16[W: Int](x: SIMD[DType.float32, W]) -> SIMD[DType.float32, W]:
-    """x rounded to F16 and back: to nearest, ties to even, beyond 65504 in
-    magnitude (from the midpoint 65520 on) infinity, small values to F16's
-    subnormals; NaN stays NaN."""
-    return x.cast[DType.float16]().cast[DType.float32]()
-
-
-@always_inline
-def round_bf16[W: Int](x: SIMD[DType.float32, W]) -> SIMD[DType.float32, W]:
-    """x rounded to BF16 and back: to nearest with ties to even on the bits
-    (bits + 0x7fff + the lowest kept bit, then the low half cleared; a carry into
-    the exponent is the right rounding up, to infinity beyond the largest BF16).
-    NaN is kept a NaN, made quiet, rather than rounded, whose carry could turn a
-    NaN with only low payload bits into infinity."""
-    var u = bitcast[DType.uint32, W](x)
-    var rounded = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    var quiet = (u | 0x00400000) & 0xFFFF0000
-    var is_nan = (u & 0x7FFFFFFF).gt(0x7F800000)
-    return bitcast[DType.float32, W](is_nan.select(quiet, rounded))
-
-
-@always_inline
-def round_to[K: Int, W: Int](x: SIMD[DType.float32, W]) -> SIMD[DType.float32, W]:
-    comptime if K == W_F16:
-        return round_f16[W](x)
-    else:
-        return round_bf16[W](x)
-
-
-def round_activation[K: Int](dst: FPtr, x: FPtr, n: Int):
-    """dst = x rounded to the 16-bit type K, kept as float32: the input of every
-    product with a K matrix in the group that shares x."""
-    var i = 0
-    while i + HW <= n:
-        dst.unsafe_store(i, round_to[K, HW](x.unsafe_load[width=HW](i)))
-        i += HW
-    while i < n:
-        dst.unsafe_store(i, round_to[K, 1](x.unsafe_load(i)))
-        i += 1
-
-
 def widen_row[K: Int](dst: FPtr, row: BPtr, n: Int):
     """A 16-bit row as float32 (the token embedding)."""
     var i = 0
@@ -89,8 +46,7 @@ def widen_row[K: Int](dst: FPtr, row: BPtr, n: Int):
 
 @always_inline
 def half_4rows[K: Int](xout: FPtr, x: FPtr, w: BPtr, n: Int, r: Int):
-    """xout[r..r+4) = w[r..r+4) @ x with 16-bit rows and the rounded activation x:
-    four rows per pass over x, as the float32 kernel, each row read 2 * HW values
+    """xout[r..r+4) = w[r..r+4) @ x with 16-bit rows: four rows per pass over x, as the float32 kernel, each row read 2 * HW values
     (a 64-byte line with AVX-512) per step, so that every row has as many bytes in
     flight as a float32 row has."""
     var row = w.unsafe_offset(2 * r * n)
@@ -159,7 +115,7 @@ def half_dot[K: Int](row: BPtr, x: FPtr, n: Int) -> Float32:
 
 def half_matvec_rows[K: Int](xout: FPtr, x: FPtr, w: BPtr, n: Int, r0: Int, r1: Int):
     """xout[r] = W[r, :] . x for r in [r0, r1); W (rows, n) of 16-bit type K, x the
-    activation already rounded to K (round_activation)."""
+    float32 activation."""
     var r = r0
     while r + 4 <= r1:
         half_4rows[K](xout, x, w, n, r)

@@ -84,16 +84,13 @@ def matmul_rows(xout: FPtr, x: FPtr, w: FPtr, n: Int, r0: Int, r1: Int):
 
 @fieldwise_init
 struct Input(TrivialRegisterPassable):
-    """The input of a group of matmuls: x, and, prepared once for the group (q, k
-    and v share it, and so do w1 and w3), x quantized when one of them is Q8_0 and
-    x rounded to F16 or BF16 when one of them is."""
+    """The input of a group of matmuls: x, and when one of them is Q8_0, x quantized
+    (once for the group: q, k and v share it, and so do w1 and w3)."""
 
     var x: FPtr  # (n)
     var q: QPtr  # (n) int8 quants, valid when a matrix of the group is Q8_0
     var d: FPtr  # (n / 32) their scales
     var prefetch: Int  # Q8_0 rows ahead to prefetch
-    var xh: FPtr  # (n) x rounded to F16, valid when a matrix of the group is F16
-    var xbf: FPtr  # (n) x rounded to BF16, valid when a matrix of the group is BF16
 
 
 def matvec_rows(xout: FPtr, inp: Input, w: Matrix, n: Int, r0: Int, r1: Int):
@@ -101,9 +98,9 @@ def matvec_rows(xout: FPtr, inp: Input, w: Matrix, n: Int, r0: Int, r1: Int):
     if w.kind == W_Q8_0:
         q8_matvec_rows(xout, inp.q, inp.d, w.data, n, r0, r1, inp.prefetch)
     elif w.kind == W_F16:
-        half_matvec_rows[W_F16](xout, inp.xh, w.data, n, r0, r1)
+        half_matvec_rows[W_F16](xout, inp.x, w.data, n, r0, r1)
     elif w.kind == W_BF16:
-        half_matvec_rows[W_BF16](xout, inp.xbf, w.data, n, r0, r1)
+        half_matvec_rows[W_BF16](xout, inp.x, w.data, n, r0, r1)
     else:
         matmul_rows(xout, inp.x, w.floats(), n, r0, r1)
 

@@ -364,11 +364,6 @@ comptime W_F32 = 0
 comptime W_F16 = 1
 comptime W_Q8_0 = 8
 comptime W_BF16 = 30
-# What a group of products sharing one input needs done to it once (a bit per
-# kind): quantized to Q8_0, rounded to F16, rounded to BF16.
-comptime NEED_Q8 = 1
-comptime NEED_F16 = 2
-comptime NEED_BF16 = 4
 
 
 struct Matrix(TrivialRegisterPassable):
@@ -391,15 +386,6 @@ struct Matrix(TrivialRegisterPassable):
     def floats(self) -> FPtr:
         return self.data.unsafe_bitcast[Float32]()
 
-    def need(self) -> Int:
-        """The NEED_* bit of this matrix's input (0 for F32)."""
-        if self.kind == W_Q8_0:
-            return NEED_Q8
-        if self.kind == W_F16:
-            return NEED_F16
-        if self.kind == W_BF16:
-            return NEED_BF16
-        return 0
 
 
 struct Weights(Movable):

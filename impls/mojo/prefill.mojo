@@ -5,12 +5,8 @@
 
 from std.collections import List
 from std.math import exp, sqrt, cos, sin
-from model import (
-    NEED_BF16, NEED_F16, NEED_Q8, W_BF16, W_F16, Config, FPtr, Matrix, Model, QPtr, alloc_floats, alloc_quants,
-    free_floats, free_quants,
-)
+from model import Config, FPtr, Matrix, Model, QPtr, alloc_floats, alloc_quants, free_floats, free_quants
 from q8_0 import Q8_BLOCK, quantize_activation
-from half import round_activation
 from kernels import NW, dot, rmsnorm, softmax, split
 from gemm import TC, Rows, gemm_rows, scores_block, weighted_sum
 from forward import RunState, embed
@@ -38,8 +34,6 @@ struct BatchState(Movable):
     var logits: FPtr  # (logit_rows, vocab)
     var xq: QPtr  # (rows, max(dim, hidden_dim)) quantized inputs of Q8_0 products
     var xd: FPtr  # (rows, max(dim, hidden_dim) / 32) their scales
-    var xh: FPtr  # (rows, max(dim, hidden_dim)) inputs of F16 products, rounded to F16
-    var xbf: FPtr  # (rows, max(dim, hidden_dim)) inputs of BF16 products, rounded to BF16
 
     def __init__(out self, c: Config, batch: Int, all_logits: Bool, nthreads: Int, kv_rows: Int) raises:
         """kv_rows: the run state's. A run reaches no more positions than that, so
@@ -64,56 +58,48 @@ struct BatchState(Movable):
         self.logits = alloc_floats(self.logit_rows * c.vocab_size)
         self.xq = alloc_quants(rows * widest)
         self.xd = alloc_floats(rows * (widest // Q8_BLOCK) + 1)
-        # untouched (and so never resident) unless the model has 16-bit matrices
-        self.xh = alloc_floats(rows * widest)
-        self.xbf = alloc_floats(rows * widest)
 
     def free(mut self):
         for p in [self.x, self.xb, self.q, self.xatt, self.xb2, self.hb, self.hb2, self.att,
-                  self.rope_cos, self.rope_sin, self.logits, self.xd, self.xh, self.xbf]:
+                  self.rope_cos, self.rope_sin, self.logits, self.xd]:
             free_floats(p)
         free_quants(self.xq)
 
 
-def prepare_rows(b: BatchState, x: FPtr, src: FPtr, norm: FPtr, eps: Float32, with_norm: Bool, needs: Int,
+def prepare_rows(b: BatchState, x: FPtr, src: FPtr, norm: FPtr, eps: Float32, with_norm: Bool, quantize: Bool,
                  d: Int, t0: Int, t1: Int):
     var nb = d // Q8_BLOCK
     for t in range(t0, t1):
-        var row = x.unsafe_offset(t * d)
         if with_norm:
-            rmsnorm(row, src.unsafe_offset(t * d), norm, d, eps)
-        if needs & NEED_Q8 != 0:
-            quantize_activation(b.xq.unsafe_offset(t * d), b.xd.unsafe_offset(t * nb), row, d)
-        if needs & NEED_F16 != 0:
-            round_activation[W_F16](b.xh.unsafe_offset(t * d), row, d)
-        if needs & NEED_BF16 != 0:
-            round_activation[W_BF16](b.xbf.unsafe_offset(t * d), row, d)
+            rmsnorm(x.unsafe_offset(t * d), src.unsafe_offset(t * d), norm, d, eps)
+        if quantize:
+            quantize_activation(b.xq.unsafe_offset(t * d), b.xd.unsafe_offset(t * nb), x.unsafe_offset(t * d), d)
 
 
-def rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, needs: Int, pool: Pool) raises -> Rows:
-    return normed_rows_input(b, x, nrows, d, needs, pool, x, x, 0, False)
+def rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, quantize: Bool, pool: Pool) raises -> Rows:
+    return normed_rows_input(b, x, nrows, d, quantize, pool, x, x, 0, False)
 
 
-def normed_rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, needs: Int, pool: Pool,
+def normed_rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, quantize: Bool, pool: Pool,
                       norm: FPtr, src: FPtr, eps: Float32, with_norm: Bool) raises -> Rows:
     """x's rows as the input of a group of products: with `with_norm`, first
-    x[t] = rmsnorm(src[t], norm); then, once for the group, for the kinds of matrix
-    it has (`needs`, NEED_* bits): each row quantized on its own (section 4's blocks
-    of 32 along the row) for Q8_0, rounded for F16 and for BF16. The rows are split
+    x[t] = rmsnorm(src[t], norm, eps); when a matrix of the group is Q8_0, each row
+    quantized on its own (section 4's blocks of 32 along the row), once for the
+    group (F32, F16 and BF16 matrices take the rows as they are). The rows are split
     across the workers: this is work the size of the activations, which on many
     workers would otherwise wait on one thread."""
-    if not with_norm and needs == 0:
-        return Rows(x, b.xq, b.xd, nrows, d, b.xh, b.xbf)
+    if not (with_norm or quantize):
+        return Rows(x, b.xq, b.xd, nrows, d)
     var nthreads = pool.n
     if nthreads > 1 and nrows > 1:
         def task(w: Int) {imm}:
-            prepare_rows(b, x, src, norm, eps, with_norm, needs, d, nrows * w // nthreads,
+            prepare_rows(b, x, src, norm, eps, with_norm, quantize, d, nrows * w // nthreads,
                          nrows * (w + 1) // nthreads)
 
         pool.run(task)
     else:
-        prepare_rows(b, x, src, norm, eps, with_norm, needs, d, 0, nrows)
-    return Rows(x, b.xq, b.xd, nrows, d, b.xh, b.xbf)
+        prepare_rows(b, x, src, norm, eps, with_norm, quantize, d, 0, nrows)
+    return Rows(x, b.xq, b.xd, nrows, d)
 
 
 def product(dst: FPtr, ldo: Int, inp: Rows, w: Matrix, n: Int, pool: Pool) raises:
@@ -220,7 +206,7 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
         var wq = m.weights.wq[l]
         var wk = m.weights.wk[l]
         var wv = m.weights.wv[l]
-        var inp = normed_rows_input(b, b.xb, nrows, dim, wq.need() | wk.need() | wv.need(), pool,
+        var inp = normed_rows_input(b, b.xb, nrows, dim, wq.q8 or wk.q8 or wv.q8, pool,
                                     m.weights.rms_att[l], b.x, c.norm_eps, True)
         var cache_off = (l * s.kv_rows + p0) * kv_dim
         var kc = s.key_cache.unsafe_offset(cache_off)
@@ -251,13 +237,13 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
 
             pool.run(att_task)
         var wo = m.weights.wo[l]
-        product(b.xb2, dim, rows_input(b, b.xatt, nrows, dim, wo.need(), pool), wo, dim, pool)
+        product(b.xb2, dim, rows_input(b, b.xatt, nrows, dim, wo.q8, pool), wo, dim, pool)
         add_rows(b.x, b.xb2, nrows * dim)
 
         # feed-forward
         var w1 = m.weights.w1[l]
         var w3 = m.weights.w3[l]
-        var finp = normed_rows_input(b, b.xb, nrows, dim, w1.need() | w3.need(), pool, m.weights.rms_ffn[l], b.x,
+        var finp = normed_rows_input(b, b.xb, nrows, dim, w1.q8 or w3.q8, pool, m.weights.rms_ffn[l], b.x,
                                      c.norm_eps, True)
         var hb = b.hb
         var hb2 = b.hb2
@@ -275,7 +261,7 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
 
             pool.run(ffn_task)
         var w2 = m.weights.w2[l]
-        product(b.xb2, dim, rows_input(b, hb, nrows, hidden, w2.need(), pool), w2, dim, pool)
+        product(b.xb2, dim, rows_input(b, hb, nrows, hidden, w2.q8, pool), w2, dim, pool)
         add_rows(b.x, b.xb2, nrows * dim)
 
     if logits_from < nrows:
@@ -284,4 +270,4 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
         for t in range(n_out):
             rmsnorm(xs.unsafe_offset(t * dim), xs.unsafe_offset(t * dim), m.weights.rms_final, dim, c.norm_eps)
         var wcls = m.weights.wcls
-        product(b.logits, c.vocab_size, rows_input(b, xs, n_out, dim, wcls.need(), pool), wcls, c.vocab_size, pool)
+        product(b.logits, c.vocab_size, rows_input(b, xs, n_out, dim, wcls.q8, pool), wcls, c.vocab_size, pool)
