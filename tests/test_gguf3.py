@@ -289,7 +289,8 @@ def test_port_sizes_the_kv_cache_for_the_run(port, long_context):
                 cwd=port.dir, env=tool_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-300:]
     peak_mib = int(r.stderr.split("peak-kib")[-1].split()[0]) / 1024
-    assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB for 4 positions (the full cache is 5 GiB)"
+    # under half the full cache: room for a framework's own footprint (torch, TensorFlow: 1.4 GiB)
+    assert peak_mib < 2560, f"peak RSS {peak_mib:.0f} MiB for 4 positions (the full cache is 5 GiB)"
     r = _run(port, long_context, "-n", "0", "-t", "0", timeout=60)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 3 and len(errors) == 1 and "KV cache" in errors[0], r.stderr[-300:]
