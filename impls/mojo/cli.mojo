@@ -283,9 +283,24 @@ def run(a: Args, t0: Int) raises:
         raise usage_error("-z tokenizer is required for a .bin checkpoint")
     else:
         vocab = read_tokenizer(a.tokenizer, model.config.vocab_size)
-    var tokenizer = Tokenizer(vocab^)
-    var state = RunState(model.config)
-    var batch = BatchState(model.config, a.batch, a.logits_mode, a.threads)
+    var tokenizer = Tokenizer(vocab^, model.config.bos_id, model.config.eos_id)
+    # the positions this run reaches, with the command line and the file checked:
+    # the KV cache holds those, not the whole context
+    var seq = model.config.seq_len
+    var steps = a.steps
+    if steps == 0 or steps > seq:
+        steps = seq
+    var kv_rows = steps
+    if a.logits_mode:
+        var ok = len(a.ids) >= 1 and len(a.ids) <= seq
+        for id in a.ids:
+            ok = ok and id >= 0 and id < model.config.vocab_size
+        if not ok:
+            raise usage_error("-k needs 1.." + String(seq) + " ids in [0, " + String(model.config.vocab_size) + ")")
+        kv_rows = len(a.ids)
+    model.config.check_kv_cache(a.checkpoint, kv_rows)
+    var state = RunState(model.config, kv_rows)
+    var batch = BatchState(model.config, a.batch, a.logits_mode, a.threads, kv_rows)
     var pool = Pool(a.threads)
     if pool.n > 1:
         # the worker threads (Mojo's runtime) are live before the clock stops
@@ -297,21 +312,12 @@ def run(a: Args, t0: Int) raises:
 
     var stats: Stats
     if a.logits_mode:
-        var seq = model.config.seq_len
-        var ok = len(a.ids) >= 1 and len(a.ids) <= seq
-        for id in a.ids:
-            ok = ok and id >= 0 and id < model.config.vocab_size
-        if not ok:
-            raise usage_error("-k needs 1.." + String(seq) + " ids in [0, " + String(model.config.vocab_size) + ")")
         stats = write_logits(a.output, model, state, batch, a.ids, pool)
     else:
         var seed = a.seed
         if seed == 0:
             seed = UInt64(external_call["time", Int64](Int64(0)))
         var sampler = Sampler(model.config.vocab_size, a.temperature, a.topp, seed)
-        var steps = a.steps
-        if steps == 0 or steps > model.config.seq_len:
-            steps = model.config.seq_len
         stats = generate(state, batch, model, tokenizer, sampler, a.prompt, steps, a.ignore_bos, pool)
         sampler.free()
         write_string(1, "\n")

@@ -1,5 +1,6 @@
-# Model files: format sniffing, llama2.c's v0 and v1 checkpoints, GGUF (F32 and
-# Q8_0) and tokenizer.bin. Every reader checks the header against the contract's
+# Model files: format sniffing, llama2.c's v0 and v1 checkpoints, GGUF (F32, F16,
+# BF16 and Q8_0 tensors, and the hyperparameters llama.cpp reads from its keys) and
+# tokenizer.bin. Every reader checks the header against the contract's
 # limits and the file's size before it takes a pointer into the map
 # (docs/port-contract.md, sections 4 and 5). A v0 and a v1 file differ only in their header and the order
 # of their tensors, so both go through one header reader and one size check.
@@ -8,7 +9,7 @@ from std.collections import List
 from std.memory import bitcast
 from model import (
     BPtr, ByteTable, Config, FPtr, MappedFile, Matrix, Model, Vocab, Weights, file_error,
-    rd_f32, rd_i32, rd_u32, rd_u64, rd_u8, string_from,
+    rd_f32, rd_i32, rd_u32, rd_u64, rd_u8, string_from, W_BF16, W_F16, W_F32, W_Q8_0,
 )
 from q8_0 import Q8_BLOCK, Q8_BLOCK_BYTES
 
@@ -171,11 +172,14 @@ def v1_weights(base: FPtr, c: Config) -> Weights:
 
 
 # ----------------------------------------------------------------------------
-# GGUF v2/v3, llama.cpp's `llama` names; norms F32, each matrix F32 or Q8_0. GGUF
-# files that llama.cpp's loader refuses are refused here too.
+# GGUF v2/v3, llama.cpp's `llama` names; norms F32, each matrix F32, F16, BF16 or
+# Q8_0. GGUF files that llama.cpp's loader refuses are refused here too. Offsets and
+# sizes are Int (64-bit), so tensors beyond 4 GiB are found where they lie.
 
-comptime GGML_F32 = 0
-comptime GGML_Q8_0 = 8
+comptime GGML_F32 = W_F32
+comptime GGML_F16 = W_F16
+comptime GGML_Q8_0 = W_Q8_0
+comptime GGML_BF16 = W_BF16
 
 
 struct Cursor:
@@ -254,6 +258,20 @@ def gguf_int_at(p: BPtr, off: Int, t: Int) -> Int:
     return Int(bitcast[DType.int64, 1](rd_u64(p, off)))
 
 
+def gguf_is_number(t: Int) -> Bool:
+    """Integer and float value types; a bool is neither."""
+    return gguf_scalar_size(t) > 0 and t != 7
+
+
+def gguf_f64_at(p: BPtr, off: Int, t: Int) -> Float64:
+    """A numeric scalar as float64 (exact for f32 and f64)."""
+    if t == 6:
+        return Float64(rd_f32(p, off))
+    if t == 12:
+        return bitcast[DType.float64, 1](rd_u64(p, off))
+    return Float64(gguf_int_at(p, off, t))
+
+
 def gguf_float_at(p: BPtr, off: Int, t: Int) -> Float32:
     if t == 6:
         return rd_f32(p, off)
@@ -311,7 +329,7 @@ def gguf_int_key(path: String, data: BPtr, kv: KvValue, key: String, default: In
         if default < 0:
             raise file_error(path, "missing required key " + key)
         return default
-    if not gguf_is_int(kv.vtype):
+    if not gguf_is_int(kv.vtype) or kv.vtype == 7:  # a bool is no count
         raise file_error(path, "key " + key + " must be an integer")
     return gguf_int_at(data, kv.off, kv.vtype)
 
@@ -328,6 +346,13 @@ comptime K_SEQ = 7
 comptime K_TOKENS = 8
 comptime K_SCORES = 9
 comptime K_TYPES = 10
+comptime K_THETA = 11
+comptime K_EPS = 12
+comptime K_ROPE_DIMS = 13
+comptime K_BOS = 14
+comptime K_EOS = 15
+comptime K_ROPE_SCALING = 16
+comptime K_EXPERTS = 17
 
 
 def read_gguf_header(mut cur: Cursor, mut n_tensors: Int, mut n_kv: Int) raises:
@@ -355,7 +380,10 @@ def read_gguf_keys(mut cur: Cursor, n_kv: Int) raises -> List[KvValue]:
     var wanted = ["general.architecture", "general.alignment", "llama.embedding_length",
                   "llama.feed_forward_length", "llama.block_count", "llama.attention.head_count",
                   "llama.attention.head_count_kv", "llama.context_length", "tokenizer.ggml.tokens",
-                  "tokenizer.ggml.scores", "tokenizer.ggml.token_type"]
+                  "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "llama.rope.freq_base",
+                  "llama.attention.layer_norm_rms_epsilon", "llama.rope.dimension_count",
+                  "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "llama.rope.scaling.type",
+                  "llama.expert_count"]
     var found = List[KvValue](length=len(wanted), fill=KvValue.absent())
     var seen = ByteTable(n_kv)
     for i in range(n_kv):
@@ -376,8 +404,35 @@ def read_gguf_keys(mut cur: Cursor, n_kv: Int) raises -> List[KvValue]:
     return found^
 
 
+def gguf_number_key(path: String, data: BPtr, kv: KvValue, key: String, default: Float64) raises -> Float64:
+    """A float key: any integer or float type (a string or a bool is the wrong
+    kind); absent, its default."""
+    if kv.vtype < 0:
+        return default
+    if not gguf_is_number(kv.vtype):
+        raise file_error(path, "key " + key + " must be a number (value type " + String(kv.vtype) + ")")
+    return gguf_f64_at(data, kv.off, kv.vtype)
+
+
+def gguf_whole_key(path: String, data: BPtr, kv: KvValue, key: String, default: Int) raises -> Int:
+    """An integer key of the contract's table: any integer type (a float, a string
+    or a bool is the wrong kind); absent, its default."""
+    if kv.vtype < 0:
+        return default
+    if not gguf_is_number(kv.vtype) or kv.vtype == 6 or kv.vtype == 12:
+        raise file_error(path, "key " + key + " must be an integer (value type " + String(kv.vtype) + ")")
+    return gguf_int_at(data, kv.off, kv.vtype)
+
+
+def finite(v: Float64) -> Bool:
+    return v - v == 0  # inf - inf and NaN - NaN are NaN
+
+
 def gguf_config(path: String, data: BPtr, found: List[KvValue], shared: Bool) raises -> Config:
-    """The llama.* keys; the vocabulary is the token list's length."""
+    """The llama.* keys; the vocabulary is the token list's length. The keys that
+    change the arithmetic (RoPE base, norm epsilon) and the special ids are read
+    with llama.cpp's defaults; what this architecture does not compute (partial
+    rotation, RoPE scaling, experts) is refused rather than run wrongly."""
     var tokens = found[K_TOKENS].copy()
     var scores = found[K_SCORES].copy()
     if tokens.vtype != 9 or tokens.etype != 8 or tokens.count == 0:
@@ -396,6 +451,44 @@ def gguf_config(path: String, data: BPtr, found: List[KvValue], shared: Bool) ra
         shared,
     )
     c.validate(path)
+
+    var theta = gguf_number_key(path, data, found[K_THETA], "llama.rope.freq_base", 10000.0)
+    if not (finite(theta) and theta > 1):
+        raise file_error(path, "key llama.rope.freq_base=" + String(theta) + " must be finite and > 1")
+    var eps = gguf_number_key(path, data, found[K_EPS], "llama.attention.layer_norm_rms_epsilon", 1e-5)
+    if not (finite(eps) and eps > 0 and eps < 1):
+        raise file_error(path, "key llama.attention.layer_norm_rms_epsilon=" + String(eps)
+                         + " must be finite, > 0 and < 1")
+    var rope_dims = gguf_whole_key(path, data, found[K_ROPE_DIMS], "llama.rope.dimension_count", c.head_size())
+    if rope_dims != c.head_size():
+        raise file_error(path, "key llama.rope.dimension_count=" + String(rope_dims) + " must equal head_size="
+                         + String(c.head_size()) + " (partial rotation is not this architecture)")
+    var bos = gguf_whole_key(path, data, found[K_BOS], "tokenizer.ggml.bos_token_id", 1)
+    if bos < 0 or bos >= c.vocab_size:
+        raise file_error(path, "key tokenizer.ggml.bos_token_id=" + String(bos) + " is outside [0, "
+                         + String(c.vocab_size) + ")")
+    var eos = gguf_whole_key(path, data, found[K_EOS], "tokenizer.ggml.eos_token_id", 2)
+    if eos < 0 or eos >= c.vocab_size:
+        raise file_error(path, "key tokenizer.ggml.eos_token_id=" + String(eos) + " is outside [0, "
+                         + String(c.vocab_size) + ")")
+    var scaling = found[K_ROPE_SCALING].copy()
+    if scaling.vtype >= 0:
+        if scaling.vtype != 8:
+            raise file_error(path, "key llama.rope.scaling.type must be a string (value type "
+                             + String(scaling.vtype) + ")")
+        var n = Int(rd_u64(data, scaling.off))
+        var text = data.unsafe_offset(scaling.off + 8)
+        if not bytes_equal(text, n, "none"):
+            raise file_error(path, "key llama.rope.scaling.type is '" + string_from(text, n)
+                             + "': RoPE scaling is not supported (only 'none')")
+    var experts = gguf_whole_key(path, data, found[K_EXPERTS], "llama.expert_count", 0)
+    if experts > 0:
+        raise file_error(path, "key llama.expert_count=" + String(experts)
+                         + ": mixture-of-experts models are not supported (0 experts only)")
+    c.rope_theta = Float32(theta)
+    c.norm_eps = Float32(eps)
+    c.bos_id = bos
+    c.eos_id = eos
     return c^
 
 
@@ -444,24 +537,29 @@ struct GgufTensors(Movable):
         return self.names.find(BPtr(unsafe_from_address=Int(gb.unsafe_ptr())), len(gb))
 
     def bytes_of(self, i: Int) -> UInt64:
-        """Tensor i's size in the data, by its type (F32 or Q8_0, once checked)."""
+        """Tensor i's size in the data, by its type (F32, F16, BF16 or Q8_0, once
+        checked; its dims equal the config's by then, so no product overflows)."""
         var elements = UInt64(1)
         for j in range(self.ndims[i]):
             elements *= self.dims[4 * i + j]
-        if self.ttype[i] == GGML_Q8_0:
+        var t = self.ttype[i]
+        if t == GGML_Q8_0:
             return elements // UInt64(Q8_BLOCK) * UInt64(Q8_BLOCK_BYTES)
+        if t == GGML_F16 or t == GGML_BF16:
+            return 2 * elements
         return 4 * elements
 
     def locate(mut self, gname: String, rows: Int, cols: Int) raises -> Int:
         """The index of a (rows, cols) matrix, or a (cols) vector when rows == 0, F32
-        or (matrices only) Q8_0, checked and marked used."""
+        or (matrices only) F16, BF16 or Q8_0, checked and marked used."""
         var i = self.find(gname)
         if i < 0:
             raise file_error(self.path, "missing tensor " + gname)
         var t = self.ttype[i]
-        if t != GGML_F32 and t != GGML_Q8_0:
+        var half = t == GGML_F16 or t == GGML_BF16
+        if t != GGML_F32 and t != GGML_Q8_0 and not half:
             raise file_error(self.path, "tensor " + gname + " has type " + String(t)
-                             + "; only F32 (0) and Q8_0 (8) are supported")
+                             + "; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported")
         var want_dims = 2 if rows > 0 else 1
         var ok = self.ndims[i] == want_dims and self.dims[4 * i] == UInt64(cols)
         if want_dims == 2:
@@ -471,6 +569,9 @@ struct GgufTensors(Movable):
             raise file_error(self.path, "tensor " + gname + " has other dims than the expected " + shape)
         if t == GGML_Q8_0 and rows == 0:
             raise file_error(self.path, "tensor " + gname + " is Q8_0; only matrices may be, norms are F32")
+        if half and rows == 0:
+            raise file_error(self.path, "tensor " + gname + " is " + ("F16" if t == GGML_F16 else "BF16")
+                             + "; only matrices may be, norms are F32")
         if t == GGML_Q8_0 and cols % Q8_BLOCK != 0:
             raise file_error(self.path, "tensor " + gname + " is Q8_0 with rows of " + String(cols)
                              + " values, not a multiple of the block size " + String(Q8_BLOCK))
@@ -478,9 +579,10 @@ struct GgufTensors(Movable):
         if offset % UInt64(self.align) != 0:
             raise file_error(self.path, "tensor " + gname + " has offset " + String(offset)
                              + ", not a multiple of general.alignment=" + String(self.align))
-        # the dims equal the config's, so the size cannot overflow
+        # the dims equal the config's, so the size cannot overflow; all of it in 64-bit
         var nbytes = Int(self.bytes_of(i))
-        var misaligned = t == GGML_F32 and offset % 4 != 0  # Q8_0 blocks are read bytewise
+        # Q8_0 blocks are read bytewise, 16-bit rows through 2-byte loads
+        var misaligned = (t == GGML_F32 and offset % 4 != 0) or (half and offset % 2 != 0)
         if misaligned or offset > UInt64(self.size) or self.data_start + Int(offset) + nbytes > self.size:
             raise file_error(self.path, "tensor " + gname + " lies outside the file")
         self.used[i] = True
@@ -495,7 +597,7 @@ struct GgufTensors(Movable):
 
     def matrix(mut self, gname: String, rows: Int, cols: Int) raises -> Matrix:
         var i = self.locate(gname, rows, cols)
-        return Matrix(self.bytes_at(i), self.ttype[i] == GGML_Q8_0)
+        return Matrix(self.bytes_at(i), self.ttype[i])
 
     def check_unused(self, n_layers: Int) raises:
         """llama.cpp insists that the file holds exactly the tensors of its block_count."""
@@ -510,7 +612,7 @@ struct GgufTensors(Movable):
 
     def check_overlap(self) raises:
         """Tensors' bytes [offset, offset + size) must not intersect (a Q8_0 tensor's
-        size counts its blocks). Every tensor lies inside the file by now, so no end
+        size counts its blocks, a 16-bit one's 2 bytes a value). Every tensor lies inside the file by now, so no end
         overflows."""
         var order = List[Int]()
         for i in range(self.count()):

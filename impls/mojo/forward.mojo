@@ -4,14 +4,18 @@
 
 from std.math import exp, sqrt, cos, sin
 from std.os import getenv
-from model import Config, FPtr, Matrix, Model, QPtr, alloc_floats, alloc_quants, free_floats, free_quants
+from model import (
+    W_BF16, W_F16, W_Q8_0, Config, FPtr, Matrix, Model, QPtr, alloc_floats, alloc_quants, free_floats, free_quants,
+)
 from q8_0 import Q8_BLOCK, Q8_PREFETCH_ROWS, dequantize_row, q8_row_bytes, quantize_activation
+from half import widen_row
 from kernels import NW, Input, dot, matvec_rows, rmsnorm, softmax, split
 from pool import Pool
 
 
 struct RunState(Movable):
-    """Activations of the current position and the KV cache."""
+    """Activations of the current position and the KV cache, which holds the
+    positions this run can reach (kv_rows), not the whole context."""
 
     var x: FPtr  # (dim) residual stream
     var xb: FPtr  # (dim) normed input of the attention and FFN blocks
@@ -20,18 +24,21 @@ struct RunState(Movable):
     var hb: FPtr  # (hidden_dim) w1 output, then the gated hidden state
     var hb2: FPtr  # (hidden_dim) w3 output
     var q: FPtr  # (dim)
-    var att: FPtr  # (n_heads, seq_len) attention scores
+    var att: FPtr  # (n_heads, kv_rows) attention scores
     var rope_cos: FPtr  # (dim / 2) rotation of each adjacent pair at this position
     var rope_sin: FPtr  # (dim / 2)
     var logits: FPtr  # (vocab)
-    var key_cache: FPtr  # (layer, seq_len, kv_dim)
-    var value_cache: FPtr  # (layer, seq_len, kv_dim)
+    var key_cache: FPtr  # (layer, kv_rows, kv_dim)
+    var value_cache: FPtr  # (layer, kv_rows, kv_dim)
+    var kv_rows: Int  # positions the run reaches: steps (generate) or -k ids (logits)
     var xq: QPtr  # (max(dim, hidden_dim)) the input of the current Q8_0 matmuls, quantized
     var xd: FPtr  # (max(dim, hidden_dim) / 32) and its block scales
     var q8_prefetch: Int  # rows ahead a Q8_0 matvec prefetches (q8_0.mojo); 0 with POLYLLAMA_Q8_PREFETCH=0
 
-    def __init__(out self, c: Config) raises:
-        var cache = c.n_layers * c.seq_len * c.kv_dim()
+    def __init__(out self, c: Config, kv_rows: Int) raises:
+        """kv_rows: validated by Config.check_kv_cache (at most seq_len)."""
+        self.kv_rows = max(1, min(kv_rows, c.seq_len))
+        var cache = c.n_layers * self.kv_rows * c.kv_dim()
         self.x = alloc_floats(c.dim)
         self.xb = alloc_floats(c.dim)
         self.xatt = alloc_floats(c.dim)
@@ -39,7 +46,7 @@ struct RunState(Movable):
         self.hb = alloc_floats(c.hidden_dim)
         self.hb2 = alloc_floats(c.hidden_dim)
         self.q = alloc_floats(c.dim)
-        self.att = alloc_floats(c.n_heads * c.seq_len)
+        self.att = alloc_floats(c.n_heads * self.kv_rows)
         self.rope_cos = alloc_floats(c.dim // 2)
         self.rope_sin = alloc_floats(c.dim // 2)
         self.logits = alloc_floats(c.vocab_size)
@@ -59,7 +66,8 @@ struct RunState(Movable):
 
 def group_input(s: RunState, x: FPtr, n: Int, quantize: Bool) -> Input:
     """x as the input of a group of matmuls, quantized into the run state's buffers
-    when `quantize` (a matrix of the group is Q8_0)."""
+    when `quantize` (a matrix of the group is Q8_0; F32, F16 and BF16 matrices take
+    x as it is)."""
     if quantize:
         quantize_activation(s.xq, s.xd, x, n)
     return Input(x, s.xq, s.xd, s.q8_prefetch)
@@ -86,10 +94,10 @@ def attention_heads(s: RunState, c: Config, l: Int, pos: Int, h0: Int, h1: Int):
     var kv_dim = c.kv_dim()
     var kv_mul = c.n_heads // c.n_kv_heads
     var scale = Float32(1.0) / sqrt(Float32(hs))
-    var layer_off = l * c.seq_len * kv_dim
+    var layer_off = l * s.kv_rows * kv_dim
     for h in range(h0, h1):
         var q = s.q.unsafe_offset(h * hs)
-        var att = s.att.unsafe_offset(h * c.seq_len)
+        var att = s.att.unsafe_offset(h * s.kv_rows)
         var head_off = layer_off + (h // kv_mul) * hs
         for t in range(pos + 1):
             att.unsafe_store(t, dot(q, s.key_cache.unsafe_offset(head_off + t * kv_dim), hs) * scale)
@@ -126,7 +134,7 @@ def qkv_attention(s: RunState, m: Model, c: Config, inp: Input, l: Int, pos: Int
     var hs = c.head_size()
     var kv_mul = c.n_heads // c.n_kv_heads
     var dim = c.dim
-    var cache_off = (l * c.seq_len + pos) * c.kv_dim()
+    var cache_off = (l * s.kv_rows + pos) * c.kv_dim()
     var k = s.key_cache.unsafe_offset(cache_off)
     var v = s.value_cache.unsafe_offset(cache_off)
     var q0 = kv0 * kv_mul * hs
@@ -149,22 +157,27 @@ def ffn_rows(s: RunState, inp: Input, w1: Matrix, w3: Matrix, n: Int, r0: Int, r
 
 
 def embed(x: FPtr, m: Model, token: Int, dim: Int):
-    """x = token_embedding[token] (a Q8_0 table's row dequantized)."""
+    """x = token_embedding[token] (a Q8_0 table's row dequantized, a 16-bit one's
+    converted)."""
     var table = m.weights.token_embedding
-    if table.q8:
+    if table.kind == W_Q8_0:
         dequantize_row(x, table.data.unsafe_offset(token * q8_row_bytes(dim)), dim)
+    elif table.kind == W_F16:
+        widen_row[W_F16](x, table.data.unsafe_offset(2 * token * dim), dim)
+    elif table.kind == W_BF16:
+        widen_row[W_BF16](x, table.data.unsafe_offset(2 * token * dim), dim)
     else:
         var row = table.floats().unsafe_offset(token * dim)
         for i in range(dim):
             x.unsafe_store(i, row.unsafe_load(i))
 
 
-def rope_angles(s: RunState, pos: Int, dim: Int, hs: Int):
+def rope_angles(s: RunState, pos: Int, dim: Int, hs: Int, theta: Float32):
     """The RoPE rotation of each adjacent pair at this position: computed once, as
-    every layer rotates by the same angles."""
+    every layer rotates by the same angles (theta: the model's RoPE base)."""
     for i in range(dim // 2):
         var hd = (2 * i) % hs
-        var freq = Float32(1.0) / (Float32(10000.0) ** (Float32(hd) / Float32(hs)))
+        var freq = Float32(1.0) / (theta ** (Float32(hd) / Float32(hs)))
         var a = Float32(pos) * freq
         s.rope_cos.unsafe_store(i, cos(a))
         s.rope_sin.unsafe_store(i, sin(a))
@@ -186,13 +199,13 @@ def attention_block(s: RunState, m: Model, c: Config, l: Int, pos: Int, pool: Po
     var wq = m.weights.wq[l]
     var wk = m.weights.wk[l]
     var wv = m.weights.wv[l]
-    var cache_off = (l * c.seq_len + pos) * kv_dim
+    var cache_off = (l * s.kv_rows + pos) * kv_dim
     # k and v go straight into this position's cache row
     var k = s.key_cache.unsafe_offset(cache_off)
     var v = s.value_cache.unsafe_offset(cache_off)
     var q = s.q
 
-    rmsnorm(s.xb, s.x, m.weights.rms_att[l], dim)
+    rmsnorm(s.xb, s.x, m.weights.rms_att[l], dim, c.norm_eps)
     var qkv_in = group_input(s, s.xb, dim, wq.q8 or wk.q8 or wv.q8)
 
     # q = wq @ xb, k = wk @ xb, v = wv @ xb, RoPE, attention. Each KV head with
@@ -231,7 +244,7 @@ def ffn_block(s: RunState, m: Model, c: Config, l: Int, pool: Pool) raises:
     var nthreads = pool.n
     var dim = c.dim
     var hidden = c.hidden_dim
-    rmsnorm(s.xb, s.x, m.weights.rms_ffn[l], dim)
+    rmsnorm(s.xb, s.x, m.weights.rms_ffn[l], dim, c.norm_eps)
     var w1 = m.weights.w1[l]
     var w3 = m.weights.w3[l]
     var ffn_in = group_input(s, s.xb, dim, w1.q8 or w3.q8)
@@ -250,11 +263,11 @@ def forward(mut s: RunState, m: Model, token: Int, pos: Int, pool: Pool) raises 
     """Logits (vocab) after feeding `token` at position `pos`."""
     var c = m.config.copy()
     embed(s.x, m, token, c.dim)
-    rope_angles(s, pos, c.dim, c.head_size())
+    rope_angles(s, pos, c.dim, c.head_size(), c.rope_theta)
     for l in range(c.n_layers):
         attention_block(s, m, c, l, pos, pool)
         ffn_block(s, m, c, l, pool)
-    rmsnorm(s.x, s.x, m.weights.rms_final, c.dim)
+    rmsnorm(s.x, s.x, m.weights.rms_final, c.dim, c.norm_eps)
     # logits = wcls @ x
     matmul(s, s.logits, s.x, m.weights.wcls, c.dim, c.vocab_size, pool)
     return s.logits

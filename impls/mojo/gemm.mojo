@@ -1,5 +1,5 @@
 # The batched prefill's matrix-matrix kernels: out(T, n) = X(T, d) @ W(n, d)^T with
-# W row-major as the file stores it, float32 or Q8_0 (q8_0.mojo). A prompt batch
+# W row-major as the file stores it, float32, F16/BF16 (half.mojo) or Q8_0 (q8_0.mojo). A prompt batch
 # reads each weight once for all its rows, so unlike batch-1 decoding the product
 # can be compute-bound: the kernels keep a register tile of weight rows x
 # activation rows and reuse every load many times.
@@ -13,7 +13,8 @@ from std.sys import llvm_intrinsic
 from std.sys.info import CompilationTarget
 from std.utils import StaticTuple
 from kernels import NW
-from model import BPtr, FPtr, Matrix, QPtr
+from model import BPtr, FPtr, Matrix, QPtr, W_BF16, W_F16, W_F32, W_Q8_0
+from half import load_half
 from q8_0 import Q8_BLOCK, Q8_BLOCK_BYTES, Q8_GROUP, block_isum, four_blocks, pair_sums, q8_row_bytes, q8_scale
 
 # The f32 register tile: TR weight rows x TC activation rows, one vector accumulator
@@ -60,17 +61,35 @@ def hsum4(a: SIMD[DType.float32, NW], b: SIMD[DType.float32, NW], c: SIMD[DType.
 
 
 @always_inline
+def wload[K: Int, W: Int](w: BPtr, i: Int) -> SIMD[DType.float32, W]:
+    """Values i .. i + W of a weight row of type K (F32, F16 or BF16) as float32."""
+    comptime if K == W_F32:
+        return w.unsafe_bitcast[Float32]().unsafe_load[width=W](i)
+    else:
+        return load_half[K, W](w, i)
+
+
+@always_inline
 def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, ldx: Int, w: FPtr, ldw: Int, d: Int, r: Int, t: Int):
+    """The float32 tile (w_tile with float32 weights; the attention's scores too)."""
+    w_tile[R, C, W_F32](dst, ldo, x, ldx, w.unsafe_bitcast[UInt8](), ldw, d, r, t)
+
+
+@always_inline
+def w_tile[R: Int, C: Int, K: Int](dst: FPtr, ldo: Int, x: FPtr, ldx: Int, w: BPtr, ldw: Int, d: Int, r: Int,
+                                   t: Int):
     """out[t + j, r + i] = w[r + i, :] . x[t + j, :] for i < R, j < C: each weight
     vector loaded once serves C rows, each activation vector R rows; the R * C
     horizontal sums come once, at the end. Rows of x are ldx apart, of w ldw
-    apart (the attention's keys lie kv_dim apart in the cache)."""
+    values apart (the attention's keys lie kv_dim apart in the cache). w is of
+    type K: a 16-bit weight vector is converted to float32 as it is loaded, once
+    for the C rows that use it."""
     var acc = StaticTuple[SIMD[DType.float32, NW], R * C](fill=SIMD[DType.float32, NW](0))
     var k = 0
     while k + NW <= d:
         var wv = StaticTuple[SIMD[DType.float32, NW], R](fill=SIMD[DType.float32, NW](0))
         comptime for i in range(R):
-            wv[i] = w.unsafe_load[width=NW]((r + i) * ldw + k)
+            wv[i] = wload[K, NW](w, (r + i) * ldw + k)
         comptime for j in range(C):
             var xv = x.unsafe_load[width=NW]((t + j) * ldx + k)
             comptime for i in range(R):
@@ -84,42 +103,48 @@ def f32_tile[R: Int, C: Int](dst: FPtr, ldo: Int, x: FPtr, ldx: Int, w: FPtr, ld
             for kk in range(k, d):
                 var xs = x.unsafe_load((t + j) * ldx + kk)
                 comptime for i in range(R):
-                    sums[i] += w.unsafe_load((r + i) * ldw + kk) * xs
+                    sums[i] += wload[K, 1](w, (r + i) * ldw + kk) * xs
             dst.unsafe_store((t + j) * ldo + r, sums)
     else:
         comptime for i in range(R):
             comptime for j in range(C):
                 var s = acc[i * C + j].reduce_add()
                 for kk in range(k, d):
-                    s += w.unsafe_load((r + i) * ldw + kk) * x.unsafe_load((t + j) * ldx + kk)
+                    s += wload[K, 1](w, (r + i) * ldw + kk) * x.unsafe_load((t + j) * ldx + kk)
                 dst.unsafe_store((t + j) * ldo + r + i, s)
 
 
 @always_inline
-def f32_strip[R: Int](dst: FPtr, ldo: Int, x: FPtr, w: FPtr, d: Int, r: Int, t0: Int, t1: Int):
+def w_strip[R: Int, K: Int](dst: FPtr, ldo: Int, x: FPtr, w: BPtr, d: Int, r: Int, t0: Int, t1: Int):
     """R weight rows against activation rows [t0, t1)."""
     var t = t0
     while t + TC <= t1:
-        f32_tile[R, TC](dst, ldo, x, d, w, d, d, r, t)
+        w_tile[R, TC, K](dst, ldo, x, d, w, d, d, r, t)
         t += TC
     while t < t1:
-        f32_tile[R, 1](dst, ldo, x, d, w, d, d, r, t)
+        w_tile[R, 1, K](dst, ldo, x, d, w, d, d, r, t)
         t += 1
 
 
-def gemm_f32_rows(dst: FPtr, ldo: Int, x: FPtr, nrows: Int, w: FPtr, d: Int, r0: Int, r1: Int):
+def gemm_w_rows[K: Int](dst: FPtr, ldo: Int, x: FPtr, nrows: Int, w: BPtr, d: Int, r0: Int, r1: Int):
     """out[t, r] = w[r, :] . x[t, :] for t < nrows, r in [r0, r1); x (nrows, d) and
-    w (rows, d) row-major, out rows ldo apart."""
+    w (rows, d) of type K (F32, F16, BF16) row-major, out rows ldo apart."""
     var tb = token_block(d * 4, TC)
     for t0 in range(0, nrows, tb):
         var t1 = min(nrows, t0 + tb)
         var r = r0
         while r + TR <= r1:
-            f32_strip[TR](dst, ldo, x, w, d, r, t0, t1)
+            w_strip[TR, K](dst, ldo, x, w, d, r, t0, t1)
             r += TR
         while r < r1:
-            f32_strip[1](dst, ldo, x, w, d, r, t0, t1)
+            w_strip[1, K](dst, ldo, x, w, d, r, t0, t1)
             r += 1
+
+
+def gemm_f32_rows(dst: FPtr, ldo: Int, x: FPtr, nrows: Int, w: FPtr, d: Int, r0: Int, r1: Int):
+    """out[t, r] = w[r, :] . x[t, :] for t < nrows, r in [r0, r1); x (nrows, d) and
+    w (rows, d) float32 row-major, out rows ldo apart."""
+    gemm_w_rows[W_F32](dst, ldo, x, nrows, w.unsafe_bitcast[UInt8](), d, r0, r1)
 
 
 @always_inline
@@ -344,8 +369,12 @@ struct Rows(TrivialRegisterPassable):
 
 def gemm_rows(dst: FPtr, ldo: Int, inp: Rows, w: Matrix, r0: Int, r1: Int):
     """Output columns [r0, r1) of inp @ W^T, by W's kernel."""
-    if w.q8:
+    if w.kind == W_Q8_0:
         gemm_q8_rows(dst, ldo, inp.q, inp.dq, inp.nrows, w.data, inp.d, r0, r1)
+    elif w.kind == W_F16:
+        gemm_w_rows[W_F16](dst, ldo, inp.x, inp.nrows, w.data, inp.d, r0, r1)
+    elif w.kind == W_BF16:
+        gemm_w_rows[W_BF16](dst, ldo, inp.x, inp.nrows, w.data, inp.d, r0, r1)
     else:
         gemm_f32_rows(dst, ldo, inp.x, inp.nrows, w.floats(), inp.d, r0, r1)
 

@@ -9,7 +9,7 @@ from forward import RunState, forward
 from prefill import BatchState, forward_batch
 from pool import Pool
 from sampler import Sampler
-from tokenizer import BOS, Tokenizer, safe_piece
+from tokenizer import Tokenizer, safe_piece
 
 comptime PORT_NAME = "mojo"
 
@@ -46,7 +46,7 @@ def generate(mut s: RunState, mut b: BatchState, m: Model, tok: Tokenizer, mut s
     whole prompt is prefilled), then one position at a time, sampling; each piece
     printed as it comes."""
     var stats = Stats()
-    stats.batch = b.rows
+    stats.batch = b.batch
     var prompt_tokens = tok.encode(prompt, True, False)
     var n_prompt = len(prompt_tokens)
     stats.prompt_tokens = n_prompt
@@ -80,7 +80,7 @@ def generate(mut s: RunState, mut b: BatchState, m: Model, tok: Tokenizer, mut s
             if not have_first:
                 first = perf_counter_ns()
                 have_first = True
-        if next == BOS and not ignore_bos:
+        if next == tok.bos_id and not ignore_bos:
             break
         var piece = tok.decode(token, next)
         if safe_piece(piece):
@@ -132,7 +132,7 @@ def write_logits(path: String, m: Model, mut s: RunState, mut b: BatchState, ids
     if fd < 0:
         raise runtime_error(path + ": cannot write")
     var stats = Stats()
-    stats.batch = b.rows
+    stats.batch = b.batch
     stats.prompt_tokens = len(ids)
     var start = perf_counter_ns()
     var p0 = 0

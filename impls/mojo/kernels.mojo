@@ -1,14 +1,15 @@
 # The float32 kernels of the forward pass and the sampler: dot product, the
 # 4-row matmul over a range of rows, the row-range matvec that picks a matrix's
-# kernel (float32 here, Q8_0 in q8_0.mojo), the row split across workers, rmsnorm
+# kernel (float32 here, Q8_0 in q8_0.mojo, F16 and BF16 in half.mojo), the row split across workers, rmsnorm
 # and softmax. Batch-1 decoding reads every weight once per token, so it is
 # memory-bound: the matmul streams rows with wide SIMD loads, four rows at a time
 # so each load of x serves four rows.
 
 from std.math import exp, sqrt
 from std.sys import simd_width_of
-from model import FPtr, Matrix, QPtr
+from model import FPtr, Matrix, QPtr, W_BF16, W_F16, W_Q8_0
 from q8_0 import q8_matvec_rows
+from half import half_matvec_rows
 
 # SIMD lanes of one float32 register on the build machine (16 on AVX-512, 8 on
 # AVX2, 4 on NEON): the generic vector code below adapts to it.
@@ -94,8 +95,12 @@ struct Input(TrivialRegisterPassable):
 
 def matvec_rows(xout: FPtr, inp: Input, w: Matrix, n: Int, r0: Int, r1: Int):
     """xout[r] = W[r, :] . x for r in [r0, r1), by W's kernel."""
-    if w.q8:
+    if w.kind == W_Q8_0:
         q8_matvec_rows(xout, inp.q, inp.d, w.data, n, r0, r1, inp.prefetch)
+    elif w.kind == W_F16:
+        half_matvec_rows[W_F16](xout, inp.x, w.data, n, r0, r1)
+    elif w.kind == W_BF16:
+        half_matvec_rows[W_BF16](xout, inp.x, w.data, n, r0, r1)
     else:
         matmul_rows(xout, inp.x, w.floats(), n, r0, r1)
 
@@ -106,8 +111,8 @@ def split(total: Int, part: Int, parts: Int) -> Int:
     return ((total // 4) * part // parts) * 4 if part < parts else total
 
 
-def rmsnorm(o: FPtr, x: FPtr, weight: FPtr, n: Int):
-    var ss = dot(x, x, n) / Float32(n) + Float32(1e-5)
+def rmsnorm(o: FPtr, x: FPtr, weight: FPtr, n: Int, eps: Float32):
+    var ss = dot(x, x, n) / Float32(n) + eps
     var scale = Float32(1.0) / sqrt(ss)
     for i in range(n):
         o.unsafe_store(i, weight.unsafe_load(i) * (scale * x.unsafe_load(i)))

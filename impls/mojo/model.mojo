@@ -272,7 +272,6 @@ def rd_f32(p: BPtr, off: Int) -> Float32:
 # Model: config, weights, vocabulary, and the mapped file they live in
 
 
-@fieldwise_init
 struct Config(Copyable, Movable):
     var dim: Int  # transformer dimension
     var hidden_dim: Int  # FFN hidden dimension
@@ -282,6 +281,27 @@ struct Config(Copyable, Movable):
     var vocab_size: Int
     var seq_len: Int  # maximum sequence length
     var shared_classifier: Bool  # logits = token_embedding @ x
+    # what a GGUF file may state (contract section 4); a .bin has llama2.c's values
+    var rope_theta: Float32  # RoPE base
+    var norm_eps: Float32  # rmsnorm's epsilon
+    var bos_id: Int  # encode's first id, and the id that stops generation
+    var eos_id: Int  # encode's eos id
+
+    def __init__(out self, dim: Int, hidden_dim: Int, n_layers: Int, n_heads: Int, n_kv_heads: Int,
+                 vocab_size: Int, seq_len: Int, shared_classifier: Bool, rope_theta: Float32 = 10000.0,
+                 norm_eps: Float32 = 1e-5, bos_id: Int = 1, eos_id: Int = 2):
+        self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.shared_classifier = shared_classifier
+        self.rope_theta = rope_theta
+        self.norm_eps = norm_eps
+        self.bos_id = bos_id
+        self.eos_id = eos_id
 
     def head_size(self) -> Int:
         return self.dim // self.n_heads
@@ -317,9 +337,15 @@ struct Config(Copyable, Movable):
         if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads != 0:
             raise file_error(path, "n_heads=" + String(self.n_heads) + " is not a multiple of n_kv_heads="
                              + String(self.n_kv_heads))
-        var kv_bytes = self.n_layers * self.seq_len * self.kv_dim() * 2 * 4
+
+    def check_kv_cache(self, path: String, rows: Int) raises:
+        """The KV cache a run of `rows` positions needs (contract 3: sized for the
+        run, not the context), within the contract's 4 GiB; 64-bit arithmetic on
+        validated header values cannot overflow."""
+        var kv_bytes = self.n_layers * rows * self.kv_dim() * 2 * 4
         if kv_bytes > MAX_KV_BYTES:
-            raise file_error(path, "KV cache of " + String(kv_bytes) + " bytes exceeds the 4 GiB limit")
+            raise file_error(path, "KV cache of " + String(kv_bytes) + " bytes for " + String(rows)
+                             + " positions exceeds the 4 GiB limit")
 
     def weight_floats(self) -> Int:
         """Floats of every weight tensor (the classifier only when unshared)."""
@@ -333,20 +359,33 @@ struct Config(Copyable, Movable):
         return n
 
 
-@fieldwise_init
+# A matrix's storage: its ggml tensor type (a .bin's are all F32).
+comptime W_F32 = 0
+comptime W_F16 = 1
+comptime W_Q8_0 = 8
+comptime W_BF16 = 30
+
+
 struct Matrix(TrivialRegisterPassable):
-    """A weight matrix where it lies in the loaded file: float32 rows, or GGUF Q8_0
-    blocks (q8_0.mojo)."""
+    """A weight matrix where it lies in the loaded file: float32 rows, GGUF Q8_0
+    blocks (q8_0.mojo) or 16-bit F16/BF16 rows (half.mojo)."""
 
     var data: BPtr
+    var kind: Int  # W_F32, W_F16, W_Q8_0 or W_BF16
     var q8: Bool
+
+    def __init__(out self, data: BPtr, kind: Int):
+        self.data = data
+        self.kind = kind
+        self.q8 = kind == W_Q8_0
 
     @staticmethod
     def f32(p: FPtr) -> Matrix:
-        return Matrix(p.unsafe_bitcast[UInt8](), False)
+        return Matrix(p.unsafe_bitcast[UInt8](), W_F32)
 
     def floats(self) -> FPtr:
         return self.data.unsafe_bitcast[Float32]()
+
 
 
 struct Weights(Movable):

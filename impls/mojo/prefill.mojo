@@ -16,7 +16,8 @@ from pool import Pool
 struct BatchState(Movable):
     """Activations of up to `rows` positions, sized once at load."""
 
-    var rows: Int  # min(batch, seq_len)
+    var rows: Int  # min(batch, seq_len, the run's KV cache rows)
+    var batch: Int  # min(batch, seq_len): the batch the statistics line reports
     var logit_rows: Int  # rows of logits kept: all in logits mode, else the last one
     var nthreads: Int
     var x: FPtr  # (rows, dim) residual streams
@@ -26,15 +27,20 @@ struct BatchState(Movable):
     var xb2: FPtr  # (rows, dim) wo and w2 outputs
     var hb: FPtr  # (rows, hidden_dim)
     var hb2: FPtr  # (rows, hidden_dim)
-    var att: FPtr  # (nthreads, TC, seq_len) each worker's attention scores
+    var att: FPtr  # (nthreads, TC, kv_rows) each worker's attention scores
+    var kv_rows: Int  # the run state's KV cache rows
     var rope_cos: FPtr  # (rows, dim / 2)
     var rope_sin: FPtr  # (rows, dim / 2)
     var logits: FPtr  # (logit_rows, vocab)
     var xq: QPtr  # (rows, max(dim, hidden_dim)) quantized inputs of Q8_0 products
     var xd: FPtr  # (rows, max(dim, hidden_dim) / 32) their scales
 
-    def __init__(out self, c: Config, batch: Int, all_logits: Bool, nthreads: Int) raises:
-        var rows = max(1, min(batch, c.seq_len))
+    def __init__(out self, c: Config, batch: Int, all_logits: Bool, nthreads: Int, kv_rows: Int) raises:
+        """kv_rows: the run state's. A run reaches no more positions than that, so
+        batches of min(batch, kv_rows) rows are the batches of `batch` rows it runs."""
+        self.batch = max(1, min(batch, c.seq_len))
+        self.kv_rows = max(1, min(kv_rows, c.seq_len))
+        var rows = min(self.batch, self.kv_rows)
         self.rows = rows
         self.logit_rows = rows if all_logits else 1
         self.nthreads = max(1, nthreads)
@@ -46,7 +52,7 @@ struct BatchState(Movable):
         self.xb2 = alloc_floats(rows * c.dim)
         self.hb = alloc_floats(rows * c.hidden_dim)
         self.hb2 = alloc_floats(rows * c.hidden_dim)
-        self.att = alloc_floats(self.nthreads * TC * c.seq_len)
+        self.att = alloc_floats(self.nthreads * TC * self.kv_rows)
         self.rope_cos = alloc_floats(rows * (c.dim // 2))
         self.rope_sin = alloc_floats(rows * (c.dim // 2))
         self.logits = alloc_floats(self.logit_rows * c.vocab_size)
@@ -60,37 +66,39 @@ struct BatchState(Movable):
         free_quants(self.xq)
 
 
-def prepare_rows(b: BatchState, x: FPtr, src: FPtr, norm: FPtr, with_norm: Bool, quantize: Bool, d: Int,
-                 t0: Int, t1: Int):
+def prepare_rows(b: BatchState, x: FPtr, src: FPtr, norm: FPtr, eps: Float32, with_norm: Bool, quantize: Bool,
+                 d: Int, t0: Int, t1: Int):
     var nb = d // Q8_BLOCK
     for t in range(t0, t1):
         if with_norm:
-            rmsnorm(x.unsafe_offset(t * d), src.unsafe_offset(t * d), norm, d)
+            rmsnorm(x.unsafe_offset(t * d), src.unsafe_offset(t * d), norm, d, eps)
         if quantize:
             quantize_activation(b.xq.unsafe_offset(t * d), b.xd.unsafe_offset(t * nb), x.unsafe_offset(t * d), d)
 
 
 def rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, quantize: Bool, pool: Pool) raises -> Rows:
-    return normed_rows_input(b, x, nrows, d, quantize, pool, x, x, False)
+    return normed_rows_input(b, x, nrows, d, quantize, pool, x, x, 0, False)
 
 
 def normed_rows_input(b: BatchState, x: FPtr, nrows: Int, d: Int, quantize: Bool, pool: Pool,
-                      norm: FPtr, src: FPtr, with_norm: Bool) raises -> Rows:
+                      norm: FPtr, src: FPtr, eps: Float32, with_norm: Bool) raises -> Rows:
     """x's rows as the input of a group of products: with `with_norm`, first
-    x[t] = rmsnorm(src[t], norm); when a matrix of the group is Q8_0, each row
+    x[t] = rmsnorm(src[t], norm, eps); when a matrix of the group is Q8_0, each row
     quantized on its own (section 4's blocks of 32 along the row), once for the
-    group. The rows are split across the workers: this is work the size of the
-    activations, which on many workers would otherwise wait on one thread."""
+    group (F32, F16 and BF16 matrices take the rows as they are). The rows are split
+    across the workers: this is work the size of the activations, which on many
+    workers would otherwise wait on one thread."""
     if not (with_norm or quantize):
         return Rows(x, b.xq, b.xd, nrows, d)
     var nthreads = pool.n
     if nthreads > 1 and nrows > 1:
         def task(w: Int) {imm}:
-            prepare_rows(b, x, src, norm, with_norm, quantize, d, nrows * w // nthreads, nrows * (w + 1) // nthreads)
+            prepare_rows(b, x, src, norm, eps, with_norm, quantize, d, nrows * w // nthreads,
+                         nrows * (w + 1) // nthreads)
 
         pool.run(task)
     else:
-        prepare_rows(b, x, src, norm, with_norm, quantize, d, 0, nrows)
+        prepare_rows(b, x, src, norm, eps, with_norm, quantize, d, 0, nrows)
     return Rows(x, b.xq, b.xd, nrows, d)
 
 
@@ -107,13 +115,13 @@ def product(dst: FPtr, ldo: Int, inp: Rows, w: Matrix, n: Int, pool: Pool) raise
     pool.run(task)
 
 
-def rope_rows(b: BatchState, p0: Int, nrows: Int, dim: Int, hs: Int):
+def rope_rows(b: BatchState, p0: Int, nrows: Int, dim: Int, hs: Int, theta: Float32):
     """Each row's rotation angles at its own position, as rope_angles computes them."""
     var half = dim // 2
     for t in range(nrows):
         for i in range(half):
             var hd = (2 * i) % hs
-            var freq = Float32(1.0) / (Float32(10000.0) ** (Float32(hd) / Float32(hs)))
+            var freq = Float32(1.0) / (theta ** (Float32(hd) / Float32(hs)))
             var a = Float32(p0 + t) * freq
             b.rope_cos.unsafe_store(t * half + i, cos(a))
             b.rope_sin.unsafe_store(t * half + i, sin(a))
@@ -139,8 +147,9 @@ def attend(s: RunState, b: BatchState, c: Config, l: Int, p0: Int, nrows: Int, w
     var dim = c.dim
     var kv_mul = c.n_heads // c.n_kv_heads
     var scale = Float32(1.0) / sqrt(Float32(hs))
-    var layer_off = l * c.seq_len * kv_dim
-    var scores = b.att.unsafe_offset(worker * TC * c.seq_len)
+    var layer_off = l * s.kv_rows * kv_dim
+    var ld = s.kv_rows  # a row of scores holds every key the run reaches
+    var scores = b.att.unsafe_offset(worker * TC * ld)
     var blocks = (nrows + TC - 1) // TC
     var item = worker
     while item < blocks * c.n_heads:
@@ -150,11 +159,11 @@ def attend(s: RunState, b: BatchState, c: Config, l: Int, p0: Int, nrows: Int, w
         var head_off = layer_off + (h // kv_mul) * hs
         var keys = s.key_cache.unsafe_offset(head_off)
         # every key up to the block's last row; each row then uses its own prefix
-        scores_block(scores, c.seq_len, b.q.unsafe_offset(t0 * dim + h * hs), dim, keys, kv_dim, hs,
+        scores_block(scores, ld, b.q.unsafe_offset(t0 * dim + h * hs), dim, keys, kv_dim, hs,
                      t1 - t0, p0 + t1)
         for t in range(t0, t1):
             var n = p0 + t + 1
-            var att = scores.unsafe_offset((t - t0) * c.seq_len)
+            var att = scores.unsafe_offset((t - t0) * ld)
             for u in range(n):
                 att.unsafe_store(u, att.unsafe_load(u) * scale)
             softmax(att, n)
@@ -191,14 +200,15 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
     var nthreads = pool.n
     for t in range(nrows):
         embed(b.x.unsafe_offset(t * dim), m, tokens[start + t], dim)
-    rope_rows(b, p0, nrows, dim, hs)
+    rope_rows(b, p0, nrows, dim, hs, c.rope_theta)
     for l in range(c.n_layers):
         # attention: q, k, v (k and v straight into the cache rows p0 .. p0 + nrows - 1)
         var wq = m.weights.wq[l]
         var wk = m.weights.wk[l]
         var wv = m.weights.wv[l]
-        var inp = normed_rows_input(b, b.xb, nrows, dim, wq.q8 or wk.q8 or wv.q8, pool, m.weights.rms_att[l], b.x, True)
-        var cache_off = (l * c.seq_len + p0) * kv_dim
+        var inp = normed_rows_input(b, b.xb, nrows, dim, wq.q8 or wk.q8 or wv.q8, pool,
+                                    m.weights.rms_att[l], b.x, c.norm_eps, True)
+        var cache_off = (l * s.kv_rows + p0) * kv_dim
         var kc = s.key_cache.unsafe_offset(cache_off)
         var vc = s.value_cache.unsafe_offset(cache_off)
         var q = b.q
@@ -233,7 +243,8 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
         # feed-forward
         var w1 = m.weights.w1[l]
         var w3 = m.weights.w3[l]
-        var finp = normed_rows_input(b, b.xb, nrows, dim, w1.q8 or w3.q8, pool, m.weights.rms_ffn[l], b.x, True)
+        var finp = normed_rows_input(b, b.xb, nrows, dim, w1.q8 or w3.q8, pool, m.weights.rms_ffn[l], b.x,
+                                     c.norm_eps, True)
         var hb = b.hb
         var hb2 = b.hb2
         if nthreads <= 1:
@@ -257,6 +268,6 @@ def forward_batch(s: RunState, b: BatchState, m: Model, tokens: List[Int], start
         var n_out = nrows - logits_from
         var xs = b.x.unsafe_offset(logits_from * dim)
         for t in range(n_out):
-            rmsnorm(xs.unsafe_offset(t * dim), xs.unsafe_offset(t * dim), m.weights.rms_final, dim)
+            rmsnorm(xs.unsafe_offset(t * dim), xs.unsafe_offset(t * dim), m.weights.rms_final, dim, c.norm_eps)
         var wcls = m.weights.wcls
         product(b.logits, c.vocab_size, rows_input(b, xs, n_out, dim, wcls.q8, pool), wcls, c.vocab_size, pool)

@@ -22,7 +22,8 @@ from std.math import trunc
 from std.time import perf_counter_ns
 from model import (
     BPtr, Config, FPtr, KPtr, MappedFile, Matrix, Model, QPtr, Vocab, alloc_floats, alloc_keys, alloc_quants,
-    c_path, file_error, free_floats, free_quants, string_from, want_huge_pages, write_all,
+    c_path, file_error, free_floats, free_quants, string_from, want_huge_pages, write_all, W_BF16, W_F16, W_F32,
+    W_Q8_0,
 )
 from formats import read_model, read_tokenizer
 from pool import COOLDOWN_REGIONS, DISPATCH_LIBRARY, DISPATCH_SPIN, DISPATCH_SYNCHRONIZE, SPIN_NS, Pool
@@ -31,7 +32,8 @@ from tokenizer import Tokenizer, safe_piece
 from sampler import Rng, argmax, sample_mult, sample_topp
 from generate import fixed
 from cli import Args, parse_args, parse_batch, parse_float, parse_int, parse_steps, parse_u64
-from gemm import gemm_f32_rows, gemm_q8_rows
+from gemm import gemm_f32_rows, gemm_q8_rows, gemm_w_rows
+from half import half_matvec_rows, widen_row
 from prefill import BatchState, forward_batch
 from q8_0 import (
     Q8_BLOCK, Q8_BLOCK_BYTES, block_isum, block_partials_portable, dequantize_row, f32_to_fp16_f32, q8_dot,
@@ -291,6 +293,22 @@ struct GgufWriter(Movable):
         self.key(k, 4)
         put_u32(self.kv, UInt32(v))
 
+    def f32_key(mut self, k: String, v: Float32):
+        self.key(k, 6)
+        put_u32(self.kv, bitcast[DType.uint32, 1](v))
+
+    def f64_key(mut self, k: String, v: Float64):
+        self.key(k, 12)
+        put_u64(self.kv, Int(bitcast[DType.int64, 1](v)))
+
+    def i32_key(mut self, k: String, v: Int):
+        self.key(k, 5)
+        put_u32(self.kv, UInt32(v & 0xFFFFFFFF))
+
+    def str_key(mut self, k: String, v: String):
+        self.key(k, 8)
+        put_str(self.kv, v)
+
     def scores(mut self, breakage: String):
         self.key("tokenizer.ggml.scores", 9)
         put_u32(self.kv, 6)
@@ -310,11 +328,11 @@ struct GgufWriter(Movable):
         self.n_tensors += 1
 
     def add(mut self, name: String, d0: Int, d1: Int, ttype: Int = 0) -> Int:
-        """A zero tensor (F32, or Q8_0 when ttype is 8) at the next 32-byte boundary of
+        """A zero tensor (F32, Q8_0 when ttype is 8, F16 or BF16 when 1 or 30) at the next 32-byte boundary of
         the data; returns its offset."""
         var at = (self.data_len + 31) // 32 * 32
         self.info(name, d0, d1, at, ttype)
-        var size = q8_row_bytes(d0) * max(d1, 1) if ttype == 8 else 4 * d0 * max(d1, 1)
+        var size = q8_row_bytes(d0) * max(d1, 1) if ttype == 8 else (2 if ttype == 1 or ttype == 30 else 4) * d0 * max(d1, 1)
         self.data_len = at + size
         return at
 
@@ -352,6 +370,59 @@ def tiny_header(mut w: GgufWriter, dim: Int, hidden: Int, breakage: String):
     w.scores(breakage)
     if breakage == "duplicate tokenizer key":
         w.scores(breakage)
+    hyper_keys(w, breakage)
+
+
+def hyper_keys(mut w: GgufWriter, breakage: String):
+    """Contract 3's keys: all of them with other values than the defaults ("other
+    keys"), or one of them of the wrong kind or out of range."""
+    if breakage == "other keys":
+        w.f64_key("llama.rope.freq_base", 500000.0)
+        w.key("llama.attention.layer_norm_rms_epsilon", 6)
+        put_u32(w.kv, bitcast[DType.uint32, 1](Float32(1e-6)))
+        w.key("llama.rope.dimension_count", 10)  # u64
+        put_u64(w.kv, 4)
+        w.key("tokenizer.ggml.bos_token_id", 3)  # i16
+        w.kv.append(5)
+        w.kv.append(0)
+        w.key("tokenizer.ggml.eos_token_id", 0)  # u8
+        w.kv.append(6)
+        w.str_key("llama.rope.scaling.type", "none")
+        w.u32_key("llama.expert_count", 0)
+    if breakage == "integer theta":
+        w.u32_key("llama.rope.freq_base", 1000000)
+    if breakage == "theta string":
+        w.str_key("llama.rope.freq_base", "10000")
+    if breakage == "theta 1":
+        w.f32_key("llama.rope.freq_base", 1.0)
+    if breakage == "theta inf":
+        w.f64_key("llama.rope.freq_base", Float64(1e308) * 10)
+    if breakage == "eps 0":
+        w.f32_key("llama.attention.layer_norm_rms_epsilon", 0.0)
+    if breakage == "eps 1":
+        w.u32_key("llama.attention.layer_norm_rms_epsilon", 1)
+    if breakage == "eps NaN":
+        w.key("llama.attention.layer_norm_rms_epsilon", 6)
+        put_u32(w.kv, NAN_BITS)
+    if breakage == "eps bool":
+        w.key("llama.attention.layer_norm_rms_epsilon", 7)
+        w.kv.append(1)
+    if breakage == "rope dims 2":
+        w.u32_key("llama.rope.dimension_count", 2)
+    if breakage == "rope dims float":
+        w.f32_key("llama.rope.dimension_count", 4.0)
+    if breakage == "bos 260":
+        w.u32_key("tokenizer.ggml.bos_token_id", 260)
+    if breakage == "eos -1":
+        w.i32_key("tokenizer.ggml.eos_token_id", -1)
+    if breakage == "bos string":
+        w.str_key("tokenizer.ggml.bos_token_id", "1")
+    if breakage == "scaling linear":
+        w.str_key("llama.rope.scaling.type", "linear")
+    if breakage == "scaling number":
+        w.u32_key("llama.rope.scaling.type", 0)
+    if breakage == "experts 8":
+        w.u32_key("llama.expert_count", 8)
 
 
 def tiny_gguf(breakage: String) -> List[UInt8]:
@@ -570,6 +641,14 @@ def config_code(c: Config) -> Int:
         return Int(String(e).as_bytes()[0]) - 48
 
 
+def kv_code(c: Config, rows: Int) -> Int:
+    try:
+        c.check_kv_cache("x", rows)
+        return 0
+    except e:
+        return Int(String(e).as_bytes()[0]) - 48
+
+
 def test_validate(mut t: Tally):
     t.check(config_code(Config(288, 768, 6, 6, 6, 32000, 256, True)) == 0, "15M header is valid")
     t.check(config_code(Config(288, 768, 6, 6, 6, 32000, 0, True)) == 3, "seq_len 0")
@@ -577,7 +656,12 @@ def test_validate(mut t: Tally):
     t.check(config_code(Config(288, 768, 6, 7, 7, 32000, 256, True)) == 3, "dim not a multiple of heads")
     t.check(config_code(Config(288, 768, 6, 6, 4, 32000, 256, True)) == 3, "heads not a multiple of kv heads")
     t.check(config_code(Config(6, 768, 6, 2, 2, 32000, 256, True)) == 3, "odd head size")
-    t.check(config_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True)) == 3, "KV cache over 4 GiB")
+    # the KV cache is sized for the run's positions (contract 3), not the header's context
+    t.check(config_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True)) == 0, "a 4 GiB+ context is no refusal by itself")
+    t.check(kv_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True), 4) == 0, "4 positions of a huge model fit")
+    t.check(kv_code(Config(65536, 1, 1024, 1, 1, 1, 65536, True), 9) == 3, "9 positions exceed 4 GiB")
+    t.check(kv_code(Config(4096, 11008, 32, 32, 32, 32000, 4096, True), 4096) == 0, "7B at full context: exactly 4 GiB")
+    t.check(kv_code(Config(4096, 11008, 32, 32, 32, 32000, 8192, True), 4097) == 3, "7B at 4097 positions")
 
 
 # ----------------------------------------------------------------------------
@@ -797,7 +881,7 @@ def quantize_matrix(src: Matrix, rows: Int, cols: Int, mut owned: List[QPtr]) ra
             put_scale(block, fp16_bits(d))
             for i in range(Q8_BLOCK):
                 block.unsafe_store(2 + i, bitcast[DType.uint8, 1](Int8(Int(round_half_away(v.unsafe_load(i) * id)))))
-    return Matrix(bytes, True)
+    return Matrix(bytes, W_Q8_0)
 
 
 def quantize_model(mut m: Model, mut owned: List[QPtr]) raises:
@@ -881,7 +965,7 @@ def golden(name: String) raises -> String:
 
 def greedy_text(m: Model, tok: Tokenizer, prompt: String, steps: Int, nthreads: Int) raises -> String:
     """The generate loop (force the prompt, argmax, stop at BOS, safe pieces) into a string."""
-    var s = RunState(m.config)
+    var s = RunState(m.config, steps)
     var pool = Pool(nthreads)
     var ids = tok.encode(text_bytes(prompt), True, False)
     var text = List[UInt8]()
@@ -1035,7 +1119,7 @@ def test_gemm_q8(mut t: Tally) raises:
 
 
 def one_position_logits(m: Model, ids: List[Int], nthreads: Int) raises -> List[Float32]:
-    var s = RunState(m.config)
+    var s = RunState(m.config, len(ids))
     var pool = Pool(nthreads)
     var out = List[Float32]()
     for pos in range(len(ids)):
@@ -1047,8 +1131,8 @@ def one_position_logits(m: Model, ids: List[Int], nthreads: Int) raises -> List[
 
 
 def batched_logits(m: Model, ids: List[Int], batch: Int, nthreads: Int) raises -> List[Float32]:
-    var s = RunState(m.config)
-    var b = BatchState(m.config, batch, True, nthreads)
+    var s = RunState(m.config, len(ids))
+    var b = BatchState(m.config, batch, True, nthreads, len(ids))
     var pool = Pool(nthreads)
     var out = List[Float32]()
     var p0 = 0
@@ -1120,6 +1204,345 @@ def test_batched_logits(mut t: Tally) raises:
     m.file.close()
 
 
+# ----------------------------------------------------------------------------
+# Contract 3: the GGUF keys, F16 and BF16
+
+
+def test_gguf_keys(mut t: Tally) raises:
+    """The keys' defaults, other values of any numeric type, and the refusals: a
+    wrong kind or an out-of-range value, RoPE scaling, experts."""
+    var path = write_temp("keys.gguf", tiny_gguf(""))
+    var m = read_model(path)
+    t.check(m.config.rope_theta == 10000 and m.config.norm_eps == Float32(1e-5) and m.config.bos_id == 1
+            and m.config.eos_id == 2, "absent keys take llama.cpp's defaults")
+    m.file.close()
+    remove(path)
+    path = write_temp("keys.gguf", tiny_gguf("other keys"))
+    m = read_model(path)
+    t.check(m.config.rope_theta == 500000 and m.config.norm_eps == Float32(1e-6) and m.config.bos_id == 5
+            and m.config.eos_id == 6, "keys of f64, f32, u64, i16 and u8 types are read")
+    m.file.close()
+    remove(path)
+    path = write_temp("keys.gguf", tiny_gguf("integer theta"))
+    m = read_model(path)
+    t.check(m.config.rope_theta == 1000000, "an integer RoPE base is read")
+    m.file.close()
+    remove(path)
+    var cases: List[String] = [
+        "theta string", "theta 1", "theta inf", "eps 0", "eps 1", "eps NaN", "eps bool", "rope dims 2",
+        "rope dims float", "bos 260", "eos -1", "bos string", "scaling linear", "scaling number", "experts 8",
+    ]
+    var wants: List[String] = [
+        "key llama.rope.freq_base must be a number", "key llama.rope.freq_base=1.0", "key llama.rope.freq_base=inf",
+        "key llama.attention.layer_norm_rms_epsilon=0.0", "key llama.attention.layer_norm_rms_epsilon=1.0",
+        "key llama.attention.layer_norm_rms_epsilon=nan", "key llama.attention.layer_norm_rms_epsilon must be a number",
+        "key llama.rope.dimension_count=2 must equal head_size=4", "key llama.rope.dimension_count must be an integer",
+        "key tokenizer.ggml.bos_token_id=260 is outside [0, 260)", "key tokenizer.ggml.eos_token_id=-1 is outside",
+        "key tokenizer.ggml.bos_token_id must be an integer", "key llama.rope.scaling.type is 'linear'",
+        "key llama.rope.scaling.type must be a string", "key llama.expert_count=8",
+    ]
+    for i in range(len(cases)):
+        expect_refusal(t, "gguf key " + cases[i], tiny_gguf(cases[i]), -1, wants[i])
+
+
+def test_special_ids(mut t: Tally) raises:
+    """A GGUF's BOS and EOS ids replace 1 and 2 in encode, and BOS in decode's rule."""
+    var path = find_model_file("tokenizer.bin")
+    if path.byte_length() == 0:
+        t.skip("special ids", "tokenizer.bin not found through POLYLLAMA_MODEL_PATH")
+        return
+    var tok = Tokenizer(read_tokenizer(path, 32000), 5, 6)
+    var ids = tok.encode(text_bytes("Once"), True, True)
+    t.check(len(ids) >= 3 and ids[0] == 5 and ids[len(ids) - 1] == 6, "encode starts with BOS 5, ends with EOS 6: " + show(ids))
+    var once = ids[1]
+    var piece = tok.decode(5, once)
+    t.check(String(StringSlice(unsafe_from_utf8=Span(piece))) == "Once", "decode after BOS 5 drops the space")
+    piece = tok.decode(1, once)
+    t.check(String(StringSlice(unsafe_from_utf8=Span(piece))) == " Once", "decode after id 1 keeps it when BOS is 5")
+
+
+def test_theta_eps(mut t: Tally) raises:
+    """A non-default RoPE base or norm epsilon changes the logits, the same way in the
+    one-position and the batched forward pass."""
+    var model_path = find_model_file("stories260K.bin")
+    if model_path.byte_length() == 0:
+        t.skip("theta and eps", "stories260K.bin not found through POLYLLAMA_MODEL_PATH")
+        return
+    var m = read_model(model_path)
+    var ids = List[Int]()
+    for i in range(12):
+        ids.append(1 if i == 0 else (11 * i + 260) % m.config.vocab_size)
+    var vocab = m.config.vocab_size
+    var base = one_position_logits(m, ids, 1)
+    for k in range(2):
+        m.config.rope_theta = Float32(500000) if k == 0 else Float32(10000)
+        m.config.norm_eps = Float32(1e-5) if k == 0 else Float32(0.25)
+        var what = "RoPE base 500000" if k == 0 else "eps 0.25"
+        var one = one_position_logits(m, ids, 1)
+        var moved = Float32(0)
+        for i in range(len(one)):
+            moved = max(moved, abs(one[i] - base[i]))
+        t.check(moved > 1e-3, what + " moves the logits (by " + String(moved) + ")")
+        t.check(logits_agree(one, batched_logits(m, ids, 5, 2), vocab, 1e-4, True),
+                what + ": batched logits equal the one-position ones")
+    m.file.close()
+
+
+def pow2(k: Int) -> Float64:
+    var v = Float64(1)
+    for _ in range(abs(k)):
+        v = v * 2 if k > 0 else v / 2
+    return v
+
+
+def half_value(bits: Int, exp_bits: Int, mant_bits: Int) -> Float64:
+    """A 16-bit pattern's value by the format's definition (F16: 5 exponent bits and
+    10 mantissa bits; BF16: 8 and 7); NaN for a NaN pattern."""
+    var sign = Float64(-1) if (bits >> 15) & 1 == 1 else Float64(1)
+    var e = (bits >> mant_bits) & ((1 << exp_bits) - 1)
+    var m = bits & ((1 << mant_bits) - 1)
+    var bias = (1 << (exp_bits - 1)) - 1
+    if e == (1 << exp_bits) - 1:
+        var inf = Float64(1e308) * 10
+        return sign * inf if m == 0 else inf - inf
+    if e == 0:
+        return sign * Float64(m) * pow2(1 - bias - mant_bits)
+    return sign * (1 + Float64(m) * pow2(-mant_bits)) * pow2(e - bias)
+
+
+def same_value(got: Float32, want: Float64) -> Bool:
+    return (got != got and want != want) or Float64(got) == want
+
+
+def test_half_widen(mut t: Tally) raises:
+    """Every F16 and BF16 bit pattern (subnormals, infinities, NaN) converted to
+    float32, vector lanes and tail, against the format's definition."""
+    var bits = alloc_quants(2 * 65536 + 2).unsafe_bitcast[UInt8]()
+    var hp = bits.unsafe_bitcast[UInt16]()
+    for i in range(65536):
+        hp.unsafe_store(i, UInt16(i))
+    var got = alloc_floats(65536)
+    for k in range(2):
+        var bad = 0
+        # 65533 values: the last ones through the scalar tail
+        if k == 0:
+            widen_row[W_F16](got, bits, 65533)
+            widen_row[W_F16](got.unsafe_offset(65533), bits.unsafe_offset(2 * 65533), 3)
+        else:
+            widen_row[W_BF16](got, bits, 65533)
+            widen_row[W_BF16](got.unsafe_offset(65533), bits.unsafe_offset(2 * 65533), 3)
+        for i in range(65536):
+            var want = half_value(i, 5, 10) if k == 0 else half_value(i, 8, 7)
+            if not same_value(got.unsafe_load(i), want):
+                if bad < 5:
+                    print("  widen", k, hex(i), got.unsafe_load(i), "want", want)
+                bad += 1
+        t.check(bad == 0, ("F16" if k == 0 else "BF16") + ": every bit pattern converts exactly (subnormals, NaN)")
+    free_floats(got)
+    free_quants(bits.unsafe_bitcast[Int8]())
+
+
+def random_half_bits[K: Int](mut rng: Rng) -> UInt16:
+    """A weight of moderate size (products stay far from overflow), subnormals
+    included: F16 exponents 0 .. 16, BF16 exponents 0 and 112 .. 128."""
+    var r = rng.next_u32()
+    var sign = UInt16((r >> 31) & 1) << 15
+    comptime if K == W_F16:
+        var e = UInt16(r % 17)
+        return sign | (e << 10) | UInt16((r >> 8) & 1023)
+    else:
+        var e = UInt16(0 if r % 9 == 0 else 112 + (r >> 4) % 17)
+        return sign | (e << 7) | UInt16((r >> 12) & 127)
+
+
+def half_kernel_case[K: Int](mut t: Tally, name: String) raises:
+    """The one-position (matvec) and batched (tiled) 16-bit kernels against a plain
+    loop of float64(w) * float64(x), the activation unrounded (contract 3): T in
+    {1, 7, 33}, rows not a multiple of the tiles, d = 64, 96, 172, 288; whole and
+    split in two row ranges, as workers split them. Some activations lie halfway
+    between two 16-bit values, where a kernel that rounded them (llama.cpp does)
+    would be off by half a 16-bit step."""
+    var rng = Rng(UInt64(K + 17))
+    var ok_mv = True
+    var ok_mm = True
+    for ti in range(3):
+        var T = [1, 7, 33][ti]
+        for ni in range(3):
+            var n = [5, 13, 38][ni]
+            for di in range(4):
+                var d = [64, 96, 172, 288][di]
+                var x = alloc_floats(T * d)
+                var w = alloc_quants(2 * n * d).unsafe_bitcast[UInt8]()
+                var wp = w.unsafe_bitcast[UInt16]()
+                var got = alloc_floats(T * n)
+                var half_ulp = pow2(-11) if K == W_F16 else pow2(-8)
+                for i in range(T * d):
+                    var v = rand_unit(rng)
+                    if i % 5 == 0:  # a tie: halfway between two neighbours in [1, 2)
+                        v = Float32((1 + Float64(2 * (i % 7) + 1) * half_ulp) * Float64(1 if i % 2 == 0 else -1))
+                    x.unsafe_store(i, v)
+                for i in range(n * d):
+                    wp.unsafe_store(i, random_half_bits[K](rng))
+                var want = List[Float64](length=T * n, fill=0)
+                var mag = List[Float64](length=T * n, fill=0)
+                for r in range(T):
+                    for c in range(n):
+                        for k in range(d):
+                            var wv = half_value(Int(wp.unsafe_load(c * d + k)), 5, 10) if K == W_F16 else half_value(
+                                Int(wp.unsafe_load(c * d + k)), 8, 7)
+                            var p = wv * Float64(x.unsafe_load(r * d + k))
+                            want[r * n + c] += p
+                            mag[r * n + c] += abs(p)
+                var cut = n // 2
+                for r in range(T):
+                    half_matvec_rows[K](got.unsafe_offset(r * n), x.unsafe_offset(r * d), w, d, 0, cut)
+                    half_matvec_rows[K](got.unsafe_offset(r * n), x.unsafe_offset(r * d), w, d, cut, n)
+                for i in range(T * n):
+                    if abs(Float64(got.unsafe_load(i)) - want[i]) > 1e-6 * (mag[i] + 1):
+                        ok_mv = False
+                        print("  ", name, "matvec T", T, "n", n, "d", d, "at", i, ":", got.unsafe_load(i), "want", want[i])
+                for i in range(T * n):
+                    got.unsafe_store(i, 0)
+                gemm_w_rows[K](got, n, x, T, w, d, 0, cut)
+                gemm_w_rows[K](got, n, x, T, w, d, cut, n)
+                for i in range(T * n):
+                    if abs(Float64(got.unsafe_load(i)) - want[i]) > 1e-6 * (mag[i] + 1):
+                        ok_mm = False
+                        print("  ", name, "gemm T", T, "n", n, "d", d, "at", i, ":", got.unsafe_load(i), "want", want[i])
+                free_floats(x)
+                free_floats(got)
+                free_quants(w.unsafe_bitcast[Int8]())
+    t.check(ok_mv, name + " one-position kernel equals the scalar loop")
+    t.check(ok_mm, name + " matrix-matrix kernel equals the scalar loop")
+
+
+def test_half_kernels(mut t: Tally) raises:
+    half_kernel_case[W_F16](t, "F16")
+    half_kernel_case[W_BF16](t, "BF16")
+
+
+def tiny_half_gguf(breakage: String) -> List[UInt8]:
+    """A one-layer model of dim 32 and hidden 48 as llama.cpp's converter writes it
+    with --outtype f16: every matrix F16 (attn_v BF16, to mix them), norms F32, an
+    unshared classifier, the last tensor (so a reader sizing it by 4 bytes a value
+    finds it outside the file); broken as `breakage` says."""
+    var w = GgufWriter()
+    tiny_header(w, 32, 48, "")
+    var F16 = 1
+    var BF16 = 30
+    _ = w.add("token_embd.weight", 32, 260, BF16 if breakage == "bf16 embedding" else F16)
+    _ = w.add("output_norm.weight", 32, 0)
+    _ = w.add("blk.0.attn_norm.weight", 32, 0, F16 if breakage == "f16 norm" else (BF16 if breakage == "bf16 norm" else 0))
+    var q_at = w.add("blk.0.attn_q.weight", 32, 32, F16)
+    if breakage == "tensor inside another":
+        # where the data would end at 1 byte a value
+        w.info("blk.0.attn_k.weight", 32, 32, q_at + 32 * 32, F16)
+    else:
+        _ = w.add("blk.0.attn_k.weight", 32, 32, 2 if breakage == "type Q4_0" else F16)
+    _ = w.add("blk.0.attn_v.weight", 32, 32, BF16)
+    _ = w.add("blk.0.attn_output.weight", 32, 32, F16)
+    _ = w.add("blk.0.ffn_norm.weight", 32, 0)
+    _ = w.add("blk.0.ffn_gate.weight", 32, 48, F16)
+    _ = w.add("blk.0.ffn_down.weight", 48, 32, F16)
+    _ = w.add("blk.0.ffn_up.weight", 32, 48, F16)
+    _ = w.add("output.weight", 32, 260, F16)
+    var out = w.bytes()
+    if breakage == "truncated":
+        out.shrink(len(out) - 2)
+    return out^
+
+
+def test_half_files(mut t: Tally) raises:
+    """F16 and BF16 files load, each matrix with its type, sized 2 bytes a value; a
+    16-bit norm, other types, overlapping and truncated data are refused."""
+    var path = write_temp("tiny-f16.gguf", tiny_half_gguf(""))
+    t.check(refusal(path, -1) == "", "the tiny F16 GGUF loads: " + refusal(path, -1))
+    var m = read_model(path)
+    t.check(m.weights.token_embedding.kind == W_F16 and m.weights.wcls.kind == W_F16 and m.weights.wv[0].kind == W_BF16
+            and m.weights.w2[0].kind == W_F16, "each matrix keeps its type (attn_v BF16, the others F16)")
+    m.file.close()
+    remove(path)
+    path = write_temp("tiny-bf16.gguf", tiny_half_gguf("bf16 embedding"))
+    t.check(refusal(path, -1) == "", "a BF16 token_embd loads: " + refusal(path, -1))
+    remove(path)
+    var cases: List[String] = ["f16 norm", "bf16 norm", "type Q4_0", "tensor inside another", "truncated"]
+    var wants: List[String] = [
+        "tensor blk.0.attn_norm.weight is F16; only matrices may be", "tensor blk.0.attn_norm.weight is BF16",
+        "tensor blk.0.attn_k.weight has type 2", "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap",
+        "tensor output.weight lies outside the file",
+    ]
+    for i in range(len(cases)):
+        expect_refusal(t, "gguf 16-bit " + cases[i], tiny_half_gguf(cases[i]), -1, wants[i])
+
+
+def to_half(src: Matrix, rows: Int, cols: Int, kind: Int, mut owned: List[QPtr]) raises -> Matrix:
+    """A float32 matrix stored as F16 or BF16, rounded to nearest even as the
+    converter writes it."""
+    var x = src.floats()
+    var dst = alloc_quants(2 * rows * cols)
+    owned.append(dst)
+    var hp = dst.unsafe_bitcast[UInt16]()
+    for i in range(rows * cols):
+        var v = x.unsafe_load(i)
+        if kind == W_F16:
+            hp.unsafe_store(i, bitcast[DType.uint16, 1](v.cast[DType.float16]()))
+        else:
+            var u = bitcast[DType.uint32, 1](v)  # finite weights: ties to even on the bits
+            hp.unsafe_store(i, UInt16((u + 0x7FFF + ((u >> 16) & 1)) >> 16))
+    return Matrix(dst.unsafe_bitcast[UInt8](), kind)
+
+
+def half_model(mut m: Model, kind: Int, mut owned: List[QPtr]) raises:
+    var c = m.config.copy()
+    var d = c.dim
+    var kv = c.kv_dim()
+    var h = c.hidden_dim
+    var shared = Int(m.weights.wcls.data) == Int(m.weights.token_embedding.data)
+    m.weights.token_embedding = to_half(m.weights.token_embedding, c.vocab_size, d, kind, owned)
+    m.weights.wcls = m.weights.token_embedding if shared else to_half(m.weights.wcls, c.vocab_size, d, kind, owned)
+    for l in range(c.n_layers):
+        m.weights.wq[l] = to_half(m.weights.wq[l], d, d, kind, owned)
+        m.weights.wk[l] = to_half(m.weights.wk[l], kv, d, kind, owned)
+        m.weights.wv[l] = to_half(m.weights.wv[l], kv, d, kind, owned)
+        m.weights.wo[l] = to_half(m.weights.wo[l], d, d, kind, owned)
+        m.weights.w1[l] = to_half(m.weights.w1[l], h, d, kind, owned)
+        m.weights.w2[l] = to_half(m.weights.w2[l], d, h, kind, owned)
+        m.weights.w3[l] = to_half(m.weights.w3[l], h, d, kind, owned)
+
+
+def test_half_model(mut t: Tally) raises:
+    """stories260K with F16 (then BF16) matrices, ffn_down's rows of 172 included: the
+    batched logits equal the one-position ones within the contract's tolerance at
+    -b 1, 7 and 40 on 1 and 2 workers (the activations stay float32, so only the
+    order of float32 sums differs), and lie near the float32 model's."""
+    var model_path = find_model_file("stories260K.bin")
+    if model_path.byte_length() == 0:
+        t.skip("stories260K F16/BF16", "stories260K.bin not found through POLYLLAMA_MODEL_PATH")
+        return
+    for k in range(2):
+        var kind = W_F16 if k == 0 else W_BF16
+        var name = "F16" if k == 0 else "BF16"
+        var m = read_model(model_path)
+        var ids = List[Int]()
+        ids.append(1)
+        for i in range(39):
+            ids.append((7 * i + 300) % m.config.vocab_size)
+        var vocab = m.config.vocab_size
+        var f32 = one_position_logits(m, ids, 1)
+        var owned = List[QPtr]()
+        half_model(m, kind, owned)
+        var want = one_position_logits(m, ids, 1)
+        t.check(logits_agree(f32, want, vocab, 5e-2, False), "stories260K " + name + " logits near the F32 ones")
+        for nthreads in range(1, 3):
+            for bi in range(3):
+                var batch = [1, 7, 40][bi]
+                t.check(logits_agree(want, batched_logits(m, ids, batch, nthreads), vocab, 1e-4, True),
+                        "stories260K " + name + " batched logits at -b " + String(batch) + " -j " + String(nthreads))
+        for p in owned:
+            free_quants(p)
+        m.file.close()
+
+
 def main():
     var t = Tally()
     try:
@@ -1143,6 +1566,13 @@ def main():
         test_gemm_f32(t)
         test_gemm_q8(t)
         test_batched_logits(t)
+        test_gguf_keys(t)
+        test_special_ids(t)
+        test_theta_eps(t)
+        test_half_widen(t)
+        test_half_kernels(t)
+        test_half_files(t)
+        test_half_model(t)
     except e:
         t.check(False, "unexpected error: " + String(e))
     print(t.passed, "passed,", t.failed, "failed,", t.skipped, "skipped")

@@ -5,6 +5,7 @@
 from std.collections import List
 from model import BPtr, ByteTable, Vocab
 
+# llama2.c's ids; a GGUF may state others (tokenizer.ggml.bos_token_id, eos_token_id)
 comptime BOS = 1
 comptime EOS = 2
 
@@ -12,9 +13,13 @@ comptime EOS = 2
 struct Tokenizer(Movable):
     var vocab: Vocab
     var lookup: ByteTable  # piece bytes -> lowest id with those bytes
+    var bos_id: Int
+    var eos_id: Int
 
-    def __init__(out self, var vocab: Vocab):
+    def __init__(out self, var vocab: Vocab, bos_id: Int = BOS, eos_id: Int = EOS):
         self.vocab = vocab^
+        self.bos_id = bos_id
+        self.eos_id = eos_id
         self.lookup = ByteTable(self.vocab.size())
         var base = self.vocab.bytes.unsafe_ptr()
         for i in range(self.vocab.size()):
@@ -41,7 +46,7 @@ struct Tokenizer(Movable):
     def encode(self, text: List[UInt8], bos: Bool, eos: Bool) -> List[Int]:
         var tokens = List[Int]()
         if bos:
-            tokens.append(BOS)
+            tokens.append(self.bos_id)
         var n = len(text)
         var tp = BPtr(unsafe_from_address=Int(text.unsafe_ptr()))
         if n > 0:
@@ -65,7 +70,7 @@ struct Tokenizer(Movable):
             i = j
         self.merge(tokens)
         if eos:
-            tokens.append(EOS)
+            tokens.append(self.eos_id)
         return tokens^
 
     def merge(self, mut tokens: List[Int]):
@@ -103,7 +108,7 @@ struct Tokenizer(Movable):
         var p = self.piece_ptr(token)
         var n = self.piece_len(token)
         # after BOS, sentencepiece drops the leading space of a piece
-        if prev == BOS and n > 0 and p.unsafe_load(0) == 32:
+        if prev == self.bos_id and n > 0 and p.unsafe_load(0) == 32:
             p = p.unsafe_offset(1)
             n -= 1
         var out = List[UInt8]()
