@@ -133,7 +133,7 @@ static void test_decode(void) {
     float scores[6] = {0};
     Vocab v = {6, pieces, lengths, scores, 6, NULL};
     Tokenizer t;
-    build_tokenizer(&t, &v);
+    build_tokenizer(&t, &v, 1, 2);
     char byte;
     int len;
     const char *s = decode(&t, 1, 2, &len, &byte);
@@ -158,7 +158,7 @@ static void test_encode(const char *dir_file, const char *name, int vocab_size, 
     Vocab v = {0};
     read_vocab(&v, path, vocab_size);
     Tokenizer t;
-    build_tokenizer(&t, &v);
+    build_tokenizer(&t, &v, 1, 2);
     int n = (int)strlen(text);
     int *tokens = xcalloc((size_t)n + 3, sizeof(int));
     int got = encode(&t, text, n, 1, 0, tokens);
@@ -458,8 +458,8 @@ static void test_generation(int n_threads, int q8) {
     Vocab v = {0};
     read_vocab(&v, tok, tr.config.vocab_size);
     Tokenizer t;
-    build_tokenizer(&t, &v);
-    start_transformer(&tr, n_threads, tr.config.seq_len);
+    build_tokenizer(&t, &v, 1, 2);
+    start_transformer(&tr, n_threads, tr.config.seq_len, tr.config.seq_len);
     struct { const char *golden, *prompt; int steps; } runs[] = {
         {q8 ? "stories260K.q8_0.greedy.txt" : "stories260K.f32.greedy.txt", "", q8 ? 128 : 256},
         {"stories260K.f32.prompt.txt", "Once upon a time, there was a", 96},
@@ -763,7 +763,7 @@ static void test_gguf_q8(void) {
     int ok = 1;
     for (int i = 0; i < 32; i++) ok &= emb[i] == (float)(int8_t)row[2 + i] / 64.0f;
     CHECK(ok, "a Q8_0 embedding row is d * q");
-    start_transformer(&tr, 2, tr.config.seq_len);
+    start_transformer(&tr, 2, tr.config.seq_len, tr.config.seq_len);
     float *logits = NULL;
     for (int pos = 0; pos < 4; pos++) logits = forward(&tr, 5 + pos, pos);
     for (int i = 0; i < TEST_VOCAB; i++) ok &= isfinite(logits[i]);
@@ -779,9 +779,10 @@ static void test_gguf_q8(void) {
          "Q8_0 rows of hidden_dim 48"},
         {G_TRUNCATED, mixed, "tensor blk.0.ffn_up.weight lies outside the file", "a truncated Q8_0 tensor"},
         {G_Q8_OVERLAP, mixed, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap", "overlapping Q8_0 tensors"},
-        {G_OK, {32, 64, 0, 1}, "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported",
-         "an F16 tensor"},
-        {G_OK, {32, 64, 0, 2}, "tensor blk.0.attn_q.weight has type 2", "a Q4_0 tensor"},
+        {G_OK, {32, 64, 0, 2},
+         "tensor blk.0.attn_q.weight has type 2; only F32 (0), F16 (1), BF16 (30) and Q8_0 (8) are supported",
+         "a Q4_0 tensor"},
+        {G_OK, {32, 64, 0, 12}, "tensor blk.0.attn_q.weight has type 12", "a Q4_K tensor"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = write_gguf_shaped(cases[i].defect, &cases[i].shape);
@@ -945,7 +946,7 @@ static void test_batched_logits(int q8) {
     int vocab = c->vocab_size;
     for (int i = 0; i < N; i++) ids[i] = i ? (7 * i + 300) % vocab : 1;
     float *want = xcalloc((size_t)N * vocab, sizeof(float)), *got = xcalloc((size_t)N * vocab, sizeof(float));
-    start_transformer(&ref, 1, 1);
+    start_transformer(&ref, 1, 1, N);
     for (int i = 0; i < N; i++) memcpy(want + (size_t)i * vocab, forward(&ref, ids[i], i), vocab * sizeof(float));
     free_pool(ref.pool);
     free_state(&ref.state);
@@ -953,7 +954,7 @@ static void test_batched_logits(int q8) {
     const int batches[] = {1, 7, 16, N};
     for (int j = 1; j <= 2; j++)
         for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
-            start_transformer(&ref, j, batches[bi]);
+            start_transformer(&ref, j, batches[bi], N);
             prefill(&ref, ids, N, LOGITS_ALL, got);
             int ok = 1;
             for (int i = 0; i < N; i++) {
