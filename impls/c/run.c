@@ -89,8 +89,6 @@ typedef struct {
     float *logits; // output logits (vocab_size,)
     int8_t *xq;    // the input of the current Q8_0 matmuls, quantized (max(dim, hidden_dim),)
     float *xd;     // and its block scales (max(dim, hidden_dim) / 32,)
-    float *xh;     // the input of the current F16 matmuls, rounded to F16 (max(dim, hidden_dim),), or NULL
-    float *xbf;    // and of the BF16 ones, rounded to BF16, or NULL
     float *rope_cos, *rope_sin; // this position's rotation per pair of a head (head_size / 2,)
     int cache_rows;     // positions the cache holds: the run's steps (or -k ids), not seq_len
     float *key_cache;   // (layer, cache_rows, kv_dim)
@@ -111,8 +109,6 @@ typedef struct {
     float *hb2;    // (rows, hidden_dim)
     int8_t *xq;    // the input rows of the current Q8_0 products, quantized (rows, max(dim, hidden_dim))
     float *xd;     // and their block scales (rows, max(dim, hidden_dim) / 32)
-    float *xh;     // the input rows of the current F16 products, rounded to F16 (rows, max(dim, hidden_dim))
-    float *xbf;    // and of the BF16 ones (or NULL, each, when no matrix has that type)
     float *rope_cos, *rope_sin; // each row's rotation per pair of a head (rows, head_size / 2)
     float *att;    // attention scores: per worker, one row per row of a tile (n_threads, tile, cache_rows)
 } BatchState;
@@ -250,19 +246,8 @@ static void free_pool(ThreadPool *pool) {
 // ----------------------------------------------------------------------------
 // Run state
 
-// whether any matrix of the model is stored as `type`: the 16-bit activation buffers exist only then
-static int uses_type(const TransformerWeights *w, const Config *c, int type) {
-    int any = w->token_embedding.type == type || w->wcls.type == type;
-    for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *lw = &w->layers[l];
-        const Matrix *m[7] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w1, &lw->w2, &lw->w3};
-        for (int k = 0; k < 7; k++) any |= m[k]->type == type;
-    }
-    return any;
-}
-
 // cache_rows: the positions the run can reach (contract 3), checked against the 4 GiB limit
-static void build_state(RunState *s, const Config *c, const TransformerWeights *w, int n_threads, int cache_rows) {
+static void build_state(RunState *s, const Config *c, int n_threads, int cache_rows) {
     size_t kv_dim = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
     s->x = xcalloc(c->dim, sizeof(float));
     s->xb = xcalloc(c->dim, sizeof(float));
@@ -274,8 +259,6 @@ static void build_state(RunState *s, const Config *c, const TransformerWeights *
     int widest = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
     s->xq = xcalloc(widest, 1);
     s->xd = xcalloc(widest / Q8_BLOCK + 1, sizeof(float));
-    s->xh = uses_type(w, c, WEIGHT_F16) ? xcalloc(widest, sizeof(float)) : NULL;
-    s->xbf = uses_type(w, c, WEIGHT_BF16) ? xcalloc(widest, sizeof(float)) : NULL;
     s->rope_cos = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
     s->rope_sin = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
     s->cache_rows = cache_rows;
@@ -285,7 +268,7 @@ static void build_state(RunState *s, const Config *c, const TransformerWeights *
 
 static void free_state(RunState *s) {
     free(s->x); free(s->xb); free(s->q); free(s->hb); free(s->hb2); free(s->att); free(s->logits);
-    free(s->xq); free(s->xd); free(s->xh); free(s->xbf);
+    free(s->xq); free(s->xd);
     free(s->rope_cos); free(s->rope_sin); free(s->key_cache); free(s->value_cache);
 }
 
@@ -297,8 +280,7 @@ static void build_transformer(Transformer *t, const char *checkpoint_path) {
 }
 
 // rows: the prompt batch after clamping, 1..cache_rows
-static void build_batch(BatchState *b, const Config *c, const TransformerWeights *w, int rows, int n_threads,
-                        int cache_rows) {
+static void build_batch(BatchState *b, const Config *c, int rows, int n_threads, int cache_rows) {
     size_t r = (size_t)rows, half = (size_t)(c->dim / c->n_heads / 2);
     size_t widest = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
     b->rows = rows;
@@ -309,15 +291,13 @@ static void build_batch(BatchState *b, const Config *c, const TransformerWeights
     b->hb2 = xcalloc(r * c->hidden_dim, sizeof(float));
     b->xq = xcalloc(r * widest, 1);
     b->xd = xcalloc(r * (widest / Q8_BLOCK + 1), sizeof(float));
-    b->xh = uses_type(w, c, WEIGHT_F16) ? xcalloc(r * widest, sizeof(float)) : NULL;
-    b->xbf = uses_type(w, c, WEIGHT_BF16) ? xcalloc(r * widest, sizeof(float)) : NULL;
     b->rope_cos = xcalloc(r * half, sizeof(float));
     b->rope_sin = xcalloc(r * half, sizeof(float));
     b->att = xcalloc((size_t)n_threads * BATCH_TILE_MAX * cache_rows, sizeof(float));
 }
 
 static void free_batch(BatchState *b) {
-    free(b->x); free(b->xb); free(b->q); free(b->hb); free(b->hb2); free(b->xq); free(b->xd); free(b->xh); free(b->xbf);
+    free(b->x); free(b->xb); free(b->q); free(b->hb); free(b->hb2); free(b->xq); free(b->xd);
     free(b->rope_cos); free(b->rope_sin); free(b->att);
 }
 
@@ -326,8 +306,8 @@ static void free_batch(BatchState *b) {
 // than the cache)
 static void start_transformer(Transformer *t, int n_threads, int batch_rows, int cache_rows) {
     if (batch_rows > cache_rows) batch_rows = cache_rows;
-    build_state(&t->state, &t->config, &t->weights, n_threads, cache_rows);
-    build_batch(&t->batch, &t->config, &t->weights, batch_rows, n_threads, cache_rows);
+    build_state(&t->state, &t->config, n_threads, cache_rows);
+    build_batch(&t->batch, &t->config, batch_rows, n_threads, cache_rows);
     t->pool = build_pool(n_threads);
 }
 
@@ -776,11 +756,11 @@ static void matvec_q8_rows(float *out, const int8_t *qx, const float *dx, const 
 }
 
 // ----------------------------------------------------------------------------
-// F16 and BF16 weights (GGUF types 1 and 30), computed as llama.cpp's CPU backend computes them:
-// the activation is rounded to the weight's type (nearest, ties to even) once per dispatch, then
-// every product of a weight and an activation value is exact in float32 (11 by 11 or 8 by 8
-// significant bits) and summed in float32. The rounded activation is kept as float32, so the
-// kernels (below the batched pass's vector macros) convert only the weights, in registers.
+// F16 and BF16 weights (GGUF types 1 and 30): the float32 product with every weight converted
+// exactly and the activation left in float32 (the contract's choice over llama.cpp's rounding of
+// the activation to 16 bits, which two summation orders cannot agree on). The kernels, below the
+// batched pass's vector macros, convert the weights in registers: 2 bytes a value are read, and
+// nothing is stored as float32.
 
 // bf16 bits -> float: the top half of a float32
 static inline float bf16_to_fp32(uint16_t h) {
@@ -790,27 +770,9 @@ static inline float bf16_to_fp32(uint16_t h) {
     return f;
 }
 
-// float -> bf16 bits, rounding to nearest even; a NaN stays a (quiet) NaN instead of rounding
-// into the infinity next to it
-static inline uint16_t fp32_to_bf16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
-}
-
 // value i of a 16-bit row of type `type`, exactly
 static inline __attribute__((always_inline)) float w16_value(const uint16_t *w, size_t i, const int type) {
     return type == WEIGHT_F16 ? fp16_to_fp32(w[i]) : bf16_to_fp32(w[i]);
-}
-
-// x rounded to `type` (F16: beyond the largest finite value, 65504, it rounds to infinity, as
-// F16C's conversion does) and widened back: the activation a 16-bit product multiplies with
-static void round_to_half(float *out, const float *x, int n, int type) {
-    if (type == WEIGHT_F16)
-        for (int i = 0; i < n; i++) out[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
-    else
-        for (int i = 0; i < n; i++) out[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
 }
 
 static void matvec16_rows(float *out, const float *x, const void *w, int n, int r0, int r1, int accumulate,
@@ -828,40 +790,28 @@ static void split_rows(int rows, int tid, int n_threads, int *lo, int *hi) {
     *hi = b1 * 16 < rows ? b1 * 16 : rows;
 }
 
-// a matmul's input, with its Q8_0 blocks when one of the matrices that share it is Q8_0, and its
-// F16 or BF16 rounding when one is F16 or BF16
+// a matmul's input, with its Q8_0 blocks when one of the matrices that share it is Q8_0
 typedef struct {
     const float *x;   // (n,)
     const int8_t *xq; // (n,), or NULL
     const float *xd;  // (n / 32,)
-    const float *xh;  // (n,) rounded to F16, or NULL
-    const float *xbf; // (n,) rounded to BF16, or NULL
 } Input;
 
-// quantize or round x into the state's buffers for the types of the n_mats matrices: once per
-// group of matmuls sharing x
+// quantize x into the state's buffers when any of the n_mats matrices needs it
 static Input matmul_input(RunState *s, const float *x, int n, const Matrix *mats, int n_mats) {
-    Input in = {x, NULL, NULL, NULL, NULL};
-    for (int k = 0; k < n_mats; k++) {
-        if (mats[k].type == WEIGHT_Q8_0 && !in.xq) {
+    for (int k = 0; k < n_mats; k++)
+        if (mats[k].type == WEIGHT_Q8_0) {
             quantize_q8(s->xq, s->xd, x, n);
-            in.xq = s->xq, in.xd = s->xd;
-        } else if (mats[k].type == WEIGHT_F16 && !in.xh) {
-            round_to_half(s->xh, x, n, WEIGHT_F16);
-            in.xh = s->xh;
-        } else if (mats[k].type == WEIGHT_BF16 && !in.xbf) {
-            round_to_half(s->xbf, x, n, WEIGHT_BF16);
-            in.xbf = s->xbf;
+            return (Input){x, s->xq, s->xd};
         }
-    }
-    return in;
+    return (Input){x, NULL, NULL};
 }
 
 // rows [r0, r1) of W @ x, by W's kernel
 static void matvec_any(float *out, const Input *in, Matrix w, int n, int r0, int r1, int accumulate) {
     if (w.type == WEIGHT_Q8_0) matvec_q8_rows(out, in->xq, in->xd, w.data, n, r0, r1, accumulate);
-    else if (w.type == WEIGHT_F16) matvec16_rows(out, in->xh, w.data, n, r0, r1, accumulate, WEIGHT_F16);
-    else if (w.type == WEIGHT_BF16) matvec16_rows(out, in->xbf, w.data, n, r0, r1, accumulate, WEIGHT_BF16);
+    else if (w.type == WEIGHT_F16 || w.type == WEIGHT_BF16)
+        matvec16_rows(out, in->x, w.data, n, r0, r1, accumulate, w.type);
     else matvec_rows(out, in->x, w.data, n, r0, r1, accumulate);
 }
 
@@ -1235,7 +1185,7 @@ static int token_block(size_t row_bytes, int tile, int T) {
 }
 
 // out[t * ldo + i] (+)= X[t, :] . W[i, :] for t in [0, T), weight rows i in [r0, r1); W (rows, d)
-// row-major of type WT (F32, or F16/BF16 with X already rounded to it), X rows ldx floats apart
+// row-major of type WT (F32, F16 or BF16), X rows ldx floats apart
 static inline __attribute__((always_inline)) void matmat_rows_t(float *out, size_t ldo, const float *x, size_t ldx,
                                                                 const void *w, int d, int T, int r0, int r1,
                                                                 int accumulate, const int WT) {
@@ -1260,14 +1210,14 @@ static void matmat_rows(float *out, size_t ldo, const float *x, size_t ldx, cons
     matmat_rows_t(out, ldo, x, ldx, w, d, T, r0, r1, accumulate, WEIGHT_F32);
 }
 
-// the F16 or BF16 product: X's rows already rounded to `type` (round_to_half)
+// the F16 or BF16 product
 static void matmat16_rows(float *out, size_t ldo, const float *x, size_t ldx, const void *w, int d, int T, int r0,
                           int r1, int accumulate, int type) {
     if (type == WEIGHT_F16) matmat_rows_t(out, ldo, x, ldx, w, d, T, r0, r1, accumulate, WEIGHT_F16);
     else matmat_rows_t(out, ldo, x, ldx, w, d, T, r0, r1, accumulate, WEIGHT_BF16);
 }
 
-// out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) of 16-bit `WT` and x rounded to it.
+// out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) of 16-bit `WT`.
 // As matvec_rows: four rows a pass against one load of x, two accumulators a row (eight FMA
 // chains), so the loop keeps enough loads in flight to run at the speed memory delivers W; the
 // weights are converted in registers, never stored as float32.
@@ -1456,47 +1406,38 @@ static void matmat_q8_rows(float *out, size_t ldo, const int8_t *qx, size_t ldq,
     }
 }
 
-// a batched product's input: T rows of n floats, their Q8_0 blocks when a matrix that shares it is
-// Q8_0 (rows n bytes and n / 32 scales apart), and their F16 or BF16 rounding when one is F16 or
-// BF16 (rows n floats apart)
+// a batched product's input: T rows of n floats, and their Q8_0 blocks when a matrix that shares
+// it is Q8_0 (rows n bytes and n / 32 scales apart)
 typedef struct {
     const float *x;
     const int8_t *xq; // or NULL
     const float *xd;
-    const float *xh;  // or NULL
-    const float *xbf; // or NULL
     int T, n;
 } BatchInput;
 
-// which of the input's forms to make: Q8_0 blocks, F16 or BF16 rounding
-typedef struct { BatchInput in; int q8, f16, bf16; } QuantizeTask;
+typedef struct { BatchInput in; } QuantizeTask;
 
 static void quantize_rows_task(void *ctx, int tid, int n_threads) {
-    QuantizeTask *q = ctx;
-    BatchInput *in = &q->in;
+    BatchInput *in = &((QuantizeTask *)ctx)->in;
     int nb = in->n / Q8_BLOCK;
-    for (int t = tid; t < in->T; t += n_threads) {
-        size_t row = (size_t)t * in->n;
-        if (q->q8) quantize_q8((int8_t *)in->xq + row, (float *)in->xd + (size_t)t * nb, in->x + row, in->n);
-        if (q->f16) round_to_half((float *)in->xh + row, in->x + row, in->n, WEIGHT_F16);
-        if (q->bf16) round_to_half((float *)in->xbf + row, in->x + row, in->n, WEIGHT_BF16);
-    }
+    for (int t = tid; t < in->T; t += n_threads)
+        quantize_q8((int8_t *)in->xq + (size_t)t * in->n, (float *)in->xd + (size_t)t * nb, in->x + (size_t)t * in->n,
+                    in->n);
 }
 
-// the input rows, quantized or rounded (the rows split across the pool) for the types of the
-// matrices: once per group of products that share it
+// the input rows, quantized (the rows split across the pool) when any of the matrices is Q8_0:
+// once per group of products that share it
 static BatchInput batch_input(Transformer *tr, const float *x, int T, int n, const Matrix *mats, int n_mats) {
-    QuantizeTask q = {{x, NULL, NULL, NULL, NULL, T, n}, 0, 0, 0};
-    for (int k = 0; k < n_mats; k++) {
-        q.q8 |= mats[k].type == WEIGHT_Q8_0;
-        q.f16 |= mats[k].type == WEIGHT_F16;
-        q.bf16 |= mats[k].type == WEIGHT_BF16;
-    }
-    if (q.q8) q.in.xq = tr->batch.xq, q.in.xd = tr->batch.xd;
-    if (q.f16) q.in.xh = tr->batch.xh;
-    if (q.bf16) q.in.xbf = tr->batch.xbf;
-    if (q.q8 || q.f16 || q.bf16) pool_run(tr->pool, quantize_rows_task, &q);
-    return q.in;
+    BatchInput in = {x, NULL, NULL, T, n};
+    for (int k = 0; k < n_mats; k++)
+        if (mats[k].type == WEIGHT_Q8_0) {
+            in.xq = tr->batch.xq;
+            in.xd = tr->batch.xd;
+            QuantizeTask q = {in};
+            pool_run(tr->pool, quantize_rows_task, &q);
+            break;
+        }
+    return in;
 }
 
 // weight rows [r0, r1) of the product, by W's kernel
@@ -1504,10 +1445,8 @@ static void matmat_any(float *out, size_t ldo, const BatchInput *in, Matrix w, i
     if (w.type == WEIGHT_Q8_0)
         matmat_q8_rows(out, ldo, in->xq, (size_t)in->n, in->xd, (size_t)(in->n / Q8_BLOCK), w.data, in->n, in->T, r0, r1,
                        accumulate);
-    else if (w.type == WEIGHT_F16)
-        matmat16_rows(out, ldo, in->xh, (size_t)in->n, w.data, in->n, in->T, r0, r1, accumulate, WEIGHT_F16);
-    else if (w.type == WEIGHT_BF16)
-        matmat16_rows(out, ldo, in->xbf, (size_t)in->n, w.data, in->n, in->T, r0, r1, accumulate, WEIGHT_BF16);
+    else if (w.type == WEIGHT_F16 || w.type == WEIGHT_BF16)
+        matmat16_rows(out, ldo, in->x, (size_t)in->n, w.data, in->n, in->T, r0, r1, accumulate, w.type);
     else matmat_rows(out, ldo, in->x, (size_t)in->n, w.data, in->n, in->T, r0, r1, accumulate);
 }
 
