@@ -2,7 +2,7 @@
 
    After karpathy/llama2.c's run.c, top to bottom: model (state, transformer), thread pool,
    forward pass (f32 matvec, Q8_0 kernels, matmul dispatch), batched forward pass (the prompt's
-   matrix-matrix kernels), tokenizer, sampler, generation, command line. The model files (v0, v1, GGUF with F32 or Q8_0 matrices, and tokenizer.bin) are
+   matrix-matrix kernels), tokenizer, sampler, generation, command line. The model files (v0, v1, GGUF with F32, F16, BF16 or Q8_0 matrices, and tokenizer.bin) are
    read and validated in formats.c. The behaviour is defined by docs/port-contract.md and the
    numpy reference core in orchestrator/reference/.
 
@@ -13,7 +13,9 @@
    attention heads, with the matmuls that share an input fused into one dispatch, so a token
    costs five synchronisations a layer. GGUF Q8_0 matrices (8-bit blocks) run as llama.cpp runs
    them, with integer SIMD: the activation quantized to int8 once per dispatch, exact int32
-   block dot products (AVX2 maddubs or AVX-512/AVX VNNI dpbusd; NEON sdot or smull). The prompt
+   block dot products (AVX2 maddubs or AVX-512/AVX VNNI dpbusd; NEON sdot or smull). F16 and
+   BF16 matrices are read 2 bytes a weight and converted in registers (F16C/AVX-512 vcvtph2ps,
+   NEON fcvtl; BF16 by a shift) into the f32 kernels' FMAs. The prompt
    (contract 2's prefill) runs in batches of positions through register-tiled matrix-matrix
    kernels, each weight read once per batch instead of once per position. */
 #define _DEFAULT_SOURCE
