@@ -19,6 +19,7 @@ from orchestrator.formats.gguf_file import tensor_plan, write_gguf_streamed
 from orchestrator.formats.half import HalfTensor
 from orchestrator.models.synth import random_model, random_vocab
 from orchestrator.ports.discover import discover, tool_env
+from orchestrator.ports.validate import REFEREE_RTOL
 from orchestrator.process import execute
 from orchestrator.reference import Sampler, Tokenizer, Transformer, generate, logits_for
 
@@ -222,10 +223,12 @@ def test_unknown_keys_are_ignored(tmp_path, files):
 def test_port_computes_with_the_files_keys_and_types(port, files, tmp_path):
     _built(port)
     if port.reads("gguf-f16") and port.reads("gguf-bf16"):
+        # a peer (llama.cpp) rounds its activations to 16 bits: validate's referee tolerance
+        tol = REFEREE_RTOL["gguf-bf16"] if port.manifest.role == "peer" else RTOL
         ref = logits_for(Transformer(read_model(files["mixed"])), IDS)
         for flags in (["-b", "1"], ["-b", "3", "-j", "2"]):
             got = _port_logits(port, files["mixed"], IDS, tmp_path, *flags)
-            assert _close(got, ref) <= RTOL, f"mixed F32/F16/BF16 file at {flags}: {_close(got, ref):.2e}"
+            assert _close(got, ref) <= tol, f"mixed F32/F16/BF16 file at {flags}: {_close(got, ref):.2e}"
     ref = logits_for(Transformer(read_model(files["keyed"])), IDS)
     got = _port_logits(port, files["keyed"], IDS, tmp_path, "-b", "3")
     assert _close(got, ref) <= RTOL, f"theta 500000, eps 1e-6: {_close(got, ref):.2e}"

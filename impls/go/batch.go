@@ -28,8 +28,9 @@ type BatchState struct {
 	logits           []float32   // (rows, vocab), logits mode only
 	qa               q8Batch     // room for the rows quantized, for Q8_0 products
 	wpack            [][]byte    // per worker: weight rows interleaved for the VNNI tile
-	vt               []float32   // (kv_dim, seq_len): the layer's values transposed, for attention
-	attS             [][]float32 // per worker: a tile's scores (rows, seq_len) and outputs (rows, head_size)
+	wide             [][]float32 // per worker: a block of 16-bit weight rows widened to float32
+	vt               []float32   // (kv_dim, kvRows): the layer's values transposed, for attention
+	attS             [][]float32 // per worker: a tile's scores (rows, kvRows) and outputs (rows, head_size)
 	free             func()
 }
 
@@ -44,7 +45,8 @@ type q8Batch struct {
 
 // buildBatchState sizes every buffer for rows positions from header values already checked;
 // the sizes are computed in 64-bit and a mapping the system refuses is a runtime error (exit 1).
-func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, error) {
+// kvRows is the KV cache's positions (RunState.kvRows), the longest a row can attend over.
+func buildBatchState(c *Config, rows, workers, kvRows int, allLogits bool) (BatchState, error) {
 	r, dim, hid := int64(rows), int64(c.Dim), int64(c.HiddenDim)
 	maxD := dim
 	if hid > maxD {
@@ -53,7 +55,7 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	// float32 counts of each buffer, each rounded up to 64 bytes so every row block is aligned
 	packedRow := int64(q8Groups(int(maxD/q8Block))) * q8GroupX
 	sizes := []int64{r * dim, r * dim, r * dim, r * dim, r * hid, r * hid, r * int64(c.headSize()/2), r * int64(c.headSize()/2), 0,
-		(r*maxD + 3) / 4, r * maxD / q8Block, r * packedRow / 4, int64(c.kvDim()) * int64(c.SeqLen)}
+		(r*maxD + 3) / 4, r * maxD / q8Block, r * packedRow / 4, int64(c.kvDim()) * int64(kvRows)}
 	if allLogits {
 		sizes[8] = r * int64(c.VocabSize)
 	}
@@ -91,6 +93,7 @@ func buildBatchState(c *Config, rows, workers int, allLogits bool) (BatchState, 
 	}
 	b.vt = take(12)
 	b.wpack = make([][]byte, workers)
+	b.wide = make([][]float32, workers)
 	b.attS = make([][]float32, workers)
 	return b, nil
 }
@@ -110,7 +113,7 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 	for l := 0; l < c.NLayers; l++ {
 		// attention: every row's k and v go into the cache before any row attends
 		t.rmsnormRows(xb, x, w.rmsAtt[l], dim)
-		loff := l * c.SeqLen * kvDim
+		loff := l * s.kvRows * kvDim
 		kc := s.keyCache[loff+p0*kvDim : loff+(p0+T)*kvDim]
 		vc := s.valueCache[loff+p0*kvDim : loff+(p0+T)*kvDim]
 		t.gemmShared(xb, T, [][]float32{q, kc, vc}, []*Matrix{&w.wq[l], &w.wk[l], &w.wv[l]})
@@ -131,7 +134,7 @@ func (t *Transformer) forwardBatch(tokens []int, p0 int, want int) []float32 {
 	switch want {
 	case logitsLast:
 		last := x[(T-1)*dim : T*dim]
-		rmsnorm(s.x, last, w.rmsFinal)
+		rmsnorm(s.x, last, w.rmsFinal, c.NormEps)
 		t.matmul(s.logits, s.x, &w.wcls)
 		return s.logits
 	case logitsAll:
@@ -152,7 +155,7 @@ func (t *Transformer) rows(T int, fn func(lo, hi int)) {
 func (t *Transformer) rmsnormRows(o, x, weight []float32, dim int) {
 	t.rows(len(x)/dim, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			rmsnorm(o[r*dim:(r+1)*dim], x[r*dim:(r+1)*dim], weight)
+			rmsnorm(o[r*dim:(r+1)*dim], x[r*dim:(r+1)*dim], weight, t.config.NormEps)
 		}
 	})
 }
@@ -172,7 +175,7 @@ func (t *Transformer) ropeBatchTables(p0, T int) {
 	b, hs := &t.batch, t.config.headSize()
 	half := hs / 2
 	for i := 0; i < half; i++ {
-		freq := float32(1 / math.Pow(10000, float64(float32(2*i)/float32(hs))))
+		freq := ropeFreq(t.config.RopeTheta, i, hs)
 		for r := 0; r < T; r++ {
 			val := float32(p0+r) * freq
 			b.ropeCos[r*half+i] = float32(math.Cos(float64(val)))
@@ -211,7 +214,7 @@ func (t *Transformer) ropeBatch(q, k []float32, T int) {
 // are split across the workers. Fewer rows than a tile go one (row, head) pair at a time.
 func (t *Transformer) attentionBatch(loff, p0, T int) {
 	c, s, b := &t.config, &t.state, &t.batch
-	dim, hs, kvDim, nh, seq := c.Dim, c.headSize(), c.kvDim(), c.NHeads, c.SeqLen
+	dim, hs, kvDim, nh, seq := c.Dim, c.headSize(), c.kvDim(), c.NHeads, s.kvRows
 	kvMul := c.NHeads / c.NKVHeads
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	tileC := f32TileRows(hs)
@@ -295,7 +298,7 @@ func (t *Transformer) attentionPairs(loff, p0, T int) {
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	t.pool.run(T*nh, 1, func(worker, lo, hi int) {
 		if s.att[worker] == nil {
-			s.att[worker] = make([]float32, c.SeqLen)
+			s.att[worker] = make([]float32, s.kvRows)
 		}
 		for p := lo; p < hi; p++ {
 			r, h := p/nh, p%nh
@@ -353,10 +356,13 @@ func (t *Transformer) gemmShared(x []float32, T int, outs [][]float32, ws []*Mat
 				bnd = n
 			}
 			if a < bnd {
-				if ws[m].isQ8() {
-					q8Gemm(o, n, qa, T, ws[m].q8, a, bnd, &t.batch.wpack[worker])
-				} else {
-					f32Gemm(o, n, x, T, d, ws[m].f32, a, bnd)
+				switch w := ws[m]; {
+				case w.isQ8():
+					q8Gemm(o, n, qa, T, w.q8, a, bnd, &t.batch.wpack[worker])
+				case w.is16():
+					h16Gemm(o, n, x, T, d, w.h16, w.bf16, a, bnd, &t.batch.wide[worker])
+				default:
+					f32Gemm(o, n, x, T, d, w.f32, a, bnd)
 				}
 			}
 			base += n

@@ -89,7 +89,7 @@ func TestBatchedLogitsStories260K(t *testing.T) {
 // (exit 1), not a crash: 65536 rows of a 2^20-token vocabulary's logits are 256 GiB.
 func TestBatchScratchRefused(t *testing.T) {
 	c := &Config{Dim: 64, HiddenDim: 172, NLayers: 1, NHeads: 8, NKVHeads: 4, VocabSize: 1 << 20, SeqLen: 65536}
-	b, err := buildBatchState(c, 65536, 1, true)
+	b, err := buildBatchState(c, 65536, 1, c.SeqLen, true)
 	if err == nil {
 		b.free()
 		t.Skip("this system maps 256 GiB (overcommit); the refusal cannot be provoked here")
@@ -107,7 +107,7 @@ func TestBatchStateTinyShapes(t *testing.T) {
 		{Dim: 6, HiddenDim: 3, NLayers: 2, NHeads: 1, NKVHeads: 1, VocabSize: 512, SeqLen: 16},
 	} {
 		for _, rows := range []int{1, c.SeqLen} {
-			b, err := buildBatchState(&c, rows, 2, true)
+			b, err := buildBatchState(&c, rows, 2, c.SeqLen, true)
 			if err != nil {
 				t.Fatalf("%+v, %d rows: %v", c, rows, err)
 			}

@@ -89,6 +89,20 @@ func floatsAt(data []byte, off, n int64) []float32 {
 	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), n)
 }
 
+// halvesAt views n 16-bit values of data at byte offset off, or copies them where the offset is
+// odd (possible with general.alignment 1).
+func halvesAt(data []byte, off, n int64) []uint16 {
+	b := data[off : off+2*n]
+	if uintptr(unsafe.Pointer(&b[0]))%2 != 0 {
+		out := make([]uint16, n)
+		for i := range out {
+			out[i] = binary.LittleEndian.Uint16(b[2*i:])
+		}
+		return out
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), n)
+}
+
 // readCheckpoint sniffs the format from the first bytes and reads the model.
 func readCheckpoint(path string) (*Transformer, error) {
 	f, size, err := openRegular(path)
@@ -142,7 +156,7 @@ func readHeader(path string, head []byte) (llama2cHeader, error) {
 	for i := range v {
 		v[i] = int(int32(binary.LittleEndian.Uint32(fields[4*i:])))
 	}
-	h.config = Config{v[0], v[1], v[2], v[3], v[4], v[5], v[6], false}
+	h.config = Config{Dim: v[0], HiddenDim: v[1], NLayers: v[2], NHeads: v[3], NKVHeads: v[4], VocabSize: v[5], SeqLen: v[6]}.withDefaults()
 	if h.version == 1 {
 		h.config.Shared = head[36] == 1
 	} else {

@@ -16,7 +16,7 @@ func (t *Transformer) forward(token, pos int) []float32 {
 		t.attention(l, pos)
 		t.feedForward(l)
 	}
-	rmsnorm(x, x, w.rmsFinal)
+	rmsnorm(x, x, w.rmsFinal, c.NormEps)
 	t.matmul(s.logits, x, &w.wcls)
 	return s.logits
 }
@@ -26,11 +26,16 @@ func (t *Transformer) forward(token, pos int) []float32 {
 func (t *Transformer) ropeTables(pos int) {
 	s, hs := &t.state, t.config.headSize()
 	for i := 0; i < hs/2; i++ {
-		freq := float32(1 / math.Pow(10000, float64(float32(2*i)/float32(hs))))
+		freq := ropeFreq(t.config.RopeTheta, i, hs)
 		val := float32(pos) * freq
 		s.ropeCos[i] = float32(math.Cos(float64(val)))
 		s.ropeSin[i] = float32(math.Sin(float64(val)))
 	}
+}
+
+// ropeFreq is the frequency of pair i of a head of hs values: 1 / theta^(2i / hs).
+func ropeFreq(theta float32, i, hs int) float32 {
+	return float32(1 / math.Pow(float64(theta), float64(float32(2*i)/float32(hs))))
 }
 
 // attention is layer l's attention branch, added to the residual stream x.
@@ -38,10 +43,10 @@ func (t *Transformer) attention(l, pos int) {
 	c, w, s := &t.config, &t.weights, &t.state
 	kvDim := c.kvDim()
 	x := s.x
-	rmsnorm(s.xb, x, w.rmsAtt[l])
+	rmsnorm(s.xb, x, w.rmsAtt[l], c.NormEps)
 
 	// k and v are written straight into the cache row of this position
-	loff := l * c.SeqLen * kvDim
+	loff := l * s.kvRows * kvDim
 	k := s.keyCache[loff+pos*kvDim : loff+(pos+1)*kvDim]
 	v := s.valueCache[loff+pos*kvDim : loff+(pos+1)*kvDim]
 	t.matmulShared(s.xb, [][]float32{s.q, k, v}, []*Matrix{&w.wq[l], &w.wk[l], &w.wv[l]})
@@ -83,7 +88,7 @@ func (t *Transformer) attentionHeads(loff, pos int) {
 	values := s.valueCache[loff : loff+(pos+1)*kvDim] // (pos + 1, kv_dim)
 	t.pool.run(c.NHeads, 1, func(worker, lo, hi int) {
 		if s.att[worker] == nil {
-			s.att[worker] = make([]float32, c.SeqLen)
+			s.att[worker] = make([]float32, s.kvRows)
 		}
 		att := s.att[worker][:pos+1]
 		for h := lo; h < hi; h++ {
@@ -109,9 +114,9 @@ func (t *Transformer) attentionHeads(loff, pos int) {
 
 // feedForward is layer l's SwiGLU branch, w2(silu(w1(x)) * w3(x)), added to x.
 func (t *Transformer) feedForward(l int) {
-	w, s := &t.weights, &t.state
+	c, w, s := &t.config, &t.weights, &t.state
 	x := s.x
-	rmsnorm(s.xb, x, w.rmsFFN[l])
+	rmsnorm(s.xb, x, w.rmsFFN[l], c.NormEps)
 	t.matmulShared(s.xb, [][]float32{s.hb, s.hb2}, []*Matrix{&w.w1[l], &w.w3[l]})
 	for i, g := range s.hb {
 		s.hb[i] = g / (1 + float32(math.Exp(float64(-g)))) * s.hb2[i]

@@ -42,6 +42,10 @@ func FuzzParseGGUF(f *testing.F) {
 	bad := tinyQ8GGUF()
 	bad.tensor("blk.0.ffn_down.weight").typ = ggmlQ8_0
 	f.Add(bad.bytes())
+	// contract 3: F16 and BF16 matrices (token_embd F32 in one), and the model's keys set
+	f.Add(tiny16GGUF(ggmlF16, ggmlF32).bytes())
+	f.Add(tiny16GGUF(ggmlBF16, ggmlBF16).setKV("llama.rope.freq_base", ggufF32, lef32(500000)).
+		setKV("tokenizer.ggml.bos_token_id", ggufU32, le32(1)).setKV("llama.rope.scaling.type", ggufString, gstr("none")).bytes())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if m, err := parseGGUF("fuzz.gguf", data); err == nil && m == nil {
 			t.Fatal("no model and no error")

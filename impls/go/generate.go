@@ -83,7 +83,7 @@ func generate(t *Transformer, tok *Tokenizer, smp *Sampler, prompt []byte, steps
 				first = time.Now()
 			}
 		}
-		if next == tokBOS && !ignoreBOS {
+		if next == tok.bos && !ignoreBOS {
 			break // BOS delimits sequences
 		}
 		if piece := safePiece(tok.decode(token, next)); len(piece) > 0 {

@@ -1,4 +1,4 @@
-// The GGUF reader (F32 and Q8_0 tensors): llama.cpp's "llama" architecture names, the tokenizer embedded.
+// The GGUF reader (F32, F16, BF16 and Q8_0 tensors): llama.cpp's "llama" architecture names, the tokenizer embedded.
 //
 // A hostile file must not turn into a crash or a huge allocation, so every count, length and
 // offset is checked against the bytes that are really there before it is used.
@@ -310,7 +310,25 @@ func (g *ggufCursor) tensorInfos(n uint64) ([]ggufTensor, map[string]int, error)
 // ----------------------------------------------------------------------------
 // The model: config from the keys, weights from the tensor table, the embedded tokenizer
 
+// readGGUF checks the file in a plain mapping first when the loader would read it into memory
+// (the huge-page copy): a GGUF's size is only known once its tables are read, and a bad file of
+// many GB (a sparse one, a huge offset) must be refused without reading it all. The tables are
+// then parsed again over the loaded bytes, which the weights point into.
 func readGGUF(path string, f *os.File, size int64) (*Transformer, error) {
+	if loadCopies() {
+		if size <= 0 || uint64(size) > uint64(math.MaxInt) {
+			return nil, fileError(path, "cannot map a file of %d bytes", size)
+		}
+		data, unmap, err := mapWhole(path, f, size)
+		if err != nil {
+			return nil, err
+		}
+		_, err = parseGGUF(path, data)
+		unmap()
+		if err != nil {
+			return nil, err
+		}
+	}
 	data, unmap, err := mapChecked(path, f, size)
 	if err != nil {
 		return nil, err
@@ -391,7 +409,7 @@ func ggufConfig(path string, kv map[string]ggufValue, shared bool) (Config, erro
 	if _, numeric := ggufScalarSize[scores.etype]; !ok || scores.typ != ggufArray || !numeric || scores.count != tokens.count {
 		return Config{}, fileError(path, "tokenizer.ggml.scores missing or not one per token")
 	}
-	c := Config{VocabSize: int(tokens.count), Shared: shared}
+	c := Config{VocabSize: int(tokens.count), Shared: shared}.withDefaults()
 	var err error
 	if c.NHeads, err = ggufInt(path, kv, "llama.attention.head_count", 0); err != nil {
 		return c, err
@@ -409,7 +427,107 @@ func ggufConfig(path string, kv map[string]ggufValue, shared bool) (Config, erro
 			return c, err
 		}
 	}
-	return c, c.validate(path)
+	if err := c.validate(path); err != nil {
+		return c, err
+	}
+	return ggufModelKeys(path, kv, c.withDefaults())
+}
+
+// ggufModelKeys reads the hyperparameters llama.cpp takes from the file (contract 3), each with
+// its default when absent, and refuses what this architecture does not compute: a partial
+// rotation, a RoPE scaling, a mixture of experts. c's shape is already validated.
+func ggufModelKeys(path string, kv map[string]ggufValue, c Config) (Config, error) {
+	theta, err := ggufFloat(path, kv, "llama.rope.freq_base", defaultRopeTheta)
+	if err != nil {
+		return c, err
+	}
+	if !(theta > 1) {
+		return c, fileError(path, "llama.rope.freq_base=%g must be finite and above 1", theta)
+	}
+	eps, err := ggufFloat(path, kv, "llama.attention.layer_norm_rms_epsilon", defaultNormEps)
+	if err != nil {
+		return c, err
+	}
+	if !(eps > 0 && eps < 1) {
+		return c, fileError(path, "llama.attention.layer_norm_rms_epsilon=%g must be above 0 and below 1", eps)
+	}
+	c.RopeTheta, c.NormEps = float32(theta), float32(eps)
+	rot, err := ggufIntKey(path, kv, "llama.rope.dimension_count", int64(c.headSize()))
+	if err != nil {
+		return c, err
+	}
+	if rot != int64(c.headSize()) {
+		return c, fileError(path, "llama.rope.dimension_count=%d differs from head_size=%d (partial rotation is not this architecture)", rot, c.headSize())
+	}
+	for _, id := range []struct {
+		key string
+		dst *int
+		def int64
+	}{{"tokenizer.ggml.bos_token_id", &c.BOS, tokBOS}, {"tokenizer.ggml.eos_token_id", &c.EOS, tokEOS}} {
+		v, err := ggufIntKey(path, kv, id.key, id.def)
+		if err != nil {
+			return c, err
+		}
+		if v < 0 || v >= int64(c.VocabSize) {
+			return c, fileError(path, "%s=%d is outside the vocabulary [0, %d)", id.key, v, c.VocabSize)
+		}
+		*id.dst = int(v)
+	}
+	if v, ok := kv["llama.rope.scaling.type"]; ok {
+		if v.typ != ggufString {
+			return c, fileError(path, "key llama.rope.scaling.type must be a string")
+		}
+		if string(v.str) != "none" {
+			return c, fileError(path, "llama.rope.scaling.type=%s: RoPE scaling is not supported", oneLine(string(v.str)))
+		}
+	}
+	experts, err := ggufIntKey(path, kv, "llama.expert_count", 0)
+	if err != nil {
+		return c, err
+	}
+	if experts > 0 {
+		return c, fileError(path, "llama.expert_count=%d: a mixture of experts is not supported", experts)
+	}
+	return c, nil
+}
+
+// ggufFloat reads a float key of any numeric type (float or integer), def when absent.
+func ggufFloat(path string, kv map[string]ggufValue, key string, def float64) (float64, error) {
+	v, ok := kv[key]
+	if !ok {
+		return def, nil
+	}
+	if !v.isInt() && v.typ != ggufF32 && v.typ != ggufF64 {
+		return 0, fileError(path, "key %s must be a number", key)
+	}
+	x := scalarAt(v.typ, v.raw, 0)
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return 0, fileError(path, "key %s=%g must be finite", key, x)
+	}
+	return x, nil
+}
+
+// ggufIntKey reads an integer key of any integer type without clamping, def when absent; a
+// value beyond int64 (a huge u64) reads as the largest int64, out of every range.
+func ggufIntKey(path string, kv map[string]ggufValue, key string, def int64) (int64, error) {
+	v, ok := kv[key]
+	if !ok {
+		return def, nil
+	}
+	if !v.isInt() {
+		return 0, fileError(path, "key %s must be an integer", key)
+	}
+	switch v.typ {
+	case ggufU64:
+		u := binary.LittleEndian.Uint64(v.raw)
+		if u > math.MaxInt64 {
+			return math.MaxInt64, nil
+		}
+		return int64(u), nil
+	case ggufI64:
+		return int64(binary.LittleEndian.Uint64(v.raw)), nil
+	}
+	return int64(scalarAt(v.typ, v.raw, 0)), nil
 }
 
 // ggufTable turns the tensor infos into weights: each tensor found by name, checked for type,
@@ -488,32 +606,38 @@ func (t *ggufTable) tensor(name string, n int) ([]float32, error) {
 	return floatsAt(t.data, off, int64(n)), nil
 }
 
-// matrix returns the named (rows, cols) matrix, F32 or Q8_0; a Q8_0 one stays its blocks.
+// matrix returns the named (rows, cols) matrix, F32, F16, BF16 or Q8_0; a Q8_0 one stays its
+// blocks, a 16-bit one its halves.
 func (t *ggufTable) matrix(name string, rows, cols int) (Matrix, error) {
 	info, off, err := t.find(name, rows, cols)
 	if err != nil {
 		return Matrix{}, err
 	}
-	if info.typ == ggmlQ8_0 {
+	switch info.typ {
+	case ggmlQ8_0:
 		end := off + int64(tensorBytes(info))
 		return Matrix{q8: t.data[off:end:end]}, nil
+	case ggmlF16, ggmlBF16:
+		return Matrix{h16: halvesAt(t.data, off, int64(rows)*int64(cols)), bf16: info.typ == ggmlBF16}, nil
 	}
 	return Matrix{f32: floatsAt(t.data, off, int64(rows)*int64(cols))}, nil
 }
 
-// find checks the named tensor of shape (rows, cols) or (n): its type (Q8_0 only for a matrix
-// whose rows are whole blocks), shape, alignment and extent, and returns its byte offset.
+// find checks the named tensor of shape (rows, cols) or (n): its type (F16, BF16 and Q8_0 only
+// for a matrix, Q8_0 only with rows of whole blocks), shape, alignment and extent, all in
+// 64-bit, and returns its byte offset.
 func (t *ggufTable) find(name string, shape ...int) (*ggufTensor, int64, error) {
 	i, ok := t.index[name]
 	if !ok {
 		return nil, 0, fileError(t.path, "missing tensor %s", name)
 	}
 	info := &t.infos[i]
+	typeName := map[uint32]string{ggmlF16: "F16", ggmlQ8_0: "Q8_0", ggmlBF16: "BF16"}[info.typ]
 	switch {
-	case info.typ == ggmlQ8_0 && len(shape) != 2:
-		return nil, 0, fileError(t.path, "tensor %s has type 8 (Q8_0); a norm must be F32 (0)", name)
-	case info.typ != ggmlF32 && info.typ != ggmlQ8_0:
-		return nil, 0, fileError(t.path, "tensor %s has type %d; only F32 (0) and Q8_0 (8) are supported", name, info.typ)
+	case info.typ != ggmlF32 && info.typ != ggmlQ8_0 && info.typ != ggmlF16 && info.typ != ggmlBF16:
+		return nil, 0, fileError(t.path, "tensor %s has type %d; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported", name, info.typ)
+	case info.typ != ggmlF32 && len(shape) != 2:
+		return nil, 0, fileError(t.path, "tensor %s has type %d (%s); a norm must be F32 (0)", name, info.typ, typeName)
 	}
 	if !sameShape(info.dims, shape) {
 		want := make([]int, len(shape))
@@ -537,10 +661,13 @@ func (t *ggufTable) find(name string, shape ...int) (*ggufTensor, int64, error) 
 }
 
 // tensorBytes is the size of a tensor whose type and shape are checked (so nothing overflows):
-// 4 bytes a value for F32, 34 bytes a block of 32 for Q8_0.
+// 4 bytes a value for F32, 2 for F16 and BF16, 34 bytes a block of 32 for Q8_0.
 func tensorBytes(info *ggufTensor) uint64 {
-	if info.typ == ggmlQ8_0 {
+	switch info.typ {
+	case ggmlQ8_0:
 		return elements(info.dims) / q8Block * q8BlockBytes
+	case ggmlF16, ggmlBF16:
+		return 2 * elements(info.dims)
 	}
 	return 4 * elements(info.dims)
 }

@@ -12,6 +12,9 @@ import (
 	"syscall"
 )
 
+// loadCopies says whether loadFile reads the file into memory rather than mapping it.
+func loadCopies() bool { return os.Getenv("POLYLLAMA_HUGEPAGES") != "0" }
+
 // loadFile reads the whole checkpoint into anonymous memory marked for transparent huge pages.
 // Where THP is in "madvise" mode (Debian's default) a file mapping stays in 4 KiB pages, and a
 // forward pass over hundreds of MB of weights then misses the TLB on nearly every page; 2 MiB
@@ -19,7 +22,7 @@ import (
 // region (not mapped and copied), so the process holds one copy. POLYLLAMA_HUGEPAGES=0 keeps
 // the plain file mapping, for before/after runs.
 func loadFile(path string, f *os.File, size int64) ([]byte, func(), error) {
-	if os.Getenv("POLYLLAMA_HUGEPAGES") == "0" {
+	if !loadCopies() {
 		return mapWhole(path, f, size)
 	}
 	data, err := syscall.Mmap(-1, 0, int(size),

@@ -7,6 +7,9 @@ package main
 
 import "os"
 
+// loadCopies: off Linux the file is always mapped.
+func loadCopies() bool { return false }
+
 // loadFile maps the checkpoint.
 func loadFile(path string, f *os.File, size int64) ([]byte, func(), error) {
 	return mapWhole(path, f, size)

@@ -6,13 +6,14 @@ package main
 
 import "math"
 
-func rmsnorm(o, x, weight []float32) {
+// rmsnorm: o = weight * x / sqrt(mean(x^2) + eps), eps the model's (1e-5 unless a GGUF says).
+func rmsnorm(o, x, weight []float32, eps float32) {
 	var ss float32
 	for _, v := range x {
 		ss += v * v
 	}
 	ss /= float32(len(x))
-	ss += 1e-5
+	ss += eps
 	ss = 1 / float32(math.Sqrt(float64(ss)))
 	weight = weight[:len(x)]
 	o = o[:len(x)]
@@ -99,37 +100,52 @@ func matmulRowsGo(out, x, w []float32, lo, hi int) {
 	}
 }
 
-// rows computes rows lo..hi of out = m @ x; a is x quantized when m is Q8_0.
-func (m *Matrix) rows(out, x []float32, a *q8Vec, lo, hi int) {
-	if m.isQ8() {
-		q8Rows(out, m.q8, a, lo, hi)
-	} else {
-		matmulRows(out, x, m.f32, lo, hi)
+// activation is the input of a group of products in every form its matrices need: as computed
+// (F32, and F16 and BF16, whose weights are widened and meet the float32 activation), and
+// quantized once for all the Q8_0 ones.
+type activation struct {
+	x  []float32
+	q8 *q8Vec
+}
+
+// rows computes rows lo..hi of out = m @ x, x in the form m needs.
+func (m *Matrix) rows(out []float32, a *activation, lo, hi int) {
+	switch {
+	case m.isQ8():
+		q8Rows(out, m.q8, a.q8, lo, hi)
+	case m.is16():
+		h16Rows(out, a.x, m.h16, m.bf16, lo, hi)
+	default:
+		matmulRows(out, a.x, m.f32, lo, hi)
 	}
 }
 
-// quantizeFor quantizes x once for all the Q8_0 matrices among ws (nil when there are none),
-// before the workers start: every product of the group reads the same blocks.
-func (t *Transformer) quantizeFor(x []float32, ws ...*Matrix) *q8Vec {
+// prepare makes x ready for the matrices ws before the workers start: quantized once for all
+// the Q8_0 ones, so every product of the group reads the same blocks.
+func (t *Transformer) prepare(x []float32, ws ...*Matrix) *activation {
+	s := &t.state
+	a := &s.act
+	*a = activation{x: x}
 	for _, w := range ws {
 		if w.isQ8() {
-			t.state.qx.quantize(&t.state.qbuf, x)
-			return &t.state.qx
+			s.qx.quantize(&s.qbuf, x)
+			a.q8 = &s.qx
+			break
 		}
 	}
-	return nil
+	return a
 }
 
 // matmul is out = W @ x with W (len(out), len(x)), split across the pool.
 func (t *Transformer) matmul(out, x []float32, w *Matrix) {
-	a := t.quantizeFor(x, w)
-	t.pool.run(len(out), 4, func(_, lo, hi int) { w.rows(out, x, a, lo, hi) })
+	a := t.prepare(x, w)
+	t.pool.run(len(out), 4, func(_, lo, hi int) { w.rows(out, a, lo, hi) })
 }
 
 // matmulShared computes several matmuls that share their input in one pass over the pool (q, k,
 // v; then w1, w3), so the workers synchronise once instead of per matrix.
 func (t *Transformer) matmulShared(x []float32, outs [][]float32, ws []*Matrix) {
-	q := t.quantizeFor(x, ws...)
+	a := t.prepare(x, ws...)
 	total := 0
 	for _, o := range outs {
 		total += len(o)
@@ -137,15 +153,15 @@ func (t *Transformer) matmulShared(x []float32, outs [][]float32, ws []*Matrix) 
 	t.pool.run(total, 4, func(_, lo, hi int) {
 		base := 0
 		for m, o := range outs {
-			a, b := lo-base, hi-base
-			if a < 0 {
-				a = 0
+			a0, b := lo-base, hi-base
+			if a0 < 0 {
+				a0 = 0
 			}
 			if b > len(o) {
 				b = len(o)
 			}
-			if a < b {
-				ws[m].rows(o, x, q, a, b)
+			if a0 < b {
+				ws[m].rows(o, a, a0, b)
 			}
 			base += len(o)
 		}

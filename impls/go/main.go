@@ -34,11 +34,31 @@ func run(argv []string) error {
 	}
 	tok, err := loadTokenizer(args, t)
 	if err != nil {
+		t.free()
 		return err
 	}
-	t.state = buildRunState(&t.config, args.threads)
+	// the KV cache holds the positions this run can reach, checked before it is allocated
+	steps := clampSteps(args.steps, t.config.SeqLen)
+	kvRows := steps
+	if args.mode == "logits" {
+		n := len(args.ids)
+		ok := n >= 1 && n <= t.config.SeqLen
+		for _, id := range args.ids {
+			ok = ok && id >= 0 && id < t.config.VocabSize
+		}
+		if !ok {
+			t.free()
+			return usageError("-k needs 1..%d ids in [0, %d)", t.config.SeqLen, t.config.VocabSize)
+		}
+		kvRows = n
+	}
+	if err := t.config.checkKVCache(args.checkpoint, kvRows); err != nil {
+		t.free()
+		return err
+	}
+	t.state = buildRunState(&t.config, args.threads, kvRows)
 	batch := clampBatch(args.batch, t.config.SeqLen)
-	if t.batch, err = buildBatchState(&t.config, batch, args.threads, args.mode == "logits"); err != nil {
+	if t.batch, err = buildBatchState(&t.config, batch, args.threads, kvRows, args.mode == "logits"); err != nil {
 		t.free()
 		return err
 	}
@@ -48,14 +68,6 @@ func run(argv []string) error {
 
 	var st runStats
 	if args.mode == "logits" {
-		n := len(args.ids)
-		ok := n >= 1 && n <= t.config.SeqLen
-		for _, id := range args.ids {
-			ok = ok && id >= 0 && id < t.config.VocabSize
-		}
-		if !ok {
-			return usageError("-k needs 1..%d ids in [0, %d)", t.config.SeqLen, t.config.VocabSize)
-		}
 		if st, err = logitsRun(t, args.ids, args.output); err != nil {
 			return err
 		}
@@ -66,7 +78,7 @@ func run(argv []string) error {
 		}
 		smp := buildSampler(t.config.VocabSize, args.temperature, args.topp, seed)
 		out := os.Stdout // unbuffered: each piece is written at once, as run.c's fflush
-		if st, err = generate(t, tok, smp, args.prompt, clampSteps(args.steps, t.config.SeqLen), args.ignoreBOS, out); err != nil {
+		if st, err = generate(t, tok, smp, args.prompt, steps, args.ignoreBOS, out); err != nil {
 			return err
 		}
 		if _, err := out.Write([]byte("\n")); err != nil {
@@ -81,7 +93,7 @@ func run(argv []string) error {
 // is read, before any prompt.
 func loadTokenizer(args *Args, t *Transformer) (*Tokenizer, error) {
 	if t.vocab != nil {
-		return buildTokenizer(args.checkpoint, t.vocab), nil
+		return buildTokenizer(args.checkpoint, t.vocab).withIDs(&t.config), nil
 	}
 	if args.tokenizer == "" {
 		return nil, usageError("-z tokenizer is required for a .bin checkpoint")
@@ -90,7 +102,7 @@ func loadTokenizer(args *Args, t *Transformer) (*Tokenizer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return buildTokenizer(args.tokenizer, vocab), nil
+	return buildTokenizer(args.tokenizer, vocab).withIDs(&t.config), nil
 }
 
 func main() {

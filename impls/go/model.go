@@ -27,6 +27,22 @@ type Config struct {
 	VocabSize int // always positive here; sharing is its own flag
 	SeqLen    int // maximum sequence length
 	Shared    bool
+	// contract 3: from a GGUF file's keys, llama2.c's values for a .bin (withDefaults)
+	RopeTheta float32 // RoPE base
+	NormEps   float32 // rmsnorm's epsilon
+	BOS, EOS  int     // the tokenizer's BOS and EOS ids
+}
+
+// Defaults of the keys a .bin file has no room for, and of a GGUF file that omits them.
+const (
+	defaultRopeTheta = 10000
+	defaultNormEps   = 1e-5
+)
+
+// withDefaults sets llama2.c's RoPE base, epsilon and BOS/EOS ids.
+func (c Config) withDefaults() Config {
+	c.RopeTheta, c.NormEps, c.BOS, c.EOS = defaultRopeTheta, defaultNormEps, tokBOS, tokEOS
+	return c
 }
 
 func (c *Config) headSize() int { return c.Dim / c.NHeads }
@@ -68,10 +84,20 @@ func (c *Config) validate(path string) error {
 	if c.NKVHeads > c.NHeads || c.NHeads%c.NKVHeads != 0 {
 		return fileError(path, "n_heads=%d is not a multiple of n_kv_heads=%d", c.NHeads, c.NKVHeads)
 	}
-	if kv := int64(c.NLayers) * int64(c.SeqLen) * int64(c.kvDim()) * 2 * 4; kv > maxKVBytes {
-		return fileError(path, "KV cache of %d bytes exceeds the 4 GiB limit", kv)
+	return nil
+}
+
+// checkKVCache applies the contract's limit to the cache of a run that reaches rows positions
+// (steps after clamping, or the logits mode's ids), before anything is allocated for it.
+func (c *Config) checkKVCache(path string, rows int) error {
+	if kv := c.kvCacheBytes(rows); kv > maxKVBytes {
+		return fileError(path, "KV cache of %d bytes for %d positions exceeds the 4 GiB limit", kv, rows)
 	}
 	return nil
+}
+
+func (c *Config) kvCacheBytes(rows int) int64 {
+	return int64(c.NLayers) * int64(rows) * int64(c.kvDim()) * 2 * 4
 }
 
 // weightFloats counts the float32s of every tensor a forward pass reads (no RoPE tables).
@@ -112,12 +138,14 @@ type RunState struct {
 	q          []float32   // (dim) query
 	att        [][]float32 // (workers, seq_len) attention scores, one row per worker
 	logits     []float32   // (vocab) output
-	keyCache   []float32   // (layer, seq_len, kv_dim)
-	valueCache []float32   // (layer, seq_len, kv_dim)
+	keyCache   []float32   // (layer, kvRows, kv_dim)
+	valueCache []float32   // (layer, kvRows, kv_dim)
+	kvRows     int         // positions the cache holds: what the run can reach, not seq_len
 	ropeCos    []float32   // (head_size / 2) rotation of the current position
 	ropeSin    []float32   // (head_size / 2)
 	qbuf       q8Vec       // (max(dim, hidden_dim)) room for a quantized activation
 	qx         q8Vec       // the activation of the current Q8_0 products, in qbuf
+	act        activation  // the current group's input in every form (prepare)
 }
 
 type Transformer struct {
@@ -130,9 +158,11 @@ type Transformer struct {
 	unmap   func()
 }
 
-func buildRunState(c *Config, workers int) RunState {
-	kvDim, seq := c.kvDim(), c.SeqLen
-	s := RunState{
+// buildRunState allocates the activations and a KV cache of kvRows positions per layer
+// (checked by checkKVCache).
+func buildRunState(c *Config, workers, kvRows int) RunState {
+	kvDim, seq := c.kvDim(), kvRows
+	s := RunState{kvRows: kvRows,
 		x: make([]float32, c.Dim), xb: make([]float32, c.Dim), xb2: make([]float32, c.Dim),
 		hb: make([]float32, c.HiddenDim), hb2: make([]float32, c.HiddenDim), q: make([]float32, c.Dim),
 		logits:     make([]float32, c.VocabSize),

@@ -17,16 +17,25 @@ const (
 // Matrix is a (rows, cols) weight matrix inside the loaded file, stored either way: rows are
 // len(out) of the product that uses it.
 type Matrix struct {
-	f32 []float32 // rows * cols floats, for an F32 tensor
-	q8  []byte    // rows * cols/32 blocks of q8BlockBytes, for a Q8_0 tensor
+	f32  []float32 // rows * cols floats, for an F32 tensor
+	q8   []byte    // rows * cols/32 blocks of q8BlockBytes, for a Q8_0 tensor
+	h16  []uint16  // rows * cols halves, for an F16 or BF16 tensor (h16.go)
+	bf16 bool      // h16 holds BF16 values, not F16
 }
 
-func (m *Matrix) isQ8() bool { return m.q8 != nil }
+func (m *Matrix) isQ8() bool   { return m.q8 != nil }
+func (m *Matrix) is16() bool   { return m.h16 != nil }
+func (m *Matrix) isF16() bool  { return m.h16 != nil && !m.bf16 }
+func (m *Matrix) isBF16() bool { return m.h16 != nil && m.bf16 }
 
 // row writes row r of a matrix of n columns into dst (n): a copy, or the Q8_0 row dequantized,
 // fp32(d) * q, which is exact.
 func (m *Matrix) row(dst []float32, r int) {
 	n := len(dst)
+	if m.is16() {
+		widen16Rows(dst, m.h16[r*n:(r+1)*n], m.bf16)
+		return
+	}
 	if !m.isQ8() {
 		copy(dst, m.f32[r*n:(r+1)*n])
 		return

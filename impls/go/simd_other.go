@@ -36,3 +36,11 @@ func swigluAVX512(h *float32, u *float32, n int) { panic("no SIMD kernels on thi
 func expSumAVX512(x *float32, n int, m float32) float32 {
 	panic("no SIMD kernels on this architecture")
 }
+
+func h16RowsSIMD(out, x []float32, w []uint16, bf16 bool, lo, hi int) {
+	panic("no SIMD kernels on this architecture")
+}
+
+func widen16SIMD(dst []float32, src []uint16, bf16 bool) {
+	panic("no SIMD kernels on this architecture")
+}

@@ -74,13 +74,13 @@ type bytesWriter []byte
 
 func (b *bytesWriter) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
 
-// prepareRun gives a loaded model its run state, a batch of batch rows (clamped to seq_len)
-// and a pool of workers, as main does.
+// prepareRun gives a loaded model its run state (a KV cache for the whole context, so that any
+// run fits), a batch of batch rows (clamped to seq_len) and a pool of workers, as main does.
 func prepareRun(t *testing.T, tr *Transformer, workers, batch int, allLogits bool) {
 	t.Helper()
-	tr.state = buildRunState(&tr.config, workers)
+	tr.state = buildRunState(&tr.config, workers, tr.config.SeqLen)
 	var err error
-	if tr.batch, err = buildBatchState(&tr.config, clampBatch(int64(batch), tr.config.SeqLen), workers, allLogits); err != nil {
+	if tr.batch, err = buildBatchState(&tr.config, clampBatch(int64(batch), tr.config.SeqLen), workers, tr.config.SeqLen, allLogits); err != nil {
 		t.Fatal(err)
 	}
 	tr.pool = newPool(workers)

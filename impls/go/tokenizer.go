@@ -26,6 +26,8 @@ type Tokenizer struct {
 	path   string // the file it came from, for error messages
 	vocab  *Vocab
 	lookup map[string]int // piece -> lowest id spelling it
+	bos    int            // BOS and EOS ids: 1 and 2, or a GGUF file's (withIDs)
+	eos    int
 }
 
 // readVocab reads tokenizer.bin, which must hold exactly the model's vocabulary.
@@ -101,12 +103,18 @@ func (v *Vocab) check(path string) error {
 }
 
 func buildTokenizer(path string, v *Vocab) *Tokenizer {
-	t := &Tokenizer{path: oneLine(path), vocab: v, lookup: make(map[string]int, len(v.pieces))}
+	t := &Tokenizer{path: oneLine(path), vocab: v, lookup: make(map[string]int, len(v.pieces)), bos: tokBOS, eos: tokEOS}
 	for i, p := range v.pieces {
 		if _, dup := t.lookup[string(p)]; !dup { // a duplicated piece keeps its lower id
 			t.lookup[string(p)] = i
 		}
 	}
+	return t
+}
+
+// withIDs takes the model's BOS and EOS ids (a GGUF file may name others than 1 and 2).
+func (t *Tokenizer) withIDs(c *Config) *Tokenizer {
+	t.bos, t.eos = c.BOS, c.EOS
 	return t
 }
 
@@ -116,7 +124,7 @@ func buildTokenizer(path string, v *Vocab) *Tokenizer {
 func (t *Tokenizer) encode(text []byte, bos, eos bool) ([]int, error) {
 	tokens := make([]int, 0, len(text)+3)
 	if bos {
-		tokens = append(tokens, tokBOS)
+		tokens = append(tokens, t.bos)
 	}
 	if len(text) > 0 {
 		tokens = append(tokens, t.lookup[" "]) // the dummy prefix: Vocab.check made sure it is there
@@ -157,7 +165,7 @@ func (t *Tokenizer) encode(text []byte, bos, eos bool) ([]int, error) {
 		tokens = append(tokens[:bestIdx+1], tokens[bestIdx+2:]...)
 	}
 	if eos {
-		tokens = append(tokens, tokEOS)
+		tokens = append(tokens, t.eos)
 	}
 	return tokens, nil
 }
@@ -173,7 +181,7 @@ func (t *Tokenizer) piece(id int) []byte {
 
 func (t *Tokenizer) decode(prev, token int) []byte {
 	piece := t.piece(token)
-	if prev == tokBOS && len(piece) > 0 && piece[0] == ' ' {
+	if prev == t.bos && len(piece) > 0 && piece[0] == ' ' {
 		piece = piece[1:] // the dummy prefix after BOS is not printed
 	}
 	if b, ok := rawByte(piece); ok {

@@ -45,6 +45,7 @@ class Resolved:
     origin: str  # "real", "synthetic" or "unverified" (right name, wrong checksum)
     tokenizer_origin: str | None
     config: Config
+    gguf: bool = False  # a GGUF-only shape: `path` is one of its typed files (Store.find_typed)
 
 
 def _config(m: dict) -> Config:
@@ -152,7 +153,7 @@ class Store:
         if tok is None:
             raise PolyllamaError(f"tokenizer {entry.tokenizer} for {name} not found; "
                                  f"run `invoke models.fetch {name}` or `invoke models.synth {name}`")
-        return Resolved(name, path, tok, origin, tok_origin, entry.config)
+        return Resolved(name, path, tok, origin, tok_origin, entry.config, entry.gguf)
 
     def listing(self) -> list[dict]:
         rows = []

@@ -121,14 +121,15 @@ def synthesize_tokenizer(store: Store, name: str, seed: int = DEFAULT_SEED, out_
     return path
 
 
-def ensure(store: Store, name: str, seed: int = DEFAULT_SEED) -> Resolved:
+def ensure(store: Store, name: str, seed: int = DEFAULT_SEED, types=("f16",)) -> Resolved:
     """The model resolved, after synthesising its file or tokenizer where neither a real nor a
-    synthetic one is on the search path (for a GGUF-only shape, its F16 file when it has none)."""
-    if store.find_model(name)[0] is None:
-        if store.entry(name).gguf:
-            synthesize_gguf(store, name, "f16", seed)
-        else:
-            synthesize_model(store, name, seed)
+    synthetic one is on the search path; for a GGUF-only shape, its file of each of `types` (the
+    weight types a suite reads: a 7B shape is 7 GB in Q8_0 and 13 GB in F16, so only those)."""
+    if store.entry(name).gguf:
+        for t in types:
+            ensure_typed(store, name, t, seed)
+    elif store.find_model(name)[0] is None:
+        synthesize_model(store, name, seed)
     tokenizer = store.entry(name).tokenizer
     if store.find_tokenizer(tokenizer)[0] is None:
         synthesize_tokenizer(store, tokenizer, seed)

@@ -86,26 +86,35 @@ inline void check_tensor(std::span<const float> t, std::uint64_t n, const llama2
     (void)sink;
 }
 
-// one matrix of (rows, cols): F32 as check_tensor, Q8_0 as exactly its whole blocks inside the file
+// one matrix of (rows, cols): F32 as check_tensor; Q8_0 as exactly its whole blocks, F16 and
+// BF16 as exactly 2 bytes a value, inside the file
 inline void check_matrix(const llama2::Matrix& m, std::uint64_t rows, std::uint64_t cols, const llama2::MappedFile& file,
                          const char* what) {
-    if (!m.quantized()) {
+    if (m.type == llama2::WType::f32) {
+        check(m.q8.empty() && m.h16.empty(), "an F32 matrix also has other bytes");
         check_tensor(m.f32, rows * cols, file, what);
         return;
     }
-    check(m.f32.empty(), "a matrix is both F32 and Q8_0");
-    check(cols % llama2::Q8_BLOCK == 0, "a Q8_0 matrix whose rows are not whole blocks was accepted");
-    const std::uint64_t n = rows * (cols / llama2::Q8_BLOCK) * llama2::Q8_BLOCK_BYTES;
+    check(m.f32.empty(), "a matrix is both F32 and another type");
+    std::span<const std::uint8_t> bytes = m.quantized() ? m.q8 : m.h16;
+    std::uint64_t n = rows * cols * 2;
+    if (m.quantized()) {
+        check(m.h16.empty(), "a matrix is both Q8_0 and 16-bit");
+        check(cols % llama2::Q8_BLOCK == 0, "a Q8_0 matrix whose rows are not whole blocks was accepted");
+        n = rows * (cols / llama2::Q8_BLOCK) * llama2::Q8_BLOCK_BYTES;
+    } else {
+        check(m.half() && m.q8.empty(), "a 16-bit matrix is also Q8_0");
+    }
     auto b = file.bytes();
-    auto base = reinterpret_cast<std::uintptr_t>(b.data()), p = reinterpret_cast<std::uintptr_t>(m.q8.data());
-    if (m.q8.size() != n || p < base || p - base > b.size() || m.q8.size() > b.size() - (p - base)) {
-        std::fprintf(stderr, "fuzz: Q8_0 tensor %s (%zu bytes, %llu expected) is not inside the %zu-byte file\n", what,
-                     m.q8.size(), static_cast<unsigned long long>(n), b.size());
+    auto base = reinterpret_cast<std::uintptr_t>(b.data()), p = reinterpret_cast<std::uintptr_t>(bytes.data());
+    if (bytes.size() != n || p < base || p - base > b.size() || bytes.size() > b.size() - (p - base)) {
+        std::fprintf(stderr, "fuzz: tensor %s (%zu bytes, %llu expected) is not inside the %zu-byte file\n", what,
+                     bytes.size(), static_cast<unsigned long long>(n), b.size());
         std::abort();
     }
     volatile unsigned sink = 0;
     unsigned s = 0;
-    for (std::uint8_t x : m.q8) s += x;
+    for (std::uint8_t x : bytes) s += x;
     sink = s;
     (void)sink;
 }

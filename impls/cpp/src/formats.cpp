@@ -1,5 +1,6 @@
 // polyllama C++ port: the model files. llama2.c checkpoints (v0, v1), GGUF (v2/v3; norms F32,
-// matrices F32 or Q8_0) and tokenizer.bin.
+// matrices F32, F16, BF16 or Q8_0; the model's RoPE base, norm epsilon and BOS/EOS ids from its
+// keys) and tokenizer.bin.
 //
 // Sections, top to bottom: file access (the file's bytes in memory, a bounded reader), config,
 // the llama2.c header (one path for v0 and v1) and tensor layouts, the GGUF reader (preamble, kv
@@ -174,8 +175,8 @@ std::int64_t Config::weight_count() const {
     return v * d + L * per_layer + d + (shared_classifier ? 0 : v * d);
 }
 
-std::int64_t Config::kv_cache_bytes() const {
-    return std::int64_t{n_layers} * seq_len * kv_dim() * 2 * 4;
+std::int64_t Config::kv_cache_bytes(std::int64_t rows) const {
+    return std::int64_t{n_layers} * rows * kv_dim() * 2 * 4;
 }
 
 std::string Config::describe() const {
@@ -207,12 +208,18 @@ Config RawConfig::validate(const std::string& path) const {
     if (n_kv_heads > n_heads || n_heads % n_kv_heads)
         throw FormatError(path, "n_heads=" + std::to_string(n_heads) + " is not a multiple of n_kv_heads=" +
                                     std::to_string(n_kv_heads));
-    Config c{static_cast<int>(dim),     static_cast<int>(hidden_dim), static_cast<int>(n_layers),
-             static_cast<int>(n_heads), static_cast<int>(n_kv_heads), static_cast<int>(vocab_size),
-             static_cast<int>(seq_len), shared_classifier};
-    if (c.kv_cache_bytes() > limits::kv_bytes)
-        throw FormatError(path, "KV cache of " + std::to_string(c.kv_cache_bytes()) + " bytes exceeds the 4 GiB limit");
-    return c;
+    // the KV cache's 4 GiB limit applies to the positions a run asks for (check_kv_cache), not
+    // to the whole context
+    return Config{static_cast<int>(dim),     static_cast<int>(hidden_dim), static_cast<int>(n_layers),
+                  static_cast<int>(n_heads), static_cast<int>(n_kv_heads), static_cast<int>(vocab_size),
+                  static_cast<int>(seq_len), shared_classifier};
+}
+
+void check_kv_cache(const Config& c, std::int64_t rows, const std::string& path) {
+    const std::int64_t bytes = c.kv_cache_bytes(rows);
+    if (bytes > limits::kv_bytes)
+        throw FormatError(path, "KV cache of " + std::to_string(bytes) + " bytes for " + std::to_string(rows) +
+                                    " positions exceeds the 4 GiB limit");
 }
 
 
@@ -336,7 +343,8 @@ static Model read_llama2c(std::unique_ptr<MappedFile> file, bool v1) {
 }
 
 // ----------------------------------------------------------------------------
-// GGUF (v2, v3; F32 tensors, or Q8_0 matrices; llama.cpp's `llama` names; tokenizer embedded)
+// GGUF (v2, v3; F32 tensors, or F16, BF16, Q8_0 matrices; llama.cpp's `llama` names and keys;
+// tokenizer embedded)
 
 namespace gguf {
 
@@ -551,6 +559,65 @@ static const Value& tokens_of(const Header& h, const std::string& path) {
     return tokens->second;
 }
 
+// The keys that change the arithmetic or the tokens (contract 3), with llama.cpp's defaults
+// when absent; a key of the wrong kind or out of its range names itself. A file that asks for
+// what this architecture does not compute (RoPE scaling, experts) is refused rather than run
+// wrongly.
+static void read_hyperparameters(const Header& h, Config& c, const std::string& path) {
+    auto find = [&](std::string_view key) -> const Value* {
+        auto it = h.kv.find(key);
+        return it == h.kv.end() ? nullptr : &it->second;
+    };
+    // floats: any numeric type (bool is not a number); the value as float32, as it is used
+    auto float_key = [&](std::string_view key, float fallback, auto in_range, const char* range) {
+        const Value* v = find(key);
+        if (!v) return fallback;
+        if (!scalar_size(v->type) || v->type == BOOL)
+            throw FormatError(path, "key " + std::string(key) + " must be a number");
+        const double d = v->scalar.number;
+        const auto f = static_cast<float>(d);
+        if (!std::isfinite(d) || !std::isfinite(f) || !in_range(d) || !in_range(static_cast<double>(f))) {
+            char text[64];
+            std::snprintf(text, sizeof text, "%.9g", d);
+            throw FormatError(path, "key " + std::string(key) + "=" + text + " is out of range (" + range + ")");
+        }
+        return f;
+    };
+    // integers: any integer type
+    auto int_key = [&](std::string_view key) -> std::optional<std::int64_t> {
+        const Value* v = find(key);
+        if (!v) return std::nullopt;
+        if (!scalar_size(v->type) || !v->scalar.integral || v->type == BOOL)
+            throw FormatError(path, "key " + std::string(key) + " must be an integer");
+        return v->scalar.integer;
+    };
+    c.rope_theta = float_key("llama.rope.freq_base", 10000.0f, [](double x) { return x > 1.0; }, "finite, > 1");
+    c.norm_eps = float_key("llama.attention.layer_norm_rms_epsilon", 1e-5f,
+                           [](double x) { return x > 0.0 && x < 1.0; }, "finite, > 0 and < 1");
+    if (auto rot = int_key("llama.rope.dimension_count"); rot && *rot != c.head_size())
+        throw FormatError(path, "key llama.rope.dimension_count=" + std::to_string(*rot) + " is not head_size=" +
+                                    std::to_string(c.head_size()) + " (partial rotation is not supported)");
+    auto token_key = [&](std::string_view key, int fallback) {
+        auto id = int_key(key);
+        if (!id) return fallback;
+        if (*id < 0 || *id >= c.vocab_size)
+            throw FormatError(path, "key " + std::string(key) + "=" + std::to_string(*id) + " is outside the vocabulary [0, " +
+                                        std::to_string(c.vocab_size) + ")");
+        return static_cast<int>(*id);
+    };
+    c.bos_id = token_key("tokenizer.ggml.bos_token_id", BOS);
+    c.eos_id = token_key("tokenizer.ggml.eos_token_id", EOS);
+    if (const Value* v = find("llama.rope.scaling.type")) {
+        if (v->type != STRING) throw FormatError(path, "key llama.rope.scaling.type must be a string");
+        if (v->text != "none")
+            throw FormatError(path, "key llama.rope.scaling.type='" + shown(v->text) +
+                                        "': RoPE scaling is not supported (only 'none')");
+    }
+    if (auto experts = int_key("llama.expert_count"); experts && *experts > 0)
+        throw FormatError(path, "key llama.expert_count=" + std::to_string(*experts) +
+                                    ": mixture-of-experts models are not supported");
+}
+
 static Config config_of(const Header& h, const std::string& path) {
     const Value& tokens = tokens_of(h, path);
     auto scores = h.kv.find("tokenizer.ggml.scores");
@@ -574,24 +641,29 @@ static Config config_of(const Header& h, const std::string& path) {
                   static_cast<std::int64_t>(tokens.count),
                   int_key("llama.context_length"),
                   !h.tensors.contains("output.weight")};
-    return raw.validate(path);
+    Config c = raw.validate(path);
+    read_hyperparameters(h, c, path);
+    return c;
 }
 
 // The tensor `name` of shape (rows, cols) or (cols), aligned and inside the file; marked as the
-// model's. F32, or for a matrix Q8_0 as well when its rows are whole 32-value blocks, as
-// llama.cpp's converter writes them (norms, and stories260K's ffn_down with rows of 172, stay
-// F32). GGUF lists dims innermost first: a (rows, cols) matrix has dims [cols, rows].
+// model's. F32, or for a matrix F16, BF16 or Q8_0 as well (Q8_0 when its rows are whole 32-value
+// blocks), as llama.cpp's converter writes them (norms, and stories260K's ffn_down with rows of
+// 172 in a Q8_0 file, stay F32). GGUF lists dims innermost first: a (rows, cols) matrix has dims
+// [cols, rows]. Sizes and offsets are 64-bit throughout.
 static Matrix matrix(const Header& h, const MappedFile& file, const std::string& name,
                      std::initializer_list<std::int64_t> shape) {
     const std::string& path = file.path();
     auto it = h.tensors.find(name);
     if (it == h.tensors.end()) throw FormatError(path, "missing tensor " + name);
     const TensorInfo& t = it->second;
-    if (t.type != GGML_F32 && t.type != GGML_Q8_0)
+    if (t.type != GGML_F32 && t.type != GGML_Q8_0 && t.type != GGML_F16 && t.type != GGML_BF16)
         throw FormatError(path, "tensor " + name + " has type " + std::to_string(t.type) +
-                                    "; only F32 (0) and Q8_0 (8) are supported");
-    const bool q8 = t.type == GGML_Q8_0;
-    if (q8 && shape.size() == 1) throw FormatError(path, "tensor " + name + " is Q8_0; only matrices may be, norms are F32");
+                                    "; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported");
+    const bool q8 = t.type == GGML_Q8_0, half = t.type == GGML_F16 || t.type == GGML_BF16;
+    const char* type_name = q8 ? "Q8_0" : t.type == GGML_F16 ? "F16" : "BF16";
+    if ((q8 || half) && shape.size() == 1)
+        throw FormatError(path, "tensor " + name + " is " + type_name + "; only matrices may be, norms are F32");
     auto same = [](std::uint64_t a, std::int64_t b) { return a == static_cast<std::uint64_t>(b); };
     if (t.dims.size() != shape.size() || !std::equal(t.dims.rbegin(), t.dims.rend(), shape.begin(), same))
         throw FormatError(path, "tensor " + name + " does not have the expected shape");
@@ -604,18 +676,19 @@ static Matrix matrix(const Header& h, const MappedFile& file, const std::string&
                                     ", not a multiple of general.alignment=" + std::to_string(h.alignment));
     std::uint64_t n = 1;
     for (auto s : shape) n *= static_cast<std::uint64_t>(s);  // < 2^40: the config is validated
-    const std::uint64_t nbytes = q8 ? n / Q8_BLOCK * Q8_BLOCK_BYTES : 4 * n;
+    const std::uint64_t nbytes = q8 ? n / Q8_BLOCK * Q8_BLOCK_BYTES : half ? 2 * n : 4 * n;
     std::uint64_t size = file.bytes().size(), start = h.data_start;
-    if ((!q8 && t.offset % 4) || start > size || t.offset > size - start || nbytes > size - start - t.offset)
+    if ((t.type == GGML_F32 && t.offset % 4) || start > size || t.offset > size - start || nbytes > size - start - t.offset)
         throw FormatError(path, "tensor " + name + " lies outside the file");
     t.used = true;
     t.nbytes = nbytes;
     const std::uint8_t* p = file.bytes().data() + start + t.offset;
     if (q8) return Matrix::q8_0({p, nbytes});
+    if (half) return Matrix::half(t.type == GGML_F16 ? WType::f16 : WType::bf16, {p, nbytes});
     return std::span<const float>(reinterpret_cast<const float*>(p), n);
 }
 
-// a norm: F32 only (matrix() refuses Q8_0 for a vector)
+// a norm: F32 only (matrix() refuses the other types for a vector)
 static std::span<const float> f32_vector(const Header& h, const MappedFile& file, const std::string& name,
                                          std::int64_t n) {
     return matrix(h, file, name, {n}).f32;
@@ -713,9 +786,13 @@ static Model read_gguf(std::unique_ptr<MappedFile> file) {
     Config c = gguf::config_of(header, file->path());
     TransformerWeights weights = gguf::weights_of(header, c, *file);
     gguf::check_tensor_table(header, c, file->path());
-    bool q8 = std::any_of(header.tensors.begin(), header.tensors.end(),
-                          [](const auto& t) { return t.second.type == GGML_Q8_0; });
-    Model m{c, nullptr, std::move(weights), gguf::vocab_of(header, file->path()), q8 ? "gguf-q8_0" : "gguf"};
+    auto any = [&](std::uint32_t type) {
+        return std::any_of(header.tensors.begin(), header.tensors.end(), [type](const auto& t) { return t.second.type == type; });
+    };
+    std::string format;
+    for (auto [type, name] : {std::pair{GGML_Q8_0, "gguf-q8_0"}, {GGML_F16, "gguf-f16"}, {GGML_BF16, "gguf-bf16"}})
+        if (any(type)) format += (format.empty() ? "" : "+") + std::string(name);
+    Model m{c, nullptr, std::move(weights), gguf::vocab_of(header, file->path()), format.empty() ? "gguf" : format};
     m.file = std::move(file);
     return m;
 }

@@ -18,6 +18,8 @@ struct RawConfig {
     Config validate(const std::string& path) const;
 };
 
+// The KV cache for `rows` positions within the 4 GiB limit, else a FormatError naming path.
+void check_kv_cache(const Config& c, std::int64_t rows, const std::string& path);
 // A checkpoint of any format (v0, v1 or GGUF, sniffed from its first bytes).
 Model read_model(const std::string& path);
 // tokenizer.bin, which must hold exactly vocab_size tokens.

@@ -76,11 +76,18 @@ struct Config {
     int vocab_size = 0;  // always positive; sharing is its own flag
     int seq_len = 0;     // maximum sequence length
     bool shared_classifier = true;
+    // GGUF's own hyperparameters (llama.cpp's defaults, which are llama2.c's constants, for .bin
+    // files and for keys a GGUF leaves out)
+    float rope_theta = 10000.0f;  // llama.rope.freq_base
+    float norm_eps = 1e-5f;       // llama.attention.layer_norm_rms_epsilon
+    int bos_id = 1;               // tokenizer.ggml.bos_token_id
+    int eos_id = 2;               // tokenizer.ggml.eos_token_id
 
     int head_size() const { return dim / n_heads; }
     int kv_dim() const { return n_kv_heads * head_size(); }
     std::int64_t weight_count() const;  // floats in all tensors (no legacy RoPE tables)
-    std::int64_t kv_cache_bytes() const;
+    // the KV cache for `rows` positions (both caches, all layers)
+    std::int64_t kv_cache_bytes(std::int64_t rows) const;
     std::string describe() const;
 };
 
@@ -89,23 +96,39 @@ struct Config {
 // aligned, so the scales are read byte-wise.
 inline constexpr int Q8_BLOCK = 32;
 inline constexpr int Q8_BLOCK_BYTES = 34;
-inline constexpr std::uint32_t GGML_F32 = 0, GGML_Q8_0 = 8;
+inline constexpr std::uint32_t GGML_F32 = 0, GGML_F16 = 1, GGML_Q8_0 = 8, GGML_BF16 = 30;
 
-// A weight matrix as the file stores it, row-major: float32 rows, or Q8_0 blocks (GGUF only,
-// where each matrix has its own type).
+// How a matrix's values are stored.
+enum class WType : std::uint8_t { f32, q8_0, f16, bf16 };
+
+// A weight matrix as the file stores it, row-major: float32 rows, Q8_0 blocks, or 16-bit values
+// (F16 or BF16, 2 bytes each, little-endian; GGUF only, where each matrix has its own type).
 struct Matrix {
     Matrix() = default;
     Matrix(std::span<const float> rows) : f32(rows) {}  // a float tensor is a matrix: implicit
     static Matrix q8_0(std::span<const std::uint8_t> blocks) {
         Matrix m;
+        m.type = WType::q8_0;
         m.q8 = blocks;
         return m;
     }
-    bool quantized() const { return !q8.empty(); }
-    const void* data() const { return quantized() ? static_cast<const void*>(q8.data()) : f32.data(); }
+    // F16 or BF16 values; their bytes need no alignment (they are read with unaligned loads)
+    static Matrix half(WType type, std::span<const std::uint8_t> values) {
+        Matrix m;
+        m.type = type;
+        m.h16 = values;
+        return m;
+    }
+    bool quantized() const { return type == WType::q8_0; }
+    bool half() const { return type == WType::f16 || type == WType::bf16; }
+    const void* data() const {
+        return quantized() ? static_cast<const void*>(q8.data()) : half() ? static_cast<const void*>(h16.data()) : f32.data();
+    }
 
-    std::span<const float> f32;        // (rows * cols) floats, or empty
-    std::span<const std::uint8_t> q8;  // (rows * cols / 32 * 34) bytes, or empty
+    WType type = WType::f32;
+    std::span<const float> f32;         // (rows * cols) floats, or empty
+    std::span<const std::uint8_t> q8;   // (rows * cols / 32 * 34) bytes, or empty
+    std::span<const std::uint8_t> h16;  // (rows * cols * 2) bytes, or empty
 };
 
 struct LayerWeights {
@@ -139,7 +162,7 @@ struct Model {
     std::unique_ptr<MappedFile> file;
     TransformerWeights weights;
     std::optional<Vocab> vocab;  // GGUF embeds its tokenizer
-    std::string format;          // "v0", "v1", "gguf" or (any Q8_0 matrix) "gguf-q8_0"
+    std::string format;          // "v0", "v1", "gguf", or the tensor types it needs ("gguf-q8_0", "gguf-f16+gguf-bf16", ...)
 };
 
 // A fixed team of workers created once; the caller is worker 0, so a pool of 1 starts no
@@ -204,12 +227,13 @@ struct RunState {
     // rows: the most positions one forward_batch takes (min(batch, seq_len), checked by the
     // caller); logits_rows: rows of logits it keeps (rows in logits mode, else 0: the last row
     // uses `logits`); workers: the pool's size (attention scratch per worker)
-    RunState(const Config& c, int rows, int logits_rows, int workers);
+    // kv_rows: the positions the KV cache holds (the run's, at most seq_len)
+    RunState(const Config& c, int rows, int logits_rows, int workers, int kv_rows);
     std::vector<float> x;       // (dim) activation at the current position
     std::vector<float> xb;      // (dim) normed input / attention output
     std::vector<float> hb;      // (hidden_dim) feed-forward hidden state
     std::vector<float> q;       // (dim)
-    std::vector<float> att;     // (n_heads, seq_len) attention scores
+    std::vector<float> att;     // (n_heads, kv_rows) attention scores
     std::vector<float> logits;  // (vocab)
     // the input of the current Q8_0 matmuls, quantized: (max(dim, hidden_dim)) quants and
     // (max(dim, hidden_dim) / 32) scales
@@ -225,9 +249,9 @@ struct RunState {
     // each worker's repacked weight rows (workers, pack_stride); otherwise empty
     std::vector<std::uint8_t> bxu, bpack;
     std::vector<float> brope_cos, brope_sin;  // (rows, head_size / 2)
-    std::vector<float> batt;                // (workers, BATCH_TILE_ROWS, seq_len) attention scores
+    std::vector<float> batt;                // (workers, BATCH_TILE_ROWS, kv_rows) attention scores
     std::vector<float> blogits;             // (logits_rows, vocab)
-    // (layer, seq_len, kv_dim), calloc'ed so that untouched positions cost no memory
+    // (layer, kv_rows, kv_dim), calloc'ed so that untouched positions cost no memory
     std::unique_ptr<float[], void (*)(void*)> key_cache, value_cache;
 };
 
@@ -237,8 +261,9 @@ enum class Logits { none, last, all };
 class Transformer {
 public:
     // batch: the most positions forward_batch takes at once (clamped to seq_len);
-    // all_logits: forward_batch may be asked for every row's logits (logits mode)
-    Transformer(const Model& model, ThreadPool& pool, int batch = 512, bool all_logits = false);
+    // all_logits: forward_batch may be asked for every row's logits (logits mode);
+    // kv_rows: the positions the run reaches, which the KV cache holds (0: seq_len)
+    Transformer(const Model& model, ThreadPool& pool, int batch = 512, bool all_logits = false, int kv_rows = 0);
     // The logits after `token` at position `pos`: (vocab), valid until the next call.
     std::span<float> forward(int token, int pos);
     // Positions p0 .. p0 + tokens.size() - 1 at once (1 <= tokens.size() <= batch()), each row
@@ -247,6 +272,7 @@ public:
     std::span<float> forward_batch(std::span<const int> tokens, int p0, Logits want);
     const Config& config() const { return config_; }
     int batch() const { return batch_; }
+    int kv_rows() const { return kv_rows_; }
 
 private:
     // forward()'s steps (run.cpp)
@@ -267,6 +293,7 @@ private:
     const TransformerWeights& w_;
     ThreadPool& pool_;
     int batch_;
+    int kv_rows_;
     RunState s_;
     std::size_t pack_stride_ = 0;  // bytes of s_.bpack per worker
     std::uint8_t* pack(int worker) { return s_.bpack.empty() ? nullptr : s_.bpack.data() + worker * pack_stride_; }
@@ -280,7 +307,23 @@ private:
 namespace batched {
 void matmul_f32(const float* w, int n, int d, const float* x, int T, float* out);
 void matmul_q8(const std::uint8_t* w, int n, int d, const std::int8_t* xq, const float* xd, int T, float* out);
+// W as F16 or BF16 values (n * d * 2 bytes)
+void matmul_h16(WType type, const std::uint8_t* w, int n, int d, const float* x, int T, float* out);
 }  // namespace batched
+
+// ----------------------------------------------------------------------------
+// F16 and BF16 matrices (run.cpp; declared for the tests): each weight converted to float32
+// exactly (F16 as q8::fp16_to_fp32, BF16 as its bits shifted left 16), the input float32 as it
+// is (the contract's choice: llama.cpp rounds it to the weight's type, which no tolerance can
+// check), products and sum in float32:
+//   out[r] = sum_i float(w[r][i]) * x[i]
+namespace h16 {
+
+float bf16_to_fp32(std::uint16_t h);  // exact: the top 16 bits of a float, NaN and infinity included
+// one-position product rows [0, rows) of W (rows, n): out[r] = W[r] . x
+void matvec(WType type, const std::uint8_t* w, int rows, int n, const float* x, float* out);
+
+}  // namespace h16
 
 // ----------------------------------------------------------------------------
 // Q8_0 arithmetic, as llama.cpp's CPU backend does it (run.cpp; declared for the tests): the
@@ -303,12 +346,14 @@ float dot_row(const std::uint8_t* row, const std::int8_t* qx, const float* dx, i
 // ----------------------------------------------------------------------------
 // Tokenizer
 
-inline constexpr int BOS = 1;
+inline constexpr int BOS = 1;  // the defaults; a GGUF may name others (Config::bos_id, eos_id)
 inline constexpr int EOS = 2;
 
 class Tokenizer {
 public:
-    explicit Tokenizer(Vocab vocab);
+    explicit Tokenizer(Vocab vocab, int bos = BOS, int eos = EOS);
+    int bos() const { return bos_; }
+    int eos() const { return eos_; }
     std::vector<int> encode(std::string_view text, bool bos, bool eos) const;
     // The bytes that token prints after prev (run.c's decode).
     std::string_view decode(int prev, int token) const;
@@ -317,6 +362,7 @@ public:
 private:
     std::optional<int> lookup(std::string_view piece) const;
     Vocab vocab_;
+    int bos_, eos_;
     std::unordered_map<std::string_view, int> ids_;  // piece -> lowest id spelling it
     std::string byte_pieces_;                        // 256 single-byte strings for <0xHH>
 };

@@ -110,16 +110,16 @@ static std::unique_ptr<float[], void (*)(void*)> calloc_floats(std::int64_t n) {
 // header checks, but their products are not small
 static std::size_t cells(std::int64_t rows, std::int64_t width) { return static_cast<std::size_t>(rows * width); }
 
-RunState::RunState(const Config& c, int rows, int logits_rows, int workers)
-    : x(c.dim), xb(c.dim), hb(c.hidden_dim), q(c.dim), att(static_cast<std::size_t>(c.n_heads) * c.seq_len),
+RunState::RunState(const Config& c, int rows, int logits_rows, int workers, int kv_rows)
+    : x(c.dim), xb(c.dim), hb(c.hidden_dim), q(c.dim), att(static_cast<std::size_t>(c.n_heads) * kv_rows),
       logits(c.vocab_size), xq(std::max(c.dim, c.hidden_dim)), xd(std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1),
       rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2),
       bx(cells(rows, c.dim)), bxb(cells(rows, c.dim)), bq(cells(rows, c.dim)), bhb(cells(rows, c.hidden_dim)),
       bxq(cells(rows, std::max(c.dim, c.hidden_dim))), bxd(cells(rows, std::max(c.dim, c.hidden_dim) / Q8_BLOCK + 1)),
       brope_cos(cells(rows, c.head_size() / 2)), brope_sin(cells(rows, c.head_size() / 2)),
-      batt(cells(std::int64_t{workers} * BATCH_TILE_ROWS, c.seq_len)), blogits(cells(logits_rows, c.vocab_size)),
-      key_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())),
-      value_cache(calloc_floats(std::int64_t{c.n_layers} * c.seq_len * c.kv_dim())) {}
+      batt(cells(std::int64_t{workers} * BATCH_TILE_ROWS, kv_rows)), blogits(cells(logits_rows, c.vocab_size)),
+      key_cache(calloc_floats(std::int64_t{c.n_layers} * kv_rows * c.kv_dim())),
+      value_cache(calloc_floats(std::int64_t{c.n_layers} * kv_rows * c.kv_dim())) {}
 
 // ----------------------------------------------------------------------------
 // Forward pass: kernels
@@ -415,7 +415,205 @@ float dot_row(const std::uint8_t* row, const std::int8_t* qx, const float* dx, i
 
 }  // namespace q8
 
-// The matmul's input: x, and its Q8_0 blocks when one of the matrices that share it is Q8_0.
+// ----------------------------------------------------------------------------
+// Forward pass: F16 and BF16 kernels (llama2.hpp, namespace h16, says what they compute)
+//
+// A 16-bit matvec is bound by memory like the f32 one, with half the bytes a row: the weights
+// are converted to float32 in registers as they are loaded (F16: vcvtph2ps, AVX-512F or F16C,
+// NEON fcvtl; BF16: zero-extended and shifted left 16; both exact) and multiplied with the
+// float32 input, as in the f32 kernel. Nothing is converted ahead or kept: the file's 2 bytes a
+// value are all that is read.
+
+#if defined(__F16C__) || defined(__AVX512F__)
+#define POLYLLAMA_F16C 1
+#else
+#define POLYLLAMA_F16C 0
+#endif
+
+namespace h16 {
+
+float bf16_to_fp32(std::uint16_t h) { return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16); }
+
+// value i of a row of 16-bit values, at any alignment
+static inline std::uint16_t u16_at(const std::uint8_t* p, std::size_t i) {
+    std::uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    return v;
+}
+
+template <WType T>
+static inline float value_at(const std::uint8_t* p, std::size_t i) {
+    if constexpr (T == WType::f16) return q8::fp16_to_fp32(u16_at(p, i));
+    else return bf16_to_fp32(u16_at(p, i));
+}
+
+// whether this build converts type T in vector registers (F16 on x86 needs F16C or AVX-512F)
+#if POLYLLAMA_NEON
+template <WType>
+constexpr bool simd = true;
+#else
+template <WType T>
+constexpr bool simd = T == WType::bf16 || POLYLLAMA_F16C;
+#endif
+
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+template <WType T>
+static inline __m512 load16(const std::uint8_t* p) {
+    // the zero-masked forms (all lanes): GCC 12 warns that the plain ones' undefined pass-through
+    // operand is uninitialized
+    constexpr __mmask16 all = 0xffff;
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (T == WType::f16) return _mm512_maskz_cvtph_ps(all, v);
+    else return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, v), 16));
+}
+#endif
+#if POLYLLAMA_AVX2
+template <WType T>
+static inline __m256 load8(const std::uint8_t* p) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+#if POLYLLAMA_F16C
+    if constexpr (T == WType::f16) return _mm256_cvtph_ps(v);
+    else
+#endif
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+#elif POLYLLAMA_NEON
+template <WType T>
+static inline float32x4_t load4(const std::uint8_t* p) {
+    const uint16x4_t v = vreinterpret_u16_u8(vld1_u8(p));
+    if constexpr (T == WType::f16) return vcvt_f32_f16(vreinterpret_f16_u16(v));
+    else return vreinterpretq_f32_u32(vshll_n_u16(v, 16));
+}
+#endif
+
+// one row against x, n values: eight partial sums (vectorised where the conversion is plain
+// integer work, BF16; F16 goes through the bit formula on builds without a vector conversion)
+template <WType T>
+static inline float dot(const std::uint8_t* w, const float* x, int n) {
+    int j = 0;
+    float sum = 0.0f;
+#if POLYLLAMA_AVX2
+    if constexpr (simd<T>) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (; j + 16 <= n; j += 16) {
+            a0 = _mm256_fmadd_ps(load8<T>(w + 2 * j), _mm256_loadu_ps(x + j), a0);
+            a1 = _mm256_fmadd_ps(load8<T>(w + 2 * j + 16), _mm256_loadu_ps(x + j + 8), a1);
+        }
+        for (; j + 8 <= n; j += 8) a0 = _mm256_fmadd_ps(load8<T>(w + 2 * j), _mm256_loadu_ps(x + j), a0);
+        sum = hsum(_mm256_add_ps(a0, a1));
+    }
+#elif POLYLLAMA_NEON
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = vdupq_n_f32(0.0f);
+    for (; j + 8 <= n; j += 8) {
+        a0 = vfmaq_f32(a0, load4<T>(w + 2 * j), vld1q_f32(x + j));
+        a1 = vfmaq_f32(a1, load4<T>(w + 2 * j + 8), vld1q_f32(x + j + 4));
+    }
+    sum = vaddvq_f32(vaddq_f32(a0, a1));
+#else
+    float acc[8] = {};
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += value_at<T>(w, j + k) * x[j + k];
+    sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+#endif
+    for (; j < n; ++j) sum += value_at<T>(w, j) * x[j];
+    return sum;
+}
+
+// For rows [begin, end) of W (rows of n 16-bit values): store(i, W[i] . x).
+// Four rows at a time share each load of x and keep four weight streams in flight, as the f32
+// kernel does; with AVX-512 two accumulators a row keep the FMAs independent.
+template <WType T, class Store>
+static inline void matvec_rows(const std::uint8_t* w, const float* x, int n, int begin, int end, Store store) {
+    const std::size_t row_bytes = static_cast<std::size_t>(n) * 2;
+    int i = begin;
+#if POLYLLAMA_AVX2 && defined(__AVX512F__)
+    for (; i + 4 <= end; i += 4) {
+        const std::uint8_t* r0 = w + static_cast<std::size_t>(i) * row_bytes;
+        const std::uint8_t *r1 = r0 + row_bytes, *r2 = r1 + row_bytes, *r3 = r2 + row_bytes;
+        __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, y0 = z0, y1 = z0, y2 = z0, y3 = z0;
+        int j = 0;
+        for (; j + 32 <= n; j += 32) {
+            const __m512 xa = _mm512_loadu_ps(x + j), xb = _mm512_loadu_ps(x + j + 16);
+            z0 = _mm512_fmadd_ps(load16<T>(r0 + 2 * j), xa, z0);
+            z1 = _mm512_fmadd_ps(load16<T>(r1 + 2 * j), xa, z1);
+            z2 = _mm512_fmadd_ps(load16<T>(r2 + 2 * j), xa, z2);
+            z3 = _mm512_fmadd_ps(load16<T>(r3 + 2 * j), xa, z3);
+            y0 = _mm512_fmadd_ps(load16<T>(r0 + 2 * j + 32), xb, y0);
+            y1 = _mm512_fmadd_ps(load16<T>(r1 + 2 * j + 32), xb, y1);
+            y2 = _mm512_fmadd_ps(load16<T>(r2 + 2 * j + 32), xb, y2);
+            y3 = _mm512_fmadd_ps(load16<T>(r3 + 2 * j + 32), xb, y3);
+        }
+        for (; j + 16 <= n; j += 16) {
+            const __m512 xa = _mm512_loadu_ps(x + j);
+            z0 = _mm512_fmadd_ps(load16<T>(r0 + 2 * j), xa, z0);
+            z1 = _mm512_fmadd_ps(load16<T>(r1 + 2 * j), xa, z1);
+            z2 = _mm512_fmadd_ps(load16<T>(r2 + 2 * j), xa, z2);
+            z3 = _mm512_fmadd_ps(load16<T>(r3 + 2 * j), xa, z3);
+        }
+        float s0 = hsum(fold512(_mm512_add_ps(z0, y0))), s1 = hsum(fold512(_mm512_add_ps(z1, y1)));
+        float s2 = hsum(fold512(_mm512_add_ps(z2, y2))), s3 = hsum(fold512(_mm512_add_ps(z3, y3)));
+        for (; j < n; ++j) {
+            s0 += value_at<T>(r0, j) * x[j], s1 += value_at<T>(r1, j) * x[j];
+            s2 += value_at<T>(r2, j) * x[j], s3 += value_at<T>(r3, j) * x[j];
+        }
+        store(i, s0), store(i + 1, s1), store(i + 2, s2), store(i + 3, s3);
+    }
+#elif POLYLLAMA_AVX2
+    if constexpr (simd<T>) {
+        for (; i + 4 <= end; i += 4) {
+            const std::uint8_t* r0 = w + static_cast<std::size_t>(i) * row_bytes;
+            const std::uint8_t *r1 = r0 + row_bytes, *r2 = r1 + row_bytes, *r3 = r2 + row_bytes;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int j = 0;
+            for (; j + 8 <= n; j += 8) {
+                const __m256 xv = _mm256_loadu_ps(x + j);
+                a0 = _mm256_fmadd_ps(load8<T>(r0 + 2 * j), xv, a0);
+                a1 = _mm256_fmadd_ps(load8<T>(r1 + 2 * j), xv, a1);
+                a2 = _mm256_fmadd_ps(load8<T>(r2 + 2 * j), xv, a2);
+                a3 = _mm256_fmadd_ps(load8<T>(r3 + 2 * j), xv, a3);
+            }
+            float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+            for (; j < n; ++j) {
+                s0 += value_at<T>(r0, j) * x[j], s1 += value_at<T>(r1, j) * x[j];
+                s2 += value_at<T>(r2, j) * x[j], s3 += value_at<T>(r3, j) * x[j];
+            }
+            store(i, s0), store(i + 1, s1), store(i + 2, s2), store(i + 3, s3);
+        }
+    }
+#elif POLYLLAMA_NEON
+    for (; i + 4 <= end; i += 4) {
+        const std::uint8_t* r0 = w + static_cast<std::size_t>(i) * row_bytes;
+        const std::uint8_t *r1 = r0 + row_bytes, *r2 = r1 + row_bytes, *r3 = r2 + row_bytes;
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        int j = 0;
+        for (; j + 4 <= n; j += 4) {
+            const float32x4_t xv = vld1q_f32(x + j);
+            a0 = vfmaq_f32(a0, load4<T>(r0 + 2 * j), xv);
+            a1 = vfmaq_f32(a1, load4<T>(r1 + 2 * j), xv);
+            a2 = vfmaq_f32(a2, load4<T>(r2 + 2 * j), xv);
+            a3 = vfmaq_f32(a3, load4<T>(r3 + 2 * j), xv);
+        }
+        float s0 = vaddvq_f32(a0), s1 = vaddvq_f32(a1), s2 = vaddvq_f32(a2), s3 = vaddvq_f32(a3);
+        for (; j < n; ++j) {
+            s0 += value_at<T>(r0, j) * x[j], s1 += value_at<T>(r1, j) * x[j];
+            s2 += value_at<T>(r2, j) * x[j], s3 += value_at<T>(r3, j) * x[j];
+        }
+        store(i, s0), store(i + 1, s1), store(i + 2, s2), store(i + 3, s3);
+    }
+#endif
+    for (; i < end; ++i) store(i, dot<T>(w + static_cast<std::size_t>(i) * row_bytes, x, n));
+}
+
+void matvec(WType type, const std::uint8_t* w, int rows, int n, const float* x, float* out) {
+    auto put = [out](int i, float v) { out[i] = v; };
+    if (type == WType::f16) matvec_rows<WType::f16>(w, x, n, 0, rows, put);
+    else matvec_rows<WType::bf16>(w, x, n, 0, rows, put);
+}
+
+}  // namespace h16
+
+// The matmul's input: x, and its Q8_0 blocks when one of the matrices that share it is Q8_0
+// (F16 and BF16 matrices take x as it is).
 struct Input {
     const float* x;
     const std::int8_t* xq = nullptr;
@@ -444,10 +642,12 @@ static const int q8_prefetch_rows = [] {
 // For rows [begin, end) of W (d, n), by W's type: store(i, W[i] . x).
 template <class Store>
 static inline void matvec(const Matrix& w, const Input& in, int n, int begin, int end, Store store) {
-    if (!w.quantized()) {
+    if (w.type == WType::f32) {
         matvec_rows(w.f32.data(), in.x, n, begin, end, store);
         return;
     }
+    if (w.type == WType::f16) return h16::matvec_rows<WType::f16>(w.h16.data(), in.x, n, begin, end, store);
+    if (w.type == WType::bf16) return h16::matvec_rows<WType::bf16>(w.h16.data(), in.x, n, begin, end, store);
     const std::size_t row_bytes = static_cast<std::size_t>(n / Q8_BLOCK) * Q8_BLOCK_BYTES;
     for (int i = begin; i < end; ++i) {
         if (q8_prefetch_rows && i + q8_prefetch_rows < end) {
@@ -480,19 +680,32 @@ constexpr int MM_R = 4, MM_C = 4;  // NEON: 16 of 32 registers; portable: a dot 
 static_assert(MM_C <= BATCH_TILE_ROWS, "the attention scratch holds a tile's rows");
 
 // The tile (R <= MM_R weight rows from w with row stride ldw, C <= MM_C activation rows from x
-// with row stride ldx, each row d long) into out[r][c]. Not inlined: inlined into the product's loops, GCC keeps the rows'
-// addresses on the stack and reloads them in the inner loop; on its own it keeps all in registers.
-template <int R, int C>
-[[gnu::noinline]] static void mm_tile(const float* w, std::size_t ldw, const float* x, std::size_t ldx, int d,
+// with row stride ldx, each row d long) into out[r][c]. T is the weights' type: float32, or F16 /
+// BF16 converted to float32 as each vector is loaded (ldw then counts 16-bit values). Not inlined: inlined into the product's loops, GCC keeps
+// the rows' addresses on the stack and reloads them in the inner loop; on its own it keeps all
+// in registers.
+template <int R, int C, WType T = WType::f32>
+[[gnu::noinline]] static void mm_tile(const void* wp, std::size_t ldw, const float* x, std::size_t ldx, int d,
                                       float (&out)[MM_R][MM_C]) {
+    [[maybe_unused]] const float* wf = static_cast<const float*>(wp);
+    [[maybe_unused]] const std::uint8_t* wb = static_cast<const std::uint8_t*>(wp);
+    // weight value k of row r, as a float (the tails)
+    [[maybe_unused]] auto w_at = [&](int r, int k) -> float {
+        if constexpr (T == WType::f32) return wf[r * ldw + k];
+        else return h16::value_at<T>(wb, r * ldw + k);
+    };
 #if POLYLLAMA_AVX2 && defined(__AVX512F__)
+    auto wload = [&](int r, int j) {
+        if constexpr (T == WType::f32) return _mm512_loadu_ps(wf + r * ldw + j);
+        else return h16::load16<T>(wb + 2 * (r * ldw + j));
+    };
     __m512 acc[R][C];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
     int j = 0;
     for (; j + 16 <= d; j += 16) {
         __m512 wv[R];
-        for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * ldw + j);
+        for (int r = 0; r < R; ++r) wv[r] = wload(r, j);
         for (int c = 0; c < C; ++c) {
             __m512 xv = _mm512_loadu_ps(x + c * ldx + j);
             for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
@@ -501,7 +714,15 @@ template <int R, int C>
     if (j < d) {  // the last 1..15 values: masked loads read nothing past the row
         const __mmask16 m = static_cast<__mmask16>((1u << (d - j)) - 1);
         __m512 wv[R];
-        for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(m, w + r * ldw + j);
+        for (int r = 0; r < R; ++r) {
+            if constexpr (T == WType::f32) {
+                wv[r] = _mm512_maskz_loadu_ps(m, wf + r * ldw + j);
+            } else {  // through a zeroed copy: 16-bit values have no masked load in AVX-512F
+                alignas(32) std::uint8_t tail[32] = {};
+                std::memcpy(tail, wb + 2 * (r * ldw + j), 2 * static_cast<std::size_t>(d - j));
+                wv[r] = h16::load16<T>(tail);
+            }
+        }
         for (int c = 0; c < C; ++c) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + c * ldx + j);
             for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
@@ -510,25 +731,38 @@ template <int R, int C>
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) out[r][c] = hsum(fold512(acc[r][c]));
 #elif POLYLLAMA_AVX2
-    __m256 acc[R][C];
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= d; j += 8) {
-        __m256 xv[C];
-        for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * ldx + j);
-        for (int r = 0; r < R; ++r) {
-            __m256 wv = _mm256_loadu_ps(w + r * ldw + j);
-            for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+    if constexpr (T == WType::f32 || h16::simd<T>) {
+        auto wload = [&](int r, int j) {
+            if constexpr (T == WType::f32) return _mm256_loadu_ps(wf + r * ldw + j);
+            else return h16::load8<T>(wb + 2 * (r * ldw + j));
+        };
+        __m256 acc[R][C];
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+        int j = 0;
+        for (; j + 8 <= d; j += 8) {
+            __m256 xv[C];
+            for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * ldx + j);
+            for (int r = 0; r < R; ++r) {
+                __m256 wv = wload(r, j);
+                for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+            }
         }
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < C; ++c) {
+                float s = hsum(acc[r][c]);
+                for (int k = j; k < d; ++k) s += w_at(r, k) * x[c * ldx + k];
+                out[r][c] = s;
+            }
+    } else {  // F16 without F16C
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < C; ++c) out[r][c] = h16::dot<T>(wb + 2 * r * ldw, x + c * ldx, d);
     }
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) {
-            float s = hsum(acc[r][c]);
-            for (int k = j; k < d; ++k) s += w[r * ldw + k] * x[c * ldx + k];
-            out[r][c] = s;
-        }
 #elif POLYLLAMA_NEON
+    auto wload = [&](int r, int j) {
+        if constexpr (T == WType::f32) return vld1q_f32(wf + r * ldw + j);
+        else return h16::load4<T>(wb + 2 * (r * ldw + j));
+    };
     float32x4_t acc[R][C];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = vdupq_n_f32(0.0f);
@@ -537,19 +771,22 @@ template <int R, int C>
         float32x4_t xv[C];
         for (int c = 0; c < C; ++c) xv[c] = vld1q_f32(x + c * ldx + j);
         for (int r = 0; r < R; ++r) {
-            float32x4_t wv = vld1q_f32(w + r * ldw + j);
+            float32x4_t wv = wload(r, j);
             for (int c = 0; c < C; ++c) acc[r][c] = vfmaq_f32(acc[r][c], wv, xv[c]);
         }
     }
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) {
             float s = vaddvq_f32(acc[r][c]);
-            for (int k = j; k < d; ++k) s += w[r * ldw + k] * x[c * ldx + k];
+            for (int k = j; k < d; ++k) s += w_at(r, k) * x[c * ldx + k];
             out[r][c] = s;
         }
 #else
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) out[r][c] = dot(w + r * ldw, x + c * ldx, d);
+        for (int c = 0; c < C; ++c) {
+            if constexpr (T == WType::f32) out[r][c] = dot(wf + r * ldw, x + c * ldx, d);
+            else out[r][c] = h16::dot<T>(wb + 2 * r * ldw, x + c * ldx, d);
+        }
 #endif
 }
 
@@ -568,12 +805,17 @@ static inline void q8_tile(const std::uint8_t* w, std::size_t row_bytes, const s
 
 // mm_tile / q8_tile with R and C known at compile time: full tiles, and the tails of any size
 template <int R, int C0 = 1>
-static inline void tile_any(bool quantized, int c, const void* w, std::size_t row_bytes, const float* x,
+static inline void tile_any(WType type, int c, const void* w, std::size_t row_bytes, const float* x,
                             const std::int8_t* xq, const float* xd, int d, float (&out)[MM_R][MM_C]) {
     if constexpr (C0 <= MM_C) {
-        if (c != C0) return tile_any<R, C0 + 1>(quantized, c, w, row_bytes, x, xq, xd, d, out);
-        if (quantized) q8_tile<R, C0>(static_cast<const std::uint8_t*>(w), row_bytes, xq, xd, d, out);
-        else mm_tile<R, C0>(static_cast<const float*>(w), static_cast<std::size_t>(d), x, static_cast<std::size_t>(d), d, out);
+        if (c != C0) return tile_any<R, C0 + 1>(type, c, w, row_bytes, x, xq, xd, d, out);
+        const auto ld = static_cast<std::size_t>(d);
+        switch (type) {
+        case WType::q8_0: q8_tile<R, C0>(static_cast<const std::uint8_t*>(w), row_bytes, xq, xd, d, out); break;
+        case WType::f16: mm_tile<R, C0, WType::f16>(w, ld, x, ld, d, out); break;
+        case WType::bf16: mm_tile<R, C0, WType::bf16>(w, ld, x, ld, d, out); break;
+        default: mm_tile<R, C0>(w, ld, x, ld, d, out); break;
+        }
     }
 }
 
@@ -734,13 +976,15 @@ template <class Store>
 static inline void matmul(const Matrix& w, const BatchInput& in, int T, int d, int begin, int end, Store store,
                           std::uint8_t* pack = nullptr) {
     const bool quantized = w.quantized();
+    const WType type = w.type;
 #if POLYLLAMA_Q8_VNNI512
     if (quantized && pack && in.xu) return q8_matmul_vnni(w, in, T, d, begin, end, pack, store);
 #else
     (void)pack;
 #endif
     const std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
-                                            : static_cast<std::size_t>(d) * sizeof(float);
+                                  : w.half() ? static_cast<std::size_t>(d) * 2
+                                             : static_cast<std::size_t>(d) * sizeof(float);
     const auto* base = static_cast<const std::uint8_t*>(w.data());
     float out[MM_R][MM_C];
     auto tile = [&](int i, int t0) {
@@ -751,10 +995,10 @@ static inline void matmul(const Matrix& w, const BatchInput& in, int T, int d, i
         const int r = std::min(MM_R, end - i);
         const void* wr = base + static_cast<std::size_t>(i) * row_bytes;
         switch (r) {
-        case 4: tile_any<4>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
-        case 3: tile_any<3>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
-        case 2: tile_any<2>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
-        default: tile_any<1>(quantized, c, wr, row_bytes, x, xq, xd, d, out); break;
+        case 4: tile_any<4>(type, c, wr, row_bytes, x, xq, xd, d, out); break;
+        case 3: tile_any<3>(type, c, wr, row_bytes, x, xq, xd, d, out); break;
+        case 2: tile_any<2>(type, c, wr, row_bytes, x, xq, xd, d, out); break;
+        default: tile_any<1>(type, c, wr, row_bytes, x, xq, xd, d, out); break;
         }
         for (int rr = 0; rr < r; ++rr)
             for (int cc = 0; cc < c; ++cc) store(t0 + cc, i + rr, out[rr][cc]);
@@ -768,9 +1012,10 @@ static inline void matmul(const Matrix& w, const BatchInput& in, int T, int d, i
 // Rows of W per task of a batched product: about 256 KB of weights (a block that stays in L2
 // while the batch passes over it; 64 and 128 KB were slower), a multiple of the tile's rows,
 // 16 to 256 rows.
-static inline int mm_task_rows(bool quantized, int d) {
-    std::size_t row_bytes = quantized ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
-                                      : static_cast<std::size_t>(d) * sizeof(float);
+static inline int mm_task_rows(WType type, int d) {
+    std::size_t row_bytes = type == WType::q8_0 ? static_cast<std::size_t>(d / Q8_BLOCK) * Q8_BLOCK_BYTES
+                            : type == WType::f32 ? static_cast<std::size_t>(d) * sizeof(float)
+                                                 : static_cast<std::size_t>(d) * 2;
     std::size_t rows = std::clamp<std::size_t>((256u << 10) / row_bytes, 16, 256);
     return static_cast<int>(rows / MM_R * MM_R);
 }
@@ -779,6 +1024,11 @@ namespace batched {
 
 void matmul_f32(const float* w, int n, int d, const float* x, int T, float* out) {
     Matrix m(std::span<const float>(w, static_cast<std::size_t>(n) * d));
+    matmul(m, {x}, T, d, 0, n, [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; });
+}
+
+void matmul_h16(WType type, const std::uint8_t* w, int n, int d, const float* x, int T, float* out) {
+    Matrix m = Matrix::half(type, {w, static_cast<std::size_t>(n) * d * 2});
     matmul(m, {x}, T, d, 0, n, [&](int t, int i, float v) { out[static_cast<std::size_t>(t) * n + i] = v; });
 }
 
@@ -796,9 +1046,9 @@ void matmul_q8(const std::uint8_t* w, int n, int d, const std::int8_t* xq, const
 
 }  // namespace batched
 
-static void rmsnorm(float* out, const float* x, std::span<const float> weight) {
+static void rmsnorm(float* out, const float* x, std::span<const float> weight, float eps) {
     int n = static_cast<int>(weight.size());
-    float ss = dot(x, x, n) / static_cast<float>(n) + 1e-5f;
+    float ss = dot(x, x, n) / static_cast<float>(n) + eps;
     float inv = 1.0f / std::sqrt(ss);
     for (int i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * inv);
 }
@@ -823,9 +1073,10 @@ static void rope(float* v, int n, int head_size, const float* cos, const float* 
 // ----------------------------------------------------------------------------
 // Forward pass
 
-Transformer::Transformer(const Model& model, ThreadPool& pool, int batch, bool all_logits)
+Transformer::Transformer(const Model& model, ThreadPool& pool, int batch, bool all_logits, int kv_rows)
     : config_(model.config), w_(model.weights), pool_(pool), batch_(clamp_batch(batch, model.config.seq_len)),
-      s_(model.config, batch_, all_logits ? batch_ : 0, pool.size()) {
+      kv_rows_(kv_rows > 0 && kv_rows < model.config.seq_len ? kv_rows : model.config.seq_len),
+      s_(model.config, batch_, all_logits ? batch_ : 0, pool.size(), kv_rows_) {
 #if POLYLLAMA_Q8_VNNI512
     // the VNNI kernel's buffers, when some matrix is Q8_0: enough for any task of any product
     bool any_q8 = w_.wcls.quantized();
@@ -836,7 +1087,7 @@ Transformer::Transformer(const Model& model, ThreadPool& pool, int batch, bool a
         const int width = std::max(c.dim, c.hidden_dim);
         s_.bxu.resize(cells(batch_, width));
         for (int d : {c.dim, c.hidden_dim})
-            if (d % Q8_BLOCK == 0) pack_stride_ = std::max(pack_stride_, q8_pack_bytes(mm_task_rows(true, d), d));
+            if (d % Q8_BLOCK == 0) pack_stride_ = std::max(pack_stride_, q8_pack_bytes(mm_task_rows(WType::q8_0, d), d));
         s_.bpack.resize(cells(pool.size(), static_cast<std::int64_t>(pack_stride_)));
     }
 #endif
@@ -845,13 +1096,18 @@ Transformer::Transformer(const Model& model, ThreadPool& pool, int batch, bool a
 // The steps of forward(), in its order. Each is called once per token (or layer) from forward()
 // alone, and is inline so that the compiler folds it back into forward().
 
-// x = the token's embedding (a Q8_0 table's row, dequantized)
+// x = the token's embedding (a Q8_0 table's row dequantized, a 16-bit one's converted)
 inline void Transformer::embed(int token) {
     const int dim = config_.dim;
     float* x = s_.x.data();
-    if (w_.token_embedding.quantized()) {
+    const Matrix& e = w_.token_embedding;
+    if (e.quantized()) {
         const std::size_t row_bytes = static_cast<std::size_t>(dim / Q8_BLOCK) * Q8_BLOCK_BYTES;
-        q8::dequantize_row(w_.token_embedding.q8.data() + token * row_bytes, dim, x);
+        q8::dequantize_row(e.q8.data() + token * row_bytes, dim, x);
+    } else if (e.half()) {
+        const std::uint8_t* row = e.h16.data() + static_cast<std::size_t>(token) * dim * 2;
+        for (int i = 0; i < dim; ++i)
+            x[i] = e.type == WType::f16 ? q8::fp16_to_fp32(h16::u16_at(row, i)) : h16::bf16_to_fp32(h16::u16_at(row, i));
     } else {
         std::copy_n(w_.token_embedding.f32.data() + static_cast<std::size_t>(token) * dim, dim, x);
     }
@@ -861,7 +1117,7 @@ inline void Transformer::embed(int token) {
 inline void Transformer::rope_table(int pos) {
     const int hs = config_.head_size();
     for (int k = 0; k < hs / 2; ++k) {
-        float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * k) / static_cast<float>(hs));
+        float freq = 1.0f / std::pow(config_.rope_theta, static_cast<float>(2 * k) / static_cast<float>(hs));
         float angle = static_cast<float>(pos) * freq;
         s_.rope_cos[k] = std::cos(angle);
         s_.rope_sin[k] = std::sin(angle);
@@ -873,7 +1129,7 @@ inline void Transformer::qkv(const LayerWeights& lw, float* k, float* v) {
     RunState& s = s_;
     const int dim = config_.dim, kv_dim = config_.kv_dim(), hs = config_.head_size();
     float* q = s.q.data();
-    rmsnorm(s.xb.data(), s.x.data(), lw.rms_att);
+    rmsnorm(s.xb.data(), s.x.data(), lw.rms_att, config_.norm_eps);
     const Input qkv_in = input_for(s, s.xb.data(), dim, {&lw.wq, &lw.wk, &lw.wv});
     const int q_tasks = tasks_for(dim), kv_tasks = tasks_for(kv_dim);
     pool_.parallel_for(q_tasks + 2 * kv_tasks, [&](int task) {
@@ -903,7 +1159,7 @@ inline void Transformer::attention(const float* key_cache, const float* value_ca
     float* xb = s.xb.data();
     pool_.parallel_for(p.n_heads, [&](int h) {
         const float* qh = q + h * hs;
-        float* att = s.att.data() + static_cast<std::size_t>(h) * p.seq_len;  // (pos + 1)
+        float* att = s.att.data() + static_cast<std::size_t>(h) * kv_rows_;  // (pos + 1)
         const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;  // this head's KV head
         for (int t = 0; t <= pos; ++t)
             att[t] = dot(qh, key_cache + static_cast<std::size_t>(t) * kv_dim + kv_off, hs) * scale;
@@ -937,7 +1193,7 @@ inline void Transformer::feed_forward(const LayerWeights& lw) {
     float* x = s.x.data();
     float* xb = s.xb.data();
     float* hb = s.hb.data();
-    rmsnorm(xb, x, lw.rms_ffn);
+    rmsnorm(xb, x, lw.rms_ffn, config_.norm_eps);
     const Input ffn_in = input_for(s, xb, dim, {&lw.w1, &lw.w3});
     pool_.parallel_for(tasks_for(hidden), [&](int task) {
         Range r = task_rows(task, hidden);
@@ -959,7 +1215,7 @@ inline void Transformer::classify() {
     const Config& p = config_;
     const int dim = p.dim;
     float* x = s_.x.data();
-    rmsnorm(x, x, w_.rms_final);
+    rmsnorm(x, x, w_.rms_final, config_.norm_eps);
     float* logits = s_.logits.data();
     const Input cls_in = input_for(s_, x, dim, {&w_.wcls});
     pool_.parallel_for(tasks_for(p.vocab_size), [&](int task) {
@@ -971,13 +1227,16 @@ inline void Transformer::classify() {
 std::span<float> Transformer::forward(int token, int pos) {
     const Config& p = config_;
     const int kv_dim = p.kv_dim();
+    if (pos < 0 || pos >= kv_rows_)
+        throw RuntimeError("forward: position " + std::to_string(pos) + " is outside the KV cache's " +
+                           std::to_string(kv_rows_) + " positions");
     embed(token);
     rope_table(pos);
     for (int l = 0; l < p.n_layers; ++l) {
         const LayerWeights& lw = w_.layers[l];
-        std::size_t layer_off = static_cast<std::size_t>(l) * p.seq_len * kv_dim;
-        float* key_cache = s_.key_cache.get() + layer_off;      // (seq_len, kv_dim) of this layer
-        float* value_cache = s_.value_cache.get() + layer_off;  // (seq_len, kv_dim)
+        std::size_t layer_off = static_cast<std::size_t>(l) * kv_rows_ * kv_dim;
+        float* key_cache = s_.key_cache.get() + layer_off;      // (kv_rows, kv_dim) of this layer
+        float* value_cache = s_.value_cache.get() + layer_off;  // (kv_rows, kv_dim)
         qkv(lw, key_cache + static_cast<std::size_t>(pos) * kv_dim, value_cache + static_cast<std::size_t>(pos) * kv_dim);
         attention(key_cache, value_cache, pos);
         attention_out(lw);
@@ -1016,9 +1275,9 @@ inline void Transformer::batch_qkv(const LayerWeights& lw, float* key_cache, flo
     const int dim = config_.dim, kv_dim = config_.kv_dim(), hs = config_.head_size();
     for (int t = 0; t < n; ++t)
         rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, s.bx.data() + static_cast<std::size_t>(t) * dim,
-                lw.rms_att);
+                lw.rms_att, config_.norm_eps);
     const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wq, &lw.wk, &lw.wv});
-    const int q_rows = mm_task_rows(lw.wq.quantized(), dim), k_rows = mm_task_rows(lw.wk.quantized(), dim), v_rows = mm_task_rows(lw.wv.quantized(), dim);
+    const int q_rows = mm_task_rows(lw.wq.type, dim), k_rows = mm_task_rows(lw.wk.type, dim), v_rows = mm_task_rows(lw.wv.type, dim);
     const int q_tasks = (dim + q_rows - 1) / q_rows, k_tasks = (kv_dim + k_rows - 1) / k_rows,
               v_tasks = (kv_dim + v_rows - 1) / v_rows;
     float* q = s.bq.data();
@@ -1138,13 +1397,13 @@ inline void Transformer::batch_attention(const float* key_cache, const float* va
     const int dim = p.dim, kv_dim = p.kv_dim(), hs = p.head_size(), kv_mul = p.n_heads / p.n_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
     const int row_tiles = (n + MM_C - 1) / MM_C;
-    const std::size_t lda = static_cast<std::size_t>(p.seq_len);
+    const std::size_t lda = static_cast<std::size_t>(kv_rows_);
     pool_.parallel_for(row_tiles * p.n_heads, [&](int task, int worker) {
         const int h = task % p.n_heads, t0 = task / p.n_heads * MM_C, c = std::min(MM_C, n - t0);
         const int last = p0 + t0 + c - 1;  // the tile's last row's position
         const float* q = s.bq.data() + static_cast<std::size_t>(t0) * dim + h * hs;
         const std::size_t kv_off = static_cast<std::size_t>(h / kv_mul) * hs;  // this head's KV head
-        float* att = s.batt.data() + static_cast<std::size_t>(worker) * BATCH_TILE_ROWS * lda;  // (MM_C, seq_len)
+        float* att = s.batt.data() + static_cast<std::size_t>(worker) * BATCH_TILE_ROWS * lda;  // (MM_C, kv_rows)
         float out[MM_R][MM_C];
         for (int i = 0; i <= last; i += MM_R) {
             const int r = std::min(MM_R, last + 1 - i);
@@ -1168,7 +1427,7 @@ inline void Transformer::batch_attention_out(const LayerWeights& lw, int n) {
     const int dim = config_.dim;
     float* x = s.bx.data();
     const BatchInput in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.wo});
-    const int rows = mm_task_rows(lw.wo.quantized(), dim);
+    const int rows = mm_task_rows(lw.wo.type, dim);
     pool_.parallel_for((dim + rows - 1) / rows, [&](int task, int worker) {
         matmul(lw.wo, in, n, dim, task * rows, std::min(dim, (task + 1) * rows),
                [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; }, pack(worker));
@@ -1183,9 +1442,9 @@ inline void Transformer::batch_feed_forward(const LayerWeights& lw, int n) {
     float* x = s.bx.data();
     float* hb = s.bhb.data();
     for (int t = 0; t < n; ++t)
-        rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, lw.rms_ffn);
+        rmsnorm(s.bxb.data() + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, lw.rms_ffn, config_.norm_eps);
     const BatchInput ffn_in = batch_input_for(s, s.bxb.data(), n, dim, {&lw.w1, &lw.w3});
-    const int rows = std::min(mm_task_rows(lw.w1.quantized(), dim), mm_task_rows(lw.w3.quantized(), dim));
+    const int rows = std::min(mm_task_rows(lw.w1.type, dim), mm_task_rows(lw.w3.type, dim));
     pool_.parallel_for((hidden + rows - 1) / rows, [&](int task, int worker) {
         const int begin = task * rows, end = std::min(hidden, (task + 1) * rows);
         matmul(lw.w1, ffn_in, n, dim, begin, end,
@@ -1196,7 +1455,7 @@ inline void Transformer::batch_feed_forward(const LayerWeights& lw, int n) {
         }, pack(worker));
     });
     const BatchInput w2_in = batch_input_for(s, hb, n, hidden, {&lw.w2});
-    const int w2_rows = mm_task_rows(lw.w2.quantized(), hidden);
+    const int w2_rows = mm_task_rows(lw.w2.type, hidden);
     pool_.parallel_for((dim + w2_rows - 1) / w2_rows, [&](int task, int worker) {
         matmul(lw.w2, w2_in, n, hidden, task * w2_rows, std::min(dim, (task + 1) * w2_rows),
                [x, dim](int t, int i, float val) { x[static_cast<std::size_t>(t) * dim + i] += val; }, pack(worker));
@@ -1206,7 +1465,7 @@ inline void Transformer::batch_feed_forward(const LayerWeights& lw, int n) {
 std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0, Logits want) {
     const Config& p = config_;
     const int n = static_cast<int>(tokens.size()), dim = p.dim, kv_dim = p.kv_dim(), hs = p.head_size();
-    if (n < 1 || n > batch_ || p0 < 0 || p0 + n > p.seq_len || (want == Logits::all && s_.blogits.empty()))
+    if (n < 1 || n > batch_ || p0 < 0 || p0 + n > kv_rows_ || (want == Logits::all && s_.blogits.empty()))
         throw RuntimeError("forward_batch: " + std::to_string(n) + " rows at position " + std::to_string(p0) +
                            " do not fit the batch buffers");
     if (n == 1) {  // one position: the matrix-vector path is the faster one
@@ -1219,7 +1478,7 @@ std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0,
         embed(tokens[t]);
         std::copy_n(s_.x.data(), dim, s_.bx.data() + static_cast<std::size_t>(t) * dim);
         for (int k = 0; k < hs / 2; ++k) {
-            float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * k) / static_cast<float>(hs));
+            float freq = 1.0f / std::pow(config_.rope_theta, static_cast<float>(2 * k) / static_cast<float>(hs));
             float angle = static_cast<float>(p0 + t) * freq;
             s_.brope_cos[static_cast<std::size_t>(t) * (hs / 2) + k] = std::cos(angle);
             s_.brope_sin[static_cast<std::size_t>(t) * (hs / 2) + k] = std::sin(angle);
@@ -1227,7 +1486,7 @@ std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0,
     }
     for (int l = 0; l < p.n_layers; ++l) {
         const LayerWeights& lw = w_.layers[l];
-        std::size_t layer_off = static_cast<std::size_t>(l) * p.seq_len * kv_dim;
+        std::size_t layer_off = static_cast<std::size_t>(l) * kv_rows_ * kv_dim;
         float* key_cache = s_.key_cache.get() + layer_off;
         float* value_cache = s_.value_cache.get() + layer_off;
         batch_qkv(lw, key_cache, value_cache, n, p0);
@@ -1242,9 +1501,9 @@ std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0,
         return s_.logits;
     }
     float* x = s_.bx.data();
-    for (int t = 0; t < n; ++t) rmsnorm(x + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, w_.rms_final);
+    for (int t = 0; t < n; ++t) rmsnorm(x + static_cast<std::size_t>(t) * dim, x + static_cast<std::size_t>(t) * dim, w_.rms_final, config_.norm_eps);
     const BatchInput in = batch_input_for(s_, x, n, dim, {&w_.wcls});
-    const int vocab = p.vocab_size, rows = mm_task_rows(w_.wcls.quantized(), dim);
+    const int vocab = p.vocab_size, rows = mm_task_rows(w_.wcls.type, dim);
     float* logits = s_.blogits.data();
     pool_.parallel_for((vocab + rows - 1) / rows, [&](int task, int worker) {
         matmul(w_.wcls, in, n, dim, task * rows, std::min(vocab, (task + 1) * rows),
@@ -1257,7 +1516,7 @@ std::span<float> Transformer::forward_batch(std::span<const int> tokens, int p0,
 // ----------------------------------------------------------------------------
 // Tokenizer
 
-Tokenizer::Tokenizer(Vocab vocab) : vocab_(std::move(vocab)) {
+Tokenizer::Tokenizer(Vocab vocab, int bos, int eos) : vocab_(std::move(vocab)), bos_(bos), eos_(eos) {
     ids_.reserve(vocab_.pieces.size());
     for (std::size_t i = 0; i < vocab_.pieces.size(); ++i)
         ids_.emplace(vocab_.pieces[i], static_cast<int>(i));  // emplace keeps the lower id of a duplicate
@@ -1274,7 +1533,7 @@ std::optional<int> Tokenizer::lookup(std::string_view piece) const {
 std::vector<int> Tokenizer::encode(std::string_view text, bool bos, bool eos) const {
     std::vector<int> tokens;
     tokens.reserve(text.size() + 3);
-    if (bos) tokens.push_back(BOS);
+    if (bos) tokens.push_back(bos_);
     if (!text.empty()) {
         // the dummy prefix: sentencepiece's add_dummy_prefix
         auto space = lookup(" ");
@@ -1320,7 +1579,7 @@ std::vector<int> Tokenizer::encode(std::string_view text, bool bos, bool eos) co
         tokens[best_i] = best_id;
         tokens.erase(tokens.begin() + static_cast<std::ptrdiff_t>(best_i) + 1);
     }
-    if (eos) tokens.push_back(EOS);
+    if (eos) tokens.push_back(eos_);
     return tokens;
 }
 
@@ -1334,7 +1593,7 @@ static int hex_digit(char c) {
 std::string_view Tokenizer::decode(int prev, int token) const {
     std::string_view piece = vocab_.pieces[token];
     // sentencepiece drops the leading space of the first piece after BOS
-    if (prev == BOS && !piece.empty() && piece[0] == ' ') piece.remove_prefix(1);
+    if (prev == bos_ && !piece.empty() && piece[0] == ' ') piece.remove_prefix(1);
     // raw byte tokens, exactly "<0xHH>", stand for that byte
     if (piece.size() == 6 && piece.starts_with("<0x") && piece[5] == '>') {
         int hi = hex_digit(piece[3]), lo = hex_digit(piece[4]);
@@ -1497,7 +1756,7 @@ static RunStats generate(Transformer& transformer, const Tokenizer& tokenizer, S
             ++stats.generated_tokens;
             if (!first) first = Clock::now();
         }
-        if (next == BOS && !ignore_bos) break;  // BOS delimits sequences
+        if (next == tokenizer.bos() && !ignore_bos) break;  // BOS delimits sequences
         emit(safe_piece(tokenizer.decode(token, next)));
         token = next;
     }
@@ -1694,30 +1953,35 @@ static int run(const Args& args) {
     if (model.vocab) vocab = std::move(*model.vocab);
     else if (!args.tokenizer) throw UsageError("-z tokenizer is required for a .bin checkpoint");
     else vocab = read_tokenizer(*args.tokenizer, model.config.vocab_size);
-    Tokenizer tokenizer(std::move(vocab));
-    ThreadPool pool(args.threads);
     const Config& c = model.config;
-    // logits mode keeps every row's logits: no more rows than there are ids
-    const int batch = clamp_batch(args.batch, c.seq_len);
-    const int rows = args.logits_mode && args.ids && !args.ids->empty()
-                         ? static_cast<int>(std::min<std::int64_t>(batch, static_cast<std::int64_t>(args.ids->size())))
-                         : batch;
-    Transformer transformer(model, pool, rows, args.logits_mode);
-    double load_s = seconds(t0, Clock::now());
-
-    RunStats stats;
+    Tokenizer tokenizer(std::move(vocab), c.bos_id, c.eos_id);
     if (args.logits_mode) {
         const auto& ids = *args.ids;
         bool ok = !ids.empty() && ids.size() <= static_cast<std::size_t>(c.seq_len) &&
                   std::all_of(ids.begin(), ids.end(), [&](std::int64_t t) { return t >= 0 && t < c.vocab_size; });
         if (!ok)
             throw UsageError("-k needs 1.." + std::to_string(c.seq_len) + " ids in [0, " + std::to_string(c.vocab_size) + ")");
+    }
+    // the KV cache holds the positions this run reaches, no more: the ids, or the steps
+    const int steps = clamp_steps(args.steps, c.seq_len);
+    const int kv_rows = args.logits_mode ? static_cast<int>(args.ids->size()) : steps;
+    check_kv_cache(c, kv_rows, args.checkpoint);
+    ThreadPool pool(args.threads);
+    // the batch matrices hold no more rows than the run has positions (logits mode keeps every
+    // row's logits)
+    const int batch = clamp_batch(args.batch, c.seq_len);
+    const int rows = std::min(batch, kv_rows);
+    Transformer transformer(model, pool, rows, args.logits_mode, kv_rows);
+    double load_s = seconds(t0, Clock::now());
+
+    RunStats stats;
+    if (args.logits_mode) {
+        const auto& ids = *args.ids;
         stats = write_logits(transformer, std::vector<int>(ids.begin(), ids.end()), *args.output);
     } else {
         std::uint64_t seed = args.seed > 0 ? args.seed : static_cast<std::uint64_t>(std::time(nullptr));
         Sampler sampler(static_cast<float>(args.temperature), static_cast<float>(args.topp), seed);
-        stats = generate(transformer, tokenizer, sampler, args.prompt, clamp_steps(args.steps, c.seq_len),
-                         args.ignore_bos);
+        stats = generate(transformer, tokenizer, sampler, args.prompt, steps, args.ignore_bos);
         emit("\n");
     }
     print_stats(stats, pool.size(), batch, load_s);

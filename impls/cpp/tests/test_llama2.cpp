@@ -7,8 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -425,12 +427,16 @@ std::string tokenizer_bin(int n, const std::string& space, float bad_score = 0) 
 enum class Defect { none, empty_key, dup_key, dup_tokenizer_key, dup_tensor, extra_tensor, unaligned, overlap,
                     nan_score, inf_score, no_space, truncated, q8_overlap };
 
-// The test model's dims and its tensors' types: bit i of q8 makes tensor i (gguf_model's order)
-// Q8_0, and attn_q_type, when not 0, is attn_q's type.
+// The test model's dims and its tensors' types: bit i of q8 (f16, bf16) makes tensor i
+// (gguf_model's order) Q8_0 (F16, BF16), and attn_q_type, when not 0, is attn_q's type. kvs:
+// more key/value pairs, n_kvs of them, written after the required ones.
 struct Shape {
     std::uint64_t dim = 8, hidden = 16;
     unsigned q8 = 0;
     std::uint32_t attn_q_type = 0;
+    unsigned f16 = 0, bf16 = 0;
+    std::string kvs = {};
+    int n_kvs = 0;
 };
 
 void put_str(std::string& s, const std::string& text) {
@@ -474,7 +480,8 @@ int gguf_kvs(std::string& s, Defect defect, const Shape& shape) {
     put_kv_scores(s, n, defect);
     if (defect == Defect::dup_key) put_kv_u32(s, n, "llama.block_count", 1);
     if (defect == Defect::dup_tokenizer_key) put_kv_scores(s, n, Defect::none);
-    return n;
+    s += shape.kvs;
+    return n + shape.n_kvs;
 }
 
 // A GGUF model (dim 8, hidden 16, or the Shape's, one layer, two heads, seq_len 8) with the test
@@ -494,13 +501,16 @@ std::string gguf_model(Defect defect, const Shape& shape = {}) {
         {"blk.0.ffn_down.weight", {h, d}},       {"blk.0.ffn_up.weight", {d, h}}};
     for (std::size_t i = 0; i < tensors.size(); ++i)
         if (shape.q8 >> i & 1) tensors[i].type = GGML_Q8_0;
+        else if (shape.f16 >> i & 1) tensors[i].type = GGML_F16;
+        else if (shape.bf16 >> i & 1) tensors[i].type = GGML_BF16;
     if (shape.attn_q_type) tensors[3].type = shape.attn_q_type;
     if (defect == Defect::dup_tensor) tensors.push_back({"blk.0.attn_q.weight", {d, d}});
     if (defect == Defect::extra_tensor) tensors.push_back({"extra.weight", {d}});
     std::uint64_t end = 0;
     for (auto& t : tensors) {
         std::uint64_t n = std::accumulate(t.dims.begin(), t.dims.end(), std::uint64_t{1}, std::multiplies<>());
-        t.size = t.type == GGML_Q8_0 ? n / Q8_BLOCK * Q8_BLOCK_BYTES : 4 * n;
+        t.size = t.type == GGML_Q8_0 ? n / Q8_BLOCK * Q8_BLOCK_BYTES
+                 : t.type == GGML_F16 || t.type == GGML_BF16 ? 2 * n : 4 * n;
         t.offset = end;
         end += (t.size + 31) / 32 * 32;
     }
@@ -526,6 +536,14 @@ std::string gguf_model(Defect defect, const Shape& shape = {}) {
             char* block = s.data() + data_start + t.offset + at;
             block[0] = 0x00, block[1] = 0x24;
             for (int k = 0; k < Q8_BLOCK; ++k) block[2 + k] = static_cast<char>(static_cast<int>((k + at) % 13) - 6);
+        }
+    // 16-bit values (k % 13 - 6) / 64, exact in both types
+    for (const auto& t : tensors)
+        for (std::uint64_t k = 0; (t.type == GGML_F16 || t.type == GGML_BF16) && 2 * k + 2 <= t.size; ++k) {
+            const float v = static_cast<float>(static_cast<int>(k % 13) - 6) / 64.0f;
+            const std::uint16_t h = t.type == GGML_F16 ? q8::fp32_to_fp16(v)
+                                                       : static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(v) >> 16);
+            std::memcpy(s.data() + data_start + t.offset + 2 * k, &h, 2);
         }
     if (defect == Defect::truncated) s.resize(data_start + tensors.back().offset + tensors.back().size - 10);
     return s;
@@ -785,8 +803,9 @@ TEST(Q8, GgufRefusals) {
         {Defect::none, {32, 48, 1u << 9}, "tensor blk.0.ffn_down.weight is Q8_0 with rows of 48 values"},
         {Defect::truncated, mixed, "tensor blk.0.ffn_up.weight lies outside the file"},
         {Defect::q8_overlap, mixed, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap"},
-        {Defect::none, {32, 64, 0, 1}, "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported"},
-        {Defect::none, {32, 64, 0, 2}, "tensor blk.0.attn_q.weight has type 2"},
+        {Defect::none, {32, 64, 0, 2},
+         "tensor blk.0.attn_q.weight has type 2; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported"},
+        {Defect::none, {32, 64, 0, 29}, "tensor blk.0.attn_q.weight has type 29"},
     };
     for (const auto& [defect, shape, problem] : cases) {
         TempFile bad(gguf_model(defect, shape));
@@ -1046,4 +1065,343 @@ TEST(Model, Stories260KBatchedPromptGreedy) {
             EXPECT_EQ(greedy_text_batched(tr, tok, "", 256, batch), golden("stories260K.f32.greedy.txt"))
                 << "batch " << batch << ", threads " << threads;
         }
+}
+
+// ---------------------------------------------------------------- F16 and BF16 (contract 3)
+
+namespace {
+
+// a 16-bit value of type t for f (F16 to nearest; BF16 truncated: the tests need values, not
+// a particular rounding)
+std::uint16_t half_bits(WType t, float f) {
+    return t == WType::f16 ? q8::fp32_to_fp16(f) : static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(f) >> 16);
+}
+
+float half_float(WType t, std::uint16_t h) { return t == WType::f16 ? q8::fp16_to_fp32(h) : h16::bf16_to_fp32(h); }
+
+// n rows of d random 16-bit values (as bytes, one byte off any alignment so that the kernels'
+// unaligned loads are exercised); with `exact`, small integers, else random values with, for
+// F16, some subnormals among them
+std::vector<std::uint8_t> half_matrix(WType t, int n, int d, Rng& rng, bool exact) {
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(n) * d * 2 + 1);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(n) * d; ++i) {
+        std::uint16_t h;
+        if (exact) h = half_bits(t, static_cast<float>(static_cast<int>(rng.next_u32() % 9) - 4));
+        else if (t == WType::f16 && rng.next_u32() % 8 == 0) h = static_cast<std::uint16_t>(rng.next_u32() % 0x0400 | (rng.next_u32() % 2) << 15);
+        else h = half_bits(t, (rng.next_f32() - 0.5f) * 2.0f);
+        std::memcpy(bytes.data() + 1 + 2 * i, &h, 2);
+    }
+    return bytes;
+}
+
+// out(t, i) = x[t] . w[i] in double from the weights' exact values, and the sum of the terms' sizes
+void half_plain(WType t, const std::uint8_t* w, int n, int d, const std::vector<float>& x, int T,
+                std::vector<double>& out, std::vector<double>& magnitude) {
+    out.assign(static_cast<std::size_t>(T) * n, 0.0);
+    magnitude.assign(out.size(), 0.0);
+    for (int r = 0; r < T; ++r)
+        for (int i = 0; i < n; ++i)
+            for (int k = 0; k < d; ++k) {
+                std::uint16_t h;
+                std::memcpy(&h, w + 2 * (static_cast<std::size_t>(i) * d + k), 2);
+                double term = static_cast<double>(half_float(t, h)) * x[static_cast<std::size_t>(r) * d + k];
+                out[static_cast<std::size_t>(r) * n + i] += term;
+                magnitude[static_cast<std::size_t>(r) * n + i] += std::fabs(term);
+            }
+}
+
+}  // namespace
+
+TEST(Half, Conversions) {
+    for (std::uint32_t h = 0; h < 0x10000; ++h) {
+        const float f = h16::bf16_to_fp32(static_cast<std::uint16_t>(h));
+        EXPECT_EQ(std::bit_cast<std::uint32_t>(f), h << 16) << h;  // NaN payloads and infinities kept
+    }
+    EXPECT_TRUE(std::isnan(h16::bf16_to_fp32(0x7fc0)) && std::isnan(h16::bf16_to_fp32(0xff81)));
+    EXPECT_EQ(h16::bf16_to_fp32(0x7f80), INFINITY);
+    EXPECT_EQ(h16::bf16_to_fp32(0x0001), std::ldexp(1.0f, -133));  // a float32 subnormal
+    // F16 subnormals: man * 2^-24
+    EXPECT_EQ(q8::fp16_to_fp32(0x0001), std::ldexp(1.0f, -24));
+    EXPECT_EQ(q8::fp16_to_fp32(0x83ff), -1023 * std::ldexp(1.0f, -24));
+    EXPECT_EQ(q8::fp16_to_fp32(0x7bff), 65504.0f);
+}
+
+// The one-position kernels (AVX-512, AVX2 + F16C, NEON or portable) against a plain loop: rows
+// that leave every tail of the four-row kernel, widths with and without a vector tail; exactly
+// with integer values, to float rounding with random ones (F16 subnormals among them).
+TEST(Half, MatvecMatchesThePlainLoop) {
+    Rng rng(16);
+    for (WType t : {WType::f16, WType::bf16})
+        for (int d : {64, 96, 172, 288, 5})
+            for (int n : {1, 3, 13, 37})
+                for (bool exact : {true, false}) {
+                    auto w = half_matrix(t, n, d, rng, exact);
+                    std::vector<float> x(d);
+                    for (float& v : x)
+                        v = exact ? static_cast<float>(static_cast<int>(rng.next_u32() % 17) - 8) : (rng.next_f32() - 0.5f) * 4.0f;
+                    std::vector<float> got(n, NAN);
+                    h16::matvec(t, w.data() + 1, n, d, x.data(), got.data());
+                    std::vector<double> want, magnitude;
+                    half_plain(t, w.data() + 1, n, d, x, 1, want, magnitude);
+                    for (int i = 0; i < n; ++i) {
+                        if (exact) ASSERT_EQ(got[i], want[i]) << (t == WType::f16 ? "F16" : "BF16") << " d " << d << " row " << i;
+                        else ASSERT_LE(std::fabs(got[i] - want[i]), 1e-6 * magnitude[i] + 1e-30)
+                                 << (t == WType::f16 ? "F16" : "BF16") << " d " << d << " row " << i;
+                    }
+                }
+}
+
+// The batched kernels (the f32 tile with the weights converted as loaded) against the same loop,
+// T rows that fill no, one or several tiles.
+TEST(Half, BatchedMatchesThePlainLoop) {
+    Rng rng(160);
+    for (WType t : {WType::f16, WType::bf16})
+        for (int d : {64, 96, 172, 288, 5})
+            for (int n : {1, 13, 37})
+                for (int T : {1, 7, 33})
+                    for (bool exact : {true, false}) {
+                        auto w = half_matrix(t, n, d, rng, exact);
+                        std::vector<float> x(static_cast<std::size_t>(T) * d);
+                        for (float& v : x)
+                            v = exact ? static_cast<float>(static_cast<int>(rng.next_u32() % 17) - 8) : (rng.next_f32() - 0.5f) * 4.0f;
+                        std::vector<float> got(static_cast<std::size_t>(T) * n, NAN);
+                        batched::matmul_h16(t, w.data() + 1, n, d, x.data(), T, got.data());
+                        std::vector<double> want, magnitude;
+                        half_plain(t, w.data() + 1, n, d, x, T, want, magnitude);
+                        for (std::size_t k = 0; k < got.size(); ++k) {
+                            if (exact) ASSERT_EQ(got[k], want[k]) << "d " << d << " n " << n << " T " << T << " at " << k;
+                            else ASSERT_LE(std::fabs(got[k] - want[k]), 1e-6 * magnitude[k] + 1e-30)
+                                     << "d " << d << " n " << n << " T " << T << " at " << k;
+                        }
+                    }
+}
+
+// A NaN or an infinity among the weights reaches the output, as the float32 product has it
+// (no conversion drops it), one position and batched.
+TEST(Half, SpecialValuesPropagate) {
+    for (WType t : {WType::f16, WType::bf16}) {
+        const int d = 40;
+        std::vector<std::uint8_t> w(2 * 2 * d, 0);
+        const std::uint16_t nan = t == WType::f16 ? 0x7e00 : 0x7fc1, inf = t == WType::f16 ? 0x7c00 : 0x7f80;
+        std::memcpy(w.data() + 2 * 33, &nan, 2);        // row 0, in the vector part or a tail
+        std::memcpy(w.data() + 2 * (d + 39), &inf, 2);  // row 1, the last value
+        std::vector<float> x(d, 1.0f), one(2), many(2 * 3);
+        h16::matvec(t, w.data(), 2, d, x.data(), one.data());
+        EXPECT_TRUE(std::isnan(one[0]));
+        EXPECT_EQ(one[1], INFINITY);
+        std::vector<float> xs(3 * d, 1.0f);
+        batched::matmul_h16(t, w.data(), 2, d, xs.data(), 3, many.data());
+        for (int r = 0; r < 3; ++r) EXPECT_TRUE(std::isnan(many[r * 2]) && many[r * 2 + 1] == INFINITY);
+    }
+}
+
+TEST(Half, GgufLoadsAndRuns) {
+    // every matrix F16, or BF16, or a mix of both with F32 and Q8_0 in one layer
+    const unsigned matrices = 1u << 0 | 1u << 3 | 1u << 4 | 1u << 5 | 1u << 6 | 1u << 8 | 1u << 9 | 1u << 10;
+    const Shape shapes[] = {{32, 64, 0, 0, matrices, 0}, {32, 64, 0, 0, 0, matrices},
+                            {32, 64, 1u << 3 | 1u << 8, 0, 1u << 0 | 1u << 4 | 1u << 9, 1u << 5 | 1u << 10}};
+    const char* formats[] = {"gguf-f16", "gguf-bf16", "gguf-q8_0+gguf-f16+gguf-bf16"};
+    for (int k = 0; k < 3; ++k) {
+        TempFile good(gguf_model(Defect::none, shapes[k]));
+        Model m = read_model(good.path.string());
+        EXPECT_EQ(m.format, formats[k]);
+        const Matrix& e = m.weights.token_embedding;
+        EXPECT_TRUE(e.half() && e.h16.size() == std::size_t{TEST_VOCAB} * 32 * 2);
+        EXPECT_EQ(m.weights.wcls.data(), e.data());  // tied
+        ThreadPool pool(2);
+        Transformer one(m, pool), batch(m, pool, 8, true);
+        const int ids[] = {5, 260, 261, 7, 100};
+        std::vector<float> rows;
+        for (int pos = 0; pos < 5; ++pos) {
+            auto logits = one.forward(ids[pos], pos);
+            ASSERT_TRUE(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
+            rows.insert(rows.end(), logits.begin(), logits.end());
+        }
+        auto all = batch.forward_batch(ids, 0, Logits::all);
+        float scale = 0;
+        for (float v : rows) scale = std::max(scale, std::fabs(v));
+        for (std::size_t i = 0; i < rows.size(); ++i) ASSERT_NEAR(all[i], rows[i], 1e-4 * (1 + scale)) << formats[k] << " " << i;
+    }
+}
+
+TEST(Half, GgufRefusals) {
+    const std::tuple<Defect, Shape, std::string> cases[] = {
+        {Defect::none, {32, 64, 0, 0, 1u << 2, 0}, "tensor blk.0.attn_norm.weight is F16; only matrices may be, norms are F32"},
+        {Defect::none, {32, 64, 0, 0, 0, 1u << 1}, "tensor output_norm.weight is BF16; only matrices may be"},
+        {Defect::truncated, {32, 64, 0, 0, 0, 1u << 10}, "tensor blk.0.ffn_up.weight lies outside the file"},
+        {Defect::truncated, {32, 64, 0, 0, 1u << 10, 0}, "tensor blk.0.ffn_up.weight lies outside the file"},
+        {Defect::q8_overlap, {32, 64, 0, 0, 1u << 3, 0}, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap"},
+    };
+    for (const auto& [defect, shape, problem] : cases) {
+        TempFile bad(gguf_model(defect, shape));
+        expect_refused([&] { read_model(bad.path.string()); }, bad.path, problem);
+    }
+}
+
+// ---------------------------------------------------------------- GGUF keys (contract 3)
+
+namespace {
+
+template <class T>
+void put_kv(std::string& s, const std::string& key, std::uint32_t type, T v) {
+    put_str(s, key), put(s, type), put(s, v);
+}
+
+void put_kv_string(std::string& s, const std::string& key, const std::string& v) {
+    put_str(s, key), put(s, std::uint32_t{8}), put_str(s, v);
+}
+
+// the test model with these extra keys
+Shape with_keys(std::function<void(std::string&)> write, int n, Shape shape = {}) {
+    write(shape.kvs);
+    shape.n_kvs = n;
+    return shape;
+}
+
+}  // namespace
+
+TEST(Keys, DefaultsAndValues) {
+    TempFile plain(gguf_model(Defect::none));
+    Config c = read_model(plain.path.string()).config;
+    EXPECT_EQ(c.rope_theta, 10000.0f);
+    EXPECT_EQ(c.norm_eps, 1e-5f);
+    EXPECT_EQ(c.bos_id, 1);
+    EXPECT_EQ(c.eos_id, 2);
+    // any numeric type: f32, f64, integers of every width
+    TempFile keyed(gguf_model(Defect::none, with_keys([](std::string& s) {
+        put_kv(s, "llama.rope.freq_base", 6, 500000.0f);
+        put_kv(s, "llama.attention.layer_norm_rms_epsilon", 12, 1e-6);
+        put_kv(s, "llama.rope.dimension_count", 10, std::uint64_t{4});
+        put_kv(s, "tokenizer.ggml.bos_token_id", 2, std::uint16_t{260});
+        put_kv(s, "tokenizer.ggml.eos_token_id", 5, std::int32_t{261});
+        put_kv_string(s, "llama.rope.scaling.type", "none");
+        put_kv(s, "llama.expert_count", 4, std::uint32_t{0});
+    }, 7)));
+    c = read_model(keyed.path.string()).config;
+    EXPECT_EQ(c.rope_theta, 500000.0f);
+    EXPECT_EQ(c.norm_eps, 1e-6f);
+    EXPECT_EQ(c.bos_id, 260);
+    EXPECT_EQ(c.eos_id, 261);
+    TempFile integer_theta(gguf_model(Defect::none, with_keys([](std::string& s) {
+        put_kv(s, "llama.rope.freq_base", 5, std::int32_t{20000});
+    }, 1)));
+    EXPECT_EQ(read_model(integer_theta.path.string()).config.rope_theta, 20000.0f);
+}
+
+TEST(Keys, BadKindsAndRangesRefused) {
+    using W = std::function<void(std::string&)>;
+    const std::pair<W, std::string> cases[] = {
+        {[](std::string& s) { put_kv_string(s, "llama.rope.freq_base", "10000"); }, "key llama.rope.freq_base must be a number"},
+        {[](std::string& s) { put_kv(s, "llama.rope.freq_base", 7, std::uint8_t{1}); }, "key llama.rope.freq_base must be a number"},
+        {[](std::string& s) { put_kv(s, "llama.rope.freq_base", 6, 1.0f); }, "key llama.rope.freq_base=1 is out of range"},
+        {[](std::string& s) { put_kv(s, "llama.rope.freq_base", 6, NAN); }, "key llama.rope.freq_base=nan is out of range"},
+        {[](std::string& s) { put_kv(s, "llama.rope.freq_base", 12, 1e300); }, "key llama.rope.freq_base=1e+300 is out of range"},
+        {[](std::string& s) { put_kv(s, "llama.attention.layer_norm_rms_epsilon", 6, 0.0f); },
+         "key llama.attention.layer_norm_rms_epsilon=0 is out of range"},
+        {[](std::string& s) { put_kv(s, "llama.attention.layer_norm_rms_epsilon", 4, std::uint32_t{1}); },
+         "key llama.attention.layer_norm_rms_epsilon=1 is out of range"},
+        {[](std::string& s) { put_kv(s, "llama.rope.dimension_count", 4, std::uint32_t{2}); },
+         "key llama.rope.dimension_count=2 is not head_size=4"},
+        {[](std::string& s) { put_kv(s, "llama.rope.dimension_count", 6, 4.0f); }, "key llama.rope.dimension_count must be an integer"},
+        {[](std::string& s) { put_kv(s, "tokenizer.ggml.bos_token_id", 4, std::uint32_t{262}); },
+         "key tokenizer.ggml.bos_token_id=262 is outside the vocabulary [0, 262)"},
+        {[](std::string& s) { put_kv(s, "tokenizer.ggml.eos_token_id", 5, std::int32_t{-1}); },
+         "key tokenizer.ggml.eos_token_id=-1 is outside the vocabulary"},
+        {[](std::string& s) { put_kv(s, "tokenizer.ggml.bos_token_id", 6, 1.0f); }, "key tokenizer.ggml.bos_token_id must be an integer"},
+        {[](std::string& s) { put_kv_string(s, "llama.rope.scaling.type", "linear"); }, "key llama.rope.scaling.type='linear'"},
+        {[](std::string& s) { put_kv(s, "llama.rope.scaling.type", 4, std::uint32_t{0}); }, "key llama.rope.scaling.type must be a string"},
+        {[](std::string& s) { put_kv(s, "llama.expert_count", 4, std::uint32_t{8}); }, "key llama.expert_count=8"},
+    };
+    for (const auto& [write, problem] : cases) {
+        TempFile bad(gguf_model(Defect::none, with_keys(write, 1)));
+        expect_refused([&] { read_model(bad.path.string()); }, bad.path, problem);
+        std::string path = bad.path.string();
+        const char* argv[] = {"run", path.c_str(), "-n", "2", "-t", "0"};
+        testing::internal::CaptureStderr();
+        EXPECT_EQ(run_main(6, argv), 3) << problem;
+        std::string err = testing::internal::GetCapturedStderr();
+        EXPECT_EQ(err.rfind("error: " + path + ": ", 0), 0u) << err;
+        EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+    }
+}
+
+// theta and eps reach every forward path: other values give other logits, one position and
+// batched alike, and the batched logits stay those of one position at a time.
+TEST(Keys, ThetaAndEpsChangeTheLogits) {
+    auto logits_of = [](const Shape& shape, bool batched) {
+        TempFile f(gguf_model(Defect::none, shape));
+        Model m = read_model(f.path.string());
+        ThreadPool pool(1);
+        Transformer tr(m, pool, 8, true);
+        const int ids[] = {5, 260, 261, 7};
+        if (batched) {
+            auto all = tr.forward_batch(ids, 0, Logits::all);
+            return std::vector<float>(all.begin(), all.end());
+        }
+        std::vector<float> rows;
+        for (int pos = 0; pos < 4; ++pos) {
+            auto l = tr.forward(ids[pos], pos);
+            rows.insert(rows.end(), l.begin(), l.end());
+        }
+        return rows;
+    };
+    const Shape base{32, 64};
+    const Shape theta = with_keys([](std::string& s) { put_kv(s, "llama.rope.freq_base", 6, 3.0f); }, 1, base);
+    const Shape eps = with_keys([](std::string& s) { put_kv(s, "llama.attention.layer_norm_rms_epsilon", 6, 0.5f); }, 1, base);
+    for (bool batched : {false, true}) {
+        auto a = logits_of(base, batched), b = logits_of(theta, batched), c = logits_of(eps, batched);
+        // theta moves nothing at position 0 (no rotation there), and every later row
+        const std::size_t v = TEST_VOCAB;
+        EXPECT_TRUE(std::equal(a.begin(), a.begin() + v, b.begin()));
+        for (int pos = 1; pos < 4; ++pos)
+            EXPECT_FALSE(std::equal(a.begin() + pos * v, a.begin() + (pos + 1) * v, b.begin() + pos * v)) << pos;
+        EXPECT_FALSE(std::equal(a.begin(), a.begin() + v, c.begin()));
+    }
+    for (const Shape& s : {theta, eps}) {
+        auto one = logits_of(s, false), all = logits_of(s, true);
+        float scale = 0;
+        for (float x : one) scale = std::max(scale, std::fabs(x));
+        for (std::size_t i = 0; i < one.size(); ++i) ASSERT_NEAR(one[i], all[i], 1e-4 * (1 + scale)) << i;
+    }
+}
+
+TEST(Keys, BosAndEosIds) {
+    Vocab v;
+    for (int i = 0; i < TEST_VOCAB; ++i) v.pieces.push_back(test_piece(i, " ")), v.scores.push_back(-static_cast<float>(i));
+    Tokenizer tok(v, 7, 9);
+    auto ids = tok.encode("a", true, true);
+    ASSERT_GE(ids.size(), 3u);
+    EXPECT_EQ(ids.front(), 7);
+    EXPECT_EQ(ids.back(), 9);
+    EXPECT_EQ(tok.decode(7, 261), "a");   // the space after BOS dropped
+    EXPECT_EQ(tok.decode(1, 261), " a");  // 1 is no longer BOS
+    Tokenizer plain(v);
+    EXPECT_EQ(plain.encode("a", true, true).front(), BOS);
+    EXPECT_EQ(plain.decode(1, 261), "a");
+}
+
+// ---------------------------------------------------------------- KV cache sized for the run
+
+TEST(KvCache, SizedForTheRun) {
+    // a 7B shape at 8192 positions: 8 GiB of cache for the whole context, 64 KiB for 4 positions
+    Config big{4096, 11008, 32, 32, 32, 32000, 8192, true};
+    EXPECT_NO_THROW(check_kv_cache(big, 4, "m.gguf"));
+    EXPECT_NO_THROW(check_kv_cache(big, 4096, "m.gguf"));  // exactly 4 GiB
+    try {
+        check_kv_cache(big, 8192, "m.gguf");
+        ADD_FAILURE() << "accepted";
+    } catch (const FormatError& e) {
+        EXPECT_STREQ(e.what(), "m.gguf: KV cache of 8589934592 bytes for 8192 positions exceeds the 4 GiB limit");
+    }
+    // the transformer holds the positions it is given, and refuses one past them
+    TempFile f(gguf_model(Defect::none));
+    Model m = read_model(f.path.string());
+    ThreadPool pool(1);
+    Transformer tr(m, pool, 8, false, 3);
+    EXPECT_EQ(tr.kv_rows(), 3);
+    for (int pos = 0; pos < 3; ++pos) tr.forward(5, pos);
+    EXPECT_THROW(tr.forward(5, 3), RuntimeError);
+    const int four[] = {1, 2, 3, 4};
+    EXPECT_THROW(tr.forward_batch(four, 0, Logits::last), RuntimeError);
+    EXPECT_EQ(Transformer(m, pool).kv_rows(), m.config.seq_len);
 }

@@ -10,6 +10,7 @@ const checkpoint = @import("checkpoint.zig");
 const errors = @import("errors.zig");
 const kernels = @import("kernels.zig");
 const q8 = @import("q8.zig");
+const half = @import("half.zig");
 const pool_mod = @import("pool.zig");
 const Config = model.Config;
 const Matrix = model.Matrix;
@@ -45,8 +46,9 @@ pub const RunState = struct {
     dx: []f32, // its blocks' scales (max(dim, hidden_dim) / 32)
     rope_cos: []f32, // rotation of each (i, i+1) pair at the current position (dim / 2)
     rope_sin: []f32, // (dim / 2)
-    key_cache: []f32, // (layer, seq_len, kv_dim)
-    value_cache: []f32, // (layer, seq_len, kv_dim)
+    key_cache: []f32, // (layer, kv_rows, kv_dim)
+    value_cache: []f32, // (layer, kv_rows, kv_dim)
+    kv_rows: usize, // positions the cache holds: those the run can reach, not the whole context
 };
 
 pub const Transformer = struct {
@@ -57,8 +59,11 @@ pub const Transformer = struct {
     vocab: ?Vocab, // GGUF embeds its tokenizer
 };
 
-pub fn buildRunState(gpa: Allocator, c: Config, n_chunks: usize) RunState {
-    const kv_len = c.n_layers * c.seq_len * c.kvDim();
+/// `kv_rows` (at most seq_len) is checked against the cache limit by the caller
+/// (model.checkKvCache).
+pub fn buildRunState(gpa: Allocator, c: Config, n_chunks: usize, kv_rows: usize) RunState {
+    std.debug.assert(kv_rows >= 1 and kv_rows <= c.seq_len);
+    const kv_len = c.n_layers * kv_rows * c.kvDim();
     const widest = @max(c.dim, c.hidden_dim);
     return .{
         .x = allocOrDie(gpa, f32, c.dim),
@@ -75,23 +80,27 @@ pub fn buildRunState(gpa: Allocator, c: Config, n_chunks: usize) RunState {
         .rope_sin = allocOrDie(gpa, f32, c.dim / 2),
         .key_cache = allocOrDie(gpa, f32, kv_len),
         .value_cache = allocOrDie(gpa, f32, kv_len),
+        .kv_rows = kv_rows,
     };
 }
 
 pub fn freeRunState(gpa: Allocator, s: *RunState) void {
-    inline for (@typeInfo(RunState).@"struct".field_names) |name| gpa.free(@field(s, name));
+    inline for (@typeInfo(RunState).@"struct".field_names) |name| {
+        if (comptime !std.mem.eql(u8, name, "kv_rows")) gpa.free(@field(s, name));
+    }
 }
 
-pub fn buildTransformer(gpa: Allocator, io: Io, path: []const u8, n_workers: usize, huge_pages: bool) Transformer {
+/// The model file read and checked; its run state comes later (initState), once the command
+/// line says how many positions the KV cache must hold.
+pub fn buildTransformer(gpa: Allocator, io: Io, path: []const u8, huge_pages: bool) Transformer {
     var diag: model.Diag = .{};
     const m = checkpoint.read(gpa, io, &diag, path, huge_pages) catch |err| readFailed(err, &diag);
-    return .{
-        .config = m.config,
-        .weights = m.weights,
-        .state = buildRunState(gpa, m.config, if (n_workers == 1) 1 else n_workers * CHUNKS_PER_WORKER),
-        .file = m.file,
-        .vocab = m.vocab,
-    };
+    return .{ .config = m.config, .weights = m.weights, .state = undefined, .file = m.file, .vocab = m.vocab };
+}
+
+/// The run state with a KV cache of `kv_rows` positions, allocated once.
+pub fn initState(gpa: Allocator, t: *Transformer, n_workers: usize, kv_rows: usize) void {
+    t.state = buildRunState(gpa, t.config, if (n_workers == 1) 1 else n_workers * CHUNKS_PER_WORKER, kv_rows);
 }
 
 pub fn freeTransformer(gpa: Allocator, t: *Transformer) void {
@@ -104,11 +113,14 @@ fn matmulRows(out: []f32, w: Matrix, in: Input, r0: usize, r1: usize) void {
     switch (w) {
         .f32 => |t| matmulRowsF32(out, t, in.x, r0, r1),
         .q8_0 => |q| matmulRowsQ8(out, q, in, r0, r1),
+        .f16 => |h| half.matmulRows16(.f16, out, h, in.x, r0, r1),
+        .bf16 => |b| half.matmulRows16(.bf16, out, b, in.x, r0, r1),
     }
 }
 
 /// `x` as the matmuls with weights `ws` read it: quantized once for all of them if any is
-/// Q8_0 (whose rows, and so x, the reader has checked to be a multiple of 32 long).
+/// Q8_0 (whose rows, and so x, the reader has checked to be a multiple of 32 long). F16 and
+/// BF16 weights take x as it is (the contract leaves the activation in float32).
 fn matmulInput(s: *RunState, x: []const f32, ws: []const Matrix) Input {
     for (ws) |w| {
         if (w == .q8_0) {
@@ -179,7 +191,7 @@ const AttentionJob = struct {
         const hs = c.headSize();
         const kv_dim = c.kvDim();
         const kv_mul = c.n_heads / c.n_kv_heads; // integer multiplier of the kv sharing in multiquery
-        const loff = job.layer * c.seq_len * kv_dim; // kv cache layer offset for convenience
+        const loff = job.layer * s.kv_rows * kv_dim; // kv cache layer offset for convenience
         const scale = 1.0 / @sqrt(@as(f32, @floatFromInt(hs)));
         const lo = c.n_heads * chunk / n_chunks;
         const hi = c.n_heads * (chunk + 1) / n_chunks;
@@ -209,13 +221,15 @@ fn ropeTables(s: *RunState, c: Config, pos: usize) void {
     ropeAt(s.rope_cos, s.rope_sin, c, pos);
 }
 
-/// cos/sin of RoPE's rotation for each adjacent pair at `pos` (dim / 2 each).
+/// cos/sin of RoPE's rotation for each adjacent pair at `pos` (dim / 2 each), with the file's
+/// base theta.
 pub fn ropeAt(cos: []f32, sin: []f32, c: Config, pos: usize) void {
     const hs: f32 = @floatFromInt(c.headSize());
     const p: f32 = @floatFromInt(pos);
+    const theta: f64 = c.rope_theta;
     for (cos, sin, 0..) |*co, *si, pair| {
         const head_dim: f32 = @floatFromInt((pair * 2) % c.headSize());
-        const freq: f32 = 1.0 / @as(f32, @floatCast(std.math.pow(f64, 10000.0, head_dim / hs)));
+        const freq: f32 = 1.0 / @as(f32, @floatCast(std.math.pow(f64, theta, head_dim / hs)));
         const angle: f64 = p * freq; // rounded to f32 like run.c, then cos/sin computed exactly
         co.* = @floatCast(@cos(angle));
         si.* = @floatCast(@sin(angle));
@@ -250,16 +264,18 @@ pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
     switch (w.token_embedding) {
         .f32 => |e| @memcpy(s.x, e[token * dim ..][0..dim]),
         .q8_0 => |q| dequantizeRow(s.x, q[token * (dim / QB) ..][0 .. dim / QB]),
+        .f16 => |h| half.widenRow(.f16, s.x, h[token * dim ..][0..dim]),
+        .bf16 => |b| half.widenRow(.bf16, s.x, b[token * dim ..][0..dim]),
     }
     ropeTables(s, c, pos);
 
     for (w.layers, 0..) |*lw, l| {
         attentionBlock(pool, s, c, kv_dim, lw, l, pos);
-        ffnBlock(pool, s, lw);
+        ffnBlock(pool, s, c, lw);
     }
 
     // final rmsnorm, then the classifier into the logits
-    rmsnorm(s.x, s.x, w.rms_final);
+    rmsnorm(s.x, s.x, w.rms_final, c.norm_eps);
     matmul(pool, s, s.logits, w.wcls, s.x);
     return s.logits;
 }
@@ -268,10 +284,10 @@ pub fn forward(t: *Transformer, pool: *Pool, token: usize, pos: usize) []f32 {
 /// This and ffnBlock are inline so that forward stays one loop in the machine code, as it was
 /// before its steps had names; kv_dim comes in because kvDim() divides.
 inline fn attentionBlock(pool: *Pool, s: *RunState, c: Config, kv_dim: usize, lw: *const model.LayerWeights, l: usize, pos: usize) void {
-    rmsnorm(s.xb, s.x, lw.rms_att);
+    rmsnorm(s.xb, s.x, lw.rms_att, c.norm_eps);
 
     // qkv matmuls for this position; k and v go straight into the cache row of pos
-    const loff = l * c.seq_len * kv_dim; // kv cache layer offset for convenience
+    const loff = l * s.kv_rows * kv_dim; // kv cache layer offset for convenience
     const k = s.key_cache[loff + pos * kv_dim ..][0..kv_dim];
     const v = s.value_cache[loff + pos * kv_dim ..][0..kv_dim];
     const qkv: MatmulJob = .{ .in = matmulInput(s, s.xb, &.{ lw.wq, lw.wk, lw.wv }), .outs = .{ s.q, k, v }, .ws = .{ lw.wq, lw.wk, lw.wv }, .count = 3 };
@@ -291,8 +307,8 @@ inline fn attentionBlock(pool: *Pool, s: *RunState, c: Config, kv_dim: usize, lw
 }
 
 /// x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x))), the SwiGLU feed-forward of a layer.
-inline fn ffnBlock(pool: *Pool, s: *RunState, lw: *const model.LayerWeights) void {
-    rmsnorm(s.xb, s.x, lw.rms_ffn);
+inline fn ffnBlock(pool: *Pool, s: *RunState, c: Config, lw: *const model.LayerWeights) void {
+    rmsnorm(s.xb, s.x, lw.rms_ffn, c.norm_eps);
     const ffn: FfnJob = .{ .in = matmulInput(s, s.xb, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .w1 = lw.w1, .w3 = lw.w3 };
     pool.run(&ffn, FfnJob.work);
     matmul(pool, s, s.xb, lw.w2, s.hb);

@@ -14,6 +14,7 @@ const std = @import("std");
 const builtin = @import("builtin");
 const model = @import("model.zig");
 const kernels = @import("kernels.zig");
+const half = @import("half.zig");
 const Tensor = model.Tensor;
 const testing = std.testing;
 
@@ -82,6 +83,21 @@ pub const Packed = struct {
 
 /// out[t * ldo + r] = X[t] . W[r] for every activation row t and weight rows r in [r0, r1).
 pub fn gemmRowsF32(out: []f32, ldo: usize, w: Tensor, in: Packed, r0: usize, r1: usize) void {
+    gemmRows(null, out, ldo, w, in, r0, r1, &.{});
+}
+
+/// gemmRowsF32 for 16-bit weights (the activation packed as for fp32 ones): each tile's TILE_R weight rows are widened to float32 into `scratch`
+/// (TILE_R * d floats, one per concurrent caller), where they stay in L1 while every panel of
+/// the token block passes over them, so the tile itself is the fp32 one.
+pub fn gemmRows16(comptime k: half.Kind, out: []f32, ldo: usize, w: []align(1) const half.Elem(k), in: Packed, r0: usize, r1: usize, scratch: []f32) void {
+    gemmRows(k, out, ldo, w, in, r0, r1, scratch);
+}
+
+fn Weights(comptime k: ?half.Kind) type {
+    return if (k) |kind| []align(1) const half.Elem(kind) else Tensor;
+}
+
+fn gemmRows(comptime k: ?half.Kind, out: []f32, ldo: usize, w: Weights(k), in: Packed, r0: usize, r1: usize, scratch: []f32) void {
     const d = in.d;
     const n_panels = panels(in.rows);
     const block = @max(TILE_G, (BLOCK_BYTES / (d * VL * 4)) / TILE_G * TILE_G);
@@ -89,27 +105,40 @@ pub fn gemmRowsF32(out: []f32, ldo: usize, w: Tensor, in: Packed, r0: usize, r1:
     while (g0 < n_panels) : (g0 += block) {
         const g1 = @min(n_panels, g0 + block);
         var r = r0;
-        while (r + TILE_R <= r1) : (r += TILE_R) panelsRows(TILE_R, out, ldo, w, in, r, g0, g1);
-        while (r + 4 <= r1) : (r += 4) panelsRows(4, out, ldo, w, in, r, g0, g1);
-        while (r < r1) : (r += 1) panelsRows(1, out, ldo, w, in, r, g0, g1);
+        while (r + TILE_R <= r1) : (r += TILE_R) panelsRows(k, TILE_R, out, ldo, w, in, r, g0, g1, scratch);
+        while (r + 4 <= r1) : (r += 4) panelsRows(k, 4, out, ldo, w, in, r, g0, g1, scratch);
+        while (r < r1) : (r += 1) panelsRows(k, 1, out, ldo, w, in, r, g0, g1, scratch);
     }
 }
 
-/// Weight rows [r, r + R) against panels [g0, g1), TILE_G panels at a time.
-inline fn panelsRows(comptime R: usize, out: []f32, ldo: usize, w: Tensor, in: Packed, r: usize, g0: usize, g1: usize) void {
+/// Weight rows [r, r + R) against panels [g0, g1), TILE_G panels at a time (16-bit rows
+/// widened into `scratch` first).
+inline fn panelsRows(comptime k: ?half.Kind, comptime R: usize, out: []f32, ldo: usize, w: Weights(k), in: Packed, r: usize, g0: usize, g1: usize, scratch: []f32) void {
+    const d = in.d;
+    var wt: Tensor = undefined;
+    var wrow: usize = undefined;
+    if (k) |kind| {
+        half.widenRow(kind, scratch[0 .. R * d], w[r * d ..][0 .. R * d]);
+        wt = scratch[0 .. R * d];
+        wrow = 0;
+    } else {
+        wt = w;
+        wrow = r;
+    }
     var g = g0;
-    while (g + TILE_G <= g1) : (g += TILE_G) tile(R, TILE_G, out, ldo, w, in, r, g);
+    while (g + TILE_G <= g1) : (g += TILE_G) tile(R, TILE_G, out, ldo, wt, wrow, in, r, g);
     switch (g1 - g) {
-        inline 1...TILE_G - 1 => |left| tile(R, left, out, ldo, w, in, r, g),
+        inline 1...TILE_G - 1 => |left| tile(R, left, out, ldo, wt, wrow, in, r, g),
         else => {},
     }
 }
 
-fn tile(comptime R: usize, comptime G: usize, out: []f32, ldo: usize, w: Tensor, in: Packed, r: usize, g: usize) void {
+/// Output columns [r, r + R) from weight rows [wrow, wrow + R) of `w`.
+fn tile(comptime R: usize, comptime G: usize, out: []f32, ldo: usize, w: Tensor, wrow: usize, in: Packed, r: usize, g: usize) void {
     const d = in.d;
     var acc: [R][G]V = @splat(@splat(@splat(0)));
     var wr: [R][*]align(1) const f32 = undefined;
-    inline for (0..R) |i| wr[i] = w[(r + i) * d ..].ptr;
+    inline for (0..R) |i| wr[i] = w[(wrow + i) * d ..].ptr;
     const p = in.pack[g * d * VL ..].ptr;
     for (0..d) |k| {
         var xv: [G]V = undefined;
@@ -161,6 +190,49 @@ test "batched f32 kernel against a scalar loop: odd T, n and d" {
                         try testing.expectApproxEqAbs(want, got[t * ldo + r], 1e-4 * (1 + @abs(want)));
                     }
                     for (n..ldo) |r| try testing.expectEqual(@as(f32, -1), got[t * ldo + r]);
+                }
+            }
+        }
+    }
+}
+
+test "batched 16-bit kernels against the scalar formula: odd T, n and d" {
+    const gpa = testing.allocator;
+    var prng: std.Random.DefaultPrng = .init(31);
+    const rand = prng.random();
+    inline for (.{ half.Kind.f16, half.Kind.bf16 }) |k| {
+        for ([_]usize{ 64, 96, 172, 288 }) |d| {
+            for ([_]usize{ 1, 7, 33 }) |rows| {
+                for ([_]usize{ 1, 3, TILE_R + 5, 2 * TILE_R + 4 + 3 }) |n| {
+                    const x = try gpa.alloc(f32, rows * d);
+                    defer gpa.free(x);
+                    const w = try gpa.alloc(half.Elem(k), n * d);
+                    defer gpa.free(w);
+                    for (x) |*v| v.* = rand.floatNorm(f32);
+                    for (w) |*v| v.* = switch (k) {
+                        .f16 => @floatCast(rand.floatNorm(f32) * 0.1),
+                        .bf16 => @truncate(@as(u32, @bitCast(rand.floatNorm(f32) * 0.1)) >> 16),
+                    };
+                    const pack = try gpa.alloc(f32, panels(rows) * VL * d);
+                    defer gpa.free(pack);
+                    packF32(pack, x, rows, d);
+                    const scratch = try gpa.alloc(f32, TILE_R * d);
+                    defer gpa.free(scratch);
+                    const ldo = n + 2;
+                    const got = try gpa.alloc(f32, rows * ldo);
+                    defer gpa.free(got);
+                    @memset(got, -1);
+                    const in: Packed = .{ .pack = pack, .rows = rows, .d = d };
+                    const cut = @min(n, 4);
+                    gemmRows16(k, got, ldo, w, in, 0, cut, scratch);
+                    gemmRows16(k, got, ldo, w, in, cut, n, scratch);
+                    const want = try gpa.alloc(f32, n);
+                    defer gpa.free(want);
+                    for (0..rows) |t| {
+                        half.matmulScalar(k, want, w, x[t * d ..][0..d]);
+                        for (want, got[t * ldo ..][0..n]) |a, b| try testing.expectApproxEqAbs(a, b, 1e-5 * (1 + @abs(a)));
+                        for (n..ldo) |r| try testing.expectEqual(@as(f32, -1), got[t * ldo + r]);
+                    }
                 }
             }
         }

@@ -26,7 +26,6 @@ const Sampler = sampler_mod.Sampler;
 const sample = sampler_mod.sample;
 const decode = tokenizer_mod.decode;
 const safePiece = tokenizer_mod.safePiece;
-const BOS = tokenizer_mod.BOS;
 const QB = q8.QB;
 const runtimeError = errors.runtimeError;
 const testing = std.testing;
@@ -91,8 +90,8 @@ pub fn generate(io: Io, t: *Transformer, bs: *BatchState, pool: *Pool, tok: *con
             stats.generated_tokens += 1;
             if (first == null) first = Io.Clock.awake.now(io);
         }
-        // data-dependent terminating condition: the BOS (=1) token delimits sequences
-        if (next == BOS and !ignore_bos) break;
+        // data-dependent terminating condition: the BOS token (the file's, 1 by default) delimits sequences
+        if (next == tok.bos and !ignore_bos) break;
         out.emit(safePiece(decode(tok, token, next)));
         token = next;
     }
@@ -219,7 +218,7 @@ fn expectBatchedLogits(gpa: Allocator, c: model.Config, w: model.TransformerWeig
     const V = c.vocab_size;
     const want = try gpa.alloc(f32, ids.len * V);
     {
-        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, 1), .file = file, .vocab = null };
+        var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, 1, c.seq_len), .file = file, .vocab = null };
         const pool = pool_mod.buildPool(gpa, testing.io, 1);
         defer pool_mod.freePool(gpa, pool);
         for (ids, 0..) |id, pos| @memcpy(want[pos * V ..][0..V], forward(&t, pool, id, pos));
@@ -227,7 +226,7 @@ fn expectBatchedLogits(gpa: Allocator, c: model.Config, w: model.TransformerWeig
     for ([_]usize{ 1, 2 }) |n_workers| {
         for ([_]usize{ 1, 7, ids.len }) |batch| {
             const n_chunks = n_workers * pool_mod.CHUNKS_PER_WORKER;
-            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks), .file = file, .vocab = null };
+            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks, c.seq_len), .file = file, .vocab = null };
             var bs = prefill.buildBatchState(gpa, c, batch, batch, n_chunks);
             const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
             defer pool_mod.freePool(gpa, pool);
@@ -257,7 +256,7 @@ fn expectGolden(gpa: std.mem.Allocator, tok: *const tokenizer_mod.Tokenizer, c: 
         for ([_]usize{ 1, 3, 512 }) |batch_flag| {
             const n_chunks = n_workers * pool_mod.CHUNKS_PER_WORKER;
             const batch = @min(batch_flag, c.seq_len);
-            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks), .file = file, .vocab = null };
+            var t: Transformer = .{ .config = c, .weights = w, .state = forward_mod.buildRunState(gpa, c, n_chunks, c.seq_len), .file = file, .vocab = null };
             var bs = prefill.buildBatchState(gpa, c, batch, 1, n_chunks);
             const pool = pool_mod.buildPool(gpa, testing.io, n_workers);
             defer pool_mod.freePool(gpa, pool);
@@ -266,6 +265,47 @@ fn expectGolden(gpa: std.mem.Allocator, tok: *const tokenizer_mod.Tokenizer, c: 
             var writer: Io.Writer = .fixed(&buf);
             _ = generate(testing.io, &t, &bs, pool, tok, &sampler, prompt, steps, batch, false, .{ .writer = &writer });
             try testing.expectEqualStrings(want, writer.buffered());
+        }
+    }
+}
+
+test "stories260K: a file's theta and eps change the logits, the defaults are llama2.c's" {
+    const model_path = try testutil.findModelFile("stories260K.bin");
+    defer testing.allocator.free(model_path);
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const gpa = arena.allocator();
+    var diag: model.Diag = .{};
+    const m = try checkpoint.read(gpa, testing.io, &diag, model_path, false);
+    defer std.posix.munmap(@alignCast(@constCast(m.file)));
+    const c = m.config;
+    try testing.expectEqual(@as(f32, 10000), c.rope_theta);
+    try testing.expectEqual(@as(f32, 1e-5), c.norm_eps);
+    const ids = [_]u32{ 1, 300, 301, 302, 303, 304 };
+    var keyed = c;
+    keyed.rope_theta = 500000;
+    var eps = c;
+    eps.norm_eps = 1e-2;
+    var logits: [3][]f32 = undefined;
+    for ([_]model.Config{ c, keyed, eps }, 0..) |cfg, k| {
+        var t: Transformer = .{ .config = cfg, .weights = m.weights, .state = forward_mod.buildRunState(gpa, cfg, 1, ids.len), .file = m.file, .vocab = null };
+        var bs = prefill.buildBatchState(gpa, cfg, 3, 3, pool_mod.CHUNKS_PER_WORKER);
+        const pool = pool_mod.buildPool(gpa, testing.io, 1);
+        defer pool_mod.freePool(gpa, pool);
+        logits[k] = try gpa.alloc(f32, ids.len * c.vocab_size);
+        // one-position and batched paths both read the keys: the first half one way, the rest the other
+        for (0..3) |pos| @memcpy(logits[k][pos * c.vocab_size ..][0..c.vocab_size], forward(&t, pool, ids[pos], pos));
+        @memcpy(logits[k][3 * c.vocab_size ..], forwardBatch(&t, &bs, pool, ids[3..], 3, .all));
+    }
+    // position 0 rotates by angle 0, so theta shows from position 1 on; eps everywhere
+    for (1..ids.len) |pos| {
+        for ([_]usize{ 1, 2 }) |k| {
+            var diff: f32 = 0;
+            for (logits[0][pos * c.vocab_size ..][0..c.vocab_size], logits[k][pos * c.vocab_size ..][0..c.vocab_size]) |x, y| diff = @max(diff, @abs(x - y));
+            testing.expect(diff > 1e-3) catch |err| {
+                std.debug.print("position {d}, config {d}: logits moved by only {e}\n", .{ pos, k, diff });
+                return err;
+            };
         }
     }
 }

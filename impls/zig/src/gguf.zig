@@ -1,6 +1,7 @@
 //! GGUF v2/v3 with llama.cpp's `llama` names, the tokenizer embedded; norms F32, every matrix
-//! F32 or Q8_0, tensor by tensor (a Q8_0 file keeps a matrix F32 when its rows are not a
-//! multiple of 32 long).
+//! F32, F16, BF16 or Q8_0, tensor by tensor (a Q8_0 file keeps a matrix F32 when its rows are
+//! not a multiple of 32 long). The hyperparameters a file may state (RoPE base, norm epsilon,
+//! BOS and EOS ids) are read with llama.cpp's defaults; sizes and offsets are 64-bit.
 //! Every count, length and offset is checked against the bytes that remain before it is used,
 //! and the files llama.cpp's loader refuses are refused here too (contract section 4).
 
@@ -16,7 +17,9 @@ const ReadError = model.ReadError;
 const GGUF_MAX_ENTRIES = 65536;
 const DEFAULT_ALIGNMENT = 32;
 const TYPE_F32 = 0;
+const TYPE_F16 = 1;
 const TYPE_Q8_0 = 8;
+const TYPE_BF16 = 30;
 const Q8_BLOCK_BYTES = @sizeOf(model.Q8Block);
 pub const SPACE_MARK = "\u{2581}"; // SentencePiece's visible space
 
@@ -153,6 +156,13 @@ const GgufKeys = struct {
     tokens: ?GgufValue = null,
     scores: ?GgufValue = null,
     token_types: ?GgufValue = null,
+    rope_theta: ?GgufValue = null,
+    norm_eps: ?GgufValue = null,
+    rope_dims: ?GgufValue = null,
+    bos: ?GgufValue = null,
+    eos: ?GgufValue = null,
+    rope_scaling: ?GgufValue = null,
+    experts: ?GgufValue = null,
 
     const names = .{
         .{ "general.architecture", "architecture" },        .{ "general.alignment", "alignment" },
@@ -160,7 +170,10 @@ const GgufKeys = struct {
         .{ "llama.block_count", "n_layers" },               .{ "llama.attention.head_count", "n_heads" },
         .{ "llama.attention.head_count_kv", "n_kv_heads" }, .{ "llama.context_length", "seq_len" },
         .{ "tokenizer.ggml.tokens", "tokens" },             .{ "tokenizer.ggml.scores", "scores" },
-        .{ "tokenizer.ggml.token_type", "token_types" },
+        .{ "tokenizer.ggml.token_type", "token_types" },     .{ "llama.rope.freq_base", "rope_theta" },
+        .{ "llama.attention.layer_norm_rms_epsilon", "norm_eps" }, .{ "llama.rope.dimension_count", "rope_dims" },
+        .{ "tokenizer.ggml.bos_token_id", "bos" },          .{ "tokenizer.ggml.eos_token_id", "eos" },
+        .{ "llama.rope.scaling.type", "rope_scaling" },     .{ "llama.expert_count", "experts" },
     };
 };
 
@@ -184,14 +197,57 @@ fn readKeys(gpa: Allocator, cur: *Cursor, n_kv: usize) ReadError!GgufKeys {
     return keys;
 }
 
-/// An integer-valued key (any integer type; bool counts as 0/1), or `default` when absent.
+/// An integer-valued key (any integer type; a bool, a float or a string is the wrong kind, as in
+/// the reference), or `default` when absent.
 fn intKey(diag: *Diag, path: []const u8, data: []const u8, v: ?GgufValue, key: []const u8, default: ?i64) error{BadFile}!i64 {
     const val = v orelse return default orelse diag.fail(path, "missing required key {s}", .{key});
-    if (scalarSize(val.vtype) == null) return diag.fail(path, "key {s} must be an integer", .{key});
+    if (scalarSize(val.vtype) == null or val.vtype == .bool) return diag.fail(path, "key {s} must be an integer", .{key});
     return switch (scalarAt(data, val.off, val.vtype)) {
         .int => |i| i,
         .float => diag.fail(path, "key {s} must be an integer", .{key}),
     };
+}
+
+/// A float-valued key (any numeric type: llama.cpp's writers use f32, a hand-made file may
+/// give an integer), or `default` when absent. A bool or a string is the wrong kind.
+fn floatKey(diag: *Diag, path: []const u8, data: []const u8, v: ?GgufValue, key: []const u8, default: f64) error{BadFile}!f64 {
+    const val = v orelse return default;
+    if (scalarSize(val.vtype) == null or val.vtype == .bool) return diag.fail(path, "key {s} must be a number (it has value type {d})", .{ key, @intFromEnum(val.vtype) });
+    return switch (scalarAt(data, val.off, val.vtype)) {
+        .int => |i| @floatFromInt(i),
+        .float => |f| f,
+    };
+}
+
+/// The hyperparameters contract 3 reads from the file, each refused (naming its key) when of
+/// the wrong kind or out of range, and the features this architecture does not compute.
+fn readHyper(diag: *Diag, path: []const u8, data: []const u8, keys: GgufKeys, c: *Config) error{BadFile}!void {
+    const theta = try floatKey(diag, path, data, keys.rope_theta, "llama.rope.freq_base", 10000);
+    if (!std.math.isFinite(theta) or theta <= 1 or !std.math.isFinite(@as(f32, @floatCast(theta))))
+        return diag.fail(path, "key llama.rope.freq_base={d} is out of range (finite, above 1)", .{theta});
+    const eps = try floatKey(diag, path, data, keys.norm_eps, "llama.attention.layer_norm_rms_epsilon", 1e-5);
+    if (!std.math.isFinite(eps) or eps <= 0 or eps >= 1 or @as(f32, @floatCast(eps)) == 0)
+        return diag.fail(path, "key llama.attention.layer_norm_rms_epsilon={d} is out of range (finite, above 0, below 1)", .{eps});
+    const head_size: i64 = @intCast(c.headSize());
+    const rope_dims = try intKey(diag, path, data, keys.rope_dims, "llama.rope.dimension_count", head_size);
+    if (rope_dims != head_size)
+        return diag.fail(path, "key llama.rope.dimension_count={d} differs from head_size={d}: partial rotation is not computed", .{ rope_dims, head_size });
+    const vocab: i64 = @intCast(c.vocab_size);
+    const bos = try intKey(diag, path, data, keys.bos, "tokenizer.ggml.bos_token_id", 1);
+    if (bos < 0 or bos >= vocab) return diag.fail(path, "key tokenizer.ggml.bos_token_id={d} is outside the vocabulary [0, {d})", .{ bos, vocab });
+    const eos = try intKey(diag, path, data, keys.eos, "tokenizer.ggml.eos_token_id", 2);
+    if (eos < 0 or eos >= vocab) return diag.fail(path, "key tokenizer.ggml.eos_token_id={d} is outside the vocabulary [0, {d})", .{ eos, vocab });
+    if (keys.rope_scaling) |v| {
+        if (v.vtype != .string) return diag.fail(path, "key llama.rope.scaling.type must be a string", .{});
+        const kind = stringAt(data, v.off);
+        if (!std.mem.eql(u8, kind, "none")) return diag.fail(path, "key llama.rope.scaling.type is '{s}': only 'none' is computed", .{kind});
+    }
+    const experts = try intKey(diag, path, data, keys.experts, "llama.expert_count", 0);
+    if (experts > 0) return diag.fail(path, "key llama.expert_count={d}: mixture-of-experts models are not computed", .{experts});
+    c.rope_theta = @floatCast(theta);
+    c.norm_eps = @floatCast(eps);
+    c.bos = @intCast(bos);
+    c.eos = @intCast(eos);
 }
 
 const TensorInfo = struct {
@@ -246,7 +302,8 @@ pub fn read(gpa: Allocator, diag: *Diag, path: []const u8, data: []const u8) Rea
     if (scores.vtype != .array or scalarSize(scores.elem) == null or scores.count != tokens.count)
         return diag.fail(path, "tokenizer.ggml.scores missing or not one per token", .{});
 
-    const c = try readConfig(diag, path, data, keys, tokens.count, !table.index.contains("output.weight"));
+    var c = try readConfig(diag, path, data, keys, tokens.count, !table.index.contains("output.weight"));
+    try readHyper(diag, path, data, keys, &c);
     const w = try table.weights(gpa, c);
     const vocab = try readVocab(gpa, diag, path, data, tokens, scores, keys.token_types);
     return .{ .config = c, .weights = w, .file = data, .vocab = vocab };
@@ -314,28 +371,31 @@ const TensorTable = struct {
         return model.tensorAt(t.data, t.data_start + @as(usize, @intCast(info.offset)), n);
     }
 
-    /// A (rows, cols) weight: F32, or Q8_0 when cols is a multiple of 32.
+    /// A (rows, cols) weight: F32, F16, BF16, or Q8_0 when cols is a multiple of 32.
     fn matrix(t: *TensorTable, name: []const u8, rows: usize, cols: usize) error{BadFile}!Matrix {
         const info = try t.locate(name, &.{ rows, cols }, true);
         const off = t.data_start + @as(usize, @intCast(info.offset));
         return switch (info.ttype) {
             TYPE_Q8_0 => .{ .q8_0 = model.q8BlocksAt(t.data, off, rows * (cols / model.Q8_BLOCK)) },
+            TYPE_F16 => .{ .f16 = model.halvesAt(f16, t.data, off, rows * cols) },
+            TYPE_BF16 => .{ .bf16 = model.halvesAt(u16, t.data, off, rows * cols) },
             else => .{ .f32 = model.tensorAt(t.data, off, rows * cols) },
         };
     }
 
-    /// The named tensor, checked for type (Q8_0 only where `quantizable`), GGUF dims = reversed
-    /// `shape`, alignment and extent inside the file; marked used.
+    /// The named tensor, checked for type (F16, BF16 and Q8_0 only where `quantizable`), GGUF
+    /// dims = reversed `shape`, alignment and extent inside the file, all in 64 bits; marked used.
     fn locate(t: *TensorTable, name: []const u8, shape: []const usize, quantizable: bool) error{BadFile}!*TensorInfo {
         const i = t.index.get(name) orelse return t.diag.fail(t.path, "missing tensor {s}", .{name});
         const info = &t.infos[i];
-        if (info.ttype != TYPE_F32 and !(quantizable and info.ttype == TYPE_Q8_0)) {
-            if (quantizable) return t.diag.fail(t.path, "tensor {s} has type {d}; only F32 (0) and Q8_0 (8) are supported", .{ name, info.ttype });
-            if (info.ttype == TYPE_Q8_0) return t.diag.fail(t.path, "tensor {s} is Q8_0; only matrices may be, norms are F32", .{name});
+        const matrix_type = info.ttype == TYPE_Q8_0 or info.ttype == TYPE_F16 or info.ttype == TYPE_BF16;
+        if (info.ttype != TYPE_F32 and !(quantizable and matrix_type)) {
+            if (quantizable) return t.diag.fail(t.path, "tensor {s} has type {d}; only F32 (0), F16 (1), BF16 (30) and Q8_0 (8) are supported", .{ name, info.ttype });
+            if (matrix_type) return t.diag.fail(t.path, "tensor {s} is {s}; only matrices may be, norms are F32", .{ name, typeName(info.ttype) });
             return t.diag.fail(t.path, "tensor {s} has type {d}; only F32 (0) is supported", .{ name, info.ttype });
         }
         var ok = info.n_dims == shape.len;
-        var count: usize = 1;
+        var count: u64 = 1;
         for (shape, 0..) |s, k| {
             if (ok and info.dims[shape.len - 1 - k] != s) ok = false;
             count *= s;
@@ -346,8 +406,12 @@ const TensorTable = struct {
             return t.diag.fail(t.path, "tensor {s} is Q8_0 with rows of {d} values, not a multiple of the block size {d}", .{ name, row, model.Q8_BLOCK });
         if (info.offset % t.alignment != 0)
             return t.diag.fail(t.path, "tensor {s} has offset {d}, not a multiple of general.alignment={d}", .{ name, info.offset, t.alignment });
-        // F32 data is read as floats, Q8_0 blocks byte by byte
-        const nbytes: u64 = if (info.ttype == TYPE_Q8_0) @as(u64, count / model.Q8_BLOCK) * Q8_BLOCK_BYTES else @as(u64, count) * 4;
+        // F32 data is read as floats, Q8_0 blocks byte by byte, 16-bit values unaligned
+        const nbytes: u64 = switch (info.ttype) {
+            TYPE_Q8_0 => count / model.Q8_BLOCK * Q8_BLOCK_BYTES,
+            TYPE_F16, TYPE_BF16 => count * 2,
+            else => count * 4,
+        };
         const float_misaligned = info.ttype == TYPE_F32 and info.offset % 4 != 0;
         const room: u64 = if (t.data_start <= t.data.len) t.data.len - t.data_start else 0;
         if (float_misaligned or info.offset > room or nbytes > room - info.offset)
@@ -384,6 +448,15 @@ const TensorTable = struct {
         return infos[a].offset < infos[b].offset;
     }
 };
+
+fn typeName(ttype: u32) []const u8 {
+    return switch (ttype) {
+        TYPE_F16 => "F16",
+        TYPE_BF16 => "BF16",
+        TYPE_Q8_0 => "Q8_0",
+        else => "F32",
+    };
+}
 
 fn layerName(buf: []u8, layer: usize, comptime kind: []const u8) []const u8 {
     return std.fmt.bufPrint(buf, "blk.{d}." ++ kind ++ ".weight", .{layer}) catch unreachable; // 64 bytes always fit
@@ -435,7 +508,9 @@ const testing = std.testing;
 const TinyGguf = struct {
     const Kv = struct { key: []const u8, vtype: GgufType, value: []u8 };
     const Info = struct { name: []const u8, dims: []const u64, ttype: u32, offset: u64 };
-    const Shape = struct { dim: u32 = 8, hidden: u32 = 16, q8: bool = false };
+    /// `matrices`: the type of every matrix (Q8_0 only where the rows are a multiple of 32 long,
+    /// as the converter writes them).
+    const Shape = struct { dim: u32 = 8, hidden: u32 = 16, q8: bool = false, matrices: u32 = TYPE_F32 };
 
     arena: Allocator,
     kvs: std.ArrayList(Kv) = .empty,
@@ -474,21 +549,23 @@ const TinyGguf = struct {
         try g.addKv("tokenizer.ggml.scores", .array, scores.items);
         const d: u64 = shape.dim;
         const h: u64 = shape.hidden;
-        try g.addMatrix("token_embd.weight", d, 260, shape.q8);
+        const mt: u32 = if (shape.q8) TYPE_Q8_0 else shape.matrices;
+        try g.addMatrix("token_embd.weight", d, 260, mt);
         try g.addTensor("output_norm.weight", &.{d});
         try g.addTensor("blk.0.attn_norm.weight", &.{d});
-        inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |name| try g.addMatrix("blk.0." ++ name ++ ".weight", d, d, shape.q8);
+        inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |name| try g.addMatrix("blk.0." ++ name ++ ".weight", d, d, mt);
         try g.addTensor("blk.0.ffn_norm.weight", &.{d});
-        try g.addMatrix("blk.0.ffn_gate.weight", d, h, shape.q8);
-        try g.addMatrix("blk.0.ffn_down.weight", h, d, shape.q8);
-        try g.addMatrix("blk.0.ffn_up.weight", d, h, shape.q8);
+        try g.addMatrix("blk.0.ffn_gate.weight", d, h, mt);
+        try g.addMatrix("blk.0.ffn_down.weight", h, d, mt);
+        try g.addMatrix("blk.0.ffn_up.weight", d, h, mt);
         return g;
     }
 
-    /// A matrix of `rows` rows of `cols` values; Q8_0 when `q8` and cols is a multiple of 32.
-    fn addMatrix(g: *TinyGguf, name: []const u8, cols: u64, rows: u64, q8: bool) !void {
-        const ttype: u32 = if (q8 and cols % 32 == 0) TYPE_Q8_0 else TYPE_F32;
-        try g.addTyped(name, try g.arena.dupe(u64, &.{ cols, rows }), ttype);
+    /// A matrix of `rows` rows of `cols` values of type `ttype`, F32 instead of Q8_0 when cols is
+    /// not a multiple of 32.
+    fn addMatrix(g: *TinyGguf, name: []const u8, cols: u64, rows: u64, ttype: u32) !void {
+        const t: u32 = if (ttype == TYPE_Q8_0 and cols % 32 != 0) TYPE_F32 else ttype;
+        try g.addTyped(name, try g.arena.dupe(u64, &.{ cols, rows }), t);
     }
 
     fn addKv(g: *TinyGguf, key: []const u8, vtype: GgufType, value: []u8) !void {
@@ -505,7 +582,11 @@ const TinyGguf = struct {
         try g.tensors.append(g.arena, .{ .name = name, .dims = dims, .ttype = ttype, .offset = g.data_len });
         var n: u64 = 1;
         for (dims) |d| n *= d;
-        g.data_len += if (ttype == TYPE_Q8_0) n / 32 * Q8_BLOCK_BYTES else n * 4;
+        g.data_len += switch (ttype) {
+            TYPE_Q8_0 => n / 32 * Q8_BLOCK_BYTES,
+            TYPE_F16, TYPE_BF16 => n * 2,
+            else => n * 4,
+        };
     }
 
     fn tensor(g: *TinyGguf, name: []const u8) *Info {
@@ -676,7 +757,7 @@ test "gguf: Q8_0 tensors the reader refuses, each naming the tensor" {
             },
             .unknown_type => blk: {
                 g.tensor("blk.0.attn_v.weight").ttype = 2; // Q4_0
-                break :blk "tensor blk.0.attn_v.weight has type 2; only F32 (0) and Q8_0 (8) are supported";
+                break :blk "tensor blk.0.attn_v.weight has type 2; only F32 (0), F16 (1), BF16 (30) and Q8_0 (8) are supported";
             },
         };
         var diag: Diag = .{};
@@ -687,6 +768,108 @@ test "gguf: Q8_0 tensors the reader refuses, each naming the tensor" {
         };
         if (!std.mem.eql(u8, diag.problem(), want)) {
             std.debug.print("{t}: '{s}' is not '{s}'\n", .{ b, diag.problem(), want });
+            return error.TestUnexpectedResult;
+        }
+    }
+}
+
+test "gguf: F16 and BF16 matrices load, 2 bytes a value; a 16-bit norm is refused" {
+    inline for (.{ TYPE_F16, TYPE_BF16 }) |ttype| {
+        var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+        defer arena.deinit();
+        var g = try TinyGguf.init(arena.allocator(), .{ .dim = 8, .hidden = 12, .matrices = ttype });
+        var diag: Diag = .{};
+        const m = read(arena.allocator(), &diag, "h.gguf", try g.bytes()) catch |err| {
+            std.debug.print("{s}\n", .{diag.problem()});
+            return err;
+        };
+        const tag = if (ttype == TYPE_F16) "f16" else "bf16";
+        try testing.expectEqual(@as(usize, 260 * 8), @field(m.weights.token_embedding, tag).len);
+        try testing.expectEqual(@as(usize, 12 * 8), @field(m.weights.layers[0].w2, tag).len);
+        // the last tensor one byte short: its 2-byte values, not 4-byte ones, decide
+        var short = try TinyGguf.init(arena.allocator(), .{ .dim = 8, .hidden = 12, .matrices = ttype });
+        short.data_len -= 1;
+        try testing.expectError(error.BadFile, read(arena.allocator(), &diag, "h.gguf", try short.bytes()));
+        try testing.expectEqualStrings("tensor blk.0.ffn_up.weight lies outside the file", diag.problem());
+        // attn_k placed inside attn_q's 2 * 8 * 8 bytes
+        var overlap = try TinyGguf.init(arena.allocator(), .{ .dim = 8, .hidden = 12, .matrices = ttype });
+        overlap.tensor("blk.0.attn_k.weight").offset = overlap.tensor("blk.0.attn_q.weight").offset + 96;
+        try testing.expectError(error.BadFile, read(arena.allocator(), &diag, "h.gguf", try overlap.bytes()));
+        try testing.expectEqualStrings("tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap", diag.problem());
+        var norm = try TinyGguf.init(arena.allocator(), .{ .matrices = ttype });
+        norm.tensor("blk.0.ffn_norm.weight").ttype = ttype;
+        try testing.expectError(error.BadFile, read(arena.allocator(), &diag, "h.gguf", try norm.bytes()));
+        const want = if (ttype == TYPE_F16) "tensor blk.0.ffn_norm.weight is F16; only matrices may be, norms are F32" else "tensor blk.0.ffn_norm.weight is BF16; only matrices may be, norms are F32";
+        try testing.expectEqualStrings(want, diag.problem());
+    }
+}
+
+fn scalarBytes(arena: Allocator, comptime T: type, v: T) ![]u8 {
+    const U = @Int(.unsigned, @bitSizeOf(T));
+    var b: [@sizeOf(T)]u8 = undefined;
+    std.mem.writeInt(U, &b, @bitCast(v), .little);
+    return arena.dupe(u8, &b);
+}
+
+test "gguf: the hyperparameter keys, their defaults, any numeric type" {
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const a = arena.allocator();
+    var diag: Diag = .{};
+    var g = try TinyGguf.init(a, .{});
+    const d = (try read(a, &diag, "k.gguf", try g.bytes())).config;
+    try testing.expectEqual(@as(f32, 10000), d.rope_theta);
+    try testing.expectEqual(@as(f32, 1e-5), d.norm_eps);
+    try testing.expectEqual(@as(u32, 1), d.bos);
+    try testing.expectEqual(@as(u32, 2), d.eos);
+    try g.addKv("llama.rope.freq_base", .u32, try scalarBytes(a, u32, 500000)); // an integer type
+    try g.addKv("llama.attention.layer_norm_rms_epsilon", .f64, try scalarBytes(a, f64, 1e-6));
+    try g.addKv("llama.rope.dimension_count", .u64, try scalarBytes(a, u64, 4)); // head_size 8 / 2
+    try g.addKv("tokenizer.ggml.bos_token_id", .u16, try scalarBytes(a, u16, 2));
+    try g.addKv("tokenizer.ggml.eos_token_id", .i64, try scalarBytes(a, i64, 1));
+    try g.addKv("llama.rope.scaling.type", .string, try encodeString(a, "none"));
+    try g.addKv("llama.expert_count", .u32, try scalarBytes(a, u32, 0));
+    const c = (try read(a, &diag, "k.gguf", try g.bytes())).config;
+    try testing.expectEqual(@as(f32, 500000), c.rope_theta);
+    try testing.expectEqual(@as(f32, 1e-6), c.norm_eps);
+    try testing.expectEqual(@as(u32, 2), c.bos);
+    try testing.expectEqual(@as(u32, 1), c.eos);
+}
+
+test "gguf: a hyperparameter of the wrong kind or out of range is refused, naming its key" {
+    const Case = struct { key: []const u8, vtype: GgufType, bytes: []const u8 };
+    var arena: std.heap.ArenaAllocator = .init(testing.allocator);
+    defer arena.deinit();
+    const a = arena.allocator();
+    const cases = [_]Case{
+        .{ .key = "llama.rope.freq_base", .vtype = .string, .bytes = try encodeString(a, "10000") },
+        .{ .key = "llama.rope.freq_base", .vtype = .f32, .bytes = try scalarBytes(a, f32, 1) },
+        .{ .key = "llama.rope.freq_base", .vtype = .f32, .bytes = try scalarBytes(a, f32, std.math.inf(f32)) },
+        .{ .key = "llama.rope.freq_base", .vtype = .bool, .bytes = try scalarBytes(a, u8, 1) },
+        .{ .key = "llama.attention.layer_norm_rms_epsilon", .vtype = .f32, .bytes = try scalarBytes(a, f32, 0) },
+        .{ .key = "llama.attention.layer_norm_rms_epsilon", .vtype = .f32, .bytes = try scalarBytes(a, f32, std.math.nan(f32)) },
+        .{ .key = "llama.attention.layer_norm_rms_epsilon", .vtype = .i32, .bytes = try scalarBytes(a, i32, 1) },
+        .{ .key = "llama.rope.dimension_count", .vtype = .u32, .bytes = try scalarBytes(a, u32, 2) },
+        .{ .key = "llama.rope.dimension_count", .vtype = .f32, .bytes = try scalarBytes(a, f32, 4) },
+        .{ .key = "llama.rope.scaling.type", .vtype = .string, .bytes = try encodeString(a, "linear") },
+        .{ .key = "llama.rope.scaling.type", .vtype = .u32, .bytes = try scalarBytes(a, u32, 0) },
+        .{ .key = "llama.expert_count", .vtype = .u32, .bytes = try scalarBytes(a, u32, 8) },
+        .{ .key = "tokenizer.ggml.bos_token_id", .vtype = .u32, .bytes = try scalarBytes(a, u32, 260) },
+        .{ .key = "tokenizer.ggml.bos_token_id", .vtype = .string, .bytes = try encodeString(a, "1") },
+        .{ .key = "tokenizer.ggml.eos_token_id", .vtype = .i32, .bytes = try scalarBytes(a, i32, -1) },
+        .{ .key = "tokenizer.ggml.eos_token_id", .vtype = .u64, .bytes = try scalarBytes(a, u64, std.math.maxInt(u64)) },
+    };
+    for (cases) |case| {
+        var g = try TinyGguf.init(a, .{});
+        try g.addKv(case.key, case.vtype, try a.dupe(u8, case.bytes));
+        var diag: Diag = .{};
+        const result = read(a, &diag, "bad.gguf", try g.bytes());
+        testing.expectError(error.BadFile, result) catch |err| {
+            std.debug.print("{s} ({t}): accepted\n", .{ case.key, case.vtype });
+            return err;
+        };
+        if (std.mem.indexOf(u8, diag.problem(), case.key) == null) {
+            std.debug.print("'{s}' does not name {s}\n", .{ diag.problem(), case.key });
             return error.TestUnexpectedResult;
         }
     }

@@ -17,7 +17,7 @@ const has_fma = switch (builtin.cpu.arch) {
 };
 
 /// acc + a * b, fused where the CPU has FMA (without it @mulAdd would be a slow libcall).
-inline fn madd(acc: V, a: V, b: V) V {
+pub inline fn madd(acc: V, a: V, b: V) V {
     return if (has_fma) @mulAdd(V, a, b, acc) else acc + a * b;
 }
 
@@ -25,7 +25,7 @@ inline fn madd(acc: V, a: V, b: V) V {
 /// floats adds the lanes in order, one dependent add after another: in the f32 matmul those
 /// chains (four rows of 16 lanes) were the hottest instructions, costing more than the rows'
 /// FMAs (measured in the port's README, "Performance levers").
-fn sumLanes(comptime n: usize, v: @Vector(n, f32)) f32 {
+pub fn sumLanes(comptime n: usize, v: @Vector(n, f32)) f32 {
     if (n == 1) return v[0];
     const h = n / 2;
     const lo: @Vector(h, f32) = @shuffle(f32, v, undefined, std.simd.iota(i32, h));
@@ -80,10 +80,11 @@ pub fn matmulRowsF32(out: []f32, w: Tensor, x: []const f32, r0: usize, r1: usize
     while (i < r1) : (i += 1) out[i] = dot(w[i * n ..][0..n], x);
 }
 
-pub fn rmsnorm(o: []f32, x: []const f32, weight: Tensor) void {
+/// `eps` is the file's (contract 3), 1e-5 unless a GGUF states another.
+pub fn rmsnorm(o: []f32, x: []const f32, weight: Tensor, eps: f32) void {
     var ss: f32 = 0;
     for (x) |xi| ss += xi * xi;
-    ss = ss / @as(f32, @floatFromInt(x.len)) + 1e-5;
+    ss = ss / @as(f32, @floatFromInt(x.len)) + eps;
     const inv = 1.0 / @sqrt(ss);
     for (o, x, weight[0..x.len]) |*oi, xi, wi| oi.* = wi * (inv * xi);
 }

@@ -45,26 +45,36 @@ pub fn main(init: std.process.Init) void {
     // POLYLLAMA_HUGEPAGES=0 keeps the plain file mapping, for before/after runs.
     const huge_pages = !std.mem.eql(u8, init.environ_map.get("POLYLLAMA_HUGEPAGES") orelse "", "0");
     q8.prefetch = !std.mem.eql(u8, init.environ_map.get("POLYLLAMA_Q8_PREFETCH") orelse "", "0");
-    var transformer = forward_mod.buildTransformer(gpa, io, args.checkpoint, args.threads, huge_pages);
+    var transformer = forward_mod.buildTransformer(gpa, io, args.checkpoint, huge_pages);
     const c = transformer.config;
+    // the KV cache holds the positions this run can reach, checked against the limit now and
+    // allocated once the tokenizer is read too
+    const ids: []const u32 = if (args.mode == .logits) idsInVocab(gpa, args.ids.?, c) else &.{};
+    const steps: usize = if (args.steps == 0 or args.steps > c.seq_len) c.seq_len else @intCast(args.steps);
+    const kv_rows = if (args.mode == .logits) ids.len else steps;
+    var kv_diag: model.Diag = .{};
+    model.checkKvCache(&kv_diag, args.checkpoint, c, kv_rows) catch |err| errors.readFailed(err, &kv_diag);
     const vocab = transformer.vocab orelse blk: {
         const tok_path = args.tokenizer orelse usageError("-z tokenizer is required for a .bin checkpoint", .{});
         var diag: model.Diag = .{};
         break :blk checkpoint.readTokenizer(gpa, io, &diag, tok_path, c.vocab_size) catch |err| errors.readFailed(err, &diag);
     };
     var tokenizer = tokenizer_mod.buildTokenizer(gpa, vocab);
+    tokenizer.bos = c.bos;
+    tokenizer.eos = c.eos;
     const pool = pool_mod.buildPool(gpa, io, args.threads);
-    // the batched pass's scratch, sized once for min(batch, seq_len) rows (and the logits of as
-    // many rows in logits mode, of one row otherwise)
+    forward_mod.initState(gpa, &transformer, args.threads, kv_rows);
+    // the batched pass's scratch, sized once for min(batch, seq_len) rows, or fewer when the run
+    // reaches fewer positions (and the logits of as many rows in logits mode, of one row
+    // otherwise)
     const batch: usize = @intCast(@min(args.batch, c.seq_len));
-    const ids: []const u32 = if (args.mode == .logits) idsInVocab(gpa, args.ids.?, c) else &.{};
     const logit_rows = if (args.mode == .logits) @min(batch, ids.len) else 1;
-    var bs = prefill.buildBatchState(gpa, c, batch, logit_rows, pool.n_chunks);
+    var bs = prefill.buildBatchState(gpa, c, @min(batch, kv_rows), logit_rows, pool.n_chunks);
     const load_s = gen.seconds(io, t0);
 
     const stats = switch (args.mode) {
         .logits => gen.logitsRun(io, &transformer, &bs, pool, ids, batch, args.output.?),
-        .generate => generateText(gpa, io, &transformer, &bs, pool, &tokenizer, args, batch),
+        .generate => generateText(gpa, io, &transformer, &bs, pool, &tokenizer, args, steps, batch),
     };
     gen.printStats(args.threads, load_s, stats);
     prefill.freeBatchState(gpa, &bs);
@@ -85,12 +95,11 @@ fn idsInVocab(gpa: Allocator, raw: []const i64, c: Config) []const u32 {
 }
 
 /// The prompt encoded, then run.c's generation loop writing the text to stdout.
-fn generateText(gpa: Allocator, io: Io, transformer: *Transformer, bs: *prefill.BatchState, pool: *Pool, tokenizer: *const Tokenizer, args: cli.Args, batch: usize) Stats {
+fn generateText(gpa: Allocator, io: Io, transformer: *Transformer, bs: *prefill.BatchState, pool: *Pool, tokenizer: *const Tokenizer, args: cli.Args, steps: usize, batch: usize) Stats {
     const c = transformer.config;
     const seed = if (args.seed > 0) args.seed else @as(u64, @intCast(@max(1, Io.Clock.real.now(io).toSeconds())));
     var sampler = sampler_mod.buildSampler(gpa, c.vocab_size, args.temperature, args.topp, seed);
     defer sampler_mod.freeSampler(gpa, &sampler);
-    const steps: usize = if (args.steps == 0 or args.steps > c.seq_len) c.seq_len else @intCast(args.steps);
     const prompt_tokens = tokenizer_mod.encode(tokenizer, gpa, args.prompt, true, false) catch |err| switch (err) {
         error.OutOfMemory => outOfMemory(),
         error.ByteTokenMissing => errors.badFile(args.tokenizer orelse args.checkpoint, "the vocabulary of {d} pieces cannot spell the prompt (no byte or space token)", .{c.vocab_size}),
@@ -113,6 +122,7 @@ test {
     _ = pool_mod;
     _ = @import("kernels.zig");
     _ = q8;
+    _ = @import("half.zig");
     _ = forward_mod;
     _ = prefill;
     _ = @import("gemm.zig");

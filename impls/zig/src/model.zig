@@ -53,6 +53,11 @@ pub const Config = struct {
     vocab_size: usize, // vocabulary size, usually 32000 for Llama 2 tokenizers
     seq_len: usize, // max sequence length
     shared_classifier: bool, // the classifier reuses token_embedding
+    // what a GGUF may state (contract 3); a .bin states none of them and gets these defaults
+    rope_theta: f32 = 10000, // RoPE base
+    norm_eps: f32 = 1e-5, // rmsnorm's epsilon
+    bos: u32 = 1, // encode's first id, and the id that stops generation
+    eos: u32 = 2, // encode's eos id
 
     pub fn headSize(c: Config) usize {
         return c.dim / c.n_heads;
@@ -82,9 +87,6 @@ pub fn validateConfig(diag: *Diag, path: []const u8, r: RawConfig, shared: bool)
     if (@mod(head_size, 2) != 0) return diag.fail(path, "head_size={d} must be even for RoPE", .{head_size});
     if (r.n_kv_heads > r.n_heads or @mod(r.n_heads, r.n_kv_heads) != 0)
         return diag.fail(path, "n_heads={d} is not a multiple of n_kv_heads={d}", .{ r.n_heads, r.n_kv_heads });
-    // every factor is bounded above, so this product fits in 64 bits
-    const kv_bytes: u64 = @intCast(r.n_layers * r.seq_len * (r.n_kv_heads * head_size) * 2 * 4);
-    if (kv_bytes > MAX_KV_BYTES) return diag.fail(path, "KV cache of {d} bytes exceeds the 4 GiB limit", .{kv_bytes});
     return .{
         .dim = @intCast(r.dim),
         .hidden_dim = @intCast(r.hidden_dim),
@@ -95,6 +97,14 @@ pub fn validateConfig(diag: *Diag, path: []const u8, r: RawConfig, shared: bool)
         .seq_len = @intCast(r.seq_len),
         .shared_classifier = shared,
     };
+}
+
+/// The KV cache holds the positions a run can reach (`rows`: the clamped steps, or the -k
+/// ids), not the whole context, so that a short run on a long-context model stays small; the
+/// contract's limit applies to that size. Every factor is bounded, so the product fits in 64 bits.
+pub fn checkKvCache(diag: *Diag, path: []const u8, c: Config, rows: usize) error{BadFile}!void {
+    const kv_bytes: u64 = @as(u64, c.n_layers) * rows * c.kvDim() * 2 * 4;
+    if (kv_bytes > MAX_KV_BYTES) return diag.fail(path, "KV cache of {d} bytes for {d} positions exceeds the 4 GiB limit", .{ kv_bytes, rows });
 }
 
 // ----------------------------------------------------------------------------
@@ -121,10 +131,13 @@ comptime {
 }
 
 /// A (rows, cols) weight matrix, row-major, as the file stores it: fp32, or Q8_0 with cols / 32
-/// blocks per row (GGUF only; the reader checks that cols is a multiple of 32).
+/// blocks per row (GGUF only; the reader checks that cols is a multiple of 32), or 16-bit
+/// values (GGUF only): IEEE half (F16), or the top half of a float32 (BF16, kept as its bits).
 pub const Matrix = union(enum) {
     f32: Tensor,
     q8_0: []const Q8Block,
+    f16: []align(1) const f16,
+    bf16: []align(1) const u16,
 };
 
 pub const LayerWeights = struct {
@@ -155,6 +168,12 @@ pub fn tensorAt(data: []const u8, off: usize, count: usize) Tensor {
 /// `count` Q8_0 blocks at byte `off` of the file's bytes, which the caller has bounds-checked.
 pub fn q8BlocksAt(data: []const u8, off: usize, count: usize) []const Q8Block {
     const p: [*]const Q8Block = @ptrCast(data.ptr + off);
+    return p[0..count];
+}
+
+/// `count` 16-bit values at byte `off` of the file's bytes, which the caller has bounds-checked.
+pub fn halvesAt(comptime T: type, data: []const u8, off: usize, count: usize) []align(1) const T {
+    const p: [*]align(1) const T = @ptrCast(data.ptr + off);
     return p[0..count];
 }
 

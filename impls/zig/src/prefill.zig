@@ -12,6 +12,7 @@ const kernels = @import("kernels.zig");
 const gemm = @import("gemm.zig");
 const gemm_q8 = @import("gemm_q8.zig");
 const q8 = @import("q8.zig");
+const h16 = @import("half.zig");
 const pool_mod = @import("pool.zig");
 const forward_mod = @import("forward.zig");
 const Config = model.Config;
@@ -35,6 +36,7 @@ pub const BatchState = struct {
     hb: []f32, // silu(w1 @ x) * (w3 @ x) (rows, hidden_dim)
     hb2: []f32, // w3 @ x (rows, hidden_dim)
     pack: []f32, // the fp32 input of a product, in gemm.zig's panels (panels(rows) * VL, widest)
+    wconv: []f32, // per chunk: a tile of 16-bit weight rows widened (n_chunks, gemm.TILE_R * widest)
     qx: []i8, // the input of a Q8_0 product, quantized row by row (gemm_q8.zig's layout)
     dx: []f32, // its blocks' scales
     wsum: []i32, // per chunk: the Q8_0 kernel's weight block sums (n_chunks, TILE_R * widest / 32)
@@ -62,6 +64,7 @@ pub fn buildBatchState(gpa: Allocator, c: Config, rows: usize, logit_rows: usize
         .hb = alloc(gpa, f32, rows, c.hidden_dim),
         .hb2 = alloc(gpa, f32, rows, c.hidden_dim),
         .pack = alloc(gpa, f32, gemm.panels(rows) * gemm.VL, widest),
+        .wconv = alloc(gpa, f32, n_chunks, gemm.TILE_R * widest),
         .qx = alloc(gpa, i8, gemm_q8.packedRows(rows), widest),
         .dx = alloc(gpa, f32, gemm_q8.packedRows(rows), widest / QB),
         .wsum = alloc(gpa, i32, n_chunks, gemm_q8.TILE_R * (widest / QB)),
@@ -79,8 +82,9 @@ pub fn freeBatchState(gpa: Allocator, s: *BatchState) void {
     }
 }
 
-/// A product's input: `rows` rows of width `d` in `x`, packed for fp32 weights and quantized
-/// for Q8_0 ones, once for the group of products that share it.
+/// A product's input: `rows` rows of width `d` in `x`, packed for fp32, F16 and BF16 weights
+/// (all three take the float32 activation) and quantized for Q8_0 ones, once for the group of
+/// products that share it.
 const Input = struct {
     x: []const f32,
     rows: usize,
@@ -88,13 +92,14 @@ const Input = struct {
     packed_f32: gemm.Packed = undefined,
     packed_q8: gemm_q8.Packed = undefined,
     wsum: []i32 = &.{},
+    wconv: []f32 = &.{},
 };
 
 fn prepare(pool: *Pool, s: *BatchState, x: []const f32, rows: usize, d: usize, ws: []const Matrix) Input {
     var in: Input = .{ .x = x, .rows = rows, .d = d };
     var job: PrepareJob = .{ .s = s, .x = x, .rows = rows, .d = d };
     for (ws) |w| switch (w) {
-        .f32 => job.f32_pack = rows > 1,
+        .f32, .f16, .bf16 => job.f32_pack = rows > 1,
         .q8_0 => job.q8_pack = true,
     };
     // one row is quick to pack on this thread; more are shared out, since on many threads the
@@ -106,6 +111,7 @@ fn prepare(pool: *Pool, s: *BatchState, x: []const f32, rows: usize, d: usize, w
         in.packed_q8 = gemm_q8.packedOf(s.qx, s.dx, rows, d);
         in.wsum = s.wsum;
     }
+    in.wconv = s.wconv;
     return in;
 }
 
@@ -124,8 +130,8 @@ const PrepareJob = struct {
             gemm.packPanelsF32(job.s.pack, job.x, job.rows, job.d, n * chunk / n_chunks, n * (chunk + 1) / n_chunks);
         }
         if (job.q8_pack) {
-            const n = gemm_q8.groups(job.rows);
-            gemm_q8.quantizeGroups(job.s.qx, job.s.dx, job.x, job.rows, job.d, n * chunk / n_chunks, n * (chunk + 1) / n_chunks);
+            const nq = gemm_q8.groups(job.rows);
+            gemm_q8.quantizeGroups(job.s.qx, job.s.dx, job.x, job.rows, job.d, nq * chunk / n_chunks, nq * (chunk + 1) / n_chunks);
         }
     }
 };
@@ -142,6 +148,14 @@ fn productRows(out: []f32, ldo: usize, w: Matrix, in: Input, r0: usize, r1: usiz
             const per = gemm_q8.TILE_R * (in.d / QB);
             gemm_q8.gemmRowsQ8(out, ldo, q, in.packed_q8, r0, r1, in.wsum[chunk * per ..][0..per]);
         },
+        .f16 => |h| if (in.rows == 1)
+            h16.matmulRows16(.f16, out, h, in.x[0..in.d], r0, r1)
+        else
+            gemm.gemmRows16(.f16, out, ldo, h, in.packed_f32, r0, r1, in.wconv[chunk * gemm.TILE_R * in.d ..][0 .. gemm.TILE_R * in.d]),
+        .bf16 => |b| if (in.rows == 1)
+            h16.matmulRows16(.bf16, out, b, in.x[0..in.d], r0, r1)
+        else
+            gemm.gemmRows16(.bf16, out, ldo, b, in.packed_f32, r0, r1, in.wconv[chunk * gemm.TILE_R * in.d ..][0 .. gemm.TILE_R * in.d]),
     }
 }
 
@@ -223,6 +237,7 @@ const AttentionJob = struct {
     s: *const BatchState,
     key_cache: []const f32,
     value_cache: []const f32,
+    kv_rows: usize,
     layer: usize,
     p0: usize,
     rows: usize,
@@ -233,7 +248,7 @@ const AttentionJob = struct {
         const hs = c.headSize();
         const kv_dim = c.kvDim();
         const kv_mul = c.n_heads / c.n_kv_heads;
-        const loff = job.layer * c.seq_len * kv_dim;
+        const loff = job.layer * job.kv_rows * kv_dim;
         const scale = 1.0 / @sqrt(@as(f32, @floatFromInt(hs)));
         const n_blocks = (job.rows + ATT_ROWS - 1) / ATT_ROWS;
         var i = chunk;
@@ -428,21 +443,24 @@ pub fn forwardBatch(tr: *Transformer, s: *BatchState, pool: *Pool, tokens: []con
     const kv_dim = c.kvDim();
     const half = dim / 2;
     const T = tokens.len;
-    std.debug.assert(T >= 1 and T <= s.rows and p0 + T <= c.seq_len);
+    const kv_rows = tr.state.kv_rows;
+    std.debug.assert(T >= 1 and T <= s.rows and p0 + T <= kv_rows);
 
     for (tokens, 0..) |token, t| {
         const row = s.x[t * dim ..][0..dim];
         switch (w.token_embedding) {
             .f32 => |e| @memcpy(row, e[token * dim ..][0..dim]),
             .q8_0 => |qe| q8.dequantizeRow(row, qe[token * (dim / QB) ..][0 .. dim / QB]),
+            .f16 => |h| h16.widenRow(.f16, row, h[token * dim ..][0..dim]),
+            .bf16 => |b| h16.widenRow(.bf16, row, b[token * dim ..][0..dim]),
         }
         forward_mod.ropeAt(s.rope_cos[t * half ..][0..half], s.rope_sin[t * half ..][0..half], c, p0 + t);
     }
 
     for (w.layers, 0..) |*lw, l| {
         // attention: every row's q, k, v, with k and v written into the cache rows p0..p0+T-1
-        for (0..T) |t| rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], lw.rms_att);
-        const loff = l * c.seq_len * kv_dim;
+        for (0..T) |t| rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], lw.rms_att, c.norm_eps);
+        const loff = l * kv_rows * kv_dim;
         const k = kc[loff + p0 * kv_dim ..][0 .. T * kv_dim];
         const v = vc[loff + p0 * kv_dim ..][0 .. T * kv_dim];
         const qkv: GemmJob = .{
@@ -461,13 +479,13 @@ pub fn forwardBatch(tr: *Transformer, s: *BatchState, pool: *Pool, tokens: []con
             forward_mod.rotateBy(k[t * kv_dim ..][0..kv_dim], cos, sin);
         }
         // every row's k and v are in the cache before any row attends
-        const att: AttentionJob = .{ .c = c, .s = s, .key_cache = kc, .value_cache = vc, .layer = l, .p0 = p0, .rows = T };
+        const att: AttentionJob = .{ .c = c, .s = s, .key_cache = kc, .value_cache = vc, .kv_rows = kv_rows, .layer = l, .p0 = p0, .rows = T };
         pool.run(&att, AttentionJob.work);
         product(pool, s, s.xb2, dim, lw.wo, dim, s.xb[0 .. T * dim], T, dim);
         for (s.x[0 .. T * dim], s.xb2[0 .. T * dim]) |*xi, o| xi.* += o;
 
         // feed-forward
-        for (0..T) |t| rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], lw.rms_ffn);
+        for (0..T) |t| rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], lw.rms_ffn, c.norm_eps);
         const ffn: FfnJob = .{ .in = prepare(pool, s, s.xb[0 .. T * dim], T, dim, &.{ lw.w1, lw.w3 }), .hb = s.hb, .hb2 = s.hb2, .hidden = hidden, .w1 = lw.w1, .w3 = lw.w3 };
         pool.run(&ffn, FfnJob.work);
         product(pool, s, s.xb2, dim, lw.w2, dim, s.hb[0 .. T * hidden], T, hidden);
@@ -479,12 +497,12 @@ pub fn forwardBatch(tr: *Transformer, s: *BatchState, pool: *Pool, tokens: []con
         .none => return s.logits[0..0],
         .last => {
             const xl = s.xb[0..dim];
-            rmsnorm(xl, s.x[(T - 1) * dim ..][0..dim], w.rms_final);
+            rmsnorm(xl, s.x[(T - 1) * dim ..][0..dim], w.rms_final, c.norm_eps);
             product(pool, s, s.logits, vocab, w.wcls, vocab, xl, 1, dim);
             return s.logits[0..vocab];
         },
         .all => {
-            for (0..T) |t| rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], w.rms_final);
+            for (0..T) |t| rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], w.rms_final, c.norm_eps);
             product(pool, s, s.logits, vocab, w.wcls, vocab, s.xb[0 .. T * dim], T, dim);
             return s.logits[0 .. T * vocab];
         },

@@ -13,10 +13,13 @@ const outOfMemory = errors.outOfMemory;
 const allocOrDie = errors.allocOrDie;
 const testing = std.testing;
 
+/// llama2.c's ids, and a GGUF's unless it states others (contract 3: the model's Config).
 pub const BOS = 1;
 pub const EOS = 2;
 pub const Tokenizer = struct {
     vocab: Vocab,
+    bos: u32 = BOS, // encode's first id; decode drops the space after it
+    eos: u32 = EOS,
     lookup: std.StringHashMapUnmanaged(u32), // piece -> lowest id spelling it
     merge_buf: []u8, // room for two concatenated pieces
 };
@@ -45,7 +48,7 @@ pub fn encode(t: *const Tokenizer, gpa: Allocator, text: []const u8, bos: bool, 
     errdefer gpa.free(tokens);
     var n: usize = 0;
     if (bos) {
-        tokens[n] = BOS;
+        tokens[n] = t.bos;
         n += 1;
     }
     if (text.len > 0) {
@@ -56,7 +59,7 @@ pub fn encode(t: *const Tokenizer, gpa: Allocator, text: []const u8, bos: bool, 
     n += try codePointTokens(t, text, tokens[n..]);
     n = mergePairs(t, tokens[0..n]);
     if (eos) {
-        tokens[n] = EOS;
+        tokens[n] = t.eos;
         n += 1;
     }
     return gpa.realloc(tokens, n); // the caller frees exactly what it got
@@ -126,7 +129,7 @@ const byte_values: [256]u8 = blk: {
 /// form <0xHH> stands for that raw byte.
 pub fn decode(t: *const Tokenizer, prev: u32, token: u32) []const u8 {
     var piece = t.vocab.pieces[token];
-    if (prev == BOS and piece.len > 0 and piece[0] == ' ') piece = piece[1..];
+    if (prev == t.bos and piece.len > 0 and piece[0] == ' ') piece = piece[1..];
     if (piece.len == 6 and std.mem.startsWith(u8, piece, "<0x") and piece[5] == '>') {
         const byte = std.fmt.parseInt(u8, piece[3..5], 16) catch return piece;
         if (std.ascii.isHex(piece[3]) and std.ascii.isHex(piece[4])) return byte_values[byte..][0..1];
