@@ -1,5 +1,5 @@
-/* The C port's input files: llama2.c checkpoints (v0, v1), GGUF (v2/v3; F32, and Q8_0 matrices)
-   and tokenizer.bin.
+/* The C port's input files: llama2.c checkpoints (v0, v1), GGUF (v2/v3; F32, and F16, BF16 and
+   Q8_0 matrices; the model keys of contract 3) and tokenizer.bin.
 
    Top to bottom: errors and file access, the config and its limits, the llama2.c header (one
    path for v0 and v1) and tensor layouts, the GGUF reader (preamble, kv section, tensor infos,
@@ -13,6 +13,7 @@
 #include "formats.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -119,6 +120,11 @@ static void *load_file(const char *path, int fd, size_t size) {
 #define MAX_VOCAB (1 << 20)
 #define MAX_SEQ 65536
 #define MAX_KV_BYTES (4LL << 30)
+// what llama2.c hard-codes, and llama.cpp's defaults for a GGUF that does not say
+#define DEFAULT_ROPE_THETA 10000.0f
+#define DEFAULT_NORM_EPS 1e-5f
+#define DEFAULT_BOS 1
+#define DEFAULT_EOS 2
 
 static void validate_config(const char *path, const Config *c) {
     const char *names[] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
@@ -134,8 +140,14 @@ static void validate_config(const char *path, const Config *c) {
     if (head_size % 2) die_file(path, "head_size=%d must be even for RoPE", head_size);
     if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
         die_file(path, "n_heads=%d is not a multiple of n_kv_heads=%d", c->n_heads, c->n_kv_heads);
-    long long kv_bytes = (long long)c->n_layers * c->seq_len * (c->n_kv_heads * head_size) * 2 * 4;
-    if (kv_bytes > MAX_KV_BYTES) die_file(path, "KV cache of %lld bytes exceeds the 4 GiB limit", kv_bytes);
+}
+
+// the KV cache a run needs: rows positions (the steps it can reach, not seq_len), under 4 GiB
+void check_kv_cache(const char *path, const Config *c, long long rows) {
+    long long kv_dim = (long long)c->n_kv_heads * (c->dim / c->n_heads);
+    long long kv_bytes = (long long)c->n_layers * rows * kv_dim * 2 * 4; // under 2^62 by the limits
+    if (kv_bytes > MAX_KV_BYTES)
+        die_file(path, "KV cache of %lld bytes for %lld positions exceeds the 4 GiB limit", kv_bytes, rows);
 }
 
 static long long weight_floats(const Config *c) {
@@ -171,7 +183,8 @@ static long long read_llama2c_header(const char *path, int fd, size_t size, int 
         vocab = vocab == INT32_MIN ? 0 : abs(vocab);
     }
     *c = (Config){read_le32(h7), read_le32(h7 + 4), read_le32(h7 + 8), read_le32(h7 + 12),
-                  read_le32(h7 + 16), vocab, read_le32(h7 + 24), shared};
+                  read_le32(h7 + 16), vocab, read_le32(h7 + 24), shared,
+                  DEFAULT_ROPE_THETA, DEFAULT_NORM_EPS, DEFAULT_BOS, DEFAULT_EOS};
     validate_config(path, c);
     return header_bytes;
 }
@@ -290,11 +303,14 @@ typedef struct {
 } TensorInfo;
 
 // the keys the reader looks at, by index
-enum { K_ARCH, K_ALIGN, K_TOKENS, K_SCORES, K_TYPES, K_DIM, K_FFN, K_BLOCKS, K_HEADS, K_KV_HEADS, K_CTX, K_N };
+enum { K_ARCH, K_ALIGN, K_TOKENS, K_SCORES, K_TYPES, K_DIM, K_FFN, K_BLOCKS, K_HEADS, K_KV_HEADS, K_CTX,
+       K_ROPE_BASE, K_EPS, K_ROPE_DIM, K_BOS, K_EOS, K_ROPE_SCALING, K_EXPERTS, K_N };
 static const char *GGUF_KEYS[K_N] = {
     "general.architecture", "general.alignment", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
     "tokenizer.ggml.token_type", "llama.embedding_length", "llama.feed_forward_length", "llama.block_count",
-    "llama.attention.head_count", "llama.attention.head_count_kv", "llama.context_length"};
+    "llama.attention.head_count", "llama.attention.head_count_kv", "llama.context_length",
+    "llama.rope.freq_base", "llama.attention.layer_norm_rms_epsilon", "llama.rope.dimension_count",
+    "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "llama.rope.scaling.type", "llama.expert_count"};
 
 static int scalar_size(uint32_t t) {
     static const int sizes[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
@@ -491,6 +507,70 @@ static uint64_t gguf_data_start(const Cursor *cur, const KvValue kv[K_N], uint64
     return (cur->off + (uint64_t)align - 1) / (uint64_t)align * (uint64_t)align;
 }
 
+// a number key of any integer or float type (not bool, not a string or array) as a double;
+// absent: 0, and *out untouched
+static int number_key(const char *path, const KvValue kv[K_N], int k, double *out) {
+    const KvValue *v = &kv[k];
+    if (!v->present) return 0;
+    if (!scalar_size(v->type) || v->type == G_BOOL) die_file(path, "key %s must be a number", GGUF_KEYS[k]);
+    *out = scalar_as_double(v->type, v->at);
+    return 1;
+}
+
+// a float key, as float32 (what the forward pass computes with), within (lo, hi), finite
+static float float_key(const char *path, const KvValue kv[K_N], int k, float fallback, double lo, double hi) {
+    double d;
+    if (!number_key(path, kv, k, &d)) return fallback;
+    float f = (float)d;
+    if (!isfinite(f) || !(f > lo) || !(f < hi))
+        die_file(path, "key %s=%g is outside its range (finite, > %g and < %g)", GGUF_KEYS[k], d, lo, hi);
+    return f;
+}
+
+// an integer key that must be a whole number (a float holding one is accepted, as llama.cpp's
+// loader converts), within [lo, hi]
+static long long whole_key(const char *path, const KvValue kv[K_N], int k, long long fallback, long long lo,
+                           long long hi) {
+    const KvValue *v = &kv[k];
+    if (!v->present) return fallback;
+    long long x;
+    if (!scalar_as_int(v->type, v->at, &x) || v->type == G_BOOL) {
+        double d;
+        number_key(path, kv, k, &d); // refuses what is not a number
+        if (!(d >= -9e18 && d <= 9e18) || d != (double)(long long)d)
+            die_file(path, "key %s=%g must be a whole number", GGUF_KEYS[k], d);
+        x = (long long)d;
+    }
+    if (x < lo || x > hi) die_file(path, "key %s=%lld is outside its range [%lld, %lld]", GGUF_KEYS[k], x, lo, hi);
+    return x;
+}
+
+// contract 3's model keys: RoPE base, rmsnorm epsilon, rotated dimensions, BOS and EOS; and what
+// this architecture does not compute (RoPE scaling, experts), refused rather than run wrongly
+static void gguf_model_keys(const char *path, const KvValue kv[K_N], Config *c) {
+    int head_size = c->dim / c->n_heads;
+    c->rope_theta = float_key(path, kv, K_ROPE_BASE, DEFAULT_ROPE_THETA, 1.0, INFINITY);
+    c->norm_eps = float_key(path, kv, K_EPS, DEFAULT_NORM_EPS, 0.0, 1.0);
+    long long rot = whole_key(path, kv, K_ROPE_DIM, head_size, LLONG_MIN, LLONG_MAX);
+    if (rot != head_size)
+        die_file(path, "key %s=%lld must equal head_size=%d (partial rotation is not this architecture)",
+                 GGUF_KEYS[K_ROPE_DIM], rot, head_size);
+    c->bos_id = (int)whole_key(path, kv, K_BOS, DEFAULT_BOS, 0, c->vocab_size - 1);
+    c->eos_id = (int)whole_key(path, kv, K_EOS, DEFAULT_EOS, 0, c->vocab_size - 1);
+    const KvValue *scaling = &kv[K_ROPE_SCALING];
+    if (scaling->present) {
+        if (scaling->type != G_STRING) die_file(path, "key %s must be a string", GGUF_KEYS[K_ROPE_SCALING]);
+        Str s = {scaling->at + 8, read_le64(scaling->at)};
+        char shown_value[SHOWN_MAX];
+        if (!str_is(s, "none"))
+            die_file(path, "key %s is '%s'; only 'none' is this architecture", GGUF_KEYS[K_ROPE_SCALING],
+                     shown(s, shown_value));
+    }
+    long long experts = whole_key(path, kv, K_EXPERTS, 0, LLONG_MIN, LLONG_MAX);
+    if (experts > 0)
+        die_file(path, "key %s=%lld: a mixture of experts is not this architecture", GGUF_KEYS[K_EXPERTS], experts);
+}
+
 // the hyperparameters, from the llama.* keys; the vocabulary is the token list's length
 static void gguf_config(const char *path, const KvValue kv[K_N], int shared_classifier, Config *c) {
     const KvValue *tokens = &kv[K_TOKENS], *scores = &kv[K_SCORES];
@@ -508,6 +588,7 @@ static void gguf_config(const char *path, const KvValue kv[K_N], int shared_clas
     c->seq_len = int_key(path, &kv[K_CTX], GGUF_KEYS[K_CTX], 0, 0);
     c->shared_classifier = shared_classifier;
     validate_config(path, c);
+    gguf_model_keys(path, kv, c);
 }
 
 typedef struct {
@@ -519,16 +600,23 @@ typedef struct {
     int n_infos;
 } GgufTensors;
 
+static const char *type_name(uint32_t type) {
+    return type == WEIGHT_F16 ? "F16" : type == WEIGHT_BF16 ? "BF16" : type == WEIGHT_Q8_0 ? "Q8_0" : "F32";
+}
+
 // the tensor `name` of shape (rows, cols), or (cols) when rows == 0, checked to lie in the file:
-// F32, or for a matrix Q8_0 as well (rows of whole 32-value blocks), as llama.cpp's converter
-// writes them (norms, and stories260K's ffn_down with rows of 172, stay F32)
+// F32, or for a matrix F16, BF16 or Q8_0 as well (Q8_0: rows of whole 32-value blocks), as
+// llama.cpp's converter writes them (norms, and stories260K's ffn_down with rows of 172, stay F32
+// in a Q8_0 file). Sizes and offsets are 64-bit: a 7B file's tensors lie beyond 4 GiB.
 static Matrix gguf_tensor(const GgufTensors *g, const char *name, uint64_t rows, uint64_t cols) {
     TensorInfo *ti = find_tensor(g->infos, g->n_infos, name);
     if (!ti) die_file(g->path, "missing tensor %s", name);
-    if (ti->type != WEIGHT_F32 && ti->type != WEIGHT_Q8_0)
-        die_file(g->path, "tensor %s has type %u; only F32 (0) and Q8_0 (8) are supported", name, ti->type);
-    int q8 = ti->type == WEIGHT_Q8_0;
-    if (q8 && !rows) die_file(g->path, "tensor %s is Q8_0; only matrices may be, norms are F32", name);
+    if (ti->type != WEIGHT_F32 && ti->type != WEIGHT_Q8_0 && ti->type != WEIGHT_F16 && ti->type != WEIGHT_BF16)
+        die_file(g->path, "tensor %s has type %u; only F32 (0), F16 (1), BF16 (30) and Q8_0 (8) are supported", name,
+                 ti->type);
+    int q8 = ti->type == WEIGHT_Q8_0, half = ti->type == WEIGHT_F16 || ti->type == WEIGHT_BF16;
+    if ((q8 || half) && !rows)
+        die_file(g->path, "tensor %s is %s; only matrices may be, norms are F32", name, type_name(ti->type));
     uint32_t want_dims = rows ? 2 : 1;
     if (ti->n_dims != want_dims || ti->dims[0] != cols || (rows && ti->dims[1] != rows)) {
         if (rows) die_file(g->path, "tensor %s has the wrong dims, expected [%llu, %llu]", name,
@@ -542,8 +630,9 @@ static Matrix gguf_tensor(const GgufTensors *g, const char *name, uint64_t rows,
         die_file(g->path, "tensor %s has offset %llu, not a multiple of general.alignment=%llu", name,
                  (unsigned long long)ti->offset, (unsigned long long)g->alignment);
     // bounded by the config's limits: under 2^37 bytes either way
-    uint64_t nbytes = q8 ? rows * (cols / Q8_BLOCK) * Q8_BLOCK_BYTES : 4 * cols * (rows ? rows : 1);
-    if ((!q8 && ti->offset % 4) || ti->offset > g->size || g->data_start > g->size - ti->offset ||
+    uint64_t nbytes = q8 ? rows * (cols / Q8_BLOCK) * Q8_BLOCK_BYTES : (half ? 2 : 4) * cols * (rows ? rows : 1);
+    uint64_t value_align = q8 ? 1 : half ? 2 : 4;
+    if (ti->offset % value_align || ti->offset > g->size || g->data_start > g->size - ti->offset ||
         nbytes > g->size - g->data_start - ti->offset)
         die_file(g->path, "tensor %s lies outside the file", name);
     ti->used = 1;
@@ -551,7 +640,7 @@ static Matrix gguf_tensor(const GgufTensors *g, const char *name, uint64_t rows,
     return (Matrix){g->data + g->data_start + ti->offset, (int)ti->type};
 }
 
-// a norm: F32 only (gguf_tensor refuses Q8_0 for a vector)
+// a norm: F32 only (gguf_tensor refuses the other types for a vector)
 static const float *gguf_vector(const GgufTensors *g, const char *name, uint64_t n) {
     return gguf_tensor(g, name, 0, n).data;
 }

@@ -22,18 +22,23 @@ typedef struct {
     int vocab_size; // always positive here; sharing is its own flag
     int seq_len;    // max sequence length
     int shared_classifier;
+    // from a GGUF file's keys (contract 3), llama2.c's constants for v0/v1 and where absent
+    float rope_theta; // RoPE base
+    float norm_eps;   // rmsnorm's epsilon
+    int bos_id, eos_id;
 } Config;
 
-// A matrix as the file stores it, row-major: float32, or GGUF's Q8_0 (ggml type 8), where each
-// row is cols/32 blocks of an fp16 scale d and 32 int8 values q (value = d * q). A block is 34
-// bytes, so past a row's first block nothing is aligned: scales are read byte-wise.
-enum { WEIGHT_F32 = 0, WEIGHT_Q8_0 = 8 };
+// A matrix as the file stores it, row-major: float32; GGUF's F16 (ggml type 1, IEEE binary16) or
+// BF16 (type 30, a float32's top 16 bits), 2 bytes a value; or Q8_0 (type 8), where each row is
+// cols/32 blocks of an fp16 scale d and 32 int8 values q (value = d * q). A block is 34 bytes, so
+// past a row's first block nothing is aligned: scales are read byte-wise.
+enum { WEIGHT_F32 = 0, WEIGHT_F16 = 1, WEIGHT_Q8_0 = 8, WEIGHT_BF16 = 30 };
 #define Q8_BLOCK 32
 #define Q8_BLOCK_BYTES 34
 
 typedef struct {
     const void *data;
-    int type; // WEIGHT_F32 or WEIGHT_Q8_0
+    int type; // WEIGHT_F32, WEIGHT_F16, WEIGHT_BF16 or WEIGHT_Q8_0
 } Matrix;
 
 // One layer's weights. Pointers, not offsets: GGUF stores each layer's tensors separately.
@@ -75,6 +80,8 @@ void *xcalloc(size_t n, size_t size);
 // file brings its tokenizer: then *vocab is filled, otherwise vocab->vocab_size is 0.
 void read_checkpoint(const char *path, Config *config, TransformerWeights *weights, Vocab *vocab, void **data,
                      size_t *file_size);
+// the KV cache for `rows` positions (a run's steps, not seq_len) within the 4 GiB limit, else exit 3
+void check_kv_cache(const char *path, const Config *c, long long rows);
 void free_checkpoint(TransformerWeights *weights, Vocab *vocab, void *data, size_t file_size);
 
 // tokenizer.bin, which must hold exactly vocab_size tokens

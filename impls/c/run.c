@@ -2,7 +2,7 @@
 
    After karpathy/llama2.c's run.c, top to bottom: model (state, transformer), thread pool,
    forward pass (f32 matvec, Q8_0 kernels, matmul dispatch), batched forward pass (the prompt's
-   matrix-matrix kernels), tokenizer, sampler, generation, command line. The model files (v0, v1, GGUF with F32 or Q8_0 matrices, and tokenizer.bin) are
+   matrix-matrix kernels), tokenizer, sampler, generation, command line. The model files (v0, v1, GGUF with F32, F16, BF16 or Q8_0 matrices, and tokenizer.bin) are
    read and validated in formats.c. The behaviour is defined by docs/port-contract.md and the
    numpy reference core in orchestrator/reference/.
 
@@ -13,7 +13,9 @@
    attention heads, with the matmuls that share an input fused into one dispatch, so a token
    costs five synchronisations a layer. GGUF Q8_0 matrices (8-bit blocks) run as llama.cpp runs
    them, with integer SIMD: the activation quantized to int8 once per dispatch, exact int32
-   block dot products (AVX2 maddubs or AVX-512/AVX VNNI dpbusd; NEON sdot or smull). The prompt
+   block dot products (AVX2 maddubs or AVX-512/AVX VNNI dpbusd; NEON sdot or smull). F16 and
+   BF16 matrices are read 2 bytes a weight and converted in registers (F16C/AVX-512 vcvtph2ps,
+   NEON fcvtl; BF16 by a shift) into the f32 kernels' FMAs. The prompt
    (contract 2's prefill) runs in batches of positions through register-tiled matrix-matrix
    kernels, each weight read once per batch instead of once per position. */
 #define _DEFAULT_SOURCE
@@ -90,8 +92,9 @@ typedef struct {
     int8_t *xq;    // the input of the current Q8_0 matmuls, quantized (max(dim, hidden_dim),)
     float *xd;     // and its block scales (max(dim, hidden_dim) / 32,)
     float *rope_cos, *rope_sin; // this position's rotation per pair of a head (head_size / 2,)
-    float *key_cache;   // (layer, seq_len, kv_dim)
-    float *value_cache; // (layer, seq_len, kv_dim)
+    int cache_rows;     // positions the cache holds: the run's steps (or -k ids), not seq_len
+    float *key_cache;   // (layer, cache_rows, kv_dim)
+    float *value_cache; // (layer, cache_rows, kv_dim)
 } RunState;
 
 // rows of a tile in the batched kernels, at most (the attention's scratch is sized by it)
@@ -109,7 +112,7 @@ typedef struct {
     int8_t *xq;    // the input rows of the current Q8_0 products, quantized (rows, max(dim, hidden_dim))
     float *xd;     // and their block scales (rows, max(dim, hidden_dim) / 32)
     float *rope_cos, *rope_sin; // each row's rotation per pair of a head (rows, head_size / 2)
-    float *att;    // attention scores: per worker, one row per row of a tile (n_threads, tile, seq_len)
+    float *att;    // attention scores: per worker, one row per row of a tile (n_threads, tile, cache_rows)
 } BatchState;
 
 typedef struct ThreadPool ThreadPool;
@@ -245,22 +248,24 @@ static void free_pool(ThreadPool *pool) {
 // ----------------------------------------------------------------------------
 // Run state
 
-static void build_state(RunState *s, const Config *c, int n_threads) {
+// cache_rows: the positions the run can reach (contract 3), checked against the 4 GiB limit
+static void build_state(RunState *s, const Config *c, int n_threads, int cache_rows) {
     size_t kv_dim = (size_t)c->n_kv_heads * (c->dim / c->n_heads);
     s->x = xcalloc(c->dim, sizeof(float));
     s->xb = xcalloc(c->dim, sizeof(float));
     s->q = xcalloc(c->dim, sizeof(float));
     s->hb = xcalloc(c->hidden_dim, sizeof(float));
     s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
-    s->att = xcalloc((size_t)n_threads * c->seq_len, sizeof(float));
+    s->att = xcalloc((size_t)n_threads * cache_rows, sizeof(float));
     s->logits = xcalloc(c->vocab_size, sizeof(float));
     int widest = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
     s->xq = xcalloc(widest, 1);
     s->xd = xcalloc(widest / Q8_BLOCK + 1, sizeof(float));
     s->rope_cos = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
     s->rope_sin = xcalloc(c->dim / c->n_heads / 2, sizeof(float));
-    s->key_cache = xcalloc((size_t)c->n_layers * c->seq_len * kv_dim, sizeof(float));
-    s->value_cache = xcalloc((size_t)c->n_layers * c->seq_len * kv_dim, sizeof(float));
+    s->cache_rows = cache_rows;
+    s->key_cache = xcalloc((size_t)c->n_layers * cache_rows * kv_dim, sizeof(float));
+    s->value_cache = xcalloc((size_t)c->n_layers * cache_rows * kv_dim, sizeof(float));
 }
 
 static void free_state(RunState *s) {
@@ -276,8 +281,8 @@ static void build_transformer(Transformer *t, const char *checkpoint_path) {
     t->has_vocab = t->vocab.vocab_size > 0;
 }
 
-// rows: the prompt batch after clamping, 1..seq_len
-static void build_batch(BatchState *b, const Config *c, int rows, int n_threads) {
+// rows: the prompt batch after clamping, 1..cache_rows
+static void build_batch(BatchState *b, const Config *c, int rows, int n_threads, int cache_rows) {
     size_t r = (size_t)rows, half = (size_t)(c->dim / c->n_heads / 2);
     size_t widest = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
     b->rows = rows;
@@ -290,7 +295,7 @@ static void build_batch(BatchState *b, const Config *c, int rows, int n_threads)
     b->xd = xcalloc(r * (widest / Q8_BLOCK + 1), sizeof(float));
     b->rope_cos = xcalloc(r * half, sizeof(float));
     b->rope_sin = xcalloc(r * half, sizeof(float));
-    b->att = xcalloc((size_t)n_threads * BATCH_TILE_MAX * c->seq_len, sizeof(float));
+    b->att = xcalloc((size_t)n_threads * BATCH_TILE_MAX * cache_rows, sizeof(float));
 }
 
 static void free_batch(BatchState *b) {
@@ -298,10 +303,13 @@ static void free_batch(BatchState *b) {
     free(b->rope_cos); free(b->rope_sin); free(b->att);
 }
 
-// batch_rows: min(batch, seq_len), the batched pass's capacity
-static void start_transformer(Transformer *t, int n_threads, int batch_rows) {
-    build_state(&t->state, &t->config, n_threads);
-    build_batch(&t->batch, &t->config, batch_rows, n_threads);
+// cache_rows: the positions the run reaches (steps after clamping, or the -k ids), 1..seq_len;
+// batch_rows: min(batch, seq_len), the batched pass's capacity (its scratch holds no more rows
+// than the cache)
+static void start_transformer(Transformer *t, int n_threads, int batch_rows, int cache_rows) {
+    if (batch_rows > cache_rows) batch_rows = cache_rows;
+    build_state(&t->state, &t->config, n_threads, cache_rows);
+    build_batch(&t->batch, &t->config, batch_rows, n_threads, cache_rows);
     t->pool = build_pool(n_threads);
 }
 
@@ -315,11 +323,12 @@ static void free_transformer(Transformer *t) {
 // ----------------------------------------------------------------------------
 // Neural net blocks; the dynamics of the Transformer
 
-static void rmsnorm(float *o, const float *x, const float *weight, int size) {
+// eps: the file's (GGUF llama.attention.layer_norm_rms_epsilon), 1e-5 by default
+static void rmsnorm(float *o, const float *x, const float *weight, int size, float eps) {
     float ss = 0.0f;
     for (int j = 0; j < size; j++) ss += x[j] * x[j];
     ss /= size;
-    ss += 1e-5f;
+    ss += eps;
     ss = 1.0f / sqrtf(ss);
     for (int j = 0; j < size; j++) o[j] = weight[j] * (ss * x[j]);
 }
@@ -749,6 +758,29 @@ static void matvec_q8_rows(float *out, const int8_t *qx, const float *dx, const 
 }
 
 // ----------------------------------------------------------------------------
+// F16 and BF16 weights (GGUF types 1 and 30): the float32 product with every weight converted
+// exactly and the activation left in float32 (the contract's choice over llama.cpp's rounding of
+// the activation to 16 bits, which two summation orders cannot agree on). The kernels, below the
+// batched pass's vector macros, convert the weights in registers: 2 bytes a value are read, and
+// nothing is stored as float32.
+
+// bf16 bits -> float: the top half of a float32
+static inline float bf16_to_fp32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+// value i of a 16-bit row of type `type`, exactly
+static inline __attribute__((always_inline)) float w16_value(const uint16_t *w, size_t i, const int type) {
+    return type == WEIGHT_F16 ? fp16_to_fp32(w[i]) : bf16_to_fp32(w[i]);
+}
+
+static void matvec16_rows(float *out, const float *x, const void *w, int n, int r0, int r1, int accumulate,
+                          int type);
+
+// ----------------------------------------------------------------------------
 // Matmul dispatch: rows split across the pool, each matrix by its own kernel
 
 // worker tid's share [lo, hi) of `rows`, in blocks of 16 rows (64 bytes of output) so that no
@@ -780,6 +812,8 @@ static Input matmul_input(RunState *s, const float *x, int n, const Matrix *mats
 // rows [r0, r1) of W @ x, by W's kernel
 static void matvec_any(float *out, const Input *in, Matrix w, int n, int r0, int r1, int accumulate) {
     if (w.type == WEIGHT_Q8_0) matvec_q8_rows(out, in->xq, in->xd, w.data, n, r0, r1, accumulate);
+    else if (w.type == WEIGHT_F16 || w.type == WEIGHT_BF16)
+        matvec16_rows(out, in->x, w.data, n, r0, r1, accumulate, w.type);
     else matvec_rows(out, in->x, w.data, n, r0, r1, accumulate);
 }
 
@@ -840,9 +874,9 @@ static void attention_task(void *ctx, int tid, int n_threads) {
     const Config *p = &a->t->config;
     RunState *s = &a->t->state;
     int head_size = p->dim / p->n_heads, kv_dim = p->n_kv_heads * head_size, kv_mul = p->n_heads / p->n_kv_heads;
-    size_t loff = (size_t)a->layer * p->seq_len * kv_dim; // kv cache layer offset
+    size_t loff = (size_t)a->layer * s->cache_rows * kv_dim; // kv cache layer offset
     float scale = 1.0f / sqrtf((float)head_size);
-    float *att = s->att + (size_t)tid * p->seq_len;
+    float *att = s->att + (size_t)tid * s->cache_rows;
     int h0 = p->n_heads * tid / n_threads, h1 = p->n_heads * (tid + 1) / n_threads;
     for (int h = h0; h < h1; h++) {
         const float *q = s->q + h * head_size;
@@ -872,17 +906,21 @@ static void rope(float *vec, int size, int head_size, const float *cos_t, const 
     }
 }
 
-// copy the token embedding into x (a Q8_0 table's row dequantized)
+// copy the token embedding into x (a Q8_0 table's row dequantized, an F16 or BF16 one converted)
 static inline void embed(float *x, const Matrix *table, int token, int dim) {
     if (table->type == WEIGHT_Q8_0)
-        dequantize_row_q8(x, (const unsigned char *)table->data + token * q8_row_bytes(dim), dim);
-    else memcpy(x, (const float *)table->data + (size_t)token * dim, dim * sizeof(float));
+        dequantize_row_q8(x, (const unsigned char *)table->data + (size_t)token * q8_row_bytes(dim), dim);
+    else if (table->type == WEIGHT_F16 || table->type == WEIGHT_BF16) {
+        const uint16_t *row = (const uint16_t *)table->data + (size_t)token * dim;
+        for (int i = 0; i < dim; i++) x[i] = w16_value(row, (size_t)i, table->type);
+    } else memcpy(x, (const float *)table->data + (size_t)token * dim, dim * sizeof(float));
 }
 
 // this position's rotation angles, shared by every layer and head
-static inline void rope_table(float *rope_cos, float *rope_sin, int head_size, int pos) {
+// theta: the file's RoPE base (GGUF llama.rope.freq_base), 10000 by default
+static inline void rope_table(float *rope_cos, float *rope_sin, int head_size, int pos, float theta) {
     for (int i = 0; i < head_size; i += 2) {
-        float freq = 1.0f / powf(10000.0f, (float)i / (float)head_size);
+        float freq = 1.0f / powf(theta, (float)i / (float)head_size);
         float val = (float)pos * freq;
         rope_cos[i / 2] = cosf(val);
         rope_sin[i / 2] = sinf(val);
@@ -900,15 +938,15 @@ static float *forward(Transformer *transformer, int token, int pos) {
     int head_size = dim / p->n_heads, kv_dim = p->n_kv_heads * head_size;
 
     embed(x, &w->token_embedding, token, dim);
-    rope_table(s->rope_cos, s->rope_sin, head_size, pos);
+    rope_table(s->rope_cos, s->rope_sin, head_size, pos, p->rope_theta);
 
     for (int l = 0; l < p->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
         // attention rmsnorm
-        rmsnorm(s->xb, x, lw->rms_att, dim);
+        rmsnorm(s->xb, x, lw->rms_att, dim, p->norm_eps);
 
         // qkv matmuls for this position, k and v straight into the kv cache
-        size_t loff = (size_t)l * p->seq_len * kv_dim;
+        size_t loff = (size_t)l * s->cache_rows * kv_dim;
         float *k = s->key_cache + loff + (size_t)pos * kv_dim;
         float *v = s->value_cache + loff + (size_t)pos * kv_dim;
         Matrix wqkv[3] = {lw->wq, lw->wk, lw->wv};
@@ -926,7 +964,7 @@ static float *forward(Transformer *transformer, int token, int pos) {
         matmul(pool, s, x, s->xb, lw->wo, dim, dim, 1);
 
         // ffn rmsnorm
-        rmsnorm(s->xb, x, lw->rms_ffn, dim);
+        rmsnorm(s->xb, x, lw->rms_ffn, dim, p->norm_eps);
 
         // self.w2(F.silu(self.w1(x)) * self.w3(x)), then the residual connection
         Matrix w13[2] = {lw->w1, lw->w3};
@@ -936,7 +974,7 @@ static float *forward(Transformer *transformer, int token, int pos) {
     }
 
     // final rmsnorm
-    rmsnorm(x, x, w->rms_final, dim);
+    rmsnorm(x, x, w->rms_final, dim, p->norm_eps);
 
     // classifier into logits
     matmul(pool, s, s->logits, x, w->wcls, dim, p->vocab_size, 0);
@@ -1012,12 +1050,54 @@ static inline void vf_hsum4(vecf a, vecf b, vecf c, vecf e, float *out) {
 #define MM_TILE_C 4
 #endif
 
-// out[c * ldo + r] (+)= W[r, :d] . X[c, :d] for the tile's R weight rows (ldw floats apart) and C
-// activation rows. R and C are constants at every call (always inlined), so the loops over them
-// unroll and the accumulators live in registers.
-static inline __attribute__((always_inline)) void mm_tile(const float *w, size_t ldw, int d, const float *x, size_t ldx,
+#ifdef VF_LANES
+// VF_LANES 16-bit weights from p as float32, exactly, converted in registers: F16 by the
+// hardware conversion (F16C / AVX-512F vcvtph2ps, NEON fcvtl), BF16 by widening each value to 32
+// bits and shifting it into the top half
+static inline __attribute__((always_inline)) vecf vf_load16(const uint16_t *p, const int type) {
+#if defined(__AVX512F__)
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    if (type == WEIGHT_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif SIMD_AVX2
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (type == WEIGHT_F16) {
+#ifdef __F16C__
+        return _mm256_cvtph_ps(h);
+#else
+        float f[8];
+        for (int k = 0; k < 8; k++) f[k] = fp16_to_fp32(p[k]);
+        return _mm256_loadu_ps(f);
+#endif
+    }
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else // NEON
+    uint16x4_t h = vld1_u16(p);
+    if (type == WEIGHT_F16) return vcvt_f32_f16(vreinterpret_f16_u16(h));
+    return vreinterpretq_f32_u32(vshll_n_u16(h, 16));
+#endif
+}
+
+// a weight vector at index i of a row of `type` (F32, F16 or BF16; a constant at every call)
+static inline __attribute__((always_inline)) vecf vf_loadw(const void *w, size_t i, const int type) {
+    if (type == WEIGHT_F32) return vf_load((const float *)w + i);
+    return vf_load16((const uint16_t *)w + i, type);
+}
+#endif
+
+// one weight value, for the scalar tails
+static inline __attribute__((always_inline)) float w_value(const void *w, size_t i, const int type) {
+    if (type == WEIGHT_F32) return ((const float *)w)[i];
+    return w16_value((const uint16_t *)w, i, type);
+}
+
+// out[c * ldo + r] (+)= W[r, :d] . X[c, :d] for the tile's R weight rows (ldw values apart) and C
+// activation rows. R, C and the weights' type WT (F32, F16 or BF16: the 16-bit weights are
+// converted as they are loaded) are constants at every call (always inlined), so the loops over
+// them unroll, the accumulators live in registers, and the F32 tile is what it was without WT.
+static inline __attribute__((always_inline)) void mm_tile(const void *w, size_t ldw, int d, const float *x, size_t ldx,
                                                           float *out, size_t ldo, const int R, const int C,
-                                                          int accumulate) {
+                                                          int accumulate, const int WT) {
     float s[MM_TILE_C][MM_TILE_R]; // by activation row: a tile row of sums is four floats
     int j = 0;
 #ifdef VF_LANES
@@ -1028,17 +1108,32 @@ static inline __attribute__((always_inline)) void mm_tile(const float *w, size_t
         vecf xv[MM_TILE_C];
         for (int c = 0; c < C; c++) xv[c] = vf_load(x + c * ldx + j);
         for (int r = 0; r < R; r++) {
-            vecf wv = vf_load(w + (size_t)r * ldw + j);
+            vecf wv = vf_loadw(w, (size_t)r * ldw + j, WT);
             for (int c = 0; c < C; c++) acc[r][c] = vf_fma(wv, xv[c], acc[r][c]);
         }
     }
 #ifdef __AVX512F__
-    if (j < d) { // the last d % 16 columns as one masked step: masked-off lanes are not read
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    const int masked_tail = 1;
+#else
+    const int masked_tail = WT == WEIGHT_F32; // a masked 16-bit load needs AVX-512BW
+#endif
+    if (j < d && masked_tail) { // the last d % 16 columns as one masked step: masked-off lanes are not read
         __mmask16 m = (__mmask16)((1u << (d - j)) - 1);
         vecf xv[MM_TILE_C];
         for (int c = 0; c < C; c++) xv[c] = _mm512_maskz_loadu_ps(m, x + c * ldx + j);
         for (int r = 0; r < R; r++) {
-            vecf wv = _mm512_maskz_loadu_ps(m, w + (size_t)r * ldw + j);
+            vecf wv;
+            if (WT == WEIGHT_F32) wv = _mm512_maskz_loadu_ps(m, (const float *)w + (size_t)r * ldw + j);
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+            else {
+                __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + (size_t)r * ldw + j);
+                wv = WT == WEIGHT_F16 ? _mm512_cvtph_ps(h)
+                                      : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            }
+#else
+            else wv = vf_zero(); // not reached: masked_tail is 0
+#endif
             for (int c = 0; c < C; c++) acc[r][c] = vf_fma(wv, xv[c], acc[r][c]);
         }
         j = d;
@@ -1055,7 +1150,7 @@ static inline __attribute__((always_inline)) void mm_tile(const float *w, size_t
 #endif
     for (; j < d; j++) // the columns the vectors left (all of them in the portable build)
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) s[c][r] += w[(size_t)r * ldw + j] * x[c * ldx + j];
+            for (int c = 0; c < C; c++) s[c][r] += w_value(w, (size_t)r * ldw + j, WT) * x[c * ldx + j];
     for (int c = 0; c < C; c++)
         for (int r = 0; r < R; r++) {
             float *o = out + c * ldo + r;
@@ -1064,19 +1159,20 @@ static inline __attribute__((always_inline)) void mm_tile(const float *w, size_t
 }
 
 // R weight rows against activation rows [0, T): full tiles of MM_TILE_C, then the rest
-static inline __attribute__((always_inline)) void mm_rows(const float *w, size_t ldw, int d, const float *x, size_t ldx,
+static inline __attribute__((always_inline)) void mm_rows(const void *w, size_t ldw, int d, const float *x, size_t ldx,
                                                           float *out, size_t ldo, int T, const int R,
-                                                          int accumulate) {
+                                                          int accumulate, const int WT) {
     int t = 0;
-    for (; t + MM_TILE_C <= T; t += MM_TILE_C) mm_tile(w, ldw, d, x + t * ldx, ldx, out + t * ldo, ldo, R, MM_TILE_C, accumulate);
+    for (; t + MM_TILE_C <= T; t += MM_TILE_C)
+        mm_tile(w, ldw, d, x + t * ldx, ldx, out + t * ldo, ldo, R, MM_TILE_C, accumulate, WT);
     const float *xt = x + t * ldx;
     float *ot = out + t * ldo;
     switch (T - t) { // at most MM_TILE_C - 1 rows
-    case 1: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 1, accumulate); break;
-    case 2: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 2 < MM_TILE_C ? 2 : 1, accumulate); break;
-    case 3: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 3 < MM_TILE_C ? 3 : 1, accumulate); break;
-    case 4: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 4 < MM_TILE_C ? 4 : 1, accumulate); break;
-    case 5: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 5 < MM_TILE_C ? 5 : 1, accumulate); break;
+    case 1: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 1, accumulate, WT); break;
+    case 2: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 2 < MM_TILE_C ? 2 : 1, accumulate, WT); break;
+    case 3: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 3 < MM_TILE_C ? 3 : 1, accumulate, WT); break;
+    case 4: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 4 < MM_TILE_C ? 4 : 1, accumulate, WT); break;
+    case 5: mm_tile(w, ldw, d, xt, ldx, ot, ldo, R, 5 < MM_TILE_C ? 5 : 1, accumulate, WT); break;
     default: break;
     }
 }
@@ -1091,9 +1187,11 @@ static int token_block(size_t row_bytes, int tile, int T) {
 }
 
 // out[t * ldo + i] (+)= X[t, :] . W[i, :] for t in [0, T), weight rows i in [r0, r1); W (rows, d)
-// f32 row-major, X rows ldx floats apart
-static void matmat_rows(float *out, size_t ldo, const float *x, size_t ldx, const float *w, int d, int T, int r0,
-                        int r1, int accumulate) {
+// row-major of type WT (F32, F16 or BF16), X rows ldx floats apart
+static inline __attribute__((always_inline)) void matmat_rows_t(float *out, size_t ldo, const float *x, size_t ldx,
+                                                                const void *w, int d, int T, int r0, int r1,
+                                                                int accumulate, const int WT) {
+    size_t wbytes = WT == WEIGHT_F32 ? 4 : 2;
     int tb = token_block((size_t)d * sizeof(float), MM_TILE_C, T);
     for (int t0 = 0; t0 < T; t0 += tb) {
         int nt = T - t0 < tb ? T - t0 : tb;
@@ -1101,9 +1199,79 @@ static void matmat_rows(float *out, size_t ldo, const float *x, size_t ldx, cons
         float *ot = out + (size_t)t0 * ldo;
         int i = r0;
         for (; i + MM_TILE_R <= r1; i += MM_TILE_R)
-            mm_rows(w + (size_t)i * d, (size_t)d, d, xt, ldx, ot + i, ldo, nt, MM_TILE_R, accumulate);
-        for (; i < r1; i++) mm_rows(w + (size_t)i * d, (size_t)d, d, xt, ldx, ot + i, ldo, nt, 1, accumulate);
+            mm_rows((const char *)w + (size_t)i * d * wbytes, (size_t)d, d, xt, ldx, ot + i, ldo, nt, MM_TILE_R,
+                    accumulate, WT);
+        for (; i < r1; i++)
+            mm_rows((const char *)w + (size_t)i * d * wbytes, (size_t)d, d, xt, ldx, ot + i, ldo, nt, 1, accumulate, WT);
     }
+}
+
+// the f32 product
+static void matmat_rows(float *out, size_t ldo, const float *x, size_t ldx, const float *w, int d, int T, int r0,
+                        int r1, int accumulate) {
+    matmat_rows_t(out, ldo, x, ldx, w, d, T, r0, r1, accumulate, WEIGHT_F32);
+}
+
+// the F16 or BF16 product
+static void matmat16_rows(float *out, size_t ldo, const float *x, size_t ldx, const void *w, int d, int T, int r0,
+                          int r1, int accumulate, int type) {
+    if (type == WEIGHT_F16) matmat_rows_t(out, ldo, x, ldx, w, d, T, r0, r1, accumulate, WEIGHT_F16);
+    else matmat_rows_t(out, ldo, x, ldx, w, d, T, r0, r1, accumulate, WEIGHT_BF16);
+}
+
+// out[i] (+)= W[i, :] . x for rows i in [r0, r1), W (rows, n) of 16-bit `WT`.
+// As matvec_rows: four rows a pass against one load of x, two accumulators a row (eight FMA
+// chains), so the loop keeps enough loads in flight to run at the speed memory delivers W; the
+// weights are converted in registers, never stored as float32.
+static inline __attribute__((always_inline)) void matvec16_rows_t(float *out, const float *x, const uint16_t *w, int n,
+                                                                  int r0, int r1, int accumulate, const int WT) {
+    int i = r0;
+    for (; i + 4 <= r1; i += 4) {
+        const uint16_t *w0 = w + (size_t)i * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int j = 0;
+#ifdef VF_LANES
+        vecf a0 = vf_zero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (; j + 2 * VF_LANES <= n; j += 2 * VF_LANES) {
+            vecf xa = vf_load(x + j), xb = vf_load(x + j + VF_LANES);
+            a0 = vf_fma(vf_load16(w0 + j, WT), xa, a0);
+            a1 = vf_fma(vf_load16(w1 + j, WT), xa, a1);
+            a2 = vf_fma(vf_load16(w2 + j, WT), xa, a2);
+            a3 = vf_fma(vf_load16(w3 + j, WT), xa, a3);
+            b0 = vf_fma(vf_load16(w0 + j + VF_LANES, WT), xb, b0);
+            b1 = vf_fma(vf_load16(w1 + j + VF_LANES, WT), xb, b1);
+            b2 = vf_fma(vf_load16(w2 + j + VF_LANES, WT), xb, b2);
+            b3 = vf_fma(vf_load16(w3 + j + VF_LANES, WT), xb, b3);
+        }
+        for (; j + VF_LANES <= n; j += VF_LANES) {
+            vecf xa = vf_load(x + j);
+            a0 = vf_fma(vf_load16(w0 + j, WT), xa, a0);
+            a1 = vf_fma(vf_load16(w1 + j, WT), xa, a1);
+            a2 = vf_fma(vf_load16(w2 + j, WT), xa, a2);
+            a3 = vf_fma(vf_load16(w3 + j, WT), xa, a3);
+        }
+        vf_hsum4(vf_add(a0, b0), vf_add(a1, b1), vf_add(a2, b2), vf_add(a3, b3), s);
+#endif
+        for (; j < n; j++) {
+            s[0] += w16_value(w0, (size_t)j, WT) * x[j];
+            s[1] += w16_value(w1, (size_t)j, WT) * x[j];
+            s[2] += w16_value(w2, (size_t)j, WT) * x[j];
+            s[3] += w16_value(w3, (size_t)j, WT) * x[j];
+        }
+        for (int r = 0; r < 4; r++) out[i + r] = accumulate ? out[i + r] + s[r] : s[r];
+    }
+    for (; i < r1; i++) { // the last rows of a matrix whose height is not a multiple of 4
+        const uint16_t *wr = w + (size_t)i * n;
+        float s = 0.0f;
+        for (int j = 0; j < n; j++) s += w16_value(wr, (size_t)j, WT) * x[j];
+        out[i] = accumulate ? out[i] + s : s;
+    }
+}
+
+static void matvec16_rows(float *out, const float *x, const void *w, int n, int r0, int r1, int accumulate,
+                          int type) {
+    if (type == WEIGHT_F16) matvec16_rows_t(out, x, w, n, r0, r1, accumulate, WEIGHT_F16);
+    else matvec16_rows_t(out, x, w, n, r0, r1, accumulate, WEIGHT_BF16);
 }
 
 _Static_assert(MM_TILE_C <= BATCH_TILE_MAX, "the attention's scratch holds BATCH_TILE_MAX rows a worker");
@@ -1279,6 +1447,8 @@ static void matmat_any(float *out, size_t ldo, const BatchInput *in, Matrix w, i
     if (w.type == WEIGHT_Q8_0)
         matmat_q8_rows(out, ldo, in->xq, (size_t)in->n, in->xd, (size_t)(in->n / Q8_BLOCK), w.data, in->n, in->T, r0, r1,
                        accumulate);
+    else if (w.type == WEIGHT_F16 || w.type == WEIGHT_BF16)
+        matmat16_rows(out, ldo, in->x, (size_t)in->n, w.data, in->n, in->T, r0, r1, accumulate, w.type);
     else matmat_rows(out, ldo, in->x, (size_t)in->n, w.data, in->n, in->T, r0, r1, accumulate);
 }
 
@@ -1414,7 +1584,7 @@ static void batch_attention_task(void *ctx, int tid, int n_threads) {
     RunState *s = &a->t->state;
     BatchState *bs = &a->t->batch;
     int head_size = p->dim / p->n_heads, kv_dim = p->n_kv_heads * head_size, kv_mul = p->n_heads / p->n_kv_heads;
-    size_t loff = (size_t)a->layer * p->seq_len * kv_dim, lda = (size_t)p->seq_len;
+    size_t loff = (size_t)a->layer * s->cache_rows * kv_dim, lda = (size_t)s->cache_rows;
     float scale = 1.0f / sqrtf((float)head_size);
     float *att = bs->att + (size_t)tid * MM_TILE_C * lda; // one row of scores per row of the tile
     int tiles = (a->T + MM_TILE_C - 1) / MM_TILE_C, items = tiles * p->n_heads;
@@ -1426,9 +1596,11 @@ static void batch_attention_task(void *ctx, int tid, int n_threads) {
         const float *vbase = s->value_cache + loff + (h / kv_mul) * head_size;
         int u = 0;
         for (; u + MM_TILE_R <= len; u += MM_TILE_R)
-            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, MM_TILE_R, 0);
+            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, MM_TILE_R,
+                    0, WEIGHT_F32);
         for (; u < len; u++)
-            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, 1, 0);
+            mm_rows(kbase + (size_t)u * kv_dim, (size_t)kv_dim, head_size, q, (size_t)p->dim, att + u, lda, nc, 1, 0,
+                    WEIGHT_F32);
         for (int c = 0; c < nc; c++) {
             float *row = att + c * lda;
             scaled_softmax(row, first + c + 1, scale);
@@ -1453,15 +1625,16 @@ static float *forward_batch(Transformer *tr, const int *tokens, int T, int p0, i
 
     for (int t = 0; t < T; t++) {
         embed(bs->x + (size_t)t * dim, &w->token_embedding, tokens[t], dim);
-        rope_table(bs->rope_cos + (size_t)t * half, bs->rope_sin + (size_t)t * half, head_size, p0 + t);
+        rope_table(bs->rope_cos + (size_t)t * half, bs->rope_sin + (size_t)t * half, head_size, p0 + t, p->rope_theta);
     }
 
     for (int l = 0; l < p->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
-        for (int t = 0; t < T; t++) rmsnorm(bs->xb + (size_t)t * dim, bs->x + (size_t)t * dim, lw->rms_att, dim);
+        for (int t = 0; t < T; t++)
+            rmsnorm(bs->xb + (size_t)t * dim, bs->x + (size_t)t * dim, lw->rms_att, dim, p->norm_eps);
 
         // Q, K, V for every row, K and V straight into the cache rows p0 .. p0+T-1
-        size_t loff = (size_t)l * p->seq_len * kv_dim;
+        size_t loff = (size_t)l * s->cache_rows * kv_dim;
         float *k = s->key_cache + loff + (size_t)p0 * kv_dim;
         float *v = s->value_cache + loff + (size_t)p0 * kv_dim;
         Matrix wqkv[3] = {lw->wq, lw->wk, lw->wv};
@@ -1481,7 +1654,8 @@ static float *forward_batch(Transformer *tr, const int *tokens, int T, int p0, i
 
         batch_matmul(tr, bs->x, (size_t)dim, bs->xb, T, dim, lw->wo, dim, 1);
 
-        for (int t = 0; t < T; t++) rmsnorm(bs->xb + (size_t)t * dim, bs->x + (size_t)t * dim, lw->rms_ffn, dim);
+        for (int t = 0; t < T; t++)
+            rmsnorm(bs->xb + (size_t)t * dim, bs->x + (size_t)t * dim, lw->rms_ffn, dim, p->norm_eps);
         Matrix w13[2] = {lw->w1, lw->w3};
         BatchFfnTask ffn = {batch_input(tr, bs->xb, T, dim, w13, 2), lw->w1, lw->w3, bs->hb, bs->hb2, hidden_dim};
         pool_run(tr->pool, batch_ffn_task, &ffn);
@@ -1489,12 +1663,13 @@ static float *forward_batch(Transformer *tr, const int *tokens, int T, int p0, i
     }
 
     if (want == LOGITS_LAST) { // the one-position classifier on the last row
-        rmsnorm(s->x, bs->x + (size_t)(T - 1) * dim, w->rms_final, dim);
+        rmsnorm(s->x, bs->x + (size_t)(T - 1) * dim, w->rms_final, dim, p->norm_eps);
         matmul(tr->pool, s, s->logits, s->x, w->wcls, dim, p->vocab_size, 0);
         return s->logits;
     }
     if (want == LOGITS_ALL) {
-        for (int t = 0; t < T; t++) rmsnorm(bs->x + (size_t)t * dim, bs->x + (size_t)t * dim, w->rms_final, dim);
+        for (int t = 0; t < T; t++)
+            rmsnorm(bs->x + (size_t)t * dim, bs->x + (size_t)t * dim, w->rms_final, dim, p->norm_eps);
         batch_matmul(tr, all, (size_t)p->vocab_size, bs->x, T, dim, w->wcls, p->vocab_size, 0);
         return all;
     }
@@ -1508,6 +1683,7 @@ typedef struct {
     Vocab *vocab;
     int *sorted;     // token ids ordered by piece bytes, then id: binary search finds the lowest id
     char *str_buffer; // room for two pieces, to try each merge
+    int bos_id, eos_id; // 1 and 2, or the GGUF's tokenizer.ggml.bos_token_id and eos_token_id
 } Tokenizer;
 
 static const Vocab *g_sort_vocab; // qsort has no context argument in C11
@@ -1524,8 +1700,10 @@ static int compare_tokens(const void *a, const void *b) {
     return r ? r : (x > y) - (x < y);
 }
 
-static void build_tokenizer(Tokenizer *t, Vocab *vocab) {
+static void build_tokenizer(Tokenizer *t, Vocab *vocab, int bos_id, int eos_id) {
     t->vocab = vocab;
+    t->bos_id = bos_id;
+    t->eos_id = eos_id;
     t->sorted = xcalloc(vocab->vocab_size, sizeof(int));
     for (int i = 0; i < vocab->vocab_size; i++) t->sorted[i] = i;
     g_sort_vocab = vocab;
@@ -1558,7 +1736,7 @@ static int str_lookup(const Tokenizer *t, const char *str, int len) {
 static int encode(const Tokenizer *t, const char *text, int n, int bos, int eos, int *tokens) {
     const Vocab *v = t->vocab;
     int n_tokens = 0;
-    if (bos) tokens[n_tokens++] = 1;
+    if (bos) tokens[n_tokens++] = t->bos_id;
     // add_dummy_prefix is true by default: a leading space, as sentencepiece does
     if (n > 0) {
         int dummy_prefix = str_lookup(t, " ", 1);
@@ -1593,7 +1771,7 @@ static int encode(const Tokenizer *t, const char *text, int n, int bos, int eos,
         memmove(tokens + best_idx + 1, tokens + best_idx + 2, (n_tokens - best_idx - 2) * sizeof(int));
         n_tokens--;
     }
-    if (eos) tokens[n_tokens++] = 2;
+    if (eos) tokens[n_tokens++] = t->eos_id;
     return n_tokens;
 }
 
@@ -1610,7 +1788,7 @@ static const char *decode(const Tokenizer *t, int prev, int token, int *len, cha
     const char *piece = t->vocab->pieces[token];
     int n = t->vocab->lengths[token];
     // following BOS, sentencepiece strips the leading whitespace
-    if (prev == 1 && n > 0 && piece[0] == ' ') { piece++; n--; }
+    if (prev == t->bos_id && n > 0 && piece[0] == ' ') { piece++; n--; }
     // raw bytes are spelled <0x01>
     if (n == 6 && memcmp(piece, "<0x", 3) == 0 && piece[5] == '>' && hex_value(piece[3]) >= 0 &&
         hex_value(piece[4]) >= 0) {
@@ -1844,8 +2022,8 @@ static RunStats generate(Transformer *transformer, Tokenizer *tokenizer, Sampler
             st.generated_tokens++;
             if (first < 0) first = now_s();
         }
-        // data-dependent terminating condition: the BOS (=1) token delimits sequences
-        if (next == 1 && !ignore_bos) break;
+        // data-dependent terminating condition: the BOS token (1, or the GGUF's) delimits sequences
+        if (next == tokenizer->bos_id && !ignore_bos) break;
         char byte;
         int len;
         const char *piece = decode(tokenizer, token, next, &len, &byte);
@@ -2035,18 +2213,25 @@ int main(int argc, char **argv) {
         read_vocab(&file_vocab, args.tokenizer, transformer.config.vocab_size);
         vocab = &file_vocab;
     }
-    Tokenizer tokenizer;
-    build_tokenizer(&tokenizer, vocab);
-    int batch = clamp_batch(args.batch, transformer.config.seq_len);
-    start_transformer(&transformer, args.threads, batch);
-    double load_s = now_s() - t0;
-
     const Config *c = &transformer.config;
-    RunStats st;
-    if (!strcmp(args.mode, "logits")) {
+    Tokenizer tokenizer;
+    build_tokenizer(&tokenizer, vocab, c->bos_id, c->eos_id);
+    int logits_mode = !strcmp(args.mode, "logits");
+    if (logits_mode) {
         int ok = args.n_ids >= 1 && args.n_ids <= c->seq_len;
         for (int i = 0; ok && i < args.n_ids; i++) ok = args.ids[i] >= 0 && args.ids[i] < c->vocab_size;
         if (!ok) die(EXIT_USAGE, "-k needs 1..%d ids in [0, %d)", c->seq_len, c->vocab_size);
+    }
+    // the KV cache holds the positions this run reaches, not the whole context: checked, then
+    // allocated once, after the command line and the file
+    int steps = clamp_steps(args.steps, c->seq_len), cache_rows = logits_mode ? args.n_ids : steps;
+    check_kv_cache(args.checkpoint, c, cache_rows);
+    int batch = clamp_batch(args.batch, c->seq_len);
+    start_transformer(&transformer, args.threads, batch, cache_rows);
+    double load_s = now_s() - t0;
+
+    RunStats st;
+    if (logits_mode) {
         int *ids = xcalloc(args.n_ids, sizeof(int));
         for (int i = 0; i < args.n_ids; i++) ids[i] = (int)args.ids[i];
         st = write_logits(&transformer, ids, args.n_ids, args.output);
@@ -2055,8 +2240,7 @@ int main(int argc, char **argv) {
         unsigned long long seed = args.seed > 0 ? args.seed : (unsigned long long)time(NULL);
         Sampler sampler;
         build_sampler(&sampler, c->vocab_size, (float)args.temperature, args.topp, seed);
-        st = generate(&transformer, &tokenizer, &sampler, args.prompt, clamp_steps(args.steps, c->seq_len),
-                      args.ignore_bos);
+        st = generate(&transformer, &tokenizer, &sampler, args.prompt, steps, args.ignore_bos);
         free_sampler(&sampler);
     }
     print_stats(args.threads, batch, load_s, &st);

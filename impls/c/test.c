@@ -6,6 +6,7 @@
 
 #define POLYLLAMA_NO_MAIN
 #pragma GCC diagnostic ignored "-Wunused-function" // the command line half of run.c is not under test
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers" // a GgufShape names only what differs
 #include "run.c"
 
 #include <sys/wait.h>
@@ -133,7 +134,7 @@ static void test_decode(void) {
     float scores[6] = {0};
     Vocab v = {6, pieces, lengths, scores, 6, NULL};
     Tokenizer t;
-    build_tokenizer(&t, &v);
+    build_tokenizer(&t, &v, 1, 2);
     char byte;
     int len;
     const char *s = decode(&t, 1, 2, &len, &byte);
@@ -158,7 +159,7 @@ static void test_encode(const char *dir_file, const char *name, int vocab_size, 
     Vocab v = {0};
     read_vocab(&v, path, vocab_size);
     Tokenizer t;
-    build_tokenizer(&t, &v);
+    build_tokenizer(&t, &v, 1, 2);
     int n = (int)strlen(text);
     int *tokens = xcalloc((size_t)n + 3, sizeof(int));
     int got = encode(&t, text, n, 1, 0, tokens);
@@ -458,8 +459,8 @@ static void test_generation(int n_threads, int q8) {
     Vocab v = {0};
     read_vocab(&v, tok, tr.config.vocab_size);
     Tokenizer t;
-    build_tokenizer(&t, &v);
-    start_transformer(&tr, n_threads, tr.config.seq_len);
+    build_tokenizer(&t, &v, 1, 2);
+    start_transformer(&tr, n_threads, tr.config.seq_len, tr.config.seq_len);
     struct { const char *golden, *prompt; int steps; } runs[] = {
         {q8 ? "stories260K.q8_0.greedy.txt" : "stories260K.f32.greedy.txt", "", q8 ? 128 : 256},
         {"stories260K.f32.prompt.txt", "Once upon a time, there was a", 96},
@@ -606,6 +607,21 @@ static void test_tokenizer_file_rules(void) {
     unlink(good);
 }
 
+// float -> bf16 bits as the converters write BF16 (llama.cpp's, the gguf package's): nearest,
+// ties to even; a NaN stays a (quiet) NaN instead of rounding into the infinity next to it
+static uint16_t fp32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+}
+
+// x rounded to F16 or BF16 and widened back, as a converter rounds a weight
+static void round_to_half(float *out, const float *x, int n, int type) {
+    for (int i = 0; i < n; i++)
+        out[i] = type == WEIGHT_F16 ? fp16_to_fp32(fp32_to_fp16(x[i])) : bf16_to_fp32(fp32_to_bf16(x[i]));
+}
+
 // A GGUF model (dim 8, hidden 16, one layer, two heads, seq_len 8, or the dims of a GgufShape)
 // with the test vocabulary, and the defects that llama.cpp (and the contract) refuse.
 enum { G_OK, G_EMPTY_KEY, G_DUP_KEY, G_DUP_TOKENIZER_KEY, G_DUP_TENSOR, G_EXTRA_TENSOR, G_UNALIGNED, G_OVERLAP,
@@ -613,7 +629,13 @@ enum { G_OK, G_EMPTY_KEY, G_DUP_KEY, G_DUP_TOKENIZER_KEY, G_DUP_TENSOR, G_EXTRA_
 
 // the model's dims, and its tensors' types: bit i of q8 makes tensor i (write_gguf's order) Q8_0,
 // and other_type, when not 0, is attn_q's type
-typedef struct { int dim, hidden; unsigned q8; uint32_t other_type; } GgufShape;
+// keys: one of the KEYS_ variants below (contract 3's model keys); bit i of half makes tensor i
+// half_type (F16 or BF16)
+typedef struct { int dim, hidden; unsigned q8; uint32_t other_type; int keys; unsigned half; uint32_t half_type; } GgufShape;
+
+enum { KEYS_NONE, KEYS_CUSTOM, KEYS_THETA, KEYS_EPS, KEYS_THETA_STRING, KEYS_THETA_LOW, KEYS_THETA_NAN, KEYS_EPS_ZERO,
+       KEYS_EPS_ONE, KEYS_EPS_BOOL, KEYS_ROPE_DIM, KEYS_ROPE_DIM_FRACTION, KEYS_BOS_HIGH, KEYS_EOS_NEGATIVE,
+       KEYS_BOS_STRING, KEYS_SCALING_LINEAR, KEYS_SCALING_NUMBER, KEYS_EXPERTS };
 static const GgufShape F32_SHAPE = {8, 16, 0, 0};
 
 static void put_kv_u32(Buf *b, int *n, const char *key, uint32_t v) {
@@ -625,6 +647,45 @@ static void put_kv_scores(Buf *b, int *n, int defect) {
     for (int i = 0; i < TEST_VOCAB; i++)
         put_f32(b, i == 5 && defect == G_NAN_SCORE ? NAN : i == 5 && defect == G_INF_SCORE ? INFINITY : -(float)i);
     (*n)++;
+}
+
+static void put_kv_f32(Buf *b, int *n, const char *key, float v) { put_str(b, key); put_u32(b, 6); put_f32(b, v); (*n)++; }
+static void put_kv_f64(Buf *b, int *n, const char *key, double v) { put_str(b, key); put_u32(b, 12); put(b, &v, 8); (*n)++; }
+static void put_kv_i32(Buf *b, int *n, const char *key, int32_t v) { put_str(b, key); put_u32(b, 5); put(b, &v, 4); (*n)++; }
+static void put_kv_str(Buf *b, int *n, const char *key, const char *v) { put_str(b, key); put_u32(b, 8); put_str(b, v); (*n)++; }
+
+// contract 3's keys, by variant: well-formed (of several numeric types), and each refusal
+static void put_model_keys(Buf *b, int *n, int keys) {
+    switch (keys) {
+    case KEYS_CUSTOM:
+        put_kv_u32(b, n, "llama.rope.freq_base", 500000); // an integer type for a float key
+        put_kv_f64(b, n, "llama.attention.layer_norm_rms_epsilon", 1e-6);
+        put_kv_u32(b, n, "llama.rope.dimension_count", 4);
+        put_kv_u32(b, n, "tokenizer.ggml.bos_token_id", 5);
+        put_kv_i32(b, n, "tokenizer.ggml.eos_token_id", 6);
+        put_kv_str(b, n, "llama.rope.scaling.type", "none");
+        put_kv_u32(b, n, "llama.expert_count", 0);
+        break;
+    case KEYS_THETA: put_kv_f32(b, n, "llama.rope.freq_base", 500000.0f); break;
+    case KEYS_EPS: put_kv_f32(b, n, "llama.attention.layer_norm_rms_epsilon", 0.25f); break;
+    case KEYS_THETA_STRING: put_kv_str(b, n, "llama.rope.freq_base", "10000"); break;
+    case KEYS_THETA_LOW: put_kv_f32(b, n, "llama.rope.freq_base", 0.5f); break;
+    case KEYS_THETA_NAN: put_kv_f32(b, n, "llama.rope.freq_base", NAN); break;
+    case KEYS_EPS_ZERO: put_kv_f32(b, n, "llama.attention.layer_norm_rms_epsilon", 0.0f); break;
+    case KEYS_EPS_ONE: put_kv_u32(b, n, "llama.attention.layer_norm_rms_epsilon", 1); break;
+    case KEYS_EPS_BOOL:
+        put_str(b, "llama.attention.layer_norm_rms_epsilon"); put_u32(b, 7); put(b, "\1", 1); (*n)++;
+        break;
+    case KEYS_ROPE_DIM: put_kv_u32(b, n, "llama.rope.dimension_count", 2); break;
+    case KEYS_ROPE_DIM_FRACTION: put_kv_f32(b, n, "llama.rope.dimension_count", 4.5f); break;
+    case KEYS_BOS_HIGH: put_kv_u32(b, n, "tokenizer.ggml.bos_token_id", TEST_VOCAB); break;
+    case KEYS_EOS_NEGATIVE: put_kv_i32(b, n, "tokenizer.ggml.eos_token_id", -1); break;
+    case KEYS_BOS_STRING: put_kv_str(b, n, "tokenizer.ggml.bos_token_id", "1"); break;
+    case KEYS_SCALING_LINEAR: put_kv_str(b, n, "llama.rope.scaling.type", "linear"); break;
+    case KEYS_SCALING_NUMBER: put_kv_u32(b, n, "llama.rope.scaling.type", 0); break;
+    case KEYS_EXPERTS: put_kv_u32(b, n, "llama.expert_count", 8); break;
+    default: break;
+    }
 }
 
 static int gguf_kvs(Buf *b, int defect, const GgufShape *shape) {
@@ -646,6 +707,7 @@ static int gguf_kvs(Buf *b, int defect, const GgufShape *shape) {
     }
     n++;
     put_kv_scores(b, &n, defect);
+    put_model_keys(b, &n, shape->keys);
     if (defect == G_DUP_KEY) put_kv_u32(b, &n, "llama.block_count", 1);
     if (defect == G_DUP_TOKENIZER_KEY) put_kv_scores(b, &n, G_OK);
     return n;
@@ -666,7 +728,7 @@ static const char *write_gguf_shaped(int defect, const GgufShape *shape) {
     int nt = 11;
     for (int i = 0; i < 11; i++) {
         tnames[i] = names[i]; tdims[i][0] = dims[i][0]; tdims[i][1] = dims[i][1];
-        types[i] = shape->q8 >> i & 1 ? WEIGHT_Q8_0 : WEIGHT_F32;
+        types[i] = shape->q8 >> i & 1 ? WEIGHT_Q8_0 : shape->half >> i & 1 ? shape->half_type : WEIGHT_F32;
     }
     if (shape->other_type) types[3] = shape->other_type;
     if (defect == G_DUP_TENSOR || defect == G_EXTRA_TENSOR) {
@@ -676,7 +738,8 @@ static const char *write_gguf_shaped(int defect, const GgufShape *shape) {
     }
     for (int i = 0; i < nt; i++) {
         uint64_t rows = tdims[i][1] ? tdims[i][1] : 1;
-        sizes[i] = types[i] == WEIGHT_Q8_0 ? rows * (tdims[i][0] / Q8_BLOCK) * Q8_BLOCK_BYTES : 4 * tdims[i][0] * rows;
+        sizes[i] = types[i] == WEIGHT_Q8_0 ? rows * (tdims[i][0] / Q8_BLOCK) * Q8_BLOCK_BYTES
+                   : (types[i] == WEIGHT_F16 || types[i] == WEIGHT_BF16 ? 2 : 4) * tdims[i][0] * rows;
         offsets[i] = end;
         end += (sizes[i] + 31) / 32 * 32;
     }
@@ -705,6 +768,12 @@ static const char *write_gguf_shaped(int defect, const GgufShape *shape) {
             blk[0] = 0x00, blk[1] = 0x24;
             for (int k = 0; k < Q8_BLOCK; k++) blk[2 + k] = (unsigned char)(int8_t)((int)((k + at) % 13) - 6);
         }
+    for (int i = 0; i < nt; i++) // 16-bit tensors: small values of their own type
+        for (uint64_t at = 0; (types[i] == WEIGHT_F16 || types[i] == WEIGHT_BF16) && at + 2 <= sizes[i]; at += 2) {
+            uint16_t h = types[i] == WEIGHT_F16 ? fp32_to_fp16((float)(at / 2 % 7) * 0.01f)
+                                                : fp32_to_bf16((float)(at / 2 % 7) * 0.01f);
+            memcpy(b.p + data_start + offsets[i] + at, &h, 2);
+        }
     if (defect == G_TRUNCATED) b.n = data_start + offsets[nt - 1] + sizes[nt - 1] - 10; // the last tensor cut short
     const char *path = write_temp(&b);
     free(kvs.p);
@@ -713,6 +782,9 @@ static const char *write_gguf_shaped(int defect, const GgufShape *shape) {
 }
 
 static const char *write_gguf(int defect) { return write_gguf_shaped(defect, &F32_SHAPE); }
+
+// a 16-bit row value for the tests: F16 or BF16 bits of f (rounded to nearest even)
+static uint16_t half_bits(float f, int type) { return type == WEIGHT_F16 ? fp32_to_fp16(f) : fp32_to_bf16(f); }
 
 // gaps 1, 3 and 4 for GGUF
 static void test_gguf_rules(void) {
@@ -763,7 +835,7 @@ static void test_gguf_q8(void) {
     int ok = 1;
     for (int i = 0; i < 32; i++) ok &= emb[i] == (float)(int8_t)row[2 + i] / 64.0f;
     CHECK(ok, "a Q8_0 embedding row is d * q");
-    start_transformer(&tr, 2, tr.config.seq_len);
+    start_transformer(&tr, 2, tr.config.seq_len, tr.config.seq_len);
     float *logits = NULL;
     for (int pos = 0; pos < 4; pos++) logits = forward(&tr, 5 + pos, pos);
     for (int i = 0; i < TEST_VOCAB; i++) ok &= isfinite(logits[i]);
@@ -779,15 +851,203 @@ static void test_gguf_q8(void) {
          "Q8_0 rows of hidden_dim 48"},
         {G_TRUNCATED, mixed, "tensor blk.0.ffn_up.weight lies outside the file", "a truncated Q8_0 tensor"},
         {G_Q8_OVERLAP, mixed, "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap", "overlapping Q8_0 tensors"},
-        {G_OK, {32, 64, 0, 1}, "tensor blk.0.attn_q.weight has type 1; only F32 (0) and Q8_0 (8) are supported",
-         "an F16 tensor"},
-        {G_OK, {32, 64, 0, 2}, "tensor blk.0.attn_q.weight has type 2", "a Q4_0 tensor"},
+        {G_OK, {32, 64, 0, 2},
+         "tensor blk.0.attn_q.weight has type 2; only F32 (0), F16 (1), BF16 (30) and Q8_0 (8) are supported",
+         "a Q4_0 tensor"},
+        {G_OK, {32, 64, 0, 12}, "tensor blk.0.attn_q.weight has type 12", "a Q4_K tensor"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = write_gguf_shaped(cases[i].defect, &cases[i].shape);
         CHECK(refused(load_checkpoint, path, cases[i].problem), "GGUF with %s is refused", cases[i].what);
         unlink(path);
     }
+}
+
+// contract 3's model keys: defaults, values of any numeric type, their effect on the logits and
+// the tokenizer, and each refusal (exit 3, one line naming the key)
+static float *logits_of(const GgufShape *shape, int n_pos) {
+    const char *path = write_gguf_shaped(G_OK, shape);
+    Transformer tr;
+    build_transformer(&tr, path);
+    start_transformer(&tr, 1, 8, 8);
+    float *all = xcalloc((size_t)n_pos * TEST_VOCAB, sizeof(float));
+    for (int pos = 0; pos < n_pos; pos++)
+        memcpy(all + (size_t)pos * TEST_VOCAB, forward(&tr, 259 + pos % 3, pos), TEST_VOCAB * sizeof(float));
+    free_transformer(&tr);
+    unlink(path);
+    return all;
+}
+
+static int rows_equal(const float *a, const float *b, int pos) {
+    return !memcmp(a + (size_t)pos * TEST_VOCAB, b + (size_t)pos * TEST_VOCAB, TEST_VOCAB * sizeof(float));
+}
+
+static void test_gguf_keys(void) {
+    GgufShape shape = F32_SHAPE;
+    const char *path = write_gguf_shaped(G_OK, &shape);
+    Transformer tr;
+    build_transformer(&tr, path);
+    CHECK(tr.config.rope_theta == 10000.0f && tr.config.norm_eps == 1e-5f && tr.config.bos_id == 1 &&
+          tr.config.eos_id == 2, "a GGUF without the keys: theta 10000, eps 1e-5, BOS 1, EOS 2");
+    free_transformer(&tr);
+    unlink(path);
+    const char *model = model_file("stories260K.bin");
+    if (model) {
+        build_transformer(&tr, model);
+        CHECK(tr.config.rope_theta == 10000.0f && tr.config.norm_eps == 1e-5f && tr.config.bos_id == 1 &&
+              tr.config.eos_id == 2, "a v0 file: theta 10000, eps 1e-5, BOS 1, EOS 2");
+        free_transformer(&tr);
+    }
+    shape.keys = KEYS_CUSTOM;
+    path = write_gguf_shaped(G_OK, &shape);
+    build_transformer(&tr, path);
+    CHECK(tr.config.rope_theta == 500000.0f && tr.config.norm_eps == 1e-6f && tr.config.bos_id == 5 &&
+          tr.config.eos_id == 6, "the keys read from u32, f64 and i32 values (theta %g, eps %g, BOS %d, EOS %d)",
+          tr.config.rope_theta, tr.config.norm_eps, tr.config.bos_id, tr.config.eos_id);
+    // the BOS and EOS ids in encode, and decode's "drop the leading space after BOS"
+    Tokenizer t;
+    build_tokenizer(&t, &tr.vocab, tr.config.bos_id, tr.config.eos_id);
+    int ids[8], n = encode(&t, "a", 1, 1, 1, ids); // " " and "a" merge into " a"
+    CHECK(n == 3 && ids[0] == 5 && ids[1] == 261 && ids[2] == 6, "encode emits the file's BOS and EOS");
+    int len;
+    char byte;
+    const char *piece = decode(&t, 5, 261, &len, &byte);
+    CHECK(len == 1 && piece[0] == 'a', "decode drops the leading space after the file's BOS");
+    piece = decode(&t, 1, 261, &len, &byte);
+    CHECK(len == 2 && piece[0] == ' ', "decode keeps it after id 1 when BOS is another id");
+    free_tokenizer(&t);
+    free_transformer(&tr);
+    unlink(path);
+
+    // theta moves every position but the first (RoPE's angle there is 0), eps every position
+    GgufShape base = {32, 64}, theta = {32, 64}, eps = {32, 64};
+    theta.keys = KEYS_THETA;
+    eps.keys = KEYS_EPS;
+    float *l0 = logits_of(&base, 4), *lt = logits_of(&theta, 4), *le = logits_of(&eps, 4);
+    CHECK(rows_equal(l0, lt, 0) && !rows_equal(l0, lt, 1) && !rows_equal(l0, lt, 3),
+          "llama.rope.freq_base changes the logits after position 0");
+    CHECK(!rows_equal(l0, le, 0) && !rows_equal(l0, le, 2), "llama.attention.layer_norm_rms_epsilon changes the logits");
+    free(l0); free(lt); free(le);
+    float c[8], sn[8];
+    rope_table(c, sn, 16, 3, 500000.0f);
+    CHECK(c[0] == cosf(3.0f) && fabsf(sn[4] - sinf(3.0f / powf(500000.0f, 0.5f))) < 1e-7f,
+          "the RoPE table takes the file's base: angle pos / theta^(i / head_size)");
+
+    struct { int keys; const char *problem; } bad[] = {
+        {KEYS_THETA_STRING, "key llama.rope.freq_base must be a number"},
+        {KEYS_THETA_LOW, "key llama.rope.freq_base=0.5 is outside its range"},
+        {KEYS_THETA_NAN, "key llama.rope.freq_base=nan is outside its range"},
+        {KEYS_EPS_ZERO, "key llama.attention.layer_norm_rms_epsilon=0 is outside its range"},
+        {KEYS_EPS_ONE, "key llama.attention.layer_norm_rms_epsilon=1 is outside its range"},
+        {KEYS_EPS_BOOL, "key llama.attention.layer_norm_rms_epsilon must be a number"},
+        {KEYS_ROPE_DIM, "key llama.rope.dimension_count=2 must equal head_size=4"},
+        {KEYS_ROPE_DIM_FRACTION, "key llama.rope.dimension_count=4.5 must be a whole number"},
+        {KEYS_BOS_HIGH, "key tokenizer.ggml.bos_token_id=262 is outside its range [0, 261]"},
+        {KEYS_EOS_NEGATIVE, "key tokenizer.ggml.eos_token_id=-1 is outside its range [0, 261]"},
+        {KEYS_BOS_STRING, "key tokenizer.ggml.bos_token_id must be a number"},
+        {KEYS_SCALING_LINEAR, "key llama.rope.scaling.type is 'linear'"},
+        {KEYS_SCALING_NUMBER, "key llama.rope.scaling.type must be a string"},
+        {KEYS_EXPERTS, "key llama.expert_count=8"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        GgufShape b = F32_SHAPE;
+        b.keys = bad[i].keys;
+        path = write_gguf_shaped(G_OK, &b);
+        CHECK(refused(load_checkpoint, path, bad[i].problem), "GGUF refused: %s", bad[i].problem);
+        unlink(path);
+    }
+}
+
+// F16 and BF16 tensors: read per matrix, mixed with F32 and Q8_0 in one file; a 16-bit norm, a
+// truncated or overlapping 16-bit tensor refused
+static void test_gguf_half(void) {
+    const unsigned all_matrices = 1u << 0 | 1u << 3 | 1u << 4 | 1u << 5 | 1u << 6 | 1u << 8 | 1u << 9 | 1u << 10;
+    const uint32_t types[2] = {WEIGHT_F16, WEIGHT_BF16};
+    for (int k = 0; k < 2; k++) {
+        const char *tn = types[k] == WEIGHT_F16 ? "F16" : "BF16";
+        GgufShape shape = {32, 64, 0, 0, KEYS_NONE, all_matrices, types[k]};
+        const char *path = write_gguf_shaped(G_OK, &shape);
+        Transformer tr;
+        build_transformer(&tr, path);
+        const uint16_t *row = (const uint16_t *)tr.weights.token_embedding.data + 260 * 32;
+        CHECK(tr.weights.token_embedding.type == (int)types[k] && tr.weights.layers[0].w2.type == (int)types[k] &&
+              tr.weights.wcls.data == tr.weights.token_embedding.data && w16_value(row, 3, types[k]) ==
+              w16_value((uint16_t[]){half_bits((float)((260 * 32 + 3) % 7) * 0.01f, types[k])}, 0, types[k]),
+              "an all-%s GGUF loads, its classifier tied to the embedding", tn);
+        start_transformer(&tr, 2, 8, 8);
+        float x[32];
+        embed(x, &tr.weights.token_embedding, 260, 32);
+        int ok = x[3] == w16_value(row, 3, types[k]);
+        float *logits = NULL;
+        for (int pos = 0; pos < 4; pos++) logits = forward(&tr, 5 + pos, pos);
+        for (int i = 0; i < TEST_VOCAB; i++) ok &= isfinite(logits[i]);
+        CHECK(ok, "the %s GGUF's embedding row is converted, and it runs to finite logits", tn);
+        free_transformer(&tr);
+        unlink(path);
+    }
+    // F16 attn_q and ffn_up, BF16 ffn_gate and token_embd, Q8_0 attn_k, the rest F32: in one layer
+    GgufShape mixed = {32, 64, 1u << 4, 0, KEYS_NONE, 1u << 3 | 1u << 10, WEIGHT_F16};
+    const char *path = write_gguf_shaped(G_OK, &mixed);
+    Transformer tr;
+    build_transformer(&tr, path);
+    LayerWeights *lw = &tr.weights.layers[0];
+    lw->w1.type = WEIGHT_F16; // the writer gives one 16-bit type a file: F16 data, read both ways below
+    CHECK(lw->wq.type == WEIGHT_F16 && lw->wk.type == WEIGHT_Q8_0 && lw->wv.type == WEIGHT_F32 &&
+          lw->w3.type == WEIGHT_F16, "a GGUF mixing F16, Q8_0 and F32 in one layer loads");
+    start_transformer(&tr, 1, 8, 8);
+    int toks[4] = {5, 6, 7, 8};
+    float *want = xcalloc(4 * TEST_VOCAB, sizeof(float));
+    for (int pos = 0; pos < 4; pos++) memcpy(want + pos * TEST_VOCAB, forward(&tr, toks[pos], pos), sizeof(float) * TEST_VOCAB);
+    float *got = xcalloc(4 * TEST_VOCAB, sizeof(float));
+    forward_batch(&tr, toks, 4, 0, LOGITS_ALL, got);
+    int ok = 1;
+    for (int i = 0; i < 4 * TEST_VOCAB; i++) ok &= isfinite(got[i]) && fabsf(got[i] - want[i]) <= 1e-4f * (1.0f + fabsf(want[i]));
+    CHECK(ok, "the mixed GGUF: batched logits equal one-position logits");
+    free(want); free(got);
+    free_transformer(&tr);
+    unlink(path);
+    struct { int defect; GgufShape shape; const char *problem, *what; } cases[] = {
+        {G_OK, {32, 64, 0, 0, KEYS_NONE, all_matrices | 1u << 2, WEIGHT_F16},
+         "tensor blk.0.attn_norm.weight is F16; only matrices may be, norms are F32", "an F16 norm"},
+        {G_OK, {32, 64, 0, 0, KEYS_NONE, 1u << 1, WEIGHT_BF16},
+         "tensor output_norm.weight is BF16; only matrices may be, norms are F32", "a BF16 norm"},
+        {G_TRUNCATED, {32, 64, 0, 0, KEYS_NONE, all_matrices, WEIGHT_BF16},
+         "tensor blk.0.ffn_up.weight lies outside the file", "a truncated BF16 tensor"},
+        {G_Q8_OVERLAP, {32, 64, 0, 0, KEYS_NONE, all_matrices, WEIGHT_F16},
+         "tensors blk.0.attn_q.weight and blk.0.attn_k.weight overlap", "overlapping F16 tensors"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        path = write_gguf_shaped(cases[i].defect, &cases[i].shape);
+        CHECK(refused(load_checkpoint, path, cases[i].problem), "GGUF with %s is refused", cases[i].what);
+        unlink(path);
+    }
+}
+
+// the KV cache is sized for the run's positions (contract 3): a 7B shape at 4096 positions is
+// exactly 4 GiB and allowed, one position more is refused naming the size and the positions
+static void check_kv_7b(const void *ctx) {
+    Config c = {4096, 11008, 32, 32, 32, 32000, 4096, 1, 10000.0f, 1e-5f, 1, 2};
+    check_kv_cache("7b.gguf", &c, *(const long long *)ctx);
+}
+
+// 1024 layers of dim 64 at 65536 positions: a 32 GiB full-context cache
+static void check_kv_long(const void *ctx) {
+    Config c = {64, 64, 1024, 1, 1, 300, 65536, 1, 10000.0f, 1e-5f, 1, 2};
+    check_kv_cache("long.gguf", &c, *(const long long *)ctx);
+}
+
+static void test_kv_cache(void) {
+    char err[4096];
+    long long rows = 4096;
+    CHECK(child_exit(check_kv_7b, &rows, err, sizeof err) == 0, "a 7B shape's KV cache at 4096 positions is allowed");
+    rows = 4097;
+    int code = child_exit(check_kv_7b, &rows, err, sizeof err);
+    CHECK(code == 3 && !strcmp(err, "error: 7b.gguf: KV cache of 4296015872 bytes for 4097 positions exceeds the 4 GiB limit\n"),
+          "a KV cache over 4 GiB is refused (exit %d: %s)", code, err);
+    rows = 4;
+    CHECK(child_exit(check_kv_long, &rows, err, sizeof err) == 0, "4 positions of a 32 GiB full-context cache fit");
+    rows = 65536;
+    CHECK(child_exit(check_kv_long, &rows, err, sizeof err) == 3, "all its positions do not");
 }
 
 static void parse_argv(const void *ctx) {
@@ -916,10 +1176,23 @@ static void test_q8_matmat(void) {
     free(w); free(x); free(dx); free(qx); free(out);
 }
 
-// stories260K (F32, then with its matrices in Q8_0 as the converter writes them): forward_batch's
-// logits over 40 positions, in batches of 1, 7, 16 and 40 rows at one and two threads, against
-// forward's, within the contract's tolerance (section 6) and with the same argmax (Q8_0: see below)
-static void test_batched_logits(int q8) {
+// a 16-bit copy (F16 or BF16, each value rounded to nearest even) of an F32 matrix (rows, cols)
+static void to_half(Matrix *m, size_t rows, size_t cols, int type, void **owned, int *n_owned) {
+    if (m->type != WEIGHT_F32) return;
+    uint16_t *h = xcalloc(rows * cols, sizeof(uint16_t));
+    const float *f = m->data;
+    for (size_t i = 0; i < rows * cols; i++) h[i] = type == WEIGHT_F16 ? fp32_to_fp16(f[i]) : fp32_to_bf16(f[i]);
+    owned[(*n_owned)++] = h;
+    *m = (Matrix){h, type};
+}
+
+// stories260K (F32, then with its matrices in Q8_0 as the converter writes them, then in F16 and
+// in BF16): forward_batch's logits over 40 positions, in batches of 1, 7, 16 and 40 rows at one
+// and two threads, against forward's, within the contract's tolerance (section 6) and with the
+// same argmax (Q8_0: see below)
+static void test_batched_logits(int type) {
+    int q8 = type == WEIGHT_Q8_0, half = type == WEIGHT_F16 || type == WEIGHT_BF16;
+    const char *tname = q8 ? " Q8_0" : type == WEIGHT_F16 ? " F16" : type == WEIGHT_BF16 ? " BF16" : "";
     const char *model = model_file("stories260K.bin");
     if (!model) return;
     enum { N = 40 };
@@ -929,31 +1202,59 @@ static void test_batched_logits(int q8) {
     void *owned[1 + 7 * 64];
     int n_owned = 0;
     const Config *c = &ref.config;
-    if (q8 && c->n_layers <= 64) {
+    int vocab = c->vocab_size;
+    for (int i = 0; i < N; i++) ids[i] = i ? (7 * i + 300) % vocab : 1;
+    float *f32 = xcalloc((size_t)N * vocab, sizeof(float));
+    if (half) { // the F32 model's logits, which 16-bit weights and activations move only a little
+        start_transformer(&ref, 1, 1, N);
+        for (int i = 0; i < N; i++) memcpy(f32 + (size_t)i * vocab, forward(&ref, ids[i], i), vocab * sizeof(float));
+        free_pool(ref.pool);
+        free_state(&ref.state);
+        free_batch(&ref.batch);
+    }
+    if ((q8 || half) && c->n_layers <= 64) {
         size_t d = c->dim, h = c->hidden_dim, kv = (size_t)c->n_kv_heads * (d / c->n_heads);
         TransformerWeights *w = &ref.weights;
-        to_q8(&w->token_embedding, c->vocab_size, d, owned, &n_owned);
+        Matrix *ms[7];
+        size_t shapes[7][2] = {{d, d}, {kv, d}, {kv, d}, {d, d}, {h, d}, {d, h}, {h, d}};
+        if (q8) to_q8(&w->token_embedding, c->vocab_size, d, owned, &n_owned);
+        else to_half(&w->token_embedding, c->vocab_size, d, type, owned, &n_owned);
         w->wcls = w->token_embedding; // stories260K shares its classifier
         for (int l = 0; l < c->n_layers; l++) {
             LayerWeights *lw = &w->layers[l];
-            to_q8(&lw->wq, d, d, owned, &n_owned); to_q8(&lw->wk, kv, d, owned, &n_owned);
-            to_q8(&lw->wv, kv, d, owned, &n_owned); to_q8(&lw->wo, d, d, owned, &n_owned);
-            to_q8(&lw->w1, h, d, owned, &n_owned); to_q8(&lw->w2, d, h, owned, &n_owned);
-            to_q8(&lw->w3, h, d, owned, &n_owned);
+            ms[0] = &lw->wq, ms[1] = &lw->wk, ms[2] = &lw->wv, ms[3] = &lw->wo, ms[4] = &lw->w1, ms[5] = &lw->w2,
+            ms[6] = &lw->w3;
+            for (int k = 0; k < 7; k++) {
+                if (q8) to_q8(ms[k], shapes[k][0], shapes[k][1], owned, &n_owned);
+                else to_half(ms[k], shapes[k][0], shapes[k][1], type, owned, &n_owned);
+            }
         }
     }
-    int vocab = c->vocab_size;
-    for (int i = 0; i < N; i++) ids[i] = i ? (7 * i + 300) % vocab : 1;
     float *want = xcalloc((size_t)N * vocab, sizeof(float)), *got = xcalloc((size_t)N * vocab, sizeof(float));
-    start_transformer(&ref, 1, 1);
+    start_transformer(&ref, 1, 1, N);
     for (int i = 0; i < N; i++) memcpy(want + (size_t)i * vocab, forward(&ref, ids[i], i), vocab * sizeof(float));
+    if (half) {
+        float worst = 0.0f;
+        for (int i = 0; i < N; i++) {
+            const float *g = want + (size_t)i * vocab, *r = f32 + (size_t)i * vocab;
+            float amax = 0.0f, diff = 0.0f;
+            for (int k = 0; k < vocab; k++) {
+                amax = fmaxf(amax, fabsf(r[k]));
+                diff = fmaxf(diff, fabsf(g[k] - r[k]));
+            }
+            worst = fmaxf(worst, diff / (1.0f + amax));
+        }
+        // near the F32 logits, and not equal to them (the weights and activations were rounded)
+        CHECK(worst > 0.0f && worst < (type == WEIGHT_F16 ? 5e-3f : 5e-2f),
+              "stories260K%s: one-position logits within rounding of the F32 model's (%g of the scale)", tname, worst);
+    }
     free_pool(ref.pool);
     free_state(&ref.state);
     free_batch(&ref.batch);
     const int batches[] = {1, 7, 16, N};
     for (int j = 1; j <= 2; j++)
         for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
-            start_transformer(&ref, j, batches[bi]);
+            start_transformer(&ref, j, batches[bi], N);
             prefill(&ref, ids, N, LOGITS_ALL, got);
             int ok = 1;
             for (int i = 0; i < N; i++) {
@@ -965,12 +1266,13 @@ static void test_batched_logits(int q8) {
                 }
                 // Q8_0: a rounding near a tie parts two correct summation orders (contract section
                 // 8; with these ids, at position 38 of an AVX2 build): float32's tolerance over the
-                // first 16 positions, the loose one after them
-                if (!q8 || i < 16) ok &= diff <= 1e-4f * (1.0f + amax) && sample_argmax(g, vocab) == sample_argmax(r, vocab);
+                // first 16 positions, the loose one after them. F16 and BF16 round nothing at run
+                // time: float32's tolerance throughout.
+                if (!q8 || i < 16)
+                    ok &= diff <= 1e-4f * (1.0f + amax) && sample_argmax(g, vocab) == sample_argmax(r, vocab);
                 else ok &= diff <= 5e-2f * (1.0f + amax);
             }
-            CHECK(ok, "stories260K%s: batched logits at -b %d -j %d equal one-position logits", q8 ? " Q8_0" : "",
-                  batches[bi], j);
+            CHECK(ok, "stories260K%s: batched logits at -b %d -j %d equal one-position logits", tname, batches[bi], j);
             // generate mode's prefill: the last row's logits alone (by the one-position classifier)
             float *last = prefill(&ref, ids, N, LOGITS_LAST, NULL);
             const float *r = want + (size_t)(N - 1) * vocab;
@@ -981,7 +1283,7 @@ static void test_batched_logits(int q8) {
             }
             ok = q8 ? diff <= 5e-2f * (1.0f + amax)
                     : diff <= 1e-4f * (1.0f + amax) && sample_argmax(last, vocab) == sample_argmax(r, vocab);
-            CHECK(ok, "stories260K%s -b %d -j %d: the last row's logits alone equal one-position logits", q8 ? " Q8_0" : "",
+            CHECK(ok, "stories260K%s -b %d -j %d: the last row's logits alone equal one-position logits", tname,
                   batches[bi], j);
             free_pool(ref.pool);
             free_state(&ref.state);
@@ -992,7 +1294,161 @@ static void test_batched_logits(int q8) {
     memset(&ref.batch, 0, sizeof ref.batch);
     free_transformer(&ref);
     while (n_owned) free(owned[--n_owned]);
-    free(want); free(got);
+    free(want); free(got); free(f32);
+}
+
+// ----------------------------------------------------------------------------
+// F16 and BF16 (contract 3): the conversions (exact one way, to nearest even the other, as the
+// converters write the weights), and the kernels against plain loops
+
+static float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static void test_half_rounding(void) {
+    // BF16: nearest, ties to the even result; NaN stays NaN (quiet), infinity stays infinity
+    CHECK(fp32_to_bf16(bits_f32(0x3f808000u)) == 0x3f80 && fp32_to_bf16(bits_f32(0x3f818000u)) == 0x3f82 &&
+          fp32_to_bf16(bits_f32(0x3f808001u)) == 0x3f81 && fp32_to_bf16(bits_f32(0x3f807fffu)) == 0x3f80 &&
+          fp32_to_bf16(bits_f32(0xbf818000u)) == 0xbf82, "BF16 rounds to nearest, ties to even");
+    CHECK(fp32_to_bf16(bits_f32(0x7f7fffffu)) == 0x7f80 && fp32_to_bf16(INFINITY) == 0x7f80 &&
+          fp32_to_bf16(-INFINITY) == 0xff80, "BF16: the largest floats round to infinity");
+    uint16_t n1 = fp32_to_bf16(bits_f32(0x7f800001u)), n2 = fp32_to_bf16(bits_f32(0xffffffffu));
+    CHECK(isnan(bf16_to_fp32(n1)) && isnan(bf16_to_fp32(n2)) && (n1 & 0x40) && (n2 & 0x8000),
+          "BF16: a NaN whose payload is in the low bits stays NaN (%04x %04x)", n1, n2);
+    CHECK(isnan(bf16_to_fp32(0x7fc1)) && bf16_to_fp32(0x0001) == bits_f32(0x00010000u) &&
+          bf16_to_fp32(0xc2f7) == -123.5f, "BF16 -> float: bits << 16 (NaN, a subnormal, -123.5)");
+    int exact = 1;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = bf16_to_fp32((uint16_t)h);
+        exact &= isnan(f) ? 1 : fp32_to_bf16(f) == h && f32_bits(f) == h << 16;
+    }
+    CHECK(exact, "every BF16 value converts to float and back unchanged");
+
+    // F16 as a converter rounds a weight: ties to even, overflow to infinity, subnormals
+    float in[] = {1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 65504.0f, 65519.0f, 65520.0f, 70000.0f, -1e6f,
+                  0x1p-25f, 3 * 0x1p-25f, 0x1p-24f * 1.5f, 0x1p-24f * 1023.0f, 0x1p-14f, -0x1p-24f, NAN},
+          want[] = {1.0f, 1.0f + 0x1p-9f, 65504.0f, 65504.0f, INFINITY, INFINITY, -INFINITY,
+                    0.0f, 0x1p-23f, 0x1p-23f, 0x1p-24f * 1023.0f, 0x1p-14f, -0x1p-24f, NAN};
+    enum { NH = sizeof in / sizeof in[0] };
+    float out[NH];
+    round_to_half(out, in, NH, WEIGHT_F16);
+    int ok = 1;
+    for (int i = 0; i < NH; i++) {
+        int same = isnan(want[i]) ? isnan(out[i]) : out[i] == want[i];
+        if (!same) fprintf(stderr, "  F16 rounding of %a: %a, want %a\n", in[i], out[i], want[i]);
+        ok &= same;
+    }
+    CHECK(ok, "F16 rounding: ties to even, from 65520 on to infinity, subnormals, NaN");
+    CHECK(fp16_to_fp32(0x0001) == 0x1p-24f && fp16_to_fp32(0x03ff) == 1023 * 0x1p-24f &&
+          fp16_to_fp32(0x8001) == -0x1p-24f && fp16_to_fp32(0x0400) == 0x1p-14f, "F16 subnormals convert exactly");
+    float bin[] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, NAN, 3e38f}, bout[4];
+    round_to_half(bout, bin, 4, WEIGHT_BF16);
+    CHECK(bout[0] == 1.0f && bout[1] == 1.0f + 0x1p-6f && isnan(bout[2]) && bout[3] == bits_f32(0x7f620000u),
+          "BF16 rounding: ties to even, NaN stays NaN");
+}
+
+
+// out[r] = sum_j w[r][j] * xr[j] in double, and the sum of the terms' magnitudes
+static void half_matvec_plain(double *out, double *mag, const uint16_t *w, const float *xr, int d, int rows, int type) {
+    for (int r = 0; r < rows; r++) {
+        double s = 0.0, m = 0.0;
+        for (int j = 0; j < d; j++) {
+            double t = (double)w16_value(w + (size_t)r * d, (size_t)j, type) * xr[j];
+            s += t;
+            m += fabs(t);
+        }
+        out[r] = s;
+        mag[r] = m;
+    }
+}
+
+// The one-position and batched 16-bit kernels against the plain loop (weights converted exactly,
+// the activation in float32, not rounded): through the one-position dispatch, odd row counts (not
+// a multiple of the four-row pass or the tile), d = 64, 96, 172 and 288 (vector tails of every
+// length), T = 1, 7 and 33, strided rows, accumulation over a row range. With small integers
+// every sum is exact, so those runs must equal the plain loop bit for bit.
+static void test_half_kernels(void) {
+    enum { N = 23, MAX_D = 288, MAX_T = 33, LDX = MAX_D + 3, LDO = N + 5 };
+    const int ds[] = {64, 96, 172, 288}, ts[] = {1, 7, 33}, types[] = {WEIGHT_F16, WEIGHT_BF16};
+    uint16_t *w = xcalloc(N * MAX_D, sizeof(uint16_t));
+    float *x = xcalloc(MAX_T * LDX, sizeof(float)), *xr = xcalloc(MAX_T * LDX, sizeof(float));
+    float *out = xcalloc(MAX_T * LDO, sizeof(float)), one[N];
+    double want[N], mag[N];
+    RunState st = {0};
+    unsigned long long rng = 11;
+    for (int ty = 0; ty < 2; ty++)
+        for (int integer = 0; integer < 2; integer++)
+            for (size_t di = 0; di < sizeof ds / sizeof ds[0]; di++) {
+                int type = types[ty], d = ds[di];
+                const char *tn = type == WEIGHT_F16 ? "F16" : "BF16", *kind = integer ? "integer" : "random";
+                for (int i = 0; i < N * d; i++) {
+                    float f = integer ? (float)((int)(random_u32(&rng) % 17) - 8) : (random_f32(&rng) - 0.5f) * 4.0f;
+                    // F16: some weights subnormal, to take the conversion's other branch
+                    if (!integer && type == WEIGHT_F16 && i % 29 == 3) f = (random_f32(&rng) - 0.5f) * 0x1p-15f;
+                    w[i] = half_bits(f, type);
+                }
+                for (int i = 0; i < MAX_T * LDX; i++)
+                    x[i] = integer ? (float)((int)(random_u32(&rng) % 17) - 8) : (random_f32(&rng) - 0.5f) * 6.0f;
+                // one position, through matmul_input and the dispatch
+                Matrix m = {w, type};
+                int ok = 1, exact = 1;
+                Input in = matmul_input(&st, x, d, &m, 1);
+                half_matvec_plain(want, mag, w, x, d, N, type);
+                for (int r = 0; r < N; r++) one[r] = -1.0f;
+                matvec_any(one, &in, m, d, 0, N, 0);
+                for (int r = 0; r < N; r++) {
+                    ok &= fabs(one[r] - want[r]) <= 1e-6 * (1.0 + mag[r]);
+                    exact &= one[r] == (float)want[r];
+                }
+                CHECK(ok && (!integer || exact), "%s matvec, %s, d = %d, %d rows: the plain loop's value", tn, kind, d, N);
+                for (int r = 0; r < N; r++) one[r] = 1.0f;
+                matvec_any(one, &in, m, d, 5, 18, 1);
+                ok = 1;
+                for (int r = 0; r < N; r++)
+                    ok &= r >= 5 && r < 18 ? fabs(one[r] - 1.0 - want[r]) <= 1e-6 * (2.0 + mag[r]) : one[r] == 1.0f;
+                CHECK(ok, "%s matvec, %s, d = %d: rows [5, 18) accumulated, the others untouched", tn, kind, d);
+
+                // batched
+                for (size_t ti = 0; ti < sizeof ts / sizeof ts[0]; ti++) {
+                    int T = ts[ti];
+                    memcpy(xr, x, sizeof(float) * MAX_T * LDX);
+                    for (int i = 0; i < MAX_T * LDO; i++) out[i] = 1.0f;
+                    matmat16_rows(out, LDO, xr, LDX, w, d, T, 0, N, 0, type);
+                    ok = 1, exact = 1;
+                    int untouched = 1;
+                    for (int t = 0; t < T; t++) {
+                        half_matvec_plain(want, mag, w, xr + t * LDX, d, N, type);
+                        for (int r = 0; r < N; r++) {
+                            ok &= fabs(out[t * LDO + r] - want[r]) <= 1e-6 * (1.0 + mag[r]);
+                            exact &= out[t * LDO + r] == (float)want[r];
+                        }
+                        for (int r = N; r < LDO; r++) untouched &= out[t * LDO + r] == 1.0f;
+                    }
+                    CHECK(ok && untouched && (!integer || exact), "%s matmat, %s, T = %d, d = %d, %d rows: the plain loop's value",
+                          tn, kind, T, d, N);
+                    for (int i = 0; i < MAX_T * LDO; i++) out[i] = 1.0f;
+                    matmat16_rows(out, LDO, xr, LDX, w, d, T, 3, 18, 1, type);
+                    ok = 1;
+                    for (int t = 0; t < T; t++) {
+                        half_matvec_plain(want, mag, w, xr + t * LDX, d, N, type);
+                        for (int r = 0; r < N; r++)
+                            ok &= r >= 3 && r < 18 ? fabs(out[t * LDO + r] - 1.0 - want[r]) <= 1e-6 * (2.0 + mag[r])
+                                                   : out[t * LDO + r] == 1.0f;
+                    }
+                    CHECK(ok, "%s matmat, %s, T = %d, d = %d: rows [3, 18) accumulated, the others untouched", tn, kind,
+                          T, d);
+                }
+            }
+    // the activation is not rounded to F16: 70000 (infinity in F16) and 1 + 2^-20 (1 in F16) stay
+    for (int i = 0; i < N * 64; i++) w[i] = half_bits(i % 64 == 7 ? 1.0f : i % 64 == 9 ? 1024.0f : 0.0f, WEIGHT_F16);
+    for (int j = 0; j < 64; j++) x[j] = j == 7 ? 70000.0f : j == 9 ? 1.0f + 0x1p-20f : 1.0f;
+    Matrix m = {w, WEIGHT_F16};
+    Input in = matmul_input(&st, x, 64, &m, 1);
+    matvec_any(one, &in, m, 64, 0, N, 0);
+    matmat16_rows(out, LDO, x, LDX, w, 64, 1, 0, N, 0, WEIGHT_F16);
+    int kept = 1;
+    for (int r = 0; r < N; r++) kept &= one[r] == 70000.0f + 1024.0f + 0x1p-10f && out[r] == one[r];
+    CHECK(kept, "F16 weights multiply the float32 activation as it is (not rounded to F16)");
+    free(w); free(x); free(xr); free(out);
 }
 
 static void parse_argv_missing_b(const void *ctx) {
@@ -1043,9 +1499,16 @@ int main(void) {
     test_flag_ranges();
     test_f32_matmat();
     test_q8_matmat();
-    test_batched_logits(0);
-    test_batched_logits(1);
+    test_batched_logits(WEIGHT_F32);
+    test_batched_logits(WEIGHT_Q8_0);
+    test_batched_logits(WEIGHT_F16);
+    test_batched_logits(WEIGHT_BF16);
     test_batch_flag();
+    test_half_rounding();
+    test_half_kernels();
+    test_gguf_keys();
+    test_gguf_half();
+    test_kv_cache();
     printf("%d passed, %d failed", passed, failed);
     if (skipped) printf(", %d skipped", skipped);
     printf("\n");

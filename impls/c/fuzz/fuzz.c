@@ -205,13 +205,14 @@ void fuzz_check_matrix(Matrix m, size_t rows, size_t cols, const void *base, siz
         fuzz_check_floats(m.data, rows * cols, base, size, what);
         return;
     }
-    fuzz_check(m.type == WEIGHT_Q8_0, "a matrix of a type other than F32 and Q8_0 was accepted");
-    fuzz_check(cols % Q8_BLOCK == 0, "a Q8_0 matrix whose rows are not whole blocks was accepted");
+    int half = m.type == WEIGHT_F16 || m.type == WEIGHT_BF16;
+    fuzz_check(m.type == WEIGHT_Q8_0 || half, "a matrix of a type other than F32, F16, BF16 and Q8_0 was accepted");
+    fuzz_check(half || cols % Q8_BLOCK == 0, "a Q8_0 matrix whose rows are not whole blocks was accepted");
     uintptr_t b = (uintptr_t)base, q = (uintptr_t)m.data;
-    size_t n = rows * (cols / Q8_BLOCK) * Q8_BLOCK_BYTES;
+    size_t n = half ? 2 * rows * cols : rows * (cols / Q8_BLOCK) * Q8_BLOCK_BYTES;
     if (q < b || q - b > size || n > size - (q - b)) {
-        fprintf(stderr, "fuzz: Q8_0 tensor %s (%zu bytes at +%lld) is not inside the %zu-byte file\n", what, n,
-                (long long)(q - b), size);
+        fprintf(stderr, "fuzz: %s tensor %s (%zu bytes at +%lld) is not inside the %zu-byte file\n",
+                half ? "16-bit" : "Q8_0", what, n, (long long)(q - b), size);
         abort();
     }
     const unsigned char *p = m.data;

@@ -40,7 +40,8 @@ void fuzz_check(int cond, const char *what);
 // [p, p + n floats) lies inside [base, base + size) and p is float-aligned
 void fuzz_check_floats(const float *p, size_t n, const void *base, size_t size, const char *what);
 
-// a matrix of (rows, cols): F32 as fuzz_check_floats, Q8_0 as whole blocks inside the file
+// a matrix of (rows, cols): F32 as fuzz_check_floats, Q8_0 as whole blocks and F16/BF16 as 2-byte
+// values inside the file
 void fuzz_check_matrix(Matrix m, size_t rows, size_t cols, const void *base, size_t size, const char *what);
 
 // every piece readable, lengths within max_token_length, finite scores, a " " piece
