@@ -13,6 +13,7 @@ import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.ShortVector;
+import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorShape;
 import jdk.incubator.vector.VectorSpecies;
@@ -31,6 +32,11 @@ final class SimdKernels implements Kernels {
     static final VectorSpecies<Byte> QB = ByteVector.SPECIES_PREFERRED.withShape(VectorShape.forBitSize(QSHAPE.vectorBitSize() / 2));
     static final VectorSpecies<Integer> QI = IntVector.SPECIES_PREFERRED.withShape(QSHAPE);
     static final int QL = QS.length();
+
+    // F16 and BF16: S's lane count of 16-bit values in a half-width vector, widened to int32
+    // lanes of S's shape and turned into float32 there (vpmovsxwd / sxtl, then shifts and adds)
+    static final VectorSpecies<Short> HS = ShortVector.SPECIES_PREFERRED.withShape(VectorShape.forBitSize(S.vectorBitSize() / 2));
+    static final VectorSpecies<Integer> HI = IntVector.SPECIES_PREFERRED.withShape(S.vectorShape());
 
     /**
      * Four rows per pass, two vectors per row a step: eight independent FMA chains, and each x
@@ -229,6 +235,94 @@ final class SimdKernels implements Kernels {
     private static IntVector pairSums(ShortVector p) {
         IntVector v = p.reinterpretAsInts();
         return v.lanewise(VectorOperators.LSHL, 16).lanewise(VectorOperators.ASHR, 16).add(v.lanewise(VectorOperators.ASHR, 16));
+    }
+
+    @Override
+    public void matvecF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        matvecHalf(bb, byteOff, nRows, false, x, n, out, outOff);
+    }
+
+    @Override
+    public void matvecBF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        matvecHalf(bb, byteOff, nRows, true, x, n, out, outOff);
+    }
+
+    /**
+     * Four rows per pass, one vector of each a step: the weights are converted to float32 in
+     * registers as they are loaded (the product is memory-bound: 2 bytes a weight), and each x
+     * vector is loaded once for the four rows. JDK 17's Vector API has no half-float conversion
+     * (no vcvtph2ps, no vdpbf16ps), so the conversion is integer lanes: BF16 is a shift, F16 a
+     * rebias of the exponent (halfToFloats). Every row sums in the same order (halfRow), however
+     * the pool splits the rows. bf16 is the same for a whole call, so the branch is predicted.
+     */
+    private static void matvecHalf(ByteBuffer bb, int byteOff, int nRows, boolean bf16, float[] x, int n, float[] out, int outOff) {
+        Mapped w = new Mapped(bb);
+        int rowBytes = 2 * n;
+        int r = 0;
+        for (; r + 3 < nRows; r += 4) {
+            int a = byteOff + r * rowBytes, b = a + rowBytes, c = b + rowBytes, d = c + rowBytes;
+            FloatVector sa = FloatVector.zero(S), sb = sa, sc = sa, sd = sa;
+            int i = 0;
+            for (; i + L <= n; i += L) {
+                FloatVector x0 = FloatVector.fromArray(S, x, i);
+                sa = halfs(w, a + 2 * i, bf16).fma(x0, sa);
+                sb = halfs(w, b + 2 * i, bf16).fma(x0, sb);
+                sc = halfs(w, c + 2 * i, bf16).fma(x0, sc);
+                sd = halfs(w, d + 2 * i, bf16).fma(x0, sd);
+            }
+            float ra = sa.reduceLanes(VectorOperators.ADD), rb = sb.reduceLanes(VectorOperators.ADD);
+            float rc = sc.reduceLanes(VectorOperators.ADD), rd = sd.reduceLanes(VectorOperators.ADD);
+            for (; i < n; i++) {
+                ra += Half.get(bb, a + 2 * i, bf16) * x[i];
+                rb += Half.get(bb, b + 2 * i, bf16) * x[i];
+                rc += Half.get(bb, c + 2 * i, bf16) * x[i];
+                rd += Half.get(bb, d + 2 * i, bf16) * x[i];
+            }
+            out[outOff + r] = ra;
+            out[outOff + r + 1] = rb;
+            out[outOff + r + 2] = rc;
+            out[outOff + r + 3] = rd;
+        }
+        for (; r < nRows; r++) out[outOff + r] = halfRow(bb, w, byteOff + r * rowBytes, bf16, x, n);
+    }
+
+    /** One 16-bit row at a, summed in the order of matvecHalf's four-row pass. */
+    private static float halfRow(ByteBuffer bb, Mapped w, int a, boolean bf16, float[] x, int n) {
+        FloatVector sa = FloatVector.zero(S);
+        int i = 0;
+        for (; i + L <= n; i += L) sa = halfs(w, a + 2 * i, bf16).fma(FloatVector.fromArray(S, x, i), sa);
+        float ra = sa.reduceLanes(VectorOperators.ADD);
+        for (; i < n; i++) ra += Half.get(bb, a + 2 * i, bf16) * x[i];
+        return ra;
+    }
+
+    /** L 16-bit weights from byte offset at as float32 lanes. */
+    private static FloatVector halfs(Mapped w, int at, boolean bf16) {
+        IntVector bits = (IntVector) w.shorts(at).convertShape(VectorOperators.S2I, HI, 0);
+        return bf16 ? bf16ToFloats(bits) : halfToFloats(bits);
+    }
+
+    /** BF16 bits (in the low half of each int lane) as float32: the top half of the float's bits. */
+    static FloatVector bf16ToFloats(IntVector bits) {
+        return bits.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats();
+    }
+
+    /**
+     * F16 bits (low half of each int lane, sign-extended or not) as float32, exactly, in integer
+     * lanes: a normal value's exponent and mantissa move up 13 bits and the exponent is rebiased
+     * (+112); infinities and NaNs (exponent 31) get the float exponent 255; a subnormal (exponent
+     * 0) is its mantissa times 2^-24, an int-to-float conversion and a power-of-two product, so no
+     * float32 subnormal ever enters an operation (a multiply by 2^112 of the shifted bits would,
+     * and x86 cores take a slow microcode assist for those).
+     */
+    static FloatVector halfToFloats(IntVector bits) {
+        IntVector mag = bits.and(0x7fff);
+        IntVector e = mag.lanewise(VectorOperators.LSHL, 13).add(112 << 23);
+        e = e.lanewise(VectorOperators.ADD, 112 << 23, mag.compare(VectorOperators.GE, 0x7c00));
+        FloatVector f = e.reinterpretAsFloats();
+        VectorMask<Float> sub = mag.compare(VectorOperators.LT, 0x400).cast(S);
+        f = f.blend(((FloatVector) mag.convert(VectorOperators.I2F, 0)).mul(0x1p-24f), sub);
+        return f.reinterpretAsInts().or(bits.lanewise(VectorOperators.LSHL, 16).and(0x80000000)).reinterpretAsFloats();
     }
 
     /** The register-tiled product: TileMatmul. */

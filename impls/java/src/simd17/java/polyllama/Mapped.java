@@ -8,6 +8,7 @@ package polyllama;
 import java.nio.ByteBuffer;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.ShortVector;
 
 final class Mapped {
     private final ByteBuffer bb;
@@ -24,5 +25,10 @@ final class Mapped {
     /** QB's lanes of int8 from byte offset at. */
     ByteVector bytes(int at) {
         return ByteVector.fromByteBuffer(SimdKernels.QB, bb, at, SimdKernels.LE);
+    }
+
+    /** HS's lanes of little-endian 16-bit values (F16 or BF16 bits) from byte offset at. */
+    ShortVector shorts(int at) {
+        return ShortVector.fromByteBuffer(SimdKernels.HS, bb, at, SimdKernels.LE);
     }
 }

@@ -10,6 +10,7 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.ShortVector;
 
 final class Mapped {
     private final MemorySegment seg;
@@ -26,5 +27,10 @@ final class Mapped {
     /** QB's lanes of int8 from byte offset at. */
     ByteVector bytes(int at) {
         return ByteVector.fromMemorySegment(SimdKernels.QB, seg, at, SimdKernels.LE);
+    }
+
+    /** HS's lanes of little-endian 16-bit values (F16 or BF16 bits) from byte offset at. */
+    ShortVector shorts(int at) {
+        return ShortVector.fromMemorySegment(SimdKernels.HS, seg, at, SimdKernels.LE);
     }
 }
