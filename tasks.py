@@ -208,11 +208,12 @@ def models_synth(c, names, seed=1234):
                             "tokenizer": "tokenizer.bin to embed (to GGUF; not needed from a GGUF) or to write "
                                          "(from GGUF) (default: none)",
                             "version": "llama2.c format written from GGUF, 0|1 (default: 0)",
-                            "type": "weight type of a GGUF output, f32|q8_0: q8_0 = 8-bit blocks as llama.cpp's "
-                                    "Q8_0; norms and rows not a multiple of 32 long stay f32 (default: f32)"})
+                            "type": "weight type of a GGUF output, f32|q8_0|f16|bf16: q8_0 = 8-bit blocks as "
+                                    "llama.cpp's Q8_0 (rows not a multiple of 32 long stay f32), f16/bf16 = every "
+                                    "matrix 16-bit; norms stay f32 (default: f32)"})
 @_exits
 def models_convert(c, src, dst, tokenizer=None, version=0, type="f32"):
-    """Convert a checkpoint between llama2.c .bin and GGUF (f32, or q8_0 with --type q8_0)."""
+    """Convert a checkpoint between llama2.c .bin and GGUF (f32, q8_0, f16 or bf16 with --type)."""
     return app.models_convert(src, dst, tokenizer, int(version), type)
 
 

@@ -220,7 +220,8 @@ def models_synth(models: str, seed: int) -> int:
 
 
 def models_convert(src: str, dst: str, tokenizer: str | None, version: int, weight_type: str = "f32") -> int:
-    """To GGUF (F32, or Q8_0 with weight_type q8_0) when dst ends in .gguf, else to a llama2.c .bin."""
+    """To GGUF (F32, or Q8_0, F16 or BF16 with weight_type q8_0, f16, bf16) when dst ends in .gguf, else
+    to a llama2.c .bin."""
 
     if weight_type not in WEIGHT_TYPES:
         raise UsageError(f"--type must be one of {', '.join(WEIGHT_TYPES)}, got {weight_type!r}")

@@ -38,10 +38,10 @@ def test_every_port_has_what_its_manifest_points_to():
     assert not problems, problems
 
 
-def test_every_port_follows_contract_2():
+def test_every_port_follows_contract_2_or_later():
     """The batched prefill is in every port and the peer: validate sweeps its batch sizes and
     `invoke bench --tests pp512` measures it; a contract-1 port would sit out both."""
-    assert {p.name: p.manifest.contract for p in discover()} == {p.name: 2 for p in discover()}
+    assert {p.name: min(p.manifest.contract, 2) for p in discover()} == {p.name: 2 for p in discover()}
 
 
 def test_a_new_port_is_discovered_from_its_folder_alone(tmp_path):

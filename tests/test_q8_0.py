@@ -158,7 +158,7 @@ def _retype(path, tensor: str, ttype: int) -> None:
 @pytest.mark.parametrize("tensor,ttype,message", [
     ("blk.0.ffn_down.weight", 8, "rows of 48 values, not a multiple of the block size 32"),
     ("blk.1.attn_norm.weight", 8, "norms are F32"),
-    ("blk.0.attn_q.weight", 1, r"only F32 \(0\) and Q8_0 \(8\)"),
+    ("blk.0.attn_q.weight", 2, r"only F32 \(0\), F16 \(1\), BF16 \(30\) and Q8_0 \(8\)"),
 ])
 def test_reader_refuses_bad_q8_tensors(tmp_path, q8_model, tensor, ttype, message):
     path = tmp_path / "m.gguf"

@@ -27,6 +27,11 @@ class Config:
     vocab_size: int  # always positive here; sharing is its own flag
     seq_len: int
     shared_classifier: bool = True
+    # GGUF keys (contract 3); a .bin has none and gets llama2.c's values
+    rope_theta: float = 10000.0
+    norm_eps: float = 9.999999747378752e-06  # 1e-5 as the float32 a GGUF stores and ports compute with
+    bos_id: int = 1
+    eos_id: int = 2
 
     @property
     def head_size(self) -> int:
@@ -67,22 +72,34 @@ class Config:
 
     def weight_bytes(self, weight_type: str = "f32") -> int:
         """Bytes read per token by a batch-1 forward pass (every weight once): float32, or as the
-        converter writes Q8_0 (each matrix whose rows are a multiple of 32 long in 34-byte blocks
-        of 32, norms and other rows float32)."""
+        converter writes the other types: every matrix in F16 or BF16 (2 bytes a value), or in
+        Q8_0 where its rows are a multiple of 32 long (34-byte blocks of 32); norms float32."""
         if weight_type == "f32":
             return 4 * self.weight_count()
-        if weight_type != "q8_0":
+        if weight_type not in ("q8_0", "f16", "bf16"):
             raise ValueError(f"unknown weight type {weight_type!r}")
         total = 0
         for name, shape in self.tensor_shapes().items():
             n = 1
             for s in shape:
                 n *= s
-            total += 4 * n if name.startswith("rms") or shape[-1] % 32 else n // 32 * 34
+            if name.startswith("rms"):
+                total += 4 * n
+            elif weight_type != "q8_0":
+                total += 2 * n
+            else:
+                total += 4 * n if shape[-1] % 32 else n // 32 * 34
         return total
 
-    def kv_cache_bytes(self) -> int:
-        return self.n_layers * self.seq_len * self.kv_dim * 2 * 4
+    def kv_cache_bytes(self, rows: int | None = None) -> int:
+        """The float32 K and V caches for `rows` positions per layer (the whole context if None)."""
+        return self.n_layers * (self.seq_len if rows is None else rows) * self.kv_dim * 2 * 4
+
+    def check_kv_cache(self, path, rows: int) -> None:
+        """The contract's limit on the cache a run allocates (section 4, validation rule 3)."""
+        need = self.kv_cache_bytes(rows)
+        if need > MAX_KV_BYTES:
+            raise FormatError(path, f"KV cache of {need} bytes for {rows} positions exceeds the 4 GiB limit")
 
     def validate(self, path) -> "Config":
         fields = dict(dim=self.dim, hidden_dim=self.hidden_dim, n_layers=self.n_layers,
@@ -102,8 +119,6 @@ class Config:
             raise FormatError(path, f"head_size={self.head_size} must be even for RoPE")
         if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
             raise FormatError(path, f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if self.kv_cache_bytes() > MAX_KV_BYTES:
-            raise FormatError(path, f"KV cache of {self.kv_cache_bytes()} bytes exceeds the 4 GiB limit")
         return self
 
     def describe(self) -> str:

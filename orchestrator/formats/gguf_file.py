@@ -1,5 +1,5 @@
 """GGUF with llama.cpp's `llama` architecture names and the tokenizer embedded; each tensor F32,
-or Q8_0 for matrices (orchestrator/formats/q8_0.py).
+or, for matrices, Q8_0 (orchestrator/formats/q8_0.py), F16 or BF16 (orchestrator/formats/half.py).
 
 Writing goes through the `gguf` package, so the files are what llama.cpp's own tools write.
 Reading is done here, by hand, because a reader that meets a hostile file must bound every count
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from ..errors import FormatError, opening
 from ..files import atomic_path
 from .config import Config
+from .half import KINDS as HALF_KINDS, HalfTensor, nbytes as half_nbytes
 from .model import Model
 from .q8_0 import BLOCK, GGML_TYPE as Q8_0, Q8Tensor, nbytes as q8_nbytes
 from .tokenizer_file import Vocab, check_vocab
@@ -40,7 +42,8 @@ TENSOR_NAMES = {
 WHOLE_NAMES = {"token_embedding": "token_embd.weight", "rms_final": "output_norm.weight", "wcls": "output.weight"}
 
 F32 = 0
-FILE_TYPE = {"f32": 0, "q8_0": 7}  # general.file_type: llama.cpp's ALL_F32 and MOSTLY_Q8_0
+# general.file_type: llama.cpp's ALL_F32, MOSTLY_Q8_0, MOSTLY_F16, MOSTLY_BF16
+FILE_TYPE = {"f32": 0, "q8_0": 7, "f16": 1, "bf16": 32}
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 
@@ -90,16 +93,16 @@ def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str)
     w.add_rope_dimension_count(c.head_size)
     w.add_head_count(c.n_heads)
     w.add_head_count_kv(c.n_kv_heads)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(c.norm_eps)
+    w.add_rope_freq_base(c.rope_theta)
     w.add_vocab_size(c.vocab_size)
     w.add_file_type(FILE_TYPE[model.weight_type])
     w.add_tokenizer_model("llama")
     w.add_token_list(list(texts))
     w.add_token_scores(list(vocab.scores))
     w.add_token_types(list(types))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    w.add_bos_token_id(c.bos_id)
+    w.add_eos_token_id(c.eos_id)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
@@ -121,6 +124,11 @@ def _add_tensor(gguf, w, name: str, t) -> None:
         # the blocks' bytes, one row of blocks per matrix row; the writer derives [cols, rows]
         raw = np.ascontiguousarray(t.blocks).view(np.uint8).reshape(t.shape[0], -1)
         w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    elif isinstance(t, HalfTensor):
+        if t.kind == "f16":  # numpy's float16 is the writer's own F16
+            w.add_tensor(name, t.bits.view(np.float16))
+        else:  # BF16 bits as bytes: the writer derives [cols, rows] from the byte shape
+            w.add_tensor(name, np.ascontiguousarray(t.bits).view(np.uint8), raw_dtype=gguf.GGMLQuantizationType.BF16)
     else:
         w.add_tensor(name, np.asarray(t, dtype=np.float32))
 
@@ -182,6 +190,42 @@ def _int_key(path, kv: dict, key: str, default=None) -> int:
     if isinstance(v, (str, np.ndarray, list, float, bool)) or not float(v).is_integer():
         raise FormatError(path, f"key {key} must be an integer")
     return int(v)
+
+
+def _float_key(path, kv: dict, key: str, default: float) -> float:
+    v = kv.get(key, default)
+    if isinstance(v, (str, np.ndarray, list, bool)):
+        raise FormatError(path, f"key {key} must be a number")
+    v = float(v)
+    if not np.isfinite(v):
+        raise FormatError(path, f"key {key}={v} is not finite")
+    return v
+
+
+def _hyperparameters(path, kv: dict, head_size: int, vocab_size: int) -> dict:
+    """The keys of contract section 4's table, with llama.cpp's defaults; what this architecture
+    does not compute (partial rotation, RoPE scaling, experts) is refused rather than run wrongly."""
+    theta = _float_key(path, kv, "llama.rope.freq_base", Config.rope_theta)
+    if theta <= 1:
+        raise FormatError(path, f"key llama.rope.freq_base={theta:g} must be above 1")
+    eps = _float_key(path, kv, "llama.attention.layer_norm_rms_epsilon", Config.norm_eps)
+    if not 0 < eps < 1:
+        raise FormatError(path, f"key llama.attention.layer_norm_rms_epsilon={eps:g} must lie in (0, 1)")
+    rot = _int_key(path, kv, "llama.rope.dimension_count", head_size)
+    if rot != head_size:
+        raise FormatError(path, f"key llama.rope.dimension_count={rot} differs from the head size {head_size} "
+                                "(partial rotation is not supported)")
+    scaling = kv.get("llama.rope.scaling.type", "none")
+    if not isinstance(scaling, str) or scaling != "none":
+        raise FormatError(path, f"key llama.rope.scaling.type={_show(str(scaling))} is not supported (only none)")
+    if _int_key(path, kv, "llama.expert_count", 0) > 0:
+        raise FormatError(path, "key llama.expert_count: mixture-of-experts models are not supported")
+    ids = {}
+    for name, key, default in (("bos_id", "tokenizer.ggml.bos_token_id", 1), ("eos_id", "tokenizer.ggml.eos_token_id", 2)):
+        ids[name] = _int_key(path, kv, key, default)
+        if not 0 <= ids[name] < vocab_size:
+            raise FormatError(path, f"key {key}={ids[name]} is outside the vocabulary [0, {vocab_size})")
+    return dict(rope_theta=theta, norm_eps=eps, **ids)
 
 
 def _open(path):
@@ -249,7 +293,7 @@ def _config(path, kv: dict, infos: dict, vocab_size: int) -> Config:
         shown = _show(arch) if isinstance(arch, str) else type(arch).__name__
         raise FormatError(path, f"general.architecture is '{shown}', expected 'llama'")
     heads = _int_key(path, kv, "llama.attention.head_count")
-    return Config(
+    config = Config(
         dim=_int_key(path, kv, "llama.embedding_length"),
         hidden_dim=_int_key(path, kv, "llama.feed_forward_length"),
         n_layers=_int_key(path, kv, "llama.block_count"),
@@ -259,6 +303,7 @@ def _config(path, kv: dict, infos: dict, vocab_size: int) -> Config:
         seq_len=_int_key(path, kv, "llama.context_length"),
         shared_classifier="output.weight" not in infos,
     ).validate(path)
+    return replace(config, **_hyperparameters(path, kv, config.head_size, vocab_size))
 
 
 def _expected_tensors(config: Config) -> dict[str, tuple[int, ...]]:
@@ -271,12 +316,15 @@ def _expected_tensors(config: Config) -> dict[str, tuple[int, ...]]:
 
 
 def _tensor_bytes(path, gname: str, ttype: int, shape: tuple[int, ...]) -> int:
-    """The tensor's size in the file, for the types the contract allows: F32 anywhere, Q8_0 for a
-    matrix whose rows are a multiple of 32 long."""
+    """The tensor's size in the file, for the types the contract allows: F32 anywhere, F16 and
+    BF16 for a matrix, Q8_0 for a matrix whose rows are a multiple of 32 long."""
     if ttype == F32:
         return 4 * int(np.prod(shape))
+    kind = "Q8_0" if ttype == Q8_0 else HALF_KINDS[ttype].upper()
     if len(shape) != 2:
-        raise FormatError(path, f"tensor {gname} is Q8_0; only matrices may be, norms are F32")
+        raise FormatError(path, f"tensor {gname} is {kind}; only matrices may be, norms are F32")
+    if ttype != Q8_0:
+        return half_nbytes(*shape)
     if shape[1] % BLOCK:
         raise FormatError(path, f"tensor {gname} is Q8_0 with rows of {shape[1]} values, "
                                 f"not a multiple of the block size {BLOCK}")
@@ -284,8 +332,8 @@ def _tensor_bytes(path, gname: str, ttype: int, shape: tuple[int, ...]) -> int:
 
 
 def _check_tensor_table(path, infos: dict, expected: dict, align: int, data_start: int, size: int) -> None:
-    """Exactly the expected tensors, F32 or Q8_0, of the expected shapes, aligned, inside the file
-    and not overlapping (what llama.cpp's loader requires too)."""
+    """Exactly the expected tensors, F32, F16, BF16 or Q8_0, of the expected shapes, aligned, inside
+    the file and not overlapping (what llama.cpp's loader requires too)."""
     for name in infos:
         if name not in expected:
             raise FormatError(path, f"unexpected tensor {_show(name)}")
@@ -294,8 +342,9 @@ def _check_tensor_table(path, infos: dict, expected: dict, align: int, data_star
         if gname not in infos:
             raise FormatError(path, f"missing tensor {gname}")
         dims, ttype, offset = infos[gname]
-        if ttype not in (F32, Q8_0):
-            raise FormatError(path, f"tensor {gname} has type {ttype}; only F32 (0) and Q8_0 (8) are supported")
+        if ttype not in (F32, Q8_0, *HALF_KINDS):
+            raise FormatError(path, f"tensor {gname} has type {ttype}; only F32 (0), F16 (1), BF16 (30) "
+                                    "and Q8_0 (8) are supported")
         if tuple(reversed(dims)) != shape:
             raise FormatError(path, f"tensor {gname} has dims {list(dims)}, expected {list(reversed(shape))}")
         nbytes = _tensor_bytes(path, gname, ttype, shape)
@@ -341,6 +390,8 @@ def read_gguf(path) -> Model:
         shape, (_, ttype, offset) = expected[gname], infos[gname]
         if ttype == Q8_0:
             return Q8Tensor.from_buffer(data, data_start + offset, *shape)
+        if ttype in HALF_KINDS:
+            return HalfTensor.from_buffer(data, data_start + offset, *shape, HALF_KINDS[ttype])
         return np.frombuffer(data, dtype="<f4", count=int(np.prod(shape)), offset=data_start + offset).reshape(shape)
 
     shapes = config.tensor_shapes()
@@ -349,7 +400,7 @@ def read_gguf(path) -> Model:
         # a list of per-layer views: stacking would copy the whole model
         weights[key] = [tensor(fmt.format(i)) for i in range(config.n_layers)]
     model = Model(config, weights, "gguf", str(path))
-    if model.weight_type == "q8_0":  # the format name ports list in port.toml to say they read these
-        model.fmt = "gguf-q8_0"
+    if model.weight_type != "f32":  # the format name ports list in port.toml to say they read these
+        model.fmt = f"gguf-{model.weight_type}"
     model.tokenizer = vocab
     return model

@@ -6,15 +6,20 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .config import Config
+from .half import HalfTensor
 from .q8_0 import Q8Tensor, eligible, quantize
 
-WEIGHT_TYPES = ("f32", "q8_0")
+WEIGHT_TYPES = ("f32", "q8_0", "f16", "bf16")
 WHOLE = ("token_embedding", "rms_final", "wcls")  # one tensor each; every other weight has one per layer
+# what a port lists in port.toml to read a GGUF holding tensors of each type (contract section 4)
+GGUF_FORMAT = {"f32": "gguf", "q8_0": "gguf-q8_0", "f16": "gguf-f16", "bf16": "gguf-bf16"}
 
 
 def tensor_type(t) -> str:
-    """'q8_0' for Q8_0 blocks, 'f32' for a float32 array."""
-    return "q8_0" if isinstance(t, Q8Tensor) else "f32"
+    """'q8_0' for Q8_0 blocks, 'f16' or 'bf16' for 16-bit values, 'f32' for a float32 array."""
+    if isinstance(t, Q8Tensor):
+        return "q8_0"
+    return t.kind if isinstance(t, HalfTensor) else "f32"
 
 
 @dataclass
@@ -50,12 +55,23 @@ class Model:
 
     def tensor_bytes(self) -> int:
         """Bytes of every tensor as stored: what a batch-1 decode step reads."""
-        return sum(t.nbytes if isinstance(t, Q8Tensor) else 4 * np.asarray(t).size for _, _, t in self.tensors())
+        return sum(t.nbytes if isinstance(t, (Q8Tensor, HalfTensor)) else 4 * np.asarray(t).size
+                   for _, _, t in self.tensors())
 
     @property
     def weight_type(self) -> str:
-        """'q8_0' when any tensor is Q8_0 (the file is then a Q8_0 model), else 'f32'."""
-        return "q8_0" if "q8_0" in self.types() else "f32"
+        """The model's type by its matrices: 'q8_0' when any tensor is Q8_0, else 'bf16' or 'f16'
+        when any is 16-bit, else 'f32'."""
+        types = self.types()
+        return next((t for t in ("q8_0", "bf16", "f16") if t in types), "f32")
+
+    @property
+    def formats(self) -> set[str]:
+        """The port.toml format names a port must list to read this model: its own format (v0, v1)
+        or, for a GGUF, `gguf` and one name per non-F32 tensor type it holds."""
+        if self.fmt not in ("gguf", "gguf-q8_0", "gguf-f16", "gguf-bf16"):
+            return {self.fmt}
+        return {"gguf"} | {GGUF_FORMAT[t] for t in self.types()}
 
     def _mapped(self, fn) -> dict:
         """fn applied to every tensor; layered weights become per-layer lists, as GGUF keeps them."""
@@ -72,13 +88,13 @@ class Model:
         return out
 
     def dequantized(self) -> "Model":
-        """Every tensor as float32 (Q8_0 blocks multiplied out: exact, fp32(d) * q); the model itself
-        when it has no Q8_0 tensor, so that a float32 model is never copied."""
+        """Every tensor as float32 (Q8_0 blocks multiplied out, 16-bit values widened: both exact);
+        the model itself when it has only float32 tensors, so that a float32 model is never copied."""
         if self.weight_type == "f32":
             return self
 
         def f32(t):
-            return t.dequantize() if isinstance(t, Q8Tensor) else t
+            return t.dequantize() if isinstance(t, (Q8Tensor, HalfTensor)) else t
         return replace(self, weights={k: np.stack(v) if isinstance(v, list) else v
                                       for k, v in self._mapped(f32).items()}, fmt="memory")
 
@@ -88,6 +104,22 @@ class Model:
         def q8(t):
             if isinstance(t, Q8Tensor):
                 return t
-            t = np.asarray(t, dtype=np.float32)
+            t = np.asarray(t.dequantize() if isinstance(t, HalfTensor) else t, dtype=np.float32)
             return quantize(t) if eligible(t.shape) else t
         return replace(self, weights=self._mapped(q8), fmt="memory")
+
+    def halved(self, kind: str) -> "Model":
+        """The F16 or BF16 model llama.cpp's converter writes (`--outtype f16|bf16`): every matrix
+        in the 16-bit type, norms float32. From Q8_0 blocks through their exact float32 values."""
+        def half(t):
+            if isinstance(t, HalfTensor) and t.kind == kind:
+                return t
+            t = np.asarray(t.dequantize() if isinstance(t, (Q8Tensor, HalfTensor)) else t, dtype=np.float32)
+            return HalfTensor.from_f32(t, kind) if t.ndim == 2 else t
+        return replace(self, weights=self._mapped(half), fmt="memory")
+
+    def as_type(self, weight_type: str) -> "Model":
+        """The model in a weight type, as the converter writes it."""
+        if weight_type == "q8_0":
+            return self.quantized()
+        return self.dequantized() if weight_type == "f32" else self.halved(weight_type)

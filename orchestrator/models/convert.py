@@ -1,4 +1,4 @@
-"""Conversions between llama2.c .bin (v0, v1) and GGUF (F32 or Q8_0), tokenizer included."""
+"""Conversions between llama2.c .bin (v0, v1) and GGUF (F32, Q8_0, F16 or BF16), tokenizer included."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ from .store import MODELS_DIR, Resolved
 
 def to_gguf(checkpoint: Path, out: Path, tokenizer: Path | None = None, weight_type: str = "f32") -> Path:
     """Any checkpoint (.bin with its tokenizer, or a GGUF) as a GGUF of the given weight type: f32,
-    or q8_0 (every matrix whose rows are a multiple of 32 long in Q8_0, the rest F32)."""
+    q8_0 (every matrix whose rows are a multiple of 32 long in Q8_0, the rest F32), or f16 / bf16
+    (every matrix in that type, norms F32), as llama.cpp's converter writes them."""
     if weight_type not in WEIGHT_TYPES:
         raise PolyllamaError(f"unknown weight type {weight_type!r}; known: {', '.join(WEIGHT_TYPES)}")
     model = read_model(checkpoint)
@@ -21,7 +22,7 @@ def to_gguf(checkpoint: Path, out: Path, tokenizer: Path | None = None, weight_t
         vocab = model.tokenizer
     else:
         raise PolyllamaError(f"converting {checkpoint} to GGUF needs its tokenizer (--tokenizer)")
-    model = model.quantized() if weight_type == "q8_0" else model.dequantized()
+    model = model.as_type(weight_type)
     write_gguf(out, model, vocab, name=Path(checkpoint).stem)
     return out
 
@@ -31,7 +32,8 @@ def bin_to_gguf(checkpoint: Path, tokenizer: Path, out: Path, weight_type: str =
 
 
 def gguf_to_bin(gguf: Path, out: Path, tokenizer_out: Path | None = None, version: int = 0) -> Path:
-    """A Q8_0 GGUF comes out dequantized: each weight fp32(d) * q, exactly the values it ran with."""
+    """A Q8_0, F16 or BF16 GGUF comes out dequantized: each weight exactly the float32 value it ran
+    with."""
     model = read_model(gguf)
     (write_v1 if version == 1 else write_v0)(out, model.dequantized())
     if tokenizer_out is not None:
@@ -44,7 +46,7 @@ def _fingerprint(paths: list[Path]) -> str:
 
 
 def gguf_for(resolved: Resolved, out_dir: Path = MODELS_DIR, type: str = "f32") -> Path:
-    """The GGUF export of a resolved model in a weight type (f32 or q8_0), made once and reused
+    """The GGUF export of a resolved model in a weight type (f32, q8_0, f16, bf16), made once and reused
     while made from the same files.
 
     A sidecar records which checkpoint and tokenizer it was made from: a newer file is not

@@ -51,7 +51,7 @@ def text(case: Golden, resolved: Resolved, out_dir: Path) -> bytes:
         tok = Tokenizer(read_tokenizer(resolved.tokenizer, model.config.vocab_size))
     else:
         model = read_model(gguf_for(resolved, out_dir, type="q8_0"))
-        tok = Tokenizer(model.tokenizer)
+        tok = Tokenizer(model.tokenizer, model.config.bos_id, model.config.eos_id)
     return generate(Transformer(model), tok, Sampler(0.0, 0.9, 1), case.prompt, case.steps).text
 
 

@@ -137,7 +137,7 @@ def rows_needed(model, args: Args) -> int:
 
 
 def numpy_backend(model, args: Args) -> Transformer:
-    return Transformer(model)
+    return Transformer(model, rows=rows_needed(model, args))
 
 
 def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf")) -> int:
@@ -149,8 +149,9 @@ def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf
     Python-hosted port."""
     t0 = time.perf_counter()
     model = read_model(args.checkpoint)
-    if model.fmt not in formats:
-        raise FormatError(args.checkpoint, f"a {model.fmt} checkpoint: {port} reads {', '.join(formats)} only")
+    if not model.formats <= set(formats):
+        raise FormatError(args.checkpoint, f"a {'+'.join(sorted(model.formats))} checkpoint: "
+                                           f"{port} reads {', '.join(formats)} only")
     if model.tokenizer is not None:
         vocab = model.tokenizer
     elif args.tokenizer is None:
@@ -161,7 +162,8 @@ def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf
     args.batch = min(args.batch, c.seq_len)
     if args.mode == "logits" and not (1 <= len(args.ids) <= c.seq_len and all(0 <= t < c.vocab_size for t in args.ids)):
         raise Usage(f"-k needs 1..{c.seq_len} ids in [0, {c.vocab_size})")
-    transformer, tokenizer = backend(model, args), Tokenizer(vocab)
+    c.check_kv_cache(args.checkpoint, rows_needed(model, args))
+    transformer, tokenizer = backend(model, args), Tokenizer(vocab, c.bos_id, c.eos_id)
     load_s = time.perf_counter() - t0
     try:
         if args.mode == "logits":

@@ -8,7 +8,7 @@ import numpy as np
 
 from .model import Transformer
 from .sampler import Sampler
-from .tokenizer import BOS, Tokenizer, safe_piece
+from .tokenizer import Tokenizer, safe_piece
 
 
 @dataclass
@@ -84,7 +84,7 @@ def generate(transformer: Transformer, tokenizer: Tokenizer, sampler: Sampler, p
             stats.generated_tokens += 1
             if first is None:
                 first = time.perf_counter()
-        if nxt == BOS and not ignore_bos:
+        if nxt == tokenizer.bos and not ignore_bos:
             break
         piece = safe_piece(tokenizer.decode(token, nxt))
         out.append(piece)

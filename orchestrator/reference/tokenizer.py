@@ -11,14 +11,15 @@ _BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{2})>")
 
 
 class Tokenizer:
-    def __init__(self, vocab: Vocab):
-        self.vocab = vocab
+    def __init__(self, vocab: Vocab, bos: int = BOS, eos: int = EOS):
+        """`bos`, `eos`: the model's ids (a GGUF states its own, contract section 4)."""
+        self.vocab, self.bos, self.eos = vocab, bos, eos
         self.lookup: dict[bytes, int] = {}
         for i, piece in enumerate(vocab.pieces):
             self.lookup.setdefault(piece, i)  # a duplicated piece keeps its lower id
 
     def encode(self, text: bytes, bos: bool = True, eos: bool = False) -> list[int]:
-        tokens = [BOS] if bos else []
+        tokens = [self.bos] if bos else []
         if text:
             tokens.append(self.lookup[b" "])
         for group in _utf8_groups(text):
@@ -28,7 +29,7 @@ class Tokenizer:
                 tokens.extend(b + 3 for b in group)
         self._merge(tokens)
         if eos:
-            tokens.append(EOS)
+            tokens.append(self.eos)
         return tokens
 
     def _merge(self, tokens: list[int]) -> None:
@@ -46,7 +47,7 @@ class Tokenizer:
 
     def decode(self, prev: int, token: int) -> bytes:
         piece = self.vocab.pieces[token]
-        if prev == BOS and piece.startswith(b" "):
+        if prev == self.bos and piece.startswith(b" "):
             piece = piece[1:]
         m = _BYTE_PIECE.fullmatch(piece)
         return bytes([int(m.group(1), 16)]) if m else piece
