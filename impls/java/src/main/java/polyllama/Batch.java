@@ -22,10 +22,8 @@
  * lanes costs about five instructions per 32 multiply-adds where float FMAs cost two (README,
  * "Batched prefill").
  *
- * F16 and BF16: each activation row is rounded to the weight's type as the one-position path
- * rounds its vector (Half), once per group of products; the tile holds the weights as float32,
- * so every product is the exact product of two 16-bit values and only the summation order
- * differs from the one-position kernel.
+ * F16 and BF16: the tile holds the weights converted to float32 (exact), and the activations
+ * stay float32, as in the one-position path: only the summation order differs from it.
  */
 package polyllama;
 
@@ -49,7 +47,6 @@ final class Batch {
     final float[] x, xb, xb2, q;     // (rows, dim)
     final float[] hb, hb2;           // (rows, hidden_dim)
     final float[] xq;                // (rows, max(dim, hidden_dim)) the Q8_0-rounded activations, dequantized
-    final float[] xh, xbh;           // (rows, max(dim, hidden_dim)) the activations rounded to F16, to BF16
     final int clamped;               // -b clamped to seq_len, as the statistics line reports it
     final short[] qrow;              // (max(dim, hidden_dim)) one row's quants
     final float[] drow;              // its blocks' scales
@@ -79,8 +76,6 @@ final class Batch {
         hb = new float[size(rows, c.hiddenDim)];
         hb2 = new float[hb.length];
         xq = new float[tr.w.hasQ8() ? size(rows, wide) : 0];
-        xh = new float[tr.w.has(Matrix.F16) ? size(rows, wide) : 0];
-        xbh = new float[tr.w.has(Matrix.BF16) ? size(rows, wide) : 0];
         qrow = new short[wide];
         drow = new float[wide / Q8.BLOCK + 1];
         ropeCos = new float[size(rows, c.dim / 2)];
@@ -257,25 +252,21 @@ final class Batch {
     }
 
     /**
-     * Rows 0 .. T - 1 of src (n wide) made what the group's matrices read, once for the group:
-     * quantized and dequantized into xq when one of them is Q8_0, rounded into xh when one is
-     * F16, into xbh when one is BF16 (each the same layout as src); input() picks a matrix's.
+     * When a matrix of the group is Q8_0: rows 0 .. T - 1 of src (n wide) quantized and
+     * dequantized into xq (same layout), once for the group, which its Q8_0 products read.
      */
     private void quantizeFor(float[] src, int T, int n, Matrix... group) {
-        boolean q8 = false, f16 = false, bf16 = false;
         for (Matrix m : group) {
-            q8 |= m.q8();
-            f16 |= m.type == Matrix.F16;
-            bf16 |= m.type == Matrix.BF16;
+            if (m.q8()) {
+                quantizeRows(src, T, n, qrow, drow, xq);
+                return;
+            }
         }
-        if (q8) quantizeRows(src, T, n, qrow, drow, xq);
-        if (f16) Half.roundF16(src, 0, T * n, xh, 0);
-        if (bf16) Half.roundBF16(src, 0, T * n, xbh, 0);
     }
 
-    /** The activations m multiplies: the last quantizeFor's rounding for its type, else plain. */
+    /** The activations m multiplies: a Q8_0 m the last quantizeFor's, every other type the float32 rows. */
     private float[] input(Matrix m, float[] plain) {
-        return m.q8() ? xq : m.type == Matrix.F16 ? xh : m.type == Matrix.BF16 ? xbh : plain;
+        return m.q8() ? xq : plain;
     }
 
     /** Rows 0 .. T - 1 of src (n wide) through Q8.quantize, one at a time, and back: dst = q * dx (exact). */
@@ -295,7 +286,7 @@ final class Batch {
 
     /**
      * out[outOff + t * outStride + r] = m[r] . row t of the activations, for rows r0 .. r1 - 1
-     * of m and t < T: a float32 m reads plain, the others what quantizeFor made for their type.
+     * of m and t < T: a Q8_0 m reads what quantizeFor made (xq), the others plain.
      */
     void matmul(int wk, Matrix m, float[] plain, int T, float[] out, int outOff, int outStride, int r0, int r1) {
         final Kernels k = tr.k;

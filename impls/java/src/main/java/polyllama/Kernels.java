@@ -26,13 +26,13 @@ interface Kernels {
     void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff);
 
     /**
-     * The same for an F16 matrix (rows of n little-endian binary16 values at bb[byteOff ..]) and
-     * an activation already rounded to F16 (Half.roundF16): each weight converted to float32,
-     * the products (exact) summed in float32 in the kernel's order.
+     * The same for an F16 matrix (rows of n little-endian binary16 values at bb[byteOff ..]):
+     * each weight converted to float32 (exact), the products with x summed in float32 in the
+     * kernel's order.
      */
     void matvecF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff);
 
-    /** The same for a BF16 matrix and an activation rounded to BF16 (Half.roundBF16). */
+    /** The same for a BF16 matrix. */
     void matvecBF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff);
 
     /**
@@ -114,14 +114,8 @@ interface Kernels {
                 Q8.quantize(xq, n, qx, dx);
                 k.matvecQ8(qb, 0, rows, qx, dx, n, qout, 0);
             }
-            if (f16) {
-                Half.roundF16(xq, 0, n, x, 0);
-                k.matvecF16(hb, 0, rows, x, n, qout, 0);
-            }
-            if (bf16) {
-                Half.roundBF16(xq, 0, n, x, 0);
-                k.matvecBF16(hb, 0, rows, x, n, qout, 0);
-            }
+            if (f16) k.matvecF16(hb, 0, rows, xq, n, qout, 0);
+            if (bf16) k.matvecBF16(hb, 0, rows, xq, n, qout, 0);
             for (int i = 0; i < 64; i++) k.axpy(out, 0, k.dot(x, 0, out, 0, 64) * 1e-6f, x, 0, 64);
             fast = System.nanoTime() - t < 40_000 ? fast + 1 : 0;
         }

@@ -16,8 +16,6 @@ final class RunState {
     final float[] logits;         // (vocab)
     final short[] xq;             // (max(dim, hidden_dim)) the activation a Q8_0 product reads, quantized
     final float[] xd;             // (max(dim, hidden_dim) / 32) its blocks' scales
-    final float[] xh;             // (max(dim, hidden_dim)) the activation an F16 product reads, rounded to F16
-    final float[] xbh;            // (max(dim, hidden_dim)) the same rounded to BF16
     final int cacheRows;          // positions the KV cache holds
     final float[][] keyCache;     // (layer, cacheRows * kv_dim)
     final float[][] valueCache;   // (layer, cacheRows * kv_dim)
@@ -36,8 +34,6 @@ final class RunState {
         logits = new float[c.vocabSize];
         xq = new short[Math.max(c.dim, c.hiddenDim)];
         xd = new float[xq.length / Q8.BLOCK];
-        xh = new float[xq.length];
-        xbh = new float[xq.length];
         this.cacheRows = cacheRows;
         keyCache = new float[c.nLayers][cacheRows * c.kvDim];
         valueCache = new float[c.nLayers][cacheRows * c.kvDim];

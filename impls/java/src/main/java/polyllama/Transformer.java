@@ -2,8 +2,10 @@
  * The forward pass, as run.c's forward(): one position through every layer, each matmul and the
  * attention heads split across the pool. A Q8_0 matrix (GGUF) multiplies an activation quantized
  * once per group of products that share it (q/k/v; w1/w3; wo, w2, the classifier each alone),
- * on the calling thread before the group's dispatch; an F16 or BF16 matrix an activation rounded
- * to its type the same way (Half). RoPE's base and the norms' epsilon are the model's (Config).
+ * on the calling thread before the group's dispatch. An F16 or BF16 matrix multiplies the float32
+ * activation as it is, its weights converted exactly as they are read (contract section 4 says
+ * why not llama.cpp's rounding of the activation). RoPE's base and the norms' epsilon are the
+ * model's (Config).
  */
 package polyllama;
 
@@ -70,7 +72,7 @@ final class Transformer {
 
     /**
      * out[outOff + r] = m[r] . x for rows r in [r0, r1), block by block; a Q8_0 m reads x as the
-     * last quantizeFor left it in s.xq and s.xd, an F16 one s.xh, a BF16 one s.xbh.
+     * last quantizeFor left it in s.xq and s.xd; an F16 or BF16 m reads x itself.
      */
     void matvec(Matrix m, float[] x, float[] out, int outOff, int r0, int r1) {
         while (r0 < r1) {
@@ -80,27 +82,21 @@ final class Transformer {
                 Loader.Floats f = m.floats[b];
                 k.matvec(f.array(), f.start() + (r0 - first) * m.cols, end - r0, x, m.cols, out, outOff + r0);
             } else if (m.q8()) k.matvecQ8(m.blocks[b], at, end - r0, s.xq, s.xd, m.cols, out, outOff + r0);
-            else if (m.type == Matrix.F16) k.matvecF16(m.blocks[b], at, end - r0, s.xh, m.cols, out, outOff + r0);
-            else if (m.type == Matrix.BF16) k.matvecBF16(m.blocks[b], at, end - r0, s.xbh, m.cols, out, outOff + r0);
+            else if (m.type == Matrix.F16) k.matvecF16(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
+            else if (m.type == Matrix.BF16) k.matvecBF16(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
             else k.matvec(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
             r0 = end;
         }
     }
 
-    /**
-     * x[0 .. n) made what the group's matrices read, once for the group: quantized into s.xq and
-     * s.xd when one of them is Q8_0, rounded into s.xh when one is F16, into s.xbh when one is BF16.
-     */
+    /** x[0 .. n) quantized into s.xq and s.xd when a matrix of the group about to read it is Q8_0. */
     void quantizeFor(float[] x, int n, Matrix... group) {
-        boolean q8 = false, f16 = false, bf16 = false;
         for (Matrix m : group) {
-            q8 |= m.q8();
-            f16 |= m.type == Matrix.F16;
-            bf16 |= m.type == Matrix.BF16;
+            if (m.q8()) {
+                Q8.quantize(x, n, s.xq, s.xd);
+                return;
+            }
         }
-        if (q8) Q8.quantize(x, n, s.xq, s.xd);
-        if (f16) Half.roundF16(x, 0, n, s.xh, 0);
-        if (bf16) Half.roundBF16(x, 0, n, s.xbh, 0);
     }
 
     /** The part of rows [start, end) that falls in a matrix occupying [base, base + rows). */
