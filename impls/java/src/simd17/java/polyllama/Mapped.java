@@ -8,7 +8,7 @@ package polyllama;
 import java.nio.ByteBuffer;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.ShortVector;
+import jdk.incubator.vector.IntVector;
 
 final class Mapped {
     private final ByteBuffer bb;
@@ -27,8 +27,8 @@ final class Mapped {
         return ByteVector.fromByteBuffer(SimdKernels.QB, bb, at, SimdKernels.LE);
     }
 
-    /** HS's lanes of little-endian 16-bit values (F16 or BF16 bits) from byte offset at. */
-    ShortVector shorts(int at) {
-        return ShortVector.fromByteBuffer(SimdKernels.HS, bb, at, SimdKernels.LE);
+    /** HI's lanes of little-endian int32 from byte offset at: pairs of 16-bit weights. */
+    IntVector ints(int at) {
+        return IntVector.fromByteBuffer(SimdKernels.HI, bb, at, SimdKernels.LE);
     }
 }

@@ -10,7 +10,7 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.ShortVector;
+import jdk.incubator.vector.IntVector;
 
 final class Mapped {
     private final MemorySegment seg;
@@ -29,8 +29,8 @@ final class Mapped {
         return ByteVector.fromMemorySegment(SimdKernels.QB, seg, at, SimdKernels.LE);
     }
 
-    /** HS's lanes of little-endian 16-bit values (F16 or BF16 bits) from byte offset at. */
-    ShortVector shorts(int at) {
-        return ShortVector.fromMemorySegment(SimdKernels.HS, seg, at, SimdKernels.LE);
+    /** HI's lanes of little-endian int32 from byte offset at: pairs of 16-bit weights. */
+    IntVector ints(int at) {
+        return IntVector.fromMemorySegment(SimdKernels.HI, seg, at, SimdKernels.LE);
     }
 }
