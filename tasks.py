@@ -197,11 +197,13 @@ def models_fetch(c, names):
 
 
 @task(name="synth", help={"names": "comma-separated models to synthesize (required)",
-                          "seed": "random seed (default: 1234)"})
+                          "seed": "random seed (default: 1234)",
+                          "types": "GGUF-only shapes (tinyllama-1.1B, llama2-7B): comma-separated weight types "
+                                   "to write, f16|bf16|q8_0|f32 (default: f16)"})
 @_exits
-def models_synth(c, names, seed=1234):
+def models_synth(c, names, seed=1234, types=None):
     """Write deterministic random-weight models of the exact shape (and size) of known models."""
-    return app.models_synth(names, int(seed))
+    return app.models_synth(names, int(seed), types)
 
 
 @task(name="convert", help={"src": "input .bin or .gguf (required)", "dst": "output .gguf or .bin (required)",

@@ -29,7 +29,7 @@ from .formats import WEIGHT_TYPES
 from .models.convert import gguf_to_bin, to_gguf
 from .models.fetch import download
 from .models.store import MODELS_DIR, Store, search_path
-from .models.synth import ensure, synthesize_model, synthesize_tokenizer
+from .models.synth import ensure, synthesize_gguf, synthesize_model, synthesize_tokenizer
 from .ports.build import build_all, build_log, install_all
 from .ports.discover import ROOT, names, select, tool_env
 from .ports.golden import write_all as write_golden
@@ -206,10 +206,17 @@ def models_fetch(models: str) -> int:
     return 0
 
 
-def models_synth(models: str, seed: int) -> int:
-
+def models_synth(models: str, seed: int, types: str | None = None) -> int:
+    """llama2.c models as a .bin; GGUF-only shapes as one GGUF per weight type (`types`, default f16)."""
     store = Store()
     for name in names(models):
+        if store.entry(name).gguf:
+            for t in names(types or "f16"):
+                print(f"{name}: {synthesize_gguf(store, name, t, seed)}")
+            continue
+        if types:
+            raise UsageError(f"--types is for GGUF-only shapes; {name} is a llama2.c .bin "
+                             f"(`invoke models.convert` writes its GGUF in any type)")
         print(f"{name}: {synthesize_model(store, name, seed)}")
         tok, origin = store.find_tokenizer(store.entry(name).tokenizer)
         if tok is None:

@@ -32,8 +32,12 @@ class Matrix(BaseModel):
                                                       "while it ran; busy runs are kept but left out of every figure")
     model_format: Literal["v0", "gguf"] = Field("v0", description="what ports are fed f32 weights in; peers that read "
                                                                  "only GGUF always get GGUF")
-    types: list[Literal["f32", "q8_0"]] = Field(["f32"], min_length=1, description="weight types: f32, and q8_0 = the "
-                                                "model's Q8_0 GGUF export, run by the ports that list gguf-q8_0")
+    types: list[Literal["f32", "q8_0", "f16", "bf16"]] = Field(["f32"], min_length=1, description="weight types: f32, and q8_0, f16, bf16 = the "
+                                                "model's GGUF export in that type, run by the ports that list its "
+                                                "gguf-* format")
+    model_types: dict[str, list[Literal["f32", "q8_0", "f16", "bf16"]]] = Field(
+        {}, description="per model, the weight types it is run in, where they are fewer than `types` (a 7B shape "
+                        "in Q8_0 only: its F16 file would be 13 GB)")
     container_memory: str = Field("8g", pattern=r"^[0-9]+[kmg]$", description="memory limit of a container cell (--docker)")
     synthesize: bool = Field(True, description="make a synthetic stand-in when a model file is absent")
 
@@ -55,6 +59,11 @@ class Matrix(BaseModel):
             if not re.fullmatch(r"(tg|pp)[1-9][0-9]{0,4}", t) or int(t[2:]) > 65536 or t == "tg1":
                 raise ValueError(f"test {t!r}: expected tgN (N >= 2) or ppN (N >= 1), N <= 65536")
         return v
+
+    def types_for(self, model: str) -> list[str]:
+        """The matrix's weight types this model is run in."""
+        only = self.model_types.get(model)
+        return [t for t in self.types if only is None or t in only]
 
     def test_names(self) -> list[str]:
         return self.tests or [f"tg{self.steps}"]

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .matrix import Matrix
 
 FORMAT_VERSION = 5
-WeightType = Literal["f32", "q8_0"]
+WeightType = Literal["f32", "q8_0", "f16", "bf16"]
 
 
 class _Record(BaseModel):

@@ -12,6 +12,8 @@ from orchestrator.models.synth import random_model, synthesize_model, synthesize
 def test_manifest_sizes_follow_from_the_configs(store):
     # a v0 file = header + weights + the two legacy RoPE tables (shared classifier)
     for name, entry in store.models.items():
+        if entry.gguf:  # no published file: its synthetic GGUFs are checked below
+            continue
         c = entry.config
         tables = 2 * c.seq_len * c.head_size // 2
         assert entry.bytes == V0_HEADER_BYTES + 4 * (c.weight_count() + tables), name
@@ -77,3 +79,23 @@ def test_fetch_offline_is_one_clear_error(tmp_path, store, monkeypatch):
     with pytest.raises(PolyllamaError, match="cannot download"):
         download(entry, out_dir=tmp_path, timeout=2)
     assert not list(tmp_path.iterdir())  # no partial file left behind
+
+
+def test_gguf_only_shape_is_written_per_type_with_its_size(tmp_path, store, monkeypatch):
+    """A GGUF-only shape, written a tensor at a time, reads back with the manifest's shape, its
+    keys, an untied output and every matrix in the type asked for; its tensors take what the
+    configuration says they take in that type."""
+    from orchestrator.formats import read_model
+    from orchestrator.formats.config import Config
+    from orchestrator.models.synth import synthesize_gguf
+    monkeypatch.setenv(store_mod.PATH_VAR, str(tmp_path))
+    small = Config(64, 96, 2, 8, 2, 32000, 64, shared_classifier=False, rope_theta=500000.0)
+    entry = store.models["tinyllama-1.1B"]
+    monkeypatch.setitem(store.models, "tinyllama-1.1B", type(entry)(**{**entry.__dict__, "config": small}))
+    for t in ("f16", "bf16", "q8_0"):
+        path = synthesize_gguf(store, "tinyllama-1.1B", t, out_dir=tmp_path)
+        assert path.name == f"tinyllama-1.1B.synthetic.{t}.gguf"
+        m = read_model(path)
+        assert m.config == small and m.weight_type == t
+        assert m.tensor_bytes() == small.weight_bytes(t)
+        assert store.find_typed("tinyllama-1.1B", t) == path

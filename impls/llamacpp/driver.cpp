@@ -46,7 +46,6 @@ static const char *USAGE =
     "usage: driver <checkpoint> [-z tokenizer] [-t temperature] [-p topp] [-s seed] [-n steps] "
     "[-i prompt] [-j threads] [-m generate|logits] [-o file] [-k ids] [-e 0|1] [-b batch]";
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_BAD_FILE = 3 };
-enum { BOS = 1 };
 
 // ----------------------------------------------------------------------------
 // errors: thrown, caught once in main, printed as one `error:` line
@@ -75,6 +74,13 @@ static std::string shown(std::string_view text, size_t limit = 80) {
         }
     }
     return out.size() <= limit ? out : out.substr(0, limit - 3) + "...";
+}
+
+// a number from a file for a message: shortest faithful form, never "0.000000" for 1e-6
+static std::string number_text(double x) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.9g", x);
+    return buf;
 }
 
 static double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -309,6 +315,18 @@ struct TensorInfo {
 
 struct Config {
     int64_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+    double theta = 10000.0, eps = 1e-5;  // contract section 4's keys, with their defaults
+    int64_t bos = 1, eos = 2;
+};
+
+// A value llama.cpp must be told rather than read: its loader takes each key in one exact
+// type (u32, f32) where the contract takes any integer or float type, and it requires an
+// epsilon the contract defaults. The driver hands it the values it read, through llama.cpp's
+// metadata overrides (what llama-cli's --override-kv does), so both compute the same model.
+struct KeyOverride {
+    std::string key;
+    bool is_float;
+    double value;
 };
 
 struct Vocab {
@@ -319,6 +337,7 @@ struct Vocab {
 struct Checkpoint {
     Config c;
     Vocab vocab;
+    std::vector<KeyOverride> overrides;
 };
 
 class GgufReader {
@@ -331,8 +350,10 @@ public:
         check_keys();
         Checkpoint ck;
         ck.c = read_config();
+        read_model_keys(ck.c);
         check_tensors(ck.c);
         ck.vocab = read_vocab(ck.c);
+        ck.overrides = std::move(overrides_);
         return ck;
     }
 
@@ -344,6 +365,7 @@ private:
     uint64_t tensor_count_ = 0;
     size_t infos_start_ = 0, infos_end_ = 0;  // the tensor infos follow the kv pairs
     uint64_t alignment_ = 32;
+    std::vector<KeyOverride> overrides_;
 
     // ---- raw structure
     void parse_header_and_kv() {
@@ -461,6 +483,22 @@ private:
         if (!is_integer_type(v->type)) bad_file(path_, "key " + key + " must be an integer");
         return integer_at(v->type, v->offset);
     }
+    // an integer key llama.cpp reads as a u32, told to it when the file stores another type
+    void integer_for_llama(const std::string &key, int64_t value) {
+        const Value *v = find(key);
+        if (v && v->type != G_U32) overrides_.push_back({key, false, double(value)});
+    }
+    // contract section 4: a float key may be stored as any float or integer type
+    double number_key(const std::string &key, double fallback) {
+        const Value *v = find(key);
+        if (!v) return fallback;
+        double x;
+        if (v->type == G_F32) x = at<float>(v->offset);
+        else if (v->type == G_F64) x = at<double>(v->offset);
+        else if (is_integer_type(v->type)) x = double(integer_at(v->type, v->offset));
+        else bad_file(path_, "key " + key + " must be a number");
+        return x;
+    }
 
     // ---- the keys llama.cpp acts on
     void check_keys() {
@@ -478,38 +516,26 @@ private:
         if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) || alignment_ > 65536)
             bad_file(path_, "general.alignment=" + std::to_string(alignment_) + " is not a power of two up to 65536");
         // llama.cpp applies every `llama.*` hyper-parameter it knows, and asserts (aborts) on some
-        // values (expert counts, rope scaling types, ...): only the contract's model is accepted
+        // values: only the contract's model is accepted, i.e. its keys (read_model_keys checks
+        // their values), the vocabulary size llama.cpp only names the model by, and the scaling
+        // factor, which the context's "no scaling" makes inert
         static const std::set<std::string> known = {
             "llama.context_length", "llama.embedding_length", "llama.feed_forward_length", "llama.block_count",
             "llama.attention.head_count", "llama.attention.head_count_kv", "llama.attention.layer_norm_rms_epsilon",
-            "llama.rope.dimension_count", "llama.rope.freq_base", "llama.vocab_size"};
+            "llama.rope.dimension_count", "llama.rope.freq_base", "llama.vocab_size", "llama.rope.scaling.type",
+            "llama.rope.scaling.factor", "llama.expert_count", "llama.expert_used_count"};
         for (const auto &[key, value] : kv_) {
             if (key.rfind("llama.", 0) == 0 && !known.count(key))
                 bad_file(path_, "key " + shown(key) + " is not part of the contract's model (llama.cpp would apply it)");
             if (key.rfind("split.", 0) == 0)
                 bad_file(path_, "key " + shown(key) + ": split GGUF files are not read");
         }
-        check_float_key("llama.attention.layer_norm_rms_epsilon", 1e-5f, true);
-        check_float_key("llama.rope.freq_base", 10000.0f, false);
         const Value *model = find("tokenizer.ggml.model");
         if (!model || model->type != G_STRING || string_at(model->offset) != "llama")
             bad_file(path_, "tokenizer.ggml.model must be 'llama' (the SentencePiece vocabulary llama.cpp reads)");
     }
 
-    // llama.cpp reads these as float32 and uses them in the forward pass: they must be the
-    // contract's constants (section 6), or llama.cpp would compute another model
-    void check_float_key(const std::string &key, float expected, bool required) {
-        const Value *v = find(key);
-        if (!v) {
-            if (required) bad_file(path_, "missing key " + key + ", which llama.cpp requires");
-            return;
-        }
-        if (v->type != G_F32 || at<float>(v->offset) != expected)
-            bad_file(path_, "key " + key + " must be the float32 " + (expected == 1e-5f ? "1e-5" : "10000") +
-                                " of the contract's forward pass");
-    }
-
-    Config read_config() const {
+    Config read_config() {
         const Value *tokens = find("tokenizer.ggml.tokens");
         if (!tokens || tokens->type != G_ARRAY || tokens->elem_type != G_STRING || tokens->count == 0)
             bad_file(path_, "missing tokenizer.ggml.tokens");
@@ -522,7 +548,62 @@ private:
         c.seq_len = int_key("llama.context_length");
         c.vocab_size = tokens->count > (1u << 30) ? (1 << 30) : int64_t(tokens->count);
         check_config(c);
+        for (const auto &[key, value] : {std::pair<const char *, int64_t>{"llama.attention.head_count", c.n_heads},
+                                         {"llama.embedding_length", c.dim}, {"llama.feed_forward_length", c.hidden_dim},
+                                         {"llama.block_count", c.n_layers}, {"llama.attention.head_count_kv", c.n_kv_heads},
+                                         {"llama.context_length", c.seq_len}})
+            integer_for_llama(key, value);
         return c;
+    }
+
+    // contract section 4's table of keys read with llama.cpp's defaults, and the two that ask for
+    // what this architecture does not compute; llama.cpp computes with the same theta and eps
+    void read_model_keys(Config &c) {
+        const int64_t head_size = c.dim / c.n_heads;
+        c.theta = number_key("llama.rope.freq_base", 10000.0);
+        if (!std::isfinite(c.theta) || !(c.theta > 1.0))
+            bad_file(path_, "key llama.rope.freq_base=" + number_text(c.theta) + " is out of range (finite, > 1)");
+        c.eps = number_key("llama.attention.layer_norm_rms_epsilon", 1e-5);
+        if (!std::isfinite(c.eps) || !(c.eps > 0.0) || !(c.eps < 1.0))
+            bad_file(path_, "key llama.attention.layer_norm_rms_epsilon=" + number_text(c.eps) +
+                                " is out of range (finite, > 0 and < 1)");
+        for (const auto &[key, value] : {std::pair<const char *, double>{"llama.rope.freq_base", c.theta},
+                                         {"llama.attention.layer_norm_rms_epsilon", c.eps}}) {
+            const Value *v = find(key);
+            if (!v || v->type != G_F32) overrides_.push_back({key, true, value});  // llama.cpp requires eps
+        }
+        const int64_t rot = int_key("llama.rope.dimension_count", &head_size);
+        if (rot != head_size)
+            bad_file(path_, "key llama.rope.dimension_count=" + std::to_string(rot) + " must equal head_size=" +
+                                std::to_string(head_size) + " (partial rotation is not this architecture)");
+        integer_for_llama("llama.rope.dimension_count", rot);
+        if (const Value *v = find("llama.rope.scaling.type")) {
+            if (v->type != G_STRING) bad_file(path_, "key llama.rope.scaling.type must be a string");
+            if (string_at(v->offset) != "none")
+                bad_file(path_, "key llama.rope.scaling.type is '" + shown(string_at(v->offset)) +
+                                    "': only 'none' is this architecture");
+        }
+        if (const Value *v = find("llama.rope.scaling.factor"))
+            if (v->type != G_F32) bad_file(path_, "key llama.rope.scaling.factor must be a float32 (llama.cpp refuses other types)");
+        const int64_t zero = 0;
+        for (const char *key : {"llama.expert_count", "llama.expert_used_count"}) {
+            const int64_t n = int_key(key, &zero);
+            if (n != 0) bad_file(path_, "key " + std::string(key) + "=" + std::to_string(n) + ": mixture-of-experts is not this architecture");
+            integer_for_llama(key, n);
+        }
+        if (const Value *v = find("llama.vocab_size"))
+            if (!is_integer_type(v->type)) bad_file(path_, "key llama.vocab_size must be an integer");
+        integer_for_llama("llama.vocab_size", c.vocab_size);  // llama.cpp only names the model by it
+        const int64_t bos_default = 1, eos_default = 2;
+        c.bos = int_key("tokenizer.ggml.bos_token_id", &bos_default);
+        c.eos = int_key("tokenizer.ggml.eos_token_id", &eos_default);
+        for (const auto &[key, id] : {std::pair<const char *, int64_t>{"tokenizer.ggml.bos_token_id", c.bos},
+                                      {"tokenizer.ggml.eos_token_id", c.eos}}) {
+            if (id < 0 || id >= c.vocab_size)
+                bad_file(path_, "key " + std::string(key) + "=" + std::to_string(id) + " is outside the vocabulary [0, " +
+                                    std::to_string(c.vocab_size) + ")");
+            integer_for_llama(key, id);
+        }
     }
 
     // contract section 4, step 3: before anything is sized from these values
@@ -544,9 +625,6 @@ private:
         if ((c.dim / c.n_heads) % 2) bad_file(path_, "head_size=" + std::to_string(c.dim / c.n_heads) + " must be even for RoPE");
         if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads)
             bad_file(path_, "n_heads=" + std::to_string(c.n_heads) + " is not a multiple of n_kv_heads=" + std::to_string(c.n_kv_heads));
-        int64_t kv_bytes = c.n_layers * c.seq_len * (c.n_kv_heads * (c.dim / c.n_heads)) * 2 * 4;
-        if (kv_bytes > (int64_t(4) << 30))
-            bad_file(path_, "KV cache of " + std::to_string(kv_bytes) + " bytes exceeds the 4 GiB limit");
         if (c.n_layers > LLAMA_CPP_MAX_LAYERS)
             bad_file(path_, "n_layers=" + std::to_string(c.n_layers) + " exceeds llama.cpp's limit of " +
                                 std::to_string(LLAMA_CPP_MAX_LAYERS) + " layers");
@@ -578,18 +656,23 @@ private:
             std::string what = "tensor " + shown(t.name);
             auto it = expected.find(t.name);
             if (it == expected.end()) bad_file(path_, what + " is not one of the model's tensors (llama.cpp refuses it)");
-            // F32 (0) or, for a matrix whose rows are a whole number of 32-value blocks, Q8_0 (8):
-            // 34-byte blocks (fp16 scale, 32 int8), the contract's "GGUF Q8_0" section
-            const bool q8 = t.type == 8;
-            if (t.type != 0 && !q8)
-                bad_file(path_, what + " has type " + std::to_string(t.type) + "; only F32 (0) and Q8_0 (8) are supported");
+            // F32 (0); for matrices also Q8_0 (8), rows a whole number of 32-value blocks of 34 bytes
+            // (fp16 scale, 32 int8), and F16 (1) or BF16 (30), 2 bytes a value: the contract's
+            // "GGUF Q8_0" and "GGUF F16 and BF16" sections
+            const bool q8 = t.type == 8, half = t.type == 1 || t.type == 30;
+            if (t.type != 0 && !q8 && !half)
+                bad_file(path_, what + " has type " + std::to_string(t.type) +
+                                    "; only F32 (0), F16 (1), BF16 (30) and Q8_0 (8) are supported");
             if (t.dims != it->second) bad_file(path_, what + " does not have the model's shape");
-            if (q8 && t.dims.size() != 2) bad_file(path_, what + " is a norm: Q8_0 is for matrices only");
+            if ((q8 || half) && t.dims.size() != 2)
+                bad_file(path_, what + " is a norm: " + (q8 ? "Q8_0" : t.type == 1 ? "F16" : "BF16") +
+                                    " is for matrices only (norms are F32)");
             if (q8 && t.dims[0] % 32)
                 bad_file(path_, what + " has rows of " + std::to_string(t.dims[0]) + " values, not a multiple of 32 (Q8_0)");
-            uint64_t bytes = q8 ? t.dims[1] * (t.dims[0] / 32) * 34 : 4;
+            // the expected shape, bounded by the header limits: no product overflows 64 bits
+            uint64_t bytes = q8 ? t.dims[1] * (t.dims[0] / 32) * 34 : half ? 2 : 4;
             if (!q8)
-                for (uint64_t n : t.dims) bytes *= n;  // the expected shape: bounded by the header limits
+                for (uint64_t n : t.dims) bytes *= n;
             if (t.offset % alignment_)
                 bad_file(path_, what + " offset " + std::to_string(t.offset) + " is not a multiple of general.alignment=" +
                                     std::to_string(alignment_));
@@ -670,10 +753,11 @@ struct Tokenizer {
     const Vocab *vocab;
     std::unordered_map<std::string, int> lookup;  // piece -> its lowest id
     int space_id;
+    int bos;  // the file's BOS id: encode's first token, the stop rule, decode's space rule
 };
 
-static Tokenizer build_tokenizer(const Vocab &vocab) {
-    Tokenizer t{&vocab, {}, -1};
+static Tokenizer build_tokenizer(const Vocab &vocab, int bos) {
+    Tokenizer t{&vocab, {}, -1, bos};
     t.lookup.reserve(vocab.pieces.size());
     for (size_t i = 0; i < vocab.pieces.size(); i++) t.lookup.emplace(vocab.pieces[i], int(i));
     t.space_id = t.lookup.at(" ");
@@ -686,7 +770,7 @@ static int lookup(const Tokenizer &t, const std::string &piece) {
 }
 
 static std::vector<int> encode(const Tokenizer &t, const std::string &text) {
-    std::vector<int> tokens = {BOS};
+    std::vector<int> tokens = {t.bos};
     if (!text.empty()) tokens.push_back(t.space_id);
     // UTF-8 groups of up to 4 bytes; a group that is no piece falls back to its bytes
     for (size_t i = 0; i < text.size();) {
@@ -733,7 +817,7 @@ static int hex_digit(char c) {
 
 static std::string decode(const Tokenizer &t, int prev, int token) {
     std::string piece = t.vocab->pieces[size_t(token)];
-    if (prev == BOS && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
+    if (prev == t.bos && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
     if (piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>' && hex_digit(piece[3]) >= 0 &&
         hex_digit(piece[4]) >= 0)
         return std::string(1, char(hex_digit(piece[3]) * 16 + hex_digit(piece[4])));
@@ -914,20 +998,37 @@ static bool cpu_has_amx_int8() {
 #endif
 }
 
-static Engine build_engine(const std::string &path, const Config &c, int threads, int batch, bool exact) {
+static Engine build_engine(const std::string &path, const Checkpoint &ck, int64_t rows, int threads, int batch,
+                           bool exact) {
+    const Config &c = ck.c;
     Engine e;
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    std::vector<llama_model_kv_override> overrides;
+    for (const KeyOverride &o : ck.overrides) {
+        llama_model_kv_override kv{};
+        snprintf(kv.key, sizeof kv.key, "%s", o.key.c_str());
+        kv.tag = o.is_float ? LLAMA_KV_OVERRIDE_TYPE_FLOAT : LLAMA_KV_OVERRIDE_TYPE_INT;
+        if (o.is_float) kv.val_f64 = o.value;
+        else kv.val_i64 = int64_t(o.value);
+        overrides.push_back(kv);
+    }
+    overrides.push_back(llama_model_kv_override{});  // an empty key ends the list
+    mp.kv_overrides = overrides.size() > 1 ? overrides.data() : nullptr;
     if (cpu_has_amx_int8()) mp.use_extra_bufts = false;
     e.model = llama_model_load_from_file(path.c_str(), mp);
     if (!e.model) bad_file(path, llama_error("llama.cpp cannot load this GGUF file"));
     llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = uint32_t(c.seq_len);
+    // the KV cache holds the positions this run reaches (contract section 4, validation rule 3),
+    // not the model's whole context; llama.cpp rounds the cells up to its own 256-cell padding
+    cp.n_ctx = uint32_t(rows);
+    // the contract's RoPE is unscaled; "none" also keeps a file's llama.rope.scaling.factor inert
+    cp.rope_scaling_type = LLAMA_ROPE_SCALING_TYPE_NONE;
     cp.n_seq_max = 1;
     cp.n_threads = cp.n_threads_batch = threads;
     // -b: the batch of a prefill is one llama_decode of that many positions, computed in one
     // micro-batch (llama-bench's pp512 with its default n_ubatch of 512 is the same shape)
-    cp.n_batch = cp.n_ubatch = uint32_t(batch);
+    cp.n_batch = cp.n_ubatch = uint32_t(std::min<int64_t>(batch, rows));
     if (exact) {
         cp.type_k = cp.type_v = GGML_TYPE_F32;
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -944,12 +1045,12 @@ static Engine build_engine(const std::string &path, const Config &c, int threads
         free_engine(e);
         bad_file(path, "llama.cpp reads " + std::to_string(e.n_vocab) + " tokens, the file lists " + std::to_string(c.vocab_size));
     }
-    e.batch = llama_batch_init(batch, 0, 1);
+    e.n_batch = int(std::min<int64_t>(batch, rows));
+    e.batch = llama_batch_init(e.n_batch, 0, 1);
     e.has_batch = true;
-    e.n_batch = batch;
     // llama.cpp's own warm-up (as llama-cli's): the first decode starts the OpenMP team and
     // faults the weights in; the cache is cleared after it, so it leaves nothing behind
-    decode_one(e, BOS, 0);
+    decode_one(e, int(c.bos), 0);
     llama_memory_clear(llama_get_memory(e.ctx), true);
     return e;
 }
@@ -1018,7 +1119,7 @@ static RunStats generate(Engine &e, const Tokenizer &tok, Sampler &sampler, cons
                 sampled = true;
             }
         }
-        if (next == BOS && !ignore_bos) break;
+        if (next == tok.bos && !ignore_bos) break;
         safe_print(decode(tok, token, next));
         token = next;
     }
@@ -1077,12 +1178,19 @@ static int run(int argc, char **argv, std::chrono::steady_clock::time_point t0) 
         if (!ok)
             usage_error("-k needs 1.." + std::to_string(c.seq_len) + " ids in [0, " + std::to_string(c.vocab_size) + ")");
     }
-    Tokenizer tok = build_tokenizer(ck.vocab);
+    Tokenizer tok = build_tokenizer(ck.vocab, int(c.bos));
+    const int steps = args.steps == 0 || args.steps > uint64_t(c.seq_len) ? int(c.seq_len) : int(args.steps);
+    // the positions the run can reach: what the KV cache holds (contract section 4, rule 3)
+    const int64_t rows = args.logits_mode ? int64_t(args.ids.size()) : int64_t(steps);
+    const int64_t kv_bytes = c.n_layers * rows * (c.n_kv_heads * (c.dim / c.n_heads)) * 2 * 4;
+    if (kv_bytes > (int64_t(4) << 30))
+        bad_file(args.checkpoint, "KV cache of " + std::to_string(kv_bytes) + " bytes for " + std::to_string(rows) +
+                                      " positions exceeds the 4 GiB limit");
 
     llama_log_set(quiet_log, nullptr);
     llama_backend_init();
     const int batch = args.batch > uint64_t(c.seq_len) ? int(c.seq_len) : int(args.batch);
-    Engine engine = build_engine(args.checkpoint, c, args.threads, batch, args.logits_mode || exact_generation());
+    Engine engine = build_engine(args.checkpoint, ck, rows, args.threads, batch, args.logits_mode || exact_generation());
     double load_s = seconds_since(t0);
 
     RunStats st;
@@ -1090,7 +1198,6 @@ static int run(int argc, char **argv, std::chrono::steady_clock::time_point t0) 
         if (args.logits_mode) {
             st = logits_run(engine, args.ids, args.output);
         } else {
-            const int steps = args.steps == 0 || args.steps > uint64_t(c.seq_len) ? int(c.seq_len) : int(args.steps);
             Sampler sampler{args.temperature, args.topp, args.seed > 0 ? args.seed : uint64_t(time(nullptr)), {}};
             st = generate(engine, tok, sampler, args.prompt, steps, args.ignore_bos);
         }

@@ -5,7 +5,6 @@ environment before anything imports numpy.
 """
 import os
 import sys
-import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -17,15 +16,9 @@ def _apply_threads(argv):
                 os.environ[var] = value
 
 
-def _formats():
-    """What port.toml says this port reads: the reference reads every format, Q8_0 GGUF included."""
-    with open(os.path.join(HERE, "port.toml"), "rb") as f:
-        return tuple(tomllib.load(f)["formats"])
-
-
 if __name__ == "__main__":
     _apply_threads(sys.argv[1:])
     sys.path.insert(0, os.path.join(HERE, "..", ".."))
-    from orchestrator.reference.cli import main
+    from orchestrator.reference.cli import main, manifest_formats
 
-    sys.exit(main(port="python", formats=_formats()))
+    sys.exit(main(port="python", formats=manifest_formats(HERE)))

@@ -17,10 +17,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from orchestrator.formats import Model  # noqa: E402
-from orchestrator.reference.cli import main, rows_needed, switch  # noqa: E402
+from orchestrator.reference.cli import main, manifest_formats, rows_needed, switch  # noqa: E402
 
 PORT = "pytorch"
-EPS = 1e-5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,14 +61,16 @@ class Transformer:
 
             # run.c's names and shapes (Model.bound): token_embedding, per-layer lists of rms_att,
             # wq, wk, wv, wo, rms_ffn, w1, w2, w3, then rms_final and wcls
-            for name, tensor in model.bound(torch.from_numpy).items():
+            # 16-bit weights widened once to float32 (exact), as the contract computes with them
+            for name, tensor in model.dequantized().bound(torch.from_numpy).items():
                 setattr(self, name, tensor)
         self.key_cache, self.value_cache = self.make_cache()
         # RoPE frequency of each pair within a head, computed in float32 as the reference does;
         # the angle tables are made per position, since a (seq_len, head_size) table can be huge.
         hs = c.head_size
         head_dim = torch.arange(0, hs, 2, dtype=torch.float32)
-        self.inv_freq = 1.0 / torch.pow(torch.tensor(10000.0), head_dim / hs)  # (head_size/2,)
+        self.inv_freq = 1.0 / torch.pow(torch.tensor(c.rope_theta), head_dim / hs)  # (head_size/2,)
+        self.eps = c.norm_eps  # the file's (contract 3), 1e-5 for a .bin
         self.scale = 1.0 / float(hs) ** 0.5
 
     def make_cache(self):
@@ -98,7 +99,7 @@ class Transformer:
         angle = float(pos) * self.inv_freq  # (head_size/2,)
         cis = torch.polar(torch.ones_like(angle), angle)  # cos + i sin, shared by every layer
         for l in range(c.n_layers):
-            xb = F.rms_norm(x, (c.dim,), self.rms_att[l], EPS)
+            xb = F.rms_norm(x, (c.dim,), self.rms_att[l], self.eps)
             q = self.rope(torch.mv(self.wq[l], xb), cis)  # (dim,)
             k = self.rope(torch.mv(self.wk[l], xb), cis)  # (kv_dim,)
             self.key_cache[l, pos] = k
@@ -112,11 +113,11 @@ class Transformer:
             att = torch.matmul(scores, values).reshape(c.dim)  # (dim,)
             x += torch.mv(self.wo[l], att)
 
-            xb = F.rms_norm(x, (c.dim,), self.rms_ffn[l], EPS)
+            xb = F.rms_norm(x, (c.dim,), self.rms_ffn[l], self.eps)
             hidden = F.silu(torch.mv(self.w1[l], xb)) * torch.mv(self.w3[l], xb)  # (hidden_dim,)
             x += torch.mv(self.w2[l], hidden)
 
-        x = F.rms_norm(x, (c.dim,), self.rms_final, EPS)
+        x = F.rms_norm(x, (c.dim,), self.rms_final, self.eps)
         return torch.mv(self.wcls, x).numpy()  # (vocab,)
 
     def forward_batch(self, tokens: list[int], pos0: int, all_logits: bool):
@@ -135,18 +136,18 @@ class Transformer:
         # row t sees cache rows 0 .. pos0+t: the earlier batches and its own batch up to itself
         visible = torch.arange(end)[None, :] <= rows[:, None]  # (T, end)
         for l in range(c.n_layers):
-            xb = F.rms_norm(x, (c.dim,), self.rms_att[l], EPS)
+            xb = F.rms_norm(x, (c.dim,), self.rms_att[l], self.eps)
             q = self.rope_rows(F.linear(xb, self.wq[l]), cis)  # (T, dim)
             # every row's key and value is in the cache before any row attends
             self.key_cache[l, pos0:end] = self.rope_rows(F.linear(xb, self.wk[l]), cis)
             torch.mm(xb, self.wv[l].t(), out=self.value_cache[l, pos0:end])
             x += F.linear(self.attend(q, self.key_cache[l, :end], self.value_cache[l, :end], visible), self.wo[l])
 
-            xb = F.rms_norm(x, (c.dim,), self.rms_ffn[l], EPS)
+            xb = F.rms_norm(x, (c.dim,), self.rms_ffn[l], self.eps)
             x += F.linear(F.silu(F.linear(xb, self.w1[l])) * F.linear(xb, self.w3[l]), self.w2[l])
 
         last = x if all_logits else x[-1:]
-        return F.linear(F.rms_norm(last, (c.dim,), self.rms_final, EPS), self.wcls).numpy()
+        return F.linear(F.rms_norm(last, (c.dim,), self.rms_final, self.eps), self.wcls).numpy()
 
     def rope_rows(self, mat, cis):
         """rope() for each row of a (T, width) matrix, row t by its own position's angles."""
@@ -198,7 +199,7 @@ class CompiledTransformer(Transformer):
         self.positions = torch.arange(rows)
         self.weights = (self.token_embedding, self.rms_att, self.wq, self.wk, self.wv, self.wo, self.rms_ffn,
                         self.w1, self.w2, self.w3, self.rms_final, self.wcls)
-        self.shape = (c.dim, c.n_layers, c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_size, rows, self.scale)
+        self.shape = (c.dim, c.n_layers, c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_size, rows, self.scale, self.eps)
         self._token = torch.zeros((), dtype=torch.int64)
         self._pos = torch.zeros((), dtype=torch.int64)
         self._pos0 = torch.zeros((), dtype=torch.int64)
@@ -291,7 +292,7 @@ def decode_step(weights, key_cache, value_cache, positions, inv_freq, token, pos
     import torch
     F = torch.nn.functional
     emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls = weights
-    dim, n_layers, n_kv, kv_mul, hs, T, scale = shape
+    dim, n_layers, n_kv, kv_mul, hs, T, scale, eps = shape
     x = emb.index_select(0, token.view(1)).view(-1)  # (dim,); emb[token] would read the token out as an int
     angle = pos.to(torch.float32) * inv_freq  # (head_size/2,)
     cos, sin = torch.cos(angle), torch.sin(angle)
@@ -307,7 +308,7 @@ def decode_step(weights, key_cache, value_cache, positions, inv_freq, token, pos
     hidden_rows = (positions > pos).view(1, 1, T)
     where = pos.view(1)
     for l in range(n_layers):
-        xb = F.rms_norm(x, (dim,), rms_att[l], EPS)
+        xb = F.rms_norm(x, (dim,), rms_att[l], eps)
         q = rope(torch.mv(wq[l], xb))  # (dim,)
         k = rope(torch.mv(wk[l], xb))  # (kv_dim,)
         v = torch.mv(wv[l], xb)  # (kv_dim,)
@@ -323,11 +324,11 @@ def decode_step(weights, key_cache, value_cache, positions, inv_freq, token, pos
         att = torch.matmul(scores, values).reshape(dim)  # (dim,)
         x = x + torch.mv(wo[l], att)
 
-        xb = F.rms_norm(x, (dim,), rms_ffn[l], EPS)
+        xb = F.rms_norm(x, (dim,), rms_ffn[l], eps)
         hidden = F.silu(torch.mv(w1[l], xb)) * torch.mv(w3[l], xb)  # (hidden_dim,)
         x = x + torch.mv(w2[l], hidden)
 
-    x = F.rms_norm(x, (dim,), rms_final, EPS)
+    x = F.rms_norm(x, (dim,), rms_final, eps)
     return torch.mv(wcls, x)  # (vocab,)
 
 
@@ -338,7 +339,7 @@ def prefill_step(weights, key_cache, value_cache, positions, inv_freq, tokens, p
     import torch
     F = torch.nn.functional
     emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls = weights
-    dim, n_layers, n_kv, kv_mul, hs, S, scale = shape
+    dim, n_layers, n_kv, kv_mul, hs, S, scale, eps = shape
     T = tokens.shape[0]
     x = emb.index_select(0, tokens)  # (T, dim)
     rows = pos0 + torch.arange(T)  # each row's position
@@ -354,7 +355,7 @@ def prefill_step(weights, key_cache, value_cache, positions, inv_freq, tokens, p
     # rows after that hold nothing yet (or a later position of an earlier call)
     visible = positions.view(1, S) <= rows.view(T, 1)  # (T, S)
     for l in range(n_layers):
-        xb = F.rms_norm(x, (dim,), rms_att[l], EPS)
+        xb = F.rms_norm(x, (dim,), rms_att[l], eps)
         q = rope(F.linear(xb, wq[l]))  # (T, dim)
         # every row's key and value is in the cache before any row attends
         key_cache[l].index_copy_(0, rows, rope(F.linear(xb, wk[l])))
@@ -367,10 +368,10 @@ def prefill_step(weights, key_cache, value_cache, positions, inv_freq, tokens, p
             attn_mask=visible, scale=scale, enable_gqa=True)  # (1, heads, T, hs)
         x = x + F.linear(att.transpose(1, 2).reshape(T, dim), wo[l])
 
-        xb = F.rms_norm(x, (dim,), rms_ffn[l], EPS)
+        xb = F.rms_norm(x, (dim,), rms_ffn[l], eps)
         x = x + F.linear(F.silu(F.linear(xb, w1[l])) * F.linear(xb, w3[l]), w2[l])
 
-    return F.rms_norm(x, (dim,), rms_final, EPS)
+    return F.rms_norm(x, (dim,), rms_final, eps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,4 +393,5 @@ backend.torch = None
 
 if __name__ == "__main__":
     # torch reports a failed allocation as RuntimeError
-    sys.exit(main(port=PORT, backend=backend, runtime_errors=(RuntimeError,)))
+    sys.exit(main(port=PORT, backend=backend, formats=manifest_formats(os.path.dirname(os.path.abspath(__file__))),
+                  runtime_errors=(RuntimeError,)))

@@ -17,10 +17,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from orchestrator.formats import Model  # noqa: E402
-from orchestrator.reference.cli import main, rows_needed, switch  # noqa: E402
+from orchestrator.reference.cli import main, manifest_formats, rows_needed, switch  # noqa: E402
 
 PORT = "tensorflow"
-EPS = 1e-5
 
 
 class ImportFailure(Exception):
@@ -79,7 +78,8 @@ class Transformer:
         self.c = c = model.config
         # run.c's names and shapes (Model.bound): token_embedding, per-layer lists of rms_att, wq,
         # wk, wv, wo, rms_ffn, w1, w2, w3, then rms_final and wcls
-        for name, tensor in model.bound(lambda a: tf.constant(a, dtype=tf.float32)).items():
+        # 16-bit weights widened to float32 (exact), as the contract computes with them
+        for name, tensor in model.dequantized().bound(lambda a: tf.constant(a, dtype=tf.float32)).items():
             setattr(self, name, tensor)
         # XLA compiles for fixed shapes, and a slice whose length is a tensor value has none: under
         # XLA attention spans every cache row, the rows after pos masked. So that cache holds only
@@ -92,7 +92,8 @@ class Transformer:
         # RoPE frequency of each pair within a head, float32 as in the reference
         hs = c.head_size
         head_dim = tf.range(0, hs, 2, dtype=tf.float32)
-        self.inv_freq = 1.0 / tf.pow(tf.constant(10000.0), head_dim / hs)  # (head_size/2,)
+        self.inv_freq = 1.0 / tf.pow(tf.constant(c.rope_theta, tf.float32), head_dim / hs)  # (head_size/2,)
+        self.eps = c.norm_eps  # the file's (contract 3), 1e-5 for a .bin
         self.scale = 1.0 / float(hs) ** 0.5
         spec = tf.TensorSpec([], tf.int32)
         self.step = tf.function(self._step, input_signature=[spec, spec], autograph=False, jit_compile=xla)
@@ -119,7 +120,7 @@ class Transformer:
 
     def _rmsnorm(self, x, w):
         tf = self.tf
-        return w * (x * tf.math.rsqrt(tf.reduce_mean(tf.square(x)) + EPS))
+        return w * (x * tf.math.rsqrt(tf.reduce_mean(tf.square(x)) + self.eps))
 
     def _rope(self, vec, cos, sin):
         """Rotates the adjacent pairs (vec[2i], vec[2i+1]) of every head by the angles of pos."""
@@ -180,7 +181,7 @@ class Transformer:
     def _rmsnorm_rows(self, x, w):
         """_rmsnorm of each row of a (T, width) matrix."""
         tf = self.tf
-        return w * (x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + EPS))
+        return w * (x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + self.eps))
 
     def _rope_rows(self, mat, cos, sin):
         """_rope of each row of a (T, width) matrix, by that row's angles (cos, sin: (T, 1, head_size/2))."""
@@ -262,4 +263,5 @@ backend.tf = None
 
 
 if __name__ == "__main__":
-    sys.exit(main(port=PORT, backend=backend, runtime_errors=(ImportFailure,)))
+    sys.exit(main(port=PORT, backend=backend, formats=manifest_formats(os.path.dirname(os.path.abspath(__file__))),
+                  runtime_errors=(ImportFailure,)))

@@ -41,6 +41,7 @@ from ..results.summary import describe_peer
 from .host import describe_host
 from .measure import CellSpec, measure
 from .modelfiles import (FORMAT_OF, bytes_per_token, cell_test, cell_types, file_for, flops_per_token, format_for,
+                         memory_shortfall,
                          model_record)
 from .peercheck import has_check, run_check
 from .progress import Planned, Progress, run_cost
@@ -94,7 +95,7 @@ class Plan:
         triples = [(r, t, test) for test in m.test_names() for r in self.models for t in m.thread_counts()]
         return [(r, t, test) for r, t, test in triples
                 if any((p.name, r.name, wt, t, cell_test(test, r)[0]) not in self.done
-                       for p in self.ports for wt in cell_types(p, m))]
+                       for p in self.ports for wt in cell_types(p, m, r.name))]
 
 
 
@@ -136,7 +137,8 @@ def _overrides(o: Options) -> dict:
 
 def _models(m: Matrix) -> list[Resolved]:
     store = Store()
-    models = [ensure(store, name) if m.synthesize else store.resolve(name) for name in m.models]
+    # a GGUF-only shape is made in the weight types the suite reads, and no other (7B: 7 GB each)
+    models = [ensure(store, name, types=m.types_for(name)) if m.synthesize else store.resolve(name) for name in m.models]
     for r in models:
         for test in m.test_names():
             if test.startswith("tg") and int(test[2:]) > r.config.seq_len:
@@ -234,13 +236,14 @@ def prepare(p: Plan, install: bool = False, connect=None, image: str | None = No
                               toolchain=outcome.version, build_flags=port.manifest.build_flags,
                               build=f"{outcome.status}: {outcome.detail}"))
     # GGUF exports are written here, before any run, so that no conversion lands between measurements
-    formats = {format_for(port, m, wt) for port in p.ports for wt in cell_types(port, m)} - {None}
-    files = {(r.name, fmt): file_for(r, fmt) for r in p.models for fmt in formats}
+    formats = {r.name: {format_for(port, m, wt) for port in p.ports for wt in cell_types(port, m, r.name)} - {None}
+               for r in p.models}
+    files = {(r.name, fmt): file_for(r, fmt) for r in p.models for fmt in formats[r.name]}
     without = [port.name for port in p.ports if "q8_0" in m.types and "q8_0" not in cell_types(port, m)]
     if without:
         print(f"  q8_0: no cells for {', '.join(without)} (port.toml does not list gguf-q8_0)", flush=True)
     weight_bytes = {(r.name, wt): bytes_per_token(r, wt, files.get((r.name, FORMAT_OF.get(wt))))
-                    for r in p.models for wt in m.types}
+                    for r in p.models for wt in m.types_for(r.name)}
     # one roofline per model size: each model is read from the cache level (or DRAM) its own
     # bytes fit in, so a small model is held against that level's bandwidth, not DRAM's (a Q8_0
     # file is its own size)
@@ -295,7 +298,7 @@ def block_cells(pr: Prepared, r: Resolved, threads: int, test: str) -> list[tupl
     name, steps = cell_test(test, r)
     prefill = name.startswith("pp")
     prompt = prompt_text(str(r.tokenizer), r.config.vocab_size, steps) if prefill else ""
-    for port, wt in ((port, wt) for port in pr.plan.ports for wt in cell_types(port, m)):
+    for port, wt in ((port, wt) for port in pr.plan.ports for wt in cell_types(port, m, r.name)):
         if (port.name, r.name, wt, threads, name) in pr.plan.done:
             continue
         fmt = format_for(port, m, wt)
@@ -313,6 +316,8 @@ def block_cells(pr: Prepared, r: Resolved, threads: int, test: str) -> list[tupl
         elif prefill and mf.contract < 2:
             cell = cell.model_copy(update={"status": "failed", "argv": [],
                                            "reason": "contract 1: no batched prefill to measure"})
+        elif (short := memory_shortfall(Path(model.path), r.config, steps)) is not None:
+            cell = cell.model_copy(update={"status": "failed", "argv": [], "reason": short})
         out.append((spec, cell))
     return out
 

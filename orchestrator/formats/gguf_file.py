@@ -85,27 +85,7 @@ def write_gguf(path, model: Model, vocab: Vocab, name: str = "polyllama") -> Non
 def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str) -> None:
     c = model.config
     w = gguf.GGUFWriter(str(tmp), "llama")
-    w.add_name(name)
-    w.add_context_length(c.seq_len)
-    w.add_embedding_length(c.dim)
-    w.add_block_count(c.n_layers)
-    w.add_feed_forward_length(c.hidden_dim)
-    w.add_rope_dimension_count(c.head_size)
-    w.add_head_count(c.n_heads)
-    w.add_head_count_kv(c.n_kv_heads)
-    w.add_layer_norm_rms_eps(c.norm_eps)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_vocab_size(c.vocab_size)
-    w.add_file_type(FILE_TYPE[model.weight_type])
-    w.add_tokenizer_model("llama")
-    w.add_token_list(list(texts))
-    w.add_token_scores(list(vocab.scores))
-    w.add_token_types(list(types))
-    w.add_bos_token_id(c.bos_id)
-    w.add_eos_token_id(c.eos_id)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    add_keys(w, c, vocab, texts, types, name, model.weight_type)
     _add_tensor(gguf, w, WHOLE_NAMES["token_embedding"], model.weights["token_embedding"])
     for layer in range(c.n_layers):
         for key, fmt in TENSOR_NAMES.items():
@@ -117,6 +97,93 @@ def _write(gguf, tmp: Path, model: Model, vocab: Vocab, texts, types, name: str)
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def tensor_plan(c: Config, kind_of) -> list[tuple[str, tuple[int, ...], str]]:
+    """(GGUF name, (rows, cols) or (n,), weight type) of every tensor in the order the writer puts
+    them; `kind_of(llama2.c name, shape)` picks each tensor's type."""
+    shapes = c.tensor_shapes()
+    plan = [(WHOLE_NAMES["token_embedding"], shapes["token_embedding"], kind_of("token_embedding", shapes["token_embedding"]))]
+    for layer in range(c.n_layers):
+        plan += [(fmt.format(layer), shapes[key][1:], kind_of(key, shapes[key][1:])) for key, fmt in TENSOR_NAMES.items()]
+    plan.append((WHOLE_NAMES["rms_final"], shapes["rms_final"], "f32"))
+    if not c.shared_classifier:
+        plan.append((WHOLE_NAMES["wcls"], shapes["wcls"], kind_of("wcls", shapes["wcls"])))
+    return plan
+
+
+def _stored_bytes(shape: tuple[int, ...], kind: str) -> int:
+    n = int(np.prod(shape))
+    return {"f32": 4 * n, "f16": 2 * n, "bf16": 2 * n}.get(kind) or q8_nbytes(*shape)
+
+
+def write_gguf_streamed(path, c: Config, vocab: Vocab, plan, produce, name: str = "polyllama") -> None:
+    """A GGUF too large to hold in memory (a 7B model): the header and tensor infos through the
+    `gguf` package's writer, then each tensor's bytes from `produce(gguf name, shape, kind)`
+    written at its offset, one at a time; a tensor for which it returns None stays a hole in the
+    file (zeros, taking no disk space)."""
+    import gguf
+
+    path = Path(path)
+    texts, types = zip(*(_token_to_gguf(i, p) for i, p in enumerate(vocab.pieces)))
+    raw = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
+           "q8_0": gguf.GGMLQuantizationType.Q8_0}
+    weight_type = next((k for k in ("q8_0", "bf16", "f16") if any(t == k for _, _, t in plan)), "f32")
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        add_keys(w, c, vocab, texts, types, name, weight_type)
+        for gname, shape, kind in plan:
+            nbytes = _stored_bytes(shape, kind)
+            if kind == "f32":
+                w.add_tensor_info(gname, shape, np.dtype(np.float32), nbytes)
+            else:  # the byte shape: the writer turns it into the element shape of the raw type
+                w.add_tensor_info(gname, (shape[0], nbytes // shape[0]), np.dtype(np.uint8), nbytes, raw_dtype=raw[kind])
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        w.close()
+        data = np.memmap(tmp, dtype=np.uint8, mode="r")
+        cur = _Cursor(tmp, data)
+        n_tensors, n_kv = _read_header(cur)
+        kv = _read_kvs(cur, n_kv)
+        infos = _read_infos(cur, n_tensors)
+        align = _alignment(tmp, kv)
+        start = (cur.off + align - 1) // align * align
+        del data, cur
+        end = max(start + infos[g][2] + _stored_bytes(shape, kind) for g, shape, kind in plan)
+        with open(tmp, "r+b") as f:
+            f.truncate(end)
+            for gname, shape, kind in plan:
+                blob = produce(gname, shape, kind)
+                if blob is not None:
+                    assert len(blob) == _stored_bytes(shape, kind), gname
+                    f.seek(start + infos[gname][2])
+                    f.write(blob)
+
+
+def add_keys(w, c: Config, vocab: Vocab, texts, types, name: str, weight_type: str) -> None:
+    """Every key llama.cpp reads for a llama model, and the tokenizer."""
+    w.add_name(name)
+    w.add_context_length(c.seq_len)
+    w.add_embedding_length(c.dim)
+    w.add_block_count(c.n_layers)
+    w.add_feed_forward_length(c.hidden_dim)
+    w.add_rope_dimension_count(c.head_size)
+    w.add_head_count(c.n_heads)
+    w.add_head_count_kv(c.n_kv_heads)
+    w.add_layer_norm_rms_eps(c.norm_eps)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(FILE_TYPE[weight_type])
+    w.add_tokenizer_model("llama")
+    w.add_token_list(list(texts))
+    w.add_token_scores(list(vocab.scores))
+    w.add_token_types(list(types))
+    w.add_bos_token_id(c.bos_id)
+    w.add_eos_token_id(c.eos_id)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
 
 
 def _add_tensor(gguf, w, name: str, t) -> None:

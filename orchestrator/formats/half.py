@@ -55,7 +55,8 @@ class HalfTensor:
         package's (ties to even, NaN kept)."""
         x = np.asarray(x, dtype=np.float32)
         if kind == "f16":
-            return cls(x.astype(np.float16).view(np.uint16), kind)
+            with np.errstate(over="ignore"):  # beyond 65504 is infinity, as in the gguf package
+                return cls(x.astype(np.float16).view(np.uint16), kind)
         return cls(bf16_bits(x), kind)
 
     @property

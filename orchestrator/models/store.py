@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class Entry:
     tokenizer: str | None = None
     config: Config | None = None
     vocab_size: int | None = None
+    gguf: bool = False  # a shape that exists as GGUF files only: synthetic stand-ins per weight type
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,22 @@ class Resolved:
     origin: str  # "real", "synthetic" or "unverified" (right name, wrong checksum)
     tokenizer_origin: str | None
     config: Config
+    gguf: bool = False  # a GGUF-only shape: `path` is one of its typed files (Store.find_typed)
 
 
-def _config(values) -> Config:
-    dim, hidden, layers, heads, kv_heads, vocab, seq = values
-    return Config(dim, hidden, layers, heads, kv_heads, vocab, seq)
+def _config(m: dict) -> Config:
+    dim, hidden, layers, heads, kv_heads, vocab, seq = m["config"]
+    keys = {k: m[k] for k in ("rope_theta", "norm_eps") if k in m}
+    if "norm_eps" in keys:  # as a GGUF stores it: a float32
+        keys["norm_eps"] = struct.unpack("<f", struct.pack("<f", keys["norm_eps"]))[0]
+    return Config(dim, hidden, layers, heads, kv_heads, vocab, seq,
+                  shared_classifier=m.get("format") != "gguf", **keys)
 
 
 def load_manifest(path: Path = MANIFEST) -> tuple[dict[str, Entry], dict[str, Entry]]:
     data = tomllib.loads(path.read_text())
-    models = {n: Entry(n, m["file"], m["bytes"], m["sha256"], m["url"], m["tokenizer"], _config(m["config"]))
+    models = {n: Entry(n, m["file"], m["bytes"], m["sha256"], m["url"], m["tokenizer"], _config(m),
+                       gguf=m.get("format") == "gguf")
               for n, m in data["models"].items()}
     toks = {n: Entry(n, t["file"], t["bytes"], t["sha256"], t["url"], vocab_size=t["vocab_size"])
             for n, t in data["tokenizers"].items()}
@@ -93,9 +101,11 @@ def origin_of(path: Path, entry: Entry) -> str:
     return "real" if path.stat().st_size == entry.bytes and sha256_of(path) == entry.sha256 else "unverified"
 
 
-def synthetic_name(filename: str) -> str:
+def synthetic_name(filename: str, weight_type: str | None = None) -> str:
+    """`stories15M.synthetic.bin`; for a GGUF-only shape one file per weight type,
+    `tinyllama-1.1B.synthetic.q8_0.gguf`."""
     stem, ext = os.path.splitext(filename)
-    return f"{stem}{SYNTHETIC_TAG}{ext}"
+    return f"{stem}{SYNTHETIC_TAG}{'.' + weight_type if weight_type else ''}{ext}"
 
 
 class Store:
@@ -118,11 +128,19 @@ class Store:
     def find_model(self, name: str, allow_synthetic: bool = True) -> tuple[Path | None, str | None]:
         """The real file when present, else the synthetic stand-in; (None, None) when neither is."""
         entry = self.entry(name)
+        if entry.gguf:  # no published file to check: one synthetic GGUF per weight type
+            found = [p for t in ("f16", "bf16", "q8_0", "f32")
+                     if (p := find_file(synthetic_name(entry.file, t)))] if allow_synthetic else []
+            return (found[0], "synthetic") if found else (None, None)
         path = find_file(entry.file)
         if path:
             return path, origin_of(path, entry)
         synth = find_file(synthetic_name(entry.file)) if allow_synthetic else None
         return (synth, "synthetic") if synth else (None, None)
+
+    def find_typed(self, name: str, weight_type: str) -> Path | None:
+        """A GGUF-only shape's synthetic file of one weight type, if made."""
+        return find_file(synthetic_name(self.entry(name).file, weight_type))
 
     def resolve(self, name: str, allow_synthetic: bool = True) -> Resolved:
         """The model and its tokenizer as found on the search path (synth.ensure makes missing ones)."""
@@ -135,7 +153,7 @@ class Store:
         if tok is None:
             raise PolyllamaError(f"tokenizer {entry.tokenizer} for {name} not found; "
                                  f"run `invoke models.fetch {name}` or `invoke models.synth {name}`")
-        return Resolved(name, path, tok, origin, tok_origin, entry.config)
+        return Resolved(name, path, tok, origin, tok_origin, entry.config, entry.gguf)
 
     def listing(self) -> list[dict]:
         rows = []

@@ -199,9 +199,17 @@ def run(args: Args, port: str, backend=numpy_backend, formats=("v0", "v1", "gguf
     return 0
 
 
+def manifest_formats(port_dir: str) -> tuple[str, ...]:
+    """What a Python-hosted port's port.toml says it reads: the one list `main` holds files to."""
+    import tomllib
+    with open(os.path.join(port_dir, "port.toml"), "rb") as f:
+        return tuple(tomllib.load(f)["formats"])
+
+
 def main(argv: list[str] | None = None, port: str = "python", backend=numpy_backend,
          formats=("v0", "v1", "gguf"), runtime_errors: tuple = ()) -> int:
-    """`runtime_errors`: a backend's own exception types that mean "failed at run time" (exit 1)."""
+    """`runtime_errors`: a backend's own exception types that mean "failed at run time" (exit 1).
+    `formats`: what the port reads (manifest_formats of its folder)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args([os.fsencode(a) for a in argv])
