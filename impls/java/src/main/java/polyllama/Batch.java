@@ -8,7 +8,8 @@
  * Each product is split once across the pool by blocks of weight rows (parallelFor's chunks), so
  * a worker streams its own rows once per batch. Within a worker's rows: a group of GROUP rows is
  * made a float[] tile (the checkpoint's own float[] when the weights are on the heap; else copied
- * from the mapped bytes, or a Q8_0 group dequantized, fp32(d) * q exactly, once per batch), and
+ * from the mapped bytes, or a Q8_0 group dequantized, fp32(d) * q exactly, or an F16 or BF16
+ * group converted, exact too, once per batch), and
  * the tile multiplies the activation rows in blocks of TOKEN_BLOCK, which stay in L2 while the
  * tile sits in L1.
  *
@@ -20,6 +21,9 @@
  * Vector API has no u8 x s8 dot product (vpdpbusd, pmaddubsw, sdot), and widening int8 to int16
  * lanes costs about five instructions per 32 multiply-adds where float FMAs cost two (README,
  * "Batched prefill").
+ *
+ * F16 and BF16: the tile holds the weights converted to float32 (exact), and the activations
+ * stay float32, as in the one-position path: only the summation order differs from it.
  */
 package polyllama;
 
@@ -39,10 +43,11 @@ final class Batch {
     static final int LOGIT_ROWS = 32;
 
     final Transformer tr;
-    final int rows;                  // min(batch, seq_len): the most positions one pass takes
+    final int rows;                  // min(batch, seq_len, cache rows): the most positions one pass takes
     final float[] x, xb, xb2, q;     // (rows, dim)
     final float[] hb, hb2;           // (rows, hidden_dim)
     final float[] xq;                // (rows, max(dim, hidden_dim)) the Q8_0-rounded activations, dequantized
+    final int clamped;               // -b clamped to seq_len, as the statistics line reports it
     final short[] qrow;              // (max(dim, hidden_dim)) one row's quants
     final float[] drow;              // its blocks' scales
     final float[] ropeCos, ropeSin;  // (rows, dim / 2)
@@ -54,11 +59,15 @@ final class Batch {
     final float[] logits;            // (min(rows, LOGIT_ROWS), vocab)
     final float[] normed;            // (dim) a row through the final norm
 
-    /** Scratch for rows positions, allocated once here; OutOfMemoryError is main's exit 1. */
-    Batch(Transformer tr, int rows) {
+    /**
+     * Scratch for min(rows, cacheRows) positions (no pass reaches past the cache), allocated once
+     * here; OutOfMemoryError is main's exit 1.
+     */
+    Batch(Transformer tr, int rows, int cacheRows) {
         this.tr = tr;
         Config c = tr.c;
-        this.rows = rows;
+        this.clamped = rows;
+        this.rows = rows = Math.min(rows, cacheRows);
         int wide = Math.max(c.dim, c.hiddenDim);
         x = new float[size(rows, c.dim)];
         xb = new float[x.length];
@@ -120,11 +129,11 @@ final class Batch {
 
             // attention: Q, and K, V straight into the cache rows p0 .. p0 + T - 1
             rmsnormRows(xb, x, w.rmsAtt[l], T, dim);
-            final float[] in = quantizeFor(xb, T, dim, w.wq[l], w.wk[l], w.wv[l]);
+            quantizeFor(xb, T, dim, w.wq[l], w.wk[l], w.wv[l]);
             tr.parallelFor(dim + 2 * kvDim, GROUP, (wk, r0, r1) -> {  // rows of wq, then wk, then wv
-                matmulPart(wk, w.wq[layer], in, xb, T, q, 0, dim, 0, r0, r1);
-                matmulPart(wk, w.wk[layer], in, xb, T, keys, p0 * kvDim, kvDim, dim, r0, r1);
-                matmulPart(wk, w.wv[layer], in, xb, T, values, p0 * kvDim, kvDim, dim + kvDim, r0, r1);
+                matmulPart(wk, w.wq[layer], xb, T, q, 0, dim, 0, r0, r1);
+                matmulPart(wk, w.wk[layer], xb, T, keys, p0 * kvDim, kvDim, dim, r0, r1);
+                matmulPart(wk, w.wv[layer], xb, T, values, p0 * kvDim, kvDim, dim + kvDim, r0, r1);
             });
             for (int t = 0; t < T; t++) {
                 rotate(q, t * dim, dim, t);
@@ -150,16 +159,16 @@ final class Batch {
                     }
                 });
             }
-            final float[] ctx = quantizeFor(xb, T, dim, w.wo[l]);
-            tr.parallelFor(dim, GROUP, (wk, r0, r1) -> matmul(wk, w.wo[layer], ctx, xb, T, xb2, 0, dim, r0, r1));
+            quantizeFor(xb, T, dim, w.wo[l]);
+            tr.parallelFor(dim, GROUP, (wk, r0, r1) -> matmul(wk, w.wo[layer], xb, T, xb2, 0, dim, r0, r1));
             for (int i = 0; i < T * dim; i++) x[i] += xb2[i];
 
             // feed-forward: each worker gates its own rows, so w1 and w3 share one dispatch
             rmsnormRows(xb, x, w.rmsFfn[l], T, dim);
-            final float[] ffn = quantizeFor(xb, T, dim, w.w1[l], w.w3[l]);
+            quantizeFor(xb, T, dim, w.w1[l], w.w3[l]);
             tr.parallelFor(hid, GROUP, (wk, r0, r1) -> {
-                matmul(wk, w.w1[layer], ffn, xb, T, hb, 0, hid, r0, r1);
-                matmul(wk, w.w3[layer], ffn, xb, T, hb2, 0, hid, r0, r1);
+                matmul(wk, w.w1[layer], xb, T, hb, 0, hid, r0, r1);
+                matmul(wk, w.w3[layer], xb, T, hb2, 0, hid, r0, r1);
                 for (int t = 0; t < T; t++) {
                     for (int i = t * hid + r0, end = t * hid + r1; i < end; i++) {
                         float g = hb[i];
@@ -167,8 +176,8 @@ final class Batch {
                     }
                 }
             });
-            final float[] down = quantizeFor(hb, T, hid, w.w2[l]);
-            tr.parallelFor(dim, GROUP, (wk, r0, r1) -> matmul(wk, w.w2[layer], down, hb, T, xb2, 0, dim, r0, r1));
+            quantizeFor(hb, T, hid, w.w2[l]);
+            tr.parallelFor(dim, GROUP, (wk, r0, r1) -> matmul(wk, w.w2[layer], hb, T, xb2, 0, dim, r0, r1));
             for (int i = 0; i < T * dim; i++) x[i] += xb2[i];
         }
     }
@@ -182,10 +191,10 @@ final class Batch {
         int n = t1 - t0, dim = c.dim;
         for (int t = t0; t < t1; t++) {
             System.arraycopy(x, t * dim, normed, 0, dim);
-            Transformer.rmsnorm(xb, t - t0, normed, tr.w.rmsFinal);
+            Transformer.rmsnorm(xb, t - t0, normed, tr.w.rmsFinal, c.eps);
         }
-        float[] in = quantizeFor(xb, n, dim, tr.w.wcls);
-        tr.parallelFor(c.vocabSize, GROUP, (wk, r0, r1) -> matmul(wk, tr.w.wcls, in, xb, n, logits, 0, c.vocabSize, r0, r1));
+        quantizeFor(xb, n, dim, tr.w.wcls);
+        tr.parallelFor(c.vocabSize, GROUP, (wk, r0, r1) -> matmul(wk, tr.w.wcls, xb, n, logits, 0, c.vocabSize, r0, r1));
         return logits;
     }
 
@@ -227,7 +236,7 @@ final class Batch {
     private void rmsnormRows(float[] dst, float[] src, float[] weight, int T, int dim) {
         for (int t = 0; t < T; t++) {
             System.arraycopy(src, t * dim, normed, 0, dim);
-            Transformer.rmsnorm(dst, t, normed, weight);
+            Transformer.rmsnorm(dst, t, normed, weight, tr.c.eps);
         }
     }
 
@@ -244,15 +253,20 @@ final class Batch {
 
     /**
      * When a matrix of the group is Q8_0: rows 0 .. T - 1 of src (n wide) quantized and
-     * dequantized into xq (same layout), which the group's Q8_0 products read. Returns xq, or src
-     * when the group is all float32.
+     * dequantized into xq (same layout), once for the group, which its Q8_0 products read.
      */
-    private float[] quantizeFor(float[] src, int T, int n, Matrix... group) {
-        boolean any = false;
-        for (Matrix m : group) any |= m.q8();
-        if (!any) return src;
-        quantizeRows(src, T, n, qrow, drow, xq);
-        return xq;
+    private void quantizeFor(float[] src, int T, int n, Matrix... group) {
+        for (Matrix m : group) {
+            if (m.q8()) {
+                quantizeRows(src, T, n, qrow, drow, xq);
+                return;
+            }
+        }
+    }
+
+    /** The activations m multiplies: a Q8_0 m the last quantizeFor's, every other type the float32 rows. */
+    private float[] input(Matrix m, float[] plain) {
+        return m.q8() ? xq : plain;
     }
 
     /** Rows 0 .. T - 1 of src (n wide) through Q8.quantize, one at a time, and back: dst = q * dx (exact). */
@@ -264,20 +278,20 @@ final class Batch {
     }
 
     /** The part of rows [start, end) that falls in a matrix occupying [base, base + rows). */
-    private void matmulPart(int wk, Matrix m, float[] quantized, float[] plain, int T, float[] out, int outOff,
+    private void matmulPart(int wk, Matrix m, float[] plain, int T, float[] out, int outOff,
                             int outStride, int base, int start, int end) {
         int r0 = Math.max(start - base, 0), r1 = Math.min(end - base, m.rows);
-        if (r0 < r1) matmul(wk, m, quantized, plain, T, out, outOff, outStride, r0, r1);
+        if (r0 < r1) matmul(wk, m, plain, T, out, outOff, outStride, r0, r1);
     }
 
     /**
      * out[outOff + t * outStride + r] = m[r] . row t of the activations, for rows r0 .. r1 - 1
-     * of m and t < T: a Q8_0 m reads quantized (xq), a float32 one plain.
+     * of m and t < T: a Q8_0 m reads what quantizeFor made (xq), the others plain.
      */
-    void matmul(int wk, Matrix m, float[] quantized, float[] plain, int T, float[] out, int outOff, int outStride, int r0, int r1) {
+    void matmul(int wk, Matrix m, float[] plain, int T, float[] out, int outOff, int outStride, int r0, int r1) {
         final Kernels k = tr.k;
         final int n = m.cols;
-        final float[] xs = m.q8() ? quantized : plain;
+        final float[] xs = input(m, plain);
         final float[] tile = tiles[wk];
         for (int g = r0; g < r1; ) {
             int b = g / m.rowsPerBlock, first = b * m.rowsPerBlock;
@@ -289,7 +303,7 @@ final class Batch {
                 wa = f.array();
                 wOff = f.start() + (g - first) * n;
             } else {
-                fillTile(m.blocks[b], (g - first) * m.rowBytes, count, n, m.q8(), tile);
+                fillTile(m.blocks[b], (g - first) * m.rowBytes, count, n, m.type, tile);
                 wa = tile;
                 wOff = 0;
             }
@@ -301,9 +315,17 @@ final class Batch {
         }
     }
 
-    /** count rows of n at bb[at ..] into tile as floats: float32 copied, Q8_0 as fp32(d) * q (exact). */
-    static void fillTile(ByteBuffer bb, int at, int count, int n, boolean q8, float[] tile) {
-        if (!q8) {
+    /**
+     * count rows of n at bb[at ..] into tile as floats: float32 copied, Q8_0 as fp32(d) * q, F16
+     * and BF16 converted (both exact). Scalar: a batch converts each weight once for many FMAs.
+     */
+    static void fillTile(ByteBuffer bb, int at, int count, int n, int type, float[] tile) {
+        if (type == Matrix.F16 || type == Matrix.BF16) {
+            boolean bf16 = type == Matrix.BF16;
+            for (int i = 0, m = count * n; i < m; i++) tile[i] = Half.get(bb, at + 2 * i, bf16);
+            return;
+        }
+        if (type != Q8.TYPE) {
             bb.asFloatBuffer().get(at / 4, tile, 0, count * n);
             return;
         }

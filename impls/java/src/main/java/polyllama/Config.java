@@ -17,6 +17,11 @@ final class Config {
     final int seqLen;        // max positions
     final boolean sharedClassifier;
     final int headSize, kvDim, kvMul;
+    // A GGUF's own hyperparameters (contract section 4's key table); a .bin has none, so these
+    // are llama2.c's values. Set by the reader after validated(), before anything uses them.
+    double theta = 10000;    // RoPE base
+    float eps = 1e-5f;       // rmsnorm's epsilon
+    int bos = 1, eos = 2;    // the tokenizer's BOS and EOS ids
 
     private Config(long[] v, boolean shared) {
         dim = (int) v[0]; hiddenDim = (int) v[1]; nLayers = (int) v[2]; nHeads = (int) v[3];
@@ -48,11 +53,18 @@ final class Config {
         if (kvHeads > heads || heads % kvHeads != 0) {
             throw new FormatError(path, "n_heads=" + heads + " is not a multiple of n_kv_heads=" + kvHeads);
         }
-        long kvBytes = layers * seq * (kvHeads * headSize) * 2 * 4;  // every factor is bounded: no overflow
-        if (kvBytes > MAX_KV_BYTES) {
-            throw new FormatError(path, "KV cache of " + kvBytes + " bytes exceeds the 4 GiB limit");
-        }
         return new Config(v, shared);
+    }
+
+    /**
+     * The KV cache for rows positions (what the run can reach: its clamped steps or its -k ids),
+     * checked against the contract's 4 GiB before it is allocated.
+     */
+    void checkKvCache(String path, long rows) {
+        long kvBytes = (long) nLayers * rows * kvDim * 2 * 4;  // every factor is bounded: no overflow
+        if (kvBytes > MAX_KV_BYTES) {
+            throw new FormatError(path, "KV cache of " + kvBytes + " bytes for " + rows + " positions exceeds the 4 GiB limit");
+        }
     }
 
     /** Floats of every weight tensor the forward pass reads (wcls included when unshared). */

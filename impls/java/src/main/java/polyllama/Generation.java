@@ -35,7 +35,7 @@ final class Generation {
         int[] promptTokens = tokenizer.encode(prompt, true, false);
         Stats st = new Stats();
         st.promptTokens = promptTokens.length;
-        st.batch = t.batch.rows;
+        st.batch = t.batch.clamped;
         int token = promptTokens[0];
         long start = System.nanoTime(), first = -1, warm = -1;  // warm: after 16 sampled tokens
         long warmCpu = 0;  // main thread CPU time at warm, for -Dpolyllama.verbose
@@ -73,7 +73,7 @@ final class Generation {
                     warmCpu = mainCpuNanos();
                 }
             }
-            if (next == Tokenizer.BOS && !ignoreBos) break;
+            if (next == tokenizer.bos && !ignoreBos) break;
             byte[] piece = tokenizer.decode(token, next);
             if (Tokenizer.printable(piece)) {
                 out.write(piece);
@@ -101,7 +101,7 @@ final class Generation {
     static Stats logits(Transformer t, int[] ids, String path) {
         Stats st = new Stats();
         st.promptTokens = ids.length;
-        st.batch = t.batch.rows;
+        st.batch = t.batch.clamped;
         int vocab = t.c.vocabSize;
         ByteBuffer row = ByteBuffer.allocate(4 * vocab).order(ByteOrder.LITTLE_ENDIAN);
         long start = System.nanoTime();

@@ -1,9 +1,12 @@
 /*
  * GGUF v2/v3 with llama.cpp's `llama` names (contract section 4), the tokenizer embedded; each
- * tensor F32, or Q8_0 for the matrices (Q8.java). Read in the file's order: header, kv section,
- * tensor infos, then the tensor table is checked as a whole (exactly the model's tensors, F32 or
- * Q8_0, the right shapes, aligned, inside the file, not overlapping: what llama.cpp's loader
- * insists on too) before any tensor is loaded.
+ * tensor F32, or for the matrices Q8_0 (Q8.java), F16 or BF16 (Half.java). Read in the file's
+ * order: header, kv section, tensor infos, then the model's own hyperparameters (RoPE base, norm
+ * epsilon, BOS and EOS ids) with llama.cpp's defaults, then the tensor table is checked as a
+ * whole (exactly the model's tensors, of those types, the right shapes, aligned, inside the file,
+ * not overlapping: what llama.cpp's loader insists on too) before any tensor is loaded. Sizes
+ * and offsets are 64-bit throughout; each tensor is mapped (or read) on its own, in blocks of
+ * at most 1 GiB (Matrix), so a file past 4 GiB or 2^31 bytes is read like any other.
  */
 package polyllama;
 
@@ -25,6 +28,9 @@ final class Gguf {
 
     /** One entry of the tensor infos: dims innermost first, as GGUF lists them. */
     private record TensorInfo(long[] dims, int type, long offset) {}
+
+    /** The value kept for an array key nothing reads: present, but of no scalar kind. */
+    private static final Object SKIPPED_ARRAY = new Object();
 
     /** A numeric GGUF array (scores, token types) with its element type. */
     private record NumArray(int etype, double[] values) {
@@ -57,6 +63,7 @@ final class Gguf {
         g.dataStart = (g.cur.off + align - 1) / align * align;
         Tokenizer tokenizer = g.tokenizer();
         Config c = g.config(tokenizer.size());
+        g.hyperparameters(c, tokenizer);
         long[] tensorBytes = g.checkTensorTable(expectedTensors(c), align);
         g.load = new Loader(ch, onHeap, tensorBytes[0], tensorBytes[1]);
         return new Model(c, g.mapWeights(c), tokenizer);
@@ -113,7 +120,7 @@ final class Gguf {
         if (!keep) {
             if (scalar) cur.skip(count * minSize);
             else for (long i = 0; i < count; i++) cur.skipString(shown);
-            return null;
+            return SKIPPED_ARRAY;
         }
         return scalar ? numbers(etype, (int) count, shown) : strings((int) count, shown);
     }
@@ -138,6 +145,65 @@ final class Gguf {
         if (v == null) throw new FormatError(path, "missing required key " + key);
         if (!(v instanceof Long)) throw new FormatError(path, "key " + key + " must be an integer");
         return (Long) v;
+    }
+
+    /** A float key of any numeric type (not bool): its value, or fallback when absent. */
+    private double floatKey(String key, double fallback) {
+        if (!kv.containsKey(key)) return fallback;
+        Object v = kv.get(key);
+        if (!(v instanceof Long) && !(v instanceof Double)) throw new FormatError(path, "key " + key + " must be a number");
+        double d = v instanceof Long l ? (double) l : (Double) v;
+        if (!Double.isFinite(d)) throw new FormatError(path, "key " + key + "=" + d + " is not finite");
+        return d;
+    }
+
+    /** An integer key: any integer type, or a float type holding an integer, as the reference reads it. */
+    private long integerKey(String key, long fallback) {
+        if (!kv.containsKey(key)) return fallback;
+        Object v = kv.get(key);
+        if (v instanceof Double d && Double.isFinite(d) && d == Math.rint(d) && Math.abs(d) < 0x1p62) return (long) (double) d;
+        if (!(v instanceof Long)) throw new FormatError(path, "key " + key + " must be an integer");
+        return (Long) v;
+    }
+
+    /**
+     * Contract section 4's key table: RoPE base and norm epsilon into the config, BOS and EOS
+     * into the config and the tokenizer, each with llama.cpp's default; a key of the wrong kind or
+     * out of its range, and what this architecture does not compute (partial rotation, RoPE
+     * scaling, experts), is refused rather than run wrongly.
+     */
+    private void hyperparameters(Config c, Tokenizer tokenizer) {
+        double theta = floatKey("llama.rope.freq_base", 10000);
+        if (!(theta > 1)) throw new FormatError(path, "key llama.rope.freq_base=" + theta + " must be above 1");
+        double eps = floatKey("llama.attention.layer_norm_rms_epsilon", 1e-5);
+        if (!(eps > 0 && eps < 1)) {
+            throw new FormatError(path, "key llama.attention.layer_norm_rms_epsilon=" + eps + " must lie in (0, 1)");
+        }
+        long rot = integerKey("llama.rope.dimension_count", c.headSize);
+        if (rot != c.headSize) {
+            throw new FormatError(path, "key llama.rope.dimension_count=" + rot + " differs from the head size "
+                    + c.headSize + " (partial rotation is not supported)");
+        }
+        if (kv.containsKey("llama.rope.scaling.type") && !"none".equals(kv.get("llama.rope.scaling.type"))) {
+            Object v = kv.get("llama.rope.scaling.type");
+            throw new FormatError(path, "key llama.rope.scaling.type="
+                    + (v instanceof String str ? FormatError.show(str) : "(not a string)") + " is not supported (only none)");
+        }
+        if (integerKey("llama.expert_count", 0) > 0) {
+            throw new FormatError(path, "key llama.expert_count: mixture-of-experts models are not supported");
+        }
+        long bos = integerKey("tokenizer.ggml.bos_token_id", Tokenizer.BOS);
+        long eos = integerKey("tokenizer.ggml.eos_token_id", Tokenizer.EOS);
+        for (long[] id : new long[][] {{bos, 0}, {eos, 1}}) {
+            if (id[0] < 0 || id[0] >= c.vocabSize) {
+                throw new FormatError(path, "key tokenizer.ggml." + (id[1] == 0 ? "bos" : "eos") + "_token_id=" + id[0]
+                        + " is outside the vocabulary [0, " + c.vocabSize + ")");
+            }
+        }
+        c.theta = theta;
+        c.eps = (float) eps;
+        c.bos = tokenizer.bos = (int) bos;
+        c.eos = tokenizer.eos = (int) eos;
     }
 
     private long alignment() {
@@ -258,7 +324,7 @@ final class Gguf {
         return out;
     }
 
-    /** The tensor table checked; the bytes of its F32 and of its Q8_0 tensors, what they take once loaded. */
+    /** The tensor table checked; the bytes of its F32 and of its other (Q8_0, F16, BF16) tensors, what they take once loaded. */
     private long[] checkTensorTable(Map<String, long[]> expected, long align) {
         for (String name : infos.keySet()) {
             if (!expected.containsKey(name)) throw new FormatError(path, "unexpected tensor " + FormatError.show(name));
@@ -275,7 +341,7 @@ final class Gguf {
             names[n] = name;
             spans[n] = new long[] {t.offset(), t.offset() + nbytes, n};
             n++;
-            total[t.type() == Q8.TYPE ? 1 : 0] += nbytes;
+            total[t.type() == Matrix.F32 ? 0 : 1] += nbytes;
         }
         Arrays.sort(spans, (a, b) -> Long.compare(a[0], b[0]));
         for (int i = 1; i < n; i++) {  // sorted by start: any overlap shows between neighbours
@@ -287,12 +353,12 @@ final class Gguf {
         return total;
     }
 
-    /** Type, shape, alignment and extent of one tensor; its size in bytes (Q8_0: 34 per 32 values). */
+    /** Type, shape, alignment and extent of one tensor; its size in bytes (Q8_0: 34 per 32 values; F16, BF16: 2 a value). */
     private long checkTensor(String name, TensorInfo t, long[] shape, long align) {
-        boolean q8 = t.type() == Q8.TYPE;
-        if (t.type() != Matrix.F32 && !q8) {
+        boolean q8 = t.type() == Q8.TYPE, half = Matrix.half(t.type());
+        if (t.type() != Matrix.F32 && !q8 && !half) {
             throw new FormatError(path, "tensor " + name + " has type " + Integer.toUnsignedString(t.type())
-                    + "; only F32 (0) and Q8_0 (8) are supported");
+                    + "; only F32 (0), F16 (1), Q8_0 (8) and BF16 (30) are supported");
         }
         long[] want = new long[shape.length];  // GGUF: innermost first
         for (int i = 0; i < shape.length; i++) want[i] = shape[shape.length - 1 - i];
@@ -302,6 +368,9 @@ final class Gguf {
             throw new FormatError(path, "tensor " + name + " has dims " + got + "], expected " + Arrays.toString(want));
         }
         if (q8 && shape.length != 2) throw new FormatError(path, "tensor " + name + " is Q8_0; a norm must be F32");
+        if (half && shape.length != 2) {
+            throw new FormatError(path, "tensor " + name + " is " + (t.type() == Matrix.F16 ? "F16" : "BF16") + "; a norm must be F32");
+        }
         if (q8 && shape[1] % Q8.BLOCK != 0) {
             throw new FormatError(path, "tensor " + name + " is Q8_0 with rows of " + shape[1]
                     + " values, not a multiple of " + Q8.BLOCK);
@@ -310,7 +379,7 @@ final class Gguf {
             throw new FormatError(path, "tensor " + name + " offset " + Long.toUnsignedString(t.offset())
                     + " is not a multiple of the alignment " + align);
         }
-        long nbytes = q8 ? Q8.bytes(shape[0], shape[1]) : 4;
+        long nbytes = q8 ? Q8.bytes(shape[0], shape[1]) : half ? 2 : 4;
         if (!q8) for (long s : shape) nbytes *= s;  // bounded by Config's limits: no overflow
         long size = cur.size;
         // F32 tensors 4-aligned in the file (general.alignment may be 1 or 2); Q8_0 blocks are 34 bytes
@@ -340,7 +409,7 @@ final class Gguf {
         return w;
     }
 
-    /** A tensor checkTensorTable has passed, F32 or Q8_0; a vector is one row. */
+    /** A tensor checkTensorTable has passed, F32, Q8_0, F16 or BF16; a vector is one row. */
     private Matrix matrix(String name, int rows, int cols) throws IOException {
         TensorInfo t = infos.get(name);
         return new Matrix(load, dataStart + t.offset(), rows, cols, t.type());

@@ -26,6 +26,16 @@ interface Kernels {
     void matvecQ8(ByteBuffer bb, int byteOff, int nRows, short[] qx, float[] dx, int n, float[] out, int outOff);
 
     /**
+     * The same for an F16 matrix (rows of n little-endian binary16 values at bb[byteOff ..]):
+     * each weight converted to float32 (exact), the products with x summed in float32 in the
+     * kernel's order.
+     */
+    void matvecF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff);
+
+    /** The same for a BF16 matrix. */
+    void matvecBF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff);
+
+    /**
      * The batched product OUT(T, nRows) = X(T, n) @ W(nRows, n)^T: for r < nRows and t < T,
      * out[outOff + t * outStride + r] = (row r of w, at wOff + r * wStride) . (row t of x, at
      * xOff + t * xStride), over n floats. Rows of W may be the checkpoint's float[] or a tile a
@@ -72,9 +82,14 @@ interface Kernels {
      * onHeap: the float32 weights are float[]s and the Q8_0 ones read-only heap buffers
      * (Loader), and the matrices here are too, so that the JIT compiles the loads for the
      * classes the forward pass will pass.
-     * q8: the model has Q8_0 matrices, so matvecQ8 (and the quantizer) are warmed up as well.
+     * q8: the model has Q8_0 matrices, so matvecQ8 (and the quantizer) are warmed up as well;
+     * f16, bf16: the same for the 16-bit kernels.
      */
     static void warmUp(Kernels k, boolean onHeap, boolean q8) {
+        warmUp(k, onHeap, q8, false, false);
+    }
+
+    static void warmUp(Kernels k, boolean onHeap, boolean q8, boolean f16, boolean bf16) {
         int rows = 64, n = 256;
         float[] w = new float[rows * n];  // the float32 matrix: the float[] itself on the heap, else mapped bytes
         for (int i = 0; i < w.length; i++) w[i] = (i % 13) * 1e-3f;
@@ -87,6 +102,9 @@ interface Kernels {
         for (int at = 0; at < qb.capacity(); at += Q8.BLOCK_BYTES) qb.putShort(at, (short) 0x2000);  // d = 2^-7
         for (int i = 0; i < n; i++) xq[i] = (i % 17 - 8) * 0.1f;
         if (onHeap) qb = qb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
+        ByteBuffer hb = buffer(2 * rows * n, onHeap);
+        for (int i = 0; i < rows * n; i++) hb.putShort(2 * i, (short) (0x3000 + i % 997));  // small normal values in both types
+        if (onHeap) hb = hb.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
         long start = System.nanoTime();
         for (int fast = 0; fast < 200 && System.nanoTime() - start < 1_500_000_000L; ) {
             long t = System.nanoTime();
@@ -96,6 +114,8 @@ interface Kernels {
                 Q8.quantize(xq, n, qx, dx);
                 k.matvecQ8(qb, 0, rows, qx, dx, n, qout, 0);
             }
+            if (f16) k.matvecF16(hb, 0, rows, xq, n, qout, 0);
+            if (bf16) k.matvecBF16(hb, 0, rows, xq, n, qout, 0);
             for (int i = 0; i < 64; i++) k.axpy(out, 0, k.dot(x, 0, out, 0, 64) * 1e-6f, x, 0, 64);
             fast = System.nanoTime() - t < 40_000 ? fast + 1 : 0;
         }
@@ -132,8 +152,18 @@ interface Kernels {
         float[] dx = {0.5f, 0.25f}, qa = new float[rows], qbOut = new float[rows];
         a.matvecQ8(qb, 7, rows, qx, dx, qn, qa, 0);
         b.matvecQ8(qb, 7, rows, qx, dx, qn, qbOut, 0);
+        // F16 and BF16: the same bits read as either type at an odd offset, a vector and a tail a
+        // row; bit 14 clear keeps every value finite and below 2 (F16 subnormals included)
+        int hn = 30;
+        ByteBuffer h = ByteBuffer.allocateDirect(2 * rows * hn + 3).order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < rows * hn; i++) h.putShort(3 + 2 * i, (short) ((i * 7919 + 11) & 0xbfff));
+        float[] ha = new float[rows], hb = new float[rows], ba = new float[rows], bbOut = new float[rows];
+        a.matvecF16(h, 3, rows, x, hn, ha, 0);
+        b.matvecF16(h, 3, rows, x, hn, hb, 0);
+        a.matvecBF16(h, 3, rows, x, hn, ba, 0);
+        b.matvecBF16(h, 3, rows, x, hn, bbOut, 0);
         return Arrays.equals(ya, yb) && Arrays.equals(fa, fb) && Arrays.equals(za, zb) && a.dot(x, 2, x, 1, 70) == b.dot(x, 2, x, 1, 70)
-                && close(qa, qbOut);
+                && close(qa, qbOut) && close(ha, hb) && close(ba, bbOut);
     }
 
     /** Within float32 rounding: SimdKernels' Q8_0 product scales lane partial sums, not whole blocks. */

@@ -1,5 +1,5 @@
 /*
- * A (rows, cols) weight matrix of the checkpoint, float32 or (GGUF) Q8_0 blocks: mapped from the
+ * A (rows, cols) weight matrix of the checkpoint, float32, or (GGUF) Q8_0 blocks, F16 or BF16: mapped from the
  * file, or read onto the Java heap (Loader), a float32 one into float[]s. Arrays and ByteBuffers
  * index with an int, so the rows are held in blocks of at most 1 GiB; a row never straddles two
  * blocks.
@@ -11,9 +11,9 @@ import java.nio.ByteBuffer;
 
 final class Matrix {
     static final long BLOCK_BYTES = 1L << 30;
-    static final int F32 = 0;
+    static final int F32 = 0, F16 = 1, BF16 = 30;  // ggml's type numbers, as Q8.TYPE
     final int rows, cols;
-    final int type;              // F32 or Q8.TYPE
+    final int type;              // F32, F16, BF16 or Q8.TYPE
     final int rowBytes;
     final int rowsPerBlock;
     final ByteBuffer[] blocks;   // little-endian, read-only; null when floats holds the rows
@@ -28,7 +28,7 @@ final class Matrix {
         this.rows = rows;
         this.cols = cols;
         this.type = type;
-        this.rowBytes = (int) (type == F32 ? 4L * cols : Q8.bytes(1, cols));  // a row is far below 1 GiB (Config)
+        this.rowBytes = (int) (type == F32 ? 4L * cols : half(type) ? 2L * cols : Q8.bytes(1, cols));  // a row is far below 1 GiB (Config)
         this.rowsPerBlock = (int) Math.max(1, Math.min(rows, BLOCK_BYTES / rowBytes));
         int n = (rows + rowsPerBlock - 1) / rowsPerBlock;
         boolean inFloats = load.onHeap && type == F32;
@@ -46,7 +46,11 @@ final class Matrix {
         return type == Q8.TYPE;
     }
 
-    /** dst[0 .. cols) = row r (the token embedding lookup); a Q8_0 row dequantized, fp32(d) * q exactly. */
+    static boolean half(int type) {
+        return type == F16 || type == BF16;
+    }
+
+    /** dst[0 .. cols) = row r (the token embedding lookup); a Q8_0 row dequantized, fp32(d) * q exactly; F16, BF16 converted (exact). */
     void copyRow(int r, float[] dst) {
         if (floats != null) {
             Loader.Floats f = floats[r / rowsPerBlock];
@@ -55,6 +59,11 @@ final class Matrix {
         }
         ByteBuffer bb = blocks[r / rowsPerBlock];
         int base = (r % rowsPerBlock) * rowBytes;
+        if (half(type)) {
+            boolean bf16 = type == BF16;
+            for (int i = 0; i < cols; i++) dst[i] = Half.get(bb, base + 2 * i, bf16);
+            return;
+        }
         if (!q8()) {
             for (int i = 0; i < cols; i++) dst[i] = bb.getFloat(base + 4 * i);
             return;

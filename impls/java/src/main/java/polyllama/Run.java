@@ -27,7 +27,7 @@ public final class Run {
     static int run(Args a) throws IOException {
         long t0 = System.nanoTime();
         // run.sh sets this, with -XX:+UseTransparentHugePages, on Linux unless POLYLLAMA_HUGEPAGES=0
-        boolean onHeap = Boolean.getBoolean("polyllama.hugepages");
+        boolean onHeap = Boolean.getBoolean("polyllama.hugepages") && fitsOnHeap(a.checkpoint);
         Model model = Model.read(a.checkpoint, onHeap);
         Config c = model.config;
         Tokenizer tokenizer;
@@ -38,13 +38,19 @@ public final class Run {
         } else {
             tokenizer = Tokenizer.read(a.tokenizer, c.vocabSize);
         }
+        // the KV cache holds the positions this run reaches, checked before anything is allocated
+        int[] ids = a.mode.equals("logits") ? a.logitIds(c) : null;
+        int steps = Generation.clampSteps(a.steps, c.seqLen);
+        int rows = ids != null ? ids.length : steps;
+        c.checkKvCache(a.checkpoint, rows);
         Pool pool = new Pool(a.threads);
         Kernels kernels = Kernels.pick();
         boolean verbose = Boolean.getBoolean("polyllama.verbose");
-        if (verbose) System.err.println("kernels: " + kernels.name());
-        Transformer t = new Transformer(model, pool, kernels, a.batch);
+        if (verbose) System.err.println("kernels: " + kernels.name() + (onHeap ? ", weights on the heap" : ", weights mapped"));
+        Transformer t = new Transformer(model, pool, kernels, a.batch, rows);
         if (!Boolean.getBoolean("polyllama.nowarmup")) {
-            Kernels.warmUp(kernels, onHeap, model.weights.hasQ8());
+            Weights w = model.weights;
+            Kernels.warmUp(kernels, onHeap, w.hasQ8(), w.has(Matrix.F16), w.has(Matrix.BF16));
             long w0 = System.nanoTime();
             int passes = t.warmUp();
             if (verbose) System.err.printf("warm-up: %d forward passes, %.2f s%n", passes, Stats.seconds(System.nanoTime() - w0));
@@ -53,17 +59,29 @@ public final class Run {
 
         Stats st;
         if (a.mode.equals("logits")) {
-            st = Generation.logits(t, a.logitIds(c), a.output);
+            st = Generation.logits(t, ids, a.output);
         } else {
             long seed = a.seed != 0 ? a.seed : System.currentTimeMillis() / 1000;
             Sampler sampler = new Sampler(a.temperature, a.topp, seed);
             OutputStream out = new BufferedOutputStream(new FileOutputStream(FileDescriptor.out), 1 << 16);
-            int steps = Generation.clampSteps(a.steps, c.seqLen);
             st = Generation.generate(t, tokenizer, sampler, a.prompt, steps, a.ignoreBos, out);
         }
         System.err.println(st.line(a.threads, load));
         System.err.flush();
         return 0;
+    }
+
+    /**
+     * Whether the weights go on the heap (huge pages) rather than mapped: only when the file takes
+     * at most half the heap the JVM may grow to, so a file larger than the heap (a 7B model) is
+     * mapped instead of refused. An unreadable path is Model.read's to report.
+     */
+    static boolean fitsOnHeap(String path) {
+        try {
+            return java.nio.file.Files.size(java.nio.file.Path.of(path)) <= Runtime.getRuntime().maxMemory() / 2;
+        } catch (IOException | RuntimeException e) {
+            return true;
+        }
     }
 
     static String oneLine(String s) {

@@ -1,6 +1,7 @@
 /*
  * The run state, as run.c's RunState: the activations of the current position and the KV cache
- * of all positions so far, allocated once from the validated config.
+ * of all positions so far, allocated once from the validated config, the cache for the positions
+ * the run can reach (its steps or -k ids), not the whole context.
  */
 package polyllama;
 
@@ -15,12 +16,14 @@ final class RunState {
     final float[] logits;         // (vocab)
     final short[] xq;             // (max(dim, hidden_dim)) the activation a Q8_0 product reads, quantized
     final float[] xd;             // (max(dim, hidden_dim) / 32) its blocks' scales
-    final float[][] keyCache;     // (layer, seq_len * kv_dim)
-    final float[][] valueCache;   // (layer, seq_len * kv_dim)
-    final float[] ropeFreq;       // (head_size / 2) 1 / 10000^(2i / head_size)
+    final int cacheRows;          // positions the KV cache holds
+    final float[][] keyCache;     // (layer, cacheRows * kv_dim)
+    final float[][] valueCache;   // (layer, cacheRows * kv_dim)
+    final float[] ropeFreq;       // (head_size / 2) 1 / theta^(2i / head_size)
     final float[] ropeCos, ropeSin; // (dim / 2) this position's rotation of each pair
 
-    RunState(Config c, int workers) {
+    /** cacheRows: at most seq_len, checked against the 4 GiB limit (Config.checkKvCache). */
+    RunState(Config c, int workers, int cacheRows) {
         x = new float[c.dim];
         xb = new float[c.dim];
         xb2 = new float[c.dim];
@@ -31,11 +34,13 @@ final class RunState {
         logits = new float[c.vocabSize];
         xq = new short[Math.max(c.dim, c.hiddenDim)];
         xd = new float[xq.length / Q8.BLOCK];
-        keyCache = new float[c.nLayers][c.seqLen * c.kvDim];
-        valueCache = new float[c.nLayers][c.seqLen * c.kvDim];
+        this.cacheRows = cacheRows;
+        keyCache = new float[c.nLayers][cacheRows * c.kvDim];
+        valueCache = new float[c.nLayers][cacheRows * c.kvDim];
         ropeFreq = new float[c.headSize / 2];
+        double theta = (float) c.theta;  // the reference takes the base as a float32
         for (int i = 0; i < c.headSize; i += 2) {
-            ropeFreq[i / 2] = (float) (1.0 / Math.pow(10000.0, (float) i / (float) c.headSize));
+            ropeFreq[i / 2] = (float) (1.0 / Math.pow(theta, (float) i / (float) c.headSize));
         }
         ropeCos = new float[c.dim / 2];
         ropeSin = new float[c.dim / 2];

@@ -55,6 +55,33 @@ final class ScalarKernels implements Kernels {
         }
     }
 
+    @Override
+    public void matvecF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        matvecHalf(bb, byteOff, nRows, false, x, n, out, outOff);
+    }
+
+    @Override
+    public void matvecBF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        matvecHalf(bb, byteOff, nRows, true, x, n, out, outOff);
+    }
+
+    /** matvec's four accumulators over 16-bit weights, each converted (exactly) as it is read. */
+    private static void matvecHalf(ByteBuffer bb, int byteOff, int nRows, boolean bf16, float[] x, int n, float[] out, int outOff) {
+        for (int r = 0; r < nRows; r++) {
+            int base = byteOff + r * n * 2;
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int i = 0;
+            for (; i + 3 < n; i += 4) {
+                s0 += Half.get(bb, base + 2 * i, bf16) * x[i];
+                s1 += Half.get(bb, base + 2 * i + 2, bf16) * x[i + 1];
+                s2 += Half.get(bb, base + 2 * i + 4, bf16) * x[i + 2];
+                s3 += Half.get(bb, base + 2 * i + 6, bf16) * x[i + 3];
+            }
+            for (; i < n; i++) s0 += Half.get(bb, base + 2 * i, bf16) * x[i];
+            out[outOff + r] = (s0 + s1) + (s2 + s3);
+        }
+    }
+
     /** Row by row, token by token: each element is matvec's four-accumulator sum. */
     @Override
     public void matmul(float[] w, int wOff, int wStride, int nRows, float[] x, int xOff, int xStride, int T, int n,

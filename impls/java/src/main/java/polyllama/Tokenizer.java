@@ -15,12 +15,13 @@ import java.util.HashMap;
 import java.util.Map;
 
 final class Tokenizer {
-    static final int BOS = 1, EOS = 2;
+    static final int BOS = 1, EOS = 2;  // llama2.c's ids: a .bin's, a GGUF's unless it names its own
     static final int MAX_TOKEN_LENGTH = 1024;
     private static final byte[] SPACE = {' '};
 
     final byte[][] pieces;   // (vocab) the bytes of each token
     final float[] scores;    // (vocab) merge priority: higher merges first
+    int bos = BOS, eos = EOS; // a GGUF's tokenizer.ggml.bos_token_id / eos_token_id (Gguf sets them)
     private final Map<String, Integer> lookup = new HashMap<>();  // bytes as ISO-8859-1 text: exact match
 
     private Tokenizer(byte[][] pieces, float[] scores) {
@@ -115,7 +116,7 @@ final class Tokenizer {
     int[] encode(byte[] text, boolean bos, boolean eos) {
         int[] tokens = new int[text.length + 3];
         int n = 0;
-        if (bos) tokens[n++] = BOS;
+        if (bos) tokens[n++] = this.bos;
         if (text.length > 0) {
             tokens[n++] = find(SPACE);  // present: build() checks
         }
@@ -152,7 +153,7 @@ final class Tokenizer {
             System.arraycopy(tokens, bestIdx + 2, tokens, bestIdx + 1, n - bestIdx - 2);
             n--;
         }
-        if (eos) tokens[n++] = EOS;
+        if (eos) tokens[n++] = this.eos;
         return Arrays.copyOf(tokens, n);
     }
 
@@ -166,7 +167,7 @@ final class Tokenizer {
     /** The bytes token stands for after prev: BOS eats a leading space, <0xHH> is one raw byte. */
     byte[] decode(int prev, int token) {
         byte[] piece = pieces[token];
-        if (prev == BOS && piece.length > 0 && piece[0] == ' ') piece = Arrays.copyOfRange(piece, 1, piece.length);
+        if (prev == bos && piece.length > 0 && piece[0] == ' ') piece = Arrays.copyOfRange(piece, 1, piece.length);
         if (piece.length == 6 && piece[0] == '<' && piece[1] == '0' && piece[2] == 'x' && piece[5] == '>') {
             int hi = hexDigit(piece[3]), lo = hexDigit(piece[4]);
             if (hi >= 0 && lo >= 0) return new byte[] {(byte) (hi * 16 + lo)};

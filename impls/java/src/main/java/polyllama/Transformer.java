@@ -2,7 +2,10 @@
  * The forward pass, as run.c's forward(): one position through every layer, each matmul and the
  * attention heads split across the pool. A Q8_0 matrix (GGUF) multiplies an activation quantized
  * once per group of products that share it (q/k/v; w1/w3; wo, w2, the classifier each alone),
- * on the calling thread before the group's dispatch.
+ * on the calling thread before the group's dispatch. An F16 or BF16 matrix multiplies the float32
+ * activation as it is, its weights converted exactly as they are read (contract section 4 says
+ * why not llama.cpp's rounding of the activation). RoPE's base and the norms' epsilon are the
+ * model's (Config).
  */
 package polyllama;
 
@@ -23,14 +26,21 @@ final class Transformer {
         this(model, pool, kernels, 512);
     }
 
-    /** batch: -b, at least 1; above seq_len it is seq_len. */
     Transformer(Model model, Pool pool, Kernels kernels, long batch) {
+        this(model, pool, kernels, batch, model.config.seqLen);
+    }
+
+    /**
+     * batch: -b, at least 1; above seq_len it is seq_len. cacheRows: the positions the run can
+     * reach (1 .. seq_len), which the KV cache holds; the batch scratch needs no more rows.
+     */
+    Transformer(Model model, Pool pool, Kernels kernels, long batch, int cacheRows) {
         this.c = model.config;
         this.w = model.weights;
-        this.s = new RunState(c, pool.workers);
+        this.s = new RunState(c, pool.workers, cacheRows);
         this.pool = pool;
         this.k = kernels;
-        this.batch = new Batch(this, (int) Math.min(batch, c.seqLen));
+        this.batch = new Batch(this, (int) Math.min(batch, c.seqLen), cacheRows);
     }
 
     /** Work over [0, total) in chunks: body(worker, start, end) for each chunk a worker claims. */
@@ -62,7 +72,7 @@ final class Transformer {
 
     /**
      * out[outOff + r] = m[r] . x for rows r in [r0, r1), block by block; a Q8_0 m reads x as the
-     * last quantizeFor left it in s.xq and s.xd.
+     * last quantizeFor left it in s.xq and s.xd; an F16 or BF16 m reads x itself.
      */
     void matvec(Matrix m, float[] x, float[] out, int outOff, int r0, int r1) {
         while (r0 < r1) {
@@ -72,6 +82,8 @@ final class Transformer {
                 Loader.Floats f = m.floats[b];
                 k.matvec(f.array(), f.start() + (r0 - first) * m.cols, end - r0, x, m.cols, out, outOff + r0);
             } else if (m.q8()) k.matvecQ8(m.blocks[b], at, end - r0, s.xq, s.xd, m.cols, out, outOff + r0);
+            else if (m.type == Matrix.F16) k.matvecF16(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
+            else if (m.type == Matrix.BF16) k.matvecBF16(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
             else k.matvec(m.blocks[b], at, end - r0, x, m.cols, out, outOff + r0);
             r0 = end;
         }
@@ -93,21 +105,21 @@ final class Transformer {
         if (r0 < r1) matvec(m, x, out, outOff, r0, r1);
     }
 
-    static void rmsnorm(float[] out, float[] x, float[] weight) {
+    static void rmsnorm(float[] out, float[] x, float[] weight, float eps) {
         int n = x.length;
         float ss = 0;
         for (int i = 0; i < n; i++) ss += x[i] * x[i];
-        ss = ss / n + 1e-5f;
+        ss = ss / n + eps;
         ss = (float) (1.0 / Math.sqrt(ss));
         for (int i = 0; i < n; i++) out[i] = weight[i] * (ss * x[i]);
     }
 
     /** rmsnorm of x into row `row` of out (rows of x.length): the same arithmetic as rmsnorm. */
-    static void rmsnorm(float[] out, int row, float[] x, float[] weight) {
+    static void rmsnorm(float[] out, int row, float[] x, float[] weight, float eps) {
         int n = x.length, o = row * n;
         float ss = 0;
         for (int i = 0; i < n; i++) ss += x[i] * x[i];
-        ss = ss / n + 1e-5f;
+        ss = ss / n + eps;
         ss = (float) (1.0 / Math.sqrt(ss));
         for (int i = 0; i < n; i++) out[o + i] = weight[i] * (ss * x[i]);
     }
@@ -150,7 +162,7 @@ final class Transformer {
         int[] ones = new int[Math.min(8, batch.rows)];
         Arrays.fill(ones, 1 % c.vocabSize);
         for (int pass = 1; ; pass++) {
-            forward(1 % c.vocabSize, pass % Math.min(8, c.seqLen));
+            forward(1 % c.vocabSize, pass % Math.min(8, s.cacheRows));
             batch.forward(ones, 0, ones.length, 0);  // the prefill's code too, at positions 0 .. 7
             batch.logits(ones.length - 1, ones.length);
             long now = System.nanoTime();
@@ -186,7 +198,7 @@ final class Transformer {
             final int cacheRow = pos * kvDim;  // this position's row in (seq_len, kv_dim)
 
             // attention: q, and k, v straight into the cache row
-            rmsnorm(s.xb, s.x, w.rmsAtt[l]);
+            rmsnorm(s.xb, s.x, w.rmsAtt[l], c.eps);
             quantizeFor(s.xb, dim, w.wq[l], w.wk[l], w.wv[l]);
             parallelFor(dim + 2 * kvDim, 16, (wk, r0, r1) -> {  // rows of wq, then wk, then wv
                 matvecPart(w.wq[layer], s.xb, s.q, 0, 0, r0, r1);
@@ -216,7 +228,7 @@ final class Transformer {
             for (int i = 0; i < dim; i++) s.x[i] += s.xb2[i];
 
             // feed-forward: each worker gates its own rows, so w1 and w3 share one dispatch
-            rmsnorm(s.xb, s.x, w.rmsFfn[l]);
+            rmsnorm(s.xb, s.x, w.rmsFfn[l], c.eps);
             quantizeFor(s.xb, dim, w.w1[l], w.w3[l]);
             parallelFor(c.hiddenDim, 16, (wk, r0, r1) -> {
                 matvec(w.w1[layer], s.xb, s.hb, 0, r0, r1);
@@ -231,7 +243,7 @@ final class Transformer {
             for (int i = 0; i < dim; i++) s.x[i] += s.xb2[i];
         }
 
-        rmsnorm(s.x, s.x, w.rmsFinal);
+        rmsnorm(s.x, s.x, w.rmsFinal, c.eps);
         quantizeFor(s.x, dim, w.wcls);
         parallelFor(c.vocabSize, 16, (wk, r0, r1) -> matvec(w.wcls, s.x, s.logits, 0, r0, r1));
         return s.logits;

@@ -1,5 +1,5 @@
 /*
- * The transformer's weights, as run.c's TransformerWeights: matrices (float32, or a GGUF's Q8_0)
+ * The transformer's weights, as run.c's TransformerWeights: matrices (float32, or a GGUF's Q8_0, F16, BF16)
  * stay in the mapped file (or in heap buffers read from it, Loader); the small RMSNorm vectors
  * are copied to arrays.
  */
@@ -28,10 +28,15 @@ final class Weights {
 
     /** Whether any matrix is Q8_0 (a GGUF's; the kernels to warm up). */
     boolean hasQ8() {
-        boolean q8 = tokenEmbedding.q8() || wcls.q8();
+        return has(Q8.TYPE);
+    }
+
+    /** Whether any matrix has this type (Matrix.F32, F16, BF16 or Q8.TYPE). */
+    boolean has(int type) {
+        boolean any = tokenEmbedding.type == type || wcls.type == type;
         for (Matrix[] ms : new Matrix[][] {wq, wk, wv, wo, w1, w2, w3}) {
-            for (Matrix m : ms) q8 |= m.q8();
+            for (Matrix m : ms) any |= m.type == type;
         }
-        return q8;
+        return any;
     }
 }

@@ -32,6 +32,9 @@ final class SimdKernels implements Kernels {
     static final VectorSpecies<Integer> QI = IntVector.SPECIES_PREFERRED.withShape(QSHAPE);
     static final int QL = QS.length();
 
+    // F16 and BF16: int32 lanes of S's shape, each holding two adjacent 16-bit weights
+    static final VectorSpecies<Integer> HI = IntVector.SPECIES_PREFERRED.withShape(S.vectorShape());
+
     /**
      * Four rows per pass, two vectors per row a step: eight independent FMA chains, and each x
      * vector loaded once for four rows. C2 wraps every Vector API load in a dozen instructions of
@@ -229,6 +232,208 @@ final class SimdKernels implements Kernels {
     private static IntVector pairSums(ShortVector p) {
         IntVector v = p.reinterpretAsInts();
         return v.lanewise(VectorOperators.LSHL, 16).lanewise(VectorOperators.ASHR, 16).add(v.lanewise(VectorOperators.ASHR, 16));
+    }
+
+    @Override
+    public void matvecF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        matvecF16Pairs(bb, byteOff, nRows, x, n, out, outOff);
+    }
+
+    @Override
+    public void matvecBF16(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        matvecBF16Pairs(bb, byteOff, nRows, x, n, out, outOff);
+    }
+
+    /** Per thread: x split into its even and odd entries (the 16-bit matvecs), grown as needed. */
+    private static final ThreadLocal<float[][]> SPLIT = ThreadLocal.withInitial(() -> new float[2][0]);
+
+    /**
+     * Four rows per pass; the weights are converted to float32 in registers as they are loaded
+     * (the product is memory-bound: 2 bytes a weight). JDK 17's Vector API has no half-float
+     * conversion (no vcvtph2ps, no vdpbf16ps), and widening a vector of shorts to ints
+     * (convertShape) compiled to slow code, so each load is L int32 lanes, each holding two
+     * adjacent weights: its low halves are the even-indexed weights, its high halves the odd ones,
+     * each a float vector after a shift or a mask (BF16) or halfToFloats (F16). They multiply x's
+     * even and odd entries, split once per call, in two accumulators per row: eight FMA chains.
+     * The sum's order is free (contract section 4); every row sums in the same order (rowF16, rowBF16),
+     * however the pool splits the rows. One copy of the loop per type (matvecF16Pairs,
+     * matvecBF16Pairs): a vector chosen by a runtime test would reach the FMA through a merge,
+     * where C2 (JDK 17) keeps it boxed, an allocation per step. F16 takes two rows a pass, not
+     * four: its conversion is long, and eight copies of it in one loop went past C2's inlining
+     * budget, which leaves the vectors boxed just the same; for that reason too the two-row
+     * loop has halfToFloats written out, where C2 would not inline the call.
+     */
+    private static void matvecF16Pairs(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        Mapped w = new Mapped(bb);
+        int rowBytes = 2 * n, pairs = n / (2 * L) * L;  // pairs of weights the vector loop takes per row
+        float[][] split = SPLIT.get();
+        if (split[0].length < pairs) split[0] = new float[pairs];
+        if (split[1].length < pairs) split[1] = new float[pairs];
+        float[] xe = split[0], xo = split[1];
+        for (int p = 0; p < pairs; p++) {
+            xe[p] = x[2 * p];
+            xo[p] = x[2 * p + 1];
+        }
+        int r = 0;
+        for (; r + 1 < nRows; r += 2) {
+            int a = byteOff + r * rowBytes, b = a + rowBytes;
+            FloatVector ae = FloatVector.zero(S), ao = ae, be = ae, bo = ae;
+            for (int p = 0; p < pairs; p += L) {
+                FloatVector x0 = FloatVector.fromArray(S, xe, p), x1 = FloatVector.fromArray(S, xo, p);
+                IntVector va = w.ints(a + 4 * p), vb = w.ints(b + 4 * p);
+                IntVector vah = va.lanewise(VectorOperators.LSHR, 16), vbh = vb.lanewise(VectorOperators.LSHR, 16);
+                IntVector fam = va.and(0x7fff);
+                IntVector fan = fam.lanewise(VectorOperators.LSHL, 13).add(112 << 23)
+                        .add(fam.add(0x400).lanewise(VectorOperators.LSHR, 15).neg().and(0x38000000));
+                IntVector fas = ((FloatVector) fam.convert(VectorOperators.I2F, 0)).mul(0x1p-24f).reinterpretAsInts();
+                IntVector fak = fam.sub(0x400).lanewise(VectorOperators.ASHR, 31);
+                FloatVector fa = fan.lanewise(VectorOperators.AND_NOT, fak).or(fas.and(fak))
+                        .or(va.lanewise(VectorOperators.LSHL, 16).and(0x80000000)).reinterpretAsFloats();
+                IntVector gam = vah.and(0x7fff);
+                IntVector gan = gam.lanewise(VectorOperators.LSHL, 13).add(112 << 23)
+                        .add(gam.add(0x400).lanewise(VectorOperators.LSHR, 15).neg().and(0x38000000));
+                IntVector gas = ((FloatVector) gam.convert(VectorOperators.I2F, 0)).mul(0x1p-24f).reinterpretAsInts();
+                IntVector gak = gam.sub(0x400).lanewise(VectorOperators.ASHR, 31);
+                FloatVector ga = gan.lanewise(VectorOperators.AND_NOT, gak).or(gas.and(gak))
+                        .or(vah.lanewise(VectorOperators.LSHL, 16).and(0x80000000)).reinterpretAsFloats();
+                IntVector fbm = vb.and(0x7fff);
+                IntVector fbn = fbm.lanewise(VectorOperators.LSHL, 13).add(112 << 23)
+                        .add(fbm.add(0x400).lanewise(VectorOperators.LSHR, 15).neg().and(0x38000000));
+                IntVector fbs = ((FloatVector) fbm.convert(VectorOperators.I2F, 0)).mul(0x1p-24f).reinterpretAsInts();
+                IntVector fbk = fbm.sub(0x400).lanewise(VectorOperators.ASHR, 31);
+                FloatVector fb = fbn.lanewise(VectorOperators.AND_NOT, fbk).or(fbs.and(fbk))
+                        .or(vb.lanewise(VectorOperators.LSHL, 16).and(0x80000000)).reinterpretAsFloats();
+                IntVector gbm = vbh.and(0x7fff);
+                IntVector gbn = gbm.lanewise(VectorOperators.LSHL, 13).add(112 << 23)
+                        .add(gbm.add(0x400).lanewise(VectorOperators.LSHR, 15).neg().and(0x38000000));
+                IntVector gbs = ((FloatVector) gbm.convert(VectorOperators.I2F, 0)).mul(0x1p-24f).reinterpretAsInts();
+                IntVector gbk = gbm.sub(0x400).lanewise(VectorOperators.ASHR, 31);
+                FloatVector gb = gbn.lanewise(VectorOperators.AND_NOT, gbk).or(gbs.and(gbk))
+                        .or(vbh.lanewise(VectorOperators.LSHL, 16).and(0x80000000)).reinterpretAsFloats();
+                ae = fa.fma(x0, ae);
+                ao = ga.fma(x1, ao);
+                be = fb.fma(x0, be);
+                bo = gb.fma(x1, bo);
+            }
+            float ra = ae.add(ao).reduceLanes(VectorOperators.ADD), rb = be.add(bo).reduceLanes(VectorOperators.ADD);
+            for (int i = 2 * pairs; i < n; i++) {
+                ra += Half.get(bb, a + 2 * i, false) * x[i];
+                rb += Half.get(bb, b + 2 * i, false) * x[i];
+            }
+            out[outOff + r] = ra;
+            out[outOff + r + 1] = rb;
+        }
+        for (; r < nRows; r++) out[outOff + r] = rowF16(bb, w, byteOff + r * rowBytes, x, xe, xo, pairs, n);
+    }
+
+    /** One F16 row at a, summed in the order of matvecF16Pairs's four-row pass. */
+    private static float rowF16(ByteBuffer bb, Mapped w, int a, float[] x, float[] xe, float[] xo, int pairs, int n) {
+        FloatVector ae = FloatVector.zero(S), ao = ae;
+        for (int p = 0; p < pairs; p += L) {
+            IntVector va = w.ints(a + 4 * p);
+            ae = lowF16(va).fma(FloatVector.fromArray(S, xe, p), ae);
+            ao = highF16(va).fma(FloatVector.fromArray(S, xo, p), ao);
+        }
+        float ra = ae.add(ao).reduceLanes(VectorOperators.ADD);
+        for (int i = 2 * pairs; i < n; i++) ra += Half.get(bb, a + 2 * i, false) * x[i];
+        return ra;
+    }
+
+    private static void matvecBF16Pairs(ByteBuffer bb, int byteOff, int nRows, float[] x, int n, float[] out, int outOff) {
+        Mapped w = new Mapped(bb);
+        int rowBytes = 2 * n, pairs = n / (2 * L) * L;  // pairs of weights the vector loop takes per row
+        float[][] split = SPLIT.get();
+        if (split[0].length < pairs) split[0] = new float[pairs];
+        if (split[1].length < pairs) split[1] = new float[pairs];
+        float[] xe = split[0], xo = split[1];
+        for (int p = 0; p < pairs; p++) {
+            xe[p] = x[2 * p];
+            xo[p] = x[2 * p + 1];
+        }
+        int r = 0;
+        for (; r + 3 < nRows; r += 4) {
+            int a = byteOff + r * rowBytes, b = a + rowBytes, c = b + rowBytes, d = c + rowBytes;
+            FloatVector ae = FloatVector.zero(S), ao = ae, be = ae, bo = ae, ce = ae, co = ae, de = ae, dd = ae;
+            for (int p = 0; p < pairs; p += L) {
+                FloatVector x0 = FloatVector.fromArray(S, xe, p), x1 = FloatVector.fromArray(S, xo, p);
+                IntVector va = w.ints(a + 4 * p), vb = w.ints(b + 4 * p), vc = w.ints(c + 4 * p), vd = w.ints(d + 4 * p);
+                ae = lowBF16(va).fma(x0, ae);
+                ao = highBF16(va).fma(x1, ao);
+                be = lowBF16(vb).fma(x0, be);
+                bo = highBF16(vb).fma(x1, bo);
+                ce = lowBF16(vc).fma(x0, ce);
+                co = highBF16(vc).fma(x1, co);
+                de = lowBF16(vd).fma(x0, de);
+                dd = highBF16(vd).fma(x1, dd);
+            }
+            float ra = ae.add(ao).reduceLanes(VectorOperators.ADD), rb = be.add(bo).reduceLanes(VectorOperators.ADD);
+            float rc = ce.add(co).reduceLanes(VectorOperators.ADD), rd = de.add(dd).reduceLanes(VectorOperators.ADD);
+            for (int i = 2 * pairs; i < n; i++) {
+                ra += Half.get(bb, a + 2 * i, true) * x[i];
+                rb += Half.get(bb, b + 2 * i, true) * x[i];
+                rc += Half.get(bb, c + 2 * i, true) * x[i];
+                rd += Half.get(bb, d + 2 * i, true) * x[i];
+            }
+            out[outOff + r] = ra;
+            out[outOff + r + 1] = rb;
+            out[outOff + r + 2] = rc;
+            out[outOff + r + 3] = rd;
+        }
+        for (; r < nRows; r++) out[outOff + r] = rowBF16(bb, w, byteOff + r * rowBytes, x, xe, xo, pairs, n);
+    }
+
+    /** One BF16 row at a, summed in the order of matvecBF16Pairs's four-row pass. */
+    private static float rowBF16(ByteBuffer bb, Mapped w, int a, float[] x, float[] xe, float[] xo, int pairs, int n) {
+        FloatVector ae = FloatVector.zero(S), ao = ae;
+        for (int p = 0; p < pairs; p += L) {
+            IntVector va = w.ints(a + 4 * p);
+            ae = lowBF16(va).fma(FloatVector.fromArray(S, xe, p), ae);
+            ao = highBF16(va).fma(FloatVector.fromArray(S, xo, p), ao);
+        }
+        float ra = ae.add(ao).reduceLanes(VectorOperators.ADD);
+        for (int i = 2 * pairs; i < n; i++) ra += Half.get(bb, a + 2 * i, true) * x[i];
+        return ra;
+    }
+
+    private static FloatVector lowF16(IntVector pairs) {
+        return halfToFloats(pairs);
+    }
+
+    private static FloatVector highF16(IntVector pairs) {
+        return halfToFloats(pairs.lanewise(VectorOperators.LSHR, 16));
+    }
+
+    private static FloatVector lowBF16(IntVector pairs) {
+        return bf16ToFloats(pairs);
+    }
+
+    private static FloatVector highBF16(IntVector pairs) {
+        return pairs.and(0xffff0000).reinterpretAsFloats();
+    }
+
+    /** BF16 bits (the low half of each int lane; the high half is ignored) as float32: the top half of the float's bits. */
+    static FloatVector bf16ToFloats(IntVector bits) {
+        return bits.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats();
+    }
+
+    /**
+     * F16 bits (the low half of each int lane; the high half is ignored) as float32, exactly,
+     * with lane-wise integer and float operations only (no masks: in JDK 17 a mask's cast or a
+     * blend fell out of C2's intrinsics, an allocation per vector). A normal value's exponent
+     * and mantissa move up 13 bits and the exponent is rebiased (+112); a subnormal (exponent 0)
+     * is its mantissa times 2^-24, an int-to-float conversion and a power-of-two product, chosen
+     * by an all-ones lane from an arithmetic shift, so no float32 subnormal ever enters an
+     * operation (x86 cores take a slow microcode assist for those). Exponent 31 (infinity, NaN)
+     * gets the float exponent 255.
+     */
+    static FloatVector halfToFloats(IntVector bits) {
+        IntVector mag = bits.and(0x7fff);
+        IntVector special = mag.add(0x400).lanewise(VectorOperators.LSHR, 15).neg().and(0x38000000);  // exponent 31
+        IntVector normal = mag.lanewise(VectorOperators.LSHL, 13).add(112 << 23).add(special);
+        IntVector subnormal = ((FloatVector) mag.convert(VectorOperators.I2F, 0)).mul(0x1p-24f).reinterpretAsInts();
+        IntVector isSub = mag.sub(0x400).lanewise(VectorOperators.ASHR, 31);  // all ones below exponent 1
+        IntVector v = normal.lanewise(VectorOperators.AND_NOT, isSub).or(subnormal.and(isSub));
+        return v.or(bits.lanewise(VectorOperators.LSHL, 16).and(0x80000000)).reinterpretAsFloats();
     }
 
     /** The register-tiled product: TileMatmul. */

@@ -8,6 +8,7 @@ package polyllama;
 import java.nio.ByteBuffer;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
 
 final class Mapped {
     private final ByteBuffer bb;
@@ -24,5 +25,10 @@ final class Mapped {
     /** QB's lanes of int8 from byte offset at. */
     ByteVector bytes(int at) {
         return ByteVector.fromByteBuffer(SimdKernels.QB, bb, at, SimdKernels.LE);
+    }
+
+    /** HI's lanes of little-endian int32 from byte offset at: pairs of 16-bit weights. */
+    IntVector ints(int at) {
+        return IntVector.fromByteBuffer(SimdKernels.HI, bb, at, SimdKernels.LE);
     }
 }

@@ -10,6 +10,7 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
 
 final class Mapped {
     private final MemorySegment seg;
@@ -26,5 +27,10 @@ final class Mapped {
     /** QB's lanes of int8 from byte offset at. */
     ByteVector bytes(int at) {
         return ByteVector.fromMemorySegment(SimdKernels.QB, seg, at, SimdKernels.LE);
+    }
+
+    /** HI's lanes of little-endian int32 from byte offset at: pairs of 16-bit weights. */
+    IntVector ints(int at) {
+        return IntVector.fromMemorySegment(SimdKernels.HI, seg, at, SimdKernels.LE);
     }
 }

@@ -72,7 +72,7 @@ class BatchTest {
                     float[] x = new float[T * n];
                     for (int i = 0; i < x.length; i++) x[i] = (float) rnd.nextGaussian();
                     float[] tile = new float[rows * n], xq = new float[T * n], out = new float[T * rows];
-                    Batch.fillTile(wb, 0, rows, n, true, tile);
+                    Batch.fillTile(wb, 0, rows, n, Q8.TYPE, tile);
                     Batch.quantizeRows(x, T, n, new short[n], new float[blocks], xq);
                     k.matmul(tile, 0, n, rows, xq, 0, n, T, n, out, 0, rows);
                     short[] qx = new short[n];

@@ -123,6 +123,13 @@ final class Fixtures {
         return bb.array();
     }
 
+    /** v as F16 (Matrix.F16) or BF16 (Matrix.BF16) values, rounded to nearest even as converters write them. */
+    static byte[] halfs(float[] v, int type) {
+        ByteBuffer bb = le(2 * v.length);
+        for (float f : v) bb.putShort((short) (type == Matrix.F16 ? Q8.floatToHalf(f) : Half.toBF16(f)));
+        return bb.array();
+    }
+
     /** Q8_0 blocks back to floats: fp32(d) * q. */
     static float[] dequantize(byte[] q8) {
         ByteBuffer bb = ByteBuffer.wrap(q8).order(ByteOrder.LITTLE_ENDIAN);

@@ -18,6 +18,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.function.Predicate;
+import java.util.function.ToIntFunction;
 
 /**
  * A GGUF file as lists a test can change before writing it: kv entries (key, type, raw value)
@@ -34,7 +35,7 @@ final class GgufFile {
     final List<Tensor> tensors = new ArrayList<>();
     byte[] data = new byte[0];
     final int alignment = 32;
-    private Predicate<String> q8 = name -> false;  // which matrices add() writes as Q8_0
+    private ToIntFunction<String> typeOf = name -> 0;  // the ggml type add() writes each matrix in
 
     // ------------------------------------------------------------------------ the tiny model
 
@@ -48,8 +49,13 @@ final class GgufFile {
      * names written as Q8_0 (their rows must be a multiple of 32 long), the rest F32.
      */
     static GgufFile model(int dim, int hidden, boolean sharedClassifier, Predicate<String> q8) {
+        return typed(dim, hidden, sharedClassifier, name -> q8.test(name) ? Q8.TYPE : 0);
+    }
+
+    /** The same with each matrix in the ggml type typeOf gives it: 0 (F32), 1 (F16), 8 (Q8_0) or 30 (BF16). */
+    static GgufFile typed(int dim, int hidden, boolean sharedClassifier, ToIntFunction<String> typeOf) {
         GgufFile g = new GgufFile();
-        g.q8 = q8;
+        g.typeOf = typeOf;
         g.kv("general.architecture", STRING, string("llama"));
         g.kv("general.name", STRING, string("tiny"));
         g.kv("llama.context_length", U32, u32(SEQ));
@@ -118,9 +124,9 @@ final class GgufFile {
         long[] dims = new long[shape.length];
         for (int i = 0; i < shape.length; i++) dims[i] = shape[shape.length - 1 - i];
         float[] values = Fixtures.tensor(seed, n);
-        boolean quantized = shape.length == 2 && q8.test(name);
-        byte[] bytes = quantized ? Fixtures.q8(values) : Fixtures.floats(values);
-        tensors.add(new Tensor(name, dims, quantized ? Q8.TYPE : 0, appendData(bytes)));
+        int type = shape.length == 2 ? typeOf.applyAsInt(name) : 0;
+        byte[] bytes = type == Q8.TYPE ? Fixtures.q8(values) : Matrix.half(type) ? Fixtures.halfs(values, type) : Fixtures.floats(values);
+        tensors.add(new Tensor(name, dims, type, appendData(bytes)));
     }
 
     /** Appends bytes at the next aligned offset of the data blob; that offset. */
