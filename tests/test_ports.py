@@ -38,10 +38,12 @@ def test_every_port_has_what_its_manifest_points_to():
     assert not problems, problems
 
 
-def test_every_port_follows_contract_2_or_later():
-    """The batched prefill is in every port and the peer: validate sweeps its batch sizes and
-    `invoke bench --tests pp512` measures it; a contract-1 port would sit out both."""
-    assert {p.name: min(p.manifest.contract, 2) for p in discover()} == {p.name: 2 for p in discover()}
+def test_every_port_follows_contract_3():
+    """The batched prefill (contract 2) and GGUF files as llama.cpp writes them (contract 3: the
+    file's keys, F16 and BF16, a KV cache sized for the run) are in every port and the peer, and
+    every port that reads GGUF reads the 16-bit types: tests/test_gguf3.py runs them all."""
+    assert {p.name: p.manifest.contract for p in discover()} == {p.name: 3 for p in discover()}
+    assert [p.name for p in discover() if p.reads("gguf") and not (p.reads("gguf-f16") and p.reads("gguf-bf16"))] == []
 
 
 def test_a_new_port_is_discovered_from_its_folder_alone(tmp_path):
