@@ -69,7 +69,7 @@ def validate(c, ports=None, skip=None, models=None, out=None, docker=False, imag
     return app.validate(ports, models, docker, image, arch, out=out, skip=skip)
 
 
-@task(help={"matrix": "named matrix from orchestrator/bench/matrices.toml, quick|default|paper|full|prompt "
+@task(help={"matrix": "named matrix from orchestrator/bench/matrices.toml, quick|default|paper|full|prompt|scale "
                       "(default: default; with --resume: the file's)",
             "ports": PORTS_HELP + " (with --resume: the file's)", "skip": SKIP_HELP + "; e.g. pytorch,tensorflow: "
                                                                                     "about 5 GB to install",

@@ -88,7 +88,7 @@ class Model(_Record):
     path: str
     origin: Literal["real", "synthetic", "unverified"]
     tokenizer_origin: Literal["real", "synthetic", "unverified"] | None
-    format: Literal["v0", "v1", "gguf", "gguf-q8_0"]
+    format: Literal["v0", "v1", "gguf", "gguf-q8_0", "gguf-f16", "gguf-bf16"]
     weight_type: WeightType = Field("f32", description="f32, or q8_0: the Q8_0 GGUF export (format 3)")
     weight_bytes: int = Field(description="bytes a batch-1 decode step reads: every weight once, as stored in "
                                           "the file (4 per f32 weight; 34 per block of 32 for q8_0)")
