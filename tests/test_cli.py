@@ -111,7 +111,7 @@ def test_every_flag_says_its_default_or_that_it_is_required():
                if "(default:" not in text and "(required)" not in text]
     assert not missing, missing
     flags = _task_flags()
-    assert "quick|default|paper|full|prompt (default: default" in flags["bench"]["matrix"]
+    assert "quick|default|paper|full|prompt|scale (default: default" in flags["bench"]["matrix"]
     assert "(default: on; --no-validate skips it)" in flags["bench"]["validate"]
 
 

@@ -52,5 +52,5 @@ def test_lever_refuses_an_unknown_weight_type():
     from orchestrator import app
     from orchestrator.errors import UsageError
 
-    with pytest.raises(UsageError, match="--types takes f32, q8_0, got q4"):
+    with pytest.raises(UsageError, match="--types takes f32, q8_0, f16, bf16, got q4"):
         app.lever("c", "X=0", "stories260K", "1", 8, 1, None, types="q4")
