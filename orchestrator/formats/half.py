@@ -3,8 +3,7 @@ an IEEE float32), 2 bytes a value, row after row.
 
 A 16-bit tensor stays in the bytes it was read from, as a Q8_0 one does; converting a value to
 float32 is exact in both, and a product with such a weight is the float32 product of the widened
-values (docs/port-contract.md, "GGUF F16 and BF16"). `round_activation` is llama.cpp's other
-arithmetic, kept to measure how far it lies from this one.
+values (docs/port-contract.md, "GGUF F16 and BF16").
 """
 from __future__ import annotations
 
@@ -26,16 +25,6 @@ def bf16_bits(x) -> np.ndarray:
 
 def bf16_to_f32(bits) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def round_activation(x, kind: str) -> np.ndarray:
-    """x rounded to the weight's 16-bit type and back (exact), ties to even; in F16 a magnitude
-    beyond 65504 becomes infinity."""
-    x = np.asarray(x, dtype=np.float32)
-    if kind == "f16":
-        with np.errstate(over="ignore"):
-            return x.astype(np.float16).astype(np.float32)
-    return bf16_to_f32(bf16_bits(x))
 
 
 @dataclass(frozen=True, eq=False)
